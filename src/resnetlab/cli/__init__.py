@@ -1,0 +1,41 @@
+"""The `resnetlab` command: a thin dispatcher over one module per subcommand.
+
+Each module defines HELP, `add_arguments(parser)` and `run(args) -> int`; the logic lives
+in the library so it can be imported and tested without the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from resnetlab.errors import UserError
+
+from . import models
+
+COMMANDS = {
+    "models": models,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnetlab", description="Deep residual networks (He et al., 2016).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(COMMANDS[args.command].run(args) or 0)
+    except UserError as err:
+        print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
