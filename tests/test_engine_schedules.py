@@ -1,0 +1,65 @@
+"""Learning-rate schedules against hand-computed values."""
+import math
+
+import pytest
+
+from resnetlab.config import ScheduleConfig, load_config
+from resnetlab.engine.schedules import (
+    ScheduleState, create_learning_rate_fn, observe_train_error, observe_val_error, total_steps,
+)
+from resnetlab.errors import UserError
+
+
+def test_paper_cifar_step_schedule():
+    cfg = load_config("cifar10_resnet20").schedule
+    lr, s = create_learning_rate_fn(cfg, 0.1, steps_per_epoch=352), ScheduleState()
+    assert [lr(k, s) for k in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert total_steps(cfg, 352) == 64000
+
+
+def test_resnet110_warmup_waits_for_train_error_then_keeps_the_step_schedule():
+    cfg = load_config("cifar10_resnet110").schedule
+    lr, s = create_learning_rate_fn(cfg, 0.1, 352), ScheduleState()
+    assert lr(1000, s) == 0.01  # still above 80% error: stays in warm-up however long it takes
+    observe_train_error(cfg, s, 350, 85.0)
+    assert s.warmup_done_step is None
+    observe_train_error(cfg, s, 400, 79.0)
+    assert s.warmup_done_step == 400 and lr(401, s) == 0.1 and lr(32000, s) == pytest.approx(0.01)
+    observe_train_error(cfg, s, 500, 90.0)  # once done, never undone
+    assert s.warmup_done_step == 400
+
+
+def test_linear_warmup_then_cosine_and_onecycle():
+    cfg = ScheduleConfig(kind="cosine", max_steps=110, warmup_steps=10, warmup_lr=0.0, final_lr_frac=0.1)
+    lr, s = create_learning_rate_fn(cfg, 1.0, 1), ScheduleState()
+    assert lr(0, s) == 0.0 and lr(5, s) == pytest.approx(0.5) and lr(10, s) == pytest.approx(1.0)
+    assert lr(60, s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr(110, s) == pytest.approx(0.1)
+    one = create_learning_rate_fn(ScheduleConfig(kind="onecycle", epochs=2, warmup_steps=10, warmup_lr=0.1), 1.0, 55)
+    assert one(5, s) == pytest.approx(0.55) and one(60, s) == pytest.approx(0.5) and one(110, s) == 0.0
+
+
+def test_milestones_in_epochs():
+    cfg = ScheduleConfig(kind="step", epochs=90, milestones=[30, 60], milestones_unit="epochs")
+    lr, s = create_learning_rate_fn(cfg, 0.1, 100), ScheduleState()
+    assert [lr(k, s) for k in (2999, 3000, 6000)] == pytest.approx([0.1, 0.01, 0.001])
+
+
+def test_plateau_decays_after_patience_and_its_state_round_trips():
+    cfg = ScheduleConfig(kind="plateau", patience=2)
+    lr, s = create_learning_rate_fn(cfg, 0.1, 100), ScheduleState()
+    for err in (50.0, 40.0, 41.0):
+        observe_val_error(cfg, s, err)
+    assert lr(0, s) == 0.1
+    observe_val_error(cfg, s, 40.0)  # not better than 40: second bad evaluation
+    assert s.num_decays == 1 and lr(0, s) == pytest.approx(0.01)
+    assert ScheduleState.from_state(s.state_dict()) == s
+
+
+def test_bad_schedule_config_is_a_user_error():
+    with pytest.raises(UserError, match="schedule.kind"):
+        create_learning_rate_fn(ScheduleConfig(kind="exp"), 0.1, 10)
+    with pytest.raises(UserError, match="milestones_unit"):
+        create_learning_rate_fn(ScheduleConfig(milestones_unit="days"), 0.1, 10)
+    with pytest.raises(UserError, match="steps"):
+        create_learning_rate_fn(ScheduleConfig(max_steps=0), 0.1, 10)
