@@ -1,0 +1,186 @@
+"""Residual blocks of He et al. 2016 and their pre-activation forms (He et al., ECCV 2016).
+
+Parameter names follow torchvision (conv1/bn1/.../downsample.0/downsample.1) so its
+checkpoints load unchanged. `residual=False` turns a block into its plain twin: the same
+layers with the shortcut removed, as in the paper's Fig. 3 (middle).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A (Sec. 3.3): identity with stride-2 subsampling and zero-padded extra channels.
+
+    It has no parameters, which is why the paper's CIFAR nets have exactly 0.27M ... 19.4M.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.cin, self.cout, self.stride = cin, cout, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.cout > self.cin:  # pad channels at the end: (W-left, W-right, H-top, H-bottom, C-front, C-back)
+            x = F.pad(x, (0, 0, 0, 0, 0, self.cout - self.cin))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.cin}->{self.cout}, stride={self.stride}"
+
+
+def make_shortcut(option: str, cin: int, cout: int, stride: int, preact: bool = False) -> nn.Module | None:
+    """The shortcut of one block, or None for the plain identity.
+
+    A: parameter-free identity (zero padding where the shape changes).
+    B: 1x1 projection (+BN) only where the shape changes, identity elsewhere.
+    C: projection on every shortcut.
+    Pre-activation blocks project the already normalised input, so their projection has no BN.
+    """
+    changes = stride != 1 or cin != cout
+    if option == "A":
+        return ZeroPadShortcut(cin, cout, stride) if changes else None
+    if option == "C" or (option == "B" and changes):
+        if preact:
+            return nn.Sequential(conv1x1(cin, cout, stride))
+        return nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
+    if option == "B":
+        return None
+    raise ValueError(f"shortcut option must be 'A', 'B' or 'C', got {option!r}")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (Fig. 5 left); BN after each conv, ReLU after the addition."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int = 1, shortcut: str = "B", residual: bool = True, **_):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = conv3x3(cin, width, stride)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, cout)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.residual = residual
+        self.downsample = make_shortcut(shortcut, cin, cout, stride) if residual else None
+
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (Fig. 5 right), expansion 4.
+
+    stride_on="3x3" puts the stride in the 3x3 conv (torchvision's "v1.5", slightly more
+    accurate); "1x1" puts it in the first 1x1 conv as in the original paper and Table 1's FLOPs.
+    """
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1, shortcut: str = "B", residual: bool = True,
+                 stride_on: str = "3x3"):
+        super().__init__()
+        cout = width * self.expansion
+        s1, s3 = (1, stride) if stride_on == "3x3" else (stride, 1)
+        self.conv1 = conv1x1(cin, width, s1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, s3)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, cout)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.residual = residual
+        self.downsample = make_shortcut(shortcut, cin, cout, stride) if residual else None
+
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+class PreActBasicBlock(nn.Module):
+    """BN-ReLU-conv ordering (He et al., "Identity Mappings in Deep Residual Networks", Fig. 1b).
+
+    The addition is the block's output: nothing is applied after it, so the identity path
+    runs unchanged from the first block to the last.
+    """
+
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int = 1, shortcut: str = "B", residual: bool = True, **_):
+        super().__init__()
+        cout = width * self.expansion
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = conv3x3(cin, width, stride)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, cout)
+        self.relu = nn.ReLU(inplace=False)  # the pre-activated input is reused by the shortcut
+        self.residual = residual
+        self.downsample = make_shortcut(shortcut, cin, cout, stride, preact=True) if residual else None
+
+    def last_norm(self) -> nn.Module:
+        return self.conv2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.bn1(x))
+        out = self.conv2(self.relu(self.bn2(self.conv1(pre))))
+        if not self.residual:
+            return out
+        # A projection sees the normalised input (as in the authors' code); identity sees x itself.
+        return out + (x if self.downsample is None else self.downsample(pre))
+
+
+class PreActBottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1, shortcut: str = "B", residual: bool = True,
+                 stride_on: str = "3x3"):
+        super().__init__()
+        cout = width * self.expansion
+        s1, s3 = (1, stride) if stride_on == "3x3" else (stride, 1)
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = conv1x1(cin, width, s1)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, s3)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, cout)
+        self.relu = nn.ReLU(inplace=False)
+        self.residual = residual
+        self.downsample = make_shortcut(shortcut, cin, cout, stride, preact=True) if residual else None
+
+    def last_norm(self) -> nn.Module:
+        return self.conv3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.bn1(x))
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.relu(self.bn3(out)))
+        if not self.residual:
+            return out
+        return out + (x if self.downsample is None else self.downsample(pre))

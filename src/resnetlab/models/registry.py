@@ -1,0 +1,90 @@
+"""The model registry: a name -> builder table with the metadata the CLI and recipes need."""
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from resnetlab.errors import UserError
+
+from .resnet import ResNet, cifar_resnet
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str  # "imagenet" (224 px input) or "cifar" (32 px)
+    depth: int
+    residual: bool
+    preact: bool
+
+    @property
+    def input_size(self) -> int:
+        return 224 if self.family == "imagenet" else 32
+
+
+_MODELS: dict[str, tuple[Callable[..., nn.Module], ModelInfo]] = {}
+
+
+def register_model(family: str, depth: int, residual: bool = True, preact: bool = False):
+    def wrap(builder):
+        name = builder.__name__
+        if name in _MODELS:
+            raise RuntimeError(f"model {name!r} registered twice")
+        _MODELS[name] = (builder, ModelInfo(name, family, depth, residual, preact))
+        return builder
+    return wrap
+
+
+def list_models() -> list[str]:
+    return list(_MODELS)
+
+
+def model_info(name: str) -> ModelInfo:
+    depth = _cifar_depth(name)
+    if depth is not None:
+        return ModelInfo(name, "cifar", depth, residual=name.startswith("resnet"), preact=False)
+    return _MODELS[_known(name)][1]
+
+
+# Keyword arguments a builder passes on to ResNet (everything but the architecture itself).
+BUILDER_KWARGS = [p for p in inspect.signature(ResNet).parameters if p not in ("block", "layers", "widths", "stem")]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model: `create_model("resnet50", num_classes=100, shortcut="C")`."""
+    depth = _cifar_depth(name)
+    if depth is not None:  # any 6n+2 CIFAR depth, e.g. "resnet74" or "plain74" (Sec. 4.2)
+        builder = lambda **kw: cifar_resnet(depth, residual=name.startswith("resnet"), **kw)  # noqa: E731
+    else:
+        builder = _MODELS[_known(name)][0]
+    info = model_info(name)
+    if kwargs.pop("residual", info.residual) != info.residual:
+        raise UserError(f"{name!r} is {'residual' if info.residual else 'plain'}: pick its twin instead")
+    return builder(**_checked(name, kwargs))
+
+
+def _checked(name: str, kwargs: dict) -> dict:
+    unknown = sorted(set(kwargs) - set(BUILDER_KWARGS))
+    if unknown:
+        raise UserError(f"unknown argument(s) {', '.join(unknown)} for model {name!r}; "
+                        f"valid: {', '.join(BUILDER_KWARGS)}")
+    return kwargs
+
+
+def _cifar_depth(name: str) -> int | None:
+    match = re.fullmatch(r"(resnet|plain)(\d+)", name)
+    if name in _MODELS or not match:
+        return None
+    depth = int(match.group(2))
+    return depth if depth >= 8 and (depth - 2) % 6 == 0 else None
+
+
+def _known(name: str) -> str:
+    if name not in _MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(_MODELS)} "
+                        "(or resnetN / plainN for any CIFAR depth N = 6n+2)")
+    return name

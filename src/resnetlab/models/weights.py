@@ -1,0 +1,112 @@
+"""Loading weights from the layouts people actually have, without ever running code from a file.
+
+Accepted: a state dict or a path to one (`torch.save` files are read with
+`weights_only=True`; `.safetensors` with safetensors), wrapped or not in {"state_dict": ...} /
+{"model": ...} (resnetlab checkpoints too), saved under DataParallel/DDP ("module." prefix) or
+torch.compile ("_orig_mod."), torchvision's ResNet names, and the common CIFAR ResNet
+checkpoints whose classifier is `linear` and projection shortcut `shortcut`.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnetlab.errors import UserError
+
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
+PREFIXES = ("module.", "_orig_mod.")
+RENAMES = (("linear.", "fc."), (".shortcut.", ".downsample."))
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # classifier keys left at their new init
+
+
+def read_state_dict(source) -> dict[str, torch.Tensor]:
+    """A flat {name: tensor} dict from a path or a (possibly wrapped) dict."""
+    if isinstance(source, (str, os.PathLike)):
+        source = _read_file(Path(source))
+    if not isinstance(source, dict):
+        raise UserError(f"weights must be a state dict or a path to one, got {type(source).__name__}")
+    for key in WRAPPER_KEYS:
+        if isinstance(source.get(key), dict):
+            return read_state_dict(source[key])
+    tensors = {k: v for k, v in source.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UserError(f"no tensors found in the weights (top-level keys: {', '.join(map(str, list(source)[:10]))})")
+    return {_normalise(k): v for k, v in tensors.items()}
+
+
+def _read_file(path: Path):
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise UserError(f"{path} is not a valid safetensors file: {err}") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(f"{path} needs arbitrary code to unpickle, which resnetlab refuses to run. "
+                        "Re-save it as a plain state dict (torch.save(model.state_dict(), ...)) or "
+                        "as safetensors.") from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise UserError(f"{path} is not a readable PyTorch weights file: {err}") from err
+
+
+def _normalise(key: str) -> str:
+    for prefix in PREFIXES:
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    for old, new in RENAMES:
+        if key.startswith(old) or (old.startswith(".") and old in key):
+            key = key.replace(old, new, 1)
+    return key
+
+
+def load_weights(model: nn.Module, source, *, ignore_mismatched_head: bool = False) -> LoadReport:
+    """Load weights into `model`, or raise a UserError naming every missing, unexpected and
+    wrongly shaped key. With ignore_mismatched_head, a classifier of another class count is
+    skipped (fine-tuning to new classes) and reported."""
+    state = read_state_dict(source)
+    own = model.state_dict()
+    report = LoadReport()
+    if ignore_mismatched_head:
+        for key in ("fc.weight", "fc.bias"):
+            if key in state and key in own and state[key].shape != own[key].shape:
+                del state[key]
+                report.skipped.append(key)
+    # Old checkpoints predate BN's num_batches_tracked; it only matters for momentum=None.
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = own[key]
+    missing = sorted(set(own) - set(state) - set(report.skipped))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                   for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                 if keys]
+        raise UserError("weights do not fit the model: " + "; ".join(parts))
+    model.load_state_dict({**own, **state}, strict=True)
+    report.loaded = sorted(state)
+    return report
+
+
+def save_safetensors(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:
+    """Write the model's weights as safetensors (contiguous copies; shared storage is not allowed)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata=metadata)

@@ -1,0 +1,200 @@
+"""Model contract: every registered net, exact sizes, and outputs equal to an independent reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resnetlab
+from resnetlab import UserError, create_model, list_models, model_info
+from resnetlab.models import cifar_resnet, count_params, profile
+
+# The paper's CIFAR sizes with option A (Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M) and
+# torchvision's published ImageNet sizes.
+PARAMS = {
+    "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
+    "resnet110": 1_727_962, "resnet1202": 19_421_274,
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808,
+}
+# Table 1 FLOPs (multiply-adds) with the stride in the first 1x1 conv, as the paper had it.
+TABLE1_GMACS = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7.6, "resnet152": 11.3}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_contract_every_model(name):
+    """Forward shape, no NaN, every parameter receives a gradient."""
+    torch.manual_seed(0)
+    info = model_info(name)
+    model = create_model(name, num_classes=7)
+    size = 32 if info.family == "cifar" else 64  # fully convolutional: 64 px keeps the test fast
+    x = torch.randn(2, 3, size, size)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad
+    feats = model.forward_stages(x)
+    assert [f.shape[1] for f in feats] == model.stage_channels
+    assert [size // f.shape[-1] for f in feats] == model.stage_strides
+
+
+@pytest.mark.parametrize("name,expected", PARAMS.items())
+def test_exact_parameter_counts(name, expected):
+    assert profile(name).params == expected
+
+
+def test_plain_twins_have_the_same_parameters_as_option_a():
+    for depth in (20, 32, 44, 56, 110):
+        assert profile(f"plain{depth}").params == PARAMS[f"resnet{depth}"]
+
+
+def test_shortcut_options_b_and_c_add_projections():
+    a, b, c = (profile("resnet20", shortcut=s).params for s in "ABC")
+    # B: two 1x1 projections (16->32, 32->64) with BN; C: one on every one of the 9 blocks.
+    assert b - a == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+    assert c > b
+    assert profile("resnet34", shortcut="A").params < PARAMS["resnet34"] < profile("resnet34", shortcut="C").params
+
+
+@pytest.mark.parametrize("name,gmacs", TABLE1_GMACS.items())
+def test_table1_multiply_adds(name, gmacs):
+    measured = profile(name, stride_on="1x1").macs / 1e9
+    assert abs(measured - gmacs) < 0.07  # the paper gives one decimal (3.66 -> 3.6, 7.57 -> 7.6)
+
+
+def test_preact_cifar_sizes():
+    # Identity Mappings paper, Table 3: ResNet-164 1.7M, ResNet-1001 10.2M (our 10.3M counts BN too).
+    assert round(profile("preact_resnet164").params / 1e6, 1) == 1.7
+    assert round(profile("preact_resnet1001").params / 1e6, 1) == 10.3
+
+
+def test_any_6n_plus_2_depth_and_bad_depths():
+    assert count_params(create_model("resnet74")) == count_params(cifar_resnet(74))
+    assert not model_info("plain74").residual
+    with pytest.raises(UserError, match="6n\\+2"):
+        cifar_resnet(21)
+    with pytest.raises(UserError, match="unknown model 'resnet21'"):
+        create_model("resnet21")
+
+
+def test_errors_name_the_choices():
+    with pytest.raises(UserError, match="unknown model 'resnet19'.*resnet18"):
+        create_model("resnet19")
+    with pytest.raises(UserError, match="unknown argument.*depht.*valid: num_classes"):
+        create_model("resnet20", depht=3)
+    with pytest.raises(UserError, match="shortcut must be one of 'A', 'B', 'C'"):
+        create_model("resnet20", shortcut="D")
+    with pytest.raises(UserError, match="plain"):
+        create_model("plain20", residual=True)
+    with pytest.raises(UserError, match="zero_init_residual"):
+        create_model("plain20", zero_init_residual=True)
+
+
+def test_torchvision_parameter_names_and_shapes():
+    """Spell out torchvision's resnet18 state dict independently and compare name by name."""
+    def bn(prefix, c):
+        return {f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")} | {
+            f"{prefix}.num_batches_tracked": ()}
+
+    expected = {"conv1.weight": (64, 3, 7, 7)} | bn("bn1", 64)
+    cin = 64
+    for stage, width in enumerate((64, 128, 256, 512), start=1):
+        for i in range(2):
+            p = f"layer{stage}.{i}"
+            expected[f"{p}.conv1.weight"] = (width, cin if i == 0 else width, 3, 3)
+            expected |= bn(f"{p}.bn1", width)
+            expected[f"{p}.conv2.weight"] = (width, width, 3, 3)
+            expected |= bn(f"{p}.bn2", width)
+            if i == 0 and stage > 1:
+                expected[f"{p}.downsample.0.weight"] = (width, cin, 1, 1)
+                expected |= bn(f"{p}.downsample.1", width)
+        cin = width
+    expected |= {"fc.weight": (1000, 512), "fc.bias": (1000,)}
+    got = {k: tuple(v.shape) for k, v in create_model("resnet18").state_dict().items()}
+    assert got == expected
+    assert len(create_model("resnet50").state_dict()) == 320  # torchvision's count
+
+
+def test_zero_init_residual_makes_blocks_identity():
+    model = create_model("resnet20", zero_init_residual=True).eval()
+    block = model.layer1[1]  # identity shortcut: output must be relu(x) = x for x >= 0
+    x = torch.rand(2, 16, 8, 8)
+    torch.testing.assert_close(block(x), x)
+
+
+def test_option_a_shortcut_pads_zeros_and_subsamples():
+    block = create_model("resnet20").layer2[0]
+    x = torch.randn(1, 16, 8, 8)
+    out = block.downsample(x)
+    assert out.shape == (1, 32, 4, 4)
+    torch.testing.assert_close(out[:, :16], x[:, :, ::2, ::2])
+    assert out[:, 16:].abs().sum() == 0
+    assert not list(block.downsample.parameters())
+
+
+# ---- independent reference: the forward pass written with torch.nn.functional on the state dict
+
+def _bn(x, sd, p):
+    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
+                        training=False, eps=1e-5)
+
+
+def _reference_forward(sd, x, stem, stages, bottleneck, option):
+    if stem == "imagenet":
+        x = F.max_pool2d(F.relu(_bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), sd, "bn1")), 3, 2, 1)
+    else:
+        x = F.relu(_bn(F.conv2d(x, sd["conv1.weight"], padding=1), sd, "bn1"))
+    for s, blocks in enumerate(stages, start=1):
+        for i in range(blocks):
+            p = f"layer{s}.{i}"
+            stride = 2 if (i == 0 and s > 1) else 1
+            if bottleneck:
+                out = F.relu(_bn(F.conv2d(x, sd[f"{p}.conv1.weight"]), sd, f"{p}.bn1"))
+                out = F.relu(_bn(F.conv2d(out, sd[f"{p}.conv2.weight"], stride=stride, padding=1), sd, f"{p}.bn2"))
+                out = _bn(F.conv2d(out, sd[f"{p}.conv3.weight"]), sd, f"{p}.bn3")
+            else:
+                out = F.relu(_bn(F.conv2d(x, sd[f"{p}.conv1.weight"], stride=stride, padding=1), sd, f"{p}.bn1"))
+                out = _bn(F.conv2d(out, sd[f"{p}.conv2.weight"], padding=1), sd, f"{p}.bn2")
+            if f"{p}.downsample.0.weight" in sd:
+                short = _bn(F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=stride), sd, f"{p}.downsample.1")
+            elif option == "A" and out.shape != x.shape:
+                sub = x[:, :, ::stride, ::stride]
+                short = torch.cat([sub, torch.zeros_like(sub)[:, : out.shape[1] - sub.shape[1]]], 1)
+            else:
+                short = x
+            x = F.relu(out + short)
+    return F.linear(x.mean((2, 3)), sd["fc.weight"], sd["fc.bias"])
+
+
+def _randomise_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics so BN really is checked
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name,stem,stages,bottleneck,option,size", [
+    ("resnet18", "imagenet", [2, 2, 2, 2], False, "B", 64),
+    ("resnet50", "imagenet", [3, 4, 6, 3], True, "B", 64),
+    ("resnet20", "cifar", [3, 3, 3], False, "A", 32),
+])
+def test_outputs_equal_independent_reference(name, stem, stages, bottleneck, option, size):
+    torch.manual_seed(0)
+    model = _randomise_bn(create_model(name, num_classes=10))
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = _reference_forward(model.state_dict(), x, stem, stages, bottleneck, option)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_he_initialisation_std():
+    conv = create_model("resnet50").layer3[0].conv2  # 3x3, 256 -> 256, fan_out = 256 * 9
+    assert abs(conv.weight.std().item() - (2 / (256 * 9)) ** 0.5) < 1e-3
+
+
+def test_public_api_is_reexported():
+    assert resnetlab.create_model is create_model and "resnet56" in resnetlab.list_models()
