@@ -37,10 +37,11 @@ class DataConfig:
     scale_min: int = 256  # scale augmentation: shorter side drawn from [scale_min, scale_max]
     scale_max: int = 480
     lighting: float = 0.1  # std of AlexNet-style PCA colour augmentation; 0 disables
-    cache_dir: str | None = None  # where decoded small-image caches live (default: next to data)
+    cache_dir: str | None = None  # decoded small-image caches (default: ~/.cache/resnetlab/folders)
     skip_bad: bool = False  # skip unreadable images (with a count) instead of failing
     synthetic_size: int = 1024  # synthetic dataset: images per split
     synthetic_classes: int = 10
+    stats_images: int = 2000  # folders of large images: normaliser statistics from this many train images
 
 
 @dataclass

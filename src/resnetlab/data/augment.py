@@ -1,0 +1,81 @@
+"""Batched augmentation and evaluation views on uint8 tensors (CPU or GPU), no per-sample loops.
+
+Random parameters are drawn on the CPU from the batch's own generator (see `sampling`) and then
+moved to the images' device, so a batch is identical on every device.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# AlexNet PCA lighting (Krizhevsky et al. 2012): eigen-decomposition of ImageNet RGB covariance,
+# pixels in [0, 1]; the constants used by fb.resnet.torch, the ResNet authors' reference code.
+EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
+                       [-0.5808, -0.0045, -0.8140],
+                       [-0.5836, -0.6948, 0.4203]])
+# He et al. Sec. 3.4 / Table 3 multi-scale testing: shorter side in these sizes (for 224 crops).
+MULTISCALE_SIDES = (224, 256, 384, 480, 640)
+
+
+def crop_flip(padded: torch.Tensor, idx: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Random size x size crops with random horizontal flips of padded[idx]: (B, 3, size, size).
+
+    `padded` holds the (already zero-padded) images, (N, C, Hp, Wp). An as_strided view lists
+    every window of every image, so one advanced-indexing gather does the crop for the batch.
+    """
+    n, c, hp, wp = padded.shape
+    b = idx.shape[0]
+    dy = torch.randint(0, hp - size + 1, (b,), generator=gen)
+    dx = torch.randint(0, wp - size + 1, (b,), generator=gen)
+    flip = torch.rand(b, generator=gen) < 0.5
+    s = padded.stride()
+    windows = padded.as_strided((n, hp - size + 1, wp - size + 1, c, size, size),
+                                (s[0], s[2], s[3], s[1], s[2], s[3]))
+    dev = padded.device
+    out = windows[idx.to(dev), dy.to(dev), dx.to(dev)]  # (B, C, size, size), a copy
+    return _flip_where(out, flip.to(dev))
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Horizontally flip each image of the batch with probability 1/2 (in place on a copy)."""
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    return _flip_where(x.clone(), flip.to(x.device))
+
+
+def _flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    if flip.any():
+        x[flip] = x[flip].flip(3)
+    return x
+
+
+def lighting(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
+    """AlexNet-style PCA colour noise on a uint8 batch: each image gets the RGB offset
+    EIGVEC @ (alpha * EIGVAL), alpha ~ N(0, std^2), in 0..255 units, rounded and clamped."""
+    alpha = torch.randn(x.shape[0], 3, generator=gen) * std
+    rgb = (alpha * EIGVAL) @ EIGVEC.T * 255.0  # (B, 3)
+    shifted = x.float() + rgb.to(x.device)[:, :, None, None]
+    return shifted.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def ten_crop(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The 4 corner and the centre size x size crops of a batch, then the same 5 flipped."""
+    h, w = x.shape[2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    crops = [x[:, :, :size, :size], x[:, :, :size, w - size:], x[:, :, h - size:, :size],
+             x[:, :, h - size:, w - size:], x[:, :, top:top + size, left:left + size]]
+    crops = [c.contiguous() for c in crops]
+    return crops + [c.flip(3) for c in crops]
+
+
+def multiscale_sides(image_size: int) -> list[int]:
+    """The paper's test scales {224, 256, 384, 480, 640}, scaled to the training crop size."""
+    return [round(s * image_size / 224) for s in MULTISCALE_SIDES]
+
+
+def resize_batch(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Resize a uint8 batch of square images to side x side (antialiased bilinear)."""
+    if x.shape[2:] == (side, side):
+        return x
+    y = F.interpolate(x.float(), size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8)

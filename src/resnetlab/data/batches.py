@@ -1,0 +1,126 @@
+"""Making one batch: the per-batch work of the loaders, for in-memory arrays and for image files.
+
+FileBatches is a picklable map-style dataset whose item j is the whole batch j (decoded and
+cropped per sample, flipped and lit as a batch), so torch's DataLoader can build batches in
+worker processes while the random draws stay a function of (seed, epoch, batch, rank) alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from resnetlab.config import DataConfig
+
+from .augment import crop_flip, lighting, multiscale_sides, random_flip, resize_batch, ten_crop
+from .datasets import ArrayDataset, FileDataset
+from .decode import BadImage, center_box, decode_crops, resized_shape, rrc_box, scale_box, square_box
+from .sampling import AUGMENT, generator
+
+CIFAR_PAD = 4  # He et al. Sec. 4.2: 4 pixels padded on each side, a 32x32 crop sampled
+RRC_TRIES = 10
+PROTOCOLS = ("center", "10crop", "multiscale")
+
+
+def array_train_batch(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, device, gen) -> tuple:
+    """Augmented uint8 images and labels of data[idx], on `device` (where the data is kept)."""
+    if cfg.augment == "cifar":
+        padded, labels = data.placed(device, CIFAR_PAD)
+        x = crop_flip(padded, idx, cfg.image_size, gen)
+    else:  # "none"
+        images, labels = data.placed(device)
+        x = images[idx.to(images.device)]
+    return x, labels[idx.to(labels.device)]
+
+
+def array_eval_views(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, device, protocol: str) -> tuple:
+    images, labels = data.placed(device)
+    x = images[idx.to(images.device)]
+    if protocol == "10crop":  # corners and centre of the training-padded image, and their flips
+        views = ten_crop(F.pad(x, (CIFAR_PAD,) * 4), x.shape[-1])
+    elif protocol == "multiscale":
+        views = [resize_batch(x, side) for side in multiscale_sides(x.shape[-1])]
+    else:
+        views = [x]
+    return views, labels[idx.to(labels.device)]
+
+
+@dataclass
+class FileBatches(torch.utils.data.Dataset):
+    """Item j = batch number first + j of `batches`: (views or image, labels, [(path, reason)])."""
+
+    data: FileDataset
+    cfg: DataConfig
+    batches: list  # of index tensors
+    first: int = 0
+    keys: tuple = ()  # (seed, epoch, rank) for training batches; () for evaluation
+    protocol: str | None = None  # evaluation protocol; None = training
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.first
+
+    def __getitem__(self, j: int):
+        i = self.first + j
+        idx = self.batches[i].tolist()
+        if self.protocol is None:
+            seed, epoch, rank = self.keys
+            gen = generator(AUGMENT, seed, epoch, i, rank)
+            u = torch.rand(len(idx), RRC_TRIES, 4, generator=gen, dtype=torch.float64).numpy()
+            plans = [self._train_plan(u[k]) for k in range(len(idx))]
+        else:
+            plans = [self._eval_plan()] * len(idx)
+        views, labels, bad = [], [], []
+        for k, plan in zip(idx, plans):
+            try:
+                views.append(decode_crops(self.data.paths[k], plan))
+                labels.append(int(self.data.labels[k]))
+            except BadImage as err:
+                bad.append((err.path, err.reason))
+        y = torch.tensor(labels, dtype=torch.int64)
+        if not views:
+            return None, y, bad
+        if self.protocol == "10crop":
+            return ten_crop_each(views, self.cfg.image_size), y, bad
+        stacked = [_stack([v[n] for v in views]) for n in range(len(views[0]))]
+        if self.protocol is None:
+            return self._batch_augment(stacked[0], gen), y, bad
+        return stacked, y, bad
+
+    def _train_plan(self, u: np.ndarray):
+        c, size = self.cfg, self.cfg.image_size
+        if c.augment == "imagenet":
+            side = c.scale_min + int(u[0, 0] * (c.scale_max - c.scale_min + 1))
+            return lambda w, h: [(scale_box(w, h, side, size, u[0, 1], u[0, 2]), (size, size))]
+        if c.augment == "rrc":
+            return lambda w, h: [(rrc_box(w, h, u), (size, size))]
+        return lambda w, h: [(center_box(w, h, size, size), (size, size))]  # cifar / none: then batched
+
+    def _eval_plan(self):
+        c, size = self.cfg, self.cfg.image_size
+        if self.protocol == "center":
+            return lambda w, h: [(center_box(w, h, c.eval_resize, size), (size, size))]
+        if self.protocol == "10crop":
+            return lambda w, h: [((0, 0, w, h), resized_shape(w, h, c.eval_resize))]
+        sides = multiscale_sides(size)  # fully-convolutional views: centre square at each scale
+        return lambda w, h: [(square_box(w, h), (s, s)) for s in sides]
+
+    def _batch_augment(self, x: torch.Tensor, gen) -> torch.Tensor:
+        if self.cfg.augment == "cifar":
+            return crop_flip(F.pad(x, (CIFAR_PAD,) * 4), torch.arange(x.shape[0]), self.cfg.image_size, gen)
+        if self.cfg.augment == "none":
+            return x
+        x = random_flip(x, gen)
+        return lighting(x, self.cfg.lighting, gen) if self.cfg.lighting > 0 else x
+
+
+def ten_crop_each(views: list, size: int) -> list[torch.Tensor]:
+    """10-crop of each image (sizes differ per image), regrouped into 10 batches."""
+    per_image = [ten_crop(torch.from_numpy(v[0]).permute(2, 0, 1)[None], size) for v in views]
+    return [torch.cat([crops[n] for crops in per_image]) for n in range(10)]
+
+
+def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    """(h, w, 3) uint8 arrays of one size -> (B, 3, h, w) contiguous uint8."""
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,123 @@
+"""build_data: turn a DataConfig into train/val/test datasets, class names and a fitted normaliser.
+
+Splits by source:
+- cifar10 / cifar100: train = the official training batches, test = the official test batch.
+- folder: train = ROOT/train; test = ROOT/test if present, else ROOT/val (then val/ is the test
+  split); if both val/ and test/ exist, val = ROOT/val and data.val_size is not used.
+- synthetic: train and test of data.synthetic_size images each.
+Otherwise val is carved out of train (data.val_size images, chosen by the seed), so model
+selection never touches the test set.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from resnetlab.config import DataConfig
+from resnetlab.errors import UserError
+
+from . import folder as folders
+from .cifar import SPECS, load_cifar
+from .datasets import ArrayDataset, FileDataset, resize_images
+from .loaders import check_augment, make_eval_loader
+from .normalize import Normalizer
+from .sampling import STATS, generator, split_indices
+from .synthetic import synthetic
+
+DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+DEFAULT_CACHE = Path(os.environ.get("RESNETLAB_CACHE", Path.home() / ".cache" / "resnetlab"))
+
+
+@dataclass
+class DataBundle:
+    train: ArrayDataset | FileDataset
+    val: ArrayDataset | FileDataset | None
+    test: ArrayDataset | FileDataset | None
+    classes: list[str]
+    normalizer: Normalizer
+    info: dict = field(default_factory=dict)  # source, root, cache file, skipped files, ...
+
+
+def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
+    if cfg.dataset not in DATASETS:
+        raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
+    train, val, test, info = _load(cfg)
+    if isinstance(train, ArrayDataset) and train.image_size != (cfg.image_size,) * 2:
+        train, val, test = (d if d is None else ArrayDataset(resize_images(d.images, cfg.image_size), d.labels, d.classes)
+                            for d in (train, val, test))
+    check_augment(train, cfg)
+    if val is None and cfg.val_size > 0:
+        keep, held = split_indices(len(train), cfg.val_size, seed)
+        train, val = train.subset(keep), train.subset(held)
+    normalizer = fit_normalizer(train, cfg, seed)
+    return DataBundle(train, val, test, train.classes, normalizer, {"dataset": cfg.dataset, **info})
+
+
+def _load(cfg: DataConfig):
+    if cfg.dataset == "synthetic":
+        return (synthetic(cfg.synthetic_size, cfg.synthetic_classes, cfg.image_size, "train"), None,
+                synthetic(cfg.synthetic_size, cfg.synthetic_classes, cfg.image_size, "test"), {})
+    root = Path(cfg.root).expanduser() if cfg.root else None
+    if cfg.dataset in SPECS:
+        root = root or DEFAULT_CACHE / "datasets"
+        train, test = load_cifar(cfg.dataset, root, cfg.download)
+        return train, None, test, {"root": str(root)}
+    if root is None:
+        raise UserError("data.root is not set; pass --data ROOT with ROOT/train/<class>/<image>")
+    return _load_folder(root, cfg)
+
+
+def _load_folder(root: Path, cfg: DataConfig):
+    if not (root / "train").is_dir():
+        raise UserError(f"{root} has no train/ folder; expected ROOT/train/<class>/<image> "
+                        f"(and optionally ROOT/val/ and ROOT/test/)")
+    paths, labels, classes, skipped = folders.scan(root / "train", None, cfg.skip_bad)
+    scanned = {"train": (paths, labels)}
+    for split in ("val", "test"):
+        if (root / split).is_dir():
+            p, y, _, bad = folders.scan(root / split, classes, cfg.skip_bad)
+            scanned[split], skipped = (p, y), skipped + bad
+    if "test" not in scanned and "val" in scanned:
+        scanned["test"] = scanned.pop("val")  # only val/: it is the test split; val is carved from train
+    small = folders.is_small(paths)
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else DEFAULT_CACHE / "folders"
+    out, info = {}, {"root": str(root), "in_memory": small, "caches": [], "resized": 0}
+    for split, (p, y) in scanned.items():
+        if small:
+            out[split], meta = folders.small_dataset(p, y, classes, cfg.image_size, root, cache_dir, cfg.skip_bad)
+            info["caches"].append(meta["cache"])
+            info["resized"] += meta["resized"]
+            skipped += meta["skipped"]
+        else:
+            out[split] = FileDataset(p, y, classes)
+    info["skipped"] = skipped
+    return out["train"], out.get("val"), out.get("test"), info
+
+
+def fit_normalizer(train, cfg: DataConfig, seed: int = 0) -> Normalizer:
+    """Normalisation statistics of the training split (never val or test).
+
+    In-memory data: every training image. Files: the centre views of up to data.stats_images
+    training images (a seeded sample), at the training crop size."""
+    if cfg.normalize == "imagenet":
+        return Normalizer.fit("imagenet", [])
+    if isinstance(train, ArrayDataset):
+        return Normalizer.fit(cfg.normalize, train.images.split(2048))
+    n = min(len(train), cfg.stats_images)
+    sample = train.subset(torch.randperm(len(train), generator=generator(STATS, seed))[:n].sort().values)
+    views = make_eval_loader(sample, cfg, batch_size=64, protocol="center")
+    return Normalizer.fit(cfg.normalize, (v[0] for v, _ in views))
+
+
+def describe(bundle: DataBundle) -> str:
+    """One line: source, split sizes, classes, image size and where the images live."""
+    size = ("x".join(map(str, bundle.train.image_size)) + " in memory"
+            if isinstance(bundle.train, ArrayDataset) else "image files")
+    splits = ", ".join(f"{name} {len(d)}" for name, d in (("train", bundle.train), ("val", bundle.val),
+                                                           ("test", bundle.test)) if d is not None)
+    extra = f", {len(bundle.info['skipped'])} bad files skipped" if bundle.info.get("skipped") else ""
+    return (f"{bundle.info.get('dataset')}: {splits} images, {len(bundle.classes)} classes, {size}, "
+            f"normalize={bundle.normalizer.kind}{extra}")

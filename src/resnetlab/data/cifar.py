@@ -1,0 +1,150 @@
+"""CIFAR-10 / CIFAR-100 in the official python format: find, download, verify, extract, load.
+
+A data directory may hold the extracted folder (cifar-10-batches-py/, cifar-100-python/) or the
+official archive; with download=True the archive is fetched. The archive is always checked
+against its published MD5, and downloads and extraction go through temporary names in the same
+directory followed by a rename, so an interrupted run never leaves anything that looks valid.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnetlab.errors import UserError
+
+from .datasets import ArrayDataset
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    archive: str
+    url: str
+    md5: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: bytes
+    names_key: bytes
+
+
+# Published at https://www.cs.toronto.edu/~kriz/cifar.html
+SPECS = {
+    "cifar10": CifarSpec("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                         "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+                         tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
+                         b"labels", b"label_names"),
+    "cifar100": CifarSpec("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                          "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python", ("train",), ("test",), "meta",
+                          b"fine_labels", b"fine_label_names"),
+}
+
+
+def load_cifar(name: str, root: str | os.PathLike, download: bool = False, url: str | None = None,
+               md5: str | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) of CIFAR `name` from `root`; url/md5 override the official ones (for tests)."""
+    spec = SPECS[name]
+    folder = ensure_extracted(spec, Path(root), download, url or spec.url, md5 or spec.md5)
+    classes = [c.decode() for c in _unpickle(folder / spec.meta_file)[spec.names_key]]
+    train, test = (_load_batches(folder, files, spec.label_key, classes)
+                   for files in (spec.train_files, spec.test_files))
+    return train, test
+
+
+def ensure_extracted(spec: CifarSpec, root: Path, download: bool, url: str, md5: str) -> Path:
+    """The extracted folder under root, extracting (and first downloading) the archive if needed."""
+    folder, archive = root / spec.folder, root / spec.archive
+    missing = [f for f in (*spec.train_files, *spec.test_files, spec.meta_file) if not (folder / f).is_file()]
+    if not missing:
+        return folder
+    if folder.exists():
+        raise UserError(f"{folder} is incomplete (missing {', '.join(missing)}); delete it and run again "
+                        f"to re-extract {spec.archive}")
+    if not archive.is_file():
+        if not download:
+            raise UserError(f"{spec.folder}/ or {spec.archive} not found in {root}; place the archive "
+                            f"there or pass --download")
+        fetch(url, archive, md5)
+    elif md5sum(archive) != md5:
+        raise UserError(f"{archive} does not match the published MD5 {md5} (corrupt or not the official "
+                        f"archive); delete it and download again")
+    _extract(archive, root, spec.folder)
+    return folder
+
+
+def fetch(url: str, dest: Path, md5: str) -> None:
+    """Download url to dest via a temporary file; dest appears only if the MD5 matches."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, out, length=1 << 20)
+        got = md5sum(Path(tmp))
+        if got != md5:
+            raise UserError(f"download of {url} has MD5 {got}, expected {md5}; nothing was saved, "
+                            f"try again or place {dest.name} in {dest.parent} yourself")
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError) as err:
+        raise UserError(f"cannot download {url} ({getattr(err, 'reason', err)}); if offline, place "
+                        f"{dest.name} in {dest.parent}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _extract(archive: Path, root: Path, folder: str) -> None:
+    """Extract into a temporary directory beside the target, then rename the folder into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    try:
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise UserError(f"cannot extract {archive} ({err}); delete it and download again") from None
+        if not (tmp / folder).is_dir():
+            raise UserError(f"{archive} does not contain {folder}/; is it the right archive?")
+        os.rename(tmp / folder, root / folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise UserError(f"cannot read CIFAR file {path} ({err}); delete its folder to re-extract") from None
+
+
+def _load_batches(folder: Path, files: tuple[str, ...], label_key: bytes, classes: list[str]) -> ArrayDataset:
+    images, labels = [], []
+    for name in files:
+        batch = _unpickle(folder / name)
+        try:
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        except (KeyError, ValueError) as err:
+            raise UserError(f"{folder / name} is not a CIFAR batch ({err!r})") from None
+    x, y = torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+    if len(y) != len(x) or y.min() < 0 or y.max() >= len(classes):
+        raise UserError(f"labels in {folder} do not match its {len(classes)} class names")
+    return ArrayDataset(x, y, classes)

@@ -1,0 +1,77 @@
+"""The two dataset kinds every source becomes.
+
+- ArrayDataset: all images in memory as one uint8 tensor (CIFAR, synthetic, small-image folders).
+  Batches are gathered and augmented as whole tensors, on the CPU or on the GPU.
+- FileDataset: image paths decoded on demand (folders of large images, e.g. ImageNet), in
+  worker processes, one sample at a time for the size-dependent part.
+
+Both carry int64 labels and the class names (index = label) and can be subset by indices.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from resnetlab.errors import UserError
+
+from .augment import resize_batch
+
+
+class ArrayDataset:
+    """uint8 images (N, 3, H, W) and int64 labels (N,), kept in memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must be ({images.shape[0]},), got {tuple(labels.shape)}")
+        self.images = images.contiguous()
+        self.labels = labels.to(torch.int64)
+        self.classes = list(classes)
+        self._cache: dict = {}  # (device, pad) -> (images, labels) placed and padded once
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[2:])
+
+    def subset(self, indices: torch.Tensor) -> "ArrayDataset":
+        return ArrayDataset(self.images[indices], self.labels[indices], self.classes)
+
+    def placed(self, device: torch.device, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (zero-padded by `pad` on each side) and labels on `device`, made once and kept."""
+        key = (str(device), pad)
+        if key not in self._cache:
+            images = self.images.to(device)
+            if pad:
+                images = F.pad(images, (pad, pad, pad, pad)).contiguous()
+            self._cache[key] = (images, self.labels.to(device))
+        return self._cache[key]
+
+
+class FileDataset:
+    """Image files decoded on demand; labels are int64, one per path."""
+
+    def __init__(self, paths: list[str], labels: torch.Tensor, classes: list[str]):
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths = list(paths)
+        self.labels = labels.to(torch.int64)
+        self.classes = list(classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: torch.Tensor) -> "FileDataset":
+        return FileDataset([self.paths[i] for i in indices.tolist()], self.labels[indices], self.classes)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize uint8 (N, 3, H, W) square images to (N, 3, size, size), in chunks to bound memory."""
+    if size < 1:
+        raise UserError(f"data.image_size must be positive, got {size}")
+    if tuple(images.shape[2:]) == (size, size):
+        return images
+    return torch.cat([resize_batch(chunk, size) for chunk in images.split(4096)])

@@ -1,0 +1,122 @@
+"""Decoding one image file with Pillow, and the per-image geometry of crops.
+
+Every crop here is "resize the image, then cut a window" expressed as one box in the original
+image's pixels and one output size, so Pillow resizes only the window (antialiased bilinear),
+and JPEGs are decoded at a reduced DCT scale (`draft`) when the output is much smaller.
+Geometry helpers are pure functions of the image size and uniform draws in [0, 1), so they can be
+tested without images and driven by the seeded generators of `sampling`.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+Box = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
+Plan = Callable[[int, int], list[tuple[Box, tuple[int, int]]]]  # (w, h) -> [(box, (out_w, out_h))]
+
+
+class BadImage(Exception):
+    """An image file that cannot be read; str() names the file and the reason."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def decode_crops(path: str, plan: Plan) -> list[np.ndarray]:
+    """Decode `path` once and return uint8 (h, w, 3) arrays for each (box, size) of plan(w, h)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                steps = plan(w, h)
+                # Largest reduction that keeps every window at least as big as its output size.
+                need = max(max(o[0] * w / max(b[2] - b[0], 1e-6), o[1] * h / max(b[3] - b[1], 1e-6))
+                           for b, o in steps)
+                if img.format == "JPEG" and need < min(w, h):
+                    img.draft("RGB", (math.ceil(need * w / min(w, h)), math.ceil(need * h / min(w, h))))
+                sx, sy = img.size[0] / w, img.size[1] / h
+                rgb = img.convert("RGB")  # grey, palette, CMYK, RGBA ... -> RGB; decodes the file
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as err:
+        raise BadImage(path, _reason(err)) from None
+    out = []
+    for (l, t, r, b), size in steps:
+        box = (l * sx, t * sy, r * sx, b * sy)
+        if size == rgb.size and box == (0, 0, *rgb.size):
+            out.append(np.asarray(rgb))
+        else:
+            out.append(np.asarray(rgb.resize(size, Image.BILINEAR, box=box)))
+    return out
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if "cannot identify image file" in text:
+        return "not an image Pillow can read"
+    if "truncated" in text:
+        return "truncated or corrupt image (" + text + ")"
+    return text
+
+
+def center_box(w: int, h: int, side: int, size: int) -> Box:
+    """Shorter side resized to `side`, then the centred size x size window."""
+    scale = side / min(w, h)
+    cw, ch = size / scale, size / scale
+    return ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+
+
+def scale_box(w: int, h: int, side: int, size: int, ux: float, uy: float) -> Box:
+    """Shorter side resized to `side` (He et al. Sec. 3.4 scale augmentation), a size x size
+    window at a uniformly drawn integer offset of the resized image."""
+    scale = side / min(w, h)
+    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
+    left, top = math.floor(ux * (rw - size + 1)), math.floor(uy * (rh - size + 1))
+    return (left / scale, top / scale, (left + size) / scale, (top + size) / scale)
+
+
+def rrc_box(w: int, h: int, u: np.ndarray, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Box:
+    """Random-resized-crop window (Szegedy et al. 2015) from up to len(u) attempts; u: (k, 4)."""
+    area, log_r = w * h, (math.log(ratio[0]), math.log(ratio[1]))
+    for ua, ur, ux, uy in u:
+        target = area * (scale[0] + ua * (scale[1] - scale[0]))
+        aspect = math.exp(log_r[0] + ur * (log_r[1] - log_r[0]))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = math.floor(ux * (w - cw + 1)), math.floor(uy * (h - ch + 1))
+            return (left, top, left + cw, top + ch)
+    side = min(w, h)  # fallback: the centred square
+    return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+
+
+def square_box(w: int, h: int) -> Box:
+    side = min(w, h)
+    return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+
+
+def resized_shape(w: int, h: int, side: int) -> tuple[int, int]:
+    """(w, h) after resizing the shorter side to `side`."""
+    scale = side / min(w, h)
+    return max(side, round(w * scale)), max(side, round(h * scale))
+
+
+def load_images(paths: list[str], size: int, eval_resize: int):
+    """Arbitrary image files as a uint8 (N, 3, size, size) batch for prediction: shorter side
+    resized to eval_resize, centre size x size crop (pass eval_resize=size for CIFAR-style models).
+    Returns (images, failed) where failed lists (path, reason) of files that could not be read;
+    images holds the others, in order."""
+    import torch  # local: keeps the geometry helpers above importable without torch
+
+    arrays, failed = [], []
+    for path in paths:
+        try:
+            arrays.append(decode_crops(str(path), lambda w, h: [(center_box(w, h, eval_resize, size), (size, size))])[0])
+        except BadImage as err:
+            failed.append((str(path), err.reason))
+    if not arrays:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8), failed
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), failed
