@@ -10,10 +10,13 @@ import sys
 
 from resnetlab.errors import UserError
 
-from . import models
+from . import eval as eval_cmd
+from . import models, train
 
 COMMANDS = {
     "models": models,
+    "train": train,
+    "eval": eval_cmd,
 }
 
 

@@ -1,0 +1,29 @@
+HELP = "Top-1/top-5 accuracy of a checkpoint (or a run directory's best.pt) under a testing protocol."
+
+import json
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    parser.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run trained on)")
+    parser.add_argument("--split", choices=["test", "val"], default="test")
+    parser.add_argument("--protocol", choices=["center", "10crop", "multiscale"], default="center")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args):
+    from resnetlab.engine import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.protocol, args.device,
+                                 args.precision, args.batch_size, args.workers)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['checkpoint']}  split={report['split']}  protocol={report['protocol']}  n={report['n']}")
+    print(f"  top-1 acc {report['top1']:6.2f}%   error {report['top1_err']:6.2f}%")
+    print(f"  top-5 acc {report['top5']:6.2f}%   error {report['top5_err']:6.2f}%")
+    return 0

@@ -1,0 +1,77 @@
+HELP = "Train a ResNet from a recipe (or continue a run with --resume)."
+
+import json
+from pathlib import Path
+
+from resnetlab.config import apply_overrides, list_recipes, load_config
+from resnetlab.errors import UserError
+
+# flag -> config key; each flag is a shortcut for --set KEY=VALUE
+FLAG_KEYS = {
+    "epochs": "schedule.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr",
+    "precision": "train.precision", "device": "train.device", "workers": "train.workers",
+    "seed": "train.seed", "init": "finetune.init",
+}
+
+
+def add_arguments(parser):
+    parser.add_argument("--recipe", help="shipped recipe name (see --list-recipes) or a YAML file")
+    parser.add_argument("--data", metavar="DIR", help="dataset folder: train/<class>/ images, or CIFAR python files")
+    parser.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+    parser.add_argument("--epochs", type=int, help="train this many epochs (replaces schedule.max_steps)")
+    parser.add_argument("--max-steps", type=int, help="train this many optimizer steps (clears schedule.epochs)")
+    parser.add_argument("--batch-size", type=int, help="GLOBAL batch size, split across processes")
+    parser.add_argument("--lr", type=float, help="base learning rate (never rescaled for you)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--workers", type=int, help="image-decoding worker processes")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--init", metavar="WEIGHTS", help="start from these weights / checkpoint (fine-tuning)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any config value, e.g. --set optim.lr=0.05 (repeatable)")
+    parser.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
+
+
+def build_config(args):
+    """The run's config and directory from the command line (library calls only)."""
+    from resnetlab.engine.datadir import data_overrides
+
+    if args.resume:
+        if args.recipe:
+            raise UserError("--resume continues a run with its own config; drop --recipe (use --set to change values)")
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise UserError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
+        recipe, out = str(saved), args.resume
+    else:
+        if not args.recipe or not args.out:
+            raise UserError("give --recipe NAME|FILE and --out RUN_DIR (or --resume RUN_DIR)")
+        recipe, out = args.recipe, args.out
+    overrides = [(key, getattr(args, flag)) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
+    if args.max_steps is not None:
+        overrides += [("schedule.max_steps", args.max_steps), ("schedule.epochs", None)]
+    cfg = load_config(recipe, overrides)
+    if args.data:
+        cfg = apply_overrides(cfg, data_overrides(args.data, cfg.data.dataset))
+    return apply_overrides(cfg, args.set), out  # explicit --set wins over everything
+
+
+def run(args):
+    if args.list_recipes:
+        for name, description in list_recipes().items():
+            print(f"{name:20s} {description}")
+        return 0
+    from resnetlab.engine import TrainingInterrupted, train_and_evaluate
+    from resnetlab.engine.distributed import dist_info_from_env
+
+    cfg, out = build_config(args)
+    try:
+        summary = train_and_evaluate(cfg, out, resume=bool(args.resume))
+    except TrainingInterrupted as stop:
+        if dist_info_from_env().is_main:
+            print(f"resnetlab train: {stop}. Continue with: resnetlab train --resume {out}", flush=True)
+        return stop.exit_code
+    if dist_info_from_env().is_main:
+        print(json.dumps(summary, indent=1))
+    return 0

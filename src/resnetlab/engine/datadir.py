@@ -1,0 +1,36 @@
+"""What kind of dataset a `--data DIR` holds, so the command line needs no --dataset flag.
+
+- DIR/train/<class>/*.jpg|png...          -> data.dataset = folder, data.root = DIR
+- DIR/cifar-10-batches-py (or the archive) -> cifar10, root DIR; DIR itself being that folder works too
+- DIR/cifar-100-python (or the archive)    -> cifar100
+Anything else keeps the recipe's data.dataset (with data.root = DIR), and the data package
+reports what it expected to find.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from resnetlab.errors import UserError
+
+CIFAR_MARKERS = {
+    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz"),
+}
+
+
+def data_overrides(path: str, recipe_dataset: str) -> list[tuple[str, object]]:
+    """Config overrides [(key, value)] for `--data path`."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--data {path}: no such directory (expected a folder with train/<class>/ images "
+                        "or the CIFAR python files)")
+    if recipe_dataset == "synthetic":
+        return [("data.root", str(root))]
+    for name, markers in CIFAR_MARKERS.items():
+        if root.name == markers[0]:
+            return [("data.dataset", name), ("data.root", str(root.parent))]
+        if any((root / m).exists() for m in markers):
+            return [("data.dataset", name), ("data.root", str(root))]
+    if (root / "train").is_dir() and any(p.is_dir() for p in (root / "train").iterdir()):
+        return [("data.dataset", "folder"), ("data.root", str(root))]
+    return [("data.root", str(root))]

@@ -1,0 +1,81 @@
+"""Data-parallel training switched on by the variables `torchrun` sets (RANK, WORLD_SIZE, LOCAL_RANK).
+
+`torchrun --nproc_per_node=N -m resnetlab train ...` gives N processes; each builds the same
+model from the same seed, DDP averages gradients, and every process sees its slice of each
+global batch (make_train_loader(rank=, world_size=)). NCCL on GPUs, gloo on CPU.
+Only rank 0 writes files or prints.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from resnetlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info_from_env(env=os.environ) -> DistInfo:
+    """The process's place in a torchrun job, or the single-process default."""
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return DistInfo()
+    try:
+        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"])))
+    except ValueError:
+        raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers, got {env['RANK']!r}/{env['WORLD_SIZE']!r}") from None
+
+
+def init_distributed(info: DistInfo, device: torch.device) -> None:
+    """Join the process group (env:// rendezvous from torchrun) if there is more than one process."""
+    if not info.enabled or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def per_rank_batch(global_batch: int, info: DistInfo) -> int:
+    """optim.batch_size is the GLOBAL batch; each process takes an equal share of it."""
+    if global_batch % info.world_size:
+        raise UserError(f"optim.batch_size {global_batch} (the global batch) does not split evenly over "
+                        f"{info.world_size} processes; pick a multiple of {info.world_size}")
+    return global_batch // info.world_size
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over processes (identity when not distributed)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's value of a small picklable object on every rank (e.g. a stop flag)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,109 @@
+"""Top-1 / top-5 accuracy under the paper's testing protocols.
+
+center: one centre crop. 10crop: four corners + centre and their flips (Sec. 3.4, "standard
+10-crop testing"). multiscale: the fully-convolutional multi-scale average of Sec. 3.4. The
+views of one image are combined by averaging their softmax outputs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from resnetlab.errors import UserError
+
+from .distributed import DistInfo, all_reduce_sum
+from .runtime import Runtime, autocast, to_input
+
+PROTOCOLS = ("center", "10crop", "multiscale")
+
+
+@torch.no_grad()
+def predict_views(model: nn.Module, normalizer: nn.Module, views: list[torch.Tensor], rt: Runtime) -> torch.Tensor:
+    """Mean softmax over the views of a batch: list of (B, 3, H, W) uint8 -> (B, num_classes) float32."""
+    probs = None
+    for view in views:
+        with autocast(rt):
+            logits = model(to_input(normalizer(view), rt))
+        p = logits.float().softmax(dim=1)
+        probs = p if probs is None else probs + p
+    return probs / len(views)
+
+
+def count_correct(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[top-1 correct, top-5 correct, n] for one batch (top-5 is top-k with k = min(5, classes))."""
+    topk = probs.topk(min(5, probs.shape[1]), dim=1).indices  # (B, k)
+    hits = topk == labels[:, None]
+    return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.tensor(len(labels), device=labels.device)]).double()
+
+
+def accuracy_report(correct1: float, correct5: float, n: float, protocol: str) -> dict:
+    """The metrics dict every caller prints or stores (accuracies and errors in percent)."""
+    if n == 0:
+        return {"top1": float("nan"), "top5": float("nan"), "top1_err": float("nan"), "top5_err": float("nan"),
+                "n": 0, "protocol": protocol}
+    top1, top5 = 100.0 * correct1 / n, 100.0 * correct5 / n
+    return {"top1": top1, "top5": top5, "top1_err": 100.0 - top1, "top5_err": 100.0 - top5,
+            "n": int(n), "protocol": protocol}
+
+
+def evaluate(model: nn.Module, normalizer: nn.Module, loader, rt: Runtime, protocol: str = "center") -> dict:
+    """Accuracy of `model` over an eval loader (summed over processes when distributed).
+
+    The model is put in eval mode and left there; callers switch back to training themselves.
+    """
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=rt.device)
+    for views, labels in loader:
+        totals += count_correct(predict_views(model, normalizer, list(views), rt), labels)
+    c1, c5, n = all_reduce_sum(totals).tolist()
+    return accuracy_report(c1, c5, n, protocol)
+
+
+def evaluate_split(model, normalizer, dataset, cfg, rt: Runtime, info: DistInfo, protocol: str = "center",
+                   batch_size: int | None = None, workers: int = 0) -> dict:
+    """Evaluate on one dataset split, building the loader with the data package's protocol views."""
+    from resnetlab.data import make_eval_loader
+
+    batch = batch_size or max(cfg.optim.batch_size // info.world_size, 1)
+    loader = make_eval_loader(dataset, cfg.data, batch_size=batch, protocol=protocol, rank=info.rank,
+                              world_size=info.world_size, workers=workers, device=rt.device)
+    return evaluate(model, normalizer, loader, rt, protocol)
+
+
+def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
+                        device: str = "auto", precision: str = "auto", batch_size: int = 100, workers: int = 0) -> dict:
+    """Accuracy of a checkpoint (or a run directory's best.pt) on one split of its dataset.
+
+    The split is rebuilt from the checkpoint's own config (same seed, same val_size), so `val`
+    is exactly the held-out part used for model selection; `data` points at the dataset when it
+    has moved. The checkpoint's normaliser (fitted on its training split) is used as saved.
+    """
+    from resnetlab.config import TrainConfig, apply_overrides
+    from resnetlab.data import build_data
+
+    from .checkpoint import checkpoint_path, model_from_checkpoint
+    from .datadir import data_overrides
+    from .runtime import make_runtime, prepare_model
+
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if split not in ("test", "val"):
+        raise UserError(f"unknown split {split!r}; choose test or val")
+    path = checkpoint_path(checkpoint)
+    model, normalizer, classes, cfg = model_from_checkpoint(path)
+    if data is not None:
+        cfg = apply_overrides(cfg, data_overrides(data, cfg.data.dataset))
+    if cfg.data.root is None and cfg.data.dataset != "synthetic":
+        raise UserError(f"{path} does not say where its data is; pass --data DIR")
+    bundle = build_data(cfg.data, seed=cfg.train.seed)
+    dataset = bundle.test if split == "test" else bundle.val
+    if dataset is None:
+        raise UserError(f"the dataset at {cfg.data.root} has no {split} split"
+                        + (" (the run used data.val_size=0)" if split == "val" else "; try --split val"))
+    if list(bundle.classes) != classes:
+        raise UserError(f"the dataset's classes ({len(bundle.classes)}) differ from the checkpoint's ({len(classes)}); "
+                        "evaluate on the dataset it was trained for")
+    rt = make_runtime(TrainConfig(device=device, precision=precision))
+    model = prepare_model(model, rt)
+    report = evaluate_split(model, normalizer.to(rt.device), dataset, cfg, rt, DistInfo(), protocol, batch_size, workers)
+    return {**report, "split": split, "checkpoint": str(path)}

@@ -1,0 +1,77 @@
+"""Fine-tuning: start from other weights, freeze the stem and early stages, slower backbone.
+
+`freeze_stages = k` freezes the stem (conv1, bn1) and the first k stages: their parameters get
+requires_grad=False and their BatchNorm layers stay in eval mode, so neither the weights nor
+the running statistics move. `freeze_bn` does the same for every BatchNorm in the net (useful
+with small batches, whose statistics are noisy).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from resnetlab.config import FinetuneConfig
+from resnetlab.errors import UserError
+from resnetlab.models import load_weights
+
+HEAD_PREFIX = "fc."
+
+
+def load_init_weights(model: nn.Module, source) -> list[str]:
+    """Load pretrained weights (a weights file or a resnetlab checkpoint); a classifier of another
+    class count is left at its fresh init. Returns the skipped (re-initialised) keys."""
+    return load_weights(model, source, ignore_mismatched_head=True).skipped
+
+
+def _stages(model: nn.Module) -> list[nn.Module]:
+    return list(model.stages()) if hasattr(model, "stages") else []
+
+
+def frozen_modules(model: nn.Module, freeze_stages: int) -> list[nn.Module]:
+    """The stem and the first `freeze_stages` stages (nothing for -1)."""
+    if freeze_stages < 0:
+        return []
+    stages = _stages(model)
+    if freeze_stages > len(stages):
+        raise UserError(f"finetune.freeze_stages={freeze_stages} but the model has {len(stages)} stages; "
+                        f"use -1 (nothing), 0 (stem) ... {len(stages)} (whole backbone)")
+    return [model.conv1, model.bn1] + stages[:freeze_stages]
+
+
+def _batchnorms(modules) -> list[nn.Module]:
+    return [m for root in modules for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def apply_freezing(model: nn.Module, cfg: FinetuneConfig) -> list[nn.Module]:
+    """Turn off gradients of the frozen parts; returns the BatchNorm layers to keep in eval mode."""
+    frozen = frozen_modules(model, cfg.freeze_stages)
+    for module in frozen:
+        module.requires_grad_(False)
+    eval_bns = _batchnorms(frozen)
+    if cfg.freeze_bn:
+        eval_bns = _batchnorms([model])
+        for bn in eval_bns:
+            bn.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("fine-tuning settings freeze every parameter; lower finetune.freeze_stages")
+    return eval_bns
+
+
+def set_train_mode(model: nn.Module, eval_bns: list[nn.Module]) -> None:
+    """model.train(), except the frozen BatchNorms, which keep using (and keeping) their statistics."""
+    model.train()
+    for bn in eval_bns:
+        bn.eval()
+
+
+def param_groups(model: nn.Module, backbone_lr_mult: float) -> list[dict]:
+    """Trainable parameters in two groups: the backbone (lr * backbone_lr_mult) and the classifier.
+
+    Each group carries its `lr_mult`; the training loop sets group lr = schedule lr * lr_mult.
+    """
+    if backbone_lr_mult < 0:
+        raise UserError(f"finetune.backbone_lr_mult must be >= 0, got {backbone_lr_mult}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    backbone = [p for n, p in named if not n.startswith(HEAD_PREFIX)]
+    head = [p for n, p in named if n.startswith(HEAD_PREFIX)]
+    groups = [{"params": backbone, "lr_mult": backbone_lr_mult}, {"params": head, "lr_mult": 1.0}]
+    return [g for g in groups if g["params"]]

@@ -1,0 +1,74 @@
+"""What a run tells the world: a tqdm bar on a terminal, one line per evaluation otherwise,
+metrics.jsonl in the run directory, and TensorBoard when asked for and installed.
+
+Only rank 0 logs; the other processes get a logger that does nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+class RunLogger:
+    def __init__(self, workdir: Path | None, enabled: bool, total_steps: int, start_step: int,
+                 tensorboard: bool = False, stream=None):
+        self.enabled, self.workdir = enabled, workdir
+        self.stream = stream or sys.stderr
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream, dynamic_ncols=True,
+                        unit="step") if self.tty else None
+        self.tb = self._tensorboard() if enabled and tensorboard else None
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.info("train.tensorboard is on but tensorboard is not installed (pip install tensorboard); skipping it")
+            return None
+        return SummaryWriter(str(self.workdir / "tensorboard"))
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def progress(self, step: int, **values) -> None:
+        """Called every log_every steps: moves the bar (terminal only) and feeds TensorBoard."""
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix({k: _fmt(v) for k, v in values.items()}, refresh=False)
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(f"train/{key}", value, step)
+
+    def record(self, metrics: dict) -> None:
+        """One evaluation: a line in metrics.jsonl and, off a terminal, one line of text."""
+        if not self.enabled:
+            return
+        with open(self.workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        keys = ("epoch", "step", "lr", "train_loss", "train_err", "val_top1_err", "val_top5_err", "images_per_s", "elapsed_s")
+        self.info("  ".join(f"{k} {_fmt(metrics[k])}" for k in keys if k in metrics and metrics[k] is not None))
+        if self.tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self.tb.add_scalar(f"eval/{key}", value, metrics["step"])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()

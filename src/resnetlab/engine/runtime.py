@@ -1,0 +1,97 @@
+"""Where and how the math runs: device, precision, memory format, autocast.
+
+One code path serves every precision: `autocast(rt)` is enabled only for bf16/fp16, and the
+GradScaler only for fp16 (bf16 has fp32's exponent range, so it needs no loss scaling).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from resnetlab.config import TrainConfig
+from resnetlab.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    channels_last: bool
+
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX or AVX-512 BF16, where oneDNN runs bf16 convolutions natively."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device {name!r}: CUDA is not available here; use --device cpu or auto")
+        if device.index is None:  # one GPU per process under torchrun
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if name not in DTYPES:
+        raise UserError(f"train.precision {name!r}: choose auto, {', '.join(DTYPES)}")
+    return name
+
+
+def resolve_channels_last(name: str, device: torch.device, precision: str) -> bool:
+    """channels_last helps cuDNN (tensor cores) and oneDNN's bf16 kernels; fp32 on CPU is faster in NCHW."""
+    if name == "auto":
+        return device.type == "cuda" or precision == "bf16"
+    if name not in ("true", "false"):
+        raise UserError(f"train.channels_last {name!r}: choose auto, true or false")
+    return name == "true"
+
+
+def make_runtime(cfg: TrainConfig, local_rank: int = 0) -> Runtime:
+    device = resolve_device(cfg.device, local_rank)
+    precision = resolve_precision(cfg.precision, device)
+    return Runtime(device, precision, resolve_channels_last(cfg.channels_last, device, precision))
+
+
+def autocast(rt: Runtime):
+    return torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.precision != "fp32")
+
+
+def make_grad_scaler(rt: Runtime) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+
+
+def prepare_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    model = model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_input(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x

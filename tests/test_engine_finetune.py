@@ -1,0 +1,78 @@
+"""Fine-tuning: new classifier, frozen stem/stages (weights and BN statistics), lr groups."""
+import pytest
+import torch
+
+from resnetlab.config import Config, apply_overrides
+from resnetlab.engine.finetune import apply_freezing, load_init_weights, param_groups, set_train_mode
+from resnetlab.engine.state import build_optimizer, set_lr
+from resnetlab.errors import UserError
+from resnetlab.models import create_model
+
+
+def finetune_cfg(**values):
+    return apply_overrides(Config(), [(f"finetune.{k}", v) for k, v in values.items()] + [("model.name", "resnet8")])
+
+
+def sgd_step(model, optimizer, eval_bns):
+    set_train_mode(model, eval_bns)
+    x = torch.randn(8, 3, 32, 32)
+    torch.nn.functional.cross_entropy(model(x), torch.randint(0, 4, (8,))).backward()
+    optimizer.step()
+
+
+def test_init_replaces_a_classifier_of_another_size_and_keeps_the_rest(tmp_path):
+    torch.manual_seed(0)
+    source = create_model("resnet8", num_classes=10)
+    torch.save({"model": source.state_dict()}, tmp_path / "pre.pt")
+    target = create_model("resnet8", num_classes=4)
+    fresh_fc = target.fc.weight.clone()
+    assert load_init_weights(target, str(tmp_path / "pre.pt")) == ["fc.weight", "fc.bias"]
+    assert torch.equal(target.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    assert torch.equal(target.fc.weight, fresh_fc)
+
+
+def test_freeze_stem_and_first_stage_keeps_weights_and_bn_statistics():
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=4)
+    cfg = finetune_cfg(freeze_stages=1)
+    eval_bns = apply_freezing(model, cfg.finetune)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer(model, cfg)
+    set_lr(optimizer, 0.1)
+    sgd_step(model, optimizer, eval_bns)
+    after = model.state_dict()
+    frozen = [k for k in before if k.startswith(("conv1.", "bn1.", "layer1."))]
+    assert len(frozen) > 5 and all(torch.equal(before[k], after[k]) for k in frozen)  # incl. running_mean/var
+    assert not torch.equal(before["layer2.0.conv1.weight"], after["layer2.0.conv1.weight"])
+    assert not torch.equal(before["layer2.0.bn1.running_mean"], after["layer2.0.bn1.running_mean"])
+    assert model.layer1[0].bn1.training is False and model.layer2[0].bn1.training is True
+
+
+def test_freeze_bn_fixes_every_batchnorm():
+    model = create_model("resnet8", num_classes=4)
+    cfg = finetune_cfg(freeze_bn=True)
+    eval_bns = apply_freezing(model, cfg.finetune)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer(model, cfg)
+    set_lr(optimizer, 0.1)
+    sgd_step(model, optimizer, eval_bns)
+    bn_keys = [k for k in before if ".bn" in k or k.startswith("bn1") or "downsample.1" in k]
+    assert bn_keys and all(torch.equal(before[k], model.state_dict()[k]) for k in bn_keys)
+
+
+def test_backbone_lr_multiplier_makes_two_groups():
+    model = create_model("resnet8", num_classes=4)
+    cfg = finetune_cfg(backbone_lr_mult=0.1)
+    optimizer = build_optimizer(model, cfg)
+    set_lr(optimizer, 0.5)
+    backbone, head = optimizer.param_groups
+    assert (backbone["lr"], head["lr"]) == pytest.approx((0.05, 0.5))
+    assert len(head["params"]) == 2 and len(backbone["params"]) == len(list(model.parameters())) - 2
+
+
+def test_bad_finetune_settings():
+    model = create_model("resnet8", num_classes=4)
+    with pytest.raises(UserError, match="freeze_stages=4 but the model has 3 stages"):
+        apply_freezing(model, finetune_cfg(freeze_stages=4).finetune)
+    with pytest.raises(UserError, match="backbone_lr_mult"):
+        param_groups(model, -1.0)

@@ -1,0 +1,82 @@
+"""The training loop on synthetic data: it learns, resumes bit-identically, stops cleanly."""
+import json
+
+import pytest
+import torch
+
+from resnetlab.config import Config, apply_overrides, config_from_dict
+from resnetlab.engine import TrainingDiverged, load_checkpoint, model_from_checkpoint, train_and_evaluate
+from resnetlab.errors import UserError
+
+TINY = [("model.name", "resnet8"), ("data.dataset", "synthetic"), ("data.synthetic_size", 160),
+        ("data.synthetic_classes", 4), ("data.val_size", 32), ("data.augment", "none"), ("data.image_size", 16),
+        ("optim.batch_size", 16), ("schedule.kind", "constant"), ("schedule.max_steps", 8),
+        ("train.precision", "fp32"), ("train.device", "cpu"), ("train.log_every", 2)]
+
+
+def tiny_config(*overrides) -> Config:
+    """A ResNet-8 on 160 synthetic 16x16 images in 4 classes: a step takes milliseconds."""
+    return apply_overrides(Config(), TINY + list(overrides))
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_fits_synthetic_data_and_writes_the_run_directory(tmp_path):
+    cfg = tiny_config(("schedule.max_steps", 32), ("train.eval_every", 8), ("optim.lr", 0.05))
+    summary = train_and_evaluate(cfg, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [8, 16, 24, 32]
+    assert records[-1]["train_err"] < 5.0 < records[0]["train_err"]  # learned the training set
+    for key in ("epoch", "lr", "train_loss", "val_top1_err", "val_top5_err", "images_per_s", "elapsed_s"):
+        assert key in records[-1]
+    assert config_from_dict(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["config"]) == cfg
+    assert (tmp_path / "config.yaml").is_file() and len(json.loads((tmp_path / "classes.json").read_text())) == 4
+    best = min(records, key=lambda r: r["val_top1_err"])
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["step"] == best["step"]  # first best wins ties
+    assert summary["test"]["last"]["n"] == 160 and set(summary["test"]) == {"last", "best"}
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_resume_is_bit_identical(tmp_path):
+    # lr drops at step 6 so the schedule matters; the stop at 5 is mid-epoch (8 steps per epoch).
+    cfg = tiny_config(("schedule.kind", "step"), ("schedule.milestones", [6]), ("schedule.max_steps", 12),
+                      ("train.eval_every", 4), ("optim.nesterov", True))
+    train_and_evaluate(cfg, tmp_path / "one_go")
+    train_and_evaluate(apply_overrides(cfg, [("schedule.max_steps", 5)]), tmp_path / "split")
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["step"] == 5
+    train_and_evaluate(cfg, tmp_path / "split", resume=True)
+    a, b = weights(tmp_path / "one_go" / "checkpoints" / "last.pt"), weights(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    opt_a = load_checkpoint(tmp_path / "one_go" / "checkpoints" / "last.pt")["optimizer"]["state"]
+    opt_b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["optimizer"]["state"]
+    assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"]) for i in opt_a)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(("schedule.max_steps", 4), ("train.eval_every", 4))
+    train_and_evaluate(cfg, tmp_path)
+    good = weights(tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train_and_evaluate(apply_overrides(cfg, [("optim.lr", 1e30), ("schedule.max_steps", 12)]), tmp_path, resume=True)
+    kept = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert kept["step"] == 4 and all(torch.equal(good[k], kept["model"][k]) for k in good)
+
+
+def test_an_existing_run_is_not_overwritten_and_resume_needs_one(tmp_path):
+    cfg = tiny_config(("schedule.max_steps", 2))
+    train_and_evaluate(cfg, tmp_path / "run")
+    with pytest.raises(UserError, match="--resume"):
+        train_and_evaluate(cfg, tmp_path / "run")
+    with pytest.raises(UserError, match="no checkpoints/last.pt"):
+        train_and_evaluate(cfg, tmp_path / "empty", resume=True)
+
+
+def test_bf16_channels_last_run_and_model_from_checkpoint(tmp_path):
+    cfg = tiny_config(("train.precision", "bf16"), ("train.channels_last", "true"), ("schedule.max_steps", 4))
+    train_and_evaluate(cfg, tmp_path)
+    model, normalizer, classes, saved = model_from_checkpoint(tmp_path)
+    assert saved == cfg and len(classes) == 4 and not model.training
+    x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert model(normalizer(x)).shape == (2, 4)
