@@ -1,0 +1,126 @@
+"""load_weights: every accepted layout loads to identical outputs; every bad one fails clearly."""
+import collections
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from resnetlab import UserError, create_model, load_weights
+from resnetlab.models import save_safetensors
+
+
+@pytest.fixture(scope="module")
+def source():
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    for m in model.modules():  # non-default BN statistics, so a missed buffer would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+    return model
+
+
+def _same(a, b):
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        return torch.equal(a.eval()(x), b.eval()(x))
+
+
+def _fresh():
+    torch.manual_seed(123)
+    return create_model("resnet20")
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda sd: sd,
+    lambda sd: {"state_dict": sd, "epoch": 3},
+    lambda sd: {"model": sd, "optimizer": {}},
+    lambda sd: {"model": {"state_dict": sd}},
+    lambda sd: collections.OrderedDict((f"module.{k}", v) for k, v in sd.items()),  # DataParallel / DDP
+    lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},  # torch.compile
+    lambda sd: {k.replace("fc.", "linear.", 1): v for k, v in sd.items()},  # common CIFAR repos
+], ids=["plain", "state_dict", "model", "nested", "module_prefix", "compiled", "linear_head"])
+def test_layouts_load_to_identical_outputs(source, wrap, tmp_path):
+    target = _fresh()
+    load_weights(target, wrap(source.state_dict()))
+    assert _same(source, target)
+    path = tmp_path / "w.pt"  # and the same through a file read with weights_only=True
+    torch.save(wrap(source.state_dict()), path)
+    target = _fresh()
+    load_weights(target, str(path))
+    assert _same(source, target)
+
+
+def test_projection_shortcut_named_shortcut_loads():
+    src = create_model("resnet20", shortcut="B")
+    sd = {k.replace(".downsample.", ".shortcut."): v for k, v in src.state_dict().items()}
+    assert any(".shortcut." in k for k in sd)
+    target = create_model("resnet20", shortcut="B")
+    load_weights(target, sd)
+    assert _same(src, target)
+
+
+def test_safetensors_round_trip(source, tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_safetensors(source, path, metadata={"model": "resnet20"})
+    target = _fresh()
+    load_weights(target, path)
+    assert _same(source, target)
+
+
+def test_missing_num_batches_tracked_is_tolerated(source):
+    sd = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    target = _fresh()
+    load_weights(target, sd)
+    assert _same(source, target)
+
+
+def test_mismatch_names_missing_unexpected_and_wrong_shapes(source):
+    sd = dict(source.state_dict())
+    sd.pop("layer1.0.conv1.weight")
+    sd["extra.weight"] = torch.zeros(1)
+    with pytest.raises(UserError) as err:
+        load_weights(create_model("resnet20", num_classes=100), sd)
+    msg = str(err.value)
+    assert "missing (1): layer1.0.conv1.weight" in msg
+    assert "unexpected (1): extra.weight" in msg
+    assert "wrong shape" in msg and "fc.weight (10, 64) vs model (100, 64)" in msg
+
+
+def test_ignore_mismatched_head_for_fine_tuning(source):
+    target = create_model("resnet20", num_classes=5)
+    head = target.fc.weight.clone()
+    report = load_weights(target, source.state_dict(), ignore_mismatched_head=True)
+    assert report.skipped == ["fc.weight", "fc.bias"]
+    assert torch.equal(target.fc.weight, head)
+    assert torch.equal(target.conv1.weight, source.conv1.weight)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_refuses_files_that_need_arbitrary_unpickling(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Evil()}, f)
+    torch.save({"model": create_model("resnet20").state_dict(), "obj": _Evil()}, tmp_path / "evil2.pt")
+    for p in (path, tmp_path / "evil2.pt"):
+        with pytest.raises(UserError, match="refuses to run"):
+            load_weights(create_model("resnet20"), p)
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_weights(create_model("resnet20"), tmp_path / "nope.pt")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="not a valid safetensors"):
+        load_weights(create_model("resnet20"), bad)
+    with pytest.raises(UserError, match="no tensors"):
+        load_weights(create_model("resnet20"), {"epoch": 3})
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(UserError, match="missing"):
+        load_weights(create_model("resnet20"), tmp_path / "other.safetensors")
