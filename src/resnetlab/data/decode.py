@@ -46,11 +46,12 @@ def decode_crops(path: str, plan: Plan) -> list[np.ndarray]:
         raise BadImage(path, _reason(err)) from None
     out = []
     for (l, t, r, b), size in steps:
-        box = (l * sx, t * sy, r * sx, b * sy)
+        # Clamped to the image: rounding may push a window's edge a fraction of a pixel outside.
+        box = (max(0.0, l * sx), max(0.0, t * sy), min(rgb.size[0], r * sx), min(rgb.size[1], b * sy))
         if size == rgb.size and box == (0, 0, *rgb.size):
-            out.append(np.asarray(rgb))
+            out.append(np.array(rgb))
         else:
-            out.append(np.asarray(rgb.resize(size, Image.BILINEAR, box=box)))
+            out.append(np.array(rgb.resize(size, Image.BILINEAR, box=box)))
     return out
 
 
@@ -58,7 +59,7 @@ def _reason(err: BaseException) -> str:
     text = str(err) or type(err).__name__
     if "cannot identify image file" in text:
         return "not an image Pillow can read"
-    if "truncated" in text:
+    if "truncated" in text.lower():
         return "truncated or corrupt image (" + text + ")"
     return text
 

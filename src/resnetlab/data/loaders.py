@@ -9,6 +9,8 @@ processes (0 = in this process), in pinned memory when the device is a GPU.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from resnetlab.config import DataConfig
@@ -42,7 +44,9 @@ class TrainLoader:
         if isinstance(self.dataset, ArrayDataset):
             for i in range(self.start_batch, len(self.batches)):
                 gen = generator(AUGMENT, self.seed, self.epoch, i, self.rank)
-                yield array_train_batch(self.dataset, self.cfg, self.batches[i], self.device, gen)
+                with one_cpu_thread(self.device):
+                    batch = array_train_batch(self.dataset, self.cfg, self.batches[i], self.device, gen)
+                yield batch
             return
         source = FileBatches(self.dataset, self.cfg, list(self.batches), self.start_batch,
                              (self.seed, self.epoch, self.rank))
@@ -70,7 +74,9 @@ class EvalLoader:
     def __iter__(self):
         if isinstance(self.dataset, ArrayDataset):
             for idx in self.batches:
-                yield array_eval_views(self.dataset, self.cfg, idx, self.device, self.protocol)
+                with one_cpu_thread(self.device):
+                    views = array_eval_views(self.dataset, self.cfg, idx, self.device, self.protocol)
+                yield views
             return
         source = FileBatches(self.dataset, self.cfg, self.batches, protocol=self.protocol)
         yield from iterate_files(source, self.workers, self.device, self.cfg.skip_bad, self.skipped)
@@ -115,6 +121,22 @@ def check_augment(dataset, cfg: DataConfig) -> None:
                         f"{dataset.image_size[0]}px in memory: use data.augment=cifar or none")
     if not isinstance(dataset, (ArrayDataset, FileDataset)):
         raise TypeError(f"expected an ArrayDataset or FileDataset, got {type(dataset).__name__}")
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device):
+    """Run batch gathers on the CPU single-threaded: they are a few milliseconds of memory copies,
+    and waking a second intra-op thread for each one cost ~10 ms per op on a busy 2-core machine
+    (30k -> 90k images/s measured for the CIFAR loader)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _one_thread(_worker_id: int) -> None:

@@ -62,19 +62,21 @@ class Normalizer(nn.Module):
 
     @classmethod
     def fit(cls, kind: str, batches: Iterable[torch.Tensor]) -> "Normalizer":
-        """Statistics of uint8 batches (B, 3, H, W) of one size, accumulated in float64."""
+        """Statistics of uint8 batches (B, 3, H, W) of one size."""
         if kind not in KINDS:
             raise UserError(f"unknown data.normalize {kind!r}; choose one of {', '.join(KINDS)}")
         if kind == "imagenet":
             return cls(kind, torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD))
-        total, total_sq, count = 0.0, 0.0, 0
+        total, total_sq, count = 0, 0, 0  # exact integer sums of the raw uint8 values
         for x in batches:
-            x = x.double() / 255
-            total = total + x.sum(0)
-            total_sq = total_sq + (x * x).sum((0, 2, 3))
+            total = total + x.sum(0, dtype=torch.int64)
+            if kind == "channel":
+                wide = x.to(torch.int32)
+                total_sq = total_sq + (wide * wide).sum((0, 2, 3), dtype=torch.int64)
             count += x.shape[0]
         if count == 0:
             raise UserError("cannot fit the normaliser: the training split is empty")
+        total, total_sq = total.double() / 255, torch.as_tensor(total_sq).double() / 255**2  # [0, 1] units
         mean_image = total / count  # (3, H, W)
         if kind == "pixel":
             return cls(kind, mean_image, torch.ones(3))

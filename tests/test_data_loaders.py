@@ -1,0 +1,133 @@
+"""Loaders: determinism, resume in mid-epoch, sharding across ranks, worker count, views."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab.config import DataConfig
+from resnetlab.data import FileDataset, build_data, make_eval_loader, make_train_loader, synthetic
+from resnetlab.data.sampling import eval_batches, train_batches
+from resnetlab.errors import UserError
+
+CFG = DataConfig(dataset="synthetic", val_size=0, synthetic_size=300)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(300, 10, 32)
+
+
+def _collect(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_train_batches_shapes_dtypes_and_ranges(data):
+    loader = make_train_loader(data, CFG, batch_size=64, seed=0, epoch=0)
+    batches = _collect(loader)
+    assert len(loader) == len(batches) == 300 // 64
+    x, y = batches[0]
+    assert x.dtype == torch.uint8 and x.shape == (64, 3, 32, 32)
+    assert y.dtype == torch.int64 and y.shape == (64,) and 0 <= y.min() and y.max() < 10
+
+
+def test_same_seed_same_batches_other_epoch_differs(data):
+    a = _collect(make_train_loader(data, CFG, batch_size=50, seed=3, epoch=1))
+    b = _collect(make_train_loader(data, CFG, batch_size=50, seed=3, epoch=1))
+    c = _collect(make_train_loader(data, CFG, batch_size=50, seed=3, epoch=2))
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+    assert not torch.equal(a[0][1], c[0][1])
+
+
+def test_start_batch_resumes_the_uninterrupted_epoch(data):
+    full = _collect(make_train_loader(data, CFG, batch_size=32, seed=5, epoch=4))
+    resumed = _collect(make_train_loader(data, CFG, batch_size=32, seed=5, epoch=4, start_batch=6))
+    assert len(resumed) == len(full) - 6
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(full[6:], resumed))
+
+
+def test_labels_follow_images(data):
+    cfg = DataConfig(dataset="synthetic", augment="none", val_size=0)
+    lookup = {data.images[i].numpy().tobytes(): int(data.labels[i]) for i in range(len(data))}
+    for x, y in make_train_loader(data, cfg, batch_size=30, seed=1):
+        assert [lookup[img.numpy().tobytes()] for img in x] == y.tolist()
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_get_disjoint_equal_shares(world_size):
+    shards = [train_batches(1000, 16, seed=0, epoch=2, rank=r, world_size=world_size) for r in range(world_size)]
+    assert len({s.shape for s in shards}) == 1 and shards[0].shape[0] == 1000 // (16 * world_size)
+    seen = torch.cat([s.flatten() for s in shards])
+    assert len(seen.unique()) == len(seen)  # no sample twice in one epoch
+    assert len(seen) > 1000 - 16 * world_size  # only the tail of the permutation is dropped
+
+
+def test_eval_shards_cover_every_sample_once():
+    shards = [torch.cat(eval_batches(103, 10, rank=r, world_size=4)) for r in range(4)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(103))
+
+
+def test_eval_views_and_counts(data):
+    for protocol, count in (("center", 1), ("10crop", 10), ("multiscale", 5)):
+        loader = make_eval_loader(data, CFG, batch_size=128, protocol=protocol)
+        seen = 0
+        for views, y in loader:
+            assert len(views) == count and all(v.dtype == torch.uint8 and v.shape[0] == len(y) for v in views)
+            seen += len(y)
+        assert seen == 300
+    views, _ = next(iter(make_eval_loader(data, CFG, batch_size=8)))
+    assert torch.equal(views[0], data.images[:8])  # centre view of CIFAR-sized data = the image
+
+
+def test_bad_arguments_are_user_errors(data):
+    with pytest.raises(UserError, match="protocol"):
+        make_eval_loader(data, CFG, 8, protocol="5crop")
+    with pytest.raises(UserError, match="start_batch"):
+        make_train_loader(data, CFG, 8, start_batch=1000)
+    with pytest.raises(UserError, match="fewer than one batch"):
+        make_train_loader(data, CFG, 512)
+    with pytest.raises(UserError, match="large images"):
+        make_train_loader(data, DataConfig(augment="imagenet"), 8)
+
+
+@pytest.fixture(scope="module")
+def large_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("large")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):
+        w, h = int(rng.integers(90, 140)), int(rng.integers(90, 140))
+        path = root / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return FileDataset(paths, torch.arange(12) % 3, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("augment", ["imagenet", "rrc"])
+def test_file_batches_same_with_and_without_workers(large_files, augment):
+    cfg = DataConfig(dataset="folder", augment=augment, image_size=64, scale_min=72, scale_max=100)
+    plain = _collect(make_train_loader(large_files, cfg, batch_size=4, seed=2, epoch=1))
+    workers = _collect(make_train_loader(large_files, cfg, batch_size=4, seed=2, epoch=1, workers=2))
+    resumed = _collect(make_train_loader(large_files, cfg, batch_size=4, seed=2, epoch=1, start_batch=1))
+    assert len(plain) == 3 and plain[0][0].shape == (4, 3, 64, 64) and plain[0][0].dtype == torch.uint8
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(plain, workers))
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(plain[1:], resumed))
+
+
+def test_file_eval_views(large_files):
+    cfg = DataConfig(dataset="folder", image_size=64, eval_resize=73)
+    shapes = {"center": [(5, 3, 64, 64)], "10crop": [(5, 3, 64, 64)] * 10,
+              "multiscale": [(5, 3, s, s) for s in (64, 73, 110, 137, 183)]}
+    for protocol, expected in shapes.items():
+        views, y = next(iter(make_eval_loader(large_files, cfg, batch_size=5, protocol=protocol)))
+        assert [tuple(v.shape) for v in views] == expected and y.tolist() == [0, 1, 2, 0, 1]
+
+
+def test_build_data_val_split_is_deterministic_and_disjoint():
+    cfg = DataConfig(dataset="synthetic", val_size=50, synthetic_size=200)
+    a, b, c = build_data(cfg, seed=1), build_data(cfg, seed=1), build_data(cfg, seed=2)
+    assert len(a.train) == 150 and len(a.val) == 50 and len(a.test) == 200
+    assert torch.equal(a.val.images, b.val.images) and not torch.equal(a.val.images, c.val.images)
+    train_rows = {img.numpy().tobytes() for img in a.train.images}
+    assert not any(img.numpy().tobytes() in train_rows for img in a.val.images)
+    with pytest.raises(UserError, match="val_size"):
+        build_data(DataConfig(dataset="synthetic", val_size=200, synthetic_size=200))
