@@ -124,3 +124,18 @@ def test_build_data_carves_val_and_keeps_official_test(tmp_path, archive):
     assert bundle.classes == [f"c{i}" for i in range(10)]
     mean = bundle.normalizer.mean
     assert mean.shape == (3, 32, 32) and torch.allclose(mean, bundle.train.images.double().mean(0).float() / 255)
+
+
+def test_cifar100_extracted_folder_uses_fine_labels(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 30), ("test", 10)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": list(rng.integers(0, 100, n)), b"coarse_labels": list(rng.integers(0, 20, n))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"f{i}".encode() for i in range(100)]}))
+    bundle = build_data(DataConfig(dataset="cifar100", root=str(tmp_path), val_size=0))
+    assert len(bundle.classes) == 100 and bundle.classes[7] == "f7"
+    assert bundle.train.labels.tolist() == pickle.loads((folder / "train").read_bytes())[b"fine_labels"]
+    assert (len(bundle.train), len(bundle.test)) == (30, 10)

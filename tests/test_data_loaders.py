@@ -131,3 +131,12 @@ def test_build_data_val_split_is_deterministic_and_disjoint():
     assert not any(img.numpy().tobytes() in train_rows for img in a.val.images)
     with pytest.raises(UserError, match="val_size"):
         build_data(DataConfig(dataset="synthetic", val_size=200, synthetic_size=200))
+
+
+def test_in_memory_images_are_resized_per_batch_to_image_size(data):
+    cfg = DataConfig(dataset="synthetic", image_size=48)
+    x, _ = next(iter(make_train_loader(data, cfg, batch_size=16, seed=0)))
+    assert x.shape == (16, 3, 48, 48) and data.images.shape[-1] == 32  # memory keeps 32 px
+    for protocol, sides in (("center", [48]), ("10crop", [48] * 10), ("multiscale", [48, 55, 82, 103, 137])):
+        views, _ = next(iter(make_eval_loader(data, cfg, batch_size=4, protocol=protocol)))
+        assert [v.shape[-1] for v in views] == sides

@@ -38,9 +38,9 @@ def crop_flip(padded: torch.Tensor, idx: torch.Tensor, size: int, gen: torch.Gen
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Horizontally flip each image of the batch with probability 1/2 (in place on a copy)."""
+    """Horizontally flip each image of the batch with probability 1/2, in place; returns x."""
     flip = torch.rand(x.shape[0], generator=gen) < 0.5
-    return _flip_where(x.clone(), flip.to(x.device))
+    return _flip_where(x, flip.to(x.device))
 
 
 def _flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -51,11 +51,12 @@ def _flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 def lighting(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
     """AlexNet-style PCA colour noise on a uint8 batch: each image gets the RGB offset
-    EIGVEC @ (alpha * EIGVAL), alpha ~ N(0, std^2), in 0..255 units, rounded and clamped."""
+    EIGVEC @ (alpha * EIGVAL), alpha ~ N(0, std^2), in 0..255 units, rounded, then clamped.
+    (Rounding the offset first equals rounding the sum, as pixels are integers; int16 is cheap.)"""
     alpha = torch.randn(x.shape[0], 3, generator=gen) * std
-    rgb = (alpha * EIGVAL) @ EIGVEC.T * 255.0  # (B, 3)
-    shifted = x.float() + rgb.to(x.device)[:, :, None, None]
-    return shifted.round_().clamp_(0, 255).to(torch.uint8)
+    rgb = ((alpha * EIGVAL) @ EIGVEC.T * 255.0).round().to(torch.int16)  # (B, 3)
+    shifted = x.to(torch.int16) + rgb.to(x.device)[:, :, None, None]
+    return shifted.clamp_(0, 255).to(torch.uint8)
 
 
 def ten_crop(x: torch.Tensor, size: int) -> list[torch.Tensor]:

@@ -21,7 +21,7 @@ from resnetlab.errors import UserError
 
 from . import folder as folders
 from .cifar import SPECS, load_cifar
-from .datasets import ArrayDataset, FileDataset, resize_images
+from .datasets import ArrayDataset, FileDataset
 from .loaders import check_augment, make_eval_loader
 from .normalize import Normalizer
 from .sampling import STATS, generator, split_indices
@@ -45,9 +45,6 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
     train, val, test, info = _load(cfg)
-    if isinstance(train, ArrayDataset) and train.image_size != (cfg.image_size,) * 2:
-        train, val, test = (d if d is None else ArrayDataset(resize_images(d.images, cfg.image_size), d.labels, d.classes)
-                            for d in (train, val, test))
     check_augment(train, cfg)
     if val is None and cfg.val_size > 0:
         keep, held = split_indices(len(train), cfg.val_size, seed)
@@ -82,12 +79,12 @@ def _load_folder(root: Path, cfg: DataConfig):
             scanned[split], skipped = (p, y), skipped + bad
     if "test" not in scanned and "val" in scanned:
         scanned["test"] = scanned.pop("val")  # only val/: it is the test split; val is carved from train
-    small = folders.is_small(paths)
+    side = folders.small_side(paths)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else DEFAULT_CACHE / "folders"
-    out, info = {}, {"root": str(root), "in_memory": small, "caches": [], "resized": 0}
+    out, info = {}, {"root": str(root), "in_memory": side is not None, "caches": [], "resized": 0}
     for split, (p, y) in scanned.items():
-        if small:
-            out[split], meta = folders.small_dataset(p, y, classes, cfg.image_size, root, cache_dir, cfg.skip_bad)
+        if side is not None:
+            out[split], meta = folders.small_dataset(p, y, classes, side, root, cache_dir, cfg.skip_bad)
             info["caches"].append(meta["cache"])
             info["resized"] += meta["resized"]
             skipped += meta["skipped"]

@@ -12,9 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from resnetlab.errors import UserError
-
-from .augment import resize_batch
 
 
 class ArrayDataset:
@@ -66,12 +63,3 @@ class FileDataset:
 
     def subset(self, indices: torch.Tensor) -> "FileDataset":
         return FileDataset([self.paths[i] for i in indices.tolist()], self.labels[indices], self.classes)
-
-
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize uint8 (N, 3, H, W) square images to (N, 3, size, size), in chunks to bound memory."""
-    if size < 1:
-        raise UserError(f"data.image_size must be positive, got {size}")
-    if tuple(images.shape[2:]) == (size, size):
-        return images
-    return torch.cat([resize_batch(chunk, size) for chunk in images.split(4096)])

@@ -1,9 +1,10 @@
 """Image folders in the ImageNet layout: ROOT/<split>/<class>/<image>.
 
 Class index = position of the folder name in the sorted list of train/ class folders. Folders of
-small images (every probed image <= SMALL_SIDE px, e.g. CIFAR as JPEG) are decoded once into an
-in-memory uint8 array, cached as an .npz keyed by the file list, sizes and mtimes, so later epochs
-and later runs never decode again. Large images stay files, decoded per batch by the loaders.
+small images (every probed image <= SMALL_SIDE px, e.g. CIFAR as JPEG) are decoded once, at their
+own size, into an in-memory uint8 array, cached as an .npz keyed by the file list, sizes and
+mtimes, so later epochs and later runs never decode again. Large images stay files, decoded per
+batch by the loaders.
 """
 from __future__ import annotations
 
@@ -77,17 +78,20 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     return files, bad
 
 
-def is_small(paths: list[str]) -> bool:
-    """Whether evenly spaced probe images are all at most SMALL_SIDE pixels on each side."""
+def small_side(paths: list[str]) -> int | None:
+    """The common side of the images if evenly spaced probes are all at most SMALL_SIDE px (the
+    most frequent probed side; other images are resized to it when cached), else None."""
     step = max(1, len(paths) // PROBES)
+    sides = []
     for path in paths[::step][:PROBES]:
         try:
             with Image.open(path) as img:
-                if max(img.size) > SMALL_SIDE:
-                    return False
+                sides.append(max(img.size))
         except (OSError, SyntaxError, ValueError):
             continue  # reported (or skipped) when the file is decoded
-    return True
+    if not sides or max(sides) > SMALL_SIDE:
+        return None
+    return max(set(sides), key=lambda s: (sides.count(s), s))
 
 
 def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], size: int, root: Path,

@@ -9,14 +9,12 @@ processes (0 = in this process), in pinned memory when the device is a GPU.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
 from resnetlab.config import DataConfig
 from resnetlab.errors import UserError
 
-from .batches import PROTOCOLS, FileBatches, array_eval_views, array_train_batch
+from .batches import PROTOCOLS, FileBatches, array_eval_views, array_train_batch, one_cpu_thread
 from .datasets import ArrayDataset, FileDataset
 from .sampling import AUGMENT, eval_batches, generator, train_batches
 
@@ -121,22 +119,6 @@ def check_augment(dataset, cfg: DataConfig) -> None:
                         f"{dataset.image_size[0]}px in memory: use data.augment=cifar or none")
     if not isinstance(dataset, (ArrayDataset, FileDataset)):
         raise TypeError(f"expected an ArrayDataset or FileDataset, got {type(dataset).__name__}")
-
-
-@contextmanager
-def one_cpu_thread(device: torch.device):
-    """Run batch gathers on the CPU single-threaded: they are a few milliseconds of memory copies,
-    and waking a second intra-op thread for each one cost ~10 ms per op on a busy 2-core machine
-    (30k -> 90k images/s measured for the CIFAR loader)."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _one_thread(_worker_id: int) -> None:
