@@ -1,0 +1,86 @@
+"""`resnetlab train` and `resnetlab eval` end to end on synthetic data, errors, and signals."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from resnetlab.cli import main
+from resnetlab.config import config_to_dict
+from resnetlab.engine import load_checkpoint
+from resnetlab.engine.datadir import data_overrides
+from resnetlab.errors import UserError
+from test_engine_train import tiny_config
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(tiny_config(("schedule.max_steps", 16)))))
+    return str(path)
+
+
+def test_train_then_eval_json(tmp_path, recipe, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", recipe, "--out", str(out), "--lr", "0.05", "--seed", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["config"]["optim"]["lr"] == 0.05
+    assert main(["eval", str(out), "--json"]) == 0  # a run directory means its best.pt
+    report = json.loads(capsys.readouterr().out)
+    assert {"top1", "top5", "top1_err", "top5_err", "n", "protocol"} <= set(report)
+    assert report["checkpoint"].endswith("best.pt") and report["protocol"] == "center"
+    assert report["top1"] == pytest.approx(summary["test"]["best"]["top1"]) and report["n"] == 160
+    assert main(["eval", str(out / "checkpoints" / "last.pt"), "--split", "val", "--protocol", "10crop"]) == 0
+    assert "n=32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--set", "optim.momentun=0.9"], ["optim.momentun", "valid keys in optim"]),
+    (["--set", "schedule.kind=exponential"], ["schedule.kind", "step, cosine"]),
+    (["--data", "/no/such/dir"], ["--data /no/such/dir", "no such directory"]),
+    (["--batch-size", "1000"], ["batch", "1000"]),
+])
+def test_bad_input_exits_2_with_one_clear_line(tmp_path, recipe, capsys, argv, words):
+    assert main(["train", "--recipe", recipe, "--out", str(tmp_path / "run")] + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("resnetlab train: error:") and all(w in err for w in words), err
+
+
+def test_missing_dataset_and_missing_checkpoint(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--recipe", "cifar10_resnet20", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
+    assert "cifar-10" in capsys.readouterr().err  # says what it looked for
+    assert main(["eval", str(tmp_path / "nothing.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_data_dir_kind_is_inferred(tmp_path):
+    (tmp_path / "imgs" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "cifar" / "cifar-10-batches-py").mkdir(parents=True)
+    assert ("data.dataset", "folder") in data_overrides(str(tmp_path / "imgs"), "cifar10")
+    assert data_overrides(str(tmp_path / "cifar"), "folder")[0] == ("data.dataset", "cifar10")
+    assert data_overrides(str(tmp_path / "cifar" / "cifar-10-batches-py"), "folder") == [
+        ("data.dataset", "cifar10"), ("data.root", str(tmp_path / "cifar"))]
+    with pytest.raises(UserError, match="no such directory"):
+        data_overrides(str(tmp_path / "nope"), "folder")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, recipe, sig, code):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "resnetlab", "train", "--recipe", recipe, "--out", str(out),
+           "--max-steps", "100000", "--set", "train.eval_every=4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # the first evaluation (step 4) writes last.pt: training is under way
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr[-2000:]
+    step = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+    assert step >= 4 and f"step {step}" in stdout and f"resnetlab train --resume {out}" in stdout
+    assert main(["train", "--resume", str(out), "--max-steps", str(step + 2)]) == 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == step + 2
