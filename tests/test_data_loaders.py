@@ -114,7 +114,7 @@ def test_file_batches_same_with_and_without_workers(large_files, augment):
 
 
 def test_file_eval_views(large_files):
-    cfg = DataConfig(dataset="folder", image_size=64, eval_resize=73)
+    cfg = DataConfig(dataset="folder", augment="imagenet", image_size=64, eval_resize=73)
     shapes = {"center": [(5, 3, 64, 64)], "10crop": [(5, 3, 64, 64)] * 10,
               "multiscale": [(5, 3, s, s) for s in (64, 73, 110, 137, 183)]}
     for protocol, expected in shapes.items():

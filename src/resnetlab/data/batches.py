@@ -107,11 +107,14 @@ class FileBatches(torch.utils.data.Dataset):
         return lambda w, h: [(center_box(w, h, size, size), (size, size))]  # cifar / none: then batched
 
     def _eval_plan(self):
-        c, size = self.cfg, self.cfg.image_size
+        size = self.cfg.image_size
+        # Match the training geometry: scale-augmented training sees crops of larger images, so
+        # evaluation resizes to eval_resize first; cifar/none training resized to image_size.
+        side = self.cfg.eval_resize if self.cfg.augment in ("imagenet", "rrc") else size
         if self.protocol == "center":
-            return lambda w, h: [(center_box(w, h, c.eval_resize, size), (size, size))]
+            return lambda w, h: [(center_box(w, h, side, size), (size, size))]
         if self.protocol == "10crop":
-            return lambda w, h: [((0, 0, w, h), resized_shape(w, h, c.eval_resize))]
+            return lambda w, h: [((0, 0, w, h), resized_shape(w, h, side))]
         sides = multiscale_sides(size)  # fully-convolutional views: centre square at each scale
         return lambda w, h: [(square_box(w, h), (s, s)) for s in sides]
 
