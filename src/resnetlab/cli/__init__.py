@@ -11,12 +11,14 @@ import sys
 from resnetlab.errors import UserError
 
 from . import eval as eval_cmd
-from . import models, train
+from . import embed, models, predict, train
 
 COMMANDS = {
     "models": models,
     "train": train,
     "eval": eval_cmd,
+    "predict": predict,
+    "embed": embed,
 }
 
 

@@ -1,0 +1,31 @@
+HELP = "Write one embedding (pooled features before the classifier) per image: .npy + names, or .safetensors."
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="FILE.npy (+ FILE.names.txt) or FILE.safetensors")
+    parser.add_argument("--protocol", choices=["center", "10crop"], default="center",
+                        help="10crop: the mean embedding of the 10 views")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32")
+
+
+def run(args):
+    from resnetlab.errors import UserError
+    from resnetlab.reports.embed import FORMATS, embed_files, save_embeddings
+    from resnetlab.reports.predict import Predictor, collect_images
+
+    if not args.out.endswith(FORMATS):
+        raise UserError(f"--out {args.out}: use a .npy (with a .names.txt beside it) or a .safetensors file")
+    paths = collect_images(args.inputs)
+    if not paths:
+        raise UserError(f"no image files found in {' '.join(args.inputs)}")
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.precision)
+    names, emb, failed = embed_files(predictor, paths, args.protocol, args.batch_size)
+    written = save_embeddings(args.out, names, emb, {"checkpoint": predictor.source, "protocol": args.protocol})
+    for f in failed:
+        print(f"FAILED {f['file']}: {f['error']}")
+    print(f"{len(names)} embeddings of dimension {emb.shape[1]} -> {', '.join(written)}")
+    return 1 if failed else 0

@@ -1,0 +1,42 @@
+HELP = "Classify images (files or folders) with a checkpoint; its preprocessing comes from the checkpoint."
+
+import json
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
+    parser.add_argument("--topk", type=int, default=5, help="classes to report per image (default 5)")
+    parser.add_argument("--protocol", choices=["center", "10crop"], default="center")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="auto: bf16 where the CPU/GPU runs it natively")
+    parser.add_argument("--no-fuse", action="store_true", help="keep BatchNorm separate (slower; for debugging)")
+    parser.add_argument("--verify", action="store_true",
+                        help="also run plain fp32 and report the fast path's top-1 agreement with it")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args):
+    from resnetlab.errors import UserError
+    from resnetlab.reports.predict import Predictor, collect_images, predict_files, top1_agreement
+
+    paths = collect_images(args.inputs)
+    if not paths:
+        raise UserError(f"no image files found in {' '.join(args.inputs)}")
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.precision, fuse=not args.no_fuse)
+    results, failed = predict_files(predictor, paths, args.topk, args.protocol, args.batch_size)
+    check = top1_agreement(predictor, paths, args.protocol, args.batch_size) if args.verify else None
+    if args.json:
+        print(json.dumps({"checkpoint": predictor.source, "protocol": args.protocol, "precision": predictor.rt.precision,
+                          "results": results, "failed": failed, **({"verify": check} if check else {})}))
+    else:
+        for r in results:
+            print(r["file"] + "  " + "  ".join(f"{t['class']} {t['prob']:.4f}" for t in r["top"]))
+        for f in failed:
+            print(f"FAILED {f['file']}: {f['error']}")
+        if check:
+            print(f"fast path ({check['precision']}, folded BN) vs fp32: top-1 agreement {check['top1_agreement']:.2f}% "
+                  f"on {check['n']} images, max |prob diff| {check['max_abs_prob_diff']:.2e}")
+    return 1 if failed else 0

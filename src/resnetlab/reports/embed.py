@@ -1,0 +1,72 @@
+"""One embedding (the pooled last feature map, before the classifier) per image file.
+
+Written either as FILE.npy (float32, (N, D)) plus FILE.names.txt (one file name per line, same
+order), or as FILE.safetensors holding the tensor "embeddings" with the names as a JSON list in
+the metadata key "names" -- so rows are never separated from the files they describe.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnetlab.errors import UserError
+
+from .predict import Predictor
+
+FORMATS = (".npy", ".safetensors")
+
+
+def embed_files(predictor: Predictor, paths: list[str], protocol: str = "center",
+                batch_size: int = 64) -> tuple[list[str], np.ndarray, list[dict]]:
+    """(names of the readable files, float32 (N, num_features) embeddings, failed [{"file", "error"}])."""
+    idx, rows = [], []
+    for views, i in predictor.batches(paths, protocol, batch_size):
+        idx += i.tolist()
+        rows.append(predictor.embeddings(views).cpu())
+    dim = predictor.model.num_features
+    emb = torch.cat(rows).numpy() if rows else np.zeros((0, dim), dtype=np.float32)
+    failed = [{"file": f, "error": reason} for f, reason in predictor.failed]
+    return [paths[i] for i in idx], emb.astype(np.float32, copy=False), failed
+
+
+def save_embeddings(out, names: list[str], emb: np.ndarray, metadata: dict | None = None) -> list[str]:
+    """Write embeddings + names next to each other; returns the paths written."""
+    out = Path(out)
+    if out.suffix not in FORMATS:
+        raise UserError(f"--out {out}: use a .npy (with a .names.txt beside it) or a .safetensors file")
+    if len(names) != len(emb):
+        raise ValueError(f"{len(names)} names for {len(emb)} embeddings")
+    if any("\n" in n for n in names):
+        raise UserError("a file name contains a newline; write .safetensors (names as JSON) instead of .npy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        names_path = out.with_suffix(".names.txt")
+        np.save(out, emb)
+        names_path.write_text("".join(n + "\n" for n in names))
+        return [str(out), str(names_path)]
+    from safetensors.numpy import save_file
+
+    meta = {"names": json.dumps(names), **{k: str(v) for k, v in (metadata or {}).items()}}
+    save_file({"embeddings": np.ascontiguousarray(emb)}, str(out), metadata=meta)
+    return [str(out)]
+
+
+def load_embeddings(path) -> tuple[list[str], np.ndarray]:
+    """(names, embeddings) from a file written by save_embeddings."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"embeddings file not found: {path}")
+    if path.suffix == ".npy":
+        names_path = path.with_suffix(".names.txt")
+        if not names_path.is_file():
+            raise UserError(f"{path}: the names file {names_path} is missing")
+        return names_path.read_text().splitlines(), np.load(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            return json.loads(f.metadata()["names"]), f.get_tensor("embeddings")
+    raise UserError(f"{path}: expected a .npy or .safetensors embeddings file")

@@ -1,0 +1,169 @@
+"""Classify image files with a checkpoint: the same preprocessing as evaluation, batched.
+
+A checkpoint carries its model name, classes, normaliser, input size and eval resize, so nothing
+has to be repeated. Images go through the data package's own evaluation loader (in-memory arrays
+for small-image models, decoded files otherwise), so a prediction equals what `resnetlab eval`
+scored for the same file. The fast path folds BatchNorm into the convolutions and runs bf16
+channels_last where the CPU/GPU supports it; `top1_agreement` measures it against plain fp32.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnetlab.errors import UserError
+
+CHUNK = 1024  # images decoded at a time: bounds memory for large folders
+SMALL_DATASETS = ("cifar10", "cifar100", "synthetic")  # trained on in-memory arrays, never resized to eval_resize
+
+
+def image_extensions() -> set[str]:
+    from resnetlab.data.folder import IMAGE_EXTS
+
+    return IMAGE_EXTS
+
+
+def collect_images(inputs: list[str]) -> list[str]:
+    """Files as given, and for folders every image file under them (recursive, sorted, by extension).
+
+    A file named explicitly is kept whatever its extension, so a non-image is reported, not ignored.
+    """
+    exts, out = image_extensions(), []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            out.append(str(path))
+        elif path.is_dir():
+            found = []
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                found += [os.path.join(dirpath, f) for f in filenames
+                          if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts]
+            out += sorted(found)
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    return out
+
+
+@dataclass
+class Predictor:
+    """A checkpoint's model ready for inference, with its preprocessing."""
+
+    model: nn.Module  # on rt.device, eval mode (BN folded when built with fuse=True)
+    normalizer: nn.Module
+    classes: list[str]
+    data_cfg: object  # the checkpoint's DataConfig (image_size, eval_resize, normalize ...)
+    rt: object  # engine Runtime (device, precision, channels_last)
+    small: bool  # preprocessing of in-memory small-image datasets (resize to the input size only)
+    source: str = ""
+    failed: list = field(default_factory=list)  # (path, reason) of unreadable files of the last batches() call
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, device: str = "auto", precision: str = "auto", fuse: bool = True,
+                        channels_last: str = "auto") -> "Predictor":
+        from resnetlab.config import TrainConfig
+        from resnetlab.engine.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
+        from resnetlab.engine.runtime import make_runtime, prepare_model
+        from resnetlab.models import model_info
+        from resnetlab.models.fuse import fuse_bn
+
+        path = checkpoint_path(checkpoint)
+        ckpt = load_checkpoint(path)
+        model, normalizer, classes, cfg = model_from_checkpoint(ckpt)
+        rt = make_runtime(TrainConfig(device=device, precision=precision, channels_last=channels_last))
+        model = prepare_model(fuse_bn(model) if fuse else model, rt)
+        # CIFAR-style training decodes images straight to the input size; only folders of large
+        # images use the "shorter side to eval_resize, centre crop" of ImageNet evaluation.
+        small = cfg.data.dataset in SMALL_DATASETS or model_info(ckpt["model_name"]).family == "cifar"
+        return cls(model, normalizer.to(rt.device), classes, cfg.data, rt, small, str(path))
+
+    def reference(self, checkpoint=None) -> "Predictor":
+        """The plain fp32, unfused, NCHW predictor of the same checkpoint (for agreement checks)."""
+        return Predictor.from_checkpoint(checkpoint or self.source, device=str(self.rt.device), precision="fp32",
+                                         fuse=False, channels_last="false")
+
+    def batches(self, paths: list[str], protocol: str = "center", batch_size: int = 64):
+        """Yield (views, indices into paths) for the readable files; bad files go to self.failed."""
+        from resnetlab.data import ArrayDataset, FileDataset, load_images, make_eval_loader
+
+        self.failed = []
+        cfg = replace(self.data_cfg, skip_bad=True)
+        for start in range(0, len(paths), CHUNK):
+            chunk = paths[start:start + CHUNK]
+            index = torch.arange(start, start + len(chunk))
+            if self.small:
+                images, bad = load_images(chunk, cfg.image_size, cfg.image_size)
+                bad_paths = {p for p, _ in bad}
+                keep = torch.tensor([p not in bad_paths for p in chunk], dtype=torch.bool)
+                self.failed += bad
+                if not keep.any():
+                    continue
+                dataset = ArrayDataset(images, index[keep], self.classes)
+            else:
+                dataset = FileDataset(chunk, index, self.classes)
+            loader = make_eval_loader(dataset, cfg, batch_size=batch_size, protocol=protocol, device=self.rt.device)
+            yield from loader
+            self.failed += loader.skipped
+
+    @torch.no_grad()
+    def probs(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """Mean softmax over the views: list of uint8 (B, 3, H, W) -> (B, num_classes) float32."""
+        from resnetlab.engine.evaluate import predict_views
+
+        return predict_views(self.model, self.normalizer, list(views), self.rt)
+
+    @torch.no_grad()
+    def embeddings(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """Pooled last feature map, averaged over the views: (B, num_features) float32."""
+        from resnetlab.engine.runtime import autocast, to_input
+        from resnetlab.models.features import embed
+
+        total = None
+        for view in views:
+            with autocast(self.rt):
+                e = embed(self.model, to_input(self.normalizer(view), self.rt)).float()
+            total = e if total is None else total + e
+        return total / len(views)
+
+
+def predict_files(predictor: Predictor, paths: list[str], topk: int = 5, protocol: str = "center",
+                  batch_size: int = 64) -> tuple[list[dict], list[dict]]:
+    """(results, failed): results in the order of `paths`, each {"file", "top": [{"class", "index", "prob"}]};
+    failed: [{"file", "error"}] for files that could not be read as images."""
+    if topk < 1:
+        raise UserError(f"--topk must be at least 1, got {topk}")
+    k = min(topk, len(predictor.classes))
+    found: dict[int, list[dict]] = {}
+    for views, idx in predictor.batches(paths, protocol, batch_size):
+        p, top = predictor.probs(views).topk(k, dim=1)
+        for i, probs, labels in zip(idx.tolist(), p.tolist(), top.tolist()):
+            found[i] = [{"class": predictor.classes[c], "index": c, "prob": q} for c, q in zip(labels, probs)]
+    results = [{"file": paths[i], "top": found[i]} for i in sorted(found)]
+    failed = [{"file": f, "error": reason} for f, reason in predictor.failed]
+    return results, failed
+
+
+def all_probs(predictor: Predictor, paths: list[str], protocol: str = "center", batch_size: int = 64):
+    """(indices of readable files, (N, num_classes) probabilities) in file order."""
+    idx, probs = [], []
+    for views, i in predictor.batches(paths, protocol, batch_size):
+        idx.append(i.cpu())
+        probs.append(predictor.probs(views).cpu())
+    if not idx:
+        return torch.empty(0, dtype=torch.int64), torch.empty(0, len(predictor.classes))
+    return torch.cat(idx), torch.cat(probs)
+
+
+def top1_agreement(fast: Predictor, paths: list[str], protocol: str = "center", batch_size: int = 64) -> dict:
+    """How often the fast path (folded BN, bf16, channels_last) picks the same class as plain fp32."""
+    _, p_fast = all_probs(fast, paths, protocol, batch_size)
+    _, p_ref = all_probs(fast.reference(), paths, protocol, batch_size)
+    if len(p_fast) == 0:
+        return {"n": 0, "top1_agreement": float("nan"), "max_abs_prob_diff": float("nan")}
+    same = (p_fast.argmax(1) == p_ref.argmax(1)).double().mean().item()
+    return {"n": len(p_fast), "top1_agreement": 100.0 * same, "max_abs_prob_diff": (p_fast - p_ref).abs().max().item(),
+            "precision": fast.rt.precision, "channels_last": fast.rt.channels_last}

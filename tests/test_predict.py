@@ -1,0 +1,120 @@
+"""predict: same labels as evaluation on real CIFAR-10 JPEGs, batched; bad files reported; exit code."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.cli import main
+from resnetlab.config import Config, apply_overrides
+from resnetlab.data import build_data
+from resnetlab.engine import evaluate_checkpoint, model_from_checkpoint, train_and_evaluate
+from resnetlab.errors import UserError
+from resnetlab.reports.predict import Predictor, collect_images, predict_files, top1_agreement
+
+CIFAR_JPEG = Path("/work/shared/data/cifar10-jpeg")
+CLASSES = ("airplane", "cat", "ship")
+pytestmark = pytest.mark.skipif(not CIFAR_JPEG.is_dir(), reason="real CIFAR-10 JPEGs not available")
+
+
+def real_subset(root: Path, n_train: int, n_test: int, offset: int = 0) -> Path:
+    """ROOT/{train,test}/<class>/ symlinks to the first real images of three classes."""
+    for split, n in (("train", n_train), ("test", n_test)):
+        for cls in CLASSES:
+            (root / split / cls).mkdir(parents=True)
+            for name in sorted(os.listdir(CIFAR_JPEG / split / cls))[offset:offset + n]:
+                (root / split / cls / name).symlink_to(CIFAR_JPEG / split / cls / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A ResNet-8 trained for 6 steps on 3 x 64 real images: a few seconds."""
+    tmp = tmp_path_factory.mktemp("predict")
+    data = real_subset(tmp / "data", 64, 20)
+    cfg = apply_overrides(Config(), [
+        ("model.name", "resnet8"), ("data.dataset", "folder"), ("data.root", str(data)), ("data.val_size", 0),
+        ("data.cache_dir", str(tmp / "cache")), ("optim.batch_size", 32), ("optim.lr", 0.05),
+        ("schedule.kind", "constant"), ("schedule.max_steps", 6), ("train.precision", "fp32"), ("train.device", "cpu")])
+    train_and_evaluate(cfg, tmp / "run")
+    return tmp / "run"
+
+
+def test_predict_gives_the_labels_evaluation_scores(run_dir):
+    test_dir = run_dir.parent / "data" / "test"
+    paths = collect_images([str(test_dir)])
+    assert len(paths) == 60 and paths == sorted(paths)
+    predictor = Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32")
+    results, failed = predict_files(predictor, paths, topk=2, batch_size=7)  # batches cross class folders
+    assert failed == [] and [r["file"] for r in results] == paths
+
+    # The reference: the checkpoint's model on the dataset the engine builds, no BN folding.
+    model, normalizer, classes, cfg = model_from_checkpoint(run_dir / "checkpoints" / "last.pt")
+    test = build_data(cfg.data, seed=cfg.train.seed).test
+    with torch.no_grad():
+        expected = model(normalizer(test.images)).argmax(1)
+    assert [r["top"][0]["index"] for r in results] == expected.tolist()
+    assert [r["top"][0]["class"] for r in results] == [classes[i] for i in expected.tolist()]
+
+    report = evaluate_checkpoint(run_dir, split="test", device="cpu", precision="fp32")
+    truth = [Path(p).parent.name for p in paths]
+    accuracy = 100.0 * sum(r["top"][0]["class"] == t for r, t in zip(results, truth)) / len(paths)
+    assert accuracy == pytest.approx(report["top1"])
+    assert all(r["top"][0]["prob"] >= r["top"][1]["prob"] for r in results)
+
+
+def test_ten_crop_matches_evaluation(run_dir):
+    predictor = Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32")
+    paths = collect_images([str(run_dir.parent / "data" / "test")])
+    results, _ = predict_files(predictor, paths, topk=1, protocol="10crop")
+    truth = [Path(p).parent.name for p in paths]
+    report = evaluate_checkpoint(run_dir, split="test", protocol="10crop", device="cpu", precision="fp32")
+    accuracy = 100.0 * sum(r["top"][0]["class"] == t for r, t in zip(results, truth)) / len(paths)
+    assert accuracy == pytest.approx(report["top1"])
+
+
+def test_bf16_fast_path_agrees_with_fp32(run_dir):
+    predictor = Predictor.from_checkpoint(run_dir, device="cpu", precision="bf16", channels_last="true")
+    check = top1_agreement(predictor, collect_images([str(run_dir.parent / "data" / "test")]))
+    assert check["n"] == 60 and check["top1_agreement"] >= 90.0 and check["max_abs_prob_diff"] < 0.1
+
+
+def test_cli_reports_non_images_and_sets_the_exit_code(run_dir, tmp_path, capsys):
+    good = sorted((run_dir.parent / "data" / "test" / "cat").iterdir())[:2]
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    code = main(["predict", str(run_dir), *map(str, good), str(bad), str(broken), "--json", "--topk", "3"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert [r["file"] for r in out["results"]] == list(map(str, good))
+    assert sorted(f["file"] for f in out["failed"]) == sorted([str(bad), str(broken)])
+    assert all(len(r["top"]) == 3 for r in out["results"])
+    assert main(["predict", str(run_dir), *map(str, good)]) == 0
+
+
+def test_folders_skip_other_files_and_missing_inputs_are_user_errors(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/2.png", "a/b/1.jpg", "a/readme.md", "a/.hidden.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    assert collect_images([str(tmp_path / "a")]) == [str(tmp_path / "a" / "2.png"), str(tmp_path / "a" / "b" / "1.jpg")]
+    with pytest.raises(UserError, match="no such file"):
+        collect_images([str(tmp_path / "missing.jpg")])
+    assert main(["predict", str(tmp_path / "nothing.pt"), str(tmp_path / "a")]) == 2
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_embed_writes_one_named_row_per_image(run_dir, tmp_path, suffix):
+    from resnetlab.models.features import embed
+    from resnetlab.reports.embed import load_embeddings
+
+    test_dir = run_dir.parent / "data" / "test"
+    assert main(["embed", str(run_dir), str(test_dir), "--out", str(tmp_path / f"emb{suffix}")]) == 0
+    names, emb = load_embeddings(tmp_path / f"emb{suffix}")
+    assert names == collect_images([str(test_dir)]) and emb.shape == (60, 64) and emb.dtype == "float32"
+    model, normalizer, _, cfg = model_from_checkpoint(run_dir / "checkpoints" / "last.pt")
+    with torch.no_grad():
+        expected = embed(model, normalizer(build_data(cfg.data, seed=cfg.train.seed).test.images))
+    torch.testing.assert_close(torch.from_numpy(emb), expected, rtol=1e-4, atol=1e-4)
