@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnetlab.data.augment import EIGVAL, EIGVEC, crop_flip, lighting, multiscale_sides, ten_crop
+from resnetlab.data.augment import EIGVAL, EIGVEC, crop_flip, lighting, multiscale_sides, resized_crops, ten_crop
 from resnetlab.data.decode import center_box, rrc_box, scale_box, square_box
 from resnetlab.data.sampling import generator
 
@@ -102,3 +102,15 @@ def test_rrc_box_area_and_aspect_in_range():
         frac, aspect = (r - l) * (b - t) / (640 * 480), (r - l) / (b - t)
         square = (r - l) == (b - t) == 480  # the fallback
         assert square or (0.07 < frac <= 1.0 and 0.74 < aspect < 1.35)
+
+
+def test_resized_crops_match_interpolate_and_flip():
+    x = _images(4, size=8)
+    whole = torch.tensor([[0.0, 0, 8, 8]] * 4)
+    up = resized_crops(x, whole, 16, torch.zeros(4, dtype=torch.bool))
+    ref = F.interpolate(x.float(), size=(16, 16), mode="bilinear", align_corners=False).round().to(torch.uint8)
+    assert (up.int() - ref.int()).abs().max() <= 1  # float rounding of the sampling grid
+    same = resized_crops(x, whole, 8, torch.tensor([True, False, True, False]))
+    assert torch.equal(same[1], x[1]) and torch.equal(same[0], x[0].flip(2))
+    quarter = resized_crops(x, torch.tensor([[4.0, 0, 8, 4]] * 4), 4, torch.zeros(4, dtype=torch.bool))
+    assert torch.equal(quarter, x[:, :, :4, 4:])  # an integer window at its own size is a plain crop

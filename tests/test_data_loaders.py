@@ -85,8 +85,8 @@ def test_bad_arguments_are_user_errors(data):
         make_train_loader(data, CFG, 8, start_batch=1000)
     with pytest.raises(UserError, match="fewer than one batch"):
         make_train_loader(data, CFG, 512)
-    with pytest.raises(UserError, match="large images"):
-        make_train_loader(data, DataConfig(augment="imagenet"), 8)
+    with pytest.raises(UserError, match="unknown data.augment 'autoaugment'"):
+        make_train_loader(data, DataConfig(augment="autoaugment"), 8)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,12 @@ def test_in_memory_images_are_resized_per_batch_to_image_size(data):
     for protocol, sides in (("center", [48]), ("10crop", [48] * 10), ("multiscale", [48, 55, 82, 103, 137])):
         views, _ = next(iter(make_eval_loader(data, cfg, batch_size=4, protocol=protocol)))
         assert [v.shape[-1] for v in views] == sides
+
+
+@pytest.mark.parametrize("augment", ["imagenet", "rrc"])
+def test_in_memory_scale_and_rrc_augmentation(data, augment):
+    cfg = DataConfig(dataset="synthetic", augment=augment, image_size=64, scale_min=70, scale_max=120)
+    a = _collect(make_train_loader(data, cfg, batch_size=32, seed=4, epoch=0))
+    b = _collect(make_train_loader(data, cfg, batch_size=32, seed=4, epoch=0, start_batch=2))
+    assert a[0][0].shape == (32, 3, 64, 64) and a[0][0].dtype == torch.uint8
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(a[2:], b))

@@ -37,6 +37,23 @@ def crop_flip(padded: torch.Tensor, idx: torch.Tensor, size: int, gen: torch.Gen
     return _flip_where(out, flip.to(dev))
 
 
+def resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor) -> torch.Tensor:
+    """Per-image windows boxes (B, 4: left, top, right, bottom in pixels) of a uint8 batch, each
+    resized to size x size and mirrored where flip (B,) is set, in one batched bilinear
+    grid_sample. No antialiasing: meant for small in-memory images, which this enlarges."""
+    b, _, h, w = x.shape
+    boxes = boxes.to(device=x.device, dtype=torch.float32)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    sx = (boxes[:, 2] - boxes[:, 0]) / w  # half-width of the window in [-1, 1] units
+    theta[:, 0, 0] = torch.where(flip.to(x.device), -sx, sx)
+    theta[:, 0, 2] = (boxes[:, 0] + boxes[:, 2]) / w - 1  # window centre
+    theta[:, 1, 1] = (boxes[:, 3] - boxes[:, 1]) / h
+    theta[:, 1, 2] = (boxes[:, 1] + boxes[:, 3]) / h - 1
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Horizontally flip each image of the batch with probability 1/2, in place; returns x."""
     flip = torch.rand(x.shape[0], generator=gen) < 0.5

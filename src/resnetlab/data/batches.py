@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from resnetlab.config import DataConfig
 
-from .augment import crop_flip, lighting, multiscale_sides, random_flip, resize_batch, ten_crop
+from .augment import crop_flip, lighting, multiscale_sides, random_flip, resize_batch, resized_crops, ten_crop
 from .datasets import ArrayDataset, FileDataset
 from .decode import BadImage, center_box, decode_crops, resized_shape, rrc_box, scale_box, square_box
 from .sampling import AUGMENT, generator
@@ -27,15 +27,35 @@ PROTOCOLS = ("center", "10crop", "multiscale")
 
 def array_train_batch(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, device, gen) -> tuple:
     """Augmented uint8 images and labels of data[idx], on `device` (where the data is kept).
-    Images are augmented at their stored size, then resized to data.image_size if that differs
-    (e.g. CIFAR at 224 px for an ImageNet model), so memory holds only the small originals."""
+    cifar/none work at the stored size, then resize to cfg.image_size if that differs (e.g. CIFAR
+    at 224 px for an ImageNet model), so memory holds only the small originals; imagenet/rrc
+    windows are cut and resized straight to cfg.image_size."""
     if cfg.augment == "cifar":
         padded, labels = data.placed(device, CIFAR_PAD)
         x = crop_flip(padded, idx, data.image_size[0], gen)
-    else:  # "none"
+    else:
         images, labels = data.placed(device)
         x = images[idx.to(images.device)]
+    if cfg.augment in ("imagenet", "rrc"):
+        h, w = data.image_size
+        boxes = train_boxes(cfg, w, h, train_draws(len(idx), gen))
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x = resized_crops(x, torch.from_numpy(boxes), cfg.image_size, flip)
+        return (lighting(x, cfg.lighting, gen) if cfg.lighting > 0 else x), labels[idx.to(labels.device)]
     return resize_batch(x, cfg.image_size), labels[idx.to(labels.device)]
+
+
+def train_draws(n: int, gen: torch.Generator) -> np.ndarray:
+    """The uniforms behind each image's crop window: (n, RRC_TRIES, 4) float64."""
+    return torch.rand(n, RRC_TRIES, 4, generator=gen, dtype=torch.float64).numpy()
+
+
+def train_boxes(cfg: DataConfig, w: int, h: int, u: np.ndarray) -> np.ndarray:
+    """Crop windows (n, 4) of w x h images for augment imagenet (scale) or rrc, from draws u."""
+    if cfg.augment == "imagenet":
+        side = cfg.scale_min + np.floor(u[:, 0, 0] * (cfg.scale_max - cfg.scale_min + 1))
+        return scale_box(w, h, side, cfg.image_size, u[:, 0, 1], u[:, 0, 2])
+    return rrc_box(w, h, u)
 
 
 def array_eval_views(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, device, protocol: str) -> tuple:
@@ -76,8 +96,8 @@ class FileBatches(torch.utils.data.Dataset):
         if self.protocol is None:
             seed, epoch, rank = self.keys
             gen = generator(AUGMENT, seed, epoch, i, rank)
-            u = torch.rand(len(idx), RRC_TRIES, 4, generator=gen, dtype=torch.float64).numpy()
-            plans = [self._train_plan(u[k]) for k in range(len(idx))]
+            u = train_draws(len(idx), gen)
+            plans = [self._train_plan(u[k:k + 1]) for k in range(len(idx))]
         else:
             plans = [self._eval_plan()] * len(idx)
         views, labels, bad = [], [], []
@@ -98,12 +118,9 @@ class FileBatches(torch.utils.data.Dataset):
         return stacked, y, bad
 
     def _train_plan(self, u: np.ndarray):
-        c, size = self.cfg, self.cfg.image_size
-        if c.augment == "imagenet":
-            side = c.scale_min + int(u[0, 0] * (c.scale_max - c.scale_min + 1))
-            return lambda w, h: [(scale_box(w, h, side, size, u[0, 1], u[0, 2]), (size, size))]
-        if c.augment == "rrc":
-            return lambda w, h: [(rrc_box(w, h, u), (size, size))]
+        size = self.cfg.image_size
+        if self.cfg.augment in ("imagenet", "rrc"):
+            return lambda w, h: [(tuple(train_boxes(self.cfg, w, h, u)[0]), (size, size))]
         return lambda w, h: [(center_box(w, h, size, size), (size, size))]  # cifar / none: then batched
 
     def _eval_plan(self):

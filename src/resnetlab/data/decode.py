@@ -71,27 +71,29 @@ def center_box(w: int, h: int, side: int, size: int) -> Box:
     return ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
 
 
-def scale_box(w: int, h: int, side: int, size: int, ux: float, uy: float) -> Box:
+def scale_box(w: int, h: int, side, size: int, ux, uy) -> np.ndarray:
     """Shorter side resized to `side` (He et al. Sec. 3.4 scale augmentation), a size x size
-    window at a uniformly drawn integer offset of the resized image."""
-    scale = side / min(w, h)
-    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
-    left, top = math.floor(ux * (rw - size + 1)), math.floor(uy * (rh - size + 1))
-    return (left / scale, top / scale, (left + size) / scale, (top + size) / scale)
+    window at a uniformly drawn integer offset of the resized image. Vectorised: side, ux, uy
+    may be arrays (one per image); returns (..., 4) boxes."""
+    scale = np.asarray(side, dtype=np.float64) / min(w, h)
+    rw, rh = np.maximum(size, np.round(w * scale)), np.maximum(size, np.round(h * scale))
+    left, top = np.floor(np.asarray(ux) * (rw - size + 1)), np.floor(np.asarray(uy) * (rh - size + 1))
+    return np.stack([left / scale, top / scale, (left + size) / scale, (top + size) / scale], -1)
 
 
-def rrc_box(w: int, h: int, u: np.ndarray, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Box:
-    """Random-resized-crop window (Szegedy et al. 2015) from up to len(u) attempts; u: (k, 4)."""
-    area, log_r = w * h, (math.log(ratio[0]), math.log(ratio[1]))
-    for ua, ur, ux, uy in u:
-        target = area * (scale[0] + ua * (scale[1] - scale[0]))
-        aspect = math.exp(log_r[0] + ur * (log_r[1] - log_r[0]))
-        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            left, top = math.floor(ux * (w - cw + 1)), math.floor(uy * (h - ch + 1))
-            return (left, top, left + cw, top + ch)
-    side = min(w, h)  # fallback: the centred square
-    return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+def rrc_box(w: int, h: int, u: np.ndarray, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+    """Random-resized-crop window (Szegedy et al. 2015): the first of K attempts that fits, else
+    the centred square. u: (..., K, 4) uniforms (area, aspect, x, y); returns (..., 4) boxes."""
+    ua, ur, ux, uy = np.moveaxis(np.asarray(u, dtype=np.float64), -1, 0)  # each (..., K)
+    target = w * h * (scale[0] + ua * (scale[1] - scale[0]))
+    aspect = np.exp(math.log(ratio[0]) + ur * (math.log(ratio[1]) - math.log(ratio[0])))
+    cw, ch = np.round(np.sqrt(target * aspect)), np.round(np.sqrt(target / aspect))
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = fits.argmax(-1)[..., None]
+    cw, ch, ux, uy = (np.take_along_axis(a, first, -1)[..., 0] for a in (cw, ch, ux, uy))
+    left, top = np.floor(ux * (w - cw + 1)), np.floor(uy * (h - ch + 1))
+    boxes = np.stack([left, top, left + cw, top + ch], -1)
+    return np.where(fits.any(-1)[..., None], boxes, np.asarray(square_box(w, h)))
 
 
 def square_box(w: int, h: int) -> Box:

@@ -114,9 +114,6 @@ def iterate_files(source: FileBatches, workers: int, device: torch.device, skip_
 def check_augment(dataset, cfg: DataConfig) -> None:
     if cfg.augment not in AUGMENTS:
         raise UserError(f"unknown data.augment {cfg.augment!r}; choose one of {', '.join(AUGMENTS)}")
-    if isinstance(dataset, ArrayDataset) and cfg.augment not in ("cifar", "none"):
-        raise UserError(f"data.augment={cfg.augment} needs a folder of large images; this dataset is "
-                        f"{dataset.image_size[0]}px in memory: use data.augment=cifar or none")
     if not isinstance(dataset, (ArrayDataset, FileDataset)):
         raise TypeError(f"expected an ArrayDataset or FileDataset, got {type(dataset).__name__}")
 
