@@ -1,7 +1,8 @@
 """Batched augmentation and evaluation views on uint8 tensors (CPU or GPU), no per-sample loops.
 
 Random parameters are drawn on the CPU from the batch's own generator (see `sampling`) and then
-moved to the images' device, so a batch is identical on every device.
+moved to the images' device, so every device makes the same draws (crops and flips are then
+bit-identical; resampling may differ by float rounding).
 """
 from __future__ import annotations
 

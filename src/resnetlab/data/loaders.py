@@ -6,6 +6,12 @@ make_eval_loader(...) yields (views, y): views a list of uint8 (B, 3, h, w), one
 In-memory datasets are gathered and augmented as whole batches where they live (the GPU, when
 device is cuda: the uint8 data is copied there once). File datasets are decoded in `workers`
 processes (0 = in this process), in pinned memory when the device is a GPU.
+
+Training: one permutation per (seed, epoch) dealt round-robin to ranks, drop-last, so every rank
+has len(loader) full batches of disjoint samples. Evaluation: exact shards (rank r gets samples
+r, r + world_size, ...), no padding, so summed per-rank counts are exact; ranks may differ by one
+batch, so do not run a collective per batch. Unreadable files are an error, or with
+data.skip_bad dropped from their batch (which is then shorter) and listed in loader.skipped.
 """
 from __future__ import annotations
 
