@@ -11,7 +11,7 @@ import sys
 from resnetlab.errors import UserError
 
 from . import eval as eval_cmd
-from . import embed, models, predict, train
+from . import embed, export, models, predict, train
 
 COMMANDS = {
     "models": models,
@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": eval_cmd,
     "predict": predict,
     "embed": embed,
+    "export": export,
 }
 
 

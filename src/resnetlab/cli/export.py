@@ -1,0 +1,66 @@
+HELP = "Export a checkpoint to ONNX, TorchScript or safetensors, then run the export and compare it with PyTorch."
+
+import json
+from pathlib import Path
+
+REAL_IMAGES = 16  # real images checked when --images is not given (from the run's own test data)
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    parser.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    parser.add_argument("--out", required=True, metavar="FILE", help=".onnx, .pt (TorchScript) or .safetensors")
+    parser.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size (default: batch 1)")
+    parser.add_argument("--images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="real images for the check (default: up to 16 from the run's test data, if present)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def default_images(checkpoint) -> list[str]:
+    """A few images of the split the run was tested on, when its data folder is still there."""
+    from resnetlab.engine.checkpoint import load_checkpoint
+    from resnetlab.reports.predict import collect_images
+
+    root = load_checkpoint(checkpoint)["config"]["data"].get("root")
+    for split in ("test", "val"):
+        if root and (Path(root) / split).is_dir():
+            paths = collect_images([str(Path(root) / split)])
+            return paths[:: max(1, len(paths) // REAL_IMAGES)][:REAL_IMAGES]  # spread over the classes
+    return []
+
+
+def real_batch(checkpoint, inputs):
+    """uint8 (N, 3, S, S): the images preprocessed exactly as predict does (centre view)."""
+    import torch
+
+    from resnetlab.reports.predict import Predictor, collect_images
+
+    paths = collect_images(inputs) if inputs else default_images(checkpoint)
+    if not paths:
+        return None, 0
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", precision="fp32", fuse=False, channels_last="false")
+    views = [v[0] for v, _ in predictor.batches(paths)]
+    return (torch.cat(views) if views else None), len(predictor.failed)
+
+
+def run(args):
+    from resnetlab.reports.export import ExportCheckFailed, export_checkpoint
+
+    real, bad = real_batch(args.checkpoint, args.images)
+    try:
+        report = export_checkpoint(args.checkpoint, args.format, args.out, args.dynamic_batch, real)
+    except ExportCheckFailed as err:
+        print(f"resnetlab export: check FAILED: {err}")
+        return 1
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"wrote {report['out']} ({report['format']}, input float32 (B, 3, {report['input_size']}, "
+          f"{report['input_size']}) RGB 0..255, batch {'dynamic' if report['dynamic_batch'] else '1'})")
+    for name, diff in report["max_abs_diff"].items():
+        print(f"  checked against PyTorch on {name}: max abs diff {diff:.3g}")
+    if real is None and args.format != "safetensors":
+        print("  (no real images checked: pass --images IMAGE_OR_FOLDER)")
+    if bad:
+        print(f"  ({bad} unreadable image files skipped)")
+    return 0

@@ -1,0 +1,181 @@
+"""Export a checkpoint for other runtimes, and prove the export computes what PyTorch computes.
+
+ONNX and TorchScript files hold the whole inference function, normaliser included:
+
+    input  "images": float32 (B, 3, S, S), RGB, values 0..255 (uint8 pixels cast to float, not
+           scaled), already resized and centre-cropped as for evaluation (S = the checkpoint's
+           input size; `resnetlab predict` does exactly this preprocessing)
+    output "logits": float32 (B, num_classes); softmax gives the probabilities
+
+BatchNorm is folded into the convolutions (models/fuse.py) before export. B is 1 unless
+--dynamic-batch (ONNX); a traced TorchScript module accepts any batch size. safetensors holds
+the (unfolded) weights, loadable with resnetlab.load_weights, plus the checkpoint's metadata
+(model name, kwargs, classes, input size, normaliser) as JSON under the key "resnetlab".
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnetlab.errors import UserError
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+RTOL = 1e-3  # allowed max |diff| relative to the largest |logit| (fp32 rounding of a folded graph)
+
+
+class ExportCheckFailed(RuntimeError):
+    """The exported model's outputs differ from PyTorch's beyond the tolerance."""
+
+
+class ImagesToLogits(nn.Module):
+    """float 0..255 (B, 3, S, S) -> logits, with the normaliser baked in as one multiply-add.
+
+    Every normaliser kind is affine per element, (x/255 - mean) / std, so it is stored as
+    scale = 1 / (255 std) and shift = -mean / std at the export size (taken from the
+    checkpoint's own Normalizer, so pixel-mean images resized to S are handled too).
+    """
+
+    def __init__(self, model: nn.Module, normalizer: nn.Module, size: int):
+        super().__init__()
+        zeros = torch.zeros(1, 3, size, size)
+        with torch.no_grad():
+            shift = normalizer(zeros.to(torch.uint8))
+            scale = (normalizer(torch.full_like(zeros, 255).to(torch.uint8)) - shift) / 255
+        self.register_buffer("scale", scale.contiguous())
+        self.register_buffer("shift", shift.contiguous())
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images * self.scale + self.shift)
+
+
+def export_module(checkpoint, fuse: bool = True) -> tuple[ImagesToLogits, dict]:
+    """(ImagesToLogits in eval mode on CPU, the checkpoint dict) for a checkpoint or run directory."""
+    from resnetlab.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from resnetlab.models.fuse import fuse_bn
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    model, normalizer, _, _ = model_from_checkpoint(ckpt)
+    return ImagesToLogits(fuse_bn(model) if fuse else model, normalizer, ckpt["input_size"]).eval(), ckpt
+
+
+def metadata(ckpt: dict) -> dict:
+    norm = ckpt["normalizer"]
+    return {"model_name": ckpt["model_name"], "model_kwargs": ckpt["model_kwargs"], "num_classes": ckpt["num_classes"],
+            "classes": list(ckpt["classes"]), "input_size": ckpt["input_size"], "eval_resize": ckpt["eval_resize"],
+            "normalizer": {"kind": norm["kind"], "mean": torch.as_tensor(norm["mean"]).tolist(),
+                           "std": torch.as_tensor(norm["std"]).flatten().tolist()},
+            "input": "float32 (B, 3, S, S) RGB 0..255, normaliser baked in", "output": "logits"}
+
+
+def write(module: ImagesToLogits, ckpt: dict, fmt: str, out: Path, dynamic_batch: bool) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    size = ckpt["input_size"]
+    example = torch.rand(2 if dynamic_batch else 1, 3, size, size) * 255
+    if fmt == "safetensors":
+        from resnetlab.engine.checkpoint import model_from_checkpoint
+        from resnetlab.models import save_safetensors
+
+        save_safetensors(model_from_checkpoint(ckpt)[0], out, {"resnetlab": json.dumps(metadata(ckpt))})
+    elif fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # still supported in torch 2.13, just discouraged
+            traced = torch.jit.trace(module, example)
+        traced.save(str(out))
+    else:
+        _write_onnx(module, example, out, dynamic_batch)
+
+
+def _write_onnx(module: nn.Module, example: torch.Tensor, out: Path, dynamic_batch: bool) -> None:
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise UserError("ONNX export needs the export extra: pip install 'resnetlab[export]'") from None
+    shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=shapes, verbose=False)
+    program.save(str(out))
+
+
+def load_runner(fmt: str, path: Path):
+    """A function float32 numpy/tensor images -> logits tensor, running the exported file."""
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loaded = torch.jit.load(str(path)).eval()
+        return lambda x: loaded(x).detach()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("checking an ONNX export needs onnxruntime: pip install 'resnetlab[export]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+def check_inputs(ckpt: dict, dynamic_batch: bool, real: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Named float 0..255 input batches: random (batch 1, and 5 when dynamic) and real images."""
+    size = ckpt["input_size"]
+    gen = torch.Generator().manual_seed(0)
+    inputs = {"random batch 1": torch.randint(0, 256, (1, 3, size, size), generator=gen).float()}
+    if dynamic_batch:
+        inputs["random batch 5"] = torch.randint(0, 256, (5, 3, size, size), generator=gen).float()
+    if real is not None and len(real):
+        inputs[f"{len(real)} real images"] = real.float() if dynamic_batch else real[:1].float()
+    return inputs
+
+
+@torch.no_grad()
+def verify(fmt: str, path: Path, checkpoint, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Max |exported - PyTorch| per input batch; the reference is the plain (unfolded) fp32 model.
+
+    Raises ExportCheckFailed when a difference exceeds RTOL x the largest |logit|."""
+    reference, _ = export_module(checkpoint, fuse=False)
+    run = load_runner(fmt, path)
+    diffs = {}
+    for name, x in inputs.items():
+        want, got = reference(x), run(x)
+        if got.shape != want.shape:
+            raise ExportCheckFailed(f"{path}: output shape {tuple(got.shape)} on {name}, expected {tuple(want.shape)}")
+        diffs[name] = (got - want).abs().max().item()
+        if not diffs[name] <= RTOL * max(1.0, want.abs().max().item()):
+            raise ExportCheckFailed(f"{path}: outputs differ from PyTorch by {diffs[name]:.3g} on {name}")
+    return diffs
+
+
+def verify_safetensors(path: Path, checkpoint) -> dict[str, float]:
+    """Reload the file with load_weights into a fresh model: every tensor must be identical."""
+    from resnetlab.engine.checkpoint import load_checkpoint
+    from resnetlab.models import create_model, load_weights
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])
+    load_weights(model, str(path))
+    worst = max((model.state_dict()[k].double() - v.double()).abs().max().item() for k, v in ckpt["model"].items())
+    if worst != 0:
+        raise ExportCheckFailed(f"{path}: reloaded weights differ from the checkpoint by {worst:.3g}")
+    return {"weights reloaded with load_weights": worst}
+
+
+def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, real: torch.Tensor | None = None) -> dict:
+    """Write the export, run it, compare with PyTorch; returns {"out", "format", "max_abs_diff": {...}}."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.suffix != SUFFIXES[fmt]:
+        raise UserError(f"--out {out}: a {fmt} export should end in {SUFFIXES[fmt]}")
+    module, ckpt = export_module(checkpoint)
+    write(module, ckpt, fmt, out, dynamic_batch)
+    if fmt == "safetensors":
+        diffs = verify_safetensors(out, ckpt)
+    else:
+        diffs = verify(fmt, out, ckpt, check_inputs(ckpt, dynamic_batch, real))
+    return {"out": str(out), "format": fmt, "dynamic_batch": dynamic_batch or fmt == "torchscript",
+            "input_size": ckpt["input_size"], "max_abs_diff": diffs}

@@ -1,0 +1,95 @@
+"""Exports run outside PyTorch's module and match it: ONNX (onnxruntime), TorchScript, safetensors."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.cli import main
+from resnetlab.config import Config, apply_overrides
+from resnetlab.engine import load_checkpoint, train_and_evaluate
+from resnetlab.errors import UserError
+from resnetlab.models import create_model, load_weights
+from resnetlab.reports.export import ExportCheckFailed, export_checkpoint, export_module, verify
+
+CIFAR_TEST = Path("/work/shared/data/cifar10-jpeg/test/cat")
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory):
+    """A ResNet-8 after 4 steps on synthetic 16 px images (trained BN statistics, pixel-mean normaliser)."""
+    tmp = tmp_path_factory.mktemp("export")
+    cfg = apply_overrides(Config(), [
+        ("model.name", "resnet8"), ("data.dataset", "synthetic"), ("data.synthetic_size", 64),
+        ("data.synthetic_classes", 4), ("data.val_size", 0), ("data.augment", "none"), ("data.image_size", 16),
+        ("optim.batch_size", 16), ("schedule.kind", "constant"), ("schedule.max_steps", 4),
+        ("train.precision", "fp32"), ("train.device", "cpu")])
+    train_and_evaluate(cfg, tmp / "run")
+    return tmp / "run" / "checkpoints" / "last.pt"
+
+
+def test_baked_normaliser_equals_the_checkpoint_pipeline(ckpt_path):
+    from resnetlab.engine import model_from_checkpoint
+
+    module, _ = export_module(ckpt_path, fuse=False)
+    model, normalizer, _, _ = model_from_checkpoint(ckpt_path)
+    x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x.float()), model(normalizer(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_torchscript_matches_pytorch_at_any_batch(ckpt_path, tmp_path):
+    report = export_checkpoint(ckpt_path, "torchscript", tmp_path / "m.pt", dynamic_batch=True)
+    assert set(report["max_abs_diff"]) == {"random batch 1", "random batch 5"}
+    assert all(d < 1e-3 for d in report["max_abs_diff"].values())
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    reference, _ = export_module(ckpt_path, fuse=False)
+    x = torch.rand(7, 3, 16, 16) * 255
+    torch.testing.assert_close(loaded(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_with_dynamic_batch_matches_pytorch(ckpt_path, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    export_checkpoint(ckpt_path, "onnx", tmp_path / "m.onnx", dynamic_batch=True)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"] and session.get_inputs()[0].shape[1:] == [3, 16, 16]
+    reference, _ = export_module(ckpt_path, fuse=False)
+    for batch in (1, 3, 8):
+        x = torch.rand(batch, 3, 16, 16) * 255
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        torch.testing.assert_close(got, reference(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_wrong_export_fails_the_check(ckpt_path, tmp_path):
+    other = torch.jit.trace(export_module(ckpt_path)[0].eval(), torch.rand(1, 3, 16, 16) * 255)
+    with torch.no_grad():
+        other.model.fc.bias.add_(1.0)  # a different model written where the export should be
+    other.save(str(tmp_path / "wrong.pt"))
+    with pytest.raises(ExportCheckFailed, match="differ"):
+        verify("torchscript", tmp_path / "wrong.pt", ckpt_path, {"x": torch.rand(2, 3, 16, 16) * 255})
+
+
+def test_safetensors_weights_load_with_load_weights(ckpt_path, tmp_path):
+    from safetensors import safe_open
+
+    export_checkpoint(ckpt_path, "safetensors", tmp_path / "w.safetensors")
+    model = create_model("resnet8", num_classes=4)
+    load_weights(model, str(tmp_path / "w.safetensors"))
+    saved = load_checkpoint(ckpt_path)["model"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["resnetlab"])
+    assert meta["model_name"] == "resnet8" and meta["input_size"] == 16 and len(meta["classes"]) == 4
+
+
+@pytest.mark.skipif(not CIFAR_TEST.is_dir(), reason="real CIFAR-10 JPEGs not available")
+def test_cli_checks_real_images_and_rejects_bad_arguments(ckpt_path, tmp_path, capsys):
+    images = sorted(CIFAR_TEST.iterdir())[:6]
+    code = main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                 "--images", *map(str, images), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["max_abs_diff"]["6 real images"] < 1e-3
+    assert main(["export", str(ckpt_path), "--format", "onnx", "--out", str(tmp_path / "m.pt")]) == 2
+    with pytest.raises(UserError, match="format"):
+        export_checkpoint(ckpt_path, "tflite", tmp_path / "m.tflite")
