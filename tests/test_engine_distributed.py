@@ -54,10 +54,11 @@ def test_torchrun_variables_and_the_global_batch():
         per_rank_batch(250, info)
 
 
-def test_sync_bn_on_cpu_is_a_clear_error(tmp_path, monkeypatch):
+def test_sync_bn_on_cpu_is_a_clear_error():
     # A one-process "group" is enough to reach the check; no process group is created for it.
-    from resnetlab.engine import train as train_module
+    from resnetlab.engine.runtime import make_runtime
+    from resnetlab.engine.setup import _sync_bn
 
     cfg = apply_overrides(tiny_config(), [("train.sync_bn", True)])
     with pytest.raises(UserError, match="sync_bn needs CUDA"):
-        train_module._sync_bn(torch.nn.BatchNorm2d(2), cfg, DistInfo(0, 2, 0), train_module.make_runtime(cfg.train))
+        _sync_bn(torch.nn.BatchNorm2d(2), cfg, DistInfo(0, 2, 0), make_runtime(cfg.train))

@@ -4,7 +4,7 @@ import torch
 
 from resnetlab.config import Config, apply_overrides
 from resnetlab.engine.finetune import apply_freezing, load_init_weights, param_groups, set_train_mode
-from resnetlab.engine.state import build_optimizer, set_lr
+from resnetlab.engine.setup import build_optimizer, set_lr
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 

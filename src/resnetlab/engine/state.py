@@ -1,4 +1,4 @@
-"""Everything a run builds before its loop, and everything it must remember across a restart.
+"""What a run must remember across a restart, and the checkpoint dict that carries it.
 
 `TrainState` is the loop's memory (step, schedule state, best validation error, running train
 meters, elapsed time); `make_checkpoint` / `restore_checkpoint` turn it, with the model,
@@ -14,10 +14,8 @@ from torch import nn
 
 from resnetlab.config import Config, config_to_dict
 from resnetlab.errors import UserError
-from resnetlab.models import create_model
 
 from .checkpoint import FORMAT, capture_rng, clean_state_dict, restore_rng
-from .finetune import apply_freezing, load_init_weights, param_groups
 from .schedules import ScheduleState
 
 
@@ -53,31 +51,6 @@ class TrainState:
     elapsed_s: float = 0.0
     window: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # meter since the last log point
     epoch_meter: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # meter since the last evaluation
-
-
-def build_model(cfg: Config, num_classes: int, info=print) -> tuple[nn.Module, list[nn.Module]]:
-    """The model with fine-tuning applied: (model on CPU, BatchNorms to keep in eval mode)."""
-    model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
-    if cfg.finetune.init:
-        skipped = load_init_weights(model, cfg.finetune.init)
-        info(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {num_classes} classes ({', '.join(skipped)} re-initialised)" if skipped else ""))
-    return model, apply_freezing(model, cfg.finetune)
-
-
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """SGD with momentum, as in the paper (weight decay on every parameter, as the paper did)."""
-    o = cfg.optim
-    if o.nesterov and o.momentum <= 0:
-        raise UserError("optim.nesterov needs optim.momentum > 0")
-    if o.lr < 0 or o.weight_decay < 0 or o.momentum < 0:
-        raise UserError(f"optim.lr, momentum and weight_decay must be >= 0 (got {o.lr}, {o.momentum}, {o.weight_decay})")
-    return torch.optim.SGD(param_groups(model, cfg.finetune.backbone_lr_mult), lr=o.lr, momentum=o.momentum,
-                           weight_decay=o.weight_decay, nesterov=o.nesterov)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_mult"]
 
 
 def is_finite_model(model: nn.Module) -> bool:

@@ -13,33 +13,32 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from resnetlab.config import Config, save_config
+from resnetlab.config import Config
 from resnetlab.errors import UserError
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import DistInfo, all_reduce_sum, dist_info_from_env, init_distributed, per_rank_batch, shutdown_distributed
+from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, shutdown_distributed
 from .evaluate import evaluate_split
 from .finetune import set_train_mode
-from .logger import RunLogger
-from .runtime import Runtime, autocast, make_grad_scaler, make_runtime, prepare_model, to_input
-from .schedules import create_learning_rate_fn, observe_train_error, observe_val_error, total_steps
+from .runtime import Runtime, autocast, make_runtime, to_input
+from .schedules import observe_train_error, observe_val_error
+from .setup import Run, build_run, set_lr
 from .signals import StopOnSignal, TrainingInterrupted
-from .state import Meter, TrainState, build_model, build_optimizer, is_finite_model, make_checkpoint, meter_summary, restore_checkpoint, set_lr
+from .state import Meter, is_finite_model, make_checkpoint, meter_summary
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN/inf; the last good checkpoint was kept."""
+    """The loss or the weights became NaN/inf; the last good checkpoint was kept."""
 
 
-def train_step(model, optimizer, scaler, normalizer, x, y, rt: Runtime, label_smoothing: float):
+def train_step(net, optimizer, scaler, normalizer, x, y, rt: Runtime, label_smoothing: float = 0.0):
     """One SGD update on a batch: x uint8 (B, 3, H, W), y int64 (B,) -> (loss, number correct)."""
     with autocast(rt):
-        logits = model(to_input(normalizer(x), rt))
+        logits = net(to_input(normalizer(x), rt))
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
     scaler.step(optimizer)
     scaler.update()
     return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
@@ -56,177 +55,138 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
     init_distributed(info, rt.device)
     try:
         with StopOnSignal() as stop:
-            return _train(cfg, Path(workdir), resume, info, rt, stop, stream)
+            run = build_run(cfg, Path(workdir), resume, info, rt, stream)
+            try:
+                best_state = train_loop(run, stop)
+            finally:
+                run.log.close()
+            summary = final_test(run, best_state)
+            if info.is_main:
+                (run.workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+            return summary
     finally:
         shutdown_distributed()
 
 
-def _prepare_workdir(workdir: Path, cfg: Config, classes, resume: bool, is_main: bool) -> None:
-    last = workdir / "checkpoints" / "last.pt"
-    if resume and not last.is_file():
-        raise UserError(f"--resume {workdir}: no checkpoints/last.pt there to continue from")
-    if not resume and last.exists():
-        raise UserError(f"{workdir} already holds a run (checkpoints/last.pt); continue it with --resume {workdir} "
-                        "or choose another --out")
-    if is_main:
-        (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, workdir / "config.yaml")
-        (workdir / "classes.json").write_text(json.dumps(list(classes), indent=1))
-
-
-def _wrap(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Module:
-    """DDP across processes, then optionally torch.compile; the caller keeps the plain model."""
-    if info.enabled:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    return torch.compile(model) if cfg.train.compile else model
-
-
-def _sync_bn(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Module:
-    if not (cfg.train.sync_bn and info.enabled):
-        return model
-    if rt.device.type != "cuda":
-        raise UserError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
-                        "turn it off for CPU runs")
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-def _train(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runtime, stop: StopOnSignal, stream) -> dict:
-    from resnetlab.data import build_data, make_train_loader
-
-    torch.manual_seed(cfg.train.seed)
-    bundle = build_data(cfg.data, seed=cfg.train.seed)
-    _prepare_workdir(workdir, cfg, bundle.classes, resume, info.is_main)
-    batch = per_rank_batch(cfg.optim.batch_size, info)
-
-    def loader(epoch: int, start_batch: int = 0):
-        return make_train_loader(bundle.train, cfg.data, batch_size=batch, seed=cfg.train.seed, epoch=epoch,
-                                 start_batch=start_batch, rank=info.rank, world_size=info.world_size,
-                                 workers=cfg.train.workers, device=rt.device)
-
-    steps_per_epoch = len(loader(0))
-    if steps_per_epoch == 0:
-        raise UserError(f"the training split has fewer images than one batch ({cfg.optim.batch_size}); lower --batch-size")
-    total = total_steps(cfg.schedule, steps_per_epoch)
-    lr_fn = create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch)
-    eval_every = cfg.train.eval_every or steps_per_epoch
-
-    say = print if info.is_main else (lambda *a: None)
-    model, eval_bns = build_model(cfg, len(bundle.classes), info=say)
-    model = prepare_model(_sync_bn(model, cfg, info, rt), rt)
-    normalizer = bundle.normalizer.to(rt.device)
-    optimizer, scaler = build_optimizer(model, cfg), make_grad_scaler(rt)
-    state = TrainState()
-    if resume:
-        state = restore_checkpoint(load_checkpoint(workdir / "checkpoints" / "last.pt"), model, optimizer, scaler, cfg)
-    net = _wrap(model, cfg, info, rt)
-
-    log = RunLogger(workdir, info.is_main, total, state.step, cfg.train.tensorboard, stream)
-    log.info(f"{cfg.model.name}: {total} steps ({steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
-             + (f" = {info.world_size} processes x {batch}" if info.enabled else "")
-             + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
-             + (f", resuming at step {state.step}" if state.step else ""))
-
-    def checkpoint(metrics: dict, names: tuple[str, ...]) -> Path:
-        last = workdir / "checkpoints" / "last.pt"
-        if not is_finite_model(model):
-            raise TrainingDiverged(f"the weights became NaN/inf by step {state.step}; kept the last good checkpoint "
-                                   f"{last if last.exists() else '(none yet)'}. Lower optim.lr or use fp32/bf16")
-        if info.is_main:
-            ckpt = make_checkpoint(model, optimizer, scaler, state, cfg, bundle.classes, normalizer.state(),
-                                   steps_per_epoch, metrics)
-            for name in names:
-                save_checkpoint(ckpt, workdir / "checkpoints" / name)
-        return last
-
-    window, epoch_meter = Meter(rt.device, state.window), Meter(rt.device, state.epoch_meter)
-    session_start, images_since_eval, t_eval = time.perf_counter() - state.elapsed_s, 0, time.perf_counter()
+def train_loop(run: Run, stop: StopOnSignal):
+    """Steps from run.state.step to run.total; returns the best-by-validation weights of this session."""
+    state, cfg = run.state, run.cfg
+    window, since_eval = Meter(run.rt.device, state.window), Meter(run.rt.device, state.epoch_meter)
+    clock = {"start": time.perf_counter() - state.elapsed_s, "eval": time.perf_counter(), "images": 0}
     best_state = None
-    set_train_mode(model, eval_bns)
-    while state.step < total:
-        epoch, start_batch = divmod(state.step, steps_per_epoch)
-        for x, y in loader(epoch, start_batch):
-            lr = lr_fn(state.step, state.schedule)
-            set_lr(optimizer, lr)
-            loss, correct = train_step(net, optimizer, scaler, normalizer, x, y, rt, cfg.optim.label_smoothing)
+    set_train_mode(run.model, run.eval_bns)
+    while state.step < run.total:
+        epoch, start_batch = divmod(state.step, run.steps_per_epoch)
+        for x, y in run.loader(epoch, start_batch):
+            lr = run.lr_fn(state.step, state.schedule)
+            set_lr(run.optimizer, lr)
+            loss, correct = train_step(run.net, run.optimizer, run.scaler, run.normalizer, x, y, run.rt,
+                                       cfg.optim.label_smoothing)
             window.update(loss, correct, len(y))
-            epoch_meter.update(loss, correct, len(y))
+            since_eval.update(loss, correct, len(y))
             state.step += 1
-            images_since_eval += len(y) * info.world_size
-            at_log = state.step % cfg.train.log_every == 0
-            at_eval = state.step % eval_every == 0 or state.step == total
-            if at_log or at_eval:
-                train_loss, train_err = meter_summary(all_reduce_sum(window.sums).tolist())
-                if not math.isfinite(train_loss) and window.state()[2] > 0:
-                    last = workdir / "checkpoints" / "last.pt"
-                    raise TrainingDiverged(f"the training loss became {train_loss} between steps {state.step - cfg.train.log_every} "
-                                           f"and {state.step}; stopped, keeping the last good checkpoint "
-                                           f"{last if last.exists() else '(none yet)'}. Lower optim.lr (now {lr:g})")
-                observe_train_error(cfg.schedule, state.schedule, state.step, train_err)
-                log.progress(state.step, loss=train_loss, err=train_err, lr=lr,
-                             img_s=images_since_eval / max(time.perf_counter() - t_eval, 1e-9))
-                window.reset()
+            clock["images"] += len(y) * run.info.world_size
+            at_eval = state.step % run.eval_every == 0 or state.step == run.total
+            if at_eval or state.step % cfg.train.log_every == 0:
+                log_point(run, window, lr, clock)
             if at_eval:
-                state.elapsed_s = time.perf_counter() - session_start
-                metrics = _evaluation(net, normalizer, bundle, cfg, rt, info, state, epoch_meter, lr,
-                                      images_since_eval / max(time.perf_counter() - t_eval, 1e-9), steps_per_epoch)
-                is_best = metrics.get("val_top1_err") is not None and (state.best_val_err is None or metrics["val_top1_err"] < state.best_val_err)
-                if is_best:
-                    state.best_val_err = metrics["val_top1_err"]
-                state.window, state.epoch_meter = window.state(), [0.0, 0.0, 0.0]
-                epoch_meter.reset()
-                checkpoint(metrics, ("last.pt", "best.pt") if is_best else ("last.pt",))
-                if is_best:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                log.record(metrics)
-                set_train_mode(model, eval_bns)
-                images_since_eval, t_eval = 0, time.perf_counter()
-            if _stop_requested(stop, info, rt):
-                state.window, state.epoch_meter, state.elapsed_s = window.state(), epoch_meter.state(), time.perf_counter() - session_start
-                path = checkpoint({"step": state.step, "interrupted": True}, ("last.pt",))
-                log.close()
+                best_state = eval_point(run, window, since_eval, lr, clock) or best_state
+            if _stop_requested(stop, run):
+                state.window, state.epoch_meter = window.state(), since_eval.state()
+                state.elapsed_s = time.perf_counter() - clock["start"]
+                path = save(run, {"step": state.step, "interrupted": True}, ("last.pt",))
                 raise TrainingInterrupted(stop.signum or 15, state.step, path)
-            if state.step >= total:
+            if state.step >= run.total:
                 break
-    log.close()
-    summary = _final_test(model, net, best_state, normalizer, bundle, cfg, rt, info, state, workdir)
-    if info.is_main:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return best_state
 
 
-def _stop_requested(stop: StopOnSignal, info: DistInfo, rt: Runtime) -> bool:
-    """Every process must stop at the same step, so a signal seen by any one counts for all."""
-    if not info.enabled:
-        return stop.requested
-    return bool(all_reduce_sum(torch.tensor([float(stop.requested)], device=rt.device)).item())
+def log_point(run: Run, window: Meter, lr: float, clock: dict) -> None:
+    """Every log_every steps: stop on NaN, feed the ResNet-110 warm-up, move the progress bar.
+
+    The meter is summed over processes, so every process takes the same decisions.
+    """
+    loss, err = meter_summary(all_reduce_sum(window.sums).tolist())
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"the training loss became {loss} in the {run.cfg.train.log_every} steps up to step "
+                               f"{run.state.step}; stopped, keeping the last good checkpoint {_last_good(run)}. "
+                               f"Lower optim.lr (now {lr:g})")
+    observe_train_error(run.cfg.schedule, run.state.schedule, run.state.step, err)
+    run.log.progress(run.state.step, loss=loss, err=err, lr=lr, img_s=_rate(clock))
+    window.reset()
 
 
-def _evaluation(net, normalizer, bundle, cfg, rt, info, state: TrainState, epoch_meter: Meter, lr: float,
-                images_per_s: float, steps_per_epoch: int) -> dict:
-    train_loss, train_err = meter_summary(all_reduce_sum(epoch_meter.sums).tolist())
-    metrics = {"epoch": state.step / steps_per_epoch, "step": state.step, "lr": lr, "train_loss": train_loss,
+def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dict):
+    """Evaluate, record metrics, save last.pt (and best.pt); returns the weights if they are the best."""
+    state = run.state
+    state.elapsed_s = time.perf_counter() - clock["start"]
+    train_loss, train_err = meter_summary(all_reduce_sum(since_eval.sums).tolist())
+    metrics = {"epoch": state.step / run.steps_per_epoch, "step": state.step, "lr": lr, "train_loss": train_loss,
                "train_err": train_err, "val_top1_err": None, "val_top5_err": None,
-               "images_per_s": images_per_s, "elapsed_s": state.elapsed_s}
-    if bundle.val is not None:
-        val = evaluate_split(net, normalizer, bundle.val, cfg, rt, info, workers=cfg.train.workers)
-        metrics.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_top1=val["top1"], val_top5=val["top5"])
-    observe_val_error(cfg.schedule, state.schedule, metrics["val_top1_err"] if bundle.val is not None else train_err)
-    return metrics
+               "images_per_s": _rate(clock), "elapsed_s": state.elapsed_s}
+    if run.bundle.val is not None:
+        val = evaluate_split(run.net, run.normalizer, run.bundle.val, run.cfg, run.rt, run.info,
+                             workers=run.cfg.train.workers)
+        metrics.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_top1=val["top1"],
+                       val_top5=val["top5"])
+    # The plateau schedule watches validation error, or training error when there is no val split.
+    observe_val_error(run.cfg.schedule, state.schedule, train_err if metrics["val_top1_err"] is None else metrics["val_top1_err"])
+    is_best = metrics["val_top1_err"] is not None and (state.best_val_err is None or metrics["val_top1_err"] < state.best_val_err)
+    if is_best:
+        state.best_val_err = metrics["val_top1_err"]
+    since_eval.reset()
+    state.window, state.epoch_meter = window.state(), since_eval.state()
+    save(run, metrics, ("last.pt", "best.pt") if is_best else ("last.pt",))
+    run.log.record(metrics)
+    set_train_mode(run.model, run.eval_bns)
+    clock["eval"], clock["images"] = time.perf_counter(), 0
+    return {k: v.detach().clone() for k, v in run.model.state_dict().items()} if is_best else None
 
 
-def _final_test(model, net, best_state, normalizer, bundle, cfg, rt, info, state: TrainState, workdir: Path) -> dict:
+def save(run: Run, metrics: dict, names: tuple[str, ...]) -> Path:
+    """Write the checkpoint (rank 0) unless the weights are no longer finite."""
+    if not is_finite_model(run.model):
+        raise TrainingDiverged(f"the weights became NaN/inf by step {run.state.step}; kept the last good checkpoint "
+                               f"{_last_good(run)}. Lower optim.lr")
+    if run.info.is_main:
+        ckpt = make_checkpoint(run.model, run.optimizer, run.scaler, run.state, run.cfg, run.bundle.classes,
+                               run.normalizer.state(), run.steps_per_epoch, metrics)
+        for name in names:
+            save_checkpoint(ckpt, run.workdir / "checkpoints" / name)
+    return run.workdir / "checkpoints" / "last.pt"
+
+
+def final_test(run: Run, best_state) -> dict:
     """Test error of the last weights and of the best-by-validation weights (when both exist)."""
-    summary = {"steps": state.step, "best_val_top1_err": state.best_val_err, "elapsed_s": state.elapsed_s,
-               "checkpoints": {"last": str(workdir / "checkpoints" / "last.pt")}, "test": {}}
-    best_path = workdir / "checkpoints" / "best.pt"
-    if best_path.exists() or best_state is not None:
-        summary["checkpoints"]["best"] = str(best_path)
-    if bundle.test is None:
+    ckpts = run.workdir / "checkpoints"
+    summary = {"steps": run.state.step, "best_val_top1_err": run.state.best_val_err, "elapsed_s": run.state.elapsed_s,
+               "checkpoints": {"last": str(ckpts / "last.pt")}, "test": {}}
+    if (ckpts / "best.pt").exists() or best_state is not None:
+        summary["checkpoints"]["best"] = str(ckpts / "best.pt")
+    if run.bundle.test is None:
         return summary
-    summary["test"]["last"] = evaluate_split(net, normalizer, bundle.test, cfg, rt, info, workers=cfg.train.workers)
-    if best_state is None and best_path.exists():
-        best_state = load_checkpoint(best_path)["model"]
+    test = lambda: evaluate_split(run.net, run.normalizer, run.bundle.test, run.cfg, run.rt, run.info,  # noqa: E731
+                                  workers=run.cfg.train.workers)
+    summary["test"]["last"] = test()
+    if best_state is None and "best" in summary["checkpoints"]:  # best found before a resume
+        best_state = load_checkpoint(ckpts / "best.pt")["model"]
     if best_state is not None:
-        model.load_state_dict(best_state)
-        summary["test"]["best"] = evaluate_split(net, normalizer, bundle.test, cfg, rt, info, workers=cfg.train.workers)
+        run.model.load_state_dict(best_state)
+        summary["test"]["best"] = test()
     return summary
+
+
+def _stop_requested(stop: StopOnSignal, run: Run) -> bool:
+    """Every process must stop at the same step, so a signal seen by any one counts for all."""
+    if not run.info.enabled:
+        return stop.requested
+    return bool(all_reduce_sum(torch.tensor([float(stop.requested)], device=run.rt.device)).item())
+
+
+def _rate(clock: dict) -> float:
+    return clock["images"] / max(time.perf_counter() - clock["eval"], 1e-9)
+
+
+def _last_good(run: Run) -> str:
+    last = run.workdir / "checkpoints" / "last.pt"
+    return str(last) if last.exists() else "(none was written yet)"

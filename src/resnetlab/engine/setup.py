@@ -1,0 +1,144 @@
+"""Everything a run builds before its loop: data, model, optimizer, schedule, run directory.
+
+`build_run` returns one `Run` holding those objects, so the loop's helpers take one argument
+instead of a dozen. Under torchrun every process builds the same things from the same seed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from resnetlab.config import Config, save_config
+from resnetlab.errors import UserError
+from resnetlab.models import create_model
+
+from .checkpoint import load_checkpoint
+from .distributed import DistInfo, per_rank_batch
+from .finetune import apply_freezing, load_init_weights, param_groups
+from .logger import RunLogger
+from .runtime import Runtime, make_grad_scaler, prepare_model
+from .schedules import create_learning_rate_fn, total_steps
+from .state import TrainState, restore_checkpoint
+
+
+@dataclass
+class Run:
+    cfg: Config
+    workdir: Path
+    info: DistInfo
+    rt: Runtime
+    bundle: object  # resnetlab.data.DataBundle
+    model: nn.Module  # the plain model (checkpoints, evaluation of best weights)
+    net: nn.Module  # what the loop calls: the model, wrapped in DDP and/or torch.compile
+    eval_bns: list  # frozen BatchNorms, kept in eval mode while training
+    normalizer: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    state: TrainState
+    batch: int  # per-process batch
+    steps_per_epoch: int
+    total: int
+    lr_fn: Callable
+    log: RunLogger
+
+    def loader(self, epoch: int, start_batch: int = 0):
+        return train_loader(self.bundle, self.cfg, self.info, self.rt, epoch, start_batch)
+
+    @property
+    def eval_every(self) -> int:
+        return self.cfg.train.eval_every or self.steps_per_epoch
+
+
+def train_loader(bundle, cfg: Config, info: DistInfo, rt: Runtime, epoch: int, start_batch: int = 0):
+    """This process's share of the batches of `epoch`, from batch `start_batch` on (resume)."""
+    from resnetlab.data import make_train_loader
+
+    return make_train_loader(bundle.train, cfg.data, batch_size=per_rank_batch(cfg.optim.batch_size, info),
+                             seed=cfg.train.seed, epoch=epoch, start_batch=start_batch, rank=info.rank,
+                             world_size=info.world_size, workers=cfg.train.workers, device=rt.device)
+
+
+def build_model(cfg: Config, num_classes: int, info=print) -> tuple[nn.Module, list[nn.Module]]:
+    """The model with fine-tuning applied: (model on CPU, BatchNorms to keep in eval mode)."""
+    model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
+    if cfg.finetune.init:
+        skipped = load_init_weights(model, cfg.finetune.init)
+        info(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {num_classes} classes ({', '.join(skipped)} re-initialised)" if skipped else ""))
+    return model, apply_freezing(model, cfg.finetune)
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD with momentum, as in the paper (weight decay on every parameter, as the paper did)."""
+    o = cfg.optim
+    if o.nesterov and o.momentum <= 0:
+        raise UserError("optim.nesterov needs optim.momentum > 0")
+    if o.lr < 0 or o.weight_decay < 0 or o.momentum < 0:
+        raise UserError(f"optim.lr, momentum and weight_decay must be >= 0 (got {o.lr}, {o.momentum}, {o.weight_decay})")
+    return torch.optim.SGD(param_groups(model, cfg.finetune.backbone_lr_mult), lr=o.lr, momentum=o.momentum,
+                           weight_decay=o.weight_decay, nesterov=o.nesterov)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_mult"]
+
+
+def prepare_workdir(workdir: Path, cfg: Config, classes, resume: bool, is_main: bool) -> None:
+    last = workdir / "checkpoints" / "last.pt"
+    if resume and not last.is_file():
+        raise UserError(f"--resume {workdir}: no checkpoints/last.pt there to continue from")
+    if not resume and last.exists():
+        raise UserError(f"{workdir} already holds a run (checkpoints/last.pt); continue it with --resume {workdir} "
+                        "or choose another --out")
+    if is_main:
+        (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, workdir / "config.yaml")
+        (workdir / "classes.json").write_text(json.dumps(list(classes), indent=1))
+
+
+def _sync_bn(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Module:
+    if not (cfg.train.sync_bn and info.enabled):
+        return model
+    if rt.device.type != "cuda":
+        raise UserError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
+                        "turn it off for CPU runs")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def _wrap(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Module:
+    """DDP across processes, then optionally torch.compile; the caller keeps the plain model."""
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    return torch.compile(model) if cfg.train.compile else model
+
+
+def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runtime, stream=None) -> Run:
+    from resnetlab.data import build_data
+
+    torch.manual_seed(cfg.train.seed)
+    bundle = build_data(cfg.data, seed=cfg.train.seed)
+    prepare_workdir(workdir, cfg, bundle.classes, resume, info.is_main)
+    say = print if info.is_main else (lambda *a: None)
+    model, eval_bns = build_model(cfg, len(bundle.classes), info=say)
+    model = prepare_model(_sync_bn(model, cfg, info, rt), rt)
+    optimizer = build_optimizer(model, cfg)
+    scaler = make_grad_scaler(rt)
+    state = TrainState()
+    if resume:
+        state = restore_checkpoint(load_checkpoint(workdir / "checkpoints" / "last.pt"), model, optimizer, scaler, cfg)
+    steps_per_epoch = len(train_loader(bundle, cfg, info, rt, 0))
+    total = total_steps(cfg.schedule, steps_per_epoch)
+    run = Run(cfg, workdir, info, rt, bundle, model, _wrap(model, cfg, info, rt), eval_bns,
+              bundle.normalizer.to(rt.device), optimizer, scaler, state, per_rank_batch(cfg.optim.batch_size, info),
+              steps_per_epoch, total, create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch),
+              RunLogger(workdir, info.is_main, total, state.step, cfg.train.tensorboard, stream))
+    run.log.info(f"{cfg.model.name}: {run.total} steps ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
+                 + (f" = {info.world_size} processes x {run.batch}" if info.enabled else "")
+                 + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
+                 + (f", resuming at step {state.step}" if state.step else ""))
+    return run
