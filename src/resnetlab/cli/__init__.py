@@ -11,7 +11,7 @@ import sys
 from resnetlab.errors import UserError
 
 from . import eval as eval_cmd
-from . import embed, export, models, predict, train
+from . import bench, embed, export, models, predict, train
 
 COMMANDS = {
     "models": models,
@@ -20,6 +20,7 @@ COMMANDS = {
     "predict": predict,
     "embed": embed,
     "export": export,
+    "bench": bench,
 }
 
 

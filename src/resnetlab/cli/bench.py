@@ -1,0 +1,51 @@
+HELP = "Benchmark training/inference speed against the eager fp32 per-sample-PIL baseline, same machine, same run."
+
+DEFAULT_BATCH = {"train": 128, "infer": 32, "loop": 128}
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--task", choices=["train", "infer", "loop"], default="train",
+                        help="train: full steps/s; infer: throughput, batch-1 latency, top-1 agreement; "
+                             "loop: train_and_evaluate overhead over bare train_step")
+    parser.add_argument("--batch-size", type=int, help="default: 128 (train, loop), 32 (infer)")
+    parser.add_argument("--image-size", type=int, help="default: the model's native size (32 or 224)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    parser.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto")
+    parser.add_argument("--compile", choices=["none", "default", "max-autotune-no-cudagraphs"], default="none")
+    parser.add_argument("--variant", action="append", default=[], metavar="V",
+                        help="more variants to compare, e.g. fp32, bf16-cl, bf16-cl-default (repeatable)")
+    parser.add_argument("--data", metavar="DIR", help="ROOT/train/<class>/<image> to read (default: synthetic JPEGs)")
+    parser.add_argument("--images", type=int, default=512, help="images drawn from the data (loop: images per epoch)")
+    parser.add_argument("--weights", help="inference: trained weights for the top-1 agreement check")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-isolate", action="store_true", help="measure every variant in this process")
+    parser.add_argument("--json", metavar="PATH", help="also write the full result as JSON")
+
+
+def run(args):
+    from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_precision
+    from resnetlab.reports.bench import BenchSpec, format_table, parse_variant, run_bench, write_json
+    from resnetlab.reports.bench_loop import format_loop, measure_loop_overhead
+    from resnetlab.reports.bench_measure import Variant
+
+    device = resolve_device(args.device)
+    batch = args.batch_size or DEFAULT_BATCH[args.task]
+    if args.task == "loop":
+        result = measure_loop_overhead(args.model, batch, steps_per_epoch=max(1, args.images // batch),
+                                       size=args.image_size or 32, precision=args.precision,
+                                       channels_last=args.channels_last, warmup=args.warmup, reps=args.reps)
+        print(format_loop(result))
+    else:
+        precision = resolve_precision(args.precision, device)
+        ours = Variant("ours", precision, resolve_channels_last(args.channels_last, device, precision), args.compile)
+        spec = BenchSpec(model=args.model, task=args.task, batch_size=batch, image_size=args.image_size,
+                         warmup=args.warmup, reps=args.reps, device=str(device), data=args.data, images=args.images,
+                         weights=args.weights, isolate=not args.no_isolate)
+        result = run_bench(spec, [ours, *map(parse_variant, args.variant)])
+        print(format_table(result))
+    if args.json:
+        print(f"wrote {write_json(result, args.json)}")
+    return 0

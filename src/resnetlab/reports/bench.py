@@ -1,0 +1,150 @@
+"""The benchmark harness behind `resnetlab bench` and benchmarks/*.py.
+
+    spec = BenchSpec(model="resnet20", task="train", batch_size=128)
+    result = run_bench(spec, [Variant("ours", "bf16", True)])   # the baseline is always measured first
+    write_json(result, "benchmarks/results/train_resnet20.json")
+
+Every variant runs in a fresh process (so its peak RSS is its own and a compiled graph cannot
+leak into the next one), on the same machine and in the same run as the baseline, and is
+reported as a ratio to it. The machine's matrix-multiply peak is measured in the same run, and
+each variant's multiply-adds per second are given as a fraction of the peak for its dtype.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from resnetlab.errors import UserError
+from resnetlab.models import model_info, profile
+
+from .bench_data import bench_images
+from .bench_machine import describe_machine, matmul_peak
+from .bench_measure import BASELINE, COMPILE_MODES, Variant, measure_infer, measure_train
+
+TASKS = ("train", "infer")
+PRECISIONS = ("fp32", "bf16", "fp16")
+TRAIN_MACS_PER_FORWARD = 3  # backward costs about twice the forward (input and weight gradients)
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    model: str = "resnet20"
+    task: str = "train"  # train | infer
+    batch_size: int = 128
+    image_size: int | None = None  # None: the model's native size (32 CIFAR, 224 ImageNet)
+    warmup: int = 2
+    reps: int = 10
+    device: str = "cpu"
+    data: str | None = None  # ROOT/train/<class>/<image>; None: synthetic JPEG files
+    images: int = 512  # images drawn from the data (both pipelines use the same files)
+    weights: str | None = None  # inference: trained weights for the agreement check
+    isolate: bool = True  # one fresh process per variant
+    cache_dir: str | None = None  # decoded-image cache of our pipeline (default: a temporary folder)
+
+    @property
+    def size(self) -> int:
+        return self.image_size or model_info(self.model).input_size
+
+
+def parse_variant(text: str) -> Variant:
+    """'baseline' or PRECISION[-cl][-COMPILE_MODE], e.g. 'fp32', 'bf16-cl', 'bf16-cl-default'."""
+    if text == "baseline":
+        return BASELINE
+    precision, _, rest = text.partition("-")
+    channels_last = rest == "cl" or rest.startswith("cl-")
+    mode = rest[3:] if rest.startswith("cl-") else ("" if rest == "cl" else rest)
+    if precision not in PRECISIONS or (mode or "none") not in COMPILE_MODES:
+        raise UserError(f"variant {text!r}: write baseline or PRECISION[-cl][-COMPILE] with PRECISION one of "
+                        f"{', '.join(PRECISIONS)} and COMPILE one of {', '.join(COMPILE_MODES[1:])}")
+    return Variant("ours", precision, channels_last, mode or "none")
+
+
+def check_spec(spec: BenchSpec) -> None:
+    if spec.task not in TASKS:
+        raise UserError(f"--task {spec.task!r}: choose one of {', '.join(TASKS)}")
+    for name in ("batch_size", "reps", "images"):
+        if getattr(spec, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}")
+    if spec.warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {spec.warmup}")
+    model_info(spec.model)  # raises UserError naming the known models
+    if torch.device(spec.device).type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {spec.device}: CUDA is not available here; use --device cpu")
+
+
+def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
+    """Baseline + variants on one machine in one run -> the result dict (see write_json)."""
+    check_spec(spec)
+    device = torch.device(spec.device)
+    with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:
+        spec = replace(spec, cache_dir=spec.cache_dir or tmp)
+        images = bench_images(spec.data, spec.images, workdir=str(Path(tmp) / "synthetic"))
+        rows = [run_variant(spec, images, v) for v in [BASELINE, *[v for v in variants if v != BASELINE]]]
+    precisions = sorted({r["precision"] for r in rows})
+    peaks = {p: matmul_peak(p, device) for p in precisions}
+    macs = profile(spec.model, spec.size, num_classes=len(images.classes)).macs
+    add_ratios(rows, macs * (TRAIN_MACS_PER_FORWARD if spec.task == "train" else 1), peaks)
+    return {"spec": asdict(spec) | {"image_size": spec.size, "cache_dir": None}, "machine": describe_machine(device),
+            "matmul_peak_macs_per_s": peaks, "forward_macs_per_image": macs, "results": rows}
+
+
+def run_variant(spec: BenchSpec, images, variant: Variant) -> dict:
+    args = (spec, images, variant)
+    if not spec.isolate:
+        return _measure(*args)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure, args)
+
+
+def _measure(spec: BenchSpec, images, variant: Variant) -> dict:
+    device, cache = torch.device(spec.device), Path(spec.cache_dir)
+    if spec.task == "train":
+        return measure_train(spec.model, variant, images, spec.size, spec.batch_size, spec.warmup, spec.reps, device, cache)
+    return measure_infer(spec.model, variant, images, spec.size, spec.batch_size, spec.warmup, spec.reps, device, cache,
+                         spec.weights)
+
+
+def add_ratios(rows: list[dict], macs: int, peaks: dict) -> None:
+    """Speed-up over the baseline (rows[0]), achieved multiply-adds/s (`macs` per image) and their
+    fraction of the dtype's peak, and (inference) top-1 agreement with the baseline's predictions."""
+    base = rows[0]
+    for row in rows:
+        row["speedup"] = row["per_s"] / base["per_s"]
+        row["macs_per_s"] = macs * row["per_s"]
+        row["peak_fraction"] = row["macs_per_s"] / peaks[row["precision"]]
+        if "predictions" in row:
+            same = sum(a == b for a, b in zip(row["predictions"], base["predictions"]))
+            row["top1_agreement"] = same / len(base["predictions"])
+    for row in rows:
+        row.pop("predictions", None)
+
+
+def write_json(result: dict, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def format_table(result: dict) -> str:
+    """The result as a plain-text table, one line per variant."""
+    spec, task = result["spec"], result["spec"]["task"]
+    unit = "train img/s" if task == "train" else "infer img/s"
+    lines = [f"{spec['model']} {task} batch {spec['batch_size']} at {spec['image_size']}px on {result['machine']['cpu']} "
+             f"({result['machine']['torch_threads']} threads, load {result['machine']['load_avg_1m']:.2f})",
+             f"{'variant':<34}{unit:>14}{'spread':>18}{'speedup':>9}{'peak%':>7}{'mem MiB':>9}"
+             + ("" if task == "train" else f"{'b1 ms':>9}{'agree':>7}")]
+    for r in result["results"]:
+        line = (f"{r['variant']:<34}{r['per_s']:>14.1f}{r['per_s_min']:>9.1f}-{r['per_s_max']:<8.1f}{r['speedup']:>8.2f}x"
+                f"{100 * r['peak_fraction']:>6.1f}%{r['peak_mem_mib']:>9.0f}")
+        if task == "infer":
+            line += f"{r['latency_b1_ms']:>9.1f}{100 * r['top1_agreement']:>6.1f}%"
+        lines.append(line)
+    peaks = ", ".join(f"{p} {v / 1e9:.0f} GMAC/s" for p, v in result["matmul_peak_macs_per_s"].items())
+    lines.append(f"matmul peak: {peaks}")
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""How much the training loop itself costs: data, logging, checkpointing around train_step.
+
+Method: run the real `train_and_evaluate` for n1 and for n2 steps (whole epochs, so both runs
+end the same way: a checkpoint and the final test evaluation); the difference of the two wall
+times divided by n2 - n1 is the loop's steady-state time per step, with a checkpoint every
+epoch and a log line every `log_every` steps included. The same configuration's bare
+`train_step` on batches made beforehand gives the time of the work itself; overhead = loop /
+bare - 1. The data is in memory (synthetic, CIFAR-sized), as CIFAR is in real runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import time
+
+import torch
+
+from resnetlab.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from resnetlab.errors import UserError
+
+from .bench_measure import stats, timed
+
+
+def loop_config(model: str, batch_size: int, steps_per_epoch: int, size: int, precision: str = "auto",
+                channels_last: str = "auto", log_every: int = 50) -> Config:
+    data = DataConfig(dataset="synthetic", synthetic_size=steps_per_epoch * batch_size, val_size=0, image_size=size)
+    return Config(model=ModelConfig(name=model), data=data, optim=OptimConfig(batch_size=batch_size, lr=0.01),
+                  schedule=ScheduleConfig(kind="cosine", max_steps=steps_per_epoch),
+                  train=TrainConfig(device="cpu", precision=precision, channels_last=channels_last, log_every=log_every))
+
+
+def loop_seconds(cfg: Config, steps: int) -> float:
+    """Wall time of a whole train_and_evaluate run of `steps` steps, its output swallowed."""
+    from resnetlab.engine import train_and_evaluate
+
+    cfg.schedule.max_steps = steps
+    with tempfile.TemporaryDirectory(prefix="resnetlab-loop-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+        start = time.perf_counter()
+        train_and_evaluate(cfg, tmp, stream=io.StringIO())
+        return time.perf_counter() - start
+
+
+def bare_step_seconds(cfg: Config, warmup: int, reps: int) -> list[float]:
+    """Per-step times of train_step alone, cycling over batches made before timing starts."""
+    from resnetlab.data import build_data, make_train_loader
+    from resnetlab.engine.runtime import make_grad_scaler, make_runtime, prepare_model
+    from resnetlab.engine.train import train_step
+    from resnetlab.models import create_model
+
+    rt = make_runtime(cfg.train)
+    bundle = build_data(cfg.data, seed=cfg.train.seed)
+    batches = list(make_train_loader(bundle.train, cfg.data, cfg.optim.batch_size, device=rt.device))[:8]
+    torch.manual_seed(cfg.train.seed)
+    model = prepare_model(create_model(cfg.model.name, num_classes=len(bundle.classes)).train(), rt)
+    o = cfg.optim  # the loop's optimizer: SGD with momentum, weight decay on every parameter
+    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    scaler, normalizer = make_grad_scaler(rt), bundle.normalizer.to(rt.device)
+    i = 0
+
+    def step():
+        nonlocal i
+        x, y = batches[i % len(batches)]
+        train_step(model, optimizer, scaler, normalizer, x, y, rt, 0.0)
+        i += 1
+    return timed(step, warmup, reps, rt.device)
+
+
+def measure_loop_overhead(model: str, batch_size: int, steps_per_epoch: int, size: int, epochs: tuple[int, int] = (1, 3),
+                          precision: str = "auto", channels_last: str = "auto", warmup: int = 2, reps: int = 10) -> dict:
+    n1, n2 = (e * steps_per_epoch for e in epochs)
+    if not 0 < n1 < n2:
+        raise UserError(f"loop overhead needs 0 < epochs[0] < epochs[1] and steps_per_epoch >= 1, got {epochs}, {steps_per_epoch}")
+    cfg = loop_config(model, batch_size, steps_per_epoch, size, precision, channels_last)
+    bare = stats(bare_step_seconds(cfg, warmup, reps), batch_size)
+    t1, t2 = loop_seconds(cfg, n1), loop_seconds(cfg, n2)
+    loop_step = (t2 - t1) / (n2 - n1)
+    return {"model": model, "batch_size": batch_size, "image_size": size, "steps_per_epoch": steps_per_epoch,
+            "runs_steps": [n1, n2], "runs_s": [t1, t2], "loop_step_s": loop_step, "bare_step": bare,
+            "overhead": loop_step / bare["median_s"] - 1}
+
+
+def format_loop(result: dict) -> str:
+    bare = result["bare_step"]
+    return (f"{result['model']} batch {result['batch_size']} at {result['image_size']}px, "
+            f"{result['steps_per_epoch']} steps/epoch: train_and_evaluate {result['loop_step_s'] * 1e3:.1f} ms/step "
+            f"(runs of {result['runs_steps'][0]} and {result['runs_steps'][1]} steps), bare train_step "
+            f"{bare['median_s'] * 1e3:.1f} ms (spread {bare['min_s'] * 1e3:.1f}-{bare['max_s'] * 1e3:.1f}); "
+            f"loop overhead {100 * result['overhead']:+.1f}%")

@@ -1,0 +1,215 @@
+"""Measuring one variant: training steps/s and inference throughput/latency, with peak memory.
+
+A variant is one way of running the same network: the baseline (per-sample PIL pipeline, eager
+fp32 NCHW) or ours (batched uint8 loader, a precision, a memory format, a compile mode). Each
+measurement warms up, then times every repetition separately; `stats` turns those times into
+a median and a spread. Peak memory on the CPU is the growth of the process's peak RSS
+(getrusage ru_maxrss) over its RSS just before the model is built -- torch's allocations are
+invisible to tracemalloc -- so each variant is meant to run in a fresh process (see bench.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from resnetlab.data import make_train_loader
+from resnetlab.engine.runtime import Runtime, autocast, make_grad_scaler, prepare_model, to_input
+from resnetlab.engine.train import train_step
+from resnetlab.errors import UserError
+from resnetlab.models import create_model
+
+from .bench_baseline import PILFolderDataset, baseline_loader, endless
+from .bench_data import BenchImages, bench_data_config, decoded, fitted_normalizer
+from .bench_machine import sync
+
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class Variant:
+    pipeline: str  # "baseline" (per-sample PIL + eager fp32 NCHW) | "ours"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    channels_last: bool = False
+    compile: str = "none"  # one of COMPILE_MODES; inference compiles with weight freezing (BN folded)
+
+    @property
+    def label(self) -> str:
+        if self.pipeline == "baseline":
+            return "baseline"
+        return f"{self.precision}{'-cl' if self.channels_last else ''}{'' if self.compile == 'none' else '-' + self.compile}"
+
+
+BASELINE = Variant("baseline")
+
+
+def stats(seconds: list[float], items: int) -> dict:
+    """Median and spread of per-repetition times, and the items/s they mean."""
+    s = sorted(seconds)
+    q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731  (nearest-rank quantile)
+    med = s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+    return {"reps": len(s), "median_s": med, "min_s": s[0], "max_s": s[-1], "iqr_s": q(0.75) - q(0.25),
+            "per_s": items / med, "per_s_min": items / s[-1], "per_s_max": items / s[0]}
+
+
+def timed(fn, warmup: int, reps: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    out = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+class PeakMemory:
+    """Peak memory grown while the block runs: GPU allocator peak, or CPU peak RSS growth (MiB)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mib = device, None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.start = current_rss()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
+        else:
+            self.mib = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.start) / 2**20
+
+
+def current_rss() -> int:
+    """Resident bytes now (Linux /proc; elsewhere the peak so far, an upper bound)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def runtime_of(variant: Variant, device: torch.device) -> Runtime:
+    if variant.compile not in COMPILE_MODES:
+        raise UserError(f"--compile {variant.compile!r}: choose one of {', '.join(COMPILE_MODES)}")
+    if variant.pipeline == "baseline":
+        return Runtime(device, "fp32", False)
+    return Runtime(device, variant.precision, variant.channels_last)
+
+
+def compiled(model: torch.nn.Module, mode: str):
+    return model if mode == "none" else torch.compile(model, mode=None if mode == "default" else mode)
+
+
+def seeded_model(name: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)  # every variant (every process) starts from the same weights
+    return create_model(name, num_classes=num_classes)
+
+
+def train_batches(variant: Variant, images: BenchImages, size: int, batch_size: int, rt: Runtime, cache_dir: Path):
+    """(endless iterator of (x, y) on the device, the normaliser train_step should apply)."""
+    data = decoded(images, size, cache_dir)
+    normalizer = fitted_normalizer(data)
+    if variant.pipeline == "baseline":
+        ds = PILFolderDataset(images.paths, images.labels.tolist(), size, normalizer.mean.flatten(), normalizer.std.flatten())
+        moved = ((x.to(rt.device), y.to(rt.device)) for x, y in endless(baseline_loader(ds, batch_size)))
+        return moved, torch.nn.Identity()  # the baseline normalises per sample, in the dataset
+    cfg = bench_data_config(size)
+
+    def ours():
+        epoch = 0
+        while True:
+            yield from make_train_loader(data, cfg, batch_size, seed=0, epoch=epoch, device=rt.device)
+            epoch += 1
+    if len(data) < batch_size:
+        raise UserError(f"--images {len(data)} is fewer than one batch ({batch_size}); raise --images")
+    return ours(), normalizer.to(rt.device)
+
+
+def measure_train(model_name: str, variant: Variant, images: BenchImages, size: int, batch_size: int,
+                  warmup: int, reps: int, device: torch.device, cache_dir: Path) -> dict:
+    """Images/s of full training steps: next batch from the pipeline, forward, backward, SGD."""
+    rt = runtime_of(variant, device)
+    batches, normalizer = train_batches(variant, images, size, batch_size, rt, cache_dir)
+    with PeakMemory(device) as mem:
+        model = prepare_model(seeded_model(model_name, len(images.classes)).train(), rt)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        scaler, net = make_grad_scaler(rt), compiled(model, variant.compile)
+
+        def step():
+            x, y = next(batches)
+            train_step(net, optimizer, scaler, normalizer, x, y, rt, 0.0)
+        first = time.perf_counter()
+        step()  # the first step pays for compilation; reported on its own
+        first = time.perf_counter() - first
+        seconds = timed(step, warmup, reps, device)
+    return {"variant": variant.label, **variant.__dict__, "first_step_s": first, "peak_mem_mib": mem.mib,
+            **stats(seconds, batch_size)}
+
+
+def inference_fn(model: torch.nn.Module, variant: Variant, rt: Runtime, normalizer):
+    """uint8 batch -> logits, the way `variant` runs inference."""
+    if variant.pipeline == "baseline":
+        def run(x):
+            with torch.no_grad():
+                return model(normalizer(x))
+        return run
+    net = compiled(model, variant.compile)
+    # Freezing lets inductor fold BN into the convolutions and pre-pack the weights: valid only
+    # because inference never changes them.
+    freezing = contextlib.nullcontext() if variant.compile == "none" else torch._inductor.config.patch(freezing=True)
+
+    def run(x):
+        with torch.inference_mode(), autocast(rt), freezing:
+            return net(to_input(normalizer(x), rt)).float()
+    return run
+
+
+def measure_infer(model_name: str, variant: Variant, images: BenchImages, size: int, batch_size: int,
+                  warmup: int, reps: int, device: torch.device, cache_dir: Path, weights: str | None = None) -> dict:
+    """Images/s at `batch_size`, latency at batch 1, and top-1 predictions on every image."""
+    from resnetlab.models import load_weights
+
+    rt = runtime_of(variant, device)
+    data = decoded(images, size, cache_dir)
+    normalizer = fitted_normalizer(data).to(device)
+    x_all = data.images.to(device)
+    with PeakMemory(device) as mem:
+        model = seeded_model(model_name, len(images.classes))
+        if weights:
+            load_weights(model, weights)
+        else:
+            calibrate_bn(model, normalizer, x_all, batch_size)
+        model = prepare_model(model.eval(), rt)
+        run = inference_fn(model, variant, rt, normalizer)
+        preds = torch.cat([run(x).argmax(1).cpu() for x in x_all.split(batch_size)])
+        batch, one = x_all[:batch_size], x_all[:1]
+        if len(batch) < batch_size:
+            raise UserError(f"--images {len(x_all)} is fewer than one batch ({batch_size}); raise --images")
+        throughput = stats(timed(lambda: run(batch), warmup, reps, device), batch_size)
+        latency = stats(timed(lambda: run(one), warmup, reps, device), 1)
+    return {"variant": variant.label, **variant.__dict__, "peak_mem_mib": mem.mib, **throughput,
+            "latency_b1_ms": latency["median_s"] * 1e3, "latency_b1_spread_ms": [latency["min_s"] * 1e3, latency["max_s"] * 1e3],
+            "predictions": preds.tolist()}
+
+
+def calibrate_bn(model: torch.nn.Module, normalizer, x_all: torch.Tensor, batch_size: int, batches: int = 4) -> None:
+    """Without trained weights, set BN running statistics from real images (fp32, deterministic),
+    so eval-mode activations have realistic scales and predictions are not all one class."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average over the calibration batches
+    with torch.no_grad():
+        for x in x_all.split(batch_size)[:batches]:
+            model(normalizer(x))
