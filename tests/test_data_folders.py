@@ -156,3 +156,16 @@ def test_load_images_reports_failures(tmp_path):
     images, failed = load_images([tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"], 32, 36)
     assert images.shape == (1, 3, 32, 32) and images[0, :, 0, 0].tolist() == [10, 20, 30]
     assert [f[0] for f in failed] == [str(tmp_path / "b.jpg"), str(tmp_path / "c.png")]
+
+
+def test_exif_rotated_photo_is_loaded_upright(tmp_path):
+    pixels = np.zeros((40, 60, 3), dtype=np.uint8)  # landscape as stored, top rows red
+    pixels[:10] = (255, 0, 0)
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": shown as portrait, red on the right
+    img.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    images, failed = load_images([tmp_path / "photo.jpg"], 40, 40)
+    upright = np.asarray(Image.open(tmp_path / "photo.jpg").transpose(Image.Transpose.ROTATE_270))
+    assert failed == [] and upright.shape == (60, 40, 3)
+    assert images[0, 0, 20, -1] > 200 and images[0, 0, 20, 0] < 50  # red column on the right

@@ -19,6 +19,14 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom in source pi
 Plan = Callable[[int, int], list[tuple[Box, tuple[int, int]]]]  # (w, h) -> [(box, (out_w, out_h))]
 
 
+ORIENTATION = 0x0112  # EXIF tag
+EXIF_FORMATS = ("JPEG", "MPO", "TIFF", "PNG", "WEBP")
+# EXIF orientation -> the transpose that makes the image upright (as in PIL.ImageOps.exif_transpose).
+TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}
+
+
 class BadImage(Exception):
     """An image file that cannot be read; str() names the file and the reason."""
 
@@ -33,15 +41,18 @@ def decode_crops(path: str, plan: Plan) -> list[np.ndarray]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                w, h = img.size
+                # Photos store their rotation in EXIF; plan on the upright image.
+                orientation = img.getexif().get(ORIENTATION, 1) if img.format in EXIF_FORMATS else 1
+                w, h = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
                 steps = plan(w, h)
                 # Largest reduction that keeps every window at least as big as its output size.
-                need = max(max(o[0] * w / max(b[2] - b[0], 1e-6), o[1] * h / max(b[3] - b[1], 1e-6))
-                           for b, o in steps)
-                if img.format == "JPEG" and need < min(w, h):
-                    img.draft("RGB", (math.ceil(need * w / min(w, h)), math.ceil(need * h / min(w, h))))
-                sx, sy = img.size[0] / w, img.size[1] / h
+                factor = max(max(o[0] / max(b[2] - b[0], 1e-6), o[1] / max(b[3] - b[1], 1e-6)) for b, o in steps)
+                if img.format == "JPEG" and factor < 1:
+                    img.draft("RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor)))
                 rgb = img.convert("RGB")  # grey, palette, CMYK, RGBA ... -> RGB; decodes the file
+                if orientation in TRANSPOSE:
+                    rgb = rgb.transpose(TRANSPOSE[orientation])
+                sx, sy = rgb.size[0] / w, rgb.size[1] / h
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as err:
         raise BadImage(path, _reason(err)) from None
     out = []
