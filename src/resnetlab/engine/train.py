@@ -49,7 +49,14 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
 
     Under torchrun (RANK/WORLD_SIZE set) every process calls this; rank 0 writes the files.
     Raises TrainingInterrupted on SIGINT/SIGTERM (after saving) and TrainingDiverged on NaN loss.
+    finetune.linear_probe=true fits a classifier on frozen features instead (engine/linear_probe.py).
     """
+    if cfg.finetune.linear_probe:
+        if resume:
+            raise UserError("a linear probe has nothing to resume (it takes one pass over the data); start it again")
+        from .linear_probe import train_linear_probe
+
+        return train_linear_probe(cfg, workdir, stream)
     info = dist_info_from_env()
     rt = make_runtime(cfg.train, info.local_rank)
     init_distributed(info, rt.device)

@@ -1,0 +1,130 @@
+"""Linear probe: a frozen backbone, its features computed once, a logistic regression on top.
+
+The fast fine-tuning baseline (config finetune.linear_probe=true, usually with finetune.init).
+Every image of the train (and val) split goes once through the backbone with the evaluation
+transform (centre view, no augmentation); a multinomial logistic regression with an L2 penalty is
+fitted on the pooled features by full-batch L-BFGS, its penalty picked on the val split. The
+result is written into the model's own `fc`, so the run directory holds ordinary checkpoints
+(best.pt = last.pt) that `resnetlab eval`, `predict` and `export` use like any other.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from resnetlab.config import Config
+from resnetlab.errors import UserError
+
+from .checkpoint import save_checkpoint
+from .distributed import DistInfo, dist_info_from_env
+from .evaluate import evaluate_split
+from .runtime import autocast, make_grad_scaler, make_runtime, prepare_model, to_input
+from .setup import build_model, prepare_workdir
+from .state import TrainState, make_checkpoint
+
+PENALTIES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths tried when there is a val split
+LBFGS_STEPS = 300
+
+
+@torch.no_grad()
+def extract_features(model, normalizer, dataset, cfg: Config, rt, batch_size: int = 256):
+    """(float32 (N, num_features) pooled features, int64 (N,) labels) with the evaluation transform."""
+    from resnetlab.data import make_eval_loader
+    from resnetlab.models.features import embed
+
+    model.eval()
+    feats, labels = [], []
+    for views, y in make_eval_loader(dataset, cfg.data, batch_size=batch_size, protocol="center", device=rt.device):
+        with autocast(rt):
+            feats.append(embed(model, to_input(normalizer(views[0]), rt)).float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, penalty: float, steps: int = LBFGS_STEPS):
+    """Multinomial logistic regression: mean cross-entropy + penalty/2 ||W||^2 (bias not penalised).
+
+    Solved on standardised features (for L-BFGS's conditioning), then mapped back so that
+    logits = x @ W.T + b on the raw features. Returns (W (K, D), b (K,)).
+    """
+    mu, sigma = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = ((x - mu) / sigma).double()
+    w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w.T + b, y) + 0.5 * penalty * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = (w.detach() / sigma.double()).float()
+    return w_raw, (b.detach() - w.detach() @ (mu / sigma).double()).float()
+
+
+def error_rate(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> float:
+    return 100.0 * ((x @ w.T + b).argmax(1) != y).double().mean().item()
+
+
+def choose_penalty(train, val, num_classes: int, default: float) -> tuple[float, dict]:
+    """The L2 strength with the lowest val error (the smaller one on ties); `default` without val."""
+    if val is None:
+        return default, {}
+    errors = {p: error_rate(*val, *fit_logistic(*train, num_classes, p)) for p in PENALTIES}
+    return min(PENALTIES, key=lambda p: (errors[p], p)), errors
+
+
+def train_linear_probe(cfg: Config, workdir, stream=None) -> dict:
+    """Fit the probe and write the run directory (config, checkpoints, metrics.jsonl, summary.json)."""
+    from resnetlab.data import build_data
+
+    if dist_info_from_env().enabled:
+        raise UserError("the linear probe runs in one process (its features are computed once); run it without torchrun")
+    workdir, rt, start = Path(workdir), make_runtime(cfg.train), time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    bundle = build_data(cfg.data, seed=cfg.train.seed)
+    prepare_workdir(workdir, cfg, bundle.classes, resume=False, is_main=True)
+    say = (lambda msg: print(msg, file=stream)) if stream else print
+    model, _ = build_model(cfg, len(bundle.classes), info=say)
+    if not cfg.finetune.init:
+        say("linear probe without finetune.init: the features come from a randomly initialised network")
+    model, normalizer = prepare_model(model, rt), bundle.normalizer.to(rt.device)
+    train = extract_features(model, normalizer, bundle.train, cfg, rt)
+    val = extract_features(model, normalizer, bundle.val, cfg, rt) if bundle.val is not None else None
+    k = len(bundle.classes)
+    penalty, val_errors = choose_penalty(train, val, k, cfg.optim.weight_decay)
+    w, b = fit_logistic(*train, k, penalty)
+    with torch.no_grad():
+        model.fc.weight.copy_(w.to(model.fc.weight))
+        model.fc.bias.copy_(b.to(model.fc.bias))
+
+    info = DistInfo()
+    metrics = {"step": 0, "epoch": 0, "linear_probe": True, "penalty": penalty, "train_err": error_rate(*train, w, b),
+               "val_top1_err": None, "val_errors_by_penalty": {str(p): e for p, e in val_errors.items()},
+               "feature_dim": train[0].shape[1], "train_images": len(train[1])}
+    if bundle.val is not None:
+        v = evaluate_split(model, normalizer, bundle.val, cfg, rt, info)
+        metrics.update(val_top1_err=v["top1_err"], val_top5_err=v["top5_err"], val_top1=v["top1"], val_top5=v["top5"])
+    state = TrainState(best_val_err=metrics["val_top1_err"], elapsed_s=time.perf_counter() - start)
+    metrics["elapsed_s"] = state.elapsed_s
+    optimizer = torch.optim.SGD(model.fc.parameters(), lr=0.0)  # the checkpoint format wants one; nothing trains
+    ckpt = make_checkpoint(model, optimizer, make_grad_scaler(rt), state, cfg, bundle.classes, normalizer.state(), 1, metrics)
+    ckpts = workdir / "checkpoints"
+    for name in ("last.pt", "best.pt"):
+        save_checkpoint(ckpt, ckpts / name)
+    (workdir / "metrics.jsonl").write_text(json.dumps(metrics) + "\n")
+    summary = {"linear_probe": True, "penalty": penalty, "best_val_top1_err": metrics["val_top1_err"],
+               "elapsed_s": state.elapsed_s, "checkpoints": {"last": str(ckpts / "last.pt"), "best": str(ckpts / "best.pt")},
+               "test": {}}
+    if bundle.test is not None:
+        result = evaluate_split(model, normalizer, bundle.test, cfg, rt, info)
+        summary["test"] = {"last": result, "best": result}
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
