@@ -131,8 +131,8 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
     metrics = {"epoch": state.step / run.steps_per_epoch, "step": state.step, "lr": lr, "train_loss": train_loss,
                "train_err": train_err, "val_top1_err": None, "val_top5_err": None,
                "images_per_s": _rate(clock), "elapsed_s": state.elapsed_s}
-    if run.bundle.val is not None:
-        val = evaluate_split(run.net, run.normalizer, run.bundle.val, run.cfg, run.rt, run.info,
+    if run.bundle.val is not None:  # the plain model: DDP's forward would sync buffers, and shards may be uneven
+        val = evaluate_split(run.model, run.normalizer, run.bundle.val, run.cfg, run.rt, run.info,
                              workers=run.cfg.train.workers)
         metrics.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_top1=val["top1"],
                        val_top5=val["top5"])
@@ -172,7 +172,7 @@ def final_test(run: Run, best_state) -> dict:
         summary["checkpoints"]["best"] = str(ckpts / "best.pt")
     if run.bundle.test is None:
         return summary
-    test = lambda: evaluate_split(run.net, run.normalizer, run.bundle.test, run.cfg, run.rt, run.info,  # noqa: E731
+    test = lambda: evaluate_split(run.model, run.normalizer, run.bundle.test, run.cfg, run.rt, run.info,  # noqa: E731
                                   workers=run.cfg.train.workers)
     summary["test"]["last"] = test()
     if best_state is None and "best" in summary["checkpoints"]:  # best found before a resume

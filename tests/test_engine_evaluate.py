@@ -1,0 +1,43 @@
+"""Top-1/top-5 counting and the multi-view (10-crop, multi-scale) softmax average."""
+import pytest
+import torch
+from torch import nn
+
+from resnetlab.config import TrainConfig
+from resnetlab.engine.evaluate import accuracy_report, count_correct, evaluate
+from resnetlab.engine.runtime import make_runtime
+
+RT = make_runtime(TrainConfig(device="cpu", precision="fp32", channels_last="false"))
+
+
+def test_top1_and_top5_counts():
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0, 0.0, 0.0],   # label 3: top-1 hit
+                          [0.3, 0.2, 0.1, 0.05, 0.15, 0.12, 0.08],  # label 3: rank 6 -> miss in top-5
+                          [0.3, 0.2, 0.1, 0.05, 0.15, 0.12, 0.08]])  # label 1: rank 2 -> top-5 hit only
+    assert count_correct(probs, torch.tensor([3, 3, 1])).tolist() == [1, 2, 3]
+    two_classes = torch.tensor([[0.7, 0.3], [0.4, 0.6]])  # top-5 of 2 classes is top-2: always right
+    assert count_correct(two_classes, torch.tensor([1, 1])).tolist() == [1, 2, 2]
+
+
+class ViewModel(nn.Module):
+    """Logits read from the first pixel: view A says class 0 weakly, view B says class 1 strongly."""
+
+    def forward(self, x):
+        return torch.stack([x[:, 0, 0, 0], x[:, 1, 0, 0]], dim=1)
+
+
+def test_views_are_combined_by_averaging_softmax():
+    a = torch.zeros(1, 3, 2, 2)
+    a[:, 0, 0, 0] = 1.0  # softmax(1, 0): class 0 at 0.73
+    b = torch.zeros(1, 3, 2, 2)
+    b[:, 1, 0, 0] = 5.0  # softmax(0, 5): class 1 at 0.99
+    loader = [([a, a, b], torch.tensor([1]))]  # two weak votes for 0, one strong for 1: mean says 1
+    report = evaluate(ViewModel(), nn.Identity(), loader, RT, protocol="10crop")
+    assert (report["top1"], report["n"], report["protocol"]) == (100.0, 1, "10crop")
+    assert evaluate(ViewModel(), nn.Identity(), [([a], torch.tensor([1]))], RT)["top1"] == 0.0
+
+
+def test_report_keys_and_errors():
+    r = accuracy_report(75, 90, 100, "center")
+    assert r == {"top1": 75.0, "top5": 90.0, "top1_err": 25.0, "top5_err": pytest.approx(10.0), "n": 100,
+                 "protocol": "center"}
