@@ -1,0 +1,152 @@
+"""The benchmark harness: its baseline pipeline, statistics, memory probe and reports (no timings asserted)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab.cli import main
+from resnetlab.errors import UserError
+from resnetlab.reports.bench import BenchSpec, parse_variant, run_bench
+from resnetlab.reports.bench_baseline import PAD, PILFolderDataset, baseline_loader
+from resnetlab.reports.bench_data import bench_images, write_synthetic_jpegs
+from resnetlab.reports.bench_loop import measure_loop_overhead
+from resnetlab.reports.bench_machine import cpu_model_and_flags, matmul_peak
+from resnetlab.reports.bench_measure import BASELINE, PeakMemory, Variant, stats
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    write_synthetic_jpegs(root, 48)
+    assert len(list((root / "train").iterdir())) == 10  # every class present
+    return root
+
+
+def reference(path):
+    """ToTensor + Normalize of the decoded file, computed independently of the pipeline."""
+    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255
+    return (arr - np.array(MEAN)) / np.array(STD)  # (H, W, 3)
+
+
+def test_baseline_eval_item_is_totensor_then_normalize(folder):
+    images = bench_images(str(folder), 5)
+    ds = PILFolderDataset(images.paths, images.labels.tolist(), 32, MEAN, STD, train=False)
+    x, y = ds[3]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == int(images.labels[3])
+    np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), reference(images.paths[3]), atol=1e-5)
+
+
+def test_baseline_train_item_is_a_padded_crop_maybe_flipped(folder):
+    images = bench_images(str(folder), 5)
+    ds = PILFolderDataset(images.paths, images.labels.tolist(), 32, MEAN, STD, train=True, seed=1)
+    ref = np.empty((32 + 2 * PAD, 32 + 2 * PAD, 3))
+    ref[:] = -np.array(MEAN) / np.array(STD)  # the padding: black pixels, normalised
+    ref[PAD:-PAD, PAD:-PAD] = reference(images.paths[0])
+    for _ in range(4):
+        x = ds[0][0].permute(1, 2, 0).numpy()
+        windows = [w for t in range(2 * PAD + 1) for l in range(2 * PAD + 1)
+                   for w in (ref[t:t + 32, l:l + 32], ref[t:t + 32, l:l + 32][:, ::-1])]
+        assert min(np.abs(x - w).max() for w in windows) < 1e-5
+
+
+def test_baseline_loader_collates_whole_batches(folder):
+    images = bench_images(str(folder), 10)
+    loader = baseline_loader(PILFolderDataset(images.paths, images.labels.tolist(), 32, MEAN, STD), batch_size=4)
+    batches = list(loader)
+    assert len(batches) == 2 and batches[0][0].shape == (4, 3, 32, 32) and batches[0][1].dtype == torch.int64
+
+
+def test_bench_images_is_a_seeded_subset_and_checks_its_input(folder, tmp_path):
+    a, b = bench_images(str(folder), 8, seed=0), bench_images(str(folder), 8, seed=0)
+    assert a.paths == b.paths and len(set(a.paths)) == 8 and a.paths != bench_images(str(folder), 8, seed=1).paths
+    with pytest.raises(UserError, match="fewer than --images 49"):
+        bench_images(str(folder), 49)
+    with pytest.raises(UserError, match="no train/ folder"):
+        bench_images(str(tmp_path), 4)
+
+
+def test_stats_median_and_spread():
+    s = stats([4.0, 1.0, 2.0, 3.0], items=8)
+    assert (s["median_s"], s["min_s"], s["max_s"], s["reps"]) == (2.5, 1.0, 4.0, 4)
+    assert s["per_s"] == 8 / 2.5 and s["per_s_min"] == 2.0 and s["per_s_max"] == 8.0
+    assert stats([3.0, 1.0, 2.0], 1)["median_s"] == 2.0
+
+
+def test_parse_variant_round_trips_labels_and_refuses_nonsense():
+    for label in ("fp32", "bf16-cl", "fp16-cl-default", "bf16-max-autotune-no-cudagraphs", "baseline"):
+        assert parse_variant(label).label == label
+    assert parse_variant("bf16-cl-default") == Variant("ours", "bf16", True, "default")
+    for bad in ("fp64", "bf16-cl-fast", "bf16-nhwc"):
+        with pytest.raises(UserError, match="variant"):
+            parse_variant(bad)
+
+
+def test_peak_memory_sees_torch_allocations():
+    with PeakMemory(torch.device("cpu")) as mem:
+        big = torch.ones(64 * 2**20 // 4 * 4)  # 256 MiB, touched
+        del big
+    assert mem.mib >= 200
+
+
+def test_matmul_peak_and_machine_description():
+    assert matmul_peak("fp32", n=256, reps=1) > 0
+    with pytest.raises(ValueError, match="precision"):
+        matmul_peak("fp8")
+    model, flags = cpu_model_and_flags()
+    assert isinstance(model, str) and set(flags) <= {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni",
+                                                     "amx_bf16", "amx_fp16", "amx_int8", "amx_tile"}
+
+
+def test_inference_bench_reports_agreement_against_the_baseline(folder):
+    spec = BenchSpec(model="resnet20", task="infer", batch_size=4, data=str(folder), images=12, warmup=0, reps=1,
+                     isolate=False)
+    result = run_bench(spec, [Variant("ours", "fp32"), Variant("ours", "bf16", True)])
+    base, fp32, bf16 = result["results"]
+    assert [r["variant"] for r in result["results"]] == ["baseline", "fp32", "bf16-cl"]
+    assert base["speedup"] == 1.0 and base["top1_agreement"] == 1.0
+    # Same weights, same files, fp32 both: only the pipelines differ, and they compute the same input.
+    assert fp32["top1_agreement"] == 1.0
+    assert 0 <= bf16["top1_agreement"] <= 1 and bf16["latency_b1_ms"] > 0
+    assert set(result["matmul_peak_macs_per_s"]) == {"fp32", "bf16"}
+    assert result["forward_macs_per_image"] == 40_551_040  # ResNet-20 at 32 px with a 10-class fc
+    json.dumps(result)
+
+
+def test_train_bench_measures_every_variant(folder):
+    spec = BenchSpec(model="resnet20", task="train", batch_size=4, data=str(folder), images=8, warmup=0, reps=2,
+                     isolate=False)
+    result = run_bench(spec, [BASELINE, Variant("ours", "bf16", True)])
+    assert [r["variant"] for r in result["results"]] == ["baseline", "bf16-cl"]  # the baseline once, first
+    for row in result["results"]:
+        assert row["reps"] == 2 and row["per_s"] == pytest.approx(4 / row["median_s"])
+        assert row["macs_per_s"] == pytest.approx(3 * result["forward_macs_per_image"] * row["per_s"])
+
+
+def test_bench_rejects_bad_specs(folder):
+    with pytest.raises(UserError, match="unknown model|resnet"):
+        run_bench(BenchSpec(model="resnet9000", data=str(folder)), [])
+    with pytest.raises(UserError, match="--reps"):
+        run_bench(BenchSpec(reps=0, data=str(folder)), [])
+    with pytest.raises(UserError, match="fewer than one batch"):
+        run_bench(BenchSpec(task="infer", batch_size=16, images=8, data=str(folder), isolate=False, reps=1), [])
+
+
+def test_loop_overhead_runs_the_real_loop():
+    result = measure_loop_overhead("resnet20", batch_size=8, steps_per_epoch=2, size=16, warmup=0, reps=2)
+    assert result["runs_steps"] == [2, 6] and result["runs_s"][0] > 0 and result["bare_step"]["reps"] == 2
+    with pytest.raises(UserError, match="epochs"):
+        measure_loop_overhead("resnet20", 8, 2, 16, epochs=(2, 2))
+
+
+def test_cli_writes_json_and_reports_bad_input(folder, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["bench", "--task", "infer", "--data", str(folder), "--images", "8", "--batch-size", "4",
+                 "--reps", "1", "--warmup", "0", "--precision", "fp32", "--no-isolate", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["results"][1]["variant"] == "fp32"
+    assert "baseline" in capsys.readouterr().out
+    assert main(["bench", "--variant", "bf17", "--data", str(folder)]) == 2
+    assert "variant 'bf17'" in capsys.readouterr().err
