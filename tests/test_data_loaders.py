@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from resnetlab.config import DataConfig
-from resnetlab.data import FileDataset, build_data, make_eval_loader, make_train_loader, synthetic
+from resnetlab.data import FileDataset, build_data, describe, make_eval_loader, make_train_loader, synthetic
 from resnetlab.data.sampling import eval_batches, train_batches
 from resnetlab.errors import UserError
 
@@ -126,6 +126,7 @@ def test_build_data_val_split_is_deterministic_and_disjoint():
     cfg = DataConfig(dataset="synthetic", val_size=50, synthetic_size=200)
     a, b, c = build_data(cfg, seed=1), build_data(cfg, seed=1), build_data(cfg, seed=2)
     assert len(a.train) == 150 and len(a.val) == 50 and len(a.test) == 200
+    assert describe(a) == "synthetic: train 150, val 50, test 200 images, 10 classes, 32x32 in memory, normalize=pixel"
     assert torch.equal(a.val.images, b.val.images) and not torch.equal(a.val.images, c.val.images)
     train_rows = {img.numpy().tobytes() for img in a.train.images}
     assert not any(img.numpy().tobytes() in train_rows for img in a.val.images)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from resnetlab.errors import UserError
 
@@ -88,8 +89,12 @@ def fetch(url: str, dest: Path, md5: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out, length=1 << 20)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response, \
+                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                     desc=f"downloading {dest.name}", disable=None, leave=False) as progress:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                progress.update(len(block))
         got = md5sum(Path(tmp))
         if got != md5:
             raise UserError(f"download of {url} has MD5 {got}, expected {md5}; nothing was saved, "

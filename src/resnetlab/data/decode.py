@@ -9,7 +9,6 @@ tested without images and driven by the seeded generators of `sampling`.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable
 
 import numpy as np
@@ -38,22 +37,20 @@ class BadImage(Exception):
 def decode_crops(path: str, plan: Plan) -> list[np.ndarray]:
     """Decode `path` once and return uint8 (h, w, 3) arrays for each (box, size) of plan(w, h)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                # Photos store their rotation in EXIF; plan on the upright image.
-                orientation = img.getexif().get(ORIENTATION, 1) if img.format in EXIF_FORMATS else 1
-                w, h = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
-                steps = plan(w, h)
-                # Largest reduction that keeps every window at least as big as its output size.
-                factor = max(max(o[0] / max(b[2] - b[0], 1e-6), o[1] / max(b[3] - b[1], 1e-6)) for b, o in steps)
-                if img.format == "JPEG" and factor < 1:
-                    img.draft("RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor)))
-                rgb = img.convert("RGB")  # grey, palette, CMYK, RGBA ... -> RGB; decodes the file
-                if orientation in TRANSPOSE:
-                    rgb = rgb.transpose(TRANSPOSE[orientation])
-                sx, sy = rgb.size[0] / w, rgb.size[1] / h
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as err:
+        with Image.open(path) as img:
+            # Photos store their rotation in EXIF; plan on the upright image.
+            orientation = img.getexif().get(ORIENTATION, 1) if img.format in EXIF_FORMATS else 1
+            w, h = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
+            steps = plan(w, h)
+            # Largest reduction that keeps every window at least as big as its output size.
+            factor = max(max(o[0] / max(b[2] - b[0], 1e-6), o[1] / max(b[3] - b[1], 1e-6)) for b, o in steps)
+            if img.format == "JPEG" and factor < 1:
+                img.draft("RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor)))
+            rgb = img.convert("RGB")  # grey, palette, CMYK, RGBA ... -> RGB; decodes the file
+            if orientation in TRANSPOSE:
+                rgb = rgb.transpose(TRANSPOSE[orientation])
+            sx, sy = rgb.size[0] / w, rgb.size[1] / h
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadImage(path, _reason(err)) from None
     out = []
     for (l, t, r, b), size in steps:
