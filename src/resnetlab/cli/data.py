@@ -1,0 +1,55 @@
+HELP = ("Check a dataset and get it ready: download CIFAR, decode a small-image folder into the cache, "
+        "list unreadable files.")
+
+import json
+
+from resnetlab.config import DataConfig
+from resnetlab.errors import UserError
+
+
+def add_arguments(parser):
+    parser.add_argument("data", metavar="DIR", nargs="?", help="dataset folder: train/<class>/ images, "
+                        "or the CIFAR python files / archive (or where to download them)")
+    parser.add_argument("--dataset", choices=["cifar10", "cifar100", "folder", "synthetic"],
+                        help="what DIR holds (default: worked out from DIR)")
+    parser.add_argument("--download", action="store_true", help="CIFAR: fetch the official archive if missing")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable files (listed) instead of failing")
+    parser.add_argument("--val-size", type=int, default=0, help="images to hold out of train (default 0)")
+    parser.add_argument("--cache-dir", help="where decoded small-image folders are cached")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def data_config(args) -> DataConfig:
+    from resnetlab.engine.datadir import data_overrides
+
+    cfg = DataConfig(dataset=args.dataset or "folder", download=args.download, skip_bad=args.skip_bad,
+                     val_size=args.val_size, cache_dir=args.cache_dir)
+    if args.data is None:
+        if cfg.dataset != "synthetic":
+            raise UserError("give the dataset folder DIR (or --dataset synthetic)")
+        return cfg
+    if args.download and args.dataset in ("cifar10", "cifar100"):
+        cfg.root = args.data  # may not exist yet: the archive is downloaded into it
+        return cfg
+    for key, value in data_overrides(args.data, cfg.dataset):
+        if key == "data.root" or args.dataset is None:
+            setattr(cfg, key.split(".", 1)[1], value)
+    return cfg
+
+
+def run(args):
+    from resnetlab.data import build_data, describe
+
+    bundle = build_data(data_config(args))
+    skipped = bundle.info.get("skipped", [])
+    if args.json:
+        sizes = {name: len(d) for name, d in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
+                 if d is not None}
+        print(json.dumps({"summary": describe(bundle), "classes": bundle.classes, "sizes": sizes,
+                          "skipped": [{"path": p, "reason": r} for p, r in skipped],
+                          "caches": bundle.info.get("caches", [])}))
+        return 0
+    print(describe(bundle))
+    for path, reason in skipped:
+        print(f"  skipped {path}: {reason}")
+    return 0
