@@ -26,6 +26,7 @@ from .decode import BadImage, center_box, decode_crops
 
 SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
 PROBES = 32  # images whose headers decide small vs large
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
 PARALLEL_MIN = 2000  # decode in worker processes when each gets at least this many files
 IMAGE_EXTS = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 SKIP_HINT = "set data.skip_bad=true to skip bad files with a count"
@@ -99,7 +100,8 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
     """Decode small images into size x size arrays, through the .npz cache; info: counts."""
     prefix = len(str(root)) + 1  # scan() built every path as str(root / split / class / file)
     listing = [(p[prefix:], s.st_size, s.st_mtime_ns) for p, s in ((p, os.stat(p)) for p in paths)]
-    key = hashlib.sha256(json.dumps([listing, labels.tolist(), classes, size, skip_bad]).encode()).hexdigest()
+    key = json.dumps([CACHE_VERSION, listing, labels.tolist(), classes, size, skip_bad])
+    key = hashlib.sha256(key.encode()).hexdigest()
     cache = cache_dir / f"{root.resolve().name}-{key[:20]}.npz"
     if cache.is_file():
         with np.load(cache) as z:
