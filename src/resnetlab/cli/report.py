@@ -1,0 +1,46 @@
+HELP = "Turn run directories into PNG plots and a Markdown table (seeds of one config pooled as mean +- std)."
+
+from pathlib import Path
+
+from resnetlab.errors import UserError
+
+
+def add_arguments(parser):
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="run directories (or folders of them, e.g. an experiment's --out)")
+    parser.add_argument("--out", metavar="DIR", help="where report.md and the PNGs go (default: the first RUN_DIR's parent)")
+    parser.add_argument("--title", default="Results", help="report title")
+    parser.add_argument("--responses", action="store_true", help="also plot layer responses (Fig. 7) of finished runs")
+    parser.add_argument("--gradients", action="store_true", help="also plot per-layer gradient norms, init vs trained")
+    parser.add_argument("--data", metavar="DIR", help="dataset folder for the analyses, if it moved since training")
+
+
+def expand_run_dirs(paths) -> list[Path]:
+    """Run directories as given; a folder without config.yaml stands for the run directories inside it."""
+    dirs = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise UserError(f"{path}: no such directory")
+        if (path / "config.yaml").is_file():
+            dirs.append(path)
+            continue
+        inside = sorted(p for p in path.iterdir() if (p / "config.yaml").is_file())
+        if not inside:
+            raise UserError(f"{path}: neither a run directory (config.yaml) nor a folder of run directories")
+        dirs.extend(inside)
+    return dirs
+
+
+def run(args):
+    import shlex
+    import sys
+
+    from resnetlab.reports.report import write_report
+
+    dirs = expand_run_dirs(args.runs)
+    out = Path(args.out) if args.out else dirs[0].parent
+    analyses = [name for name, on in (("responses", args.responses), ("gradients", args.gradients)) if on]
+    command = "resnetlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for path in write_report(dirs, out, title=args.title, analyses=analyses, data=args.data, command=command):
+        print(path)
+    return 0

@@ -1,0 +1,145 @@
+"""PNG figures in the paper's style (matplotlib, Agg backend: no display needed).
+
+Training error is dashed and held-out error solid, as in the paper's Fig. 1, 4 and 6; several
+seeds of one config are drawn as their mean with a +- std band.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from .tables import Run, curve  # noqa: E402
+
+HELD_OUT = "val_top1_err"  # the engine evaluates the held-out split during training; test only at the end
+
+
+def _depth(label: str) -> int:
+    digits = "".join(c for c in label.split()[0] if c.isdigit())
+    return int(digits) if digits else 0
+
+
+def _colors(labels):
+    cmap = plt.get_cmap("viridis")
+    n = max(len(labels) - 1, 1)
+    return {label: cmap(0.85 * i / n) for i, label in enumerate(labels)}
+
+
+def _draw_group(ax, members: list[Run], label: str, color, train: bool = True, held_out: bool = True) -> None:
+    for key, style, suffix in (("train_err", "--", "train"), (HELD_OUT, "-", "val")):
+        if (key == "train_err" and not train) or (key == HELD_OUT and not held_out):
+            continue
+        steps, mean, std = curve(members, key)
+        if not steps:
+            continue
+        ax.plot(steps, mean, style, color=color, lw=1.6 if style == "-" else 1.2, label=f"{label} {suffix}")
+        if len(members) > 1:
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.15, lw=0)
+
+
+def _finish(ax, title: str) -> None:
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("error (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def plot_curves(groups: dict[str, list[Run]], path, title: str = "training (dashed) and validation (solid) error") -> Path:
+    """Every group on one axes: error against iteration."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = _colors(list(groups))
+    for label, members in groups.items():
+        _draw_group(ax, members, label, colors[label])
+    _finish(ax, title)
+    return _save(fig, path)
+
+
+def plot_degradation(groups: dict[str, list[Run]], path, title_note: str = "") -> Path:
+    """Fig. 6 layout: plain nets left, ResNets right, one colour per depth, same y-axis."""
+    from resnetlab.models import model_info
+
+    sides = {"plain": {}, "residual": {}}
+    for label, members in groups.items():
+        sides["residual" if model_info(members[0].model).residual else "plain"][label] = members
+    depths = sorted({_depth(label) for label in groups})
+    cmap = plt.get_cmap("viridis")
+    color = {d: cmap(0.85 * i / max(len(depths) - 1, 1)) for i, d in enumerate(depths)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), sharey=True)
+    for ax, (side, members_by_label) in zip(axes, sides.items()):
+        for label, members in sorted(members_by_label.items(), key=lambda kv: _depth(kv[0])):
+            _draw_group(ax, members, label, color[_depth(label)])
+        _finish(ax, f"{'plain' if side == 'plain' else 'ResNet'} nets{title_note}")
+    axes[0].set_ylim(bottom=0)
+    fig.suptitle("dashed: training error, solid: validation error", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_final_vs_depth(groups: dict[str, list[Run]], path, key: str = "train_err") -> Path:
+    """Final error against depth, plain vs residual: the degradation problem in one picture."""
+    from resnetlab.models import model_info
+
+    from .tables import group_stats
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for residual, marker in ((False, "s"), (True, "o")):
+        points = sorted((_depth(label), group_stats(m)[key]) for label, m in groups.items()
+                        if model_info(m[0].model).residual == residual and group_stats(m)[key] is not None)
+        if points:
+            ax.errorbar([d for d, _ in points], [s.mean for _, s in points], yerr=[s.std for _, s in points],
+                        marker=marker, capsize=3, label="ResNet" if residual else "plain")
+    ax.set_xlabel("depth (layers)")
+    ax.set_ylabel(f"final {key.replace('_', ' ')} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_layer_responses(responses: dict[str, list[float]], path) -> Path:
+    """Fig. 7: std of each 3x3 layer's BN output, by layer index (top) and sorted descending (bottom)."""
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6.5))
+    colors = _colors(list(responses))
+    for label, stds in responses.items():
+        style = "-" if "plain" in label else "-o"
+        idx = range(1, len(stds) + 1)
+        axes[0].plot(idx, stds, style, ms=2.5, color=colors[label], label=label)
+        axes[1].plot(idx, sorted(stds, reverse=True), style, ms=2.5, color=colors[label], label=label)
+    for ax, order in zip(axes, ("original", "sorted (descending)")):
+        ax.set_xlabel(f"layer index ({order})")
+        ax.set_ylabel("std of response")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_title("responses of 3x3 layers after BN, before ReLU / addition (test images)")
+    return _save(fig, path)
+
+
+def plot_gradient_flow(norms: dict[str, dict[str, list[float]]], path) -> Path:
+    """Per-layer gradient norms, one panel per moment (init, trained), log scale."""
+    moments = list(dict.fromkeys(m for per in norms.values() for m in per))
+    fig, axes = plt.subplots(1, len(moments), figsize=(5.5 * len(moments), 4.2), sharey=True, squeeze=False)
+    colors = _colors(list(norms))
+    for ax, moment in zip(axes[0], moments):
+        for label, per in norms.items():
+            if moment in per:
+                ax.plot(range(1, len(per[moment]) + 1), per[moment], "-" if "plain" in label else "-o", ms=2.5,
+                        color=colors[label], label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("3x3 layer index (input side -> output side)")
+        ax.set_title(moment)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("||dL/dW|| of the layer's weights")
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

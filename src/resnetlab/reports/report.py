@@ -1,0 +1,94 @@
+"""Run directories -> a report folder: report.md (tables, figure links) and PNG figures.
+
+Used by `resnetlab report RUN_DIR...` and at the end of `resnetlab experiment`; the figures a
+report draws depend on what the runs are (plain and residual twins get the Fig. 6 layout,
+ResNets of several depths the Table 6 form) and on the analyses asked for.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from resnetlab.errors import UserError
+
+from . import plots, tables
+
+ANALYSES = ("responses", "gradients")
+
+
+def _kinds(groups) -> tuple[bool, bool]:
+    from resnetlab.models import model_info
+
+    residual = [model_info(m[0].model).residual for m in groups.values()]
+    return any(not r for r in residual), any(residual)
+
+
+def write_report(run_dirs, out, *, title: str = "Results", analyses=(), data: str | None = None,
+                 command: str | None = None, notes: str = "") -> list[Path]:
+    """Write out/report.md and out/*.png for the runs; returns the written paths (report.md first)."""
+    unknown = sorted(set(analyses) - set(ANALYSES))
+    if unknown:
+        raise UserError(f"unknown analysis {unknown[0]!r}; choose from {', '.join(ANALYSES)}")
+    if not run_dirs:
+        raise UserError("give at least one run directory")
+    runs = [tables.load_run(d) for d in run_dirs]
+    groups = tables.group_runs(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    has_plain, has_residual = _kinds(groups)
+    figures: list[tuple[str, Path]] = []
+    if any(r.metrics for r in runs):
+        figures.append(("Training (dashed) and validation (solid) error", plots.plot_curves(groups, out / "curves.png")))
+    if has_plain and has_residual and any(r.metrics for r in runs):
+        figures.append(("Plain (left) vs residual (right), as the paper's Fig. 6",
+                        plots.plot_degradation(groups, out / "degradation.png")))
+        figures.append(("Final training error against depth", plots.plot_final_vs_depth(groups, out / "final_vs_depth.png")))
+    if "responses" in analyses:
+        responses = {label: tables.aggregate_lists([_responses(r, data) for r in members])
+                     for label, members in _trained(groups).items()}
+        figures.append(("Layer responses (Fig. 7)", plots.plot_layer_responses(responses, out / "layer_responses.png")))
+    if "gradients" in analyses:
+        norms = {label: _gradients(members[0], data) for label, members in _trained(groups).items()}
+        figures.append(("Per-layer gradient norms (first seed of each config)",
+                        plots.plot_gradient_flow(norms, out / "gradient_flow.png")))
+    text = _markdown(title, groups, figures, command, notes, depth_form=has_residual and not has_plain)
+    (out / "report.md").write_text(text)
+    return [out / "report.md"] + [path for _, path in figures]
+
+
+def _trained(groups):
+    """Groups with at least one finished run, keeping only their finished runs."""
+    done = {label: [r for r in members if r.summary is not None] for label, members in groups.items()}
+    done = {label: members for label, members in done.items() if members}
+    if not done:
+        raise UserError("the analyses need finished runs (summary.json and checkpoints/last.pt); none is finished")
+    return done
+
+
+def _responses(run, data):
+    from .analysis import run_layer_responses
+
+    return run_layer_responses(run.path, data)
+
+
+def _gradients(run, data):
+    from .analysis import run_gradient_norms
+
+    return run_gradient_norms(run.path, data)
+
+
+def _markdown(title, groups, figures, command, notes, depth_form: bool) -> str:
+    lines = [f"# {title}", ""]
+    if command:
+        lines += ["Made with:", "", "```", command, "```", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["Errors in %. `train err` is the training error averaged over the last evaluation interval "
+              "(training mode, augmented batches, as the paper's dashed curves); `val` is the held-out part of "
+              "the training set; `test` is the test split, evaluated once at the end. Several seeds of one "
+              "config: mean ± std (sample std) and best.", "", tables.results_table(groups)]
+    if depth_form:
+        lines += ["In the form of the paper's Table 6 (paper: its full 64k-iteration schedule on CIFAR-10; "
+                  "ours: measured on the data and schedule above):", "", tables.depth_table(groups)]
+    for caption, path in figures:
+        lines += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,184 @@
+"""Run directories -> numbers: loading, grouping by config (seeds pooled), mean +- std, Markdown.
+
+A run directory holds config.yaml, metrics.jsonl (one object per evaluation) and, when finished,
+summary.json (written by engine/train.py). Runs whose configs differ only in train.seed form one
+group, reported as mean +- std (sample std, n - 1) and best over its seeds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from resnetlab.errors import UserError
+
+# Table 6 of the paper: CIFAR-10 test error (%) and parameter count. ResNet-110 is "best (mean +- std)"
+# over 5 runs: 6.43 (6.61 +- 0.16); the others are single runs.
+PAPER_TABLE6 = {
+    "resnet20": ("0.27M", 8.75), "resnet32": ("0.46M", 7.51), "resnet44": ("0.66M", 7.17),
+    "resnet56": ("0.85M", 6.97), "resnet110": ("1.7M", 6.43), "resnet1202": ("19.4M", 7.93),
+}
+# Table 3 (ImageNet val, 10-crop, top-1 error %): ResNet-34 with shortcut options A/B/C.
+PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict  # the resolved config.yaml
+    metrics: list[dict]  # metrics.jsonl, one dict per evaluation, in step order
+    summary: dict | None  # summary.json, None while the run is unfinished
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]["name"]
+
+    @property
+    def seed(self) -> int:
+        return self.config["train"]["seed"]
+
+
+def load_run(path) -> Run:
+    """A Run from its directory; UserError when it is not a run directory."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"{path}: no config.yaml; pass run directories written by `resnetlab train` or `experiment`")
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    metrics = []
+    if (path / "metrics.jsonl").is_file():
+        for i, line in enumerate((path / "metrics.jsonl").read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    metrics.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise UserError(f"{path / 'metrics.jsonl'} line {i} is not JSON; was the file edited?") from None
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
+    return Run(path, config, sorted(metrics, key=lambda m: m["step"]), summary)
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:  # model.kwargs too: model.kwargs.shortcut labels a group
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# Keys that do not change what is measured: where the data lives, logging, the seed (pooled).
+IGNORED_KEYS = ("train.seed", "data.root", "data.cache_dir", "train.log_every", "train.tensorboard", "train.workers")
+
+
+def group_key(config: dict) -> str:
+    flat = {k: v for k, v in _flat(config).items() if k not in IGNORED_KEYS}
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs by config (seed aside), labelled by model name plus whatever tells same-model groups apart."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(group_key(run.config), []).append(run)
+    flats = {key: json.loads(key) for key in groups}
+    labelled = {}
+    for key, members in groups.items():
+        model = members[0].model
+        same_model = [f for k, f in flats.items() if f["model.name"] == model]
+        differing = sorted(k for k in set().union(*same_model) if len({json.dumps(f.get(k), default=str) for f in same_model}) > 1)
+        label = model + "".join(f" {k.split('.')[-1]}={_short(flats[key].get(k))}" for k in differing)
+        labelled[label] = sorted(members, key=lambda r: r.seed)
+    return labelled
+
+
+def _short(value) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "default"
+    return str(value)
+
+
+def final_numbers(run: Run) -> dict:
+    """The errors (%) a table reports for one run; None where the run has not produced them."""
+    last = run.metrics[-1] if run.metrics else {}
+    test = (run.summary or {}).get("test", {})
+    return {
+        "steps": last.get("step"), "train_err": last.get("train_err"), "val_err": last.get("val_top1_err"),
+        "best_val_err": (run.summary or {}).get("best_val_top1_err"),
+        "test_err": test.get("last", {}).get("top1_err"), "test_err_best_val": test.get("best", {}).get("top1_err"),
+    }
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float  # sample std (n - 1); 0.0 for a single run
+    best: float  # the minimum: every number aggregated here is an error
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 1:
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+def aggregate(values) -> Stat | None:
+    """mean +- std and best of the non-missing values; None when there are none."""
+    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return Stat(statistics.fmean(values), std, min(values), len(values))
+
+
+def group_stats(members: list[Run]) -> dict[str, Stat | None]:
+    rows = [final_numbers(r) for r in members]
+    return {key: aggregate(row[key] for row in rows) for key in rows[0]}
+
+
+def _cell(stat: Stat | None) -> str:
+    return "–" if stat is None else str(stat)
+
+
+def results_table(groups: dict[str, list[Run]]) -> str:
+    """One row per group: final training error, validation and test error (%), mean ± std over seeds."""
+    lines = ["| run | seeds | steps | train err | val err (last) | test err (last) | test err (best val) | best test |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, members in groups.items():
+        s = group_stats(members)
+        steps = s["steps"].best if s["steps"] else None
+        best = f"{s['test_err'].best:.2f}" if s["test_err"] else "–"
+        lines.append(f"| {label} | {len(members)} | {'–' if steps is None else int(steps)} | {_cell(s['train_err'])} | "
+                     f"{_cell(s['val_err'])} | {_cell(s['test_err'])} | {_cell(s['test_err_best_val'])} | {best} |")
+    return "\n".join(lines) + "\n"
+
+
+def depth_table(groups: dict[str, list[Run]]) -> str:
+    """Table 6's form: depth, params, our test error (best (mean ± std)) next to the paper's."""
+    lines = ["| model | params | ours: test err, best (mean ± std) | runs | paper (Table 6) |", "|---|---|---|---|---|"]
+    for label, members in groups.items():
+        stat = group_stats(members)["test_err"]
+        params, paper = PAPER_TABLE6.get(members[0].model, ("–", None))
+        ours = "–" if stat is None else (f"{stat.best:.2f}" if stat.n == 1 else f"{stat.best:.2f} ({stat})")
+        paper_cell = "–" if paper is None else (f"{paper:.2f}" + (" (6.61 ± 0.16)" if members[0].model == "resnet110" else ""))
+        lines.append(f"| {label} | {params} | {ours} | {len(members)} | {paper_cell} |")
+    return "\n".join(lines) + "\n"
+
+
+def curve(members: list[Run], key: str) -> tuple[list[int], list[float], list[float]]:
+    """(steps, mean, std) of metrics[key] over the runs, at the steps every run has logged."""
+    per_run = [{m["step"]: m[key] for m in r.metrics if m.get(key) is not None} for r in members]
+    steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+    means = [statistics.fmean(p[s] for p in per_run) for s in steps]
+    stds = [statistics.stdev([p[s] for p in per_run]) if len(per_run) > 1 else 0.0 for s in steps]
+    return steps, means, stds
+
+
+def aggregate_lists(lists: list[list[float]]) -> list[float]:
+    """Element-wise mean of equally long lists (per-layer values of several seeds)."""
+    if not lists or len({len(v) for v in lists}) != 1:
+        raise UserError(f"cannot average per-layer values of different lengths: {[len(v) for v in lists]}")
+    return [statistics.fmean(values) for values in zip(*lists)]

@@ -1,0 +1,121 @@
+"""Experiment plans, the skip / resume / refuse logic of the runner, and one real synthetic run."""
+import json
+
+import pytest
+import yaml
+
+from resnetlab.cli import main
+from resnetlab.config import config_to_dict, save_config
+from resnetlab.errors import UserError
+from resnetlab.reports import experiments as ex
+
+
+def test_plan_is_models_x_variants_x_seeds_in_order():
+    runs = ex.plan_runs(ex.get_experiment("degradation"), ["plain20", "resnet20"], [0, 1])
+    assert [r.name for r in runs] == ["plain20-seed0", "plain20-seed1", "resnet20-seed0", "resnet20-seed1"]
+    assert [r.recipe for r in runs] == ["cifar10_plain20"] * 2 + ["cifar10_resnet20"] * 2
+    shortcuts = ex.plan_runs(ex.get_experiment("shortcuts"), seeds=[3])
+    assert [r.name for r in shortcuts] == ["resnet32-shortcutA-seed3", "resnet32-shortcutB-seed3", "resnet32-shortcutC-seed3"]
+    assert ex.run_config(shortcuts[1], None).model.kwargs == {"shortcut": "B"}
+
+
+def test_imagenet_plain_twin_uses_the_residual_recipe_with_its_own_model():
+    spec = ex.plan_runs(ex.get_experiment("degradation-imagenet"), ["plain34"])[0]
+    cfg = ex.run_config(spec, None)
+    assert spec.recipe == "imagenet_resnet34" and cfg.model.name == "plain34"
+
+
+@pytest.mark.parametrize("models, seeds, match", [(["resnet21"], [0], "unknown model"), (None, [0, 0], "seed twice"),
+                                                  (None, [], "at least one")])
+def test_plan_refuses_bad_input(models, seeds, match):
+    with pytest.raises(UserError, match=match):
+        ex.plan_runs(ex.get_experiment("depth"), models, seeds)
+
+
+def test_compressed_schedule_drops_lr_at_half_and_three_quarters():
+    steps = dict(ex.compressed_schedule(steps=400))
+    assert steps["schedule.milestones"] == [200, 300] and steps["schedule.max_steps"] == 400
+    assert steps["schedule.epochs"] is None and steps["schedule.milestones_unit"] == "steps"
+    epochs = dict(ex.compressed_schedule(epochs=4))
+    assert epochs["schedule.milestones"] == [2.0, 3.0] and epochs["schedule.epochs"] == 4
+    for bad in ({}, {"epochs": 2, "steps": 10}, {"steps": 0}):
+        with pytest.raises(UserError):
+            ex.compressed_schedule(**bad)
+
+
+class FakeTrainer:
+    """Stands in for train_and_evaluate: records calls, writes what a finished run leaves behind."""
+
+    def __init__(self, fail_on=None):
+        self.calls, self.fail_on = [], fail_on
+
+    def __call__(self, cfg, run_dir, resume=False):
+        self.calls.append((run_dir.name, resume))
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+        if run_dir.name == self.fail_on:
+            raise KeyboardInterrupt  # the run stops part-way: config and checkpoint, no summary
+        (run_dir / "summary.json").write_text(json.dumps({"steps": cfg.schedule.max_steps}))
+
+
+def _runs():
+    return ex.plan_runs(ex.get_experiment("degradation"), ["plain20", "resnet20"], [0], ex.compressed_schedule(steps=8))
+
+
+def test_runner_skips_finished_and_resumes_interrupted(tmp_path):
+    first = FakeTrainer(fail_on="resnet20-seed0")
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_experiment(_runs(), None, tmp_path, train_fn=first)
+    assert first.calls == [("plain20-seed0", False), ("resnet20-seed0", False)]
+    assert ex.run_status(tmp_path / "plain20-seed0", ex.run_config(_runs()[0], None)) == "done"
+    assert ex.run_status(tmp_path / "resnet20-seed0", ex.run_config(_runs()[1], None)) == "partial"
+    second = FakeTrainer()
+    dirs = ex.run_experiment(_runs(), None, tmp_path, train_fn=second)
+    assert second.calls == [("resnet20-seed0", True)]  # plain20 skipped, resnet20 resumed
+    assert [d.name for d in dirs] == ["plain20-seed0", "resnet20-seed0"]
+    third = FakeTrainer()
+    ex.run_experiment(_runs(), None, tmp_path, train_fn=third)
+    assert third.calls == []
+
+
+def test_runner_refuses_a_directory_of_another_config_before_training_anything(tmp_path):
+    ex.run_experiment(_runs(), None, tmp_path, train_fn=FakeTrainer())
+    changed = [ex.RunSpec(r.name, r.recipe, r.overrides + (("optim.lr", 0.05),), r.seed) for r in _runs()]
+    trainer = FakeTrainer()
+    with pytest.raises(UserError, match="different config"):
+        ex.run_experiment(changed[:1] + [ex.RunSpec("new-run", "cifar10_resnet20")], None, tmp_path, train_fn=trainer)
+    assert trainer.calls == []
+
+
+def test_status_reads_the_saved_config(tmp_path):
+    cfg = ex.run_config(_runs()[0], None)
+    assert ex.run_status(tmp_path / "nothing", cfg) == "new"
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert ex.run_status(tmp_path / "r", cfg) == "new"  # config written, crashed before any checkpoint
+
+
+SYNTHETIC = ["--set", "data.dataset=synthetic", "--set", "data.synthetic_size=48", "--set", "data.val_size=16",
+             "--set", "optim.batch_size=16", "--set", "train.eval_every=1", "--set", "train.precision=fp32"]
+
+
+def test_experiment_command_trains_reports_and_skips_on_rerun(tmp_path, capsys):
+    argv = ["experiment", "degradation", "--models", "plain20,resnet20", "--steps", "2", "--data", str(tmp_path),
+            "--out", str(tmp_path / "exp"), *SYNTHETIC]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "[2/2] resnet20-seed0: training" in out.err
+    for name in ("report.md", "degradation.png", "layer_responses.png", "gradient_flow.png"):
+        assert (tmp_path / "exp" / name).stat().st_size > 0
+    metrics = [json.loads(line) for line in (tmp_path / "exp" / "plain20-seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all(m["train_err"] is not None for m in metrics)
+    assert main(argv) == 0
+    assert capsys.readouterr().err.count("already finished, skipping") == 2
+
+
+def test_experiment_command_errors(tmp_path, capsys):
+    assert main(["experiment", "depth", "--out", str(tmp_path), "--seeds", "0,x"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["experiment", "depth", "--out", str(tmp_path)]) == 2
+    assert "--data" in capsys.readouterr().err
