@@ -11,16 +11,19 @@ import sys
 from resnetlab.errors import UserError
 
 from . import eval as eval_cmd
-from . import bench, embed, export, models, predict, train
+from . import bench, data, embed, experiment, export, models, predict, report, train
 
 COMMANDS = {
     "models": models,
+    "data": data,
     "train": train,
     "eval": eval_cmd,
     "predict": predict,
     "embed": embed,
     "export": export,
     "bench": bench,
+    "experiment": experiment,
+    "report": report,
 }
 
 
