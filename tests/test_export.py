@@ -13,6 +13,8 @@ from resnetlab.models import create_model, load_weights
 from resnetlab.reports.export import ExportCheckFailed, export_checkpoint, export_module, verify
 
 CIFAR_TEST = Path("/work/shared/data/cifar10-jpeg/test/cat")
+# TorchScript is deprecated upstream (torch 2.13) but supported; its warnings are not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
