@@ -76,6 +76,8 @@ def test_recipe_file_with_base_and_bad_recipes(tmp_path):
             load_config(str(tmp_path / name))
     with pytest.raises(UserError, match="cifar10_resnet20"):  # lists the shipped recipes
         load_config("no_such_recipe")
+    with pytest.raises(UserError, match="recipe file not found"):
+        load_config(str(tmp_path / "missing.yaml"))
 
 
 def test_resolved_config_round_trips(tmp_path):

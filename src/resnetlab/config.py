@@ -130,6 +130,8 @@ def _recipe_source(name_or_path: str, near: Path | None):
     for path in candidates:
         if path.suffix in (".yaml", ".yml") and path.is_file():
             return str(path.resolve()), path.read_text()
+    if Path(name_or_path).suffix in (".yaml", ".yml"):
+        raise UserError(f"recipe file not found: {' or '.join(map(str, candidates))}")
     shipped = recipe_dir() / f"{name_or_path}.yaml"
     if shipped.is_file():
         return f"recipe {name_or_path}", shipped.read_text()
