@@ -60,14 +60,6 @@ def test_freeze_bn_fixes_every_batchnorm():
     assert bn_keys and all(torch.equal(before[k], model.state_dict()[k]) for k in bn_keys)
 
 
-def test_linear_probe_trains_only_the_classifier():
-    model = create_model("resnet8", num_classes=4)
-    eval_bns = apply_freezing(model, finetune_cfg(linear_probe=True).finetune)
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
-    set_train_mode(model, eval_bns)
-    assert not any(bn.training for bn in eval_bns) and len(eval_bns) == 7  # stem + 2 per block
-
-
 def test_backbone_lr_multiplier_makes_two_groups():
     model = create_model("resnet8", num_classes=4)
     cfg = finetune_cfg(backbone_lr_mult=0.1)

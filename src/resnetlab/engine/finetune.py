@@ -3,7 +3,7 @@
 `freeze_stages = k` freezes the stem (conv1, bn1) and the first k stages: their parameters get
 requires_grad=False and their BatchNorm layers stay in eval mode, so neither the weights nor
 the running statistics move. `freeze_bn` does the same for every BatchNorm in the net (useful
-with small batches, whose statistics are noisy). `linear_probe` freezes all but the classifier.
+with small batches, whose statistics are noisy).
 """
 from __future__ import annotations
 
@@ -44,8 +44,6 @@ def _batchnorms(modules) -> list[nn.Module]:
 def apply_freezing(model: nn.Module, cfg: FinetuneConfig) -> list[nn.Module]:
     """Turn off gradients of the frozen parts; returns the BatchNorm layers to keep in eval mode."""
     frozen = frozen_modules(model, cfg.freeze_stages)
-    if cfg.linear_probe:  # everything but the classifier (computed here per step, not cached)
-        frozen = [m for name, m in model.named_children() if name != "fc"]
     for module in frozen:
         module.requires_grad_(False)
     eval_bns = _batchnorms(frozen)
