@@ -100,7 +100,7 @@ def gradient_norms(model: nn.Module, batches) -> list[float]:
 def _run_data(run_dir: Path, data: str | None, split: str, max_images: int, batch_size: int):
     """(model from checkpoints/last.pt, its config, normalised batches [(x, y)] of `split`)."""
     from resnetlab.config import apply_overrides
-    from resnetlab.data import build_data, make_eval_loader
+    from resnetlab.data import make_eval_loader
     from resnetlab.engine.checkpoint import model_from_checkpoint
     from resnetlab.engine.datadir import data_overrides
 
@@ -110,7 +110,7 @@ def _run_data(run_dir: Path, data: str | None, split: str, max_images: int, batc
     model, normalizer, _classes, cfg = model_from_checkpoint(last)
     if data is not None:
         cfg = apply_overrides(cfg, data_overrides(data, cfg.data.dataset))
-    bundle = build_data(cfg.data, seed=cfg.train.seed)
+    bundle = _bundle(cfg.data, cfg.train.seed)
     dataset = {"test": bundle.test, "train": bundle.train}[split]
     if dataset is None:
         raise UserError(f"{run_dir}: its dataset at {cfg.data.root} has no {split} split")
@@ -123,6 +123,23 @@ def _run_data(run_dir: Path, data: str | None, split: str, max_images: int, batc
         if seen >= max_images:
             break
     return model, cfg, batches
+
+
+_BUNDLES: dict[str, object] = {}
+
+
+def _bundle(data_cfg, seed: int):
+    """build_data once per (data config, seed): a report analyses several runs of the same data."""
+    import dataclasses
+    import json
+
+    from resnetlab.data import build_data
+
+    key = json.dumps([dataclasses.asdict(data_cfg), seed], sort_keys=True)
+    if key not in _BUNDLES:
+        _BUNDLES.clear()  # keep one dataset in memory at a time
+        _BUNDLES[key] = build_data(data_cfg, seed=seed)
+    return _BUNDLES[key]
 
 
 def run_layer_responses(run_dir, data: str | None = None, max_images: int = 2000) -> list[float]:

@@ -129,7 +129,9 @@ def run_config(spec: RunSpec, data: str | None) -> Config:
     cfg = load_config(spec.recipe)
     if data:
         cfg = apply_overrides(cfg, data_overrides(data, cfg.data.dataset))
-    return apply_overrides(cfg, list(spec.overrides) + [("train.seed", spec.seed)])
+    # model.kwargs from a variant add to the recipe's kwargs instead of replacing them all
+    overrides = [(k, {**cfg.model.kwargs, **v}) if k == "model.kwargs" else (k, v) for k, v in spec.overrides]
+    return apply_overrides(cfg, overrides + [("train.seed", spec.seed)])
 
 
 def run_status(run_dir: Path, cfg: Config) -> str:

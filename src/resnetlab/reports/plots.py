@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .tables import Run, curve  # noqa: E402
 
@@ -73,7 +74,7 @@ def plot_degradation(groups: dict[str, list[Run]], path, title_note: str = "") -
     for ax, (side, members_by_label) in zip(axes, sides.items()):
         for label, members in sorted(members_by_label.items(), key=lambda kv: _depth(kv[0])):
             _draw_group(ax, members, label, color[_depth(label)])
-        _finish(ax, f"{'plain' if side == 'plain' else 'ResNet'} nets{title_note}")
+        _finish(ax, f"{'plain nets' if side == 'plain' else 'ResNets'}{title_note}")
     axes[0].set_ylim(bottom=0)
     fig.suptitle("dashed: training error, solid: validation error", fontsize=9)
     return _save(fig, path)
@@ -108,8 +109,9 @@ def plot_layer_responses(responses: dict[str, list[float]], path) -> Path:
         idx = range(1, len(stds) + 1)
         axes[0].plot(idx, stds, style, ms=2.5, color=colors[label], label=label)
         axes[1].plot(idx, sorted(stds, reverse=True), style, ms=2.5, color=colors[label], label=label)
-    for ax, order in zip(axes, ("original", "sorted (descending)")):
+    for ax, order in zip(axes, ("original", "sorted by magnitude")):
         ax.set_xlabel(f"layer index ({order})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("std of response")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -129,6 +131,7 @@ def plot_gradient_flow(norms: dict[str, dict[str, list[float]]], path) -> Path:
                         color=colors[label], label=label)
         ax.set_yscale("log")
         ax.set_xlabel("3x3 layer index (input side -> output side)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(moment)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
