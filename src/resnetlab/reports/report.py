@@ -76,12 +76,24 @@ def _gradients(run, data):
     return run_gradient_norms(run.path, data)
 
 
+def _setup(groups) -> str:
+    """One line with the training setup of the first run (the schedule is what a reader asks first)."""
+    cfg = next(iter(groups.values()))[0].config
+    sch, opt = cfg["schedule"], cfg["optim"]
+    length = f"{sch['epochs']} epochs" if sch.get("epochs") else f"{sch['max_steps']} iterations"
+    drops = f", lr x{sch['gamma']} at {sch['milestones_unit']} {sch['milestones']}" if sch["kind"] == "step" else ""
+    return (f"Setup (first run): {cfg['data']['dataset']} data at `{cfg['data']['root']}` (val_size "
+            f"{cfg['data']['val_size']}), {sch['kind']} schedule of {length}, lr {opt['lr']}{drops}, batch "
+            f"{opt['batch_size']}, weight decay {opt['weight_decay']}, precision {cfg['train']['precision']}.")
+
+
 def _markdown(title, groups, figures, command, notes, depth_form: bool) -> str:
     lines = [f"# {title}", ""]
     if command:
         lines += ["Made with:", "", "```", command, "```", ""]
     if notes:
         lines += [notes, ""]
+    lines += [_setup(groups), ""]
     lines += ["Errors in %. `train err` is the training error averaged over the last evaluation interval "
               "(training mode, augmented batches, as the paper's dashed curves); `val` is the held-out part of "
               "the training set; `test` is the test split, evaluated once at the end. Several seeds of one "
