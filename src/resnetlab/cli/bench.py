@@ -21,11 +21,14 @@ def add_arguments(parser):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     parser.add_argument("--no-isolate", action="store_true", help="measure every variant in this process")
     parser.add_argument("--json", metavar="PATH", help="also write the full result as JSON")
 
 
 def run(args):
+    import torch
+
     from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_precision
     from resnetlab.reports.bench import BenchSpec, format_table, parse_variant, run_bench, write_json
     from resnetlab.reports.bench_loop import format_loop, measure_loop_overhead
@@ -34,6 +37,8 @@ def run(args):
     device = resolve_device(args.device)
     batch = args.batch_size or DEFAULT_BATCH[args.task]
     if args.task == "loop":
+        if args.threads:
+            torch.set_num_threads(args.threads)
         result = measure_loop_overhead(args.model, batch, steps_per_epoch=max(1, args.images // batch),
                                        size=args.image_size or 32, precision=args.precision,
                                        channels_last=args.channels_last, warmup=args.warmup, reps=args.reps)
@@ -43,7 +48,7 @@ def run(args):
         ours = Variant("ours", precision, resolve_channels_last(args.channels_last, device, precision), args.compile)
         spec = BenchSpec(model=args.model, task=args.task, batch_size=batch, image_size=args.image_size,
                          warmup=args.warmup, reps=args.reps, device=str(device), data=args.data, images=args.images,
-                         weights=args.weights, isolate=not args.no_isolate)
+                         weights=args.weights, isolate=not args.no_isolate, threads=args.threads)
         result = run_bench(spec, [ours, *map(parse_variant, args.variant)])
         print(format_table(result))
     if args.json:

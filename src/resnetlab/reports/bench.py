@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -45,6 +46,7 @@ class BenchSpec:
     weights: str | None = None  # inference: trained weights for the agreement check
     isolate: bool = True  # one fresh process per variant
     cache_dir: str | None = None  # decoded-image cache of our pipeline (default: a temporary folder)
+    threads: int | None = None  # torch intra-op threads (None: torch's default, one per core)
 
     @property
     def size(self) -> int:
@@ -67,7 +69,7 @@ def parse_variant(text: str) -> Variant:
 def check_spec(spec: BenchSpec) -> None:
     if spec.task not in TASKS:
         raise UserError(f"--task {spec.task!r}: choose one of {', '.join(TASKS)}")
-    for name in ("batch_size", "reps", "images"):
+    for name in ("batch_size", "reps", "images") + (("threads",) if spec.threads is not None else ()):
         if getattr(spec, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}")
     if spec.warmup < 0:
@@ -80,7 +82,7 @@ def check_spec(spec: BenchSpec) -> None:
 def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
     """Baseline + variants on one machine in one run -> the result dict (see write_json)."""
     check_spec(spec)
-    device = torch.device(spec.device)
+    device, load_start = torch.device(spec.device), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:
         spec = replace(spec, cache_dir=spec.cache_dir or tmp)
         images = bench_images(spec.data, spec.images, workdir=str(Path(tmp) / "synthetic"))
@@ -89,7 +91,8 @@ def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
     peaks = {p: matmul_peak(p, device) for p in precisions}
     macs = profile(spec.model, spec.size, num_classes=len(images.classes)).macs
     add_ratios(rows, macs * (TRAIN_MACS_PER_FORWARD if spec.task == "train" else 1), peaks)
-    return {"spec": asdict(spec) | {"image_size": spec.size, "cache_dir": None}, "machine": describe_machine(device),
+    machine = describe_machine(device) | {"load_avg_1m_start": load_start}
+    return {"spec": asdict(spec) | {"image_size": spec.size, "cache_dir": None}, "machine": machine,
             "matmul_peak_macs_per_s": peaks, "forward_macs_per_image": macs, "results": rows}
 
 
@@ -102,11 +105,16 @@ def run_variant(spec: BenchSpec, images, variant: Variant) -> dict:
 
 
 def _measure(spec: BenchSpec, images, variant: Variant) -> dict:
-    device, cache = torch.device(spec.device), Path(spec.cache_dir)
-    if spec.task == "train":
-        return measure_train(spec.model, variant, images, spec.size, spec.batch_size, spec.warmup, spec.reps, device, cache)
-    return measure_infer(spec.model, variant, images, spec.size, spec.batch_size, spec.warmup, spec.reps, device, cache,
-                         spec.weights)
+    device, cache, threads = torch.device(spec.device), Path(spec.cache_dir), torch.get_num_threads()
+    torch.set_num_threads(spec.threads or threads)
+    try:
+        if spec.task == "train":
+            return measure_train(spec.model, variant, images, spec.size, spec.batch_size, spec.warmup, spec.reps,
+                                 device, cache)
+        return measure_infer(spec.model, variant, images, spec.size, spec.batch_size, spec.warmup, spec.reps, device,
+                             cache, spec.weights)
+    finally:
+        torch.set_num_threads(threads)  # matters only when not isolated
 
 
 def add_ratios(rows: list[dict], macs: int, peaks: dict) -> None:
@@ -136,7 +144,8 @@ def format_table(result: dict) -> str:
     spec, task = result["spec"], result["spec"]["task"]
     unit = "train img/s" if task == "train" else "infer img/s"
     lines = [f"{spec['model']} {task} batch {spec['batch_size']} at {spec['image_size']}px on {result['machine']['cpu']} "
-             f"({result['machine']['torch_threads']} threads, load {result['machine']['load_avg_1m']:.2f})",
+             f"({spec['threads'] or result['machine']['torch_threads']} threads, load average {result['machine']['load_avg_1m_start']:.2f} "
+             f"at start, {result['machine']['load_avg_1m']:.2f} at end)",
              f"{'variant':<34}{unit:>14}{'spread':>18}{'speedup':>9}{'peak%':>7}{'mem MiB':>9}"
              + ("" if task == "train" else f"{'b1 ms':>9}{'agree':>7}")]
     for r in result["results"]:
@@ -148,3 +157,15 @@ def format_table(result: dict) -> str:
     peaks = ", ".join(f"{p} {v / 1e9:.0f} GMAC/s" for p, v in result["matmul_peak_macs_per_s"].items())
     lines.append(f"matmul peak: {peaks}")
     return "\n".join(lines)
+
+
+def run_and_save(spec: BenchSpec, variants: list[Variant], path, max_load: float = 1.3) -> dict:
+    """run_bench, print the table, write the JSON; warn when the machine was too busy for a result of record."""
+    result = run_bench(spec, variants)
+    print(format_table(result), flush=True)
+    write_json(result, path)
+    loads = (result["machine"]["load_avg_1m_start"], result["machine"]["load_avg_1m"])
+    if max(loads) > max_load:
+        print(f"WARNING: load average {loads[0]:.2f} -> {loads[1]:.2f} exceeds {max_load}: other work shared the "
+              f"cores, so {path} is not a result of record; rerun on a quiet machine", flush=True)
+    return result

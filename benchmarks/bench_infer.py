@@ -1,0 +1,41 @@
+"""Inference speed of record: ResNet-50 at batch 32 (224 px) and ResNet-20 (32 px) against the baseline.
+
+    python benchmarks/bench_infer.py --data /path/to/cifar10-jpeg          # results of record
+    python benchmarks/bench_infer.py --quick                              # smoke run, synthetic data
+
+Reports images/s at the batch size, latency at batch 1, peak memory, and top-1 agreement of every
+variant with the baseline's fp32 predictions on the same real images (BN statistics calibrated
+on them when no --weights are given). Writes benchmarks/results/infer_<model>.json.
+"""
+import argparse
+from pathlib import Path
+
+from resnetlab.reports.bench import BenchSpec, parse_variant, run_and_save
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = ["fp32", "fp32-cl", "bf16-cl", "fp32-cl-default", "bf16-cl-default"]
+SUITE = [("resnet50", 32, 512), ("resnet20", 128, 2048)]  # (model, batch, images for the agreement check)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="ROOT/train/<class>/<image> (default: synthetic JPEGs)")
+    parser.add_argument("--weights", nargs=2, action="append", default=[], metavar=("MODEL", "PATH"),
+                        help="trained weights for a model's agreement check (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="tiny batches and few repetitions (checks, not numbers)")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--models", nargs="*", help="only these models of the suite")
+    args = parser.parse_args()
+    weights = dict(args.weights)
+    for model, batch, images in SUITE:
+        if args.models and model not in args.models:
+            continue
+        if args.quick:
+            batch, images = 4, 16
+        spec = BenchSpec(model=model, task="infer", batch_size=batch, images=images, data=args.data,
+                         weights=weights.get(model), warmup=1 if args.quick else 2, reps=2 if args.quick else 10)
+        run_and_save(spec, [parse_variant(v) for v in VARIANTS], Path(args.out) / f"infer_{model}.json")
+
+
+if __name__ == "__main__":  # the guard matters: each variant runs in a spawned process that imports this file
+    main()
