@@ -55,8 +55,11 @@ def run(args):
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"wrote {report['out']} ({report['format']}, input float32 (B, 3, {report['input_size']}, "
-          f"{report['input_size']}) RGB 0..255, batch {'dynamic' if report['dynamic_batch'] else '1'})")
+    if args.format == "safetensors":
+        print(f"wrote {report['out']} (weights for resnetlab.load_weights; checkpoint metadata under 'resnetlab')")
+    else:
+        print(f"wrote {report['out']} ({report['format']}, input float32 (B, 3, {report['input_size']}, "
+              f"{report['input_size']}) RGB 0..255, batch {'dynamic' if report['dynamic_batch'] else '1'})")
     for name, diff in report["max_abs_diff"].items():
         print(f"  checked against PyTorch on {name}: max abs diff {diff:.3g}")
     if real is None and args.format != "safetensors":
