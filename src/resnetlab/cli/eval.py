@@ -8,9 +8,9 @@ def add_arguments(parser):
     parser.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run trained on)")
     parser.add_argument("--split", choices=["test", "val"], default="test")
     parser.add_argument("--protocol", choices=["center", "10crop", "multiscale"], default="center")
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, help="default: the run's optim.batch_size")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: the run's own")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -71,12 +71,15 @@ def evaluate_split(model, normalizer, dataset, cfg, rt: Runtime, info: DistInfo,
 
 
 def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
-                        device: str = "auto", precision: str = "auto", batch_size: int = 100, workers: int = 0) -> dict:
+                        device: str = "auto", precision: str | None = None, batch_size: int | None = None,
+                        workers: int = 0) -> dict:
     """Accuracy of a checkpoint (or a run directory's best.pt) on one split of its dataset.
 
     The split is rebuilt from the checkpoint's own config (same seed, same val_size), so `val`
     is exactly the held-out part used for model selection; `data` points at the dataset when it
     has moved. The checkpoint's normaliser (fitted on its training split) is used as saved.
+    Precision, memory format and batch size default to the run's own, so evaluating a run
+    directory reproduces the numbers in its summary.json.
     """
     from resnetlab.config import TrainConfig, apply_overrides
     from resnetlab.data import build_data
@@ -103,7 +106,9 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     if list(bundle.classes) != classes:
         raise UserError(f"the dataset's classes ({len(bundle.classes)}) differ from the checkpoint's ({len(classes)}); "
                         "evaluate on the dataset it was trained for")
-    rt = make_runtime(TrainConfig(device=device, precision=precision))
+    rt = make_runtime(TrainConfig(device=device, precision=precision or cfg.train.precision,
+                                  channels_last=cfg.train.channels_last))
     model = prepare_model(model, rt)
-    report = evaluate_split(model, normalizer.to(rt.device), dataset, cfg, rt, DistInfo(), protocol, batch_size, workers)
+    report = evaluate_split(model, normalizer.to(rt.device), dataset, cfg, rt, DistInfo(), protocol,
+                            batch_size or cfg.optim.batch_size, workers)
     return {**report, "split": split, "checkpoint": str(path)}

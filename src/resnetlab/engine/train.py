@@ -178,8 +178,12 @@ def final_test(run: Run, best_state) -> dict:
     if best_state is None and "best" in summary["checkpoints"]:  # best found before a resume
         best_state = load_checkpoint(ckpts / "best.pt")["model"]
     if best_state is not None:
-        run.model.load_state_dict(best_state)
-        summary["test"]["best"] = test()
+        current = run.model.state_dict()
+        if all(torch.equal(current[k], v) for k, v in best_state.items()):  # the last weights are the best
+            summary["test"]["best"] = summary["test"]["last"]
+        else:
+            run.model.load_state_dict(best_state)
+            summary["test"]["best"] = test()
     return summary
 
 
