@@ -48,8 +48,8 @@ class RunLogger:
     def progress(self, step: int, **values) -> None:
         """Called every log_every steps: moves the bar (terminal only) and feeds TensorBoard."""
         if self.bar is not None:
-            self.bar.update(step - self.bar.n)
             self.bar.set_postfix({k: _fmt(v) for k, v in values.items()}, refresh=False)
+            self.bar.update(step - self.bar.n)  # redraws, with the new postfix
         if self.tb is not None:
             for key, value in values.items():
                 self.tb.add_scalar(f"train/{key}", value, step)
