@@ -39,10 +39,11 @@ def test_fits_synthetic_data_and_writes_the_run_directory(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])  # fp16 also carries the GradScaler's state
+def test_resume_is_bit_identical(tmp_path, precision):
     # lr drops at step 6 so the schedule matters; the stop at 5 is mid-epoch (8 steps per epoch).
     cfg = tiny_config(("schedule.kind", "step"), ("schedule.milestones", [6]), ("schedule.max_steps", 12),
-                      ("train.eval_every", 4), ("optim.nesterov", True))
+                      ("train.eval_every", 4), ("optim.nesterov", True), ("train.precision", precision))
     train_and_evaluate(cfg, tmp_path / "one_go")
     train_and_evaluate(apply_overrides(cfg, [("schedule.max_steps", 5)]), tmp_path / "split")
     assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["step"] == 5
