@@ -23,6 +23,7 @@ def main():
     parser.add_argument("--weights", nargs=2, action="append", default=[], metavar=("MODEL", "PATH"),
                         help="trained weights for a model's agreement check (repeatable)")
     parser.add_argument("--quick", action="store_true", help="tiny batches and few repetitions (checks, not numbers)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--models", nargs="*", help="only these models of the suite")
     args = parser.parse_args()
@@ -33,7 +34,7 @@ def main():
         if args.quick:
             batch, images = 4, 16
         spec = BenchSpec(model=model, task="infer", batch_size=batch, images=images, data=args.data,
-                         weights=weights.get(model), warmup=1 if args.quick else 2, reps=2 if args.quick else 10)
+                         weights=weights.get(model), threads=args.threads, warmup=1 if args.quick else 2, reps=2 if args.quick else 10)
         run_and_save(spec, [parse_variant(v) for v in VARIANTS], Path(args.out) / f"infer_{model}.json")
 
 

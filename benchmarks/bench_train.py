@@ -25,6 +25,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="ROOT/train/<class>/<image> (default: synthetic JPEGs)")
     parser.add_argument("--quick", action="store_true", help="tiny batches and few repetitions (checks, not numbers)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--models", nargs="*", help="only these models of the suite")
     args = parser.parse_args()
@@ -34,7 +35,7 @@ def main():
         if args.quick:
             batch, images = 4, 16
         spec = BenchSpec(model=model, task="train", batch_size=batch, images=images, data=args.data,
-                         warmup=1 if args.quick else 2, reps=2 if args.quick else (5 if model == "resnet50" else 10))
+                         threads=args.threads, warmup=1 if args.quick else 2, reps=2 if args.quick else (5 if model == "resnet50" else 10))
         run_and_save(spec, [parse_variant(v) for v in variants], Path(args.out) / f"train_{model}.json")
     if not args.models or "resnet20" in args.models:
         loop = measure_loop_overhead("resnet20", *((8, 2) if args.quick else (128, 100)), size=32,

@@ -145,8 +145,17 @@ def test_loop_overhead_runs_the_real_loop():
 def test_cli_writes_json_and_reports_bad_input(folder, tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["bench", "--task", "infer", "--data", str(folder), "--images", "8", "--batch-size", "4",
-                 "--reps", "1", "--warmup", "0", "--precision", "fp32", "--no-isolate", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["results"][1]["variant"] == "fp32"
+                 "--reps", "1", "--warmup", "0", "--precision", "fp32", "--channels-last", "true", "--no-isolate",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in rows] == ["baseline", "fp32-cl"]
+    assert [r["peak_mem_mib"] for r in rows] == [None, None]  # variants shared a process: no per-variant peak
     assert "baseline" in capsys.readouterr().out
     assert main(["bench", "--variant", "bf17", "--data", str(folder)]) == 2
     assert "variant 'bf17'" in capsys.readouterr().err
+
+
+def test_isolated_variant_runs_in_its_own_process_and_reports_memory(folder):
+    spec = BenchSpec(model="resnet20", task="infer", batch_size=4, data=str(folder), images=8, warmup=0, reps=1)
+    (row,) = run_bench(spec, [])["results"]
+    assert row["variant"] == "baseline" and row["peak_mem_mib"] >= 0 and row["top1_agreement"] == 1.0

@@ -5,8 +5,9 @@
     write_json(result, "benchmarks/results/train_resnet20.json")
 
 Every variant runs in a fresh process (so its peak RSS is its own and a compiled graph cannot
-leak into the next one), on the same machine and in the same run as the baseline, and is
-reported as a ratio to it. The machine's matrix-multiply peak is measured in the same run, and
+leak into the next one), or, with isolate=False, all variants share one process and are timed
+round-robin (a busy machine then slows all of them alike); either way on the same machine and
+in the same run as the baseline, and reported as a ratio to it. The machine's matrix-multiply peak is measured in the same run, and
 each variant's multiply-adds per second are given as a fraction of the peak for its dtype.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from resnetlab.models import model_info, profile
 
 from .bench_data import bench_images
 from .bench_machine import describe_machine, matmul_peak
-from .bench_measure import BASELINE, COMPILE_MODES, Variant, measure_infer, measure_train
+from .bench_measure import BASELINE, COMPILE_MODES, Variant, prepare_infer, prepare_train, time_all
 
 TASKS = ("train", "infer")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -44,7 +45,8 @@ class BenchSpec:
     data: str | None = None  # ROOT/train/<class>/<image>; None: synthetic JPEG files
     images: int = 512  # images drawn from the data (both pipelines use the same files)
     weights: str | None = None  # inference: trained weights for the agreement check
-    isolate: bool = True  # one fresh process per variant
+    isolate: bool = True  # one fresh process per variant (peak memory per variant); False: all variants in
+    # this process, timed round-robin -- robust to a machine whose load changes, but no memory figure
     cache_dir: str | None = None  # decoded-image cache of our pipeline (default: a temporary folder)
     threads: int | None = None  # torch intra-op threads (None: torch's default, one per core)
 
@@ -86,7 +88,7 @@ def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
     with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:
         spec = replace(spec, cache_dir=spec.cache_dir or tmp)
         images = bench_images(spec.data, spec.images, workdir=str(Path(tmp) / "synthetic"))
-        rows = [run_variant(spec, images, v) for v in [BASELINE, *[v for v in variants if v != BASELINE]]]
+        rows = measure_variants(spec, images, [BASELINE, *[v for v in variants if v != BASELINE]])
     precisions = sorted({r["precision"] for r in rows})
     peaks = {p: matmul_peak(p, device) for p in precisions}
     macs = profile(spec.model, spec.size, num_classes=len(images.classes)).macs
@@ -96,25 +98,30 @@ def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
             "matmul_peak_macs_per_s": peaks, "forward_macs_per_image": macs, "results": rows}
 
 
-def run_variant(spec: BenchSpec, images, variant: Variant) -> dict:
-    args = (spec, images, variant)
+def measure_variants(spec: BenchSpec, images, variants: list[Variant]) -> list[dict]:
+    """Rows for `variants`: each in its own fresh process (isolate), or all in this one, interleaved."""
     if not spec.isolate:
-        return _measure(*args)
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure, args)
+        return _measure(spec, images, variants)
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return [pool.apply(_measure, (spec, images, [v]))[0] for v in variants]
 
 
-def _measure(spec: BenchSpec, images, variant: Variant) -> dict:
+def _measure(spec: BenchSpec, images, variants: list[Variant]) -> list[dict]:
     device, cache, threads = torch.device(spec.device), Path(spec.cache_dir), torch.get_num_threads()
     torch.set_num_threads(spec.threads or threads)
     try:
         if spec.task == "train":
-            return measure_train(spec.model, variant, images, spec.size, spec.batch_size, spec.warmup, spec.reps,
-                                 device, cache)
-        return measure_infer(spec.model, variant, images, spec.size, spec.batch_size, spec.warmup, spec.reps, device,
-                             cache, spec.weights)
+            prepared = [prepare_train(spec.model, v, images, spec.size, spec.batch_size, device, cache) for v in variants]
+        else:
+            prepared = [prepare_infer(spec.model, v, images, spec.size, spec.batch_size, device, cache, spec.weights)
+                        for v in variants]
+        rows = time_all(prepared, spec.warmup, spec.reps, device)
     finally:
         torch.set_num_threads(threads)  # matters only when not isolated
+    if len(variants) > 1:  # a shared process's peak RSS belongs to no single variant
+        for row in rows:
+            row["peak_mem_mib"] = None
+    return rows
 
 
 def add_ratios(rows: list[dict], macs: int, peaks: dict) -> None:
@@ -150,7 +157,7 @@ def format_table(result: dict) -> str:
              + ("" if task == "train" else f"{'b1 ms':>9}{'agree':>7}")]
     for r in result["results"]:
         line = (f"{r['variant']:<34}{r['per_s']:>14.1f}{r['per_s_min']:>9.1f}-{r['per_s_max']:<8.1f}{r['speedup']:>8.2f}x"
-                f"{100 * r['peak_fraction']:>6.1f}%{r['peak_mem_mib']:>9.0f}")
+                f"{100 * r['peak_fraction']:>6.1f}%{'-' if r['peak_mem_mib'] is None else format(r['peak_mem_mib'], '.0f'):>9}")
         if task == "infer":
             line += f"{r['latency_b1_ms']:>9.1f}{100 * r['top1_agreement']:>6.1f}%"
         lines.append(line)

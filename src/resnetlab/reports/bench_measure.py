@@ -2,8 +2,8 @@
 
 A variant is one way of running the same network: the baseline (per-sample PIL pipeline, eager
 fp32 NCHW) or ours (batched uint8 loader, a precision, a memory format, a compile mode). Each
-measurement warms up, then times every repetition separately; `stats` turns those times into
-a median and a spread. Peak memory on the CPU is the growth of the process's peak RSS
+measurement warms up, then times every repetition separately -- round-robin across variants
+when they share a process (`time_all`) -- and `stats` turns those times into a median and a spread. Peak memory on the CPU is the growth of the process's peak RSS
 (getrusage ru_maxrss) over its RSS just before the model is built -- torch's allocations are
 invisible to tracemalloc -- so each variant is meant to run in a fresh process (see bench.py).
 """
@@ -108,7 +108,9 @@ def runtime_of(variant: Variant, device: torch.device) -> Runtime:
 
 
 def compiled(model: torch.nn.Module, mode: str):
-    return model if mode == "none" else torch.compile(model, mode=None if mode == "default" else mode)
+    """torch.compile'd model; dynamic=False keeps one graph specialised to each batch shape seen
+    (the shapes here are few) instead of a slower shape-generic one after the second shape."""
+    return model if mode == "none" else torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
 def seeded_model(name: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
@@ -136,9 +138,18 @@ def train_batches(variant: Variant, images: BenchImages, size: int, batch_size: 
     return ours(), normalizer.to(rt.device)
 
 
-def measure_train(model_name: str, variant: Variant, images: BenchImages, size: int, batch_size: int,
-                  warmup: int, reps: int, device: torch.device, cache_dir: Path) -> dict:
-    """Images/s of full training steps: next batch from the pipeline, forward, backward, SGD."""
+@dataclass
+class Prepared:
+    """A variant set up and run once: what to time (name -> (fn, images per call)) and what the
+    setup saw (first call time, peak memory, predictions)."""
+    variant: Variant
+    timers: dict
+    info: dict
+
+
+def prepare_train(model_name: str, variant: Variant, images: BenchImages, size: int, batch_size: int,
+                  device: torch.device, cache_dir: Path) -> Prepared:
+    """A full training step to time: next batch from the pipeline, forward, backward, SGD."""
     rt = runtime_of(variant, device)
     batches, normalizer = train_batches(variant, images, size, batch_size, rt, cache_dir)
     with PeakMemory(device) as mem:
@@ -152,9 +163,28 @@ def measure_train(model_name: str, variant: Variant, images: BenchImages, size: 
         first = time.perf_counter()
         step()  # the first step pays for compilation; reported on its own
         first = time.perf_counter() - first
-        seconds = timed(step, warmup, reps, device)
-    return {"variant": variant.label, **variant.__dict__, "first_step_s": first, "peak_mem_mib": mem.mib,
-            **stats(seconds, batch_size)}
+    return Prepared(variant, {"main": (step, batch_size)}, {"first_step_s": first, "peak_mem_mib": mem.mib})
+
+
+def time_all(prepared: list[Prepared], warmup: int, reps: int, device: torch.device) -> list[dict]:
+    """Warm every variant up, then time them round-robin, one call each per round, so a change in
+    the machine's load during the run hits every variant alike. Returns one row per variant."""
+    for p in prepared:
+        for fn, _ in p.timers.values():
+            timed(fn, warmup, 0, device)
+    seconds = [{name: [] for name in p.timers} for p in prepared]
+    for _ in range(reps):
+        for p, sec in zip(prepared, seconds):
+            for name, (fn, _) in p.timers.items():
+                sec[name] += timed(fn, 0, 1, device)
+    rows = []
+    for p, sec in zip(prepared, seconds):
+        row = {"variant": p.variant.label, **p.variant.__dict__, **p.info, **stats(sec["main"], p.timers["main"][1])}
+        if "b1" in sec:
+            lat = stats(sec["b1"], 1)
+            row.update(latency_b1_ms=lat["median_s"] * 1e3, latency_b1_spread_ms=[lat["min_s"] * 1e3, lat["max_s"] * 1e3])
+        rows.append(row)
+    return rows
 
 
 def inference_fn(model: torch.nn.Module, variant: Variant, rt: Runtime, normalizer):
@@ -165,8 +195,8 @@ def inference_fn(model: torch.nn.Module, variant: Variant, rt: Runtime, normaliz
                 return model(normalizer(x))
         return run
     net = compiled(model, variant.compile)
-    # Freezing lets inductor fold BN into the convolutions and pre-pack the weights: valid only
-    # because inference never changes them.
+    # Freezing lets inductor treat the weights as constants (fold, pre-pack for oneDNN): valid
+    # only because inference never changes them.
     freezing = contextlib.nullcontext() if variant.compile == "none" else torch._inductor.config.patch(freezing=True)
 
     def run(x):
@@ -175,32 +205,34 @@ def inference_fn(model: torch.nn.Module, variant: Variant, rt: Runtime, normaliz
     return run
 
 
-def measure_infer(model_name: str, variant: Variant, images: BenchImages, size: int, batch_size: int,
-                  warmup: int, reps: int, device: torch.device, cache_dir: Path, weights: str | None = None) -> dict:
-    """Images/s at `batch_size`, latency at batch 1, and top-1 predictions on every image."""
+def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: int, batch_size: int,
+                  device: torch.device, cache_dir: Path, weights: str | None = None) -> Prepared:
+    """Inference at `batch_size` and at batch 1 to time, and top-1 predictions on every image."""
     from resnetlab.models import load_weights
+    from resnetlab.models.fuse import fuse_bn
 
     rt = runtime_of(variant, device)
     data = decoded(images, size, cache_dir)
     normalizer = fitted_normalizer(data).to(device)
     x_all = data.images.to(device)
+    if len(x_all) < batch_size:
+        raise UserError(f"--images {len(x_all)} is fewer than one batch ({batch_size}); raise --images")
     with PeakMemory(device) as mem:
         model = seeded_model(model_name, len(images.classes))
         if weights:
             load_weights(model, weights)
         else:
             calibrate_bn(model, normalizer, x_all, batch_size)
-        model = prepare_model(model.eval(), rt)
-        run = inference_fn(model, variant, rt, normalizer)
+        if variant.pipeline == "ours":
+            model = fuse_bn(model)  # BN folded into the convolutions (also what inductor freezing does)
+        run = inference_fn(prepare_model(model.eval(), rt), variant, rt, normalizer)
+        first = time.perf_counter()
         preds = torch.cat([run(x).argmax(1).cpu() for x in x_all.split(batch_size)])
+        first = time.perf_counter() - first
         batch, one = x_all[:batch_size], x_all[:1]
-        if len(batch) < batch_size:
-            raise UserError(f"--images {len(x_all)} is fewer than one batch ({batch_size}); raise --images")
-        throughput = stats(timed(lambda: run(batch), warmup, reps, device), batch_size)
-        latency = stats(timed(lambda: run(one), warmup, reps, device), 1)
-    return {"variant": variant.label, **variant.__dict__, "peak_mem_mib": mem.mib, **throughput,
-            "latency_b1_ms": latency["median_s"] * 1e3, "latency_b1_spread_ms": [latency["min_s"] * 1e3, latency["max_s"] * 1e3],
-            "predictions": preds.tolist()}
+        run(one)  # batch 1 is a new shape: a compiled variant compiles it here, not while timed
+    return Prepared(variant, {"main": (lambda: run(batch), batch_size), "b1": (lambda: run(one), 1)},
+                    {"first_pass_s": first, "peak_mem_mib": mem.mib, "predictions": preds.tolist()})
 
 
 def calibrate_bn(model: torch.nn.Module, normalizer, x_all: torch.Tensor, batch_size: int, batches: int = 4) -> None:
