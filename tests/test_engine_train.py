@@ -81,3 +81,15 @@ def test_bf16_channels_last_run_and_model_from_checkpoint(tmp_path):
     assert saved == cfg and len(classes) == 4 and not model.training
     x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     assert model(normalizer(x)).shape == (2, 4)
+
+
+def test_resnet110_style_warmup_switches_lr_once_training_error_drops(tmp_path):
+    cfg = tiny_config(("schedule.kind", "step"), ("schedule.warmup_lr", 0.01), ("schedule.warmup_until_err", 50.0),
+                      ("schedule.max_steps", 24), ("train.log_every", 4), ("train.eval_every", 4))
+    train_and_evaluate(cfg, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    done = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["schedule_state"]["warmup_done_step"]
+    assert done is not None and 4 <= done < 24
+    # lr of the last step before each evaluation: 0.01 until the step after the switch, then 0.1
+    assert [r["lr"] for r in records] == [0.01 if r["step"] <= done else 0.1 for r in records]
+    assert records[0]["lr"] == 0.01 and records[-1]["lr"] == 0.1
