@@ -118,3 +118,34 @@ def test_embed_writes_one_named_row_per_image(run_dir, tmp_path, suffix):
     with torch.no_grad():
         expected = embed(model, normalizer(build_data(cfg.data, seed=cfg.train.seed).test.images))
     torch.testing.assert_close(torch.from_numpy(emb), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_large_images_use_the_eval_resize_and_centre_crop_of_evaluation(tmp_path):
+    """A net trained on a folder of large images: predict = the checkpoint's model on eval views."""
+    from PIL import Image
+
+    from resnetlab.data import make_eval_loader
+
+    for split, n in (("train", 6), ("test", 3)):
+        for cls in CLASSES:
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for name in sorted(os.listdir(CIFAR_JPEG / split / cls))[:n]:
+                with Image.open(CIFAR_JPEG / split / cls / name) as img:  # 32 px -> 90x72: "large" images
+                    img.resize((90, 72)).save(tmp_path / "data" / split / cls / (name[:-4] + ".png"))
+    cfg = apply_overrides(Config(), [
+        ("model.name", "resnet18"), ("data.dataset", "folder"), ("data.root", str(tmp_path / "data")),
+        ("data.val_size", 0), ("data.augment", "imagenet"), ("data.image_size", 48), ("data.eval_resize", 56),
+        ("data.scale_min", 56), ("data.scale_max", 64), ("data.normalize", "channel"), ("optim.batch_size", 9),
+        ("schedule.kind", "constant"), ("schedule.max_steps", 1), ("train.precision", "fp32"), ("train.device", "cpu")])
+    train_and_evaluate(cfg, tmp_path / "run")
+    paths = collect_images([str(tmp_path / "data" / "test")])
+    results, failed = predict_files(Predictor.from_checkpoint(tmp_path / "run", device="cpu"), paths, topk=3)
+    model, normalizer, _, cfg = model_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    test = build_data(cfg.data, seed=cfg.train.seed).test
+    views = torch.cat([v[0] for v, _ in make_eval_loader(test, cfg.data, batch_size=4)])
+    assert views.shape == (9, 3, 48, 48) and failed == []
+    with torch.no_grad():
+        expected = model(normalizer(views)).softmax(1)
+    for r, p in zip(results, expected):
+        assert [t["index"] for t in r["top"]] == p.topk(3).indices.tolist()
+        assert r["top"][0]["prob"] == pytest.approx(p.max().item(), abs=1e-4)
