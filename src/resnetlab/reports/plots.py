@@ -24,9 +24,11 @@ def _depth(label: str) -> int:
 
 
 def _colors(labels):
+    """Distinct colours for up to 10 groups (tab10), a continuous map beyond that."""
+    if len(labels) <= 10:
+        return {label: plt.get_cmap("tab10")(i) for i, label in enumerate(labels)}
     cmap = plt.get_cmap("viridis")
-    n = max(len(labels) - 1, 1)
-    return {label: cmap(0.85 * i / n) for i, label in enumerate(labels)}
+    return {label: cmap(0.9 * i / (len(labels) - 1)) for i, label in enumerate(labels)}
 
 
 def _draw_group(ax, members: list[Run], label: str, color, train: bool = True, held_out: bool = True) -> None:

@@ -96,6 +96,8 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 def _short(value) -> str:
+    if value is None:  # the key is absent from this group's config: the model's default
+        return "default"
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items()) or "default"
     return str(value)
