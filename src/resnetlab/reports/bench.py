@@ -102,8 +102,15 @@ def measure_variants(spec: BenchSpec, images, variants: list[Variant]) -> list[d
     """Rows for `variants`: each in its own fresh process (isolate), or all in this one, interleaved."""
     if not spec.isolate:
         return _measure(spec, images, variants)
-    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-        return [pool.apply(_measure, (spec, images, [v]))[0] for v in variants]
+    rows = []
+    for v in variants:  # a pool per variant: a new process each, none started beyond them
+        pool = multiprocessing.get_context("spawn").Pool(1)
+        try:
+            rows += pool.apply(_measure, (spec, images, [v]))
+        finally:
+            pool.close()  # close + join, not terminate: the worker exits cleanly
+            pool.join()
+    return rows
 
 
 def _measure(spec: BenchSpec, images, variants: list[Variant]) -> list[dict]:
