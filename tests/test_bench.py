@@ -159,3 +159,16 @@ def test_isolated_variant_runs_in_its_own_process_and_reports_memory(folder):
     spec = BenchSpec(model="resnet20", task="infer", batch_size=4, data=str(folder), images=8, warmup=0, reps=1)
     (row,) = run_bench(spec, [])["results"]
     assert row["variant"] == "baseline" and row["peak_mem_mib"] >= 0 and row["top1_agreement"] == 1.0
+
+
+def test_auto_defaults_are_the_measured_fast_path(monkeypatch):
+    """benchmarks/README.md: without AMX, bf16 is slower than fp32; channels_last wins everywhere."""
+    from resnetlab.engine import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert runtime.resolve_channels_last("auto", cpu, "fp32") is True
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    assert runtime.resolve_channels_last("false", cpu, "bf16") is False
