@@ -1,18 +1,23 @@
 """Exports run outside PyTorch's module and match it: ONNX (onnxruntime), TorchScript, safetensors."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from realdata import CIFAR10_JPEG
 
 from resnetlab.cli import main
 from resnetlab.config import Config, apply_overrides
 from resnetlab.engine import load_checkpoint, train_and_evaluate
 from resnetlab.errors import UserError
 from resnetlab.models import create_model, load_weights
-from resnetlab.reports.export import ExportCheckFailed, export_checkpoint, export_module, verify
+from resnetlab.reports.export import (
+    ExportCheckFailed,
+    export_checkpoint,
+    export_module,
+    verify,
+)
 
-CIFAR_TEST = Path("/work/shared/data/cifar10-jpeg/test/cat")
+CIFAR_TEST = CIFAR10_JPEG / "test" / "cat"
 # TorchScript is deprecated upstream (torch 2.13) but supported; its warnings are not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 

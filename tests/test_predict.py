@@ -5,15 +5,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from realdata import CIFAR10_JPEG
 
 from resnetlab.cli import main
 from resnetlab.config import Config, apply_overrides
 from resnetlab.data import build_data
-from resnetlab.engine import evaluate_checkpoint, model_from_checkpoint, train_and_evaluate
+from resnetlab.engine import (
+    evaluate_checkpoint,
+    model_from_checkpoint,
+    train_and_evaluate,
+)
 from resnetlab.errors import UserError
-from resnetlab.reports.predict import Predictor, collect_images, predict_files, top1_agreement
+from resnetlab.reports.predict import (
+    Predictor,
+    collect_images,
+    predict_files,
+    top1_agreement,
+)
 
-CIFAR_JPEG = Path("/work/shared/data/cifar10-jpeg")
+CIFAR_JPEG = CIFAR10_JPEG
 CLASSES = ("airplane", "cat", "ship")
 pytestmark = pytest.mark.skipif(not CIFAR_JPEG.is_dir(), reason="real CIFAR-10 JPEGs not available")
 
