@@ -6,7 +6,7 @@ from PIL import Image
 
 from resnetlab.config import DataConfig
 from resnetlab.data import FileDataset, build_data, describe, make_eval_loader, make_train_loader, synthetic
-from resnetlab.data.sampling import eval_batches, train_batches
+from resnetlab.data.sampling import eval_batches, stratified_subset, train_batches
 from resnetlab.errors import UserError
 
 CFG = DataConfig(dataset="synthetic", val_size=0, synthetic_size=300)
@@ -132,6 +132,28 @@ def test_build_data_val_split_is_deterministic_and_disjoint():
     assert not any(img.numpy().tobytes() in train_rows for img in a.val.images)
     with pytest.raises(UserError, match="val_size"):
         build_data(DataConfig(dataset="synthetic", val_size=200, synthetic_size=200))
+
+
+def test_stratified_subset_keeps_class_proportions_and_is_seeded():
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)[torch.randperm(100, generator=torch.Generator().manual_seed(0))]
+    a, b, c = (stratified_subset(labels, 25, s) for s in (7, 7, 8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len(a.unique()) == 25 and torch.equal(a, a.sort().values)
+    # 25 * (0.6, 0.3, 0.1) = (15, 7.5, 2.5): floors 15/7/2, the one leftover seat to the first largest remainder
+    assert torch.bincount(labels[a]).tolist() == [15, 8, 2]
+    for bad in (0, 101):
+        with pytest.raises(UserError, match="train_size"):
+            stratified_subset(labels, bad, 0)
+
+
+def test_build_data_train_size_subsets_train_after_the_val_split():
+    full = build_data(DataConfig(dataset="synthetic", val_size=50, synthetic_size=200), seed=1)
+    small = build_data(DataConfig(dataset="synthetic", val_size=50, synthetic_size=200, train_size=40), seed=1)
+    assert len(small.train) == 40 and torch.equal(small.val.images, full.val.images)
+    full_rows = {img.numpy().tobytes() for img in full.train.images}
+    assert all(img.numpy().tobytes() in full_rows for img in small.train.images)
+    expected = torch.bincount(full.train.labels, minlength=10) * 40 / 150
+    assert (torch.bincount(small.train.labels, minlength=10) - expected).abs().max() < 1
 
 
 def test_in_memory_images_are_resized_per_batch_to_image_size(data):

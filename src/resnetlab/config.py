@@ -30,6 +30,10 @@ class DataConfig:
     root: str | None = None  # data directory (the CLI's --data)
     download: bool = False  # CIFAR only: fetch the official archive if missing
     val_size: int = 5000  # images held out of train for model selection (paper: 45k/5k); 0 = none
+    # Train on this many of the remaining training images (class-balanced, chosen by the seed);
+    # None = all. For short experiments: a subset seen for many epochs reaches the regime where
+    # training error reflects how well a net optimises, not how fast it starts.
+    train_size: int | None = None
     augment: str = "cifar"  # cifar (pad 4 + crop + flip) | imagenet (scale aug) | rrc | none
     normalize: str = "pixel"  # pixel (per-pixel mean, the paper) | channel (mean/std)
     image_size: int = 32  # training crop size: 32 for CIFAR, 224 for ImageNet

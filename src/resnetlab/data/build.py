@@ -24,7 +24,7 @@ from .cifar import SPECS, load_cifar
 from .datasets import ArrayDataset, FileDataset
 from .loaders import check_augment, make_eval_loader
 from .normalize import Normalizer
-from .sampling import STATS, generator, split_indices
+from .sampling import STATS, generator, split_indices, stratified_subset
 from .synthetic import synthetic
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
@@ -49,6 +49,8 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     if val is None and cfg.val_size > 0:
         keep, held = split_indices(len(train), cfg.val_size, seed)
         train, val = train.subset(keep), train.subset(held)
+    if cfg.train_size is not None:  # after the hold-out, so val is the same with or without it
+        train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
     normalizer = fit_normalizer(train, cfg, seed)
     return DataBundle(train, val, test, train.classes, normalizer, {"dataset": cfg.dataset, **info})
 

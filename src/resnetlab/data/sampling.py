@@ -13,7 +13,7 @@ import torch
 from resnetlab.errors import UserError
 
 # Purposes, so that e.g. the permutation of epoch 3 and the augmentation of batch 3 never share a seed.
-PERMUTATION, AUGMENT, SPLIT, SYNTHETIC, STATS = 1, 2, 3, 4, 5
+PERMUTATION, AUGMENT, SPLIT, SYNTHETIC, STATS, SUBSET = 1, 2, 3, 4, 5, 6
 
 
 def generator(*keys: int) -> torch.Generator:
@@ -65,6 +65,26 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
                         f"set data.val_size below {n} (0 = no validation split)")
     perm = torch.randperm(n, generator=generator(SPLIT, seed))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Sorted indices of `size` samples drawn by seed, each class in proportion to its count.
+
+    Class quotas are size * count / total rounded down, the leftover seats going to the classes
+    with the largest remainders, so a balanced dataset stays balanced (CIFAR: size / 10 per class).
+    """
+    n = len(labels)
+    if not 0 < size <= n:
+        raise UserError(f"data.train_size must be between 1 and the {n} training images, got {size}")
+    counts = torch.bincount(labels)
+    exact = counts.double() * size / n
+    quota = exact.floor().long()
+    leftover = size - int(quota.sum())
+    quota[torch.argsort(exact - quota, descending=True, stable=True)[:leftover]] += 1
+    perm = torch.randperm(n, generator=generator(SUBSET, seed))
+    shuffled = labels[perm]
+    chosen = [perm[shuffled == c][: int(q)] for c, q in enumerate(quota)]
+    return torch.cat(chosen).sort().values
 
 
 def check_rank(rank: int, world_size: int) -> None:

@@ -82,8 +82,10 @@ def _setup(groups) -> str:
     sch, opt = cfg["schedule"], cfg["optim"]
     length = f"{sch['epochs']} epochs" if sch.get("epochs") else f"{sch['max_steps']} iterations"
     drops = f", lr x{sch['gamma']} at {sch['milestones_unit']} {sch['milestones']}" if sch["kind"] == "step" else ""
+    subset = cfg["data"].get("train_size")
+    subset = f", training on a class-balanced subset of {subset} images" if subset else ""
     return (f"Setup (first run): {cfg['data']['dataset']} data at `{cfg['data']['root']}` (val_size "
-            f"{cfg['data']['val_size']}), {sch['kind']} schedule of {length}, lr {opt['lr']}{drops}, batch "
+            f"{cfg['data']['val_size']}{subset}), {sch['kind']} schedule of {length}, lr {opt['lr']}{drops}, batch "
             f"{opt['batch_size']}, weight decay {opt['weight_decay']}, precision {cfg['train']['precision']}.")
 
 
