@@ -93,3 +93,29 @@ def test_resnet110_style_warmup_switches_lr_once_training_error_drops(tmp_path):
     # lr of the last step before each evaluation: 0.01 until the step after the switch, then 0.1
     assert [r["lr"] for r in records] == [0.01 if r["step"] <= done else 0.1 for r in records]
     assert records[0]["lr"] == 0.01 and records[-1]["lr"] == 0.1
+
+
+def test_stop_at_val_top1_stops_at_the_first_evaluation_that_reaches_it(tmp_path):
+    cfg = tiny_config(("schedule.max_steps", 32), ("train.eval_every", 4), ("optim.lr", 0.05))
+    full = train_and_evaluate(cfg, tmp_path / "full")
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    target = max(r["val_top1"] for r in records[:-1])  # reached before the end of the schedule
+    first = next(r for r in records if r["val_top1"] >= target)
+    summary = train_and_evaluate(apply_overrides(cfg, [("train.stop_at_val_top1", target)]), tmp_path / "stopped")
+    assert "target" not in full and summary["steps"] == first["step"] < 32
+    assert summary["target"] == {"val_top1": target, "reached": {"step": first["step"], "val_top1": first["val_top1"],
+                                                                 "elapsed_s": summary["target"]["reached"]["elapsed_s"]}}
+    stopped = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_top1"] for r in stopped] == [r["val_top1"] for r in records[:len(stopped)]]  # same run, cut short
+    assert "last" in summary["test"]
+    again = train_and_evaluate(apply_overrides(cfg, [("train.stop_at_val_top1", target)]), tmp_path / "stopped", resume=True)
+    assert again["steps"] == first["step"]  # the checkpoint remembers the target was reached: no more steps
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([("train.stop_at_val_top1", 0.0)], r"\(0, 100\]"),
+    ([("train.stop_at_val_top1", 50.0), ("data.val_size", 0)], "needs a validation split"),
+])
+def test_stop_at_val_top1_bad_settings_are_user_errors(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        train_and_evaluate(tiny_config(*overrides), tmp_path)

@@ -83,6 +83,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0  # decoding worker processes (folder datasets of large images)
     eval_every: int = 0  # steps between evaluations; 0 = once per epoch
+    # Time-to-accuracy runs: stop at the first evaluation whose validation top-1 (%) reaches this.
+    stop_at_val_top1: float | None = None
     log_every: int = 50
     sync_bn: bool = False
     tensorboard: bool = False

@@ -51,6 +51,7 @@ class TrainState:
     elapsed_s: float = 0.0
     window: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # meter since the last log point
     epoch_meter: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # meter since the last evaluation
+    reached_target: dict | None = None  # train.stop_at_val_top1: {step, val_top1, elapsed_s} once reached
 
 
 def is_finite_model(model: nn.Module) -> bool:
@@ -81,6 +82,7 @@ def make_checkpoint(model, optimizer, scaler, state: TrainState, cfg: Config, cl
         "scaler": scaler.state_dict(),
         "metrics": {**metrics, "best_val_top1_err": state.best_val_err, "elapsed_s": state.elapsed_s,
                     "train_window": list(state.window), "train_epoch": list(state.epoch_meter),
+                    "reached_target": state.reached_target,
                     "num_parameters": sum(p.numel() for p in inner.parameters())},
     }
 
@@ -98,4 +100,5 @@ def restore_checkpoint(ckpt: dict, model: nn.Module, optimizer, scaler, cfg: Con
     m = ckpt["metrics"]
     return TrainState(step=ckpt["step"], schedule=ScheduleState.from_state(ckpt["schedule_state"]),
                       best_val_err=m["best_val_top1_err"], elapsed_s=m["elapsed_s"],
-                      window=list(m["train_window"]), epoch_meter=list(m["train_epoch"]))
+                      window=list(m["train_window"]), epoch_meter=list(m["train_epoch"]),
+                      reached_target=m.get("reached_target"))

@@ -63,6 +63,7 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
     try:
         with StopOnSignal() as stop:
             run = build_run(cfg, Path(workdir), resume, info, rt, stream)
+            _check_target(cfg.train.stop_at_val_top1, run)
             try:
                 best_state = train_loop(run, stop)
             finally:
@@ -82,7 +83,7 @@ def train_loop(run: Run, stop: StopOnSignal):
     clock = {"start": time.perf_counter() - state.elapsed_s, "eval": time.perf_counter(), "images": 0}
     best_state = None
     set_train_mode(run.model, run.eval_bns)
-    while state.step < run.total:
+    while state.step < run.total and state.reached_target is None:
         epoch, start_batch = divmod(state.step, run.steps_per_epoch)
         for x, y in run.loader(epoch, start_batch):
             lr = run.lr_fn(state.step, state.schedule)
@@ -103,7 +104,7 @@ def train_loop(run: Run, stop: StopOnSignal):
                 state.elapsed_s = time.perf_counter() - clock["start"]
                 path = save(run, {"step": state.step, "interrupted": True}, ("last.pt",))
                 raise TrainingInterrupted(stop.signum or 15, state.step, path)
-            if state.step >= run.total:
+            if state.step >= run.total or state.reached_target is not None:
                 break
     return best_state
 
@@ -138,6 +139,11 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
                        val_top5=val["top5"])
     # The plateau schedule watches validation error, or training error when there is no val split.
     observe_val_error(run.cfg.schedule, state.schedule, train_err if metrics["val_top1_err"] is None else metrics["val_top1_err"])
+    target = run.cfg.train.stop_at_val_top1
+    if target is not None and metrics.get("val_top1", -1.0) >= target:
+        state.reached_target = {"step": state.step, "val_top1": metrics["val_top1"], "elapsed_s": state.elapsed_s}
+        run.log.info(f"validation top-1 {metrics['val_top1']:.2f}% reached the target {target}% at step {state.step} "
+                     f"({state.elapsed_s:.0f} s); stopping")
     is_best = metrics["val_top1_err"] is not None and (state.best_val_err is None or metrics["val_top1_err"] < state.best_val_err)
     if is_best:
         state.best_val_err = metrics["val_top1_err"]
@@ -168,6 +174,8 @@ def final_test(run: Run, best_state) -> dict:
     ckpts = run.workdir / "checkpoints"
     summary = {"steps": run.state.step, "best_val_top1_err": run.state.best_val_err, "elapsed_s": run.state.elapsed_s,
                "checkpoints": {"last": str(ckpts / "last.pt")}, "test": {}}
+    if run.cfg.train.stop_at_val_top1 is not None:
+        summary["target"] = {"val_top1": run.cfg.train.stop_at_val_top1, "reached": run.state.reached_target}
     if (ckpts / "best.pt").exists() or best_state is not None:
         summary["checkpoints"]["best"] = str(ckpts / "best.pt")
     if run.bundle.test is None:
@@ -185,6 +193,16 @@ def final_test(run: Run, best_state) -> dict:
             run.model.load_state_dict(best_state)
             summary["test"]["best"] = test()
     return summary
+
+
+def _check_target(target, run: Run) -> None:
+    if target is None:
+        return
+    problem = ("must be a top-1 accuracy in (0, 100]" if not 0 < target <= 100 else
+               "needs a validation split; set data.val_size > 0" if run.bundle.val is None else None)
+    if problem:
+        run.log.close()
+        raise UserError(f"train.stop_at_val_top1={target} {problem}")
 
 
 def _stop_requested(stop: StopOnSignal, run: Run) -> bool:

@@ -1,0 +1,84 @@
+"""Time to a top-1 target with ResNet-20 on CIFAR-10: our default recipe against the paper's, run eagerly in fp32.
+
+    python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-jpeg              # both arms, 80%
+    python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10-jpeg --arms paper-eager-fp32
+
+Arms:
+- resnetlab: the cifar10_fast recipe with the automatic runtime (fp32 + channels_last on a CPU
+  without AMX, bf16 where AMX makes it faster), batched tensor augmentation.
+- paper-eager-fp32: the paper's recipe (batch 128, lr 0.1, momentum 0.9, wd 1e-4, the lr drops at
+  32k/48k iterations) in eager fp32 NCHW. Its first --paper-steps iterations are the paper's
+  schedule exactly (lr 0.1 throughout); the arm stops there if it has not reached the target.
+
+Both arms evaluate once per epoch on the 5000 held-out training images and stop at the first
+evaluation whose validation top-1 reaches --target (train.stop_at_val_top1). The result is the
+run's elapsed time at that point (training and the evaluations before it), with the test top-1
+of those weights beside it. Writes benchmarks/results/time_to_<target>.json; run it on an idle machine.
+"""
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from resnetlab.config import apply_overrides, load_config
+from resnetlab.engine import train_and_evaluate
+from resnetlab.engine.datadir import data_overrides
+from resnetlab.reports.bench_machine import describe_machine
+
+RESULTS = Path(__file__).parent / "results"
+ARMS = {
+    "resnetlab": ("cifar10_fast", []),
+    "paper-eager-fp32": ("cifar10_resnet20", [("train.precision", "fp32"), ("train.channels_last", "false")]),
+}
+
+
+def run_arm(name: str, data: str, target: float, workdir: Path, paper_steps: int) -> dict:
+    recipe, overrides = ARMS[name]
+    cfg = load_config(recipe)
+    cfg = apply_overrides(cfg, data_overrides(data, cfg.data.dataset) + overrides +
+                          [("train.stop_at_val_top1", target), ("train.eval_every", 0)])
+    if name == "paper-eager-fp32":
+        cfg = apply_overrides(cfg, [("schedule.max_steps", paper_steps)])
+    start = time.perf_counter()
+    summary = train_and_evaluate(cfg, workdir / name)
+    reached = summary["target"]["reached"]
+    return {"arm": name, "recipe": recipe, "overrides": [list(o) for o in overrides],
+            "reached": reached is not None, "steps": summary["steps"],
+            "time_to_target_s": reached["elapsed_s"] if reached else None,
+            "val_top1_at_stop": reached["val_top1"] if reached else None,
+            "test_top1_at_stop": summary["test"]["last"]["top1"],
+            "elapsed_s": summary["elapsed_s"], "wall_s_with_setup_and_test": time.perf_counter() - start,
+            "run_dir": str(workdir / name)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="cifar10-jpeg root (ROOT/train, ROOT/test) or a CIFAR-10 folder")
+    parser.add_argument("--target", type=float, default=80.0, help="validation top-1 in percent")
+    parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--paper-steps", type=int, default=6000, help="cap on the paper arm's iterations")
+    parser.add_argument("--workdir", default="runs/time_to_accuracy", help="run directories (fresh ones per call)")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    workdir = Path(args.workdir) / stamp
+    rows = []
+    for arm in args.arms:
+        rows.append(run_arm(arm, args.data, args.target, workdir, args.paper_steps))
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"date": datetime.date.today().isoformat(), "machine": describe_machine(),
+              "torch": torch.__version__, "target_val_top1": args.target, "results": rows}
+    path = Path(args.out) / f"time_to_{args.target:g}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    for r in rows:
+        when = f"{r['time_to_target_s'] / 60:.1f} min ({r['steps']} steps)" if r["reached"] else f"not reached in {r['steps']} steps"
+        print(f"{r['arm']:<18} {when}; test top-1 at stop {r['test_top1_at_stop']:.2f}%")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
