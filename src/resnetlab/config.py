@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from resnetlab.errors import UserError
+from resnetlab.files import write_text_atomic
 
 
 @dataclass
@@ -256,4 +257,4 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path) -> None:
-    Path(path).write_text(config_to_yaml(cfg))
+    write_text_atomic(path, config_to_yaml(cfg))

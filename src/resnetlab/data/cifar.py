@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from resnetlab.errors import UserError
+from resnetlab.files import atomic_write
 
 from .datasets import ArrayDataset
 
@@ -85,27 +86,22 @@ def ensure_extracted(spec: CifarSpec, root: Path, download: bool, url: str, md5:
 
 
 def fetch(url: str, dest: Path, md5: str) -> None:
-    """Download url to dest via a temporary file; dest appears only if the MD5 matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    """Download url to dest (atomically); dest appears only if the MD5 of the bytes matches."""
+    digest = hashlib.md5()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response, \
+        with atomic_write(dest) as out, urllib.request.urlopen(url, timeout=60) as response, \
                 tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
                      desc=f"downloading {dest.name}", disable=None, leave=False) as progress:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
+                digest.update(block)
                 progress.update(len(block))
-        got = md5sum(Path(tmp))
-        if got != md5:
-            raise UserError(f"download of {url} has MD5 {got}, expected {md5}; nothing was saved, "
-                            f"try again or place {dest.name} in {dest.parent} yourself")
-        os.replace(tmp, dest)
+            if digest.hexdigest() != md5:  # raised inside the `with`: the partial file is removed
+                raise UserError(f"download of {url} has MD5 {digest.hexdigest()}, expected {md5}; nothing was "
+                                f"saved, try again or place {dest.name} in {dest.parent} yourself")
     except (urllib.error.URLError, OSError) as err:
         raise UserError(f"cannot download {url} ({getattr(err, 'reason', err)}); if offline, place "
                         f"{dest.name} in {dest.parent}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def md5sum(path: Path) -> str:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 
 from resnetlab.errors import UserError
+from resnetlab.files import atomic_write
 
 from .datasets import ArrayDataset
 from .decode import BadImage, center_box, decode_crops
@@ -151,12 +151,5 @@ def _decode_chunk(paths: list[str], size: int, skip_bad: bool):
 
 
 def _save_atomic(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)

@@ -25,7 +25,6 @@ there is no best); `model_from_checkpoint(...)` rebuilds (model, normalizer, cla
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -34,44 +33,22 @@ import torch
 
 from resnetlab.config import Config, config_from_dict
 from resnetlab.errors import UserError
+from resnetlab.files import atomic_write
 
 FORMAT = "resnetlab-checkpoint-v1"
 
 
 def save_checkpoint(ckpt: dict, path) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then os.replace.
-
-    A crash or a full disk at any point leaves the previous checkpoint at `path` intact.
-    """
+    """Write atomically (resnetlab.files.atomic_write): a crash or a full disk at any point leaves
+    the previous checkpoint at `path` intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         kept = "the previous checkpoint there is intact" if path.exists() else "no earlier checkpoint existed"
         raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); {kept}. "
                         "Free some disk space and resume with --resume") from err
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); not possible on every OS, and harmless to skip."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def checkpoint_path(path_or_run_dir) -> Path:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from resnetlab.config import Config
 from resnetlab.errors import UserError
+from resnetlab.files import write_text_atomic
 
 from .checkpoint import save_checkpoint
 from .distributed import DistInfo, dist_info_from_env
@@ -119,12 +120,12 @@ def train_linear_probe(cfg: Config, workdir, stream=None) -> dict:
     ckpts = workdir / "checkpoints"
     for name in ("last.pt", "best.pt"):
         save_checkpoint(ckpt, ckpts / name)
-    (workdir / "metrics.jsonl").write_text(json.dumps(metrics) + "\n")
+    write_text_atomic(workdir / "metrics.jsonl", json.dumps(metrics) + "\n")
     summary = {"linear_probe": True, "penalty": penalty, "best_val_top1_err": metrics["val_top1_err"],
                "elapsed_s": state.elapsed_s, "checkpoints": {"last": str(ckpts / "last.pt"), "best": str(ckpts / "best.pt")},
                "test": {}}
     if bundle.test is not None:
         result = evaluate_split(model, normalizer, bundle.test, cfg, rt, info)
         summary["test"] = {"last": result, "best": result}
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(workdir / "summary.json", json.dumps(summary, indent=1))
     return summary

@@ -15,6 +15,7 @@ from torch import nn
 
 from resnetlab.config import Config, save_config
 from resnetlab.errors import UserError
+from resnetlab.files import write_text_atomic
 from resnetlab.models import create_model
 
 from .checkpoint import load_checkpoint
@@ -98,7 +99,7 @@ def prepare_workdir(workdir: Path, cfg: Config, classes, resume: bool, is_main: 
     if is_main:
         (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, workdir / "config.yaml")
-        (workdir / "classes.json").write_text(json.dumps(list(classes), indent=1))
+        write_text_atomic(workdir / "classes.json", json.dumps(list(classes), indent=1))
 
 
 def _sync_bn(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Module:

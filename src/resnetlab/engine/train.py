@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from resnetlab.config import Config
 from resnetlab.errors import UserError
+from resnetlab.files import write_text_atomic
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, shutdown_distributed
@@ -70,7 +71,7 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
                 run.log.close()
             summary = final_test(run, best_state)
             if info.is_main:
-                (run.workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+                write_text_atomic(run.workdir / "summary.json", json.dumps(summary, indent=1))
             return summary
     finally:
         shutdown_distributed()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.errors import UserError
+from resnetlab.files import write_text_atomic
 from resnetlab.models import model_info, profile
 
 from .bench_data import bench_images
@@ -149,7 +150,7 @@ def add_ratios(rows: list[dict], macs: int, peaks: dict) -> None:
 def write_json(result: dict, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     return path
 
 

@@ -1,0 +1,29 @@
+"""atomic_write: the target holds the old bytes or the new ones, never a mix, and no temp files linger."""
+import pytest
+
+from resnetlab.files import atomic_write, write_text_atomic
+
+
+def test_writes_bytes_and_text(tmp_path):
+    with atomic_write(tmp_path / "sub" / "a.bin") as f:
+        f.write(b"\x00\x01")
+    assert (tmp_path / "sub" / "a.bin").read_bytes() == b"\x00\x01"
+    write_text_atomic(tmp_path / "b.json", "{\"é\": 1}")
+    assert (tmp_path / "b.json").read_text(encoding="utf-8") == "{\"é\": 1}"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.bin", "b.json", "sub"]
+
+
+def test_an_error_midway_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(target, "w") as f:
+            f.write("half of the new")
+            raise KeyboardInterrupt  # Ctrl-C while writing
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_only_whole_file_modes(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_write(tmp_path / "x", "a"):
+            pass
