@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import resnetlab
 from resnetlab import UserError, create_model, list_models, model_info
 from resnetlab.models import cifar_resnet, count_params, profile
+from resnetlab.models.profile import count_macs, resnet_macs
 
 # The paper's CIFAR sizes with option A (Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M) and
 # torchvision's published ImageNet sizes.
@@ -60,6 +61,18 @@ def test_shortcut_options_b_and_c_add_projections():
 def test_table1_multiply_adds(name, gmacs):
     measured = profile(name, stride_on="1x1").macs / 1e9
     assert abs(measured - gmacs) < 0.07  # the paper gives one decimal (3.66 -> 3.6, 7.57 -> 7.6)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_shape_arithmetic_macs_equal_the_measured_forward(name):
+    """resnet_macs (what `resnetlab models` shows) equals the hook count of a real forward pass."""
+    family = model_info(name).family
+    variants = [{}, {"shortcut": "C"}] + ([{"stride_on": "1x1"}, {"shortcut": "A"}] if family == "imagenet" else [{"shortcut": "B"}])
+    for kwargs in variants:
+        with torch.device("meta"):
+            model = create_model(name, **kwargs)
+        for size in ((224, 97) if family == "imagenet" else (32, 40)):  # 97: odd sizes round like the convs do
+            assert resnet_macs(model, size) == count_macs(model, size), (kwargs, size)
 
 
 def test_preact_cifar_sizes():
