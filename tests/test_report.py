@@ -19,7 +19,8 @@ def make_run(root, name, model="resnet20", seed=0, test_err=None, train_errs=(50
     run = root / name
     run.mkdir(parents=True)
     save_config(Config(model=ModelConfig(model, kwargs or {}), train=TrainConfig(seed=seed)), run / "config.yaml")
-    lines = [{"step": 100 * (i + 1), "train_err": e, "val_top1_err": e + 5} for i, e in enumerate(train_errs)]
+    lines = [{"step": 100 * (i + 1), "train_err": e, "train_loss": e / 100, "val_top1_err": e + 5}
+             for i, e in enumerate(train_errs)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     if test_err is not None:
         summary = {"steps": 100 * len(train_errs), "best_val_top1_err": train_errs[-1] + 5,
@@ -38,8 +39,8 @@ def test_seeds_of_one_config_are_pooled_as_mean_std_best(tmp_path):
     assert stats["test_err"] == tables.Stat(9.0, 1.0, 8.0, 3)
     assert stats["train_err"] == tables.Stat(32.0, 2.0, 30.0, 3)
     table = tables.results_table(groups)
-    assert "| resnet20 | 3 | 200 | 32.00 ± 2.00 | 37.00 ± 2.00 | 9.00 ± 1.00 | 10.00 ± 1.00 | 8.00 |" in table
-    assert "| plain20 | 1 | 200 | 30.00 | 35.00 | 12.50 | 13.50 | 12.50 |" in table
+    assert "| resnet20 | 3 | 200 | 32.00 ± 2.00 | 0.32 ± 0.02 | 37.00 ± 2.00 | 9.00 ± 1.00 | 10.00 ± 1.00 | 8.00 |" in table
+    assert "| plain20 | 1 | 200 | 30.00 | 0.30 | 35.00 | 12.50 | 13.50 | 12.50 |" in table
     assert "| resnet20 | 0.27M | 8.00 (9.00 ± 1.00) | 3 | 8.75 |" in tables.depth_table(groups)
     steps, mean, std = tables.curve(groups["resnet20"], "train_err")
     assert steps == [100, 200] and mean == [51.0, 32.0] and std == pytest.approx([1.0, 2.0])

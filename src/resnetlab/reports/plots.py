@@ -74,12 +74,31 @@ def plot_degradation(groups: dict[str, list[Run]], path, title_note: str = "") -
     color = {d: cmap(0.85 * i / max(len(depths) - 1, 1)) for i, d in enumerate(depths)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), sharey=True)
     for ax, (side, members_by_label) in zip(axes, sides.items()):
-        for label, members in sorted(members_by_label.items(), key=lambda kv: _depth(kv[0])):
+        ordered = sorted(members_by_label.items(), key=lambda kv: _depth(kv[0]))
+        for label, members in ordered:
             _draw_group(ax, members, label, color[_depth(label)])
         _finish(ax, f"{'plain nets' if side == 'plain' else 'ResNets'}{title_note}")
+        if len(ordered) > 1:
+            _zoom_on_the_end(ax, ordered, color)
     axes[0].set_ylim(bottom=0)
     fig.suptitle("dashed: training error, solid: validation error", fontsize=9)
     return _save(fig, path)
+
+
+def _zoom_on_the_end(ax, ordered, color) -> None:
+    """Inset: training error over the last third of the run, on its own scale, where the
+    ordering by depth is decided (the paper's Fig. 6 draws 0-20% for the same reason)."""
+    curves = [(label, *curve(members, "train_err")[:2]) for label, members in ordered]
+    last = max((steps[-1] for _, steps, _ in curves if steps), default=0)
+    tails = [(label, [(s, m) for s, m in zip(steps, mean) if s >= 2 * last / 3]) for label, steps, mean in curves]
+    if sum(len(tail) >= 2 for _, tail in tails) < 2:
+        return
+    inset = ax.inset_axes([0.09, 0.07, 0.34, 0.25])  # lower left: empty once the curves have fallen
+    for label, tail in tails:
+        inset.plot([s for s, _ in tail], [m for _, m in tail], "--", color=color[_depth(label)], lw=1.2)
+    inset.set_title("train error, last third", fontsize=7)
+    inset.tick_params(labelsize=6)
+    inset.grid(alpha=0.3)
 
 
 def plot_final_vs_depth(groups: dict[str, list[Run]], path, key: str = "train_err") -> Path:

@@ -97,7 +97,8 @@ def _markdown(title, groups, figures, command, notes, depth_form: bool) -> str:
         lines += [notes, ""]
     lines += [_setup(groups), ""]
     lines += ["Errors in %. `train err` is the training error averaged over the last evaluation interval "
-              "(training mode, augmented batches, as the paper's dashed curves); `val` is the held-out part of "
+              "(training mode, augmented batches, as the paper's dashed curves) and `train loss` the mean "
+              "cross-entropy over the same batches; `val` is the held-out part of "
               "the training set; `test` is the test split, evaluated once at the end. Several seeds of one "
               "config: mean ± std (sample std) and best.", "", tables.results_table(groups)]
     if depth_form:

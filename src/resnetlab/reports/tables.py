@@ -108,7 +108,8 @@ def final_numbers(run: Run) -> dict:
     last = run.metrics[-1] if run.metrics else {}
     test = (run.summary or {}).get("test", {})
     return {
-        "steps": last.get("step"), "train_err": last.get("train_err"), "val_err": last.get("val_top1_err"),
+        "steps": last.get("step"), "train_err": last.get("train_err"), "train_loss": last.get("train_loss"),
+        "val_err": last.get("val_top1_err"),
         "best_val_err": (run.summary or {}).get("best_val_top1_err"),
         "test_err": test.get("last", {}).get("top1_err"), "test_err_best_val": test.get("best", {}).get("top1_err"),
     }
@@ -146,15 +147,15 @@ def _cell(stat: Stat | None) -> str:
 
 
 def results_table(groups: dict[str, list[Run]]) -> str:
-    """One row per group: final training error, validation and test error (%), mean ± std over seeds."""
-    lines = ["| run | seeds | steps | train err | val err (last) | test err (last) | test err (best val) | best test |",
-             "|---|---|---|---|---|---|---|---|"]
+    """One row per group: final training error and loss, validation and test error (%), mean ± std over seeds."""
+    lines = ["| run | seeds | steps | train err | train loss | val err (last) | test err (last) | test err (best val) | best test |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, members in groups.items():
         s = group_stats(members)
         steps = s["steps"].best if s["steps"] else None
         best = f"{s['test_err'].best:.2f}" if s["test_err"] else "–"
         lines.append(f"| {label} | {len(members)} | {'–' if steps is None else int(steps)} | {_cell(s['train_err'])} | "
-                     f"{_cell(s['val_err'])} | {_cell(s['test_err'])} | {_cell(s['test_err_best_val'])} | {best} |")
+                     f"{_cell(s['train_loss'])} | {_cell(s['val_err'])} | {_cell(s['test_err'])} | {_cell(s['test_err_best_val'])} | {best} |")
     return "\n".join(lines) + "\n"
 
 
