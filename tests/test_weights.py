@@ -101,6 +101,7 @@ class _Evil:
         return (print, ("this must never run",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the point: a pickle torch must refuse
 def test_refuses_files_that_need_arbitrary_unpickling(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
