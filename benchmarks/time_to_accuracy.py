@@ -21,11 +21,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from resnetlab.config import apply_overrides, load_config
 from resnetlab.engine import train_and_evaluate
 from resnetlab.engine.datadir import data_overrides
+from resnetlab.reports.bench import write_json
 from resnetlab.reports.bench_machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
@@ -69,11 +68,9 @@ def main():
     for arm in args.arms:
         rows.append(run_arm(arm, args.data, args.target, workdir, args.paper_steps))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"date": datetime.date.today().isoformat(), "machine": describe_machine(),
-              "torch": torch.__version__, "target_val_top1": args.target, "results": rows}
-    path = Path(args.out) / f"time_to_{args.target:g}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    result = {"date": datetime.date.today().isoformat(), "machine": describe_machine(),  # torch version included
+              "target_val_top1": args.target, "results": rows}
+    path = write_json(result, Path(args.out) / f"time_to_{args.target:g}.json")
     for r in rows:
         when = f"{r['time_to_target_s'] / 60:.1f} min ({r['steps']} steps)" if r["reached"] else f"not reached in {r['steps']} steps"
         print(f"{r['arm']:<18} {when}; test top-1 at stop {r['test_top1_at_stop']:.2f}%")

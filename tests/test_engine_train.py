@@ -118,4 +118,5 @@ def test_stop_at_val_top1_stops_at_the_first_evaluation_that_reaches_it(tmp_path
 ])
 def test_stop_at_val_top1_bad_settings_are_user_errors(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
-        train_and_evaluate(tiny_config(*overrides), tmp_path)
+        train_and_evaluate(tiny_config(*overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made

@@ -89,6 +89,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group["lr_mult"]
 
 
+def check_stop_target(target: float | None, bundle) -> None:
+    """train.stop_at_val_top1 is a top-1 accuracy, and it is watched on the validation split."""
+    if target is None:
+        return
+    if not 0 < target <= 100:
+        raise UserError(f"train.stop_at_val_top1={target} must be a top-1 accuracy in (0, 100]")
+    if bundle.val is None:
+        raise UserError(f"train.stop_at_val_top1={target} needs a validation split; set data.val_size > 0")
+
+
 def prepare_workdir(workdir: Path, cfg: Config, classes, resume: bool, is_main: bool) -> None:
     last = workdir / "checkpoints" / "last.pt"
     if resume and not last.is_file():
@@ -123,6 +133,7 @@ def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runt
 
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
+    check_stop_target(cfg.train.stop_at_val_top1, bundle)  # before the run directory is made
     prepare_workdir(workdir, cfg, bundle.classes, resume, info.is_main)
     say = print if info.is_main else (lambda *a: None)
     model, eval_bns = build_model(cfg, len(bundle.classes), info=say)

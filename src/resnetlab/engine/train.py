@@ -64,7 +64,6 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
     try:
         with StopOnSignal() as stop:
             run = build_run(cfg, Path(workdir), resume, info, rt, stream)
-            _check_target(cfg.train.stop_at_val_top1, run)
             try:
                 best_state = train_loop(run, stop)
             finally:
@@ -194,16 +193,6 @@ def final_test(run: Run, best_state) -> dict:
             run.model.load_state_dict(best_state)
             summary["test"]["best"] = test()
     return summary
-
-
-def _check_target(target, run: Run) -> None:
-    if target is None:
-        return
-    problem = ("must be a top-1 accuracy in (0, 100]" if not 0 < target <= 100 else
-               "needs a validation split; set data.val_size > 0" if run.bundle.val is None else None)
-    if problem:
-        run.log.close()
-        raise UserError(f"train.stop_at_val_top1={target} {problem}")
 
 
 def _stop_requested(stop: StopOnSignal, run: Run) -> bool:

@@ -148,10 +148,7 @@ def add_ratios(rows: list[dict], macs: int, peaks: dict) -> None:
 
 
 def write_json(result: dict, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(result, indent=1) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(result, indent=1) + "\n")
 
 
 def format_table(result: dict) -> str:
