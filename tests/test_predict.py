@@ -90,6 +90,27 @@ def test_bf16_fast_path_agrees_with_fp32(run_dir):
     assert check["n"] == 60 and check["top1_agreement"] >= 90.0 and check["max_abs_prob_diff"] < 0.1
 
 
+def test_int8_predictor_is_calibrated_on_real_images_and_tracks_fp32(run_dir, capsys):
+    test_dir = str(run_dir.parent / "data" / "test")
+    fp32 = Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32")
+    int8 = fp32.quantized(collect_images([str(run_dir.parent / "data" / "train")]), images=48)
+    assert int8.precision == "int8" and fp32.precision == "fp32" and not fp32.int8  # a copy; fp32 unchanged
+    check = top1_agreement(int8, collect_images([test_dir]))
+    assert check["n"] == 60 and check["precision"] == "int8"
+    assert check["top1_agreement"] >= 90.0 and check["max_abs_prob_diff"] < 0.15
+    with pytest.raises(UserError, match="fp32 model"):
+        int8.embeddings([torch.zeros(1, 3, 32, 32, dtype=torch.uint8)])
+    with pytest.raises(UserError, match="fp32 predictor on the CPU"):
+        int8.quantized([test_dir])
+
+    assert main(["predict", str(run_dir), test_dir, "--precision", "int8", "--calibrate",
+                 str(run_dir.parent / "data" / "train"), "--verify", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["precision"] == "int8" and out["verify"]["precision"] == "int8" and len(out["results"]) == 60
+    assert main(["predict", str(run_dir), test_dir, "--calibrate", test_dir]) == 2
+    assert "--calibrate is for --precision int8" in capsys.readouterr().err
+
+
 def test_cli_reports_non_images_and_sets_the_exit_code(run_dir, tmp_path, capsys):
     good = sorted((run_dir.parent / "data" / "test" / "cat").iterdir())[:2]
     bad = tmp_path / "notes.txt"

@@ -10,11 +10,12 @@ def add_arguments(parser):
                              "loop: train_and_evaluate overhead over bare train_step")
     parser.add_argument("--batch-size", type=int, help="default: 128 (train, loop), 32 (infer)")
     parser.add_argument("--image-size", type=int, help="default: the model's native size (32 or 224)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
+                        help="int8: post-training quantized inference on the CPU (--task infer)")
     parser.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto")
     parser.add_argument("--compile", choices=["none", "default", "max-autotune-no-cudagraphs"], default="none")
     parser.add_argument("--variant", action="append", default=[], metavar="V",
-                        help="more variants to compare, e.g. fp32, bf16-cl, bf16-cl-default (repeatable)")
+                        help="more variants to compare, e.g. fp32, bf16-cl, bf16-cl-default, int8 (repeatable)")
     parser.add_argument("--data", metavar="DIR", help="ROOT/train/<class>/<image> to read (default: synthetic JPEGs)")
     parser.add_argument("--images", type=int, default=512, help="images drawn from the data (loop: images per epoch)")
     parser.add_argument("--weights", help="inference: trained weights for the top-1 agreement check")
@@ -45,8 +46,11 @@ def run(args):
                                        channels_last=args.channels_last, warmup=args.warmup, reps=args.reps)
         print(format_loop(result))
     else:
-        precision = resolve_precision(args.precision, device)
-        ours = Variant("ours", precision, resolve_channels_last(args.channels_last, device, precision), args.compile)
+        if args.precision == "int8":
+            ours = parse_variant("int8")
+        else:
+            precision = resolve_precision(args.precision, device)
+            ours = Variant("ours", precision, resolve_channels_last(args.channels_last, device, precision), args.compile)
         spec = BenchSpec(model=args.model, task=args.task, batch_size=batch, image_size=args.image_size,
                          warmup=args.warmup, reps=args.reps, device=str(device), data=args.data, images=args.images,
                          weights=args.weights, isolate=not args.no_isolate, threads=args.threads)

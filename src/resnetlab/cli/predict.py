@@ -10,8 +10,12 @@ def add_arguments(parser):
     parser.add_argument("--protocol", choices=["center", "10crop"], default="center")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                        help="auto: bf16 on a GPU, fp32 on a CPU (measured faster there)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
+                        help="auto: bf16 on a GPU, fp32 on a CPU (measured faster there); int8: quantized, CPU "
+                             "only, calibrated on --calibrate (check it with --verify)")
+    parser.add_argument("--calibrate", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="int8: representative images for the activation ranges (default: the inputs); "
+                             "up to 256 are used, spread evenly")
     parser.add_argument("--no-fuse", action="store_true", help="keep BatchNorm separate (slower; for debugging)")
     parser.add_argument("--verify", action="store_true",
                         help="also run plain fp32 and report the fast path's top-1 agreement with it")
@@ -25,11 +29,19 @@ def run(args):
     paths = collect_images(args.inputs)
     if not paths:
         raise UserError(f"no image files found in {' '.join(args.inputs)}")
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.precision, fuse=not args.no_fuse)
+    if args.calibrate and args.precision != "int8":
+        raise UserError("--calibrate is for --precision int8")
+    int8 = args.precision == "int8"
+    device = "cpu" if int8 and args.device == "auto" else args.device  # the quantized kernels are CPU kernels
+    predictor = Predictor.from_checkpoint(args.checkpoint, device, "fp32" if int8 else args.precision,
+                                          fuse=not args.no_fuse)
+    if int8:
+        calibration = collect_images(args.calibrate) if args.calibrate else paths
+        predictor = predictor.quantized(calibration, batch_size=args.batch_size)
     results, failed = predict_files(predictor, paths, args.topk, args.protocol, args.batch_size)
     check = top1_agreement(predictor, paths, args.protocol, args.batch_size) if args.verify else None
     if args.json:
-        print(json.dumps({"checkpoint": predictor.source, "protocol": args.protocol, "precision": predictor.rt.precision,
+        print(json.dumps({"checkpoint": predictor.source, "protocol": args.protocol, "precision": predictor.precision,
                           "results": results, "failed": failed, **({"verify": check} if check else {})}))
     else:
         for r in results:

@@ -30,7 +30,7 @@ from .bench_machine import describe_machine, matmul_peak
 from .bench_measure import BASELINE, COMPILE_MODES, Variant, prepare_infer, prepare_train, time_all
 
 TASKS = ("train", "infer")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: CPU inference only (models/quantize.py)
 TRAIN_MACS_PER_FORWARD = 3  # backward costs about twice the forward (input and weight gradients)
 
 
@@ -57,9 +57,13 @@ class BenchSpec:
 
 
 def parse_variant(text: str) -> Variant:
-    """'baseline' or PRECISION[-cl][-COMPILE_MODE], e.g. 'fp32', 'bf16-cl', 'bf16-cl-default'."""
+    """'baseline', 'int8', or PRECISION[-cl][-COMPILE_MODE], e.g. 'fp32', 'bf16-cl', 'bf16-cl-default'."""
     if text == "baseline":
         return BASELINE
+    if text.startswith("int8"):  # the quantized kernels choose their own layout, and run eagerly
+        if text != "int8":
+            raise UserError(f"variant {text!r}: int8 takes no memory format or compile mode; write int8")
+        return Variant("ours", "int8")
     precision, _, rest = text.partition("-")
     channels_last = rest == "cl" or rest.startswith("cl-")
     mode = rest[3:] if rest.startswith("cl-") else ("" if rest == "cl" else rest)
@@ -82,14 +86,23 @@ def check_spec(spec: BenchSpec) -> None:
         raise UserError(f"--device {spec.device}: CUDA is not available here; use --device cpu")
 
 
+def check_variants(spec: BenchSpec, variants: list[Variant]) -> None:
+    for v in variants:
+        if v.precision == "int8" and spec.task != "infer":
+            raise UserError("int8 is an inference precision (post-training quantization); train in fp32, bf16 or fp16")
+        if v.precision == "int8" and torch.device(spec.device).type != "cpu":
+            raise UserError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
+
+
 def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
     """Baseline + variants on one machine in one run -> the result dict (see write_json)."""
     check_spec(spec)
+    check_variants(spec, variants)
     device, load_start = torch.device(spec.device), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:
         spec = replace(spec, cache_dir=spec.cache_dir or tmp)
         images = bench_images(spec.data, spec.images, workdir=str(Path(tmp) / "synthetic"))
-        rows = measure_variants(spec, images, [BASELINE, *[v for v in variants if v != BASELINE]])
+        rows = measure_variants(spec, images, list(dict.fromkeys([BASELINE, *variants])))  # each once
     precisions = sorted({r["precision"] for r in rows})
     peaks = {p: matmul_peak(p, device) for p in precisions}
     macs = profile(spec.model, spec.size, num_classes=len(images.classes)).macs

@@ -55,26 +55,48 @@ def describe_machine(device: torch.device | str = "cpu") -> dict:
 
 
 def matmul_peak(precision: str, device: torch.device | str = "cpu", n: int = 2048, reps: int = 5) -> float:
-    """Best multiply-adds per second of an n x n x n matmul in `precision` (fp32, bf16, fp16).
+    """Best multiply-adds per second of an n x n x n matmul in `precision` (fp32, bf16, fp16, int8).
 
     Best, not median, because the peak is what the hardware can do; the spread of the network
-    timings already shows how much of it a busy machine lets through.
+    timings already shows how much of it a busy machine lets through. int8 (CPU only) is timed on
+    the quantized linear layer, i.e. the same u8 x s8 kernel library the int8 convolutions use.
     """
-    if precision not in DTYPES:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(DTYPES)}")
+    if precision not in (*DTYPES, "int8"):
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(DTYPES)}, int8")
     device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(device, DTYPES[precision])
-    b = torch.randn(n, n, generator=gen).to(device, DTYPES[precision])
+    if precision == "int8":
+        mm = _int8_matmul(torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen))
+    else:
+        a = torch.randn(n, n, generator=gen).to(device, DTYPES[precision])
+        b = torch.randn(n, n, generator=gen).to(device, DTYPES[precision])
+        mm = lambda: torch.mm(a, b)  # noqa: E731
     best = float("inf")
     for i in range(reps + 1):  # the first call warms up (thread pool, kernel selection)
         sync(device)
         start = time.perf_counter()
-        torch.mm(a, b)
+        mm()
         sync(device)
         if i:
             best = min(best, time.perf_counter() - start)
     return n**3 / best
+
+
+def _int8_matmul(a: torch.Tensor, b: torch.Tensor):
+    """a @ b.T with a as quint8 activations and b as prepacked qint8 weights, on the CPU."""
+    import warnings
+
+    from torch.ao.nn.quantized import Linear
+
+    from resnetlab.models.quantize import default_backend
+
+    torch.backends.quantized.engine = default_backend()
+    with warnings.catch_warnings():  # quantized tensor creation warns of torch's deprecation plans
+        warnings.simplefilter("ignore")
+        layer = Linear(b.shape[1], b.shape[0], bias_=False)
+        layer.set_weight_bias(torch.quantize_per_tensor(b, 0.05, 0, torch.qint8), None)
+        x = torch.quantize_per_tensor(a.abs(), 0.05, 0, torch.quint8)
+    return lambda: layer(x)
 
 
 def sync(device: torch.device) -> None:

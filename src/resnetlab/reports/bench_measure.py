@@ -28,12 +28,13 @@ from .bench_data import BenchImages, bench_data_config, decoded, fitted_normaliz
 from .bench_machine import sync
 
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
+CALIBRATION_BATCHES = 4  # int8: batches whose activation ranges set the quantization scales
 
 
 @dataclass(frozen=True)
 class Variant:
     pipeline: str  # "baseline" (per-sample PIL + eager fp32 NCHW) | "ours"
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast) | int8 (quantized, CPU inference)
     channels_last: bool = False
     compile: str = "none"  # one of COMPILE_MODES; inference compiles with weight freezing (BN folded)
 
@@ -102,7 +103,7 @@ def current_rss() -> int:
 def runtime_of(variant: Variant, device: torch.device) -> Runtime:
     if variant.compile not in COMPILE_MODES:
         raise UserError(f"--compile {variant.compile!r}: choose one of {', '.join(COMPILE_MODES)}")
-    if variant.pipeline == "baseline":
+    if variant.pipeline == "baseline" or variant.precision == "int8":  # int8 takes fp32 NCHW in and out
         return Runtime(device, "fp32", False)
     return Runtime(device, variant.precision, variant.channels_last)
 
@@ -210,6 +211,7 @@ def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: 
     """Inference at `batch_size` and at batch 1 to time, and top-1 predictions on every image."""
     from resnetlab.models import load_weights
     from resnetlab.models.fuse import fuse_bn
+    from resnetlab.models.quantize import quantize_int8
 
     rt = runtime_of(variant, device)
     data = decoded(images, size, cache_dir)
@@ -225,6 +227,8 @@ def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: 
             calibrate_bn(model, normalizer, x_all, batch_size)
         if variant.pipeline == "ours":
             model = fuse_bn(model)  # BN folded into the convolutions (also what inductor freezing does)
+        if variant.precision == "int8":  # activation ranges from the first batches of the same images
+            model = quantize_int8(model, [normalizer(x) for x in x_all.split(batch_size)[:CALIBRATION_BATCHES]])
         run = inference_fn(prepare_model(model.eval(), rt), variant, rt, normalizer)
         first = time.perf_counter()
         preds = torch.cat([run(x).argmax(1).cpu() for x in x_all.split(batch_size)])

@@ -4,7 +4,8 @@ A checkpoint carries its model name, classes, normaliser, input size and eval re
 has to be repeated. Images go through the data package's own evaluation loader (in-memory arrays
 for small-image models, decoded files otherwise), so a prediction equals what `resnetlab eval`
 scored for the same file. The fast path folds BatchNorm into the convolutions and runs
-channels_last, in bf16 on GPUs; `top1_agreement` measures it against the plain fp32 model.
+channels_last, in bf16 on GPUs; `quantized` makes an int8 copy for the CPU, calibrated on real
+images; `top1_agreement` measures either against the plain fp32 model.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import nn
 from resnetlab.errors import UserError
 
 CHUNK = 1024  # images decoded at a time: bounds memory for large folders
+CALIBRATION_IMAGES = 256  # int8: enough for every activation's range; more only costs time
 SMALL_DATASETS = ("cifar10", "cifar100", "synthetic")  # trained on in-memory arrays, never resized to eval_resize
 
 
@@ -63,6 +65,11 @@ class Predictor:
     small: bool
     source: str = ""
     failed: list = field(default_factory=list)  # (path, reason) of unreadable files of the last batches() call
+    int8: bool = False  # model made by models.quantize.quantize_int8 (rt is then fp32 NCHW on the CPU)
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else self.rt.precision
 
     @classmethod
     def from_checkpoint(cls, checkpoint, device: str = "auto", precision: str = "auto", fuse: bool = True,
@@ -87,6 +94,23 @@ class Predictor:
         # net given a photo still sees the whole photo resized, not a 32 px crop of it.
         small = cfg.data.dataset in SMALL_DATASETS or model_info(ckpt["model_name"]).family == "cifar"
         return cls(model, normalizer.to(rt.device), classes, cfg.data, rt, small, str(path))
+
+    def quantized(self, paths: list[str], images: int = CALIBRATION_IMAGES, batch_size: int = 64) -> "Predictor":
+        """An int8 copy of this CPU fp32 predictor, its activation ranges calibrated on up to
+        `images` of `paths`, spread evenly (centre views, the checkpoint's preprocessing)."""
+        from resnetlab.models.quantize import quantize_int8
+
+        if self.rt.device.type != "cpu" or self.rt.precision != "fp32" or self.int8:
+            raise UserError("int8 quantization starts from an fp32 predictor on the CPU (--device cpu)")
+        if images < 1:
+            raise UserError(f"int8 calibration needs at least one image, got {images}")
+        sample = paths[:: max(1, len(paths) // images)][:images]
+        calibration = [self.normalizer(views[0]).float() for views, _ in self.batches(sample, "center", batch_size)]
+        if not calibration:
+            raise UserError(f"int8 calibration: none of the {len(sample)} calibration images could be read")
+        model = quantize_int8(self.model, calibration)
+        rt = replace(self.rt, channels_last=False)  # the quantized kernels take NCHW fp32 and pick their own layout
+        return replace(self, model=model, rt=rt, int8=True, failed=[])
 
     def reference(self, checkpoint=None) -> "Predictor":
         """The plain fp32, unfused, NCHW predictor of the same checkpoint (for agreement checks)."""
@@ -131,6 +155,8 @@ class Predictor:
         from resnetlab.engine.runtime import autocast, to_input
         from resnetlab.models.features import embed
 
+        if self.int8:
+            raise UserError("embeddings come from the fp32 model; the int8 model has only its forward pass")
         total = None
         for view in views:
             with autocast(self.rt):
@@ -175,4 +201,4 @@ def top1_agreement(fast: Predictor, paths: list[str], protocol: str = "center", 
         return {"n": 0, "top1_agreement": float("nan"), "max_abs_prob_diff": float("nan")}
     same = (p_fast.argmax(1) == p_ref.argmax(1)).double().mean().item()
     return {"n": len(p_fast), "top1_agreement": 100.0 * same, "max_abs_prob_diff": (p_fast - p_ref).abs().max().item(),
-            "precision": fast.rt.precision, "channels_last": fast.rt.channels_last}
+            "precision": fast.precision, "channels_last": fast.rt.channels_last}

@@ -1,0 +1,79 @@
+"""Post-training int8 quantization for CPU inference.
+
+Why: a CPU without AMX runs bf16 at about half its fp32 rate, so the only way past the fp32
+ceiling is int8. AVX-512 VNNI does 4 int8 multiply-adds per lane where fp32 does one, and a
+quantized ResNet also moves a quarter of the bytes. PyTorch's FX graph-mode quantization does
+the work: it traces the network, folds each conv -> BN (-> ReLU) into one conv, inserts
+observers that record activation ranges while a few calibration batches run, then swaps in
+quantized kernels (fbgemm/oneDNN on x86, qnnpack on ARM). Weights are quantized per output
+channel, activations per tensor from histograms (the backend's default qconfig).
+
+    qmodel = quantize_int8(model, calibration=[normalize(x) for x in some_real_batches])
+    logits = qmodel(normalize(x))   # fp32 in, fp32 out; int8 in between
+
+The result is an inference-only `torch.fx.GraphModule` on the CPU: it has the model's forward,
+not its other methods (forward_features, ...). Calibrate on real images of the kind it will see;
+how well it agrees with fp32 is measured, not assumed (bench --task infer, predict --verify).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from resnetlab.errors import UserError
+
+BACKENDS = ("x86", "fbgemm", "onednn", "qnnpack")  # order of preference when none is asked for
+
+
+def default_backend() -> str:
+    """The best quantized kernel library this torch build has for this CPU."""
+    for name in BACKENDS:
+        if name in torch.backends.quantized.supported_engines:
+            return name
+    raise UserError("this PyTorch build has no quantized CPU kernels (torch.backends.quantized.supported_engines "
+                    "is empty); int8 inference is not available here, use --precision fp32")
+
+
+@torch.no_grad()
+def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], backend: str | None = None) -> nn.Module:
+    """An int8 copy of `model` (left untouched), calibrated on normalised fp32 batches (B, 3, H, W).
+
+    A few hundred images are plenty: the observers only need each activation's range. Sets
+    torch.backends.quantized.engine to `backend`, because the packed weights belong to that
+    library and must run under it.
+    """
+    try:
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    except ImportError as e:  # torch plans to move quantization out to torchao
+        raise UserError(f"this PyTorch ({torch.__version__}) has no FX graph-mode quantization ({e}); int8 "
+                        "inference needs torch 2.4-2.13, use --precision fp32 otherwise") from None
+    backend = backend or default_backend()
+    if backend not in torch.backends.quantized.supported_engines:
+        raise UserError(f"quantized backend {backend!r} is not in this build; it has "
+                        f"{', '.join(torch.backends.quantized.supported_engines)}")
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise UserError("int8 inference runs on the CPU only; move the model to the CPU (or use bf16/fp16 on a GPU)")
+    batches = iter(calibration)
+    first = next(batches, None)
+    if first is None:
+        raise UserError("int8 calibration needs at least one batch of images")
+    torch.backends.quantized.engine = backend
+    net = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
+    with warnings.catch_warnings():  # quantized tensors warn of torch's deprecation plans; not the user's to act on
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(net, get_default_qconfig_mapping(backend), example_inputs=(first.float(),))
+        for x in [first, *batches]:
+            prepared(x.float().contiguous())
+        return convert_fx(prepared)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True for a model made by quantize_int8 (it holds quantized convolutions)."""
+    from torch.ao.nn.quantized import Conv2d as QConv2d
+
+    return any(isinstance(m, QConv2d) for m in model.modules())
