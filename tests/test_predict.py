@@ -111,6 +111,13 @@ def test_int8_predictor_is_calibrated_on_real_images_and_tracks_fp32(run_dir, ca
     assert "--calibrate is for --precision int8" in capsys.readouterr().err
 
 
+def test_int8_evaluation_scores_close_to_fp32(run_dir):
+    fp32 = evaluate_checkpoint(run_dir, split="test", device="cpu", precision="fp32")
+    int8 = evaluate_checkpoint(run_dir, split="test", device="cpu", precision="int8")
+    assert int8["precision"] == "int8" and fp32["precision"] == "fp32" and int8["n"] == fp32["n"] == 60
+    assert abs(int8["top1"] - fp32["top1"]) <= 100 * 4 / 60  # at most 4 of the 60 images change class
+
+
 def test_cli_reports_non_images_and_sets_the_exit_code(run_dir, tmp_path, capsys):
     good = sorted((run_dir.parent / "data" / "test" / "cat").iterdir())[:2]
     bad = tmp_path / "notes.txt"

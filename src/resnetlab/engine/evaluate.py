@@ -106,9 +106,28 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     if list(bundle.classes) != classes:
         raise UserError(f"the dataset's classes ({len(bundle.classes)}) differ from the checkpoint's ({len(classes)}); "
                         "evaluate on the dataset it was trained for")
-    rt = make_runtime(TrainConfig(device=device, precision=precision or cfg.train.precision,
-                                  channels_last=cfg.train.channels_last))
-    model = prepare_model(model, rt)
+    if precision == "int8":  # quantized CPU kernels: fp32 NCHW in and out, int8 in between
+        rt = make_runtime(TrainConfig(device="cpu" if device == "auto" else device, precision="fp32",
+                                      channels_last="false"))
+        model = int8_model(model, normalizer, bundle.train, cfg, rt)
+    else:
+        rt = make_runtime(TrainConfig(device=device, precision=precision or cfg.train.precision,
+                                      channels_last=cfg.train.channels_last))
+        model = prepare_model(model, rt)
     report = evaluate_split(model, normalizer.to(rt.device), dataset, cfg, rt, DistInfo(), protocol,
                             batch_size or cfg.optim.batch_size, workers)
-    return {**report, "split": split, "checkpoint": str(path)}
+    return {**report, "split": split, "checkpoint": str(path), "precision": "int8" if precision == "int8" else rt.precision}
+
+
+def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime, images: int = 256) -> nn.Module:
+    """The BN-folded model quantized to int8, its activation ranges calibrated on `images`
+    training images spread evenly over the split (centre views, never the split being scored)."""
+    from resnetlab.data import make_eval_loader
+    from resnetlab.models.fuse import fuse_bn
+    from resnetlab.models.quantize import quantize_int8
+
+    if rt.device.type != "cpu":
+        raise UserError("int8 evaluation runs on the CPU only (--device cpu)")
+    sample = train.subset(torch.arange(0, len(train), max(1, len(train) // images))[:images])
+    loader = make_eval_loader(sample, cfg.data, batch_size=64, protocol="center")
+    return quantize_int8(fuse_bn(model), [normalizer(views[0]) for views, _ in loader])
