@@ -104,14 +104,15 @@ def test_matmul_peak_and_machine_description():
 def test_inference_bench_reports_agreement_against_the_baseline(folder):
     spec = BenchSpec(model="resnet20", task="infer", batch_size=4, data=str(folder), images=12, warmup=0, reps=1,
                      isolate=False)
-    result = run_bench(spec, [Variant("ours", "fp32"), Variant("ours", "bf16", True)])
-    base, fp32, bf16 = result["results"]
-    assert [r["variant"] for r in result["results"]] == ["baseline", "fp32", "bf16-cl"]
+    result = run_bench(spec, [Variant("ours", "fp32"), Variant("ours", "bf16", True), Variant("ours", "int8")])
+    base, fp32, bf16, int8 = result["results"]
+    assert [r["variant"] for r in result["results"]] == ["baseline", "fp32", "bf16-cl", "int8"]
     assert base["speedup"] == 1.0 and base["top1_agreement"] == 1.0
     # Same weights, same files, fp32 both: only the pipelines differ, and they compute the same input.
     assert fp32["top1_agreement"] == 1.0
     assert 0 <= bf16["top1_agreement"] <= 1 and bf16["latency_b1_ms"] > 0
-    assert set(result["matmul_peak_macs_per_s"]) == {"fp32", "bf16"}
+    assert 0 <= int8["top1_agreement"] <= 1 and int8["peak_fraction"] > 0
+    assert set(result["matmul_peak_macs_per_s"]) == {"fp32", "bf16", "int8"}
     assert result["forward_macs_per_image"] == 40_551_040  # ResNet-20 at 32 px with a 10-class fc
     json.dumps(result)
 
@@ -172,3 +173,18 @@ def test_auto_defaults_are_the_measured_fast_path(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
     assert runtime.resolve_precision("auto", cpu) == "bf16"
     assert runtime.resolve_channels_last("false", cpu, "bf16") is False
+
+
+def test_trained_checkpoints_are_fed_their_own_normaliser(tmp_path):
+    from resnetlab.data import Normalizer
+    from resnetlab.engine.checkpoint import FORMAT
+    from resnetlab.reports.bench_measure import trained_normalizer
+
+    own = Normalizer("channel", torch.tensor([10.0, 20.0, 30.0]), torch.tensor([2.0, 3.0, 4.0]))
+    torch.save({"format": FORMAT, "normalizer": own.state(), "model": {}}, tmp_path / "ckpt.pt")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "plain.pt")
+    found = trained_normalizer(str(tmp_path / "ckpt.pt"))
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    assert found is not None and torch.equal(found(x), own(x))
+    assert trained_normalizer(str(tmp_path / "plain.pt")) is None  # plain weights: fit on the images
+    assert trained_normalizer(str(tmp_path / "missing.pt")) is None and trained_normalizer(None) is None

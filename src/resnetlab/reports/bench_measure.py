@@ -215,7 +215,7 @@ def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: 
 
     rt = runtime_of(variant, device)
     data = decoded(images, size, cache_dir)
-    normalizer = fitted_normalizer(data).to(device)
+    normalizer = (trained_normalizer(weights) or fitted_normalizer(data)).to(device)
     x_all = data.images.to(device)
     if len(x_all) < batch_size:
         raise UserError(f"--images {len(x_all)} is fewer than one batch ({batch_size}); raise --images")
@@ -237,6 +237,24 @@ def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: 
         run(one)  # batch 1 is a new shape: a compiled variant compiles it here, not while timed
     return Prepared(variant, {"main": (lambda: run(batch), batch_size), "b1": (lambda: run(one), 1)},
                     {"first_pass_s": first, "peak_mem_mib": mem.mib, "predictions": preds.tolist()})
+
+
+def trained_normalizer(weights: str | None):
+    """The normaliser a resnetlab checkpoint was trained with, or None (no weights, or a plain
+    weights file). Trained weights fed other input statistics score near chance, and their
+    top-1 agreement would then measure noise, not the variant."""
+    if not weights or not Path(weights).is_file() or Path(weights).suffix == ".safetensors":
+        return None  # a missing or unreadable file is load_weights' to report
+    from resnetlab.data import Normalizer
+    from resnetlab.engine.checkpoint import FORMAT
+
+    try:
+        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file, or one that needs unsafe unpickling: not a checkpoint
+        return None
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        return Normalizer.from_state(ckpt["normalizer"])
+    return None
 
 
 def calibrate_bn(model: torch.nn.Module, normalizer, x_all: torch.Tensor, batch_size: int, batches: int = 4) -> None:
