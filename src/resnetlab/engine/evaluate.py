@@ -119,13 +119,14 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     return {**report, "split": split, "checkpoint": str(path), "precision": "int8" if precision == "int8" else rt.precision}
 
 
-def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime, images: int = 256) -> nn.Module:
+def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime, images: int | None = None) -> nn.Module:
     """The BN-folded model quantized to int8, its activation ranges calibrated on `images`
     training images spread evenly over the split (centre views, never the split being scored)."""
     from resnetlab.data import make_eval_loader
     from resnetlab.models.fuse import fuse_bn
-    from resnetlab.models.quantize import quantize_int8
+    from resnetlab.models.quantize import CALIBRATION_IMAGES, quantize_int8
 
+    images = images or CALIBRATION_IMAGES
     if rt.device.type != "cpu":
         raise UserError("int8 evaluation runs on the CPU only (--device cpu)")
     sample = train.subset(torch.arange(0, len(train), max(1, len(train) // images))[:images])

@@ -27,6 +27,7 @@ from torch import nn
 from resnetlab.errors import UserError
 
 BACKENDS = ("x86", "fbgemm", "onednn", "qnnpack")  # order of preference when none is asked for
+CALIBRATION_IMAGES = 256  # enough images for every activation's range; more only costs time
 
 
 def default_backend() -> str:

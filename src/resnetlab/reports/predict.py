@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from resnetlab.errors import UserError
+from resnetlab.models.quantize import CALIBRATION_IMAGES
 
 CHUNK = 1024  # images decoded at a time: bounds memory for large folders
-CALIBRATION_IMAGES = 256  # int8: enough for every activation's range; more only costs time
 SMALL_DATASETS = ("cifar10", "cifar100", "synthetic")  # trained on in-memory arrays, never resized to eval_resize
 
 
