@@ -124,11 +124,11 @@ def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime,
     training images spread evenly over the split (centre views, never the split being scored)."""
     from resnetlab.data import make_eval_loader
     from resnetlab.models.fuse import fuse_bn
-    from resnetlab.models.quantize import CALIBRATION_IMAGES, quantize_int8
+    from resnetlab.models.quantize import CALIBRATION_IMAGES, calibration_sample, quantize_int8
 
     images = images or CALIBRATION_IMAGES
     if rt.device.type != "cpu":
         raise UserError("int8 evaluation runs on the CPU only (--device cpu)")
-    sample = train.subset(torch.arange(0, len(train), max(1, len(train) // images))[:images])
+    sample = train.subset(torch.tensor(calibration_sample(len(train), images)))
     loader = make_eval_loader(sample, cfg.data, batch_size=64, protocol="center")
     return quantize_int8(fuse_bn(model), [normalizer(views[0]) for views, _ in loader])

@@ -30,6 +30,11 @@ BACKENDS = ("x86", "fbgemm", "onednn", "qnnpack")  # order of preference when no
 CALIBRATION_IMAGES = 256  # enough images for every activation's range; more only costs time
 
 
+def calibration_sample(n: int, images: int = CALIBRATION_IMAGES) -> list[int]:
+    """Indices of up to `images` of `n` items, spread evenly, so a sorted folder gives every class."""
+    return list(range(0, n, max(1, n // images)))[:images]
+
+
 def default_backend() -> str:
     """The best quantized kernel library this torch build has for this CPU."""
     for name in BACKENDS:

@@ -243,18 +243,15 @@ def trained_normalizer(weights: str | None):
     """The normaliser a resnetlab checkpoint was trained with, or None (no weights, or a plain
     weights file). Trained weights fed other input statistics score near chance, and their
     top-1 agreement would then measure noise, not the variant."""
-    if not weights or not Path(weights).is_file() or Path(weights).suffix == ".safetensors":
-        return None  # a missing or unreadable file is load_weights' to report
     from resnetlab.data import Normalizer
-    from resnetlab.engine.checkpoint import FORMAT
+    from resnetlab.engine.checkpoint import load_checkpoint
 
-    try:
-        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception:  # not a torch file, or one that needs unsafe unpickling: not a checkpoint
+    if not weights:
         return None
-    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
-        return Normalizer.from_state(ckpt["normalizer"])
-    return None
+    try:
+        return Normalizer.from_state(load_checkpoint(weights)["normalizer"])
+    except UserError:  # not a resnetlab checkpoint; a missing or unreadable file is load_weights' to report
+        return None
 
 
 def calibrate_bn(model: torch.nn.Module, normalizer, x_all: torch.Tensor, batch_size: int, batches: int = 4) -> None:

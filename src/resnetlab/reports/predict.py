@@ -98,13 +98,13 @@ class Predictor:
     def quantized(self, paths: list[str], images: int = CALIBRATION_IMAGES, batch_size: int = 64) -> "Predictor":
         """An int8 copy of this CPU fp32 predictor, its activation ranges calibrated on up to
         `images` of `paths`, spread evenly (centre views, the checkpoint's preprocessing)."""
-        from resnetlab.models.quantize import quantize_int8
+        from resnetlab.models.quantize import calibration_sample, quantize_int8
 
         if self.rt.device.type != "cpu" or self.rt.precision != "fp32" or self.int8:
             raise UserError("int8 quantization starts from an fp32 predictor on the CPU (--device cpu)")
         if images < 1:
             raise UserError(f"int8 calibration needs at least one image, got {images}")
-        sample = paths[:: max(1, len(paths) // images)][:images]
+        sample = [paths[i] for i in calibration_sample(len(paths), images)]
         calibration = [self.normalizer(views[0]).float() for views, _ in self.batches(sample, "center", batch_size)]
         if not calibration:
             raise UserError(f"int8 calibration: none of the {len(sample)} calibration images could be read")
