@@ -101,6 +101,20 @@ def test_errors_name_the_choices():
         create_model("plain20", residual=True)
     with pytest.raises(UserError, match="zero_init_residual"):
         create_model("plain20", zero_init_residual=True)
+    with pytest.raises(UserError, match="stem must be one of 'imagenet', 'cifar'"):
+        create_model("resnet18", stem="tiny")
+    with pytest.raises(UserError, match="CIFAR net.*3x3 stem"):
+        create_model("resnet20", stem="imagenet")
+
+
+def test_resnet18_with_the_cifar_stem():
+    # The usual CIFAR ResNet-18: 11,173,962 parameters with 10 classes; the stem's 3x3 conv keeps
+    # 32x32 into layer1, so layer4 sees 4x4 maps (the 7x7/2 + max-pool stem would leave 1x1).
+    model = create_model("resnet18", stem="cifar", num_classes=10)
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962
+    assert model.conv1.kernel_size == (3, 3) and isinstance(model.maxpool, torch.nn.Identity)
+    assert [f.shape[-1] for f in model.forward_stages(torch.randn(1, 3, 32, 32))] == [32, 16, 8, 4]
+    assert model.stage_strides == [1, 2, 4, 8]
 
 
 def test_torchvision_parameter_names_and_shapes():
@@ -194,10 +208,12 @@ def _randomise_bn(model):
     ("resnet18", "imagenet", [2, 2, 2, 2], False, "B", 64),
     ("resnet50", "imagenet", [3, 4, 6, 3], True, "B", 64),
     ("resnet20", "cifar", [3, 3, 3], False, "A", 32),
+    ("resnet18", "cifar", [2, 2, 2, 2], False, "B", 32),  # the ImageNet net with the CIFAR stem
 ])
 def test_outputs_equal_independent_reference(name, stem, stages, bottleneck, option, size):
     torch.manual_seed(0)
-    model = _randomise_bn(create_model(name, num_classes=10))
+    kwargs = {"stem": stem} if stem != model_info(name).family else {}
+    model = _randomise_bn(create_model(name, num_classes=10, **kwargs))
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = _reference_forward(model.state_dict(), x, stem, stages, bottleneck, option)

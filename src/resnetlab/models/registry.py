@@ -51,7 +51,7 @@ def model_info(name: str) -> ModelInfo:
 
 
 # Keyword arguments a builder passes on to ResNet (everything but the architecture itself).
-BUILDER_KWARGS = [p for p in inspect.signature(ResNet).parameters if p not in ("block", "layers", "widths", "stem")]
+BUILDER_KWARGS = [p for p in inspect.signature(ResNet).parameters if p not in ("block", "layers", "widths")]
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -62,16 +62,18 @@ def create_model(name: str, **kwargs) -> nn.Module:
     else:
         builder = _MODELS[_known(name)][0]
     info = model_info(name)
+    if info.family == "cifar" and "stem" in kwargs:
+        raise UserError(f"{name!r} is a CIFAR net and always has the 3x3 stem; stem= chooses the stem of the "
+                        "ImageNet nets (e.g. resnet18 with stem='cifar' for 32 px images)")
     if kwargs.pop("residual", info.residual) != info.residual:
         raise UserError(f"{name!r} is {'residual' if info.residual else 'plain'}: pick its twin instead")
-    return builder(**_checked(name, kwargs))
+    return builder(**_checked(name, kwargs, [k for k in BUILDER_KWARGS if info.family != "cifar" or k != "stem"]))
 
 
-def _checked(name: str, kwargs: dict) -> dict:
-    unknown = sorted(set(kwargs) - set(BUILDER_KWARGS))
+def _checked(name: str, kwargs: dict, valid: list[str]) -> dict:
+    unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise UserError(f"unknown argument(s) {', '.join(unknown)} for model {name!r}; "
-                        f"valid: {', '.join(BUILDER_KWARGS)}")
+        raise UserError(f"unknown argument(s) {', '.join(unknown)} for model {name!r}; valid: {', '.join(valid)}")
     return kwargs
 
 

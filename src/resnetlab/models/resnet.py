@@ -15,6 +15,7 @@ from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 
 PREACT_BLOCKS = (PreActBasicBlock, PreActBottleneck)
 SHORTCUTS = ("A", "B", "C")
+STEMS = ("imagenet", "cifar")
 STRIDE_ON = ("3x3", "1x1")
 
 
@@ -35,6 +36,7 @@ class ResNet(nn.Module):
     ):
         super().__init__()
         _check_choice("shortcut", shortcut, SHORTCUTS)
+        _check_choice("stem", stem, STEMS)
         _check_choice("stride_on", stride_on, STRIDE_ON)
         if zero_init_residual and not residual:
             raise UserError("zero_init_residual=True would zero every block of a plain net (residual=False)")
@@ -50,15 +52,13 @@ class ResNet(nn.Module):
             self.relu = nn.ReLU(inplace=True)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
             stem_stride = 4
-        elif stem == "cifar":
+        else:  # cifar
             self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
             # Pre-activation CIFAR nets start straight with the first block's BN-ReLU.
             self.bn1 = nn.Identity() if self.preact else nn.BatchNorm2d(widths[0])
             self.relu = nn.Identity() if self.preact else nn.ReLU(inplace=True)
             self.maxpool = nn.Identity()
             stem_stride = 1
-        else:
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
 
         cin = widths[0]
         self.stage_channels: list[int] = []
@@ -140,9 +140,11 @@ def _check_choice(name: str, value, choices) -> None:
         raise UserError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def imagenet_resnet(block, layers, **kwargs) -> ResNet:
+def imagenet_resnet(block, layers, *, stem: str = "imagenet", **kwargs) -> ResNet:
+    """stem="cifar" swaps the 7x7/2 conv + max-pool for one 3x3 conv, so 32 px images keep their
+    resolution into layer1 (4x4 maps in layer4 instead of 1x1): the usual ResNet-18 for CIFAR."""
     kwargs.setdefault("shortcut", "B")  # Table 3: B is the paper's choice for the ImageNet nets
-    return ResNet(block, layers, (64, 128, 256, 512), stem="imagenet", **kwargs)
+    return ResNet(block, layers, (64, 128, 256, 512), stem=stem, **kwargs)
 
 
 def cifar_resnet(depth: int, *, bottleneck: bool = False, preact: bool = False, **kwargs) -> ResNet:
