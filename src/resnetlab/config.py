@@ -80,7 +80,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: str = "auto"  # auto | true | false
-    compile: bool = False
+    compile: str = "auto"  # auto (= false, measured) | true | false | a torch.compile mode
     seed: int = 0
     workers: int = 0  # decoding worker processes (folder datasets of large images)
     eval_every: int = 0  # steps between evaluations; 0 = once per epoch

@@ -13,7 +13,8 @@ def add_arguments(parser):
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
                         help="int8: post-training quantized inference on the CPU (--task infer)")
     parser.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto")
-    parser.add_argument("--compile", choices=["none", "default", "max-autotune-no-cudagraphs"], default="none")
+    parser.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                        default="none", help="torch.compile mode (reduce-overhead: CUDA graphs, GPU only)")
     parser.add_argument("--variant", action="append", default=[], metavar="V",
                         help="more variants to compare, e.g. fp32, bf16-cl, bf16-cl-default, int8 (repeatable)")
     parser.add_argument("--data", metavar="DIR", help="ROOT/train/<class>/<image> to read (default: synthetic JPEGs)")

@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint
 from .distributed import DistInfo, per_rank_batch
 from .finetune import apply_freezing, load_init_weights, param_groups
 from .logger import RunLogger
-from .runtime import Runtime, make_grad_scaler, prepare_model
+from .runtime import Runtime, compile_model, make_grad_scaler, prepare_model
 from .schedules import create_learning_rate_fn, total_steps
 from .state import TrainState, restore_checkpoint
 
@@ -125,7 +125,7 @@ def _wrap(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Modu
     """DDP across processes, then optionally torch.compile; the caller keeps the plain model."""
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    return torch.compile(model) if cfg.train.compile else model
+    return compile_model(model, rt.compile)
 
 
 def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runtime, stream=None) -> Run:
@@ -152,5 +152,6 @@ def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runt
     run.log.info(f"{cfg.model.name}: {run.total} steps ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
                  + (f" = {info.world_size} processes x {run.batch}" if info.enabled else "")
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
+                 + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})")
                  + (f", resuming at step {state.step}" if state.step else ""))
     return run

@@ -187,7 +187,8 @@ def final_test(run: Run, best_state) -> dict:
         best_state = load_checkpoint(ckpts / "best.pt")["model"]
     if best_state is not None:
         current = run.model.state_dict()
-        if all(torch.equal(current[k], v) for k, v in best_state.items()):  # the last weights are the best
+        # best.pt loads on the CPU; the model may be on a GPU
+        if all(torch.equal(current[k], v.to(current[k].device)) for k, v in best_state.items()):  # last is best
             summary["test"]["best"] = summary["test"]["last"]
         else:
             run.model.load_state_dict(best_state)

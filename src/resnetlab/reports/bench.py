@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -92,6 +93,8 @@ def check_variants(spec: BenchSpec, variants: list[Variant]) -> None:
             raise UserError("int8 is an inference precision (post-training quantization); train in fp32, bf16 or fp16")
         if v.precision == "int8" and torch.device(spec.device).type != "cpu":
             raise UserError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
+        if v.compile == "reduce-overhead" and torch.device(spec.device).type != "cuda":
+            raise UserError(f"variant {v.label}: reduce-overhead replays CUDA graphs and needs --device cuda")
 
 
 def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
@@ -117,13 +120,11 @@ def measure_variants(spec: BenchSpec, images, variants: list[Variant]) -> list[d
     if not spec.isolate:
         return _measure(spec, images, variants)
     rows = []
-    for v in variants:  # a pool per variant: a new process each, none started beyond them
-        pool = multiprocessing.get_context("spawn").Pool(1)
-        try:
-            rows += pool.apply(_measure, (spec, images, [v]))
-        finally:
-            pool.close()  # close + join, not terminate: the worker exits cleanly
-            pool.join()
+    for v in variants:  # an executor per variant: a new process each, none started beyond them
+        # concurrent.futures workers are not daemonic (multiprocessing.Pool's are), so the
+        # baseline's DataLoader may start its own worker processes inside one.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows += pool.submit(_measure, spec, images, [v]).result()
     return rows
 
 

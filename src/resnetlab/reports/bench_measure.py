@@ -18,16 +18,15 @@ from pathlib import Path
 import torch
 
 from resnetlab.data import make_train_loader
-from resnetlab.engine.runtime import Runtime, autocast, make_grad_scaler, prepare_model, to_input
+from resnetlab.engine.runtime import COMPILE_MODES, Runtime, autocast, compile_model, make_grad_scaler, prepare_model, to_input
 from resnetlab.engine.train import train_step
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 
-from .bench_baseline import PILFolderDataset, baseline_loader, endless
+from .bench_baseline import PILFolderDataset, baseline_loader, baseline_workers, endless
 from .bench_data import BenchImages, bench_data_config, decoded, fitted_normalizer
 from .bench_machine import sync
 
-COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 CALIBRATION_BATCHES = 4  # int8: batches whose activation ranges set the quantization scales
 
 
@@ -78,6 +77,7 @@ class PeakMemory:
 
     def __enter__(self):
         if self.device.type == "cuda":
+            torch.cuda.init()  # the allocator's statistics exist only after CUDA's lazy start
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
         else:
@@ -108,12 +108,6 @@ def runtime_of(variant: Variant, device: torch.device) -> Runtime:
     return Runtime(device, variant.precision, variant.channels_last)
 
 
-def compiled(model: torch.nn.Module, mode: str):
-    """torch.compile'd model; dynamic=False keeps one graph specialised to each batch shape seen
-    (the shapes here are few) instead of a slower shape-generic one after the second shape."""
-    return model if mode == "none" else torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
-
-
 def seeded_model(name: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)  # every variant (every process) starts from the same weights
     return create_model(name, num_classes=num_classes)
@@ -125,7 +119,7 @@ def train_batches(variant: Variant, images: BenchImages, size: int, batch_size: 
     normalizer = fitted_normalizer(data)
     if variant.pipeline == "baseline":
         ds = PILFolderDataset(images.paths, images.labels.tolist(), size, normalizer.mean.flatten(), normalizer.std.flatten())
-        moved = ((x.to(rt.device), y.to(rt.device)) for x, y in endless(baseline_loader(ds, batch_size)))
+        moved = ((x.to(rt.device), y.to(rt.device)) for x, y in endless(baseline_loader(ds, batch_size, baseline_workers(rt.device))))
         return moved, torch.nn.Identity()  # the baseline normalises per sample, in the dataset
     cfg = bench_data_config(size)
 
@@ -156,7 +150,7 @@ def prepare_train(model_name: str, variant: Variant, images: BenchImages, size: 
     with PeakMemory(device) as mem:
         model = prepare_model(seeded_model(model_name, len(images.classes)).train(), rt)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        scaler, net = make_grad_scaler(rt), compiled(model, variant.compile)
+        scaler, net = make_grad_scaler(rt), compile_model(model, variant.compile)
 
         def step():
             x, y = next(batches)
@@ -195,7 +189,7 @@ def inference_fn(model: torch.nn.Module, variant: Variant, rt: Runtime, normaliz
             with torch.no_grad():
                 return model(normalizer(x))
         return run
-    net = compiled(model, variant.compile)
+    net = compile_model(model, variant.compile)
     # Freezing lets inductor treat the weights as constants (fold, pre-pack for oneDNN): valid
     # only because inference never changes them.
     freezing = contextlib.nullcontext() if variant.compile == "none" else torch._inductor.config.patch(freezing=True)
@@ -223,7 +217,8 @@ def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: 
         model = seeded_model(model_name, len(images.classes))
         if weights:
             load_weights(model, weights)
-        else:
+        model = model.to(device)  # BN calibration runs the images where they are
+        if not weights:
             calibrate_bn(model, normalizer, x_all, batch_size)
         if variant.pipeline == "ours":
             model = fuse_bn(model)  # BN folded into the convolutions (also what inductor freezing does)
