@@ -76,7 +76,7 @@ def main():
     parser.add_argument("--data", required=True, help="cifar10-jpeg root (ROOT/train, ROOT/test) or a CIFAR-10 folder")
     parser.add_argument("--target", type=float, default=80.0, help="validation top-1 in percent")
     parser.add_argument("--arms", nargs="*", default=["resnetlab", "paper-eager-fp32"], choices=list(ARMS))
-    parser.add_argument("--paper-steps", type=int, default=6000, help="cap on the paper arm's iterations")
+    parser.add_argument("--paper-steps", type=int, default=10000, help="cap on the paper arm's iterations")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="one more config override for every arm (recorded in the result)")
     parser.add_argument("--workdir", default="runs/time_to_accuracy", help="run directories (fresh ones per call)")

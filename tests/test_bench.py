@@ -1,5 +1,6 @@
 """The benchmark harness: its baseline pipeline, statistics, memory probe and reports (no timings asserted)."""
 import json
+import random
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 from resnetlab.cli import main
 from resnetlab.errors import UserError
 from resnetlab.reports.bench import BenchSpec, parse_variant, run_bench
-from resnetlab.reports.bench_baseline import PAD, PILFolderDataset, baseline_loader
+from resnetlab.reports.bench_baseline import PAD, PILFolderDataset, baseline_loader, baseline_workers
 from resnetlab.reports.bench_data import bench_images, write_synthetic_jpegs
 from resnetlab.reports.bench_loop import measure_loop_overhead
 from resnetlab.reports.bench_machine import cpu_model_and_flags, matmul_peak
@@ -60,6 +61,28 @@ def test_baseline_loader_collates_whole_batches(folder):
     assert len(batches) == 2 and batches[0][0].shape == (4, 3, 32, 32) and batches[0][1].dtype == torch.int64
 
 
+class _Draws(torch.utils.data.Dataset):
+    """Item i = the next draw of the dataset's random.Random, as the baseline's crops use it."""
+
+    def __init__(self):
+        self.rng = random.Random(0)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.rng.random()
+
+
+def test_baseline_workers_draw_different_augmentations():
+    # Each worker process holds a copy of the dataset's generator; unseeded, worker 0 and worker 1
+    # would return the same "random" crop for their first images.
+    loader = baseline_loader(_Draws(), batch_size=1, workers=2)
+    draws = [float(b) for b in loader]
+    assert len(draws) == 4 and len(set(draws)) == 4
+    assert baseline_workers(torch.device("cpu")) == 0 and baseline_workers(torch.device("cuda")) >= 1
+
+
 def test_bench_images_is_a_seeded_subset_and_checks_its_input(folder, tmp_path):
     a, b = bench_images(str(folder), 8, seed=0), bench_images(str(folder), 8, seed=0)
     assert a.paths == b.paths and len(set(a.paths)) == 8 and a.paths != bench_images(str(folder), 8, seed=1).paths
@@ -83,6 +106,12 @@ def test_parse_variant_round_trips_labels_and_refuses_nonsense():
     for bad in ("fp64", "bf16-cl-fast", "bf16-nhwc"):
         with pytest.raises(UserError, match="variant"):
             parse_variant(bad)
+    assert parse_variant("bf16-cl-reduce-overhead") == Variant("ours", "bf16", True, "reduce-overhead")
+
+
+def test_cuda_graph_variants_need_a_gpu(folder):
+    with pytest.raises(UserError, match="reduce-overhead.*--device cuda"):
+        run_bench(BenchSpec(data=str(folder), images=8, batch_size=4), [parse_variant("bf16-cl-reduce-overhead")])
 
 
 def test_peak_memory_sees_torch_allocations():
