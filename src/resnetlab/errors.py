@@ -1,9 +1,14 @@
-"""The one exception type for user-facing mistakes (bad input, unknown name, missing data).
+"""The one exception type for user-facing mistakes (bad input, unknown name, missing data), and
+the one warning type for choices that work but cost the user (an emulated precision).
 
-The CLI prints these as a single clear line and exits with status 2; anything else is a bug
-and keeps its traceback.
+The CLI prints both as a single clear line (an error then exits with status 2); anything else
+is a bug and keeps its traceback.
 """
 
 
 class UserError(ValueError):
     """A problem the user can fix: the message says what and where."""
+
+
+class ResnetlabWarning(UserWarning):
+    """Works, but probably not what the user wants: the message says why and what to do instead."""

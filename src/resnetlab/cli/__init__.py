@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 
 from . import eval as eval_cmd
 from . import bench, data, embed, experiment, export, models, predict, report, train
@@ -38,7 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(COMMANDS[args.command].run(args) or 0)
+        with warnings.catch_warnings():
+            show = warnings.showwarning
+
+            def one_line(message, category, *rest, **kw):  # ours read as the CLI's errors do; others as usual
+                if issubclass(category, ResnetlabWarning):
+                    print(f"resnetlab {args.command}: warning: {message}", file=sys.stderr, flush=True)
+                else:
+                    show(message, category, *rest, **kw)
+
+            warnings.showwarning = one_line
+            return int(COMMANDS[args.command].run(args) or 0)
     except UserError as err:
         print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
         return 2

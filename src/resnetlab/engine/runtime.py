@@ -5,13 +5,14 @@ GradScaler only for fp16 (bf16 has fp32's exponent range, so it needs no loss sc
 """
 from __future__ import annotations
 
-import functools
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from resnetlab.config import TrainConfig
-from resnetlab.errors import UserError
+from resnetlab.cpu import cpu_flags
+from resnetlab.errors import ResnetlabWarning, UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -29,16 +30,28 @@ class Runtime:
         return DTYPES[self.precision]
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX, where oneDNN's bf16 convolutions beat fp32. AVX-512 BF16 alone is not
     enough: on a Xeon without AMX, bf16 ResNets ran 0.7-0.8x as fast as fp32 (benchmarks/README.md)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
+    return "amx_bf16" in cpu_flags()
+
+
+# Instructions that do bf16 / fp16 arithmetic in hardware. Without one of them oneDNN has no
+# kernel for the dtype and PyTorch falls back to converting element by element: on an AVX2-only
+# AMD EPYC, bf16 ResNet-20 training ran at 0.06x of fp32 (benchmarks/results/amd_epyc/).
+NATIVE_HALF_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+
+
+def slow_precision_warning(rt: "Runtime") -> str | None:
+    """What to tell a user whose `rt` asks this CPU for a half precision it can only emulate, else None."""
+    if rt.device.type != "cpu" or rt.precision not in NATIVE_HALF_FLAGS:
+        return None
+    flags = cpu_flags()
+    if not flags or any(f in flags for f in NATIVE_HALF_FLAGS[rt.precision]):
+        return None  # unknown CPU (no /proc/cpuinfo): say nothing rather than guess
+    return (f"this CPU has no {rt.precision} instructions ({' or '.join(NATIVE_HALF_FLAGS[rt.precision])}), "
+            f"so {rt.precision} is emulated and runs an order of magnitude slower than fp32; "
+            "use --precision auto (fp32 on this CPU)")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -94,8 +107,11 @@ def resolve_compile(name: str, device: torch.device) -> str:
 def make_runtime(cfg: TrainConfig, local_rank: int = 0) -> Runtime:
     device = resolve_device(cfg.device, local_rank)
     precision = resolve_precision(cfg.precision, device)
-    return Runtime(device, precision, resolve_channels_last(cfg.channels_last, device, precision),
-                   resolve_compile(cfg.compile, device))
+    rt = Runtime(device, precision, resolve_channels_last(cfg.channels_last, device, precision),
+                 resolve_compile(cfg.compile, device))
+    if (message := slow_precision_warning(rt)) is not None:
+        warnings.warn(message, ResnetlabWarning, stacklevel=2)
+    return rt
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:

@@ -14,25 +14,16 @@ import time
 
 import torch
 
-# Flags that change which CPU kernels run for fp32 / bf16 / fp16 convolutions and matmuls.
-KEY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_fp16", "amx_int8", "amx_tile")
+from resnetlab.cpu import cpu_info
+
+# Flags that change which CPU kernels run for fp32 / bf16 / fp16 / int8 convolutions and matmuls.
+KEY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_fp16", "amx_int8", "amx_tile")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_model_and_flags() -> tuple[str, list[str]]:
-    """('Intel(R) Xeon(R) ...', ['avx512f', ...]) from /proc/cpuinfo; platform data elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return platform.processor() or platform.machine(), []
-    model, flags = platform.machine(), set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
+    """('Intel(R) Xeon(R) ...', ['avx512f', ...]): the model and those of KEY_FLAGS it has."""
+    model, flags = cpu_info()
     return model, [f for f in KEY_FLAGS if f in flags]
 
 
