@@ -5,7 +5,8 @@ from torch import nn
 
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
-from resnetlab.models.quantize import default_backend, is_quantized, quantize_int8
+from resnetlab.models import quantize
+from resnetlab.models.quantize import activation_reduce_range, default_backend, is_quantized, quantize_int8
 from resnetlab.reports.bench import BenchSpec, check_variants, parse_variant
 from resnetlab.reports.bench_machine import matmul_peak
 
@@ -65,3 +66,23 @@ def test_bench_int8_variant_is_inference_on_the_cpu_only():
         check_variants(BenchSpec(task="train"), [parse_variant("int8")])
     check_variants(BenchSpec(task="infer"), [parse_variant("int8")])
     assert matmul_peak("int8", n=256, reps=1) > 0
+
+
+def input_scale(qmodel: nn.Module) -> float:
+    return float(qmodel.get_buffer("conv1_input_scale_0"))  # the image's quantization step
+
+
+@pytest.mark.parametrize("flags, reduce_range", [({"avx2", "fma"}, True), ({"avx2", "avx512_vnni"}, False),
+                                                 ({"avx2", "avx_vnni"}, False), (set(), True)])
+def test_activations_get_8_bits_only_where_the_cpu_has_vnni(monkeypatch, flags, reduce_range):
+    # Without VNNI the u8 x s8 kernels add pairs in 16 bits and saturate above 7-bit activations;
+    # with it the 8th bit halves every activation's rounding step.
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset(flags))
+    assert activation_reduce_range("x86") is reduce_range
+    assert activation_reduce_range("qnnpack") is False
+
+    model = trained_like("resnet20", {}, 32)
+    calibration = [torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
+    seven, eight = (input_scale(quantize_int8(model, calibration, reduce_range=r)) for r in (True, False))
+    assert seven / eight == pytest.approx(255 / 127, rel=0.02)  # the same range on a grid twice as fine
+    assert input_scale(quantize_int8(model, calibration)) == (seven if reduce_range else eight)

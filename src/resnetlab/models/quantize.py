@@ -6,7 +6,12 @@ quantized ResNet also moves a quarter of the bytes. PyTorch's FX graph-mode quan
 the work: it traces the network, folds each conv -> BN (-> ReLU) into one conv, inserts
 observers that record activation ranges while a few calibration batches run, then swaps in
 quantized kernels (fbgemm/oneDNN on x86, qnnpack on ARM). Weights are quantized per output
-channel, activations per tensor from histograms (the backend's default qconfig).
+channel, activations per tensor from histograms (the backend's default qconfig), with one
+exception: on x86 the activations get all 8 bits where the CPU has VNNI, 7 bits elsewhere.
+x86 int8 kernels without VNNI multiply u8 x s8 pairs with VPMADDUBSW, whose 16-bit sums saturate
+unless activations stay below 128 (PyTorch's x86 default, reduce_range=True, always pays that
+bit). VNNI's VPDPBUSD sums into 32 bits, so there the 7-bit grid only costs accuracy; PyTorch
+recommends 8 bits on VNNI for oneDNN, and the same kernels run for the x86 backend.
 
     qmodel = quantize_int8(model, calibration=[normalize(x) for x in some_real_batches])
     logits = qmodel(normalize(x))   # fp32 in, fp32 out; int8 in between
@@ -24,6 +29,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from resnetlab.cpu import cpu_flags
 from resnetlab.errors import UserError
 
 BACKENDS = ("x86", "fbgemm", "onednn", "qnnpack")  # order of preference when none is asked for
@@ -33,6 +39,26 @@ CALIBRATION_IMAGES = 256  # enough images for every activation's range; more onl
 def calibration_sample(n: int, images: int = CALIBRATION_IMAGES) -> list[int]:
     """Indices of up to `images` of `n` items, spread evenly, so a sorted folder gives every class."""
     return list(range(0, n, max(1, n // images)))[:images]
+
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # u8 x s8 dot products summed in 32 bits
+
+
+def activation_reduce_range(backend: str) -> bool:
+    """Whether activations must use 7 bits (0..127) for `backend` on this CPU: see the module doc."""
+    if backend == "qnnpack":
+        return False  # ARM kernels widen before they add
+    return not any(flag in cpu_flags() for flag in VNNI_FLAGS)
+
+
+def qconfig_mapping(backend: str, reduce_range: bool):
+    """The backend's default mapping (fusions, fixed-range ops such as sigmoid) with its global
+    qconfig's activation observer set to `reduce_range`."""
+    from torch.ao.quantization import QConfig, get_default_qconfig, get_default_qconfig_mapping
+
+    default = get_default_qconfig(backend)
+    activation = default.activation.with_args(reduce_range=reduce_range)
+    return get_default_qconfig_mapping(backend).set_global(QConfig(activation=activation, weight=default.weight))
 
 
 def default_backend() -> str:
@@ -45,15 +71,16 @@ def default_backend() -> str:
 
 
 @torch.no_grad()
-def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], backend: str | None = None) -> nn.Module:
+def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], backend: str | None = None,
+                  reduce_range: bool | None = None) -> nn.Module:
     """An int8 copy of `model` (left untouched), calibrated on normalised fp32 batches (B, 3, H, W).
 
     A few hundred images are plenty: the observers only need each activation's range. Sets
     torch.backends.quantized.engine to `backend`, because the packed weights belong to that
-    library and must run under it.
+    library and must run under it. reduce_range None: 7-bit activations unless this CPU has VNNI
+    (quantize on the machine that will run the model; a VNNI-calibrated model saturates elsewhere).
     """
     try:
-        from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
     except ImportError as e:  # torch plans to move quantization out to torchao
         raise UserError(f"this PyTorch ({torch.__version__}) has no FX graph-mode quantization ({e}); int8 "
@@ -72,7 +99,9 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], backend
     net = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
     with warnings.catch_warnings():  # quantized tensors warn of torch's deprecation plans; not the user's to act on
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(net, get_default_qconfig_mapping(backend), example_inputs=(first.float(),))
+        if reduce_range is None:
+            reduce_range = activation_reduce_range(backend)
+        prepared = prepare_fx(net, qconfig_mapping(backend, reduce_range), example_inputs=(first.float(),))
         for x in [first, *batches]:
             prepared(x.float().contiguous())
         return convert_fx(prepared)
