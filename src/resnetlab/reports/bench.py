@@ -172,15 +172,15 @@ def format_table(result: dict) -> str:
     lines = [f"{spec['model']} {task} batch {spec['batch_size']} at {spec['image_size']}px on {result['machine']['cpu']} "
              f"({spec['threads'] or result['machine']['torch_threads']} threads, load average {result['machine']['load_avg_1m_start']:.2f} "
              f"at start, {result['machine']['load_avg_1m']:.2f} at end)",
-             f"{'variant':<34}{unit:>14}{'spread':>18}{'speedup':>9}{'peak%':>7}{'mem MiB':>9}"
+             f"{'variant':<34}{unit:>14}{'spread':>18}{'speedup':>9}{'peak%':>8}{'mem MiB':>9}"
              + ("" if task == "train" else f"{'b1 ms':>9}{'agree':>7}")]
     for r in result["results"]:
         line = (f"{r['variant']:<34}{r['per_s']:>14.1f}{r['per_s_min']:>9.1f}-{r['per_s_max']:<8.1f}{r['speedup']:>8.2f}x"
-                f"{100 * r['peak_fraction']:>6.1f}%{'-' if r['peak_mem_mib'] is None else format(r['peak_mem_mib'], '.0f'):>9}")
+                f"{100 * r['peak_fraction']:>7.1f}%{'-' if r['peak_mem_mib'] is None else format(r['peak_mem_mib'], '.0f'):>9}")
         if task == "infer":
             line += f"{r['latency_b1_ms']:>9.1f}{100 * r['top1_agreement']:>6.1f}%"
         lines.append(line)
-    peaks = ", ".join(f"{p} {v / 1e9:.0f} GMAC/s" for p, v in result["matmul_peak_macs_per_s"].items())
+    peaks = ", ".join(f"{p} {v / 1e9:.3g} GMAC/s" for p, v in result["matmul_peak_macs_per_s"].items())
     lines.append(f"matmul peak: {peaks}")
     return "\n".join(lines)
 
