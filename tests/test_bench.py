@@ -13,7 +13,7 @@ from resnetlab.reports.bench import BenchSpec, parse_variant, run_bench
 from resnetlab.reports.bench_baseline import PAD, PILFolderDataset, baseline_loader, baseline_workers
 from resnetlab.reports.bench_data import bench_images, write_synthetic_jpegs
 from resnetlab.reports.bench_loop import measure_loop_overhead
-from resnetlab.reports.bench_machine import cpu_model_and_flags, matmul_peak
+from resnetlab.reports.bench_machine import cpu_model_and_flags, matmul_peak, peak_size
 from resnetlab.reports.bench_measure import BASELINE, PeakMemory, Variant, stats
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -127,7 +127,15 @@ def test_matmul_peak_and_machine_description():
         matmul_peak("fp8")
     model, flags = cpu_model_and_flags()
     assert isinstance(model, str) and set(flags) <= {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni",
-                                                     "amx_bf16", "amx_fp16", "amx_int8", "amx_tile"}
+                                                     "avx_vnni", "amx_bf16", "amx_fp16", "amx_int8", "amx_tile"}
+
+
+@pytest.mark.parametrize("probe_s, size", [(0.0005, 2048), (0.0019, 2048), (0.003, 1024), (0.11, 512), (5.0, 256)])
+def test_matmul_peak_shrinks_the_matmul_for_an_emulated_dtype(probe_s, size):
+    # a 256^3 probe taking probe_s predicts probe_s * 8^3 at 2048: fp32 here (~0.3 ms) keeps 2048,
+    # emulated bf16 on AVX2 (~0.11 s, a minute per 2048^3 call) drops to 512
+    assert peak_size(probe_s, 256, 2048, max_call_s=1.0) == size
+    assert peak_size(5.0, 256, 1000, max_call_s=1.0) == 256  # never below the probe
 
 
 def test_inference_bench_reports_agreement_against_the_baseline(folder):

@@ -45,32 +45,54 @@ def describe_machine(device: torch.device | str = "cpu") -> dict:
     return info
 
 
-def matmul_peak(precision: str, device: torch.device | str = "cpu", n: int = 2048, reps: int = 5) -> float:
+def matmul_peak(precision: str, device: torch.device | str = "cpu", n: int = 2048, reps: int = 5,
+                max_call_s: float = 1.0) -> float:
     """Best multiply-adds per second of an n x n x n matmul in `precision` (fp32, bf16, fp16, int8).
 
     Best, not median, because the peak is what the hardware can do; the spread of the network
     timings already shows how much of it a busy machine lets through. int8 (CPU only) is timed on
     the quantized linear layer, i.e. the same u8 x s8 kernel library the int8 convolutions use.
+    A dtype the CPU only emulates (bf16 on AVX2: ~0.15 GMAC/s) would take a minute per 2048^3
+    call, so a 256^3 probe first picks the largest size whose call stays under `max_call_s`.
     """
     if precision not in (*DTYPES, "int8"):
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(DTYPES)}, int8")
     device = torch.device(device)
+    probe = min(n, 256)
+    probe_s = min(_time_calls(_matmul(precision, probe, device), 2, device))
+    size = peak_size(probe_s, probe, n, max_call_s)
+    return size**3 / min(_time_calls(_matmul(precision, size, device), reps, device))
+
+
+def peak_size(probe_s: float, probe: int, n: int, max_call_s: float) -> int:
+    """The largest of n, n/2, n/4, ... (not below `probe`) whose matmul, extrapolated from a
+    `probe`-sized call that took `probe_s` seconds (time grows as size^3), stays under max_call_s."""
+    size = n
+    while size > probe and probe_s * (size / probe) ** 3 > max_call_s:
+        size //= 2
+    return max(size, probe)
+
+
+def _matmul(precision: str, n: int, device: torch.device):
     gen = torch.Generator().manual_seed(0)
     if precision == "int8":
-        mm = _int8_matmul(torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen))
-    else:
-        a = torch.randn(n, n, generator=gen).to(device, DTYPES[precision])
-        b = torch.randn(n, n, generator=gen).to(device, DTYPES[precision])
-        mm = lambda: torch.mm(a, b)  # noqa: E731
-    best = float("inf")
-    for i in range(reps + 1):  # the first call warms up (thread pool, kernel selection)
+        return _int8_matmul(torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen))
+    a = torch.randn(n, n, generator=gen).to(device, DTYPES[precision])
+    b = torch.randn(n, n, generator=gen).to(device, DTYPES[precision])
+    return lambda: torch.mm(a, b)
+
+
+def _time_calls(fn, reps: int, device: torch.device) -> list[float]:
+    """Seconds of each of `reps` calls, after one untimed call (thread pool, kernel selection)."""
+    times = []
+    for i in range(reps + 1):
         sync(device)
         start = time.perf_counter()
-        mm()
+        fn()
         sync(device)
         if i:
-            best = min(best, time.perf_counter() - start)
-    return n**3 / best
+            times.append(time.perf_counter() - start)
+    return times
 
 
 def _int8_matmul(a: torch.Tensor, b: torch.Tensor):
