@@ -26,6 +26,8 @@ def main():
     parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--models", nargs="*", help="only these models of the suite")
+    parser.add_argument("--variants", nargs="*", help="these variants instead of the suite's (e.g. leave out bf16 "
+                        "on a CPU that can only emulate it); the baseline is always measured")
     args = parser.parse_args()
     weights = dict(args.weights)
     for model, batch, images in SUITE:
@@ -35,7 +37,7 @@ def main():
             batch, images = 4, 16
         spec = BenchSpec(model=model, task="infer", batch_size=batch, images=images, data=args.data,
                          weights=weights.get(model), threads=args.threads, warmup=1 if args.quick else 2, reps=2 if args.quick else 10)
-        run_and_save(spec, [parse_variant(v) for v in VARIANTS], Path(args.out) / f"infer_{model}.json")
+        run_and_save(spec, [parse_variant(v) for v in args.variants or VARIANTS], Path(args.out) / f"infer_{model}.json")
 
 
 if __name__ == "__main__":  # the guard matters: each variant runs in a spawned process that imports this file

@@ -28,6 +28,8 @@ def main():
     parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--models", nargs="*", help="only these models of the suite")
+    parser.add_argument("--variants", nargs="*", help="these variants instead of the suite's (e.g. leave out bf16 "
+                        "on a CPU that can only emulate it); the baseline is always measured")
     args = parser.parse_args()
     for model, batch, images, variants in SUITE:
         if args.models and model not in args.models:
@@ -36,7 +38,7 @@ def main():
             batch, images = 4, 16
         spec = BenchSpec(model=model, task="train", batch_size=batch, images=images, data=args.data,
                          threads=args.threads, warmup=1 if args.quick else 2, reps=2 if args.quick else (5 if model == "resnet50" else 10))
-        run_and_save(spec, [parse_variant(v) for v in variants], Path(args.out) / f"train_{model}.json")
+        run_and_save(spec, [parse_variant(v) for v in args.variants or variants], Path(args.out) / f"train_{model}.json")
     if not args.models or "resnet20" in args.models:
         loop = measure_loop_overhead("resnet20", *((8, 2) if args.quick else (128, 100)), size=32,
                                      reps=2 if args.quick else 20)

@@ -119,9 +119,11 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     return {**report, "split": split, "checkpoint": str(path), "precision": "int8" if precision == "int8" else rt.precision}
 
 
-def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime, images: int | None = None) -> nn.Module:
+def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime, images: int | None = None,
+               reduce_range: bool | None = None) -> nn.Module:
     """The BN-folded model quantized to int8, its activation ranges calibrated on `images`
-    training images spread evenly over the split (centre views, never the split being scored)."""
+    training images spread evenly over the split (centre views, never the split being scored).
+    reduce_range: 7-bit activations (None: unless the CPU has VNNI; models/quantize.py)."""
     from resnetlab.data import make_eval_loader
     from resnetlab.models.fuse import fuse_bn
     from resnetlab.models.quantize import CALIBRATION_IMAGES, calibration_sample, quantize_int8
@@ -131,4 +133,4 @@ def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime,
         raise UserError("int8 evaluation runs on the CPU only (--device cpu)")
     sample = train.subset(torch.tensor(calibration_sample(len(train), images)))
     loader = make_eval_loader(sample, cfg.data, batch_size=64, protocol="center")
-    return quantize_int8(fuse_bn(model), [normalizer(views[0]) for views, _ in loader])
+    return quantize_int8(fuse_bn(model), [normalizer(views[0]) for views, _ in loader], reduce_range=reduce_range)
