@@ -49,7 +49,7 @@ def test_make_runtime_resolves_every_field_on_the_cpu(monkeypatch):
     (XEON, "bf16", False), (XEON, "fp16", True), (AMX, "fp16", False), (frozenset(), "bf16", False),
 ])
 def test_an_emulated_half_precision_on_the_cpu_is_warned_about(monkeypatch, recwarn, flags, precision, warns):
-    # measured on an AVX2-only EPYC: bf16 ResNet-20 training at 0.06x of fp32 -- a user who asks for
+    # measured on an AVX2-only EPYC: bf16 ResNet-20 training at 0.08x of fp32 -- a user who asks for
     # it there must hear why the run crawls; where the CPU is unknown, say nothing rather than guess
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
     rt = make_runtime(TrainConfig(device="cpu", precision=precision))
