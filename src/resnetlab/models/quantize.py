@@ -47,7 +47,7 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # u8 x s8 dot products sum
 def activation_reduce_range(backend: str) -> bool:
     """Whether activations must use 7 bits (0..127) for `backend` on this CPU: see the module doc."""
     if backend == "qnnpack":
-        return False  # ARM kernels widen before they add
+        return False  # the ARM library's own default: its kernels are not the x86 ones above
     return not any(flag in cpu_flags() for flag in VNNI_FLAGS)
 
 
