@@ -72,17 +72,27 @@ def input_scale(qmodel: nn.Module) -> float:
     return float(qmodel.get_buffer("conv1_input_scale_0"))  # the image's quantization step
 
 
+@pytest.fixture(scope="module")
+def resnet20_scales():
+    """(model, calibration, 7-bit input scale, 8-bit input scale): quantized once for every flag set."""
+    model = trained_like("resnet20", {}, 32)
+    calibration = [torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
+    seven, eight = (input_scale(quantize_int8(model, calibration, reduce_range=r)) for r in (True, False))
+    return model, calibration, seven, eight
+
+
+def test_8_bit_activations_halve_the_rounding_step(resnet20_scales):
+    _, _, seven, eight = resnet20_scales
+    assert seven / eight == pytest.approx(255 / 127, rel=0.02)  # the same range on a grid twice as fine
+
+
 @pytest.mark.parametrize("flags, reduce_range", [({"avx2", "fma"}, True), ({"avx2", "avx512_vnni"}, False),
                                                  ({"avx2", "avx_vnni"}, False), (set(), True)])
-def test_activations_get_8_bits_only_where_the_cpu_has_vnni(monkeypatch, flags, reduce_range):
+def test_activations_get_8_bits_only_where_the_cpu_has_vnni(monkeypatch, resnet20_scales, flags, reduce_range):
     # Without VNNI the u8 x s8 kernels add pairs in 16 bits and saturate above 7-bit activations;
     # with it the 8th bit halves every activation's rounding step.
     monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset(flags))
     assert activation_reduce_range("x86") is reduce_range
     assert activation_reduce_range("qnnpack") is False
-
-    model = trained_like("resnet20", {}, 32)
-    calibration = [torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))]
-    seven, eight = (input_scale(quantize_int8(model, calibration, reduce_range=r)) for r in (True, False))
-    assert seven / eight == pytest.approx(255 / 127, rel=0.02)  # the same range on a grid twice as fine
+    model, calibration, seven, eight = resnet20_scales
     assert input_scale(quantize_int8(model, calibration)) == (seven if reduce_range else eight)
