@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import shutil
 import tarfile
 import tempfile
@@ -25,6 +24,7 @@ from tqdm import tqdm
 from resnetlab.errors import UserError
 from resnetlab.files import atomic_write
 
+from .cifar_pickle import RefusedPickle, read_cifar_pickle
 from .datasets import ArrayDataset
 
 
@@ -58,7 +58,7 @@ def load_cifar(name: str, root: str | os.PathLike, download: bool = False, url: 
     """(train, test) of CIFAR `name` from `root`; url/md5 override the official ones (for tests)."""
     spec = SPECS[name]
     folder = ensure_extracted(spec, Path(root), download, url or spec.url, md5 or spec.md5)
-    classes = [c.decode() for c in _unpickle(folder / spec.meta_file)[spec.names_key]]
+    classes = _class_names(folder / spec.meta_file, spec.names_key)
     train, test = (_load_batches(folder, files, spec.label_key, classes)
                    for files in (spec.train_files, spec.test_files))
     return train, test
@@ -129,11 +129,25 @@ def _extract(archive: Path, root: Path, folder: str) -> None:
 
 
 def _unpickle(path: Path) -> dict:
+    """One CIFAR python file, read by the restricted unpickler: a file cannot run code."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise UserError(f"cannot read CIFAR file {path} ({err}); delete its folder to re-extract") from None
+            return read_cifar_pickle(f)
+    except RefusedPickle as err:
+        raise UserError(f"resnetlab refuses to run code from {path}: {err}; this is not an official CIFAR "
+                        f"file, delete {path.parent} and extract the official archive") from None
+    except OSError as err:
+        raise UserError(f"cannot read CIFAR file {path} ({err.strerror or err})") from None
+    except Exception as err:  # noqa: BLE001 -- any damage (truncation, bad opcode, bad memo) is the same fault
+        raise UserError(f"cannot read CIFAR file {path} ({type(err).__name__}: {err}); delete {path.parent} "
+                        f"to re-extract") from None
+
+
+def _class_names(path: Path, key: bytes) -> list[str]:
+    names = _unpickle(path).get(key)
+    if not isinstance(names, list) or not names or not all(isinstance(n, (bytes, str)) for n in names):
+        raise UserError(f"{path} has no list of class names under {key.decode()!r}; is it a CIFAR meta file?")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
 
 
 def _load_batches(folder: Path, files: tuple[str, ...], label_key: bytes, classes: list[str]) -> ArrayDataset:
@@ -143,9 +157,9 @@ def _load_batches(folder: Path, files: tuple[str, ...], label_key: bytes, classe
         try:
             images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(batch[label_key], dtype=np.int64))
-        except (KeyError, ValueError) as err:
+        except (KeyError, ValueError, TypeError, OverflowError) as err:
             raise UserError(f"{folder / name} is not a CIFAR batch ({err!r})") from None
     x, y = torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
-    if len(y) != len(x) or y.min() < 0 or y.max() >= len(classes):
+    if len(y) != len(x) or len(y) == 0 or y.min() < 0 or y.max() >= len(classes):
         raise UserError(f"labels in {folder} do not match its {len(classes)} class names")
     return ArrayDataset(x, y, classes)
