@@ -99,3 +99,63 @@ def test_resolved_config_round_trips(tmp_path):
     assert again == cfg and config_to_dict(again)["model"]["kwargs"] == {"shortcut": "B"}
     # and the saved file is itself a recipe
     assert load_config(str(tmp_path / "config.yaml")) == cfg
+
+
+def test_scientific_notation_is_a_float_in_recipes_and_overrides(tmp_path):
+    (tmp_path / "sci.yaml").write_text("optim:\n  lr: 1e-3\n  weight_decay: 5e-4\nschedule:\n  max_steps: 64e3\n"
+                                       "  warmup_lr: 1E-5\n")
+    cfg = load_config(str(tmp_path / "sci.yaml"), ["optim.momentum=9e-1"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum) == (1e-3, 5e-4, 0.9)
+    assert cfg.schedule.max_steps == 64000 and type(cfg.schedule.max_steps) is int and cfg.schedule.warmup_lr == 1e-5
+    assert load_config("cifar10_resnet20", ["optim.lr=1e6"]).optim.lr == 1e6
+    assert yaml.safe_load("1e-3") == "1e-3"  # PyYAML itself is left as it is
+    assert load_config("cifar10_resnet20", ["schedule.max_steps=1.5e3"]).schedule.max_steps == 1500  # whole: fine
+    with pytest.raises(UserError, match="schedule.max_steps.*expected int"):
+        load_config("cifar10_resnet20", ["schedule.max_steps=1.5"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.log_every=0", "train.log_every=0 is out of range: expected an integer >= 1"),
+    ("optim.label_smoothing=2", "optim.label_smoothing=2.0 is out of range: expected a finite number in [0, 1)"),
+    ("train.eval_every=-1", "train.eval_every=-1 is out of range: expected an integer >= 0"),
+    ("data.val_size=-3", "data.val_size=-3 is out of range: expected an integer >= 0"),
+    ("train.workers=-1", "train.workers=-1 is out of range: expected an integer >= 0"),
+    ("optim.lr=.nan", "optim.lr=nan is out of range: expected a finite number >= 0"),
+    ("optim.lr=.inf", "optim.lr=inf is out of range: expected a finite number >= 0"),
+    ("optim.momentum=1", "optim.momentum=1.0 is out of range: expected a finite number in [0, 1)"),
+    ("schedule.gamma=10", "schedule.gamma=10.0 is out of range: expected a finite number in (0, 1]"),
+    ("train.stop_at_val_top1=0", "train.stop_at_val_top1=0.0 is out of range: expected a finite number in (0, 100]"),
+    ("train.seed=-1", "train.seed=-1 is out of range: expected an integer in [0, 18446744073709551615]"),
+    ("finetune.freeze_stages=-2", "finetune.freeze_stages=-2 is out of range: expected an integer >= -1"),
+    ("schedule.milestones=[10, -5]", "schedule.milestones=[10, -5]: expected a list of numbers >= 0 (in steps), got -5"),
+    ("schedule.milestones_unit=epoch", "schedule.milestones_unit='epoch': expected steps or epochs"),
+    ("data.scale_min=600", "data.scale_min=600 > data.scale_max=480"),
+    ("optim.momentum=0", "optim.nesterov=true needs optim.momentum > 0"),  # cifar10_fast uses nesterov
+])
+def test_out_of_range_values_name_the_key_the_value_and_the_range(override, expected):
+    with pytest.raises(UserError) as err:
+        load_config("cifar10_fast", [override])
+    assert expected in str(err.value)
+
+
+def test_every_numeric_field_declares_its_range():
+    import dataclasses
+    import typing
+
+    for section, cls in typing.get_type_hints(Config).items():
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            if {int, float} & {hint, *typing.get_args(hint)}:
+                assert "range" in f.metadata, f"{section}.{f.name}"
+                assert getattr(cls(), f.name) is None or getattr(cls(), f.name) in f.metadata["range"]
+
+
+def test_cli_refuses_a_nan_learning_rate_in_one_line(tmp_path, capsys):
+    from resnetlab.cli import main
+
+    assert main(["train", "--recipe", "cifar10_resnet20", "--out", str(tmp_path / "run"), "--lr", "nan"]) == 2
+    err = capsys.readouterr().err
+    assert err == "resnetlab train: error: config key optim.lr=nan is out of range: expected a finite number >= 0\n"
+    assert not (tmp_path / "run").exists()
+    assert main(["data", "--dataset", "synthetic", "--val-size", "-3"]) == 2
+    assert "data.val_size=-3 is out of range" in capsys.readouterr().err

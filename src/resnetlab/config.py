@@ -2,11 +2,15 @@
 
 A recipe file holds only the values that differ from these defaults. The resolved config
 (every field) is written into each run directory and checkpoint, so a run can always be
-repeated from what it saved.
+repeated from what it saved. Every numeric field declares its allowed range beside its default
+(`ranged`), and each section is checked when a config is loaded, so a wrong value is one line
+naming the key before anything is built.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,6 +20,34 @@ import yaml
 
 from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field; None leaves that side unbounded. Floats must be finite."""
+
+    low: float
+    high: float | None = None
+    open_low: bool = False  # low itself is not allowed
+    open_high: bool = False
+
+    def __contains__(self, value) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > self.low or (value == self.low and not self.open_low)
+        below = self.high is None or value < self.high or (value == self.high and not self.open_high)
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = (int(b) if isinstance(b, float) and b.is_integer() else b for b in (self.low, self.high))
+        if high is None:
+            return f"{'>' if self.open_low else '>='} {low}"
+        return f"in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+
+
+def ranged(default, low, high=None, *, open_low: bool = False, open_high: bool = False):
+    """A numeric field: its default and its allowed range (None, where the type allows it, is always allowed)."""
+    return field(default=default, metadata={"range": Range(low, high, open_low, open_high)})
 
 
 @dataclass
@@ -30,49 +62,49 @@ class DataConfig:
     dataset: str = "cifar10"  # cifar10 | cifar100 | folder | synthetic
     root: str | None = None  # data directory (the CLI's --data)
     download: bool = False  # CIFAR only: fetch the official archive if missing
-    val_size: int = 5000  # images held out of train for model selection (paper: 45k/5k); 0 = none
+    val_size: int = ranged(5000, 0)  # images held out of train for model selection (paper: 45k/5k); 0 = none
     # Train on this many of the remaining training images (class-balanced, chosen by the seed);
     # None = all. For short experiments: a subset seen for many epochs reaches the regime where
     # training error reflects how well a net optimises, not how fast it starts.
-    train_size: int | None = None
+    train_size: int | None = ranged(None, 1)
     augment: str = "cifar"  # cifar (pad 4 + crop + flip) | imagenet (scale aug) | rrc | none
     normalize: str = "pixel"  # pixel (per-pixel mean, the paper) | channel (mean/std)
-    image_size: int = 32  # training crop size: 32 for CIFAR, 224 for ImageNet
-    eval_resize: int = 256  # shorter side before the centre crop (ImageNet-style eval)
-    scale_min: int = 256  # scale augmentation: shorter side drawn from [scale_min, scale_max]
-    scale_max: int = 480
-    lighting: float = 0.1  # std of AlexNet-style PCA colour augmentation; 0 disables
+    image_size: int = ranged(32, 1)  # training crop size: 32 for CIFAR, 224 for ImageNet
+    eval_resize: int = ranged(256, 1)  # shorter side before the centre crop (ImageNet-style eval)
+    scale_min: int = ranged(256, 1)  # scale augmentation: shorter side drawn from [scale_min, scale_max]
+    scale_max: int = ranged(480, 1)
+    lighting: float = ranged(0.1, 0.0)  # std of AlexNet-style PCA colour augmentation; 0 disables
     cache_dir: str | None = None  # decoded small-image caches (default: ~/.cache/resnetlab/folders)
     skip_bad: bool = False  # skip unreadable images (with a count) instead of failing
-    synthetic_size: int = 1024  # synthetic dataset: images per split
-    synthetic_classes: int = 10
-    stats_images: int = 2000  # folders of large images: normaliser statistics from this many train images
+    synthetic_size: int = ranged(1024, 1)  # synthetic dataset: images per split
+    synthetic_classes: int = ranged(10, 2)
+    stats_images: int = ranged(2000, 1)  # folders of large images: normaliser statistics from this many train images
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = ranged(0.1, 0.0)
+    momentum: float = ranged(0.9, 0.0, 1.0, open_high=True)
+    weight_decay: float = ranged(1e-4, 0.0)
     nesterov: bool = False
-    label_smoothing: float = 0.0
-    batch_size: int = 128  # global batch (summed over all processes)
+    label_smoothing: float = ranged(0.0, 0.0, 1.0, open_high=True)  # 1 would make every target uniform
+    batch_size: int = ranged(128, 1)  # global batch (summed over all processes)
 
 
 @dataclass
 class ScheduleConfig:
     kind: str = "step"  # step | cosine | onecycle | plateau
-    max_steps: int = 64000  # total optimizer steps (the paper counts iterations)
-    epochs: int | None = None  # if set, overrides max_steps as epochs * steps_per_epoch
+    max_steps: int = ranged(64000, 1)  # total optimizer steps (the paper counts iterations)
+    epochs: int | None = ranged(None, 1)  # if set, overrides max_steps as epochs * steps_per_epoch
     milestones: list = field(default_factory=lambda: [32000, 48000])  # step kind: lr *= gamma here
     milestones_unit: str = "steps"  # steps | epochs
-    gamma: float = 0.1
-    patience: int = 5  # plateau kind: evaluations without a better val error before lr *= gamma
-    warmup_steps: int = 0  # linear warmup from warmup_lr to lr
-    warmup_lr: float = 0.0
+    gamma: float = ranged(0.1, 0.0, 1.0, open_low=True)  # a decay: 10 is a typo for 0.1
+    patience: int = ranged(5, 0)  # plateau kind: evaluations without a better val error before lr *= gamma
+    warmup_steps: int = ranged(0, 0)  # linear warmup from warmup_lr to lr
+    warmup_lr: float = ranged(0.0, 0.0)
     # Paper's ResNet-110 trick: hold lr at warmup_lr until training error < this (then lr).
-    warmup_until_err: float | None = None
-    final_lr_frac: float = 0.0  # cosine / onecycle end at lr * final_lr_frac
+    warmup_until_err: float | None = ranged(None, 0.0, 100.0, open_low=True)  # percent
+    final_lr_frac: float = ranged(0.0, 0.0, 1.0)  # cosine / onecycle end at lr * final_lr_frac
 
 
 @dataclass
@@ -81,12 +113,12 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: str = "auto"  # auto | true | false
     compile: str = "auto"  # auto (= false, measured) | true | false | a torch.compile mode
-    seed: int = 0
-    workers: int = 0  # decoding worker processes (folder datasets of large images)
-    eval_every: int = 0  # steps between evaluations; 0 = once per epoch
+    seed: int = ranged(0, 0, 2**64 - 1)  # torch generators take 64-bit seeds; numpy refuses negative ones
+    workers: int = ranged(0, 0)  # decoding worker processes (folder datasets of large images)
+    eval_every: int = ranged(0, 0)  # steps between evaluations; 0 = once per epoch
     # Time-to-accuracy runs: stop at the first evaluation whose validation top-1 (%) reaches this.
-    stop_at_val_top1: float | None = None
-    log_every: int = 50
+    stop_at_val_top1: float | None = ranged(None, 0.0, 100.0, open_low=True)
+    log_every: int = ranged(50, 1)
     sync_bn: bool = False
     tensorboard: bool = False
 
@@ -94,8 +126,8 @@ class TrainConfig:
 @dataclass
 class FinetuneConfig:
     init: str | None = None  # weights to start from (anything load_weights accepts)
-    freeze_stages: int = -1  # -1 nothing; 0 the stem; k the stem and the first k stages
-    backbone_lr_mult: float = 1.0  # backbone learning rate = lr * this
+    freeze_stages: int = ranged(-1, -1)  # -1 nothing; 0 the stem; k the stem and the first k stages
+    backbone_lr_mult: float = ranged(1.0, 0.0)  # backbone learning rate = lr * this
     freeze_bn: bool = False  # keep BatchNorm running statistics (and affine) fixed
     linear_probe: bool = False  # frozen backbone, features computed once, train the classifier
 
@@ -116,6 +148,21 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 RECIPE_META_KEYS = ("base", "description")  # recipe-file keys that are not config fields
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading 1e-3, 1e6 and 5.0e4 as floats: YAML 1.1 (PyYAML) wants a dot
+    and a signed exponent and would keep them as strings; YAML 1.2 and every user reads numbers."""
+
+
+_YamlLoader.add_implicit_resolver(  # after PyYAML's own resolvers, so plain ints stay ints
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """YAML text -> Python values, as recipes and --set values are read (safe, floats as users write them)."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def recipe_dir():
     """The folder of the recipes shipped inside the package."""
     return resources.files("resnetlab") / "recipes"
@@ -126,7 +173,7 @@ def list_recipes() -> dict[str, str]:
     out = {}
     for entry in sorted(recipe_dir().iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            data = yaml.safe_load(entry.read_text()) or {}
+            data = load_yaml(entry.read_text()) or {}
             out[entry.name[: -len(".yaml")]] = str(data.get("description", ""))
     return out
 
@@ -168,7 +215,7 @@ def read_recipe(name_or_path: str, near: Path | None = None, _chain: tuple = ())
     if label in _chain:
         raise UserError(f"recipe `base:` chain loops: {' -> '.join(_chain + (label,))}")
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{label}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -190,11 +237,35 @@ def _coerce(value, hint, key: str):
         hint = next(a for a in args if a is not type(None))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():  # max_steps: 64e3
+        return int(value)
     if hint is str and isinstance(value, bool):  # YAML reads `true` as a bool: channels_last=true
         return str(value).lower()
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise UserError(f"config key {key}: expected {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
+
+
+def check_section(section: str, values) -> None:
+    """One config section: every numeric field inside its declared range, then the rules that
+    tie fields together. Run on every load, so the engine never sees an out-of-range value."""
+    for f in dataclasses.fields(values):
+        allowed, value = f.metadata.get("range"), getattr(values, f.name)
+        if allowed is not None and value is not None and value not in allowed:
+            kind = "an integer" if isinstance(value, int) else "a finite number"
+            raise UserError(f"config key {section}.{f.name}={value!r} is out of range: expected {kind} {allowed}")
+    if section == "data" and values.scale_min > values.scale_max:
+        raise UserError(f"config keys data.scale_min={values.scale_min} > data.scale_max={values.scale_max}: "
+                        "scale augmentation draws the shorter side from [scale_min, scale_max]")
+    if section == "optim" and values.nesterov and values.momentum == 0:
+        raise UserError("config key optim.nesterov=true needs optim.momentum > 0")
+    if section == "schedule":
+        if values.milestones_unit not in ("steps", "epochs"):
+            raise UserError(f"config key schedule.milestones_unit={values.milestones_unit!r}: expected steps or epochs")
+        bad = [m for m in values.milestones if isinstance(m, bool) or not isinstance(m, (int, float)) or m not in Range(0)]
+        if bad:
+            raise UserError(f"config key schedule.milestones={values.milestones!r}: expected a list of numbers >= 0 "
+                            f"(in {values.milestones_unit}), got {bad[0]!r}")
 
 
 def _section_from_dict(cls, data: dict, section: str):
@@ -206,7 +277,9 @@ def _section_from_dict(cls, data: dict, section: str):
         raise UserError(
             f"unknown config key {section}.{unknown[0]}; valid keys in {section}: {', '.join(hints)}"
         )
-    return cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in data.items()})
+    values = cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in data.items()})
+    check_section(section, values)
+    return values
 
 
 def config_from_dict(data: dict) -> Config:
@@ -228,7 +301,7 @@ def parse_override(text: str) -> tuple[str, object]:
     if not sep or "." not in key:
         raise UserError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. --set optim.lr=0.05")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.config import DataConfig
+from resnetlab.config import DataConfig, check_section
 from resnetlab.errors import UserError
 
 from . import folder as folders
@@ -42,6 +42,7 @@ class DataBundle:
 
 
 def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
+    check_section("data", cfg)  # a DataConfig made in code (the data command) skips config loading
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
     train, val, test, info = _load(cfg)
