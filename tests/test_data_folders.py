@@ -1,4 +1,8 @@
 """Image folders: labels from folder names, colour modes, the small-image cache, bad input."""
+import re
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +11,7 @@ from PIL import Image
 import resnetlab.data.folder as folder
 from resnetlab.config import DataConfig
 from resnetlab.data import ArrayDataset, FileDataset, build_data, load_images
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "emu": (30, 30, 200)}
 
@@ -24,6 +28,15 @@ def _tree(root, per_class=4, splits=("train", "test"), size=(32, 32)):
             for i in range(per_class):
                 _write(root / split / name / f"{i}.png", colour, size)
     return root
+
+
+def huge_png(path, side=20000):
+    """A PNG header claiming side x side pixels (400 M for 20000: over Pillow's bomb limit) in a few bytes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 def _cfg(root, tmp_path, **kw):
@@ -94,7 +107,8 @@ def test_val_and_test_folders_are_both_used(tmp_path):
     ("corrupt", r"cat/0\.png: not an image Pillow can read"),
     ("truncated", r"cat/0\.jpg: truncated"),
     ("text", r"cat/notes\.txt: not an image file"),
-    ("empty_class", r"class folder .*/train/dog holds no images"),
+    ("bomb", r"cat/0\.png: refused as a possible decompression bomb"),
+    ("dangling", r"cat/gone\.png: dangling symbolic link \(to .*/nowhere\.png, which does not exist\)"),
 ])
 def test_bad_input_names_the_file_or_folder(tmp_path, damage, message):
     root = _tree(tmp_path / "d", splits=("train",))
@@ -106,14 +120,16 @@ def test_bad_input_names_the_file_or_folder(tmp_path, damage, message):
         (cat / "0.jpg").write_bytes((cat / "0.jpg").read_bytes()[:300])
     elif damage == "text":
         (cat / "notes.txt").write_text("hello")
+    elif damage == "bomb":
+        huge_png(cat / "0.png")
     else:
-        for f in (root / "train" / "dog").iterdir():
-            f.unlink()
+        (cat / "gone.png").symlink_to(tmp_path / "nowhere.png")
     with pytest.raises(UserError, match=message):
         build_data(_cfg(root, tmp_path))
-    bundle = build_data(_cfg(root, tmp_path, skip_bad=True))
-    assert len(bundle.info["skipped"]) == 1
-    assert bundle.classes == sorted(COLOURS)  # a skipped class keeps its index
+    with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file \(train/cat/"):
+        bundle = build_data(_cfg(root, tmp_path, skip_bad=True))
+    assert len(bundle.info["skipped"]) == 1 and re.search(message, "{}: {}".format(*bundle.info["skipped"][0]))
+    assert len(bundle.train) == 12 - (damage in ("corrupt", "bomb"))  # the others add a bad file beside the 12
     for img, label in zip(bundle.train.images, bundle.train.labels):
         assert tuple(img[:, 0, 0].tolist()) == COLOURS[bundle.classes[label]]  # never a wrong label
 
@@ -146,7 +162,8 @@ def test_bad_large_file_fails_at_load_time_or_is_skipped(tmp_path):
         list(make_train_loader(train, cfg, batch_size=12))
     cfg.skip_bad = True
     loader = make_train_loader(train, cfg, batch_size=12)
-    (x, y), = list(loader)
+    with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file while decoding .*cat/1\.png"):
+        (x, y), = list(loader)
     assert len(x) == len(y) == 11 and len(loader.skipped) == 1
 
 
@@ -169,3 +186,60 @@ def test_exif_rotated_photo_is_loaded_upright(tmp_path):
     upright = np.asarray(Image.open(tmp_path / "photo.jpg").transpose(Image.Transpose.ROTATE_270))
     assert failed == [] and upright.shape == (60, 40, 3)
     assert images[0, 0, 20, -1] > 200 and images[0, 0, 20, 0] < 50  # red column on the right
+
+
+def test_a_train_class_left_without_images_is_an_error_even_with_skip_bad(tmp_path):
+    root = _tree(tmp_path / "d")
+    for i in range(4):
+        (root / "train" / "dog" / f"{i}.png").write_bytes(b"broken")
+    for skip_bad in (False, True):
+        with pytest.raises(UserError, match=r"dog/0\.png" if not skip_bad else
+                           r"class 'dog' has no readable training images \(.*/train/dog: 4 bad files skipped\)"):
+            build_data(_cfg(root, tmp_path, skip_bad=skip_bad))
+    for f in (root / "train" / "dog").iterdir():  # an empty folder: the same, with skip_bad or not
+        f.unlink()
+    for skip_bad, message in ((False, "class folder .*/train/dog holds no images"),
+                              (True, r"class 'dog' has no readable training images \(.*: 1 bad files skipped\)")):
+        with pytest.raises(UserError, match=message):
+            build_data(_cfg(root, tmp_path, skip_bad=skip_bad))
+
+
+def test_a_test_class_left_without_images_is_reported_by_name(tmp_path, capsys):
+    from resnetlab.cli import main
+
+    root = _tree(tmp_path / "d")
+    for i in range(4):
+        (root / "test" / "dog" / f"{i}.png").write_bytes(b"broken")
+    with pytest.warns(ResnetlabWarning, match=r"skipped 4 unreadable files \(test/dog/0.png, test/dog/1.png, "
+                                              r"test/dog/2.png, \.\.\.\); no test images left of class dog"):
+        bundle = build_data(_cfg(root, tmp_path, skip_bad=True))
+    assert bundle.info["empty_classes"] == {"test": ["dog"]} and bundle.classes == sorted(COLOURS)
+    assert sorted(set(bundle.test.labels.tolist())) == [0, 2]  # cat and emu keep their indices
+    assert main(["data", str(root), "--skip-bad", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out, err = capsys.readouterr()
+    assert "no test images of dog" in out and out.count("skipped ") == 4 and err == ""  # listed once, on stdout
+
+
+def test_skipped_files_are_counted_when_met_while_decoding(tmp_path):
+    from resnetlab.data import make_eval_loader, make_train_loader
+
+    root = _tree(tmp_path / "d", size=(100, 80), splits=("train",))
+    huge_png(root / "train" / "cat" / "1.png")
+    (root / "train" / "emu" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    cfg = _cfg(root, tmp_path, image_size=64, augment="rrc", normalize="imagenet")
+    with pytest.raises(UserError, match=r"emu/gone\.png: dangling symbolic link"):
+        build_data(cfg)
+    cfg.skip_bad = True
+    with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file \(train/emu/gone\.png\)"):
+        train = build_data(cfg).train  # the link is found by the scan, the bomb only when decoded
+    with pytest.raises(UserError, match=r"cat/1\.png: refused as a possible decompression bomb"):
+        list(make_train_loader(train, _cfg(root, tmp_path, image_size=64, augment="rrc"), batch_size=12))
+    with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file while decoding \(.*cat/1\.png: refused as a "
+                                              r"possible decompression bomb .*\); 1 of 12 files of this split"):
+        (x, y), = list(make_train_loader(train, cfg, batch_size=12))
+    assert len(x) == 11
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the next epoch and an evaluation: already reported, no new warning
+        assert len(list(make_train_loader(train, cfg, batch_size=12, epoch=1))) == 1
+        assert sum(len(y) for _, y in make_eval_loader(train, cfg, batch_size=4)) == 11

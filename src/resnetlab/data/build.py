@@ -11,13 +11,14 @@ selection never touches the test set.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from resnetlab.config import DataConfig, check_section
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 
 from . import folder as folders
 from .cifar import SPECS, load_cifar
@@ -41,7 +42,10 @@ class DataBundle:
     info: dict = field(default_factory=dict)  # source, root, cache file, skipped files, ...
 
 
-def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
+def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True) -> DataBundle:
+    """warn_skipped: with data.skip_bad, say (a ResnetlabWarning) how many files were skipped, the
+    first few by name, and which val/test classes were left without images; callers that list
+    every skipped file themselves (the data command) turn it off."""
     check_section("data", cfg)  # a DataConfig made in code (the data command) skips config loading
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -53,6 +57,9 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     if cfg.train_size is not None:  # after the hold-out, so val is the same with or without it
         train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
     normalizer = fit_normalizer(train, cfg, seed)
+    if warn_skipped and (info.get("skipped") or info.get("empty_classes")):
+        warnings.warn(folders.describe_skipped(info["skipped"], info["root"], info["empty_classes"]),
+                      ResnetlabWarning, stacklevel=2)
     return DataBundle(train, val, test, train.classes, normalizer, {"dataset": cfg.dataset, **info})
 
 
@@ -94,7 +101,26 @@ def _load_folder(root: Path, cfg: DataConfig):
         else:
             out[split] = FileDataset(p, y, classes)
     info["skipped"] = skipped
+    info["empty_classes"] = _empty_classes(out, classes, root, skipped)
     return out["train"], out.get("val"), out.get("test"), info
+
+
+def _empty_classes(splits: dict, classes: list[str], root: Path, skipped: list) -> dict[str, list[str]]:
+    """Classes with no images left in val/test (possible only with skip_bad; reported, not fatal:
+    accuracy over the other classes is still exact). In train it is an error: the model would keep
+    an output it never learns, and dropping the class would renumber every label after it."""
+    empty = {}
+    for split, data in splits.items():
+        counts = torch.bincount(data.labels, minlength=len(classes))
+        names = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
+        if names and split == "train":
+            folder = root / "train" / names[0]
+            lost = [p for p, _ in skipped if p == str(folder) or p.startswith(str(folder) + os.sep)]
+            raise UserError(f"class {', '.join(map(repr, names))} has no readable training images ({folder}: "
+                            f"{len(lost)} bad files skipped); fix its files, or remove the class from every split")
+        if names:
+            empty[split] = names
+    return empty
 
 
 def fit_normalizer(train, cfg: DataConfig, seed: int = 0) -> Normalizer:
@@ -119,5 +145,6 @@ def describe(bundle: DataBundle) -> str:
     splits = ", ".join(f"{name} {len(d)}" for name, d in (("train", bundle.train), ("val", bundle.val),
                                                            ("test", bundle.test)) if d is not None)
     extra = f", {len(bundle.info['skipped'])} bad files skipped" if bundle.info.get("skipped") else ""
+    extra += "".join(f", no {split} images of {', '.join(names)}" for split, names in bundle.info.get("empty_classes", {}).items())
     return (f"{bundle.info.get('dataset')}: {splits} images, {len(bundle.classes)} classes, {size}, "
             f"normalize={bundle.normalizer.kind}{extra}")

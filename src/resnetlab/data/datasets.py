@@ -49,17 +49,23 @@ class ArrayDataset:
 
 
 class FileDataset:
-    """Image files decoded on demand; labels are int64, one per path."""
+    """Image files decoded on demand; labels are int64, one per path.
 
-    def __init__(self, paths: list[str], labels: torch.Tensor, classes: list[str]):
+    Files that turn out unreadable while decoding (data.skip_bad) are warned about once each
+    by the loaders (`reported_bad` remembers them across epochs) unless warn_bad is False, for
+    callers that report them their own way (predict)."""
+
+    def __init__(self, paths: list[str], labels: torch.Tensor, classes: list[str], warn_bad: bool = True):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = list(paths)
         self.labels = labels.to(torch.int64)
         self.classes = list(classes)
+        self.warn_bad = warn_bad
+        self.reported_bad: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, indices: torch.Tensor) -> "FileDataset":
-        return FileDataset([self.paths[i] for i in indices.tolist()], self.labels[indices], self.classes)
+        return FileDataset([self.paths[i] for i in indices.tolist()], self.labels[indices], self.classes, self.warn_bad)

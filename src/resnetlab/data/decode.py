@@ -9,6 +9,7 @@ tested without images and driven by the seeded generators of `sampling`.
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
 
 import numpy as np
@@ -24,6 +25,11 @@ EXIF_FORMATS = ("JPEG", "MPO", "TIFF", "PNG", "WEBP")
 TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
              8: Image.Transpose.ROTATE_90}
+
+
+# What Pillow raises for a file it cannot or will not decode. DecompressionBombError (an image
+# over 2 x Image.MAX_IMAGE_PIXELS, e.g. a 20000 x 20000 PNG of a few kB) is not an OSError.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 class BadImage(Exception):
@@ -50,7 +56,7 @@ def decode_crops(path: str, plan: Plan) -> list[np.ndarray]:
             if orientation in TRANSPOSE:
                 rgb = rgb.transpose(TRANSPOSE[orientation])
             sx, sy = rgb.size[0] / w, rgb.size[1] / h
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except DECODE_ERRORS as err:
         raise BadImage(path, _reason(err)) from None
     out = []
     for (l, t, r, b), size in steps:
@@ -65,6 +71,10 @@ def decode_crops(path: str, plan: Plan) -> list[np.ndarray]:
 
 def _reason(err: BaseException) -> str:
     text = str(err) or type(err).__name__
+    if isinstance(err, Image.DecompressionBombError):
+        return f"refused as a possible decompression bomb ({text.rstrip('.')})"
+    if isinstance(err, FileNotFoundError):
+        return "no such file" + (" (a dangling symbolic link)" if os.path.islink(err.filename or "") else "")
     if "cannot identify image file" in text:
         return "not an image Pillow can read"
     if "truncated" in text.lower():

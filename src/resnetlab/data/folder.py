@@ -22,11 +22,11 @@ from resnetlab.errors import UserError
 from resnetlab.files import atomic_write
 
 from .datasets import ArrayDataset
-from .decode import BadImage, center_box, decode_crops
+from .decode import DECODE_ERRORS, BadImage, center_box, decode_crops
 
 SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
 PROBES = 32  # images whose headers decide small vs large
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused
 PARALLEL_MIN = 2000  # decode in worker processes when each gets at least this many files
 IMAGE_EXTS = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 SKIP_HINT = "set data.skip_bad=true to skip bad files with a count"
@@ -64,18 +64,33 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool):
 
 
 def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image files under a class folder (recursive, sorted); other non-hidden files are bad."""
+    """Image files under a class folder (recursive, sorted, hidden names ignored); other files,
+    dangling symbolic links and unreadable subfolders are bad. Symlinked subfolders are not
+    followed (a link loop would never end). scandir's entry types cost no extra system call per
+    file, which matters for ImageNet-sized folders."""
     files, bad = [], []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = os.path.join(dirpath, name)
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTS:
-                files.append(path)
+    pending = [str(folder)]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as err:
+            bad.append((current, f"cannot list the folder ({err.strerror or err})"))
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subfolders.append(entry.path)
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                bad.append((entry.path, f"dangling symbolic link (to {os.readlink(entry.path)}, which does not exist)"))
+            elif entry.is_symlink() and entry.is_dir():
+                continue  # a linked folder: not followed, as os.walk does
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
+                files.append(entry.path)
             else:
-                bad.append((path, "not an image file (unknown extension)"))
+                bad.append((entry.path, "not an image file (unknown extension)"))
+        pending += reversed(subfolders)  # depth first, in name order: a folder's files, then its subfolders
     return files, bad
 
 
@@ -88,7 +103,7 @@ def small_side(paths: list[str]) -> int | None:
         try:
             with Image.open(path) as img:
                 sides.append(max(img.size))
-        except (OSError, SyntaxError, ValueError):
+        except DECODE_ERRORS:
             continue  # reported (or skipped) when the file is decoded
     if not sides or max(sides) > SMALL_SIDE:
         return None
@@ -105,17 +120,18 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
     cache = cache_dir / f"{root.resolve().name}-{key[:20]}.npz"
     if cache.is_file():
         with np.load(cache) as z:
-            images, keep, resized = z["images"], z["keep"], int(z["resized"])
+            images, keep, resized, reasons = z["images"], z["keep"], int(z["resized"]), z["reasons"].tolist()
     else:
-        images, keep, resized = _decode_all(paths, size, skip_bad)
-        _save_atomic(cache, images=images, keep=keep, resized=np.int64(resized))
-    skipped = [(paths[i], "unreadable image") for i in np.flatnonzero(~keep)]
+        images, keep, resized, reasons = _decode_all(paths, size, skip_bad)
+        _save_atomic(cache, images=images, keep=keep, resized=np.int64(resized), reasons=np.array(reasons, dtype=str))
+    skipped = list(zip((paths[i] for i in np.flatnonzero(~keep)), reasons))
     data = ArrayDataset(torch.from_numpy(images).permute(0, 3, 1, 2), labels[torch.from_numpy(keep)], classes)
     return data, {"cache": str(cache), "resized": resized, "skipped": skipped}
 
 
 def _decode_all(paths: list[str], size: int, skip_bad: bool):
-    """(N_ok, size, size, 3) uint8, keep mask over paths, number of images that needed resizing.
+    """(N_ok, size, size, 3) uint8, keep mask over paths, number of images that needed resizing,
+    why each dropped file could not be read.
     Large lists are decoded by one process per CPU core, in contiguous chunks (order kept)."""
     procs = min(os.cpu_count() or 1, len(paths) // PARALLEL_MIN)
     if procs <= 1:
@@ -125,13 +141,13 @@ def _decode_all(paths: list[str], size: int, skip_bad: bool):
     with multiprocessing.get_context("fork").Pool(procs) as pool:
         parts = pool.starmap(_decode_chunk, [(c, size, skip_bad) for c in chunks])
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            sum(p[2] for p in parts))
+            sum(p[2] for p in parts), sum((p[3] for p in parts), []))
 
 
 def _decode_chunk(paths: list[str], size: int, skip_bad: bool):
     images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     keep = np.ones(len(paths), dtype=bool)
-    resized = 0
+    resized, reasons = 0, []
 
     def plan(w: int, h: int):
         nonlocal resized
@@ -147,7 +163,20 @@ def _decode_chunk(paths: list[str], size: int, skip_bad: bool):
             if not skip_bad:
                 raise UserError(f"{err}; remove it or {SKIP_HINT}") from None
             keep[i] = False
-    return images[keep], keep, resized
+            reasons.append(err.reason)
+    return images[keep], keep, resized, reasons
+
+
+def describe_skipped(skipped: list[tuple[str, str]], root, empty: dict | None = None, shown: int = 3) -> str:
+    """One line: how many files data.skip_bad dropped, the first few (relative to root), the
+    val/test classes left without images, and where to see every file with its reason."""
+    prefix = str(root).rstrip(os.sep) + os.sep
+    names = [p[len(prefix):] if p.startswith(prefix) else p for p, _ in skipped[:shown]]
+    text = f"data.skip_bad: skipped {len(skipped)} unreadable file{'s' * (len(skipped) != 1)}"
+    if skipped:
+        text += f" ({', '.join(names)}{', ...' if len(skipped) > shown else ''})"
+    text += "".join(f"; no {split} images left of class {', '.join(names)}" for split, names in (empty or {}).items())
+    return text + f"; `resnetlab data {root} --skip-bad` lists every file with its reason"
 
 
 def _save_atomic(path: Path, **arrays) -> None:

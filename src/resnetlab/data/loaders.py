@@ -15,10 +15,12 @@ data.skip_bad dropped from their batch (which is then shorter) and listed in loa
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from resnetlab.config import DataConfig
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 
 from .batches import PROTOCOLS, FileBatches, array_eval_views, array_train_batch, one_cpu_thread
 from .datasets import ArrayDataset, FileDataset
@@ -54,8 +56,10 @@ class TrainLoader:
             return
         source = FileBatches(self.dataset, self.cfg, list(self.batches), self.start_batch,
                              (self.seed, self.epoch, self.rank))
-        for x, y in iterate_files(source, self.workers, self.device, self.cfg.skip_bad, self.skipped):
-            yield x, y
+        try:
+            yield from iterate_files(source, self.workers, self.device, self.cfg.skip_bad, self.skipped)
+        finally:
+            report_skipped(self.dataset, self.skipped)
 
 
 class EvalLoader:
@@ -83,7 +87,10 @@ class EvalLoader:
                 yield views
             return
         source = FileBatches(self.dataset, self.cfg, self.batches, protocol=self.protocol)
-        yield from iterate_files(source, self.workers, self.device, self.cfg.skip_bad, self.skipped)
+        try:
+            yield from iterate_files(source, self.workers, self.device, self.cfg.skip_bad, self.skipped)
+        finally:
+            report_skipped(self.dataset, self.skipped)
 
 
 def make_train_loader(dataset, cfg: DataConfig, batch_size: int, seed: int = 0, epoch: int = 0,
@@ -115,6 +122,20 @@ def iterate_files(source: FileBatches, workers: int, device: torch.device, skip_
             yield [v.to(device, non_blocking=True) for v in x], y.to(device, non_blocking=True)
         else:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def report_skipped(dataset: FileDataset, skipped: list[tuple[str, str]], shown: int = 3) -> None:
+    """One warning for the files skipped while decoding that this dataset has not reported yet
+    (large images are checked only when decoded, so a bad one is met during training)."""
+    new = list(dict.fromkeys(p for p, _ in skipped if p not in dataset.reported_bad))
+    if not new or not dataset.warn_bad:
+        return
+    dataset.reported_bad.update(new)
+    why = dict(skipped)[new[0]]
+    warnings.warn(f"data.skip_bad: skipped {len(new)} unreadable file{'s' * (len(new) != 1)} while decoding "
+                  f"({new[0]}: {why}{''.join(', ' + p for p in new[1:shown])}{', ...' if len(new) > shown else ''}); "
+                  f"{len(dataset.reported_bad)} of {len(dataset)} files of this split skipped so far",
+                  ResnetlabWarning, stacklevel=2)
 
 
 def check_augment(dataset, cfg: DataConfig) -> None:

@@ -137,7 +137,7 @@ class Predictor:
                     continue
                 dataset = ArrayDataset(images, index[keep], self.classes)
             else:
-                dataset = FileDataset(chunk, index, self.classes)
+                dataset = FileDataset(chunk, index, self.classes, warn_bad=False)  # listed in self.failed
             loader = make_eval_loader(dataset, cfg, batch_size=batch_size, protocol=protocol, device=self.rt.device)
             yield from loader
             self.failed += loader.skipped

@@ -1,0 +1,56 @@
+"""Hostile and unlucky image folders through the command line: one line naming the file, exit 2;
+with data.skip_bad the file is skipped and counted; predict lists it and exits 1."""
+import pytest
+from PIL import Image
+from test_data_folders import huge_png
+
+from resnetlab.cli import main
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """2 classes x 4 small PNGs, plus a 20000 x 20000 PNG header and a dangling symbolic link."""
+    root = tmp_path / "data"
+    for c, name in enumerate(("ant", "bee")):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (100 * c, 50 * i, 0)).save(root / "train" / name / f"{i}.png")
+    huge_png(root / "train" / "bee" / "huge.png")
+    (root / "train" / "ant" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    return root
+
+
+def _train(folder, out, *extra):
+    return main(["train", "--recipe", "cifar10_resnet20", "--data", str(folder), "--out", str(out),
+                 "--max-steps", "1", "--batch-size", "4", "--device", "cpu", "--precision", "fp32",
+                 "--set", "model.name=resnet8", "--set", "data.val_size=0",
+                 "--set", f"data.cache_dir={folder.parent / 'cache'}", *extra])
+
+
+def test_train_names_the_bad_file_or_skips_and_counts_then_predict_lists_it(folder, tmp_path, capsys):
+    assert _train(folder, tmp_path / "refused") == 2
+    err = capsys.readouterr().err
+    assert err == (f"resnetlab train: error: {folder}/train/ant/gone.png: dangling symbolic link (to {tmp_path}/deleted.png, "
+                   "which does not exist); remove it or set data.skip_bad=true to skip bad files with a count\n")
+    (folder / "train" / "ant" / "gone.png").unlink()
+    assert _train(folder, tmp_path / "refused2") == 2
+    assert capsys.readouterr().err.startswith(f"resnetlab train: error: {folder}/train/bee/huge.png: refused as a "
+                                              "possible decompression bomb (Image size (400000000 pixels) exceeds limit")
+    (folder / "train" / "ant" / "gone.png").symlink_to(tmp_path / "deleted.png")
+
+    assert _train(folder, tmp_path / "run", "--set", "data.skip_bad=true") == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == ("resnetlab train: warning: data.skip_bad: skipped 2 unreadable files (train/ant/gone.png, "
+                                   f"train/bee/huge.png); `resnetlab data {folder} --skip-bad` lists every file with its reason")
+    assert '"steps": 1' in out and "Traceback" not in err
+
+    code = main(["predict", str(tmp_path / "run"), str(folder / "train" / "bee"), str(folder / "train" / "ant"),
+                 "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 1 and err == ""
+    lines = out.splitlines()
+    assert sum(not line.startswith("FAILED") for line in lines) == 8
+    assert [line for line in lines if line.startswith("FAILED")] == [
+        f"FAILED {folder}/train/bee/huge.png: refused as a possible decompression bomb (Image size (400000000 pixels) "
+        f"exceeds limit of {2 * Image.MAX_IMAGE_PIXELS} pixels, could be decompression bomb DOS attack)",
+        f"FAILED {folder}/train/ant/gone.png: no such file (a dangling symbolic link)"]
