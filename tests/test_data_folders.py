@@ -160,6 +160,8 @@ def test_bad_large_file_fails_at_load_time_or_is_skipped(tmp_path):
     train = build_data(cfg).train  # nothing decoded yet: large images are read by the loaders
     with pytest.raises(UserError, match=r"cat/1\.png: not an image Pillow can read"):
         list(make_train_loader(train, cfg, batch_size=12))
+    with pytest.raises(UserError, match="workers .* must be >= 0, got -1"):
+        make_train_loader(train, cfg, batch_size=12, workers=-1)
     cfg.skip_bad = True
     loader = make_train_loader(train, cfg, batch_size=12)
     with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file while decoding .*cat/1\.png"):

@@ -40,7 +40,7 @@ class TrainLoader:
         self.batches = train_batches(len(dataset), batch_size, seed, epoch, rank, world_size)
         if not 0 <= start_batch <= len(self.batches):
             raise UserError(f"start_batch {start_batch} is outside this epoch's {len(self.batches)} batches")
-        self.start_batch, self.workers, self.device = start_batch, workers, torch.device(device)
+        self.start_batch, self.workers, self.device = start_batch, check_workers(workers), torch.device(device)
         self.skipped: list[tuple[str, str]] = []  # unreadable files dropped (data.skip_bad)
 
     def __len__(self) -> int:
@@ -73,7 +73,7 @@ class EvalLoader:
         self.dataset, self.cfg, self.protocol = dataset, cfg, protocol
         self.batches = eval_batches(len(dataset), batch_size, rank, world_size)
         self.num_samples = sum(len(b) for b in self.batches)
-        self.workers, self.device = workers, torch.device(device)
+        self.workers, self.device = check_workers(workers), torch.device(device)
         self.skipped: list[tuple[str, str]] = []
 
     def __len__(self) -> int:
@@ -143,6 +143,12 @@ def check_augment(dataset, cfg: DataConfig) -> None:
         raise UserError(f"unknown data.augment {cfg.augment!r}; choose one of {', '.join(AUGMENTS)}")
     if not isinstance(dataset, (ArrayDataset, FileDataset)):
         raise TypeError(f"expected an ArrayDataset or FileDataset, got {type(dataset).__name__}")
+
+
+def check_workers(workers: int) -> int:
+    if workers < 0:
+        raise UserError(f"workers (image-decoding processes) must be >= 0, got {workers}")
+    return workers
 
 
 def _one_thread(_worker_id: int) -> None:
