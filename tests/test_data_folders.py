@@ -93,8 +93,12 @@ def test_large_images_stay_files(tmp_path):
     assert torch.allclose(bundle.normalizer.mean[:, 10, 10], torch.tensor([260.0, 260, 260]) / 3 / 255, atol=0.01)
 
 
-def test_only_val_folder_becomes_the_test_split(tmp_path):
-    bundle = build_data(_cfg(_tree(tmp_path / "d", splits=("train", "val")), tmp_path, val_size=3), seed=0)
+def test_val_folder_is_the_validation_split_or_with_val_folder_test_the_test_split(tmp_path):
+    root = _tree(tmp_path / "d", splits=("train", "val"))
+    bundle = build_data(_cfg(root, tmp_path, val_size=3), seed=0)  # val_size unused: val/ is the validation split
+    assert (len(bundle.train), len(bundle.val), bundle.test) == (12, 12, None)
+    assert bundle.info["validation"] == {"from": "val/ folder", "val_size": 3}
+    bundle = build_data(_cfg(root, tmp_path, val_size=3, val_folder="test"), seed=0)  # ImageNet's protocol
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (9, 3, 12)
 
 
@@ -106,7 +110,6 @@ def test_val_and_test_folders_are_both_used(tmp_path):
 @pytest.mark.parametrize("damage,message", [
     ("corrupt", r"cat/0\.png: not an image Pillow can read"),
     ("truncated", r"cat/0\.jpg: truncated"),
-    ("text", r"cat/notes\.txt: not an image file"),
     ("bomb", r"cat/0\.png: refused as a possible decompression bomb"),
     ("dangling", r"cat/gone\.png: dangling symbolic link \(to .*/nowhere\.png, which does not exist\)"),
 ])
@@ -118,8 +121,6 @@ def test_bad_input_names_the_file_or_folder(tmp_path, damage, message):
     elif damage == "truncated":
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(cat / "0.jpg")
         (cat / "0.jpg").write_bytes((cat / "0.jpg").read_bytes()[:300])
-    elif damage == "text":
-        (cat / "notes.txt").write_text("hello")
     elif damage == "bomb":
         huge_png(cat / "0.png")
     else:
@@ -135,8 +136,14 @@ def test_bad_input_names_the_file_or_folder(tmp_path, damage, message):
 
 
 def test_layout_errors(tmp_path):
-    with pytest.raises(UserError, match="no train/ folder"):
-        build_data(_cfg(tmp_path, tmp_path))
+    with pytest.raises(UserError, match=r"has no class folders; expected ROOT/<class>/<image> or ROOT/train/<class>"):
+        build_data(_cfg(tmp_path / "cache", tmp_path))
+    _write(tmp_path / "only" / "test" / "cat" / "0.png", (1, 2, 3))
+    with pytest.raises(UserError, match=r"only has no train/ folder \(only test/\): nothing to train on; .*`resnetlab eval RUN --data "):
+        build_data(_cfg(tmp_path / "only", tmp_path))
+    _write(tmp_path / "one" / "cat" / "0.png", (1, 2, 3))
+    with pytest.raises(UserError, match=r"one class folder \(cat\); a classifier needs at least two"):
+        build_data(_cfg(tmp_path / "one", tmp_path))
     _write(tmp_path / "train" / "loose.png", (1, 2, 3))
     with pytest.raises(UserError, match="has no class folders .*1 files directly inside"):
         build_data(_cfg(tmp_path, tmp_path))

@@ -62,7 +62,12 @@ class DataConfig:
     dataset: str = "cifar10"  # cifar10 | cifar100 | folder | synthetic
     root: str | None = None  # data directory (the CLI's --data)
     download: bool = False  # CIFAR only: fetch the official archive if missing
-    val_size: int = ranged(5000, 0)  # images held out of train for model selection (paper: 45k/5k); 0 = none
+    # Held out of train for model selection: a count (paper: 45k/5k, drawn at random over the split) or a
+    # fraction in (0, 1) (0.2: a fifth of every class, stratified); 0 = none. Seeded by train.seed.
+    val_size: int | float = ranged(5000, 0)
+    # What ROOT/val/ is when there is no ROOT/test/: val (the validation split, as ImageFolder users
+    # expect) or test (ImageNet, whose labelled val/ is its only test set: validation is then held out of train).
+    val_folder: str = "val"
     # Train on this many of the remaining training images (class-balanced, chosen by the seed);
     # None = all. For short experiments: a subset seen for many epochs reaches the regime where
     # training error reflects how well a net optimises, not how fast it starts.
@@ -76,6 +81,9 @@ class DataConfig:
     lighting: float = ranged(0.1, 0.0)  # std of AlexNet-style PCA colour augmentation; 0 disables
     cache_dir: str | None = None  # decoded small-image caches (default: ~/.cache/resnetlab/folders)
     skip_bad: bool = False  # skip unreadable images (with a count) instead of failing
+    # Class imbalance: none | sampler (draw training images with class-balanced weights, seeded per
+    # epoch) | loss (cross-entropy weighted by n / (classes * count), sklearn's "balanced").
+    balance: str = "none"
     synthetic_size: int = ranged(1024, 1)  # synthetic dataset: images per split
     synthetic_classes: int = ranged(10, 2)
     stats_images: int = ranged(2000, 1)  # folders of large images: normaliser statistics from this many train images
@@ -146,6 +154,7 @@ class Config:
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 RECIPE_META_KEYS = ("base", "description")  # recipe-file keys that are not config fields
+BALANCE = ("none", "sampler", "loss")  # data.balance
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -235,6 +244,10 @@ def _coerce(value, hint, key: str):
         if value is None:
             return None
         hint = next(a for a in args if a is not type(None))
+    if set(args) == {int, float}:  # a count or a fraction (data.val_size): whole floats are counts
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key {key}: expected a number, got {value!r} ({type(value).__name__})")
+        return int(value) if isinstance(value, float) and value.is_integer() else value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, float) and value.is_integer():  # max_steps: 64e3
@@ -254,9 +267,8 @@ def check_section(section: str, values) -> None:
         if allowed is not None and value is not None and value not in allowed:
             kind = "an integer" if isinstance(value, int) else "a finite number"
             raise UserError(f"config key {section}.{f.name}={value!r} is out of range: expected {kind} {allowed}")
-    if section == "data" and values.scale_min > values.scale_max:
-        raise UserError(f"config keys data.scale_min={values.scale_min} > data.scale_max={values.scale_max}: "
-                        "scale augmentation draws the shorter side from [scale_min, scale_max]")
+    if section == "data":
+        _check_data(values)
     if section == "optim" and values.nesterov and values.momentum == 0:
         raise UserError("config key optim.nesterov=true needs optim.momentum > 0")
     if section == "schedule":
@@ -266,6 +278,18 @@ def check_section(section: str, values) -> None:
         if bad:
             raise UserError(f"config key schedule.milestones={values.milestones!r}: expected a list of numbers >= 0 "
                             f"(in {values.milestones_unit}), got {bad[0]!r}")
+
+
+def _check_data(values) -> None:
+    if values.scale_min > values.scale_max:
+        raise UserError(f"config keys data.scale_min={values.scale_min} > data.scale_max={values.scale_max}: "
+                        "scale augmentation draws the shorter side from [scale_min, scale_max]")
+    if isinstance(values.val_size, float) and not 0 < values.val_size < 1:
+        raise UserError(f"config key data.val_size={values.val_size!r}: a fraction must be in (0, 1) (0.2 holds out "
+                        "a fifth of every class); a count is a whole number")
+    for key, allowed in (("balance", BALANCE), ("val_folder", ("val", "test"))):
+        if getattr(values, key) not in allowed:
+            raise UserError(f"config key data.{key}={getattr(values, key)!r}: expected one of {', '.join(allowed)}")
 
 
 def _section_from_dict(cls, data: dict, section: str):

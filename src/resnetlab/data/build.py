@@ -2,11 +2,14 @@
 
 Splits by source:
 - cifar10 / cifar100: train = the official training batches, test = the official test batch.
-- folder: train = ROOT/train; test = ROOT/test if present, else ROOT/val (then val/ is the test
-  split); if both val/ and test/ exist, val = ROOT/val and data.val_size is not used.
+- folder, ROOT/train/<class>/ (+ val/, test/): train = ROOT/train; val = ROOT/val (or, with
+  data.val_folder=test and no ROOT/test, ROOT/val is the test split: ImageNet); test = ROOT/test.
+- folder, ROOT/<class>/ only: every image is a training image (as Keras reads such a folder).
 - synthetic: train and test of data.synthetic_size images each.
-Otherwise val is carved out of train (data.val_size images, chosen by the seed), so model
-selection never touches the test set.
+Without a val folder, val is held out of train (data.val_size: a count drawn at random, or a
+fraction drawn per class, chosen by the seed), so model selection never touches the test set.
+What was held out (files or indices) and the images per class are in bundle.info and in the run's
+data.json (`data_record`).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from .cifar import SPECS, load_cifar
 from .datasets import ArrayDataset, FileDataset
 from .loaders import check_augment, make_eval_loader
 from .normalize import Normalizer
-from .sampling import STATS, generator, split_indices, stratified_subset
+from .sampling import STATS, generator, holdout, stratified_subset
 from .synthetic import synthetic
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
@@ -51,9 +54,14 @@ def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True) -> Dat
         raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
     train, val, test, info = _load(cfg)
     check_augment(train, cfg)
+    info["validation"] = {"from": "val/ folder" if val is not None else "none", "val_size": cfg.val_size}
     if val is None and cfg.val_size > 0:
-        keep, held = split_indices(len(train), cfg.val_size, seed)
+        keep, held = holdout(train.labels, cfg.val_size, seed)
         train, val = train.subset(keep), train.subset(held)
+        names = info.pop("train_files", None)
+        info["validation"] = {"from": "held out of train", "val_size": cfg.val_size, "images": len(held), "seed": seed,
+                              **({"files": [names[i] for i in held.tolist()]} if names else {"indices": held.tolist()})}
+    info.pop("train_files", None)
     if cfg.train_size is not None:  # after the hold-out, so val is the same with or without it
         train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
     normalizer = fit_normalizer(train, cfg, seed)
@@ -78,34 +86,64 @@ def _load(cfg: DataConfig):
 
 
 def _load_folder(root: Path, cfg: DataConfig):
-    if not (root / "train").is_dir():
-        raise UserError(f"{root} has no train/ folder; expected ROOT/train/<class>/<image> "
-                        f"(and optionally ROOT/val/ and ROOT/test/)")
-    paths, labels, classes, skipped = folders.scan(root / "train", None, cfg.skip_bad)
-    scanned = {"train": (paths, labels)}
-    for split in ("val", "test"):
+    layout = folders.folder_layout(root)
+    if layout is None:
+        raise UserError(f"{root} has no class folders; expected ROOT/<class>/<image> or ROOT/train/<class>/<image> "
+                        "(and optionally ROOT/val/ and ROOT/test/)")
+    if layout == "splits" and not (root / "train").is_dir():
+        present = ", ".join(f"{s}/" for s in folders.SPLITS if (root / s).is_dir())
+        raise UserError(f"{root} has no train/ folder (only {present}): nothing to train on; expected "
+                        f"ROOT/train/<class>/<image> or ROOT/<class>/<image> (`resnetlab eval RUN --data {root}` "
+                        "evaluates a model on it)")
+    first = folders.scan(root / "train" if layout == "splits" else root, None, cfg.skip_bad)
+    if len(first.classes) < 2:
+        raise UserError(f"{root} has one class folder ({first.classes[0]}); a classifier needs at least two: "
+                        "ROOT/<class>/<image> or ROOT/train/<class>/<image>, one folder per class")
+    scanned = {"train": first}
+    for split in ("val", "test") if layout == "splits" else ():
         if (root / split).is_dir():
-            p, y, _, bad = folders.scan(root / split, classes, cfg.skip_bad)
-            scanned[split], skipped = (p, y), skipped + bad
-    if "test" not in scanned and "val" in scanned:
-        scanned["test"] = scanned.pop("val")  # only val/: it is the test split; val is carved from train
-    side = folders.small_side(paths)
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else DEFAULT_CACHE / "folders"
-    out, info = {}, {"root": str(root), "in_memory": side is not None, "caches": [], "resized": 0}
-    for split, (p, y) in scanned.items():
-        if side is not None:
-            out[split], meta = folders.small_dataset(p, y, classes, side, root, cache_dir, cfg.skip_bad)
-            info["caches"].append(meta["cache"])
-            info["resized"] += meta["resized"]
-            skipped += meta["skipped"]
-        else:
-            out[split] = FileDataset(p, y, classes)
-    info["skipped"] = skipped
-    info["empty_classes"] = _empty_classes(out, classes, root, skipped)
+            scanned[split] = folders.scan(root / split, first.classes, cfg.skip_bad)
+    if "test" not in scanned and "val" in scanned and cfg.val_folder == "test":
+        scanned["test"] = scanned.pop("val")  # ImageNet: val/ is the test split; val is held out of train
+    out, info = load_scanned(scanned, root, cfg)
+    info["layout"] = layout
+    info["empty_classes"] = _empty_classes(out, first.classes, root / "train" if layout == "splits" else root,
+                                           info["skipped"])
     return out["train"], out.get("val"), out.get("test"), info
 
 
-def _empty_classes(splits: dict, classes: list[str], root: Path, skipped: list) -> dict[str, list[str]]:
+def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict]:
+    """Datasets of scanned split folders: in memory when the training images are small (decoded
+    once, through the cache), else files. info: root, caches, skipped and ignored files, and
+    train_files (the kept training paths, relative to root, in dataset order)."""
+    classes = scanned["train"].classes
+    side = folders.small_side(scanned["train"].paths)
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else DEFAULT_CACHE / "folders"
+    out, info = {}, {"root": str(root), "in_memory": side is not None, "caches": [], "resized": 0, "skipped": [],
+                     "ignored": [relative(p, root) for scan in scanned.values() for p in scan.ignored]}
+    for split, scan in scanned.items():
+        info["skipped"] += scan.skipped
+        kept = scan.paths
+        if side is not None:
+            out[split], meta = folders.small_dataset(scan.paths, scan.labels, classes, side, root, cache_dir, cfg.skip_bad)
+            info["caches"].append(meta["cache"])
+            info["resized"] += meta["resized"]
+            info["skipped"] += meta["skipped"]
+            dropped = {p for p, _ in meta["skipped"]}
+            kept = [p for p in scan.paths if p not in dropped]
+        else:
+            out[split] = FileDataset(scan.paths, scan.labels, classes)
+        if split == "train":
+            info["train_files"] = [relative(p, root) for p in kept]
+    return out, info
+
+
+def relative(path: str, root: Path) -> str:
+    prefix = str(root).rstrip(os.sep) + os.sep
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def _empty_classes(splits: dict, classes: list[str], train_dir: Path, skipped: list) -> dict[str, list[str]]:
     """Classes with no images left in val/test (possible only with skip_bad; reported, not fatal:
     accuracy over the other classes is still exact). In train it is an error: the model would keep
     an output it never learns, and dropping the class would renumber every label after it."""
@@ -114,7 +152,7 @@ def _empty_classes(splits: dict, classes: list[str], root: Path, skipped: list) 
         counts = torch.bincount(data.labels, minlength=len(classes))
         names = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
         if names and split == "train":
-            folder = root / "train" / names[0]
+            folder = train_dir / names[0]
             lost = [p for p, _ in skipped if p == str(folder) or p.startswith(str(folder) + os.sep)]
             raise UserError(f"class {', '.join(map(repr, names))} has no readable training images ({folder}: "
                             f"{len(lost)} bad files skipped); fix its files, or remove the class from every split")
@@ -145,6 +183,7 @@ def describe(bundle: DataBundle) -> str:
     splits = ", ".join(f"{name} {len(d)}" for name, d in (("train", bundle.train), ("val", bundle.val),
                                                            ("test", bundle.test)) if d is not None)
     extra = f", {len(bundle.info['skipped'])} bad files skipped" if bundle.info.get("skipped") else ""
+    extra += f", {len(bundle.info['ignored'])} other files ignored" if bundle.info.get("ignored") else ""
     extra += "".join(f", no {split} images of {', '.join(names)}" for split, names in bundle.info.get("empty_classes", {}).items())
     return (f"{bundle.info.get('dataset')}: {splits} images, {len(bundle.classes)} classes, {size}, "
             f"normalize={bundle.normalizer.kind}{extra}")

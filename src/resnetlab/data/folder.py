@@ -1,4 +1,10 @@
-"""Image folders in the ImageNet layout: ROOT/<split>/<class>/<image>.
+"""Image folders: ROOT/<split>/<class>/<image> (the ImageNet layout) or ROOT/<class>/<image>.
+
+`folder_layout` tells the two apart: "splits" when ROOT has train/, val/ or test/ holding class
+folders, "classes" when it has only class folders (read as the training images, as Keras'
+image_dataset_from_directory reads such a folder). Files whose extension is not an image's
+(notes.txt, Thumbs.db, .DS_Store ...) are ignored and counted, as torchvision's ImageFolder ignores
+them; an image file that cannot be decoded is an error (or, with data.skip_bad, skipped).
 
 Class index = position of the folder name in the sorted list of train/ class folders. Folders of
 small images (every probed image <= SMALL_SIDE px, e.g. CIFAR as JPEG) are decoded once, at their
@@ -12,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +35,42 @@ SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
 PROBES = 32  # images whose headers decide small vs large
 CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused
 PARALLEL_MIN = 2000  # decode in worker processes when each gets at least this many files
-IMAGE_EXTS = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+# torchvision ImageFolder's extensions, plus .gif and .jfif: photos people have (Pillow reads a GIF's first frame).
+IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 SKIP_HINT = "set data.skip_bad=true to skip bad files with a count"
+SPLITS = ("train", "val", "test")
 
 
-def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool):
-    """(paths, labels, classes, skipped) for one split folder; classes=None means: this is train/."""
+@dataclass
+class FolderScan:
+    """One split folder: image paths with their labels, and what was left out."""
+
+    paths: list[str]
+    labels: torch.Tensor  # int64, index into classes
+    classes: list[str]
+    skipped: list[tuple[str, str]]  # (path, reason): unreadable, with data.skip_bad
+    ignored: list[str]  # files that are not images by extension
+
+
+def folder_layout(root: Path) -> str | None:
+    """"splits" (ROOT/train|val|test/<class>/: a folder named train, val or test is always a split),
+    "classes" (ROOT/<class>/, no split level) or None (no subfolders)."""
+    if any((root / split).is_dir() for split in SPLITS):
+        return "splits"
+    return "classes" if _subfolders(root) else None
+
+
+def _subfolders(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderScan:
+    """One split folder; classes=None means: this is the training split, whose folders are the classes."""
     if not split_dir.is_dir():
         raise UserError(f"{split_dir} is not a directory; expected the layout ROOT/train/<class>/<image>")
-    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found = _subfolders(split_dir)
     if not found:
         loose = sum(1 for f in split_dir.iterdir() if f.is_file())
         raise UserError(f"{split_dir} has no class folders ({loose} files directly inside); expected "
@@ -47,9 +81,10 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool):
     if unknown:
         raise UserError(f"{split_dir} has class folders not in train/: {', '.join(unknown[:5])}; "
                         f"every split must use train's classes")
-    paths, labels, skipped = [], [], []
+    paths, labels, skipped, ignored = [], [], [], []
     for name in found:
-        files, bad = _class_files(split_dir / name)
+        files, bad, others = _class_files(split_dir / name)
+        ignored += others
         if bad and not skip_bad:
             raise UserError(f"{bad[0][0]}: {bad[0][1]}; remove it or {SKIP_HINT}")
         skipped += bad
@@ -60,15 +95,17 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool):
             skipped.append((str(split_dir / name), "empty class folder"))
         paths += files
         labels += [classes.index(name)] * len(files)
-    return paths, torch.tensor(labels, dtype=torch.int64), classes, skipped
+    loose = [str(f) for f in sorted(split_dir.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    ignored = loose + ignored  # files beside the class folders belong to no class
+    return FolderScan(paths, torch.tensor(labels, dtype=torch.int64), classes, skipped, ignored)
 
 
-def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image files under a class folder (recursive, sorted, hidden names ignored); other files,
-    dangling symbolic links and unreadable subfolders are bad. Symlinked subfolders are not
-    followed (a link loop would never end). scandir's entry types cost no extra system call per
-    file, which matters for ImageNet-sized folders."""
-    files, bad = [], []
+def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """(images, bad, ignored) under a class folder (recursive, sorted, hidden names ignored): files
+    with an image extension; dangling symbolic links and unreadable subfolders (bad); other files
+    (ignored). Symlinked subfolders are not followed (a link loop would never end). scandir's entry
+    types cost no extra system call per file, which matters for ImageNet-sized folders."""
+    files, bad, ignored = [], [], []
     pending = [str(folder)]
     while pending:
         current = pending.pop()
@@ -89,9 +126,9 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
                 files.append(entry.path)
             else:
-                bad.append((entry.path, "not an image file (unknown extension)"))
+                ignored.append(entry.path)
         pending += reversed(subfolders)  # depth first, in name order: a folder's files, then its subfolders
-    return files, bad
+    return files, bad, ignored
 
 
 def small_side(paths: list[str]) -> int | None:

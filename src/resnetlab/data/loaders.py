@@ -37,7 +37,8 @@ class TrainLoader:
                  rank: int, world_size: int, workers: int, device):
         check_augment(dataset, cfg)
         self.dataset, self.cfg, self.seed, self.epoch, self.rank = dataset, cfg, seed, epoch, rank
-        self.batches = train_batches(len(dataset), batch_size, seed, epoch, rank, world_size)
+        self.batches = train_batches(len(dataset), batch_size, seed, epoch, rank, world_size,
+                                     dataset.labels if cfg.balance == "sampler" else None)
         if not 0 <= start_batch <= len(self.batches):
             raise UserError(f"start_batch {start_batch} is outside this epoch's {len(self.batches)} batches")
         self.start_batch, self.workers, self.device = start_batch, check_workers(workers), torch.device(device)

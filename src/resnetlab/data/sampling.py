@@ -24,13 +24,15 @@ def generator(*keys: int) -> torch.Generator:
 
 
 def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
-                  world_size: int = 1) -> torch.Tensor:
+                  world_size: int = 1, balance_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Sample indices of this rank's training batches for one epoch: (num_batches, batch_size).
 
     One permutation of all n samples per (seed, epoch) is shared by every rank; the first
     num_batches * batch_size * world_size entries are dealt out round-robin, so ranks are disjoint
     and equally long. The remainder (< batch_size * world_size samples, different every epoch)
-    is dropped, like drop_last=True.
+    is dropped, like drop_last=True. With balance_labels (data.balance=sampler) the epoch is
+    instead a class-balanced draw with replacement (`balanced_draw`) of the same length, also a
+    function of (seed, epoch) alone, so a resumed run sees the same batches.
     """
     check_rank(rank, world_size)
     if batch_size < 1:
@@ -40,7 +42,11 @@ def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     if num_batches == 0:
         raise UserError(f"the training set has {n} images, fewer than one batch of {batch_size} x "
                         f"{world_size} process(es); lower the batch size or add data")
-    perm = torch.randperm(n, generator=generator(PERMUTATION, seed, epoch))[: num_batches * per_step]
+    gen = generator(PERMUTATION, seed, epoch)
+    if balance_labels is None:
+        perm = torch.randperm(n, generator=gen)[: num_batches * per_step]
+    else:
+        perm = balanced_draw(balance_labels, num_batches * per_step, gen)
     return perm.view(num_batches * batch_size, world_size)[:, rank].reshape(num_batches, batch_size)
 
 
@@ -56,13 +62,64 @@ def eval_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) ->
     return list(torch.arange(rank, n, world_size).split(batch_size))
 
 
+def balanced_draw(labels: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """`size` sample indices drawn with replacement, each class equally likely, then a uniform
+    member of it: the same distribution as weights 1 / count(class) (PyTorch's
+    WeightedRandomSampler), in O(n) and without torch.multinomial's 2**24-category limit."""
+    counts = torch.bincount(labels)
+    present = counts.nonzero().flatten()
+    order = torch.argsort(labels, stable=True)  # sample indices grouped by class
+    starts = torch.cumsum(counts, 0) - counts
+    cls = present[torch.randint(len(present), (size,), generator=gen)]
+    member = (torch.rand(size, generator=gen, dtype=torch.float64) * counts[cls]).long()
+    return order[starts[cls] + member]
+
+
+def holdout(labels: torch.Tensor, val_size: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices for data.val_size: a count is drawn at random over the split
+    (`split_indices`, the paper's 45k/5k); a fraction is stratified (`stratified_split`)."""
+    if isinstance(val_size, float):
+        return stratified_split(labels, val_size, seed)
+    return split_indices(len(labels), val_size, seed)
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic (train, val) split holding out round(fraction * n) samples, each class in
+    proportion to its count (largest remainder), but never a class's last training sample; both
+    sorted ascending. The members of each class are chosen by a permutation seeded by `seed`."""
+    n = len(labels)
+    if not 0 < fraction < 1:
+        raise UserError(f"data.val_size={fraction}: a fraction must be in (0, 1)")
+    counts = torch.bincount(labels)
+    quota = torch.minimum(class_quotas(counts, int(fraction * n + 0.5)), (counts - 1).clamp(min=0))
+    if int(quota.sum()) == 0:
+        raise UserError(f"data.val_size={fraction} of {n} training images holds out none (every class needs an image "
+                        "left to train on); add images or set data.val_size=0 for no validation split")
+    perm = torch.randperm(n, generator=generator(SPLIT, seed))
+    shuffled = labels[perm]
+    held = torch.cat([perm[shuffled == c][: int(q)] for c, q in enumerate(quota)]).sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held] = False
+    return keep.nonzero().flatten(), held
+
+
+def class_quotas(counts: torch.Tensor, size: int) -> torch.Tensor:
+    """`size` seats shared among classes in proportion to their counts: rounded down, the leftover
+    seats going to the classes with the largest remainders, so a balanced dataset stays balanced."""
+    exact = counts.double() * size / counts.sum()
+    quota = exact.floor().long()
+    leftover = size - int(quota.sum())
+    quota[torch.argsort(exact - quota, descending=True, stable=True)[:leftover]] += 1
+    return quota
+
+
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic (train, val) index split of range(n) by seed; both sorted ascending."""
     if val_size < 0:
         raise UserError(f"data.val_size must be >= 0, got {val_size}")
     if val_size >= n:
         raise UserError(f"data.val_size={val_size} leaves no training images (train has {n}); "
-                        f"set data.val_size below {n} (0 = no validation split)")
+                        f"set data.val_size below {n}, or a fraction such as data.val_size=0.2 (0 = no validation split)")
     perm = torch.randperm(n, generator=generator(SPLIT, seed))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
@@ -76,11 +133,7 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
     n = len(labels)
     if not 0 < size <= n:
         raise UserError(f"data.train_size must be between 1 and the {n} training images, got {size}")
-    counts = torch.bincount(labels)
-    exact = counts.double() * size / n
-    quota = exact.floor().long()
-    leftover = size - int(quota.sum())
-    quota[torch.argsort(exact - quota, descending=True, stable=True)[:leftover]] += 1
+    quota = class_quotas(torch.bincount(labels), size)
     perm = torch.randperm(n, generator=generator(SUBSET, seed))
     shuffled = labels[perm]
     chosen = [perm[shuffled == c][: int(q)] for c, q in enumerate(quota)]

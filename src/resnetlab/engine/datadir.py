@@ -1,6 +1,7 @@
 """What kind of dataset a `--data DIR` holds, so the command line needs no --dataset flag.
 
-- DIR/train/<class>/*.jpg|png...          -> data.dataset = folder, data.root = DIR
+- DIR/train/<class>/*.jpg|png... (or val/, test/), or DIR/<class>/*.jpg|png...
+                                           -> data.dataset = folder, data.root = DIR
 - DIR/cifar-10-batches-py (or the archive) -> cifar10, root DIR; DIR itself being that folder works too
 - DIR/cifar-100-python (or the archive)    -> cifar100
 Anything else keeps the recipe's data.dataset (with data.root = DIR), and the data package
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from resnetlab.data.folder import folder_layout
 from resnetlab.errors import UserError
 
 CIFAR_MARKERS = {
@@ -31,6 +33,6 @@ def data_overrides(path: str, recipe_dataset: str) -> list[tuple[str, object]]:
             return [("data.dataset", name), ("data.root", str(root.parent))]
         if any((root / m).exists() for m in markers):
             return [("data.dataset", name), ("data.root", str(root))]
-    if (root / "train").is_dir() and any(p.is_dir() for p in (root / "train").iterdir()):
+    if folder_layout(root) is not None:
         return [("data.dataset", "folder"), ("data.root", str(root))]
     return [("data.root", str(root))]

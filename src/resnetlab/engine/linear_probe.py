@@ -46,8 +46,11 @@ def extract_features(model, normalizer, dataset, cfg: Config, rt, batch_size: in
     return torch.cat(feats), torch.cat(labels)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, penalty: float, steps: int = LBFGS_STEPS):
-    """Multinomial logistic regression: mean cross-entropy + penalty/2 ||W||^2 (bias not penalised).
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, penalty: float, steps: int = LBFGS_STEPS,
+                 weight: torch.Tensor | None = None):
+    """Multinomial logistic regression: mean cross-entropy (class-weighted by `weight`: data.balance,
+    whose sampler and loss weighting are the same thing for a fit on every image at once)
+    + penalty/2 ||W||^2 (bias not penalised).
 
     Solved on standardised features (for L-BFGS's conditioning), then mapped back so that
     logits = x @ W.T + b on the raw features. Returns (W (K, D), b (K,)).
@@ -61,7 +64,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, penalty: fl
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(z @ w.T + b, y) + 0.5 * penalty * (w * w).sum()
+        loss = F.cross_entropy(z @ w.T + b, y, weight=weight) + 0.5 * penalty * (w * w).sum()
         loss.backward()
         return loss
 
@@ -74,17 +77,18 @@ def error_rate(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     return 100.0 * ((x @ w.T + b).argmax(1) != y).double().mean().item()
 
 
-def choose_penalty(train, val, num_classes: int, default: float) -> tuple[float, dict]:
+def choose_penalty(train, val, num_classes: int, default: float, weight=None) -> tuple[float, dict]:
     """The L2 strength with the lowest val error (the smaller one on ties); `default` without val."""
     if val is None:
         return default, {}
-    errors = {p: error_rate(*val, *fit_logistic(*train, num_classes, p)) for p in PENALTIES}
+    errors = {p: error_rate(*val, *fit_logistic(*train, num_classes, p, weight=weight)) for p in PENALTIES}
     return min(PENALTIES, key=lambda p: (errors[p], p)), errors
 
 
 def train_linear_probe(cfg: Config, workdir, stream=None) -> dict:
     """Fit the probe and write the run directory (config, checkpoints, metrics.jsonl, summary.json)."""
     from resnetlab.data import build_data
+    from resnetlab.data.summary import loss_weights
 
     if dist_info_from_env().enabled:
         raise UserError("the linear probe runs in one process (its features are computed once); run it without torchrun")
@@ -100,8 +104,9 @@ def train_linear_probe(cfg: Config, workdir, stream=None) -> dict:
     train = extract_features(model, normalizer, bundle.train, cfg, rt)
     val = extract_features(model, normalizer, bundle.val, cfg, rt) if bundle.val is not None else None
     k = len(bundle.classes)
-    penalty, val_errors = choose_penalty(train, val, k, cfg.optim.weight_decay)
-    w, b = fit_logistic(*train, k, penalty)
+    weight = None if cfg.data.balance == "none" else loss_weights(train[1], k).double()
+    penalty, val_errors = choose_penalty(train, val, k, cfg.optim.weight_decay, weight)
+    w, b = fit_logistic(*train, k, penalty, weight=weight)
     with torch.no_grad():
         model.fc.weight.copy_(w.to(model.fc.weight))
         model.fc.bias.copy_(b.to(model.fc.bias))

@@ -107,3 +107,20 @@ def observe_val_error(cfg: ScheduleConfig, state: ScheduleState, val_err: float)
         state.num_decays += 1
         state.bad_evals = 0
     return state
+
+
+def schedule_warnings(cfg: ScheduleConfig, steps_per_epoch: int) -> list[str]:
+    """What in a schedule cannot happen within the run: a warm-up as long as the run (the lr never
+    reaches its peak) or lr milestones at or after the last step (never taken)."""
+    total = total_steps(cfg, steps_per_epoch)
+    length = f"the run has {total} steps ({steps_per_epoch} per epoch)"
+    out = []
+    if cfg.warmup_steps >= total and cfg.warmup_until_err is None:
+        out.append(f"schedule.warmup_steps={cfg.warmup_steps} is not shorter than the run: {length}, so the lr never "
+                   f"reaches optim.lr; lower schedule.warmup_steps (e.g. {total // 10})")
+    late = [m for m in milestone_steps(cfg, steps_per_epoch) if m >= total] if cfg.kind == "step" else []
+    if late:
+        out.append(f"schedule.milestones {cfg.milestones} ({cfg.milestones_unit}): {len(late)} of them at or after the "
+                   f"last step, so the lr is never lowered there; {length}")
+    return out
+

@@ -22,6 +22,7 @@ from .checkpoint import load_checkpoint
 from .distributed import DistInfo, per_rank_batch
 from .finetune import apply_freezing, load_init_weights, param_groups
 from .logger import RunLogger
+from .preflight import preflight
 from .runtime import Runtime, compile_model, make_grad_scaler, prepare_model
 from .schedules import create_learning_rate_fn, total_steps
 from .state import TrainState, restore_checkpoint
@@ -46,6 +47,7 @@ class Run:
     total: int
     lr_fn: Callable
     log: RunLogger
+    class_weights: torch.Tensor | None = None  # data.balance=loss: cross-entropy weight per class
 
     def loader(self, epoch: int, start_batch: int = 0):
         return train_loader(self.bundle, self.cfg, self.info, self.rt, epoch, start_batch)
@@ -130,6 +132,7 @@ def _wrap(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Modu
 
 def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runtime, stream=None) -> Run:
     from resnetlab.data import build_data
+    from resnetlab.data.summary import loss_weights
 
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
@@ -154,4 +157,7 @@ def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runt
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
                  + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})")
                  + (f", resuming at step {state.step}" if state.step else ""))
+    if cfg.data.balance == "loss":
+        run.class_weights = loss_weights(bundle.train.labels, len(bundle.classes)).to(rt.device)
+    preflight(run)
     return run

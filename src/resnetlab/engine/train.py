@@ -33,11 +33,12 @@ class TrainingDiverged(UserError):
     """The loss or the weights became NaN/inf; the last good checkpoint was kept."""
 
 
-def train_step(net, optimizer, scaler, normalizer, x, y, rt: Runtime, label_smoothing: float = 0.0):
+def train_step(net, optimizer, scaler, normalizer, x, y, rt: Runtime, label_smoothing: float = 0.0,
+               class_weights: torch.Tensor | None = None):
     """One SGD update on a batch: x uint8 (B, 3, H, W), y int64 (B,) -> (loss, number correct)."""
     with autocast(rt):
         logits = net(to_input(normalizer(x), rt))
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    loss = F.cross_entropy(logits.float(), y, weight=class_weights, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
     scaler.step(optimizer)
@@ -89,7 +90,7 @@ def train_loop(run: Run, stop: StopOnSignal):
             lr = run.lr_fn(state.step, state.schedule)
             set_lr(run.optimizer, lr)
             loss, correct = train_step(run.net, run.optimizer, run.scaler, run.normalizer, x, y, run.rt,
-                                       cfg.optim.label_smoothing)
+                                       cfg.optim.label_smoothing, run.class_weights)
             window.update(loss, correct, len(y))
             since_eval.update(loss, correct, len(y))
             state.step += 1

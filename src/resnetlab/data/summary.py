@@ -1,0 +1,94 @@
+"""What a run says about its data before training: images per class in each split, the files
+that were ignored, class imbalance; the record written to RUN/data.json; class-balanced loss weights.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import PurePath
+
+import torch
+
+IMBALANCE_WARN = 5.0  # largest / smallest training class above this: warn (when data.balance is none)
+CLASSES_LISTED = 12  # more classes than this: the counts line gives the range, not every class
+FILES_LISTED = 3
+
+
+def class_counts(dataset, num_classes: int) -> list[int]:
+    return torch.bincount(dataset.labels, minlength=num_classes).tolist()
+
+
+def loss_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Cross-entropy class weights n / (classes * count) (sklearn's "balanced"): every class
+    contributes as much to the loss as it would in a balanced set of the same size."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return (len(labels) / (num_classes * counts.clamp(min=1))).float()
+
+
+def counts_line(bundle) -> str:
+    """Images per class and split, e.g. 'images per class (train/val/test): cat 40/10/-, dog 8/2/-'."""
+    splits = [(name, d) for name, d in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
+              if d is not None]
+    counts = {name: class_counts(d, len(bundle.classes)) for name, d in splits}
+    if len(bundle.classes) > CLASSES_LISTED:
+        train = counts["train"]
+        low, high = min(range(len(train)), key=train.__getitem__), max(range(len(train)), key=train.__getitem__)
+        return (f"training images per class: {train[low]} ({bundle.classes[low]}) to {train[high]} "
+                f"({bundle.classes[high]}), median {sorted(train)[len(train) // 2]}; every count in data.json")
+    names = "/".join(name for name, _ in splits)
+    per_class = ", ".join(f"{c} {'/'.join(str(counts[s][i]) for s, _ in splits)}" for i, c in enumerate(bundle.classes))
+    return f"images per class ({names}): {per_class}"
+
+
+def imbalance_warning(bundle, balance: str) -> str | None:
+    """A warning when the largest training class has more than IMBALANCE_WARN x the images of the
+    smallest and nothing compensates (data.balance=none)."""
+    train = class_counts(bundle.train, len(bundle.classes))
+    low, high = min(range(len(train)), key=train.__getitem__), max(range(len(train)), key=train.__getitem__)
+    if balance != "none" or train[high] <= IMBALANCE_WARN * train[low]:
+        return None
+    return (f"imbalanced classes: {bundle.classes[high]!r} has {train[high]} training images, {bundle.classes[low]!r} "
+            f"{train[low]} ({train[high] / train[low]:.1f}x); the model will favour the large classes. "
+            "--set data.balance=sampler draws every class equally often, data.balance=loss weights the loss instead")
+
+
+def notes(bundle, balance: str) -> list[str]:
+    """The lines a run logs about its data at the start (the imbalance warning is separate)."""
+    info = bundle.info
+    lines = [counts_line(bundle)]
+    if info.get("layout") == "classes":
+        lines.append(f"{info['root']} has no train/ folder: its class folders are the training images")
+    held = info.get("validation", {})
+    if held.get("from") == "held out of train":
+        lines.append(f"validation: {held['images']} training images held out (data.val_size={held['val_size']}, "
+                     f"seed {held['seed']}); listed in data.json")
+    if balance != "none":
+        lines.append(f"data.balance={balance}: " + ("every class drawn equally often" if balance == "sampler"
+                                                    else "cross-entropy weighted by n / (classes x count)"))
+    if info.get("ignored"):
+        lines.append(ignored_line(info["ignored"]))
+    return lines
+
+
+def ignored_line(ignored: list[str]) -> str:
+    """'ignored 2 files that are not images in class folders (.txt 1, no extension 1): a/notes.txt, ...'"""
+    kinds = Counter(PurePath(p).suffix.lower() or "no extension" for p in ignored)
+    shown = ", ".join(ignored[:FILES_LISTED]) + (", ..." if len(ignored) > FILES_LISTED else "")
+    return (f"ignored {len(ignored)} file{'s' * (len(ignored) != 1)} that {'are' if len(ignored) != 1 else 'is'} "
+            f"not an image in a class folder ({', '.join(f'{k} {n}' for k, n in kinds.most_common())}): {shown}")
+
+
+def data_record(bundle) -> dict:
+    """RUN/data.json: where the data came from, images per class and split, what was held out
+    for validation (files relative to the root, or indices into the training split), and the
+    files ignored or skipped."""
+    info = bundle.info
+    splits = (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
+    return {
+        "dataset": info.get("dataset"), "root": info.get("root"), "layout": info.get("layout"),
+        "classes": list(bundle.classes),
+        "images_per_class": {name: dict(zip(bundle.classes, class_counts(d, len(bundle.classes))))
+                             for name, d in splits if d is not None},
+        "validation": info.get("validation"),
+        "ignored_files": info.get("ignored", []),
+        "skipped_files": [{"path": p, "reason": r} for p, r in info.get("skipped", [])],
+    }

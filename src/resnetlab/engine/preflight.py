@@ -1,0 +1,37 @@
+"""What a run says before its first step, beyond the model line: the data's images per class, the
+files it ignored, what was held out for validation (also written to RUN/data.json), and warnings
+for choices that work but cost the user (imbalanced classes left as they are, a warm-up or lr
+milestones the run never reaches, more decoding workers than CPU cores)."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+from resnetlab.errors import ResnetlabWarning
+from resnetlab.files import write_text_atomic
+
+from .schedules import schedule_warnings
+
+
+def cpu_count() -> int:
+    """CPU cores this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def preflight(run) -> None:
+    """Log and warn on rank 0; write RUN/data.json there."""
+    from resnetlab.data.summary import data_record, imbalance_warning, notes
+
+    if not run.info.is_main:
+        return
+    cfg = run.cfg
+    for line in notes(run.bundle, cfg.data.balance):
+        run.log.info(line)
+    write_text_atomic(run.workdir / "data.json", json.dumps(data_record(run.bundle), indent=1))
+    found = [imbalance_warning(run.bundle, cfg.data.balance)] + schedule_warnings(cfg.schedule, run.steps_per_epoch)
+    if cfg.train.workers > cpu_count():
+        found.append(f"train.workers={cfg.train.workers} decoding processes for {cpu_count()} CPU cores: they will "
+                     f"take turns; --workers {max(cpu_count() - 1, 0)} or fewer")
+    for message in filter(None, found):
+        warnings.warn(message, ResnetlabWarning, stacklevel=2)

@@ -1,0 +1,120 @@
+"""A folder of one's own photos: validation as a stratified fraction, DIR/<class>/ without a split
+level, files that are not images, class counts and imbalance (sampler and loss weights)."""
+import json
+
+import pytest
+import torch
+from test_data_folders import COLOURS, _cfg, _tree, _write
+
+from resnetlab.config import load_config
+from resnetlab.data import build_data, make_train_loader
+from resnetlab.data.sampling import balanced_draw, generator, holdout, split_indices, stratified_split, train_batches
+from resnetlab.data.summary import data_record, imbalance_warning, loss_weights, notes
+from resnetlab.errors import UserError
+
+LABELS = torch.tensor([0] * 50 + [1] * 30 + [2] * 15 + [3] * 5)  # shuffled below: order must not matter
+LABELS = LABELS[torch.randperm(100, generator=torch.Generator().manual_seed(1))]
+
+
+def test_a_fraction_holds_out_that_share_of_every_class_by_the_seed():
+    train, val = stratified_split(LABELS, 0.2, seed=0)
+    assert torch.bincount(LABELS[val]).tolist() == [10, 6, 3, 1] and len(train) + len(val) == 100
+    assert set(train.tolist()).isdisjoint(val.tolist()) and torch.equal(val, val.sort().values)
+    again, other = stratified_split(LABELS, 0.2, seed=0)[1], stratified_split(LABELS, 0.2, seed=1)[1]
+    assert torch.equal(val, again) and not torch.equal(val, other)
+    # largest remainder: 0.25 of (50, 30, 15, 5) = 12.5, 7.5, 3.75, 1.25 -> 25 seats: 13, 7, 4, 1 (ties by class order)
+    assert torch.bincount(LABELS[stratified_split(LABELS, 0.25, seed=0)[1]]).tolist() == [13, 7, 4, 1]
+
+
+def test_a_fraction_never_takes_a_class_s_last_training_image_and_a_count_is_the_old_split():
+    labels = torch.tensor([0, 0, 0, 0, 1])
+    train, val = stratified_split(labels, 0.4, seed=0)
+    assert labels[val].tolist() == [0, 0] and 4 in train.tolist()  # class 1 keeps its only image
+    with pytest.raises(UserError, match=r"data.val_size=0.2 of 2 training images holds out none"):
+        stratified_split(torch.tensor([0, 1]), 0.2, seed=0)
+    for a, b in zip(holdout(LABELS, 7, seed=3), split_indices(100, 7, seed=3)):  # counts: unchanged (runs repeat)
+        assert torch.equal(a, b)
+
+
+def test_val_size_is_a_count_or_a_fraction_in_config():
+    assert load_config(None, ["data.val_size=0.2"]).data.val_size == 0.2
+    assert load_config(None, ["data.val_size=5e3"]).data.val_size == 5000  # a whole float is a count
+    for bad, words in (("1.5", "a fraction must be in (0, 1)"), ("-0.2", "out of range"), ("abc", "expected a number"),
+                       ("true", "expected a number")):
+        with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            load_config(None, [f"data.val_size={bad}"])
+    with pytest.raises(UserError, match=r"data.balance='weights': expected one of none, sampler, loss"):
+        load_config(None, ["data.balance=weights"])
+    with pytest.raises(UserError, match=r"data.val_folder='dev': expected one of val, test"):
+        load_config(None, ["data.val_folder=dev"])
+
+
+def _photos(root, counts):
+    """ROOT/<class>/ only, small PNGs, a stray text file in a class folder and one at the top."""
+    for (name, colour), n in zip(COLOURS.items(), counts):
+        for i in range(n):
+            _write(root / name / f"{i}.png", colour)
+    (root / "cat" / "notes.txt").write_text("not a photo")
+    (root / "README").write_text("")
+    return root
+
+
+def test_a_folder_of_class_folders_is_the_training_set_and_its_record_lists_the_held_out_files(tmp_path):
+    root = _photos(tmp_path / "photos", (10, 5, 2))
+    bundle = build_data(_cfg(root, tmp_path, val_size=0.2), seed=0)
+    assert bundle.classes == sorted(COLOURS) and bundle.test is None and bundle.info["layout"] == "classes"
+    assert (len(bundle.train), len(bundle.val)) == (14, 3)  # round(0.2 * 17) = 3: cat 2, dog 1, emu 0 (2 * 0.2 = 0.35)
+    assert bundle.info["ignored"] == ["README", "cat/notes.txt"]
+    record = json.loads(json.dumps(data_record(bundle)))
+    assert record["images_per_class"] == {"train": {"cat": 8, "dog": 4, "emu": 2}, "val": {"cat": 2, "dog": 1, "emu": 0}}
+    held = record["validation"]
+    assert held["images"] == 3 and held["val_size"] == 0.2 and held["from"] == "held out of train"
+    assert sorted(f.split("/")[0] for f in held["files"]) == ["cat", "cat", "dog"]
+    for name, img, label in zip(held["files"], bundle.val.images, bundle.val.labels):  # the files really held out
+        assert bundle.classes[label] == name.split("/")[0] and tuple(img[:, 0, 0].tolist()) == COLOURS[name.split("/")[0]]
+    lines = notes(bundle, "none")
+    assert lines[0] == "images per class (train/val): cat 8/2, dog 4/1, emu 2/0"
+    assert lines[-1] == ("ignored 2 files that are not an image in a class folder (no extension 1, .txt 1): README, "
+                         "cat/notes.txt")
+
+
+def test_imbalance_warns_above_5x_unless_balanced_and_loss_weights_are_balanced(tmp_path):
+    bundle = build_data(_cfg(_photos(tmp_path / "p", (11, 4, 2)), tmp_path), seed=0)
+    assert imbalance_warning(bundle, "none").startswith("imbalanced classes: 'cat' has 11 training images, 'emu' 2 (5.5x)")
+    assert imbalance_warning(bundle, "sampler") is None
+    bundle = build_data(_cfg(_photos(tmp_path / "q", (10, 4, 2)), tmp_path), seed=0)
+    assert imbalance_warning(bundle, "none") is None  # exactly 5x
+    w = loss_weights(torch.tensor([0] * 6 + [1] * 3 + [2]), 3)
+    assert torch.allclose(w, torch.tensor([10 / 18, 10 / 9, 10 / 3]))  # n / (classes * count)
+
+
+def test_the_balanced_sampler_draws_every_class_equally_and_is_a_function_of_seed_and_epoch():
+    draw = balanced_draw(LABELS, 40000, generator(9))
+    share = torch.bincount(LABELS[draw]).double() / 40000
+    assert torch.allclose(share, torch.full((4,), 0.25, dtype=torch.float64), atol=0.01)  # seeded: exact every run
+    members = torch.bincount(draw[LABELS[draw] == 3], minlength=100)[LABELS == 3]  # the 5 images of class 3
+    assert members.min() > 0.8 * members.double().mean()  # a uniform member of the class
+    a = train_batches(100, 8, seed=4, epoch=2, balance_labels=LABELS)
+    assert a.shape == (12, 8) and torch.equal(a, train_batches(100, 8, seed=4, epoch=2, balance_labels=LABELS))
+    assert not torch.equal(a, train_batches(100, 8, seed=4, epoch=3, balance_labels=LABELS))
+    ranks = [train_batches(100, 4, seed=4, epoch=2, rank=r, world_size=2, balance_labels=LABELS) for r in (0, 1)]
+    assert torch.equal(torch.stack(ranks, -1).reshape(12, 8), a)  # dealt round-robin like the permutation
+
+
+def test_a_balanced_loader_resumes_mid_epoch_with_the_same_batches(tmp_path):
+    root = _photos(tmp_path / "p", (12, 3, 3))
+    cfg = _cfg(root, tmp_path, balance="sampler")
+    train = build_data(cfg).train
+    full = list(make_train_loader(train, cfg, batch_size=4, seed=1, epoch=1))
+    resumed = list(make_train_loader(train, cfg, batch_size=4, seed=1, epoch=1, start_batch=2))
+    assert len(full) == 4 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[2:], resumed))
+    assert torch.bincount(torch.cat([y for _, y in full]), minlength=3).min() >= 3  # 16 draws, each class ~1/3
+
+
+def test_split_folders_keep_their_roles_and_non_images_are_ignored_there_too(tmp_path):
+    root = _tree(tmp_path / "d", splits=("train", "val", "test"))
+    (root / "train" / "dog" / "Thumbs.db").write_bytes(b"\0")
+    (root / "test" / "list.csv").write_text("a,b")
+    bundle = build_data(_cfg(root, tmp_path, val_size=0.5))
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (12, 12, 12)
+    assert bundle.info["ignored"] == ["train/dog/Thumbs.db", "test/list.csv"]
