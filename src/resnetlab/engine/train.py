@@ -99,6 +99,8 @@ def train_loop(run: Run, stop: StopOnSignal):
             at_eval = state.step % run.eval_every == 0 or state.step == run.total
             if at_eval or state.step % cfg.train.log_every == 0:
                 log_point(run, window, lr, clock)
+            elif run.log.line_due(state.step):  # slow steps in a log file: rank 0's batches since the last log point
+                run.log.progress_line(state.step, *meter_summary(window.state()), lr=lr, img_s=_rate(clock))
             if at_eval:
                 best_state = eval_point(run, window, since_eval, lr, clock) or best_state
             if _stop_requested(stop, run):
