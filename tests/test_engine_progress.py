@@ -1,10 +1,16 @@
-"""Progress lines in a log file: every log_every steps or every ~30 s, with an ETA; the clock is
-injected, so nothing here waits or depends on the machine's speed."""
+"""What a run writes off a terminal: progress lines every log_every steps or every ~30 s, with an
+ETA (the clock is injected, so nothing here waits or depends on the machine's speed), and
+metrics.csv beside metrics.jsonl."""
+import csv
 import io
+import json
 
 import pytest
+from test_engine_train import tiny_config
 
+from resnetlab.engine import train_and_evaluate
 from resnetlab.engine.logger import RunLogger
+from resnetlab.engine.metrics_csv import metrics_csv, write_metrics_csv
 from resnetlab.engine.progress import ProgressLines, eta_seconds, format_duration, line_due
 
 
@@ -63,3 +69,21 @@ def test_resumed_session_counts_its_eta_from_where_it_started():
     lines = ProgressLines(total=1000, start_step=900, every_steps=10, clock=clock)
     clock.now += 10.0
     assert lines.line(910, 0.5, 10.0, 0.001, 100.0).endswith("eta 1m30s")  # 1 s/step x 90 left, not 910 steps' worth
+
+
+def test_training_keeps_metrics_csv_equal_to_metrics_jsonl(tmp_path):
+    train_and_evaluate(tiny_config(("schedule.max_steps", 8), ("train.eval_every", 4), ("data.val_size", 0)), tmp_path,
+                       stream=io.StringIO())
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [4, 8] and len(records) == 2
+    assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "train_err", "images_per_s", "elapsed_s"]  # no val split
+    assert all(float(row[k]) == rec[k] for row, rec in zip(rows, records) for k in row)  # full precision
+
+
+def test_metrics_csv_columns_blanks_and_a_cut_line(tmp_path):
+    records = [{"step": 1, "lr": 0.1, "val_top1_err": None, "extra": [1, 2]}, {"step": 2, "train_err": 5.0}]
+    assert metrics_csv(records).splitlines() == ["epoch,step,lr,train_err,extra", ',1,0.1,,"[1, 2]"', ",2,,5.0,"]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "lr": 0.5}\n{"step": 2, "lr"')  # a crash mid-line
+    assert write_metrics_csv(tmp_path).read_text() == "epoch,step,lr\n,1,0.5\n"
+    assert write_metrics_csv(tmp_path / "nothing") is None

@@ -1,6 +1,6 @@
 """What a run tells the world: a tqdm bar on a terminal; otherwise plain progress lines (every
-log_every steps or ~30 s, engine/progress.py) and one line per evaluation; metrics.jsonl in the
-run directory, and TensorBoard when asked for and installed.
+log_every steps or ~30 s, engine/progress.py) and one line per evaluation; metrics.jsonl and
+metrics.csv in the run directory, and TensorBoard when asked for and installed.
 
 Only rank 0 logs; the other processes get a logger that does nothing.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .metrics_csv import write_metrics_csv
 from .progress import ProgressLines
 
 
@@ -76,12 +77,22 @@ class RunLogger:
             return
         with open(self.workdir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        self._update_csv()
         keys = ("epoch", "step", "lr", "train_loss", "train_err", "val_top1_err", "val_top5_err", "images_per_s", "elapsed_s")
         self.info("  ".join(f"{k} {_fmt(metrics[k])}" for k in keys if k in metrics and metrics[k] is not None))
         if self.tb is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):
                     self.tb.add_scalar(f"eval/{key}", value, metrics["step"])
+
+    def _update_csv(self) -> None:
+        """metrics.csv follows metrics.jsonl; a CSV held open elsewhere (a spreadsheet on Windows
+        locks it) must not stop the run."""
+        try:
+            write_metrics_csv(self.workdir)
+        except OSError as err:
+            self.info(f"could not update {self.workdir / 'metrics.csv'} ({err.strerror or err}); "
+                      "metrics.jsonl has every record")
 
     def close(self) -> None:
         if self.bar is not None:
