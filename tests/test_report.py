@@ -174,6 +174,10 @@ def test_report_goes_to_a_folder_of_its_own_and_never_over_another(tmp_path, cap
     assert "| a, b | resnet20 |" in (runs / "report" / "report.md").read_text()  # not overwritten by b + d
     assert main(["report", str(two), "--out", str(runs / "report")]) == 2
     assert "holds a report of other runs" in capsys.readouterr().err
+    (two / "report").mkdir()
+    (two / "report" / "report.md").write_text("# written before reports named their runs")
+    assert report_dir([two]) == two / "report-2"  # by default never over it
+    assert report_dir([two], two / "report") == two / "report"  # named with --out: the user's choice
 
 
 def _overlaps(a, b) -> bool:

@@ -88,28 +88,32 @@ def _identities(run_dirs) -> list[str]:
     return sorted({str(Path(d).resolve()) for d in run_dirs})
 
 
+def _reported_runs(folder: Path) -> list[str] | None:
+    """The runs of the report in `folder` by its manifest; None when there is no readable one."""
+    try:
+        return json.loads((folder / MANIFEST).read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _usable(folder: Path, run_dirs) -> bool:
     """A folder a report of these runs may be written into: new, empty, or a report of the same runs."""
     if not folder.exists():
         return True
     if not folder.is_dir():
         return False
-    if not any(folder.iterdir()):
-        return True
-    try:
-        return json.loads((folder / MANIFEST).read_text())["runs"] == _identities(run_dirs)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return not any(folder.iterdir()) or _reported_runs(folder) == _identities(run_dirs)
 
 
 def report_dir(run_dirs, out=None) -> Path:
     """Where `resnetlab report` writes. Without `out`, a folder of its own: RUN/report/ for one run,
     report/ beside several runs (in their common parent); when that holds another report (or
     anything else), the first free report-2/, report-3/ ... A report of the same runs is refreshed
-    in place. An explicit `out` that holds a report of other runs is refused."""
+    in place. An explicit `out` whose manifest names other runs is refused (one without a manifest,
+    from before manifests were written, is taken as the user's choice)."""
     if out is not None:
         out = Path(out)
-        if (out / "report.md").exists() and not _usable(out, run_dirs):
+        if _reported_runs(out) not in (None, _identities(run_dirs)):
             raise UserError(f"--out {out} holds a report of other runs; choose another folder, or leave --out "
                             "out to get a new one")
         if out.exists() and not out.is_dir():
