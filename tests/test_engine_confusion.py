@@ -115,3 +115,15 @@ def test_eval_of_a_lone_checkpoint_never_overwrites_and_bad_out_is_one_line(run_
     assert main(["eval", str(lone), "--out", str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("resnetlab eval: error: cannot write the confusion matrix into") and "\n" not in err
+
+
+def test_a_run_whose_folder_cannot_take_the_files_warns_and_keeps_the_numbers(tmp_path):
+    from resnetlab.engine.confusion import record_per_class
+    from resnetlab.errors import ResnetlabWarning
+
+    (tmp_path / "blocked").write_text("")  # a file where the folder should be
+    report = {"top1": 37.5, "confusion": torch.tensor(EXPECTED)}
+    test = {"last": report, "best": report}  # last is best: one dict
+    with pytest.warns(ResnetlabWarning, match="could not write the confusion matrix"):
+        record_per_class(test, CLASSES, tmp_path / "blocked" / "run")
+    assert "confusion" not in report and [r["correct"] for r in test["best"]["per_class"]] == [2, 1, 0, 0]

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import atomic_write, write_text_atomic
 
 
@@ -140,8 +141,13 @@ def record_per_class(test: dict, classes, folder=None, split: str = "test") -> N
     for report in test.values():
         report.pop("confusion", None)  # "best" may be the very same dict as "last"
     test[chosen]["per_class"] = [asdict(r) for r in per_class(matrix, classes)]
-    if folder is not None:
+    if folder is None:
+        return
+    try:
         write_per_class_files(folder, matrix, classes, split, f"{split} split, {chosen} weights")
+    except OSError as err:  # the run itself is done and saved: say so rather than lose the summary
+        warnings.warn(f"could not write the confusion matrix into {folder} ({err.strerror or err}); the per-class "
+                      "numbers are in summary.json", ResnetlabWarning, stacklevel=2)
 
 
 def default_eval_dir(checkpoint, split: str, protocol: str, precision: str) -> Path:
