@@ -6,6 +6,7 @@ then BN-free in effect, and DDP's averaged gradient of two half-batches equals t
 gradient of the whole batch. The data split must also be exact: each global batch is dealt out
 to the two ranks, so any mistake in sharding changes the weights.
 """
+import json
 import os
 import subprocess
 import sys
@@ -43,6 +44,10 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
     assert not torch.allclose(init["layer3.0.conv1.weight"], one["layer3.0.conv1.weight"])  # training moved them
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    # the test confusion matrix is summed over both processes' shards, like the accuracy counts
+    rows = [[int(c) for c in line.split(",")[1:]] for line in (tmp_path / "two" / "confusion_test.csv").read_text().splitlines()[1:]]
+    per_class = json.loads((tmp_path / "one" / "summary.json").read_text())["test"]["best"]["per_class"]
+    assert [sum(row) for row in rows] == [c["images"] for c in per_class] and sum(map(sum, rows)) == 160
 
 
 def test_torchrun_variables_and_the_global_batch():

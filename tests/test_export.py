@@ -100,3 +100,46 @@ def test_cli_checks_real_images_and_rejects_bad_arguments(ckpt_path, tmp_path, c
     assert main(["export", str(ckpt_path), "--format", "onnx", "--out", str(tmp_path / "m.pt")]) == 2
     with pytest.raises(UserError, match="format"):
         export_checkpoint(ckpt_path, "tflite", tmp_path / "m.tflite")
+
+
+def test_onnx_carries_classes_input_size_and_preprocessing(ckpt_path, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    report = export_checkpoint(ckpt_path, "onnx", tmp_path / "m.onnx")  # the check reads the metadata back
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    props = {p.key: json.loads(p.value) for p in model.metadata_props}
+    ckpt = load_checkpoint(ckpt_path)
+    assert props["classes"] == list(ckpt["classes"]) == ["class0", "class1", "class2", "class3"]
+    assert props["input_size"] == 16 and props["model_name"] == "resnet8" and props["normalizer"]["kind"] == "pixel"
+    assert props["preprocessing"] == {
+        "color": "RGB", "resize": 16, "resize_side": "shorter", "interpolation": "bilinear, antialiased", "crop": 16,
+        "crop_kind": "center", "layout": "NCHW", "dtype": "float32", "value_range": [0, 255],
+        "normalization": "inside the graph (see normalizer)"}
+    assert "float32 (B, 3, 16, 16)" in model.doc_string and report["metadata"] == props
+
+
+def test_torchscript_carries_metadata_and_a_wrong_one_fails_the_check(ckpt_path, tmp_path):
+    from resnetlab.reports.export import TORCHSCRIPT_META, metadata, read_metadata, verify_metadata
+
+    export_checkpoint(ckpt_path, "torchscript", tmp_path / "m.pt")
+    ckpt = load_checkpoint(ckpt_path)
+    assert read_metadata("torchscript", tmp_path / "m.pt") == json.loads(json.dumps(metadata(ckpt)))
+    traced = torch.jit.load(str(tmp_path / "m.pt"))
+    wrong = {**metadata(ckpt), "classes": ["a", "b", "c", "d"]}
+    traced.save(str(tmp_path / "wrong.pt"), _extra_files={TORCHSCRIPT_META: json.dumps(wrong)})
+    with pytest.raises(ExportCheckFailed, match="metadata classes"):
+        verify_metadata("torchscript", tmp_path / "wrong.pt", ckpt)
+
+
+@pytest.mark.parametrize("dataset, augment, model, resize", [
+    ("folder", "imagenet", "resnet50", 256),  # scale-augmented training: evaluated at the shorter side 256
+    ("folder", "none", "resnet50", 224),  # trained on whole images resized to 224
+    ("cifar10", "cifar", "resnet20", 224),  # in-memory CIFAR: never resized to eval_resize
+])
+def test_preprocessing_follows_predicts_geometry(dataset, augment, model, resize):
+    from resnetlab.reports.export import preprocessing
+
+    ckpt = {"config": {"data": {"dataset": dataset, "augment": augment}}, "input_size": 224, "eval_resize": 256,
+            "model_name": model}
+    assert (preprocessing(ckpt)["resize"], preprocessing(ckpt)["crop"]) == (resize, 224)

@@ -52,6 +52,8 @@ def test_linear_probe_changes_only_the_classifier_and_predicts_like_any_checkpoi
     assert after["fc.weight"].shape == (3, 64) and summary["penalty"] > 0
     report = evaluate_checkpoint(tmp_path / "probe", device="cpu", precision="fp32")
     assert report["top1"] == pytest.approx(summary["test"]["best"]["top1"])
+    assert report["per_class"] == summary["test"]["best"]["per_class"]  # written like any run's
+    assert (tmp_path / "probe" / "confusion_test.csv").is_file() and (tmp_path / "probe" / "metrics.csv").is_file()
     with pytest.raises(UserError, match="resume"):
         train_and_evaluate(cfg, tmp_path / "probe", resume=True)
 

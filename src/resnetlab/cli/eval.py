@@ -1,6 +1,8 @@
-HELP = "Top-1/top-5 accuracy of a checkpoint (or a run directory's best.pt) under a testing protocol."
+HELP = "Top-1/top-5 and per-class accuracy of a checkpoint (or a run directory's best.pt), with its confusion matrix."
 
 import json
+
+PER_CLASS_PRINTED = 50  # more classes than this: the table goes to per_class.csv only
 
 
 def add_arguments(parser):
@@ -13,14 +15,19 @@ def add_arguments(parser):
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                         help="default: the run's own; int8: quantized on the CPU, calibrated on 256 training images")
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", metavar="DIR", help="folder for confusion.csv/.png and per_class.csv (default: "
+                        "RUN/eval/CKPT-SPLIT-PROTOCOL/ for a run's checkpoint, else a new folder under runs/eval/)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (per-class numbers included)")
 
 
 def run(args):
     from resnetlab.engine import evaluate_checkpoint
+    from resnetlab.engine.confusion import ClassResult, format_table, write_eval_files
 
     report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.protocol, args.device,
                                  args.precision, args.batch_size, args.workers)
+    matrix = report.pop("confusion")  # in the CSV; a 1000-class matrix is too much for one JSON line
+    report["files"] = [str(p) for p in write_eval_files(report, matrix, args.out)]
     if args.json:
         print(json.dumps(report))
         return 0
@@ -28,4 +35,8 @@ def run(args):
           f"precision={report['precision']}")
     print(f"  top-1 acc {report['top1']:6.2f}%   error {report['top1_err']:6.2f}%")
     print(f"  top-5 acc {report['top5']:6.2f}%   error {report['top5_err']:6.2f}%")
+    if len(report["per_class"]) <= PER_CLASS_PRINTED:
+        print("per class (%; '-': undefined, e.g. the precision of a class never predicted):")
+        print(format_table([ClassResult(**r) for r in report["per_class"]]))
+    print(f"confusion matrix and per-class numbers: {', '.join(report['files'])}")
     return 0

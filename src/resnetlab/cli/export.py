@@ -62,6 +62,10 @@ def run(args):
               f"{report['input_size']}) RGB 0..255, batch {'dynamic' if report['dynamic_batch'] else '1'})")
     for name, diff in report["max_abs_diff"].items():
         print(f"  checked against PyTorch on {name}: max abs diff {diff:.3g}")
+    meta, pre = report["metadata"], report["metadata"]["preprocessing"]
+    names = ", ".join(meta["classes"][:5]) + (", ..." if len(meta["classes"]) > 5 else "")
+    print(f"  metadata read back from the file: {meta['num_classes']} classes ({names}); shorter side to "
+          f"{pre['resize']}, centre crop {pre['crop']}, RGB 0..255")
     if real is None and args.format != "safetensors":
         print("  (no real images checked: pass --images IMAGE_OR_FOLDER)")
     if bad:

@@ -8,7 +8,8 @@ from resnetlab.errors import UserError
 def add_arguments(parser):
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run directories (or folders of them, e.g. an experiment's --out)")
-    parser.add_argument("--out", metavar="DIR", help="where report.md and the PNGs go (default: the first RUN_DIR's parent)")
+    parser.add_argument("--out", metavar="DIR", help="where report.md, metrics.csv and the PNGs go (default: a folder "
+                        "of its own: RUN_DIR/report/ for one run, report/ beside several; numbered, never another report's)")
     parser.add_argument("--title", default="Results", help="report title")
     parser.add_argument("--responses", action="store_true", help="also plot layer responses (Fig. 7) of finished runs")
     parser.add_argument("--gradients", action="store_true", help="also plot per-layer gradient norms, init vs trained")
@@ -16,7 +17,8 @@ def add_arguments(parser):
 
 
 def expand_run_dirs(paths) -> list[Path]:
-    """Run directories as given; a folder without config.yaml stands for the run directories inside it."""
+    """Run directories as given (each once); a folder without config.yaml stands for the run
+    directories inside it."""
     dirs = []
     for path in map(Path, paths):
         if not path.is_dir():
@@ -28,17 +30,18 @@ def expand_run_dirs(paths) -> list[Path]:
         if not inside:
             raise UserError(f"{path}: neither a run directory (config.yaml) nor a folder of run directories")
         dirs.extend(inside)
-    return dirs
+    seen = set()  # a run named twice would count as two seeds of its config
+    return [d for d in dirs if not (d.resolve() in seen or seen.add(d.resolve()))]
 
 
 def run(args):
     import shlex
     import sys
 
-    from resnetlab.reports.report import write_report
+    from resnetlab.reports.report import report_dir, write_report
 
     dirs = expand_run_dirs(args.runs)
-    out = Path(args.out) if args.out else dirs[0].parent
+    out = report_dir(dirs, args.out)
     analyses = [name for name, on in (("responses", args.responses), ("gradients", args.gradients)) if on]
     command = "resnetlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for path in write_report(dirs, out, title=args.title, analyses=analyses, data=args.data, command=command):

@@ -29,11 +29,22 @@ def predict_views(model: nn.Module, normalizer: nn.Module, views: list[torch.Ten
     return probs / len(views)
 
 
+def _topk(probs: torch.Tensor) -> torch.Tensor:
+    """(B, k) class indices, best first, k = min(5, classes); one call, so top-1 is the same everywhere."""
+    return probs.topk(min(5, probs.shape[1]), dim=1).indices
+
+
 def count_correct(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[top-1 correct, top-5 correct, n] for one batch (top-5 is top-k with k = min(5, classes))."""
-    topk = probs.topk(min(5, probs.shape[1]), dim=1).indices  # (B, k)
+    topk = _topk(probs)  # (B, k)
     hits = topk == labels[:, None]
     return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.tensor(len(labels), device=labels.device)]).double()
+
+
+def count_confusion(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes * num_classes,) float64 counts of (true label, top-1 prediction), row-major."""
+    pairs = labels.long() * num_classes + _topk(probs)[:, 0]
+    return torch.bincount(pairs, minlength=num_classes * num_classes).double()
 
 
 def accuracy_report(correct1: float, correct5: float, n: float, protocol: str) -> dict:
@@ -46,28 +57,39 @@ def accuracy_report(correct1: float, correct5: float, n: float, protocol: str) -
             "n": int(n), "protocol": protocol}
 
 
-def evaluate(model: nn.Module, normalizer: nn.Module, loader, rt: Runtime, protocol: str = "center") -> dict:
+def evaluate(model: nn.Module, normalizer: nn.Module, loader, rt: Runtime, protocol: str = "center",
+             num_classes: int = 0) -> dict:
     """Accuracy of `model` over an eval loader (summed over processes when distributed).
 
+    With num_classes, the same pass also counts the confusion matrix: the report then holds
+    "confusion", an int64 (C, C) CPU tensor, rows = true class, columns = top-1 prediction.
     The model is put in eval mode and left there; callers switch back to training themselves.
     """
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=rt.device)
+    totals = torch.zeros(3 + num_classes * num_classes, dtype=torch.float64, device=rt.device)
     for views, labels in loader:
-        totals += count_correct(predict_views(model, normalizer, list(views), rt), labels)
-    c1, c5, n = all_reduce_sum(totals).tolist()
-    return accuracy_report(c1, c5, n, protocol)
+        probs = predict_views(model, normalizer, list(views), rt)
+        totals[:3] += count_correct(probs, labels)
+        if num_classes:
+            totals[3:] += count_confusion(probs, labels, num_classes)
+    totals = all_reduce_sum(totals).cpu()  # one reduction for the counts and the matrix
+    c1, c5, n = totals[:3].tolist()
+    report = accuracy_report(c1, c5, n, protocol)
+    if num_classes:  # float64 holds counts exactly up to 2**53
+        report["confusion"] = totals[3:].round().long().view(num_classes, num_classes)
+    return report
 
 
 def evaluate_split(model, normalizer, dataset, cfg, rt: Runtime, info: DistInfo, protocol: str = "center",
-                   batch_size: int | None = None, workers: int = 0) -> dict:
-    """Evaluate on one dataset split, building the loader with the data package's protocol views."""
+                   batch_size: int | None = None, workers: int = 0, confusion: bool = False) -> dict:
+    """Evaluate on one dataset split, building the loader with the data package's protocol views
+    (confusion: also count the confusion matrix over the split's classes, see `evaluate`)."""
     from resnetlab.data import make_eval_loader
 
     batch = batch_size or max(cfg.optim.batch_size // info.world_size, 1)
     loader = make_eval_loader(dataset, cfg.data, batch_size=batch, protocol=protocol, rank=info.rank,
                               world_size=info.world_size, workers=workers, device=rt.device)
-    return evaluate(model, normalizer, loader, rt, protocol)
+    return evaluate(model, normalizer, loader, rt, protocol, len(dataset.classes) if confusion else 0)
 
 
 def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
@@ -79,12 +101,16 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     is exactly the held-out part used for model selection; `data` points at the dataset when it
     has moved. The checkpoint's normaliser (fitted on its training split) is used as saved.
     Precision, memory format and batch size default to the run's own, so evaluating a run
-    directory reproduces the numbers in its summary.json.
+    directory reproduces the numbers in its summary.json. The report also holds "per_class"
+    (engine/confusion.py) and "confusion" (rows = true class, columns = prediction) as lists.
     """
+    from dataclasses import asdict
+
     from resnetlab.config import TrainConfig, apply_overrides
     from resnetlab.data import build_data
 
     from .checkpoint import checkpoint_path, model_from_checkpoint
+    from .confusion import per_class
     from .datadir import data_overrides
     from .runtime import make_runtime, prepare_model
 
@@ -115,8 +141,10 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
                                       channels_last=cfg.train.channels_last))
         model = prepare_model(model, rt)
     report = evaluate_split(model, normalizer.to(rt.device), dataset, cfg, rt, DistInfo(), protocol,
-                            batch_size or cfg.optim.batch_size, workers)
-    return {**report, "split": split, "checkpoint": str(path), "precision": "int8" if precision == "int8" else rt.precision}
+                            batch_size or cfg.optim.batch_size, workers, confusion=True)
+    matrix = report.pop("confusion")
+    return {**report, "split": split, "checkpoint": str(path), "precision": "int8" if precision == "int8" else rt.precision,
+            "per_class": [asdict(r) for r in per_class(matrix, classes)], "confusion": matrix.tolist()}
 
 
 def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime, images: int | None = None,

@@ -21,8 +21,10 @@ from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
 
 from .checkpoint import save_checkpoint
+from .confusion import record_per_class
 from .distributed import DistInfo, dist_info_from_env
 from .evaluate import evaluate_split
+from .metrics_csv import write_metrics_csv
 from .runtime import autocast, make_grad_scaler, make_runtime, prepare_model, to_input
 from .setup import build_model, prepare_workdir
 from .state import TrainState, make_checkpoint
@@ -126,11 +128,13 @@ def train_linear_probe(cfg: Config, workdir, stream=None) -> dict:
     for name in ("last.pt", "best.pt"):
         save_checkpoint(ckpt, ckpts / name)
     write_text_atomic(workdir / "metrics.jsonl", json.dumps(metrics) + "\n")
+    write_metrics_csv(workdir)
     summary = {"linear_probe": True, "penalty": penalty, "best_val_top1_err": metrics["val_top1_err"],
                "elapsed_s": state.elapsed_s, "checkpoints": {"last": str(ckpts / "last.pt"), "best": str(ckpts / "best.pt")},
                "test": {}}
     if bundle.test is not None:
-        result = evaluate_split(model, normalizer, bundle.test, cfg, rt, info)
+        result = evaluate_split(model, normalizer, bundle.test, cfg, rt, info, confusion=True)
         summary["test"] = {"last": result, "best": result}
+        record_per_class(summary["test"], bundle.classes, workdir)
     write_text_atomic(workdir / "summary.json", json.dumps(summary, indent=1))
     return summary

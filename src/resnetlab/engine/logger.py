@@ -1,5 +1,6 @@
-"""What a run tells the world: a tqdm bar on a terminal, one line per evaluation otherwise,
-metrics.jsonl in the run directory, and TensorBoard when asked for and installed.
+"""What a run tells the world: a tqdm bar on a terminal; otherwise plain progress lines (every
+log_every steps or ~30 s, engine/progress.py) and one line per evaluation; metrics.jsonl and
+metrics.csv in the run directory, and TensorBoard when asked for and installed.
 
 Only rank 0 logs; the other processes get a logger that does nothing.
 """
@@ -8,9 +9,13 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from .metrics_csv import write_metrics_csv
+from .progress import ProgressLines
 
 
 def _fmt(value) -> str:
@@ -21,12 +26,13 @@ def _fmt(value) -> str:
 
 class RunLogger:
     def __init__(self, workdir: Path | None, enabled: bool, total_steps: int, start_step: int,
-                 tensorboard: bool = False, stream=None):
+                 tensorboard: bool = False, stream=None, log_every: int = 50, clock=time.monotonic):
         self.enabled, self.workdir = enabled, workdir
         self.stream = stream or sys.stderr
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream, dynamic_ncols=True,
                         unit="step") if self.tty else None
+        self.lines = ProgressLines(total_steps, start_step, log_every, clock) if enabled and not self.tty else None
         self.tb = self._tensorboard() if enabled and tensorboard else None
 
     def _tensorboard(self):
@@ -46,13 +52,24 @@ class RunLogger:
             print(message, file=self.stream, flush=True)
 
     def progress(self, step: int, **values) -> None:
-        """Called every log_every steps: moves the bar (terminal only) and feeds TensorBoard."""
+        """Called every log_every steps with loss, err, lr, img_s: moves the bar (terminal) or writes
+        a progress line (log file), and feeds TensorBoard."""
         if self.bar is not None:
             self.bar.set_postfix({k: _fmt(v) for k, v in values.items()}, refresh=False)
             self.bar.update(step - self.bar.n)  # redraws, with the new postfix
+        if self.line_due(step):
+            self.progress_line(step, **values)
         if self.tb is not None:
             for key, value in values.items():
                 self.tb.add_scalar(f"train/{key}", value, step)
+
+    def line_due(self, step: int) -> bool:
+        """Off a terminal: is a progress line due (log_every steps or ~30 s since the last one)?"""
+        return self.lines is not None and self.lines.due(step)
+
+    def progress_line(self, step: int, loss: float, err: float, lr: float, img_s: float) -> None:
+        if self.lines is not None:
+            self.info(self.lines.line(step, loss, err, lr, img_s))
 
     def record(self, metrics: dict) -> None:
         """One evaluation: a line in metrics.jsonl and, off a terminal, one line of text."""
@@ -60,12 +77,22 @@ class RunLogger:
             return
         with open(self.workdir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        self._update_csv()
         keys = ("epoch", "step", "lr", "train_loss", "train_err", "val_top1_err", "val_top5_err", "images_per_s", "elapsed_s")
         self.info("  ".join(f"{k} {_fmt(metrics[k])}" for k in keys if k in metrics and metrics[k] is not None))
         if self.tb is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):
                     self.tb.add_scalar(f"eval/{key}", value, metrics["step"])
+
+    def _update_csv(self) -> None:
+        """metrics.csv follows metrics.jsonl; a CSV held open elsewhere (a spreadsheet on Windows
+        locks it) must not stop the run."""
+        try:
+            write_metrics_csv(self.workdir)
+        except OSError as err:
+            self.info(f"could not update {self.workdir / 'metrics.csv'} ({err.strerror or err}); "
+                      "metrics.jsonl has every record")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -151,7 +151,7 @@ def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runt
     run = Run(cfg, workdir, info, rt, bundle, model, _wrap(model, cfg, info, rt), eval_bns,
               bundle.normalizer.to(rt.device), optimizer, scaler, state, per_rank_batch(cfg.optim.batch_size, info),
               steps_per_epoch, total, create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch),
-              RunLogger(workdir, info.is_main, total, state.step, cfg.train.tensorboard, stream))
+              RunLogger(workdir, info.is_main, total, state.step, cfg.train.tensorboard, stream, cfg.train.log_every))
     run.log.info(f"{cfg.model.name}: {run.total} steps ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
                  + (f" = {info.world_size} processes x {run.batch}" if info.enabled else "")
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"

@@ -2,7 +2,8 @@
 
 One loop for every device, precision and process count. The run directory receives
 config.yaml, classes.json, metrics.jsonl (one object per evaluation), checkpoints/last.pt and
-checkpoints/best.pt (best by validation error, never by test), and summary.json at the end.
+checkpoints/best.pt (best by validation error, never by test), and at the end summary.json with the
+per-class test results of best.pt, whose confusion matrix goes to confusion_test.csv/.png.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .confusion import record_per_class
 from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, shutdown_distributed
 from .evaluate import evaluate_split
 from .finetune import set_train_mode
@@ -98,6 +100,8 @@ def train_loop(run: Run, stop: StopOnSignal):
             at_eval = state.step % run.eval_every == 0 or state.step == run.total
             if at_eval or state.step % cfg.train.log_every == 0:
                 log_point(run, window, lr, clock)
+            elif run.log.line_due(state.step):  # slow steps in a log file: rank 0's batches since the last log point
+                run.log.progress_line(state.step, *meter_summary(window.state()), lr=lr, img_s=_rate(clock))
             if at_eval:
                 best_state = eval_point(run, window, since_eval, lr, clock) or best_state
             if _stop_requested(stop, run):
@@ -182,7 +186,7 @@ def final_test(run: Run, best_state) -> dict:
     if run.bundle.test is None:
         return summary
     test = lambda: evaluate_split(run.model, run.normalizer, run.bundle.test, run.cfg, run.rt, run.info,  # noqa: E731
-                                  workers=run.cfg.train.workers)
+                                  workers=run.cfg.train.workers, confusion=True)
     summary["test"]["last"] = test()
     if best_state is None and "best" in summary["checkpoints"]:  # best found before a resume
         best_state = load_checkpoint(ckpts / "best.pt")["model"]
@@ -194,6 +198,7 @@ def final_test(run: Run, best_state) -> dict:
         else:
             run.model.load_state_dict(best_state)
             summary["test"]["best"] = test()
+    record_per_class(summary["test"], run.bundle.classes, run.workdir if run.info.is_main else None)
     return summary
 
 

@@ -9,8 +9,14 @@ ONNX and TorchScript files hold the whole inference function, normaliser include
 
 BatchNorm is folded into the convolutions (models/fuse.py) before export. B is 1 unless
 --dynamic-batch (ONNX); a traced TorchScript module accepts any batch size. safetensors holds
-the (unfolded) weights, loadable with resnetlab.load_weights, plus the checkpoint's metadata
-(model name, kwargs, classes, input size, normaliser) as JSON under the key "resnetlab".
+the (unfolded) weights, loadable with resnetlab.load_weights.
+
+Every file carries the checkpoint's metadata (`metadata()`: model name, classes, input size,
+preprocessing, normaliser), so a deployment needs nothing else: in ONNX as the model's
+metadata_props, one entry per key, each value JSON (`onnx.load(f).metadata_props`, or
+onnxruntime's `get_modelmeta().custom_metadata_map`), with a plain-text summary as doc_string;
+in TorchScript as the extra file "resnetlab.json"; in safetensors as JSON under "resnetlab".
+The export check reads it back from the written file.
 """
 from __future__ import annotations
 
@@ -65,13 +71,39 @@ def export_module(checkpoint, fuse: bool = True) -> tuple[ImagesToLogits, dict]:
     return ImagesToLogits(fuse_bn(model) if fuse else model, normalizer, ckpt["input_size"]).eval(), ckpt
 
 
+def preprocessing(ckpt: dict) -> dict:
+    """What to do to a photo before the exported graph, as `resnetlab predict` does it: RGB, shorter
+    side resized (antialiased bilinear) to `resize`, centre crop `crop` x `crop`, pixels as float
+    0..255 in NCHW; the normalisation itself is inside the graph."""
+    from resnetlab.models import model_info
+
+    from .predict import SMALL_DATASETS
+
+    data, size = ckpt["config"]["data"], ckpt["input_size"]
+    small = data.get("dataset") in SMALL_DATASETS or model_info(ckpt["model_name"]).family == "cifar"
+    resize = ckpt["eval_resize"] if not small and data.get("augment") in ("imagenet", "rrc") else size
+    return {"color": "RGB", "resize": resize, "resize_side": "shorter", "interpolation": "bilinear, antialiased",
+            "crop": size, "crop_kind": "center", "layout": "NCHW", "dtype": "float32", "value_range": [0, 255],
+            "normalization": "inside the graph (see normalizer)"}
+
+
 def metadata(ckpt: dict) -> dict:
     norm = ckpt["normalizer"]
     return {"model_name": ckpt["model_name"], "model_kwargs": ckpt["model_kwargs"], "num_classes": ckpt["num_classes"],
             "classes": list(ckpt["classes"]), "input_size": ckpt["input_size"], "eval_resize": ckpt["eval_resize"],
+            "preprocessing": preprocessing(ckpt),
             "normalizer": {"kind": norm["kind"], "mean": torch.as_tensor(norm["mean"]).tolist(),
                            "std": torch.as_tensor(norm["std"]).flatten().tolist()},
             "input": "float32 (B, 3, S, S) RGB 0..255, normaliser baked in", "output": "logits"}
+
+
+def describe(meta: dict) -> str:
+    """One paragraph for people: the ONNX doc_string."""
+    pre, size = meta["preprocessing"], meta["input_size"]
+    return (f"resnetlab {meta['model_name']}, {meta['num_classes']} classes. Input 'images': float32 (B, 3, {size}, "
+            f"{size}), RGB pixel values 0..255: shorter side resized to {pre['resize']} ({pre['interpolation']}), "
+            f"centre crop {size}x{size}; normalisation ({meta['normalizer']['kind']}) is inside the graph. Output "
+            "'logits' (B, num_classes): softmax gives the probabilities; class names in metadata 'classes'.")
 
 
 def write(module: ImagesToLogits, ckpt: dict, fmt: str, out: Path, dynamic_batch: bool) -> None:
@@ -87,12 +119,15 @@ def write(module: ImagesToLogits, ckpt: dict, fmt: str, out: Path, dynamic_batch
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # still supported in torch 2.13, just discouraged
             traced = torch.jit.trace(module, example)
-        traced.save(str(out))
+        traced.save(str(out), _extra_files={TORCHSCRIPT_META: json.dumps(metadata(ckpt))})
     else:
-        _write_onnx(module, example, out, dynamic_batch)
+        _write_onnx(module, example, out, dynamic_batch, metadata(ckpt))
 
 
-def _write_onnx(module: nn.Module, example: torch.Tensor, out: Path, dynamic_batch: bool) -> None:
+TORCHSCRIPT_META = "resnetlab.json"
+
+
+def _write_onnx(module: nn.Module, example: torch.Tensor, out: Path, dynamic_batch: bool, meta: dict) -> None:
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
@@ -108,7 +143,37 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, out: Path, dynamic_bat
                                         output_names=["logits"], dynamic_shapes=shapes, verbose=False)
     finally:
         onnx_log.setLevel(level)
+    program.model.metadata_props.update({key: json.dumps(value) for key, value in meta.items()})
+    program.model.doc_string = describe(meta)
     program.save(str(out))
+
+
+def read_metadata(fmt: str, path: Path) -> dict:
+    """The metadata stored in an exported file (see the module doc); {} when it has none."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+        return {key: json.loads(value) for key, value in props.items()}
+    if fmt == "torchscript":
+        extra = {TORCHSCRIPT_META: ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.load(str(path), _extra_files=extra)
+        return json.loads(extra[TORCHSCRIPT_META]) if extra[TORCHSCRIPT_META] else {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("resnetlab", "{}"))
+
+
+def verify_metadata(fmt: str, path: Path, ckpt: dict) -> dict:
+    """Read the metadata back from the written file; ExportCheckFailed unless it is the checkpoint's."""
+    want, got = metadata(ckpt), read_metadata(fmt, path)
+    wrong = sorted(k for k in want if got.get(k) != json.loads(json.dumps(want[k])))
+    if wrong:
+        raise ExportCheckFailed(f"{path}: metadata {', '.join(wrong)} missing or different from the checkpoint's")
+    return got
 
 
 def load_runner(fmt: str, path: Path):
@@ -187,5 +252,6 @@ def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, re
     else:
         fixed = fmt == "onnx" and not dynamic_batch
         diffs = verify(fmt, out, ckpt, check_inputs(ckpt, not fixed, real), batch_one=fixed)  # traced: any batch
+    meta = verify_metadata(fmt, out, ckpt)
     return {"out": str(out), "format": fmt, "dynamic_batch": dynamic_batch or fmt == "torchscript",
-            "input_size": ckpt["input_size"], "max_abs_diff": diffs}
+            "input_size": ckpt["input_size"], "max_abs_diff": diffs, "metadata": meta}

@@ -18,9 +18,10 @@ from .tables import Run, curve  # noqa: E402
 HELD_OUT = "val_top1_err"  # the engine evaluates the held-out split during training; test only at the end
 
 
-def _depth(label: str) -> int:
-    digits = "".join(c for c in label.split()[0] if c.isdigit())
-    return int(digits) if digits else 0
+def _depth(members: list[Run]) -> int:
+    from resnetlab.models import model_info
+
+    return model_info(members[0].model).depth
 
 
 def _colors(labels):
@@ -44,21 +45,46 @@ def _draw_group(ax, members: list[Run], label: str, color, train: bool = True, h
                             color=color, alpha=0.15, lw=0)
 
 
+def _legend_below(ax, ncol: int = 2) -> None:
+    """The legend under the axes, outside them, so it never covers a curve (_save keeps it in the PNG)."""
+    ax.legend(fontsize=7, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+
+
 def _finish(ax, title: str) -> None:
     ax.set_xlabel("iteration")
     ax.set_ylabel("error (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    _legend_below(ax)
+
+
+def _draw_key(ax, members: list[Run], key: str, style: str, color) -> None:
+    steps, mean, std = curve(members, key)
+    if steps:
+        ax.plot(steps, mean, style, color=color, lw=1.4, marker="." if len(steps) < 30 else None)
 
 
 def plot_curves(groups: dict[str, list[Run]], path, title: str = "training (dashed) and validation (solid) error") -> Path:
-    """Every group on one axes: error against iteration."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Three panels against iteration: error, training loss, learning rate; one legend under them."""
+    fig, (err_ax, loss_ax, lr_ax) = plt.subplots(1, 3, figsize=(14, 4.2), sharex=True)
     colors = _colors(list(groups))
     for label, members in groups.items():
-        _draw_group(ax, members, label, colors[label])
-    _finish(ax, title)
+        _draw_group(err_ax, members, label, colors[label])
+        _draw_key(loss_ax, members, "train_loss", "--", colors[label])
+        _draw_key(lr_ax, members, "lr", "-", colors[label])
+    for ax, name, ylabel in ((err_ax, title, "error (%)"), (loss_ax, "training loss (dashed)", "cross-entropy"),
+                             (lr_ax, "learning rate", "lr")):
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    lrs = [v for line in lr_ax.get_lines() for v in line.get_ydata() if v > 0]
+    if lrs and max(lrs) / min(lrs) > 20:  # step schedules: each /10 drop an equal step down
+        lr_ax.set_yscale("log")
+    fig.tight_layout()
+    handles, labels = err_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 6),
+               fontsize=8, frameon=False)
     return _save(fig, path)
 
 
@@ -69,14 +95,14 @@ def plot_degradation(groups: dict[str, list[Run]], path, title_note: str = "") -
     sides = {"plain": {}, "residual": {}}
     for label, members in groups.items():
         sides["residual" if model_info(members[0].model).residual else "plain"][label] = members
-    depths = sorted({_depth(label) for label in groups})
+    depths = sorted({_depth(members) for members in groups.values()})
     cmap = plt.get_cmap("viridis")
     color = {d: cmap(0.85 * i / max(len(depths) - 1, 1)) for i, d in enumerate(depths)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), sharey=True)
     for ax, (side, members_by_label) in zip(axes, sides.items()):
-        ordered = sorted(members_by_label.items(), key=lambda kv: _depth(kv[0]))
+        ordered = sorted(members_by_label.items(), key=lambda kv: _depth(kv[1]))
         for label, members in ordered:
-            _draw_group(ax, members, label, color[_depth(label)])
+            _draw_group(ax, members, label, color[_depth(members)])
         _finish(ax, f"{'plain nets' if side == 'plain' else 'ResNets'}{title_note}")
         if len(ordered) > 1:
             _zoom_on_the_end(ax, ordered, color)
@@ -88,14 +114,14 @@ def plot_degradation(groups: dict[str, list[Run]], path, title_note: str = "") -
 def _zoom_on_the_end(ax, ordered, color) -> None:
     """Inset: training error over the last third of the run, on its own scale, where the
     ordering by depth is decided (the paper's Fig. 6 draws 0-20% for the same reason)."""
-    curves = [(label, *curve(members, "train_err")[:2]) for label, members in ordered]
+    curves = [(_depth(members), *curve(members, "train_err")[:2]) for _, members in ordered]
     last = max((steps[-1] for _, steps, _ in curves if steps), default=0)
-    tails = [(label, [(s, m) for s, m in zip(steps, mean) if s >= 2 * last / 3]) for label, steps, mean in curves]
+    tails = [(depth, [(s, m) for s, m in zip(steps, mean) if s >= 2 * last / 3]) for depth, steps, mean in curves]
     if sum(len(tail) >= 2 for _, tail in tails) < 2:
         return
     inset = ax.inset_axes([0.09, 0.07, 0.34, 0.25])  # lower left: empty once the curves have fallen
-    for label, tail in tails:
-        inset.plot([s for s, _ in tail], [m for _, m in tail], "--", color=color[_depth(label)], lw=1.2)
+    for depth, tail in tails:
+        inset.plot([s for s, _ in tail], [m for _, m in tail], "--", color=color[depth], lw=1.2)
     inset.set_title("train error, last third", fontsize=7)
     inset.tick_params(labelsize=6)
     inset.grid(alpha=0.3)
@@ -109,7 +135,7 @@ def plot_final_vs_depth(groups: dict[str, list[Run]], path, key: str = "train_er
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for residual, marker in ((False, "s"), (True, "o")):
-        points = sorted((_depth(label), group_stats(m)[key]) for label, m in groups.items()
+        points = sorted((_depth(m), group_stats(m)[key]) for m in groups.values()
                         if model_info(m[0].model).residual == residual and group_stats(m)[key] is not None)
         if points:
             ax.errorbar([d for d, _ in points], [s.mean for _, s in points], yerr=[s.std for _, s in points],
@@ -117,16 +143,17 @@ def plot_final_vs_depth(groups: dict[str, list[Run]], path, key: str = "train_er
     ax.set_xlabel("depth (layers)")
     ax.set_ylabel(f"final {key.replace('_', ' ')} (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend_below(ax)
     return _save(fig, path)
 
 
-def plot_layer_responses(responses: dict[str, list[float]], path) -> Path:
-    """Fig. 7: std of each 3x3 layer's BN output, by layer index (top) and sorted descending (bottom)."""
-    fig, axes = plt.subplots(2, 1, figsize=(7, 6.5))
+def plot_layer_responses(responses: dict[str, list[float]], path, plain=()) -> Path:
+    """Fig. 7: std of each 3x3 layer's BN output, by layer index (top) and sorted descending (bottom).
+    plain: the labels of plain nets (drawn without markers)."""
+    fig, axes = plt.subplots(2, 1, figsize=(7, 7))
     colors = _colors(list(responses))
     for label, stds in responses.items():
-        style = "-" if "plain" in label else "-o"
+        style = "-" if label in plain else "-o"
         idx = range(1, len(stds) + 1)
         axes[0].plot(idx, stds, style, ms=2.5, color=colors[label], label=label)
         axes[1].plot(idx, sorted(stds, reverse=True), style, ms=2.5, color=colors[label], label=label)
@@ -135,27 +162,27 @@ def plot_layer_responses(responses: dict[str, list[float]], path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("std of response")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    _legend_below(axes[1], ncol=4)  # one legend for both panels: same colours
     axes[0].set_title("responses of 3x3 layers after BN, before ReLU / addition (test images)")
     return _save(fig, path)
 
 
-def plot_gradient_flow(norms: dict[str, dict[str, list[float]]], path) -> Path:
-    """Per-layer gradient norms, one panel per moment (init, trained), log scale."""
+def plot_gradient_flow(norms: dict[str, dict[str, list[float]]], path, plain=()) -> Path:
+    """Per-layer gradient norms, one panel per moment (init, trained), log scale; plain: as above."""
     moments = list(dict.fromkeys(m for per in norms.values() for m in per))
     fig, axes = plt.subplots(1, len(moments), figsize=(5.5 * len(moments), 4.2), sharey=True, squeeze=False)
     colors = _colors(list(norms))
     for ax, moment in zip(axes[0], moments):
         for label, per in norms.items():
             if moment in per:
-                ax.plot(range(1, len(per[moment]) + 1), per[moment], "-" if "plain" in label else "-o", ms=2.5,
+                ax.plot(range(1, len(per[moment]) + 1), per[moment], "-" if label in plain else "-o", ms=2.5,
                         color=colors[label], label=label)
         ax.set_yscale("log")
         ax.set_xlabel("3x3 layer index (input side -> output side)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(moment)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        _legend_below(ax)
     axes[0][0].set_ylabel("||dL/dW|| of the layer's weights")
     return _save(fig, path)
 
@@ -164,6 +191,6 @@ def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")  # "tight" takes in the legends outside the axes
     plt.close(fig)
     return path

@@ -6,9 +6,12 @@ ResNets of several depths the Table 6 form) and on the analyses asked for.
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from resnetlab.errors import UserError
+from resnetlab.files import write_text_atomic
 
 from . import plots, tables
 
@@ -16,9 +19,7 @@ ANALYSES = ("responses", "gradients")
 
 
 def _kinds(groups) -> tuple[bool, bool]:
-    from resnetlab.models import model_info
-
-    residual = [model_info(m[0].model).residual for m in groups.values()]
+    residual = [_residual(m) for m in groups.values()]
     return any(not r for r in residual), any(residual)
 
 
@@ -35,9 +36,11 @@ def write_report(run_dirs, out, *, title: str = "Results", analyses=(), data: st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     has_plain, has_residual = _kinds(groups)
+    plain = {label for label, members in groups.items() if not _residual(members)}
     figures: list[tuple[str, Path]] = []
     if any(r.metrics for r in runs):
-        figures.append(("Training (dashed) and validation (solid) error", plots.plot_curves(groups, out / "curves.png")))
+        figures.append(("Error (training dashed, validation solid), training loss and learning rate",
+                        plots.plot_curves(groups, out / "curves.png")))
     if has_plain and has_residual and any(r.metrics for r in runs):
         figures.append(("Plain (left) vs residual (right), as the paper's Fig. 6",
                         plots.plot_degradation(groups, out / "degradation.png")))
@@ -45,14 +48,90 @@ def write_report(run_dirs, out, *, title: str = "Results", analyses=(), data: st
     if "responses" in analyses:
         responses = {label: tables.aggregate_lists([_responses(r, data) for r in members])
                      for label, members in _trained(groups).items()}
-        figures.append(("Layer responses (Fig. 7)", plots.plot_layer_responses(responses, out / "layer_responses.png")))
+        figures.append(("Layer responses (Fig. 7)", plots.plot_layer_responses(responses, out / "layer_responses.png",
+                                                                                 plain)))
     if "gradients" in analyses:
         norms = {label: _gradients(members[0], data) for label, members in _trained(groups).items()}
         figures.append(("Per-layer gradient norms (first seed of each config)",
-                        plots.plot_gradient_flow(norms, out / "gradient_flow.png")))
-    text = _markdown(title, groups, figures, command, notes, depth_form=has_residual and not has_plain)
-    (out / "report.md").write_text(text)
-    return [out / "report.md"] + [path for _, path in figures]
+                        plots.plot_gradient_flow(norms, out / "gradient_flow.png", plain)))
+    depth_form = not has_plain and any(tables.is_paper_cifar10(m) for m in groups.values())
+    text = _markdown(title, groups, figures, command, notes, depth_form=depth_form)
+    written = [write_text_atomic(out / "report.md", text)] + [path for _, path in figures]
+    written.append(write_text_atomic(out / "metrics.csv", _all_metrics(runs)))
+    write_text_atomic(out / MANIFEST, json.dumps({"runs": _identities(run_dirs), "files": [p.name for p in written]},
+                                                 indent=1))
+    return written
+
+
+def _residual(members) -> bool:
+    from resnetlab.models import model_info
+
+    return model_info(members[0].model).residual
+
+
+def _all_metrics(runs) -> str:
+    """Every run's metrics.jsonl in one CSV, its first column the run's folder name."""
+    from resnetlab.engine.metrics_csv import metrics_csv
+
+    names = [r.path.name for r in runs]
+    if len(set(names)) < len(names):
+        names = [f"{r.path.resolve().parent.name}/{r.path.name}" for r in runs]
+    return metrics_csv([{"run": name, **m} for name, run in zip(names, runs) for m in run.metrics], first=("run",))
+
+
+# ---------------------------------------------------------------- where a report goes
+
+MANIFEST = "report.json"  # in every report folder: the runs it reports on, so it is never taken for another's
+
+
+def _identities(run_dirs) -> list[str]:
+    return sorted({str(Path(d).resolve()) for d in run_dirs})
+
+
+def _reported_runs(folder: Path) -> list[str] | None:
+    """The runs of the report in `folder` by its manifest; None when there is no readable one."""
+    try:
+        return json.loads((folder / MANIFEST).read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _usable(folder: Path, run_dirs) -> bool:
+    """A folder a report of these runs may be written into: new, empty, or a report of the same runs."""
+    if not folder.exists():
+        return True
+    if not folder.is_dir():
+        return False
+    return not any(folder.iterdir()) or _reported_runs(folder) == _identities(run_dirs)
+
+
+def report_dir(run_dirs, out=None) -> Path:
+    """Where `resnetlab report` writes. Without `out`, a folder of its own: RUN/report/ for one run,
+    report/ beside several runs (in their common parent); when that holds another report (or
+    anything else), the first free report-2/, report-3/ ... A report of the same runs is refreshed
+    in place. An explicit `out` whose manifest names other runs is refused (one without a manifest,
+    from before manifests were written, is taken as the user's choice)."""
+    if out is not None:
+        out = Path(out)
+        if _reported_runs(out) not in (None, _identities(run_dirs)):
+            raise UserError(f"--out {out} holds a report of other runs; choose another folder, or leave --out "
+                            "out to get a new one")
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file, not a folder")
+        return out
+    dirs = [Path(d) for d in run_dirs]
+    if len(dirs) == 1:
+        base = dirs[0] / "report"
+    else:
+        try:
+            base = Path(os.path.commonpath([str(d.parent) for d in dirs])) / "report"
+        except ValueError:  # absolute and relative paths mixed
+            base = Path(os.path.commonpath([str(d.resolve().parent) for d in dirs])) / "report"
+    candidate, n = base, 1
+    while not _usable(candidate, run_dirs):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 
 
 def _trained(groups):
@@ -106,4 +185,5 @@ def _markdown(title, groups, figures, command, notes, depth_form: bool) -> str:
                   "ours: measured on the data and schedule above):", "", tables.depth_table(groups)]
     for caption, path in figures:
         lines += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
+    lines += ["Every evaluation of every run, one row each: [metrics.csv](metrics.csv).", ""]
     return "\n".join(lines)

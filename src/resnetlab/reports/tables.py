@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class Run:
     config: dict  # the resolved config.yaml
     metrics: list[dict]  # metrics.jsonl, one dict per evaluation, in step order
     summary: dict | None  # summary.json, None while the run is unfinished
+    num_classes: int | None = None  # from classes.json, None when it is missing
 
     @property
     def model(self) -> str:
@@ -57,7 +59,9 @@ def load_run(path) -> Run:
                 except json.JSONDecodeError:
                     raise UserError(f"{path / 'metrics.jsonl'} line {i} is not JSON; was the file edited?") from None
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
-    return Run(path, config, sorted(metrics, key=lambda m: m["step"]), summary)
+    classes = json.loads((path / "classes.json").read_text()) if (path / "classes.json").is_file() else None
+    return Run(path, config, sorted(metrics, key=lambda m: m["step"]), summary,
+               len(classes) if isinstance(classes, list) else None)
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -80,19 +84,41 @@ def group_key(config: dict) -> str:
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
-    """Runs by config (seed aside), labelled by model name plus whatever tells same-model groups apart."""
+    """Runs by config (seed aside), each group labelled by its folder name: the name its runs share
+    once a "seedN" part is taken out (plain56-seed0, plain56-seed1 -> plain56), else their names."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(group_key(run.config), []).append(run)
-    flats = {key: json.loads(key) for key in groups}
-    labelled = {}
-    for key, members in groups.items():
-        model = members[0].model
-        same_model = [f for k, f in flats.items() if f["model.name"] == model]
-        differing = sorted(k for k in set().union(*same_model) if len({json.dumps(f.get(k), default=str) for f in same_model}) > 1)
-        label = model + "".join(f" {k.split('.')[-1]}={_short(flats[key].get(k))}" for k in differing)
-        labelled[label] = sorted(members, key=lambda r: r.seed)
-    return labelled
+    members_list = [sorted(members, key=lambda r: r.seed) for members in groups.values()]
+    labels = [_folder_label([r.path for r in members]) for members in members_list]
+    if len(set(labels)) < len(labels):  # the same folder name in different places: say where
+        labels = [_folder_label([r.path for r in members], parent=True) for members in members_list]
+    labels = [label if labels.index(label) == i else f"{label} ({i + 1})" for i, label in enumerate(labels)]
+    return dict(zip(labels, members_list))
+
+
+_SEED = re.compile(r"[-_.]?seed[-_]?\d+", re.IGNORECASE)
+
+
+def _folder_label(paths: list[Path], parent: bool = False) -> str:
+    names = sorted(f"{p.resolve().parent.name}/{p.name}" if parent else p.name for p in paths)
+    shared = {_SEED.sub("", name) or name for name in names}
+    if len(shared) == 1:
+        return shared.pop()
+    return ", ".join(names) if len(names) <= 3 else f"{names[0]}, ... ({len(names)} runs)"
+
+
+def setting_notes(groups: dict[str, list[Run]]) -> dict[str, str]:
+    """Per group, the config values that tell it apart from other groups of the same model
+    (e.g. "shortcut=A"); empty when nothing but the seed differs."""
+    flats = {label: json.loads(group_key(members[0].config)) for label, members in groups.items()}
+    notes = {}
+    for label, members in groups.items():
+        same_model = [f for f in flats.values() if f["model.name"] == members[0].model]
+        differing = sorted(k for k in set().union(*same_model)
+                           if len({json.dumps(f.get(k), default=str) for f in same_model}) > 1)
+        notes[label] = " ".join(f"{k.split('.')[-1]}={_short(flats[label].get(k))}" for k in differing)
+    return notes
 
 
 def _short(value) -> str:
@@ -147,27 +173,41 @@ def _cell(stat: Stat | None) -> str:
 
 
 def results_table(groups: dict[str, list[Run]]) -> str:
-    """One row per group: final training error and loss, validation and test error (%), mean ± std over seeds."""
-    lines = ["| run | seeds | steps | train err | train loss | val err (last) | test err (last) | test err (best val) | best test |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One row per group: final training error and loss, validation and test error (%), mean ± std over seeds;
+    a "setting" column when groups of one model differ in more than the seed."""
+    notes = setting_notes(groups)
+    setting = any(notes.values())
+    lines = ["| run | model |" + (" setting |" if setting else "") + " seeds | steps | train err | train loss | "
+             "val err (last) | test err (last) | test err (best val) | best test |",
+             "|---|---|" + ("---|" if setting else "") + "---|---|---|---|---|---|---|---|"]
     for label, members in groups.items():
         s = group_stats(members)
         steps = s["steps"].best if s["steps"] else None
         best = f"{s['test_err'].best:.2f}" if s["test_err"] else "–"
-        lines.append(f"| {label} | {len(members)} | {'–' if steps is None else int(steps)} | {_cell(s['train_err'])} | "
+        lines.append(f"| {label} | {members[0].model} |" + (f" {notes[label] or '–'} |" if setting else "")
+                     + f" {len(members)} | {'–' if steps is None else int(steps)} | {_cell(s['train_err'])} | "
                      f"{_cell(s['train_loss'])} | {_cell(s['val_err'])} | {_cell(s['test_err'])} | {_cell(s['test_err_best_val'])} | {best} |")
     return "\n".join(lines) + "\n"
 
 
+def is_paper_cifar10(members: list[Run]) -> bool:
+    """A group the paper's Table 6 speaks about: one of its CIFAR nets trained on 10 classes."""
+    return members[0].model in PAPER_TABLE6 and members[0].num_classes == 10
+
+
 def depth_table(groups: dict[str, list[Run]]) -> str:
-    """Table 6's form: depth, params, our test error (best (mean ± std)) next to the paper's."""
-    lines = ["| model | params | ours: test err, best (mean ± std) | runs | paper (Table 6) |", "|---|---|---|---|---|"]
+    """Table 6's form for the groups it speaks about: depth, params, our test error (best (mean ± std))
+    next to the paper's."""
+    lines = ["| run | model | params | ours: test err, best (mean ± std) | runs | paper (Table 6) |",
+             "|---|---|---|---|---|---|"]
     for label, members in groups.items():
+        if not is_paper_cifar10(members):
+            continue
         stat = group_stats(members)["test_err"]
-        params, paper = PAPER_TABLE6.get(members[0].model, ("–", None))
+        params, paper = PAPER_TABLE6[members[0].model]
         ours = "–" if stat is None else (f"{stat.best:.2f}" if stat.n == 1 else f"{stat.best:.2f} ({stat})")
         paper_cell = "–" if paper is None else (f"{paper:.2f}" + (" (6.61 ± 0.16)" if members[0].model == "resnet110" else ""))
-        lines.append(f"| {label} | {params} | {ours} | {len(members)} | {paper_cell} |")
+        lines.append(f"| {label} | {members[0].model} | {params} | {ours} | {len(members)} | {paper_cell} |")
     return "\n".join(lines) + "\n"
 
 

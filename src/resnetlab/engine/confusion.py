@@ -1,0 +1,184 @@
+"""Per-class results of an evaluation: precision and recall from the confusion matrix, and the
+files that training and `resnetlab eval` write (confusion matrix as CSV and PNG, per-class CSV).
+
+The matrix is counted on the device in the evaluation pass itself (`evaluate.count_confusion`):
+rows are true classes, columns top-1 predictions, so the diagonal sums to the top-1 hits.
+Per class, in percent: recall = correct / images of the class (which is the accuracy on that
+class), precision = correct / images predicted as the class, F1 their harmonic mean. A ratio
+whose denominator is 0 (a class never predicted, or with no images in the split) is undefined,
+and is reported as None (null in JSON, an empty CSV cell, "-" in text), never as 0: a class
+the model never predicts has recall 0 and no precision at all.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.files import atomic_write, write_text_atomic
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    name: str
+    images: int  # images of the class in the split (row sum)
+    predicted: int  # images predicted as the class (column sum)
+    correct: int  # the diagonal entry
+    recall: float | None  # % of the class's images predicted as it: its accuracy
+    precision: float | None  # % of the predictions of the class that are right
+    f1: float | None
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return 100.0 * num / den if den else None
+
+
+def per_class(matrix: torch.Tensor, classes) -> list[ClassResult]:
+    """One ClassResult per class from an integer (C, C) matrix, rows = true, columns = predicted."""
+    matrix = torch.as_tensor(matrix).long().cpu()
+    if matrix.shape != (len(classes), len(classes)):
+        raise ValueError(f"a {len(classes)}-class confusion matrix must be {len(classes)}x{len(classes)}, "
+                         f"got {tuple(matrix.shape)}")
+    rows, cols, diag = matrix.sum(1).tolist(), matrix.sum(0).tolist(), matrix.diagonal().tolist()
+    results = []
+    for name, images, predicted, correct in zip(classes, rows, cols, diag):
+        recall, precision = _ratio(correct, images), _ratio(correct, predicted)
+        if recall is None or precision is None:
+            f1 = None
+        else:  # both defined; 0 when the class is predicted and present but never right
+            f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
+        results.append(ClassResult(str(name), images, predicted, correct, recall, precision, f1))
+    return results
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_table(results: list[ClassResult]) -> str:
+    """The per-class numbers as aligned text (percent; '-' where undefined)."""
+    width = max([len("class")] + [len(r.name) for r in results])
+    lines = [f"  {'class':<{width}}  {'images':>7}  {'predicted':>9}  {'accuracy=recall':>15}  {'precision':>9}  {'F1':>6}"]
+    for r in results:
+        lines.append(f"  {r.name:<{width}}  {r.images:>7}  {r.predicted:>9}  {_pct(r.recall):>15}  "
+                     f"{_pct(r.precision):>9}  {_pct(r.f1):>6}")
+    return "\n".join(lines)
+
+
+def _csv_text(rows) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def confusion_csv(matrix: torch.Tensor, classes) -> str:
+    """First row: the predicted classes; then one row per true class with its counts."""
+    return _csv_text([["true \\ predicted", *classes]]
+                     + [[name, *row] for name, row in zip(classes, torch.as_tensor(matrix).tolist())])
+
+
+def per_class_csv(results: list[ClassResult]) -> str:
+    def cell(value):
+        return "" if value is None else round(value, 4)
+
+    return _csv_text([["class", "images", "predicted", "correct", "recall", "precision", "f1"]]
+                     + [[r.name, r.images, r.predicted, r.correct, cell(r.recall), cell(r.precision), cell(r.f1)]
+                        for r in results])
+
+
+def plot_confusion(matrix: torch.Tensor, classes, path, title: str = "") -> Path:
+    """PNG of the matrix, each row coloured by its share of the class (recall on the diagonal),
+    annotated with the counts when there are few enough classes to read them."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
+
+    matrix = torch.as_tensor(matrix).long()
+    n = len(classes)
+    shares = (matrix.double() / matrix.sum(1, keepdim=True).clamp(min=1)).numpy()
+    side = min(max(4.0, 0.45 * n + 2.5), 20.0)
+    fig = Figure(figsize=(side + 1.2, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if n <= 60:
+        ax.set_xticks(range(n), [str(c) for c in classes], rotation=45, ha="right", fontsize=7 if n > 20 else 9)
+        ax.set_yticks(range(n), [str(c) for c in classes], fontsize=7 if n > 20 else 9)
+    if n <= 30:
+        for i, row in enumerate(matrix.tolist()):
+            for j, count in enumerate(row):
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=8 if n > 12 else 10,
+                        color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "confusion matrix", fontsize=10)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    return Path(path)
+
+
+def write_per_class_files(folder, matrix: torch.Tensor, classes, tag: str = "", title: str = "") -> list[Path]:
+    """confusion{_tag}.csv, confusion{_tag}.png and per_class{_tag}.csv in `folder`; returns their paths."""
+    folder = Path(folder)
+    suffix = f"_{tag}" if tag else ""
+    return [write_text_atomic(folder / f"confusion{suffix}.csv", confusion_csv(matrix, classes)),
+            plot_confusion(matrix, classes, folder / f"confusion{suffix}.png", title),
+            write_text_atomic(folder / f"per_class{suffix}.csv", per_class_csv(per_class(matrix, classes)))]
+
+
+def record_per_class(test: dict, classes, folder=None, split: str = "test") -> None:
+    """In a summary's {"last": report, "best": report}: keep the per-class numbers of the weights
+    `resnetlab eval RUN` scores (best, else last) under "per_class", drop every report's matrix,
+    and write the files into `folder` (None: write nothing, e.g. on ranks other than 0)."""
+    chosen = "best" if "best" in test else "last"
+    matrix = test[chosen]["confusion"]
+    for report in test.values():
+        report.pop("confusion", None)  # "best" may be the very same dict as "last"
+    test[chosen]["per_class"] = [asdict(r) for r in per_class(matrix, classes)]
+    if folder is None:
+        return
+    try:
+        write_per_class_files(folder, matrix, classes, split, f"{split} split, {chosen} weights")
+    except OSError as err:  # the run itself is done and saved: say so rather than lose the summary
+        warnings.warn(f"could not write the confusion matrix into {folder} ({err.strerror or err}); the per-class "
+                      "numbers are in summary.json", ResnetlabWarning, stacklevel=2)
+
+
+def default_eval_dir(checkpoint, split: str, protocol: str, precision: str) -> Path:
+    """Where `resnetlab eval` writes its files when not told: inside the run for a checkpoint of a
+    run directory (RUN/eval/best-test-center/, refreshed by the same evaluation), otherwise a new
+    numbered folder under ./runs/eval/ (never one that already exists)."""
+    path = Path(checkpoint)
+    name = "-".join([path.stem, split, protocol] + (["int8"] if precision == "int8" else []))
+    run = path.parent.parent
+    if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
+        return run / "eval" / name
+    return numbered(Path("runs") / "eval" / name)
+
+
+def numbered(folder: Path) -> Path:
+    """`folder` if it does not exist yet, else the first free folder-2, folder-3, ..."""
+    candidate, n = folder, 1
+    while candidate.exists():
+        n += 1
+        candidate = folder.with_name(f"{folder.name}-{n}")
+    return candidate
+
+
+def write_eval_files(report: dict, matrix, out=None) -> list[Path]:
+    """The files of one `evaluate_checkpoint` report, into `out` or `default_eval_dir`."""
+    classes = [r["name"] for r in report["per_class"]]
+    folder = Path(out) if out else default_eval_dir(report["checkpoint"], report["split"], report["protocol"],
+                                                    report["precision"])
+    title = f"{Path(report['checkpoint']).name}, {report['split']} split, {report['protocol']} protocol"
+    try:
+        return write_per_class_files(folder, matrix, classes, title=title)
+    except OSError as err:
+        raise UserError(f"cannot write the confusion matrix into {folder} ({err.strerror or err}); "
+                        "pass --out DIR") from err

@@ -1,0 +1,129 @@
+"""Per-class results: the confusion matrix counted in the evaluation pass, precision/recall with
+undefined ratios, the files training and `resnetlab eval` write, and where they go."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab.cli import main
+from resnetlab.config import TrainConfig
+from resnetlab.engine import train_and_evaluate
+from resnetlab.engine.confusion import ClassResult, default_eval_dir, per_class, write_per_class_files
+from resnetlab.engine.evaluate import evaluate
+from resnetlab.engine.runtime import make_runtime
+from test_engine_train import tiny_config
+
+RT = make_runtime(TrainConfig(device="cpu", precision="fp32", channels_last="false"))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["cat", "dog", "fox", "owl"]
+# true labels and the predictions the model below makes: fox (2) is never predicted, owl (3) has no images
+TRUE = [0, 0, 0, 1, 1, 2, 2, 2]
+PRED = [0, 0, 1, 1, 0, 0, 1, 1]
+EXPECTED = [[2, 1, 0, 0],  # rows: true class, columns: prediction (counted by hand from TRUE/PRED)
+            [1, 1, 0, 0],
+            [1, 2, 0, 0],
+            [0, 0, 0, 0]]
+
+
+class FirstPixel(nn.Module):
+    """Logits are the first pixel's channels: the prediction is whatever the image says."""
+
+    def forward(self, x):
+        return x[:, :, 0, 0]
+
+
+def images_predicting(classes):
+    x = torch.zeros(len(classes), 4, 1, 1)
+    x[torch.arange(len(classes)), torch.tensor(classes)] = 3.0
+    return x
+
+
+def test_confusion_matrix_is_counted_in_the_evaluation_pass():
+    x, y = images_predicting(PRED), torch.tensor(TRUE)
+    loader = [([x[:5]], y[:5]), ([x[5:]], y[5:])]  # two batches: counts accumulate
+    report = evaluate(FirstPixel(), nn.Identity(), loader, RT, num_classes=4)
+    assert report["confusion"].tolist() == EXPECTED and report["confusion"].dtype == torch.int64
+    assert report["top1"] == 100.0 * 3 / 8 and report["confusion"].trace().item() == 3
+    assert "confusion" not in evaluate(FirstPixel(), nn.Identity(), loader, RT)  # only when asked for
+
+
+def test_precision_and_recall_per_class_undefined_is_none_not_zero():
+    fox, owl = per_class(torch.tensor(EXPECTED), CLASSES)[2:]
+    cat, dog = per_class(torch.tensor(EXPECTED), CLASSES)[:2]
+    assert cat == ClassResult("cat", 3, 4, 2, pytest.approx(200 / 3), 50.0, pytest.approx(400 / 7))
+    assert (dog.recall, dog.precision, dog.f1) == (50.0, 25.0, pytest.approx(100 / 3))
+    assert fox == ClassResult("fox", 3, 0, 0, 0.0, None, None)  # never predicted: no precision
+    assert owl == ClassResult("owl", 0, 0, 0, None, None, None)  # no images: no recall either
+    assert per_class(torch.tensor([[0, 1], [1, 0]]), ["a", "b"])[0].f1 == 0.0  # predicted, present, never right
+    with pytest.raises(ValueError, match="4x4"):
+        per_class(torch.zeros(3, 3), CLASSES)
+
+
+def test_files_hold_the_counts_and_blank_cells_for_undefined(tmp_path):
+    paths = write_per_class_files(tmp_path / "out", torch.tensor(EXPECTED), CLASSES, "test")
+    assert [p.name for p in paths] == ["confusion_test.csv", "confusion_test.png", "per_class_test.csv"]
+    assert paths[0].read_text().splitlines() == ["true \\ predicted,cat,dog,fox,owl", "cat,2,1,0,0", "dog,1,1,0,0",
+                                                 "fox,1,2,0,0", "owl,0,0,0,0"]
+    assert paths[1].read_bytes()[:8] == PNG_MAGIC
+    assert paths[2].read_text().splitlines()[3:] == ["fox,3,0,0,0.0,,", "owl,0,0,0,,,"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("confusion") / "run"
+    train_and_evaluate(tiny_config(("schedule.max_steps", 8), ("train.eval_every", 4)), run)
+    return run
+
+
+def test_training_writes_per_class_results_of_the_best_weights(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = summary["test"]["best"]
+    matrix = [[int(c) for c in line.split(",")[1:]] for line in
+              (run_dir / "confusion_test.csv").read_text().splitlines()[1:]]
+    assert sum(map(sum, matrix)) == best["n"] == 160
+    assert sum(matrix[i][i] for i in range(4)) == round(best["top1"] * 160 / 100)
+    assert [r["images"] for r in best["per_class"]] == [sum(row) for row in matrix]
+    assert [r["name"] for r in best["per_class"]] == json.loads((run_dir / "classes.json").read_text())
+    assert (run_dir / "confusion_test.png").read_bytes()[:8] == PNG_MAGIC
+    assert all("confusion" not in r for r in summary["test"].values())  # the matrix lives in the CSV
+
+
+def test_eval_prints_per_class_and_writes_into_the_run(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert report["per_class"] == summary["test"]["best"]["per_class"]
+    folder = run_dir / "eval" / "best-test-center"
+    assert report["files"] == [str(folder / n) for n in ("confusion.csv", "confusion.png", "per_class.csv")]
+    assert (folder / "confusion.csv").read_text() == (run_dir / "confusion_test.csv").read_text()
+    assert main(["eval", str(run_dir), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy=recall  precision" in out and "class3" in out and str(run_dir / "eval" / "best-val-center") in out
+
+
+def test_eval_of_a_lone_checkpoint_never_overwrites_and_bad_out_is_one_line(run_dir, tmp_path, monkeypatch, capsys):
+    lone = tmp_path / "weights.pt"
+    lone.write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert default_eval_dir(lone, "test", "10crop", "int8") == Path("runs/eval/weights-test-10crop-int8")
+    for folder in ("weights-test-center", "weights-test-center-2"):
+        assert main(["eval", str(lone), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["files"][0] == f"runs/eval/{folder}/confusion.csv"
+    (tmp_path / "file").write_text("")
+    assert main(["eval", str(lone), "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("resnetlab eval: error: cannot write the confusion matrix into") and "\n" not in err
+
+
+def test_a_run_whose_folder_cannot_take_the_files_warns_and_keeps_the_numbers(tmp_path):
+    from resnetlab.engine.confusion import record_per_class
+    from resnetlab.errors import ResnetlabWarning
+
+    (tmp_path / "blocked").write_text("")  # a file where the folder should be
+    report = {"top1": 37.5, "confusion": torch.tensor(EXPECTED)}
+    test = {"last": report, "best": report}  # last is best: one dict
+    with pytest.warns(ResnetlabWarning, match="could not write the confusion matrix"):
+        record_per_class(test, CLASSES, tmp_path / "blocked" / "run")
+    assert "confusion" not in report and [r["correct"] for r in test["best"]["per_class"]] == [2, 1, 0, 0]
