@@ -1,4 +1,5 @@
-HELP = "Train a ResNet from a recipe (or continue a run with --resume)."
+HELP = ("Train a ResNet from a recipe, or from one chosen for the data when --recipe is not given "
+        "(or continue a run with --resume).")
 
 import json
 from pathlib import Path
@@ -15,7 +16,9 @@ FLAG_KEYS = {
 
 
 def add_arguments(parser):
-    parser.add_argument("--recipe", help="shipped recipe name (see --list-recipes) or a YAML file")
+    parser.add_argument("--recipe", help="shipped recipe name (see --list-recipes) or a YAML file; without it, one "
+                        "is chosen from --data (CIFAR-sized images: cifar10_fast; photos: finetune from ImageNet "
+                        "weights) and printed")
     parser.add_argument("--data", metavar="DIR", help="dataset folder: train/<class>/ images, or CIFAR python files")
     parser.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
@@ -27,7 +30,8 @@ def add_arguments(parser):
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--workers", type=int, help="image-decoding worker processes")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--init", metavar="WEIGHTS", help="start from these weights / checkpoint (fine-tuning)")
+    parser.add_argument("--init", metavar="WEIGHTS", help="start from these weights / checkpoint (fine-tuning); "
+                        "none: from scratch")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config value, e.g. --set optim.lr=0.05 (repeatable)")
     parser.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
@@ -45,16 +49,27 @@ def build_config(args):
             raise UserError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
         recipe, out = str(saved), args.resume
     else:
-        if not args.recipe or not args.out:
-            raise UserError("give --recipe NAME|FILE and --out RUN_DIR (or --resume RUN_DIR)")
+        if not args.out or not (args.recipe or args.data):
+            raise UserError("give --data DIR and --out RUN_DIR (a recipe is then chosen from the data), or --recipe "
+                            "NAME|FILE too, or --resume RUN_DIR")
         recipe, out = args.recipe, args.out
-    overrides = [(key, getattr(args, flag)) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
+    overrides = [(key, flag_value(key, getattr(args, flag))) for flag, key in FLAG_KEYS.items()
+                 if getattr(args, flag) is not None]
     if args.max_steps is not None:
         overrides += [("schedule.max_steps", args.max_steps), ("schedule.epochs", None)]
+    if recipe is None:
+        from .train_auto import auto_recipe
+
+        recipe, overrides = auto_recipe(args, overrides)
     cfg = load_config(recipe, overrides)
     if args.data:
         cfg = apply_overrides(cfg, data_overrides(args.data, cfg.data.dataset))
     return apply_overrides(cfg, args.set), out  # explicit --set wins over everything
+
+
+def flag_value(key: str, value):
+    """--init none (or null) means no init weights: from scratch."""
+    return None if key == "finetune.init" and str(value).lower() in ("none", "null") else value
 
 
 def run(args):

@@ -112,12 +112,29 @@ def _load_folder(root: Path, cfg: DataConfig):
     return out["train"], out.get("val"), out.get("test"), info
 
 
+def labelled_folder(root: Path, split: str, cfg: DataConfig):
+    """(dataset, info) of a labelled folder to evaluate on, ROOT/<class>/ or ROOT/<split>/<class>/
+    without a train/ folder, with its own sorted classes (match them to a model's with
+    datasets.match_classes) and cfg's preprocessing."""
+    layout = folders.folder_layout(root)
+    if layout is None:
+        raise UserError(f"{root} has no class folders; expected ROOT/<class>/<image> or ROOT/{split}/<class>/<image>")
+    if layout == "splits" and not (root / split).is_dir():
+        present = ", ".join(f"{s}/" for s in folders.SPLITS if (root / s).is_dir())
+        raise UserError(f"{root} has no {split}/ folder (only {present}); pick the split with --split")
+    out, info = load_scanned({split: folders.scan(root / split if layout == "splits" else root, None, cfg.skip_bad)},
+                             root, cfg)
+    if info["skipped"]:
+        warnings.warn(folders.describe_skipped(info["skipped"], root), ResnetlabWarning, stacklevel=2)
+    return out[split], info
+
+
 def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict]:
-    """Datasets of scanned split folders: in memory when the training images are small (decoded
-    once, through the cache), else files. info: root, caches, skipped and ignored files, and
-    train_files (the kept training paths, relative to root, in dataset order)."""
-    classes = scanned["train"].classes
-    side = folders.small_side(scanned["train"].paths)
+    """Datasets of scanned split folders, the first being train (it has the classes): in memory
+    when its images are small (decoded once, through the cache), else files. info: root, caches,
+    skipped and ignored files, and train_files (the kept training paths, relative to root)."""
+    first = next(iter(scanned.values()))
+    classes, side = first.classes, folders.small_side(first.paths)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else DEFAULT_CACHE / "folders"
     out, info = {}, {"root": str(root), "in_memory": side is not None, "caches": [], "resized": 0, "skipped": [],
                      "ignored": [relative(p, root) for scan in scanned.values() for p in scan.ignored]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from resnetlab.errors import UserError
 
 
 class ArrayDataset:
@@ -69,3 +70,22 @@ class FileDataset:
 
     def subset(self, indices: torch.Tensor) -> "FileDataset":
         return FileDataset([self.paths[i] for i in indices.tolist()], self.labels[indices], self.classes, self.warn_bad)
+
+
+def match_classes(dataset, classes: list[str], source: str, aliases: list[str] | None = None):
+    """`dataset` with its labels renumbered to `classes` (a model's) by name: a folder may hold a
+    subset of them, in any order. aliases: other names of the same classes, position for position
+    (ImageNet's WordNet ids). A class the model does not know is an error naming it."""
+    if list(dataset.classes) == list(classes):
+        return dataset
+    index = {name: i for i, name in enumerate(classes)} | {name: i for i, name in enumerate(aliases or [])}
+    unknown = [name for name in dataset.classes if name not in index]
+    if unknown:
+        shown = lambda names: ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")  # noqa: E731
+        raise UserError(f"{source} has {len(unknown)} class{'es' * (len(unknown) != 1)} the model does not know: "
+                        f"{shown(unknown)}; its {len(classes)} classes are {shown(list(classes))}")
+    labels = torch.tensor([index[name] for name in dataset.classes])[dataset.labels]
+    if isinstance(dataset, ArrayDataset):
+        return ArrayDataset(dataset.images, labels, classes)
+    return FileDataset(dataset.paths, labels, classes, dataset.warn_bad)
+

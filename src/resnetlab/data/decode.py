@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -40,17 +41,18 @@ class BadImage(Exception):
         self.path, self.reason = path, reason
 
 
-def decode_crops(path: str, plan: Plan) -> list[np.ndarray]:
-    """Decode `path` once and return uint8 (h, w, 3) arrays for each (box, size) of plan(w, h)."""
+def decode_crops(path, plan: Plan) -> list[np.ndarray]:
+    """Decode `path` once and return uint8 (h, w, 3) arrays for each (box, size) of plan(w, h).
+    `path` may also be a PIL image already in memory: it is read the same way and left unchanged."""
     try:
-        with Image.open(path) as img:
+        with opened(path) as img:
             # Photos store their rotation in EXIF; plan on the upright image.
             orientation = img.getexif().get(ORIENTATION, 1) if img.format in EXIF_FORMATS else 1
             w, h = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
             steps = plan(w, h)
             # Largest reduction that keeps every window at least as big as its output size.
             factor = max(max(o[0] / max(b[2] - b[0], 1e-6), o[1] / max(b[3] - b[1], 1e-6)) for b, o in steps)
-            if img.format == "JPEG" and factor < 1:
+            if img.format == "JPEG" and factor < 1 and not isinstance(path, Image.Image):  # draft() changes the image
                 img.draft("RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor)))
             rgb = img.convert("RGB")  # grey, palette, CMYK, RGBA ... -> RGB; decodes the file
             if orientation in TRANSPOSE:
@@ -67,6 +69,11 @@ def decode_crops(path: str, plan: Plan) -> list[np.ndarray]:
         else:
             out.append(np.array(rgb.resize(size, Image.BILINEAR, box=box)))
     return out
+
+
+def opened(source):
+    """A context manager giving the PIL image of a path (closed after) or the image itself (kept open)."""
+    return nullcontext(source) if isinstance(source, Image.Image) else Image.open(source)
 
 
 def _reason(err: BaseException) -> str:
@@ -125,8 +132,8 @@ def resized_shape(w: int, h: int, side: int) -> tuple[int, int]:
     return max(side, round(w * scale)), max(side, round(h * scale))
 
 
-def load_images(paths: list[str], size: int, eval_resize: int):
-    """Arbitrary image files as a uint8 (N, 3, size, size) batch for prediction: shorter side
+def load_images(paths: list, size: int, eval_resize: int):
+    """Arbitrary image files (or PIL images) as a uint8 (N, 3, size, size) batch for prediction: shorter side
     resized to eval_resize, centre size x size crop (pass eval_resize=size for CIFAR-style models).
     Returns (images, failed) where failed lists (path, reason) of files that could not be read;
     images holds the others, in order."""
@@ -135,7 +142,7 @@ def load_images(paths: list[str], size: int, eval_resize: int):
     arrays, failed = [], []
     for path in paths:
         try:
-            arrays.append(decode_crops(str(path), lambda w, h: [(center_box(w, h, eval_resize, size), (size, size))])[0])
+            arrays.append(decode_crops(path, lambda w, h: [(center_box(w, h, eval_resize, size), (size, size))])[0])
         except BadImage as err:
             failed.append((str(path), err.reason))
     if not arrays:

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from resnetlab.errors import UserError
 from resnetlab.files import atomic_write
 
 from .datasets import ArrayDataset
-from .decode import DECODE_ERRORS, BadImage, center_box, decode_crops
+from .decode import DECODE_ERRORS, BadImage, center_box, decode_crops, opened
 
 SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
 PROBES = 32  # images whose headers decide small vs large
@@ -131,14 +130,14 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]], list[s
     return files, bad, ignored
 
 
-def small_side(paths: list[str]) -> int | None:
-    """The common side of the images if evenly spaced probes are all at most SMALL_SIDE px (the
-    most frequent probed side; other images are resized to it when cached), else None."""
+def small_side(paths: list) -> int | None:
+    """The common side of the images (paths or PIL images) if evenly spaced probes are all at most
+    SMALL_SIDE px (the most frequent probed side; other images are resized to it when cached), else None."""
     step = max(1, len(paths) // PROBES)
     sides = []
     for path in paths[::step][:PROBES]:
         try:
-            with Image.open(path) as img:
+            with opened(path) as img:
                 sides.append(max(img.size))
         except DECODE_ERRORS:
             continue  # reported (or skipped) when the file is decoded

@@ -8,7 +8,7 @@ from pathlib import PurePath
 
 import torch
 
-IMBALANCE_WARN = 5.0  # largest / smallest training class above this: warn (when data.balance is none)
+IMBALANCE_WARN = 5.0  # largest / smallest training class at least this: warn (when data.balance is none)
 CLASSES_LISTED = 12  # more classes than this: the counts line gives the range, not every class
 FILES_LISTED = 3
 
@@ -40,11 +40,11 @@ def counts_line(bundle) -> str:
 
 
 def imbalance_warning(bundle, balance: str) -> str | None:
-    """A warning when the largest training class has more than IMBALANCE_WARN x the images of the
-    smallest and nothing compensates (data.balance=none)."""
+    """A warning when the largest training class has IMBALANCE_WARN x the images of the smallest or
+    more and nothing compensates (data.balance=none)."""
     train = class_counts(bundle.train, len(bundle.classes))
     low, high = min(range(len(train)), key=train.__getitem__), max(range(len(train)), key=train.__getitem__)
-    if balance != "none" or train[high] <= IMBALANCE_WARN * train[low]:
+    if balance != "none" or train[high] < IMBALANCE_WARN * train[low]:
         return None
     return (f"imbalanced classes: {bundle.classes[high]!r} has {train[high]} training images, {bundle.classes[low]!r} "
             f"{train[low]} ({train[high] / train[low]:.1f}x); the model will favour the large classes. "

@@ -6,10 +6,13 @@ views of one image are combined by averaging their softmax outputs.
 """
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 
 from .distributed import DistInfo, all_reduce_sum
 from .runtime import Runtime, autocast, to_input
@@ -106,12 +109,11 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     """
     from dataclasses import asdict
 
-    from resnetlab.config import TrainConfig, apply_overrides
-    from resnetlab.data import build_data
+    from resnetlab.config import TrainConfig
+    from resnetlab.data.datasets import match_classes
 
     from .checkpoint import checkpoint_path, model_from_checkpoint
     from .confusion import per_class
-    from .datadir import data_overrides
     from .runtime import make_runtime, prepare_model
 
     if protocol not in PROTOCOLS:
@@ -120,22 +122,15 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         raise UserError(f"unknown split {split!r}; choose test or val")
     path = checkpoint_path(checkpoint)
     model, normalizer, classes, cfg = model_from_checkpoint(path)
-    if data is not None:
-        cfg = apply_overrides(cfg, data_overrides(data, cfg.data.dataset))
-    if cfg.data.root is None and cfg.data.dataset != "synthetic":
-        raise UserError(f"{path} does not say where its data is; pass --data DIR")
-    bundle = build_data(cfg.data, seed=cfg.train.seed)
-    dataset = bundle.test if split == "test" else bundle.val
-    if dataset is None:
-        raise UserError(f"the dataset at {cfg.data.root} has no {split} split"
-                        + (" (the run used data.val_size=0)" if split == "val" else "; try --split val"))
-    if list(bundle.classes) != classes:
-        raise UserError(f"the dataset's classes ({len(bundle.classes)}) differ from the checkpoint's ({len(classes)}); "
-                        "evaluate on the dataset it was trained for")
+    dataset, train = eval_data(cfg, data, split)
+    dataset = match_classes(dataset, classes, f"the data at {data or cfg.data.root}")
     if precision == "int8":  # quantized CPU kernels: fp32 NCHW in and out, int8 in between
+        if train is None:
+            raise UserError(f"--precision int8 calibrates on training images, and {data} has none; give --data a "
+                            "folder with train/, or use `resnetlab predict --precision int8 --calibrate DIR`")
         rt = make_runtime(TrainConfig(device="cpu" if device == "auto" else device, precision="fp32",
                                       channels_last="false"))
-        model = int8_model(model, normalizer, bundle.train, cfg, rt)
+        model = int8_model(model, normalizer, train, cfg, rt)
     else:
         rt = make_runtime(TrainConfig(device=device, precision=precision or cfg.train.precision,
                                       channels_last=cfg.train.channels_last))
@@ -145,6 +140,38 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     matrix = report.pop("confusion")
     return {**report, "split": split, "checkpoint": str(path), "precision": "int8" if precision == "int8" else rt.precision,
             "per_class": [asdict(r) for r in per_class(matrix, classes)], "confusion": matrix.tolist()}
+
+
+def eval_data(cfg, data: str | None, split: str):
+    """(dataset to score, its training split or None) for evaluate_checkpoint. A `data` folder
+    without train/ (ROOT/<class>/, or ROOT/test/ or ROOT/val/ alone) is taken as it is: every image,
+    with the run's preprocessing. Otherwise the run's dataset (moved to `data`, if given) is
+    rebuilt with its own seed and val_size, so `val` is exactly the held-out part."""
+    from resnetlab.config import apply_overrides
+    from resnetlab.data import build_data
+    from resnetlab.data.build import labelled_folder
+    from resnetlab.data.folder import folder_layout
+
+    from .datadir import data_overrides
+
+    if data is not None:
+        found = data_overrides(data, cfg.data.dataset)
+        root, layout = Path(data), folder_layout(Path(data))
+        if dict(found).get("data.dataset") == "folder" and (layout == "splits" and not (root / "train").is_dir()
+                                                             or layout == "classes" and split == "test"):
+            if cfg.data.root and root.resolve() == Path(cfg.data.root).resolve():
+                warnings.warn(f"{data} is the folder this model was trained on: its score includes the training images; "
+                              "--split val scores only the images the run held out", ResnetlabWarning, stacklevel=3)
+            return labelled_folder(root, split, cfg.data)[0], None
+        cfg = apply_overrides(cfg, found)
+    if cfg.data.root is None and cfg.data.dataset != "synthetic":
+        raise UserError("the checkpoint does not say where its data is; pass --data DIR")
+    bundle = build_data(cfg.data, seed=cfg.train.seed)
+    dataset = bundle.test if split == "test" else bundle.val
+    if dataset is None:
+        raise UserError(f"the dataset at {cfg.data.root} has no {split} split"
+                        + (" (the run used data.val_size=0)" if split == "val" else "; try --split val"))
+    return dataset, bundle.train
 
 
 def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime, images: int | None = None,

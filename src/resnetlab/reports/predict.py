@@ -117,8 +117,8 @@ class Predictor:
         return Predictor.from_checkpoint(checkpoint or self.source, device=str(self.rt.device), precision="fp32",
                                          fuse=False, channels_last="false")
 
-    def batches(self, paths: list[str], protocol: str = "center", batch_size: int = 64):
-        """Yield (views, indices into paths) for the readable files; bad files go to self.failed."""
+    def batches(self, paths: list, protocol: str = "center", batch_size: int = 64):
+        """Yield (views, indices into paths) for the readable files (or PIL images); bad files go to self.failed."""
         from resnetlab.data import ArrayDataset, FileDataset, load_images, make_eval_loader
         from resnetlab.data.folder import small_side
 
@@ -131,7 +131,7 @@ class Predictor:
             if side is not None or self.small:
                 images, bad = load_images(chunk, side or cfg.image_size, side or cfg.image_size)
                 bad_paths = {p for p, _ in bad}
-                keep = torch.tensor([p not in bad_paths for p in chunk], dtype=torch.bool)
+                keep = torch.tensor([str(p) not in bad_paths for p in chunk], dtype=torch.bool)  # str: PIL images too
                 self.failed += bad
                 if not keep.any():
                     continue

@@ -1,0 +1,52 @@
+"""`resnetlab train --data DIR --out RUN` without --recipe: the recipe chosen from the data
+(resnetlab.autorecipe), said in one line and kept in the run, its pretrained weights checked first."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from resnetlab.config import load_config
+from resnetlab.errors import UserError
+
+
+def auto_recipe(args, overrides: list) -> tuple[str, list]:
+    """No --recipe: one chosen from the data and the machine (resnetlab.autorecipe), said in one
+    line on stderr and kept as RUN/auto_recipe.json; the user's flags and --set values win."""
+    from resnetlab.autorecipe import MachineFacts, choose
+    from resnetlab.config import parse_override
+    from resnetlab.data.survey import survey
+    from resnetlab.engine.datadir import data_overrides
+    from resnetlab.engine.distributed import dist_info_from_env
+    from resnetlab.files import write_text_atomic
+
+    given = dict(overrides) | dict(parse_override(item) for item in args.set)
+    found = dict(data_overrides(args.data, "folder"))
+    facts = survey(found.get("data.dataset", "folder"), found["data.root"], bool(given.get("data.skip_bad")))
+    choice = choose(facts, MachineFacts.detect(), given)
+    main = dist_info_from_env().is_main
+    if main:
+        print(f"resnetlab train: {choice.line}", file=sys.stderr, flush=True)
+    if choice.init:
+        check_init(choice.recipe, choice.init)
+    if main and not (Path(args.out) / "checkpoints" / "last.pt").exists():  # else the run refuses to start over it
+        write_text_atomic(Path(args.out) / "auto_recipe.json", json.dumps(
+            {"recipe": choice.recipe, "overrides": dict(choice.overrides), "data": asdict(facts), "line": choice.line},
+            indent=1))
+    return choice.recipe, list(choice.overrides) + overrides
+
+
+def check_init(recipe: str, init: str) -> None:
+    """Load the automatic recipe's pretrained weights once before anything is built or written
+    (fetching them to the torch.hub cache if needed), so a machine without them hears at once
+    how to get them or do without."""
+    from resnetlab.engine.finetune import load_init_weights
+    from resnetlab.models import create_model
+
+    cfg = load_config(recipe)
+    try:
+        load_init_weights(create_model(cfg.model.name, **cfg.model.kwargs), init)
+    except UserError as err:
+        raise UserError(f"{err}. The automatic recipe fine-tunes the ImageNet weights {init}; without them, pass "
+                        "--init WEIGHTS_FILE (a copy of them) or train from scratch with --init none") from None

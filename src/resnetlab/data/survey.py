@@ -1,0 +1,49 @@
+"""The facts about a --data folder that the automatic recipe (resnetlab.autorecipe) is chosen from:
+a listing and a few image headers, nothing decoded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from resnetlab.autorecipe import DataFacts
+from resnetlab.errors import UserError
+
+from . import folder as folders
+from .cifar import SPECS
+from .decode import DECODE_ERRORS
+
+CIFAR_TRAIN_IMAGES = 50000
+CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+PROBES = 32  # images whose headers give the typical size
+
+
+def survey(dataset: str, root: str | Path, skip_bad: bool = False) -> DataFacts:
+    """DataFacts of a dataset as --data found it (dataset: what engine.datadir worked out)."""
+    if dataset in SPECS:
+        return DataFacts(dataset, CIFAR_TRAIN_IMAGES, CIFAR_CLASSES[dataset], False, 32, True)
+    if dataset != "folder":
+        raise UserError(f"--data {root}: no recipe given, and the automatic one needs image folders "
+                        "(ROOT/<class>/ or ROOT/train/<class>/) or CIFAR; pass --recipe NAME")
+    root = Path(root)
+    layout = folders.folder_layout(root)
+    if layout is None or (layout == "splits" and not (root / "train").is_dir()):
+        raise UserError(f"--data {root}: no training images found; expected ROOT/<class>/<image>, "
+                        "ROOT/train/<class>/<image> (and optionally val/, test/) or the CIFAR python files")
+    train_dir = root / "train" if layout == "splits" else root
+    scan = folders.scan(train_dir, None, skip_bad)
+    sides = probed_sides(scan.paths)
+    return DataFacts("folder", len(scan.paths), len(scan.classes), layout == "splits" and (root / "val").is_dir(),
+                     sorted(sides)[len(sides) // 2] if sides else 0, folders.small_side(scan.paths) is not None)
+
+
+def probed_sides(paths: list[str]) -> list[int]:
+    """Shorter sides of up to PROBES images spread evenly over the list (headers only)."""
+    sides = []
+    for path in paths[:: max(1, len(paths) // PROBES)][:PROBES]:
+        try:
+            with Image.open(path) as img:
+                sides.append(min(img.size))
+        except DECODE_ERRORS:
+            continue  # reported (or skipped) when the file is decoded
+    return sides

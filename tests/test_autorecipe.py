@@ -1,0 +1,87 @@
+"""The recipe `resnetlab train --data DIR --out RUN` chooses without --recipe: a pure function of
+the dataset's and the machine's facts and of what the user set."""
+import pytest
+
+from resnetlab.autorecipe import IMAGENET_WEIGHTS, DataFacts, MachineFacts, choose
+from resnetlab.config import load_config
+from resnetlab.engine.schedules import schedule_warnings
+
+LAPTOP, GPU_BOX = MachineFacts(cpus=2, gpu=False), MachineFacts(cpus=16, gpu=True)
+ISSUE_PHOTOS = DataFacts("folder", train_images=140, num_classes=4, has_val=False, short_side=300, small=False)
+
+
+def test_cifar10_gets_the_quick_start_recipe_unchanged():
+    choice = choose(DataFacts("cifar10", 50000, 10, False, 32, True), LAPTOP)
+    assert (choice.recipe, choice.overrides, choice.init) == ("cifar10_fast", (), None)
+    assert "recipe cifar10_fast" in choice.line and "batch 256 (lr 0.4), 7 epochs of 175 steps, warm-up 250" in choice.line
+
+
+def test_the_issue_s_140_photos_fine_tune_imagenet_weights_sized_to_the_data():
+    choice = choose(ISSUE_PHOTOS, LAPTOP)
+    # 28 held out (a stratified 20%: the recipe's 1000 is more than a fifth), 112 left: batch 64 -> 16 for >= 4
+    # steps per epoch (7), lr scaled by 16/64, epochs raised toward 300 steps (43) but at most 4 x 10, warm-up
+    # at most a quarter of the 280 steps, one decoding worker of the two cores.
+    assert choice.recipe == "finetune" and choice.init == IMAGENET_WEIGHTS
+    assert dict(choice.overrides) == {"finetune.init": IMAGENET_WEIGHTS, "data.val_size": 0.2, "optim.batch_size": 16,
+                                      "optim.lr": 0.0025, "schedule.epochs": 40, "schedule.warmup_steps": 70,
+                                      "train.workers": 1}
+    cfg = load_config(choice.recipe, choice.overrides)
+    assert (cfg.data.image_size, cfg.data.eval_resize, cfg.data.normalize, cfg.model.name) == (224, 256, "imagenet",
+                                                                                               "resnet18")
+    assert schedule_warnings(cfg.schedule, 112 // 16) == []
+    for words in ("140 photos in 4 classes", "fine-tuning resnet18.tv_in1k at 224 px", "batch 16 (lr 0.0025)",
+                  "40 epochs of 7 steps", "20% of each class held out", "--recipe NAME or --set KEY=VALUE",
+                  "--init none to train from scratch"):
+        assert words in choice.line, words
+
+
+@pytest.mark.parametrize("side, init, size", [(150, IMAGENET_WEIGHTS, 128), (90, IMAGENET_WEIGHTS, 64),
+                                               (40 + 300, None, 128), (100, None, 96)])
+def test_image_size_follows_small_photos_and_stays_small_from_scratch(side, init, size):
+    data = DataFacts("folder", 140, 4, False, side, False)
+    choice = choose(data, LAPTOP, {"finetune.init": init})
+    cfg = load_config(choice.recipe, choice.overrides)
+    assert (choice.recipe, cfg.data.image_size, cfg.data.eval_resize) == (
+        "finetune" if init else "photos_scratch", size, round(size * 256 / 224))
+    assert "finetune.init" not in dict(choice.overrides)  # the user's value is never overridden
+    assert ("--init none" in choice.line) == bool(init)
+
+
+def test_what_the_user_set_is_kept_and_the_rest_follows_it():
+    choice = choose(ISSUE_PHOTOS, LAPTOP, {"optim.batch_size": 32, "train.workers": 0})
+    chosen = dict(choice.overrides)
+    assert "optim.batch_size" not in chosen and "train.workers" not in chosen
+    assert chosen["optim.lr"] == 0.005 and chosen["schedule.epochs"] == 40  # 112 // 32 = 3 steps per epoch
+    steps = choose(ISSUE_PHOTOS, LAPTOP, {"schedule.max_steps": 50, "schedule.epochs": None})
+    assert "schedule.epochs" not in dict(steps.overrides) and dict(steps.overrides)["schedule.warmup_steps"] == 12
+    assert "50 steps" in steps.line
+
+
+def test_a_val_folder_a_big_folder_and_a_gpu_machine():
+    with_val = dict(choose(DataFacts("folder", 140, 4, True, 300, False), LAPTOP).overrides)
+    assert "data.val_size" not in with_val and with_val["optim.batch_size"] == 32  # 140 // 32 = 4 steps
+    big = choose(DataFacts("folder", 20000, 50, False, 400, False), GPU_BOX)
+    assert dict(big.overrides) == {"finetune.init": IMAGENET_WEIGHTS}  # the recipe fits: 1000 held out, batch 64,
+    assert "8 decoding workers" in big.line                             # 296 steps x 10 epochs, 8 workers <= 15 cores
+    one_core = dict(choose(ISSUE_PHOTOS, MachineFacts(1, False)).overrides)
+    assert one_core["train.workers"] == 0
+
+
+def test_tiny_and_cifar_sized_folders():
+    tiny = dict(choose(DataFacts("folder", 10, 2, False, 300, False), LAPTOP).overrides)
+    assert tiny["optim.batch_size"] == 2 and tiny["data.val_size"] == 0.2  # 8 left: 4 steps of 2
+    small = choose(DataFacts("folder", 3000, 10, False, 64, True), LAPTOP)
+    assert small.recipe == "cifar10_fast" and dict(small.overrides) == {
+        "data.image_size": 64, "data.val_size": 0.2, "schedule.epochs": 28, "schedule.warmup_steps": 63}
+    assert "train.workers" not in dict(small.overrides)  # in memory: nothing to decode
+
+
+def test_schedule_warnings_for_a_warm_up_or_milestones_the_run_never_reaches():
+    cfg = load_config("finetune", [("schedule.epochs", 2)])
+    (warning,) = schedule_warnings(cfg.schedule, 7)
+    assert warning.startswith("schedule.warmup_steps=100 is not shorter than the run: the run has 14 steps (7 per epoch)")
+    paper = load_config("cifar10_resnet20", [("schedule.max_steps", 1000)])
+    assert schedule_warnings(paper.schedule, 351) == [
+        "schedule.milestones [32000, 48000] (steps): 2 of them at or after the last step, so the lr is never lowered "
+        "there; the run has 1000 steps (351 per epoch)"]
+    assert schedule_warnings(load_config("cifar10_fast").schedule, 175) == []
