@@ -1,0 +1,145 @@
+"""The issue's scenario end to end: a folder of photos (train/<class>/ only, 200-500 px JPEGs cut from
+a real photo, a stray notes.txt, one class 5x smaller), `resnetlab train --data DIR --out RUN` with
+no other flag, then eval (confusion matrix), predict, export and the Python API on the run."""
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import cbook
+from PIL import Image
+
+import resnetlab
+import resnetlab.autorecipe as autorecipe
+from resnetlab.cli import main
+from resnetlab.models import create_model
+
+TINTS = {"amber": (1.0, 0.7, 0.2), "blue": (0.3, 0.5, 1.0), "green": (0.4, 1.0, 0.4), "rose": (1.0, 0.5, 0.8)}
+COUNTS = {"amber": 15, "blue": 15, "green": 15, "rose": 3}
+
+
+def photo(rng, tint) -> Image.Image:
+    """A crop of matplotlib's sample photo (Grace Hopper, 512 x 600), tinted, at 200-500 px a side."""
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as src:
+        w, h = (int(v) for v in rng.integers(200, 501, 2))
+        left, top = (int(v) for v in rng.integers(0, 100, 2))
+        img = src.convert("RGB").resize((w, h), Image.BILINEAR, box=(left, top, left + 400, top + 480))
+    return Image.fromarray((np.asarray(img) * np.array(tint)).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(folder, run directory, stderr of the training): trained once for the module, on ImageNet
+    weights stood in for by a randomly initialised ResNet-18 file, with the finetune recipe cut to
+    2 epochs at 32 px so it takes seconds (the sizes themselves are tested in test_autorecipe.py)."""
+    tmp = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for name, n in COUNTS.items():
+        (tmp / "myphotos" / "train" / name).mkdir(parents=True)
+        for i in range(n):
+            photo(rng, TINTS[name]).save(tmp / "myphotos" / "train" / name / f"{i}.jpg", quality=90)
+    (tmp / "myphotos" / "train" / "notes.txt").write_text("bought the film at the corner shop")
+    torch.save(create_model("resnet18").state_dict(), tmp / "resnet18-imagenet.pth")
+    (tmp / "finetune_short.yaml").write_text("base: finetune\nschedule:\n  epochs: 2\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(autorecipe, "IMAGENET_WEIGHTS", str(tmp / "resnet18-imagenet.pth"))
+        mp.setattr(autorecipe, "FINETUNE_RECIPE", str(tmp / "finetune_short.yaml"))
+        mp.setattr(autorecipe, "PRETRAINED_SIZE", 32)
+        mp.setattr(autorecipe, "MIN_SIZE", 32)
+        mp.setattr(autorecipe, "MIN_TOTAL_STEPS", 1)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["train", "--data", str(tmp / "myphotos"), "--out", str(tmp / "runs" / "my1")])
+    assert code == 0, err.getvalue()
+    return tmp / "myphotos", tmp / "runs" / "my1", err.getvalue()
+
+
+def test_train_with_no_flags_says_what_it_chose_and_records_the_data(run):
+    folder, out, err = run
+    lines = err.splitlines()
+    assert lines[0].startswith("resnetlab train: no --recipe given: 48 photos in 4 classes (shorter side ~")
+    assert "finetune_short.yaml, fine-tuning " in lines[0] and "at 32 px, batch 8 (lr 0.00125), 2 epochs of 4 steps" in lines[0]
+    assert "images per class (train/val): amber 12/3, blue 12/3, green 12/3, rose 2/1" in lines
+    assert "ignored 1 file that is not an image in a class folder (.txt 1): train/notes.txt" in lines
+    assert any(line.startswith("resnetlab train: warning: imbalanced classes: 'amber' has 12 training images, 'rose' 2 "
+                               "(6.0x)") for line in lines)
+    assert "Traceback" not in err
+    chosen = json.loads((out / "auto_recipe.json").read_text())
+    assert chosen["recipe"].endswith("finetune_short.yaml") and chosen["overrides"]["data.val_size"] == 0.2
+    data = json.loads((out / "data.json").read_text())
+    assert data["validation"]["images"] == 10 and len(data["validation"]["files"]) == 10
+    assert data["images_per_class"]["val"] == {"amber": 3, "blue": 3, "green": 3, "rose": 1}
+    assert data["ignored_files"] == ["train/notes.txt"] and data["layout"] == "splits"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["best_val_top1_err"] is not None
+
+
+def test_eval_predict_export_and_the_python_api_on_the_run(run, tmp_path, capsys):
+    folder, out, _ = run
+    assert main(["eval", str(out), "--split", "val", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 10 and [r["images"] for r in report["per_class"]] == [3, 3, 3, 1]
+    assert all(p.endswith((".csv", ".png")) for p in report["files"])
+
+    test = tmp_path / "labelled"  # another labelled folder: a subset of the classes, in DIR/<class>/
+    for name in ("rose", "blue"):
+        (test / name).mkdir(parents=True)
+        for i in range(2):
+            Image.open(folder / "train" / name / f"{i}.jpg").save(test / name / f"{i}.png")
+    assert main(["eval", str(out), "--data", str(test), "--json", "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 4 and [r["images"] for r in report["per_class"]] == [0, 2, 0, 2]  # labels remapped by name
+
+    file = folder / "train" / "blue" / "0.jpg"
+    assert main(["predict", str(out), str(file), "--json", "--topk", "4"]) == 0
+    (cli,) = json.loads(capsys.readouterr().out)["results"]
+    model = resnetlab.load(out)
+    pred = model.predict(str(file), topk=4)
+    assert isinstance(pred, resnetlab.Prediction) and pred.label == cli["top"][0]["class"] == pred.top[0].label
+    assert [s.prob for s in pred.top] == pytest.approx([t["prob"] for t in cli["top"]], abs=1e-6)
+    same = model.predict(Image.open(test / "blue" / "0.png"), topk=4)  # a PIL image: the file's preprocessing
+    assert same.source == "image 0" and same.top == model.predict(test / "blue" / "0.png", topk=4).top
+    many = model.predict([test, str(file)], topk=1)
+    assert [p.source for p in many] == [str(test / "blue" / "0.png"), str(test / "blue" / "1.png"),
+                                        str(test / "rose" / "0.png"), str(test / "rose" / "1.png"), str(file)]
+    assert model.classes == ["amber", "blue", "green", "rose"] and model.input_size == 32
+
+    assert main(["export", str(out), "--format", "onnx", "--out", str(tmp_path / "my1.onnx")]) == 0
+    assert "onnx" in capsys.readouterr().out.lower()
+
+
+def test_bad_inputs_are_one_line(run, tmp_path, capsys, monkeypatch):
+    folder, out, _ = run
+    zoo = tmp_path / "zoo"
+    for name in ("zebra", "amber", "yak"):
+        (zoo / "test" / name).mkdir(parents=True)
+        Image.open(folder / "train" / "amber" / "0.jpg").save(zoo / "test" / name / "0.jpg")
+    assert main(["eval", str(out), "--data", str(zoo)]) == 2
+    assert capsys.readouterr().err == (f"resnetlab eval: error: the data at {zoo} has 2 classes the model does not "
+                                       "know: yak, zebra; its 4 classes are amber, blue, green, rose\n")
+    assert main(["eval", str(out), "--data", str(zoo), "--split", "val"]) == 2
+    assert "has no val/ folder (only test/); pick the split with --split" in capsys.readouterr().err
+    assert main(["eval", str(out), "--data", str(folder / "train"), "--precision", "int8"]) == 2
+    assert "--precision int8 calibrates on training images" in capsys.readouterr().err
+
+    model = resnetlab.load(out)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(resnetlab.UserError, match=r"broken\.jpg: not an image Pillow can read; predict\(\.\.\., "
+                                                  r"skip_bad=True\) gives None"):
+        model.predict(folder / "broken.jpg")
+    assert model.predict([folder / "broken.jpg"], skip_bad=True) == [None]
+    with pytest.raises(resnetlab.UserError, match="predict takes image paths, folders or PIL images; got int"):
+        model.predict([3])
+
+    monkeypatch.setattr(autorecipe, "IMAGENET_WEIGHTS", "resnet18.tv_in1k")
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "my2")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("resnetlab train: no --recipe given:") and len(err) == 2
+    assert err[1].startswith("resnetlab train: error: ") and err[1].endswith(
+        "The automatic recipe fine-tunes the ImageNet weights resnet18.tv_in1k; without them, pass --init WEIGHTS_FILE "
+        "(a copy of them) or train from scratch with --init none")
+    assert not (tmp_path / "my2").exists()  # nothing written before the weights were there
+    assert main(["train", "--out", str(tmp_path / "my3")]) == 2
+    assert "give --data DIR and --out RUN_DIR (a recipe is then chosen from the data)" in capsys.readouterr().err
