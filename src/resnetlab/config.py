@@ -39,6 +39,7 @@ class DataConfig:
     normalize: str = "pixel"  # pixel (per-pixel mean, the paper) | channel (mean/std)
     image_size: int = 32  # training crop size: 32 for CIFAR, 224 for ImageNet
     eval_resize: int = 256  # shorter side before the centre crop (ImageNet-style eval)
+    interpolation: str = "bilinear"  # resize filter when decoding files: bilinear | bicubic (published weights')
     scale_min: int = 256  # scale augmentation: shorter side drawn from [scale_min, scale_max]
     scale_max: int = 480
     lighting: float = 0.1  # std of AlexNet-style PCA colour augmentation; 0 disables

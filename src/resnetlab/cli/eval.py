@@ -1,10 +1,12 @@
-HELP = "Top-1/top-5 accuracy of a checkpoint (or a run directory's best.pt) under a testing protocol."
+HELP = "Top-1/top-5 accuracy of a checkpoint, a run directory (its best.pt) or published weights under a testing protocol."
 
 import json
 
+from .arguments import add_checkpoint_argument
+
 
 def add_arguments(parser):
-    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    add_checkpoint_argument(parser)
     parser.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run trained on)")
     parser.add_argument("--split", choices=["test", "val"], default="test")
     parser.add_argument("--protocol", choices=["center", "10crop", "multiscale"], default="center")
