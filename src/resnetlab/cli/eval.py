@@ -1,4 +1,4 @@
-HELP = "Top-1/top-5 accuracy of a checkpoint, a run directory (its best.pt) or published weights under a testing protocol."
+HELP = "Top-1/top-5 accuracy of a checkpoint, run directory (its best.pt) or published weights, by a testing protocol."
 
 import json
 

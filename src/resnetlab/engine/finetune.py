@@ -30,7 +30,8 @@ def load_init_weights(model: nn.Module, source) -> list[str]:
             return load_pretrained(model, entry, ignore_mismatched_head=True).skipped
         except UserError as err:
             kwargs = "".join(f" --set model.kwargs.{k}={v}" for k, v in entry.model_kwargs)
-            raise UserError(f"{err}. To fine-tune them, train {entry.model}: --set model.name={entry.model}{kwargs}") from None
+            raise UserError(f"{err}. To fine-tune them, train {entry.model}: "
+                            f"--set model.name={entry.model}{kwargs}") from None
     return load_weights(model, source, ignore_mismatched_head=True).skipped
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import urllib.error
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,7 @@ def fetch(entry: PretrainedWeights, progress: bool = True) -> Path:
         except _DownloadFailed as err:
             failures.append(f"{url}: {err}")
     raise UserError(f"could not download {entry.name} ({'; '.join(failures)}). Nothing was written to the cache. "
-                    f"Offline? Fetch {entry.urls[0]} elsewhere and put it at {path} "
+                    f"Without network access, fetch {entry.urls[0]} elsewhere and put it at {path} "
                     f"(or set {MIRROR_ENV} to a mirror)")
 
 
@@ -119,7 +120,9 @@ def _download(entry: PretrainedWeights, url: str, path: Path, progress: bool) ->
                 raise
             raise _DownloadFailed(f"the file differs from the published one ({err}): cut short, or changed on "
                                   "the server") from None
-        except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, HTTPError, resets, bad URLs
+        except urllib.error.HTTPError as err:
+            raise _DownloadFailed(f"HTTP {err.code} {err.reason}") from None
+        except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, resets, timeouts, bad URLs
             raise _DownloadFailed(getattr(err, "reason", None) or str(err) or type(err).__name__) from None
         if expected_digest(entry) is None:
             try:
