@@ -17,7 +17,7 @@ from resnetlab.cli import main
 from resnetlab.config import config_to_dict
 from resnetlab.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from resnetlab.engine import load_checkpoint
-from resnetlab.engine.sources import load_source
+from resnetlab.engine.sources import load_source, same_classes
 from resnetlab.models import create_model, hub, pretrained
 from resnetlab.models.layouts import akamaster_orders
 
@@ -150,5 +150,13 @@ def test_train_init_from_weights_by_name(tmp_path, cifar_weights, capsys):
     assert trained["fc.weight"].shape == (4, 64)
     assert main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "run2"), "--init", entry.name]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("resnetlab train: error: resnet20.test_c10 (for resnet20): weights do not fit the model")
+    assert err.startswith("resnetlab train: error: weights resnet20.test_c10 are for resnet20 with 10 classes; "
+                          "this model differs in")
     assert err.endswith("To fine-tune them, train resnet20: --set model.name=resnet20") and "\n" not in err
+
+
+def test_imagenet_folders_may_name_classes_by_wordnet_id():
+    entry = pretrained.get_weights("resnet50.tv2_in1k")
+    ckpt = {"classes": entry.classes, "class_ids": entry.class_ids}
+    assert same_classes(entry.class_ids, ckpt) and same_classes(entry.classes, ckpt)
+    assert not same_classes(entry.class_ids[::-1], ckpt)

@@ -110,7 +110,11 @@ class _DownloadFailed(Exception):
 
 
 def _download(entry: PretrainedWeights, url: str, path: Path, progress: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the weights cache {path.parent} ({err.strerror or err}); "
+                        "set TORCH_HOME to a writable folder") from None
     staging = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.download")
     try:
         try:
@@ -158,11 +162,28 @@ def verify_cache(entries) -> list[CacheCheck]:
     return out
 
 
+def check_fits(model: torch.nn.Module, entry: PretrainedWeights, ignore_mismatched_head: bool = False) -> None:
+    """Raise, before any download, unless `model` has the architecture the weights were trained for."""
+    from .registry import create_model
+
+    with torch.device("meta"):  # shapes only
+        published = create_model(entry.model, num_classes=entry.num_classes, **entry.kwargs)
+    skip = ("fc.weight", "fc.bias") if ignore_mismatched_head else ()
+    want = {k: tuple(v.shape) for k, v in published.state_dict().items() if k not in skip}
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in skip}
+    if want != have:
+        differ = sorted(set(want) ^ set(have)) + sorted(k for k in set(want) & set(have) if want[k] != have[k])
+        raise UserError(f"weights {entry.name} are for {entry.model}{_kwargs_text(entry)} with "
+                        f"{entry.num_classes} classes; this model differs in {len(differ)} tensors "
+                        f"(first: {differ[0]})")
+
+
 def load_pretrained(model: torch.nn.Module, entry: PretrainedWeights, *, ignore_mismatched_head: bool = False,
                     progress: bool = True):
     """Fetch `entry` and load it into `model` in the publisher's layout (LoadReport)."""
     from .weights import load_weights
 
+    check_fits(model, entry, ignore_mismatched_head)
     path = fetch(entry, progress)
     try:
         return load_weights(model, path, ignore_mismatched_head=ignore_mismatched_head, layout=entry.layout)
