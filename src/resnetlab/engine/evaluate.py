@@ -95,7 +95,8 @@ def evaluate_split(model, normalizer, dataset, cfg, rt: Runtime, info: DistInfo,
 def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
                         device: str = "auto", precision: str | None = None, batch_size: int | None = None,
                         workers: int = 0) -> dict:
-    """Accuracy of a checkpoint (or a run directory's best.pt) on one split of its dataset.
+    """Accuracy of a checkpoint (or a run directory's best.pt, or published weights by name) on one
+    split of its dataset.
 
     The split is rebuilt from the checkpoint's own config (same seed, same val_size), so `val`
     is exactly the held-out part used for model selection; `data` points at the dataset when it
@@ -109,17 +110,18 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     from resnetlab.config import TrainConfig, apply_overrides
     from resnetlab.data import build_data
 
-    from .checkpoint import checkpoint_path, model_from_checkpoint
+    from .checkpoint import model_from_checkpoint
     from .confusion import per_class
     from .datadir import data_overrides
     from .runtime import make_runtime, prepare_model
+    from .sources import load_source, same_classes
 
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if split not in ("test", "val"):
         raise UserError(f"unknown split {split!r}; choose test or val")
-    path = checkpoint_path(checkpoint)
-    model, normalizer, classes, cfg = model_from_checkpoint(path)
+    ckpt, path = load_source(checkpoint)
+    model, normalizer, classes, cfg = model_from_checkpoint(ckpt)
     if data is not None:
         cfg = apply_overrides(cfg, data_overrides(data, cfg.data.dataset))
     if cfg.data.root is None and cfg.data.dataset != "synthetic":
@@ -129,7 +131,7 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     if dataset is None:
         raise UserError(f"the dataset at {cfg.data.root} has no {split} split"
                         + (" (the run used data.val_size=0)" if split == "val" else "; try --split val"))
-    if list(bundle.classes) != classes:
+    if not same_classes(bundle.classes, ckpt):
         raise UserError(f"the dataset's classes ({len(bundle.classes)}) differ from the checkpoint's ({len(classes)}); "
                         "evaluate on the dataset it was trained for")
     if precision == "int8":  # quantized CPU kernels: fp32 NCHW in and out, int8 in between
