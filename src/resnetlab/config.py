@@ -76,6 +76,7 @@ class DataConfig:
     normalize: str = "pixel"  # pixel (per-pixel mean, the paper) | channel (mean/std)
     image_size: int = ranged(32, 1)  # training crop size: 32 for CIFAR, 224 for ImageNet
     eval_resize: int = ranged(256, 1)  # shorter side before the centre crop (ImageNet-style eval)
+    interpolation: str = "bilinear"  # resize filter when decoding files: bilinear | bicubic (published weights')
     scale_min: int = ranged(256, 1)  # scale augmentation: shorter side drawn from [scale_min, scale_max]
     scale_max: int = ranged(480, 1)
     lighting: float = ranged(0.1, 0.0)  # std of AlexNet-style PCA colour augmentation; 0 disables

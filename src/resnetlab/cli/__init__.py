@@ -12,10 +12,11 @@ import warnings
 from resnetlab.errors import ResnetlabWarning, UserError
 
 from . import eval as eval_cmd
-from . import bench, data, embed, experiment, export, models, predict, report, train
+from . import bench, data, embed, experiment, export, models, predict, report, train, weights
 
 COMMANDS = {
     "models": models,
+    "weights": weights,
     "data": data,
     "train": train,
     "eval": eval_cmd,

@@ -1,8 +1,10 @@
 HELP = "Write one embedding (pooled features before the classifier) per image: .npy + names, or .safetensors."
 
+from .arguments import add_checkpoint_argument
+
 
 def add_arguments(parser):
-    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    add_checkpoint_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
     parser.add_argument("--out", required=True, metavar="FILE", help="FILE.npy (+ FILE.names.txt) or FILE.safetensors")
     parser.add_argument("--protocol", choices=["center", "10crop"], default="center",

@@ -1,12 +1,15 @@
-HELP = "Top-1/top-5 and per-class accuracy of a checkpoint (or a run directory's best.pt), with its confusion matrix."
+HELP = ("Top-1/top-5 and per-class accuracy of a checkpoint, run directory (its best.pt) or published weights, "
+        "by a testing protocol, with its confusion matrix.")
 
 import json
+
+from .arguments import add_checkpoint_argument
 
 PER_CLASS_PRINTED = 50  # more classes than this: the table goes to per_class.csv only
 
 
 def add_arguments(parser):
-    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    add_checkpoint_argument(parser)
     parser.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run trained on)")
     parser.add_argument("--split", choices=["test", "val"], default="test")
     parser.add_argument("--protocol", choices=["center", "10crop", "multiscale"], default="center")

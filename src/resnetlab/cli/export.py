@@ -1,13 +1,16 @@
-HELP = "Export a checkpoint to ONNX, TorchScript or safetensors, then run the export and compare it with PyTorch."
+HELP = ("Export a checkpoint (or published weights by name) to ONNX, TorchScript or safetensors, then run the "
+        "export and compare it with PyTorch.")
 
 import json
 from pathlib import Path
+
+from .arguments import add_checkpoint_argument
 
 REAL_IMAGES = 16  # real images checked when --images is not given (from the run's own test data)
 
 
 def add_arguments(parser):
-    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    add_checkpoint_argument(parser)
     parser.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
     parser.add_argument("--out", required=True, metavar="FILE", help=".onnx, .pt (TorchScript) or .safetensors")
     parser.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size (default: batch 1)")
@@ -16,12 +19,11 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def default_images(checkpoint) -> list[str]:
+def default_images(ckpt: dict) -> list[str]:
     """A few images of the split the run was tested on, when its data folder is still there."""
-    from resnetlab.engine.checkpoint import load_checkpoint
     from resnetlab.reports.predict import collect_images
 
-    root = load_checkpoint(checkpoint)["config"]["data"].get("root")
+    root = ckpt["config"]["data"].get("root")
     for split in ("test", "val"):
         if root and (Path(root) / split).is_dir():
             paths = collect_images([str(Path(root) / split)])
@@ -29,26 +31,28 @@ def default_images(checkpoint) -> list[str]:
     return []
 
 
-def real_batch(checkpoint, inputs):
+def real_batch(ckpt: dict, inputs):
     """uint8 (N, 3, S, S): the images preprocessed exactly as predict does (centre view)."""
     import torch
 
     from resnetlab.reports.predict import Predictor, collect_images
 
-    paths = collect_images(inputs) if inputs else default_images(checkpoint)
+    paths = collect_images(inputs) if inputs else default_images(ckpt)
     if not paths:
         return None, 0
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", precision="fp32", fuse=False, channels_last="false")
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32", fuse=False, channels_last="false")
     views = [v[0] for v, _ in predictor.batches(paths)]
     return (torch.cat(views) if views else None), len(predictor.failed)
 
 
 def run(args):
+    from resnetlab.engine.sources import load_source
     from resnetlab.reports.export import ExportCheckFailed, export_checkpoint
 
-    real, bad = real_batch(args.checkpoint, args.images)
+    ckpt, _ = load_source(args.checkpoint)
+    real, bad = real_batch(ckpt, args.images)
     try:
-        report = export_checkpoint(args.checkpoint, args.format, args.out, args.dynamic_batch, real)
+        report = export_checkpoint(ckpt, args.format, args.out, args.dynamic_batch, real)
     except ExportCheckFailed as err:
         print(f"resnetlab export: check FAILED: {err}")
         return 1

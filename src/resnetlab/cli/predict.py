@@ -1,10 +1,12 @@
-HELP = "Classify images (files or folders) with a checkpoint; its preprocessing comes from the checkpoint."
+HELP = "Classify images (files or folders) with a checkpoint or published weights; the preprocessing comes with them."
 
 import json
 
+from .arguments import add_checkpoint_argument
+
 
 def add_arguments(parser):
-    parser.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR")
+    add_checkpoint_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
     parser.add_argument("--topk", type=int, default=5, help="classes to report per image (default 5)")
     parser.add_argument("--protocol", choices=["center", "10crop"], default="center")

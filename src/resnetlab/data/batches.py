@@ -103,7 +103,7 @@ class FileBatches(torch.utils.data.Dataset):
         views, labels, bad = [], [], []
         for k, plan in zip(idx, plans):
             try:
-                views.append(decode_crops(self.data.paths[k], plan))
+                views.append(decode_crops(self.data.paths[k], plan, self.cfg.interpolation))
                 labels.append(int(self.data.labels[k]))
             except BadImage as err:
                 bad.append((err.path, err.reason))

@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from resnetlab.errors import UserError
+
 Box = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
 Plan = Callable[[int, int], list[tuple[Box, tuple[int, int]]]]  # (w, h) -> [(box, (out_w, out_h))]
 
@@ -41,9 +43,19 @@ class BadImage(Exception):
         self.path, self.reason = path, reason
 
 
-def decode_crops(path, plan: Plan) -> list[np.ndarray]:
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # data.interpolation; antialiased in Pillow
+
+
+def resample_filter(interpolation: str):
+    if interpolation not in RESAMPLE:
+        raise UserError(f"unknown data.interpolation {interpolation!r}; choose one of {', '.join(RESAMPLE)}")
+    return RESAMPLE[interpolation]
+
+
+def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.ndarray]:
     """Decode `path` once and return uint8 (h, w, 3) arrays for each (box, size) of plan(w, h).
     `path` may also be a PIL image already in memory: it is read the same way and left unchanged."""
+    resample = resample_filter(interpolation)
     try:
         with opened(path) as img:
             # Photos store their rotation in EXIF; plan on the upright image.
@@ -67,7 +79,7 @@ def decode_crops(path, plan: Plan) -> list[np.ndarray]:
         if size == rgb.size and box == (0, 0, *rgb.size):
             out.append(np.array(rgb))
         else:
-            out.append(np.array(rgb.resize(size, Image.BILINEAR, box=box)))
+            out.append(np.array(rgb.resize(size, resample, box=box)))
     return out
 
 
@@ -132,7 +144,7 @@ def resized_shape(w: int, h: int, side: int) -> tuple[int, int]:
     return max(side, round(w * scale)), max(side, round(h * scale))
 
 
-def load_images(paths: list, size: int, eval_resize: int):
+def load_images(paths: list, size: int, eval_resize: int, interpolation: str = "bilinear"):
     """Arbitrary image files (or PIL images) as a uint8 (N, 3, size, size) batch for prediction: shorter side
     resized to eval_resize, centre size x size crop (pass eval_resize=size for CIFAR-style models).
     Returns (images, failed) where failed lists (path, reason) of files that could not be read;
@@ -142,7 +154,8 @@ def load_images(paths: list, size: int, eval_resize: int):
     arrays, failed = [], []
     for path in paths:
         try:
-            arrays.append(decode_crops(path, lambda w, h: [(center_box(w, h, eval_resize, size), (size, size))])[0])
+            plan = lambda w, h: [(center_box(w, h, eval_resize, size), (size, size))]  # noqa: E731
+            arrays.append(decode_crops(path, plan, interpolation)[0])
         except BadImage as err:
             failed.append((str(path), err.reason))
     if not arrays:

@@ -98,7 +98,8 @@ def evaluate_split(model, normalizer, dataset, cfg, rt: Runtime, info: DistInfo,
 def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
                         device: str = "auto", precision: str | None = None, batch_size: int | None = None,
                         workers: int = 0) -> dict:
-    """Accuracy of a checkpoint (or a run directory's best.pt) on one split of its dataset.
+    """Accuracy of a checkpoint (or a run directory's best.pt, or published weights by name) on one
+    split of its dataset.
 
     The split is rebuilt from the checkpoint's own config (same seed, same val_size), so `val`
     is exactly the held-out part used for model selection; `data` points at the dataset when it
@@ -112,18 +113,20 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     from resnetlab.config import TrainConfig
     from resnetlab.data.datasets import match_classes
 
-    from .checkpoint import checkpoint_path, model_from_checkpoint
+    from .checkpoint import model_from_checkpoint
     from .confusion import per_class
     from .runtime import make_runtime, prepare_model
+    from .sources import load_source
 
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if split not in ("test", "val"):
         raise UserError(f"unknown split {split!r}; choose test or val")
-    path = checkpoint_path(checkpoint)
-    model, normalizer, classes, cfg = model_from_checkpoint(path)
+    ckpt, path = load_source(checkpoint)
+    model, normalizer, classes, cfg = model_from_checkpoint(ckpt)
     dataset, train = eval_data(cfg, data, split)
-    dataset = match_classes(dataset, classes, f"the data at {data or cfg.data.root}")
+    # by name; ImageNet folders may be named by WordNet id (published weights carry both)
+    dataset = match_classes(dataset, classes, f"the data at {data or cfg.data.root}", ckpt.get("class_ids"))
     if precision == "int8":  # quantized CPU kernels: fp32 NCHW in and out, int8 in between
         if train is None:
             raise UserError(f"--precision int8 calibrates on training images, and {data} has none; give --data a "

@@ -54,8 +54,17 @@ def model_info(name: str) -> ModelInfo:
 BUILDER_KWARGS = [p for p in inspect.signature(ResNet).parameters if p not in ("block", "layers", "widths")]
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model: `create_model("resnet50", num_classes=100, shortcut="C")`."""
+def create_model(name: str, *, weights: str | None = None, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build a registered model: `create_model("resnet50", num_classes=100, shortcut="C")`.
+
+    Published weights (models/pretrained.py) by tag or name: `create_model("resnet50",
+    weights="tv2_in1k")`, `create_model("resnet50.tv2_in1k", pretrained=True)`, or
+    `create_model("resnet50", pretrained=True)` for the model's default weights. The weights bring
+    their architecture arguments and class count; another num_classes keeps the backbone and starts
+    a new classifier (fine-tuning)."""
+    model_name, _, tag = name.partition(".")
+    if tag or weights is not None or pretrained:
+        return _create_pretrained(model_name, tag or None, weights, pretrained, kwargs)
     depth = _cifar_depth(name)
     if depth is not None:  # any 6n+2 CIFAR depth, e.g. "resnet74" or "plain74" (Sec. 4.2)
         builder = lambda **kw: cifar_resnet(depth, residual=name.startswith("resnet"), **kw)  # noqa: E731
@@ -68,6 +77,27 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if kwargs.pop("residual", info.residual) != info.residual:
         raise UserError(f"{name!r} is {'residual' if info.residual else 'plain'}: pick its twin instead")
     return builder(**_checked(name, kwargs, [k for k in BUILDER_KWARGS if info.family != "cifar" or k != "stem"]))
+
+
+def _create_pretrained(model_name: str, tag: str | None, weights: str | None, load: bool, kwargs: dict) -> nn.Module:
+    from . import hub, pretrained
+
+    if tag and weights is not None and weights not in (tag, f"{model_name}.{tag}"):
+        raise UserError(f"{model_name}.{tag} names weights {tag!r} but weights={weights!r} asks for others; give one")
+    if weights is not None or tag:
+        entry = pretrained.weights_for(model_name, weights or tag)
+        load = load or weights is not None
+    else:
+        entry = pretrained.default_weights(model_name)
+    for key, value in entry.model_kwargs:
+        if kwargs.get(key, value) != value:
+            raise UserError(f"weights {entry.name!r} were trained with {key}={value!r}, not {kwargs[key]!r}; "
+                            f"drop {key}= or choose other weights")
+    num_classes = kwargs.pop("num_classes", entry.num_classes)
+    model = create_model(entry.model, num_classes=num_classes, **{**entry.kwargs, **kwargs})
+    if load:
+        hub.load_pretrained(model, entry, ignore_mismatched_head=num_classes != entry.num_classes)
+    return model
 
 
 def _checked(name: str, kwargs: dict, valid: list[str]) -> dict:

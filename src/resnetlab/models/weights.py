@@ -1,10 +1,11 @@
 """Loading weights from the layouts people actually have, without ever running code from a file.
 
 Accepted: a state dict or a path to one (`torch.save` files are read with
-`weights_only=True`; `.safetensors` with safetensors), wrapped or not in {"state_dict": ...} /
+`weights_only=True`; safetensors files with safetensors), wrapped or not in {"state_dict": ...} /
 {"model": ...} (resnetlab checkpoints too), saved under DataParallel/DDP ("module." prefix) or
-torch.compile ("_orig_mod."), torchvision's ResNet names, and the common CIFAR ResNet
-checkpoints whose classifier is `linear` and projection shortcut `shortcut`.
+torch.compile ("_orig_mod."), in any layout of models/layouts.py: torchvision's, timm's and
+chenyaofo's names load as they are; akamaster's CIFAR layout (`linear` classifier, option A padded
+on both sides) is renamed and its channels reordered so the outputs are the publisher's.
 """
 from __future__ import annotations
 
@@ -18,19 +19,23 @@ from torch import nn
 
 from resnetlab.errors import UserError
 
+from . import layouts
+
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("module.", "_orig_mod.")
-RENAMES = (("linear.", "fc."), (".shortcut.", ".downsample."))
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip container; the legacy format is a bare pickle
 
 
 @dataclass
 class LoadReport:
     loaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # classifier keys left at their new init
+    layout: str = "resnetlab"  # the layout the tensors were read in (models/layouts.py)
 
 
 def read_state_dict(source) -> dict[str, torch.Tensor]:
-    """A flat {name: tensor} dict from a path or a (possibly wrapped) dict."""
+    """A flat {name: tensor} dict from a path or a (possibly wrapped) dict, with the DataParallel /
+    torch.compile prefixes removed and the names otherwise as saved."""
     if isinstance(source, (str, os.PathLike)):
         source = _read_file(Path(source))
     if not isinstance(source, dict):
@@ -47,40 +52,54 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
 def _read_file(path: Path):
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if path.suffix == ".safetensors" or head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
-            raise UserError(f"{path} is not a valid safetensors file: {err}") from err
+            raise UserError(f"{path} is not a valid safetensors file: {_first_line(err)}") from None
+    if not head.startswith(TORCH_MAGIC):
+        what = "it is empty" if not head else f"it starts with {head[:4]!r}"
+        raise UserError(f"{path} is not a PyTorch or safetensors weights file ({what})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:
         raise UserError(f"{path} needs arbitrary code to unpickle, which resnetlab refuses to run. "
                         "Re-save it as a plain state dict (torch.save(model.state_dict(), ...)) or "
-                        "as safetensors.") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"{path} is not a readable PyTorch weights file: {err}") from err
+                        "as safetensors.") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
+        raise UserError(f"{path} is not a readable PyTorch weights file (truncated or corrupt?): "
+                        f"{_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def _normalise(key: str) -> str:
     for prefix in PREFIXES:
         while key.startswith(prefix):
             key = key[len(prefix):]
-    for old, new in RENAMES:
-        if key.startswith(old) or (old.startswith(".") and old in key):
-            key = key.replace(old, new, 1)
     return key
 
 
-def load_weights(model: nn.Module, source, *, ignore_mismatched_head: bool = False) -> LoadReport:
+def load_weights(model: nn.Module, source, *, ignore_mismatched_head: bool = False,
+                 layout: str = "auto") -> LoadReport:
     """Load weights into `model`, or raise a UserError naming every missing, unexpected and
     wrongly shaped key. With ignore_mismatched_head, a classifier of another class count is
-    skipped (fine-tuning to new classes) and reported."""
+    skipped (fine-tuning to new classes) and reported. `layout` names the publisher's conventions
+    (models/layouts.py); "auto" tells akamaster's CIFAR layout by its `linear` classifier."""
     state = read_state_dict(source)
+    layout = layouts.check_layout(layout)
+    if layout == "auto":
+        layout = layouts.detect(state)
+    state = layouts.rename(state, layout)
     own = model.state_dict()
-    report = LoadReport()
+    report = LoadReport(layout=layout)
     if ignore_mismatched_head:
         for key in ("fc.weight", "fc.bias"):
             if key in state and key in own and state[key].shape != own[key].shape:
@@ -98,10 +117,22 @@ def load_weights(model: nn.Module, source, *, ignore_mismatched_head: bool = Fal
         parts = [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
                  if keys]
-        raise UserError("weights do not fit the model: " + "; ".join(parts))
+        raise UserError("weights do not fit the model: " + "; ".join(parts) + _hint(state, own))
+    state = layouts.reorder(state, model, layout)
     model.load_state_dict({**own, **state}, strict=True)
     report.loaded = sorted(state)
     return report
+
+
+def _hint(state: dict, own: dict) -> str:
+    """What a mismatch of shortcut tensors usually means."""
+    in_file, in_model = (any(".downsample." in k and not k.endswith("num_batches_tracked") for k in d)
+                         for d in (state, own))
+    if in_model and not in_file:
+        return ". The weights have no projection shortcuts: build the model with shortcut='A'"
+    if in_file and not in_model:
+        return ". The weights have projection shortcuts: build the model with shortcut='B' (or 'C')"
+    return ""
 
 
 def save_safetensors(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:

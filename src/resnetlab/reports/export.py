@@ -62,11 +62,13 @@ class ImagesToLogits(nn.Module):
 
 
 def export_module(checkpoint, fuse: bool = True) -> tuple[ImagesToLogits, dict]:
-    """(ImagesToLogits in eval mode on CPU, the checkpoint dict) for a checkpoint or run directory."""
-    from resnetlab.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    """(ImagesToLogits in eval mode on CPU, the checkpoint dict) for a checkpoint, run directory or
+    published weights' name."""
+    from resnetlab.engine.checkpoint import model_from_checkpoint
+    from resnetlab.engine.sources import load_source
     from resnetlab.models.fuse import fuse_bn
 
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_source(checkpoint)[0]
     model, normalizer, _, _ = model_from_checkpoint(ckpt)
     return ImagesToLogits(fuse_bn(model) if fuse else model, normalizer, ckpt["input_size"]).eval(), ckpt
 
@@ -226,10 +228,10 @@ def verify(fmt: str, path: Path, checkpoint, inputs: dict[str, torch.Tensor], ba
 
 def verify_safetensors(path: Path, checkpoint) -> dict[str, float]:
     """Reload the file with load_weights into a fresh model: every tensor must be identical."""
-    from resnetlab.engine.checkpoint import load_checkpoint
+    from resnetlab.engine.sources import load_source
     from resnetlab.models import create_model, load_weights
 
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_source(checkpoint)[0]
     model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])
     load_weights(model, str(path))
     worst = max((model.state_dict()[k].double() - v.double()).abs().max().item() for k, v in ckpt["model"].items())

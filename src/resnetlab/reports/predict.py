@@ -53,7 +53,7 @@ def collect_images(inputs: list[str]) -> list[str]:
 
 @dataclass
 class Predictor:
-    """A checkpoint's model ready for inference, with its preprocessing."""
+    """A checkpoint's (or published weights') model ready for inference, with its preprocessing."""
 
     model: nn.Module  # on rt.device, eval mode (BN folded when built with fuse=True)
     normalizer: nn.Module
@@ -77,13 +77,13 @@ class Predictor:
         """precision auto: bf16 on a GPU, fp32 on a CPU -- folded fp32 channels_last measured fastest
         for inference on the AVX-512-BF16 (no AMX) dev CPU, for ResNet-20 and ResNet-50 alike."""
         from resnetlab.config import TrainConfig
-        from resnetlab.engine.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
+        from resnetlab.engine.checkpoint import model_from_checkpoint
         from resnetlab.engine.runtime import make_runtime, prepare_model, resolve_device
+        from resnetlab.engine.sources import load_source
         from resnetlab.models import model_info
         from resnetlab.models.fuse import fuse_bn
 
-        path = checkpoint_path(checkpoint)
-        ckpt = load_checkpoint(path)
+        ckpt, path = load_source(checkpoint)
         model, normalizer, classes, cfg = model_from_checkpoint(ckpt)
         if precision == "auto" and resolve_device(device).type == "cpu":
             precision = "fp32"
@@ -93,7 +93,7 @@ class Predictor:
         # images use the "shorter side to eval_resize, centre crop" of ImageNet evaluation. A CIFAR
         # net given a photo still sees the whole photo resized, not a 32 px crop of it.
         small = cfg.data.dataset in SMALL_DATASETS or model_info(ckpt["model_name"]).family == "cifar"
-        return cls(model, normalizer.to(rt.device), classes, cfg.data, rt, small, str(path))
+        return cls(model, normalizer.to(rt.device), classes, cfg.data, rt, small, path)
 
     def quantized(self, paths: list[str], images: int = CALIBRATION_IMAGES, batch_size: int = 64) -> "Predictor":
         """An int8 copy of this CPU fp32 predictor, its activation ranges calibrated on up to
@@ -129,7 +129,7 @@ class Predictor:
             index = torch.arange(start, start + len(chunk))
             side = small_side(chunk)  # decoded at their own size like a folder of small images
             if side is not None or self.small:
-                images, bad = load_images(chunk, side or cfg.image_size, side or cfg.image_size)
+                images, bad = load_images(chunk, side or cfg.image_size, side or cfg.image_size, cfg.interpolation)
                 bad_paths = {p for p, _ in bad}
                 keep = torch.tensor([str(p) not in bad_paths for p in chunk], dtype=torch.bool)  # str: PIL images too
                 self.failed += bad
