@@ -119,3 +119,13 @@ def test_split_folders_keep_their_roles_and_non_images_are_ignored_there_too(tmp
     bundle = build_data(_cfg(root, tmp_path, val_size=0.5))
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (12, 12, 12)
     assert bundle.info["ignored"] == ["train/dog/Thumbs.db", "test/list.csv"]
+
+
+def test_the_data_command_takes_a_fraction_and_counts_ignored_files(tmp_path, capsys):
+    from resnetlab.cli import main
+
+    root = _photos(tmp_path / "p", (10, 5, 2))
+    assert main(["data", str(root), "--val-size", "0.2", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("folder: train 14, val 3 images, 3 classes") and out.rstrip().endswith("2 other files ignored")
+

@@ -14,6 +14,8 @@ from PIL import Image
 import resnetlab
 import resnetlab.autorecipe as autorecipe
 from resnetlab.cli import main
+from resnetlab.config import load_config
+from resnetlab.engine import train_and_evaluate
 from resnetlab.models import create_model
 
 TINTS = {"amber": (1.0, 0.7, 0.2), "blue": (0.3, 0.5, 1.0), "green": (0.4, 1.0, 0.4), "rose": (1.0, 0.5, 0.8)}
@@ -133,13 +135,45 @@ def test_bad_inputs_are_one_line(run, tmp_path, capsys, monkeypatch):
     with pytest.raises(resnetlab.UserError, match="predict takes image paths, folders or PIL images; got int"):
         model.predict([3])
 
-    monkeypatch.setattr(autorecipe, "IMAGENET_WEIGHTS", "resnet18.tv_in1k")
+    # The real name, not in an empty torch.hub cache, and no network: a closed local port stands for it.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("RESNETLAB_WEIGHTS_MIRROR", "http://127.0.0.1:9")
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "my2")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("resnetlab train: no --recipe given:") and len(err) == 2
-    assert err[1].startswith("resnetlab train: error: ") and err[1].endswith(
+    assert err[1].startswith("resnetlab train: error: could not download resnet18.tv_in1k (") and err[1].endswith(
         "The automatic recipe fine-tunes the ImageNet weights resnet18.tv_in1k; without them, pass --init WEIGHTS_FILE "
         "(a copy of them) or train from scratch with --init none")
     assert not (tmp_path / "my2").exists()  # nothing written before the weights were there
     assert main(["train", "--out", str(tmp_path / "my3")]) == 2
     assert "give --data DIR and --out RUN_DIR (a recipe is then chosen from the data)" in capsys.readouterr().err
+
+
+def test_init_none_trains_from_scratch_with_the_scratch_recipe(run, tmp_path, capsys):
+    folder, _, _ = run
+    out = tmp_path / "scratch"
+    assert main(["train", "--data", str(folder), "--out", str(out), "--init", "none", "--max-steps", "1"]) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "-> recipe photos_scratch, from scratch at 128 px, batch 8 (lr 0.00625), 1 steps" in first
+    cfg = load_config(str(out / "config.yaml"))
+    assert cfg.finetune.init is None and (cfg.data.image_size, cfg.data.normalize) == (128, "channel")
+
+
+@pytest.mark.parametrize("counts, same", [((6, 6, 6, 6), True), ((12, 4, 4, 4), False)])
+def test_class_weighted_loss_changes_training_only_when_classes_are_imbalanced(tmp_path, counts, same):
+    """data.balance=loss weights by n / (classes * count): all ones on a balanced set (the same run
+    as balance=none, bit for bit), different updates on an imbalanced one."""
+    root = tmp_path / "d"
+    for (name, tint), n in zip(TINTS.items(), counts):
+        for i in range(n):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), tuple(int(255 * t * (0.6 + 0.1 * (i % 4))) for t in tint)).save(root / name / f"{i}.png")
+    final = {}
+    for balance in ("none", "loss"):
+        cfg = load_config(None, [("data.dataset", "folder"), ("data.root", str(root)), ("data.val_size", 0),
+                                 ("data.cache_dir", str(tmp_path / "cache")), ("data.balance", balance),
+                                 ("model.name", "resnet8"), ("optim.batch_size", 8), ("schedule.max_steps", 2),
+                                 ("schedule.milestones", []), ("train.device", "cpu"), ("train.precision", "fp32")])
+        train_and_evaluate(cfg, tmp_path / balance)
+        final[balance] = torch.load(tmp_path / balance / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(final["none"][k], final["loss"][k]) for k in final["none"]) == same

@@ -122,9 +122,10 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
                                                   else f"{val_size} images held out")
     start = f"fine-tuning {init}" if not data.small and init else "from scratch"
     length = f"{epochs} epochs of {steps} steps" if epochs else f"{total} steps"
+    decoding = "decoded once into memory" if data.small else f"{workers} decoding worker{'s' * (workers != 1)}"
     line = (f"no --recipe given: {data.describe()} -> recipe {recipe}, {start} at {size} px, batch {batch} "
-            f"(lr {lr:g}), {length}, warm-up {warmup} steps, validation on {where}, {workers} decoding "
-            f"worker{'s' * (workers != 1)}. Change any of it with --recipe NAME or --set KEY=VALUE (e.g. "
+            f"(lr {lr:g}), {length}, warm-up {warmup} steps, validation on {where}, {decoding}. "
+            "Change any of it with --recipe NAME or --set KEY=VALUE (e.g. "
             f"--batch-size, --epochs{', --init none to train from scratch' if not data.small and init else ''}); "
             "the run's config.yaml holds every value")
     return AutoRecipe(recipe, tuple(chosen.items()), line)

@@ -1,6 +1,7 @@
 HELP = ("Check a dataset and get it ready: download CIFAR, decode a small-image folder into the cache, "
         "list unreadable files.")
 
+import argparse
 import json
 
 from resnetlab.config import DataConfig
@@ -14,9 +15,19 @@ def add_arguments(parser):
                         help="what DIR holds (default: worked out from DIR)")
     parser.add_argument("--download", action="store_true", help="CIFAR: fetch the official archive if missing")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable files (listed) instead of failing")
-    parser.add_argument("--val-size", type=int, default=0, help="images to hold out of train (default 0)")
+    parser.add_argument("--val-size", type=count_or_fraction, default=0,
+                        help="images to hold out of train: a count, or a fraction such as 0.2 (default 0)")
     parser.add_argument("--cache-dir", help="where decoded small-image folders are cached")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def count_or_fraction(text: str) -> int | float:
+    """--val-size: 500 is a count, 0.2 a fraction (checked with the rest of the data config)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
+    return int(value) if value.is_integer() else value
 
 
 def data_config(args) -> DataConfig:
