@@ -43,7 +43,8 @@ def imbalance_warning(bundle, balance: str) -> str | None:
     """A warning when the largest training class has IMBALANCE_WARN x the images of the smallest or
     more and nothing compensates (data.balance=none)."""
     train = class_counts(bundle.train, len(bundle.classes))
-    low, high = min(range(len(train)), key=train.__getitem__), max(range(len(train)), key=train.__getitem__)
+    present = [i for i, n in enumerate(train) if n]  # folders refuse an empty class; small synthetic sets may have one
+    low, high = min(present, key=train.__getitem__), max(present, key=train.__getitem__)
     if balance != "none" or train[high] < IMBALANCE_WARN * train[low]:
         return None
     return (f"imbalanced classes: {bundle.classes[high]!r} has {train[high]} training images, {bundle.classes[low]!r} "

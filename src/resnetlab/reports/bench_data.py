@@ -41,7 +41,8 @@ def bench_images(data_dir: str | None, num_images: int, seed: int = 0, workdir: 
         root = Path(data_dir).expanduser()
         if not (root / "train").is_dir():
             raise UserError(f"--data {data_dir}: no train/ folder; expected ROOT/train/<class>/<image>")
-    paths, labels, classes, _ = folders.scan(root / "train", None, skip_bad=False)
+    scan = folders.scan(root / "train", None, skip_bad=False)
+    paths, labels, classes = scan.paths, scan.labels, scan.classes
     if len(paths) < num_images:
         raise UserError(f"--data {root}: train/ holds {len(paths)} images, fewer than --images {num_images}")
     keep = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:num_images].sort().values
