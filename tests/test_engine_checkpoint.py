@@ -11,9 +11,14 @@ from resnetlab.engine.checkpoint import capture_rng, checkpoint_path, load_check
 from resnetlab.errors import UserError
 
 
+def stub(step: int) -> dict:
+    """The keys every checkpoint must have, with placeholder values."""
+    return {"format": ck.FORMAT, **{key: None for key in ck.MODEL_KEYS}, "step": step}
+
+
 def test_save_is_atomic_and_a_full_disk_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "last.pt"
-    save_checkpoint({"format": ck.FORMAT, "step": 1}, path)
+    save_checkpoint(stub(1), path)
     real_save = torch.save
 
     def full_disk(obj, f):
@@ -21,8 +26,8 @@ def test_save_is_atomic_and_a_full_disk_keeps_the_old_checkpoint(tmp_path, monke
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError, match="No space left on device.*previous checkpoint there is intact"):
-        save_checkpoint({"format": ck.FORMAT, "step": 2}, path)
+    with pytest.raises(UserError, match="last.pt .No space left on device.; the previous last.pt is intact"):
+        save_checkpoint(stub(2), path)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
 

@@ -7,6 +7,7 @@ Only rank 0 writes files or prints.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -51,9 +52,16 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
     dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_distributed(synchronize: bool = False) -> None:
+    """Leave the process group. After a successful run every process first waits for the others
+    (so none tears the group down while another still uses it), and the DDP wrappers, which hold
+    gloo work, are collected before the group goes."""
+    if not dist.is_initialized():
+        return
+    if synchronize:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def per_rank_batch(global_batch: int, info: DistInfo) -> int:

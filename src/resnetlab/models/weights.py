@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, first_line
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("module.", "_orig_mod.")
@@ -53,7 +53,7 @@ def _read_file(path: Path):
         try:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
-            raise UserError(f"{path} is not a valid safetensors file: {err}") from err
+            raise UserError(f"{path} is not a valid safetensors file ({first_line(err)})") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -61,7 +61,7 @@ def _read_file(path: Path):
                         "Re-save it as a plain state dict (torch.save(model.state_dict(), ...)) or "
                         "as safetensors.") from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"{path} is not a readable PyTorch weights file: {err}") from err
+        raise UserError(f"{path} is not a readable PyTorch weights file ({first_line(err)})") from err
 
 
 def _normalise(key: str) -> str:
