@@ -8,7 +8,6 @@ POINT (N counts the occurrences in this process, from 1):
     record   just after the Nth metrics.jsonl line is written (before that evaluation's checkpoints)
     write    inside the Nth checkpoint write: half the bytes are in the temporary file
     written  just after the Nth checkpoint file is in place (e.g. between last.pt and best.pt)
-    built    once the data is built (N ignored)
     test     as the final test starts (N ignored)
 
 --rank R: only in the torchrun process of that rank; --first-attempt: only while torchrun's
@@ -69,7 +68,6 @@ def _inside_write(n: int, sig: int) -> None:
 
 
 def install(point: str, n: int, sig: int) -> None:
-    import resnetlab.data
     from resnetlab.engine import logger, train
 
     if point == "step":
@@ -80,8 +78,6 @@ def install(point: str, n: int, sig: int) -> None:
         _inside_write(n, sig)
     elif point == "written":
         _after_calls(train, "save_checkpoint", n, sig, before=False)
-    elif point == "built":
-        _after_calls(resnetlab.data, "build_data", 1, sig, before=False)
     elif point == "test":
         _after_calls(train, "final_test", 1, sig, before=True)
     else:

@@ -32,6 +32,7 @@ import errno
 import hashlib
 import pickle
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,25 +54,36 @@ def save_checkpoint(ckpt: dict, path) -> None:
     payload = {**{k: v for k, v in ckpt.items() if k != "digest"}, "digest": payload_digest(ckpt)}
     try:
         with atomic_write(path) as f:
-            torch.save(payload, _WriteAll(f))
-    except RuntimeError as err:  # torch's zip writer, when a write came up short without an OSError
+            writer = _WriteAll(f)
+            try:
+                torch.save(payload, writer)
+            except RuntimeError as err:
+                if writer.error is None:
+                    raise
+                raise writer.error from err  # the storage's own reason, which atomic_write reports
+    except RuntimeError as err:  # torch's zip writer failed without an OSError we could see
         raise storage_error(path, f"the write failed: {first_line(err)}", existed) from err
 
 
 class _WriteAll:
-    """A file whose write() writes everything or raises. torch.save ignores a short write (a full
-    disk) and fails later with "unexpected pos"; looping here surfaces the real OSError (ENOSPC)."""
+    """A file whose write() writes everything or raises, and remembers the OSError it raised:
+    torch.save turns a full disk into "unexpected pos" (a short write, or our OSError swallowed
+    on its way out of the zip writer), which says nothing to a user."""
 
     def __init__(self, f):
-        self.f = f
+        self.f, self.error = f, None
 
     def write(self, data) -> int:
         view, done = memoryview(data).cast("B"), 0
-        while done < len(view):
-            written = self.f.write(view[done:])
-            if not written:
-                raise OSError(errno.EIO, "the file system accepted no more bytes")
-            done += written
+        try:
+            while done < len(view):
+                written = self.f.write(view[done:])
+                if not written:
+                    raise OSError(errno.EIO, "the file system accepted no more bytes")
+                done += written
+        except OSError as err:
+            self.error = self.error or err
+            raise
         return done
 
     def flush(self) -> None:
@@ -136,6 +148,11 @@ def load_checkpoint(path_or_run_dir) -> dict:
                         "go to --init or resnetlab.load_weights instead")
     verify_digest(ckpt, path)
     require_keys(ckpt, MODEL_KEYS, path)
+    with torch.device("meta"), warnings.catch_warnings():
+        # A model on the meta device has every shape and no storage: a cheap check that the weights
+        # fit the model the checkpoint names, so every reader of a file gets one line naming it.
+        warnings.simplefilter("ignore")  # torch warns that copying into meta tensors does nothing
+        model_for_weights(ckpt, path)
     return ckpt
 
 

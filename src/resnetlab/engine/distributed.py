@@ -49,7 +49,15 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+        return
+    # torchrun's agent keeps one store for every restart of the job: without a prefix per attempt,
+    # restarted workers read the addresses the dead ones published and cannot connect
+    # (pytorch/pytorch#135712; measured: `--max-restarts=1` failed in connectFullMesh every time).
+    store, _, _ = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"resnetlab/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group(backend, store=store, rank=info.rank, world_size=info.world_size)
 
 
 def shutdown_distributed(synchronize: bool = False) -> None:

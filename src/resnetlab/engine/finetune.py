@@ -7,18 +7,29 @@ with small batches, whose statistics are noisy).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from torch import nn
 
 from resnetlab.config import FinetuneConfig
 from resnetlab.errors import UserError
 from resnetlab.models import load_weights
+from resnetlab.models.weights import _read_file as read_weights_file
+
+from .checkpoint import FORMAT, verify_digest
 
 HEAD_PREFIX = "fc."
 
 
 def load_init_weights(model: nn.Module, source) -> list[str]:
-    """Load pretrained weights (a weights file or a resnetlab checkpoint); a classifier of another
-    class count is left at its fresh init. Returns the skipped (re-initialised) keys."""
+    """Load pretrained weights (a weights file or a resnetlab checkpoint, whose digest is checked);
+    a classifier of another class count is left at its fresh init. Returns the skipped keys."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file() and Path(source).suffix != ".safetensors":
+        payload = read_weights_file(Path(source))
+        if isinstance(payload, dict) and payload.get("format") == FORMAT:
+            verify_digest(payload, source)
+        source = payload
     return load_weights(model, source, ignore_mismatched_head=True).skipped
 
 

@@ -94,8 +94,11 @@ def _lock(workdir: Path) -> int:
     _held_fds.add(fd)
     me = {"pid": os.getpid(), "host": socket.gethostname(),
           "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    except OSError:
+        pass  # who holds the lock is a courtesy to the next one; a full disk is reported by the first real write
     return fd
 
 

@@ -80,14 +80,13 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
 def _train(cfg: Config, workdir: Path, resume: bool, info, rt: Runtime, stream, stop: StopOnSignal, lock) -> dict:
     """The run itself; its model and DDP wrapper are gone when it returns (see shutdown_distributed)."""
     run = build_run(cfg, workdir, resume, info, rt, lock, stream)
-    last = run.workdir / "checkpoints" / "last.pt"
     try:
         if _stop_requested(stop, run):  # a signal while the data was built
-            raise TrainingInterrupted(stop.signum or 15, run.state.step, last if last.is_file() else None)
+            raise TrainingInterrupted(stop.signum or 15, run.state.step, _last_checkpoint(run))
         best_state = train_loop(run, stop)
     finally:
         run.log.close()
-    stop.at_once(run.state.step, last)  # every step is saved: from here a signal stops the run where it lands
+    stop.at_once(run.state.step, _last_checkpoint(run))  # every step is saved: from here a signal stops the run where it lands
     summary = final_test(run, best_state)
     if info.is_main:
         write_text_atomic(run.workdir / "summary.json", json.dumps(summary, indent=1))
@@ -229,6 +228,10 @@ def _rate(clock: dict) -> float:
     return clock["images"] / max(time.perf_counter() - clock["eval"], 1e-9)
 
 
-def _last_good(run: Run) -> str:
+def _last_checkpoint(run: Run) -> Path | None:
     last = run.workdir / "checkpoints" / "last.pt"
-    return str(last) if last.exists() else "(none was written yet)"
+    return last if last.is_file() else None
+
+
+def _last_good(run: Run) -> str:
+    return str(_last_checkpoint(run) or "(none was written yet)")
