@@ -189,6 +189,8 @@ def model_for_weights(ckpt: dict, where) -> torch.nn.Module:
     name = ckpt["model_name"]
     try:
         model = create_model(name, num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])
+    except UserError as err:  # a model name this version does not know
+        raise UserError(f"{where}: {err}") from None
     except TypeError as err:
         raise UserError(f"{where}: model {name!r} cannot be built with its saved arguments ({err})") from None
     try:
