@@ -41,6 +41,7 @@ KILLS = {
     ("test", 1): 12,  # all steps saved, the final test under way
 }
 TIMING = ("images_per_s", "elapsed_s")
+pytestmark = pytest.mark.slow  # ten runs killed in one forked batch, then ten resumes: ~25 s on 2 idle cores
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +57,15 @@ def runs(tmp_path_factory):
            "--out", str(root / "{point}")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # for the whole module: the resumes too
     try:
         assert main(["train", "--recipe", str(recipe), "--out", str(root / "reference")]) == 0
         statuses = json.loads(proc.communicate(timeout=300)[0].splitlines()[-1])
         yield recipe, root / "reference", {(p, n): (statuses[f"{p}{n}"], root / f"{p}{n}") for p, n in KILLS}
     finally:
         torch.set_num_threads(threads)
+        if proc.poll() is None:  # the reference failed first: do not leave the killed runs behind
+            proc.kill()
 
 
 def test_the_reference_run_writes_what_the_kill_points_assume(runs):
@@ -73,7 +76,6 @@ def test_the_reference_run_writes_what_the_kill_points_assume(runs):
     assert load_checkpoint(reference / "checkpoints" / "best.pt")["step"] == 12
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILLS), ids=[f"{p}{n}" for p, n in KILLS])
 def test_a_killed_run_resumes_and_ends_bit_identical(runs, point, capsys):
     recipe, reference, killed = runs
@@ -87,12 +89,7 @@ def test_a_killed_run_resumes_and_ends_bit_identical(runs, point, capsys):
     # both ways of continuing: --resume RUN, and the unchanged command with --resume-if-exists
     again = (["--resume", str(run)] if list(KILLS).index(point) % 2 else
              ["--recipe", str(recipe), "--out", str(run), "--resume-if-exists"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", *again]) == 0, capsys.readouterr().err
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["train", *again]) == 0, capsys.readouterr().err  # one thread, as the fixture set
     assert not list(run.rglob("*.tmp"))
     assert_same_run(run, reference)
 
