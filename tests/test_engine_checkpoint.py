@@ -1,19 +1,31 @@
 """Checkpoint files: atomic writes, safe loading, RNG capture."""
 import errno
+import os
 import random
+import struct
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
 from resnetlab.engine import checkpoint as ck
+from resnetlab.engine.finetune import load_init_weights
 from resnetlab.engine.checkpoint import capture_rng, checkpoint_path, load_checkpoint, restore_rng, save_checkpoint
 from resnetlab.errors import UserError
+from resnetlab.files import StorageError
+from resnetlab.models import create_model
+
+
+def stub(step: int) -> dict:
+    """A checkpoint with real weights and placeholders where a test needs nothing."""
+    return {"format": ck.FORMAT, "model": create_model("resnet8", num_classes=2).state_dict(), "model_name": "resnet8",
+            "model_kwargs": {}, "num_classes": 2, "classes": ["a", "b"], "normalizer": None, "config": None, "step": step}
 
 
 def test_save_is_atomic_and_a_full_disk_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "last.pt"
-    save_checkpoint({"format": ck.FORMAT, "step": 1}, path)
+    save_checkpoint(stub(1), path)
     real_save = torch.save
 
     def full_disk(obj, f):
@@ -21,8 +33,8 @@ def test_save_is_atomic_and_a_full_disk_keeps_the_old_checkpoint(tmp_path, monke
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError, match="No space left on device.*previous checkpoint there is intact"):
-        save_checkpoint({"format": ck.FORMAT, "step": 2}, path)
+    with pytest.raises(UserError, match="last.pt .No space left on device.; the previous last.pt is intact"):
+        save_checkpoint(stub(2), path)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
 
@@ -56,3 +68,95 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+def test_a_torch_writer_failure_is_a_storage_error(tmp_path, monkeypatch):
+    def short_write(obj, f):  # what torch.save raises when a write comes up short without an OSError
+        f.write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598\nframe #0 ...")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    with pytest.raises(StorageError) as err:
+        save_checkpoint(stub(1), tmp_path / "last.pt")
+    assert str(err.value) == (f"could not write {tmp_path / 'last.pt'} (the write failed: [enforce fail at "
+                              "inline_container.cc:672] . unexpected pos 704 vs 598); nothing was written there")
+    assert not list(tmp_path.iterdir())
+
+
+def flip(path, offset: int, to):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    to.write_bytes(data)
+    return to
+
+
+def weight_bytes(path) -> range:
+    """Where the largest tensor's bytes lie in a torch zip file (stored uncompressed)."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+    start = info.header_offset + 30 + name_len + extra_len
+    return range(start, start + info.file_size)
+
+
+def test_a_flipped_bit_in_the_weights_is_refused_naming_the_file(tmp_path):
+    save_checkpoint(stub(3), tmp_path / "good.pt")
+    weights = weight_bytes(tmp_path / "good.pt")
+    bad = flip(tmp_path / "good.pt", weights[len(weights) // 2], tmp_path / "bad.pt")
+    assert torch.load(bad, weights_only=True)["step"] == 3  # torch itself reads it without a word
+    with pytest.raises(UserError) as err:
+        load_checkpoint(bad)
+    assert str(err.value) == (f"{bad} is damaged: its contents do not match the SHA-256 digest written with it "
+                              "(bits flipped on disk or in a copy, or the file was edited); use an intact copy")
+
+
+def test_a_damaged_checkpoint_is_refused_as_fine_tuning_weights_too(tmp_path):
+    save_checkpoint(stub(3), tmp_path / "good.pt")
+    weights = weight_bytes(tmp_path / "good.pt")
+    bad = flip(tmp_path / "good.pt", weights[len(weights) // 2], tmp_path / "bad.pt")
+    with pytest.raises(UserError, match=f"{bad} is damaged"):
+        load_init_weights(create_model("resnet8", num_classes=2), str(bad))
+    assert load_init_weights(create_model("resnet8", num_classes=2), str(tmp_path / "good.pt")) == []
+
+
+def test_a_flip_anywhere_is_refused_in_one_line_or_changes_nothing(tmp_path):
+    save_checkpoint(stub(3), tmp_path / "good.pt")
+    good = load_checkpoint(tmp_path / "good.pt")
+    size = (tmp_path / "good.pt").stat().st_size
+    refused = 0
+    for offset in range(0, size, size // 97):  # zip headers, the pickle, tensor bytes, the central directory
+        bad = flip(tmp_path / "good.pt", offset, tmp_path / "bad.pt")
+        try:
+            loaded = load_checkpoint(bad)
+        except UserError as err:
+            assert str(bad) in str(err) and "\n" not in str(err), (offset, str(err))
+            refused += 1
+            continue
+        assert loaded["digest"] == good["digest"] == ck.payload_digest(loaded), offset  # padding: same contents
+    assert refused > 80
+
+
+def test_checkpoints_from_before_the_digest_still_load(tmp_path):
+    save_checkpoint(stub(5), tmp_path / "new.pt")
+    old = load_checkpoint(tmp_path / "new.pt")
+    del old["digest"]
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["step"] == 5
+
+
+class RunsCode:
+    def __reduce__(self):
+        return os.system, (f"touch {RunsCode.marker}",)
+
+
+def test_a_checkpoint_with_code_in_it_runs_nothing_and_says_so_in_our_words(tmp_path):
+    RunsCode.marker = tmp_path / "ran"
+    torch.save({"format": ck.FORMAT, "model": RunsCode()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError) as err:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert str(err.value) == (f"{tmp_path / 'evil.pt'} holds Python objects besides tensors and plain containers; "
+                              "resnetlab does not unpickle those (that can run code from the file), and it is not a "
+                              "resnetlab checkpoint")
+    assert not RunsCode.marker.exists()

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,23 +24,34 @@ from resnetlab.models import create_model
 from test_engine_train import tiny_config
 
 
-def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
-    cfg = tiny_config(("finetune.freeze_bn", True), ("schedule.max_steps", 6), ("train.eval_every", 3),
-                      ("optim.lr", 0.05))
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "resnetlab",
-           "train", "--recipe", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "two")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+CFG = tiny_config(("finetune.freeze_bn", True), ("schedule.max_steps", 6), ("train.eval_every", 3), ("optim.lr", 0.05))
+KILLPOINTS = Path(__file__).with_name("killpoints.py")
+
+
+def torchrun(*args, restarts: int = 0) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           f"--max-restarts={restarts}", *map(str, args)]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """(recipe file, the run directory of CFG trained by two gloo processes under torchrun)."""
+    root = tmp_path_factory.mktemp("ddp")
+    (root / "cfg.yaml").write_text(yaml.safe_dump(config_to_dict(CFG)))
+    done = torchrun("-m", "resnetlab", "train", "--recipe", root / "cfg.yaml", "--out", root / "two")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes x 8" in done.stderr  # the log says how the global batch is split
     assert done.stdout.count('"steps": 6') == 1  # only rank 0 prints (and writes)
+    return root / "cfg.yaml", root / "two"
 
+
+def test_two_processes_match_one_on_the_same_global_batch(tmp_path, two_process_run):
     torch.set_num_threads(1)
-    train_and_evaluate(cfg, tmp_path / "one")
+    train_and_evaluate(CFG, tmp_path / "one")
     one = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["model"]
-    two = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["model"]
-    torch.manual_seed(cfg.train.seed)
+    two = load_checkpoint(two_process_run[1] / "checkpoints" / "last.pt")["model"]
+    torch.manual_seed(CFG.train.seed)
     init = create_model("resnet8", num_classes=4).state_dict()
     assert not torch.allclose(init["layer3.0.conv1.weight"], one["layer3.0.conv1.weight"])  # training moved them
     for key in one:
@@ -48,6 +60,21 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
     rows = [[int(c) for c in line.split(",")[1:]] for line in (tmp_path / "two" / "confusion_test.csv").read_text().splitlines()[1:]]
     per_class = json.loads((tmp_path / "one" / "summary.json").read_text())["test"]["best"]["per_class"]
     assert [sum(row) for row in rows] == [c["images"] for c in per_class] and sum(map(sum, rows)) == 160
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_is_restarted_and_the_job_ends_as_if_never_killed(tmp_path, two_process_run):
+    """torchrun --max-restarts=1 reruns the same command; --resume-if-exists makes it continue the run."""
+    recipe, unkilled = two_process_run
+    # rank 1 dies by SIGKILL before its 5th step (last.pt is from step 3), on the first attempt only
+    done = torchrun(KILLPOINTS, "step", 5, "--rank", 1, "--first-attempt", "--", "train", "--recipe", recipe,
+                    "--out", tmp_path / "run", "--resume-if-exists", restarts=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming at step 3" in done.stderr and done.stdout.count('"steps": 6') == 1
+    a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    b = load_checkpoint(unkilled / "checkpoints" / "last.pt")
+    assert a["step"] == 6 and all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert not list((tmp_path / "run").rglob("*.tmp"))
 
 
 def test_torchrun_variables_and_the_global_batch():

@@ -12,3 +12,10 @@ class UserError(ValueError):
 
 class ResnetlabWarning(UserWarning):
     """Works, but probably not what the user wants: the message says why and what to do instead."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-blank line of an exception's text: library errors (torch's above all) span many
+    lines, and the CLI promises one."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

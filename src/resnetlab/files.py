@@ -4,13 +4,49 @@ Everything a run leaves behind (checkpoints, config.yaml, summary.json, the deco
 a downloaded archive, benchmark results) goes through `atomic_write`: the bytes go to a
 temporary file in the same folder, are flushed to disk, and only then renamed over the target,
 which POSIX and Windows both do in one step. On any error the temporary file is removed and an
-existing target is left as it was.
+existing target is left as it was; a process killed mid-write leaves its temporary file, which
+`remove_stale_temporaries` takes away on the next start.
+
+`storage_errors(path)` is the one place where a failed write (disk full, read-only, no
+permission) becomes a `StorageError`: one line naming the file and saying what was kept.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
+
+from resnetlab.errors import UserError
+
+# errno values that mean "the storage refused", as opposed to, say, a network error raised
+# while the bytes of a download were being produced inside the `with` block.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM,
+                  errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
+
+
+class StorageError(UserError):
+    """A file could not be written; the message names it and says whether an older one is intact."""
+
+
+def storage_error(path: Path, reason: str, existed: bool) -> StorageError:
+    kept = f"the previous {path.name} is intact" if existed else "nothing was written there"
+    return StorageError(f"could not write {path} ({reason}); {kept}")
+
+
+@contextmanager
+def storage_errors(path, existed: bool | None = None):
+    """Turn an OSError of the storage inside the block into a StorageError about `path`."""
+    path = Path(path)
+    existed = path.exists() if existed is None else existed
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(path, err.strerror or str(err), existed) from err
 
 
 @contextmanager
@@ -19,17 +55,19 @@ def atomic_write(path, mode: str = "wb"):
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write writes whole files: mode 'wb' or 'w', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Same folder, so the rename never crosses file systems; the pid keeps concurrent writers apart.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # this pid's leftover from an earlier process (pids repeat in containers)
+        try:
+            with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
 
@@ -37,6 +75,30 @@ def write_text_atomic(path, text: str) -> Path:
     with atomic_write(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete the temporary files of atomic writes whose process is gone (killed mid-write);
+    returns them. A live writer's file is left alone."""
+    removed = []
+    for path in sorted(Path(folder).glob(".*.tmp")):
+        match = TEMPORARY.fullmatch(path.name)
+        if match and path.is_file() and not _alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes nothing yet when it cleans up: the file is an earlier run's
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -6,6 +6,7 @@ in the library so it can be imported and tested without the command line.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -39,6 +40,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return end_torchrun_process(run_command(args))
+
+
+def end_torchrun_process(code: int) -> int:
+    """Under torchrun, end the process here with `code` once stdout and stderr are flushed (every
+    file of the run is already written and closed; the process group is destroyed). Letting the
+    interpreter finalise instead can fail a successful run: gloo threads outlive
+    destroy_process_group() and may still be releasing a tensor while Py_FinalizeEx runs
+    ("terminate called without an active exception", and torchrun reports the job failed).
+    Elsewhere (tests, library use) returns `code`."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # the variables torchrun sets
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def run_command(args) -> int:
+    """Run the parsed subcommand; user errors and Ctrl-C become one line and an exit status."""
     try:
         with warnings.catch_warnings():
             show = warnings.showwarning

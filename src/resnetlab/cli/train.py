@@ -22,6 +22,9 @@ def add_arguments(parser):
     parser.add_argument("--data", metavar="DIR", help="dataset folder: train/<class>/ images, or CIFAR python files")
     parser.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+    parser.add_argument("--resume-if-exists", action="store_true",
+                        help="with --out: continue the run there if there is one, else start it (for torchrun "
+                             "--max-restarts and job schedulers that rerun the same command)")
     parser.add_argument("--epochs", type=int, help="train this many epochs (replaces schedule.max_steps)")
     parser.add_argument("--max-steps", type=int, help="train this many optimizer steps (clears schedule.epochs)")
     parser.add_argument("--batch-size", type=int, help="GLOBAL batch size, split across processes")
@@ -53,6 +56,8 @@ def build_config(args):
             raise UserError("give --data DIR and --out RUN_DIR (a recipe is then chosen from the data), or --recipe "
                             "NAME|FILE too, or --resume RUN_DIR")
         recipe, out = args.recipe, args.out
+    if args.resume_if_exists and args.resume:
+        raise UserError("--resume-if-exists goes with --out; --resume already continues a run")
     overrides = [(key, flag_value(key, getattr(args, flag))) for flag, key in FLAG_KEYS.items()
                  if getattr(args, flag) is not None]
     if args.max_steps is not None:
@@ -72,6 +77,21 @@ def flag_value(key: str, value):
     return None if key == "finetune.init" and str(value).lower() in ("none", "null") else value
 
 
+def existing_run(cfg, out) -> bool:
+    """--resume-if-exists: True when `out` holds a run of this very config (a rerun of the same
+    command); a run of another config there is refused rather than continued or overwritten."""
+    from resnetlab.engine.rundir import config_differences, saved_config
+
+    saved = saved_config(out)
+    if saved is None:
+        return False
+    changed = config_differences(saved, cfg)
+    if changed:
+        raise UserError(f"{out} holds a run with another config ({'; '.join(changed[:4])}"
+                        f"{' ...' if len(changed) > 4 else ''}); continue it with --resume {out} or choose another --out")
+    return True
+
+
 def run(args):
     if args.list_recipes:
         for name, description in list_recipes().items():
@@ -81,8 +101,9 @@ def run(args):
     from resnetlab.engine.distributed import dist_info_from_env
 
     cfg, out = build_config(args)
+    resume = bool(args.resume) or (args.resume_if_exists and existing_run(cfg, out))
     try:
-        summary = train_and_evaluate(cfg, out, resume=bool(args.resume))
+        summary = train_and_evaluate(cfg, out, resume=resume)
     except TrainingInterrupted as stop:
         if dist_info_from_env().is_main:
             print(f"resnetlab train: {stop}. Continue with: resnetlab train --resume {out}", flush=True)

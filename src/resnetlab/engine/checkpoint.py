@@ -18,37 +18,103 @@ Format "resnetlab-checkpoint-v1": a dict saved with `torch.save`, readable with
     schedule_state  ScheduleState as a dict (plateau / warm-up memory)
     rng           {"torch": ByteTensor, "cuda": [ByteTensor] , "numpy": {...}, "python": [...]}
     scaler        GradScaler state_dict ({} when fp16 is off)
-    metrics       last evaluation's metrics dict, plus "best_val_top1_err" and "train_meter"
+    metrics       last evaluation's metrics dict, plus "best_val_top1_err", "best_step" and "train_meter"
+    digest        "sha256:<hex>" of everything above (payload_digest), added by save_checkpoint
 
 `load_checkpoint(path)` reads one (a RUN_DIR means RUN_DIR/checkpoints/best.pt, or last.pt if
-there is no best); `model_from_checkpoint(...)` rebuilds (model, normalizer, classes, config).
+there is no best) and refuses it when its digest does not match (flipped bits, an edited or
+truncated file); files written before the digest existed load unchecked. `model_from_checkpoint(...)`
+rebuilds (model, normalizer, classes, config).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import pickle
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from resnetlab.config import Config, config_from_dict
-from resnetlab.errors import UserError
-from resnetlab.files import atomic_write
+from resnetlab.errors import UserError, first_line
+from resnetlab.files import atomic_write, storage_error
 
 FORMAT = "resnetlab-checkpoint-v1"
+MODEL_KEYS = ("model", "model_name", "model_kwargs", "num_classes", "classes", "normalizer", "config")
 
 
 def save_checkpoint(ckpt: dict, path) -> None:
-    """Write atomically (resnetlab.files.atomic_write): a crash or a full disk at any point leaves
-    the previous checkpoint at `path` intact."""
+    """Write atomically (resnetlab.files.atomic_write) with its digest: a crash or a full disk at
+    any point leaves the previous checkpoint at `path` intact."""
     path = Path(path)
+    existed = path.exists()
+    payload = {**{k: v for k, v in ckpt.items() if k != "digest"}, "digest": payload_digest(ckpt)}
     try:
         with atomic_write(path) as f:
-            torch.save(ckpt, f)
-    except OSError as err:
-        kept = "the previous checkpoint there is intact" if path.exists() else "no earlier checkpoint existed"
-        raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); {kept}. "
-                        "Free some disk space and resume with --resume") from err
+            writer = _WriteAll(f)
+            try:
+                torch.save(payload, writer)
+            except RuntimeError as err:
+                if writer.error is None:
+                    raise
+                raise writer.error from err  # the storage's own reason, which atomic_write reports
+    except RuntimeError as err:  # torch's zip writer failed without an OSError we could see
+        raise storage_error(path, f"the write failed: {first_line(err)}", existed) from err
+
+
+class _WriteAll:
+    """A file whose write() writes everything or raises, and remembers the OSError it raised:
+    torch.save turns a full disk into "unexpected pos" (a short write, or our OSError swallowed
+    on its way out of the zip writer), which says nothing to a user."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        view, done = memoryview(data).cast("B"), 0
+        try:
+            while done < len(view):
+                written = self.f.write(view[done:])
+                if not written:
+                    raise OSError(errno.EIO, "the file system accepted no more bytes")
+                done += written
+        except OSError as err:
+            self.error = self.error or err
+            raise
+        return done
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def payload_digest(ckpt: dict) -> str:
+    """SHA-256 over every key and value of the checkpoint except "digest", tensors by dtype, shape
+    and bytes in logical order (so a channels_last copy hashes like a contiguous one)."""
+    sha = hashlib.sha256()
+    _feed(sha, {k: v for k, v in ckpt.items() if k != "digest"})
+    return "sha256:" + sha.hexdigest()
+
+
+def _feed(sha, value) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        sha.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        sha.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        sha.update(f"D{len(value)}".encode())
+        for key, item in value.items():
+            _feed(sha, key)
+            _feed(sha, item)
+    elif isinstance(value, (list, tuple)):
+        sha.update(f"L{len(value)}".encode())
+        for item in value:
+            _feed(sha, item)
+    else:  # str, int, float, bool, None: repr round-trips each exactly
+        text = repr(value)
+        sha.update(f"S{len(text)}:{text}".encode())
 
 
 def checkpoint_path(path_or_run_dir) -> Path:
@@ -69,26 +135,69 @@ def load_checkpoint(path_or_run_dir) -> dict:
     path = checkpoint_path(path_or_run_dir)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling, truncation, not a torch file: all mean "not a checkpoint"
-        raise UserError(f"{path} is not a readable resnetlab checkpoint: {err}") from None
+    except pickle.UnpicklingError as err:  # torch's text here spans lines and advises weights_only=False: never shown
+        if "GLOBAL" not in str(err):  # not a pickle at all, or a damaged one
+            raise UserError(f"{path} is not a readable resnetlab checkpoint (not a PyTorch file, or a damaged one)") from None
+        raise UserError(f"{path} holds Python objects besides tensors and plain containers; resnetlab does not "
+                        "unpickle those (that can run code from the file), and it is not a resnetlab checkpoint") from None
+    except Exception as err:  # truncation, flipped bytes in the zip, not a torch file: all mean "not a checkpoint"
+        raise UserError(f"{path} is not a readable resnetlab checkpoint ({first_line(err)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"{path} is not a {FORMAT} checkpoint (found {found!r}); plain weights files "
                         "go to --init or resnetlab.load_weights instead")
+    verify_digest(ckpt, path)
+    require_keys(ckpt, MODEL_KEYS, path)
+    with torch.device("meta"), warnings.catch_warnings():
+        # A model on the meta device has every shape and no storage: a cheap check that the weights
+        # fit the model the checkpoint names, so every reader of a file gets one line naming it.
+        warnings.simplefilter("ignore")  # torch warns that copying into meta tensors does nothing
+        model_for_weights(ckpt, path)
     return ckpt
+
+
+def verify_digest(ckpt: dict, path) -> None:
+    """Refuse a checkpoint whose contents changed since it was written (none to check: older files)."""
+    if "digest" in ckpt and ckpt["digest"] != payload_digest(ckpt):
+        raise UserError(f"{path} is damaged: its contents do not match the SHA-256 digest written with it "
+                        "(bits flipped on disk or in a copy, or the file was edited); use an intact copy")
+
+
+def require_keys(ckpt: dict, keys, path) -> None:
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: not a complete {FORMAT} checkpoint")
 
 
 def model_from_checkpoint(ckpt_or_path):
     """(model in eval mode on CPU, normalizer, classes, config) from a checkpoint or its path."""
     from resnetlab.data import Normalizer
-    from resnetlab.models import create_model
 
+    where = "the checkpoint" if isinstance(ckpt_or_path, dict) else str(ckpt_or_path)
     ckpt = ckpt_or_path if isinstance(ckpt_or_path, dict) else load_checkpoint(ckpt_or_path)
-    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])
-    model.load_state_dict(ckpt["model"])
+    require_keys(ckpt, MODEL_KEYS, where)
+    model = model_for_weights(ckpt, where)
     model.eval()
     config: Config = config_from_dict(ckpt["config"])
     return model, Normalizer.from_state(ckpt["normalizer"]), list(ckpt["classes"]), config
+
+
+def model_for_weights(ckpt: dict, where) -> torch.nn.Module:
+    """The checkpoint's model with its weights, or one line saying why they do not fit."""
+    from resnetlab.models import create_model, load_weights
+
+    name = ckpt["model_name"]
+    try:
+        model = create_model(name, num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])
+    except UserError as err:  # a model name this version does not know
+        raise UserError(f"{where}: {err}") from None
+    except TypeError as err:
+        raise UserError(f"{where}: model {name!r} cannot be built with its saved arguments ({err})") from None
+    try:
+        load_weights(model, ckpt["model"])
+    except UserError as err:
+        raise UserError(f"{where} says its model is {name}, but {err}") from None
+    return model
 
 
 def clean_state_dict(model: torch.nn.Module) -> dict:

@@ -7,6 +7,7 @@ Only rank 0 writes files or prints.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -48,12 +49,27 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+        return
+    # torchrun's agent keeps one store for every restart of the job: without a prefix per attempt,
+    # restarted workers read the addresses the dead ones published and cannot connect
+    # (pytorch/pytorch#135712; measured: `--max-restarts=1` failed in connectFullMesh every time).
+    store, _, _ = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"resnetlab/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group(backend, store=store, rank=info.rank, world_size=info.world_size)
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_distributed(synchronize: bool = False) -> None:
+    """Leave the process group. After a successful run every process first waits for the others
+    (so none tears the group down while another still uses it), and the DDP wrappers, which hold
+    gloo work, are collected before the group goes."""
+    if not dist.is_initialized():
+        return
+    if synchronize:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def per_rank_batch(global_batch: int, info: DistInfo) -> int:

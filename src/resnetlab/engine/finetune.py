@@ -7,33 +7,44 @@ with small batches, whose statistics are noisy).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from torch import nn
 
 from resnetlab.config import FinetuneConfig
 from resnetlab.errors import UserError
 from resnetlab.models import load_weights
+from resnetlab.models.weights import _read_file as read_weights_file
+
+from .checkpoint import FORMAT, verify_digest
 
 HEAD_PREFIX = "fc."
 
 
 def load_init_weights(model: nn.Module, source) -> list[str]:
-    """Load pretrained weights (a weights file, a resnetlab checkpoint, or published weights by name,
-    e.g. resnet50.tv2_in1k); a classifier of another class count is left at its fresh init.
-    Returns the skipped (re-initialised) keys."""
+    """Load pretrained weights (a weights file, a resnetlab checkpoint, whose digest is checked, or
+    published weights by name, e.g. resnet50.tv2_in1k); a classifier of another class count is left
+    at its fresh init. Returns the skipped (re-initialised) keys."""
     from resnetlab.models.hub import check_fits, load_pretrained
 
     from .sources import find_weights
 
     entry = find_weights(source)
-    if entry is None:
-        return load_weights(model, source, ignore_mismatched_head=True).skipped
-    try:
-        check_fits(model, entry, ignore_mismatched_head=True)
-    except UserError as err:
-        kwargs = "".join(f" --set model.kwargs.{k}={v}" for k, v in entry.model_kwargs)
-        raise UserError(f"{err}. To fine-tune them, train {entry.model}: "
-                        f"--set model.name={entry.model}{kwargs}") from None
-    return load_pretrained(model, entry, ignore_mismatched_head=True).skipped
+    if entry is not None:
+        try:
+            check_fits(model, entry, ignore_mismatched_head=True)
+        except UserError as err:
+            kwargs = "".join(f" --set model.kwargs.{k}={v}" for k, v in entry.model_kwargs)
+            raise UserError(f"{err}. To fine-tune them, train {entry.model}: "
+                            f"--set model.name={entry.model}{kwargs}") from None
+        return load_pretrained(model, entry, ignore_mismatched_head=True).skipped
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file() and Path(source).suffix != ".safetensors":
+        payload = read_weights_file(Path(source))
+        if isinstance(payload, dict) and payload.get("format") == FORMAT:
+            verify_digest(payload, source)
+        source = payload
+    return load_weights(model, source, ignore_mismatched_head=True).skipped
 
 
 def _stages(model: nn.Module) -> list[nn.Module]:

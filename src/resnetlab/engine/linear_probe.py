@@ -26,6 +26,7 @@ from .distributed import DistInfo, dist_info_from_env
 from .evaluate import evaluate_split
 from .metrics_csv import write_metrics_csv
 from .runtime import autocast, make_grad_scaler, make_runtime, prepare_model, to_input
+from .rundir import RunDirLock
 from .setup import build_model, prepare_workdir
 from .state import TrainState, make_checkpoint
 
@@ -97,7 +98,12 @@ def train_linear_probe(cfg: Config, workdir, stream=None) -> dict:
     workdir, rt, start = Path(workdir), make_runtime(cfg.train), time.perf_counter()
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
-    prepare_workdir(workdir, cfg, bundle.classes, resume=False, is_main=True)
+    with RunDirLock(workdir) as lock:
+        prepare_workdir(workdir, cfg, bundle.classes, resume=False, is_main=True, lock=lock)
+        return _fit_and_write(cfg, workdir, bundle, rt, start, stream)
+
+
+def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream) -> dict:
     say = (lambda msg: print(msg, file=stream)) if stream else print
     model, _ = build_model(cfg, len(bundle.classes), info=say)
     if not cfg.finetune.init:

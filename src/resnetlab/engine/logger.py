@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from resnetlab.files import storage_errors
 
 from .metrics_csv import write_metrics_csv
 from .progress import ProgressLines
@@ -75,8 +78,11 @@ class RunLogger:
         """One evaluation: a line in metrics.jsonl and, off a terminal, one line of text."""
         if not self.enabled:
             return
-        with open(self.workdir / "metrics.jsonl", "a") as f:
+        path = self.workdir / "metrics.jsonl"
+        with storage_errors(path), open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the checkpoint of this step is written
         self._update_csv()
         keys = ("epoch", "step", "lr", "train_loss", "train_err", "val_top1_err", "val_top5_err", "images_per_s", "elapsed_s")
         self.info("  ".join(f"{k} {_fmt(metrics[k])}" for k in keys if k in metrics and metrics[k] is not None))

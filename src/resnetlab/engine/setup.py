@@ -15,7 +15,7 @@ from torch import nn
 
 from resnetlab.config import Config, save_config
 from resnetlab.errors import UserError
-from resnetlab.files import write_text_atomic
+from resnetlab.files import storage_errors, write_text_atomic
 from resnetlab.models import create_model
 
 from .checkpoint import load_checkpoint
@@ -23,6 +23,7 @@ from .distributed import DistInfo, per_rank_batch
 from .finetune import apply_freezing, load_init_weights, param_groups
 from .logger import RunLogger
 from .preflight import preflight
+from .rundir import RunDirLock, resume_point, tidy_for_start
 from .runtime import Runtime, compile_model, make_grad_scaler, prepare_model
 from .schedules import create_learning_rate_fn, total_steps
 from .state import TrainState, restore_checkpoint
@@ -101,17 +102,17 @@ def check_stop_target(target: float | None, bundle) -> None:
         raise UserError(f"train.stop_at_val_top1={target} needs a validation split; set data.val_size > 0")
 
 
-def prepare_workdir(workdir: Path, cfg: Config, classes, resume: bool, is_main: bool) -> None:
-    last = workdir / "checkpoints" / "last.pt"
-    if resume and not last.is_file():
-        raise UserError(f"--resume {workdir}: no checkpoints/last.pt there to continue from")
-    if not resume and last.exists():
-        raise UserError(f"{workdir} already holds a run (checkpoints/last.pt); continue it with --resume {workdir} "
-                        "or choose another --out")
+def prepare_workdir(workdir: Path, cfg: Config, classes, resume: bool, is_main: bool, lock: RunDirLock) -> Path | None:
+    """Lock the run directory and write the run's description into it; returns the checkpoint to
+    resume from (None: start at step 0). Every process calls it, rank 0 writes."""
+    start_from = resume_point(workdir, resume)
+    lock.acquire()
     if is_main:
-        (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        with storage_errors(workdir / "checkpoints"):
+            (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, workdir / "config.yaml")
         write_text_atomic(workdir / "classes.json", json.dumps(list(classes), indent=1))
+    return start_from
 
 
 def _sync_bn(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Module:
@@ -130,22 +131,25 @@ def _wrap(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Modu
     return compile_model(model, rt.compile)
 
 
-def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runtime, stream=None) -> Run:
+def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runtime, lock: RunDirLock,
+              stream=None) -> Run:
     from resnetlab.data import build_data
     from resnetlab.data.summary import loss_weights
 
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     check_stop_target(cfg.train.stop_at_val_top1, bundle)  # before the run directory is made
-    prepare_workdir(workdir, cfg, bundle.classes, resume, info.is_main)
+    start_from = prepare_workdir(workdir, cfg, bundle.classes, resume, info.is_main, lock)
     say = print if info.is_main else (lambda *a: None)
     model, eval_bns = build_model(cfg, len(bundle.classes), info=say)
     model = prepare_model(_sync_bn(model, cfg, info, rt), rt)
     optimizer = build_optimizer(model, cfg)
     scaler = make_grad_scaler(rt)
-    state = TrainState()
-    if resume:
-        state = restore_checkpoint(load_checkpoint(workdir / "checkpoints" / "last.pt"), model, optimizer, scaler, cfg)
+    state, ckpt = TrainState(), None
+    if start_from is not None:
+        ckpt = load_checkpoint(start_from)
+        state = restore_checkpoint(ckpt, model, optimizer, scaler, cfg, start_from)
+    repairs = tidy_for_start(workdir, state.step, ckpt) if info.is_main else []
     steps_per_epoch = len(train_loader(bundle, cfg, info, rt, 0))
     total = total_steps(cfg.schedule, steps_per_epoch)
     run = Run(cfg, workdir, info, rt, bundle, model, _wrap(model, cfg, info, rt), eval_bns,
@@ -156,7 +160,10 @@ def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runt
                  + (f" = {info.world_size} processes x {run.batch}" if info.enabled else "")
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
                  + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})")
-                 + (f", resuming at step {state.step}" if state.step else ""))
+                 + (f", resuming at step {state.step}" if start_from is not None else "")
+                 + (", no checkpoint was complete yet: starting at step 0" if resume and start_from is None else ""))
+    for repair in repairs:
+        run.log.info(repair)
     if cfg.data.balance == "loss":
         run.class_weights = loss_weights(bundle.train.labels, len(bundle.classes)).to(rt.device)
     preflight(run)

@@ -13,10 +13,13 @@ import torch
 from torch import nn
 
 from resnetlab.config import Config, config_to_dict
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, first_line
 
-from .checkpoint import FORMAT, capture_rng, clean_state_dict, restore_rng
+from .checkpoint import FORMAT, capture_rng, clean_state_dict, require_keys, restore_rng
 from .schedules import ScheduleState
+
+
+RESUME_KEYS = ("model", "model_name", "step", "optimizer", "schedule_state", "rng", "scaler", "metrics")
 
 
 class Meter:
@@ -48,6 +51,7 @@ class TrainState:
     step: int = 0
     schedule: ScheduleState = field(default_factory=ScheduleState)
     best_val_err: float | None = None
+    best_step: int | None = None  # the step best.pt holds (None in checkpoints older than this field)
     elapsed_s: float = 0.0
     window: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # meter since the last log point
     epoch_meter: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # meter since the last evaluation
@@ -80,25 +84,31 @@ def make_checkpoint(model, optimizer, scaler, state: TrainState, cfg: Config, cl
         "schedule_state": state.schedule.state_dict(),
         "rng": capture_rng(),
         "scaler": scaler.state_dict(),
-        "metrics": {**metrics, "best_val_top1_err": state.best_val_err, "elapsed_s": state.elapsed_s,
+        "metrics": {**metrics, "best_val_top1_err": state.best_val_err, "best_step": state.best_step,
+                    "elapsed_s": state.elapsed_s,
                     "train_window": list(state.window), "train_epoch": list(state.epoch_meter),
                     "reached_target": state.reached_target,
                     "num_parameters": sum(p.numel() for p in inner.parameters())},
     }
 
 
-def restore_checkpoint(ckpt: dict, model: nn.Module, optimizer, scaler, cfg: Config) -> TrainState:
-    """Load a checkpoint into freshly built objects; returns the loop state to continue from."""
+def restore_checkpoint(ckpt: dict, model: nn.Module, optimizer, scaler, cfg: Config, path) -> TrainState:
+    """Load the checkpoint at `path` into freshly built objects; returns the loop state to continue from."""
+    require_keys(ckpt, RESUME_KEYS, path)
     if ckpt["model_name"] != cfg.model.name:
-        raise UserError(f"the checkpoint holds a {ckpt['model_name']} but the config asks for {cfg.model.name}; "
+        raise UserError(f"{path} holds a {ckpt['model_name']} but the config asks for {cfg.model.name}; "
                         "resume with the run's own config (RUN_DIR/config.yaml)")
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt["scaler"]:
-        scaler.load_state_dict(ckpt["scaler"])
-    restore_rng(ckpt["rng"])
-    m = ckpt["metrics"]
-    return TrainState(step=ckpt["step"], schedule=ScheduleState.from_state(ckpt["schedule_state"]),
-                      best_val_err=m["best_val_top1_err"], elapsed_s=m["elapsed_s"],
-                      window=list(m["train_window"]), epoch_meter=list(m["train_epoch"]),
-                      reached_target=m.get("reached_target"))
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        restore_rng(ckpt["rng"])
+        m = ckpt["metrics"]
+        return TrainState(step=ckpt["step"], schedule=ScheduleState.from_state(ckpt["schedule_state"]),
+                          best_val_err=m["best_val_top1_err"], best_step=m.get("best_step"), elapsed_s=m["elapsed_s"],
+                          window=list(m["train_window"]), epoch_meter=list(m["train_epoch"]),
+                          reached_target=m.get("reached_target"))
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:  # a model, optimizer or RNG state of another shape
+        raise UserError(f"{path} does not fit this run's {cfg.model.name} and optimizer ({first_line(err)}); resume with the "
+                        "run's own config, or start a new run with --init to reuse only the weights") from None

@@ -17,13 +17,14 @@ import torch.nn.functional as F
 
 from resnetlab.config import Config
 from resnetlab.errors import UserError
-from resnetlab.files import write_text_atomic
+from resnetlab.files import StorageError, write_text_atomic
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .confusion import record_per_class
 from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, shutdown_distributed
 from .evaluate import evaluate_split
 from .finetune import set_train_mode
+from .rundir import RunDirLock
 from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error
 from .setup import Run, build_run, set_lr
@@ -64,19 +65,35 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
     info = dist_info_from_env()
     rt = make_runtime(cfg.train, info.local_rank)
     init_distributed(info, rt.device)
+    finished = False
     try:
-        with StopOnSignal() as stop:
-            run = build_run(cfg, Path(workdir), resume, info, rt, stream)
-            try:
-                best_state = train_loop(run, stop)
-            finally:
-                run.log.close()
-            summary = final_test(run, best_state)
-            if info.is_main:
-                write_text_atomic(run.workdir / "summary.json", json.dumps(summary, indent=1))
-            return summary
+        # Signals are caught before the lock and the data: a SIGTERM while data is built stops the run before step 1.
+        with StopOnSignal() as stop, RunDirLock(Path(workdir), info) as lock:
+            summary = _train(cfg, Path(workdir), resume, info, rt, stream, stop, lock)
+        finished = True
+        return summary
+    except StorageError as err:
+        again = (f"continue with --resume {workdir}" if (Path(workdir) / "checkpoints" / "last.pt").is_file()
+                 else "start the run again")
+        raise StorageError(f"{err}. Free some space, then {again}") from err
     finally:
-        shutdown_distributed()
+        shutdown_distributed(synchronize=finished)
+
+
+def _train(cfg: Config, workdir: Path, resume: bool, info, rt: Runtime, stream, stop: StopOnSignal, lock) -> dict:
+    """The run itself; its model and DDP wrapper are gone when it returns (see shutdown_distributed)."""
+    run = build_run(cfg, workdir, resume, info, rt, lock, stream)
+    try:
+        if _stop_requested(stop, run):  # a signal while the data was built
+            raise TrainingInterrupted(stop.signum or 15, run.state.step, _last_checkpoint(run))
+        best_state = train_loop(run, stop)
+    finally:
+        run.log.close()
+    stop.at_once(run.state.step, _last_checkpoint(run))  # every step is saved: from here a signal stops the run where it lands
+    summary = final_test(run, best_state)
+    if info.is_main:
+        write_text_atomic(run.workdir / "summary.json", json.dumps(summary, indent=1))
+    return summary
 
 
 def train_loop(run: Run, stop: StopOnSignal):
@@ -152,10 +169,14 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
     is_best = metrics["val_top1_err"] is not None and (state.best_val_err is None or metrics["val_top1_err"] < state.best_val_err)
     if is_best:
         state.best_val_err = metrics["val_top1_err"]
+        state.best_step = state.step
     since_eval.reset()
     state.window, state.epoch_meter = window.state(), since_eval.state()
-    save(run, metrics, ("last.pt", "best.pt") if is_best else ("last.pt",))
+    # This order is what a restart after a kill relies on (rundir.tidy_for_start): the metrics line
+    # first (dropped again if no checkpoint follows), then last.pt (which records the best step),
+    # then best.pt (restored from last.pt if the kill came before it).
     run.log.record(metrics)
+    save(run, metrics, ("last.pt", "best.pt") if is_best else ("last.pt",))
     set_train_mode(run.model, run.eval_bns)
     clock["eval"], clock["images"] = time.perf_counter(), 0
     return {k: v.detach().clone() for k, v in run.model.state_dict().items()} if is_best else None
@@ -213,6 +234,10 @@ def _rate(clock: dict) -> float:
     return clock["images"] / max(time.perf_counter() - clock["eval"], 1e-9)
 
 
-def _last_good(run: Run) -> str:
+def _last_checkpoint(run: Run) -> Path | None:
     last = run.workdir / "checkpoints" / "last.pt"
-    return str(last) if last.exists() else "(none was written yet)"
+    return last if last.is_file() else None
+
+
+def _last_good(run: Run) -> str:
+    return str(_last_checkpoint(run) or "(none was written yet)")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, first_line
 
 from . import layouts
 
@@ -60,7 +60,7 @@ def _read_file(path: Path):
         try:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
-            raise UserError(f"{path} is not a valid safetensors file: {_first_line(err)}") from None
+            raise UserError(f"{path} is not a valid safetensors file ({first_line(err)})") from None
     if not head.startswith(TORCH_MAGIC):
         what = "it is empty" if not head else f"it starts with {head[:4]!r}"
         raise UserError(f"{path} is not a PyTorch or safetensors weights file ({what})")
@@ -72,12 +72,7 @@ def _read_file(path: Path):
                         "as safetensors.") from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
         raise UserError(f"{path} is not a readable PyTorch weights file (truncated or corrupt?): "
-                        f"{_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+                        f"{first_line(err)}") from None
 
 
 def _normalise(key: str) -> str:

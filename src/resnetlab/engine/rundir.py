@@ -1,0 +1,212 @@
+"""The run directory: one training at a time in it, and a consistent state after any crash.
+
+- `RunDirLock`: an exclusive `flock` on RUN/.lock, held for the whole run. The kernel drops it
+  when the process ends in any way (kill -9 included), so there is never a stale lock to remove
+  by hand; a second training on the same directory is refused with the holder's pid, host and
+  start time. Under torchrun rank 0 holds it and tells the other ranks the outcome.
+- `tidy_for_start`: what a killed run can leave behind is put right before the next one starts:
+  temporary files of writes cut short are removed, metrics.jsonl keeps exactly the evaluations
+  up to the checkpoint it continues from (the later ones will run again), and a best.pt that
+  the kill kept from being written is restored from last.pt.
+
+Evaluations write in the order metrics line -> last.pt -> best.pt (engine/train.py), which is
+what makes those repairs exact.
+"""
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+
+from resnetlab.config import Config, config_to_dict, load_config
+from resnetlab.errors import UserError
+from resnetlab.files import remove_stale_temporaries, storage_errors, write_text_atomic
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import DistInfo, broadcast_object
+
+LOCK_NAME = ".lock"
+_held_fds: set[int] = set()  # lock files this process holds, closed in forked children
+_fork_hook_installed = False
+
+
+class RunDirLock:
+    """`with RunDirLock(workdir, info) as lock:` ... `lock.acquire()` once the directory may be made.
+
+    Entering takes the lock at once when the directory already exists (so a second training is
+    refused before it spends minutes building data); otherwise `acquire()` takes it later, after
+    the config checks that must leave no directory behind. Both are collective under torchrun.
+    """
+
+    def __init__(self, workdir: Path, info: DistInfo = DistInfo()):
+        self.workdir, self.info = Path(workdir), info
+        self.fd: int | None = None  # rank 0's descriptor of the lock file
+        self.held = False
+
+    def __enter__(self) -> "RunDirLock":
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise UserError(f"{self.workdir} is a file, not a run directory; choose another --out")
+        if broadcast_object(self.workdir.is_dir(), self.info):  # rank 0's view, so every rank takes the same path
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+    def acquire(self) -> None:
+        if self.held:
+            return
+        refusal = None
+        if self.info.is_main:
+            try:
+                self.fd = _lock(self.workdir)
+            except UserError as err:  # refused, or the directory cannot be written
+                refusal = str(err)
+        refusal = broadcast_object(refusal, self.info)
+        if refusal is not None:
+            raise UserError(refusal)
+        self.held = True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            _held_fds.discard(self.fd)
+            os.close(self.fd)  # closing the last descriptor releases the flock
+        self.fd, self.held = None, False
+
+
+def _lock(workdir: Path) -> int:
+    path = workdir / LOCK_NAME
+    with storage_errors(path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise UserError(f"{workdir} is in use by another training ({holder}); wait for it to end, "
+                        "or choose another --out") from None
+    _install_fork_hook()
+    _held_fds.add(fd)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    except OSError:
+        pass  # who holds the lock is a courtesy to the next one; a full disk is reported by the first real write
+    return fd
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not said who it is yet"
+
+
+def _install_fork_hook() -> None:
+    """A forked child (a data-loading worker) inherits the lock's descriptor, and a flock lasts as
+    long as any descriptor does: the child closes its copies, so the lock dies with the trainer."""
+    global _fork_hook_installed
+    if not _fork_hook_installed:
+        os.register_at_fork(after_in_child=_close_held_in_child)
+        _fork_hook_installed = True
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_held_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_fds.clear()
+
+
+def resume_point(workdir: Path, resume: bool) -> Path | None:
+    """The checkpoint to continue from, or None to start at step 0.
+
+    A run directory with config.yaml but no last.pt was stopped before its first checkpoint was
+    complete: nothing was kept, so resuming it is starting it again (same config, same seed,
+    hence the same run). A step-0 checkpoint would not help: a kill while writing it leaves the
+    same directory.
+    """
+    last = workdir / "checkpoints" / "last.pt"
+    if resume and not last.is_file() and not (workdir / "config.yaml").is_file():
+        raise UserError(f"--resume {workdir}: no run there to continue (no config.yaml, no checkpoints/last.pt)")
+    if not resume and last.exists():
+        raise UserError(f"{workdir} already holds a run (checkpoints/last.pt); continue it with --resume {workdir} "
+                        "or choose another --out")
+    return last if resume and last.is_file() else None
+
+
+def tidy_for_start(workdir: Path, step: int, last_ckpt: dict | None) -> list[str]:
+    """Repair what a killed run left (rank 0, under the lock); returns what was done, for the log."""
+    done = [f"removed {p.name}, left by a write that was cut short"
+            for folder in (workdir, workdir / "checkpoints") for p in remove_stale_temporaries(folder)]
+    dropped = trim_metrics(workdir / "metrics.jsonl", step)
+    if dropped:
+        done.append(f"metrics.jsonl: dropped {dropped} line(s) after step {step} (they will be recorded again)")
+    if last_ckpt is not None and restore_best(workdir / "checkpoints", last_ckpt):
+        done.append(f"checkpoints/best.pt restored from last.pt (step {last_ckpt['step']})")
+    return done
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Keep the evaluations up to `step` (and no half-written last line); returns lines dropped."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if _step_of_line(line) is not None and _step_of_line(line) <= step]
+    if len(kept) == len(lines):
+        return 0
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)
+
+
+def _step_of_line(line: str) -> int | None:
+    try:
+        record = json.loads(line)
+        return int(record["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def restore_best(ckpts: Path, last: dict) -> bool:
+    """When last.pt records that its own step is the best one but best.pt does not hold it (a kill
+    between the two writes), write best.pt from last.pt: the same dict the run would have written."""
+    best_step = last["metrics"].get("best_step")
+    if best_step is None or best_step != last["step"]:
+        return False
+    best = ckpts / "best.pt"
+    try:
+        if best.is_file() and load_checkpoint(best)["step"] == best_step:
+            return False
+    except UserError:
+        pass  # unreadable or damaged: replaced below
+    save_checkpoint(last, best)
+    return True
+
+
+def saved_config(workdir: Path) -> Config | None:
+    """The config a run directory was started with, or None when it holds no run yet."""
+    path = Path(workdir) / "config.yaml"
+    return load_config(str(path)) if path.is_file() else None
+
+
+def config_differences(saved: Config, wanted: Config) -> list[str]:
+    """'key: saved -> wanted' for every config value that differs (dotted keys)."""
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    a, b = dict(flat(config_to_dict(saved))), dict(flat(config_to_dict(wanted)))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]

@@ -1,0 +1,223 @@
+"""Faults and hostile input around a training run: each gets one line and an exit status, and loses nothing.
+
+Two trainings on one --out, --out naming a file, a full disk (a real tmpfs when this process
+may mount one, else a simulated ENOSPC from the writer), signals while the data is built and
+during the final test, --resume-if-exists, and checkpoints that do not fit their model.
+"""
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+from contextlib import contextmanager
+
+import pytest
+import torch
+import yaml
+
+import resnetlab.data
+from resnetlab.cli import main
+from resnetlab.config import config_to_dict
+from resnetlab.engine import checkpoint, load_checkpoint, train_and_evaluate
+from resnetlab.engine import train as engine_train
+from resnetlab.engine.rundir import RunDirLock
+from test_engine_train import tiny_config
+
+CFG = tiny_config(("schedule.max_steps", 12), ("train.eval_every", 4), ("optim.lr", 0.05))
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(CFG)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run of CFG."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    train_and_evaluate(CFG, run, stream=open(os.devnull, "w"))
+    return run
+
+
+def error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) >= 1 and lines[-1].startswith("resnetlab "), lines
+    return lines[-1]
+
+
+def test_a_second_training_on_the_same_out_is_refused_naming_the_holder(tmp_path, recipe, capsys):
+    run = tmp_path / "run"
+    with RunDirLock(run) as holder:
+        holder.acquire()  # what a training does; flock is per open file, so this process counts as another
+        assert main(["train", "--recipe", recipe, "--out", str(run)]) == 2
+        line = error_line(capsys)
+        assert f"{run} is in use by another training (pid {os.getpid()} on {socket.gethostname()}, started " in line
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # the second one wrote nothing
+    assert main(["train", "--recipe", recipe, "--out", str(run)]) == 0  # released with its holder
+
+
+def test_a_forked_child_does_not_keep_the_run_locked(tmp_path):
+    """A data-loading worker that outlives its killed trainer must not block the restart."""
+    lock, (go_r, go_w), (ready_r, ready_w) = RunDirLock(tmp_path / "run"), os.pipe(), os.pipe()
+    lock.acquire()
+    pid = os.fork()
+    if pid == 0:  # the worker: the fork hooks have run once os.fork returns here; says so, then waits
+        os.write(ready_w, b"r")
+        os.read(go_r, 1)
+        os._exit(0)
+    try:
+        os.read(ready_r, 1)
+        lock.release()  # the trainer's descriptor is gone (as when it is killed); the child still runs
+        again = RunDirLock(tmp_path / "run")
+        again.acquire()
+        again.release()
+    finally:
+        os.write(go_w, b"x")
+        os.waitpid(pid, 0)
+        for fd in (go_r, go_w, ready_r, ready_w):
+            os.close(fd)
+
+
+def test_a_directory_locked_while_the_data_is_built_is_refused_too(tmp_path, recipe, monkeypatch, capsys):
+    run, holders = tmp_path / "run", []
+    build = resnetlab.data.build_data
+
+    def build_while_another_starts(*args, **kwargs):  # the other training creates and locks the directory now
+        holders.append(RunDirLock(run))
+        holders[-1].acquire()
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(resnetlab.data, "build_data", build_while_another_starts)
+    assert main(["train", "--recipe", recipe, "--out", str(run)]) == 2
+    assert "is in use by another training" in error_line(capsys) and not (run / "config.yaml").exists()
+    holders[0].release()
+
+
+def test_out_naming_a_file_is_one_line(tmp_path, recipe, capsys):
+    (tmp_path / "file").write_text("mine")
+    assert main(["train", "--recipe", recipe, "--out", str(tmp_path / "file")]) == 2
+    assert error_line(capsys) == f"resnetlab train: error: {tmp_path / 'file'} is a file, not a run directory; choose another --out"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@contextmanager
+def small_disk(path, size: int):
+    """A tmpfs of `size` bytes at `path`, or None where this process may not mount one."""
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_full_disk_at_the_start_is_one_line(tmp_path, recipe, monkeypatch, capsys):
+    with small_disk(tmp_path / "disk", 64 * 1024) as disk:
+        if disk is not None:
+            with pytest.raises(OSError), open(disk / "filler", "wb") as filler:
+                while True:  # fill it up
+                    filler.write(b"\0" * 4096)
+                    filler.flush()
+        else:
+            def full(path, *args, **kwargs):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            monkeypatch.setattr(resnetlab.files, "open", full, raising=False)
+        run = tmp_path / "disk" / "run"
+        assert main(["train", "--recipe", recipe, "--out", str(run)]) == 2
+        assert error_line(capsys) == (f"resnetlab train: error: could not write {run / 'config.yaml'} (No space left on "
+                                      "device); nothing was written there. Free some space, then start the run again")
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_old_one_and_the_run_resumes(tmp_path, recipe, reference,
+                                                                               monkeypatch, capsys):
+    """Room for last.pt and best.pt of step 4 and a few small files, not for the last.pt of step 8."""
+    room = 2 * (reference / "checkpoints" / "last.pt").stat().st_size + 64 * 1024
+    with small_disk(tmp_path / "disk", room) as disk:
+        if disk is None:  # simulated: the checkpoint writer raises ENOSPC once `room` bytes are written
+            write, written = checkpoint._WriteAll.write, [0]
+
+            def limited(self, data):
+                written[0] += len(data)
+                if written[0] > room - 64 * 1024:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return write(self, data)
+            monkeypatch.setattr(checkpoint._WriteAll, "write", limited)
+        run = tmp_path / "disk" / "run"
+        assert main(["train", "--recipe", recipe, "--out", str(run)]) == 2
+        assert error_line(capsys) == (
+            f"resnetlab train: error: could not write {run / 'checkpoints' / 'last.pt'} (No space left on device); the "
+            f"previous last.pt is intact. Free some space, then continue with --resume {run}")
+        assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+        assert not list(run.rglob("*.tmp"))
+        if disk is not None:
+            subprocess.run(["mount", "-o", f"remount,size={8 * room}", str(disk)], check=True)
+        monkeypatch.undo()
+        assert main(["train", "--resume", str(run)]) == 0
+        a, b = load_checkpoint(run / "checkpoints" / "last.pt"), load_checkpoint(reference / "checkpoints" / "last.pt")
+        assert a["step"] == 12 and all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+
+
+def test_sigterm_while_the_data_is_built_stops_before_the_first_step(tmp_path, recipe, monkeypatch, capsys):
+    run, build = tmp_path / "run", resnetlab.data.build_data
+
+    def build_then_sigterm(*args, **kwargs):
+        bundle = build(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return bundle
+
+    monkeypatch.setattr(resnetlab.data, "build_data", build_then_sigterm)
+    assert main(["train", "--recipe", recipe, "--out", str(run)]) == 143
+    assert (f"resnetlab train: stopped by SIGTERM at step 0; no checkpoint yet, so nothing was lost. "
+            f"Continue with: resnetlab train --resume {run}") in capsys.readouterr().out
+    assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints" / "last.pt").exists()
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 0  # config.yaml, no checkpoint: starts at step 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 12
+
+
+def test_ctrl_c_during_the_final_test_stops_with_130_and_keeps_the_run(tmp_path, recipe, monkeypatch, capsys):
+    run, final_test = tmp_path / "run", engine_train.final_test
+
+    def ctrl_c_then_test(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return final_test(*args)
+
+    monkeypatch.setattr(engine_train, "final_test", ctrl_c_then_test)
+    assert main(["train", "--recipe", recipe, "--out", str(run)]) == 130
+    assert f"stopped by SIGINT at step 12; checkpoint saved to {run / 'checkpoints' / 'last.pt'}" in capsys.readouterr().out
+    assert not (run / "summary.json").exists() and load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 12
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 0  # no step left: the final test, then summary.json
+    assert json.loads((run / "summary.json").read_text())["steps"] == 12
+
+
+def test_resume_if_exists_starts_continues_and_refuses_another_config(tmp_path, recipe, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", "--recipe", recipe, "--out", run, "--resume-if-exists", "--max-steps", "4"]) == 0
+    assert main(["train", "--recipe", recipe, "--out", run, "--resume-if-exists", "--max-steps", "4"]) == 0
+    assert "resuming at step 4" in capsys.readouterr().err
+    assert main(["train", "--recipe", recipe, "--out", run, "--resume-if-exists", "--lr", "0.01"]) == 2
+    assert error_line(capsys) == (f"resnetlab train: error: {run} holds a run with another config (optim.lr: 0.05 -> "
+                                  f"0.01; schedule.max_steps: 4 -> 12); continue it with --resume {run} or choose "
+                                  "another --out")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda c: c.update(model_name="resnet20"), ["says its model is resnet20, but weights do not fit", "missing"]),
+    (lambda c: c.pop("normalizer"), ["lacks normalizer: not a complete resnetlab-checkpoint-v1 checkpoint"]),
+])
+def test_a_checkpoint_that_does_not_fit_its_model_is_one_line(tmp_path, reference, capsys, edit, words):
+    ckpt = load_checkpoint(reference / "checkpoints" / "last.pt")
+    edit(ckpt)
+    del ckpt["digest"]  # as an older resnetlab wrote it: nothing to check the edit against
+    torch.save(ckpt, tmp_path / "edited.pt")
+    for argv in (["eval", str(tmp_path / "edited.pt")], ["export", str(tmp_path / "edited.pt"), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")]):
+        assert main(argv) == 2
+        line = error_line(capsys)
+        assert str(tmp_path / "edited.pt") in line and all(w in line for w in words), line
