@@ -215,10 +215,13 @@ def test_auto_defaults_are_the_measured_fast_path(monkeypatch):
 def test_trained_checkpoints_are_fed_their_own_normaliser(tmp_path):
     from resnetlab.data import Normalizer
     from resnetlab.engine.checkpoint import FORMAT
+    from resnetlab.models import create_model
     from resnetlab.reports.bench_measure import trained_normalizer
 
     own = Normalizer("channel", torch.tensor([10.0, 20.0, 30.0]), torch.tensor([2.0, 3.0, 4.0]))
-    torch.save({"format": FORMAT, "normalizer": own.state(), "model": {}}, tmp_path / "ckpt.pt")
+    torch.save({"format": FORMAT, "normalizer": own.state(), "model": create_model("resnet8", num_classes=2).state_dict(),
+                "model_name": "resnet8", "model_kwargs": {}, "num_classes": 2, "classes": ["a", "b"], "config": {}},
+               tmp_path / "ckpt.pt")
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "plain.pt")
     found = trained_normalizer(str(tmp_path / "ckpt.pt"))
     x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
