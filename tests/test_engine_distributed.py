@@ -57,7 +57,7 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path, two_process_
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
     # the test confusion matrix is summed over both processes' shards, like the accuracy counts
-    rows = [[int(c) for c in line.split(",")[1:]] for line in (tmp_path / "two" / "confusion_test.csv").read_text().splitlines()[1:]]
+    rows = [[int(c) for c in line.split(",")[1:]] for line in (two_process_run[1] / "confusion_test.csv").read_text().splitlines()[1:]]
     per_class = json.loads((tmp_path / "one" / "summary.json").read_text())["test"]["best"]["per_class"]
     assert [sum(row) for row in rows] == [c["images"] for c in per_class] and sum(map(sum, rows)) == 160
 

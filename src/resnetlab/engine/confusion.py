@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.errors import ResnetlabWarning, UserError
-from resnetlab.files import atomic_write, write_text_atomic
+from resnetlab.files import StorageError, atomic_write, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ def record_per_class(test: dict, classes, folder=None, split: str = "test") -> N
         return
     try:
         write_per_class_files(folder, matrix, classes, split, f"{split} split, {chosen} weights")
-    except OSError as err:  # the run itself is done and saved: say so rather than lose the summary
-        warnings.warn(f"could not write the confusion matrix into {folder} ({err.strerror or err}); the per-class "
+    except (OSError, StorageError) as err:  # the run itself is done and saved: say so rather than lose the summary
+        warnings.warn(f"could not write the confusion matrix into {folder} ({_reason(err)}); the per-class "
                       "numbers are in summary.json", ResnetlabWarning, stacklevel=2)
 
 
@@ -179,6 +179,12 @@ def write_eval_files(report: dict, matrix, out=None) -> list[Path]:
     title = f"{Path(report['checkpoint']).name}, {report['split']} split, {report['protocol']} protocol"
     try:
         return write_per_class_files(folder, matrix, classes, title=title)
-    except OSError as err:
-        raise UserError(f"cannot write the confusion matrix into {folder} ({err.strerror or err}); "
+    except (OSError, StorageError) as err:
+        raise UserError(f"cannot write the confusion matrix into {folder} ({_reason(err)}); "
                         "pass --out DIR") from err
+
+
+def _reason(err: Exception) -> str:
+    """The storage's own words: a StorageError (files.storage_errors) keeps the OSError it came from."""
+    cause = err.__cause__ if isinstance(err, StorageError) and isinstance(err.__cause__, OSError) else err
+    return getattr(cause, "strerror", None) or str(cause)
