@@ -213,8 +213,25 @@ void channel_map(const Shape& s, Segment segment) {
   }
 }
 
+// Per-channel vectors are read and written through their data, not with tensor ops: a layer's
+// dozen of them would otherwise cost more than a small layer's passes over memory.
 at::Tensor per_channel(const std::vector<double>& v, at::ScalarType dtype) {
-  return at::tensor(v, at::TensorOptions().dtype(at::kDouble)).to(dtype);
+  at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, dtype, "fused_bn_per_channel", [&] {
+    scalar_t* p = t.mutable_data_ptr<scalar_t>();
+    for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<scalar_t>(v[i]);
+  });
+  return t;
+}
+
+// buffer = (1 - momentum) * buffer + momentum * v, in place (running statistics).
+void lerp_into(at::Tensor& buffer, const std::vector<double>& v, double momentum) {
+  TORCH_CHECK(buffer.is_contiguous() && buffer.numel() == static_cast<int64_t>(v.size()), "fused batch-norm: bad running statistics");
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, buffer.scalar_type(), "fused_bn_lerp", [&] {
+    scalar_t* p = buffer.mutable_data_ptr<scalar_t>();
+    for (size_t i = 0; i < v.size(); ++i)
+      p[i] = static_cast<scalar_t>(static_cast<double>(p[i]) + momentum * (v[i] - static_cast<double>(p[i])));
+  });
 }
 
 at::ScalarType math_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
@@ -235,8 +252,13 @@ void with_flags(bool a, bool b, Body body) {
 }
 
 std::vector<double> to_doubles(const at::Tensor& t) {
-  const auto d = t.to(at::kDouble).contiguous();
-  return std::vector<double>(d.const_data_ptr<double>(), d.const_data_ptr<double>() + d.numel());
+  const at::Tensor c = t.contiguous();
+  std::vector<double> out(c.numel());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, c.scalar_type(), "fused_bn_to_doubles", [&] {
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
+  });
+  return out;
 }
 
 }  // namespace
@@ -291,8 +313,8 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
   // As nn.BatchNorm2d: running_var takes the unbiased variance.
   std::vector<double> unbiased(C);
   for (int64_t c = 0; c < C; ++c) unbiased[c] = var[c] * count / (count - 1);
-  running_mean.lerp_(per_channel(mean, running_mean.scalar_type()), momentum);
-  running_var.lerp_(per_channel(unbiased, running_var.scalar_type()), momentum);
+  lerp_into(running_mean, mean, momentum);
+  lerp_into(running_var, unbiased, momentum);
   return {y, per_channel(mean, math_type(x)), per_channel(invstd, math_type(x))};
 }
 
