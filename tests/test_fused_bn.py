@@ -168,3 +168,12 @@ def test_the_runtime_fuses_eager_cpu_training_only():
     assert all(m.fused_bn for m in model.modules() if hasattr(m, "fused_bn"))
     prepare_model(model, Runtime(cpu, "fp32", True))
     assert not any(m.fused_bn for m in model.modules() if hasattr(m, "fused_bn"))
+
+
+def test_tracing_a_fused_training_model_sees_the_plain_modules():
+    # graph passes (BN folding, int8 quantization) find conv -> BN pairs by symbolic tracing
+    model = create_model("resnet20", num_classes=10).train()
+    set_fused_bn(model)
+    traced = torch.fx.symbolic_trace(model)
+    targets = {n.target for n in traced.graph.nodes if n.op == "call_module"}
+    assert {"bn1", "layer1.0.bn1", "layer3.2.bn2"} <= targets

@@ -127,6 +127,7 @@ def fusable(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None
     """Whether relu(bn(x) + residual) can run fused: a training nn.BatchNorm2d with parameters and
     running statistics, on a CPU tensor in NCHW or channels_last, where the kernels build."""
     return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.track_running_stats
+            and isinstance(x, torch.Tensor)  # not an FX proxy: a traced graph shows the plain modules
             and x.device.type == "cpu" and x.dtype in DTYPES and x.dim() == 4
             and x.shape[0] * x.shape[2] * x.shape[3] > 1
             and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
