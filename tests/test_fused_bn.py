@@ -67,7 +67,7 @@ def test_fused_equals_plain_forward_backward_and_running_stats(dtype, layout, wi
     torch.manual_seed(1)
     x = (torch.randn(6, 20, 5, 7, dtype=torch.float64) * 3 + 40).to(dtype).contiguous(memory_format=layout)
     dy = torch.randn(x.shape, dtype=dtype)  # NCHW even for channels_last x, as average pooling hands it
-    plain_bn = _bn(20).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    plain_bn = _bn(20).to(torch.float64 if dtype == torch.float64 else torch.float32)  # bf16 runs with fp32 BN, as autocast
     fused_bn_ = copy.deepcopy(plain_bn)
     residual = _residual_away_from_zero(plain_bn, x).contiguous(memory_format=layout) if with_residual else None
     out_plain, grads_plain = _run(plain_bn, x, residual, dy, fused=False)
@@ -77,8 +77,9 @@ def test_fused_equals_plain_forward_backward_and_running_stats(dtype, layout, wi
     for name, a, b in zip(("dx", "dweight", "dbias", "dresidual"), grads_fused, grads_plain):
         assert a.dtype == b.dtype
         _close(a, b, dtype, name)
+    stats_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # kept in the parameters' dtype
     for name in ("running_mean", "running_var"):
-        _close(getattr(fused_bn_, name), getattr(plain_bn, name), torch.float32 if dtype != torch.float64 else dtype, name)
+        _close(getattr(fused_bn_, name), getattr(plain_bn, name), stats_dtype, name)
     assert fused_bn_.num_batches_tracked.item() == plain_bn.num_batches_tracked.item() == 1
 
 
@@ -115,12 +116,12 @@ def test_a_fused_network_trains_exactly_like_the_plain_one_in_fp64(name):
     # fp64 makes the comparison exact up to summation order: any plumbing mistake (a residual
     # gradient lost, a stem or final BN not switched back) shows as a large difference
     torch.manual_seed(0)
-    size = 32 if name != "resnet50" else 64
+    batch, size = (2, 64) if name == "resnet50" else (4, 32)
     plain = create_model(name, num_classes=10).double().train()
     fused = copy.deepcopy(plain)
     assert set_fused_bn(fused) > 0 and fused.fused_bn and fused.layer1[0].fused_bn
     assert list(fused.state_dict()) == list(plain.state_dict())  # checkpoints and published weights load unchanged
-    x, y = torch.randn(2 if name == "resnet50" else 4, 3, size, size, dtype=torch.float64), torch.tensor([1, 2, 3, 4][: 2 if name == "resnet50" else 4])
+    x, y = torch.randn(batch, 3, size, size, dtype=torch.float64), torch.arange(batch)
     logits_plain, grads_plain = _step(plain, x, y)
     logits_fused, grads_fused = _step(fused, x, y)
     torch.testing.assert_close(logits_fused, logits_plain, rtol=1e-9, atol=1e-9)

@@ -76,7 +76,7 @@ class _Extension:
         except Exception:  # noqa: BLE001  (a private helper of torch: only decides whether to say so)
             built = True
         if not built:
-            print("resnetlab: building the fused batch-norm kernels for this CPU (once; about a minute)",
+            print("resnetlab: building the fused batch-norm kernels for this CPU (once per machine; a minute or two)",
                   file=sys.stderr, flush=True)
         try:
             return cpp_extension.load(name, [str(SOURCE)], verbose=False,
