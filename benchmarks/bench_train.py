@@ -15,9 +15,10 @@ from resnetlab.reports.bench_loop import format_loop, measure_loop_overhead
 RESULTS = Path(__file__).parent / "results"
 # (model, batch, images, variants): fp32 = our loader with the baseline's model settings, so the
 # data pipeline's share of the gain can be told apart from the model's.
+# -fused: batch-norm + ReLU (+ residual) fused (models/fused_bn.py), what eager CPU training uses.
 SUITE = [
-    ("resnet20", 128, 2048, ["fp32", "fp32-cl", "bf16-cl", "fp32-cl-default"]),
-    ("resnet50", 32, 256, ["fp32", "fp32-cl", "bf16-cl", "fp32-cl-default"]),
+    ("resnet20", 128, 2048, ["fp32", "fp32-cl", "bf16-cl", "fp32-cl-default", "fp32-cl-fused", "bf16-cl-fused"]),
+    ("resnet50", 32, 256, ["fp32", "fp32-cl", "bf16-cl", "fp32-cl-default", "fp32-cl-fused", "bf16-cl-fused"]),
 ]
 
 

@@ -108,6 +108,16 @@ def test_parse_variant_round_trips_labels_and_refuses_nonsense():
         with pytest.raises(UserError, match="variant"):
             parse_variant(bad)
     assert parse_variant("bf16-cl-reduce-overhead") == Variant("ours", "bf16", True, "reduce-overhead")
+    assert parse_variant("bf16-cl-fused") == Variant("ours", "bf16", True, fused=True)
+    assert parse_variant("fp32-fused").label == "fp32-fused"
+    for bad in ("bf16-cl-default-fused", "baseline-fused", "int8-fused"):  # compile fuses by itself; no BN to train
+        with pytest.raises(UserError, match="-fused goes after"):
+            parse_variant(bad)
+
+
+def test_the_fused_batch_norm_is_a_training_variant(folder):
+    with pytest.raises(UserError, match="fused batch-norm is for training"):
+        run_bench(BenchSpec(task="infer", data=str(folder), images=8, batch_size=4), [parse_variant("fp32-cl-fused")])
 
 
 def test_cuda_graph_variants_need_a_gpu(folder):
@@ -158,8 +168,9 @@ def test_inference_bench_reports_agreement_against_the_baseline(folder):
 def test_train_bench_measures_every_variant(folder):
     spec = BenchSpec(model="resnet20", task="train", batch_size=4, data=str(folder), images=8, warmup=0, reps=2,
                      isolate=False)
-    result = run_bench(spec, [BASELINE, Variant("ours", "bf16", True)])
-    assert [r["variant"] for r in result["results"]] == ["baseline", "bf16-cl"]  # the baseline once, first
+    result = run_bench(spec, [BASELINE, Variant("ours", "bf16", True), Variant("ours", "bf16", True, fused=True)])
+    assert [r["variant"] for r in result["results"]] == ["baseline", "bf16-cl", "bf16-cl-fused"]  # the baseline once, first
+    assert [r["fused"] for r in result["results"]] == [False, False, True]
     for row in result["results"]:
         assert row["reps"] == 2 and row["per_s"] == pytest.approx(4 / row["median_s"])
         assert row["macs_per_s"] == pytest.approx(3 * result["forward_macs_per_image"] * row["per_s"])

@@ -16,7 +16,7 @@ def add_arguments(parser):
     parser.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                         default="none", help="torch.compile mode (reduce-overhead: CUDA graphs, GPU only)")
     parser.add_argument("--variant", action="append", default=[], metavar="V",
-                        help="more variants to compare, e.g. fp32, bf16-cl, bf16-cl-default, int8 (repeatable)")
+                        help="more variants to compare, e.g. fp32, bf16-cl, bf16-cl-default, bf16-cl-fused, int8 (repeatable)")
     parser.add_argument("--data", metavar="DIR", help="ROOT/train/<class>/<image> to read (default: synthetic JPEGs)")
     parser.add_argument("--images", type=int, default=512, help="images drawn from the data (loop: images per epoch)")
     parser.add_argument("--weights", help="inference: trained weights for the top-1 agreement check")
@@ -32,7 +32,7 @@ def add_arguments(parser):
 def run(args):
     import torch
 
-    from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_precision
+    from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_fused_bn, resolve_precision
     from resnetlab.reports.bench import BenchSpec, format_table, parse_variant, run_bench, write_json
     from resnetlab.reports.bench_loop import format_loop, measure_loop_overhead
     from resnetlab.reports.bench_measure import Variant
@@ -51,7 +51,8 @@ def run(args):
             ours = parse_variant("int8")
         else:
             precision = resolve_precision(args.precision, device)
-            ours = Variant("ours", precision, resolve_channels_last(args.channels_last, device, precision), args.compile)
+            ours = Variant("ours", precision, resolve_channels_last(args.channels_last, device, precision), args.compile,
+                           fused=args.task == "train" and resolve_fused_bn(device, args.compile))
         spec = BenchSpec(model=args.model, task=args.task, batch_size=batch, image_size=args.image_size,
                          warmup=args.warmup, reps=args.reps, device=str(device), data=args.data, images=args.images,
                          weights=args.weights, isolate=not args.no_isolate, threads=args.threads)

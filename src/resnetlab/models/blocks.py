@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused_bn import bn_relu
+
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
@@ -60,7 +62,22 @@ def make_shortcut(option: str, cin: int, cout: int, stride: int, preact: bool = 
     raise ValueError(f"shortcut option must be 'A', 'B' or 'C', got {option!r}")
 
 
-class BasicBlock(nn.Module):
+class Block(nn.Module):
+    """What every block shares: the switch to fused batch-norm + ReLU (set by
+    models.fused_bn.set_fused_bn; a class default, so it never appears in a state_dict) and,
+    for post-activation blocks, the shortcut branch."""
+
+    fused_bn = False
+    residual: bool
+    downsample: nn.Module | None
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.residual:
+            return None
+        return x if self.downsample is None else self.downsample(x)
+
+
+class BasicBlock(Block):
     """Two 3x3 convolutions (Fig. 5 left); BN after each conv, ReLU after the addition."""
 
     expansion = 1
@@ -80,14 +97,11 @@ class BasicBlock(nn.Module):
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        out = bn_relu(self.bn1, self.conv1(x), self.relu, fused=self.fused_bn)
+        return bn_relu(self.bn2, self.conv2(out), self.relu, self.shortcut(x), fused=self.fused_bn)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(Block):
     """1x1 reduce, 3x3, 1x1 expand (Fig. 5 right), expansion 4.
 
     stride_on="3x3" puts the stride in the 3x3 conv (torchvision's "v1.5", slightly more
@@ -115,15 +129,12 @@ class Bottleneck(nn.Module):
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        out = bn_relu(self.bn1, self.conv1(x), self.relu, fused=self.fused_bn)
+        out = bn_relu(self.bn2, self.conv2(out), self.relu, fused=self.fused_bn)
+        return bn_relu(self.bn3, self.conv3(out), self.relu, self.shortcut(x), fused=self.fused_bn)
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(Block):
     """BN-ReLU-conv ordering (He et al., "Identity Mappings in Deep Residual Networks", Fig. 1b).
 
     The addition is the block's output: nothing is applied after it, so the identity path
@@ -147,15 +158,15 @@ class PreActBasicBlock(nn.Module):
         return self.conv2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
-        out = self.conv2(self.relu(self.bn2(self.conv1(pre))))
+        pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
+        out = self.conv2(bn_relu(self.bn2, self.conv1(pre), self.relu, fused=self.fused_bn))
         if not self.residual:
             return out
         # A projection sees the normalised input (as in the authors' code); identity sees x itself.
         return out + (x if self.downsample is None else self.downsample(pre))
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(Block):
     expansion = 4
 
     def __init__(self, cin: int, width: int, stride: int = 1, shortcut: str = "B", residual: bool = True,
@@ -177,10 +188,9 @@ class PreActBottleneck(nn.Module):
         return self.conv3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
-        out = self.conv1(pre)
-        out = self.conv2(self.relu(self.bn2(out)))
-        out = self.conv3(self.relu(self.bn3(out)))
+        pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
+        out = self.conv2(bn_relu(self.bn2, self.conv1(pre), self.relu, fused=self.fused_bn))
+        out = self.conv3(bn_relu(self.bn3, out, self.relu, fused=self.fused_bn))
         if not self.residual:
             return out
         return out + (x if self.downsample is None else self.downsample(pre))

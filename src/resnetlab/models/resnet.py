@@ -12,6 +12,7 @@ from torch import nn
 from resnetlab.errors import UserError
 
 from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from .fused_bn import bn_relu
 
 PREACT_BLOCKS = (PreActBasicBlock, PreActBottleneck)
 SHORTCUTS = ("A", "B", "C")
@@ -20,6 +21,8 @@ STRIDE_ON = ("3x3", "1x1")
 
 
 class ResNet(nn.Module):
+    fused_bn = False  # the stem's BN + ReLU (and pre-activation nets' final ones); see models/fused_bn.py
+
     def __init__(
         self,
         block: type[nn.Module],
@@ -106,7 +109,7 @@ class ResNet(nn.Module):
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.maxpool(bn_relu(self.bn1, self.conv1(x), self.relu, fused=self.fused_bn))
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature map after each stage: C2..C5 at strides 4..32 for ImageNet nets (the
@@ -124,7 +127,7 @@ class ResNet(nn.Module):
         for stage in self.stages():
             x = stage(x)
         if self.final_bn is not None:
-            x = torch.relu(self.final_bn(x))
+            x = bn_relu(self.final_bn, x, torch.relu, fused=self.fused_bn)
         return x
 
     def forward_head(self, feat: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -58,9 +58,16 @@ class BenchSpec:
 
 
 def parse_variant(text: str) -> Variant:
-    """'baseline', 'int8', or PRECISION[-cl][-COMPILE_MODE], e.g. 'fp32', 'bf16-cl', 'bf16-cl-default'."""
+    """'baseline', 'int8', or PRECISION[-cl][-COMPILE_MODE][-fused], e.g. 'fp32', 'bf16-cl',
+    'bf16-cl-default', 'bf16-cl-fused' (training with models/fused_bn.py, eager only)."""
     if text == "baseline":
         return BASELINE
+    if text.endswith("-fused"):
+        v = parse_variant(text[: -len("-fused")])
+        if v.pipeline == "baseline" or v.precision == "int8" or v.compile != "none":
+            raise UserError(f"variant {text!r}: -fused goes after PRECISION[-cl] of an eager variant "
+                            "(torch.compile fuses by itself), e.g. bf16-cl-fused")
+        return replace(v, fused=True)
     if text.startswith("int8"):  # the quantized kernels choose their own layout, and run eagerly
         if text != "int8":
             raise UserError(f"variant {text!r}: int8 takes no memory format or compile mode; write int8")
@@ -93,6 +100,8 @@ def check_variants(spec: BenchSpec, variants: list[Variant]) -> None:
             raise UserError("int8 is an inference precision (post-training quantization); train in fp32, bf16 or fp16")
         if v.precision == "int8" and torch.device(spec.device).type != "cpu":
             raise UserError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
+        if v.fused and spec.task != "train":
+            raise UserError(f"variant {v.label}: the fused batch-norm is for training; inference folds BN into the convolutions")
         if v.compile == "reduce-overhead" and torch.device(spec.device).type != "cuda":
             raise UserError(f"variant {v.label}: reduce-overhead replays CUDA graphs and needs --device cuda")
 

@@ -36,12 +36,14 @@ class Variant:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast) | int8 (quantized, CPU inference)
     channels_last: bool = False
     compile: str = "none"  # one of COMPILE_MODES; inference compiles with weight freezing (BN folded)
+    fused: bool = False  # training: batch-norm + ReLU (+ residual) fused (models/fused_bn.py)
 
     @property
     def label(self) -> str:
         if self.pipeline == "baseline":
             return "baseline"
-        return f"{self.precision}{'-cl' if self.channels_last else ''}{'' if self.compile == 'none' else '-' + self.compile}"
+        return (f"{self.precision}{'-cl' if self.channels_last else ''}{'' if self.compile == 'none' else '-' + self.compile}"
+                f"{'-fused' if self.fused else ''}")
 
 
 BASELINE = Variant("baseline")
@@ -105,7 +107,7 @@ def runtime_of(variant: Variant, device: torch.device) -> Runtime:
         raise UserError(f"--compile {variant.compile!r}: choose one of {', '.join(COMPILE_MODES)}")
     if variant.pipeline == "baseline" or variant.precision == "int8":  # int8 takes fp32 NCHW in and out
         return Runtime(device, "fp32", False)
-    return Runtime(device, variant.precision, variant.channels_last)
+    return Runtime(device, variant.precision, variant.channels_last, fused_bn=variant.fused)
 
 
 def seeded_model(name: str, num_classes: int, seed: int = 0) -> torch.nn.Module:

@@ -1,0 +1,12 @@
+"""Session-wide test setup."""
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fused_bn_kernels_built():
+    """Build the fused batch-norm kernels (models/fused_bn.py) once, before any test starts a
+    training subprocess: a first build takes a minute or two on 2 cores, which would otherwise
+    land inside that subprocess's timeout. Later sessions find the build in torch's cache."""
+    from resnetlab.models.fused_bn import EXTENSION
+
+    EXTENSION.get()

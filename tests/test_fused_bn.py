@@ -1,0 +1,186 @@
+"""The fused batch-norm + ReLU (+ residual) of training: equal to the plain modules within the
+dtype's rounding, forward, backward and running statistics; a module choice that leaves
+state_dicts, eval mode and every other path alone."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetlab.engine.runtime import Runtime, prepare_model, resolve_fused_bn
+from resnetlab.errors import ResnetlabWarning
+from resnetlab.models import create_model
+from resnetlab.models import fused_bn
+from resnetlab.models.fused_bn import bn_relu, set_fused_bn
+
+CL = torch.channels_last
+# Worst error allowed, relative to the largest value of the reference: fp32 is the same math
+# reordered; bf16 rounds the output once where the plain path rounds after BN and after the addition.
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+def test_the_kernels_build_here():
+    # without this the equality tests below would compare the plain modules with themselves
+    assert fused_bn.EXTENSION.get() is not None, fused_bn.EXTENSION.broken
+    assert fused_bn.fusable(nn.BatchNorm2d(4), torch.randn(2, 4, 3, 3))
+
+
+def _bn(channels=8, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    bn = nn.BatchNorm2d(channels, **kwargs)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    return bn
+
+
+def _residual_away_from_zero(bn, x):
+    """A random residual r with |bn(x) + r| >= 0.05 everywhere. bf16 rounds bn(x) before the plain
+    path adds r, so where the sum is within rounding of 0 the two paths may disagree on the ReLU
+    mask -- both rightly; such points would test the rounding, not the kernels."""
+    xd = x.double()
+    mean, var = xd.mean((0, 2, 3), keepdim=True), xd.var((0, 2, 3), unbiased=False, keepdim=True)
+    z = (xd - mean) / (var + bn.eps).sqrt() * bn.weight.double().view(1, -1, 1, 1) + bn.bias.double().view(1, -1, 1, 1)
+    r = torch.randn(x.shape, dtype=torch.float64)
+    r = torch.where((z + r).abs() < 0.05, r + 0.1 * torch.sign(z + r + 1e-9), r)
+    return r.to(x.dtype)
+
+
+def _run(bn, x, residual, dy, fused):
+    """(output, gradients of x, weight, bias and residual) of relu(bn(x) + residual)."""
+    leaves = [t.detach().clone().requires_grad_() for t in ([x] if residual is None else [x, residual])]
+    out = bn_relu(bn, leaves[0], nn.ReLU(), leaves[1] if residual is not None else None, fused=fused)
+    out.backward(dy)
+    grads = [leaves[0].grad, bn.weight.grad, bn.bias.grad] + ([leaves[1].grad] if residual is not None else [])
+    return out.detach(), grads
+
+
+def _close(actual, expected, dtype, what):
+    scale = expected.double().abs().max().item() + 1e-30
+    error = (actual.double() - expected.double()).abs().max().item() / scale
+    assert error <= TOLERANCE[dtype], f"{what}: relative error {error:.2e} > {TOLERANCE[dtype]:.0e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_fused_equals_plain_forward_backward_and_running_stats(dtype, layout, with_residual):
+    # 20 channels x 5x7 maps x 6 images: no channel count, row count or plane size a multiple of
+    # a vector, so every tail path of the kernels runs; a mean far from 0 tests the shifted sums
+    torch.manual_seed(1)
+    x = (torch.randn(6, 20, 5, 7, dtype=torch.float64) * 3 + 40).to(dtype).contiguous(memory_format=layout)
+    dy = torch.randn(x.shape, dtype=dtype)  # NCHW even for channels_last x, as average pooling hands it
+    plain_bn = _bn(20).to(torch.float64 if dtype == torch.float64 else torch.float32)  # bf16 runs with fp32 BN, as autocast
+    fused_bn_ = copy.deepcopy(plain_bn)
+    residual = _residual_away_from_zero(plain_bn, x).contiguous(memory_format=layout) if with_residual else None
+    out_plain, grads_plain = _run(plain_bn, x, residual, dy, fused=False)
+    out_fused, grads_fused = _run(fused_bn_, x, residual, dy, fused=True)
+    assert out_fused.dtype == dtype and out_fused.is_contiguous(memory_format=layout)
+    _close(out_fused, out_plain, dtype, "output")
+    for name, a, b in zip(("dx", "dweight", "dbias", "dresidual"), grads_fused, grads_plain):
+        assert a.dtype == b.dtype
+        _close(a, b, dtype, name)
+    stats_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # kept in the parameters' dtype
+    for name in ("running_mean", "running_var"):
+        _close(getattr(fused_bn_, name), getattr(plain_bn, name), stats_dtype, name)
+    assert fused_bn_.num_batches_tracked.item() == plain_bn.num_batches_tracked.item() == 1
+
+
+def test_cumulative_momentum_and_repeated_steps_track_the_plain_statistics():
+    plain, fused = _bn(4, momentum=None), _bn(4, momentum=None)
+    for step in range(3):
+        x = torch.randn(3, 4, 6, 6) * (step + 1) + step
+        bn_relu(plain, x, torch.relu, fused=False)
+        bn_relu(fused, x, torch.relu, fused=True)
+    assert fused.num_batches_tracked.item() == 3
+    torch.testing.assert_close(fused.running_mean, plain.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused.running_var, plain.running_var, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_mode_and_unsupported_inputs_run_the_plain_modules_exactly():
+    bn = _bn(8).eval()
+    x = torch.randn(2, 8, 4, 4)
+    assert torch.equal(bn_relu(bn, x, torch.relu, fused=True), torch.relu(bn(x)))
+    train = _bn(8)
+    for odd in (x.half(), x[:, :, ::2, :]):  # fp16; a strided view that is neither layout
+        assert not fused_bn.fusable(train, odd)
+    assert not fused_bn.fusable(nn.SyncBatchNorm(8), x) and not fused_bn.fusable(nn.Identity(), x)
+
+
+def _step(model, x, y, autocast_dtype=None):
+    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        logits = model(x)
+    F.cross_entropy(logits.float(), y).backward()
+    return logits.detach().double(), {n: p.grad.double() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["resnet20", "preact_resnet110", "resnet50"])
+def test_a_fused_network_trains_exactly_like_the_plain_one_in_fp64(name):
+    # fp64 makes the comparison exact up to summation order: any plumbing mistake (a residual
+    # gradient lost, a stem or final BN not switched back) shows as a large difference
+    torch.manual_seed(0)
+    batch, size = (2, 64) if name == "resnet50" else (4, 32)
+    plain = create_model(name, num_classes=10).double().train()
+    fused = copy.deepcopy(plain)
+    assert set_fused_bn(fused) > 0 and fused.fused_bn and fused.layer1[0].fused_bn
+    assert list(fused.state_dict()) == list(plain.state_dict())  # checkpoints and published weights load unchanged
+    x, y = torch.randn(batch, 3, size, size, dtype=torch.float64), torch.arange(batch)
+    logits_plain, grads_plain = _step(plain, x, y)
+    logits_fused, grads_fused = _step(fused, x, y)
+    torch.testing.assert_close(logits_fused, logits_plain, rtol=1e-9, atol=1e-9)
+    for n in grads_plain:
+        torch.testing.assert_close(grads_fused[n], grads_plain[n], rtol=1e-7, atol=1e-9, msg=n)
+    for (n, a), b in zip(fused.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_a_fused_resnet20_step_in_bf16_matches_the_plain_one_within_rounding(layout):
+    torch.manual_seed(0)
+    plain = create_model("resnet20", num_classes=10).train().to(memory_format=layout)
+    fused = copy.deepcopy(plain)
+    set_fused_bn(fused)
+    x, y = torch.randn(8, 3, 32, 32).contiguous(memory_format=layout), torch.arange(8)
+    reference, _ = _step(copy.deepcopy(plain).double(), x.double(), y)
+    logits_plain, _ = _step(plain, x, y, torch.bfloat16)
+    logits_fused, _ = _step(fused, x, y, torch.bfloat16)
+    # the fused path is no further from the fp64 result than bf16's own rounding puts the plain one
+    error_plain = (logits_plain - reference).abs().max()
+    assert (logits_fused - reference).abs().max() <= 2 * error_plain + 1e-3
+
+
+def test_a_compiler_that_fails_leaves_training_on_the_plain_modules(monkeypatch):
+    broken = fused_bn._Extension()
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++: command not found")
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(fused_bn, "EXTENSION", broken)
+    bn, x = _bn(4), torch.randn(2, 4, 3, 3)
+    expected = torch.relu(copy.deepcopy(bn)(x))
+    with pytest.warns(ResnetlabWarning, match="could not be built.*command not found.*plain batch-norm"):
+        out = bn_relu(bn, x, torch.relu, fused=True)
+    torch.testing.assert_close(out, expected)
+    assert broken.broken and not fused_bn.fusable(bn, x)  # decided once: no second warning, no retry
+
+
+def test_the_runtime_fuses_eager_cpu_training_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_fused_bn(cpu, "none") and not resolve_fused_bn(cpu, "default") and not resolve_fused_bn(cuda, "none")
+    model = create_model("resnet20", num_classes=10)
+    prepare_model(model, Runtime(cpu, "fp32", True, fused_bn=True))
+    assert all(m.fused_bn for m in model.modules() if hasattr(m, "fused_bn"))
+    prepare_model(model, Runtime(cpu, "fp32", True))
+    assert not any(m.fused_bn for m in model.modules() if hasattr(m, "fused_bn"))
+
+
+def test_tracing_a_fused_training_model_sees_the_plain_modules():
+    # graph passes (BN folding, int8 quantization) find conv -> BN pairs by symbolic tracing
+    model = create_model("resnet20", num_classes=10).train()
+    set_fused_bn(model)
+    traced = torch.fx.symbolic_trace(model)
+    targets = {n.target for n in traced.graph.nodes if n.op == "call_module"}
+    assert {"bn1", "layer1.0.bn1", "layer3.2.bn2"} <= targets
