@@ -10,10 +10,12 @@ import os
 import sys
 import warnings
 
+from resnetlab import __version__
 from resnetlab.errors import ResnetlabWarning, UserError
 
 from . import eval as eval_cmd
 from . import bench, data, embed, experiment, export, models, predict, report, train, weights
+from .parser import Parser
 
 COMMANDS = {
     "models": models,
@@ -31,7 +33,8 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnetlab", description="Deep residual networks (He et al., 2016).")
+    parser = Parser(prog="resnetlab", description="Deep residual networks (He et al., 2016).")
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
