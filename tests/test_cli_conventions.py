@@ -1,9 +1,11 @@
 """The command line's conventions: --version, "did you mean", shortcut flags, --print-config,
 one-line answers to bad devices and to changes on --resume."""
 import pytest
+import yaml
 
 import resnetlab
 from resnetlab import cli
+from resnetlab.config import config_from_dict, config_to_yaml, load_config
 
 
 def run_cli(capsys, *argv):
@@ -42,3 +44,14 @@ def test_mistyped_choice_and_nested_command(capsys):
     code, _, err = run_cli(capsys, "weights", "list", "--nothing-like-it")
     assert code == 2 and err.splitlines() == [
         "resnetlab weights list: error: unrecognized argument --nothing-like-it (see resnetlab weights list --help)"]
+
+
+def test_model_and_image_size_flags_and_print_config_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, printed, _ = run_cli(capsys, "train", "--recipe", "cifar10_resnet20", "--model", "resnet32",
+                               "--image-size", "40", "--out", str(out), "--print-config")
+    assert code == 0 and not out.exists()
+    cfg = config_from_dict(yaml.safe_load(printed))
+    assert (cfg.model.name, cfg.data.image_size) == ("resnet32", 40)
+    assert printed == config_to_yaml(load_config("cifar10_resnet20", [("model.name", "resnet32"),
+                                                                       ("data.image_size", 40)]))

@@ -4,14 +4,14 @@ HELP = ("Train a ResNet from a recipe, or from one chosen for the data when --re
 import json
 from pathlib import Path
 
-from resnetlab.config import apply_overrides, list_recipes, load_config
+from resnetlab.config import apply_overrides, config_to_yaml, list_recipes, load_config
 from resnetlab.errors import UserError
 
 # flag -> config key; each flag is a shortcut for --set KEY=VALUE
 FLAG_KEYS = {
     "epochs": "schedule.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr",
     "precision": "train.precision", "device": "train.device", "workers": "train.workers",
-    "seed": "train.seed", "init": "finetune.init",
+    "seed": "train.seed", "init": "finetune.init", "model": "model.name", "image_size": "data.image_size",
 }
 
 
@@ -25,6 +25,8 @@ def add_arguments(parser):
     parser.add_argument("--resume-if-exists", action="store_true",
                         help="with --out: continue the run there if there is one, else start it (for torchrun "
                              "--max-restarts and job schedulers that rerun the same command)")
+    parser.add_argument("--model", metavar="NAME", help="network to train (see resnetlab models)")
+    parser.add_argument("--image-size", type=int, metavar="N", help="training crop size in pixels (data.image_size)")
     parser.add_argument("--epochs", type=int, help="train this many epochs (replaces schedule.max_steps)")
     parser.add_argument("--max-steps", type=int, help="train this many optimizer steps (clears schedule.epochs)")
     parser.add_argument("--batch-size", type=int, help="GLOBAL batch size, split across processes")
@@ -38,6 +40,9 @@ def add_arguments(parser):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config value, e.g. --set optim.lr=0.05 (repeatable)")
     parser.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (as the run's config.yaml would hold it) and exit; "
+                             "creates nothing")
 
 
 def build_config(args):
@@ -52,7 +57,7 @@ def build_config(args):
             raise UserError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
         recipe, out = str(saved), args.resume
     else:
-        if not args.out or not (args.recipe or args.data):
+        if not (args.out or args.print_config) or not (args.recipe or args.data):
             raise UserError("give --data DIR and --out RUN_DIR (a recipe is then chosen from the data), or --recipe "
                             "NAME|FILE too, or --resume RUN_DIR")
         recipe, out = args.recipe, args.out
@@ -101,6 +106,9 @@ def run(args):
     from resnetlab.engine.distributed import dist_info_from_env
 
     cfg, out = build_config(args)
+    if args.print_config:
+        print(config_to_yaml(cfg), end="")
+        return 0
     resume = bool(args.resume) or (args.resume_if_exists and existing_run(cfg, out))
     try:
         summary = train_and_evaluate(cfg, out, resume=resume)

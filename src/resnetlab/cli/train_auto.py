@@ -28,6 +28,8 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
     main = dist_info_from_env().is_main
     if main:
         print(f"resnetlab train: {choice.line}", file=sys.stderr, flush=True)
+    if args.print_config:  # creates nothing and fetches nothing
+        return choice.recipe, list(choice.overrides) + overrides
     if choice.init:
         check_init(choice.recipe, choice.init)
     if main and not (Path(args.out) / "checkpoints" / "last.pt").exists():  # else the run refuses to start over it
