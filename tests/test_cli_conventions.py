@@ -1,11 +1,27 @@
 """The command line's conventions: --version, "did you mean", shortcut flags, --print-config,
 one-line answers to bad devices and to changes on --resume."""
 import pytest
+import torch
 import yaml
 
 import resnetlab
 from resnetlab import cli
-from resnetlab.config import config_from_dict, config_to_yaml, load_config
+from resnetlab.config import config_from_dict, config_to_dict, config_to_yaml, load_config
+from resnetlab.engine import load_checkpoint
+from resnetlab.engine.finetune import load_init_weights
+from resnetlab.errors import UserError
+from resnetlab.models import create_model
+from test_engine_train import tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(recipe file, run directory) of a finished 4-step ResNet-8 run on synthetic data."""
+    root = tmp_path_factory.mktemp("tiny")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(config_to_dict(tiny_config(("schedule.max_steps", 4)))))
+    assert cli.main(["train", "--recipe", str(recipe), "--out", str(root / "run")]) == 0
+    return str(recipe), root / "run"
 
 
 def run_cli(capsys, *argv):
@@ -55,3 +71,23 @@ def test_model_and_image_size_flags_and_print_config_creates_nothing(tmp_path, c
     assert (cfg.model.name, cfg.data.image_size) == ("resnet32", 40)
     assert printed == config_to_yaml(load_config("cifar10_resnet20", [("model.name", "resnet32"),
                                                                        ("data.image_size", 40)]))
+
+
+def test_init_from_a_run_directory_means_its_best_checkpoint(tiny_run):
+    _, run = tiny_run
+    model = create_model("resnet8", num_classes=4)
+    assert load_init_weights(model, str(run), "resnet8") == []
+    best = load_checkpoint(run / "checkpoints" / "best.pt")["model"]
+    assert all(torch.equal(value, best[key]) for key, value in model.state_dict().items())
+
+
+def test_init_from_a_run_of_another_model_says_so_in_one_line(tiny_run, tmp_path, capsys):
+    _, run = tiny_run
+    with pytest.raises(UserError, match=f"^{run} holds a resnet8; this run trains resnet20: set --model resnet8"):
+        load_init_weights(create_model("resnet20", num_classes=4), str(run), "resnet20")
+    recipe, _ = tiny_run
+    code, _, err = run_cli(capsys, "train", "--recipe", recipe, "--model", "resnet20", "--init", str(run),
+                           "--out", str(tmp_path / "other"))
+    assert code == 2 and err.splitlines() == [
+        f"resnetlab train: error: {run} holds a resnet8; this run trains resnet20: set --model resnet8 to "
+        "fine-tune it, or choose weights of a resnet20"]

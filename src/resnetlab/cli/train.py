@@ -35,8 +35,8 @@ def add_arguments(parser):
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--workers", type=int, help="image-decoding worker processes")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--init", metavar="WEIGHTS", help="weights file, checkpoint or weights name to start from "
-                        "(none: from scratch)")
+    parser.add_argument("--init", metavar="WEIGHTS", help="weights file, checkpoint, run directory or weights name "
+                        "to start from (none: from scratch)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config value, e.g. --set optim.lr=0.05 (repeatable)")
     parser.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")

@@ -48,7 +48,7 @@ def check_init(recipe: str, init: str) -> None:
 
     cfg = load_config(recipe)
     try:
-        load_init_weights(create_model(cfg.model.name, **cfg.model.kwargs), init)
+        load_init_weights(create_model(cfg.model.name, **cfg.model.kwargs), init, cfg.model.name)
     except UserError as err:
         raise UserError(f"{err}. The automatic recipe fine-tunes the ImageNet weights {init}; without them, pass "
                         "--init WEIGHTS_FILE (a copy of them) or train from scratch with --init none") from None

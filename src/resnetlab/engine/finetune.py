@@ -17,15 +17,17 @@ from resnetlab.errors import UserError
 from resnetlab.models import load_weights
 from resnetlab.models.weights import _read_file as read_weights_file
 
-from .checkpoint import FORMAT, verify_digest
+from .checkpoint import FORMAT, checkpoint_path, verify_digest
 
 HEAD_PREFIX = "fc."
 
 
-def load_init_weights(model: nn.Module, source) -> list[str]:
-    """Load pretrained weights (a weights file, a resnetlab checkpoint, whose digest is checked, or
-    published weights by name, e.g. resnet50.tv2_in1k); a classifier of another class count is left
-    at its fresh init. Returns the skipped (re-initialised) keys."""
+def load_init_weights(model: nn.Module, source, model_name: str | None = None) -> list[str]:
+    """Load pretrained weights (a weights file, a resnetlab checkpoint, whose digest is checked, a
+    run directory, meaning its best.pt else last.pt, or published weights by name, e.g.
+    resnet50.tv2_in1k); a classifier of another class count is left at its fresh init. Returns the
+    skipped (re-initialised) keys. `model_name` (the run's model) lets a checkpoint of another
+    model be answered in one line rather than with the keys that do not fit."""
     from resnetlab.models.hub import check_fits, load_pretrained
 
     from .sources import find_weights
@@ -39,12 +41,24 @@ def load_init_weights(model: nn.Module, source) -> list[str]:
             raise UserError(f"{err}. To fine-tune them, train {entry.model}: "
                             f"--set model.name={entry.model}{kwargs}") from None
         return load_pretrained(model, entry, ignore_mismatched_head=True).skipped
+    label = source
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        source = checkpoint_path(source)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file() and Path(source).suffix != ".safetensors":
         payload = read_weights_file(Path(source))
         if isinstance(payload, dict) and payload.get("format") == FORMAT:
             verify_digest(payload, source)
+            check_same_model(payload, label, model_name)
         source = payload
     return load_weights(model, source, ignore_mismatched_head=True).skipped
+
+
+def check_same_model(checkpoint: dict, label, model_name: str | None) -> None:
+    """A resnetlab checkpoint of another network than the run's: say which, in one line."""
+    held = checkpoint.get("model_name")
+    if model_name and held and held != model_name:
+        raise UserError(f"{label} holds a {held}; this run trains {model_name}: set --model {held} to fine-tune "
+                        "it, or choose weights of a " + model_name)
 
 
 def _stages(model: nn.Module) -> list[nn.Module]:

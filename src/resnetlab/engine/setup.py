@@ -71,7 +71,7 @@ def build_model(cfg: Config, num_classes: int, info=print) -> tuple[nn.Module, l
     """The model with fine-tuning applied: (model on CPU, BatchNorms to keep in eval mode)."""
     model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
     if cfg.finetune.init:
-        skipped = load_init_weights(model, cfg.finetune.init)
+        skipped = load_init_weights(model, cfg.finetune.init, cfg.model.name)
         info(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {num_classes} classes ({', '.join(skipped)} re-initialised)" if skipped else ""))
     return model, apply_freezing(model, cfg.finetune)
 
