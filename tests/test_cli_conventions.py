@@ -1,11 +1,13 @@
 """The command line's conventions: --version, "did you mean", shortcut flags, --print-config,
 one-line answers to bad devices and to changes on --resume."""
+import PIL.Image
 import pytest
 import torch
 import yaml
 
 import resnetlab
 from resnetlab import cli
+from resnetlab.cli.arguments import PRECISION_AUTO
 from resnetlab.config import config_from_dict, config_to_dict, config_to_yaml, load_config
 from resnetlab.engine import load_checkpoint
 from resnetlab.engine.finetune import load_init_weights
@@ -91,3 +93,29 @@ def test_init_from_a_run_of_another_model_says_so_in_one_line(tiny_run, tmp_path
     assert code == 2 and err.splitlines() == [
         f"resnetlab train: error: {run} holds a resnet8; this run trains resnet20: set --model resnet8 to "
         "fine-tune it, or choose weights of a resnet20"]
+
+
+@pytest.mark.parametrize("device, words", [
+    ("mps", "device 'mps' is not one resnetlab runs on; use auto | cpu | cuda | cuda:N"),
+    ("0", "device '0' is not one resnetlab runs on; for a GPU write cuda:0; use auto | cpu | cuda | cuda:N"),
+    ("gpu", "device 'gpu' is not one resnetlab runs on; use auto | cpu | cuda | cuda:N"),
+])
+def test_unknown_devices_get_one_line_naming_the_accepted_forms(tiny_run, tmp_path, capsys, device, words):
+    recipe, run = tiny_run
+    image = tmp_path / "a.png"
+    PIL.Image.new("RGB", (16, 16)).save(image)
+    for command, argv in (("train", ["--recipe", recipe, "--out", str(tmp_path / "r")]), ("eval", [str(run)]),
+                          ("predict", [str(run), str(image)])):
+        code, _, err = run_cli(capsys, command, *argv, "--device", device)
+        assert (code, err.splitlines()) == (2, [f"resnetlab {command}: error: {words}"])
+
+
+def test_predict_uses_and_states_the_automatic_precision_of_train_and_eval(tiny_run, capsys):
+    from resnetlab.engine.runtime import resolve_precision
+    from resnetlab.reports.predict import Predictor
+
+    auto = Predictor.from_checkpoint(str(tiny_run[1]), device="cpu").precision
+    assert auto == resolve_precision("auto", torch.device("cpu"))
+    for command in ("train", "eval", "predict"):
+        code, out, _ = run_cli(capsys, command, "--help")
+        assert code == 0 and PRECISION_AUTO in " ".join(out.split())

@@ -3,7 +3,7 @@ HELP = ("Top-1/top-5 and per-class accuracy of a checkpoint, run directory (its 
 
 import json
 
-from .arguments import add_checkpoint_argument
+from .arguments import PRECISION_AUTO, add_checkpoint_argument
 
 PER_CLASS_PRINTED = 50  # more classes than this: the table goes to per_class.csv only
 
@@ -16,7 +16,7 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, help="default: the run's optim.batch_size")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"],
-                        help="default: the run's own; int8: quantized on the CPU, calibrated on 256 training images")
+                        help=f"default: the run's own ({PRECISION_AUTO}); int8: quantized on the CPU, calibrated on 256 training images")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", metavar="DIR", help="folder for confusion.csv/.png and per_class.csv (default: "
                         "RUN/eval/CKPT-SPLIT-PROTOCOL/ for a run's checkpoint, else a new folder under runs/eval/)")

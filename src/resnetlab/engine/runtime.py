@@ -5,6 +5,7 @@ GradScaler only for fp16 (bf16 has fp32's exponent range, so it needs no loss sc
 """
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -56,18 +57,28 @@ def slow_precision_warning(rt: "Runtime") -> str | None:
             "use --precision auto (fp32 on this CPU)")
 
 
+DEVICE_FORMS = "auto | cpu | cuda | cuda:N"
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto, cpu, cuda or cuda:N; anything else (mps, 0, gpu) is refused in one line rather than
+    failing later inside torch."""
+    name = str(name).strip().lower()
+    if not DEVICE_PATTERN.fullmatch(name):
+        hint = f"; for a GPU write cuda:{name}" if name.isdigit() else ""
+        raise UserError(f"device {name!r} is not one resnetlab runs on{hint}; use {DEVICE_FORMS}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"train.device {name!r}: CUDA is not available here; use --device cpu or auto")
+            raise UserError(f"device {name!r}: CUDA is not available here; use --device cpu or auto")
         if device.index is None:  # one GPU per process under torchrun
             device = torch.device("cuda", local_rank)
+        elif device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
