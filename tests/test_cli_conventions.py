@@ -10,6 +10,7 @@ from resnetlab import cli
 from resnetlab.cli.arguments import PRECISION_AUTO
 from resnetlab.config import config_from_dict, config_to_dict, config_to_yaml, load_config
 from resnetlab.engine import load_checkpoint
+from resnetlab.engine.datadir import data_overrides
 from resnetlab.engine.finetune import load_init_weights
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
@@ -119,3 +120,10 @@ def test_predict_uses_and_states_the_automatic_precision_of_train_and_eval(tiny_
     for command in ("train", "eval", "predict"):
         code, out, _ = run_cli(capsys, command, "--help")
         assert code == 0 and PRECISION_AUTO in " ".join(out.split())
+
+
+def test_data_root_is_stored_absolute(tmp_path, monkeypatch):
+    (tmp_path / "imgs" / "train" / "cat").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert ("data.root", str(tmp_path / "imgs")) in data_overrides("imgs", "folder")
+    assert ("data.root", str(tmp_path / "imgs")) in data_overrides("./imgs/", "folder")

@@ -21,8 +21,9 @@ CIFAR_MARKERS = {
 
 
 def data_overrides(path: str, recipe_dataset: str) -> list[tuple[str, object]]:
-    """Config overrides [(key, value)] for `--data path`."""
-    root = Path(path).expanduser()
+    """Config overrides [(key, value)] for `--data path`; data.root is absolute, so that the run's
+    config still finds the data from another working directory (`resnetlab eval RUN` elsewhere)."""
+    root = Path(path).expanduser().absolute()
     if not root.is_dir():
         raise UserError(f"--data {path}: no such directory (expected a folder with train/<class>/ images "
                         "or the CIFAR python files)")
