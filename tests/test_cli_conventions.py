@@ -1,6 +1,8 @@
 """The command line's conventions: --version, "did you mean", shortcut flags, --print-config,
 one-line answers to bad devices and to changes on --resume."""
 import PIL.Image
+import shutil
+
 import pytest
 import torch
 import yaml
@@ -127,3 +129,28 @@ def test_data_root_is_stored_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert ("data.root", str(tmp_path / "imgs")) in data_overrides("imgs", "folder")
     assert ("data.root", str(tmp_path / "imgs")) in data_overrides("./imgs/", "folder")
+
+
+@pytest.mark.parametrize("argv, change", [
+    (["--batch-size", "8"], "optim.batch_size: 16 -> 8"),
+    (["--set", "data.image_size=12"], "data.image_size: 16 -> 12"),
+])
+def test_resume_refuses_a_new_batch_size_or_data(tiny_run, capsys, argv, change):
+    _, run = tiny_run
+    before = (run / "config.yaml").read_text()
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), *argv)
+    assert code == 2 and err.splitlines() == [
+        f"resnetlab train: error: --resume {run} cannot change {change}: the position in the data depends on it, so "
+        f"the run would not continue exactly; start a new run from its weights instead (--init {run} --out NEW_RUN)"]
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_resume_with_a_new_schedule_says_so_and_continues(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[1], run)
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--max-steps", "6", "--lr", "0.05")
+    assert code == 0
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        "resnetlab train: warning: --resume with a new schedule (optim.lr: 0.1 -> 0.05; schedule.max_steps: 4 -> 6): "
+        "the schedule is recomputed from the current step"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6

@@ -99,6 +99,18 @@ def existing_run(cfg, out) -> bool:
     return True
 
 
+def check_resume_changes(cfg, out) -> None:
+    """--resume with other values: data and batch size refused, a new schedule said in one line."""
+    import warnings
+
+    from resnetlab.engine.rundir import resume_changes, saved_config
+    from resnetlab.errors import ResnetlabWarning
+
+    line = resume_changes(saved_config(out), cfg, out)
+    if line:
+        warnings.warn(line, ResnetlabWarning)
+
+
 def run(args):
     if args.list_recipes:
         for name, description in list_recipes().items():
@@ -108,6 +120,8 @@ def run(args):
     from resnetlab.engine.distributed import dist_info_from_env
 
     cfg, out = build_config(args)
+    if args.resume:
+        check_resume_changes(cfg, out)
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
