@@ -103,7 +103,8 @@ class Classifier:
 
 def load(source, device: str = "auto", precision: str = "auto") -> Classifier:
     """The model of a run directory (its best.pt, else last.pt) or a checkpoint file, ready to
-    predict. device: auto | cpu | cuda | cuda:N. precision auto: fp32 on a CPU, bf16 on a GPU."""
+    predict. device: auto | cpu | cuda | cuda:N. precision auto as in training: bf16 on CUDA GPUs
+    with bf16 and on AMX CPUs, else fp32."""
     from resnetlab.reports.predict import Predictor
 
     return Classifier(Predictor.from_checkpoint(source, device=device, precision=precision))
