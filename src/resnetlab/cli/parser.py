@@ -28,7 +28,8 @@ class Parser(argparse.ArgumentParser):
         if action.choices is not None and value not in action.choices:
             what = ("command" if isinstance(action, argparse._SubParsersAction)
                     else f"value for {'/'.join(action.option_strings) or action.metavar or action.dest}")
-            raise argparse.ArgumentError(None, f"unknown {what} {value!r}{did_you_mean(value, action.choices)}")
+            hint = did_you_mean(value, action.choices) or f"; choose from {', '.join(map(str, action.choices))}"
+            raise argparse.ArgumentError(None, f"unknown {what} {value!r}{hint}")
 
     def parse_args(self, args=None, namespace=None):
         parsed, extras = self.parse_known_args(args, namespace)
