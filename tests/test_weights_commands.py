@@ -17,7 +17,9 @@ from resnetlab.cli import main
 from resnetlab.config import config_to_dict
 from resnetlab.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from resnetlab.engine import load_checkpoint
-from resnetlab.engine.sources import load_source, same_classes
+from resnetlab.data.datasets import ArrayDataset, match_classes
+from resnetlab.engine.sources import load_source
+from resnetlab.errors import UserError
 from resnetlab.models import create_model, hub, pretrained
 from resnetlab.models.layouts import akamaster_orders
 
@@ -157,6 +159,10 @@ def test_train_init_from_weights_by_name(tmp_path, cifar_weights, capsys):
 
 def test_imagenet_folders_may_name_classes_by_wordnet_id():
     entry = pretrained.get_weights("resnet50.tv2_in1k")
-    ckpt = {"classes": entry.classes, "class_ids": entry.class_ids}
-    assert same_classes(entry.class_ids, ckpt) and same_classes(entry.classes, ckpt)
-    assert not same_classes(entry.class_ids[::-1], ckpt)
+    images = torch.zeros(3, 3, 4, 4, dtype=torch.uint8)
+    folder = ArrayDataset(images, torch.tensor([0, 1, 1]), [entry.class_ids[5], entry.classes[2]])  # an id, a name
+    matched = match_classes(folder, entry.classes, "the folder", entry.class_ids)
+    assert matched.labels.tolist() == [5, 2, 2] and matched.classes == entry.classes
+    unknown = ArrayDataset(images, torch.tensor([0, 0, 0]), ["n00000000"])
+    with pytest.raises(UserError, match="the folder has 1 class the model does not know: n00000000"):
+        match_classes(unknown, entry.classes, "the folder", entry.class_ids)

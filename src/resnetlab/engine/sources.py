@@ -77,7 +77,3 @@ def weights_checkpoint(entry, progress: bool = True) -> dict:
         "weights": entry.name, "step": 0, "epoch": 0,
     }
 
-
-def same_classes(dataset_classes: list[str], ckpt: dict) -> bool:
-    """A dataset's classes match the checkpoint's by name, or (ImageNet folders) by WordNet id."""
-    return list(dataset_classes) in (list(ckpt["classes"]), list(ckpt.get("class_ids") or []))
