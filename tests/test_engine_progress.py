@@ -87,3 +87,12 @@ def test_metrics_csv_columns_blanks_and_a_cut_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "lr": 0.5}\n{"step": 2, "lr"')  # a crash mid-line
     assert write_metrics_csv(tmp_path).read_text() == "epoch,step,lr\n,1,0.5\n"
     assert write_metrics_csv(tmp_path / "nothing") is None
+
+
+def test_a_metrics_csv_that_cannot_be_written_does_not_stop_the_run(tmp_path):
+    (tmp_path / "metrics.csv").mkdir()  # the rename onto it fails (EISDIR): a storage error, not a crash
+    stream = io.StringIO()
+    log = RunLogger(tmp_path, True, total_steps=4, start_step=0, stream=stream)
+    log.record({"epoch": 1.0, "step": 2, "lr": 0.1})
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"epoch": 1.0, "step": 2, "lr": 0.1}
+    assert "metrics.csv" in stream.getvalue() and "metrics.jsonl has every record" in stream.getvalue()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from resnetlab.files import storage_errors
+from resnetlab.files import StorageError, storage_errors
 
 from .metrics_csv import write_metrics_csv
 from .progress import ProgressLines
@@ -96,6 +96,8 @@ class RunLogger:
         locks it) must not stop the run."""
         try:
             write_metrics_csv(self.workdir)
+        except StorageError as err:  # files.atomic_write's words: the file and the storage's reason
+            self.info(f"{err}; metrics.jsonl has every record")
         except OSError as err:
             self.info(f"could not update {self.workdir / 'metrics.csv'} ({err.strerror or err}); "
                       "metrics.jsonl has every record")
