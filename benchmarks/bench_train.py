@@ -9,8 +9,8 @@ overhead). Run it on an otherwise idle machine; the files record the load averag
 import argparse
 from pathlib import Path
 
-from resnetlab.reports.bench import BenchSpec, parse_variant, run_and_save, write_json
-from resnetlab.reports.bench_loop import format_loop, measure_loop_overhead
+from resnetlab.bench.loop import format_loop, measure_loop_overhead
+from resnetlab.bench.run import BenchSpec, parse_variant, run_and_save, write_json
 
 RESULTS = Path(__file__).parent / "results"
 # (model, batch, images, variants): fp32 = our loader with the baseline's model settings, so the

@@ -4,7 +4,7 @@ For each model, the same random batch through: the plain model (fp32, NCHW), the
 in NCHW and channels_last, and the folded channels_last model under bf16 autocast. Timings are
 the best of --reps interleaved runs (the machine may be shared), in images per second. With
 --checkpoint and --images the top-1 agreement of each fast path with plain fp32 is measured on
-real images through resnetlab.reports.predict.top1_agreement.
+real images through resnetlab.inference.predictor.top1_agreement.
 
     python benchmarks/inference_speed.py --threads 1 [--checkpoint RUN_DIR --images DIR]
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.inference.predictor import Predictor, collect_images, top1_agreement
 from resnetlab.models import create_model
 from resnetlab.models.fuse import fuse_bn
-from resnetlab.reports.predict import Predictor, collect_images, top1_agreement
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = (("resnet20", 32, 256), ("resnet50", 224, 16))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.bench.machine import describe_machine
+from resnetlab.bench.run import write_json
 from resnetlab.config import TrainConfig
 from resnetlab.data import build_data, make_eval_loader
 from resnetlab.engine.checkpoint import checkpoint_path, model_from_checkpoint
@@ -21,8 +23,6 @@ from resnetlab.engine.evaluate import int8_model
 from resnetlab.engine.runtime import make_runtime
 from resnetlab.models.fuse import fuse_bn
 from resnetlab.models.quantize import activation_reduce_range, default_backend
-from resnetlab.reports.bench import write_json
-from resnetlab.reports.bench_machine import describe_machine
 
 ARMS = {"int8 auto": None, "int8 7-bit": True, "int8 8-bit": False}  # name -> reduce_range
 

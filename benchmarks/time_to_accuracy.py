@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.bench.machine import describe_machine
+from resnetlab.bench.run import write_json
 from resnetlab.config import apply_overrides, load_config, parse_override
 from resnetlab.engine import train_and_evaluate
 from resnetlab.engine.datadir import data_overrides
-from resnetlab.reports.bench import write_json
-from resnetlab.reports.bench_machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 EAGER_FP32 = [("train.precision", "fp32"), ("train.channels_last", "false"), ("train.compile", "false")]

@@ -7,15 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetlab.bench.baseline import PAD, PILFolderDataset, baseline_loader, baseline_workers
+from resnetlab.bench.images import bench_images, write_synthetic_jpegs
+from resnetlab.bench.loop import measure_loop_overhead
+from resnetlab.bench.machine import cpu_model_and_flags, matmul_peak, peak_size
+from resnetlab.bench.measure import BASELINE, PeakMemory, Variant, stats
+from resnetlab.bench.run import BenchSpec, parse_variant, run_bench
 from resnetlab.cli import main
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
-from resnetlab.reports.bench import BenchSpec, parse_variant, run_bench
-from resnetlab.reports.bench_baseline import PAD, PILFolderDataset, baseline_loader, baseline_workers
-from resnetlab.reports.bench_data import bench_images, write_synthetic_jpegs
-from resnetlab.reports.bench_loop import measure_loop_overhead
-from resnetlab.reports.bench_machine import cpu_model_and_flags, matmul_peak, peak_size
-from resnetlab.reports.bench_measure import BASELINE, PeakMemory, Variant, stats
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -225,9 +225,9 @@ def test_auto_defaults_are_the_measured_fast_path(monkeypatch):
 
 
 def test_trained_checkpoints_are_fed_their_own_normaliser(tmp_path):
+    from resnetlab.bench.measure import trained_normalizer
     from resnetlab.data import Normalizer
     from resnetlab.engine.checkpoint import FORMAT
-    from resnetlab.reports.bench_measure import trained_normalizer
 
     own = Normalizer("channel", torch.tensor([10.0, 20.0, 30.0]), torch.tensor([2.0, 3.0, 4.0]))
     torch.save({"format": FORMAT, "model": create_model("resnet8", num_classes=2).state_dict(), "model_name": "resnet8",

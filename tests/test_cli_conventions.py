@@ -115,7 +115,7 @@ def test_unknown_devices_get_one_line_naming_the_accepted_forms(tiny_run, tmp_pa
 
 def test_predict_uses_and_states_the_automatic_precision_of_train_and_eval(tiny_run, capsys):
     from resnetlab.engine.runtime import resolve_precision
-    from resnetlab.reports.predict import Predictor
+    from resnetlab.inference.predictor import Predictor
 
     auto = Predictor.from_checkpoint(str(tiny_run[1]), device="cpu").precision
     assert auto == resolve_precision("auto", torch.device("cpu"))

@@ -10,13 +10,13 @@ import torch
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, set before its first use
 
+from resnetlab.bench.run import BenchSpec, parse_variant, run_bench  # noqa: E402
 from resnetlab.config import DataConfig, apply_overrides  # noqa: E402
 from resnetlab.data import make_eval_loader, make_train_loader, synthetic  # noqa: E402
 from resnetlab.engine import load_checkpoint, model_from_checkpoint, train_and_evaluate  # noqa: E402
 from resnetlab.engine.distributed import DistInfo  # noqa: E402
 from resnetlab.engine.evaluate import evaluate_split  # noqa: E402
 from resnetlab.engine.runtime import Runtime, prepare_model  # noqa: E402
-from resnetlab.reports.bench import BenchSpec, parse_variant, run_bench  # noqa: E402
 
 from test_engine_train import tiny_config  # noqa: E402
 

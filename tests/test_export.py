@@ -10,7 +10,7 @@ from resnetlab.config import Config, apply_overrides
 from resnetlab.engine import load_checkpoint, train_and_evaluate
 from resnetlab.errors import UserError
 from resnetlab.models import create_model, load_weights
-from resnetlab.reports.export import (
+from resnetlab.inference.export import (
     ExportCheckFailed,
     export_checkpoint,
     export_module,
@@ -120,7 +120,7 @@ def test_onnx_carries_classes_input_size_and_preprocessing(ckpt_path, tmp_path):
 
 
 def test_torchscript_carries_metadata_and_a_wrong_one_fails_the_check(ckpt_path, tmp_path):
-    from resnetlab.reports.export import TORCHSCRIPT_META, metadata, read_metadata, verify_metadata
+    from resnetlab.inference.export import TORCHSCRIPT_META, metadata, read_metadata, verify_metadata
 
     export_checkpoint(ckpt_path, "torchscript", tmp_path / "m.pt")
     ckpt = load_checkpoint(ckpt_path)
@@ -138,7 +138,7 @@ def test_torchscript_carries_metadata_and_a_wrong_one_fails_the_check(ckpt_path,
     ("cifar10", "cifar", "resnet20", 224),  # in-memory CIFAR: never resized to eval_resize
 ])
 def test_preprocessing_follows_predicts_geometry(dataset, augment, model, resize):
-    from resnetlab.reports.export import preprocessing
+    from resnetlab.inference.export import preprocessing
 
     ckpt = {"config": {"data": {"dataset": dataset, "augment": augment}}, "input_size": 224, "eval_resize": 256,
             "model_name": model}

@@ -16,7 +16,7 @@ from resnetlab.engine import (
     train_and_evaluate,
 )
 from resnetlab.errors import UserError
-from resnetlab.reports.predict import (
+from resnetlab.inference.predictor import (
     Predictor,
     collect_images,
     predict_files,
@@ -145,8 +145,8 @@ def test_folders_skip_other_files_and_missing_inputs_are_user_errors(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
 def test_embed_writes_one_named_row_per_image(run_dir, tmp_path, suffix):
+    from resnetlab.inference.embed import load_embeddings
     from resnetlab.models.features import embed
-    from resnetlab.reports.embed import load_embeddings
 
     test_dir = run_dir.parent / "data" / "test"
     assert main(["embed", str(run_dir), str(test_dir), "--out", str(tmp_path / f"emb{suffix}")]) == 0

@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch import nn
 
+from resnetlab.bench.machine import matmul_peak
+from resnetlab.bench.run import BenchSpec, check_variants, parse_variant
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.models import quantize
 from resnetlab.models.quantize import activation_reduce_range, default_backend, is_quantized, quantize_int8
-from resnetlab.reports.bench import BenchSpec, check_variants, parse_variant
-from resnetlab.reports.bench_machine import matmul_peak
 
 # One of each structure: option A zero-pad shortcut, plain twin, pre-activation (BN after the
 # addition), option B projection, option C on every block, bottleneck.

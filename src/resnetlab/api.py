@@ -5,7 +5,7 @@
     model.predict("photo.jpg")                       # Prediction(label='cat', index=0, prob=0.93, top=(...), ...)
     model.predict(["a.jpg", pil_image, "folder/"])   # a list in, a list out; folders give every image in them
 
-A thin front end to `reports.predict.Predictor`, the path `resnetlab predict` takes: the model,
+A thin front end to `inference.predictor.Predictor`, the path `resnetlab predict` takes: the model,
 classes and preprocessing (input size, resize, normaliser) come from the checkpoint, BatchNorm is
 folded into the convolutions, and a prediction equals what `resnetlab eval` scored for that file.
 A PIL image is preprocessed exactly as the file it was opened from (EXIF rotation included).
@@ -66,7 +66,7 @@ class Classifier:
         centre crop) | 10crop | multiscale, as in `resnetlab eval`. An unreadable file raises a
         UserError naming it, or with skip_bad=True gives None in its place.
         """
-        from resnetlab.reports.predict import collect_images
+        from resnetlab.inference.predictor import collect_images
 
         if topk < 1:
             raise UserError(f"topk must be at least 1, got {topk}")
@@ -105,6 +105,6 @@ def load(source, device: str = "auto", precision: str = "auto") -> Classifier:
     """The model of a run directory (its best.pt, else last.pt) or a checkpoint file, ready to
     predict. device: auto | cpu | cuda | cuda:N. precision auto as in training: bf16 on CUDA GPUs
     with bf16 and on AMX CPUs, else fp32."""
-    from resnetlab.reports.predict import Predictor
+    from resnetlab.inference.predictor import Predictor
 
     return Classifier(Predictor.from_checkpoint(source, device=device, precision=precision))

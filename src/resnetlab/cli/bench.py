@@ -32,10 +32,10 @@ def add_arguments(parser):
 def run(args):
     import torch
 
+    from resnetlab.bench.loop import format_loop, measure_loop_overhead
+    from resnetlab.bench.measure import Variant
+    from resnetlab.bench.run import BenchSpec, format_table, parse_variant, run_bench, write_json
     from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_fused_bn, resolve_precision
-    from resnetlab.reports.bench import BenchSpec, format_table, parse_variant, run_bench, write_json
-    from resnetlab.reports.bench_loop import format_loop, measure_loop_overhead
-    from resnetlab.reports.bench_measure import Variant
 
     device = resolve_device(args.device)
     batch = args.batch_size or DEFAULT_BATCH[args.task]

@@ -16,8 +16,8 @@ def add_arguments(parser):
 
 def run(args):
     from resnetlab.errors import UserError
-    from resnetlab.reports.embed import FORMATS, embed_files, save_embeddings
-    from resnetlab.reports.predict import Predictor, collect_images
+    from resnetlab.inference.embed import FORMATS, embed_files, save_embeddings
+    from resnetlab.inference.predictor import Predictor, collect_images
 
     if not args.out.endswith(FORMATS):
         raise UserError(f"--out {args.out}: use a .npy (with a .names.txt beside it) or a .safetensors file")

@@ -21,7 +21,7 @@ def add_arguments(parser):
 
 def default_images(ckpt: dict) -> list[str]:
     """A few images of the split the run was tested on, when its data folder is still there."""
-    from resnetlab.reports.predict import collect_images
+    from resnetlab.inference.predictor import collect_images
 
     root = ckpt["config"]["data"].get("root")
     for split in ("test", "val"):
@@ -35,7 +35,7 @@ def real_batch(ckpt: dict, inputs):
     """uint8 (N, 3, S, S): the images preprocessed exactly as predict does (centre view)."""
     import torch
 
-    from resnetlab.reports.predict import Predictor, collect_images
+    from resnetlab.inference.predictor import Predictor, collect_images
 
     paths = collect_images(inputs) if inputs else default_images(ckpt)
     if not paths:
@@ -47,7 +47,7 @@ def real_batch(ckpt: dict, inputs):
 
 def run(args):
     from resnetlab.engine.sources import load_source
-    from resnetlab.reports.export import ExportCheckFailed, export_checkpoint
+    from resnetlab.inference.export import ExportCheckFailed, export_checkpoint
 
     ckpt, _ = load_source(args.checkpoint)
     real, bad = real_batch(ckpt, args.images)

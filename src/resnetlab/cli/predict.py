@@ -26,7 +26,7 @@ def add_arguments(parser):
 
 def run(args):
     from resnetlab.errors import UserError
-    from resnetlab.reports.predict import Predictor, collect_images, predict_files, top1_agreement
+    from resnetlab.inference.predictor import Predictor, collect_images, predict_files, top1_agreement
 
     paths = collect_images(args.inputs)
     if not paths:

@@ -19,7 +19,7 @@ import torch
 from resnetlab.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from resnetlab.errors import UserError
 
-from .bench_measure import stats, timed
+from .measure import stats, timed
 
 
 def loop_config(model: str, batch_size: int, steps_per_epoch: int, size: int, precision: str = "auto",

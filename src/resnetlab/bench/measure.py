@@ -5,7 +5,7 @@ fp32 NCHW) or ours (batched uint8 loader, a precision, a memory format, a compil
 measurement warms up, then times every repetition separately -- round-robin across variants
 when they share a process (`time_all`) -- and `stats` turns those times into a median and a spread. Peak memory on the CPU is the growth of the process's peak RSS
 (getrusage ru_maxrss) over its RSS just before the model is built -- torch's allocations are
-invisible to tracemalloc -- so each variant is meant to run in a fresh process (see bench.py).
+invisible to tracemalloc -- so each variant is meant to run in a fresh process (see run.py).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from resnetlab.engine.train import train_step
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 
-from .bench_baseline import PILFolderDataset, baseline_loader, baseline_workers, endless
-from .bench_data import BenchImages, bench_data_config, decoded, fitted_normalizer
-from .bench_machine import sync
+from .baseline import PILFolderDataset, baseline_loader, baseline_workers, endless
+from .images import BenchImages, bench_data_config, decoded, fitted_normalizer
+from .machine import sync
 
 CALIBRATION_BATCHES = 4  # int8: batches whose activation ranges set the quantization scales
 

@@ -26,9 +26,9 @@ from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
 from resnetlab.models import model_info, profile
 
-from .bench_data import bench_images
-from .bench_machine import describe_machine, matmul_peak
-from .bench_measure import BASELINE, COMPILE_MODES, Variant, prepare_infer, prepare_train, time_all
+from .images import bench_images
+from .machine import describe_machine, matmul_peak
+from .measure import BASELINE, COMPILE_MODES, Variant, prepare_infer, prepare_train, time_all
 
 TASKS = ("train", "infer")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: CPU inference only (models/quantize.py)

@@ -79,7 +79,7 @@ def preprocessing(ckpt: dict) -> dict:
     0..255 in NCHW; the normalisation itself is inside the graph."""
     from resnetlab.models import model_info
 
-    from .predict import SMALL_DATASETS
+    from .predictor import SMALL_DATASETS
 
     data, size = ckpt["config"]["data"], ckpt["input_size"]
     small = data.get("dataset") in SMALL_DATASETS or model_info(ckpt["model_name"]).family == "cifar"

@@ -14,7 +14,7 @@ import torch
 
 from resnetlab.errors import UserError
 
-from .predict import Predictor
+from .predictor import Predictor
 
 FORMATS = (".npy", ".safetensors")
 
