@@ -15,10 +15,10 @@ import time
 import torch
 
 from resnetlab.cpu import cpu_info
+from resnetlab.engine.runtime import DTYPES
 
 # Flags that change which CPU kernels run for fp32 / bf16 / fp16 / int8 convolutions and matmuls.
 KEY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_fp16", "amx_int8", "amx_tile")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_model_and_flags() -> tuple[str, list[str]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.engine.runtime import INFERENCE_PRECISIONS
 from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
 from resnetlab.models import model_info, profile
@@ -31,7 +32,6 @@ from .machine import describe_machine, matmul_peak
 from .measure import BASELINE, COMPILE_MODES, Variant, prepare_infer, prepare_train, time_all
 
 TASKS = ("train", "infer")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: CPU inference only (models/quantize.py)
 TRAIN_MACS_PER_FORWARD = 3  # backward costs about twice the forward (input and weight gradients)
 
 
@@ -75,9 +75,9 @@ def parse_variant(text: str) -> Variant:
     precision, _, rest = text.partition("-")
     channels_last = rest == "cl" or rest.startswith("cl-")
     mode = rest[3:] if rest.startswith("cl-") else ("" if rest == "cl" else rest)
-    if precision not in PRECISIONS or (mode or "none") not in COMPILE_MODES:
+    if precision not in INFERENCE_PRECISIONS or (mode or "none") not in COMPILE_MODES:
         raise UserError(f"variant {text!r}: write baseline or PRECISION[-cl][-COMPILE] with PRECISION one of "
-                        f"{', '.join(PRECISIONS)} and COMPILE one of {', '.join(COMPILE_MODES[1:])}")
+                        f"{', '.join(INFERENCE_PRECISIONS)} and COMPILE one of {', '.join(COMPILE_MODES[1:])}")
     return Variant("ours", precision, channels_last, mode or "none")
 
 

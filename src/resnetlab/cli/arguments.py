@@ -1,4 +1,13 @@
-"""Arguments several commands share."""
+"""Arguments several commands share, and their vocabulary: each list of choices is the one its
+library module validates against, imported from there, so the CLI cannot offer what the library refuses."""
+from resnetlab.data.batches import PROTOCOLS
+from resnetlab.engine.runtime import COMPILE_MODES, DEVICE_FORMS, INFERENCE_PRECISIONS, PRECISIONS, SWITCH
+
+AUTO_PRECISIONS = ["auto", *PRECISIONS]
+AUTO_INFERENCE_PRECISIONS = ["auto", *INFERENCE_PRECISIONS]
+FILE_PROTOCOLS = [p for p in PROTOCOLS if p != "multiscale"]  # predict and embed (multiscale: eval and the Python API)
+__all__ = ["AUTO_INFERENCE_PRECISIONS", "AUTO_PRECISIONS", "COMPILE_MODES", "DEVICE_FORMS", "FILE_PROTOCOLS",
+           "PROTOCOLS", "SWITCH", "add_checkpoint_argument"]
 
 # What precision "auto" resolves to (engine.runtime.resolve_precision), said alike by every command
 PRECISION_AUTO = "auto: bf16 on CUDA GPUs with bf16 and on CPUs with AMX, else fp32"

@@ -1,19 +1,23 @@
 HELP = "Benchmark training/inference speed against the eager fp32 per-sample-PIL baseline, same machine, same run."
 
+from resnetlab.bench.run import TASKS
+
+from .arguments import AUTO_INFERENCE_PRECISIONS, COMPILE_MODES, SWITCH
+
 DEFAULT_BATCH = {"train": 128, "infer": 32, "loop": 128}
 
 
 def add_arguments(parser):
     parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--task", choices=["train", "infer", "loop"], default="train",
+    parser.add_argument("--task", choices=[*TASKS, "loop"], default="train",
                         help="train: full steps/s; infer: throughput, batch-1 latency, top-1 agreement; "
                              "loop: train_and_evaluate overhead over bare train_step")
     parser.add_argument("--batch-size", type=int, help="default: 128 (train, loop), 32 (infer)")
     parser.add_argument("--image-size", type=int, help="default: the model's native size (32 or 224)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
+    parser.add_argument("--precision", choices=AUTO_INFERENCE_PRECISIONS, default="auto",
                         help="int8: post-training quantized inference on the CPU (--task infer)")
-    parser.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto")
-    parser.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+    parser.add_argument("--channels-last", choices=SWITCH, default="auto")
+    parser.add_argument("--compile", choices=COMPILE_MODES,
                         default="none", help="torch.compile mode (reduce-overhead: CUDA graphs, GPU only)")
     parser.add_argument("--variant", action="append", default=[], metavar="V",
                         help="more variants to compare, e.g. fp32, bf16-cl, bf16-cl-default, bf16-cl-fused, int8 (repeatable)")

@@ -5,13 +5,14 @@ import argparse
 import json
 
 from resnetlab.config import DataConfig
+from resnetlab.data.build import DATASETS
 from resnetlab.errors import UserError
 
 
 def add_arguments(parser):
     parser.add_argument("data", metavar="DIR", nargs="?", help="dataset folder: train/<class>/ images, "
                         "or the CIFAR python files / archive (or where to download them)")
-    parser.add_argument("--dataset", choices=["cifar10", "cifar100", "folder", "synthetic"],
+    parser.add_argument("--dataset", choices=DATASETS,
                         help="what DIR holds (default: worked out from DIR)")
     parser.add_argument("--download", action="store_true", help="CIFAR: fetch the official archive if missing")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable files (listed) instead of failing")

@@ -1,17 +1,17 @@
 HELP = "Write one embedding (pooled features before the classifier) per image: .npy + names, or .safetensors."
 
-from .arguments import add_checkpoint_argument
+from .arguments import AUTO_PRECISIONS, FILE_PROTOCOLS, add_checkpoint_argument
 
 
 def add_arguments(parser):
     add_checkpoint_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
     parser.add_argument("--out", required=True, metavar="FILE", help="FILE.npy (+ FILE.names.txt) or FILE.safetensors")
-    parser.add_argument("--protocol", choices=["center", "10crop"], default="center",
+    parser.add_argument("--protocol", choices=FILE_PROTOCOLS, default="center",
                         help="10crop: the mean embedding of the 10 views")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--precision", choices=AUTO_PRECISIONS, default="fp32")
 
 
 def run(args):

@@ -4,6 +4,8 @@ HELP = ("Export a checkpoint (or published weights by name) to ONNX, TorchScript
 import json
 from pathlib import Path
 
+from resnetlab.inference.export import FORMATS
+
 from .arguments import add_checkpoint_argument
 
 REAL_IMAGES = 16  # real images checked when --images is not given (from the run's own test data)
@@ -11,7 +13,7 @@ REAL_IMAGES = 16  # real images checked when --images is not given (from the run
 
 def add_arguments(parser):
     add_checkpoint_argument(parser)
-    parser.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, metavar="FILE", help=".onnx, .pt (TorchScript) or .safetensors")
     parser.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size (default: batch 1)")
     parser.add_argument("--images", nargs="+", metavar="IMAGE_OR_FOLDER",

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 
+from resnetlab.models.registry import FAMILIES
+from resnetlab.models.resnet import STRIDE_ON
+
 HELP = "List the registered models: family, depth, parameters and multiply-adds."
 
 
 def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
-    parser.add_argument("--family", choices=["imagenet", "cifar"], help="only this family")
-    parser.add_argument("--stride-on", choices=["3x3", "1x1"], default="3x3",
+    parser.add_argument("--family", choices=FAMILIES, help="only this family")
+    parser.add_argument("--stride-on", choices=STRIDE_ON, default="3x3",
                         help="bottleneck stride placement for the counts (1x1 = the paper's Table 1)")
 
 

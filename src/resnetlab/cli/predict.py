@@ -2,17 +2,17 @@ HELP = "Classify images (files or folders) with a checkpoint or published weight
 
 import json
 
-from .arguments import PRECISION_AUTO, add_checkpoint_argument
+from .arguments import AUTO_INFERENCE_PRECISIONS, FILE_PROTOCOLS, PRECISION_AUTO, add_checkpoint_argument
 
 
 def add_arguments(parser):
     add_checkpoint_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
     parser.add_argument("--topk", type=int, default=5, help="classes to report per image (default 5)")
-    parser.add_argument("--protocol", choices=["center", "10crop"], default="center")
+    parser.add_argument("--protocol", choices=FILE_PROTOCOLS, default="center")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
+    parser.add_argument("--precision", choices=AUTO_INFERENCE_PRECISIONS, default="auto",
                         help=f"{PRECISION_AUTO}; int8: quantized, CPU only, calibrated on --calibrate (check it "
                              "with --verify)")
     parser.add_argument("--calibrate", nargs="+", metavar="IMAGE_OR_FOLDER",

@@ -7,7 +7,7 @@ from pathlib import Path
 from resnetlab.config import apply_overrides, config_to_yaml, list_recipes, load_config
 from resnetlab.errors import UserError
 
-from .arguments import PRECISION_AUTO
+from .arguments import AUTO_PRECISIONS, DEVICE_FORMS, PRECISION_AUTO
 
 # flag -> config key; each flag is a shortcut for --set KEY=VALUE
 FLAG_KEYS = {
@@ -33,8 +33,8 @@ def add_arguments(parser):
     parser.add_argument("--max-steps", type=int, help="train this many optimizer steps (clears schedule.epochs)")
     parser.add_argument("--batch-size", type=int, help="GLOBAL batch size, split across processes")
     parser.add_argument("--lr", type=float, help="base learning rate (never rescaled for you)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help=PRECISION_AUTO)
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", choices=AUTO_PRECISIONS, help=PRECISION_AUTO)
+    parser.add_argument("--device", help=DEVICE_FORMS)
     parser.add_argument("--workers", type=int, help="image-decoding worker processes")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--init", metavar="WEIGHTS", help="weights file, checkpoint, run directory or weights name "

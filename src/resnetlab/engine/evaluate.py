@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from resnetlab.data.batches import PROTOCOLS
 from resnetlab.errors import ResnetlabWarning, UserError
 
 from .distributed import DistInfo, all_reduce_sum
 from .runtime import Runtime, autocast, to_input
 
-PROTOCOLS = ("center", "10crop", "multiscale")
 
 
 @torch.no_grad()

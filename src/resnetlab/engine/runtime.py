@@ -17,6 +17,9 @@ from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.models.fused_bn import set_fused_bn
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = tuple(DTYPES)  # what training and every float inference path run in
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: post-training quantization, CPU only (models/quantize.py)
+SWITCH = ("auto", "true", "false")  # channels_last and other settings that "auto" decides
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
@@ -97,7 +100,7 @@ def resolve_channels_last(name: str, device: torch.device, precision: str) -> bo
     fp32 ResNet training and inference on the CPU (benchmarks/README.md)."""
     if name == "auto":
         return True
-    if name not in ("true", "false"):
+    if name not in SWITCH[1:]:
         raise UserError(f"train.channels_last {name!r}: choose auto, true or false")
     return name == "true"
 

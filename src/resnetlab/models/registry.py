@@ -12,6 +12,8 @@ from resnetlab.errors import UserError
 
 from .resnet import ResNet, cifar_resnet
 
+FAMILIES = ("imagenet", "cifar")  # the paper's two kinds of network: 224 px ImageNet, 32 px CIFAR
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -34,6 +36,8 @@ def register_model(family: str, depth: int, residual: bool = True, preact: bool 
         name = builder.__name__
         if name in _MODELS:
             raise RuntimeError(f"model {name!r} registered twice")
+        if family not in FAMILIES:
+            raise RuntimeError(f"model {name!r}: family {family!r} is not one of {FAMILIES}")
         _MODELS[name] = (builder, ModelInfo(name, family, depth, residual, preact))
         return builder
     return wrap
