@@ -65,7 +65,7 @@ def test_table1_multiply_adds(name, gmacs):
 
 @pytest.mark.parametrize("name", list_models())
 def test_shape_arithmetic_macs_equal_the_measured_forward(name):
-    """resnet_macs (what `resnetlab models` shows) equals the hook count of a real forward pass."""
+    """resnet_macs (what `resnetlab models` shows) equals torch's FlopCounterMode count of a real forward pass."""
     family = model_info(name).family
     variants = [{}, {"shortcut": "C"}] + ([{"stride_on": "1x1"}, {"shortcut": "A"}] if family == "imagenet" else [{"shortcut": "B"}])
     for kwargs in variants:
@@ -74,6 +74,23 @@ def test_shape_arithmetic_macs_equal_the_measured_forward(name):
         for size in ((224, 97) if family == "imagenet" else (32, 40)):  # 97: odd sizes round like the convs do
             assert resnet_macs(model, size) == count_macs(model, size), (kwargs, size)
 
+
+
+@pytest.mark.parametrize("name,kwargs,size", [("resnet20", {}, 32), ("resnet56", {"shortcut": "B"}, 32),
+                                              ("resnet50", {}, 224), ("resnet34", {"shortcut": "A"}, 224),
+                                              ("preact_resnet164", {}, 32)])
+def test_profile_macs_are_half_of_torch_flop_counter(name, kwargs, size):
+    """profile()'s multiply-adds (the bench's MAC/s, `resnetlab models`) against torch's own counter:
+    FlopCounterMode counts 2 FLOPs per multiply-add of the convolutions and the classifier, and
+    nothing else, so its total is exactly twice ours."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = create_model(name, **kwargs).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size, device="meta"))
+    assert {str(op) for op in counter.get_flop_counts()["Global"]} == {"aten.convolution", "aten.addmm"}
+    assert counter.get_total_flops() == 2 * profile(name, size, **kwargs).macs
 
 def test_preact_cifar_sizes():
     # Identity Mappings paper, Table 3: ResNet-164 1.7M, ResNet-1001 10.2M (our 10.3M counts BN too).

@@ -2,10 +2,10 @@
 
 Multiply-adds are counted the way the paper's Table 1 counts FLOPs: convolutions and the
 fully connected layer (one multiply-add per weight per output position); BN, ReLU, pooling and
-additions are left out. `count_macs` measures any module with a forward pass (hooks, on the
-meta device: no memory); `resnet_macs` computes the same number for our ResNet class from the
-layer shapes alone, which keeps `resnetlab models` instant; a test holds the two equal for every
-registered model.
+additions are left out. `count_macs` measures any module with a forward pass (torch's
+FlopCounterMode, on the meta device: no memory); `resnet_macs` computes the same number for our
+ResNet class from the layer shapes alone, which keeps `resnetlab models` instant; a test holds
+the two equal for every registered model.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass(frozen=True)
@@ -27,32 +28,13 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
-    """Multiply-adds of one forward pass of a single (in_chans, input_size, input_size) image."""
-    total = 0
-
-    def conv_hook(module: nn.Conv2d, _inp, out):
-        nonlocal total
-        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-        total += k * out.numel()  # out: (1, C_out, H, W)
-
-    def linear_hook(module: nn.Linear, _inp, out):
-        nonlocal total
-        total += module.in_features * out.numel()
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
+    """Multiply-adds of one forward pass of a single (in_chans, input_size, input_size) image, as
+    torch's FlopCounterMode measures them: it counts the convolutions and matrix products only
+    (2 FLOPs per multiply-add, biases left out), which is the paper's count."""
     device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, in_chans, input_size, input_size, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-    return total
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, in_chans, input_size, input_size, device=device))
+    return counter.get_total_flops() // 2
 
 
 def _conv_out(size: int, conv: nn.Conv2d) -> int:
