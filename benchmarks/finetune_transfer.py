@@ -18,17 +18,18 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from resnetlab.bench.run import write_json
+from resnetlab.bench.timing import stopwatch
 from resnetlab.cli import main as cli
+from resnetlab.cpu import cpu_info
 
 DATA = Path("/work/shared/data/cifar10-jpeg")
 SOURCE = ("airplane", "automobile", "bird", "cat", "deer")
@@ -52,12 +53,12 @@ def link_subset(data: Path, out: Path, classes, n_train: int, n_test: int) -> Pa
 
 def train(args: list[str], out: Path) -> dict:
     print(f"[finetune_transfer] {out.name}: resnetlab train {' '.join(args)}", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    code = cli(["train", *args, "--out", str(out), *COMMON])
+    with stopwatch() as wall:
+        code = cli(["train", *args, "--out", str(out), *COMMON])
     if code != 0:
         raise SystemExit(f"resnetlab train {' '.join(args)} failed with exit code {code}")
     summary = json.loads((out / "summary.json").read_text())
-    return {"test_top1": summary["test"]["last"]["top1"], "wall_s": round(time.perf_counter() - start, 1)}
+    return {"test_top1": summary["test"]["last"]["top1"], "wall_s": round(wall.s, 1)}
 
 
 def provenance(ckpt_path: str) -> dict:
@@ -141,14 +142,6 @@ def write_doc(text: str) -> None:
     DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shots", type=int, default=50, help="training images per target class")
@@ -173,16 +166,14 @@ def main(argv=None) -> int:
     if not DATA.is_dir():
         print(f"{DATA} not found: this benchmark needs CIFAR-10 as JPEG folders", file=sys.stderr)
         return 2
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="finetune_transfer_") as tmp:
+    with stopwatch() as wall, tempfile.TemporaryDirectory(prefix="finetune_transfer_") as tmp:
         results = run_all(a, Path(tmp))
     results.update(
-        args=vars(a), wall_s=round(time.perf_counter() - start, 1),
+        args=vars(a), wall_s=round(wall.s, 1),
         command="nice -n 19 python benchmarks/finetune_transfer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        machine=f"{cpu_name()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        machine=f"{cpu_info()[0]}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(results, indent=1))
+    write_json(results, a.out)
     write_doc(table(results, a))
     print(table(results, a))
     return 0

@@ -6,34 +6,34 @@ kernels (models/fused_bn.py), at the activation shapes of ResNet-20 (batch 128) 
     python benchmarks/fused_bn_layers.py --threads 1 --json benchmarks/results/amx_xeon/fused_bn_layers.json
 """
 import argparse
-import json
 import statistics
-import time
 
 import torch
 from torch import nn
 
+from resnetlab.bench.run import write_json
+from resnetlab.bench.timing import interleaved
 from resnetlab.models.fused_bn import EXTENSION, bn_relu
 
 SHAPES = [(128, 16, 32), (128, 32, 16), (128, 64, 8), (32, 64, 56), (32, 256, 56), (32, 512, 28), (32, 2048, 7)]
 
 
 def time_layer(n, c, hw, dtype, layout, residual, reps):
-    """Median seconds of forward + backward, alternating `fused` False/True each repetition."""
+    """Median seconds of forward + backward, plain and fused timed in turn after one warm-up each."""
     x = torch.randn(n, c, hw, hw).to(dtype).contiguous(memory_format=layout).requires_grad_()
     r = torch.randn_like(x).requires_grad_() if residual else None
     dy = torch.randn_like(x)
-    bn, relu, times = nn.BatchNorm2d(c), nn.ReLU(inplace=True), {False: [], True: []}
-    for i in range(2 * reps + 2):
-        which = bool(i % 2)
-        x.grad = bn.weight.grad = bn.bias.grad = None  # no accumulation pass in either
-        if r is not None:
-            r.grad = None
-        start = time.perf_counter()
-        bn_relu(bn, x, relu, r, fused=which).backward(dy)
-        if i >= 2:  # the first pair warms up
-            times[which].append(time.perf_counter() - start)
-    return statistics.median(times[False]), statistics.median(times[True])
+    bn, relu = nn.BatchNorm2d(c), nn.ReLU(inplace=True)
+
+    def step(fused: bool):
+        def call():
+            x.grad = bn.weight.grad = bn.bias.grad = None  # no accumulation pass in either
+            if r is not None:
+                r.grad = None
+            bn_relu(bn, x, relu, r, fused=fused).backward(dy)
+        return call
+    times = interleaved({"plain": step(False), "fused": step(True)}, warmup=1, reps=reps)
+    return statistics.median(times["plain"]), statistics.median(times["fused"])
 
 
 def main():
@@ -60,8 +60,7 @@ def main():
                           f"{'+res' if residual else '    '} plain {row['plain_ms']:8.2f} ms  fused {row['fused_ms']:8.2f} ms"
                           f"  {row['speedup']:5.2f}x", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+        write_json({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

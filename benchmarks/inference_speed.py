@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from resnetlab.bench.run import write_json
+from resnetlab.bench.timing import interleaved
 from resnetlab.inference.predictor import Predictor, collect_images, top1_agreement
 from resnetlab.models import create_model
 from resnetlab.models.fuse import fuse_bn
@@ -37,20 +37,22 @@ def variants(name: str):
             "folded fp32 channels_last": (fused_cl, True, False), "folded bf16 channels_last": (fused_cl, True, True)}
 
 
-@torch.no_grad()
+def forward(model, x: torch.Tensor, channels_last: bool, bf16: bool):
+    """One inference call of a variant on x, as a function to time."""
+    inp = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    def call():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(inp)
+    return call
+
+
 def throughput(name: str, size: int, batch: int, reps: int) -> dict[str, float]:
+    """Images/s of each variant, best of `reps` calls timed in turn (a busy moment hurts all alike);
+    the warm-up call lets oneDNN pick and cache its kernels."""
     x = torch.randn(batch, 3, size, size)
-    best = {}
-    models = variants(name)
-    for _ in range(reps):  # interleaved, so a busy moment hurts every variant alike
-        for label, (model, cl, bf16) in models.items():
-            inp = x.contiguous(memory_format=torch.channels_last) if cl else x
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                model(inp)  # warm-up: oneDNN picks and caches kernels on the first call
-                start = time.perf_counter()
-                model(inp)
-                best[label] = min(best.get(label, float("inf")), time.perf_counter() - start)
-    return {label: batch / t for label, t in best.items()}
+    calls = {label: forward(model, x, cl, bf16) for label, (model, cl, bf16) in variants(name).items()}
+    return {label: batch / min(s) for label, s in interleaved(calls, warmup=1, reps=reps).items()}
 
 
 def agreement(checkpoint: str, images: list[str]) -> dict:
@@ -80,8 +82,7 @@ def main(argv=None) -> int:
         for prec, r in results["agreement"].items():
             print(f"{prec} fast path vs plain fp32: top-1 agreement {r['top1_agreement']:.2f}% on {r['n']} images, "
                   f"max |prob diff| {r['max_abs_prob_diff']:.2e}")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(results, indent=1))
+    write_json(results, a.out)
     return 0
 
 

@@ -22,13 +22,13 @@ benchmarks/results/time_to_<target>.json (time_to_<target>_cuda.json on a GPU); 
 import argparse
 import datetime
 import json
-import time
 from pathlib import Path
 
 import torch
 
 from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
+from resnetlab.bench.timing import stopwatch
 from resnetlab.config import apply_overrides, load_config, parse_override
 from resnetlab.engine import train_and_evaluate
 from resnetlab.engine.datadir import data_overrides
@@ -53,15 +53,15 @@ def run_arm(name: str, data: str, target: float, workdir: Path, paper_steps: int
                           [("train.stop_at_val_top1", target), ("train.eval_every", 0)])
     if name == "paper-eager-fp32":
         cfg = apply_overrides(cfg, [("schedule.max_steps", paper_steps)])
-    start = time.perf_counter()
-    summary = train_and_evaluate(cfg, workdir / name)
+    with stopwatch() as wall:
+        summary = train_and_evaluate(cfg, workdir / name)
     reached = summary["target"]["reached"]
     return {"arm": name, "recipe": recipe, "overrides": [list(o) for o in overrides],
             "reached": reached is not None, "steps": summary["steps"],
             "time_to_target_s": reached["elapsed_s"] if reached else None,
             "val_top1_at_stop": reached["val_top1"] if reached else None,
             "test_top1_at_stop": summary["test"]["last"]["top1"],
-            "elapsed_s": summary["elapsed_s"], "wall_s_with_setup_and_test": time.perf_counter() - start,
+            "elapsed_s": summary["elapsed_s"], "wall_s_with_setup_and_test": wall.s,
             "run_dir": str(workdir / name), "curve": curve(workdir / name)}
 
 

@@ -11,8 +11,9 @@ from resnetlab.bench.baseline import PAD, PILFolderDataset, baseline_loader, bas
 from resnetlab.bench.images import bench_images, write_synthetic_jpegs
 from resnetlab.bench.loop import measure_loop_overhead
 from resnetlab.bench.machine import cpu_model_and_flags, matmul_peak, peak_size
-from resnetlab.bench.measure import BASELINE, PeakMemory, Variant, stats
+from resnetlab.bench.measure import BASELINE, PeakMemory, Variant
 from resnetlab.bench.run import BenchSpec, parse_variant, run_bench
+from resnetlab.bench.timing import interleaved, stats
 from resnetlab.cli import main
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
@@ -91,6 +92,14 @@ def test_bench_images_is_a_seeded_subset_and_checks_its_input(folder, tmp_path):
         bench_images(str(folder), 49)
     with pytest.raises(UserError, match="no train/ folder"):
         bench_images(str(tmp_path), 4)
+
+
+def test_interleaved_warms_every_function_up_then_calls_them_in_turn():
+    """The one timer of every benchmark: round-robin order, one time per call (no durations asserted)."""
+    calls = []
+    seconds = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, reps=2)
+    assert calls == ["a", "b", "a", "b", "a", "b"]
+    assert {name: len(s) for name, s in seconds.items()} == {"a": 2, "b": 2}
 
 
 def test_stats_median_and_spread():

@@ -59,6 +59,18 @@ def write_synthetic_jpegs(root: Path, num_images: int, num_classes: int = 10) ->
         Image.fromarray(np.ascontiguousarray(img)).save(folder / f"{i:06d}.jpg", quality=90)
 
 
+
+def write_large_jpegs(root: Path, count: int, seed: int = 0) -> None:
+    """root/train/class<k>/<i>.jpg, ImageNet-like: 10 classes, sizes around 500x375, smooth content plus noise."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        w, h = int(rng.integers(400, 520)), int(rng.integers(300, 400))
+        coarse = Image.fromarray(rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+        img = np.clip(np.asarray(coarse, dtype=np.int16) + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8)
+        path = root / "train" / f"class{i % 10}" / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path, quality=90)
+
 def decoded(images: BenchImages, size: int, cache_dir: Path) -> ArrayDataset:
     """Our pipeline's in-memory form of the files: decoded once at `size` (through the data cache)."""
     data, _ = folders.small_dataset(images.paths, images.labels, images.classes, size, images.root,

@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
-import time
 
 import torch
 
 from resnetlab.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from resnetlab.errors import UserError
 
-from .measure import stats, timed
+from .timing import stats, stopwatch, timed
 
 
 def loop_config(model: str, batch_size: int, steps_per_epoch: int, size: int, precision: str = "auto",
@@ -36,9 +35,9 @@ def loop_seconds(cfg: Config, steps: int) -> float:
 
     cfg.schedule.max_steps = steps
     with tempfile.TemporaryDirectory(prefix="resnetlab-loop-") as tmp, contextlib.redirect_stdout(io.StringIO()):
-        start = time.perf_counter()
-        train_and_evaluate(cfg, tmp, stream=io.StringIO())
-        return time.perf_counter() - start
+        with stopwatch() as run:
+            train_and_evaluate(cfg, tmp, stream=io.StringIO())
+        return run.s
 
 
 def bare_step_seconds(cfg: Config, warmup: int, reps: int) -> list[float]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import time
 
 import torch
 
 from resnetlab.cpu import cpu_info
 from resnetlab.engine.runtime import DTYPES
+
+from .timing import timed
 
 # Flags that change which CPU kernels run for fp32 / bf16 / fp16 / int8 convolutions and matmuls.
 KEY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_fp16", "amx_int8", "amx_tile")
@@ -59,9 +60,9 @@ def matmul_peak(precision: str, device: torch.device | str = "cpu", n: int = 204
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(DTYPES)}, int8")
     device = torch.device(device)
     probe = min(n, 256)
-    probe_s = min(_time_calls(_matmul(precision, probe, device), 2, device))
+    probe_s = min(timed(_matmul(precision, probe, device), 1, 2, device))  # one untimed call: thread pool, kernel choice
     size = peak_size(probe_s, probe, n, max_call_s)
-    return size**3 / min(_time_calls(_matmul(precision, size, device), reps, device))
+    return size**3 / min(timed(_matmul(precision, size, device), 1, reps, device))
 
 
 def peak_size(probe_s: float, probe: int, n: int, max_call_s: float) -> int:
@@ -82,19 +83,6 @@ def _matmul(precision: str, n: int, device: torch.device):
     return lambda: torch.mm(a, b)
 
 
-def _time_calls(fn, reps: int, device: torch.device) -> list[float]:
-    """Seconds of each of `reps` calls, after one untimed call (thread pool, kernel selection)."""
-    times = []
-    for i in range(reps + 1):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return times
-
-
 def _int8_matmul(a: torch.Tensor, b: torch.Tensor):
     """a @ b.T with a as quint8 activations and b as prepacked qint8 weights, on the CPU."""
     import warnings
@@ -110,9 +98,3 @@ def _int8_matmul(a: torch.Tensor, b: torch.Tensor):
         layer.set_weight_bias(torch.quantize_per_tensor(b, 0.05, 0, torch.qint8), None)
         x = torch.quantize_per_tensor(a.abs(), 0.05, 0, torch.quint8)
     return lambda: layer(x)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so a wall-clock interval covers the work it claims to time."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

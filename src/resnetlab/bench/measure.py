@@ -3,7 +3,8 @@
 A variant is one way of running the same network: the baseline (per-sample PIL pipeline, eager
 fp32 NCHW) or ours (batched uint8 loader, a precision, a memory format, a compile mode). Each
 measurement warms up, then times every repetition separately -- round-robin across variants
-when they share a process (`time_all`) -- and `stats` turns those times into a median and a spread. Peak memory on the CPU is the growth of the process's peak RSS
+when they share a process (`time_all`, with timing.interleaved) -- and `stats` turns those
+times into a median and a spread. Peak memory on the CPU is the growth of the process's peak RSS
 (getrusage ru_maxrss) over its RSS just before the model is built -- torch's allocations are
 invisible to tracemalloc -- so each variant is meant to run in a fresh process (see run.py).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import resource
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from resnetlab.models import create_model
 
 from .baseline import PILFolderDataset, baseline_loader, baseline_workers, endless
 from .images import BenchImages, bench_data_config, decoded, fitted_normalizer
-from .machine import sync
+from .timing import interleaved, stats, stopwatch
 
 CALIBRATION_BATCHES = 4  # int8: batches whose activation ranges set the quantization scales
 
@@ -47,28 +47,6 @@ class Variant:
 
 
 BASELINE = Variant("baseline")
-
-
-def stats(seconds: list[float], items: int) -> dict:
-    """Median and spread of per-repetition times, and the items/s they mean."""
-    s = sorted(seconds)
-    q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731  (nearest-rank quantile)
-    med = s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
-    return {"reps": len(s), "median_s": med, "min_s": s[0], "max_s": s[-1], "iqr_s": q(0.75) - q(0.25),
-            "per_s": items / med, "per_s_min": items / s[-1], "per_s_max": items / s[0]}
-
-
-def timed(fn, warmup: int, reps: int, device: torch.device) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    out = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(time.perf_counter() - start)
-    return out
 
 
 class PeakMemory:
@@ -157,25 +135,19 @@ def prepare_train(model_name: str, variant: Variant, images: BenchImages, size: 
         def step():
             x, y = next(batches)
             train_step(net, optimizer, scaler, normalizer, x, y, rt, 0.0)
-        first = time.perf_counter()
-        step()  # the first step pays for compilation; reported on its own
-        first = time.perf_counter() - first
-    return Prepared(variant, {"main": (step, batch_size)}, {"first_step_s": first, "peak_mem_mib": mem.mib})
+        with stopwatch(device) as first:
+            step()  # the first step pays for compilation; reported on its own
+    return Prepared(variant, {"main": (step, batch_size)}, {"first_step_s": first.s, "peak_mem_mib": mem.mib})
 
 
 def time_all(prepared: list[Prepared], warmup: int, reps: int, device: torch.device) -> list[dict]:
     """Warm every variant up, then time them round-robin, one call each per round, so a change in
     the machine's load during the run hits every variant alike. Returns one row per variant."""
-    for p in prepared:
-        for fn, _ in p.timers.values():
-            timed(fn, warmup, 0, device)
-    seconds = [{name: [] for name in p.timers} for p in prepared]
-    for _ in range(reps):
-        for p, sec in zip(prepared, seconds):
-            for name, (fn, _) in p.timers.items():
-                sec[name] += timed(fn, 0, 1, device)
+    fns = {(i, name): fn for i, p in enumerate(prepared) for name, (fn, _) in p.timers.items()}
+    times = interleaved(fns, warmup, reps, device)
     rows = []
-    for p, sec in zip(prepared, seconds):
+    for i, p in enumerate(prepared):
+        sec = {name: times[i, name] for name in p.timers}
         row = {"variant": p.variant.label, **p.variant.__dict__, **p.info, **stats(sec["main"], p.timers["main"][1])}
         if "b1" in sec:
             lat = stats(sec["b1"], 1)
@@ -227,13 +199,12 @@ def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: 
         if variant.precision == "int8":  # activation ranges from the first batches of the same images
             model = quantize_int8(model, [normalizer(x) for x in x_all.split(batch_size)[:CALIBRATION_BATCHES]])
         run = inference_fn(prepare_model(model.eval(), rt), variant, rt, normalizer)
-        first = time.perf_counter()
-        preds = torch.cat([run(x).argmax(1).cpu() for x in x_all.split(batch_size)])
-        first = time.perf_counter() - first
+        with stopwatch(device) as first:
+            preds = torch.cat([run(x).argmax(1).cpu() for x in x_all.split(batch_size)])
         batch, one = x_all[:batch_size], x_all[:1]
         run(one)  # batch 1 is a new shape: a compiled variant compiles it here, not while timed
     return Prepared(variant, {"main": (lambda: run(batch), batch_size), "b1": (lambda: run(one), 1)},
-                    {"first_pass_s": first, "peak_mem_mib": mem.mib, "predictions": preds.tolist()})
+                    {"first_pass_s": first.s, "peak_mem_mib": mem.mib, "predictions": preds.tolist()})
 
 
 def trained_normalizer(weights: str | None):

@@ -1,0 +1,68 @@
+"""The one clock every benchmark reads: wall time around device-synchronised work.
+
+`stopwatch` times one block (a build, a whole run, a first compiled call); `timed` times each of
+several calls of a function after a warm-up; `interleaved` does the same for several functions
+round-robin, so a change in the machine's load during the run hits all of them alike; `stats`
+turns per-call seconds into a median and a spread. On a GPU each interval starts and ends with a
+synchronize, so it covers the work it claims to time and not only its launch.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+def sync(device: torch.device | str | None) -> None:
+    """Wait for queued GPU work (nothing to wait for on the CPU)."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Elapsed:
+    s: float = 0.0  # seconds, set when the block ends
+
+
+@contextlib.contextmanager
+def stopwatch(device: torch.device | str | None = None):
+    """with stopwatch(device) as t: ...; then t.s is the block's wall time in seconds."""
+    elapsed = Elapsed()
+    sync(device)
+    start = time.perf_counter()
+    try:
+        yield elapsed
+    finally:
+        sync(device)
+        elapsed.s = time.perf_counter() - start
+
+
+def timed(fn, warmup: int, reps: int, device: torch.device | str | None = None) -> list[float]:
+    """Seconds of each of `reps` calls of fn(), after `warmup` untimed ones."""
+    return interleaved({"fn": fn}, warmup, reps, device)["fn"]
+
+
+def interleaved(fns: dict, warmup: int, reps: int, device: torch.device | str | None = None) -> dict[str, list[float]]:
+    """name -> seconds of each of `reps` calls of fns[name](); every function is warmed up first,
+    then they are called in turn, one call each per round."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    seconds = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            with stopwatch(device) as t:
+                fn()
+            seconds[name].append(t.s)
+    return seconds
+
+
+def stats(seconds: list[float], items: int) -> dict:
+    """Median and spread of per-repetition times, and the items/s they mean."""
+    s = sorted(seconds)
+    q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731  (nearest-rank quantile)
+    med = s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+    return {"reps": len(s), "median_s": med, "min_s": s[0], "max_s": s[-1], "iqr_s": q(0.75) - q(0.25),
+            "per_s": items / med, "per_s_min": items / s[-1], "per_s_max": items / s[0]}
