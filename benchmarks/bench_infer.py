@@ -10,7 +10,8 @@ on them when no --weights are given). Writes benchmarks/results/infer_<model>.js
 import argparse
 from pathlib import Path
 
-from resnetlab.bench.run import BenchSpec, parse_variant, run_and_save
+from resnetlab.bench.run import run_and_save
+from resnetlab.bench.spec import BenchSpec, parse_variant
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ["fp32", "fp32-cl", "bf16-cl", "fp32-cl-default", "bf16-cl-default", "int8"]

@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 from resnetlab.bench.loop import format_loop, measure_loop_overhead
-from resnetlab.bench.run import BenchSpec, parse_variant, run_and_save, write_json
+from resnetlab.bench.run import run_and_save, write_json
+from resnetlab.bench.spec import BenchSpec, parse_variant
 
 RESULTS = Path(__file__).parent / "results"
 # (model, batch, images, variants): fp32 = our loader with the baseline's model settings, so the

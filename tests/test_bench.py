@@ -11,8 +11,9 @@ from resnetlab.bench.baseline import PAD, PILFolderDataset, baseline_loader, bas
 from resnetlab.bench.images import bench_images, write_synthetic_jpegs
 from resnetlab.bench.loop import measure_loop_overhead
 from resnetlab.bench.machine import cpu_model_and_flags, matmul_peak, peak_size
-from resnetlab.bench.measure import BASELINE, PeakMemory, Variant
-from resnetlab.bench.run import BenchSpec, parse_variant, run_bench
+from resnetlab.bench.measure import PeakMemory
+from resnetlab.bench.run import run_bench
+from resnetlab.bench.spec import BASELINE, BenchSpec, Variant, parse_variant
 from resnetlab.bench.timing import interleaved, stats
 from resnetlab.cli import main
 from resnetlab.errors import UserError

@@ -10,7 +10,8 @@ import torch
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, set before its first use
 
-from resnetlab.bench.run import BenchSpec, parse_variant, run_bench  # noqa: E402
+from resnetlab.bench.run import run_bench  # noqa: E402
+from resnetlab.bench.spec import BenchSpec, parse_variant  # noqa: E402
 from resnetlab.config import DataConfig, apply_overrides  # noqa: E402
 from resnetlab.data import make_eval_loader, make_train_loader, synthetic  # noqa: E402
 from resnetlab.engine import load_checkpoint, model_from_checkpoint, train_and_evaluate  # noqa: E402

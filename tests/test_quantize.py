@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from resnetlab.bench.machine import matmul_peak
-from resnetlab.bench.run import BenchSpec, check_variants, parse_variant
+from resnetlab.bench.spec import BenchSpec, check_variants, parse_variant
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.models import quantize

@@ -1,1 +1,5 @@
-"""The benchmark harness: spec and variants, the baseline pipeline, measurement, the machine, loop overhead, bench images."""
+"""The benchmark harness: spec.py (what to measure: BenchSpec, Variant), run.py (run_bench: the
+baseline and the variants on one machine in one run, the result table and JSON), measure.py (one
+variant set up and timed, peak memory), baseline.py (the per-sample PIL pipeline), images.py
+(the files both pipelines read), machine.py (what it ran on, the matmul peak), timing.py (the one
+timer), loop.py (the training loop's own overhead), pipeline.py (data loader throughput)."""

@@ -1,8 +1,7 @@
 """Measuring one variant: training steps/s and inference throughput/latency, with peak memory.
 
-A variant is one way of running the same network: the baseline (per-sample PIL pipeline, eager
-fp32 NCHW) or ours (batched uint8 loader, a precision, a memory format, a compile mode). Each
-measurement warms up, then times every repetition separately -- round-robin across variants
+Each variant (spec.Variant: the baseline, or ours in a precision, memory format and compile
+mode) is set up here, and run once (`prepare_train`, `prepare_infer`). Each measurement warms up, then times every repetition separately -- round-robin across variants
 when they share a process (`time_all`, with timing.interleaved) -- and `stats` turns those
 times into a median and a spread. Peak memory on the CPU is the growth of the process's peak RSS
 (getrusage ru_maxrss) over its RSS just before the model is built -- torch's allocations are
@@ -25,28 +24,10 @@ from resnetlab.models import create_model
 
 from .baseline import PILFolderDataset, baseline_loader, baseline_workers, endless
 from .images import BenchImages, bench_data_config, decoded, fitted_normalizer
+from .spec import Variant
 from .timing import interleaved, stats, stopwatch
 
 CALIBRATION_BATCHES = 4  # int8: batches whose activation ranges set the quantization scales
-
-
-@dataclass(frozen=True)
-class Variant:
-    pipeline: str  # "baseline" (per-sample PIL + eager fp32 NCHW) | "ours"
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast) | int8 (quantized, CPU inference)
-    channels_last: bool = False
-    compile: str = "none"  # one of COMPILE_MODES; inference compiles with weight freezing (BN folded)
-    fused: bool = False  # training: batch-norm + ReLU (+ residual) fused (models/fused_bn.py)
-
-    @property
-    def label(self) -> str:
-        if self.pipeline == "baseline":
-            return "baseline"
-        return (f"{self.precision}{'-cl' if self.channels_last else ''}{'' if self.compile == 'none' else '-' + self.compile}"
-                f"{'-fused' if self.fused else ''}")
-
-
-BASELINE = Variant("baseline")
 
 
 class PeakMemory:

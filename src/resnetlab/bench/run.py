@@ -7,8 +7,9 @@
 Every variant runs in a fresh process (so its peak RSS is its own and a compiled graph cannot
 leak into the next one), or, with isolate=False, all variants share one process and are timed
 round-robin (a busy machine then slows all of them alike); either way on the same machine and
-in the same run as the baseline, and reported as a ratio to it. The machine's matrix-multiply peak is measured in the same run, and
-each variant's multiply-adds per second are given as a fraction of the peak for its dtype.
+in the same run as the baseline, and reported as a ratio to it. The machine's matrix-multiply
+peak is measured in the same run, and each variant's multiply-adds per second are given as a
+fraction of the peak for its dtype. What to measure is a `spec.BenchSpec` and `spec.Variant`s.
 """
 from __future__ import annotations
 
@@ -17,93 +18,20 @@ import multiprocessing
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from resnetlab.engine.runtime import INFERENCE_PRECISIONS
-from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
-from resnetlab.models import model_info, profile
+from resnetlab.models import profile
 
 from .images import bench_images
 from .machine import describe_machine, matmul_peak
-from .measure import BASELINE, COMPILE_MODES, Variant, prepare_infer, prepare_train, time_all
+from .measure import prepare_infer, prepare_train, time_all
+from .spec import BASELINE, BenchSpec, Variant, check_spec, check_variants
 
-TASKS = ("train", "infer")
 TRAIN_MACS_PER_FORWARD = 3  # backward costs about twice the forward (input and weight gradients)
-
-
-@dataclass(frozen=True)
-class BenchSpec:
-    model: str = "resnet20"
-    task: str = "train"  # train | infer
-    batch_size: int = 128
-    image_size: int | None = None  # None: the model's native size (32 CIFAR, 224 ImageNet)
-    warmup: int = 2
-    reps: int = 10
-    device: str = "cpu"
-    data: str | None = None  # ROOT/train/<class>/<image>; None: synthetic JPEG files
-    images: int = 512  # images drawn from the data (both pipelines use the same files)
-    weights: str | None = None  # inference: trained weights for the agreement check
-    isolate: bool = True  # one fresh process per variant (peak memory per variant); False: all variants in
-    # this process, timed round-robin -- robust to a machine whose load changes, but no memory figure
-    cache_dir: str | None = None  # decoded-image cache of our pipeline (default: a temporary folder)
-    threads: int | None = None  # torch intra-op threads (None: torch's default, one per core)
-
-    @property
-    def size(self) -> int:
-        return self.image_size or model_info(self.model).input_size
-
-
-def parse_variant(text: str) -> Variant:
-    """'baseline', 'int8', or PRECISION[-cl][-COMPILE_MODE][-fused], e.g. 'fp32', 'bf16-cl',
-    'bf16-cl-default', 'bf16-cl-fused' (training with models/fused_bn.py, eager only)."""
-    if text == "baseline":
-        return BASELINE
-    if text.endswith("-fused"):
-        v = parse_variant(text[: -len("-fused")])
-        if v.pipeline == "baseline" or v.precision == "int8" or v.compile != "none":
-            raise UserError(f"variant {text!r}: -fused goes after PRECISION[-cl] of an eager variant "
-                            "(torch.compile fuses by itself), e.g. bf16-cl-fused")
-        return replace(v, fused=True)
-    if text.startswith("int8"):  # the quantized kernels choose their own layout, and run eagerly
-        if text != "int8":
-            raise UserError(f"variant {text!r}: int8 takes no memory format or compile mode; write int8")
-        return Variant("ours", "int8")
-    precision, _, rest = text.partition("-")
-    channels_last = rest == "cl" or rest.startswith("cl-")
-    mode = rest[3:] if rest.startswith("cl-") else ("" if rest == "cl" else rest)
-    if precision not in INFERENCE_PRECISIONS or (mode or "none") not in COMPILE_MODES:
-        raise UserError(f"variant {text!r}: write baseline or PRECISION[-cl][-COMPILE] with PRECISION one of "
-                        f"{', '.join(INFERENCE_PRECISIONS)} and COMPILE one of {', '.join(COMPILE_MODES[1:])}")
-    return Variant("ours", precision, channels_last, mode or "none")
-
-
-def check_spec(spec: BenchSpec) -> None:
-    if spec.task not in TASKS:
-        raise UserError(f"--task {spec.task!r}: choose one of {', '.join(TASKS)}")
-    for name in ("batch_size", "reps", "images") + (("threads",) if spec.threads is not None else ()):
-        if getattr(spec, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}")
-    if spec.warmup < 0:
-        raise UserError(f"--warmup must be 0 or more, got {spec.warmup}")
-    model_info(spec.model)  # raises UserError naming the known models
-    if torch.device(spec.device).type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {spec.device}: CUDA is not available here; use --device cpu")
-
-
-def check_variants(spec: BenchSpec, variants: list[Variant]) -> None:
-    for v in variants:
-        if v.precision == "int8" and spec.task != "infer":
-            raise UserError("int8 is an inference precision (post-training quantization); train in fp32, bf16 or fp16")
-        if v.precision == "int8" and torch.device(spec.device).type != "cpu":
-            raise UserError("int8 runs on the CPU only; use bf16 or fp16 on a GPU")
-        if v.fused and spec.task != "train":
-            raise UserError(f"variant {v.label}: the fused batch-norm is for training; inference folds BN into the convolutions")
-        if v.compile == "reduce-overhead" and torch.device(spec.device).type != "cuda":
-            raise UserError(f"variant {v.label}: reduce-overhead replays CUDA graphs and needs --device cuda")
 
 
 def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:

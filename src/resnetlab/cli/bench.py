@@ -1,6 +1,6 @@
 HELP = "Benchmark training/inference speed against the eager fp32 per-sample-PIL baseline, same machine, same run."
 
-from resnetlab.bench.run import TASKS
+from resnetlab.bench.spec import TASKS
 
 from .arguments import AUTO_INFERENCE_PRECISIONS, COMPILE_MODES, SWITCH
 
@@ -37,8 +37,8 @@ def run(args):
     import torch
 
     from resnetlab.bench.loop import format_loop, measure_loop_overhead
-    from resnetlab.bench.measure import Variant
-    from resnetlab.bench.run import BenchSpec, format_table, parse_variant, run_bench, write_json
+    from resnetlab.bench.run import format_table, run_bench, write_json
+    from resnetlab.bench.spec import BenchSpec, Variant, parse_variant
     from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_fused_bn, resolve_precision
 
     device = resolve_device(args.device)
