@@ -46,13 +46,13 @@ def test_logistic_regression_reaches_its_optimum_on_raw_features():
 def test_linear_probe_changes_only_the_classifier_and_predicts_like_any_checkpoint(pretrained, tmp_path):
     cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.linear_probe", True))
     summary = train_and_evaluate(cfg, tmp_path / "probe")
-    before, after = load_checkpoint(pretrained)["model"], load_checkpoint(tmp_path / "probe")["model"]
+    before, after = load_checkpoint(pretrained).artifact.weights, load_checkpoint(tmp_path / "probe").artifact.weights
     backbone = [k for k in before if not k.startswith("fc.")]
     assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BN statistics untouched
-    assert after["fc.weight"].shape == (3, 64) and summary["penalty"] > 0
+    assert after["fc.weight"].shape == (3, 64) and summary.penalty > 0
     report = evaluate_checkpoint(tmp_path / "probe", device="cpu", precision="fp32")
-    assert report["top1"] == pytest.approx(summary["test"]["best"]["top1"])
-    assert report["per_class"] == summary["test"]["best"]["per_class"]  # written like any run's
+    assert report["top1"] == pytest.approx(summary.test["best"]["top1"])
+    assert report["per_class"] == summary.test["best"]["per_class"]  # written like any run's
     assert (tmp_path / "probe" / "confusion_test.csv").is_file() and (tmp_path / "probe" / "metrics.csv").is_file()
     with pytest.raises(UserError, match="resume"):
         train_and_evaluate(cfg, tmp_path / "probe", resume=True)
@@ -62,7 +62,7 @@ def test_finetune_run_keeps_frozen_stages_bit_identical(pretrained, tmp_path):
     cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.freeze_stages", 2),
                ("finetune.backbone_lr_mult", 0.1), ("schedule.max_steps", 4), ("optim.lr", 0.1))
     train_and_evaluate(cfg, tmp_path / "ft")
-    before, after = load_checkpoint(pretrained)["model"], load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")["model"]
+    before, after = load_checkpoint(pretrained).artifact.weights, load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt").artifact.weights
     frozen = [k for k in before if k.startswith(("conv1.", "bn1.", "layer1.", "layer2."))]
     trained = [k for k in before if k.startswith("layer3.") and k.endswith(("weight", "running_mean"))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
