@@ -58,6 +58,28 @@ def test_linear_probe_changes_only_the_classifier_and_predicts_like_any_checkpoi
         train_and_evaluate(cfg, tmp_path / "probe", resume=True)
 
 
+def test_linear_probe_writes_an_artifact_without_training_state(pretrained, tmp_path):
+    """Nothing trains after the fit: no optimizer in the file; resuming it as a training run says so
+    in one line, and --init takes its weights like any checkpoint's."""
+    from resnetlab.reports.predict import Predictor
+
+    cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.linear_probe", True))
+    train_and_evaluate(cfg, tmp_path / "probe")
+    raw = torch.load(tmp_path / "probe" / "checkpoints" / "last.pt", weights_only=True)
+    assert not {"optimizer", "scaler", "rng", "step", "metrics"} & set(raw)
+    ckpt = load_checkpoint(tmp_path / "probe")
+    assert ckpt.training is None and ckpt.artifact.classes == ["class0", "class1", "class2"]
+    assert Predictor.from_checkpoint(tmp_path / "probe", device="cpu", precision="fp32").classes == ckpt.artifact.classes
+    trained = tiny(("data.synthetic_classes", 3), ("schedule.max_steps", 2))
+    with pytest.raises(UserError) as err:
+        train_and_evaluate(trained, tmp_path / "probe", resume=True)
+    assert str(err.value) == (f"{tmp_path / 'probe' / 'checkpoints' / 'last.pt'} holds a model but no training state (a "
+                              "linear probe's or converted weights); start a new run with --init "
+                              f"{tmp_path / 'probe' / 'checkpoints' / 'last.pt'} to train from its weights")
+    train_and_evaluate(apply_overrides(trained, [("finetune.init", str(tmp_path / "probe"))]), tmp_path / "again")
+    assert load_checkpoint(tmp_path / "again").training.step == 2
+
+
 def test_finetune_run_keeps_frozen_stages_bit_identical(pretrained, tmp_path):
     cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.freeze_stages", 2),
                ("finetune.backbone_lr_mult", 0.1), ("schedule.max_steps", 4), ("optim.lr", 0.1))

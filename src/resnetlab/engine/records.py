@@ -122,9 +122,8 @@ class MetricsRow:
     @classmethod
     def from_dict(cls, data, where="a metrics row") -> "MetricsRow":
         get = Fields(data, where, "metrics row", METRICS_FORMAT, required=("step",))
-        values = {k: get(k, NUMBER) for k in cls.fields()}
-        values["step"] = get("step", int)
-        return cls(**values, extra=get.rest())
+        numbers = {k: get(k, NUMBER) for k in cls.fields() if k != "step"}
+        return cls(step=get("step", int), **numbers, extra=get.rest())
 
 
 @dataclass(kw_only=True)
