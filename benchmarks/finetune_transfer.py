@@ -58,7 +58,7 @@ def train(args: list[str], out: Path) -> dict:
     code = cli(["train", *args, "--out", str(out), *COMMON])
     if code != 0:
         raise SystemExit(f"resnetlab train {' '.join(args)} failed with exit code {code}")
-    summary = RunSummary.from_dict(json.loads((out / "summary.json").read_text()), out / "summary.json")
+    summary = RunSummary.read(out)
     return {"test_top1": summary.test_top1("last"), "wall_s": round(time.perf_counter() - start, 1)}
 
 

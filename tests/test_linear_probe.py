@@ -90,3 +90,11 @@ def test_finetune_run_keeps_frozen_stages_bit_identical(pretrained, tmp_path):
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert trained and all(not torch.equal(before[k], after[k]) for k in trained)
     assert after["fc.weight"].shape == (3, 64)
+
+
+def test_linear_probe_with_class_balanced_loss_runs(pretrained, tmp_path):
+    """data.balance weights the probe's loss (its loss_weights were once out of the fit's reach: a NameError)."""
+    cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.linear_probe", True),
+               ("data.balance", "loss"))
+    summary = train_and_evaluate(cfg, tmp_path / "probe")
+    assert summary.linear_probe and summary.penalty > 0 and summary.test_top1("best") is not None

@@ -24,7 +24,9 @@ from resnetlab.config import Config, config_from_dict
 from resnetlab.errors import UserError, first_line
 from resnetlab.files import atomic_write, storage_error
 
-from .records import CHECKPOINT_FORMAT as FORMAT, Artifact, Checkpoint, check_checkpoint_format
+from .records import CHECKPOINT_FORMAT, Artifact, Checkpoint, check_checkpoint_format
+
+FORMAT = CHECKPOINT_FORMAT  # the checkpoint format this version writes and reads (engine/records.py)
 
 
 def save_checkpoint(ckpt: Checkpoint, path) -> None:

@@ -93,7 +93,6 @@ def choose_penalty(train, val, num_classes: int, default: float, weight=None) ->
 def train_linear_probe(cfg: Config, workdir, stream=None) -> RunSummary:
     """Fit the probe and write the run directory (config, checkpoints, metrics.jsonl, summary.json)."""
     from resnetlab.data import build_data
-    from resnetlab.data.summary import loss_weights
 
     if dist_info_from_env().enabled:
         raise UserError("the linear probe runs in one process (its features are computed once); run it without torchrun")
@@ -106,6 +105,8 @@ def train_linear_probe(cfg: Config, workdir, stream=None) -> RunSummary:
 
 
 def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream) -> RunSummary:
+    from resnetlab.data.summary import loss_weights
+
     say = (lambda msg: print(msg, file=stream)) if stream else print
     model, _ = build_model(cfg, len(bundle.classes), info=say)
     if not cfg.finetune.init:
@@ -143,5 +144,5 @@ def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream)
         result = evaluate_split(model, normalizer, bundle.test, cfg, rt, info, confusion=True)
         summary.test = {"last": result, "best": result}
         record_per_class(summary.test, bundle.classes, workdir)
-    write_text_atomic(workdir / "summary.json", json.dumps(summary.to_dict(), indent=1))
+    summary.write(workdir)
     return summary

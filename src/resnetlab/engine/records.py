@@ -38,9 +38,12 @@ version will write one.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from resnetlab.errors import UserError
+from resnetlab.files import write_text_atomic
 
 from .schedules import ScheduleState
 
@@ -157,6 +160,20 @@ class RunSummary:
                    elapsed_s=get("elapsed_s", NUMBER), checkpoints=get("checkpoints", dict, {}), test=get("test", dict, {}),
                    target=get("target", dict), linear_probe=get("linear_probe", bool, False),
                    penalty=get("penalty", NUMBER), extra=get.rest())
+
+    def write(self, run_dir) -> Path:
+        return write_text_atomic(Path(run_dir) / "summary.json", json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def read(cls, run_dir) -> "RunSummary | None":
+        """RUN_DIR/summary.json; None while the run is unfinished (no summary.json)."""
+        path = Path(run_dir) / "summary.json"
+        if not path.is_file():
+            return None
+        try:
+            return cls.from_dict(json.loads(path.read_text()), path)
+        except json.JSONDecodeError:
+            raise UserError(f"{path} is not JSON; was the file edited?") from None
 
     def test_top1(self, which: str = "last") -> float | None:
         """Test top-1 (%) of the last or best weights; None without a test split."""

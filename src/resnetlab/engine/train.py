@@ -7,7 +7,6 @@ per-class test results of best.pt, whose confusion matrix goes to confusion_test
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 
 from resnetlab.config import Config
 from resnetlab.errors import UserError
-from resnetlab.files import StorageError, write_text_atomic
+from resnetlab.files import StorageError
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .confusion import record_per_class
@@ -93,7 +92,7 @@ def _train(cfg: Config, workdir: Path, resume: bool, info, rt: Runtime, stream, 
     stop.at_once(run.state.step, _last_checkpoint(run))  # every step is saved: from here a signal stops the run where it lands
     summary = final_test(run, best_state)
     if info.is_main:
-        write_text_atomic(run.workdir / "summary.json", json.dumps(summary.to_dict(), indent=1))
+        summary.write(run.workdir)
     return summary
 
 

@@ -161,10 +161,7 @@ def run_gradient_norms(run_dir, data: str | None = None, num_batches: int = 4, b
 
 
 def _trained_steps(run_dir: Path) -> str:
-    import json
-
     from resnetlab.engine.records import RunSummary
 
-    path = run_dir / "summary.json"
-    steps = RunSummary.from_dict(json.loads(path.read_text()), path).steps if path.is_file() else None
-    return "?" if steps is None else str(steps)
+    summary = RunSummary.read(run_dir)
+    return "?" if summary is None or summary.steps is None else str(summary.steps)

@@ -60,17 +60,10 @@ def load_run(path) -> Run:
                 except json.JSONDecodeError:
                     raise UserError(f"{path / 'metrics.jsonl'} line {i} is not JSON; was the file edited?") from None
                 metrics.append(MetricsRow.from_dict(row, f"{path / 'metrics.jsonl'} line {i}"))
-    summary = _summary(path / "summary.json") if (path / "summary.json").is_file() else None
+    summary = RunSummary.read(path)
     classes = json.loads((path / "classes.json").read_text()) if (path / "classes.json").is_file() else None
     return Run(path, config, sorted(metrics, key=lambda m: m.step), summary,
                len(classes) if isinstance(classes, list) else None)
-
-
-def _summary(path: Path) -> RunSummary:
-    try:
-        return RunSummary.from_dict(json.loads(path.read_text()), path)
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is not JSON; was the file edited?") from None
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
