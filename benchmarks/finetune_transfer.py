@@ -30,7 +30,7 @@ import torch
 
 from resnetlab.cli import main as cli
 from resnetlab.engine.checkpoint import load_checkpoint
-from resnetlab.engine.records import RunSummary
+from resnetlab.engine.run_records import RunSummary
 
 DATA = Path("/work/shared/data/cifar10-jpeg")
 SOURCE = ("airplane", "automobile", "bird", "cat", "deer")

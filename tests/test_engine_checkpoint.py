@@ -11,7 +11,8 @@ import torch
 
 from resnetlab.engine import checkpoint as ck
 from resnetlab.engine.finetune import load_init_weights
-from resnetlab.engine.records import Artifact, Checkpoint, LoopState, MetricsRow, TrainingState
+from resnetlab.engine.records import Artifact, Checkpoint, LoopState, TrainingState
+from resnetlab.engine.run_records import MetricsRow
 from resnetlab.engine.checkpoint import capture_rng, checkpoint_path, load_checkpoint, restore_rng, save_checkpoint
 from resnetlab.errors import UserError
 from resnetlab.files import StorageError

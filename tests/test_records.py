@@ -18,7 +18,8 @@ from PIL import Image
 from resnetlab.config import Config, apply_overrides, config_from_dict
 from resnetlab.engine import evaluate_checkpoint, load_checkpoint, train_and_evaluate
 from resnetlab.engine.checkpoint import payload_digest, save_checkpoint
-from resnetlab.engine.records import Artifact, Checkpoint, LoopState, MetricsRow, RunSummary, TrainingState
+from resnetlab.engine.records import Artifact, Checkpoint, LoopState, TrainingState
+from resnetlab.engine.run_records import MetricsRow, RunSummary
 from resnetlab.engine.schedules import ScheduleState
 from resnetlab.errors import UserError
 from resnetlab.models import create_model

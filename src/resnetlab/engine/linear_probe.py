@@ -26,7 +26,8 @@ from .confusion import record_per_class
 from .distributed import DistInfo, dist_info_from_env
 from .evaluate import evaluate_split
 from .metrics_csv import write_metrics_csv
-from .records import Checkpoint, MetricsRow, RunSummary
+from .records import Checkpoint
+from .run_records import MetricsRow, RunSummary
 from .runtime import autocast, make_runtime, prepare_model, to_input
 from .rundir import RunDirLock
 from .setup import build_model, prepare_workdir

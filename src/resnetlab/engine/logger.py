@@ -19,7 +19,7 @@ from resnetlab.files import StorageError, storage_errors
 
 from .metrics_csv import write_metrics_csv
 from .progress import ProgressLines
-from .records import MetricsRow
+from .run_records import MetricsRow
 
 
 NOT_ON_THE_LINE = ("val_top1", "val_top5")  # accuracies: the line shows their errors

@@ -15,7 +15,7 @@ from pathlib import Path
 from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
 
-from .records import MetricsRow
+from .run_records import MetricsRow
 
 COLUMNS = MetricsRow.fields()
 

@@ -27,7 +27,8 @@ from resnetlab.files import remove_stale_temporaries, storage_errors, write_text
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, broadcast_object
-from .records import Checkpoint, MetricsRow
+from .records import Checkpoint
+from .run_records import MetricsRow
 
 LOCK_NAME = ".lock"
 _held_fds: set[int] = set()  # lock files this process holds, closed in forked children

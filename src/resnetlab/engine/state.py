@@ -15,7 +15,8 @@ from resnetlab.config import Config, config_to_dict
 from resnetlab.errors import UserError, first_line
 
 from .checkpoint import capture_rng, clean_state_dict, restore_rng
-from .records import Artifact, Checkpoint, LoopState, MetricsRow, TrainingState
+from .records import Artifact, Checkpoint, LoopState, TrainingState
+from .run_records import MetricsRow
 
 
 class Meter:

@@ -28,7 +28,7 @@ from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error
 from .setup import Run, build_run, set_lr
 from .signals import StopOnSignal, TrainingInterrupted
-from .records import MetricsRow, RunSummary
+from .run_records import MetricsRow, RunSummary
 from .state import Meter, is_finite_model, make_checkpoint, meter_summary
 
 

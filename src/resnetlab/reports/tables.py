@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from resnetlab.engine.records import MetricsRow, RunSummary
+from resnetlab.engine.run_records import MetricsRow, RunSummary
 from resnetlab.errors import UserError
 
 # Table 6 of the paper: CIFAR-10 test error (%) and parameter count. ResNet-110 is "best (mean +- std)"
