@@ -17,7 +17,8 @@ written loads, and older resnetlab versions read new files):
     eval_resize   .eval_resize    shorter side before the centre crop at evaluation (data.eval_resize)
     class_ids     .class_ids      optional: WordNet ids of published ImageNet weights
     weights       .published_as   optional: the name of published weights converted to a checkpoint
-  TrainingState: what a resume needs besides the artifact (a linear probe writes none)
+  TrainingState: what a resume needs besides the artifact (a linear probe writes none; a file
+  holds one when it has an "optimizer" key, and then every key below is required)
     step, epoch                   optimizer steps done (the data position); epoch = step // steps_per_epoch
     optimizer, scaler, rng        optimizer / GradScaler state_dicts ({} when fp16 is off); every global RNG
     schedule_state                ScheduleState (plateau and warm-up memory)
