@@ -181,12 +181,13 @@ def _step_of_line(line: str) -> int | None:
 def restore_best(ckpts: Path, last: Checkpoint) -> bool:
     """When last.pt records that its own step is the best one but best.pt does not hold it (a kill
     between the two writes), write best.pt from last.pt: the same checkpoint the run would have written."""
-    if last.training is None or last.training.loop.best_step is None or last.training.loop.best_step != last.training.step:
+    training = last.training
+    if training is None or training.loop.best_step != training.step:
         return False
     best = ckpts / "best.pt"
     try:
         held = load_checkpoint(best).training if best.is_file() else None
-        if held is not None and held.step == last.training.step:
+        if held is not None and held.step == training.step:
             return False
     except UserError:
         pass  # unreadable or damaged: replaced below

@@ -23,12 +23,12 @@ from .confusion import record_per_class
 from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, shutdown_distributed
 from .evaluate import evaluate_split
 from .finetune import set_train_mode
+from .run_records import MetricsRow, RunSummary
 from .rundir import RunDirLock
 from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error
 from .setup import Run, build_run, set_lr
 from .signals import StopOnSignal, TrainingInterrupted
-from .run_records import MetricsRow, RunSummary
 from .state import Meter, is_finite_model, make_checkpoint, meter_summary
 
 
