@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import statistics
@@ -30,6 +29,8 @@ from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import stopwatch
 from resnetlab.cli import main as cli
 from resnetlab.cpu import cpu_info
+from resnetlab.engine.checkpoint import load_checkpoint
+from resnetlab.engine.run_records import RunSummary
 
 DATA = Path("/work/shared/data/cifar10-jpeg")
 SOURCE = ("airplane", "automobile", "bird", "cat", "deer")
@@ -57,19 +58,19 @@ def train(args: list[str], out: Path) -> dict:
         code = cli(["train", *args, "--out", str(out), *COMMON])
     if code != 0:
         raise SystemExit(f"resnetlab train {' '.join(args)} failed with exit code {code}")
-    summary = json.loads((out / "summary.json").read_text())
-    return {"test_top1": summary["test"]["last"]["top1"], "wall_s": round(wall.s, 1)}
+    summary = RunSummary.read(out)
+    return {"test_top1": summary.test_top1("last"), "wall_s": round(wall.s, 1)}
 
 
 def provenance(ckpt_path: str) -> dict:
     """What the pretrained checkpoint is: classes, images, steps done out of how many epochs."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    if list(ckpt["classes"]) != list(SOURCE):
-        raise SystemExit(f"{ckpt_path} was trained on {ckpt['classes']}, not the source classes {SOURCE}")
-    data = ckpt["config"]["data"]
-    return {"checkpoint": ckpt_path, "classes": list(ckpt["classes"]), "model": ckpt["model_name"],
-            "step": ckpt["step"], "epoch": ckpt["epoch"], "planned_epochs": ckpt["config"]["schedule"]["epochs"],
-            "train_err_last_epoch": ckpt["metrics"].get("train_err"), "data_root": data["root"]}
+    ckpt = load_checkpoint(ckpt_path)
+    artifact, training = ckpt.artifact, ckpt.training
+    if list(artifact.classes) != list(SOURCE):
+        raise SystemExit(f"{ckpt_path} was trained on {artifact.classes}, not the source classes {SOURCE}")
+    return {"checkpoint": ckpt_path, "classes": list(artifact.classes), "model": artifact.model_name,
+            "step": training.step, "epoch": training.epoch, "planned_epochs": artifact.config["schedule"]["epochs"],
+            "train_err_last_epoch": training.last_metrics.train_err, "data_root": artifact.data_config()["root"]}
 
 
 def few_shot_args(data: Path, a) -> list[str]:

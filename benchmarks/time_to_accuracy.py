@@ -32,6 +32,7 @@ from resnetlab.bench.timing import stopwatch
 from resnetlab.config import apply_overrides, load_config, parse_override
 from resnetlab.engine import train_and_evaluate
 from resnetlab.engine.datadir import data_overrides
+from resnetlab.engine.metrics_csv import read_jsonl
 
 RESULTS = Path(__file__).parent / "results"
 EAGER_FP32 = [("train.precision", "fp32"), ("train.channels_last", "false"), ("train.compile", "false")]
@@ -55,20 +56,20 @@ def run_arm(name: str, data: str, target: float, workdir: Path, paper_steps: int
         cfg = apply_overrides(cfg, [("schedule.max_steps", paper_steps)])
     with stopwatch() as wall:
         summary = train_and_evaluate(cfg, workdir / name)
-    reached = summary["target"]["reached"]
+    reached = summary.target["reached"]
     return {"arm": name, "recipe": recipe, "overrides": [list(o) for o in overrides],
-            "reached": reached is not None, "steps": summary["steps"],
+            "reached": reached is not None, "steps": summary.steps,
             "time_to_target_s": reached["elapsed_s"] if reached else None,
             "val_top1_at_stop": reached["val_top1"] if reached else None,
-            "test_top1_at_stop": summary["test"]["last"]["top1"],
-            "elapsed_s": summary["elapsed_s"], "wall_s_with_setup_and_test": wall.s,
+            "test_top1_at_stop": summary.test_top1("last"),
+            "elapsed_s": summary.elapsed_s, "wall_s_with_setup_and_test": wall.s,
             "run_dir": str(workdir / name), "curve": curve(workdir / name)}
 
 
 def curve(run_dir: Path) -> list[dict]:
     """Every evaluation of the run: when (elapsed s, epoch) and how good (val top-1, train loss)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: r.get(k) for k in ("epoch", "elapsed_s", "val_top1", "train_loss", "images_per_s")} for r in records]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return [{k: getattr(r, k) for k in ("epoch", "elapsed_s", "val_top1", "train_loss", "images_per_s")} for r in rows]
 
 
 def main():

@@ -82,7 +82,7 @@ def test_init_from_a_run_directory_means_its_best_checkpoint(tiny_run):
     _, run = tiny_run
     model = create_model("resnet8", num_classes=4)
     assert load_init_weights(model, str(run), "resnet8") == []
-    best = load_checkpoint(run / "checkpoints" / "best.pt")["model"]
+    best = load_checkpoint(run / "checkpoints" / "best.pt").artifact.weights
     assert all(torch.equal(value, best[key]) for key, value in model.state_dict().items())
 
 
@@ -153,4 +153,4 @@ def test_resume_with_a_new_schedule_says_so_and_continues(tiny_run, tmp_path, ca
     assert [line for line in err.splitlines() if "warning" in line] == [
         "resnetlab train: warning: --resume with a new schedule (optim.lr: 0.1 -> 0.05; schedule.max_steps: 4 -> 6): "
         "the schedule is recomputed from the current step"]
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6
+    assert load_checkpoint(run / "checkpoints" / "last.pt").training.step == 6

@@ -27,7 +27,7 @@ def test_train_then_eval_json(tmp_path, recipe, capsys):
     out = tmp_path / "run"
     assert main(["train", "--recipe", recipe, "--out", str(out), "--lr", "0.05", "--seed", "3"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["config"]["optim"]["lr"] == 0.05
+    assert load_checkpoint(out / "checkpoints" / "last.pt").artifact.config["optim"]["lr"] == 0.05
     assert main(["eval", str(out), "--json"]) == 0  # a run directory means its best.pt
     report = json.loads(capsys.readouterr().out)
     assert {"top1", "top5", "top1_err", "top5_err", "n", "protocol"} <= set(report)
@@ -80,7 +80,7 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, recipe, sig, code
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr[-2000:]
-    step = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+    step = load_checkpoint(out / "checkpoints" / "last.pt").training.step
     assert step >= 4 and f"step {step}" in stdout and f"resnetlab train --resume {out}" in stdout
     assert main(["train", "--resume", str(out), "--max-steps", str(step + 2)]) == 0
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == step + 2
+    assert load_checkpoint(out / "checkpoints" / "last.pt").training.step == step + 2

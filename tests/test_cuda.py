@@ -26,7 +26,7 @@ CUDA = [("train.device", "cuda")]
 
 
 def weights(path):
-    return load_checkpoint(path)["model"]
+    return load_checkpoint(path).artifact.weights
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_amp_channels_last_training_on_cuda_resumes_bit_identically(tmp_path, de
     assert all(torch.equal(a[k], split[k]) for k in a)
     assert all(v.device.type == "cpu" for v in split.values())  # checkpoints load anywhere
     if precision == "fp16":
-        assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["scaler"]["scale"] > 0
+        assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt").training.scaler["scale"] > 0
 
 
 @pytest.mark.parametrize("mode", ["true", "reduce-overhead"])
@@ -86,7 +86,7 @@ def test_compiled_training_on_cuda_learns_and_saves_plain_names(tmp_path, capsys
     saved = weights(tmp_path / "checkpoints" / "last.pt")
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in saved)
     model, *_ = model_from_checkpoint(tmp_path)  # a plain model, on the CPU
-    assert summary["test"]["last"]["n"] == 160 and next(model.parameters()).device.type == "cpu"
+    assert summary.test["last"]["n"] == 160 and next(model.parameters()).device.type == "cpu"
 
 
 def test_evaluation_on_cuda_matches_the_cpu(tmp_path):

@@ -11,16 +11,20 @@ import torch
 
 from resnetlab.engine import checkpoint as ck
 from resnetlab.engine.finetune import load_init_weights
+from resnetlab.engine.records import Artifact, Checkpoint, LoopState, TrainingState
+from resnetlab.engine.run_records import MetricsRow
 from resnetlab.engine.checkpoint import capture_rng, checkpoint_path, load_checkpoint, restore_rng, save_checkpoint
 from resnetlab.errors import UserError
 from resnetlab.files import StorageError
 from resnetlab.models import create_model
 
 
-def stub(step: int) -> dict:
+def stub(step: int) -> Checkpoint:
     """A checkpoint with real weights and placeholders where a test needs nothing."""
-    return {"format": ck.FORMAT, "model": create_model("resnet8", num_classes=2).state_dict(), "model_name": "resnet8",
-            "model_kwargs": {}, "num_classes": 2, "classes": ["a", "b"], "normalizer": None, "config": None, "step": step}
+    artifact = Artifact(weights=create_model("resnet8", num_classes=2).state_dict(), model_name="resnet8",
+                        model_kwargs={}, num_classes=2, classes=["a", "b"], normalizer=None, config=None)
+    return Checkpoint(artifact, TrainingState(loop=LoopState(step=step), epoch=0, optimizer={}, rng={},
+                                              last_metrics=MetricsRow(step=step)))
 
 
 def test_save_is_atomic_and_a_full_disk_keeps_the_old_checkpoint(tmp_path, monkeypatch):
@@ -35,7 +39,7 @@ def test_save_is_atomic_and_a_full_disk_keeps_the_old_checkpoint(tmp_path, monke
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(UserError, match="last.pt .No space left on device.; the previous last.pt is intact"):
         save_checkpoint(stub(2), path)
-    assert load_checkpoint(path)["step"] == 1
+    assert load_checkpoint(path).training.step == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
@@ -134,16 +138,17 @@ def test_a_flip_anywhere_is_refused_in_one_line_or_changes_nothing(tmp_path):
             assert str(bad) in str(err) and "\n" not in str(err), (offset, str(err))
             refused += 1
             continue
-        assert loaded["digest"] == good["digest"] == ck.payload_digest(loaded), offset  # padding: same contents
+        same = ck.payload_digest(loaded.to_dict()) == ck.payload_digest(good.to_dict())
+        assert loaded.digest == good.digest and same, offset  # padding: same contents
     assert refused > 80
 
 
 def test_checkpoints_from_before_the_digest_still_load(tmp_path):
     save_checkpoint(stub(5), tmp_path / "new.pt")
-    old = load_checkpoint(tmp_path / "new.pt")
-    del old["digest"]
+    old = load_checkpoint(tmp_path / "new.pt").to_dict()
+    assert "digest" not in old
     torch.save(old, tmp_path / "old.pt")
-    assert load_checkpoint(tmp_path / "old.pt")["step"] == 5
+    assert load_checkpoint(tmp_path / "old.pt").training.step == 5
 
 
 class RunsCode:

@@ -49,8 +49,8 @@ def two_process_run(tmp_path_factory):
 def test_two_processes_match_one_on_the_same_global_batch(tmp_path, two_process_run):
     torch.set_num_threads(1)
     train_and_evaluate(CFG, tmp_path / "one")
-    one = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["model"]
-    two = load_checkpoint(two_process_run[1] / "checkpoints" / "last.pt")["model"]
+    one = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt").artifact.weights
+    two = load_checkpoint(two_process_run[1] / "checkpoints" / "last.pt").artifact.weights
     torch.manual_seed(CFG.train.seed)
     init = create_model("resnet8", num_classes=4).state_dict()
     assert not torch.allclose(init["layer3.0.conv1.weight"], one["layer3.0.conv1.weight"])  # training moved them
@@ -73,7 +73,7 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_job_ends_as_if_never_kille
     assert "resuming at step 3" in done.stderr and done.stdout.count('"steps": 6') == 1
     a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     b = load_checkpoint(unkilled / "checkpoints" / "last.pt")
-    assert a["step"] == 6 and all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert a.training.step == 6 and all(torch.equal(a.artifact.weights[k], b.artifact.weights[k]) for k in b.artifact.weights)
     assert not list((tmp_path / "run").rglob("*.tmp"))
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from test_engine_train import tiny_config
 
-from resnetlab.engine import train_and_evaluate
+from resnetlab.engine import MetricsRow, train_and_evaluate
 from resnetlab.engine.logger import RunLogger
 from resnetlab.engine.metrics_csv import metrics_csv, write_metrics_csv
 from resnetlab.engine.progress import ProgressLines, eta_seconds, format_duration, line_due
@@ -93,6 +93,7 @@ def test_a_metrics_csv_that_cannot_be_written_does_not_stop_the_run(tmp_path):
     (tmp_path / "metrics.csv").mkdir()  # the rename onto it fails (EISDIR): a storage error, not a crash
     stream = io.StringIO()
     log = RunLogger(tmp_path, True, total_steps=4, start_step=0, stream=stream)
-    log.record({"epoch": 1.0, "step": 2, "lr": 0.1})
-    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"epoch": 1.0, "step": 2, "lr": 0.1}
+    row = MetricsRow(epoch=1.0, step=2, lr=0.1)
+    log.record(row)
+    assert MetricsRow.from_dict(json.loads((tmp_path / "metrics.jsonl").read_text())) == row
     assert "metrics.csv" in stream.getvalue() and "metrics.jsonl has every record" in stream.getvalue()

@@ -20,7 +20,7 @@ def tiny_config(*overrides) -> Config:
 
 
 def weights(path):
-    return load_checkpoint(path)["model"]
+    return load_checkpoint(path).artifact.weights
 
 
 def test_fits_synthetic_data_and_writes_the_run_directory(tmp_path):
@@ -31,12 +31,12 @@ def test_fits_synthetic_data_and_writes_the_run_directory(tmp_path):
     assert records[-1]["train_err"] < 5.0 < records[0]["train_err"]  # learned the training set
     for key in ("epoch", "lr", "train_loss", "val_top1_err", "val_top5_err", "images_per_s", "elapsed_s"):
         assert key in records[-1]
-    assert config_from_dict(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["config"]) == cfg
+    assert config_from_dict(load_checkpoint(tmp_path / "checkpoints" / "last.pt").artifact.config) == cfg
     assert (tmp_path / "config.yaml").is_file() and len(json.loads((tmp_path / "classes.json").read_text())) == 4
     best = min(records, key=lambda r: r["val_top1_err"])
-    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["step"] == best["step"]  # first best wins ties
-    assert summary["test"]["last"]["n"] == 160 and set(summary["test"]) == {"last", "best"}
-    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt").training.step == best["step"]  # first best wins ties
+    assert summary.test["last"]["n"] == 160 and set(summary.test) == {"last", "best"}
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary.to_dict()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])  # fp16 also carries the GradScaler's state
@@ -46,12 +46,12 @@ def test_resume_is_bit_identical(tmp_path, precision):
                       ("train.eval_every", 4), ("optim.nesterov", True), ("train.precision", precision))
     train_and_evaluate(cfg, tmp_path / "one_go")
     train_and_evaluate(apply_overrides(cfg, [("schedule.max_steps", 5)]), tmp_path / "split")
-    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["step"] == 5
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt").training.step == 5
     train_and_evaluate(cfg, tmp_path / "split", resume=True)
     a, b = weights(tmp_path / "one_go" / "checkpoints" / "last.pt"), weights(tmp_path / "split" / "checkpoints" / "last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    opt_a = load_checkpoint(tmp_path / "one_go" / "checkpoints" / "last.pt")["optimizer"]["state"]
-    opt_b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["optimizer"]["state"]
+    opt_a = load_checkpoint(tmp_path / "one_go" / "checkpoints" / "last.pt").training.optimizer["state"]
+    opt_b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt").training.optimizer["state"]
     assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"]) for i in opt_a)
 
 
@@ -62,7 +62,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         train_and_evaluate(apply_overrides(cfg, [("optim.lr", 1e30), ("schedule.max_steps", 12)]), tmp_path, resume=True)
     kept = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert kept["step"] == 4 and all(torch.equal(good[k], kept["model"][k]) for k in good)
+    assert kept.training.step == 4 and all(torch.equal(good[k], kept.artifact.weights[k]) for k in good)
 
 
 def test_an_existing_run_is_not_overwritten_and_resume_needs_one(tmp_path):
@@ -88,7 +88,7 @@ def test_resnet110_style_warmup_switches_lr_once_training_error_drops(tmp_path):
                       ("schedule.max_steps", 24), ("train.log_every", 4), ("train.eval_every", 4))
     train_and_evaluate(cfg, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    done = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["schedule_state"]["warmup_done_step"]
+    done = load_checkpoint(tmp_path / "checkpoints" / "last.pt").training.loop.schedule.warmup_done_step
     assert done is not None and 4 <= done < 24
     # lr of the last step before each evaluation: 0.01 until the step after the switch, then 0.1
     assert [r["lr"] for r in records] == [0.01 if r["step"] <= done else 0.1 for r in records]
@@ -102,14 +102,14 @@ def test_stop_at_val_top1_stops_at_the_first_evaluation_that_reaches_it(tmp_path
     target = max(r["val_top1"] for r in records[:-1])  # reached before the end of the schedule
     first = next(r for r in records if r["val_top1"] >= target)
     summary = train_and_evaluate(apply_overrides(cfg, [("train.stop_at_val_top1", target)]), tmp_path / "stopped")
-    assert "target" not in full and summary["steps"] == first["step"] < 32
-    assert summary["target"] == {"val_top1": target, "reached": {"step": first["step"], "val_top1": first["val_top1"],
-                                                                 "elapsed_s": summary["target"]["reached"]["elapsed_s"]}}
+    assert full.target is None and summary.steps == first["step"] < 32
+    assert summary.target == {"val_top1": target, "reached": {"step": first["step"], "val_top1": first["val_top1"],
+                                                                 "elapsed_s": summary.target["reached"]["elapsed_s"]}}
     stopped = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_top1"] for r in stopped] == [r["val_top1"] for r in records[:len(stopped)]]  # same run, cut short
-    assert "last" in summary["test"]
+    assert "last" in summary.test
     again = train_and_evaluate(apply_overrides(cfg, [("train.stop_at_val_top1", target)]), tmp_path / "stopped", resume=True)
-    assert again["steps"] == first["step"]  # the checkpoint remembers the target was reached: no more steps
+    assert again.steps == first["step"]  # the checkpoint remembers the target was reached: no more steps
 
 
 @pytest.mark.parametrize("overrides, message", [

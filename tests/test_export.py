@@ -83,7 +83,7 @@ def test_safetensors_weights_load_with_load_weights(ckpt_path, tmp_path):
     export_checkpoint(ckpt_path, "safetensors", tmp_path / "w.safetensors")
     model = create_model("resnet8", num_classes=4)
     load_weights(model, str(tmp_path / "w.safetensors"))
-    saved = load_checkpoint(ckpt_path)["model"]
+    saved = load_checkpoint(ckpt_path).artifact.weights
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
     with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as f:
         meta = json.loads(f.metadata()["resnetlab"])
@@ -110,7 +110,7 @@ def test_onnx_carries_classes_input_size_and_preprocessing(ckpt_path, tmp_path):
     model = onnx.load(str(tmp_path / "m.onnx"))
     props = {p.key: json.loads(p.value) for p in model.metadata_props}
     ckpt = load_checkpoint(ckpt_path)
-    assert props["classes"] == list(ckpt["classes"]) == ["class0", "class1", "class2", "class3"]
+    assert props["classes"] == list(ckpt.artifact.classes) == ["class0", "class1", "class2", "class3"]
     assert props["input_size"] == 16 and props["model_name"] == "resnet8" and props["normalizer"]["kind"] == "pixel"
     assert props["preprocessing"] == {
         "color": "RGB", "resize": 16, "resize_side": "shorter", "interpolation": "bilinear, antialiased", "crop": 16,
@@ -123,7 +123,7 @@ def test_torchscript_carries_metadata_and_a_wrong_one_fails_the_check(ckpt_path,
     from resnetlab.inference.export import TORCHSCRIPT_META, metadata, read_metadata, verify_metadata
 
     export_checkpoint(ckpt_path, "torchscript", tmp_path / "m.pt")
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path).artifact
     assert read_metadata("torchscript", tmp_path / "m.pt") == json.loads(json.dumps(metadata(ckpt)))
     traced = torch.jit.load(str(tmp_path / "m.pt"))
     wrong = {**metadata(ckpt), "classes": ["a", "b", "c", "d"]}
@@ -138,8 +138,9 @@ def test_torchscript_carries_metadata_and_a_wrong_one_fails_the_check(ckpt_path,
     ("cifar10", "cifar", "resnet20", 224),  # in-memory CIFAR: never resized to eval_resize
 ])
 def test_preprocessing_follows_predicts_geometry(dataset, augment, model, resize):
+    from resnetlab.engine.records import Artifact
     from resnetlab.inference.export import preprocessing
 
-    ckpt = {"config": {"data": {"dataset": dataset, "augment": augment}}, "input_size": 224, "eval_resize": 256,
-            "model_name": model}
+    ckpt = Artifact(config={"data": {"dataset": dataset, "augment": augment}}, input_size=224, eval_resize=256,
+                    model_name=model, model_kwargs={}, num_classes=10, classes=[], normalizer=None, weights={})
     assert (preprocessing(ckpt)["resize"], preprocessing(ckpt)["crop"]) == (resize, 224)

@@ -153,14 +153,14 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_old_one_and_the_run_resumes(t
         assert error_line(capsys) == (
             f"resnetlab train: error: could not write {run / 'checkpoints' / 'last.pt'} (No space left on device); the "
             f"previous last.pt is intact. Free some space, then continue with --resume {run}")
-        assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+        assert load_checkpoint(run / "checkpoints" / "last.pt").training.step == 4
         assert not list(run.rglob("*.tmp"))
         if disk is not None:
             subprocess.run(["mount", "-o", f"remount,size={8 * room}", str(disk)], check=True)
         monkeypatch.undo()
         assert main(["train", "--resume", str(run)]) == 0
         a, b = load_checkpoint(run / "checkpoints" / "last.pt"), load_checkpoint(reference / "checkpoints" / "last.pt")
-        assert a["step"] == 12 and all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+        assert a.training.step == 12 and all(torch.equal(a.artifact.weights[k], b.artifact.weights[k]) for k in b.artifact.weights)
 
 
 def test_sigterm_while_the_data_is_built_stops_before_the_first_step(tmp_path, recipe, monkeypatch, capsys):
@@ -178,7 +178,7 @@ def test_sigterm_while_the_data_is_built_stops_before_the_first_step(tmp_path, r
     assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints" / "last.pt").exists()
     monkeypatch.undo()
     assert main(["train", "--resume", str(run)]) == 0  # config.yaml, no checkpoint: starts at step 0
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 12
+    assert load_checkpoint(run / "checkpoints" / "last.pt").training.step == 12
 
 
 def test_ctrl_c_during_the_final_test_stops_with_130_and_keeps_the_run(tmp_path, recipe, monkeypatch, capsys):
@@ -191,7 +191,7 @@ def test_ctrl_c_during_the_final_test_stops_with_130_and_keeps_the_run(tmp_path,
     monkeypatch.setattr(engine_train, "final_test", ctrl_c_then_test)
     assert main(["train", "--recipe", recipe, "--out", str(run)]) == 130
     assert f"stopped by SIGINT at step 12; checkpoint saved to {run / 'checkpoints' / 'last.pt'}" in capsys.readouterr().out
-    assert not (run / "summary.json").exists() and load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 12
+    assert not (run / "summary.json").exists() and load_checkpoint(run / "checkpoints" / "last.pt").training.step == 12
     monkeypatch.undo()
     assert main(["train", "--resume", str(run)]) == 0  # no step left: the final test, then summary.json
     assert json.loads((run / "summary.json").read_text())["steps"] == 12
@@ -213,9 +213,8 @@ def test_resume_if_exists_starts_continues_and_refuses_another_config(tmp_path, 
     (lambda c: c.pop("normalizer"), ["lacks normalizer: not a complete resnetlab-checkpoint-v1 checkpoint"]),
 ])
 def test_a_checkpoint_that_does_not_fit_its_model_is_one_line(tmp_path, reference, capsys, edit, words):
-    ckpt = load_checkpoint(reference / "checkpoints" / "last.pt")
-    edit(ckpt)
-    del ckpt["digest"]  # as an older resnetlab wrote it: nothing to check the edit against
+    ckpt = load_checkpoint(reference / "checkpoints" / "last.pt").to_dict()  # without a digest, as an older
+    edit(ckpt)  # resnetlab wrote it: nothing to check the edit against
     torch.save(ckpt, tmp_path / "edited.pt")
     for argv in (["eval", str(tmp_path / "edited.pt")], ["export", str(tmp_path / "edited.pt"), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")]):
         assert main(argv) == 2

@@ -73,7 +73,7 @@ def test_the_reference_run_writes_what_the_kill_points_assume(runs):
     records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     errs = [r["val_top1_err"] for r in records]
     assert [r["step"] for r in records] == [4, 8, 12] and errs[1] > errs[0] > errs[2]  # best, not best, best
-    assert load_checkpoint(reference / "checkpoints" / "best.pt")["step"] == 12
+    assert load_checkpoint(reference / "checkpoints" / "best.pt").training.step == 12
 
 
 @pytest.mark.parametrize("point", list(KILLS), ids=[f"{p}{n}" for p, n in KILLS])
@@ -82,7 +82,7 @@ def test_a_killed_run_resumes_and_ends_bit_identical(runs, point, capsys):
     status, run = killed[point]
     assert status == -signal.SIGKILL
     last = run / "checkpoints" / "last.pt"
-    kept = load_checkpoint(last)["step"] if last.exists() else 0
+    kept = load_checkpoint(last).training.step if last.exists() else 0
     assert KILLS[point] - kept <= EVAL_EVERY  # at most one evaluation interval lost
     if point[0] == "write":
         assert list(run.rglob(".*.tmp"))  # the kill did leave a half-written file
@@ -97,9 +97,9 @@ def test_a_killed_run_resumes_and_ends_bit_identical(runs, point, capsys):
 def assert_same_run(run: Path, reference: Path) -> None:
     for name in ("last.pt", "best.pt"):
         a, b = load_checkpoint(run / "checkpoints" / name), load_checkpoint(reference / "checkpoints" / name)
-        assert a["step"] == b["step"], name
-        assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"]), name
-        momenta = a["optimizer"]["state"], b["optimizer"]["state"]
+        assert a.training.step == b.training.step, name
+        assert all(torch.equal(a.artifact.weights[k], b.artifact.weights[k]) for k in b.artifact.weights), name
+        momenta = a.training.optimizer["state"], b.training.optimizer["state"]
         assert all(torch.equal(momenta[0][i]["momentum_buffer"], momenta[1][i]["momentum_buffer"]) for i in momenta[1])
     lines = [[{k: v for k, v in json.loads(line).items() if k not in TIMING}
               for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (run, reference)]

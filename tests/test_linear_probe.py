@@ -46,25 +46,55 @@ def test_logistic_regression_reaches_its_optimum_on_raw_features():
 def test_linear_probe_changes_only_the_classifier_and_predicts_like_any_checkpoint(pretrained, tmp_path):
     cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.linear_probe", True))
     summary = train_and_evaluate(cfg, tmp_path / "probe")
-    before, after = load_checkpoint(pretrained)["model"], load_checkpoint(tmp_path / "probe")["model"]
+    before, after = load_checkpoint(pretrained).artifact.weights, load_checkpoint(tmp_path / "probe").artifact.weights
     backbone = [k for k in before if not k.startswith("fc.")]
     assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BN statistics untouched
-    assert after["fc.weight"].shape == (3, 64) and summary["penalty"] > 0
+    assert after["fc.weight"].shape == (3, 64) and summary.penalty > 0
     report = evaluate_checkpoint(tmp_path / "probe", device="cpu", precision="fp32")
-    assert report["top1"] == pytest.approx(summary["test"]["best"]["top1"])
-    assert report["per_class"] == summary["test"]["best"]["per_class"]  # written like any run's
+    assert report["top1"] == pytest.approx(summary.test["best"]["top1"])
+    assert report["per_class"] == summary.test["best"]["per_class"]  # written like any run's
     assert (tmp_path / "probe" / "confusion_test.csv").is_file() and (tmp_path / "probe" / "metrics.csv").is_file()
     with pytest.raises(UserError, match="resume"):
         train_and_evaluate(cfg, tmp_path / "probe", resume=True)
+
+
+def test_linear_probe_writes_an_artifact_without_training_state(pretrained, tmp_path):
+    """Nothing trains after the fit: no optimizer in the file; resuming it as a training run says so
+    in one line, and --init takes its weights like any checkpoint's."""
+    from resnetlab.reports.predict import Predictor
+
+    cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.linear_probe", True))
+    train_and_evaluate(cfg, tmp_path / "probe")
+    raw = torch.load(tmp_path / "probe" / "checkpoints" / "last.pt", weights_only=True)
+    assert not {"optimizer", "scaler", "rng", "step", "metrics"} & set(raw)
+    ckpt = load_checkpoint(tmp_path / "probe")
+    assert ckpt.training is None and ckpt.artifact.classes == ["class0", "class1", "class2"]
+    assert Predictor.from_checkpoint(tmp_path / "probe", device="cpu", precision="fp32").classes == ckpt.artifact.classes
+    trained = tiny(("data.synthetic_classes", 3), ("schedule.max_steps", 2))
+    with pytest.raises(UserError) as err:
+        train_and_evaluate(trained, tmp_path / "probe", resume=True)
+    assert str(err.value) == (f"{tmp_path / 'probe' / 'checkpoints' / 'last.pt'} holds a model but no training state (a "
+                              "linear probe's or converted weights); start a new run with --init "
+                              f"{tmp_path / 'probe' / 'checkpoints' / 'last.pt'} to train from its weights")
+    train_and_evaluate(apply_overrides(trained, [("finetune.init", str(tmp_path / "probe"))]), tmp_path / "again")
+    assert load_checkpoint(tmp_path / "again").training.step == 2
 
 
 def test_finetune_run_keeps_frozen_stages_bit_identical(pretrained, tmp_path):
     cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.freeze_stages", 2),
                ("finetune.backbone_lr_mult", 0.1), ("schedule.max_steps", 4), ("optim.lr", 0.1))
     train_and_evaluate(cfg, tmp_path / "ft")
-    before, after = load_checkpoint(pretrained)["model"], load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")["model"]
+    before, after = load_checkpoint(pretrained).artifact.weights, load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt").artifact.weights
     frozen = [k for k in before if k.startswith(("conv1.", "bn1.", "layer1.", "layer2."))]
     trained = [k for k in before if k.startswith("layer3.") and k.endswith(("weight", "running_mean"))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert trained and all(not torch.equal(before[k], after[k]) for k in trained)
     assert after["fc.weight"].shape == (3, 64)
+
+
+def test_linear_probe_with_class_balanced_loss_runs(pretrained, tmp_path):
+    """data.balance weights the probe's loss (its loss_weights were once out of the fit's reach: a NameError)."""
+    cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.linear_probe", True),
+               ("data.balance", "loss"))
+    summary = train_and_evaluate(cfg, tmp_path / "probe")
+    assert summary.linear_probe and summary.penalty > 0 and summary.test_top1("best") is not None

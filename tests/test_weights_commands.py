@@ -80,10 +80,10 @@ def test_eval_uses_the_weights_classes_and_preprocessing(tmp_path, cifar_weights
 def test_the_checkpoint_of_weights_carries_their_preprocessing(cifar_weights):
     entry, _ = cifar_weights
     ckpt, label = load_source(entry.name)
-    data = ckpt["config"]["data"]
-    assert label == entry.name and ckpt["classes"] == entry.classes and ckpt["num_classes"] == 10
+    data = ckpt.config["data"]
+    assert label == entry.name and ckpt.classes == entry.classes and ckpt.num_classes == 10
     assert (data["image_size"], data["eval_resize"], data["interpolation"]) == (32, 32, "bilinear")
-    assert torch.allclose(ckpt["normalizer"]["mean"], torch.tensor(IMAGENET_MEAN))
+    assert torch.allclose(ckpt.normalizer["mean"], torch.tensor(IMAGENET_MEAN))
     tv2 = pretrained.get_weights("resnet50.tv2_in1k").preprocess
     a1 = pretrained.get_weights("resnet50.a1_in1k").preprocess
     assert (tv2.resize, tv2.input_size, tv2.interpolation) == (232, 224, "bilinear")
@@ -145,7 +145,7 @@ def test_train_init_from_weights_by_name(tmp_path, cifar_weights, capsys):
     assert main(["train", "--recipe", str(recipe), "--out", str(run), "--init", entry.name,
                  "--set", "model.name=resnet20", "--set", "finetune.freeze_stages=3"]) == 0
     assert f"initialised from {entry.name}; new classifier for 4 classes" in capsys.readouterr().out
-    trained = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    trained = load_checkpoint(run / "checkpoints" / "last.pt").artifact.weights
     published = create_model(entry.name, pretrained=True).state_dict()
     for key in ("conv1.weight", "layer2.0.conv2.weight", "layer3.2.bn2.running_var"):  # frozen: as published
         assert torch.equal(trained[key], published[key])

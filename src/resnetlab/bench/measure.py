@@ -198,7 +198,7 @@ def trained_normalizer(weights: str | None):
     if not weights:
         return None
     try:
-        return Normalizer.from_state(load_checkpoint(weights)["normalizer"])
+        return Normalizer.from_state(load_checkpoint(weights).artifact.normalizer)
     except UserError:  # not a resnetlab checkpoint; a missing or unreadable file is load_weights' to report
         return None
 

@@ -21,11 +21,11 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def default_images(ckpt: dict) -> list[str]:
+def default_images(artifact) -> list[str]:
     """A few images of the split the run was tested on, when its data folder is still there."""
     from resnetlab.inference.predictor import collect_images
 
-    root = ckpt["config"]["data"].get("root")
+    root = artifact.data_config().get("root")
     for split in ("test", "val"):
         if root and (Path(root) / split).is_dir():
             paths = collect_images([str(Path(root) / split)])
@@ -33,16 +33,16 @@ def default_images(ckpt: dict) -> list[str]:
     return []
 
 
-def real_batch(ckpt: dict, inputs):
+def real_batch(artifact, inputs):
     """uint8 (N, 3, S, S): the images preprocessed exactly as predict does (centre view)."""
     import torch
 
     from resnetlab.inference.predictor import Predictor, collect_images
 
-    paths = collect_images(inputs) if inputs else default_images(ckpt)
+    paths = collect_images(inputs) if inputs else default_images(artifact)
     if not paths:
         return None, 0
-    predictor = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32", fuse=False, channels_last="false")
+    predictor = Predictor.from_checkpoint(artifact, device="cpu", precision="fp32", fuse=False, channels_last="false")
     views = [v[0] for v, _ in predictor.batches(paths)]
     return (torch.cat(views) if views else None), len(predictor.failed)
 
@@ -51,10 +51,10 @@ def run(args):
     from resnetlab.engine.sources import load_source
     from resnetlab.inference.export import ExportCheckFailed, export_checkpoint
 
-    ckpt, _ = load_source(args.checkpoint)
-    real, bad = real_batch(ckpt, args.images)
+    artifact, _ = load_source(args.checkpoint)
+    real, bad = real_batch(artifact, args.images)
     try:
-        report = export_checkpoint(ckpt, args.format, args.out, args.dynamic_batch, real)
+        report = export_checkpoint(artifact, args.format, args.out, args.dynamic_batch, real)
     except ExportCheckFailed as err:
         print(f"resnetlab export: check FAILED: {err}")
         return 1

@@ -133,5 +133,5 @@ def run(args):
             print(f"resnetlab train: {stop}. Continue with: resnetlab train --resume {out}", flush=True)
         return stop.exit_code
     if dist_info_from_env().is_main:
-        print(json.dumps(summary, indent=1))
+        print(json.dumps(summary.to_dict(), indent=1))
     return 0

@@ -1,25 +1,7 @@
-"""Checkpoints: what they hold, written atomically, read without running pickled code.
+"""Checkpoints written atomically with their digest, read without running pickled code.
 
-Format "resnetlab-checkpoint-v1": a dict saved with `torch.save`, readable with
-`torch.load(path, weights_only=True)` (only tensors, plain containers, str/int/float/bool/None):
-
-    format        "resnetlab-checkpoint-v1"
-    model         the model's state_dict (no "module."/"_orig_mod." prefixes)
-    model_name    registry name, e.g. "resnet20"
-    model_kwargs  extra builder kwargs (config model.kwargs), without num_classes
-    num_classes   int
-    classes       [str], class names in label order
-    normalizer    the data Normalizer's state (rebuild with Normalizer.from_state)
-    config        the fully resolved config as a nested dict (resnetlab.config.config_to_dict)
-    input_size    training crop size (data.image_size)
-    eval_resize   shorter side before the centre crop at evaluation (data.eval_resize)
-    step, epoch   optimizer steps done; epoch = step // steps_per_epoch
-    optimizer     optimizer state_dict (param groups carry their "lr_mult")
-    schedule_state  ScheduleState as a dict (plateau / warm-up memory)
-    rng           {"torch": ByteTensor, "cuda": [ByteTensor] , "numpy": {...}, "python": [...]}
-    scaler        GradScaler state_dict ({} when fp16 is off)
-    metrics       last evaluation's metrics dict, plus "best_val_top1_err", "best_step" and "train_meter"
-    digest        "sha256:<hex>" of everything above (payload_digest), added by save_checkpoint
+What a checkpoint holds is described once, in engine/records.py (`Checkpoint` = an `Artifact`
+plus an optional `TrainingState`, format "resnetlab-checkpoint-v1").
 
 `load_checkpoint(path)` reads one (a RUN_DIR means RUN_DIR/checkpoints/best.pt, or last.pt if
 there is no best) and refuses it when its digest does not match (flipped bits, an edited or
@@ -42,16 +24,18 @@ from resnetlab.config import Config, config_from_dict
 from resnetlab.errors import UserError, first_line
 from resnetlab.files import atomic_write, storage_error
 
-FORMAT = "resnetlab-checkpoint-v1"
-MODEL_KEYS = ("model", "model_name", "model_kwargs", "num_classes", "classes", "normalizer", "config")
+from .records import CHECKPOINT_FORMAT, Artifact, Checkpoint, check_checkpoint_format
+
+FORMAT = CHECKPOINT_FORMAT  # the checkpoint format this version writes and reads (engine/records.py)
 
 
-def save_checkpoint(ckpt: dict, path) -> None:
+def save_checkpoint(ckpt: Checkpoint, path) -> None:
     """Write atomically (resnetlab.files.atomic_write) with its digest: a crash or a full disk at
     any point leaves the previous checkpoint at `path` intact."""
     path = Path(path)
     existed = path.exists()
-    payload = {**{k: v for k, v in ckpt.items() if k != "digest"}, "digest": payload_digest(ckpt)}
+    content = ckpt.to_dict()
+    payload = {**content, "digest": payload_digest(content)}
     try:
         with atomic_write(path) as f:
             writer = _WriteAll(f)
@@ -131,7 +115,7 @@ def checkpoint_path(path_or_run_dir) -> Path:
     return path
 
 
-def load_checkpoint(path_or_run_dir) -> dict:
+def load_checkpoint(path_or_run_dir) -> Checkpoint:
     path = checkpoint_path(path_or_run_dir)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -142,59 +126,57 @@ def load_checkpoint(path_or_run_dir) -> dict:
                         "unpickle those (that can run code from the file), and it is not a resnetlab checkpoint") from None
     except Exception as err:  # truncation, flipped bytes in the zip, not a torch file: all mean "not a checkpoint"
         raise UserError(f"{path} is not a readable resnetlab checkpoint ({first_line(err)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UserError(f"{path} is not a {FORMAT} checkpoint (found {found!r}); plain weights files "
-                        "go to --init or resnetlab.load_weights instead")
+    check_checkpoint_format(ckpt, path)
     verify_digest(ckpt, path)
-    require_keys(ckpt, MODEL_KEYS, path)
+    record = Checkpoint.from_dict(ckpt, path)
     with torch.device("meta"), warnings.catch_warnings():
         # A model on the meta device has every shape and no storage: a cheap check that the weights
         # fit the model the checkpoint names, so every reader of a file gets one line naming it.
         warnings.simplefilter("ignore")  # torch warns that copying into meta tensors does nothing
-        model_for_weights(ckpt, path)
-    return ckpt
+        model_for_weights(record.artifact, path)
+    return record
 
 
 def verify_digest(ckpt: dict, path) -> None:
-    """Refuse a checkpoint whose contents changed since it was written (none to check: older files)."""
+    """Refuse a checkpoint dict, as read from `path`, whose contents changed since it was written
+    (none to check: older files)."""
     if "digest" in ckpt and ckpt["digest"] != payload_digest(ckpt):
         raise UserError(f"{path} is damaged: its contents do not match the SHA-256 digest written with it "
                         "(bits flipped on disk or in a copy, or the file was edited); use an intact copy")
 
 
-def require_keys(ckpt: dict, keys, path) -> None:
-    missing = [k for k in keys if k not in ckpt]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}: not a complete {FORMAT} checkpoint")
+def artifact_of(source) -> Artifact:
+    """The Artifact of a Checkpoint, an Artifact, or a checkpoint file / run directory."""
+    if isinstance(source, Checkpoint):
+        return source.artifact
+    return source if isinstance(source, Artifact) else load_checkpoint(source).artifact
 
 
-def model_from_checkpoint(ckpt_or_path):
-    """(model in eval mode on CPU, normalizer, classes, config) from a checkpoint or its path."""
+def model_from_checkpoint(source):
+    """(model in eval mode on CPU, normalizer, classes, config) from a Checkpoint, an Artifact or a path."""
     from resnetlab.data import Normalizer
 
-    where = "the checkpoint" if isinstance(ckpt_or_path, dict) else str(ckpt_or_path)
-    ckpt = ckpt_or_path if isinstance(ckpt_or_path, dict) else load_checkpoint(ckpt_or_path)
-    require_keys(ckpt, MODEL_KEYS, where)
-    model = model_for_weights(ckpt, where)
+    where = "the checkpoint" if isinstance(source, (Checkpoint, Artifact)) else str(source)
+    artifact = artifact_of(source)
+    model = model_for_weights(artifact, where)
     model.eval()
-    config: Config = config_from_dict(ckpt["config"])
-    return model, Normalizer.from_state(ckpt["normalizer"]), list(ckpt["classes"]), config
+    config: Config = config_from_dict(artifact.config)
+    return model, Normalizer.from_state(artifact.normalizer), list(artifact.classes), config
 
 
-def model_for_weights(ckpt: dict, where) -> torch.nn.Module:
-    """The checkpoint's model with its weights, or one line saying why they do not fit."""
+def model_for_weights(artifact: Artifact, where) -> torch.nn.Module:
+    """The artifact's model with its weights, or one line saying why they do not fit."""
     from resnetlab.models import create_model, load_weights
 
-    name = ckpt["model_name"]
+    name = artifact.model_name
     try:
-        model = create_model(name, num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])
+        model = create_model(name, num_classes=artifact.num_classes, **artifact.model_kwargs)
     except UserError as err:  # a model name this version does not know
         raise UserError(f"{where}: {err}") from None
     except TypeError as err:
         raise UserError(f"{where}: model {name!r} cannot be built with its saved arguments ({err})") from None
     try:
-        load_weights(model, ckpt["model"])
+        load_weights(model, artifact.weights)
     except UserError as err:
         raise UserError(f"{where} says its model is {name}, but {err}") from None
     return model

@@ -122,11 +122,11 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if split not in ("test", "val"):
         raise UserError(f"unknown split {split!r}; choose test or val")
-    ckpt, path = load_source(checkpoint)
-    model, normalizer, classes, cfg = model_from_checkpoint(ckpt)
+    artifact, path = load_source(checkpoint)
+    model, normalizer, classes, cfg = model_from_checkpoint(artifact)
     dataset, train = eval_data(cfg, data, split)
     # by name; ImageNet folders may be named by WordNet id (published weights carry both)
-    dataset = match_classes(dataset, classes, f"the data at {data or cfg.data.root}", ckpt.get("class_ids"))
+    dataset = match_classes(dataset, classes, f"the data at {data or cfg.data.root}", artifact.class_ids)
     if precision == "int8":  # quantized CPU kernels: fp32 NCHW in and out, int8 in between
         if train is None:
             raise UserError(f"--precision int8 calibrates on training images, and {data} has none; give --data a "

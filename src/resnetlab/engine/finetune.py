@@ -18,6 +18,7 @@ from resnetlab.models import load_weights
 from resnetlab.models.weights import _read_file as read_weights_file
 
 from .checkpoint import FORMAT, checkpoint_path, verify_digest
+from .records import Checkpoint
 
 HEAD_PREFIX = "fc."
 
@@ -48,15 +49,16 @@ def load_init_weights(model: nn.Module, source, model_name: str | None = None) -
         payload = read_weights_file(Path(source))
         if isinstance(payload, dict) and payload.get("format") == FORMAT:
             verify_digest(payload, source)
-            check_same_model(payload, label, model_name)
+            artifact = Checkpoint.from_dict(payload, source).artifact
+            check_same_model(artifact.model_name, label, model_name)
+            payload = artifact.weights
         source = payload
     return load_weights(model, source, ignore_mismatched_head=True).skipped
 
 
-def check_same_model(checkpoint: dict, label, model_name: str | None) -> None:
+def check_same_model(held: str, label, model_name: str | None) -> None:
     """A resnetlab checkpoint of another network than the run's: say which, in one line."""
-    held = checkpoint.get("model_name")
-    if model_name and held and held != model_name:
+    if model_name and held != model_name:
         raise UserError(f"{label} holds a {held}; this run trains {model_name}: set --model {held} to fine-tune "
                         "it, or choose weights of a " + model_name)
 

@@ -4,8 +4,9 @@ The fast fine-tuning baseline (config finetune.linear_probe=true, usually with f
 Every image of the train (and val) split goes once through the backbone with the evaluation
 transform (centre view, no augmentation); a multinomial logistic regression with an L2 penalty is
 fitted on the pooled features by full-batch L-BFGS, its penalty picked on the val split. The
-result is written into the model's own `fc`, so the run directory holds ordinary checkpoints
-(best.pt = last.pt) that `resnetlab eval`, `predict` and `export` use like any other.
+result is written into the model's own `fc`, so the run directory holds checkpoints (best.pt =
+last.pt) that `resnetlab eval`, `predict`, `export` and --init use like any other; they hold the
+model alone, no training state, since nothing trains after the fit.
 """
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ from .confusion import record_per_class
 from .distributed import DistInfo, dist_info_from_env
 from .evaluate import evaluate_split
 from .metrics_csv import write_metrics_csv
-from .runtime import autocast, make_grad_scaler, make_runtime, prepare_model, to_input
+from .records import Checkpoint
+from .run_records import MetricsRow, RunSummary
+from .runtime import autocast, make_runtime, prepare_model, to_input
 from .rundir import RunDirLock
 from .setup import build_model, prepare_workdir
-from .state import TrainState, make_checkpoint
+from .state import make_artifact
 
 PENALTIES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths tried when there is a val split
 LBFGS_STEPS = 300
@@ -88,10 +91,9 @@ def choose_penalty(train, val, num_classes: int, default: float, weight=None) ->
     return min(PENALTIES, key=lambda p: (errors[p], p)), errors
 
 
-def train_linear_probe(cfg: Config, workdir, stream=None) -> dict:
+def train_linear_probe(cfg: Config, workdir, stream=None) -> RunSummary:
     """Fit the probe and write the run directory (config, checkpoints, metrics.jsonl, summary.json)."""
     from resnetlab.data import build_data
-    from resnetlab.data.summary import loss_weights
 
     if dist_info_from_env().enabled:
         raise UserError("the linear probe runs in one process (its features are computed once); run it without torchrun")
@@ -103,7 +105,9 @@ def train_linear_probe(cfg: Config, workdir, stream=None) -> dict:
         return _fit_and_write(cfg, workdir, bundle, rt, start, stream)
 
 
-def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream) -> dict:
+def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream) -> RunSummary:
+    from resnetlab.data.summary import loss_weights
+
     say = (lambda msg: print(msg, file=stream)) if stream else print
     model, _ = build_model(cfg, len(bundle.classes), info=say)
     if not cfg.finetune.init:
@@ -120,27 +124,26 @@ def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream)
         model.fc.bias.copy_(b.to(model.fc.bias))
 
     info = DistInfo()
-    metrics = {"step": 0, "epoch": 0, "linear_probe": True, "penalty": penalty, "train_err": error_rate(*train, w, b),
-               "val_top1_err": None, "val_errors_by_penalty": {str(p): e for p, e in val_errors.items()},
-               "feature_dim": train[0].shape[1], "train_images": len(train[1])}
+    metrics = MetricsRow(epoch=0, step=0, train_err=error_rate(*train, w, b), extra={
+        "linear_probe": True, "penalty": penalty, "val_errors_by_penalty": {str(p): e for p, e in val_errors.items()},
+        "feature_dim": train[0].shape[1], "train_images": len(train[1])})
     if bundle.val is not None:
         v = evaluate_split(model, normalizer, bundle.val, cfg, rt, info)
-        metrics.update(val_top1_err=v["top1_err"], val_top5_err=v["top5_err"], val_top1=v["top1"], val_top5=v["top5"])
-    state = TrainState(best_val_err=metrics["val_top1_err"], elapsed_s=time.perf_counter() - start)
-    metrics["elapsed_s"] = state.elapsed_s
-    optimizer = torch.optim.SGD(model.fc.parameters(), lr=0.0)  # the checkpoint format wants one; nothing trains
-    ckpt = make_checkpoint(model, optimizer, make_grad_scaler(rt), state, cfg, bundle.classes, normalizer.state(), 1, metrics)
+        metrics.val_top1_err, metrics.val_top5_err, metrics.val_top1, metrics.val_top5 = (
+            v["top1_err"], v["top5_err"], v["top1"], v["top5"])
+    metrics.elapsed_s = time.perf_counter() - start
+    # Nothing trains after the fit, so the checkpoint is the artifact alone: no optimizer, nothing to resume.
+    ckpt = Checkpoint(make_artifact(model, cfg, bundle.classes, normalizer.state()))
     ckpts = workdir / "checkpoints"
     for name in ("last.pt", "best.pt"):
         save_checkpoint(ckpt, ckpts / name)
-    write_text_atomic(workdir / "metrics.jsonl", json.dumps(metrics) + "\n")
+    write_text_atomic(workdir / "metrics.jsonl", json.dumps(metrics.to_dict()) + "\n")
     write_metrics_csv(workdir)
-    summary = {"linear_probe": True, "penalty": penalty, "best_val_top1_err": metrics["val_top1_err"],
-               "elapsed_s": state.elapsed_s, "checkpoints": {"last": str(ckpts / "last.pt"), "best": str(ckpts / "best.pt")},
-               "test": {}}
+    summary = RunSummary(linear_probe=True, penalty=penalty, best_val_top1_err=metrics.val_top1_err,
+                         elapsed_s=metrics.elapsed_s, checkpoints={"last": str(ckpts / "last.pt"), "best": str(ckpts / "best.pt")})
     if bundle.test is not None:
         result = evaluate_split(model, normalizer, bundle.test, cfg, rt, info, confusion=True)
-        summary["test"] = {"last": result, "best": result}
-        record_per_class(summary["test"], bundle.classes, workdir)
-    write_text_atomic(workdir / "summary.json", json.dumps(summary, indent=1))
+        summary.test = {"last": result, "best": result}
+        record_per_class(summary.test, bundle.classes, workdir)
+    summary.write(workdir)
     return summary

@@ -19,6 +19,10 @@ from resnetlab.files import StorageError, storage_errors
 
 from .metrics_csv import write_metrics_csv
 from .progress import ProgressLines
+from .run_records import MetricsRow
+
+
+NOT_ON_THE_LINE = ("val_top1", "val_top5")  # accuracies: the line shows their errors
 
 
 def _fmt(value) -> str:
@@ -74,22 +78,23 @@ class RunLogger:
         if self.lines is not None:
             self.info(self.lines.line(step, loss, err, lr, img_s))
 
-    def record(self, metrics: dict) -> None:
+    def record(self, metrics: MetricsRow) -> None:
         """One evaluation: a line in metrics.jsonl and, off a terminal, one line of text."""
         if not self.enabled:
             return
         path = self.workdir / "metrics.jsonl"
+        row = metrics.to_dict()
         with storage_errors(path), open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+            f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())  # on disk before the checkpoint of this step is written
         self._update_csv()
-        keys = ("epoch", "step", "lr", "train_loss", "train_err", "val_top1_err", "val_top5_err", "images_per_s", "elapsed_s")
-        self.info("  ".join(f"{k} {_fmt(metrics[k])}" for k in keys if k in metrics and metrics[k] is not None))
+        shown = [k for k in MetricsRow.fields() if k not in NOT_ON_THE_LINE]
+        self.info("  ".join(f"{k} {_fmt(row[k])}" for k in shown if row.get(k) is not None))
         if self.tb is not None:
-            for key, value in metrics.items():
+            for key, value in row.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                    self.tb.add_scalar(f"eval/{key}", value, metrics["step"])
+                    self.tb.add_scalar(f"eval/{key}", value, metrics.step)
 
     def _update_csv(self) -> None:
         """metrics.csv follows metrics.jsonl; a CSV held open elsewhere (a spreadsheet on Windows

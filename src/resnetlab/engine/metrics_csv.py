@@ -12,27 +12,27 @@ import io
 import json
 from pathlib import Path
 
+from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
 
-COLUMNS = ("epoch", "step", "lr", "train_loss", "train_err", "val_top1_err", "val_top5_err", "val_top1", "val_top5",
-           "images_per_s", "elapsed_s")
+from .run_records import MetricsRow
+
+COLUMNS = MetricsRow.fields()
 
 
-def read_jsonl(path) -> list[dict]:
-    """The records of a metrics.jsonl; a line that is not a JSON object (cut short by a crash) is skipped."""
-    records = []
+def read_jsonl(path) -> list[MetricsRow]:
+    """The rows of a metrics.jsonl; a line that is not a row (cut short by a crash) is skipped."""
+    rows = []
     for line in Path(path).read_text().splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            rows.append(MetricsRow.from_dict(json.loads(line), path))
+        except (json.JSONDecodeError, UserError):
             continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return rows
 
 
 def metrics_csv(records: list[dict], first: tuple[str, ...] = ()) -> str:
-    """CSV text of metric records; `first` names columns to put before the engine's (e.g. "run")."""
+    """CSV text of metric rows (MetricsRow.to_dict()); `first` names columns to put before the engine's (e.g. "run")."""
     columns = list(first) + [c for c in COLUMNS if c not in first]
     for record in records:
         columns += [k for k in record if k not in columns]
@@ -54,4 +54,4 @@ def write_metrics_csv(run_dir) -> Path | None:
     source = Path(run_dir) / "metrics.jsonl"
     if not source.is_file():
         return None
-    return write_text_atomic(Path(run_dir) / "metrics.csv", metrics_csv(read_jsonl(source)))
+    return write_text_atomic(Path(run_dir) / "metrics.csv", metrics_csv([row.to_dict() for row in read_jsonl(source)]))

@@ -27,6 +27,8 @@ from resnetlab.files import remove_stale_temporaries, storage_errors, write_text
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, broadcast_object
+from .records import Checkpoint
+from .run_records import MetricsRow
 
 LOCK_NAME = ".lock"
 _held_fds: set[int] = set()  # lock files this process holds, closed in forked children
@@ -145,7 +147,7 @@ def resume_point(workdir: Path, resume: bool) -> Path | None:
     return last if resume and last.is_file() else None
 
 
-def tidy_for_start(workdir: Path, step: int, last_ckpt: dict | None) -> list[str]:
+def tidy_for_start(workdir: Path, step: int, last_ckpt: Checkpoint | None) -> list[str]:
     """Repair what a killed run left (rank 0, under the lock); returns what was done, for the log."""
     done = [f"removed {p.name}, left by a write that was cut short"
             for folder in (workdir, workdir / "checkpoints") for p in remove_stale_temporaries(folder)]
@@ -153,7 +155,7 @@ def tidy_for_start(workdir: Path, step: int, last_ckpt: dict | None) -> list[str
     if dropped:
         done.append(f"metrics.jsonl: dropped {dropped} line(s) after step {step} (they will be recorded again)")
     if last_ckpt is not None and restore_best(workdir / "checkpoints", last_ckpt):
-        done.append(f"checkpoints/best.pt restored from last.pt (step {last_ckpt['step']})")
+        done.append(f"checkpoints/best.pt restored from last.pt (step {step})")
     return done
 
 
@@ -171,21 +173,21 @@ def trim_metrics(path: Path, step: int) -> int:
 
 def _step_of_line(line: str) -> int | None:
     try:
-        record = json.loads(line)
-        return int(record["step"])
-    except (ValueError, KeyError, TypeError):
+        return MetricsRow.from_dict(json.loads(line)).step
+    except ValueError:  # not JSON, or not a row (UserError is a ValueError)
         return None
 
 
-def restore_best(ckpts: Path, last: dict) -> bool:
+def restore_best(ckpts: Path, last: Checkpoint) -> bool:
     """When last.pt records that its own step is the best one but best.pt does not hold it (a kill
-    between the two writes), write best.pt from last.pt: the same dict the run would have written."""
-    best_step = last["metrics"].get("best_step")
-    if best_step is None or best_step != last["step"]:
+    between the two writes), write best.pt from last.pt: the same checkpoint the run would have written."""
+    training = last.training
+    if training is None or training.loop.best_step != training.step:
         return False
     best = ckpts / "best.pt"
     try:
-        if best.is_file() and load_checkpoint(best)["step"] == best_step:
+        held = load_checkpoint(best).training if best.is_file() else None
+        if held is not None and held.step == training.step:
             return False
     except UserError:
         pass  # unreadable or damaged: replaced below

@@ -23,10 +23,11 @@ from .distributed import DistInfo, per_rank_batch
 from .finetune import apply_freezing, load_init_weights, param_groups
 from .logger import RunLogger
 from .preflight import preflight
+from .records import LoopState
 from .rundir import RunDirLock, resume_point, tidy_for_start
 from .runtime import Runtime, compile_model, make_grad_scaler, prepare_model
 from .schedules import create_learning_rate_fn, total_steps
-from .state import TrainState, restore_checkpoint
+from .state import restore_checkpoint
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Run:
     normalizer: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    state: TrainState
+    state: LoopState
     batch: int  # per-process batch
     steps_per_epoch: int
     total: int
@@ -145,7 +146,7 @@ def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runt
     model = prepare_model(_sync_bn(model, cfg, info, rt), rt)
     optimizer = build_optimizer(model, cfg)
     scaler = make_grad_scaler(rt)
-    state, ckpt = TrainState(), None
+    state, ckpt = LoopState(), None
     if start_from is not None:
         ckpt = load_checkpoint(start_from)
         state = restore_checkpoint(ckpt, model, optimizer, scaler, cfg, start_from)

@@ -1,7 +1,7 @@
 """What a command's CHECKPOINT argument names: a checkpoint file, a run directory, or published weights.
 
-`load_source(arg)` gives (checkpoint dict, label) either way. Published weights (models/pretrained.py)
-become a resnetlab-checkpoint-v1 dict in memory holding what evaluation, prediction, embedding and
+`load_source(arg)` gives (Artifact, label) either way. Published weights (models/pretrained.py)
+become an `Artifact` (engine/records.py) in memory holding what evaluation, prediction, embedding and
 export read from a trained run: the entry's model, kwargs and classes, a normaliser with the
 publisher's mean/std, and a config whose data section is the publisher's evaluation preprocessing
 (crop size, resize, interpolation). So every command treats `resnet50.tv2_in1k` and `runs/r56` alike,
@@ -17,7 +17,8 @@ import torch
 from resnetlab.config import Config, DataConfig, ModelConfig, config_to_dict
 from resnetlab.errors import UserError
 
-from .checkpoint import FORMAT, checkpoint_path, load_checkpoint
+from .checkpoint import checkpoint_path, load_checkpoint
+from .records import Artifact, Checkpoint
 
 FILE_SUFFIXES = (".pt", ".pth", ".th", ".tar", ".bin", ".ckpt", ".safetensors", ".yaml")
 
@@ -41,20 +42,22 @@ def find_weights(arg):
         raise UserError(f"{err}; as a file or run directory, {arg} does not exist") from None
 
 
-def load_source(arg) -> tuple[dict, str]:
-    """(checkpoint dict, label): label is the checkpoint's path or the weights' name. A dict (one
-    already loaded) is passed through."""
-    if isinstance(arg, dict):
-        return arg, str(arg.get("weights") or arg.get("model_name"))
+def load_source(arg) -> tuple[Artifact, str]:
+    """(artifact, label): label is the checkpoint's path or the weights' name. An Artifact or a
+    Checkpoint (one already loaded) is passed through."""
+    if isinstance(arg, Checkpoint):
+        arg = arg.artifact
+    if isinstance(arg, Artifact):
+        return arg, arg.published_as or arg.model_name
     entry = find_weights(arg)
     if entry is not None:
-        return weights_checkpoint(entry), entry.name
+        return weights_artifact(entry), entry.name
     path = checkpoint_path(arg)
-    return load_checkpoint(path), str(path)
+    return load_checkpoint(path).artifact, str(path)
 
 
-def weights_checkpoint(entry, progress: bool = True) -> dict:
-    """The published weights as a checkpoint dict (model on CPU, in resnetlab's layout)."""
+def weights_artifact(entry, progress: bool = True) -> Artifact:
+    """The published weights as an Artifact (model on CPU, in resnetlab's layout)."""
     from resnetlab.models.hub import pretrained_model
 
     model = pretrained_model(entry, progress=progress)
@@ -68,12 +71,10 @@ def weights_checkpoint(entry, progress: bool = True) -> dict:
         normalize="imagenet" if imagenet else "channel",
         image_size=pre.input_size, eval_resize=pre.resize, interpolation=pre.interpolation)
     cfg = Config(model=ModelConfig(entry.model, entry.kwargs), data=data)
-    return {
-        "format": FORMAT, "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "model_name": entry.model, "model_kwargs": entry.kwargs, "num_classes": entry.num_classes,
-        "classes": entry.classes, "class_ids": entry.class_ids,
-        "normalizer": {"kind": data.normalize, "mean": torch.tensor(pre.mean), "std": torch.tensor(pre.std)},
-        "config": config_to_dict(cfg), "input_size": pre.input_size, "eval_resize": pre.resize,
-        "weights": entry.name, "step": 0, "epoch": 0,
-    }
+    return Artifact(
+        weights={k: v.detach().clone() for k, v in model.state_dict().items()},
+        model_name=entry.model, model_kwargs=entry.kwargs, num_classes=entry.num_classes,
+        classes=entry.classes, class_ids=entry.class_ids,
+        normalizer={"kind": data.normalize, "mean": torch.tensor(pre.mean), "std": torch.tensor(pre.std)},
+        config=config_to_dict(cfg), input_size=pre.input_size, eval_resize=pre.resize, published_as=entry.name)
 

@@ -7,7 +7,6 @@ per-class test results of best.pt, whose confusion matrix goes to confusion_test
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -17,13 +16,14 @@ import torch.nn.functional as F
 
 from resnetlab.config import Config
 from resnetlab.errors import UserError
-from resnetlab.files import StorageError, write_text_atomic
+from resnetlab.files import StorageError
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .confusion import record_per_class
 from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, shutdown_distributed
 from .evaluate import evaluate_split
 from .finetune import set_train_mode
+from .run_records import MetricsRow, RunSummary
 from .rundir import RunDirLock
 from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error
@@ -49,8 +49,8 @@ def train_step(net, optimizer, scaler, normalizer, x, y, rt: Runtime, label_smoo
     return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
 
 
-def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=None) -> dict:
-    """Train with `cfg`, writing into `workdir`; returns the summary dict (also summary.json).
+def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=None) -> RunSummary:
+    """Train with `cfg`, writing into `workdir`; returns the run's summary (also summary.json).
 
     Under torchrun (RANK/WORLD_SIZE set) every process calls this; rank 0 writes the files.
     Raises TrainingInterrupted on SIGINT/SIGTERM (after saving) and TrainingDiverged on NaN loss.
@@ -80,7 +80,7 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
         shutdown_distributed(synchronize=finished)
 
 
-def _train(cfg: Config, workdir: Path, resume: bool, info, rt: Runtime, stream, stop: StopOnSignal, lock) -> dict:
+def _train(cfg: Config, workdir: Path, resume: bool, info, rt: Runtime, stream, stop: StopOnSignal, lock) -> RunSummary:
     """The run itself; its model and DDP wrapper are gone when it returns (see shutdown_distributed)."""
     run = build_run(cfg, workdir, resume, info, rt, lock, stream)
     try:
@@ -92,7 +92,7 @@ def _train(cfg: Config, workdir: Path, resume: bool, info, rt: Runtime, stream, 
     stop.at_once(run.state.step, _last_checkpoint(run))  # every step is saved: from here a signal stops the run where it lands
     summary = final_test(run, best_state)
     if info.is_main:
-        write_text_atomic(run.workdir / "summary.json", json.dumps(summary, indent=1))
+        summary.write(run.workdir)
     return summary
 
 
@@ -124,7 +124,7 @@ def train_loop(run: Run, stop: StopOnSignal):
             if _stop_requested(stop, run):
                 state.window, state.epoch_meter = window.state(), since_eval.state()
                 state.elapsed_s = time.perf_counter() - clock["start"]
-                path = save(run, {"step": state.step, "interrupted": True}, ("last.pt",))
+                path = save(run, MetricsRow(step=state.step, extra={"interrupted": True}), ("last.pt",))
                 raise TrainingInterrupted(stop.signum or 15, state.step, path)
             if state.step >= run.total or state.reached_target is not None:
                 break
@@ -151,24 +151,23 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
     state = run.state
     state.elapsed_s = time.perf_counter() - clock["start"]
     train_loss, train_err = meter_summary(all_reduce_sum(since_eval.sums).tolist())
-    metrics = {"epoch": state.step / run.steps_per_epoch, "step": state.step, "lr": lr, "train_loss": train_loss,
-               "train_err": train_err, "val_top1_err": None, "val_top5_err": None,
-               "images_per_s": _rate(clock), "elapsed_s": state.elapsed_s}
+    metrics = MetricsRow(epoch=state.step / run.steps_per_epoch, step=state.step, lr=lr, train_loss=train_loss,
+                         train_err=train_err, images_per_s=_rate(clock), elapsed_s=state.elapsed_s)
     if run.bundle.val is not None:  # the plain model: DDP's forward would sync buffers, and shards may be uneven
         val = evaluate_split(run.model, run.normalizer, run.bundle.val, run.cfg, run.rt, run.info,
                              workers=run.cfg.train.workers)
-        metrics.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_top1=val["top1"],
-                       val_top5=val["top5"])
+        metrics.val_top1_err, metrics.val_top5_err = val["top1_err"], val["top5_err"]
+        metrics.val_top1, metrics.val_top5 = val["top1"], val["top5"]
     # The plateau schedule watches validation error, or training error when there is no val split.
-    observe_val_error(run.cfg.schedule, state.schedule, train_err if metrics["val_top1_err"] is None else metrics["val_top1_err"])
+    observe_val_error(run.cfg.schedule, state.schedule, train_err if metrics.val_top1_err is None else metrics.val_top1_err)
     target = run.cfg.train.stop_at_val_top1
-    if target is not None and metrics.get("val_top1", -1.0) >= target:
-        state.reached_target = {"step": state.step, "val_top1": metrics["val_top1"], "elapsed_s": state.elapsed_s}
-        run.log.info(f"validation top-1 {metrics['val_top1']:.2f}% reached the target {target}% at step {state.step} "
+    if target is not None and metrics.val_top1 is not None and metrics.val_top1 >= target:
+        state.reached_target = {"step": state.step, "val_top1": metrics.val_top1, "elapsed_s": state.elapsed_s}
+        run.log.info(f"validation top-1 {metrics.val_top1:.2f}% reached the target {target}% at step {state.step} "
                      f"({state.elapsed_s:.0f} s); stopping")
-    is_best = metrics["val_top1_err"] is not None and (state.best_val_err is None or metrics["val_top1_err"] < state.best_val_err)
+    is_best = metrics.val_top1_err is not None and (state.best_val_err is None or metrics.val_top1_err < state.best_val_err)
     if is_best:
-        state.best_val_err = metrics["val_top1_err"]
+        state.best_val_err = metrics.val_top1_err
         state.best_step = state.step
     since_eval.reset()
     state.window, state.epoch_meter = window.state(), since_eval.state()
@@ -182,7 +181,7 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
     return {k: v.detach().clone() for k, v in run.model.state_dict().items()} if is_best else None
 
 
-def save(run: Run, metrics: dict, names: tuple[str, ...]) -> Path:
+def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
     """Write the checkpoint (rank 0) unless the weights are no longer finite."""
     if not is_finite_model(run.model):
         raise TrainingDiverged(f"the weights became NaN/inf by step {run.state.step}; kept the last good checkpoint "
@@ -195,31 +194,31 @@ def save(run: Run, metrics: dict, names: tuple[str, ...]) -> Path:
     return run.workdir / "checkpoints" / "last.pt"
 
 
-def final_test(run: Run, best_state) -> dict:
+def final_test(run: Run, best_state) -> RunSummary:
     """Test error of the last weights and of the best-by-validation weights (when both exist)."""
     ckpts = run.workdir / "checkpoints"
-    summary = {"steps": run.state.step, "best_val_top1_err": run.state.best_val_err, "elapsed_s": run.state.elapsed_s,
-               "checkpoints": {"last": str(ckpts / "last.pt")}, "test": {}}
+    summary = RunSummary(steps=run.state.step, best_val_top1_err=run.state.best_val_err, elapsed_s=run.state.elapsed_s,
+                         checkpoints={"last": str(ckpts / "last.pt")})
     if run.cfg.train.stop_at_val_top1 is not None:
-        summary["target"] = {"val_top1": run.cfg.train.stop_at_val_top1, "reached": run.state.reached_target}
+        summary.target = {"val_top1": run.cfg.train.stop_at_val_top1, "reached": run.state.reached_target}
     if (ckpts / "best.pt").exists() or best_state is not None:
-        summary["checkpoints"]["best"] = str(ckpts / "best.pt")
+        summary.checkpoints["best"] = str(ckpts / "best.pt")
     if run.bundle.test is None:
         return summary
     test = lambda: evaluate_split(run.model, run.normalizer, run.bundle.test, run.cfg, run.rt, run.info,  # noqa: E731
                                   workers=run.cfg.train.workers, confusion=True)
-    summary["test"]["last"] = test()
-    if best_state is None and "best" in summary["checkpoints"]:  # best found before a resume
-        best_state = load_checkpoint(ckpts / "best.pt")["model"]
+    summary.test["last"] = test()
+    if best_state is None and "best" in summary.checkpoints:  # best found before a resume
+        best_state = load_checkpoint(ckpts / "best.pt").artifact.weights
     if best_state is not None:
         current = run.model.state_dict()
         # best.pt loads on the CPU; the model may be on a GPU
         if all(torch.equal(current[k], v.to(current[k].device)) for k, v in best_state.items()):  # last is best
-            summary["test"]["best"] = summary["test"]["last"]
+            summary.test["best"] = summary.test["last"]
         else:
             run.model.load_state_dict(best_state)
-            summary["test"]["best"] = test()
-    record_per_class(summary["test"], run.bundle.classes, run.workdir if run.info.is_main else None)
+            summary.test["best"] = test()
+    record_per_class(summary.test, run.bundle.classes, run.workdir if run.info.is_main else None)
     return summary
 
 

@@ -24,11 +24,15 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from resnetlab.errors import UserError
+
+if TYPE_CHECKING:
+    from resnetlab.engine.records import Artifact
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
@@ -61,19 +65,19 @@ class ImagesToLogits(nn.Module):
         return self.model(images * self.scale + self.shift)
 
 
-def export_module(checkpoint, fuse: bool = True) -> tuple[ImagesToLogits, dict]:
-    """(ImagesToLogits in eval mode on CPU, the checkpoint dict) for a checkpoint, run directory or
-    published weights' name."""
+def export_module(checkpoint, fuse: bool = True) -> tuple[ImagesToLogits, Artifact]:
+    """(ImagesToLogits in eval mode on CPU, the Artifact) for a checkpoint, run directory,
+    published weights' name or an Artifact."""
     from resnetlab.engine.checkpoint import model_from_checkpoint
     from resnetlab.engine.sources import load_source
     from resnetlab.models.fuse import fuse_bn
 
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_source(checkpoint)[0]
-    model, normalizer, _, _ = model_from_checkpoint(ckpt)
-    return ImagesToLogits(fuse_bn(model) if fuse else model, normalizer, ckpt["input_size"]).eval(), ckpt
+    artifact = load_source(checkpoint)[0]
+    model, normalizer, _, _ = model_from_checkpoint(artifact)
+    return ImagesToLogits(fuse_bn(model) if fuse else model, normalizer, artifact.input_size).eval(), artifact
 
 
-def preprocessing(ckpt: dict) -> dict:
+def preprocessing(artifact: Artifact) -> dict:
     """What to do to a photo before the exported graph, as `resnetlab predict` does it: RGB, shorter
     side resized (antialiased bilinear) to `resize`, centre crop `crop` x `crop`, pixels as float
     0..255 in NCHW; the normalisation itself is inside the graph."""
@@ -81,19 +85,19 @@ def preprocessing(ckpt: dict) -> dict:
 
     from .predictor import SMALL_DATASETS
 
-    data, size = ckpt["config"]["data"], ckpt["input_size"]
-    small = data.get("dataset") in SMALL_DATASETS or model_info(ckpt["model_name"]).family == "cifar"
-    resize = ckpt["eval_resize"] if not small and data.get("augment") in ("imagenet", "rrc") else size
+    data, size = artifact.data_config(), artifact.input_size
+    small = data.get("dataset") in SMALL_DATASETS or model_info(artifact.model_name).family == "cifar"
+    resize = artifact.eval_resize if not small and data.get("augment") in ("imagenet", "rrc") else size
     return {"color": "RGB", "resize": resize, "resize_side": "shorter", "interpolation": "bilinear, antialiased",
             "crop": size, "crop_kind": "center", "layout": "NCHW", "dtype": "float32", "value_range": [0, 255],
             "normalization": "inside the graph (see normalizer)"}
 
 
-def metadata(ckpt: dict) -> dict:
-    norm = ckpt["normalizer"]
-    return {"model_name": ckpt["model_name"], "model_kwargs": ckpt["model_kwargs"], "num_classes": ckpt["num_classes"],
-            "classes": list(ckpt["classes"]), "input_size": ckpt["input_size"], "eval_resize": ckpt["eval_resize"],
-            "preprocessing": preprocessing(ckpt),
+def metadata(artifact: Artifact) -> dict:
+    norm, a = artifact.normalizer, artifact
+    return {"model_name": a.model_name, "model_kwargs": a.model_kwargs, "num_classes": a.num_classes,
+            "classes": list(a.classes), "input_size": a.input_size, "eval_resize": a.eval_resize,
+            "preprocessing": preprocessing(a),
             "normalizer": {"kind": norm["kind"], "mean": torch.as_tensor(norm["mean"]).tolist(),
                            "std": torch.as_tensor(norm["std"]).flatten().tolist()},
             "input": "float32 (B, 3, S, S) RGB 0..255, normaliser baked in", "output": "logits"}
@@ -108,22 +112,22 @@ def describe(meta: dict) -> str:
             "'logits' (B, num_classes): softmax gives the probabilities; class names in metadata 'classes'.")
 
 
-def write(module: ImagesToLogits, ckpt: dict, fmt: str, out: Path, dynamic_batch: bool) -> None:
+def write(module: ImagesToLogits, artifact: Artifact, fmt: str, out: Path, dynamic_batch: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    size = ckpt["input_size"]
+    size = artifact.input_size
     example = torch.rand(2 if dynamic_batch else 1, 3, size, size) * 255
     if fmt == "safetensors":
         from resnetlab.engine.checkpoint import model_from_checkpoint
         from resnetlab.models import save_safetensors
 
-        save_safetensors(model_from_checkpoint(ckpt)[0], out, {"resnetlab": json.dumps(metadata(ckpt))})
+        save_safetensors(model_from_checkpoint(artifact)[0], out, {"resnetlab": json.dumps(metadata(artifact))})
     elif fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # still supported in torch 2.13, just discouraged
             traced = torch.jit.trace(module, example)
-        traced.save(str(out), _extra_files={TORCHSCRIPT_META: json.dumps(metadata(ckpt))})
+        traced.save(str(out), _extra_files={TORCHSCRIPT_META: json.dumps(metadata(artifact))})
     else:
-        _write_onnx(module, example, out, dynamic_batch, metadata(ckpt))
+        _write_onnx(module, example, out, dynamic_batch, metadata(artifact))
 
 
 TORCHSCRIPT_META = "resnetlab.json"
@@ -169,9 +173,9 @@ def read_metadata(fmt: str, path: Path) -> dict:
         return json.loads((f.metadata() or {}).get("resnetlab", "{}"))
 
 
-def verify_metadata(fmt: str, path: Path, ckpt: dict) -> dict:
+def verify_metadata(fmt: str, path: Path, artifact: Artifact) -> dict:
     """Read the metadata back from the written file; ExportCheckFailed unless it is the checkpoint's."""
-    want, got = metadata(ckpt), read_metadata(fmt, path)
+    want, got = metadata(artifact), read_metadata(fmt, path)
     wrong = sorted(k for k in want if got.get(k) != json.loads(json.dumps(want[k])))
     if wrong:
         raise ExportCheckFailed(f"{path}: metadata {', '.join(wrong)} missing or different from the checkpoint's")
@@ -194,9 +198,9 @@ def load_runner(fmt: str, path: Path):
     return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
-def check_inputs(ckpt: dict, dynamic_batch: bool, real: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def check_inputs(artifact: Artifact, dynamic_batch: bool, real: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Named float 0..255 input batches: random (batch 1, and 5 when dynamic) and real images."""
-    size = ckpt["input_size"]
+    size = artifact.input_size
     gen = torch.Generator().manual_seed(0)
     inputs = {"random batch 1": torch.randint(0, 256, (1, 3, size, size), generator=gen).float()}
     if dynamic_batch:
@@ -231,10 +235,10 @@ def verify_safetensors(path: Path, checkpoint) -> dict[str, float]:
     from resnetlab.engine.sources import load_source
     from resnetlab.models import create_model, load_weights
 
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_source(checkpoint)[0]
-    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])
+    artifact = load_source(checkpoint)[0]
+    model = create_model(artifact.model_name, num_classes=artifact.num_classes, **artifact.model_kwargs)
     load_weights(model, str(path))
-    worst = max((model.state_dict()[k].double() - v.double()).abs().max().item() for k, v in ckpt["model"].items())
+    worst = max((model.state_dict()[k].double() - v.double()).abs().max().item() for k, v in artifact.weights.items())
     if worst != 0:
         raise ExportCheckFailed(f"{path}: reloaded weights differ from the checkpoint by {worst:.3g}")
     return {"weights reloaded with load_weights": worst}
@@ -247,13 +251,13 @@ def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, re
     out = Path(out)
     if out.suffix != SUFFIXES[fmt]:
         raise UserError(f"--out {out}: a {fmt} export should end in {SUFFIXES[fmt]}")
-    module, ckpt = export_module(checkpoint)
-    write(module, ckpt, fmt, out, dynamic_batch)
+    module, artifact = export_module(checkpoint)
+    write(module, artifact, fmt, out, dynamic_batch)
     if fmt == "safetensors":
-        diffs = verify_safetensors(out, ckpt)
+        diffs = verify_safetensors(out, artifact)
     else:
         fixed = fmt == "onnx" and not dynamic_batch
-        diffs = verify(fmt, out, ckpt, check_inputs(ckpt, not fixed, real), batch_one=fixed)  # traced: any batch
-    meta = verify_metadata(fmt, out, ckpt)
+        diffs = verify(fmt, out, artifact, check_inputs(artifact, not fixed, real), batch_one=fixed)  # traced: any batch
+    meta = verify_metadata(fmt, out, artifact)
     return {"out": str(out), "format": fmt, "dynamic_batch": dynamic_batch or fmt == "torchscript",
-            "input_size": ckpt["input_size"], "max_abs_diff": diffs, "metadata": meta}
+            "input_size": artifact.input_size, "max_abs_diff": diffs, "metadata": meta}

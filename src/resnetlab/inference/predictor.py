@@ -84,14 +84,14 @@ class Predictor:
         from resnetlab.models import model_info
         from resnetlab.models.fuse import fuse_bn
 
-        ckpt, path = load_source(checkpoint)
-        model, normalizer, classes, cfg = model_from_checkpoint(ckpt)
+        artifact, path = load_source(checkpoint)
+        model, normalizer, classes, cfg = model_from_checkpoint(artifact)
         rt = make_runtime(TrainConfig(device=device, precision=precision, channels_last=channels_last))
         model = prepare_model(fuse_bn(model) if fuse else model, rt)
         # CIFAR-style training decodes images straight to the input size; only folders of large
         # images use the "shorter side to eval_resize, centre crop" of ImageNet evaluation. A CIFAR
         # net given a photo still sees the whole photo resized, not a 32 px crop of it.
-        small = cfg.data.dataset in SMALL_DATASETS or model_info(ckpt["model_name"]).family == "cifar"
+        small = cfg.data.dataset in SMALL_DATASETS or model_info(artifact.model_name).family == "cifar"
         return cls(model, normalizer.to(rt.device), classes, cfg.data, rt, small, path)
 
     def quantized(self, paths: list[str], images: int = CALIBRATION_IMAGES, batch_size: int = 64) -> "Predictor":

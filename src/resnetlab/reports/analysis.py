@@ -161,7 +161,7 @@ def run_gradient_norms(run_dir, data: str | None = None, num_batches: int = 4, b
 
 
 def _trained_steps(run_dir: Path) -> str:
-    import json
+    from resnetlab.engine.run_records import RunSummary
 
-    summary = run_dir / "summary.json"
-    return str(json.loads(summary.read_text())["steps"]) if summary.is_file() else "?"
+    summary = RunSummary.read(run_dir)
+    return "?" if summary is None or summary.steps is None else str(summary.steps)

@@ -76,7 +76,7 @@ def _all_metrics(runs) -> str:
     names = [r.path.name for r in runs]
     if len(set(names)) < len(names):
         names = [f"{r.path.resolve().parent.name}/{r.path.name}" for r in runs]
-    return metrics_csv([{"run": name, **m} for name, run in zip(names, runs) for m in run.metrics], first=("run",))
+    return metrics_csv([{"run": name, **m.to_dict()} for name, run in zip(names, runs) for m in run.metrics], first=("run",))
 
 
 # ---------------------------------------------------------------- where a report goes

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from resnetlab.engine.run_records import MetricsRow, RunSummary
 from resnetlab.errors import UserError
 
 # Table 6 of the paper: CIFAR-10 test error (%) and parameter count. ResNet-110 is "best (mean +- std)"
@@ -31,8 +32,8 @@ PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19}
 class Run:
     path: Path
     config: dict  # the resolved config.yaml
-    metrics: list[dict]  # metrics.jsonl, one dict per evaluation, in step order
-    summary: dict | None  # summary.json, None while the run is unfinished
+    metrics: list[MetricsRow]  # metrics.jsonl, one row per evaluation, in step order
+    summary: RunSummary | None  # summary.json, None while the run is unfinished
     num_classes: int | None = None  # from classes.json, None when it is missing
 
     @property
@@ -55,12 +56,13 @@ def load_run(path) -> Run:
         for i, line in enumerate((path / "metrics.jsonl").read_text().splitlines(), 1):
             if line.strip():
                 try:
-                    metrics.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError:
                     raise UserError(f"{path / 'metrics.jsonl'} line {i} is not JSON; was the file edited?") from None
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
+                metrics.append(MetricsRow.from_dict(row, f"{path / 'metrics.jsonl'} line {i}"))
+    summary = RunSummary.read(path)
     classes = json.loads((path / "classes.json").read_text()) if (path / "classes.json").is_file() else None
-    return Run(path, config, sorted(metrics, key=lambda m: m["step"]), summary,
+    return Run(path, config, sorted(metrics, key=lambda m: m.step), summary,
                len(classes) if isinstance(classes, list) else None)
 
 
@@ -131,13 +133,12 @@ def _short(value) -> str:
 
 def final_numbers(run: Run) -> dict:
     """The errors (%) a table reports for one run; None where the run has not produced them."""
-    last = run.metrics[-1] if run.metrics else {}
-    test = (run.summary or {}).get("test", {})
+    last = run.metrics[-1] if run.metrics else MetricsRow(step=None)
+    summary = run.summary or RunSummary()
     return {
-        "steps": last.get("step"), "train_err": last.get("train_err"), "train_loss": last.get("train_loss"),
-        "val_err": last.get("val_top1_err"),
-        "best_val_err": (run.summary or {}).get("best_val_top1_err"),
-        "test_err": test.get("last", {}).get("top1_err"), "test_err_best_val": test.get("best", {}).get("top1_err"),
+        "steps": last.step, "train_err": last.train_err, "train_loss": last.train_loss, "val_err": last.val_top1_err,
+        "best_val_err": summary.best_val_top1_err,
+        "test_err": summary.test.get("last", {}).get("top1_err"), "test_err_best_val": summary.test.get("best", {}).get("top1_err"),
     }
 
 
@@ -212,8 +213,8 @@ def depth_table(groups: dict[str, list[Run]]) -> str:
 
 
 def curve(members: list[Run], key: str) -> tuple[list[int], list[float], list[float]]:
-    """(steps, mean, std) of metrics[key] over the runs, at the steps every run has logged."""
-    per_run = [{m["step"]: m[key] for m in r.metrics if m.get(key) is not None} for r in members]
+    """(steps, mean, std) of a MetricsRow field over the runs, at the steps every run has logged."""
+    per_run = [{m.step: getattr(m, key) for m in r.metrics if getattr(m, key) is not None} for r in members]
     steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
     means = [statistics.fmean(p[s] for p in per_run) for s in steps]
     stds = [statistics.stdev([p[s] for p in per_run]) if len(per_run) > 1 else 0.0 for s in steps]

@@ -1,0 +1,144 @@
+"""The records of a run's JSON files: one `MetricsRow` per line of metrics.jsonl, one `RunSummary`
+in summary.json, and `Fields`, which reads any record's fields. The formats are described in
+engine/records.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resnetlab.errors import UserError
+from resnetlab.files import write_text_atomic
+
+METRICS_FORMAT = "resnetlab-metrics-v1"
+SUMMARY_FORMAT = "resnetlab-summary-v1"
+NUMBER = (int, float)
+
+
+class Fields:
+    """Reads a record's fields from a dict; a missing or mistyped one is a UserError naming the
+    file (`where`) and the field."""
+
+    def __init__(self, data, where, what: str, version: str, required=()):
+        if not isinstance(data, dict):
+            raise UserError(f"{where} is not a {what} (found {type(data).__name__})")
+        found = data.get("format", version)
+        if found != version:
+            raise UserError(f"{where} is a {found} file; this resnetlab reads {version}: upgrade resnetlab to read it")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise UserError(f"{where} lacks {', '.join(missing)}: not a complete {what}")
+        self.data, self.where, self.required, self.used = data, where, required, {"format"}
+
+    def __call__(self, key: str, kinds, default=None, nullable: bool = False):
+        """The value of `key` (`default` when absent); None passes for a field that is not
+        required, or is `nullable`."""
+        self.used.add(key)
+        value = self.data.get(key, default)
+        if value is None and (nullable or key not in self.required):
+            return value
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _tuple(kinds)):
+            names = " or ".join(k.__name__ for k in _tuple(kinds))
+            raise UserError(f"{self.where}: {key} is {_short(value)}, expected {names}")
+        return value
+
+    def rest(self) -> dict:
+        """The keys no field took: kept as they are."""
+        return {k: v for k, v in self.data.items() if k not in self.used}
+
+
+def _tuple(kinds) -> tuple:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def _short(value) -> str:
+    text = repr(value) if isinstance(value, (str, int, float, bool)) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(kw_only=True)
+class MetricsRow:
+    """One evaluation during training: a line of metrics.jsonl, a row of metrics.csv."""
+    epoch: float | None = None  # step / steps_per_epoch (fractional)
+    step: int
+    lr: float | None = None
+    train_loss: float | None = None  # mean over the steps since the previous evaluation
+    train_err: float | None = None  # percent, same steps
+    val_top1_err: float | None = None  # percent; None without a val split
+    val_top5_err: float | None = None
+    val_top1: float | None = None
+    val_top5: float | None = None
+    images_per_s: float | None = None
+    elapsed_s: float | None = None  # training time since step 0, across resumes
+    extra: dict = field(default_factory=dict)  # keys of other writers (linear probe, interrupted), kept as they are
+
+    FORMAT = METRICS_FORMAT
+    ALWAYS = ("step", "val_top1_err", "val_top5_err")  # written even when null: "no val split" is said out loud
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        """The engine's columns, in the order metrics.csv shows them."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    def to_dict(self) -> dict:
+        row = {k: getattr(self, k) for k in self.fields() if getattr(self, k) is not None or k in self.ALWAYS}
+        return {**row, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data, where="a metrics row") -> "MetricsRow":
+        get = Fields(data, where, "metrics row", METRICS_FORMAT, required=("step",))
+        numbers = {k: get(k, NUMBER) for k in cls.fields() if k != "step"}
+        return cls(step=get("step", int), **numbers, extra=get.rest())
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    """summary.json: a finished run. `test` holds evaluate_split's report of the last weights
+    ("last") and of the best-by-validation weights ("best"), with per-class results
+    (engine/confusion.py record_per_class)."""
+    steps: int | None = None  # None for a linear probe (no steps)
+    best_val_top1_err: float | None = None
+    elapsed_s: float | None = None
+    checkpoints: dict = field(default_factory=dict)  # {"last": path, "best": path when one was written}
+    test: dict = field(default_factory=dict)  # {} without a test split
+    target: dict | None = None  # train.stop_at_val_top1: {"val_top1": target, "reached": {step, val_top1, elapsed_s} | None}
+    linear_probe: bool = False
+    penalty: float | None = None  # linear probe: the chosen L2 strength
+    extra: dict = field(default_factory=dict)
+
+    FORMAT = SUMMARY_FORMAT
+
+    def to_dict(self) -> dict:
+        probe = {"linear_probe": True, "penalty": self.penalty} if self.linear_probe else {}
+        steps = {} if self.steps is None else {"steps": self.steps}
+        target = {} if self.target is None else {"target": self.target}
+        return {**probe, **steps, "best_val_top1_err": self.best_val_top1_err, "elapsed_s": self.elapsed_s,
+                "checkpoints": self.checkpoints, "test": self.test, **target, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data, where="summary.json") -> "RunSummary":
+        get = Fields(data, where, "run summary", SUMMARY_FORMAT)
+        return cls(steps=get("steps", int), best_val_top1_err=get("best_val_top1_err", NUMBER),
+                   elapsed_s=get("elapsed_s", NUMBER), checkpoints=get("checkpoints", dict, {}), test=get("test", dict, {}),
+                   target=get("target", dict), linear_probe=get("linear_probe", bool, False),
+                   penalty=get("penalty", NUMBER), extra=get.rest())
+
+    def write(self, run_dir) -> Path:
+        return write_text_atomic(Path(run_dir) / "summary.json", json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def read(cls, run_dir) -> "RunSummary | None":
+        """RUN_DIR/summary.json; None while the run is unfinished (no summary.json)."""
+        path = Path(run_dir) / "summary.json"
+        if not path.is_file():
+            return None
+        try:
+            return cls.from_dict(json.loads(path.read_text()), path)
+        except json.JSONDecodeError:
+            raise UserError(f"{path} is not JSON; was the file edited?") from None
+
+    def test_top1(self, which: str = "last") -> float | None:
+        """Test top-1 (%) of the last or best weights; None without a test split."""
+        return self.test.get(which, {}).get("top1")
