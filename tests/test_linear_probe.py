@@ -61,7 +61,7 @@ def test_linear_probe_changes_only_the_classifier_and_predicts_like_any_checkpoi
 def test_linear_probe_writes_an_artifact_without_training_state(pretrained, tmp_path):
     """Nothing trains after the fit: no optimizer in the file; resuming it as a training run says so
     in one line, and --init takes its weights like any checkpoint's."""
-    from resnetlab.reports.predict import Predictor
+    from resnetlab.inference.predictor import Predictor
 
     cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.linear_probe", True))
     train_and_evaluate(cfg, tmp_path / "probe")

@@ -131,7 +131,7 @@ def test_a_damaged_checkpoint_field_is_one_line(tmp_path, edit, message):
 
 
 def test_v1_fixture_loads_for_eval_and_predict(tmp_path):
-    from resnetlab.reports.predict import Predictor, predict_files
+    from resnetlab.inference.predictor import Predictor, predict_files
 
     ckpt = load_checkpoint(FIXTURE)
     assert ckpt.digest is not None and ckpt.artifact.model_name == "resnet8" and ckpt.training.step == 4
