@@ -197,6 +197,38 @@ def test_exif_rotated_photo_is_loaded_upright(tmp_path):
     assert images[0, 0, 20, -1] > 200 and images[0, 0, 20, 0] < 50  # red column on the right
 
 
+# The decoding before PIL.ImageOps.exif_transpose took over: EXIF orientation -> transpose.
+OLD_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_decodes_as_the_hand_written_transpose_did(tmp_path, orientation):
+    from resnetlab.data.decode import center_box, decode_crops
+
+    rng = np.random.default_rng(orientation)
+    img = Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(tmp_path / "photo.jpg", exif=exif, quality=90)
+    stored = Image.open(tmp_path / "photo.jpg").convert("RGB")
+    upright = stored.transpose(OLD_TRANSPOSE[orientation]) if orientation in OLD_TRANSPOSE else stored
+    full, = decode_crops(tmp_path / "photo.jpg", lambda w, h: [((0, 0, w, h), (w, h))])
+    np.testing.assert_array_equal(full, np.asarray(upright))  # every pixel, bit for bit
+    # A small centre crop: decoded at a reduced JPEG scale (draft) and planned on the upright size.
+    w, h = upright.size
+    small, = decode_crops(tmp_path / "photo.jpg", lambda w, h: [(center_box(w, h, 16, 16), (16, 16))])
+    draft = Image.open(tmp_path / "photo.jpg")
+    draft.draft("RGB", (draft.size[0] // 2, draft.size[1] // 2))
+    draft = draft.convert("RGB")
+    draft = draft.transpose(OLD_TRANSPOSE[orientation]) if orientation in OLD_TRANSPOSE else draft
+    sx, sy = draft.size[0] / w, draft.size[1] / h
+    l, t, r, b = center_box(w, h, 16, 16)
+    expected = draft.resize((16, 16), Image.BILINEAR, box=(l * sx, t * sy, r * sx, b * sy))
+    np.testing.assert_array_equal(small, np.asarray(expected))
+
+
 def test_a_train_class_left_without_images_is_an_error_even_with_skip_bad(tmp_path):
     root = _tree(tmp_path / "d")
     for i in range(4):
