@@ -14,11 +14,10 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.config import TrainConfig
 from resnetlab.data import build_data, make_eval_loader
 from resnetlab.engine.checkpoint import checkpoint_path, model_from_checkpoint
 from resnetlab.engine.evaluate import int8_model
-from resnetlab.engine.runtime import make_runtime
+from resnetlab.engine.runtime import Runtime
 from resnetlab.models.fuse import fuse_bn
 from resnetlab.models.quantize import activation_reduce_range, default_backend
 from resnetlab.reports.bench import write_json
@@ -42,7 +41,7 @@ def main():
     model, normalizer, _, cfg = model_from_checkpoint(path)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     split = bundle.test if args.split == "test" else bundle.val
-    rt = make_runtime(TrainConfig(device="cpu", precision="fp32", channels_last="false"))
+    rt = Runtime.resolve(device="cpu", precision="fp32", channels_last="false")
     batches = [(normalizer(views[0]).float(), y) for views, y in make_eval_loader(split, cfg.data, batch_size=256)]
     labels = torch.cat([y for _, y in batches])
     fp32 = predictions(fuse_bn(model), batches)

@@ -110,12 +110,11 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     """
     from dataclasses import asdict
 
-    from resnetlab.config import TrainConfig
     from resnetlab.data.datasets import match_classes
 
     from .checkpoint import model_from_checkpoint
     from .confusion import per_class
-    from .runtime import make_runtime, prepare_model
+    from .runtime import prepare_model
     from .sources import load_source
 
     if protocol not in PROTOCOLS:
@@ -131,12 +130,11 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         if train is None:
             raise UserError(f"--precision int8 calibrates on training images, and {data} has none; give --data a "
                             "folder with train/, or use `resnetlab predict --precision int8 --calibrate DIR`")
-        rt = make_runtime(TrainConfig(device="cpu" if device == "auto" else device, precision="fp32",
-                                      channels_last="false"))
+        rt = Runtime.resolve(device="cpu" if device == "auto" else device, precision="fp32", channels_last="false")
         model = int8_model(model, normalizer, train, cfg, rt)
     else:
-        rt = make_runtime(TrainConfig(device=device, precision=precision or cfg.train.precision,
-                                      channels_last=cfg.train.channels_last))
+        rt = Runtime.resolve(device=device, precision=precision or cfg.train.precision,
+                             channels_last=cfg.train.channels_last)
         model = prepare_model(model, rt)
     report = evaluate_split(model, normalizer.to(rt.device), dataset, cfg, rt, DistInfo(), protocol,
                             batch_size or cfg.optim.batch_size, workers, confusion=True)
