@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from resnetlab.config import DataConfig
-from resnetlab.data import build_data, make_eval_loader, make_train_loader
+from resnetlab.data import LoaderSpec, build_data, make_eval_loader, make_train_loader
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -40,7 +40,7 @@ def images_per_second(loader, limit: int | None = None) -> tuple[float, int]:
 
 def bench_cifar_memory(cfg: DataConfig) -> dict:
     bundle = build_data(cfg)
-    rates = [images_per_second(make_train_loader(bundle.train, cfg, batch_size=128, seed=0, epoch=e))[0]
+    rates = [images_per_second(make_train_loader(bundle.train, cfg, LoaderSpec(128), seed=0, epoch=e))[0]
              for e in range(3)]
     return {"images_per_s": round(max(rates)), "epochs_timed": 3, "batch_size": 128,
             "images_per_epoch": len(bundle.train) // 128 * 128}
@@ -56,7 +56,7 @@ def bench_cifar_folder(root: str) -> dict:
             start = time.perf_counter()
             bundle = build_data(cfg)
             built = time.perf_counter() - start
-            epochs = [images_per_second(make_train_loader(bundle.train, cfg, batch_size=128, seed=0, epoch=e))
+            epochs = [images_per_second(make_train_loader(bundle.train, cfg, LoaderSpec(128), seed=0, epoch=e))
                       for e in range(2)]
             files = len(bundle.train) + len(bundle.val) + len(bundle.test)
             out[name] = {"build_s": round(built, 2), "files": files, "files_per_s": round(files / built),
@@ -84,9 +84,9 @@ def bench_large(count: int, workers_list: list[int]) -> dict:
                          normalize="imagenet")
         train = build_data(cfg).train
         for workers in workers_list:
-            loader = make_train_loader(train, cfg, batch_size=32, seed=0, workers=workers)
+            loader = make_train_loader(train, cfg, LoaderSpec(32, workers=workers), seed=0)
             out[f"train_scale_aug_workers{workers}_images_per_s"] = round(images_per_second(loader)[0], 1)
-        ev = make_eval_loader(train, cfg, batch_size=32, protocol="center", workers=workers_list[-1])
+        ev = make_eval_loader(train, cfg, LoaderSpec(32, workers=workers_list[-1]), "center")
         out[f"eval_center_workers{workers_list[-1]}_images_per_s"] = round(images_per_second(ev)[0], 1)
     return out
 

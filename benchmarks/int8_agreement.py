@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data import build_data, make_eval_loader
+from resnetlab.data import LoaderSpec, build_data, make_eval_loader
 from resnetlab.engine.checkpoint import checkpoint_path, model_from_checkpoint
 from resnetlab.engine.evaluate import int8_model
 from resnetlab.engine.runtime import Runtime
@@ -42,7 +42,7 @@ def main():
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     split = bundle.test if args.split == "test" else bundle.val
     rt = Runtime.resolve(device="cpu", precision="fp32", channels_last="false")
-    batches = [(normalizer(views[0]).float(), y) for views, y in make_eval_loader(split, cfg.data, batch_size=256)]
+    batches = [(normalizer(views[0]).float(), y) for views, y in make_eval_loader(split, cfg.data, LoaderSpec(256))]
     labels = torch.cat([y for _, y in batches])
     fp32 = predictions(fuse_bn(model), batches)
     rows = [{"arm": "fp32", "top1": 100 * (fp32 == labels).float().mean().item(), "agreement": 100.0}]

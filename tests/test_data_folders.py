@@ -158,7 +158,7 @@ def test_layout_errors(tmp_path):
 
 
 def test_bad_large_file_fails_at_load_time_or_is_skipped(tmp_path):
-    from resnetlab.data import make_train_loader
+    from resnetlab.data import LoaderSpec, make_train_loader
     root = _tree(tmp_path / "d", size=(100, 80), splits=("train",))
     (root / "train" / "cat" / "1.png").write_bytes(b"broken")
     with pytest.raises(UserError, match=r"cat/1\.png"):  # the normaliser's statistics decode it
@@ -166,11 +166,11 @@ def test_bad_large_file_fails_at_load_time_or_is_skipped(tmp_path):
     cfg = _cfg(root, tmp_path, image_size=64, augment="rrc", normalize="imagenet")
     train = build_data(cfg).train  # nothing decoded yet: large images are read by the loaders
     with pytest.raises(UserError, match=r"cat/1\.png: not an image Pillow can read"):
-        list(make_train_loader(train, cfg, batch_size=12))
+        list(make_train_loader(train, cfg, LoaderSpec(12)))
     with pytest.raises(UserError, match="workers .* must be >= 0, got -1"):
-        make_train_loader(train, cfg, batch_size=12, workers=-1)
+        make_train_loader(train, cfg, LoaderSpec(12, workers=-1))
     cfg.skip_bad = True
-    loader = make_train_loader(train, cfg, batch_size=12)
+    loader = make_train_loader(train, cfg, LoaderSpec(12))
     with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file while decoding .*cat/1\.png"):
         (x, y), = list(loader)
     assert len(x) == len(y) == 11 and len(loader.skipped) == 1
@@ -262,7 +262,7 @@ def test_a_test_class_left_without_images_is_reported_by_name(tmp_path, capsys):
 
 
 def test_skipped_files_are_counted_when_met_while_decoding(tmp_path):
-    from resnetlab.data import make_eval_loader, make_train_loader
+    from resnetlab.data import LoaderSpec, make_eval_loader, make_train_loader
 
     root = _tree(tmp_path / "d", size=(100, 80), splits=("train",))
     huge_png(root / "train" / "cat" / "1.png")
@@ -274,13 +274,13 @@ def test_skipped_files_are_counted_when_met_while_decoding(tmp_path):
     with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file \(train/emu/gone\.png\)"):
         train = build_data(cfg).train  # the link is found by the scan, the bomb only when decoded
     with pytest.raises(UserError, match=r"cat/1\.png: refused as a possible decompression bomb"):
-        list(make_train_loader(train, _cfg(root, tmp_path, image_size=64, augment="rrc"), batch_size=12))
+        list(make_train_loader(train, _cfg(root, tmp_path, image_size=64, augment="rrc"), LoaderSpec(12)))
     with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file while decoding \(.*cat/1\.png: refused as a "
                                               r"possible decompression bomb .*\); 1 of 12 files of this split"):
-        (x, y), = list(make_train_loader(train, cfg, batch_size=12))
+        (x, y), = list(make_train_loader(train, cfg, LoaderSpec(12)))
     assert len(x) == 11
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the next epoch and an evaluation: already reported, no new warning
-        assert len(list(make_train_loader(train, cfg, batch_size=12, epoch=1))) == 1
-        assert sum(len(y) for _, y in make_eval_loader(train, cfg, batch_size=4)) == 11
+        assert len(list(make_train_loader(train, cfg, LoaderSpec(12), epoch=1))) == 1
+        assert sum(len(y) for _, y in make_eval_loader(train, cfg, LoaderSpec(4))) == 11

@@ -7,7 +7,7 @@ import torch
 from test_data_folders import COLOURS, _cfg, _tree, _write
 
 from resnetlab.config import load_config
-from resnetlab.data import build_data, make_train_loader
+from resnetlab.data import LoaderSpec, build_data, make_train_loader
 from resnetlab.data.sampling import balanced_draw, generator, holdout, split_indices, stratified_split, train_batches
 from resnetlab.data.summary import data_record, imbalance_warning, loss_weights, notes
 from resnetlab.errors import UserError
@@ -106,8 +106,8 @@ def test_a_balanced_loader_resumes_mid_epoch_with_the_same_batches(tmp_path):
     root = _photos(tmp_path / "p", (12, 3, 3))
     cfg = _cfg(root, tmp_path, balance="sampler")
     train = build_data(cfg).train
-    full = list(make_train_loader(train, cfg, batch_size=4, seed=1, epoch=1))
-    resumed = list(make_train_loader(train, cfg, batch_size=4, seed=1, epoch=1, start_batch=2))
+    full = list(make_train_loader(train, cfg, LoaderSpec(4), seed=1, epoch=1))
+    resumed = list(make_train_loader(train, cfg, LoaderSpec(4), seed=1, epoch=1, start_batch=2))
     assert len(full) == 4 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[2:], resumed))
     assert torch.bincount(torch.cat([y for _, y in full]), minlength=3).min() >= 3  # 16 draws, each class ~1/3
 

@@ -162,7 +162,7 @@ def test_large_images_use_the_eval_resize_and_centre_crop_of_evaluation(tmp_path
     """A net trained on a folder of large images: predict = the checkpoint's model on eval views."""
     from PIL import Image
 
-    from resnetlab.data import make_eval_loader
+    from resnetlab.data import LoaderSpec, make_eval_loader
 
     for split, n in (("train", 6), ("test", 3)):
         for cls in CLASSES:
@@ -180,7 +180,7 @@ def test_large_images_use_the_eval_resize_and_centre_crop_of_evaluation(tmp_path
     results, failed = predict_files(Predictor.from_checkpoint(tmp_path / "run", device="cpu"), paths, topk=3)
     model, normalizer, _, cfg = model_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     test = build_data(cfg.data, seed=cfg.train.seed).test
-    views = torch.cat([v[0] for v, _ in make_eval_loader(test, cfg.data, batch_size=4)])
+    views = torch.cat([v[0] for v, _ in make_eval_loader(test, cfg.data, LoaderSpec(4))])
     assert views.shape == (9, 3, 48, 48) and failed == []
     with torch.no_grad():
         expected = model(normalizer(views)).softmax(1)

@@ -26,9 +26,9 @@ from resnetlab.errors import ResnetlabWarning, UserError
 from . import folder as folders
 from .cifar import SPECS, load_cifar
 from .datasets import ArrayDataset, FileDataset
-from .loaders import check_augment, make_eval_loader
+from .loaders import check_augment
 from .normalize import Normalizer
-from .sampling import STATS, generator, holdout, stratified_subset
+from .sampling import holdout, stratified_subset
 from .synthetic import synthetic
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
@@ -185,18 +185,12 @@ def fit_normalizer(train, cfg: DataConfig, seed: int = 0) -> Normalizer:
     training images (a seeded sample), at the training crop size."""
     if cfg.normalize == "imagenet":
         return Normalizer.fit("imagenet", [])
-    if isinstance(train, ArrayDataset):
-        return Normalizer.fit(cfg.normalize, train.images.split(2048))
-    n = min(len(train), cfg.stats_images)
-    sample = train.subset(torch.randperm(len(train), generator=generator(STATS, seed))[:n].sort().values)
-    views = make_eval_loader(sample, cfg, batch_size=64, protocol="center")
-    return Normalizer.fit(cfg.normalize, (v[0] for v, _ in views))
+    return Normalizer.fit(cfg.normalize, train.stats_batches(cfg, seed))
 
 
 def describe(bundle: DataBundle) -> str:
     """One line: source, split sizes, classes, image size and where the images live."""
-    size = ("x".join(map(str, bundle.train.image_size)) + " in memory"
-            if isinstance(bundle.train, ArrayDataset) else "image files")
+    size = bundle.train.where()
     splits = ", ".join(f"{name} {len(d)}" for name, d in (("train", bundle.train), ("val", bundle.val),
                                                            ("test", bundle.test)) if d is not None)
     extra = f", {len(bundle.info['skipped'])} bad files skipped" if bundle.info.get("skipped") else ""

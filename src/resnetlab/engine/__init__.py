@@ -3,10 +3,10 @@ from .checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_che
 from .evaluate import PROTOCOLS, evaluate, evaluate_checkpoint
 from .schedules import ScheduleState, create_learning_rate_fn
 from .signals import TrainingInterrupted
-from .train import TrainingDiverged, train_and_evaluate, train_step
+from .train import StepParts, TrainingDiverged, train_and_evaluate, train_step
 
 __all__ = [
     "FORMAT", "load_checkpoint", "model_from_checkpoint", "save_checkpoint", "PROTOCOLS", "evaluate",
     "evaluate_checkpoint", "ScheduleState", "create_learning_rate_fn", "TrainingInterrupted",
-    "TrainingDiverged", "train_and_evaluate", "train_step",
+    "StepParts", "TrainingDiverged", "train_and_evaluate", "train_step",
 ]

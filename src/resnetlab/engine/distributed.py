@@ -2,7 +2,7 @@
 
 `torchrun --nproc_per_node=N -m resnetlab train ...` gives N processes; each builds the same
 model from the same seed, DDP averages gradients, and every process sees its slice of each
-global batch (make_train_loader(rank=, world_size=)). NCCL on GPUs, gloo on CPU.
+global batch (data.LoaderSpec(rank=, world_size=)). NCCL on GPUs, gloo on CPU.
 Only rank 0 writes files or prints.
 """
 from __future__ import annotations

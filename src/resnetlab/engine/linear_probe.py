@@ -23,7 +23,7 @@ from resnetlab.files import write_text_atomic
 from .checkpoint import save_checkpoint
 from .confusion import record_per_class
 from .distributed import DistInfo, dist_info_from_env
-from .evaluate import evaluate_split
+from .evaluate import EvalModel, evaluate_split, run_eval_spec
 from .metrics_csv import write_metrics_csv
 from .runtime import autocast, make_grad_scaler, make_runtime, prepare_model, to_input
 from .rundir import RunDirLock
@@ -37,12 +37,12 @@ LBFGS_STEPS = 300
 @torch.no_grad()
 def extract_features(model, normalizer, dataset, cfg: Config, rt, batch_size: int = 256):
     """(float32 (N, num_features) pooled features, int64 (N,) labels) with the evaluation transform."""
-    from resnetlab.data import make_eval_loader
+    from resnetlab.data import LoaderSpec, make_eval_loader
     from resnetlab.models.features import embed
 
     model.eval()
     feats, labels = [], []
-    for views, y in make_eval_loader(dataset, cfg.data, batch_size=batch_size, protocol="center", device=rt.device):
+    for views, y in make_eval_loader(dataset, cfg.data, LoaderSpec(batch_size, device=rt.device)):
         with autocast(rt):
             feats.append(embed(model, to_input(normalizer(views[0]), rt)).float().cpu())
         labels.append(y.cpu())
@@ -91,7 +91,6 @@ def choose_penalty(train, val, num_classes: int, default: float, weight=None) ->
 def train_linear_probe(cfg: Config, workdir, stream=None) -> dict:
     """Fit the probe and write the run directory (config, checkpoints, metrics.jsonl, summary.json)."""
     from resnetlab.data import build_data
-    from resnetlab.data.summary import loss_weights
 
     if dist_info_from_env().enabled:
         raise UserError("the linear probe runs in one process (its features are computed once); run it without torchrun")
@@ -104,6 +103,8 @@ def train_linear_probe(cfg: Config, workdir, stream=None) -> dict:
 
 
 def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream) -> dict:
+    from resnetlab.data.summary import loss_weights
+
     say = (lambda msg: print(msg, file=stream)) if stream else print
     model, _ = build_model(cfg, len(bundle.classes), info=say)
     if not cfg.finetune.init:
@@ -119,12 +120,12 @@ def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream)
         model.fc.weight.copy_(w.to(model.fc.weight))
         model.fc.bias.copy_(b.to(model.fc.bias))
 
-    info = DistInfo()
+    scored, spec = EvalModel(model, normalizer, rt), run_eval_spec(cfg, DistInfo(), rt)
     metrics = {"step": 0, "epoch": 0, "linear_probe": True, "penalty": penalty, "train_err": error_rate(*train, w, b),
                "val_top1_err": None, "val_errors_by_penalty": {str(p): e for p, e in val_errors.items()},
                "feature_dim": train[0].shape[1], "train_images": len(train[1])}
     if bundle.val is not None:
-        v = evaluate_split(model, normalizer, bundle.val, cfg, rt, info)
+        v = evaluate_split(scored, bundle.val, cfg.data, spec)
         metrics.update(val_top1_err=v["top1_err"], val_top5_err=v["top5_err"], val_top1=v["top1"], val_top5=v["top5"])
     state = TrainState(best_val_err=metrics["val_top1_err"], elapsed_s=time.perf_counter() - start)
     metrics["elapsed_s"] = state.elapsed_s
@@ -139,7 +140,7 @@ def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream)
                "elapsed_s": state.elapsed_s, "checkpoints": {"last": str(ckpts / "last.pt"), "best": str(ckpts / "best.pt")},
                "test": {}}
     if bundle.test is not None:
-        result = evaluate_split(model, normalizer, bundle.test, cfg, rt, info, confusion=True)
+        result = evaluate_split(scored, bundle.test, cfg.data, spec, confusion=True)
         summary["test"] = {"last": result, "best": result}
         record_per_class(summary["test"], bundle.classes, workdir)
     write_text_atomic(workdir / "summary.json", json.dumps(summary, indent=1))

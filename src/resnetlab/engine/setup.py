@@ -20,6 +20,7 @@ from resnetlab.models import create_model
 
 from .checkpoint import load_checkpoint
 from .distributed import DistInfo, per_rank_batch
+from .evaluate import EvalModel, run_eval_spec
 from .finetune import apply_freezing, load_init_weights, param_groups
 from .logger import RunLogger
 from .preflight import preflight
@@ -54,17 +55,26 @@ class Run:
         return train_loader(self.bundle, self.cfg, self.info, self.rt, epoch, start_batch)
 
     @property
+    def scored(self) -> EvalModel:
+        """The plain model for evaluation: DDP's forward would sync buffers, and shards may be uneven."""
+        return EvalModel(self.model, self.normalizer, self.rt)
+
+    @property
+    def eval_spec(self):
+        return run_eval_spec(self.cfg, self.info, self.rt, self.cfg.train.workers)
+
+    @property
     def eval_every(self) -> int:
         return self.cfg.train.eval_every or self.steps_per_epoch
 
 
 def train_loader(bundle, cfg: Config, info: DistInfo, rt: Runtime, epoch: int, start_batch: int = 0):
     """This process's share of the batches of `epoch`, from batch `start_batch` on (resume)."""
-    from resnetlab.data import make_train_loader
+    from resnetlab.data import LoaderSpec, make_train_loader
 
-    return make_train_loader(bundle.train, cfg.data, batch_size=per_rank_batch(cfg.optim.batch_size, info),
-                             seed=cfg.train.seed, epoch=epoch, start_batch=start_batch, rank=info.rank,
-                             world_size=info.world_size, workers=cfg.train.workers, device=rt.device)
+    spec = LoaderSpec(per_rank_batch(cfg.optim.batch_size, info), info.rank, info.world_size, cfg.train.workers,
+                      rt.device)
+    return make_train_loader(bundle.train, cfg.data, spec, seed=cfg.train.seed, epoch=epoch, start_batch=start_batch)
 
 
 def build_model(cfg: Config, num_classes: int, info=print) -> tuple[nn.Module, list[nn.Module]]:

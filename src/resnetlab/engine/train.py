@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from resnetlab.config import Config
 from resnetlab.errors import UserError
@@ -36,16 +38,28 @@ class TrainingDiverged(UserError):
     """The loss or the weights became NaN/inf; the last good checkpoint was kept."""
 
 
-def train_step(net, optimizer, scaler, normalizer, x, y, rt: Runtime, label_smoothing: float = 0.0,
-               class_weights: torch.Tensor | None = None):
+@dataclass(frozen=True)
+class StepParts:
+    """What an SGD update uses besides the batch; made once, used for every step."""
+
+    net: nn.Module  # what to call: the model, maybe wrapped in DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    normalizer: nn.Module
+    rt: Runtime
+    label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None  # data.balance=loss
+
+
+def train_step(parts: StepParts, x: torch.Tensor, y: torch.Tensor):
     """One SGD update on a batch: x uint8 (B, 3, H, W), y int64 (B,) -> (loss, number correct)."""
-    with autocast(rt):
-        logits = net(to_input(normalizer(x), rt))
-    loss = F.cross_entropy(logits.float(), y, weight=class_weights, label_smoothing=label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
-    scaler.step(optimizer)
-    scaler.update()
+    with autocast(parts.rt):
+        logits = parts.net(to_input(parts.normalizer(x), parts.rt))
+    loss = F.cross_entropy(logits.float(), y, weight=parts.class_weights, label_smoothing=parts.label_smoothing)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
     return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
 
 
@@ -102,14 +116,15 @@ def train_loop(run: Run, stop: StopOnSignal):
     window, since_eval = Meter(run.rt.device, state.window), Meter(run.rt.device, state.epoch_meter)
     clock = {"start": time.perf_counter() - state.elapsed_s, "eval": time.perf_counter(), "images": 0}
     best_state = None
+    parts = StepParts(run.net, run.optimizer, run.scaler, run.normalizer, run.rt, cfg.optim.label_smoothing,
+                      run.class_weights)
     set_train_mode(run.model, run.eval_bns)
     while state.step < run.total and state.reached_target is None:
         epoch, start_batch = divmod(state.step, run.steps_per_epoch)
         for x, y in run.loader(epoch, start_batch):
             lr = run.lr_fn(state.step, state.schedule)
             set_lr(run.optimizer, lr)
-            loss, correct = train_step(run.net, run.optimizer, run.scaler, run.normalizer, x, y, run.rt,
-                                       cfg.optim.label_smoothing, run.class_weights)
+            loss, correct = train_step(parts, x, y)
             window.update(loss, correct, len(y))
             since_eval.update(loss, correct, len(y))
             state.step += 1
@@ -155,8 +170,7 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
                "train_err": train_err, "val_top1_err": None, "val_top5_err": None,
                "images_per_s": _rate(clock), "elapsed_s": state.elapsed_s}
     if run.bundle.val is not None:  # the plain model: DDP's forward would sync buffers, and shards may be uneven
-        val = evaluate_split(run.model, run.normalizer, run.bundle.val, run.cfg, run.rt, run.info,
-                             workers=run.cfg.train.workers)
+        val = evaluate_split(run.scored, run.bundle.val, run.cfg.data, run.eval_spec)
         metrics.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_top1=val["top1"],
                        val_top5=val["top5"])
     # The plateau schedule watches validation error, or training error when there is no val split.
@@ -206,8 +220,7 @@ def final_test(run: Run, best_state) -> dict:
         summary["checkpoints"]["best"] = str(ckpts / "best.pt")
     if run.bundle.test is None:
         return summary
-    test = lambda: evaluate_split(run.model, run.normalizer, run.bundle.test, run.cfg, run.rt, run.info,  # noqa: E731
-                                  workers=run.cfg.train.workers, confusion=True)
+    test = lambda: evaluate_split(run.scored, run.bundle.test, run.cfg.data, run.eval_spec, confusion=True)  # noqa: E731
     summary["test"]["last"] = test()
     if best_state is None and "best" in summary["checkpoints"]:  # best found before a resume
         best_state = load_checkpoint(ckpts / "best.pt")["model"]

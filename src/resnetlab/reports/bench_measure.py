@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data import make_train_loader
+from resnetlab.data import LoaderSpec, make_train_loader
 from resnetlab.engine.runtime import COMPILE_MODES, Runtime, autocast, compile_model, make_grad_scaler, prepare_model, to_input
-from resnetlab.engine.train import train_step
+from resnetlab.engine.train import StepParts, train_step
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 
@@ -128,7 +128,7 @@ def train_batches(variant: Variant, images: BenchImages, size: int, batch_size: 
     def ours():
         epoch = 0
         while True:
-            yield from make_train_loader(data, cfg, batch_size, seed=0, epoch=epoch, device=rt.device)
+            yield from make_train_loader(data, cfg, LoaderSpec(batch_size, device=rt.device), seed=0, epoch=epoch)
             epoch += 1
     if len(data) < batch_size:
         raise UserError(f"--images {len(data)} is fewer than one batch ({batch_size}); raise --images")
@@ -154,9 +154,11 @@ def prepare_train(model_name: str, variant: Variant, images: BenchImages, size: 
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         scaler, net = make_grad_scaler(rt), compile_model(model, variant.compile)
 
+        parts = StepParts(net, optimizer, scaler, normalizer, rt)
+
         def step():
             x, y = next(batches)
-            train_step(net, optimizer, scaler, normalizer, x, y, rt, 0.0)
+            train_step(parts, x, y)
         first = time.perf_counter()
         step()  # the first step pays for compilation; reported on its own
         first = time.perf_counter() - first

@@ -117,7 +117,7 @@ class Predictor:
 
     def batches(self, paths: list, protocol: str = "center", batch_size: int = 64):
         """Yield (views, indices into paths) for the readable files (or PIL images); bad files go to self.failed."""
-        from resnetlab.data import ArrayDataset, FileDataset, load_images, make_eval_loader
+        from resnetlab.data import ArrayDataset, FileDataset, LoaderSpec, load_images, make_eval_loader
         from resnetlab.data.folder import small_side
 
         self.failed = []
@@ -136,7 +136,7 @@ class Predictor:
                 dataset = ArrayDataset(images, index[keep], self.classes)
             else:
                 dataset = FileDataset(chunk, index, self.classes, warn_bad=False)  # listed in self.failed
-            loader = make_eval_loader(dataset, cfg, batch_size=batch_size, protocol=protocol, device=self.rt.device)
+            loader = make_eval_loader(dataset, cfg, LoaderSpec(batch_size, device=self.rt.device), protocol)
             yield from loader
             self.failed += loader.skipped
 
