@@ -79,16 +79,20 @@ def array_eval_views(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, dev
 
 
 @dataclass
-class ArrayBatches:
-    """Batches first, first + 1, ... of `batches` of an in-memory dataset, each gathered and
-    augmented as a whole tensor where the data is placed (no worker processes)."""
+class BatchSource:
+    """Batches first, first + 1, ... of `batches` of one dataset; its kind's `iterate` makes them."""
 
-    data: ArrayDataset
+    data: ArrayDataset | FileDataset
     cfg: DataConfig
     batches: list  # of index tensors
     first: int = 0
     keys: tuple = ()  # (seed, epoch, rank) for training batches; () for evaluation
     protocol: str | None = None  # evaluation protocol; None = training
+
+
+class ArrayBatches(BatchSource):
+    """In-memory batches, each gathered and augmented as a whole tensor where the data is placed
+    (no worker processes)."""
 
     def iterate(self, workers: int, device: torch.device, skipped: list):
         """(x, y) training batches or (views, y) evaluation batches on `device`; nothing is ever skipped."""
@@ -103,16 +107,8 @@ class ArrayBatches:
             yield batch
 
 
-@dataclass
-class FileBatches(torch.utils.data.Dataset):
+class FileBatches(BatchSource, torch.utils.data.Dataset):
     """Item j = batch number first + j of `batches`: (views or image, labels, [(path, reason)])."""
-
-    data: FileDataset
-    cfg: DataConfig
-    batches: list  # of index tensors
-    first: int = 0
-    keys: tuple = ()  # (seed, epoch, rank) for training batches; () for evaluation
-    protocol: str | None = None  # evaluation protocol; None = training
 
     def __len__(self) -> int:
         return len(self.batches) - self.first
