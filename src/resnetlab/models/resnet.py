@@ -102,8 +102,8 @@ class ResNet(nn.Module):
         if zero_init_residual:
             # Each block starts as the identity (Goyal et al., arXiv:1706.02677, Sec. 5.1).
             for m in self.modules():
-                if hasattr(m, "last_norm"):
-                    nn.init.zeros_(m.last_norm().weight)
+                if hasattr(m, "residual_end"):
+                    nn.init.zeros_(m.residual_end().weight)
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]

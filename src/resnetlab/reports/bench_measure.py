@@ -115,7 +115,7 @@ def seeded_model(name: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
     return create_model(name, num_classes=num_classes)
 
 
-def train_batches(variant: Variant, images: BenchImages, size: int, batch_size: int, rt: Runtime, cache_dir: Path):
+def endless_train_batches(variant: Variant, images: BenchImages, size: int, batch_size: int, rt: Runtime, cache_dir: Path):
     """(endless iterator of (x, y) on the device, the normaliser train_step should apply)."""
     data = decoded(images, size, cache_dir)
     normalizer = fitted_normalizer(data)
@@ -148,7 +148,7 @@ def prepare_train(model_name: str, variant: Variant, images: BenchImages, size: 
                   device: torch.device, cache_dir: Path) -> Prepared:
     """A full training step to time: next batch from the pipeline, forward, backward, SGD."""
     rt = runtime_of(variant, device)
-    batches, normalizer = train_batches(variant, images, size, batch_size, rt, cache_dir)
+    batches, normalizer = endless_train_batches(variant, images, size, batch_size, rt, cache_dir)
     with PeakMemory(device) as mem:
         model = prepare_model(seeded_model(model_name, len(images.classes)).train(), rt)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
