@@ -81,7 +81,6 @@ class EvalLoader:
             raise UserError(f"unknown evaluation protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         self.dataset, self.cfg, self.spec, self.protocol = dataset, cfg, spec, protocol
         self.batches = eval_batches(len(dataset), spec.batch_size, spec.rank, spec.world_size)
-        self.num_samples = sum(len(b) for b in self.batches)
         self.skipped: list[tuple[str, str]] = []
 
     def __len__(self) -> int:

@@ -23,8 +23,6 @@ PAPER_TABLE6 = {
     "resnet20": ("0.27M", 8.75), "resnet32": ("0.46M", 7.51), "resnet44": ("0.66M", 7.17),
     "resnet56": ("0.85M", 6.97), "resnet110": ("1.7M", 6.43), "resnet1202": ("19.4M", 7.93),
 }
-# Table 3 (ImageNet val, 10-crop, top-1 error %): ResNet-34 with shortcut options A/B/C.
-PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19}
 
 
 @dataclass
