@@ -60,7 +60,7 @@ def test_grey_cmyk_jpeg_png_become_rgb(tmp_path):
     _write(root / "train" / "dog" / "big.bmp", (30, 200, 30), size=(48, 40))  # resized to 32x32
     bundle = build_data(_cfg(root, tmp_path))
     x = bundle.train.images
-    assert x.shape == (4, 3, 32, 32) and bundle.info["resized"] == 1
+    assert x.shape == (4, 3, 32, 32) and bundle.provenance["resized"] == 1
     assert x[1, :, 5, 5].tolist() == [90, 90, 90]
     assert (x[0, :, 5, 5].int() - torch.tensor([200, 30, 30])).abs().max() <= 6  # JPEG rounding
 
@@ -97,7 +97,7 @@ def test_val_folder_is_the_validation_split_or_with_val_folder_test_the_test_spl
     root = _tree(tmp_path / "d", splits=("train", "val"))
     bundle = build_data(_cfg(root, tmp_path, val_size=3), seed=0)  # val_size unused: val/ is the validation split
     assert (len(bundle.train), len(bundle.val), bundle.test) == (12, 12, None)
-    assert bundle.info["validation"] == {"from": "val/ folder", "val_size": 3}
+    assert bundle.provenance["validation"] == {"from": "val/ folder", "val_size": 3}
     bundle = build_data(_cfg(root, tmp_path, val_size=3, val_folder="test"), seed=0)  # ImageNet's protocol
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (9, 3, 12)
 
@@ -129,7 +129,7 @@ def test_bad_input_names_the_file_or_folder(tmp_path, damage, message):
         build_data(_cfg(root, tmp_path))
     with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file \(train/cat/"):
         bundle = build_data(_cfg(root, tmp_path, skip_bad=True))
-    assert len(bundle.info["skipped"]) == 1 and re.search(message, "{}: {}".format(*bundle.info["skipped"][0]))
+    assert len(bundle.provenance["skipped"]) == 1 and re.search(message, "{}: {}".format(*bundle.provenance["skipped"][0]))
     assert len(bundle.train) == 12 - (damage in ("corrupt", "bomb"))  # the others add a bad file beside the 12
     for img, label in zip(bundle.train.images, bundle.train.labels):
         assert tuple(img[:, 0, 0].tolist()) == COLOURS[bundle.classes[label]]  # never a wrong label
@@ -254,7 +254,7 @@ def test_a_test_class_left_without_images_is_reported_by_name(tmp_path, capsys):
     with pytest.warns(ResnetlabWarning, match=r"skipped 4 unreadable files \(test/dog/0.png, test/dog/1.png, "
                                               r"test/dog/2.png, \.\.\.\); no test images left of class dog"):
         bundle = build_data(_cfg(root, tmp_path, skip_bad=True))
-    assert bundle.info["empty_classes"] == {"test": ["dog"]} and bundle.classes == sorted(COLOURS)
+    assert bundle.provenance["empty_classes"] == {"test": ["dog"]} and bundle.classes == sorted(COLOURS)
     assert sorted(set(bundle.test.labels.tolist())) == [0, 2]  # cat and emu keep their indices
     assert main(["data", str(root), "--skip-bad", "--cache-dir", str(tmp_path / "cache")]) == 0
     out, err = capsys.readouterr()

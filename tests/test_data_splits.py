@@ -62,9 +62,9 @@ def _photos(root, counts):
 def test_a_folder_of_class_folders_is_the_training_set_and_its_record_lists_the_held_out_files(tmp_path):
     root = _photos(tmp_path / "photos", (10, 5, 2))
     bundle = build_data(_cfg(root, tmp_path, val_size=0.2), seed=0)
-    assert bundle.classes == sorted(COLOURS) and bundle.test is None and bundle.info["layout"] == "classes"
+    assert bundle.classes == sorted(COLOURS) and bundle.test is None and bundle.provenance["layout"] == "classes"
     assert (len(bundle.train), len(bundle.val)) == (14, 3)  # round(0.2 * 17) = 3: cat 2, dog 1, emu 0 (2 * 0.2 = 0.35)
-    assert bundle.info["ignored"] == ["README", "cat/notes.txt"]
+    assert bundle.provenance["ignored"] == ["README", "cat/notes.txt"]
     record = json.loads(json.dumps(data_record(bundle)))
     assert record["images_per_class"] == {"train": {"cat": 8, "dog": 4, "emu": 2}, "val": {"cat": 2, "dog": 1, "emu": 0}}
     held = record["validation"]
@@ -118,7 +118,7 @@ def test_split_folders_keep_their_roles_and_non_images_are_ignored_there_too(tmp
     (root / "test" / "list.csv").write_text("a,b")
     bundle = build_data(_cfg(root, tmp_path, val_size=0.5))
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (12, 12, 12)
-    assert bundle.info["ignored"] == ["train/dog/Thumbs.db", "test/list.csv"]
+    assert bundle.provenance["ignored"] == ["train/dog/Thumbs.db", "test/list.csv"]
 
 
 def test_the_data_command_takes_a_fraction_and_counts_ignored_files(tmp_path, capsys):

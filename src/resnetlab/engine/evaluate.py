@@ -94,12 +94,13 @@ class EvalModel:
     rt: Runtime
 
 
-def run_eval_spec(cfg, dist: DistInfo, rt: Runtime, workers: int = 0):
+def run_eval_spec(cfg, dist_info: DistInfo, rt: Runtime, workers: int = 0):
     """How a training run reads its val/test splits: the global batch shared by the processes,
     each scoring its exact shard."""
     from resnetlab.data import LoaderSpec
 
-    return LoaderSpec(max(cfg.optim.batch_size // dist.world_size, 1), dist.rank, dist.world_size, workers, rt.device)
+    return LoaderSpec(max(cfg.optim.batch_size // dist_info.world_size, 1), dist_info.rank, dist_info.world_size, workers,
+                      rt.device)
 
 
 def evaluate_split(scored: EvalModel, dataset, data_cfg, spec, protocol: str = "center",

@@ -106,7 +106,7 @@ def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream)
     from resnetlab.data.summary import loss_weights
 
     say = (lambda msg: print(msg, file=stream)) if stream else print
-    model, _ = build_model(cfg, len(bundle.classes), info=say)
+    model, _ = build_model(cfg, len(bundle.classes), say=say)
     if not cfg.finetune.init:
         say("linear probe without finetune.init: the features come from a randomly initialised network")
     model, normalizer = prepare_model(model, rt), bundle.normalizer.to(rt.device)

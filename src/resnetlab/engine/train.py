@@ -76,14 +76,14 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
         from .linear_probe import train_linear_probe
 
         return train_linear_probe(cfg, workdir, stream)
-    info = dist_info_from_env()
-    rt = make_runtime(cfg.train, info.local_rank)
-    init_distributed(info, rt.device)
+    dist_info = dist_info_from_env()
+    rt = make_runtime(cfg.train, dist_info.local_rank)
+    init_distributed(dist_info, rt.device)
     finished = False
     try:
         # Signals are caught before the lock and the data: a SIGTERM while data is built stops the run before step 1.
-        with StopOnSignal() as stop, RunDirLock(Path(workdir), info) as lock:
-            summary = _train(cfg, Path(workdir), resume, info, rt, stream, stop, lock)
+        with StopOnSignal() as stop, RunDirLock(Path(workdir), dist_info) as lock:
+            summary = _train(cfg, Path(workdir), resume, dist_info, rt, stream, stop, lock)
         finished = True
         return summary
     except StorageError as err:
@@ -94,9 +94,9 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
         shutdown_distributed(synchronize=finished)
 
 
-def _train(cfg: Config, workdir: Path, resume: bool, info, rt: Runtime, stream, stop: StopOnSignal, lock) -> dict:
+def _train(cfg: Config, workdir: Path, resume: bool, dist_info, rt: Runtime, stream, stop: StopOnSignal, lock) -> dict:
     """The run itself; its model and DDP wrapper are gone when it returns (see shutdown_distributed)."""
-    run = build_run(cfg, workdir, resume, info, rt, lock, stream)
+    run = build_run(cfg, workdir, resume, dist_info, rt, lock, stream)
     try:
         if _stop_requested(stop, run):  # a signal while the data was built
             raise TrainingInterrupted(stop.signum or 15, run.state.step, _last_checkpoint(run))
@@ -105,7 +105,7 @@ def _train(cfg: Config, workdir: Path, resume: bool, info, rt: Runtime, stream, 
         run.log.close()
     stop.at_once(run.state.step, _last_checkpoint(run))  # every step is saved: from here a signal stops the run where it lands
     summary = final_test(run, best_state)
-    if info.is_main:
+    if dist_info.is_main:
         write_text_atomic(run.workdir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
@@ -128,7 +128,7 @@ def train_loop(run: Run, stop: StopOnSignal):
             window.update(loss, correct, len(y))
             since_eval.update(loss, correct, len(y))
             state.step += 1
-            clock["images"] += len(y) * run.info.world_size
+            clock["images"] += len(y) * run.dist_info.world_size
             at_eval = state.step % run.eval_every == 0 or state.step == run.total
             if at_eval or state.step % cfg.train.log_every == 0:
                 log_point(run, window, lr, clock)
@@ -201,7 +201,7 @@ def save(run: Run, metrics: dict, names: tuple[str, ...]) -> Path:
     if not is_finite_model(run.model):
         raise TrainingDiverged(f"the weights became NaN/inf by step {run.state.step}; kept the last good checkpoint "
                                f"{_last_good(run)}. Lower optim.lr")
-    if run.info.is_main:
+    if run.dist_info.is_main:
         ckpt = make_checkpoint(run.model, run.optimizer, run.scaler, run.state, run.cfg, run.bundle.classes,
                                run.normalizer.state(), run.steps_per_epoch, metrics)
         for name in names:
@@ -232,13 +232,13 @@ def final_test(run: Run, best_state) -> dict:
         else:
             run.model.load_state_dict(best_state)
             summary["test"]["best"] = test()
-    record_per_class(summary["test"], run.bundle.classes, run.workdir if run.info.is_main else None)
+    record_per_class(summary["test"], run.bundle.classes, run.workdir if run.dist_info.is_main else None)
     return summary
 
 
 def _stop_requested(stop: StopOnSignal, run: Run) -> bool:
     """Every process must stop at the same step, so a signal seen by any one counts for all."""
-    if not run.info.enabled:
+    if not run.dist_info.enabled:
         return stop.requested
     return bool(all_reduce_sum(torch.tensor([float(stop.requested)], device=run.rt.device)).item())
 
