@@ -137,7 +137,7 @@ def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict
     classes, side = first.classes, folders.small_side(first.paths)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else DEFAULT_CACHE / "folders"
     out, provenance = {}, {"root": str(root), "in_memory": side is not None, "caches": [], "resized": 0, "skipped": [],
-                     "ignored": [relative(p, root) for scan in scanned.values() for p in scan.ignored]}
+                           "ignored": [relative(p, root) for scan in scanned.values() for p in scan.ignored]}
     for split, scan in scanned.items():
         provenance["skipped"] += scan.skipped
         kept = scan.paths

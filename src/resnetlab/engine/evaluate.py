@@ -151,7 +151,7 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
             raise UserError(f"--precision int8 calibrates on training images, and {data} has none; give --data a "
                             "folder with train/, or use `resnetlab predict --precision int8 --calibrate DIR`")
         rt = Runtime.resolve(device="cpu" if device == "auto" else device, precision="fp32", channels_last="false")
-        model = int8_model(model, normalizer, train, cfg, rt)
+        model = int8_model(EvalModel(model, normalizer, rt), train, cfg.data)
     else:
         rt = Runtime.resolve(device=device, precision=precision or cfg.train.precision,
                              channels_last=cfg.train.channels_last)
@@ -196,7 +196,7 @@ def eval_data(cfg, data: str | None, split: str):
     return dataset, bundle.train
 
 
-def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime, images: int | None = None,
+def int8_model(scored: EvalModel, train, data_cfg, images: int | None = None,
                reduce_range: bool | None = None) -> nn.Module:
     """The BN-folded model quantized to int8, its activation ranges calibrated on `images`
     training images spread evenly over the split (centre views, never the split being scored).
@@ -206,8 +206,9 @@ def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime,
     from resnetlab.models.quantize import CALIBRATION_IMAGES, calibration_sample, quantize_int8
 
     images = images or CALIBRATION_IMAGES
-    if rt.device.type != "cpu":
+    if scored.rt.device.type != "cpu":
         raise UserError("int8 evaluation runs on the CPU only (--device cpu)")
     sample = train.subset(torch.tensor(calibration_sample(len(train), images)))
-    loader = make_eval_loader(sample, cfg.data, LoaderSpec(64))
-    return quantize_int8(fuse_bn(model), [normalizer(views[0]) for views, _ in loader], reduce_range=reduce_range)
+    loader = make_eval_loader(sample, data_cfg, LoaderSpec(64))
+    return quantize_int8(fuse_bn(scored.model), [scored.normalizer(views[0]) for views, _ in loader],
+                         reduce_range=reduce_range)

@@ -68,7 +68,8 @@ class ResNet(nn.Module):
         self.stage_strides: list[int] = []
         for i, (width, blocks) in enumerate(zip(widths, layers)):
             stride = 1 if i == 0 else 2
-            layer, cin = self._make_layer(block, cin, width, blocks, stride, shortcut, residual, stride_on)
+            layer, cin = self._make_layer(block, cin, width, blocks, stride,
+                                          dict(shortcut=shortcut, residual=residual, stride_on=stride_on))
             self.add_module(f"layer{i + 1}", layer)
             self.stage_channels.append(cin)
             self.stage_strides.append(stem_stride * 2**i)
@@ -81,11 +82,12 @@ class ResNet(nn.Module):
         self._init_weights(zero_init_residual)
 
     @staticmethod
-    def _make_layer(block, cin, width, blocks, stride, shortcut, residual, stride_on):
+    def _make_layer(block, cin, width, blocks, stride, options: dict):
+        """One stage: `blocks` blocks, the first with `stride`; options (shortcut, residual,
+        stride_on) are the same for every block of the network."""
         layers = []
         for i in range(blocks):
-            layers.append(block(cin, width, stride if i == 0 else 1, shortcut=shortcut, residual=residual,
-                                stride_on=stride_on))
+            layers.append(block(cin, width, stride if i == 0 else 1, **options))
             cin = width * block.expansion
         return nn.Sequential(*layers), cin
 
