@@ -30,6 +30,18 @@ from .schedules import create_learning_rate_fn, total_steps
 from .state import TrainState, restore_checkpoint
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """What train_and_evaluate was asked for, resolved for this process."""
+
+    cfg: Config
+    workdir: Path
+    resume: bool
+    dist_info: DistInfo
+    rt: Runtime
+    stream: object = None  # where the progress lines go (None: the terminal)
+
+
 @dataclass
 class Run:
     cfg: Config
@@ -141,11 +153,11 @@ def _wrap(model: nn.Module, cfg: Config, dist_info: DistInfo, rt: Runtime) -> nn
     return compile_model(model, rt.compile)
 
 
-def build_run(cfg: Config, workdir: Path, resume: bool, dist_info: DistInfo, rt: Runtime, lock: RunDirLock,
-              stream=None) -> Run:
+def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     from resnetlab.data import build_data
     from resnetlab.data.summary import loss_weights
 
+    cfg, workdir, resume, dist_info, rt = request.cfg, request.workdir, request.resume, request.dist_info, request.rt
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     check_stop_target(cfg.train.stop_at_val_top1, bundle)  # before the run directory is made
@@ -165,7 +177,8 @@ def build_run(cfg: Config, workdir: Path, resume: bool, dist_info: DistInfo, rt:
     run = Run(cfg, workdir, dist_info, rt, bundle, model, _wrap(model, cfg, dist_info, rt), eval_bns,
               bundle.normalizer.to(rt.device), optimizer, scaler, state, per_rank_batch(cfg.optim.batch_size, dist_info),
               steps_per_epoch, total, create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch),
-              RunLogger(workdir, dist_info.is_main, total, state.step, cfg.train.tensorboard, stream, cfg.train.log_every))
+              RunLogger(workdir, dist_info.is_main, total, state.step, cfg.train.tensorboard, request.stream,
+                        cfg.train.log_every))
     run.log.info(f"{cfg.model.name}: {run.total} steps ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
                  + (f" = {dist_info.world_size} processes x {run.batch}" if dist_info.enabled else "")
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"

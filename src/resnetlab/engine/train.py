@@ -29,7 +29,7 @@ from .finetune import set_train_mode
 from .rundir import RunDirLock
 from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error
-from .setup import Run, build_run, set_lr
+from .setup import Run, RunRequest, build_run, set_lr
 from .signals import StopOnSignal, TrainingInterrupted
 from .state import Meter, is_finite_model, make_checkpoint, meter_summary
 
@@ -83,7 +83,7 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
     try:
         # Signals are caught before the lock and the data: a SIGTERM while data is built stops the run before step 1.
         with StopOnSignal() as stop, RunDirLock(Path(workdir), dist_info) as lock:
-            summary = _train(cfg, Path(workdir), resume, dist_info, rt, stream, stop, lock)
+            summary = _train(RunRequest(cfg, Path(workdir), resume, dist_info, rt, stream), stop, lock)
         finished = True
         return summary
     except StorageError as err:
@@ -94,9 +94,9 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
         shutdown_distributed(synchronize=finished)
 
 
-def _train(cfg: Config, workdir: Path, resume: bool, dist_info, rt: Runtime, stream, stop: StopOnSignal, lock) -> dict:
+def _train(request: RunRequest, stop: StopOnSignal, lock: RunDirLock) -> dict:
     """The run itself; its model and DDP wrapper are gone when it returns (see shutdown_distributed)."""
-    run = build_run(cfg, workdir, resume, dist_info, rt, lock, stream)
+    run = build_run(request, lock)
     try:
         if _stop_requested(stop, run):  # a signal while the data was built
             raise TrainingInterrupted(stop.signum or 15, run.state.step, _last_checkpoint(run))
@@ -105,7 +105,7 @@ def _train(cfg: Config, workdir: Path, resume: bool, dist_info, rt: Runtime, str
         run.log.close()
     stop.at_once(run.state.step, _last_checkpoint(run))  # every step is saved: from here a signal stops the run where it lands
     summary = final_test(run, best_state)
-    if dist_info.is_main:
+    if run.dist_info.is_main:
         write_text_atomic(run.workdir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
