@@ -16,11 +16,10 @@ import torch
 
 from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
-from resnetlab.config import TrainConfig
-from resnetlab.data import build_data, make_eval_loader
+from resnetlab.data import LoaderSpec, build_data, make_eval_loader
 from resnetlab.engine.checkpoint import checkpoint_path, model_from_checkpoint
-from resnetlab.engine.evaluate import int8_model
-from resnetlab.engine.runtime import make_runtime
+from resnetlab.engine.evaluate import EvalModel, int8_model
+from resnetlab.engine.runtime import Runtime
 from resnetlab.models.fuse import fuse_bn
 from resnetlab.models.quantize import activation_reduce_range, default_backend
 
@@ -42,15 +41,15 @@ def main():
     model, normalizer, _, cfg = model_from_checkpoint(path)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     split = bundle.test if args.split == "test" else bundle.val
-    rt = make_runtime(TrainConfig(device="cpu", precision="fp32", channels_last="false"))
-    batches = [(normalizer(views[0]).float(), y) for views, y in make_eval_loader(split, cfg.data, batch_size=256)]
+    scored = EvalModel(model, normalizer, Runtime.resolve(device="cpu", precision="fp32", channels_last="false"))
+    batches = [(normalizer(views[0]).float(), y) for views, y in make_eval_loader(split, cfg.data, LoaderSpec(256))]
     labels = torch.cat([y for _, y in batches])
     fp32 = predictions(fuse_bn(model), batches)
     rows = [{"arm": "fp32", "top1": 100 * (fp32 == labels).float().mean().item(), "agreement": 100.0}]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PyTorch's note that 8 bits may saturate without VNNI: measured here
         for arm, reduce_range in ARMS.items():
-            pred = predictions(int8_model(model, normalizer, bundle.train, cfg, rt, reduce_range=reduce_range), batches)
+            pred = predictions(int8_model(scored, bundle.train, cfg.data, reduce_range=reduce_range), batches)
             rows.append({"arm": arm, "top1": 100 * (pred == labels).float().mean().item(),
                          "agreement": 100 * (pred == fp32).float().mean().item()})
     backend = default_backend()

@@ -228,10 +228,10 @@ def test_auto_defaults_are_the_measured_fast_path(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
     assert runtime.resolve_precision("auto", cpu) == "fp32"
-    assert runtime.resolve_channels_last("auto", cpu, "fp32") is True
+    assert runtime.resolve_channels_last("auto") is True
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
     assert runtime.resolve_precision("auto", cpu) == "bf16"
-    assert runtime.resolve_channels_last("false", cpu, "bf16") is False
+    assert runtime.resolve_channels_last("false") is False
 
 
 def test_trained_checkpoints_are_fed_their_own_normaliser(tmp_path):

@@ -13,10 +13,10 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuB
 from resnetlab.bench.run import run_bench  # noqa: E402
 from resnetlab.bench.spec import BenchSpec, parse_variant  # noqa: E402
 from resnetlab.config import DataConfig, apply_overrides  # noqa: E402
-from resnetlab.data import make_eval_loader, make_train_loader, synthetic  # noqa: E402
+from resnetlab.data import LoaderSpec, make_eval_loader, make_train_loader, synthetic  # noqa: E402
 from resnetlab.engine import load_checkpoint, model_from_checkpoint, train_and_evaluate  # noqa: E402
 from resnetlab.engine.distributed import DistInfo  # noqa: E402
-from resnetlab.engine.evaluate import evaluate_split  # noqa: E402
+from resnetlab.engine.evaluate import EvalModel, evaluate_split, run_eval_spec  # noqa: E402
 from resnetlab.engine.runtime import Runtime, prepare_model  # noqa: E402
 
 from test_engine_train import tiny_config  # noqa: E402
@@ -44,16 +44,16 @@ def test_batches_made_on_the_gpu_equal_those_made_on_the_cpu(augment, size):
     # changes where the gather/crop runs, not what it picks.
     data = synthetic(96, 10, 32)
     cfg = DataConfig(dataset="synthetic", augment=augment, image_size=size, scale_min=36, scale_max=64, lighting=0.1)
-    cpu = list(make_train_loader(data, cfg, batch_size=32, seed=1, epoch=2))
-    gpu = list(make_train_loader(data, cfg, batch_size=32, seed=1, epoch=2, device="cuda"))
+    cpu = list(make_train_loader(data, cfg, LoaderSpec(32), seed=1, epoch=2))
+    gpu = list(make_train_loader(data, cfg, LoaderSpec(32, device="cuda"), seed=1, epoch=2))
     assert len(cpu) == len(gpu) == 3
     for (xc, yc), (xg, yg) in zip(cpu, gpu):
         assert xg.is_cuda and xg.dtype == torch.uint8 and torch.equal(yc, yg.cpu())
         diff = (xc.int() - xg.cpu().int()).abs().max().item()
         # crops/flips are exact; bilinear resizing may round one level differently on the GPU
         assert diff == 0 if augment in ("cifar", "none") else diff <= 1
-    views_cpu = [v for vs, _ in make_eval_loader(data, cfg, 40, protocol="10crop") for v in vs]
-    views_gpu = [v for vs, _ in make_eval_loader(data, cfg, 40, protocol="10crop", device="cuda") for v in vs]
+    views_cpu = [v for vs, _ in make_eval_loader(data, cfg, LoaderSpec(40), protocol="10crop") for v in vs]
+    views_gpu = [v for vs, _ in make_eval_loader(data, cfg, LoaderSpec(40, device="cuda"), protocol="10crop") for v in vs]
     assert all((a.int() - b.cpu().int()).abs().max() <= 1 for a, b in zip(views_cpu, views_gpu))
 
 
@@ -98,7 +98,8 @@ def test_evaluation_on_cuda_matches_the_cpu(tmp_path):
     for device in ("cpu", "cuda"):
         rt = Runtime(torch.device(device), "fp32", device == "cuda")
         net = prepare_model(model, rt).eval()
-        results[device] = evaluate_split(net, normalizer.to(device), data, saved, rt, DistInfo(), protocol="10crop")
+        results[device] = evaluate_split(EvalModel(net, normalizer.to(device), rt), data, saved.data,
+                                         run_eval_spec(saved, DistInfo(), rt), protocol="10crop")
     assert results["cpu"]["n"] == results["cuda"]["n"] == 160
     # TF32 convolutions may flip a near-tie; more than two images would be a real difference
     assert abs(results["cpu"]["top1"] - results["cuda"]["top1"]) <= 2 * 100 / 160

@@ -60,7 +60,7 @@ def test_grey_cmyk_jpeg_png_become_rgb(tmp_path):
     _write(root / "train" / "dog" / "big.bmp", (30, 200, 30), size=(48, 40))  # resized to 32x32
     bundle = build_data(_cfg(root, tmp_path))
     x = bundle.train.images
-    assert x.shape == (4, 3, 32, 32) and bundle.info["resized"] == 1
+    assert x.shape == (4, 3, 32, 32) and bundle.provenance["resized"] == 1
     assert x[1, :, 5, 5].tolist() == [90, 90, 90]
     assert (x[0, :, 5, 5].int() - torch.tensor([200, 30, 30])).abs().max() <= 6  # JPEG rounding
 
@@ -97,7 +97,7 @@ def test_val_folder_is_the_validation_split_or_with_val_folder_test_the_test_spl
     root = _tree(tmp_path / "d", splits=("train", "val"))
     bundle = build_data(_cfg(root, tmp_path, val_size=3), seed=0)  # val_size unused: val/ is the validation split
     assert (len(bundle.train), len(bundle.val), bundle.test) == (12, 12, None)
-    assert bundle.info["validation"] == {"from": "val/ folder", "val_size": 3}
+    assert bundle.provenance["validation"] == {"from": "val/ folder", "val_size": 3}
     bundle = build_data(_cfg(root, tmp_path, val_size=3, val_folder="test"), seed=0)  # ImageNet's protocol
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (9, 3, 12)
 
@@ -129,7 +129,7 @@ def test_bad_input_names_the_file_or_folder(tmp_path, damage, message):
         build_data(_cfg(root, tmp_path))
     with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file \(train/cat/"):
         bundle = build_data(_cfg(root, tmp_path, skip_bad=True))
-    assert len(bundle.info["skipped"]) == 1 and re.search(message, "{}: {}".format(*bundle.info["skipped"][0]))
+    assert len(bundle.provenance["skipped"]) == 1 and re.search(message, "{}: {}".format(*bundle.provenance["skipped"][0]))
     assert len(bundle.train) == 12 - (damage in ("corrupt", "bomb"))  # the others add a bad file beside the 12
     for img, label in zip(bundle.train.images, bundle.train.labels):
         assert tuple(img[:, 0, 0].tolist()) == COLOURS[bundle.classes[label]]  # never a wrong label
@@ -158,7 +158,7 @@ def test_layout_errors(tmp_path):
 
 
 def test_bad_large_file_fails_at_load_time_or_is_skipped(tmp_path):
-    from resnetlab.data import make_train_loader
+    from resnetlab.data import LoaderSpec, make_train_loader
     root = _tree(tmp_path / "d", size=(100, 80), splits=("train",))
     (root / "train" / "cat" / "1.png").write_bytes(b"broken")
     with pytest.raises(UserError, match=r"cat/1\.png"):  # the normaliser's statistics decode it
@@ -166,11 +166,11 @@ def test_bad_large_file_fails_at_load_time_or_is_skipped(tmp_path):
     cfg = _cfg(root, tmp_path, image_size=64, augment="rrc", normalize="imagenet")
     train = build_data(cfg).train  # nothing decoded yet: large images are read by the loaders
     with pytest.raises(UserError, match=r"cat/1\.png: not an image Pillow can read"):
-        list(make_train_loader(train, cfg, batch_size=12))
+        list(make_train_loader(train, cfg, LoaderSpec(12)))
     with pytest.raises(UserError, match="workers .* must be >= 0, got -1"):
-        make_train_loader(train, cfg, batch_size=12, workers=-1)
+        make_train_loader(train, cfg, LoaderSpec(12, workers=-1))
     cfg.skip_bad = True
-    loader = make_train_loader(train, cfg, batch_size=12)
+    loader = make_train_loader(train, cfg, LoaderSpec(12))
     with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file while decoding .*cat/1\.png"):
         (x, y), = list(loader)
     assert len(x) == len(y) == 11 and len(loader.skipped) == 1
@@ -195,6 +195,38 @@ def test_exif_rotated_photo_is_loaded_upright(tmp_path):
     upright = np.asarray(Image.open(tmp_path / "photo.jpg").transpose(Image.Transpose.ROTATE_270))
     assert failed == [] and upright.shape == (60, 40, 3)
     assert images[0, 0, 20, -1] > 200 and images[0, 0, 20, 0] < 50  # red column on the right
+
+
+# The decoding before PIL.ImageOps.exif_transpose took over: EXIF orientation -> transpose.
+OLD_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_decodes_as_the_hand_written_transpose_did(tmp_path, orientation):
+    from resnetlab.data.decode import center_box, decode_crops
+
+    rng = np.random.default_rng(orientation)
+    img = Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(tmp_path / "photo.jpg", exif=exif, quality=90)
+    stored = Image.open(tmp_path / "photo.jpg").convert("RGB")
+    upright = stored.transpose(OLD_TRANSPOSE[orientation]) if orientation in OLD_TRANSPOSE else stored
+    full, = decode_crops(tmp_path / "photo.jpg", lambda w, h: [((0, 0, w, h), (w, h))])
+    np.testing.assert_array_equal(full, np.asarray(upright))  # every pixel, bit for bit
+    # A small centre crop: decoded at a reduced JPEG scale (draft) and planned on the upright size.
+    w, h = upright.size
+    small, = decode_crops(tmp_path / "photo.jpg", lambda w, h: [(center_box(w, h, 16, 16), (16, 16))])
+    draft = Image.open(tmp_path / "photo.jpg")
+    draft.draft("RGB", (draft.size[0] // 2, draft.size[1] // 2))
+    draft = draft.convert("RGB")
+    draft = draft.transpose(OLD_TRANSPOSE[orientation]) if orientation in OLD_TRANSPOSE else draft
+    sx, sy = draft.size[0] / w, draft.size[1] / h
+    l, t, r, b = center_box(w, h, 16, 16)
+    expected = draft.resize((16, 16), Image.BILINEAR, box=(l * sx, t * sy, r * sx, b * sy))
+    np.testing.assert_array_equal(small, np.asarray(expected))
 
 
 def test_a_train_class_left_without_images_is_an_error_even_with_skip_bad(tmp_path):
@@ -222,7 +254,7 @@ def test_a_test_class_left_without_images_is_reported_by_name(tmp_path, capsys):
     with pytest.warns(ResnetlabWarning, match=r"skipped 4 unreadable files \(test/dog/0.png, test/dog/1.png, "
                                               r"test/dog/2.png, \.\.\.\); no test images left of class dog"):
         bundle = build_data(_cfg(root, tmp_path, skip_bad=True))
-    assert bundle.info["empty_classes"] == {"test": ["dog"]} and bundle.classes == sorted(COLOURS)
+    assert bundle.provenance["empty_classes"] == {"test": ["dog"]} and bundle.classes == sorted(COLOURS)
     assert sorted(set(bundle.test.labels.tolist())) == [0, 2]  # cat and emu keep their indices
     assert main(["data", str(root), "--skip-bad", "--cache-dir", str(tmp_path / "cache")]) == 0
     out, err = capsys.readouterr()
@@ -230,7 +262,7 @@ def test_a_test_class_left_without_images_is_reported_by_name(tmp_path, capsys):
 
 
 def test_skipped_files_are_counted_when_met_while_decoding(tmp_path):
-    from resnetlab.data import make_eval_loader, make_train_loader
+    from resnetlab.data import LoaderSpec, make_eval_loader, make_train_loader
 
     root = _tree(tmp_path / "d", size=(100, 80), splits=("train",))
     huge_png(root / "train" / "cat" / "1.png")
@@ -242,13 +274,13 @@ def test_skipped_files_are_counted_when_met_while_decoding(tmp_path):
     with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file \(train/emu/gone\.png\)"):
         train = build_data(cfg).train  # the link is found by the scan, the bomb only when decoded
     with pytest.raises(UserError, match=r"cat/1\.png: refused as a possible decompression bomb"):
-        list(make_train_loader(train, _cfg(root, tmp_path, image_size=64, augment="rrc"), batch_size=12))
+        list(make_train_loader(train, _cfg(root, tmp_path, image_size=64, augment="rrc"), LoaderSpec(12)))
     with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file while decoding \(.*cat/1\.png: refused as a "
                                               r"possible decompression bomb .*\); 1 of 12 files of this split"):
-        (x, y), = list(make_train_loader(train, cfg, batch_size=12))
+        (x, y), = list(make_train_loader(train, cfg, LoaderSpec(12)))
     assert len(x) == 11
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the next epoch and an evaluation: already reported, no new warning
-        assert len(list(make_train_loader(train, cfg, batch_size=12, epoch=1))) == 1
-        assert sum(len(y) for _, y in make_eval_loader(train, cfg, batch_size=4)) == 11
+        assert len(list(make_train_loader(train, cfg, LoaderSpec(12), epoch=1))) == 1
+        assert sum(len(y) for _, y in make_eval_loader(train, cfg, LoaderSpec(4))) == 11

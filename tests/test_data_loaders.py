@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from resnetlab.config import DataConfig
-from resnetlab.data import FileDataset, build_data, describe, make_eval_loader, make_train_loader, synthetic
+from resnetlab.data import FileDataset, LoaderSpec, build_data, describe, make_eval_loader, make_train_loader, synthetic
 from resnetlab.data.sampling import eval_batches, stratified_subset, train_batches
 from resnetlab.errors import UserError
 
@@ -22,7 +22,7 @@ def _collect(loader):
 
 
 def test_train_batches_shapes_dtypes_and_ranges(data):
-    loader = make_train_loader(data, CFG, batch_size=64, seed=0, epoch=0)
+    loader = make_train_loader(data, CFG, LoaderSpec(64), seed=0, epoch=0)
     batches = _collect(loader)
     assert len(loader) == len(batches) == 300 // 64
     x, y = batches[0]
@@ -31,16 +31,16 @@ def test_train_batches_shapes_dtypes_and_ranges(data):
 
 
 def test_same_seed_same_batches_other_epoch_differs(data):
-    a = _collect(make_train_loader(data, CFG, batch_size=50, seed=3, epoch=1))
-    b = _collect(make_train_loader(data, CFG, batch_size=50, seed=3, epoch=1))
-    c = _collect(make_train_loader(data, CFG, batch_size=50, seed=3, epoch=2))
+    a = _collect(make_train_loader(data, CFG, LoaderSpec(50), seed=3, epoch=1))
+    b = _collect(make_train_loader(data, CFG, LoaderSpec(50), seed=3, epoch=1))
+    c = _collect(make_train_loader(data, CFG, LoaderSpec(50), seed=3, epoch=2))
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
     assert not torch.equal(a[0][1], c[0][1])
 
 
 def test_start_batch_resumes_the_uninterrupted_epoch(data):
-    full = _collect(make_train_loader(data, CFG, batch_size=32, seed=5, epoch=4))
-    resumed = _collect(make_train_loader(data, CFG, batch_size=32, seed=5, epoch=4, start_batch=6))
+    full = _collect(make_train_loader(data, CFG, LoaderSpec(32), seed=5, epoch=4))
+    resumed = _collect(make_train_loader(data, CFG, LoaderSpec(32), seed=5, epoch=4, start_batch=6))
     assert len(resumed) == len(full) - 6
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(full[6:], resumed))
 
@@ -48,7 +48,7 @@ def test_start_batch_resumes_the_uninterrupted_epoch(data):
 def test_labels_follow_images(data):
     cfg = DataConfig(dataset="synthetic", augment="none", val_size=0)
     lookup = {data.images[i].numpy().tobytes(): int(data.labels[i]) for i in range(len(data))}
-    for x, y in make_train_loader(data, cfg, batch_size=30, seed=1):
+    for x, y in make_train_loader(data, cfg, LoaderSpec(30), seed=1):
         assert [lookup[img.numpy().tobytes()] for img in x] == y.tolist()
 
 
@@ -68,25 +68,25 @@ def test_eval_shards_cover_every_sample_once():
 
 def test_eval_views_and_counts(data):
     for protocol, count in (("center", 1), ("10crop", 10), ("multiscale", 5)):
-        loader = make_eval_loader(data, CFG, batch_size=128, protocol=protocol)
+        loader = make_eval_loader(data, CFG, LoaderSpec(128), protocol=protocol)
         seen = 0
         for views, y in loader:
             assert len(views) == count and all(v.dtype == torch.uint8 and v.shape[0] == len(y) for v in views)
             seen += len(y)
         assert seen == 300
-    views, _ = next(iter(make_eval_loader(data, CFG, batch_size=8)))
+    views, _ = next(iter(make_eval_loader(data, CFG, LoaderSpec(8))))
     assert torch.equal(views[0], data.images[:8])  # centre view of CIFAR-sized data = the image
 
 
 def test_bad_arguments_are_user_errors(data):
     with pytest.raises(UserError, match="protocol"):
-        make_eval_loader(data, CFG, 8, protocol="5crop")
+        make_eval_loader(data, CFG, LoaderSpec(8), protocol="5crop")
     with pytest.raises(UserError, match="start_batch"):
-        make_train_loader(data, CFG, 8, start_batch=1000)
+        make_train_loader(data, CFG, LoaderSpec(8), start_batch=1000)
     with pytest.raises(UserError, match="fewer than one batch"):
-        make_train_loader(data, CFG, 512)
+        make_train_loader(data, CFG, LoaderSpec(512))
     with pytest.raises(UserError, match="unknown data.augment 'autoaugment'"):
-        make_train_loader(data, DataConfig(augment="autoaugment"), 8)
+        make_train_loader(data, DataConfig(augment="autoaugment"), LoaderSpec(8))
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +105,9 @@ def large_files(tmp_path_factory):
 @pytest.mark.parametrize("augment", ["imagenet", "rrc"])
 def test_file_batches_same_with_and_without_workers(large_files, augment):
     cfg = DataConfig(dataset="folder", augment=augment, image_size=64, scale_min=72, scale_max=100)
-    plain = _collect(make_train_loader(large_files, cfg, batch_size=4, seed=2, epoch=1))
-    workers = _collect(make_train_loader(large_files, cfg, batch_size=4, seed=2, epoch=1, workers=2))
-    resumed = _collect(make_train_loader(large_files, cfg, batch_size=4, seed=2, epoch=1, start_batch=1))
+    plain = _collect(make_train_loader(large_files, cfg, LoaderSpec(4), seed=2, epoch=1))
+    workers = _collect(make_train_loader(large_files, cfg, LoaderSpec(4, workers=2), seed=2, epoch=1))
+    resumed = _collect(make_train_loader(large_files, cfg, LoaderSpec(4), seed=2, epoch=1, start_batch=1))
     assert len(plain) == 3 and plain[0][0].shape == (4, 3, 64, 64) and plain[0][0].dtype == torch.uint8
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(plain, workers))
     assert all(torch.equal(p[0], q[0]) for p, q in zip(plain[1:], resumed))
@@ -118,7 +118,7 @@ def test_file_eval_views(large_files):
     shapes = {"center": [(5, 3, 64, 64)], "10crop": [(5, 3, 64, 64)] * 10,
               "multiscale": [(5, 3, s, s) for s in (64, 73, 110, 137, 183)]}
     for protocol, expected in shapes.items():
-        views, y = next(iter(make_eval_loader(large_files, cfg, batch_size=5, protocol=protocol)))
+        views, y = next(iter(make_eval_loader(large_files, cfg, LoaderSpec(5), protocol=protocol)))
         assert [tuple(v.shape) for v in views] == expected and y.tolist() == [0, 1, 2, 0, 1]
 
 
@@ -158,17 +158,17 @@ def test_build_data_train_size_subsets_train_after_the_val_split():
 
 def test_in_memory_images_are_resized_per_batch_to_image_size(data):
     cfg = DataConfig(dataset="synthetic", image_size=48)
-    x, _ = next(iter(make_train_loader(data, cfg, batch_size=16, seed=0)))
+    x, _ = next(iter(make_train_loader(data, cfg, LoaderSpec(16), seed=0)))
     assert x.shape == (16, 3, 48, 48) and data.images.shape[-1] == 32  # memory keeps 32 px
     for protocol, sides in (("center", [48]), ("10crop", [48] * 10), ("multiscale", [48, 55, 82, 103, 137])):
-        views, _ = next(iter(make_eval_loader(data, cfg, batch_size=4, protocol=protocol)))
+        views, _ = next(iter(make_eval_loader(data, cfg, LoaderSpec(4), protocol=protocol)))
         assert [v.shape[-1] for v in views] == sides
 
 
 @pytest.mark.parametrize("augment", ["imagenet", "rrc"])
 def test_in_memory_scale_and_rrc_augmentation(data, augment):
     cfg = DataConfig(dataset="synthetic", augment=augment, image_size=64, scale_min=70, scale_max=120)
-    a = _collect(make_train_loader(data, cfg, batch_size=32, seed=4, epoch=0))
-    b = _collect(make_train_loader(data, cfg, batch_size=32, seed=4, epoch=0, start_batch=2))
+    a = _collect(make_train_loader(data, cfg, LoaderSpec(32), seed=4, epoch=0))
+    b = _collect(make_train_loader(data, cfg, LoaderSpec(32), seed=4, epoch=0, start_batch=2))
     assert a[0][0].shape == (32, 3, 64, 64) and a[0][0].dtype == torch.uint8
     assert all(torch.equal(p[0], q[0]) for p, q in zip(a[2:], b))

@@ -7,7 +7,7 @@ import torch
 from test_data_folders import COLOURS, _cfg, _tree, _write
 
 from resnetlab.config import load_config
-from resnetlab.data import build_data, make_train_loader
+from resnetlab.data import LoaderSpec, build_data, make_train_loader
 from resnetlab.data.sampling import balanced_draw, generator, holdout, split_indices, stratified_split, train_batches
 from resnetlab.data.summary import data_record, imbalance_warning, loss_weights, notes
 from resnetlab.errors import UserError
@@ -62,9 +62,9 @@ def _photos(root, counts):
 def test_a_folder_of_class_folders_is_the_training_set_and_its_record_lists_the_held_out_files(tmp_path):
     root = _photos(tmp_path / "photos", (10, 5, 2))
     bundle = build_data(_cfg(root, tmp_path, val_size=0.2), seed=0)
-    assert bundle.classes == sorted(COLOURS) and bundle.test is None and bundle.info["layout"] == "classes"
+    assert bundle.classes == sorted(COLOURS) and bundle.test is None and bundle.provenance["layout"] == "classes"
     assert (len(bundle.train), len(bundle.val)) == (14, 3)  # round(0.2 * 17) = 3: cat 2, dog 1, emu 0 (2 * 0.2 = 0.35)
-    assert bundle.info["ignored"] == ["README", "cat/notes.txt"]
+    assert bundle.provenance["ignored"] == ["README", "cat/notes.txt"]
     record = json.loads(json.dumps(data_record(bundle)))
     assert record["images_per_class"] == {"train": {"cat": 8, "dog": 4, "emu": 2}, "val": {"cat": 2, "dog": 1, "emu": 0}}
     held = record["validation"]
@@ -106,8 +106,8 @@ def test_a_balanced_loader_resumes_mid_epoch_with_the_same_batches(tmp_path):
     root = _photos(tmp_path / "p", (12, 3, 3))
     cfg = _cfg(root, tmp_path, balance="sampler")
     train = build_data(cfg).train
-    full = list(make_train_loader(train, cfg, batch_size=4, seed=1, epoch=1))
-    resumed = list(make_train_loader(train, cfg, batch_size=4, seed=1, epoch=1, start_batch=2))
+    full = list(make_train_loader(train, cfg, LoaderSpec(4), seed=1, epoch=1))
+    resumed = list(make_train_loader(train, cfg, LoaderSpec(4), seed=1, epoch=1, start_batch=2))
     assert len(full) == 4 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[2:], resumed))
     assert torch.bincount(torch.cat([y for _, y in full]), minlength=3).min() >= 3  # 16 draws, each class ~1/3
 
@@ -118,7 +118,7 @@ def test_split_folders_keep_their_roles_and_non_images_are_ignored_there_too(tmp
     (root / "test" / "list.csv").write_text("a,b")
     bundle = build_data(_cfg(root, tmp_path, val_size=0.5))
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (12, 12, 12)
-    assert bundle.info["ignored"] == ["train/dog/Thumbs.db", "test/list.csv"]
+    assert bundle.provenance["ignored"] == ["train/dog/Thumbs.db", "test/list.csv"]
 
 
 def test_the_data_command_takes_a_fraction_and_counts_ignored_files(tmp_path, capsys):

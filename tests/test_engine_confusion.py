@@ -8,14 +8,13 @@ import torch
 from torch import nn
 
 from resnetlab.cli import main
-from resnetlab.config import TrainConfig
 from resnetlab.engine import train_and_evaluate
 from resnetlab.engine.confusion import ClassResult, default_eval_dir, per_class, write_per_class_files
 from resnetlab.engine.evaluate import evaluate
-from resnetlab.engine.runtime import make_runtime
+from resnetlab.engine.runtime import Runtime
 from test_engine_train import tiny_config
 
-RT = make_runtime(TrainConfig(device="cpu", precision="fp32", channels_last="false"))
+RT = Runtime.resolve(device="cpu", precision="fp32", channels_last="false")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["cat", "dog", "fox", "owl"]
 # true labels and the predictions the model below makes: fox (2) is never predicted, owl (3) has no images

@@ -79,11 +79,11 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_job_ends_as_if_never_kille
 
 def test_torchrun_variables_and_the_global_batch():
     assert dist_info_from_env({}) == DistInfo()
-    info = dist_info_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
-    assert (info.rank, info.world_size, info.is_main, info.enabled) == (1, 4, False, True)
-    assert per_rank_batch(256, info) == 64
+    dist_info = dist_info_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (dist_info.rank, dist_info.world_size, dist_info.is_main, dist_info.enabled) == (1, 4, False, True)
+    assert per_rank_batch(256, dist_info) == 64
     with pytest.raises(UserError, match="global batch.*multiple of 4"):
-        per_rank_batch(250, info)
+        per_rank_batch(250, dist_info)
 
 
 def test_sync_bn_on_cpu_is_a_clear_error():

@@ -3,11 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from resnetlab.config import TrainConfig
 from resnetlab.engine.evaluate import accuracy_report, count_correct, evaluate
-from resnetlab.engine.runtime import make_runtime
+from resnetlab.engine.runtime import Runtime
 
-RT = make_runtime(TrainConfig(device="cpu", precision="fp32", channels_last="false"))
+RT = Runtime.resolve(device="cpu", precision="fp32", channels_last="false")
 
 
 def test_top1_and_top5_counts():

@@ -1,4 +1,5 @@
-"""predict: same labels as evaluation on real CIFAR-10 JPEGs, batched; bad files reported; exit code."""
+"""predict: same labels as evaluation on real CIFAR-10 JPEGs, batched. The same claims, bad files and
+exit codes are checked without the real data in test_predict_synthetic.py."""
 import json
 import os
 from pathlib import Path
@@ -118,31 +119,6 @@ def test_int8_evaluation_scores_close_to_fp32(run_dir):
     assert abs(int8["top1"] - fp32["top1"]) <= 100 * 4 / 60  # at most 4 of the 60 images change class
 
 
-def test_cli_reports_non_images_and_sets_the_exit_code(run_dir, tmp_path, capsys):
-    good = sorted((run_dir.parent / "data" / "test" / "cat").iterdir())[:2]
-    bad = tmp_path / "notes.txt"
-    bad.write_text("not an image")
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"\xff\xd8 truncated")
-    code = main(["predict", str(run_dir), *map(str, good), str(bad), str(broken), "--json", "--topk", "3"])
-    out = json.loads(capsys.readouterr().out)
-    assert code == 1
-    assert [r["file"] for r in out["results"]] == list(map(str, good))
-    assert sorted(f["file"] for f in out["failed"]) == sorted([str(bad), str(broken)])
-    assert all(len(r["top"]) == 3 for r in out["results"])
-    assert main(["predict", str(run_dir), *map(str, good)]) == 0
-
-
-def test_folders_skip_other_files_and_missing_inputs_are_user_errors(tmp_path):
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    for name in ("a/2.png", "a/b/1.jpg", "a/readme.md", "a/.hidden.jpg"):
-        (tmp_path / name).write_bytes(b"")
-    assert collect_images([str(tmp_path / "a")]) == [str(tmp_path / "a" / "2.png"), str(tmp_path / "a" / "b" / "1.jpg")]
-    with pytest.raises(UserError, match="no such file"):
-        collect_images([str(tmp_path / "missing.jpg")])
-    assert main(["predict", str(tmp_path / "nothing.pt"), str(tmp_path / "a")]) == 2
-
-
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
 def test_embed_writes_one_named_row_per_image(run_dir, tmp_path, suffix):
     from resnetlab.inference.embed import load_embeddings
@@ -162,7 +138,7 @@ def test_large_images_use_the_eval_resize_and_centre_crop_of_evaluation(tmp_path
     """A net trained on a folder of large images: predict = the checkpoint's model on eval views."""
     from PIL import Image
 
-    from resnetlab.data import make_eval_loader
+    from resnetlab.data import LoaderSpec, make_eval_loader
 
     for split, n in (("train", 6), ("test", 3)):
         for cls in CLASSES:
@@ -180,7 +156,7 @@ def test_large_images_use_the_eval_resize_and_centre_crop_of_evaluation(tmp_path
     results, failed = predict_files(Predictor.from_checkpoint(tmp_path / "run", device="cpu"), paths, topk=3)
     model, normalizer, _, cfg = model_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     test = build_data(cfg.data, seed=cfg.train.seed).test
-    views = torch.cat([v[0] for v, _ in make_eval_loader(test, cfg.data, batch_size=4)])
+    views = torch.cat([v[0] for v, _ in make_eval_loader(test, cfg.data, LoaderSpec(4))])
     assert views.shape == (9, 3, 48, 48) and failed == []
     with torch.no_grad():
         expected = model(normalizer(views)).softmax(1)

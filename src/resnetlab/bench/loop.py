@@ -42,25 +42,25 @@ def loop_seconds(cfg: Config, steps: int) -> float:
 
 def bare_step_seconds(cfg: Config, warmup: int, reps: int) -> list[float]:
     """Per-step times of train_step alone, cycling over batches made before timing starts."""
-    from resnetlab.data import build_data, make_train_loader
+    from resnetlab.data import LoaderSpec, build_data, make_train_loader
     from resnetlab.engine.runtime import make_grad_scaler, make_runtime, prepare_model
-    from resnetlab.engine.train import train_step
+    from resnetlab.engine.train import StepParts, train_step
     from resnetlab.models import create_model
 
     rt = make_runtime(cfg.train)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
-    batches = list(make_train_loader(bundle.train, cfg.data, cfg.optim.batch_size, device=rt.device))[:8]
+    batches = list(make_train_loader(bundle.train, cfg.data, LoaderSpec(cfg.optim.batch_size, device=rt.device)))[:8]
     torch.manual_seed(cfg.train.seed)
     model = prepare_model(create_model(cfg.model.name, num_classes=len(bundle.classes)).train(), rt)
     o = cfg.optim  # the loop's optimizer: SGD with momentum, weight decay on every parameter
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     scaler, normalizer = make_grad_scaler(rt), bundle.normalizer.to(rt.device)
-    i = 0
+    parts, i = StepParts(model, optimizer, scaler, normalizer, rt), 0
 
     def step():
         nonlocal i
         x, y = batches[i % len(batches)]
-        train_step(model, optimizer, scaler, normalizer, x, y, rt, 0.0)
+        train_step(parts, x, y)
         i += 1
     return timed(step, warmup, reps, rt.device)
 

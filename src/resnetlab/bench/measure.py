@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data import make_train_loader
+from resnetlab.data import LoaderSpec, make_train_loader
 from resnetlab.engine.runtime import COMPILE_MODES, Runtime, autocast, compile_model, make_grad_scaler, prepare_model, to_input
-from resnetlab.engine.train import train_step
+from resnetlab.engine.train import StepParts, train_step
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 
@@ -74,7 +74,7 @@ def seeded_model(name: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
     return create_model(name, num_classes=num_classes)
 
 
-def train_batches(variant: Variant, images: BenchImages, size: int, batch_size: int, rt: Runtime, cache_dir: Path):
+def endless_train_batches(variant: Variant, images: BenchImages, size: int, batch_size: int, rt: Runtime, cache_dir: Path):
     """(endless iterator of (x, y) on the device, the normaliser train_step should apply)."""
     data = decoded(images, size, cache_dir)
     normalizer = fitted_normalizer(data)
@@ -87,7 +87,7 @@ def train_batches(variant: Variant, images: BenchImages, size: int, batch_size: 
     def ours():
         epoch = 0
         while True:
-            yield from make_train_loader(data, cfg, batch_size, seed=0, epoch=epoch, device=rt.device)
+            yield from make_train_loader(data, cfg, LoaderSpec(batch_size, device=rt.device), seed=0, epoch=epoch)
             epoch += 1
     if len(data) < batch_size:
         raise UserError(f"--images {len(data)} is fewer than one batch ({batch_size}); raise --images")
@@ -107,15 +107,17 @@ def prepare_train(model_name: str, variant: Variant, images: BenchImages, size: 
                   device: torch.device, cache_dir: Path) -> Prepared:
     """A full training step to time: next batch from the pipeline, forward, backward, SGD."""
     rt = runtime_of(variant, device)
-    batches, normalizer = train_batches(variant, images, size, batch_size, rt, cache_dir)
+    batches, normalizer = endless_train_batches(variant, images, size, batch_size, rt, cache_dir)
     with PeakMemory(device) as mem:
         model = prepare_model(seeded_model(model_name, len(images.classes)).train(), rt)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         scaler, net = make_grad_scaler(rt), compile_model(model, variant.compile)
 
+        parts = StepParts(net, optimizer, scaler, normalizer, rt)
+
         def step():
             x, y = next(batches)
-            train_step(net, optimizer, scaler, normalizer, x, y, rt, 0.0)
+            train_step(parts, x, y)
         with stopwatch(device) as first:
             step()  # the first step pays for compilation; reported on its own
     return Prepared(variant, {"main": (step, batch_size)}, {"first_step_s": first.s, "peak_mem_mib": mem.mib})

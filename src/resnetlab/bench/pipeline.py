@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from resnetlab.config import DataConfig
-from resnetlab.data import build_data, make_eval_loader, make_train_loader
+from resnetlab.data import LoaderSpec, build_data, make_eval_loader, make_train_loader
 
 from .images import write_large_jpegs
 from .timing import stopwatch
@@ -34,7 +34,7 @@ def images_per_second(loader, limit: int | None = None) -> tuple[float, int]:
 def cifar_memory(cfg: DataConfig, epochs: int = 3) -> dict:
     """The augmented training loader over an in-memory dataset: the best of `epochs` epochs."""
     bundle = build_data(cfg)
-    rates = [images_per_second(make_train_loader(bundle.train, cfg, batch_size=BATCH, seed=0, epoch=e))[0]
+    rates = [images_per_second(make_train_loader(bundle.train, cfg, LoaderSpec(BATCH), seed=0, epoch=e))[0]
              for e in range(epochs)]
     return {"images_per_s": round(max(rates)), "epochs_timed": epochs, "batch_size": BATCH,
             "images_per_epoch": len(bundle.train) // BATCH * BATCH}
@@ -49,7 +49,7 @@ def cifar_folder(root: str) -> dict:
         for name in ("first_run_decode", "second_run_cached"):
             with stopwatch() as built:
                 bundle = build_data(cfg)
-            epochs = [images_per_second(make_train_loader(bundle.train, cfg, batch_size=BATCH, seed=0, epoch=e))
+            epochs = [images_per_second(make_train_loader(bundle.train, cfg, LoaderSpec(BATCH), seed=0, epoch=e))
                       for e in range(2)]
             files = len(bundle.train) + len(bundle.val) + len(bundle.test)
             out[name] = {"build_s": round(built.s, 2), "files": files, "files_per_s": round(files / built.s),
@@ -66,8 +66,8 @@ def large_jpeg_folder(count: int, workers_list: list[int]) -> dict:
                          normalize="imagenet")
         train = build_data(cfg).train
         for workers in workers_list:
-            loader = make_train_loader(train, cfg, batch_size=LARGE_BATCH, seed=0, workers=workers)
+            loader = make_train_loader(train, cfg, LoaderSpec(LARGE_BATCH, workers=workers), seed=0)
             out[f"train_scale_aug_workers{workers}_images_per_s"] = round(images_per_second(loader)[0], 1)
-        ev = make_eval_loader(train, cfg, batch_size=LARGE_BATCH, protocol="center", workers=workers_list[-1])
+        ev = make_eval_loader(train, cfg, LoaderSpec(LARGE_BATCH, workers=workers_list[-1]), "center")
         out[f"eval_center_workers{workers_list[-1]}_images_per_s"] = round(images_per_second(ev)[0], 1)
     return out

@@ -55,7 +55,7 @@ def run(args):
             ours = parse_variant("int8")
         else:
             precision = resolve_precision(args.precision, device)
-            ours = Variant("ours", precision, resolve_channels_last(args.channels_last, device, precision), args.compile,
+            ours = Variant("ours", precision, resolve_channels_last(args.channels_last), args.compile,
                            fused=args.task == "train" and resolve_fused_bn(device, args.compile))
         spec = BenchSpec(model=args.model, task=args.task, batch_size=batch, image_size=args.image_size,
                          warmup=args.warmup, reps=args.reps, device=str(device), data=args.data, images=args.images,

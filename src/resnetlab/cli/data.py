@@ -53,14 +53,14 @@ def run(args):
     from resnetlab.data import build_data, describe
 
     bundle = build_data(data_config(args), warn_skipped=False)  # every skipped file is listed below
-    skipped = bundle.info.get("skipped", [])
+    skipped = bundle.provenance.get("skipped", [])
     if args.json:
         sizes = {name: len(d) for name, d in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
                  if d is not None}
         print(json.dumps({"summary": describe(bundle), "classes": bundle.classes, "sizes": sizes,
                           "skipped": [{"path": p, "reason": r} for p, r in skipped],
-                          "empty_classes": bundle.info.get("empty_classes", {}),
-                          "caches": bundle.info.get("caches", [])}))
+                          "empty_classes": bundle.provenance.get("empty_classes", {}),
+                          "caches": bundle.provenance.get("caches", [])}))
         return 0
     print(describe(bundle))
     for path, reason in skipped:

@@ -6,19 +6,24 @@ worker processes while the random draws stay a function of (seed, epoch, batch, 
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from resnetlab.config import DataConfig
+from resnetlab.errors import ResnetlabWarning, UserError
 
 from .augment import crop_flip, lighting, multiscale_sides, random_flip, resize_batch, resized_crops, ten_crop
-from .datasets import ArrayDataset, FileDataset
 from .decode import BadImage, center_box, decode_crops, resized_shape, rrc_box, scale_box, square_box
 from .sampling import AUGMENT, generator
+
+if TYPE_CHECKING:  # the datasets make their batch sources from here
+    from .datasets import ArrayDataset, FileDataset
 
 CIFAR_PAD = 4  # He et al. Sec. 4.2: 4 pixels padded on each side, a 32x32 crop sampled
 RRC_TRIES = 10
@@ -74,15 +79,36 @@ def array_eval_views(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, dev
 
 
 @dataclass
-class FileBatches(torch.utils.data.Dataset):
-    """Item j = batch number first + j of `batches`: (views or image, labels, [(path, reason)])."""
+class BatchSource:
+    """Batches first, first + 1, ... of `batches` of one dataset; its kind's `iterate` makes them."""
 
-    data: FileDataset
+    data: ArrayDataset | FileDataset
     cfg: DataConfig
     batches: list  # of index tensors
     first: int = 0
     keys: tuple = ()  # (seed, epoch, rank) for training batches; () for evaluation
     protocol: str | None = None  # evaluation protocol; None = training
+
+
+class ArrayBatches(BatchSource):
+    """In-memory batches, each gathered and augmented as a whole tensor where the data is placed
+    (no worker processes)."""
+
+    def iterate(self, workers: int, device: torch.device, skipped: list):
+        """(x, y) training batches or (views, y) evaluation batches on `device`; nothing is ever skipped."""
+        for i in range(self.first, len(self.batches)):
+            with one_cpu_thread(device):
+                if self.protocol is None:
+                    seed, epoch, rank = self.keys
+                    gen = generator(AUGMENT, seed, epoch, i, rank)
+                    batch = array_train_batch(self.data, self.cfg, self.batches[i], device, gen)
+                else:
+                    batch = array_eval_views(self.data, self.cfg, self.batches[i], device, self.protocol)
+            yield batch
+
+
+class FileBatches(BatchSource, torch.utils.data.Dataset):
+    """Item j = batch number first + j of `batches`: (views or image, labels, [(path, reason)])."""
 
     def __len__(self) -> int:
         return len(self.batches) - self.first
@@ -90,6 +116,29 @@ class FileBatches(torch.utils.data.Dataset):
     def __getitem__(self, j: int):
         with one_cpu_thread(torch.device("cpu")):
             return self._batch(self.first + j)
+
+    def iterate(self, workers: int, device: torch.device, skipped: list):
+        """The batches, decoded in `workers` processes if asked, moved to `device`. An unreadable
+        file is an error, or with data.skip_bad dropped and added to `skipped` (warned about once)."""
+        if workers > 0:
+            items = torch.utils.data.DataLoader(self, batch_size=None, shuffle=False, num_workers=workers,
+                                                pin_memory=device.type == "cuda", worker_init_fn=_one_thread)
+        else:
+            items = (self[j] for j in range(len(self)))
+        try:
+            for x, y, bad in items:
+                if bad and not self.cfg.skip_bad:
+                    path, reason = bad[0]
+                    raise UserError(f"{path}: {reason}; remove it or set data.skip_bad=true to skip bad files")
+                skipped += bad
+                if x is None:
+                    continue
+                if isinstance(x, list):
+                    yield [v.to(device, non_blocking=True) for v in x], y.to(device, non_blocking=True)
+                else:
+                    yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        finally:
+            report_skipped(self.data, skipped)
 
     def _batch(self, i: int):
         idx = self.batches[i].tolist()
@@ -144,6 +193,20 @@ class FileBatches(torch.utils.data.Dataset):
         return lighting(x, self.cfg.lighting, gen) if self.cfg.lighting > 0 else x
 
 
+def report_skipped(dataset: FileDataset, skipped: list[tuple[str, str]], shown: int = 3) -> None:
+    """One warning for the files skipped while decoding that this dataset has not reported yet
+    (large images are checked only when decoded, so a bad one is met during training)."""
+    new = list(dict.fromkeys(p for p, _ in skipped if p not in dataset.reported_bad))
+    if not new or not dataset.warn_bad:
+        return
+    dataset.reported_bad.update(new)
+    why = dict(skipped)[new[0]]
+    warnings.warn(f"data.skip_bad: skipped {len(new)} unreadable file{'s' * (len(new) != 1)} while decoding "
+                  f"({new[0]}: {why}{''.join(', ' + p for p in new[1:shown])}{', ...' if len(new) > shown else ''}); "
+                  f"{len(dataset.reported_bad)} of {len(dataset)} files of this split skipped so far",
+                  ResnetlabWarning, stacklevel=2)
+
+
 def ten_crop_each(views: list, size: int) -> list[torch.Tensor]:
     """10-crop of each image (sizes differ per image), regrouped into 10 batches."""
     per_image = [ten_crop(torch.from_numpy(v[0]).permute(2, 0, 1)[None], size) for v in views]
@@ -169,3 +232,7 @@ def one_cpu_thread(device: torch.device):
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers are processes; threads inside them would oversubscribe

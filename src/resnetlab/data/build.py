@@ -8,7 +8,7 @@ Splits by source:
 - synthetic: train and test of data.synthetic_size images each.
 Without a val folder, val is held out of train (data.val_size: a count drawn at random, or a
 fraction drawn per class, chosen by the seed), so model selection never touches the test set.
-What was held out (files or indices) and the images per class are in bundle.info and in the run's
+What was held out (files or indices) and the images per class are in bundle.provenance and in the run's
 data.json (`data_record`).
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from resnetlab.errors import ResnetlabWarning, UserError
 from . import folder as folders
 from .cifar import SPECS, load_cifar
 from .datasets import ArrayDataset, FileDataset
-from .loaders import check_augment, make_eval_loader
+from .loaders import check_augment
 from .normalize import Normalizer
-from .sampling import STATS, generator, holdout, stratified_subset
+from .sampling import holdout, stratified_subset
 from .synthetic import synthetic
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
@@ -42,7 +42,7 @@ class DataBundle:
     test: ArrayDataset | FileDataset | None
     classes: list[str]
     normalizer: Normalizer
-    info: dict = field(default_factory=dict)  # source, root, cache file, skipped files, ...
+    provenance: dict = field(default_factory=dict)  # source, root, cache file, skipped files, ...
 
 
 def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True) -> DataBundle:
@@ -52,23 +52,23 @@ def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True) -> Dat
     check_section("data", cfg)  # a DataConfig made in code (the data command) skips config loading
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
-    train, val, test, info = _load(cfg)
+    train, val, test, provenance = _load(cfg)
     check_augment(train, cfg)
-    info["validation"] = {"from": "val/ folder" if val is not None else "none", "val_size": cfg.val_size}
+    provenance["validation"] = {"from": "val/ folder" if val is not None else "none", "val_size": cfg.val_size}
     if val is None and cfg.val_size > 0:
         keep, held = holdout(train.labels, cfg.val_size, seed)
         train, val = train.subset(keep), train.subset(held)
-        names = info.pop("train_files", None)
-        info["validation"] = {"from": "held out of train", "val_size": cfg.val_size, "images": len(held), "seed": seed,
+        names = provenance.pop("train_files", None)
+        provenance["validation"] = {"from": "held out of train", "val_size": cfg.val_size, "images": len(held), "seed": seed,
                               **({"files": [names[i] for i in held.tolist()]} if names else {"indices": held.tolist()})}
-    info.pop("train_files", None)
+    provenance.pop("train_files", None)
     if cfg.train_size is not None:  # after the hold-out, so val is the same with or without it
         train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
     normalizer = fit_normalizer(train, cfg, seed)
-    if warn_skipped and (info.get("skipped") or info.get("empty_classes")):
-        warnings.warn(folders.describe_skipped(info["skipped"], info["root"], info["empty_classes"]),
+    if warn_skipped and (provenance.get("skipped") or provenance.get("empty_classes")):
+        warnings.warn(folders.describe_skipped(provenance["skipped"], provenance["root"], provenance["empty_classes"]),
                       ResnetlabWarning, stacklevel=2)
-    return DataBundle(train, val, test, train.classes, normalizer, {"dataset": cfg.dataset, **info})
+    return DataBundle(train, val, test, train.classes, normalizer, {"dataset": cfg.dataset, **provenance})
 
 
 def _load(cfg: DataConfig):
@@ -105,15 +105,15 @@ def _load_folder(root: Path, cfg: DataConfig):
             scanned[split] = folders.scan(root / split, first.classes, cfg.skip_bad)
     if "test" not in scanned and "val" in scanned and cfg.val_folder == "test":
         scanned["test"] = scanned.pop("val")  # ImageNet: val/ is the test split; val is held out of train
-    out, info = load_scanned(scanned, root, cfg)
-    info["layout"] = layout
-    info["empty_classes"] = _empty_classes(out, first.classes, root / "train" if layout == "splits" else root,
-                                           info["skipped"])
-    return out["train"], out.get("val"), out.get("test"), info
+    out, provenance = load_scanned(scanned, root, cfg)
+    provenance["layout"] = layout
+    provenance["empty_classes"] = _empty_classes(out, first.classes, root / "train" if layout == "splits" else root,
+                                           provenance["skipped"])
+    return out["train"], out.get("val"), out.get("test"), provenance
 
 
 def labelled_folder(root: Path, split: str, cfg: DataConfig):
-    """(dataset, info) of a labelled folder to evaluate on, ROOT/<class>/ or ROOT/<split>/<class>/
+    """(dataset, provenance) of a labelled folder to evaluate on, ROOT/<class>/ or ROOT/<split>/<class>/
     without a train/ folder, with its own sorted classes (match them to a model's with
     datasets.match_classes) and cfg's preprocessing."""
     layout = folders.folder_layout(root)
@@ -122,37 +122,37 @@ def labelled_folder(root: Path, split: str, cfg: DataConfig):
     if layout == "splits" and not (root / split).is_dir():
         present = ", ".join(f"{s}/" for s in folders.SPLITS if (root / s).is_dir())
         raise UserError(f"{root} has no {split}/ folder (only {present}); pick the split with --split")
-    out, info = load_scanned({split: folders.scan(root / split if layout == "splits" else root, None, cfg.skip_bad)},
+    out, provenance = load_scanned({split: folders.scan(root / split if layout == "splits" else root, None, cfg.skip_bad)},
                              root, cfg)
-    if info["skipped"]:
-        warnings.warn(folders.describe_skipped(info["skipped"], root), ResnetlabWarning, stacklevel=2)
-    return out[split], info
+    if provenance["skipped"]:
+        warnings.warn(folders.describe_skipped(provenance["skipped"], root), ResnetlabWarning, stacklevel=2)
+    return out[split], provenance
 
 
 def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict]:
     """Datasets of scanned split folders, the first being train (it has the classes): in memory
-    when its images are small (decoded once, through the cache), else files. info: root, caches,
+    when its images are small (decoded once, through the cache), else files. provenance: root, caches,
     skipped and ignored files, and train_files (the kept training paths, relative to root)."""
     first = next(iter(scanned.values()))
     classes, side = first.classes, folders.small_side(first.paths)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else DEFAULT_CACHE / "folders"
-    out, info = {}, {"root": str(root), "in_memory": side is not None, "caches": [], "resized": 0, "skipped": [],
-                     "ignored": [relative(p, root) for scan in scanned.values() for p in scan.ignored]}
+    out, provenance = {}, {"root": str(root), "in_memory": side is not None, "caches": [], "resized": 0, "skipped": [],
+                           "ignored": [relative(p, root) for scan in scanned.values() for p in scan.ignored]}
     for split, scan in scanned.items():
-        info["skipped"] += scan.skipped
+        provenance["skipped"] += scan.skipped
         kept = scan.paths
         if side is not None:
             out[split], meta = folders.small_dataset(scan.paths, scan.labels, classes, side, root, cache_dir, cfg.skip_bad)
-            info["caches"].append(meta["cache"])
-            info["resized"] += meta["resized"]
-            info["skipped"] += meta["skipped"]
+            provenance["caches"].append(meta["cache"])
+            provenance["resized"] += meta["resized"]
+            provenance["skipped"] += meta["skipped"]
             dropped = {p for p, _ in meta["skipped"]}
             kept = [p for p in scan.paths if p not in dropped]
         else:
             out[split] = FileDataset(scan.paths, scan.labels, classes)
         if split == "train":
-            info["train_files"] = [relative(p, root) for p in kept]
-    return out, info
+            provenance["train_files"] = [relative(p, root) for p in kept]
+    return out, provenance
 
 
 def relative(path: str, root: Path) -> str:
@@ -185,22 +185,16 @@ def fit_normalizer(train, cfg: DataConfig, seed: int = 0) -> Normalizer:
     training images (a seeded sample), at the training crop size."""
     if cfg.normalize == "imagenet":
         return Normalizer.fit("imagenet", [])
-    if isinstance(train, ArrayDataset):
-        return Normalizer.fit(cfg.normalize, train.images.split(2048))
-    n = min(len(train), cfg.stats_images)
-    sample = train.subset(torch.randperm(len(train), generator=generator(STATS, seed))[:n].sort().values)
-    views = make_eval_loader(sample, cfg, batch_size=64, protocol="center")
-    return Normalizer.fit(cfg.normalize, (v[0] for v, _ in views))
+    return Normalizer.fit(cfg.normalize, train.stats_batches(cfg, seed))
 
 
 def describe(bundle: DataBundle) -> str:
     """One line: source, split sizes, classes, image size and where the images live."""
-    size = ("x".join(map(str, bundle.train.image_size)) + " in memory"
-            if isinstance(bundle.train, ArrayDataset) else "image files")
+    size = bundle.train.where()
     splits = ", ".join(f"{name} {len(d)}" for name, d in (("train", bundle.train), ("val", bundle.val),
                                                            ("test", bundle.test)) if d is not None)
-    extra = f", {len(bundle.info['skipped'])} bad files skipped" if bundle.info.get("skipped") else ""
-    extra += f", {len(bundle.info['ignored'])} other files ignored" if bundle.info.get("ignored") else ""
-    extra += "".join(f", no {split} images of {', '.join(names)}" for split, names in bundle.info.get("empty_classes", {}).items())
-    return (f"{bundle.info.get('dataset')}: {splits} images, {len(bundle.classes)} classes, {size}, "
+    extra = f", {len(bundle.provenance['skipped'])} bad files skipped" if bundle.provenance.get("skipped") else ""
+    extra += f", {len(bundle.provenance['ignored'])} other files ignored" if bundle.provenance.get("ignored") else ""
+    extra += "".join(f", no {split} images of {', '.join(names)}" for split, names in bundle.provenance.get("empty_classes", {}).items())
+    return (f"{bundle.provenance.get('dataset')}: {splits} images, {len(bundle.classes)} classes, {size}, "
             f"normalize={bundle.normalizer.kind}{extra}")

@@ -5,14 +5,19 @@
 - FileDataset: image paths decoded on demand (folders of large images, e.g. ImageNet), in
   worker processes, one sample at a time for the size-dependent part.
 
-Both carry int64 labels and the class names (index = label) and can be subset by indices.
+Both carry int64 labels and the class names (index = label), can be subset by indices and
+relabelled, and make their own batch source for the loaders (`batch_source`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from resnetlab.config import DataConfig
 from resnetlab.errors import UserError
+
+from .batches import ArrayBatches, FileBatches
+from .sampling import STATS, eval_batches, generator
 
 
 class ArrayDataset:
@@ -37,6 +42,23 @@ class ArrayDataset:
 
     def subset(self, indices: torch.Tensor) -> "ArrayDataset":
         return ArrayDataset(self.images[indices], self.labels[indices], self.classes)
+
+    def relabelled(self, labels: torch.Tensor, classes: list[str]) -> "ArrayDataset":
+        return ArrayDataset(self.images, labels, classes)
+
+    def where(self) -> str:
+        """Where the images live, for one-line descriptions."""
+        return "x".join(map(str, self.image_size)) + " in memory"
+
+    def batch_source(self, cfg: DataConfig, batches: list, first: int = 0, keys: tuple = (),
+                     protocol: str | None = None) -> ArrayBatches:
+        """Batches gathered and augmented as whole tensors (training with keys = (seed, epoch, rank),
+        evaluation with a protocol)."""
+        return ArrayBatches(self, cfg, batches, first, keys, protocol)
+
+    def stats_batches(self, cfg: DataConfig, seed: int = 0):
+        """The images the normaliser's statistics are fitted on: every one, in uint8 chunks."""
+        return self.images.split(2048)
 
     def placed(self, device: torch.device, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (zero-padded by `pad` on each side) and labels on `device`, made once and kept."""
@@ -71,6 +93,25 @@ class FileDataset:
     def subset(self, indices: torch.Tensor) -> "FileDataset":
         return FileDataset([self.paths[i] for i in indices.tolist()], self.labels[indices], self.classes, self.warn_bad)
 
+    def relabelled(self, labels: torch.Tensor, classes: list[str]) -> "FileDataset":
+        return FileDataset(self.paths, labels, classes, self.warn_bad)
+
+    def where(self) -> str:
+        return "image files"
+
+    def batch_source(self, cfg: DataConfig, batches: list, first: int = 0, keys: tuple = (),
+                     protocol: str | None = None) -> FileBatches:
+        """Batches decoded file by file, in worker processes if the loader asks (see FileBatches)."""
+        return FileBatches(self, cfg, batches, first, keys, protocol)
+
+    def stats_batches(self, cfg: DataConfig, seed: int = 0):
+        """The images the normaliser's statistics are fitted on: centre views, at the training crop
+        size, of up to data.stats_images files (a seeded sample)."""
+        n = min(len(self), cfg.stats_images)
+        sample = self.subset(torch.randperm(len(self), generator=generator(STATS, seed))[:n].sort().values)
+        source = sample.batch_source(cfg, eval_batches(n, 64, 0, 1), protocol="center")
+        return (views[0] for views, _ in source.iterate(0, torch.device("cpu"), []))
+
 
 def match_classes(dataset, classes: list[str], source: str, aliases: list[str] | None = None):
     """`dataset` with its labels renumbered to `classes` (a model's) by name: a folder may hold a
@@ -84,8 +125,5 @@ def match_classes(dataset, classes: list[str], source: str, aliases: list[str] |
         shown = lambda names: ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")  # noqa: E731
         raise UserError(f"{source} has {len(unknown)} class{'es' * (len(unknown) != 1)} the model does not know: "
                         f"{shown(unknown)}; its {len(classes)} classes are {shown(list(classes))}")
-    labels = torch.tensor([index[name] for name in dataset.classes])[dataset.labels]
-    if isinstance(dataset, ArrayDataset):
-        return ArrayDataset(dataset.images, labels, classes)
-    return FileDataset(dataset.paths, labels, classes, dataset.warn_bad)
+    return dataset.relabelled(torch.tensor([index[name] for name in dataset.classes])[dataset.labels], classes)
 

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from resnetlab.errors import UserError
 
@@ -22,12 +22,8 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom in source pi
 Plan = Callable[[int, int], list[tuple[Box, tuple[int, int]]]]  # (w, h) -> [(box, (out_w, out_h))]
 
 
-ORIENTATION = 0x0112  # EXIF tag
-EXIF_FORMATS = ("JPEG", "MPO", "TIFF", "PNG", "WEBP")
-# EXIF orientation -> the transpose that makes the image upright (as in PIL.ImageOps.exif_transpose).
-TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-             8: Image.Transpose.ROTATE_90}
+EXIF_FORMATS = ("JPEG", "MPO", "TIFF", "PNG", "WEBP")  # formats whose EXIF orientation is honoured
+QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 # What Pillow raises for a file it cannot or will not decode. DecompressionBombError (an image
@@ -59,16 +55,16 @@ def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.n
     try:
         with opened(path) as img:
             # Photos store their rotation in EXIF; plan on the upright image.
-            orientation = img.getexif().get(ORIENTATION, 1) if img.format in EXIF_FORMATS else 1
-            w, h = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
+            orientation = img.getexif().get(ExifTags.Base.Orientation, 1) if img.format in EXIF_FORMATS else 1
+            w, h = img.size[::-1] if orientation in QUARTER_TURNS else img.size
             steps = plan(w, h)
             # Largest reduction that keeps every window at least as big as its output size.
             factor = max(max(o[0] / max(b[2] - b[0], 1e-6), o[1] / max(b[3] - b[1], 1e-6)) for b, o in steps)
             if img.format == "JPEG" and factor < 1 and not isinstance(path, Image.Image):  # draft() changes the image
                 img.draft("RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor)))
+            if orientation != 1:  # decodes (at the draft scale) into a new upright image; `path`'s stays as it is
+                img = ImageOps.exif_transpose(img)
             rgb = img.convert("RGB")  # grey, palette, CMYK, RGBA ... -> RGB; decodes the file
-            if orientation in TRANSPOSE:
-                rgb = rgb.transpose(TRANSPOSE[orientation])
             sx, sy = rgb.size[0] / w, rgb.size[1] / h
     except DECODE_ERRORS as err:
         raise BadImage(path, _reason(err)) from None

@@ -54,19 +54,19 @@ def imbalance_warning(bundle, balance: str) -> str | None:
 
 def notes(bundle, balance: str) -> list[str]:
     """The lines a run logs about its data at the start (the imbalance warning is separate)."""
-    info = bundle.info
+    provenance = bundle.provenance
     lines = [counts_line(bundle)]
-    if info.get("layout") == "classes":
-        lines.append(f"{info['root']} has no train/ folder: its class folders are the training images")
-    held = info.get("validation", {})
+    if provenance.get("layout") == "classes":
+        lines.append(f"{provenance['root']} has no train/ folder: its class folders are the training images")
+    held = provenance.get("validation", {})
     if held.get("from") == "held out of train":
         lines.append(f"validation: {held['images']} training images held out (data.val_size={held['val_size']}, "
                      f"seed {held['seed']}); listed in data.json")
     if balance != "none":
         lines.append(f"data.balance={balance}: " + ("every class drawn equally often" if balance == "sampler"
                                                     else "cross-entropy weighted by n / (classes x count)"))
-    if info.get("ignored"):
-        lines.append(ignored_line(info["ignored"]))
+    if provenance.get("ignored"):
+        lines.append(ignored_line(provenance["ignored"]))
     return lines
 
 
@@ -82,14 +82,14 @@ def data_record(bundle) -> dict:
     """RUN/data.json: where the data came from, images per class and split, what was held out
     for validation (files relative to the root, or indices into the training split), and the
     files ignored or skipped."""
-    info = bundle.info
+    provenance = bundle.provenance
     splits = (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
     return {
-        "dataset": info.get("dataset"), "root": info.get("root"), "layout": info.get("layout"),
+        "dataset": provenance.get("dataset"), "root": provenance.get("root"), "layout": provenance.get("layout"),
         "classes": list(bundle.classes),
         "images_per_class": {name: dict(zip(bundle.classes, class_counts(d, len(bundle.classes))))
                              for name, d in splits if d is not None},
-        "validation": info.get("validation"),
-        "ignored_files": info.get("ignored", []),
-        "skipped_files": [{"path": p, "reason": r} for p, r in info.get("skipped", [])],
+        "validation": provenance.get("validation"),
+        "ignored_files": provenance.get("ignored", []),
+        "skipped_files": [{"path": p, "reason": r} for p, r in provenance.get("skipped", [])],
     }

@@ -5,11 +5,11 @@ from .records import Artifact, Checkpoint, TrainingState
 from .run_records import MetricsRow, RunSummary
 from .schedules import ScheduleState, create_learning_rate_fn
 from .signals import TrainingInterrupted
-from .train import TrainingDiverged, train_and_evaluate, train_step
+from .train import StepParts, TrainingDiverged, train_and_evaluate, train_step
 
 __all__ = [
     "FORMAT", "load_checkpoint", "model_from_checkpoint", "save_checkpoint", "PROTOCOLS", "evaluate",
     "Artifact", "Checkpoint", "MetricsRow", "RunSummary", "TrainingState",
     "evaluate_checkpoint", "ScheduleState", "create_learning_rate_fn", "TrainingInterrupted",
-    "TrainingDiverged", "train_and_evaluate", "train_step",
+    "StepParts", "TrainingDiverged", "train_and_evaluate", "train_step",
 ]

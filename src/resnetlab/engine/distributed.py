@@ -2,7 +2,7 @@
 
 `torchrun --nproc_per_node=N -m resnetlab train ...` gives N processes; each builds the same
 model from the same seed, DDP averages gradients, and every process sees its slice of each
-global batch (make_train_loader(rank=, world_size=)). NCCL on GPUs, gloo on CPU.
+global batch (data.LoaderSpec(rank=, world_size=)). NCCL on GPUs, gloo on CPU.
 Only rank 0 writes files or prints.
 """
 from __future__ import annotations
@@ -42,22 +42,22 @@ def dist_info_from_env(env=os.environ) -> DistInfo:
         raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers, got {env['RANK']!r}/{env['WORLD_SIZE']!r}") from None
 
 
-def init_distributed(info: DistInfo, device: torch.device) -> None:
+def init_distributed(dist_info: DistInfo, device: torch.device) -> None:
     """Join the process group (env:// rendezvous from torchrun) if there is more than one process."""
-    if not info.enabled or dist.is_initialized():
+    if not dist_info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+        dist.init_process_group(backend, rank=dist_info.rank, world_size=dist_info.world_size)
         return
     # torchrun's agent keeps one store for every restart of the job: without a prefix per attempt,
     # restarted workers read the addresses the dead ones published and cannot connect
     # (pytorch/pytorch#135712; measured: `--max-restarts=1` failed in connectFullMesh every time).
     store, _, _ = next(dist.rendezvous("env://"))
     store = dist.PrefixStore(f"resnetlab/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-    dist.init_process_group(backend, store=store, rank=info.rank, world_size=info.world_size)
+    dist.init_process_group(backend, store=store, rank=dist_info.rank, world_size=dist_info.world_size)
 
 
 def shutdown_distributed(synchronize: bool = False) -> None:
@@ -72,12 +72,12 @@ def shutdown_distributed(synchronize: bool = False) -> None:
     dist.destroy_process_group()
 
 
-def per_rank_batch(global_batch: int, info: DistInfo) -> int:
+def per_rank_batch(global_batch: int, dist_info: DistInfo) -> int:
     """optim.batch_size is the GLOBAL batch; each process takes an equal share of it."""
-    if global_batch % info.world_size:
+    if global_batch % dist_info.world_size:
         raise UserError(f"optim.batch_size {global_batch} (the global batch) does not split evenly over "
-                        f"{info.world_size} processes; pick a multiple of {info.world_size}")
-    return global_batch // info.world_size
+                        f"{dist_info.world_size} processes; pick a multiple of {dist_info.world_size}")
+    return global_batch // dist_info.world_size
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -88,9 +88,9 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def broadcast_object(obj, info: DistInfo):
+def broadcast_object(obj, dist_info: DistInfo):
     """Rank 0's value of a small picklable object on every rank (e.g. a stop flag)."""
-    if not info.enabled:
+    if not dist_info.enabled:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)

@@ -7,6 +7,7 @@ views of one image are combined by averaging their softmax outputs.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -83,16 +84,34 @@ def evaluate(model: nn.Module, normalizer: nn.Module, loader, rt: Runtime, proto
     return report
 
 
-def evaluate_split(model, normalizer, dataset, cfg, rt: Runtime, info: DistInfo, protocol: str = "center",
-                   batch_size: int | None = None, workers: int = 0, confusion: bool = False) -> dict:
-    """Evaluate on one dataset split, building the loader with the data package's protocol views
-    (confusion: also count the confusion matrix over the split's classes, see `evaluate`)."""
+@dataclass(frozen=True)
+class EvalModel:
+    """A model ready to score images: the network, the normaliser its uint8 input goes through,
+    and the runtime (device, precision, memory format) it runs under."""
+
+    model: nn.Module
+    normalizer: nn.Module
+    rt: Runtime
+
+
+def run_eval_spec(cfg, dist_info: DistInfo, rt: Runtime, workers: int = 0):
+    """How a training run reads its val/test splits: the global batch shared by the processes,
+    each scoring its exact shard."""
+    from resnetlab.data import LoaderSpec
+
+    return LoaderSpec(max(cfg.optim.batch_size // dist_info.world_size, 1), dist_info.rank, dist_info.world_size, workers,
+                      rt.device)
+
+
+def evaluate_split(scored: EvalModel, dataset, data_cfg, spec, protocol: str = "center",
+                   confusion: bool = False) -> dict:
+    """Evaluate on one dataset split read as `spec` (a data.LoaderSpec) says, with the data
+    package's protocol views (confusion: also count the confusion matrix over the split's
+    classes, see `evaluate`)."""
     from resnetlab.data import make_eval_loader
 
-    batch = batch_size or max(cfg.optim.batch_size // info.world_size, 1)
-    loader = make_eval_loader(dataset, cfg.data, batch_size=batch, protocol=protocol, rank=info.rank,
-                              world_size=info.world_size, workers=workers, device=rt.device)
-    return evaluate(model, normalizer, loader, rt, protocol, len(dataset.classes) if confusion else 0)
+    loader = make_eval_loader(dataset, data_cfg, spec, protocol)
+    return evaluate(scored.model, scored.normalizer, loader, scored.rt, protocol, len(dataset.classes) if confusion else 0)
 
 
 def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
@@ -110,12 +129,12 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     """
     from dataclasses import asdict
 
-    from resnetlab.config import TrainConfig
+    from resnetlab.data import LoaderSpec
     from resnetlab.data.datasets import match_classes
 
     from .checkpoint import model_from_checkpoint
     from .confusion import per_class
-    from .runtime import make_runtime, prepare_model
+    from .runtime import prepare_model
     from .sources import load_source
 
     if protocol not in PROTOCOLS:
@@ -131,15 +150,15 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         if train is None:
             raise UserError(f"--precision int8 calibrates on training images, and {data} has none; give --data a "
                             "folder with train/, or use `resnetlab predict --precision int8 --calibrate DIR`")
-        rt = make_runtime(TrainConfig(device="cpu" if device == "auto" else device, precision="fp32",
-                                      channels_last="false"))
-        model = int8_model(model, normalizer, train, cfg, rt)
+        rt = Runtime.resolve(device="cpu" if device == "auto" else device, precision="fp32", channels_last="false")
+        model = int8_model(EvalModel(model, normalizer, rt), train, cfg.data)
     else:
-        rt = make_runtime(TrainConfig(device=device, precision=precision or cfg.train.precision,
-                                      channels_last=cfg.train.channels_last))
+        rt = Runtime.resolve(device=device, precision=precision or cfg.train.precision,
+                             channels_last=cfg.train.channels_last)
         model = prepare_model(model, rt)
-    report = evaluate_split(model, normalizer.to(rt.device), dataset, cfg, rt, DistInfo(), protocol,
-                            batch_size or cfg.optim.batch_size, workers, confusion=True)
+    spec = LoaderSpec(batch_size or cfg.optim.batch_size, workers=workers, device=rt.device)
+    report = evaluate_split(EvalModel(model, normalizer.to(rt.device), rt), dataset, cfg.data, spec, protocol,
+                            confusion=True)
     matrix = report.pop("confusion")
     return {**report, "split": split, "checkpoint": str(path), "precision": "int8" if precision == "int8" else rt.precision,
             "per_class": [asdict(r) for r in per_class(matrix, classes)], "confusion": matrix.tolist()}
@@ -177,18 +196,19 @@ def eval_data(cfg, data: str | None, split: str):
     return dataset, bundle.train
 
 
-def int8_model(model: nn.Module, normalizer: nn.Module, train, cfg, rt: Runtime, images: int | None = None,
+def int8_model(scored: EvalModel, train, data_cfg, images: int | None = None,
                reduce_range: bool | None = None) -> nn.Module:
     """The BN-folded model quantized to int8, its activation ranges calibrated on `images`
     training images spread evenly over the split (centre views, never the split being scored).
     reduce_range: 7-bit activations (None: unless the CPU has VNNI; models/quantize.py)."""
-    from resnetlab.data import make_eval_loader
+    from resnetlab.data import LoaderSpec, make_eval_loader
     from resnetlab.models.fuse import fuse_bn
     from resnetlab.models.quantize import CALIBRATION_IMAGES, calibration_sample, quantize_int8
 
     images = images or CALIBRATION_IMAGES
-    if rt.device.type != "cpu":
+    if scored.rt.device.type != "cpu":
         raise UserError("int8 evaluation runs on the CPU only (--device cpu)")
     sample = train.subset(torch.tensor(calibration_sample(len(train), images)))
-    loader = make_eval_loader(sample, cfg.data, batch_size=64, protocol="center")
-    return quantize_int8(fuse_bn(model), [normalizer(views[0]) for views, _ in loader], reduce_range=reduce_range)
+    loader = make_eval_loader(sample, data_cfg, LoaderSpec(64))
+    return quantize_int8(fuse_bn(scored.model), [scored.normalizer(views[0]) for views, _ in loader],
+                         reduce_range=reduce_range)

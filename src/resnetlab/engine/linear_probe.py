@@ -24,7 +24,7 @@ from resnetlab.files import write_text_atomic
 from .checkpoint import save_checkpoint
 from .confusion import record_per_class
 from .distributed import DistInfo, dist_info_from_env
-from .evaluate import evaluate_split
+from .evaluate import EvalModel, evaluate_split, run_eval_spec
 from .metrics_csv import write_metrics_csv
 from .records import Checkpoint
 from .run_records import MetricsRow, RunSummary
@@ -40,12 +40,12 @@ LBFGS_STEPS = 300
 @torch.no_grad()
 def extract_features(model, normalizer, dataset, cfg: Config, rt, batch_size: int = 256):
     """(float32 (N, num_features) pooled features, int64 (N,) labels) with the evaluation transform."""
-    from resnetlab.data import make_eval_loader
+    from resnetlab.data import LoaderSpec, make_eval_loader
     from resnetlab.models.features import embed
 
     model.eval()
     feats, labels = [], []
-    for views, y in make_eval_loader(dataset, cfg.data, batch_size=batch_size, protocol="center", device=rt.device):
+    for views, y in make_eval_loader(dataset, cfg.data, LoaderSpec(batch_size, device=rt.device)):
         with autocast(rt):
             feats.append(embed(model, to_input(normalizer(views[0]), rt)).float().cpu())
         labels.append(y.cpu())
@@ -109,7 +109,7 @@ def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream)
     from resnetlab.data.summary import loss_weights
 
     say = (lambda msg: print(msg, file=stream)) if stream else print
-    model, _ = build_model(cfg, len(bundle.classes), info=say)
+    model, _ = build_model(cfg, len(bundle.classes), say=say)
     if not cfg.finetune.init:
         say("linear probe without finetune.init: the features come from a randomly initialised network")
     model, normalizer = prepare_model(model, rt), bundle.normalizer.to(rt.device)
@@ -123,12 +123,12 @@ def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream)
         model.fc.weight.copy_(w.to(model.fc.weight))
         model.fc.bias.copy_(b.to(model.fc.bias))
 
-    info = DistInfo()
+    scored, spec = EvalModel(model, normalizer, rt), run_eval_spec(cfg, DistInfo(), rt)
     metrics = MetricsRow(epoch=0, step=0, train_err=error_rate(*train, w, b), extra={
         "linear_probe": True, "penalty": penalty, "val_errors_by_penalty": {str(p): e for p, e in val_errors.items()},
         "feature_dim": train[0].shape[1], "train_images": len(train[1])})
     if bundle.val is not None:
-        v = evaluate_split(model, normalizer, bundle.val, cfg, rt, info)
+        v = evaluate_split(scored, bundle.val, cfg.data, spec)
         metrics.val_top1_err, metrics.val_top5_err, metrics.val_top1, metrics.val_top5 = (
             v["top1_err"], v["top5_err"], v["top1"], v["top5"])
     metrics.elapsed_s = time.perf_counter() - start
@@ -142,7 +142,7 @@ def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream)
     summary = RunSummary(linear_probe=True, penalty=penalty, best_val_top1_err=metrics.val_top1_err,
                          elapsed_s=metrics.elapsed_s, checkpoints={"last": str(ckpts / "last.pt"), "best": str(ckpts / "best.pt")})
     if bundle.test is not None:
-        result = evaluate_split(model, normalizer, bundle.test, cfg, rt, info, confusion=True)
+        result = evaluate_split(scored, bundle.test, cfg.data, spec, confusion=True)
         summary.test = {"last": result, "best": result}
         record_per_class(summary.test, bundle.classes, workdir)
     summary.write(workdir)

@@ -23,7 +23,7 @@ def preflight(run) -> None:
     """Log and warn on rank 0; write RUN/data.json there."""
     from resnetlab.data.summary import data_record, imbalance_warning, notes
 
-    if not run.info.is_main:
+    if not run.dist_info.is_main:
         return
     cfg = run.cfg
     for line in notes(run.bundle, cfg.data.balance):

@@ -36,22 +36,22 @@ _fork_hook_installed = False
 
 
 class RunDirLock:
-    """`with RunDirLock(workdir, info) as lock:` ... `lock.acquire()` once the directory may be made.
+    """`with RunDirLock(workdir, dist_info) as lock:` ... `lock.acquire()` once the directory may be made.
 
     Entering takes the lock at once when the directory already exists (so a second training is
     refused before it spends minutes building data); otherwise `acquire()` takes it later, after
     the config checks that must leave no directory behind. Both are collective under torchrun.
     """
 
-    def __init__(self, workdir: Path, info: DistInfo = DistInfo()):
-        self.workdir, self.info = Path(workdir), info
+    def __init__(self, workdir: Path, dist_info: DistInfo = DistInfo()):
+        self.workdir, self.dist_info = Path(workdir), dist_info
         self.fd: int | None = None  # rank 0's descriptor of the lock file
         self.held = False
 
     def __enter__(self) -> "RunDirLock":
         if self.workdir.exists() and not self.workdir.is_dir():
             raise UserError(f"{self.workdir} is a file, not a run directory; choose another --out")
-        if broadcast_object(self.workdir.is_dir(), self.info):  # rank 0's view, so every rank takes the same path
+        if broadcast_object(self.workdir.is_dir(), self.dist_info):  # rank 0's view, so every rank takes the same path
             self.acquire()
         return self
 
@@ -63,12 +63,12 @@ class RunDirLock:
         if self.held:
             return
         refusal = None
-        if self.info.is_main:
+        if self.dist_info.is_main:
             try:
                 self.fd = _lock(self.workdir)
             except UserError as err:  # refused, or the directory cannot be written
                 refusal = str(err)
-        refusal = broadcast_object(refusal, self.info)
+        refusal = broadcast_object(refusal, self.dist_info)
         if refusal is not None:
             raise UserError(refusal)
         self.held = True

@@ -35,6 +35,21 @@ class Runtime:
     def amp_dtype(self) -> torch.dtype:
         return DTYPES[self.precision]
 
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "auto", channels_last: str = "auto",
+                compile: str = "auto", local_rank: int = 0) -> "Runtime":
+        """The Runtime for the words a user writes (train.* keys, --device/--precision flags): each
+        auto resolved for this machine, each bad value refused in one line. Warns when the CPU
+        can only emulate the precision asked for."""
+        device_ = resolve_device(device, local_rank)
+        precision_ = resolve_precision(precision, device_)
+        compile_mode = resolve_compile(compile, device_)
+        rt = cls(device_, precision_, resolve_channels_last(channels_last), compile_mode,
+                 resolve_fused_bn(device_, compile_mode))
+        if (message := slow_precision_warning(rt)) is not None:
+            warnings.warn(message, ResnetlabWarning, stacklevel=3)
+        return rt
+
 
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX, where oneDNN's bf16 convolutions beat fp32. AVX-512 BF16 alone is not
@@ -95,7 +110,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
-def resolve_channels_last(name: str, device: torch.device, precision: str) -> bool:
+def resolve_channels_last(name: str) -> bool:
     """channels_last helps cuDNN (tensor cores) and oneDNN in every precision: measured 1.1-1.3x for
     fp32 ResNet training and inference on the CPU (benchmarks/README.md)."""
     if name == "auto":
@@ -129,14 +144,8 @@ def resolve_fused_bn(device: torch.device, compile_mode: str) -> bool:
 
 
 def make_runtime(cfg: TrainConfig, local_rank: int = 0) -> Runtime:
-    device = resolve_device(cfg.device, local_rank)
-    precision = resolve_precision(cfg.precision, device)
-    compile_mode = resolve_compile(cfg.compile, device)
-    rt = Runtime(device, precision, resolve_channels_last(cfg.channels_last, device, precision), compile_mode,
-                 resolve_fused_bn(device, compile_mode))
-    if (message := slow_precision_warning(rt)) is not None:
-        warnings.warn(message, ResnetlabWarning, stacklevel=2)
-    return rt
+    """The Runtime of a training config's train section."""
+    return Runtime.resolve(cfg.device, cfg.precision, cfg.channels_last, cfg.compile, local_rank)
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:

@@ -20,6 +20,7 @@ from resnetlab.models import create_model
 
 from .checkpoint import load_checkpoint
 from .distributed import DistInfo, per_rank_batch
+from .evaluate import EvalModel, run_eval_spec
 from .finetune import apply_freezing, load_init_weights, param_groups
 from .logger import RunLogger
 from .preflight import preflight
@@ -30,11 +31,23 @@ from .schedules import create_learning_rate_fn, total_steps
 from .state import restore_checkpoint
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """What train_and_evaluate was asked for, resolved for this process."""
+
+    cfg: Config
+    workdir: Path
+    resume: bool
+    dist_info: DistInfo
+    rt: Runtime
+    stream: object = None  # where the progress lines go (None: the terminal)
+
+
 @dataclass
 class Run:
     cfg: Config
     workdir: Path
-    info: DistInfo
+    dist_info: DistInfo
     rt: Runtime
     bundle: object  # resnetlab.data.DataBundle
     model: nn.Module  # the plain model (checkpoints, evaluation of best weights)
@@ -52,28 +65,37 @@ class Run:
     class_weights: torch.Tensor | None = None  # data.balance=loss: cross-entropy weight per class
 
     def loader(self, epoch: int, start_batch: int = 0):
-        return train_loader(self.bundle, self.cfg, self.info, self.rt, epoch, start_batch)
+        return train_loader(self.bundle, self.cfg, self.dist_info, self.rt, epoch, start_batch)
+
+    @property
+    def scored(self) -> EvalModel:
+        """The plain model for evaluation: DDP's forward would sync buffers, and shards may be uneven."""
+        return EvalModel(self.model, self.normalizer, self.rt)
+
+    @property
+    def eval_spec(self):
+        return run_eval_spec(self.cfg, self.dist_info, self.rt, self.cfg.train.workers)
 
     @property
     def eval_every(self) -> int:
         return self.cfg.train.eval_every or self.steps_per_epoch
 
 
-def train_loader(bundle, cfg: Config, info: DistInfo, rt: Runtime, epoch: int, start_batch: int = 0):
+def train_loader(bundle, cfg: Config, dist_info: DistInfo, rt: Runtime, epoch: int, start_batch: int = 0):
     """This process's share of the batches of `epoch`, from batch `start_batch` on (resume)."""
-    from resnetlab.data import make_train_loader
+    from resnetlab.data import LoaderSpec, make_train_loader
 
-    return make_train_loader(bundle.train, cfg.data, batch_size=per_rank_batch(cfg.optim.batch_size, info),
-                             seed=cfg.train.seed, epoch=epoch, start_batch=start_batch, rank=info.rank,
-                             world_size=info.world_size, workers=cfg.train.workers, device=rt.device)
+    spec = LoaderSpec(per_rank_batch(cfg.optim.batch_size, dist_info), dist_info.rank, dist_info.world_size,
+                      cfg.train.workers, rt.device)
+    return make_train_loader(bundle.train, cfg.data, spec, seed=cfg.train.seed, epoch=epoch, start_batch=start_batch)
 
 
-def build_model(cfg: Config, num_classes: int, info=print) -> tuple[nn.Module, list[nn.Module]]:
+def build_model(cfg: Config, num_classes: int, say=print) -> tuple[nn.Module, list[nn.Module]]:
     """The model with fine-tuning applied: (model on CPU, BatchNorms to keep in eval mode)."""
     model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
     if cfg.finetune.init:
         skipped = load_init_weights(model, cfg.finetune.init, cfg.model.name)
-        info(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {num_classes} classes ({', '.join(skipped)} re-initialised)" if skipped else ""))
+        say(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {num_classes} classes ({', '.join(skipped)} re-initialised)" if skipped else ""))
     return model, apply_freezing(model, cfg.finetune)
 
 
@@ -116,8 +138,8 @@ def prepare_workdir(workdir: Path, cfg: Config, classes, resume: bool, is_main: 
     return start_from
 
 
-def _sync_bn(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Module:
-    if not (cfg.train.sync_bn and info.enabled):
+def _sync_bn(model: nn.Module, cfg: Config, dist_info: DistInfo, rt: Runtime) -> nn.Module:
+    if not (cfg.train.sync_bn and dist_info.enabled):
         return model
     if rt.device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
@@ -125,40 +147,41 @@ def _sync_bn(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.M
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def _wrap(model: nn.Module, cfg: Config, info: DistInfo, rt: Runtime) -> nn.Module:
+def _wrap(model: nn.Module, cfg: Config, dist_info: DistInfo, rt: Runtime) -> nn.Module:
     """DDP across processes, then optionally torch.compile; the caller keeps the plain model."""
-    if info.enabled:
+    if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     return compile_model(model, rt.compile)
 
 
-def build_run(cfg: Config, workdir: Path, resume: bool, info: DistInfo, rt: Runtime, lock: RunDirLock,
-              stream=None) -> Run:
+def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     from resnetlab.data import build_data
     from resnetlab.data.summary import loss_weights
 
+    cfg, workdir, resume, dist_info, rt = request.cfg, request.workdir, request.resume, request.dist_info, request.rt
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     check_stop_target(cfg.train.stop_at_val_top1, bundle)  # before the run directory is made
-    start_from = prepare_workdir(workdir, cfg, bundle.classes, resume, info.is_main, lock)
-    say = print if info.is_main else (lambda *a: None)
-    model, eval_bns = build_model(cfg, len(bundle.classes), info=say)
-    model = prepare_model(_sync_bn(model, cfg, info, rt), rt)
+    start_from = prepare_workdir(workdir, cfg, bundle.classes, resume, dist_info.is_main, lock)
+    say = print if dist_info.is_main else (lambda *a: None)
+    model, eval_bns = build_model(cfg, len(bundle.classes), say=say)
+    model = prepare_model(_sync_bn(model, cfg, dist_info, rt), rt)
     optimizer = build_optimizer(model, cfg)
     scaler = make_grad_scaler(rt)
     state, ckpt = LoopState(), None
     if start_from is not None:
         ckpt = load_checkpoint(start_from)
         state = restore_checkpoint(ckpt, model, optimizer, scaler, cfg, start_from)
-    repairs = tidy_for_start(workdir, state.step, ckpt) if info.is_main else []
-    steps_per_epoch = len(train_loader(bundle, cfg, info, rt, 0))
+    repairs = tidy_for_start(workdir, state.step, ckpt) if dist_info.is_main else []
+    steps_per_epoch = len(train_loader(bundle, cfg, dist_info, rt, 0))
     total = total_steps(cfg.schedule, steps_per_epoch)
-    run = Run(cfg, workdir, info, rt, bundle, model, _wrap(model, cfg, info, rt), eval_bns,
-              bundle.normalizer.to(rt.device), optimizer, scaler, state, per_rank_batch(cfg.optim.batch_size, info),
+    run = Run(cfg, workdir, dist_info, rt, bundle, model, _wrap(model, cfg, dist_info, rt), eval_bns,
+              bundle.normalizer.to(rt.device), optimizer, scaler, state, per_rank_batch(cfg.optim.batch_size, dist_info),
               steps_per_epoch, total, create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch),
-              RunLogger(workdir, info.is_main, total, state.step, cfg.train.tensorboard, stream, cfg.train.log_every))
+              RunLogger(workdir, dist_info.is_main, total, state.step, cfg.train.tensorboard, request.stream,
+                        cfg.train.log_every))
     run.log.info(f"{cfg.model.name}: {run.total} steps ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
-                 + (f" = {info.world_size} processes x {run.batch}" if info.enabled else "")
+                 + (f" = {dist_info.world_size} processes x {run.batch}" if dist_info.enabled else "")
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
                  + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})")
                  + (f", resuming at step {state.step}" if start_from is not None else "")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from resnetlab.config import Config
 from resnetlab.errors import UserError
@@ -27,7 +29,7 @@ from .run_records import MetricsRow, RunSummary
 from .rundir import RunDirLock
 from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error
-from .setup import Run, build_run, set_lr
+from .setup import Run, RunRequest, build_run, set_lr
 from .signals import StopOnSignal, TrainingInterrupted
 from .state import Meter, is_finite_model, make_checkpoint, meter_summary
 
@@ -36,16 +38,28 @@ class TrainingDiverged(UserError):
     """The loss or the weights became NaN/inf; the last good checkpoint was kept."""
 
 
-def train_step(net, optimizer, scaler, normalizer, x, y, rt: Runtime, label_smoothing: float = 0.0,
-               class_weights: torch.Tensor | None = None):
+@dataclass(frozen=True)
+class StepParts:
+    """What an SGD update uses besides the batch; made once, used for every step."""
+
+    net: nn.Module  # what to call: the model, maybe wrapped in DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    normalizer: nn.Module
+    rt: Runtime
+    label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None  # data.balance=loss
+
+
+def train_step(parts: StepParts, x: torch.Tensor, y: torch.Tensor):
     """One SGD update on a batch: x uint8 (B, 3, H, W), y int64 (B,) -> (loss, number correct)."""
-    with autocast(rt):
-        logits = net(to_input(normalizer(x), rt))
-    loss = F.cross_entropy(logits.float(), y, weight=class_weights, label_smoothing=label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
-    scaler.step(optimizer)
-    scaler.update()
+    with autocast(parts.rt):
+        logits = parts.net(to_input(parts.normalizer(x), parts.rt))
+    loss = F.cross_entropy(logits.float(), y, weight=parts.class_weights, label_smoothing=parts.label_smoothing)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
     return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
 
 
@@ -62,14 +76,14 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
         from .linear_probe import train_linear_probe
 
         return train_linear_probe(cfg, workdir, stream)
-    info = dist_info_from_env()
-    rt = make_runtime(cfg.train, info.local_rank)
-    init_distributed(info, rt.device)
+    dist_info = dist_info_from_env()
+    rt = make_runtime(cfg.train, dist_info.local_rank)
+    init_distributed(dist_info, rt.device)
     finished = False
     try:
         # Signals are caught before the lock and the data: a SIGTERM while data is built stops the run before step 1.
-        with StopOnSignal() as stop, RunDirLock(Path(workdir), info) as lock:
-            summary = _train(cfg, Path(workdir), resume, info, rt, stream, stop, lock)
+        with StopOnSignal() as stop, RunDirLock(Path(workdir), dist_info) as lock:
+            summary = _train(RunRequest(cfg, Path(workdir), resume, dist_info, rt, stream), stop, lock)
         finished = True
         return summary
     except StorageError as err:
@@ -80,9 +94,9 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
         shutdown_distributed(synchronize=finished)
 
 
-def _train(cfg: Config, workdir: Path, resume: bool, info, rt: Runtime, stream, stop: StopOnSignal, lock) -> RunSummary:
+def _train(request: RunRequest, stop: StopOnSignal, lock: RunDirLock) -> RunSummary:
     """The run itself; its model and DDP wrapper are gone when it returns (see shutdown_distributed)."""
-    run = build_run(cfg, workdir, resume, info, rt, lock, stream)
+    run = build_run(request, lock)
     try:
         if _stop_requested(stop, run):  # a signal while the data was built
             raise TrainingInterrupted(stop.signum or 15, run.state.step, _last_checkpoint(run))
@@ -91,7 +105,7 @@ def _train(cfg: Config, workdir: Path, resume: bool, info, rt: Runtime, stream, 
         run.log.close()
     stop.at_once(run.state.step, _last_checkpoint(run))  # every step is saved: from here a signal stops the run where it lands
     summary = final_test(run, best_state)
-    if info.is_main:
+    if run.dist_info.is_main:
         summary.write(run.workdir)
     return summary
 
@@ -102,18 +116,19 @@ def train_loop(run: Run, stop: StopOnSignal):
     window, since_eval = Meter(run.rt.device, state.window), Meter(run.rt.device, state.epoch_meter)
     clock = {"start": time.perf_counter() - state.elapsed_s, "eval": time.perf_counter(), "images": 0}
     best_state = None
+    parts = StepParts(run.net, run.optimizer, run.scaler, run.normalizer, run.rt, cfg.optim.label_smoothing,
+                      run.class_weights)
     set_train_mode(run.model, run.eval_bns)
     while state.step < run.total and state.reached_target is None:
         epoch, start_batch = divmod(state.step, run.steps_per_epoch)
         for x, y in run.loader(epoch, start_batch):
             lr = run.lr_fn(state.step, state.schedule)
             set_lr(run.optimizer, lr)
-            loss, correct = train_step(run.net, run.optimizer, run.scaler, run.normalizer, x, y, run.rt,
-                                       cfg.optim.label_smoothing, run.class_weights)
+            loss, correct = train_step(parts, x, y)
             window.update(loss, correct, len(y))
             since_eval.update(loss, correct, len(y))
             state.step += 1
-            clock["images"] += len(y) * run.info.world_size
+            clock["images"] += len(y) * run.dist_info.world_size
             at_eval = state.step % run.eval_every == 0 or state.step == run.total
             if at_eval or state.step % cfg.train.log_every == 0:
                 log_point(run, window, lr, clock)
@@ -154,8 +169,7 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
     metrics = MetricsRow(epoch=state.step / run.steps_per_epoch, step=state.step, lr=lr, train_loss=train_loss,
                          train_err=train_err, images_per_s=_rate(clock), elapsed_s=state.elapsed_s)
     if run.bundle.val is not None:  # the plain model: DDP's forward would sync buffers, and shards may be uneven
-        val = evaluate_split(run.model, run.normalizer, run.bundle.val, run.cfg, run.rt, run.info,
-                             workers=run.cfg.train.workers)
+        val = evaluate_split(run.scored, run.bundle.val, run.cfg.data, run.eval_spec)
         metrics.val_top1_err, metrics.val_top5_err = val["top1_err"], val["top5_err"]
         metrics.val_top1, metrics.val_top5 = val["top1"], val["top5"]
     # The plateau schedule watches validation error, or training error when there is no val split.
@@ -186,7 +200,7 @@ def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
     if not is_finite_model(run.model):
         raise TrainingDiverged(f"the weights became NaN/inf by step {run.state.step}; kept the last good checkpoint "
                                f"{_last_good(run)}. Lower optim.lr")
-    if run.info.is_main:
+    if run.dist_info.is_main:
         ckpt = make_checkpoint(run.model, run.optimizer, run.scaler, run.state, run.cfg, run.bundle.classes,
                                run.normalizer.state(), run.steps_per_epoch, metrics)
         for name in names:
@@ -205,8 +219,7 @@ def final_test(run: Run, best_state) -> RunSummary:
         summary.checkpoints["best"] = str(ckpts / "best.pt")
     if run.bundle.test is None:
         return summary
-    test = lambda: evaluate_split(run.model, run.normalizer, run.bundle.test, run.cfg, run.rt, run.info,  # noqa: E731
-                                  workers=run.cfg.train.workers, confusion=True)
+    test = lambda: evaluate_split(run.scored, run.bundle.test, run.cfg.data, run.eval_spec, confusion=True)  # noqa: E731
     summary.test["last"] = test()
     if best_state is None and "best" in summary.checkpoints:  # best found before a resume
         best_state = load_checkpoint(ckpts / "best.pt").artifact.weights
@@ -218,13 +231,13 @@ def final_test(run: Run, best_state) -> RunSummary:
         else:
             run.model.load_state_dict(best_state)
             summary.test["best"] = test()
-    record_per_class(summary.test, run.bundle.classes, run.workdir if run.info.is_main else None)
+    record_per_class(summary.test, run.bundle.classes, run.workdir if run.dist_info.is_main else None)
     return summary
 
 
 def _stop_requested(stop: StopOnSignal, run: Run) -> bool:
     """Every process must stop at the same step, so a signal seen by any one counts for all."""
-    if not run.info.enabled:
+    if not run.dist_info.enabled:
         return stop.requested
     return bool(all_reduce_sum(torch.tensor([float(stop.requested)], device=run.rt.device)).item())
 

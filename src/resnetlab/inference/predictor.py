@@ -77,16 +77,15 @@ class Predictor:
         """precision auto as in training (engine.runtime.resolve_precision): bf16 on CUDA GPUs with
         bf16 and on CPUs with AMX, else fp32 -- folded fp32 channels_last measured fastest for
         inference on an AVX-512-BF16 CPU without AMX, for ResNet-20 and ResNet-50 alike."""
-        from resnetlab.config import TrainConfig
         from resnetlab.engine.checkpoint import model_from_checkpoint
-        from resnetlab.engine.runtime import make_runtime, prepare_model
+        from resnetlab.engine.runtime import Runtime, prepare_model
         from resnetlab.engine.sources import load_source
         from resnetlab.models import model_info
         from resnetlab.models.fuse import fuse_bn
 
         artifact, path = load_source(checkpoint)
         model, normalizer, classes, cfg = model_from_checkpoint(artifact)
-        rt = make_runtime(TrainConfig(device=device, precision=precision, channels_last=channels_last))
+        rt = Runtime.resolve(device=device, precision=precision, channels_last=channels_last)
         model = prepare_model(fuse_bn(model) if fuse else model, rt)
         # CIFAR-style training decodes images straight to the input size; only folders of large
         # images use the "shorter side to eval_resize, centre crop" of ImageNet evaluation. A CIFAR
@@ -118,7 +117,7 @@ class Predictor:
 
     def batches(self, paths: list, protocol: str = "center", batch_size: int = 64):
         """Yield (views, indices into paths) for the readable files (or PIL images); bad files go to self.failed."""
-        from resnetlab.data import ArrayDataset, FileDataset, load_images, make_eval_loader
+        from resnetlab.data import ArrayDataset, FileDataset, LoaderSpec, load_images, make_eval_loader
         from resnetlab.data.folder import small_side
 
         self.failed = []
@@ -137,7 +136,7 @@ class Predictor:
                 dataset = ArrayDataset(images, index[keep], self.classes)
             else:
                 dataset = FileDataset(chunk, index, self.classes, warn_bad=False)  # listed in self.failed
-            loader = make_eval_loader(dataset, cfg, batch_size=batch_size, protocol=protocol, device=self.rt.device)
+            loader = make_eval_loader(dataset, cfg, LoaderSpec(batch_size, device=self.rt.device), protocol)
             yield from loader
             self.failed += loader.skipped
 

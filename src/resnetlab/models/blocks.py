@@ -65,7 +65,8 @@ def make_shortcut(option: str, cin: int, cout: int, stride: int, preact: bool = 
 class Block(nn.Module):
     """What every block shares: the switch to fused batch-norm + ReLU (set by
     models.fused_bn.set_fused_bn; a class default, so it never appears in a state_dict) and,
-    for post-activation blocks, the shortcut branch."""
+    for post-activation blocks, the shortcut branch. Each block's residual_end() is the last layer
+    of its residual branch: zeroing its weight makes the block start as the identity."""
 
     fused_bn = False
     residual: bool
@@ -82,8 +83,9 @@ class BasicBlock(Block):
 
     expansion = 1
 
-    def __init__(self, cin: int, width: int, stride: int = 1, shortcut: str = "B", residual: bool = True, **_):
-        super().__init__()
+    def __init__(self, cin: int, width: int, stride: int = 1, shortcut: str = "B", residual: bool = True,
+                 stride_on: str = "3x3"):
+        super().__init__()  # stride_on changes nothing here: of two 3x3 convs the first takes the stride
         cout = width * self.expansion
         self.conv1 = conv3x3(cin, width, stride)
         self.bn1 = nn.BatchNorm2d(width)
@@ -93,7 +95,7 @@ class BasicBlock(Block):
         self.residual = residual
         self.downsample = make_shortcut(shortcut, cin, cout, stride) if residual else None
 
-    def last_norm(self) -> nn.Module:
+    def residual_end(self) -> nn.Module:
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +127,7 @@ class Bottleneck(Block):
         self.residual = residual
         self.downsample = make_shortcut(shortcut, cin, cout, stride) if residual else None
 
-    def last_norm(self) -> nn.Module:
+    def residual_end(self) -> nn.Module:
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,8 +145,9 @@ class PreActBasicBlock(Block):
 
     expansion = 1
 
-    def __init__(self, cin: int, width: int, stride: int = 1, shortcut: str = "B", residual: bool = True, **_):
-        super().__init__()
+    def __init__(self, cin: int, width: int, stride: int = 1, shortcut: str = "B", residual: bool = True,
+                 stride_on: str = "3x3"):
+        super().__init__()  # stride_on changes nothing here: of two 3x3 convs the first takes the stride
         cout = width * self.expansion
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = conv3x3(cin, width, stride)
@@ -154,8 +157,8 @@ class PreActBasicBlock(Block):
         self.residual = residual
         self.downsample = make_shortcut(shortcut, cin, cout, stride, preact=True) if residual else None
 
-    def last_norm(self) -> nn.Module:
-        return self.conv2
+    def residual_end(self) -> nn.Module:
+        return self.conv2  # pre-activation: the branch ends in a convolution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
@@ -184,7 +187,7 @@ class PreActBottleneck(Block):
         self.residual = residual
         self.downsample = make_shortcut(shortcut, cin, cout, stride, preact=True) if residual else None
 
-    def last_norm(self) -> nn.Module:
+    def residual_end(self) -> nn.Module:
         return self.conv3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,8 @@ class ResNet(nn.Module):
         self.stage_strides: list[int] = []
         for i, (width, blocks) in enumerate(zip(widths, layers)):
             stride = 1 if i == 0 else 2
-            layer, cin = self._make_layer(block, cin, width, blocks, stride, shortcut, residual, stride_on)
+            layer, cin = self._make_layer(block, cin, width, blocks, stride,
+                                          dict(shortcut=shortcut, residual=residual, stride_on=stride_on))
             self.add_module(f"layer{i + 1}", layer)
             self.stage_channels.append(cin)
             self.stage_strides.append(stem_stride * 2**i)
@@ -81,11 +82,12 @@ class ResNet(nn.Module):
         self._init_weights(zero_init_residual)
 
     @staticmethod
-    def _make_layer(block, cin, width, blocks, stride, shortcut, residual, stride_on):
+    def _make_layer(block, cin, width, blocks, stride, options: dict):
+        """One stage: `blocks` blocks, the first with `stride`; options (shortcut, residual,
+        stride_on) are the same for every block of the network."""
         layers = []
         for i in range(blocks):
-            layers.append(block(cin, width, stride if i == 0 else 1, shortcut=shortcut, residual=residual,
-                                stride_on=stride_on))
+            layers.append(block(cin, width, stride if i == 0 else 1, **options))
             cin = width * block.expansion
         return nn.Sequential(*layers), cin
 
@@ -102,8 +104,8 @@ class ResNet(nn.Module):
         if zero_init_residual:
             # Each block starts as the identity (Goyal et al., arXiv:1706.02677, Sec. 5.1).
             for m in self.modules():
-                if hasattr(m, "last_norm"):
-                    nn.init.zeros_(m.last_norm().weight)
+                if hasattr(m, "residual_end"):
+                    nn.init.zeros_(m.residual_end().weight)
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]

@@ -100,7 +100,7 @@ def gradient_norms(model: nn.Module, batches) -> list[float]:
 def _run_data(run_dir: Path, data: str | None, split: str, max_images: int, batch_size: int):
     """(model from checkpoints/last.pt, its config, normalised batches [(x, y)] of `split`)."""
     from resnetlab.config import apply_overrides
-    from resnetlab.data import make_eval_loader
+    from resnetlab.data import LoaderSpec, make_eval_loader
     from resnetlab.engine.checkpoint import model_from_checkpoint
     from resnetlab.engine.datadir import data_overrides
 
@@ -114,7 +114,7 @@ def _run_data(run_dir: Path, data: str | None, split: str, max_images: int, batc
     dataset = {"test": bundle.test, "train": bundle.train}[split]
     if dataset is None:
         raise UserError(f"{run_dir}: its dataset at {cfg.data.root} has no {split} split")
-    loader = make_eval_loader(dataset, cfg.data, batch_size=batch_size)  # centre view: no augmentation
+    loader = make_eval_loader(dataset, cfg.data, LoaderSpec(batch_size))  # centre view: no augmentation
     batches, seen = [], 0
     for views, labels in loader:
         x = normalizer(views[0]).float()

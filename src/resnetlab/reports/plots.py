@@ -13,12 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .tables import Run, curve  # noqa: E402
+from .tables import SavedRun, curve  # noqa: E402
 
 HELD_OUT = "val_top1_err"  # the engine evaluates the held-out split during training; test only at the end
 
 
-def _depth(members: list[Run]) -> int:
+def _depth(members: list[SavedRun]) -> int:
     from resnetlab.models import model_info
 
     return model_info(members[0].model).depth
@@ -32,7 +32,7 @@ def _colors(labels):
     return {label: cmap(0.9 * i / (len(labels) - 1)) for i, label in enumerate(labels)}
 
 
-def _draw_group(ax, members: list[Run], label: str, color, train: bool = True, held_out: bool = True) -> None:
+def _draw_group(ax, members: list[SavedRun], label: str, color, train: bool = True, held_out: bool = True) -> None:
     for key, style, suffix in (("train_err", "--", "train"), (HELD_OUT, "-", "val")):
         if (key == "train_err" and not train) or (key == HELD_OUT and not held_out):
             continue
@@ -58,13 +58,13 @@ def _finish(ax, title: str) -> None:
     _legend_below(ax)
 
 
-def _draw_key(ax, members: list[Run], key: str, style: str, color) -> None:
+def _draw_key(ax, members: list[SavedRun], key: str, style: str, color) -> None:
     steps, mean, std = curve(members, key)
     if steps:
         ax.plot(steps, mean, style, color=color, lw=1.4, marker="." if len(steps) < 30 else None)
 
 
-def plot_curves(groups: dict[str, list[Run]], path, title: str = "training (dashed) and validation (solid) error") -> Path:
+def plot_curves(groups: dict[str, list[SavedRun]], path, title: str = "training (dashed) and validation (solid) error") -> Path:
     """Three panels against iteration: error, training loss, learning rate; one legend under them."""
     fig, (err_ax, loss_ax, lr_ax) = plt.subplots(1, 3, figsize=(14, 4.2), sharex=True)
     colors = _colors(list(groups))
@@ -88,7 +88,7 @@ def plot_curves(groups: dict[str, list[Run]], path, title: str = "training (dash
     return _save(fig, path)
 
 
-def plot_degradation(groups: dict[str, list[Run]], path, title_note: str = "") -> Path:
+def plot_degradation(groups: dict[str, list[SavedRun]], path, title_note: str = "") -> Path:
     """Fig. 6 layout: plain nets left, ResNets right, one colour per depth, same y-axis."""
     from resnetlab.models import model_info
 
@@ -127,7 +127,7 @@ def _zoom_on_the_end(ax, ordered, color) -> None:
     inset.grid(alpha=0.3)
 
 
-def plot_final_vs_depth(groups: dict[str, list[Run]], path, key: str = "train_err") -> Path:
+def plot_final_vs_depth(groups: dict[str, list[SavedRun]], path, key: str = "train_err") -> Path:
     """Final error against depth, plain vs residual: the degradation problem in one picture."""
     from resnetlab.models import model_info
 

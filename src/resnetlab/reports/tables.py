@@ -24,12 +24,12 @@ PAPER_TABLE6 = {
     "resnet20": ("0.27M", 8.75), "resnet32": ("0.46M", 7.51), "resnet44": ("0.66M", 7.17),
     "resnet56": ("0.85M", 6.97), "resnet110": ("1.7M", 6.43), "resnet1202": ("19.4M", 7.93),
 }
-# Table 3 (ImageNet val, 10-crop, top-1 error %): ResNet-34 with shortcut options A/B/C.
-PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19}
 
 
 @dataclass
-class Run:
+class SavedRun:
+    """A run directory as read back for tables and plots (not the engine's live setup.Run)."""
+
     path: Path
     config: dict  # the resolved config.yaml
     metrics: list[MetricsRow]  # metrics.jsonl, one row per evaluation, in step order
@@ -45,8 +45,8 @@ class Run:
         return self.config["train"]["seed"]
 
 
-def load_run(path) -> Run:
-    """A Run from its directory; UserError when it is not a run directory."""
+def load_run(path) -> SavedRun:
+    """A SavedRun from its directory; UserError when it is not a run directory."""
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise UserError(f"{path}: no config.yaml; pass run directories written by `resnetlab train` or `experiment`")
@@ -62,7 +62,7 @@ def load_run(path) -> Run:
                 metrics.append(MetricsRow.from_dict(row, f"{path / 'metrics.jsonl'} line {i}"))
     summary = RunSummary.read(path)
     classes = json.loads((path / "classes.json").read_text()) if (path / "classes.json").is_file() else None
-    return Run(path, config, sorted(metrics, key=lambda m: m.step), summary,
+    return SavedRun(path, config, sorted(metrics, key=lambda m: m.step), summary,
                len(classes) if isinstance(classes, list) else None)
 
 
@@ -85,10 +85,10 @@ def group_key(config: dict) -> str:
     return json.dumps(flat, sort_keys=True, default=str)
 
 
-def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+def group_runs(runs: list[SavedRun]) -> dict[str, list[SavedRun]]:
     """Runs by config (seed aside), each group labelled by its folder name: the name its runs share
     once a "seedN" part is taken out (plain56-seed0, plain56-seed1 -> plain56), else their names."""
-    groups: dict[str, list[Run]] = {}
+    groups: dict[str, list[SavedRun]] = {}
     for run in runs:
         groups.setdefault(group_key(run.config), []).append(run)
     members_list = [sorted(members, key=lambda r: r.seed) for members in groups.values()]
@@ -110,7 +110,7 @@ def _folder_label(paths: list[Path], parent: bool = False) -> str:
     return ", ".join(names) if len(names) <= 3 else f"{names[0]}, ... ({len(names)} runs)"
 
 
-def setting_notes(groups: dict[str, list[Run]]) -> dict[str, str]:
+def setting_notes(groups: dict[str, list[SavedRun]]) -> dict[str, str]:
     """Per group, the config values that tell it apart from other groups of the same model
     (e.g. "shortcut=A"); empty when nothing but the seed differs."""
     flats = {label: json.loads(group_key(members[0].config)) for label, members in groups.items()}
@@ -131,7 +131,7 @@ def _short(value) -> str:
     return str(value)
 
 
-def final_numbers(run: Run) -> dict:
+def final_numbers(run: SavedRun) -> dict:
     """The errors (%) a table reports for one run; None where the run has not produced them."""
     last = run.metrics[-1] if run.metrics else MetricsRow(step=None)
     summary = run.summary or RunSummary()
@@ -164,7 +164,7 @@ def aggregate(values) -> Stat | None:
     return Stat(statistics.fmean(values), std, min(values), len(values))
 
 
-def group_stats(members: list[Run]) -> dict[str, Stat | None]:
+def group_stats(members: list[SavedRun]) -> dict[str, Stat | None]:
     rows = [final_numbers(r) for r in members]
     return {key: aggregate(row[key] for row in rows) for key in rows[0]}
 
@@ -173,7 +173,7 @@ def _cell(stat: Stat | None) -> str:
     return "–" if stat is None else str(stat)
 
 
-def results_table(groups: dict[str, list[Run]]) -> str:
+def results_table(groups: dict[str, list[SavedRun]]) -> str:
     """One row per group: final training error and loss, validation and test error (%), mean ± std over seeds;
     a "setting" column when groups of one model differ in more than the seed."""
     notes = setting_notes(groups)
@@ -191,12 +191,12 @@ def results_table(groups: dict[str, list[Run]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def is_paper_cifar10(members: list[Run]) -> bool:
+def is_paper_cifar10(members: list[SavedRun]) -> bool:
     """A group the paper's Table 6 speaks about: one of its CIFAR nets trained on 10 classes."""
     return members[0].model in PAPER_TABLE6 and members[0].num_classes == 10
 
 
-def depth_table(groups: dict[str, list[Run]]) -> str:
+def depth_table(groups: dict[str, list[SavedRun]]) -> str:
     """Table 6's form for the groups it speaks about: depth, params, our test error (best (mean ± std))
     next to the paper's."""
     lines = ["| run | model | params | ours: test err, best (mean ± std) | runs | paper (Table 6) |",
@@ -212,7 +212,7 @@ def depth_table(groups: dict[str, list[Run]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def curve(members: list[Run], key: str) -> tuple[list[int], list[float], list[float]]:
+def curve(members: list[SavedRun], key: str) -> tuple[list[int], list[float], list[float]]:
     """(steps, mean, std) of a MetricsRow field over the runs, at the steps every run has logged."""
     per_run = [{m.step: getattr(m, key) for m in r.metrics if getattr(m, key) is not None} for r in members]
     steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []

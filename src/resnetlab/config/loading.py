@@ -1,0 +1,187 @@
+"""Loading a config: YAML recipes (shipped or files, with their `base:` chains), merging,
+SECTION.KEY=VALUE overrides, type checks against the schema, and saving the resolved config."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from resnetlab.errors import UserError
+from resnetlab.files import write_text_atomic
+
+from .ranges import check_section
+from .schema import Config
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+RECIPE_META_KEYS = ("base", "description")  # recipe-file keys that are not config fields
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading 1e-3, 1e6 and 5.0e4 as floats: YAML 1.1 (PyYAML) wants a dot
+    and a signed exponent and would keep them as strings; YAML 1.2 and every user reads numbers."""
+
+
+_YamlLoader.add_implicit_resolver(  # after PyYAML's own resolvers, so plain ints stay ints
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """YAML text -> Python values, as recipes and --set values are read (safe, floats as users write them)."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def recipe_dir():
+    """The folder of the recipes shipped inside the package."""
+    return resources.files("resnetlab") / "recipes"
+
+
+def list_recipes() -> dict[str, str]:
+    """Shipped recipe names -> their one-line description."""
+    out = {}
+    for entry in sorted(recipe_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            data = load_yaml(entry.read_text()) or {}
+            out[entry.name[: -len(".yaml")]] = str(data.get("description", ""))
+    return out
+
+
+def _recipe_source(name_or_path: str, near: Path | None):
+    """A recipe given by file path (tried next to `near` first) or shipped name -> (label, text)."""
+    candidates = [Path(name_or_path)] if near is None else [near / name_or_path, Path(name_or_path)]
+    for path in candidates:
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            return str(path.resolve()), path.read_text()
+    if Path(name_or_path).suffix in (".yaml", ".yml"):
+        raise UserError(f"recipe file not found: {' or '.join(map(str, candidates))}")
+    shipped = recipe_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return f"recipe {name_or_path}", shipped.read_text()
+    raise UserError(
+        f"unknown recipe {name_or_path!r}: not a .yaml file and not a shipped recipe; "
+        f"shipped recipes: {', '.join(list_recipes())}"
+    )
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Deep merge: sections merge key by key, a value in `over` wins."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key in SECTIONS:
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def read_recipe(name_or_path: str, near: Path | None = None, _chain: tuple = ()) -> dict:
+    """The recipe's nested dict with its `base:` chain merged in (base first, then this file).
+
+    A `base:` that is a file path is looked up next to the file that names it.
+    """
+    label, text = _recipe_source(name_or_path, near)
+    if label in _chain:
+        raise UserError(f"recipe `base:` chain loops: {' -> '.join(_chain + (label,))}")
+    try:
+        data = load_yaml(text) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{label}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{label}: a recipe must be a mapping of sections (model:, optim:, ...)")
+    base = data.pop("base", None)
+    data.pop("description", None)
+    if base is None:
+        return data
+    here = Path(label).parent if Path(label).is_file() else None
+    return _merge(read_recipe(str(base), here, _chain + (label,)), data)
+
+
+def _coerce(value, hint, key: str):
+    """Check (and where lossless, convert) a value against a field's declared type."""
+    args = typing.get_args(hint)
+    if args and type(None) in args:  # `X | None`
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if set(args) == {int, float}:  # a count or a fraction (data.val_size): whole floats are counts
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key {key}: expected a number, got {value!r} ({type(value).__name__})")
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():  # max_steps: 64e3
+        return int(value)
+    if hint is str and isinstance(value, bool):  # YAML reads `true` as a bool: channels_last=true
+        return str(value).lower()
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"config key {key}: expected {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _section_from_dict(cls, data: dict, section: str):
+    hints = typing.get_type_hints(cls)
+    if not isinstance(data, dict):
+        raise UserError(f"config section {section}: expected a mapping of keys, got {data!r}")
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise UserError(
+            f"unknown config key {section}.{unknown[0]}; valid keys in {section}: {', '.join(hints)}"
+        )
+    values = cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in data.items()})
+    check_section(section, values)
+    return values
+
+
+def config_from_dict(data: dict) -> Config:
+    """A Config from a nested dict; unknown sections/keys and wrong types are UserErrors."""
+    unknown = sorted(set(data) - set(SECTIONS) - set(RECIPE_META_KEYS))
+    if unknown:
+        raise UserError(f"unknown config section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")
+    hints = typing.get_type_hints(Config)
+    return Config(**{s: _section_from_dict(hints[s], data[s], s) for s in SECTIONS if s in data})
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'optim.lr=0.05' -> ('optim.lr', 0.05); the value is read as YAML (1e-4, true, [1, 2], null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or "." not in key:
+        raise UserError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. --set optim.lr=0.05")
+    try:
+        value = load_yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(cfg: Config, overrides) -> Config:
+    """A copy of cfg with SECTION.KEY=VALUE strings (or (key, value) pairs) applied, type-checked."""
+    data = config_to_dict(cfg)
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        section, _, name = key.partition(".")
+        if section not in SECTIONS:
+            raise UserError(f"unknown config section in {key!r}; valid sections: {', '.join(SECTIONS)}")
+        data[section][name] = value
+    return config_from_dict(data)
+
+
+def load_config(recipe: str | None = None, overrides=()) -> Config:
+    """Defaults <- recipe (shipped name or YAML path, with its `base:` chain) <- overrides."""
+    cfg = config_from_dict(read_recipe(recipe)) if recipe else Config()
+    return apply_overrides(cfg, overrides)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Config, path) -> None:
+    write_text_atomic(path, config_to_yaml(cfg))

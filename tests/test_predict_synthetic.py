@@ -1,0 +1,133 @@
+"""predict, embed and int8 on a checkpoint trained here on synthetic JPEGs: what the README claims
+for them, checked without the real CIFAR-10 data (test_predict.py repeats it on real images)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab.cli import main
+from resnetlab.data import build_data
+from resnetlab.engine import evaluate_checkpoint, model_from_checkpoint
+from resnetlab.errors import UserError
+from resnetlab.inference.predictor import Predictor, collect_images, predict_files, top1_agreement
+
+CLASSES = ("blue", "green", "red")  # each class is its own dominant channel: learnt in a few steps
+TRAIN, TEST = 32, 12  # images per class
+
+
+def write_jpegs(root: Path, seed: int = 0) -> Path:
+    """ROOT/{train,test}/<class>/*.jpg: 32 px noise with the class's channel raised."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", TRAIN), ("test", TEST)):
+        for channel, name in zip((2, 1, 0), CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 110, (32, 32, 3), dtype=np.uint8)
+                pixels[..., channel] += rng.integers(90, 146, dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """A ResNet-8 trained by `resnetlab train` for 12 steps on 3 x 32 synthetic JPEGs (a few seconds)."""
+    tmp = tmp_path_factory.mktemp("synthetic_predict")
+    data = write_jpegs(tmp / "data")
+    assert main(["train", "--data", str(data), "--out", str(tmp / "run"), "--model", "resnet8", "--max-steps", "12",
+                 "--batch-size", "32", "--lr", "0.05", "--precision", "fp32", "--device", "cpu",
+                 "--set", "data.val_size=0", "--set", f"data.cache_dir={tmp / 'cache'}",
+                 "--set", "schedule.kind=constant", "--set", "train.log_every=12"]) == 0
+    return tmp / "run"
+
+
+def test_predict_gives_the_labels_evaluation_scores(run_dir, capsys):
+    paths = collect_images([str(run_dir.parent / "data" / "test")])
+    assert len(paths) == 3 * TEST and paths == sorted(paths)
+    results, failed = predict_files(Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32"), paths,
+                                    topk=2, batch_size=5)  # batches cross class folders
+    assert failed == [] and [r["file"] for r in results] == paths
+    # The reference: the checkpoint's model, unfolded, on the test split the engine builds.
+    model, normalizer, classes, cfg = model_from_checkpoint(run_dir / "checkpoints" / "last.pt")
+    with torch.no_grad():
+        expected = model(normalizer(build_data(cfg.data, seed=cfg.train.seed).test.images)).softmax(1)
+    assert [r["top"][0]["index"] for r in results] == expected.argmax(1).tolist()
+    assert [r["top"][0]["prob"] for r in results] == pytest.approx(expected.max(1).values.tolist(), abs=1e-4)
+    assert all(r["top"][0]["prob"] >= r["top"][1]["prob"] for r in results)
+
+    report = evaluate_checkpoint(run_dir, split="test", device="cpu", precision="fp32")
+    truth = [Path(p).parent.name for p in paths]
+    accuracy = 100.0 * sum(r["top"][0]["class"] == t for r, t in zip(results, truth)) / len(paths)
+    assert accuracy == pytest.approx(report["top1"]) and report["n"] == 3 * TEST
+
+    assert main(["predict", str(run_dir), *paths[:4], "--json", "--topk", "1", "--precision", "fp32"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["top"][0]["index"] for r in out["results"]] == [r["top"][0]["index"] for r in results[:4]]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_embed_writes_the_checkpoints_features_one_named_row_per_image(run_dir, tmp_path, suffix):
+    from resnetlab.models.features import embed
+    from resnetlab.inference.embed import load_embeddings
+
+    test_dir = run_dir.parent / "data" / "test"
+    assert main(["embed", str(run_dir), str(test_dir), "--out", str(tmp_path / f"emb{suffix}")]) == 0
+    names, emb = load_embeddings(tmp_path / f"emb{suffix}")
+    assert names == collect_images([str(test_dir)]) and emb.shape == (3 * TEST, 64) and emb.dtype == "float32"
+    model, normalizer, _, cfg = model_from_checkpoint(run_dir / "checkpoints" / "last.pt")
+    with torch.no_grad():
+        expected = embed(model, normalizer(build_data(cfg.data, seed=cfg.train.seed).test.images))
+    torch.testing.assert_close(torch.from_numpy(emb), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_is_calibrated_on_the_given_images_and_agrees_with_fp32(run_dir, capsys):
+    data = run_dir.parent / "data"
+    fp32 = Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32")
+    int8 = fp32.quantized(collect_images([str(data / "train")]), images=48)
+    assert int8.precision == "int8" and fp32.precision == "fp32" and not fp32.int8  # a copy; fp32 unchanged
+    check = top1_agreement(int8, collect_images([str(data / "test")]))
+    assert check["n"] == 3 * TEST and check["precision"] == "int8"
+    assert check["top1_agreement"] >= 90.0 and check["max_abs_prob_diff"] < 0.15
+    with pytest.raises(UserError, match="fp32 model"):
+        int8.embeddings([torch.zeros(1, 3, 32, 32, dtype=torch.uint8)])
+    with pytest.raises(UserError, match="fp32 predictor on the CPU"):
+        int8.quantized([str(data / "test")])
+
+    assert main(["predict", str(run_dir), str(data / "test"), "--precision", "int8", "--calibrate",
+                 str(data / "train"), "--verify", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["precision"] == "int8" and out["verify"]["precision"] == "int8" and len(out["results"]) == 3 * TEST
+    assert main(["predict", str(run_dir), str(data / "test"), "--calibrate", str(data / "test")]) == 2
+    assert "--calibrate is for --precision int8" in capsys.readouterr().err
+
+    fp32_eval = evaluate_checkpoint(run_dir, split="test", device="cpu", precision="fp32")
+    int8_eval = evaluate_checkpoint(run_dir, split="test", device="cpu", precision="int8")
+    assert int8_eval["precision"] == "int8" and int8_eval["n"] == fp32_eval["n"] == 3 * TEST
+    assert abs(int8_eval["top1"] - fp32_eval["top1"]) <= 100 * 3 / (3 * TEST)  # at most 3 images change class
+
+
+def test_cli_reports_non_images_and_sets_the_exit_code(run_dir, tmp_path, capsys):
+    good = sorted((run_dir.parent / "data" / "test" / "red").iterdir())[:2]
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    code = main(["predict", str(run_dir), *map(str, good), str(bad), str(broken), "--json", "--topk", "3"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert [r["file"] for r in out["results"]] == list(map(str, good))
+    assert sorted(f["file"] for f in out["failed"]) == sorted([str(bad), str(broken)])
+    assert all(len(r["top"]) == 3 for r in out["results"])
+    assert main(["predict", str(run_dir), *map(str, good)]) == 0
+
+
+def test_folders_skip_other_files_and_missing_inputs_are_user_errors(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/2.png", "a/b/1.jpg", "a/readme.md", "a/.hidden.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    assert collect_images([str(tmp_path / "a")]) == [str(tmp_path / "a" / "2.png"), str(tmp_path / "a" / "b" / "1.jpg")]
+    with pytest.raises(UserError, match="no such file"):
+        collect_images([str(tmp_path / "missing.jpg")])
+    assert main(["predict", str(tmp_path / "nothing.pt"), str(tmp_path / "a")]) == 2
