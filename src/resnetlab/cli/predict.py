@@ -2,7 +2,7 @@ HELP = "Classify images (files or folders) with a checkpoint or published weight
 
 import json
 
-from .arguments import PRECISION_AUTO, add_checkpoint_argument
+from .arguments import INFERENCE_AUTO, add_checkpoint_argument
 
 
 def add_arguments(parser):
@@ -13,7 +13,7 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
-                        help=f"{PRECISION_AUTO}; int8: quantized, CPU only, calibrated on --calibrate (check it "
+                        help=f"{INFERENCE_AUTO}; int8: quantized, CPU only, calibrated on --calibrate (check it "
                              "with --verify)")
     parser.add_argument("--calibrate", nargs="+", metavar="IMAGE_OR_FOLDER",
                         help="int8: representative images for the activation ranges (default: the inputs); "

@@ -97,7 +97,7 @@ def evaluate_split(model, normalizer, dataset, cfg, rt: Runtime, info: DistInfo,
 
 def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
                         device: str = "auto", precision: str | None = None, batch_size: int | None = None,
-                        workers: int = 0) -> dict:
+                        workers: int = 0, fast_path=None) -> dict:
     """Accuracy of a checkpoint (or a run directory's best.pt, or published weights by name) on one
     split of its dataset.
 
@@ -107,6 +107,8 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     Precision, memory format and batch size default to the run's own, so evaluating a run
     directory reproduces the numbers in its summary.json. The report also holds "per_class"
     (engine/confusion.py) and "confusion" (rows = true class, columns = prediction) as lists.
+    fast_path: inference.fastpath.prepare_inference (passed in by the CLI: engine comes before
+    inference), used when the precision is auto; an explicit one runs eagerly as asked.
     """
     from dataclasses import asdict
 
@@ -134,6 +136,8 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         rt = make_runtime(TrainConfig(device="cpu" if device == "auto" else device, precision="fp32",
                                       channels_last="false"))
         model = int8_model(model, normalizer, train, cfg, rt)
+    elif fast_path is not None and (precision or cfg.train.precision) == "auto":
+        model, rt = fast_path(model, ckpt["model_name"], device, "auto", cfg.data.image_size, channels_last="auto")
     else:
         rt = make_runtime(TrainConfig(device=device, precision=precision or cfg.train.precision,
                                       channels_last=cfg.train.channels_last))

@@ -74,20 +74,18 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, checkpoint, device: str = "auto", precision: str = "auto", fuse: bool = True,
                         channels_last: str = "true") -> "Predictor":
-        """precision auto as in training (engine.runtime.resolve_precision): bf16 on CUDA GPUs with
-        bf16 and on CPUs with AMX, else fp32 -- folded fp32 channels_last measured fastest for
-        inference on an AVX-512-BF16 CPU without AMX, for ResNet-20 and ResNet-50 alike."""
-        from resnetlab.config import TrainConfig
+        """precision auto: the fastest path that keeps fp32's top-1 answers on this machine
+        (inference.fastpath.choose_path: compiled bf16 channels_last on AMX CPUs, folded fp32
+        channels_last elsewhere); fp32 is exact fp32."""
         from resnetlab.engine.checkpoint import model_from_checkpoint
-        from resnetlab.engine.runtime import make_runtime, prepare_model
         from resnetlab.engine.sources import load_source
+        from resnetlab.inference.fastpath import prepare_inference
         from resnetlab.models import model_info
-        from resnetlab.models.fuse import fuse_bn
 
         ckpt, path = load_source(checkpoint)
         model, normalizer, classes, cfg = model_from_checkpoint(ckpt)
-        rt = make_runtime(TrainConfig(device=device, precision=precision, channels_last=channels_last))
-        model = prepare_model(fuse_bn(model) if fuse else model, rt)
+        model, rt = prepare_inference(model, ckpt["model_name"], device, precision, cfg.data.image_size, fuse,
+                                      channels_last)
         # CIFAR-style training decodes images straight to the input size; only folders of large
         # images use the "shorter side to eval_resize, centre crop" of ImageNet evaluation. A CIFAR
         # net given a photo still sees the whole photo resized, not a 32 px crop of it.
@@ -152,14 +150,14 @@ class Predictor:
     def embeddings(self, views: list[torch.Tensor]) -> torch.Tensor:
         """Pooled last feature map, averaged over the views: (B, num_features) float32."""
         from resnetlab.engine.runtime import autocast, to_input
-        from resnetlab.models.features import embed
+        from resnetlab.inference.fastpath import embeddings
 
         if self.int8:
             raise UserError("embeddings come from the fp32 model; the int8 model has only its forward pass")
         total = None
         for view in views:
             with autocast(self.rt):
-                e = embed(self.model, to_input(self.normalizer(view), self.rt)).float()
+                e = embeddings(self.model, to_input(self.normalizer(view), self.rt)).float()
             total = e if total is None else total + e
         return total / len(views)
 
