@@ -28,7 +28,7 @@ from resnetlab.models import model_info, profile
 
 from .bench_data import bench_images
 from .bench_machine import describe_machine, matmul_peak
-from .bench_measure import BASELINE, COMPILE_MODES, Variant, prepare_infer, prepare_train, time_all
+from .bench_measure import AUTO, BASELINE, COMPILE_MODES, Variant, prepare_infer, prepare_train, time_all
 
 TASKS = ("train", "infer")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: CPU inference only (models/quantize.py)
@@ -58,10 +58,13 @@ class BenchSpec:
 
 
 def parse_variant(text: str) -> Variant:
-    """'baseline', 'int8', or PRECISION[-cl][-COMPILE_MODE][-fused], e.g. 'fp32', 'bf16-cl',
-    'bf16-cl-default', 'bf16-cl-fused' (training with models/fused_bn.py, eager only)."""
+    """'baseline', 'auto' (inference: the path predict takes on this machine), 'int8', or
+    PRECISION[-cl][-COMPILE_MODE][-fused], e.g. 'fp32', 'bf16-cl', 'bf16-cl-default',
+    'bf16-cl-fused' (training with models/fused_bn.py, eager only)."""
     if text == "baseline":
         return BASELINE
+    if text == "auto":
+        return AUTO
     if text.endswith("-fused"):
         v = parse_variant(text[: -len("-fused")])
         if v.pipeline == "baseline" or v.precision == "int8" or v.compile != "none":
@@ -94,6 +97,19 @@ def check_spec(spec: BenchSpec) -> None:
         raise UserError(f"--device {spec.device}: CUDA is not available here; use --device cpu")
 
 
+def auto_variant(spec: BenchSpec) -> Variant:
+    """The inference path predict, eval and embed take here (inference.fastpath.choose_path)."""
+    from resnetlab.cpu import cpu_flags
+    from resnetlab.inference.fastpath import choose_path
+
+    if spec.task != "infer":
+        raise UserError("variant auto is the inference path of predict and eval; use it with --task infer")
+    device = torch.device(spec.device)
+    path = choose_path(device.type, cpu_flags(), "auto", spec.size,
+                       device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return Variant("auto", path.precision, path.channels_last, "aoti" if path.compiled else "eager")
+
+
 def check_variants(spec: BenchSpec, variants: list[Variant]) -> None:
     for v in variants:
         if v.precision == "int8" and spec.task != "infer":
@@ -109,6 +125,7 @@ def check_variants(spec: BenchSpec, variants: list[Variant]) -> None:
 def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
     """Baseline + variants on one machine in one run -> the result dict (see write_json)."""
     check_spec(spec)
+    variants = [auto_variant(spec) if v == AUTO else v for v in variants]
     check_variants(spec, variants)
     device, load_start = torch.device(spec.device), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,21 +32,24 @@ CALIBRATION_BATCHES = 4  # int8: batches whose activation ranges set the quantiz
 
 @dataclass(frozen=True)
 class Variant:
-    pipeline: str  # "baseline" (per-sample PIL + eager fp32 NCHW) | "ours"
+    pipeline: str  # "baseline" (per-sample PIL + eager fp32 NCHW) | "ours" | "auto" (inference: what predict runs)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast) | int8 (quantized, CPU inference)
     channels_last: bool = False
-    compile: str = "none"  # one of COMPILE_MODES; inference compiles with weight freezing (BN folded)
+    compile: str = "none"  # one of COMPILE_MODES; inference compiles with weight freezing (BN folded); auto: aoti | eager
     fused: bool = False  # training: batch-norm + ReLU (+ residual) fused (models/fused_bn.py)
 
     @property
     def label(self) -> str:
         if self.pipeline == "baseline":
             return "baseline"
+        if self.pipeline == "auto":
+            return f"auto ({self.precision}{'-cl' if self.channels_last else ''}-{self.compile})"
         return (f"{self.precision}{'-cl' if self.channels_last else ''}{'' if self.compile == 'none' else '-' + self.compile}"
                 f"{'-fused' if self.fused else ''}")
 
 
 BASELINE = Variant("baseline")
+AUTO = Variant("auto")  # resolved per machine by bench.auto_variant
 
 
 def stats(seconds: list[float], items: int) -> dict:
@@ -205,11 +208,12 @@ def inference_fn(model: torch.nn.Module, variant: Variant, rt: Runtime, normaliz
 def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: int, batch_size: int,
                   device: torch.device, cache_dir: Path, weights: str | None = None) -> Prepared:
     """Inference at `batch_size` and at batch 1 to time, and top-1 predictions on every image."""
+    from resnetlab.inference.fastpath import prepare_inference
     from resnetlab.models import load_weights
     from resnetlab.models.fuse import fuse_bn
     from resnetlab.models.quantize import quantize_int8
 
-    rt = runtime_of(variant, device)
+    rt = runtime_of(variant, device) if variant.pipeline != "auto" else None
     data = decoded(images, size, cache_dir)
     normalizer = (trained_normalizer(weights) or fitted_normalizer(data)).to(device)
     x_all = data.images.to(device)
@@ -222,11 +226,15 @@ def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: 
         model = model.to(device)  # BN calibration runs the images where they are
         if not weights:
             calibrate_bn(model, normalizer, x_all, batch_size)
-        if variant.pipeline == "ours":
-            model = fuse_bn(model)  # BN folded into the convolutions (also what inductor freezing does)
-        if variant.precision == "int8":  # activation ranges from the first batches of the same images
-            model = quantize_int8(model, [normalizer(x) for x in x_all.split(batch_size)[:CALIBRATION_BATCHES]])
-        run = inference_fn(prepare_model(model.eval(), rt), variant, rt, normalizer)
+        if variant.pipeline == "auto":  # the very path predict, eval and embed take (compiled model cached)
+            model, rt = prepare_inference(model, model_name, str(device), "auto", size)
+            run = inference_fn(model, replace(variant, compile="none"), rt, normalizer)
+        else:
+            if variant.pipeline == "ours":
+                model = fuse_bn(model)  # BN folded into the convolutions (also what inductor freezing does)
+            if variant.precision == "int8":  # activation ranges from the first batches of the same images
+                model = quantize_int8(model, [normalizer(x) for x in x_all.split(batch_size)[:CALIBRATION_BATCHES]])
+            run = inference_fn(prepare_model(model.eval(), rt), variant, rt, normalizer)
         first = time.perf_counter()
         preds = torch.cat([run(x).argmax(1).cpu() for x in x_all.split(batch_size)])
         first = time.perf_counter() - first
