@@ -64,11 +64,10 @@ def _architecture_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def entry_key(name: str, head: str, weights: str, model: nn.Module, precision: str, memory_format: str,
-              size: int) -> dict:
+def entry_key(name: str, weights: str, model: nn.Module, precision: str, memory_format: str, size: int) -> dict:
     from resnetlab.cpu import cpu_flags
 
-    return {"format": FORMAT, "model": name, "head": head, "weights_sha256": weights,
+    return {"format": FORMAT, "model": name, "outputs": ["logits", "features"], "weights_sha256": weights,
             "architecture_sha256": _architecture_digest(model), "precision": precision,
             "memory_format": memory_format, "input": [3, size, size], "batch": "dynamic",
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
@@ -87,15 +86,15 @@ def compile_package(module: nn.Module, example: torch.Tensor, out: Path) -> None
 
 
 class Package:
-    """A loaded package: fp32 (B, 3, S, S) channels_last in, the head's fp32 output out."""
+    """A loaded package: fp32 (B, 3, S, S) channels_last in, [fp32 logits, fp32 features] out."""
 
     def __init__(self, path: Path):
         # torch's own loader class, as torch._inductor.aoti_load_package uses it; calling it
         # directly spares a cache hit the 3-4 s import of the compiler stack (torch._dynamo).
         self.loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.loader.run([x])[0]
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.loader.run([x])
 
 
 def _load(path: Path) -> Package:

@@ -92,65 +92,61 @@ def has_compiler() -> bool:
     return shutil.which(os.environ.get("CXX", "g++")) is not None
 
 
-class LogitsHead(nn.Module):
-    """fp32 input -> fp32 logits, the network in `dtype`: the graph that is compiled."""
+class Heads(nn.Module):
+    """fp32 input -> (fp32 logits, fp32 pooled features), the network in `dtype`: the graph that is
+    compiled, one package serving both predict and embed."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
         super().__init__()
         self.model, self.dtype = model, dtype
 
     def forward(self, x):
-        return self.model(x.to(self.dtype)).float()
-
-
-class EmbedHead(LogitsHead):
-    """fp32 input -> fp32 pooled features (models.features.embed)."""
-
-    def forward(self, x):
-        return self.model.forward_head(self.model.forward_features(x.to(self.dtype)), pre_logits=True).float()
+        feat = self.model.forward_features(x.to(self.dtype))
+        return self.model.forward_head(feat).float(), self.model.forward_head(feat, pre_logits=True).float()
 
 
 class FastModel(nn.Module):
-    """A prepared (folded, channels_last) model whose forward pass and embeddings run through
-    AOTInductor packages for inputs of (3, size, size), built or loaded on first use, and eagerly
+    """A prepared (folded, channels_last) model whose forward pass and embeddings run through an
+    AOTInductor package for inputs of (3, size, size), built or loaded on first use, and eagerly
     (under the caller's autocast) for any other input or when no package can be had."""
 
     def __init__(self, eager: nn.Module, name: str, path: InferencePath, size: int, weights: str):
         super().__init__()
         self.eager, self.name, self.path, self.size, self.weights = eager, name, path, size, weights
         self.num_features = getattr(eager, "num_features", None)
-        self._runners: dict[str, object] = {}  # head -> loaded package, or None after a failure
+        self._package = None
+        self._tried = False  # one attempt per process: a failed build warns once, then runs eagerly
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        runner = self._runner("logits", x)
-        return self.eager(x) if runner is None else self._run(runner, x)
+        package = self._runner(x)
+        return self.eager(x) if package is None else self._run(package, x)[0]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        runner = self._runner("embed", x)
-        if runner is None:
+        package = self._runner(x)
+        if package is None:
             return self.eager.forward_head(self.eager.forward_features(x), pre_logits=True)
-        return self._run(runner, x)
+        return self._run(package, x)[1]
 
-    def _run(self, runner, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, package, x: torch.Tensor) -> list[torch.Tensor]:
         # The package was built for fp32 channels_last input; the caller's autocast must not reach
         # the kernels inside it (their dtype is fixed at compile time).
         with torch.autocast(x.device.type, enabled=False):
-            return runner(x.float().contiguous(memory_format=torch.channels_last))
+            return package(x.float().contiguous(memory_format=torch.channels_last))
 
-    def _runner(self, head: str, x: torch.Tensor):
+    def _runner(self, x: torch.Tensor):
         if tuple(x.shape[1:]) != (3, self.size, self.size) or x.device.type != "cpu":
             return None
-        if head not in self._runners:
-            self._runners[head] = self._load(head)
-        return self._runners[head]
+        if not self._tried:
+            self._tried, self._package = True, self._load()
+        return self._package
 
-    def _load(self, head: str):
+    def _load(self):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.path.precision]
-        module = (LogitsHead if head == "logits" else EmbedHead)(copy.deepcopy(self.eager).to(dtype), dtype).eval()
-        key = compile_cache.entry_key(self.name, head, self.weights, self.eager, self.path.precision,
+        module = Heads(copy.deepcopy(self.eager).to(dtype), dtype).eval()
+        key = compile_cache.entry_key(self.name, self.weights, self.eager, self.path.precision,
                                       "channels_last" if self.path.channels_last else "contiguous", self.size)
         example = torch.zeros(2, 3, self.size, self.size).contiguous(memory_format=torch.channels_last)
-        what = f"{self.name}{' embeddings' if head == 'embed' else ''} for {self.path.label.replace(' compiled', '')}"
+        what = f"{self.name} for {self.path.precision}{' channels_last' if self.path.channels_last else ''}"
         try:
             return compile_cache.load_or_build(module, example, key, what, estimate_seconds(self.eager))
         except Exception as e:  # noqa: BLE001  (export, inductor or the C++ build failed: eager still works)
