@@ -51,7 +51,7 @@ def run(args):
         for f in failed:
             print(f"FAILED {f['file']}: {f['error']}")
         if check:
-            layout = ", channels_last" if check["channels_last"] else ""
+            layout = (", channels_last" if check["channels_last"] else "") + (", compiled" if check["compiled"] else "")
             print(f"fast path ({check['precision']}, folded BN{layout}) vs plain fp32: top-1 agreement "
                   f"{check['top1_agreement']:.2f}% on {check['n']} images, max |prob diff| {check['max_abs_prob_diff']:.2e}")
     return 1 if failed else 0

@@ -6,10 +6,10 @@ measurement behind it. `prepare_inference` applies it to a model; predict, eval,
 `resnetlab.load` and `resnetlab bench`'s auto variant all go through it, so they run the same
 kernels.
 
-A compiled path is an AOTInductor package (`torch.export` with a dynamic batch dimension, then
-`torch._inductor.aoti_compile_and_package`, with inductor's weight freezing) built the first time
-a checkpoint runs on a machine, and kept in the compiled-model cache (compile_cache.py): later
-runs load it in milliseconds. Inputs of another size than the package's (multi-scale testing,
+A compiled path is one AOTInductor package per checkpoint (`torch.export` with a dynamic batch
+dimension, then `torch._inductor.aoti_compile_and_package` with inductor's weight freezing), giving
+both the logits and the pooled features, built the first time a checkpoint runs on a machine and
+kept in the compiled-model cache (compile_cache.py): later runs load it in milliseconds. Inputs of another size than the package's (multi-scale testing,
 small photos decoded at their own size) run the same model eagerly. Without a C++ compiler, or
 if compiling fails, one warning says so and the eager path runs. RESNETLAB_COMPILE=0 turns
 compiling off (the test suite does, except in the tests of this module).
