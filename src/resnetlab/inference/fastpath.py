@@ -178,7 +178,6 @@ def prepare_inference(model: nn.Module, name: str, device: str = "auto", precisi
     path = choose_path(dev.type, cpu_flags(), precision, image_size, cuda_bf16)
     layout = str(path.channels_last).lower() if channels_last == "auto" else channels_last
     rt = make_runtime(TrainConfig(device=str(dev), precision=path.precision, channels_last=layout))
-    weights = compile_cache.weights_digest(model) if path.compiled else ""
     prepared = prepare_model(fuse_bn(model) if fuse else model.eval(), rt)
     if not (path.compiled and fuse and rt.channels_last and compiling_enabled()):
         return prepared, rt
@@ -187,7 +186,7 @@ def prepare_inference(model: nn.Module, name: str, device: str = "auto", precisi
                       f"{path.precision}; install g++ for the compiled path, about 2x faster", ResnetlabWarning,
                       stacklevel=2)
         return prepared, rt
-    return FastModel(prepared, name, path, image_size, weights), rt
+    return FastModel(prepared, name, path, image_size, compile_cache.weights_digest(model)), rt
 
 
 def embeddings(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
