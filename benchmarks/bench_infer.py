@@ -14,7 +14,9 @@ from resnetlab.bench.run import run_and_save
 from resnetlab.bench.spec import BenchSpec, parse_variant
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ["fp32", "fp32-cl", "bf16-cl", "fp32-cl-default", "bf16-cl-default", "int8"]
+# auto: the path predict, eval and embed take on this machine (inference/fastpath.py), compiled
+# model from the cache (first_pass_s shows a compile where there was none cached yet)
+VARIANTS = ["auto", "fp32", "fp32-cl", "bf16-cl", "fp32-cl-default", "bf16-cl-default", "int8"]
 SUITE = [("resnet50", 32, 512), ("resnet20", 128, 2048)]  # (model, batch, images for the agreement check)
 
 

@@ -1,5 +1,11 @@
 """Session-wide test setup."""
+import os
+
 import pytest
+
+# On some CPUs inference compiles an AOTInductor package per checkpoint (inference/fastpath.py),
+# tens of seconds each: the suite predicts eagerly, but for tests/test_fastpath.py, which turns it on.
+os.environ["RESNETLAB_COMPILE"] = "0"
 
 
 @pytest.fixture(scope="session", autouse=True)

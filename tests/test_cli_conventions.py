@@ -9,7 +9,7 @@ import yaml
 
 import resnetlab
 from resnetlab import cli
-from resnetlab.cli.arguments import PRECISION_AUTO
+from resnetlab.cli.arguments import INFERENCE_AUTO, PRECISION_AUTO
 from resnetlab.config import config_from_dict, config_to_dict, config_to_yaml, load_config
 from resnetlab.engine import load_checkpoint
 from resnetlab.engine.datadir import data_overrides
@@ -119,9 +119,10 @@ def test_predict_uses_and_states_the_automatic_precision_of_train_and_eval(tiny_
 
     auto = Predictor.from_checkpoint(str(tiny_run[1]), device="cpu").precision
     assert auto == resolve_precision("auto", torch.device("cpu"))
-    for command in ("train", "eval", "predict"):
+    for command, text in (("train", PRECISION_AUTO), ("eval", INFERENCE_AUTO), ("predict", INFERENCE_AUTO),
+                          ("embed", INFERENCE_AUTO)):
         code, out, _ = run_cli(capsys, command, "--help")
-        assert code == 0 and PRECISION_AUTO in " ".join(out.split())
+        assert code == 0 and text in " ".join(out.split())
 
 
 def test_data_root_is_stored_absolute(tmp_path, monkeypatch):

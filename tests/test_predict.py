@@ -125,7 +125,7 @@ def test_embed_writes_one_named_row_per_image(run_dir, tmp_path, suffix):
     from resnetlab.models.features import embed
 
     test_dir = run_dir.parent / "data" / "test"
-    assert main(["embed", str(run_dir), str(test_dir), "--out", str(tmp_path / f"emb{suffix}")]) == 0
+    assert main(["embed", str(run_dir), str(test_dir), "--out", str(tmp_path / f"emb{suffix}"), "--precision", "fp32"]) == 0
     names, emb = load_embeddings(tmp_path / f"emb{suffix}")
     assert names == collect_images([str(test_dir)]) and emb.shape == (60, 64) and emb.dtype == "float32"
     model, normalizer, _, cfg = model_from_checkpoint(run_dir / "checkpoints" / "last.pt")

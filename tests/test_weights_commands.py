@@ -116,7 +116,7 @@ def test_embed_gives_the_publishers_features_in_resnetlab_channel_order(tmp_path
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
     out = tmp_path / "emb.npy"
     assert main(["embed", entry.name, *(str(tmp_path / f"{i}.png") for i in range(3)), "--out", str(out),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--precision", "fp32"]) == 0
     with torch.no_grad():
         x = reference_inputs(images)
         feats = reference.layer3(reference.layer2(reference.layer1(torch.relu(reference.bn1(reference.conv1(x))))))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -160,11 +160,12 @@ def inference_fn(model: torch.nn.Module, variant: Variant, rt: Runtime, normaliz
 def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: int, batch_size: int,
                   device: torch.device, cache_dir: Path, weights: str | None = None) -> Prepared:
     """Inference at `batch_size` and at batch 1 to time, and top-1 predictions on every image."""
+    from resnetlab.inference.fastpath import prepare_inference
     from resnetlab.models import load_weights
     from resnetlab.models.fuse import fuse_bn
     from resnetlab.models.quantize import quantize_int8
 
-    rt = runtime_of(variant, device)
+    rt = runtime_of(variant, device) if variant.pipeline != "auto" else None
     data = decoded(images, size, cache_dir)
     normalizer = (trained_normalizer(weights) or fitted_normalizer(data)).to(device)
     x_all = data.images.to(device)
@@ -177,11 +178,15 @@ def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: 
         model = model.to(device)  # BN calibration runs the images where they are
         if not weights:
             calibrate_bn(model, normalizer, x_all, batch_size)
-        if variant.pipeline == "ours":
-            model = fuse_bn(model)  # BN folded into the convolutions (also what inductor freezing does)
-        if variant.precision == "int8":  # activation ranges from the first batches of the same images
-            model = quantize_int8(model, [normalizer(x) for x in x_all.split(batch_size)[:CALIBRATION_BATCHES]])
-        run = inference_fn(prepare_model(model.eval(), rt), variant, rt, normalizer)
+        if variant.pipeline == "auto":  # the very path predict, eval and embed take (compiled model cached)
+            model, rt = prepare_inference(model, model_name, str(device), "auto", size)
+            run = inference_fn(model, replace(variant, compile="none"), rt, normalizer)
+        else:
+            if variant.pipeline == "ours":
+                model = fuse_bn(model)  # BN folded into the convolutions (also what inductor freezing does)
+            if variant.precision == "int8":  # activation ranges from the first batches of the same images
+                model = quantize_int8(model, [normalizer(x) for x in x_all.split(batch_size)[:CALIBRATION_BATCHES]])
+            run = inference_fn(prepare_model(model.eval(), rt), variant, rt, normalizer)
         with stopwatch(device) as first:
             preds = torch.cat([run(x).argmax(1).cpu() for x in x_all.split(batch_size)])
         batch, one = x_all[:batch_size], x_all[:1]

@@ -29,7 +29,7 @@ from resnetlab.models import profile
 from .images import bench_images
 from .machine import describe_machine, matmul_peak
 from .measure import prepare_infer, prepare_train, time_all
-from .spec import BASELINE, BenchSpec, Variant, check_spec, check_variants
+from .spec import AUTO, BASELINE, BenchSpec, Variant, auto_variant, check_spec, check_variants
 
 TRAIN_MACS_PER_FORWARD = 3  # backward costs about twice the forward (input and weight gradients)
 
@@ -37,6 +37,7 @@ TRAIN_MACS_PER_FORWARD = 3  # backward costs about twice the forward (input and 
 def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
     """Baseline + variants on one machine in one run -> the result dict (see write_json)."""
     check_spec(spec)
+    variants = [auto_variant(spec) if v == AUTO else v for v in variants]
     check_variants(spec, variants)
     device, load_start = torch.device(spec.device), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:

@@ -20,21 +20,24 @@ TASKS = ("train", "infer")
 
 @dataclass(frozen=True)
 class Variant:
-    pipeline: str  # "baseline" (per-sample PIL + eager fp32 NCHW) | "ours"
+    pipeline: str  # "baseline" (per-sample PIL + eager fp32 NCHW) | "ours" | "auto" (inference: what predict runs)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast) | int8 (quantized, CPU inference)
     channels_last: bool = False
-    compile: str = "none"  # one of COMPILE_MODES; inference compiles with weight freezing (BN folded)
+    compile: str = "none"  # one of COMPILE_MODES; inference compiles with weight freezing (BN folded); auto: aoti | eager
     fused: bool = False  # training: batch-norm + ReLU (+ residual) fused (models/fused_bn.py)
 
     @property
     def label(self) -> str:
         if self.pipeline == "baseline":
             return "baseline"
+        if self.pipeline == "auto":
+            return f"auto ({self.precision}{'-cl' if self.channels_last else ''}-{self.compile})"
         return (f"{self.precision}{'-cl' if self.channels_last else ''}{'' if self.compile == 'none' else '-' + self.compile}"
                 f"{'-fused' if self.fused else ''}")
 
 
 BASELINE = Variant("baseline")
+AUTO = Variant("auto")  # resolved per machine by auto_variant
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,13 @@ class BenchSpec:
 
 
 def parse_variant(text: str) -> Variant:
-    """'baseline', 'int8', or PRECISION[-cl][-COMPILE_MODE][-fused], e.g. 'fp32', 'bf16-cl',
-    'bf16-cl-default', 'bf16-cl-fused' (training with models/fused_bn.py, eager only)."""
+    """'baseline', 'auto' (inference: the path predict takes on this machine), 'int8', or
+    PRECISION[-cl][-COMPILE_MODE][-fused], e.g. 'fp32', 'bf16-cl', 'bf16-cl-default',
+    'bf16-cl-fused' (training with models/fused_bn.py, eager only)."""
     if text == "baseline":
         return BASELINE
+    if text == "auto":
+        return AUTO
     if text.endswith("-fused"):
         v = parse_variant(text[: -len("-fused")])
         if v.pipeline == "baseline" or v.precision == "int8" or v.compile != "none":
@@ -94,6 +100,19 @@ def check_spec(spec: BenchSpec) -> None:
     model_info(spec.model)  # raises UserError naming the known models
     if torch.device(spec.device).type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {spec.device}: CUDA is not available here; use --device cpu")
+
+
+def auto_variant(spec: BenchSpec) -> Variant:
+    """The inference path predict, eval and embed take here (inference.fastpath.choose_path)."""
+    from resnetlab.cpu import cpu_flags
+    from resnetlab.inference.fastpath import choose_path
+
+    if spec.task != "infer":
+        raise UserError("variant auto is the inference path of predict and eval; use it with --task infer")
+    device = torch.device(spec.device)
+    path = choose_path(device.type, cpu_flags(), "auto", spec.size,
+                       device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return Variant("auto", path.precision, path.channels_last, "aoti" if path.compiled else "eager")
 
 
 def check_variants(spec: BenchSpec, variants: list[Variant]) -> None:

@@ -11,6 +11,8 @@ __all__ = ["AUTO_INFERENCE_PRECISIONS", "AUTO_PRECISIONS", "COMPILE_MODES", "DEV
 
 # What precision "auto" resolves to (engine.runtime.resolve_precision), said alike by every command
 PRECISION_AUTO = "auto: bf16 on CUDA GPUs with bf16 and on CPUs with AMX, else fp32"
+INFERENCE_AUTO = ("auto: the fastest path whose top-1 answers agree with fp32's (compiled bf16 channels_last on CPUs "
+                  "with AMX, compiled once per checkpoint and machine; folded fp32 elsewhere); fp32: exact fp32")
 
 
 def add_checkpoint_argument(parser) -> None:

@@ -20,7 +20,7 @@ def add_arguments(parser):
     parser.add_argument("--compile", choices=COMPILE_MODES,
                         default="none", help="torch.compile mode (reduce-overhead: CUDA graphs, GPU only)")
     parser.add_argument("--variant", action="append", default=[], metavar="V",
-                        help="more variants to compare, e.g. fp32, bf16-cl, bf16-cl-default, bf16-cl-fused, int8 (repeatable)")
+                        help="more variants to compare, e.g. auto, fp32, bf16-cl, bf16-cl-default, bf16-cl-fused, int8 (repeatable)")
     parser.add_argument("--data", metavar="DIR", help="ROOT/train/<class>/<image> to read (default: synthetic JPEGs)")
     parser.add_argument("--images", type=int, default=512, help="images drawn from the data (loop: images per epoch)")
     parser.add_argument("--weights", help="inference: trained weights for the top-1 agreement check")
@@ -53,6 +53,8 @@ def run(args):
     else:
         if args.precision == "int8":
             ours = parse_variant("int8")
+        elif args.task == "infer" and (args.precision, args.channels_last, args.compile) == ("auto", "auto", "none"):
+            ours = parse_variant("auto")  # what predict and eval run here (inference.fastpath)
         else:
             precision = resolve_precision(args.precision, device)
             ours = Variant("ours", precision, resolve_channels_last(args.channels_last), args.compile,

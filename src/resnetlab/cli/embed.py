@@ -1,6 +1,6 @@
 HELP = "Write one embedding (pooled features before the classifier) per image: .npy + names, or .safetensors."
 
-from .arguments import AUTO_PRECISIONS, FILE_PROTOCOLS, add_checkpoint_argument
+from .arguments import AUTO_PRECISIONS, FILE_PROTOCOLS, INFERENCE_AUTO, add_checkpoint_argument
 
 
 def add_arguments(parser):
@@ -11,7 +11,7 @@ def add_arguments(parser):
                         help="10crop: the mean embedding of the 10 views")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=AUTO_PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=AUTO_PRECISIONS, default="auto", help=INFERENCE_AUTO)
 
 
 def run(args):

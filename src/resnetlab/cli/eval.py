@@ -3,7 +3,7 @@ HELP = ("Top-1/top-5 and per-class accuracy of a checkpoint, run directory (its 
 
 import json
 
-from .arguments import AUTO_INFERENCE_PRECISIONS, PRECISION_AUTO, PROTOCOLS, add_checkpoint_argument
+from .arguments import AUTO_INFERENCE_PRECISIONS, INFERENCE_AUTO, PROTOCOLS, add_checkpoint_argument
 
 PER_CLASS_PRINTED = 50  # more classes than this: the table goes to per_class.csv only
 
@@ -16,7 +16,7 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, help="default: the run's optim.batch_size")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=AUTO_INFERENCE_PRECISIONS,
-                        help=f"default: the run's own ({PRECISION_AUTO}); int8: quantized on the CPU, calibrated on 256 training images")
+                        help=f"default: the run's own; {INFERENCE_AUTO}; an explicit precision runs eagerly as in training; int8: quantized on the CPU, calibrated on 256 training images")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", metavar="DIR", help="folder for confusion.csv/.png and per_class.csv (default: "
                         "RUN/eval/CKPT-SPLIT-PROTOCOL/ for a run's checkpoint, else a new folder under runs/eval/)")
@@ -27,8 +27,10 @@ def run(args):
     from resnetlab.engine import evaluate_checkpoint
     from resnetlab.engine.confusion import ClassResult, format_table, write_eval_files
 
+    from resnetlab.inference.fastpath import prepare_inference
+
     report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.protocol, args.device,
-                                 args.precision, args.batch_size, args.workers)
+                                 args.precision, args.batch_size, args.workers, fast_path=prepare_inference)
     matrix = report.pop("confusion")  # in the CSV; a 1000-class matrix is too much for one JSON line
     report["files"] = [str(p) for p in write_eval_files(report, matrix, args.out)]
     if args.json:

@@ -2,7 +2,7 @@ HELP = "Classify images (files or folders) with a checkpoint or published weight
 
 import json
 
-from .arguments import AUTO_INFERENCE_PRECISIONS, FILE_PROTOCOLS, PRECISION_AUTO, add_checkpoint_argument
+from .arguments import AUTO_INFERENCE_PRECISIONS, FILE_PROTOCOLS, INFERENCE_AUTO, add_checkpoint_argument
 
 
 def add_arguments(parser):
@@ -13,7 +13,7 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=AUTO_INFERENCE_PRECISIONS, default="auto",
-                        help=f"{PRECISION_AUTO}; int8: quantized, CPU only, calibrated on --calibrate (check it "
+                        help=f"{INFERENCE_AUTO}; int8: quantized, CPU only, calibrated on --calibrate (check it "
                              "with --verify)")
     parser.add_argument("--calibrate", nargs="+", metavar="IMAGE_OR_FOLDER",
                         help="int8: representative images for the activation ranges (default: the inputs); "
@@ -51,7 +51,7 @@ def run(args):
         for f in failed:
             print(f"FAILED {f['file']}: {f['error']}")
         if check:
-            layout = ", channels_last" if check["channels_last"] else ""
+            layout = (", channels_last" if check["channels_last"] else "") + (", compiled" if check["compiled"] else "")
             print(f"fast path ({check['precision']}, folded BN{layout}) vs plain fp32: top-1 agreement "
                   f"{check['top1_agreement']:.2f}% on {check['n']} images, max |prob diff| {check['max_abs_prob_diff']:.2e}")
     return 1 if failed else 0

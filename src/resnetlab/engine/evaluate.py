@@ -116,7 +116,7 @@ def evaluate_split(scored: EvalModel, dataset, data_cfg, spec, protocol: str = "
 
 def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
                         device: str = "auto", precision: str | None = None, batch_size: int | None = None,
-                        workers: int = 0) -> dict:
+                        workers: int = 0, fast_path=None) -> dict:
     """Accuracy of a checkpoint (or a run directory's best.pt, or published weights by name) on one
     split of its dataset.
 
@@ -126,6 +126,8 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     Precision, memory format and batch size default to the run's own, so evaluating a run
     directory reproduces the numbers in its summary.json. The report also holds "per_class"
     (engine/confusion.py) and "confusion" (rows = true class, columns = prediction) as lists.
+    fast_path: inference.fastpath.prepare_inference (passed in by the CLI: engine comes before
+    inference), used when the precision is auto; an explicit one runs eagerly as asked.
     """
     from dataclasses import asdict
 
@@ -152,6 +154,8 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
                             "folder with train/, or use `resnetlab predict --precision int8 --calibrate DIR`")
         rt = Runtime.resolve(device="cpu" if device == "auto" else device, precision="fp32", channels_last="false")
         model = int8_model(EvalModel(model, normalizer, rt), train, cfg.data)
+    elif fast_path is not None and (precision or cfg.train.precision) == "auto":
+        model, rt = fast_path(model, artifact.model_name, device, "auto", cfg.data.image_size, channels_last="auto")
     else:
         rt = Runtime.resolve(device=device, precision=precision or cfg.train.precision,
                              channels_last=cfg.train.channels_last)

@@ -3,9 +3,10 @@
 A checkpoint carries its model name, classes, normaliser, input size and eval resize, so nothing
 has to be repeated. Images go through the data package's own evaluation loader (in-memory arrays
 for small-image models, decoded files otherwise), so a prediction equals what `resnetlab eval`
-scored for the same file. The fast path folds BatchNorm into the convolutions and runs
-channels_last, in bf16 on GPUs; `quantized` makes an int8 copy for the CPU, calibrated on real
-images; `top1_agreement` measures either against the plain fp32 model.
+scored for the same file. The fast path (inference/fastpath.py) folds BatchNorm into the
+convolutions, runs channels_last and, where that measured faster, compiled (bf16 on AMX CPUs);
+`quantized` makes an int8 copy for the CPU, calibrated on real images; `top1_agreement` measures
+either against the plain fp32 model.
 """
 from __future__ import annotations
 
@@ -74,19 +75,18 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, checkpoint, device: str = "auto", precision: str = "auto", fuse: bool = True,
                         channels_last: str = "true") -> "Predictor":
-        """precision auto as in training (engine.runtime.resolve_precision): bf16 on CUDA GPUs with
-        bf16 and on CPUs with AMX, else fp32 -- folded fp32 channels_last measured fastest for
-        inference on an AVX-512-BF16 CPU without AMX, for ResNet-20 and ResNet-50 alike."""
+        """precision auto: the fastest path that keeps fp32's top-1 answers on this machine
+        (inference.fastpath.choose_path: compiled bf16 channels_last on AMX CPUs, folded fp32
+        channels_last elsewhere); fp32 is exact fp32."""
         from resnetlab.engine.checkpoint import model_from_checkpoint
-        from resnetlab.engine.runtime import Runtime, prepare_model
         from resnetlab.engine.sources import load_source
+        from resnetlab.inference.fastpath import prepare_inference
         from resnetlab.models import model_info
-        from resnetlab.models.fuse import fuse_bn
 
         artifact, path = load_source(checkpoint)
         model, normalizer, classes, cfg = model_from_checkpoint(artifact)
-        rt = Runtime.resolve(device=device, precision=precision, channels_last=channels_last)
-        model = prepare_model(fuse_bn(model) if fuse else model, rt)
+        model, rt = prepare_inference(model, artifact.model_name, device, precision, cfg.data.image_size, fuse,
+                                      channels_last)
         # CIFAR-style training decodes images straight to the input size; only folders of large
         # images use the "shorter side to eval_resize, centre crop" of ImageNet evaluation. A CIFAR
         # net given a photo still sees the whole photo resized, not a 32 px crop of it.
@@ -151,14 +151,14 @@ class Predictor:
     def embeddings(self, views: list[torch.Tensor]) -> torch.Tensor:
         """Pooled last feature map, averaged over the views: (B, num_features) float32."""
         from resnetlab.engine.runtime import autocast, to_input
-        from resnetlab.models.features import embed
+        from resnetlab.inference.fastpath import embeddings
 
         if self.int8:
             raise UserError("embeddings come from the fp32 model; the int8 model has only its forward pass")
         total = None
         for view in views:
             with autocast(self.rt):
-                e = embed(self.model, to_input(self.normalizer(view), self.rt)).float()
+                e = embeddings(self.model, to_input(self.normalizer(view), self.rt)).float()
             total = e if total is None else total + e
         return total / len(views)
 
@@ -193,10 +193,13 @@ def all_probs(predictor: Predictor, paths: list[str], protocol: str = "center", 
 
 def top1_agreement(fast: Predictor, paths: list[str], protocol: str = "center", batch_size: int = 64) -> dict:
     """How often the fast path (folded BN, bf16, channels_last) picks the same class as plain fp32."""
+    from resnetlab.inference.fastpath import FastModel
+
     _, p_fast = all_probs(fast, paths, protocol, batch_size)
     _, p_ref = all_probs(fast.reference(), paths, protocol, batch_size)
     if len(p_fast) == 0:
         return {"n": 0, "top1_agreement": float("nan"), "max_abs_prob_diff": float("nan")}
     same = (p_fast.argmax(1) == p_ref.argmax(1)).double().mean().item()
     return {"n": len(p_fast), "top1_agreement": 100.0 * same, "max_abs_prob_diff": (p_fast - p_ref).abs().max().item(),
-            "precision": fast.precision, "channels_last": fast.rt.channels_last}
+            "precision": fast.precision, "channels_last": fast.rt.channels_last,
+            "compiled": isinstance(fast.model, FastModel)}
