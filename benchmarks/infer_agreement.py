@@ -10,17 +10,15 @@ training images, as `resnetlab eval --precision int8`). For the compiled path al
 similarity of its embeddings with plain fp32's (what `resnetlab embed` writes). The seconds are
 one pass over the split on whatever else the machine was doing: not speed figures.
 """
-import argparse
 from pathlib import Path
 
 import torch
 
-from resnetlab.cpu import cpu_flags
 from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import stopwatch
-from resnetlab.data import LoaderSpec, build_data, make_eval_loader
-from resnetlab.engine.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
+from resnetlab.bench.trained import agreement_arguments, trained_split
+from resnetlab.cpu import cpu_flags
 from resnetlab.engine.evaluate import EvalModel, int8_model
 from resnetlab.engine.runtime import Runtime, autocast, prepare_model, to_input
 from resnetlab.inference.compile_cache import weights_digest
@@ -43,18 +41,10 @@ def run(model, rt: Runtime, batches, embed: bool = False) -> tuple[torch.Tensor,
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
-    parser.add_argument("--split", choices=["test", "val"], default="test")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "infer_agreement.json"))
-    args = parser.parse_args()
-    path = checkpoint_path(args.run)
-    name = load_checkpoint(path).artifact.model_name
-    model, normalizer, _, cfg = model_from_checkpoint(path)
-    bundle = build_data(cfg.data, seed=cfg.train.seed)
-    split = bundle.test if args.split == "test" else bundle.val
-    batches = [(normalizer(views[0]).float(), y) for views, y in make_eval_loader(split, cfg.data, LoaderSpec(256))]
-    labels = torch.cat([y for _, y in batches])
+    args = agreement_arguments(__doc__, Path(__file__).parent / "results" / "infer_agreement.json")
+    trained = trained_split(args.run, args.split)
+    path, name, model, normalizer, cfg = trained.path, trained.model_name, trained.model, trained.normalizer, trained.cfg
+    batches, labels = trained.batches, trained.labels
     fp32, cl, bf16 = Runtime(CPU, "fp32", False), Runtime(CPU, "fp32", True), Runtime(CPU, "bf16", True)
     compiled = FastModel(prepare_model(fuse_bn(model), bf16), name, InferencePath("bf16", True, True),
                          cfg.data.image_size, weights_digest(model))
@@ -63,7 +53,7 @@ def main():
         "fp32 folded channels_last": (prepare_model(fuse_bn(model), cl), cl),
         "bf16 channels_last": (prepare_model(fuse_bn(model), bf16), bf16),
         "bf16 channels_last compiled": (compiled, bf16),
-        "int8": (int8_model(EvalModel(model, normalizer, fp32), bundle.train, cfg.data), fp32),
+        "int8": (int8_model(EvalModel(model, normalizer, fp32), trained.bundle.train, cfg.data), fp32),
     }
     compiled(batches[0][0])  # builds or loads the package: not inside the timed pass
     reference, rows = None, []

@@ -8,7 +8,6 @@ calibrated on 256 training images spread over the split, as `resnetlab eval --pr
 does. 8 bits on a CPU without VNNI shows what the 7-bit default protects against: the u8 x s8
 kernels' 16-bit sums saturate.
 """
-import argparse
 import warnings
 from pathlib import Path
 
@@ -16,8 +15,7 @@ import torch
 
 from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
-from resnetlab.data import LoaderSpec, build_data, make_eval_loader
-from resnetlab.engine.checkpoint import checkpoint_path, model_from_checkpoint
+from resnetlab.bench.trained import agreement_arguments, trained_split
 from resnetlab.engine.evaluate import EvalModel, int8_model
 from resnetlab.engine.runtime import Runtime
 from resnetlab.models.fuse import fuse_bn
@@ -32,28 +30,20 @@ def predictions(model, batches) -> torch.Tensor:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
-    parser.add_argument("--split", choices=["test", "val"], default="test")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "int8_agreement.json"))
-    args = parser.parse_args()
-    path = checkpoint_path(args.run)
-    model, normalizer, _, cfg = model_from_checkpoint(path)
-    bundle = build_data(cfg.data, seed=cfg.train.seed)
-    split = bundle.test if args.split == "test" else bundle.val
-    scored = EvalModel(model, normalizer, Runtime.resolve(device="cpu", precision="fp32", channels_last="false"))
-    batches = [(normalizer(views[0]).float(), y) for views, y in make_eval_loader(split, cfg.data, LoaderSpec(256))]
-    labels = torch.cat([y for _, y in batches])
-    fp32 = predictions(fuse_bn(model), batches)
+    args = agreement_arguments(__doc__, Path(__file__).parent / "results" / "int8_agreement.json")
+    trained = trained_split(args.run, args.split)
+    batches, labels = trained.batches, trained.labels
+    scored = EvalModel(trained.model, trained.normalizer, Runtime.resolve(device="cpu", precision="fp32", channels_last="false"))
+    fp32 = predictions(fuse_bn(trained.model), batches)
     rows = [{"arm": "fp32", "top1": 100 * (fp32 == labels).float().mean().item(), "agreement": 100.0}]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PyTorch's note that 8 bits may saturate without VNNI: measured here
         for arm, reduce_range in ARMS.items():
-            pred = predictions(int8_model(scored, bundle.train, cfg.data, reduce_range=reduce_range), batches)
+            pred = predictions(int8_model(scored, trained.bundle.train, trained.cfg.data, reduce_range=reduce_range), batches)
             rows.append({"arm": arm, "top1": 100 * (pred == labels).float().mean().item(),
                          "agreement": 100 * (pred == fp32).float().mean().item()})
     backend = default_backend()
-    result = {"checkpoint": str(path), "split": args.split, "n": len(labels), "backend": backend,
+    result = {"checkpoint": str(trained.path), "split": args.split, "n": len(labels), "backend": backend,
               "auto_activation_bits": 7 if activation_reduce_range(backend) else 8,
               "machine": describe_machine("cpu"), "results": rows}
     for row in rows:
