@@ -9,7 +9,7 @@ overhead). Run it on an otherwise idle machine; the files record the load averag
 import argparse
 from pathlib import Path
 
-from resnetlab.bench.loop import format_loop, measure_loop_overhead
+from resnetlab.bench.loop import LoopSpec, format_loop, measure_loop_overhead
 from resnetlab.bench.run import run_and_save, write_json
 from resnetlab.bench.spec import BenchSpec, parse_variant
 
@@ -42,8 +42,8 @@ def main():
                          threads=args.threads, warmup=1 if args.quick else 2, reps=2 if args.quick else (5 if model == "resnet50" else 10))
         run_and_save(spec, [parse_variant(v) for v in args.variants or variants], Path(args.out) / f"train_{model}.json")
     if not args.models or "resnet20" in args.models:
-        loop = measure_loop_overhead("resnet20", *((8, 2) if args.quick else (128, 100)), size=32,
-                                     reps=2 if args.quick else 20)
+        loop = measure_loop_overhead(LoopSpec("resnet20", *((8, 2) if args.quick else (128, 100)), size=32,
+                                              reps=2 if args.quick else 20))
         print(format_loop(loop))
         write_json(loop, Path(args.out) / "loop_resnet20.json")
 

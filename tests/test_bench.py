@@ -9,7 +9,7 @@ from PIL import Image
 
 from resnetlab.bench.baseline import PAD, PILFolderDataset, baseline_loader, baseline_workers
 from resnetlab.bench.images import bench_images, write_synthetic_jpegs
-from resnetlab.bench.loop import measure_loop_overhead
+from resnetlab.bench.loop import LoopSpec, measure_loop_overhead
 from resnetlab.bench.machine import cpu_model_and_flags, matmul_peak, peak_size
 from resnetlab.bench.measure import PeakMemory
 from resnetlab.bench.run import run_bench
@@ -196,10 +196,10 @@ def test_bench_rejects_bad_specs(folder):
 
 
 def test_loop_overhead_runs_the_real_loop():
-    result = measure_loop_overhead("resnet20", batch_size=8, steps_per_epoch=2, size=16, warmup=0, reps=2)
+    result = measure_loop_overhead(LoopSpec("resnet20", batch_size=8, steps_per_epoch=2, size=16, warmup=0, reps=2))
     assert result["runs_steps"] == [2, 6] and result["runs_s"][0] > 0 and result["bare_step"]["reps"] == 2
     with pytest.raises(UserError, match="epochs"):
-        measure_loop_overhead("resnet20", 8, 2, 16, epochs=(2, 2))
+        measure_loop_overhead(LoopSpec("resnet20", 8, 2, 16, epochs=(2, 2)))
 
 
 def test_cli_writes_json_and_reports_bad_input(folder, tmp_path, capsys):

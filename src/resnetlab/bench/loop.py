@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+from dataclasses import dataclass
 
 import torch
 
@@ -21,12 +22,29 @@ from resnetlab.errors import UserError
 from .timing import stats, stopwatch, timed
 
 
-def loop_config(model: str, batch_size: int, steps_per_epoch: int, size: int, precision: str = "auto",
-                channels_last: str = "auto", log_every: int = 50) -> Config:
-    data = DataConfig(dataset="synthetic", synthetic_size=steps_per_epoch * batch_size, val_size=0, image_size=size)
-    return Config(model=ModelConfig(name=model), data=data, optim=OptimConfig(batch_size=batch_size, lr=0.01),
-                  schedule=ScheduleConfig(kind="cosine", max_steps=steps_per_epoch),
-                  train=TrainConfig(device="cpu", precision=precision, channels_last=channels_last, log_every=log_every))
+@dataclass(frozen=True)
+class LoopSpec:
+    """What the loop-overhead measurement runs: a model on synthetic data, `epochs` of
+    `steps_per_epoch` steps each for the two whole runs, and `reps` timed bare steps."""
+    model: str = "resnet20"
+    batch_size: int = 128
+    steps_per_epoch: int = 100
+    size: int = 32
+    epochs: tuple[int, int] = (1, 3)
+    precision: str = "auto"
+    channels_last: str = "auto"
+    warmup: int = 2
+    reps: int = 10
+    log_every: int = 50
+
+
+def loop_config(spec: LoopSpec) -> Config:
+    data = DataConfig(dataset="synthetic", synthetic_size=spec.steps_per_epoch * spec.batch_size, val_size=0,
+                      image_size=spec.size)
+    return Config(model=ModelConfig(name=spec.model), data=data, optim=OptimConfig(batch_size=spec.batch_size, lr=0.01),
+                  schedule=ScheduleConfig(kind="cosine", max_steps=spec.steps_per_epoch),
+                  train=TrainConfig(device="cpu", precision=spec.precision, channels_last=spec.channels_last,
+                                    log_every=spec.log_every))
 
 
 def loop_seconds(cfg: Config, steps: int) -> float:
@@ -65,16 +83,16 @@ def bare_step_seconds(cfg: Config, warmup: int, reps: int) -> list[float]:
     return timed(step, warmup, reps, rt.device)
 
 
-def measure_loop_overhead(model: str, batch_size: int, steps_per_epoch: int, size: int, epochs: tuple[int, int] = (1, 3),
-                          precision: str = "auto", channels_last: str = "auto", warmup: int = 2, reps: int = 10) -> dict:
-    n1, n2 = (e * steps_per_epoch for e in epochs)
+def measure_loop_overhead(spec: LoopSpec) -> dict:
+    n1, n2 = (e * spec.steps_per_epoch for e in spec.epochs)
     if not 0 < n1 < n2:
-        raise UserError(f"loop overhead needs 0 < epochs[0] < epochs[1] and steps_per_epoch >= 1, got {epochs}, {steps_per_epoch}")
-    cfg = loop_config(model, batch_size, steps_per_epoch, size, precision, channels_last)
-    bare = stats(bare_step_seconds(cfg, warmup, reps), batch_size)
+        raise UserError(f"loop overhead needs 0 < epochs[0] < epochs[1] and steps_per_epoch >= 1, got {spec.epochs}, "
+                        f"{spec.steps_per_epoch}")
+    cfg = loop_config(spec)
+    bare = stats(bare_step_seconds(cfg, spec.warmup, spec.reps), spec.batch_size)
     t1, t2 = loop_seconds(cfg, n1), loop_seconds(cfg, n2)
     loop_step = (t2 - t1) / (n2 - n1)
-    return {"model": model, "batch_size": batch_size, "image_size": size, "steps_per_epoch": steps_per_epoch,
+    return {"model": spec.model, "batch_size": spec.batch_size, "image_size": spec.size, "steps_per_epoch": spec.steps_per_epoch,
             "runs_steps": [n1, n2], "runs_s": [t1, t2], "loop_step_s": loop_step, "bare_step": bare,
             "overhead": loop_step / bare["median_s"] - 1}
 

@@ -24,7 +24,7 @@ from resnetlab.models import create_model
 
 from .baseline import PILFolderDataset, baseline_loader, baseline_workers, endless
 from .images import BenchImages, bench_data_config, decoded, fitted_normalizer
-from .spec import Variant
+from .spec import BenchSpec, Variant
 from .timing import interleaved, stats, stopwatch
 
 CALIBRATION_BATCHES = 4  # int8: batches whose activation ranges set the quantization scales
@@ -103,9 +103,9 @@ class Prepared:
     info: dict
 
 
-def prepare_train(model_name: str, variant: Variant, images: BenchImages, size: int, batch_size: int,
-                  device: torch.device, cache_dir: Path) -> Prepared:
+def prepare_train(spec: BenchSpec, variant: Variant, images: BenchImages, cache_dir: Path) -> Prepared:
     """A full training step to time: next batch from the pipeline, forward, backward, SGD."""
+    model_name, size, batch_size, device = spec.model, spec.size, spec.batch_size, torch.device(spec.device)
     rt = runtime_of(variant, device)
     batches, normalizer = endless_train_batches(variant, images, size, batch_size, rt, cache_dir)
     with PeakMemory(device) as mem:
@@ -157,14 +157,16 @@ def inference_fn(model: torch.nn.Module, variant: Variant, rt: Runtime, normaliz
     return run
 
 
-def prepare_infer(model_name: str, variant: Variant, images: BenchImages, size: int, batch_size: int,
-                  device: torch.device, cache_dir: Path, weights: str | None = None) -> Prepared:
-    """Inference at `batch_size` and at batch 1 to time, and top-1 predictions on every image."""
+def prepare_infer(spec: BenchSpec, variant: Variant, images: BenchImages, cache_dir: Path) -> Prepared:
+    """Inference at the spec's batch size and at batch 1 to time, and top-1 predictions on every
+    image (trained `spec.weights`, or seeded ones with BN calibrated on the images)."""
     from resnetlab.inference.fastpath import prepare_inference
     from resnetlab.models import load_weights
     from resnetlab.models.fuse import fuse_bn
     from resnetlab.models.quantize import quantize_int8
 
+    model_name, size, batch_size, device = spec.model, spec.size, spec.batch_size, torch.device(spec.device)
+    weights = spec.weights
     rt = runtime_of(variant, device) if variant.pipeline != "auto" else None
     data = decoded(images, size, cache_dir)
     normalizer = (trained_normalizer(weights) or fitted_normalizer(data)).to(device)

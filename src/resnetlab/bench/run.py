@@ -71,10 +71,9 @@ def _measure(spec: BenchSpec, images, variants: list[Variant]) -> list[dict]:
     torch.set_num_threads(spec.threads or threads)
     try:
         if spec.task == "train":
-            prepared = [prepare_train(spec.model, v, images, spec.size, spec.batch_size, device, cache) for v in variants]
+            prepared = [prepare_train(spec, v, images, cache) for v in variants]
         else:
-            prepared = [prepare_infer(spec.model, v, images, spec.size, spec.batch_size, device, cache, spec.weights)
-                        for v in variants]
+            prepared = [prepare_infer(spec, v, images, cache) for v in variants]
         rows = time_all(prepared, spec.warmup, spec.reps, device)
     finally:
         torch.set_num_threads(threads)  # matters only when not isolated

@@ -36,7 +36,7 @@ def add_arguments(parser):
 def run(args):
     import torch
 
-    from resnetlab.bench.loop import format_loop, measure_loop_overhead
+    from resnetlab.bench.loop import LoopSpec, format_loop, measure_loop_overhead
     from resnetlab.bench.run import format_table, run_bench, write_json
     from resnetlab.bench.spec import BenchSpec, Variant, parse_variant
     from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_fused_bn, resolve_precision
@@ -46,9 +46,9 @@ def run(args):
     if args.task == "loop":
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = measure_loop_overhead(args.model, batch, steps_per_epoch=max(1, args.images // batch),
-                                       size=args.image_size or 32, precision=args.precision,
-                                       channels_last=args.channels_last, warmup=args.warmup, reps=args.reps)
+        result = measure_loop_overhead(LoopSpec(args.model, batch, steps_per_epoch=max(1, args.images // batch),
+                                                size=args.image_size or 32, precision=args.precision,
+                                                channels_last=args.channels_last, warmup=args.warmup, reps=args.reps))
         print(format_loop(result))
     else:
         if args.precision == "int8":
