@@ -155,3 +155,13 @@ def test_resume_with_a_new_schedule_says_so_and_continues(tiny_run, tmp_path, ca
         "resnetlab train: warning: --resume with a new schedule (optim.lr: 0.1 -> 0.05; schedule.max_steps: 4 -> 6): "
         "the schedule is recomputed from the current step"]
     assert load_checkpoint(run / "checkpoints" / "last.pt").training.step == 6
+
+
+def test_a_relative_data_root_from_a_recipe_or_set_is_stored_absolute(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("base: cifar10_fast\ndata:\n  root: photos/cifar\n")
+    assert cli.main(["train", "--recipe", str(recipe), "--out", "r", "--print-config"]) == 0
+    assert f"root: {tmp_path / 'photos' / 'cifar'}\n" in capsys.readouterr().out
+    assert cli.main(["train", "--recipe", "cifar10_fast", "--set", "data.root=../elsewhere", "--print-config"]) == 0
+    assert f"root: {(tmp_path / '..' / 'elsewhere')}\n" in capsys.readouterr().out

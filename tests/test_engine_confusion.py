@@ -126,3 +126,13 @@ def test_a_run_whose_folder_cannot_take_the_files_warns_and_keeps_the_numbers(tm
     with pytest.warns(ResnetlabWarning, match="could not write the confusion matrix"):
         record_per_class(test, CLASSES, tmp_path / "blocked" / "run")
     assert "confusion" not in report and [r["correct"] for r in test["best"]["per_class"]] == [2, 1, 0, 0]
+
+
+def test_eval_on_another_folder_than_the_runs_own_gets_its_own_folder(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("")
+    best = run / "checkpoints" / "best.pt"
+    assert default_eval_dir(best, "test", "center", "bf16") == run / "eval" / "best-test-center"
+    assert (default_eval_dir(best, "test", "center", "bf16", "/data/holiday_photos")
+            == run / "eval" / "best-test-center-on-holiday_photos")

@@ -76,7 +76,12 @@ def build_config(args):
     cfg = load_config(recipe, overrides)
     if args.data:
         cfg = apply_overrides(cfg, data_overrides(args.data, cfg.data.dataset))
-    return apply_overrides(cfg, args.set), out  # explicit --set wins over everything
+    cfg = apply_overrides(cfg, args.set)  # explicit --set wins over everything
+    if cfg.data.root and not Path(cfg.data.root).expanduser().is_absolute():
+        # a relative root from a recipe file or --set means the folder seen from here; the run's
+        # config.yaml keeps it absolute so eval and --resume find it from anywhere, as --data does
+        cfg = apply_overrides(cfg, [("data.root", str(Path(cfg.data.root).expanduser().absolute()))])
+    return cfg, out
 
 
 def flag_value(key: str, value):
@@ -106,8 +111,10 @@ def check_resume_changes(cfg, out) -> None:
     from resnetlab.engine.rundir import resume_changes, saved_config
     from resnetlab.errors import ResnetlabWarning
 
+    from resnetlab.engine.distributed import dist_info_from_env
+
     line = resume_changes(saved_config(out), cfg, out)
-    if line:
+    if line and dist_info_from_env().is_main:  # one line per run, not one per torchrun rank
         warnings.warn(line, ResnetlabWarning)
 
 

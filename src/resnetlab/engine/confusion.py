@@ -150,12 +150,14 @@ def record_per_class(test: dict, classes, folder=None, split: str = "test") -> N
                       "numbers are in summary.json", ResnetlabWarning, stacklevel=2)
 
 
-def default_eval_dir(checkpoint, split: str, protocol: str, precision: str) -> Path:
+def default_eval_dir(checkpoint, split: str, protocol: str, precision: str, other_data: str | None = None) -> Path:
     """Where `resnetlab eval` writes its files when not told: inside the run for a checkpoint of a
-    run directory (RUN/eval/best-test-center/, refreshed by the same evaluation), otherwise a new
-    numbered folder under ./runs/eval/ (never one that already exists)."""
+    run directory (RUN/eval/best-test-center/, refreshed by the same evaluation; scored on another
+    folder than the run's own, RUN/eval/best-test-center-on-FOLDER/), otherwise a new numbered
+    folder under ./runs/eval/ (never one that already exists)."""
     path = Path(checkpoint)
-    name = "-".join([path.stem, split, protocol] + (["int8"] if precision == "int8" else []))
+    name = "-".join([path.stem, split, protocol] + (["int8"] if precision == "int8" else [])
+                    + ([f"on-{Path(other_data).name}"] if other_data else []))
     run = path.parent.parent
     if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
         return run / "eval" / name
@@ -175,7 +177,7 @@ def write_eval_files(report: dict, matrix, out=None) -> list[Path]:
     """The files of one `evaluate_checkpoint` report, into `out` or `default_eval_dir`."""
     classes = [r["name"] for r in report["per_class"]]
     folder = Path(out) if out else default_eval_dir(report["checkpoint"], report["split"], report["protocol"],
-                                                    report["precision"])
+                                                    report["precision"], report.get("data"))
     title = f"{Path(report['checkpoint']).name}, {report['split']} split, {report['protocol']} protocol"
     try:
         return write_per_class_files(folder, matrix, classes, title=title)

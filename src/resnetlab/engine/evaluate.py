@@ -164,7 +164,10 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     report = evaluate_split(EvalModel(model, normalizer.to(rt.device), rt), dataset, cfg.data, spec, protocol,
                             confusion=True)
     matrix = report.pop("confusion")
+    # another folder than the run's own: its files go to their own folder (engine.confusion.default_eval_dir)
+    other = data is not None and Path(data).expanduser().absolute() != Path(str(cfg.data.root)).expanduser().absolute()
     return {**report, "split": split, "checkpoint": str(path), "precision": "int8" if precision == "int8" else rt.precision,
+            "data": str(Path(data).expanduser().absolute()) if other else None,
             "per_class": [asdict(r) for r in per_class(matrix, classes)], "confusion": matrix.tolist()}
 
 
