@@ -6,6 +6,7 @@ each on 2 cores (`built`, marked in its docstring). Every other test that needs 
 one of those in place of compiling (`fake_compile`), so cache hits, rebuilds and fallbacks are
 counted, not timed.
 """
+import errno
 import warnings
 
 import pytest
@@ -175,6 +176,19 @@ def test_an_unwritable_cache_compiles_in_memory_with_one_line(tmp_path, monkeypa
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not cached" in err[0] and "every run pays it" in err[0]
     assert logits.shape == (24, 4) and fake_compile.calls == 1
+
+
+def test_a_full_disk_while_storing_warns_and_still_runs_the_build(cache, monkeypatch, fake_compile, capfd):
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(compile_cache.shutil, "copyfileobj", full)
+    net, rt = fast("bf16")
+    with pytest.warns(ResnetlabWarning, match="could not keep the compiled model.*No space left.*compiles again") as said:
+        logits = outputs(net, rt, images())[0]
+    assert not [w for w in said if "eagerly" in str(w.message)]  # the package built runs; no fall-back to eager
+    assert torch.isfinite(logits).all() and fake_compile.calls == 1
+    assert [p for p in cache.iterdir() if p.suffix in (".pt2", ".json")] == []  # nothing half-written kept
+    assert capfd.readouterr().err.count("compiling resnet8") == 1
 
 
 def test_a_failed_build_warns_once_and_runs_eagerly(cache, monkeypatch):

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from resnetlab.errors import ResnetlabWarning
-from resnetlab.files import atomic_write, remove_stale_temporaries, write_text_atomic
+from resnetlab.files import StorageError, atomic_write, remove_stale_temporaries, write_text_atomic
 from resnetlab.models.hub import sha256_of
 
 FORMAT = 1  # bump when the key or the package's calling convention changes
@@ -161,7 +161,8 @@ def load_or_build(module: nn.Module, example: torch.Tensor, key: dict, what: str
                     shutil.copyfileobj(src, f)
                 write_text_atomic(meta, json.dumps({"key": key, "sha256": sha256_of(package)}, indent=1))
                 return _load(package)
-            except OSError as e:  # StorageError too: a full disk while storing; the build is still good
+            except (OSError, StorageError) as e:  # a full disk while storing (atomic_write raises StorageError,
+                # not an OSError): the build is still good, only the cache misses it
                 warnings.warn(f"could not keep the compiled model in {folder} ({e}); the next run compiles again",
                               ResnetlabWarning, stacklevel=2)
         return _load(built)  # loaded (the library copied out) before the temporary folder goes
