@@ -82,6 +82,22 @@ def test_embed_writes_the_checkpoints_features_one_named_row_per_image(run_dir, 
     torch.testing.assert_close(torch.from_numpy(emb), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_int8_of_an_auto_predictor_that_compiles_fp32_quantizes_the_eager_network(run_dir, monkeypatch):
+    """On an AVX2 CPU auto means compiled fp32 (inference/fastpath.py): quantizing that predictor
+    quantizes the folded network inside, without building the compiled package it would not use."""
+    from resnetlab.inference import compile_cache
+    from resnetlab.inference.fastpath import FastModel
+
+    monkeypatch.setenv("RESNETLAB_COMPILE", "1")
+    monkeypatch.setattr("resnetlab.cpu.cpu_flags", lambda: frozenset({"avx2", "fma", "sse4_2"}))
+    monkeypatch.setattr(compile_cache, "compile_package", lambda *a: pytest.fail("compiled for int8"))
+    data = run_dir.parent / "data"
+    auto = Predictor.from_checkpoint(run_dir, device="cpu")
+    assert isinstance(auto.model, FastModel) and auto.precision == "fp32"
+    int8 = auto.quantized(collect_images([str(data / "train")]), images=48)
+    assert int8.precision == "int8" and top1_agreement(int8, collect_images([str(data / "test")]))["n"] == 3 * TEST
+
+
 def test_int8_is_calibrated_on_the_given_images_and_agrees_with_fp32(run_dir, capsys):
     data = run_dir.parent / "data"
     fp32 = Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32")

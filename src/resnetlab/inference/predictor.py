@@ -106,7 +106,9 @@ class Predictor:
         calibration = [self.normalizer(views[0]).float() for views, _ in self.batches(sample, "center", batch_size)]
         if not calibration:
             raise UserError(f"int8 calibration: none of the {len(sample)} calibration images could be read")
-        model = quantize_int8(self.model, calibration)
+        # On CPUs where auto compiles fp32 (AVX2, AVX-512 at large sizes) the model is a FastModel:
+        # quantize the folded eager network inside it, never the compiled package's wrapper.
+        model = quantize_int8(getattr(self.model, "eager", self.model), calibration)
         rt = replace(self.rt, channels_last=False)  # the quantized kernels take NCHW fp32 and pick their own layout
         return replace(self, model=model, rt=rt, int8=True, failed=[])
 
