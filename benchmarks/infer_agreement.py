@@ -17,7 +17,7 @@ import torch
 from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import stopwatch
-from resnetlab.bench.trained import agreement_arguments, trained_split
+from resnetlab.bench.trained import agreement_arguments, run_suite, trained_split
 from resnetlab.cpu import cpu_flags
 from resnetlab.engine.evaluate import EvalModel, int8_model
 from resnetlab.engine.runtime import Runtime, autocast, prepare_model, to_input
@@ -53,7 +53,7 @@ def main():
         "fp32 folded channels_last": (prepare_model(fuse_bn(model), cl), cl),
         "bf16 channels_last": (prepare_model(fuse_bn(model), bf16), bf16),
         "bf16 channels_last compiled": (compiled, bf16),
-        "int8": (int8_model(EvalModel(model, normalizer, fp32), trained.bundle.train, cfg.data), fp32),
+        "int8": (int8_model(EvalModel(model, normalizer, fp32), trained.train, cfg.data), fp32),
     }
     compiled(batches[0][0])  # builds or loads the package: not inside the timed pass
     reference, rows = None, []
@@ -79,4 +79,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_suite(main)

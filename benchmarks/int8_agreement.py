@@ -15,7 +15,7 @@ import torch
 
 from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
-from resnetlab.bench.trained import agreement_arguments, trained_split
+from resnetlab.bench.trained import agreement_arguments, run_suite, trained_split
 from resnetlab.engine.evaluate import EvalModel, int8_model
 from resnetlab.engine.runtime import Runtime
 from resnetlab.models.fuse import fuse_bn
@@ -39,7 +39,7 @@ def main():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PyTorch's note that 8 bits may saturate without VNNI: measured here
         for arm, reduce_range in ARMS.items():
-            pred = predictions(int8_model(scored, trained.bundle.train, trained.cfg.data, reduce_range=reduce_range), batches)
+            pred = predictions(int8_model(scored, trained.train, trained.cfg.data, reduce_range=reduce_range), batches)
             rows.append({"arm": arm, "top1": 100 * (pred == labels).float().mean().item(),
                          "agreement": 100 * (pred == fp32).float().mean().item()})
     backend = default_backend()
@@ -53,4 +53,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_suite(main)

@@ -1,12 +1,14 @@
 """A trained run and one of its splits, ready for the agreement suites (benchmarks/*_agreement.py).
 
-The split is rebuilt from the checkpoint's own config (seed and val_size as in training), decoded
-once through the evaluation loader (centre views) and normalised, so every path compared scores
-the very same tensors.
+The split is rebuilt as `resnetlab eval` rebuilds it (engine.evaluate.eval_data: the checkpoint's
+own config, seed and val_size; one line when the run has no such split), decoded once through the
+evaluation loader (centre views) and normalised, so every path compared scores the very same
+tensors.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +16,10 @@ import torch
 from torch import nn
 
 from resnetlab.config import Config
-from resnetlab.data import LoaderSpec, build_data, make_eval_loader
+from resnetlab.data import LoaderSpec, make_eval_loader
 from resnetlab.engine.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
+from resnetlab.engine.evaluate import eval_data
+from resnetlab.errors import UserError
 
 BATCH = 256
 
@@ -27,12 +31,20 @@ class TrainedSplit:
     model: nn.Module  # fp32, eval mode, on the CPU
     normalizer: nn.Module
     cfg: Config
-    bundle: object  # data.build_data's bundle (train for int8 calibration)
+    train: object  # the run's training split (int8 calibration)
     batches: list  # [(normalised float (B, 3, S, S), labels (B,))]
 
     @property
     def labels(self) -> torch.Tensor:
         return torch.cat([y for _, y in self.batches])
+
+
+def run_suite(main) -> None:
+    """Run a suite's main(); a bad input (no such split, no data) ends it in one line, as the CLI does."""
+    try:
+        main()
+    except UserError as err:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {err}")
 
 
 def agreement_arguments(doc: str, default_out: Path) -> argparse.Namespace:
@@ -46,8 +58,8 @@ def agreement_arguments(doc: str, default_out: Path) -> argparse.Namespace:
 
 def trained_split(run: str, split: str) -> TrainedSplit:
     path = checkpoint_path(run)
-    model, normalizer, _, cfg = model_from_checkpoint(path)
-    bundle = build_data(cfg.data, seed=cfg.train.seed)
-    dataset = bundle.test if split == "test" else bundle.val
+    artifact = load_checkpoint(path).artifact
+    model, normalizer, _, cfg = model_from_checkpoint(artifact)
+    dataset, train = eval_data(cfg, None, split)
     batches = [(normalizer(views[0]).float(), y) for views, y in make_eval_loader(dataset, cfg.data, LoaderSpec(BATCH))]
-    return TrainedSplit(path, load_checkpoint(path).artifact.model_name, model.eval(), normalizer, cfg, bundle, batches)
+    return TrainedSplit(path, artifact.model_name, model.eval(), normalizer, cfg, train, batches)
