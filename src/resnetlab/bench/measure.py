@@ -1,7 +1,7 @@
 """Measuring one variant: training steps/s and inference throughput/latency, with peak memory.
 
-Each variant (spec.Variant: the baseline, or ours in a precision, memory format and compile
-mode) is set up here, and run once (`prepare_train`, `prepare_infer`). Each measurement warms up, then times every repetition separately -- round-robin across variants
+Each variant (spec.Variant: the baseline, ours in a precision, memory format and compile mode,
+or auto: the inference path predict takes, inference.fastpath.prepare_inference) is set up here, and run once (`prepare_train`, `prepare_infer`). Each measurement warms up, then times every repetition separately -- round-robin across variants
 when they share a process (`time_all`, with timing.interleaved) -- and `stats` turns those
 times into a median and a spread. Peak memory on the CPU is the growth of the process's peak RSS
 (getrusage ru_maxrss) over its RSS just before the model is built -- torch's allocations are
@@ -62,6 +62,8 @@ def current_rss() -> int:
 
 
 def runtime_of(variant: Variant, device: torch.device) -> Runtime:
+    if variant.pipeline == "auto":
+        raise UserError("variant auto takes its runtime from inference.fastpath.prepare_inference, not from runtime_of")
     if variant.compile not in COMPILE_MODES:
         raise UserError(f"--compile {variant.compile!r}: choose one of {', '.join(COMPILE_MODES)}")
     if variant.pipeline == "baseline" or variant.precision == "int8":  # int8 takes fp32 NCHW in and out

@@ -26,7 +26,6 @@ from resnetlab.config import DataConfig
 from resnetlab.errors import UserError
 
 from .batches import PROTOCOLS
-from .datasets import ArrayDataset, FileDataset
 from .sampling import eval_batches, train_batches
 
 AUGMENTS = ("cifar", "imagenet", "rrc", "none")
@@ -103,5 +102,5 @@ def make_eval_loader(dataset, cfg: DataConfig, spec: LoaderSpec, protocol: str =
 def check_augment(dataset, cfg: DataConfig) -> None:
     if cfg.augment not in AUGMENTS:
         raise UserError(f"unknown data.augment {cfg.augment!r}; choose one of {', '.join(AUGMENTS)}")
-    if not isinstance(dataset, (ArrayDataset, FileDataset)):
-        raise TypeError(f"expected an ArrayDataset or FileDataset, got {type(dataset).__name__}")
+    if not hasattr(dataset, "batch_source"):  # every dataset kind makes its own batches
+        raise TypeError(f"expected a dataset with batch_source() (ArrayDataset, FileDataset), got {type(dataset).__name__}")

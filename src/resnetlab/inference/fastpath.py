@@ -124,7 +124,9 @@ class FastModel(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         package = self._runner(x)
         if package is None:
-            return self.eager.forward_head(self.eager.forward_features(x), pre_logits=True)
+            from resnetlab.models.features import embed
+
+            return embed(self.eager, x)
         return self._run(package, x)[1]
 
     def _run(self, package, x: torch.Tensor) -> list[torch.Tensor]:
