@@ -29,3 +29,10 @@ def cpu_info() -> tuple[str, frozenset[str]]:
 
 def cpu_flags() -> frozenset[str]:
     return cpu_info()[1]
+
+
+def has_fast_bf16(flags: frozenset[str]) -> bool:
+    """True for CPUs with AMX, where oneDNN's bf16 convolutions beat fp32. AVX-512 BF16 alone is not
+    enough: on a Xeon without AMX, bf16 ResNets ran 0.7-0.8x as fast as fp32 (benchmarks/README.md).
+    Training (engine.runtime) and inference (inference.fastpath) both choose bf16 by it."""
+    return "amx_bf16" in flags

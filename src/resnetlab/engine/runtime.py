@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from resnetlab.config import TrainConfig
-from resnetlab.cpu import cpu_flags
+from resnetlab.cpu import cpu_flags, has_fast_bf16
 from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.models.fused_bn import set_fused_bn
 
@@ -52,9 +52,8 @@ class Runtime:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX, where oneDNN's bf16 convolutions beat fp32. AVX-512 BF16 alone is not
-    enough: on a Xeon without AMX, bf16 ResNets ran 0.7-0.8x as fast as fp32 (benchmarks/README.md)."""
-    return "amx_bf16" in cpu_flags()
+    """This CPU has AMX (resnetlab.cpu.has_fast_bf16)."""
+    return has_fast_bf16(cpu_flags())
 
 
 # Instructions that do bf16 / fp16 arithmetic in hardware. Without one of them the dtype has no

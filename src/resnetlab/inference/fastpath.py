@@ -59,7 +59,9 @@ def choose_path(device: str, flags: frozenset[str], precision: str = "auto", ima
         # Eager, as measured on an H100 (benchmarks/results/gpu/infer_resnet50_cuda.json); compiled
         # inference on CUDA has not been measured here.
         return InferencePath(("bf16" if cuda_bf16 else "fp32") if precision == "auto" else precision, True, False)
-    amx = "amx_bf16" in flags
+    from resnetlab.cpu import has_fast_bf16
+
+    amx = has_fast_bf16(flags)
     if precision == "fp32":
         # Exact fp32: folded BN, channels_last, eager oneDNN kernels; top-1 equal to plain fp32
         # (tests/test_fastpath.py). Never compiled, so no fp32 sum is reordered by inductor.
