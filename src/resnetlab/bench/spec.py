@@ -84,7 +84,7 @@ def parse_variant(text: str) -> Variant:
     channels_last = rest == "cl" or rest.startswith("cl-")
     mode = rest[3:] if rest.startswith("cl-") else ("" if rest == "cl" else rest)
     if precision not in INFERENCE_PRECISIONS or (mode or "none") not in COMPILE_MODES:
-        raise UserError(f"variant {text!r}: write baseline or PRECISION[-cl][-COMPILE] with PRECISION one of "
+        raise UserError(f"variant {text!r}: write baseline, auto or PRECISION[-cl][-COMPILE] with PRECISION one of "
                         f"{', '.join(INFERENCE_PRECISIONS)} and COMPILE one of {', '.join(COMPILE_MODES[1:])}")
     return Variant("ours", precision, channels_last, mode or "none")
 
