@@ -149,18 +149,30 @@ def test_v1_fixture_loads_for_eval_and_predict(tmp_path):
     assert load_checkpoint(tmp_path / "old.pt").digest is None
 
 
-def test_v1_fixture_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
+def test_v1_fixture_resumes_like_an_uninterrupted_run(tmp_path):
     cfg = apply_overrides(Config(), FIXTURE_RUN)
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copy(FIXTURE, tmp_path / "resumed" / "checkpoints" / "last.pt")
     resumed = train_and_evaluate(cfg, tmp_path / "resumed", resume=True)
     train_and_evaluate(cfg, tmp_path / "whole")
-    a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("resumed", "whole"))
+    train_and_evaluate(apply_overrides(cfg, [("schedule.max_steps", 4)]), tmp_path / "first4")  # constant lr: the same 4 steps
+    a, b, first4 = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("resumed", "whole", "first4"))
     assert resumed.steps == a.training.step == b.training.step == 8
-    assert all(torch.equal(a.artifact.weights[k], b.artifact.weights[k]) for k in b.artifact.weights)
     rows = [[{k: v for k, v in r.to_dict().items() if k not in TIMING} for r in load_rows(tmp_path / d)]
             for d in ("resumed", "whole")]
-    assert rows[0] == rows[1][-2:]  # steps 6 and 8, the same numbers
+    # The fixture's first 4 steps ran on the machine that wrote it. Another CPU can sum fp32 in
+    # another order (oneDNN blocks by cache size; the fused kernels are built with -march=native),
+    # so where this machine's own first 4 steps differ from the file, the resumed run can only be
+    # as close as that; where they are the same, it must be the same run bit for bit.
+    fixture = load_checkpoint(FIXTURE).artifact.weights
+    if all(torch.equal(fixture[k], first4.artifact.weights[k]) for k in first4.artifact.weights):
+        assert all(torch.equal(a.artifact.weights[k], b.artifact.weights[k]) for k in b.artifact.weights)
+        assert rows[0] == rows[1][-2:]  # steps 6 and 8, the same numbers
+    else:
+        for k in b.artifact.weights:
+            torch.testing.assert_close(a.artifact.weights[k], b.artifact.weights[k], rtol=1e-3, atol=1e-4, msg=k)
+        assert [(r["step"], r["epoch"], r["lr"]) for r in rows[0]] == [(r["step"], r["epoch"], r["lr"]) for r in rows[1][-2:]]
+        assert [r["train_loss"] for r in rows[0]] == pytest.approx([r["train_loss"] for r in rows[1][-2:]], rel=1e-3)
 
 
 def load_rows(run: Path) -> list[MetricsRow]:
