@@ -177,6 +177,24 @@ def test_the_runtime_fuses_eager_cpu_training_only():
     assert not any(m.fused_bn for m in model.modules() if hasattr(m, "fused_bn"))
 
 
+def test_train_fused_bn_switch_turns_the_kernels_off_or_refuses_where_they_cannot_run():
+    from resnetlab.config import load_config
+    from resnetlab.engine.runtime import make_runtime
+    from resnetlab.errors import UserError
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert not resolve_fused_bn(cpu, "none", "false") and resolve_fused_bn(cpu, "none", "true")
+    cfg = load_config("cifar10_fast", ["train.device=cpu", "train.fused_bn=false"])  # YAML reads false as a bool
+    assert cfg.train.fused_bn == "false" and not make_runtime(cfg.train).fused_bn
+    assert make_runtime(load_config("cifar10_fast", ["train.device=cpu"]).train).fused_bn  # auto: on
+    with pytest.raises(UserError, match="on a GPU"):
+        resolve_fused_bn(cuda, "none", "true")
+    with pytest.raises(UserError, match="fuses them itself"):
+        resolve_fused_bn(cpu, "default", "true")
+    with pytest.raises(UserError, match="choose auto, true or false"):
+        resolve_fused_bn(cpu, "none", "yes")
+
+
 def test_tracing_a_fused_training_model_sees_the_plain_modules():
     # graph passes (BN folding, int8 quantization) find conv -> BN pairs by symbolic tracing
     model = create_model("resnet20", num_classes=10).train()

@@ -37,7 +37,7 @@ class Runtime:
 
     @classmethod
     def resolve(cls, device: str = "auto", precision: str = "auto", channels_last: str = "auto",
-                compile: str = "auto", local_rank: int = 0) -> "Runtime":
+                compile: str = "auto", local_rank: int = 0, fused_bn: str = "auto") -> "Runtime":
         """The Runtime for the words a user writes (train.* keys, --device/--precision flags): each
         auto resolved for this machine, each bad value refused in one line. Warns when the CPU
         can only emulate the precision asked for."""
@@ -45,7 +45,7 @@ class Runtime:
         precision_ = resolve_precision(precision, device_)
         compile_mode = resolve_compile(compile, device_)
         rt = cls(device_, precision_, resolve_channels_last(channels_last), compile_mode,
-                 resolve_fused_bn(device_, compile_mode))
+                 resolve_fused_bn(device_, compile_mode, fused_bn))
         if (message := slow_precision_warning(rt)) is not None:
             warnings.warn(message, ResnetlabWarning, stacklevel=3)
         return rt
@@ -134,17 +134,27 @@ def resolve_compile(name: str, device: torch.device) -> str:
     return mode
 
 
-def resolve_fused_bn(device: torch.device, compile_mode: str) -> bool:
-    """On for eager training on the CPU: there batch-norm + ReLU + the residual addition cost more
-    than the convolutions, and the fused kernels made ResNet-20 steps 1.4x faster in bf16 and 1.2x
-    in fp32 (channels_last, benchmarks/README.md). Off under torch.compile, which fuses them
-    itself, and on CUDA, where the kernels do not run (cuDNN's batch-norm is one kernel already)."""
-    return device.type == "cpu" and compile_mode == "none"
+def resolve_fused_bn(device: torch.device, compile_mode: str, name: str = "auto") -> bool:
+    """auto = on for eager training on the CPU: there batch-norm + ReLU + the residual addition cost
+    more than the convolutions, and the fused kernels made ResNet-20 steps 1.4x faster in bf16 and
+    1.2x in fp32 (channels_last, benchmarks/README.md). Off under torch.compile, which fuses them
+    itself, and on CUDA, where the kernels do not run (cuDNN's batch-norm is one kernel already).
+    false = PyTorch's own modules (to compare, or to rule the kernels out); true = on, where they run."""
+    eligible = device.type == "cpu" and compile_mode == "none"
+    if name == "auto":
+        return eligible
+    if name not in SWITCH[1:]:
+        raise UserError(f"train.fused_bn {name!r}: choose auto, true or false")
+    if name == "true" and not eligible:
+        where = "on a GPU" if device.type != "cpu" else f"with train.compile {compile_mode} (which fuses them itself)"
+        raise UserError(f"train.fused_bn true: the fused batch-norm kernels run in eager training on the CPU, "
+                        f"not {where}; use auto or false")
+    return name == "true"
 
 
 def make_runtime(cfg: TrainConfig, local_rank: int = 0) -> Runtime:
     """The Runtime of a training config's train section."""
-    return Runtime.resolve(cfg.device, cfg.precision, cfg.channels_last, cfg.compile, local_rank)
+    return Runtime.resolve(cfg.device, cfg.precision, cfg.channels_last, cfg.compile, local_rank, cfg.fused_bn)
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:

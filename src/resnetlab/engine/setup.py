@@ -183,6 +183,7 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     run.log.info(f"{cfg.model.name}: {run.total} steps ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
                  + (f" = {dist_info.world_size} processes x {run.batch}" if dist_info.enabled else "")
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
+                 + (", fused batch-norm" if rt.fused_bn else "")
                  + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})")
                  + (f", resuming at step {state.step}" if start_from is not None else "")
                  + (", no checkpoint was complete yet: starting at step 0" if resume and start_from is None else ""))
