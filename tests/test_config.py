@@ -60,6 +60,15 @@ def test_overrides_are_typed():
     assert apply_overrides(Config(), ["optim.lr=1"]).optim.lr == 1.0 and Config().optim.lr == 0.1
 
 
+def test_max_steps_override_replaces_a_recipes_epochs():
+    # cifar10_fast counts 7 epochs; --set schedule.max_steps=200 used to be ignored without a word
+    cfg = load_config("cifar10_fast", ["schedule.max_steps=200"])
+    assert (cfg.schedule.max_steps, cfg.schedule.epochs) == (200, None)
+    both = load_config("cifar10_fast", ["schedule.max_steps=200", "schedule.epochs=3"])
+    assert (both.schedule.max_steps, both.schedule.epochs) == (200, 3)  # epochs given too: it decides
+    assert load_config("cifar10_fast", ["optim.lr=0.2"]).schedule.epochs == 7
+
+
 @pytest.mark.parametrize("override, words", [
     ("optim.lrr=0.1", ["optim.lrr", "valid keys in optim", "lr", "momentum"]),
     ("optimizer.lr=0.1", ["optimizer", "valid sections", "optim"]),

@@ -111,7 +111,7 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     lr = pick("optim.lr", base.optim.lr * scale)
     pick("schedule.warmup_lr", base.schedule.warmup_lr * scale)
     steps = max(fit // batch, 1)
-    if given.get("schedule.max_steps") is not None and given.get("schedule.epochs", base.schedule.epochs) is None:
+    if given.get("schedule.max_steps") is not None and given.get("schedule.epochs") is None:  # as apply_overrides
         epochs, total = None, given["schedule.max_steps"]
     else:
         epochs = pick("schedule.epochs", run_epochs(base.schedule.epochs, steps))

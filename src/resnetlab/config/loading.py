@@ -162,14 +162,22 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def apply_overrides(cfg: Config, overrides) -> Config:
-    """A copy of cfg with SECTION.KEY=VALUE strings (or (key, value) pairs) applied, type-checked."""
+    """A copy of cfg with SECTION.KEY=VALUE strings (or (key, value) pairs) applied, type-checked.
+
+    schedule.epochs, when set, decides the length of a run over schedule.max_steps; so asking for
+    max_steps without epochs clears epochs (as --max-steps does), instead of being silently ignored
+    by a recipe that counts epochs (cifar10_fast)."""
     data = config_to_dict(cfg)
+    keys = set()
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         section, _, name = key.partition(".")
         if section not in SECTIONS:
             raise UserError(f"unknown config section in {key!r}; valid sections: {', '.join(SECTIONS)}")
         data[section][name] = value
+        keys.add(key)
+    if "schedule.max_steps" in keys and "schedule.epochs" not in keys:
+        data["schedule"]["epochs"] = None
     return config_from_dict(data)
 
 
