@@ -48,15 +48,16 @@ def main():
     args = parser.parse_args()
     rows = []
     for dtype in (torch.bfloat16, torch.float32):
+        name = str(dtype).removeprefix("torch.")
         for cin, cout, side in SHAPES:
             conv_s, matmul_s = time_layer(cin, cout, side, dtype, args.batch, args.reps)
-            row = {"dtype": str(dtype).removeprefix("torch."), "shape": [args.batch, cin, side, side], "out_channels": cout,
+            row = {"dtype": name, "shape": [args.batch, cin, side, side], "out_channels": cout,
                    "conv_ms": conv_s * 1e3, "matmul_ms": matmul_s * 1e3, "speedup": conv_s / matmul_s}
             rows.append(row)
             print(f"{row['dtype']:>9} {cin:>5}->{cout:<5} {side:>3}x{side:<3} conv {row['conv_ms']:8.2f} ms  "
                   f"matmul {row['matmul_ms']:8.2f} ms  {row['speedup']:5.2f}x", flush=True)
-        mine = [r for r in rows if r["dtype"] == str(dtype).removeprefix("torch.")]
-        print(f"{str(dtype).removeprefix('torch.'):>9} all shapes: conv {sum(r['conv_ms'] for r in mine):.1f} ms, "
+        mine = [r for r in rows if r["dtype"] == name]
+        print(f"{name:>9} all shapes: conv {sum(r['conv_ms'] for r in mine):.1f} ms, "
               f"matmul {sum(r['matmul_ms'] for r in mine):.1f} ms", flush=True)
     if args.json:
         write_json({"machine": describe_machine(), "batch": args.batch, "rows": rows}, args.json)

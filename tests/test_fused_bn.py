@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.engine.runtime import Runtime, prepare_model, resolve_fused_bn
-from resnetlab.errors import ResnetlabWarning
+from resnetlab.config import load_config
+from resnetlab.engine.runtime import Runtime, make_runtime, prepare_model, resolve_fused_bn
+from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.models import create_model
 from resnetlab.models import fused_bn
 from resnetlab.models.fused_bn import bn_relu, set_fused_bn
@@ -178,10 +179,6 @@ def test_the_runtime_fuses_eager_cpu_training_only():
 
 
 def test_train_fused_bn_switch_turns_the_kernels_off_or_refuses_where_they_cannot_run():
-    from resnetlab.config import load_config
-    from resnetlab.engine.runtime import make_runtime
-    from resnetlab.errors import UserError
-
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert not resolve_fused_bn(cpu, "none", "false") and resolve_fused_bn(cpu, "none", "true")
     cfg = load_config("cifar10_fast", ["train.device=cpu", "train.fused_bn=false"])  # YAML reads false as a bool
