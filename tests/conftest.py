@@ -10,9 +10,13 @@ os.environ["RESNETLAB_COMPILE"] = "0"
 
 @pytest.fixture(scope="session", autouse=True)
 def fused_bn_kernels_built():
-    """Build the fused batch-norm kernels (models/fused_bn.py) once, before any test starts a
-    training subprocess: a first build takes a minute or two on 2 cores, which would otherwise
-    land inside that subprocess's timeout. Later sessions find the build in torch's cache."""
+    """Build resnetlab's kernels (models/fused_bn.py; models/conv_amx.py on CPUs with AMX) once,
+    before any test starts a training subprocess: a first build takes a minute or two on 2 cores,
+    which would otherwise land inside that subprocess's timeout. Later sessions find the builds
+    in torch's cache."""
+    from resnetlab.models import conv_amx
     from resnetlab.models.fused_bn import EXTENSION
 
     EXTENSION.get()
+    if conv_amx.cpu_has_amx():
+        conv_amx.KERNELS.get()

@@ -14,6 +14,7 @@ from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.models import create_model
 from resnetlab.models import fused_bn
 from resnetlab.models.fused_bn import bn_relu, set_fused_bn
+from resnetlab.models.native import NativeKernels
 
 CL = torch.channels_last
 # Worst error allowed, relative to the largest value of the reference: fp32 is the same math
@@ -154,7 +155,7 @@ def test_a_fused_resnet20_step_in_bf16_matches_the_plain_one_within_rounding(lay
 
 
 def test_a_compiler_that_fails_leaves_training_on_the_plain_modules(monkeypatch):
-    broken = fused_bn._Extension()
+    broken = NativeKernels(fused_bn.SOURCE, "resnetlab_fused_bn", fused_bn.EXTENSION.what, fused_bn.EXTENSION.fallback)
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("Error building extension: c++: command not found")

@@ -84,7 +84,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: str = "auto"  # auto | true | false
     compile: str = "auto"  # auto (= false, measured) | true | false | a torch.compile mode
-    fused_bn: str = "auto"  # auto (= true for eager training on a CPU) | true | false: models/fused_bn.py
+    # resnetlab's own CPU training kernels: batch-norm + ReLU (+ residual) fused (models/fused_bn.py) and,
+    # bf16 on AMX, the 3x3 convolutions' weight gradients (models/conv_amx.py). auto = on in eager CPU training.
+    fused_bn: str = "auto"  # auto | true | false
     seed: int = ranged(0, 0, 2**64 - 1)  # torch generators take 64-bit seeds; numpy refuses negative ones
     workers: int = ranged(0, 0)  # decoding worker processes (folder datasets of large images)
     eval_every: int = ranged(0, 0)  # steps between evaluations; 0 = once per epoch

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv_amx import conv3x3_amx
 from .fused_bn import bn_relu
 
 
@@ -85,8 +86,9 @@ def make_shortcut(option: str, cin: int, cout: int, stride: int, preact: bool = 
 
 
 class Block(nn.Module):
-    """What every block shares: the switch to fused batch-norm + ReLU (set by
-    models.fused_bn.set_fused_bn; a class default, so it never appears in a state_dict) and,
+    """What every block shares: the switch to resnetlab's own CPU training kernels, fused batch-norm
+    + ReLU and, on AMX, the 3x3 convolutions' weight gradients (set by models.fused_bn.set_fused_bn;
+    a class default, so it never appears in a state_dict) and,
     for post-activation blocks, the shortcut branch. Each block's residual_end() is the last layer
     of its residual branch: zeroing its weight makes the block start as the identity."""
 
@@ -121,8 +123,9 @@ class BasicBlock(Block):
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = bn_relu(self.bn1, self.conv1(x), self.relu, fused=self.fused_bn)
-        return bn_relu(self.bn2, self.conv2(out), self.relu, self.shortcut(x), fused=self.fused_bn)
+        out = bn_relu(self.bn1, conv3x3_amx(self.conv1, x, self.fused_bn), self.relu, fused=self.fused_bn)
+        return bn_relu(self.bn2, conv3x3_amx(self.conv2, out, self.fused_bn), self.relu, self.shortcut(x),
+                       fused=self.fused_bn)
 
 
 class Bottleneck(Block):
@@ -154,7 +157,7 @@ class Bottleneck(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = bn_relu(self.bn1, pointwise(self.conv1, x), self.relu, fused=self.fused_bn)
-        out = bn_relu(self.bn2, self.conv2(out), self.relu, fused=self.fused_bn)
+        out = bn_relu(self.bn2, conv3x3_amx(self.conv2, out, self.fused_bn), self.relu, fused=self.fused_bn)
         return bn_relu(self.bn3, pointwise(self.conv3, out), self.relu, self.shortcut(x), fused=self.fused_bn)
 
 
@@ -184,7 +187,8 @@ class PreActBasicBlock(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
-        out = self.conv2(bn_relu(self.bn2, self.conv1(pre), self.relu, fused=self.fused_bn))
+        out = bn_relu(self.bn2, conv3x3_amx(self.conv1, pre, self.fused_bn), self.relu, fused=self.fused_bn)
+        out = conv3x3_amx(self.conv2, out, self.fused_bn)
         if not self.residual:
             return out
         # A projection sees the normalised input (as in the authors' code); identity sees x itself.
@@ -214,7 +218,8 @@ class PreActBottleneck(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
-        out = self.conv2(bn_relu(self.bn2, pointwise(self.conv1, pre), self.relu, fused=self.fused_bn))
+        out = bn_relu(self.bn2, pointwise(self.conv1, pre), self.relu, fused=self.fused_bn)
+        out = conv3x3_amx(self.conv2, out, self.fused_bn)
         out = pointwise(self.conv3, bn_relu(self.bn3, out, self.relu, fused=self.fused_bn))
         if not self.residual:
             return out

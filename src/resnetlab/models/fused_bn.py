@@ -31,65 +31,19 @@ modules are used.
 """
 from __future__ import annotations
 
-import hashlib
-import sys
-import threading
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from resnetlab.errors import ResnetlabWarning
+from .native import NativeKernels
 
 SOURCE = Path(__file__).with_name("fused_bn.cpp")
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
 
-class _Extension:
-    """The compiled kernels, built once per process (torch caches the build on disk, keyed by the
-    source). `broken` holds why building failed, if it did."""
-
-    def __init__(self):
-        self.module = None
-        self.broken: str | None = None
-        self.lock = threading.Lock()
-
-    def get(self):
-        if self.module is None and self.broken is None:
-            with self.lock:
-                if self.module is None and self.broken is None:
-                    self.module = self._build()
-        return self.module
-
-    def _build(self):
-        from torch.utils import cpp_extension
-
-        from resnetlab.cpu import cpu_flags
-
-        # -march=native: the build is for this CPU, so its name carries the CPU's flags and a
-        # shared cache directory never hands one CPU's build to another.
-        key = hashlib.sha256((SOURCE.read_text() + " ".join(sorted(cpu_flags()))).encode()).hexdigest()[:12]
-        name = f"resnetlab_fused_bn_{key}"
-        try:
-            built = (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists()
-        except Exception:  # noqa: BLE001  (a private helper of torch: only decides whether to say so)
-            built = True
-        if not built:
-            print("resnetlab: building the fused batch-norm kernels for this CPU (once per machine; a minute or two)",
-                  file=sys.stderr, flush=True)
-        try:
-            return cpp_extension.load(name, [str(SOURCE)], verbose=False,
-                                      extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
-        except Exception as e:  # noqa: BLE001  (no compiler, no ninja, a failed build): plain modules work
-            self.broken = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-            warnings.warn(f"the fused batch-norm kernels could not be built ({self.broken[:300]}); training uses "
-                          "PyTorch's plain batch-norm and ReLU, which is slower on the CPU", ResnetlabWarning,
-                          stacklevel=4)
-            return None
-
-
-EXTENSION = _Extension()
+EXTENSION = NativeKernels(SOURCE, "resnetlab_fused_bn", "fused batch-norm kernels",
+                           "training uses PyTorch's plain batch-norm and ReLU, which is slower on the CPU")
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:

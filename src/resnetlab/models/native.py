@@ -1,0 +1,57 @@
+"""resnetlab's own C++ kernels, built for this CPU on first use (torch.utils.cpp_extension).
+
+Each source file is one extension module, compiled with -march=native: the build's name carries
+a hash of the source and of the CPU's flags, so a shared cache directory never hands one CPU's
+build to another. Where a build fails (no C++ compiler, no ninja), one warning says so and the
+callers use PyTorch's own operators instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+from resnetlab.errors import ResnetlabWarning
+
+
+class NativeKernels:
+    """One source file's compiled kernels, built once per process (torch caches the build on disk,
+    keyed by the name). `broken` holds why building failed, if it did; `get()` is then None."""
+
+    def __init__(self, source: Path, prefix: str, what: str, fallback: str):
+        self.source, self.prefix, self.what, self.fallback = source, prefix, what, fallback
+        self.module = None
+        self.broken: str | None = None
+        self.lock = threading.Lock()
+
+    def get(self):
+        if self.module is None and self.broken is None:
+            with self.lock:
+                if self.module is None and self.broken is None:
+                    self.module = self._build()
+        return self.module
+
+    def _build(self):
+        from torch.utils import cpp_extension
+
+        from resnetlab.cpu import cpu_flags
+
+        key = hashlib.sha256((self.source.read_text() + " ".join(sorted(cpu_flags()))).encode()).hexdigest()[:12]
+        name = f"{self.prefix}_{key}"
+        try:
+            built = (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists()
+        except Exception:  # noqa: BLE001  (a private helper of torch: only decides whether to say so)
+            built = True
+        if not built:
+            print(f"resnetlab: building the {self.what} for this CPU (once per machine; a minute or two)",
+                  file=sys.stderr, flush=True)
+        try:
+            return cpp_extension.load(name, [str(self.source)], verbose=False,
+                                      extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        except Exception as e:  # noqa: BLE001  (no compiler, no ninja, a failed build): PyTorch's operators work
+            self.broken = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            warnings.warn(f"the {self.what} could not be built ({self.broken[:300]}); {self.fallback}",
+                          ResnetlabWarning, stacklevel=4)
+            return None

@@ -1,0 +1,181 @@
+"""3x3 convolutions whose weight gradient runs on AMX tiles (models/conv_amx.py, conv_amx.cpp).
+
+The kernel itself is checked against an fp64 reference on CPUs with AMX. The wiring (which
+convolutions take the path, the autograd function, the switch) is checked everywhere, with a
+stand-in kernel that computes the weight gradient as oneDNN does.
+"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab.engine.runtime import Runtime, prepare_model
+from resnetlab.models import conv_amx, create_model
+from resnetlab.models.blocks import BasicBlock, PreActBasicBlock
+from resnetlab.models.conv_amx import applies, conv3x3_amx
+
+CL = torch.channels_last
+AMX = conv_amx.cpu_has_amx()
+needs_amx = pytest.mark.skipif(not AMX, reason="the kernel runs only on CPUs with amx_bf16")
+
+
+def _weight_grad_reference(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                               [False, True, False])[1]
+
+
+class StandIn:
+    """The kernel's contract (bf16 channels_last x and dy in, fp32 (K, C, 3, 3) out) computed by
+    oneDNN, counting its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def conv3x3_weight_grad(self, x, dy):
+        assert x.dtype == dy.dtype == torch.bfloat16
+        assert x.is_contiguous(memory_format=CL) and dy.is_contiguous(memory_format=CL)
+        self.calls += 1
+        weight = torch.empty(dy.shape[1], x.shape[1], 3, 3, dtype=x.dtype).contiguous(memory_format=CL)
+        return _weight_grad_reference(x, dy, weight).float()
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    kernels = StandIn()
+    monkeypatch.setattr(conv_amx, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(conv_amx.KERNELS, "get", lambda: kernels)
+    return kernels
+
+
+def _conv(cin=32, cout=32, **kwargs) -> nn.Conv2d:
+    torch.manual_seed(0)
+    return nn.Conv2d(cin, cout, 3, padding=kwargs.pop("padding", 1), bias=kwargs.pop("bias", False),
+                     **kwargs).to(memory_format=CL).train()
+
+
+def _input(c=32, n=4, hw=6) -> torch.Tensor:
+    return torch.randn(n, c, hw, hw).bfloat16().contiguous(memory_format=CL)
+
+
+@needs_amx
+@pytest.mark.parametrize("n,c,k,h,w", [
+    (37, 16, 48, 5, 7),    # images not a multiple of 32; 3 output-channel tiles (2x2 and 1x3 microkernels, leftovers)
+    (64, 32, 16, 8, 8),    # one output-channel tile
+    (6, 128, 128, 6, 6),   # wide: the threads split the output channels
+    (33, 64, 32, 1, 1),    # a single pixel: every tap but the centre reads padding
+])
+def test_the_kernel_equals_an_fp64_reference(n, c, k, h, w):
+    torch.manual_seed(0)
+    x = torch.randn(n, c, h, w).bfloat16().contiguous(memory_format=CL)
+    dy = torch.randn(n, k, h, w).bfloat16().contiguous(memory_format=CL)
+    weight = torch.zeros(k, c, 3, 3, dtype=torch.float64)
+    reference = _weight_grad_reference(x.double(), dy.double(), weight)
+    got = conv_amx.KERNELS.get().conv3x3_weight_grad(x, dy)
+    assert got.dtype == torch.float32 and got.shape == (k, c, 3, 3)
+    # the products of bf16 numbers are exact in fp32; only the fp32 sums round
+    torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=1e-4 * reference.abs().max().item())
+
+
+@needs_amx
+def test_a_block_trains_to_the_same_gradients_with_the_kernel():
+    block = BasicBlock(32, 32).to(memory_format=CL).train()
+    block.fused_bn = True
+    plain = copy.deepcopy(block)
+    plain.fused_bn = False
+    x = torch.randn(40, 32, 8, 8).contiguous(memory_format=CL)
+    grads = []
+    for b in (block, plain):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = b(x.bfloat16().contiguous(memory_format=CL))
+        out.float().square().mean().backward()
+        grads.append({name: p.grad for name, p in b.named_parameters()})
+    for name in ("conv1.weight", "conv2.weight"):  # each is one bf16 rounding of the same sum
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=2e-2, atol=1e-2 * grads[1][name].abs().max().item())
+
+
+def test_the_path_gives_the_convolutions_outputs_and_gradients(stand_in):
+    conv = _conv()
+    x = _input().requires_grad_()
+    dy = torch.randn(4, 32, 6, 6)
+    results = []
+    for own in (True, False):
+        x.grad = conv.weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv3x3_amx(conv, x, own)
+        y.float().backward(dy)
+        results.append((y, x.grad, conv.weight.grad))
+    assert stand_in.calls == 1  # the first pass only
+    assert results[0][0].dtype == torch.bfloat16 and results[0][0].is_contiguous(memory_format=CL)
+    assert results[0][2].dtype == torch.float32  # the parameter's own dtype, as through autocast's cast
+    for name, a, b in zip(("output", "dx", "dweight"), *results):
+        assert torch.equal(a, b), name  # the stand-in computes what oneDNN does
+
+
+@pytest.mark.parametrize("change", ["stride 2", "5x5", "no padding", "bias", "dilation", "groups", "8 channels",
+                                    "fp32", "NCHW", "eval", "no grad", "frozen", "switched off", "cuda"])
+def test_the_path_applies_only_where_the_kernel_does(stand_in, change):
+    kwargs = {"stride 2": {"stride": 2}, "5x5": {"kernel_size": 5, "padding": 2}, "no padding": {"padding": 0},
+              "bias": {"bias": True}, "dilation": {"dilation": 2, "padding": 2}, "groups": {"groups": 2}}.get(change, {})
+    if "kernel_size" in kwargs:
+        conv = nn.Conv2d(32, 32, kwargs["kernel_size"], padding=2, bias=False).to(memory_format=CL).train()
+    else:
+        conv = _conv(**kwargs)
+    x = _input()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert applies(_conv(), x)  # the unchanged case does apply
+    if change == "8 channels":
+        conv, x = _conv(8, 8), _input(8)
+    elif change == "fp32":
+        x = x.float()
+    elif change == "NCHW":
+        x = x.contiguous()
+    elif change == "eval":
+        conv.eval()
+    elif change == "frozen":
+        conv.weight.requires_grad_(False)
+    elif change == "cuda":
+        x = x.to("meta")  # any other device
+    with torch.set_grad_enabled(change != "no grad"), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert applies(conv, x) == (change == "switched off")  # the switch is conv3x3_amx's argument
+        if change not in ("cuda", "no grad"):
+            conv3x3_amx(conv, x.requires_grad_(), change != "switched off").float().sum().backward()
+    assert stand_in.calls == 0
+
+
+def test_bf16_inputs_without_autocast_need_bf16_weights(stand_in):
+    conv, x = _conv(), _input()
+    assert not applies(conv, x)  # fp32 weights, no autocast: the module would refuse the mix, and so does the path
+    assert applies(conv.bfloat16(), x)
+
+
+def test_without_amx_the_kernel_is_never_built(monkeypatch):
+    monkeypatch.setattr(conv_amx, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(conv_amx.KERNELS, "get", lambda: pytest.fail("built on a CPU without AMX"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not applies(_conv(), _input())
+
+
+@pytest.mark.parametrize("name,expected", [("resnet20", 16), ("preact_resnet18", 13), ("resnet50", 13),
+                                           ("preact_resnet50", 13)])
+def test_a_training_step_sends_every_stride_1_3x3_convolution_through_it(stand_in, name, expected):
+    """ResNet-20: 3 stages x 3 blocks x 2 convolutions, less the two stride-2 ones: 16. ResNet-18:
+    8 blocks x 2, less 3 stride-2 ones: 13. ResNet-50: one 3x3 in each of 16 blocks, less 3: 13."""
+    rt = Runtime(torch.device("cpu"), "bf16", True, fused_bn=True)
+    model = prepare_model(create_model(name, num_classes=10).train(), rt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(torch.randn(4, 3, 32, 32).contiguous(memory_format=CL)).float().sum()
+    loss.backward()
+    assert stand_in.calls == expected
+    stand_in.calls = 0
+    prepare_model(model, Runtime(torch.device("cpu"), "bf16", True, fused_bn=False))  # the switch turns it off
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(4, 3, 32, 32).contiguous(memory_format=CL)).float().sum().backward()
+    assert stand_in.calls == 0
+
+
+def test_a_traced_network_shows_its_convolution_modules(stand_in):
+    block = PreActBasicBlock(32, 32).train()
+    block.fused_bn = True
+    graph = torch.fx.symbolic_trace(block).graph
+    assert {node.target for node in graph.nodes if node.op == "call_module"} >= {"conv1", "conv2"}
