@@ -3,7 +3,7 @@
 In a bf16 channels_last ResNet step on the 2-core AMX Xeon, oneDNN's weight gradients were the
 largest single cost: 1.2-3.6x the time of the same layer's forward pass, at 80-230 GMAC/s
 (issue 18). conv_amx.cpp computes them by reducing over 32 images at a time, pixel by pixel, from
-two small buffers per band of rows, so no im2col is built; per ResNet layer it ran 1.0-3.7x faster
+two small buffers per band of rows, so no im2col is built; per ResNet layer it ran 1.03-2.79x faster
 than oneDNN (benchmarks/conv_amx_layers.py). The forward pass and the input gradient stay oneDNN's.
 
 It is a module choice like the fused batch-norm, and the same switch (train.fused_bn, the blocks'
