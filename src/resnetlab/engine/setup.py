@@ -17,7 +17,7 @@ from resnetlab.config import Config, save_config
 from resnetlab.errors import UserError
 from resnetlab.files import storage_errors, write_text_atomic
 from resnetlab.models import create_model
-from resnetlab.models.conv_amx import cpu_has_amx
+from resnetlab.models import conv_amx
 
 from .checkpoint import load_checkpoint
 from .distributed import DistInfo, per_rank_batch
@@ -186,7 +186,7 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
                  + (", fused batch-norm" if rt.fused_bn else "")
                  + (", AMX weight gradients" if rt.fused_bn and rt.precision == "bf16" and rt.channels_last
-                    and cpu_has_amx() else "")
+                    and conv_amx.available() else "")
                  + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})")
                  + (f", resuming at step {state.step}" if start_from is not None else "")
                  + (", no checkpoint was complete yet: starting at step 0" if resume and start_from is None else ""))

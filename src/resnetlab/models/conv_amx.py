@@ -38,6 +38,11 @@ def cpu_has_amx() -> bool:
     return {"amx_bf16", "amx_tile"} <= cpu_flags()
 
 
+def available() -> bool:
+    """Whether the kernel runs here: a CPU with AMX, and the kernel built (on first call)."""
+    return cpu_has_amx() and KERNELS.get() is not None
+
+
 def _bf16_weights(conv: nn.Conv2d) -> bool:
     """Whether conv would run in bf16: its weights are bf16, or CPU autocast casts them to it."""
     return conv.weight.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
@@ -52,7 +57,7 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
             and conv.dilation == UNIT and conv.groups == 1 and conv.bias is None and conv.padding_mode == "zeros"
             and conv.in_channels % 16 == 0 and conv.out_channels % 16 == 0
             and x.is_contiguous(memory_format=torch.channels_last) and _bf16_weights(conv)
-            and cpu_has_amx() and KERNELS.get() is not None)
+            and available())
 
 
 def conv3x3_amx(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool) -> torch.Tensor:
