@@ -45,12 +45,13 @@ def conv1x1_as_matmul(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1)).permute(0, 3, 1, 2)
 
 
-def subsample_pad(x: torch.Tensor, stride: int, cout: int) -> torch.Tensor:
-    """Every stride-th pixel of x, its channels zero-padded at the end up to cout."""
+def subsample_pad(x: torch.Tensor, stride: int, cin: int, cout: int) -> torch.Tensor:
+    """Every stride-th pixel of x (cin channels), its channels zero-padded at the end up to cout.
+    The channel counts are plain ints, so an FX trace (x a Proxy) records the same ops."""
     if stride > 1:
         x = x[:, :, ::stride, ::stride]
-    if cout > x.shape[1]:  # pad channels at the end: (W-left, W-right, H-top, H-bottom, C-front, C-back)
-        x = F.pad(x, (0, 0, 0, 0, 0, cout - x.shape[1]))
+    if cout > cin:  # pad channels at the end: (W-left, W-right, H-top, H-bottom, C-front, C-back)
+        x = F.pad(x, (0, 0, 0, 0, 0, cout - cin))
     return x
 
 
@@ -64,7 +65,7 @@ class _SubsamplePad(torch.autograd.Function):
     def forward(ctx, x, stride: int, cout: int):
         ctx.layout = (x.shape, x.stride(), x.dtype, x.device)
         ctx.stride = stride
-        return subsample_pad(x, stride, cout)
+        return subsample_pad(x, stride, x.shape[1], cout)
 
     @staticmethod
     @once_differentiable
@@ -86,9 +87,11 @@ class ZeroPadShortcut(nn.Module):
         self.cin, self.cout, self.stride = cin, cout, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
+        if (self.training and isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()
+                and not torch.jit.is_tracing()):
             return _SubsamplePad.apply(x, self.stride, self.cout)
-        return subsample_pad(x, self.stride, self.cout)  # the same ops, as an FX trace or inference sees them
+        # the same ops, as inference, an FX trace (x a Proxy) or a TorchScript trace sees them
+        return subsample_pad(x, self.stride, self.cin, self.cout)
 
     def extra_repr(self) -> str:
         return f"{self.cin}->{self.cout}, stride={self.stride}"
