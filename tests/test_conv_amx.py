@@ -64,6 +64,7 @@ def _input(c=32, n=4, hw=6) -> torch.Tensor:
     (64, 32, 16, 8, 8),    # one output-channel tile
     (6, 128, 128, 6, 6),   # wide: the threads split the output channels
     (33, 64, 32, 1, 1),    # a single pixel: every tap but the centre reads padding
+    (4, 64, 32, 57, 9),    # several bands of rows, the last one shorter
 ])
 def test_the_kernel_equals_an_fp64_reference(n, c, k, h, w):
     torch.manual_seed(0)

@@ -155,7 +155,8 @@ def test_a_fused_resnet20_step_in_bf16_matches_the_plain_one_within_rounding(lay
 
 
 def test_a_compiler_that_fails_leaves_training_on_the_plain_modules(monkeypatch):
-    broken = NativeKernels(fused_bn.SOURCE, "resnetlab_fused_bn", fused_bn.EXTENSION.what, fused_bn.EXTENSION.fallback)
+    kernels = fused_bn.EXTENSION
+    broken = NativeKernels(kernels.source, kernels.prefix, kernels.what, kernels.fallback)  # a fresh, unbuilt twin
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("Error building extension: c++: command not found")

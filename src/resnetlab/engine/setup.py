@@ -16,8 +16,7 @@ from torch import nn
 from resnetlab.config import Config, save_config
 from resnetlab.errors import UserError
 from resnetlab.files import storage_errors, write_text_atomic
-from resnetlab.models import create_model
-from resnetlab.models import conv_amx
+from resnetlab.models import conv_amx, create_model
 
 from .checkpoint import load_checkpoint
 from .distributed import DistInfo, per_rank_batch

@@ -199,7 +199,14 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& g
     const int kts = kt1 - kt0, steps_max = band * int(p.w);
     char* a = static_cast<char*>(std::aligned_alloc(64, std::max<int64_t>(1, int64_t(steps_max) * kts) * kTile));
     char* b = static_cast<char*>(std::aligned_alloc(64, (band + 2) * (p.w + 2) * CT * kTile));
+    // B tile of column col (tap * CT + ct) at reduction step s (pixel s of the band): the same
+    // offsets into this thread's buffer for every item, so the table is made once
     std::vector<const char*> bptr(int64_t(cols) * steps_max);
+    for (int col = 0; col < cols; ++col) {
+      const int i = col / CT / 3, j = col / CT % 3, ct = col % CT;
+      for (int s = 0; s < steps_max; ++s)
+        bptr[int64_t(col) * steps_max + s] = b + (((s / p.w + i) * (p.w + 2) + s % p.w + j) * CT + ct) * kTile;
+    }
     configure_tiles();
     const int64_t items = blocks * bands;
     // split_k: every thread walks every item for its own output channels; else items are shared out
@@ -209,11 +216,6 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& g
       const int rows = static_cast<int>(std::min<int64_t>(band, p.h - h0)), steps = rows * int(p.w);
       fill_a(a, p, n0, h0, rows, kt0, kt1);
       fill_b(b, p, n0, h0, rows);
-      for (int col = 0; col < cols; ++col) {  // col = tap * CT + ct; tap (i, j) is an offset into B
-        const int i = col / CT / 3, j = col / CT % 3, ct = col % CT;
-        for (int s = 0; s < steps; ++s)
-          bptr[int64_t(col) * steps_max + s] = b + (((s / p.w + i) * (p.w + 2) + s % p.w + j) * CT + ct) * kTile;
-      }
       const int64_t a_step = int64_t(kts) * kTile;
       auto c = [&](int kt, int col) { return my + ((int64_t(col / CT) * KT + kt) * CT + col % CT) * 256; };
       auto bp = [&](int col) { return bptr.data() + int64_t(col) * steps_max; };
