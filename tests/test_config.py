@@ -139,6 +139,12 @@ def test_scientific_notation_is_a_float_in_recipes_and_overrides(tmp_path):
     ("schedule.milestones=[10, -5]", "schedule.milestones=[10, -5]: expected a list of numbers >= 0 (in steps), got -5"),
     ("schedule.milestones_unit=epoch", "schedule.milestones_unit='epoch': expected steps or epochs"),
     ("data.scale_min=600", "data.scale_min=600 > data.scale_max=480"),
+    ("data.progressive_scales=[0.5, 0]", "data.progressive_scales=[0.5, 0]: expected a list of fractions of "
+                                         "data.image_size in (0, 1], one per epoch from the first; got 0"),
+    ("data.progressive_scales=[0.5, 1.5]", "got 1.5"),
+    ("data.progressive_scales=[true]", "got True"),
+    ("data.progressive_scales=[16]", "got 16"),
+    ("train.test_protocol=mirror", "train.test_protocol='mirror': expected one of center, flip, 10crop, multiscale"),
     ("optim.momentum=0", "optim.nesterov=true needs optim.momentum > 0"),  # cifar10_fast uses nesterov
 ])
 def test_out_of_range_values_name_the_key_the_value_and_the_range(override, expected):

@@ -1,4 +1,6 @@
 """Loaders: determinism, resume in mid-epoch, sharding across ranks, worker count, views."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,8 @@ from PIL import Image
 
 from resnetlab.config import DataConfig
 from resnetlab.data import FileDataset, LoaderSpec, build_data, describe, make_eval_loader, make_train_loader, synthetic
+from resnetlab.data.augment import resize_batch
+from resnetlab.data.loaders import epoch_image_size
 from resnetlab.data.sampling import eval_batches, stratified_subset, train_batches
 from resnetlab.errors import UserError
 
@@ -67,7 +71,7 @@ def test_eval_shards_cover_every_sample_once():
 
 
 def test_eval_views_and_counts(data):
-    for protocol, count in (("center", 1), ("10crop", 10), ("multiscale", 5)):
+    for protocol, count in (("center", 1), ("flip", 2), ("10crop", 10), ("multiscale", 5)):
         loader = make_eval_loader(data, CFG, LoaderSpec(128), protocol=protocol)
         seen = 0
         for views, y in loader:
@@ -76,6 +80,8 @@ def test_eval_views_and_counts(data):
         assert seen == 300
     views, _ = next(iter(make_eval_loader(data, CFG, LoaderSpec(8))))
     assert torch.equal(views[0], data.images[:8])  # centre view of CIFAR-sized data = the image
+    views, _ = next(iter(make_eval_loader(data, CFG, LoaderSpec(8), protocol="flip")))
+    assert torch.equal(views[0], data.images[:8]) and torch.equal(views[1], data.images[:8].flip(3))
 
 
 def test_bad_arguments_are_user_errors(data):
@@ -115,11 +121,14 @@ def test_file_batches_same_with_and_without_workers(large_files, augment):
 
 def test_file_eval_views(large_files):
     cfg = DataConfig(dataset="folder", augment="imagenet", image_size=64, eval_resize=73)
-    shapes = {"center": [(5, 3, 64, 64)], "10crop": [(5, 3, 64, 64)] * 10,
+    shapes = {"center": [(5, 3, 64, 64)], "flip": [(5, 3, 64, 64)] * 2, "10crop": [(5, 3, 64, 64)] * 10,
               "multiscale": [(5, 3, s, s) for s in (64, 73, 110, 137, 183)]}
     for protocol, expected in shapes.items():
         views, y = next(iter(make_eval_loader(large_files, cfg, LoaderSpec(5), protocol=protocol)))
         assert [tuple(v.shape) for v in views] == expected and y.tolist() == [0, 1, 2, 0, 1]
+        if protocol == "flip":
+            center, _ = next(iter(make_eval_loader(large_files, cfg, LoaderSpec(5))))
+            assert torch.equal(views[0], center[0]) and torch.equal(views[1], center[0].flip(3))
 
 
 def test_build_data_val_split_is_deterministic_and_disjoint():
@@ -163,6 +172,31 @@ def test_in_memory_images_are_resized_per_batch_to_image_size(data):
     for protocol, sides in (("center", [48]), ("10crop", [48] * 10), ("multiscale", [48, 55, 82, 103, 137])):
         views, _ = next(iter(make_eval_loader(data, cfg, LoaderSpec(4), protocol=protocol)))
         assert [v.shape[-1] for v in views] == sides
+
+
+@pytest.mark.parametrize("augment", ["cifar", "none", "imagenet", "rrc"])
+def test_progressive_scales_shrink_only_the_listed_epochs(data, large_files, augment):
+    # An epoch at a smaller side is the same augmented batch resized (cifar/none: the crops are drawn at
+    # the stored size), or the same windows cut straight to that side (imagenet/rrc): the random draws
+    # do not depend on the side, so a resumed run sees the batches it would have seen.
+    extra = dict(image_size=64, scale_min=72, scale_max=100) if augment in ("imagenet", "rrc") else {}
+    dataset = large_files if extra else data
+    full = DataConfig(dataset="folder" if extra else "synthetic", augment=augment, val_size=0, **extra)
+    progressive = replace(full, progressive_scales=[0.5, 0.7])  # 0.7 of 32 rounds to 22, of 64 to 45
+    sides = [full.image_size // 2, round(0.7 * full.image_size), full.image_size]
+    assert [epoch_image_size(progressive, e) for e in range(4)] == sides + [full.image_size]
+    for epoch, expected in enumerate(sides):
+        small = _collect(make_train_loader(dataset, progressive, LoaderSpec(4), seed=1, epoch=epoch))
+        large = _collect(make_train_loader(dataset, full, LoaderSpec(4), seed=1, epoch=epoch))
+        assert small[0][0].shape[-2:] == (expected, expected)
+        assert all(torch.equal(p[1], q[1]) for p, q in zip(small, large))  # same images, same order
+        if augment in ("cifar", "none"):
+            assert all(torch.equal(p[0], resize_batch(q[0], expected)) for p, q in zip(small, large))
+    resumed = _collect(make_train_loader(dataset, progressive, LoaderSpec(4), seed=1, epoch=1, start_batch=1))
+    assert torch.equal(resumed[0][0], _collect(make_train_loader(dataset, progressive, LoaderSpec(4), seed=1, epoch=1))[1][0])
+    for protocol in ("center", "flip"):  # evaluation always sees image_size
+        views, _ = next(iter(make_eval_loader(dataset, progressive, LoaderSpec(4), protocol=protocol)))
+        assert all(v.shape[-1] == full.image_size for v in views)
 
 
 @pytest.mark.parametrize("augment", ["imagenet", "rrc"])

@@ -6,7 +6,7 @@ import torch
 
 from resnetlab.config import Config, apply_overrides, config_from_dict
 from resnetlab.engine import TrainingDiverged, load_checkpoint, model_from_checkpoint, train_and_evaluate
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 
 TINY = [("model.name", "resnet8"), ("data.dataset", "synthetic"), ("data.synthetic_size", 160),
         ("data.synthetic_classes", 4), ("data.val_size", 32), ("data.augment", "none"), ("data.image_size", 16),
@@ -53,6 +53,27 @@ def test_resume_is_bit_identical(tmp_path, precision):
     opt_a = load_checkpoint(tmp_path / "one_go" / "checkpoints" / "last.pt").training.optimizer["state"]
     opt_b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt").training.optimizer["state"]
     assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"]) for i in opt_a)
+
+
+def test_progressive_scales_resume_bit_identical_across_a_size_change(tmp_path):
+    # 8 steps per epoch at 8 px, then 12, then the full 16; the split run stops mid-way through the
+    # 12 px epoch, so the resumed session must pick the side from the epoch, not from its own start.
+    cfg = tiny_config(("data.progressive_scales", [0.5, 0.75]), ("schedule.max_steps", 20), ("train.eval_every", 8),
+                      ("train.test_protocol", "flip"))
+    summary = train_and_evaluate(cfg, tmp_path / "one_go")
+    with pytest.warns(ResnetlabWarning, match="scales lists 2 epochs and the run has 2: it never trains at data.image_size=16"):
+        train_and_evaluate(apply_overrides(cfg, [("schedule.max_steps", 10)]), tmp_path / "split")
+    train_and_evaluate(cfg, tmp_path / "split", resume=True)
+    a, b = weights(tmp_path / "one_go" / "checkpoints" / "last.pt"), weights(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train_and_evaluate(apply_overrides(cfg, [("data.progressive_scales", [])]), tmp_path / "full_size")
+    c = weights(tmp_path / "full_size" / "checkpoints" / "last.pt")
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the smaller epochs did train at their side
+    assert summary.test["last"]["protocol"] == "flip" and summary.test["last"]["n"] == 160
+    records = [json.loads(line) for line in (tmp_path / "one_go" / "metrics.jsonl").read_text().splitlines()]
+    validated = [(r["step"], r.get("val_top1_err") is not None) for r in records]
+    assert validated == [(8, False), (16, False), (20, True)]  # only after a full-size epoch
+    assert load_checkpoint(tmp_path / "one_go" / "checkpoints" / "best.pt").training.step == 20
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

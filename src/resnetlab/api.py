@@ -63,7 +63,7 @@ class Classifier:
         """A path or a PIL image -> one Prediction; a list (or a folder) -> a list of them, in order.
 
         topk: how many classes `top` holds (at most the number of classes). protocol: center (one
-        centre crop) | 10crop | multiscale, as in `resnetlab eval`. An unreadable file raises a
+        centre crop) | flip (it and its mirror) | 10crop | multiscale, as in `resnetlab eval`. An unreadable file raises a
         UserError naming it, or with skip_bad=True gives None in its place.
         """
         from resnetlab.inference.predictor import collect_images

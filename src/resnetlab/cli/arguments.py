@@ -1,6 +1,6 @@
 """Arguments several commands share, and their vocabulary: each list of choices is the one its
 library module validates against, imported from there, so the CLI cannot offer what the library refuses."""
-from resnetlab.data.batches import PROTOCOLS
+from resnetlab.config import PROTOCOLS
 from resnetlab.engine.runtime import COMPILE_MODES, DEVICE_FORMS, INFERENCE_PRECISIONS, PRECISIONS, SWITCH
 
 AUTO_PRECISIONS = ["auto", *PRECISIONS]

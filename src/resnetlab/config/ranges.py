@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from resnetlab.errors import UserError
 
 BALANCE = ("none", "sampler", "loss")  # data.balance
+PROTOCOLS = ("center", "flip", "10crop", "multiscale")  # testing protocols (train.test_protocol); views: data/batches.py
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ def check_section(section: str, values) -> None:
             raise UserError(f"config key {section}.{f.name}={value!r} is out of range: expected {kind} {allowed}")
     if section == "data":
         _check_data(values)
+    if section == "train":
+        if values.test_protocol not in PROTOCOLS:
+            raise UserError(f"config key train.test_protocol={values.test_protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     if section == "optim" and values.nesterov and values.momentum == 0:
         raise UserError("config key optim.nesterov=true needs optim.momentum > 0")
     if section == "schedule":
@@ -68,6 +72,10 @@ def _check_data(values) -> None:
     if isinstance(values.val_size, float) and not 0 < values.val_size < 1:
         raise UserError(f"config key data.val_size={values.val_size!r}: a fraction must be in (0, 1) (0.2 holds out "
                         "a fifth of every class); a count is a whole number")
+    bad = [f for f in values.progressive_scales if isinstance(f, bool) or not isinstance(f, (int, float)) or f not in Range(0, 1, True)]
+    if bad:
+        raise UserError(f"config key data.progressive_scales={values.progressive_scales!r}: expected a list of fractions "
+                        f"of data.image_size in (0, 1], one per epoch from the first; got {bad[0]!r}")
     for key, allowed in (("balance", BALANCE), ("val_folder", ("val", "test"))):
         if getattr(values, key) not in allowed:
             raise UserError(f"config key data.{key}={getattr(values, key)!r}: expected one of {', '.join(allowed)}")

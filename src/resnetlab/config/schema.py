@@ -37,6 +37,11 @@ class DataConfig:
     augment: str = "cifar"  # cifar (pad 4 + crop + flip) | imagenet (scale aug) | rrc | none
     normalize: str = "pixel"  # pixel (per-pixel mean, the paper) | channel (mean/std)
     image_size: int = ranged(32, 1)  # training crop size: 32 for CIFAR, 224 for ImageNet
+    # Progressive resizing (as fastai's): the training crop side of epochs 1, 2, ... while the list lasts,
+    # as a fraction of image_size (rounded: 0.5 of 32 is 16), then image_size itself. Fractions, so a recipe
+    # fits any image size. An epoch at fraction f costs about f^2 of a full one; evaluation always sees
+    # image_size, and the last epochs, at full size, settle the batch-norm statistics.
+    progressive_scales: list = field(default_factory=list)
     eval_resize: int = ranged(256, 1)  # shorter side before the centre crop (ImageNet-style eval)
     interpolation: str = "bilinear"  # resize filter when decoding files: bilinear | bicubic (published weights')
     scale_min: int = ranged(256, 1)  # scale augmentation: shorter side drawn from [scale_min, scale_max]
@@ -90,6 +95,9 @@ class TrainConfig:
     seed: int = ranged(0, 0, 2**64 - 1)  # torch generators take 64-bit seeds; numpy refuses negative ones
     workers: int = ranged(0, 0)  # decoding worker processes (folder datasets of large images)
     eval_every: int = ranged(0, 0)  # steps between evaluations; 0 = once per epoch
+    # Views of the final test evaluation: center | flip (the centre and its mirror, twice the cost) |
+    # 10crop | multiscale (engine/evaluate.py). Validation, run often to pick the best checkpoint, stays center.
+    test_protocol: str = "center"
     # Time-to-accuracy runs: stop at the first evaluation whose validation top-1 (%) reaches this.
     stop_at_val_top1: float | None = ranged(None, 0.0, 100.0, open_low=True)
     log_every: int = ranged(50, 1)

@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # the datasets make their batch sources from here
 
 CIFAR_PAD = 4  # He et al. Sec. 4.2: 4 pixels padded on each side, a 32x32 crop sampled
 RRC_TRIES = 10
-PROTOCOLS = ("center", "10crop", "multiscale")
 
 
 def array_train_batch(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, device, gen) -> tuple:
@@ -64,8 +63,9 @@ def train_boxes(cfg: DataConfig, w: int, h: int, u: np.ndarray) -> np.ndarray:
 
 
 def array_eval_views(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, device, protocol: str) -> tuple:
-    """Evaluation views of data[idx]: the image; or 10 crops of the training-padded image (corners,
-    centre, flips); or the multi-scale sides; all resized by data.image_size / stored size."""
+    """Evaluation views of data[idx]: the image (flip: and its mirror); or 10 crops of the
+    training-padded image (corners, centre, flips); or the multi-scale sides; all resized by
+    data.image_size / stored size."""
     images, labels = data.placed(device)
     x = images[idx.to(images.device)]
     native = x.shape[-1]
@@ -75,6 +75,8 @@ def array_eval_views(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, dev
         views = [resize_batch(x, side) for side in multiscale_sides(cfg.image_size)]
     else:
         views = [resize_batch(x, cfg.image_size)]
+    if protocol == "flip":
+        views.append(views[0].flip(3))
     return views, labels[idx.to(labels.device)]
 
 
@@ -164,7 +166,7 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
         stacked = [_stack([v[n] for v in views]) for n in range(len(views[0]))]
         if self.protocol is None:
             return self._batch_augment(stacked[0], gen), y, bad
-        return stacked, y, bad
+        return stacked + [stacked[0].flip(3)] * (self.protocol == "flip"), y, bad
 
     def _train_plan(self, u: np.ndarray):
         size = self.cfg.image_size
@@ -177,7 +179,7 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
         # Match the training geometry: scale-augmented training sees crops of larger images, so
         # evaluation resizes to eval_resize first; cifar/none training resized to image_size.
         side = self.cfg.eval_resize if self.cfg.augment in ("imagenet", "rrc") else size
-        if self.protocol == "center":
+        if self.protocol in ("center", "flip"):  # flip: the centre view, mirrored after stacking
             return lambda w, h: [(center_box(w, h, side, size), (size, size))]
         if self.protocol == "10crop":
             return lambda w, h: [((0, 0, w, h), resized_shape(w, h, side))]

@@ -1,7 +1,7 @@
 """Training and evaluation loaders: deterministic, resumable, sharded across ranks.
 
 make_train_loader(dataset, cfg, LoaderSpec(...), seed=, epoch=) yields (x, y): x uint8
-(B, 3, S, S) augmented, y int64 (B,), on spec.device.
+(B, 3, S, S) augmented (S: the epoch's side, see epoch_image_size), y int64 (B,), on spec.device.
 make_eval_loader(dataset, cfg, LoaderSpec(...), protocol) yields (views, y): views a list of
 uint8 (B, 3, h, w), one per test view.
 
@@ -18,14 +18,13 @@ data.skip_bad dropped from their batch (which is then shorter) and listed in loa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from resnetlab.config import DataConfig
+from resnetlab.config import PROTOCOLS, DataConfig
 from resnetlab.errors import UserError
 
-from .batches import PROTOCOLS
 from .sampling import eval_batches, train_batches
 
 AUGMENTS = ("cifar", "imagenet", "rrc", "none")
@@ -54,6 +53,7 @@ class TrainLoader:
     def __init__(self, dataset, cfg: DataConfig, spec: LoaderSpec, *, seed: int = 0, epoch: int = 0,
                  start_batch: int = 0):
         check_augment(dataset, cfg)
+        cfg = replace(cfg, image_size=epoch_image_size(cfg, epoch))
         self.dataset, self.cfg, self.spec, self.seed, self.epoch = dataset, cfg, spec, seed, epoch
         self.batches = train_batches(len(dataset), spec.batch_size, seed, epoch, spec.rank, spec.world_size,
                                      dataset.labels if cfg.balance == "sampler" else None)
@@ -97,6 +97,13 @@ def make_train_loader(dataset, cfg: DataConfig, spec: LoaderSpec, *, seed: int =
 
 def make_eval_loader(dataset, cfg: DataConfig, spec: LoaderSpec, protocol: str = "center") -> EvalLoader:
     return EvalLoader(dataset, cfg, spec, protocol)
+
+
+def epoch_image_size(cfg: DataConfig, epoch: int) -> int:
+    """The training crop side of `epoch` (0-based): image_size scaled by data.progressive_scales while
+    the list lasts (rounded, at least 1 px), then image_size."""
+    scales = cfg.progressive_scales
+    return max(1, round(scales[epoch] * cfg.image_size)) if epoch < len(scales) else cfg.image_size
 
 
 def check_augment(dataset, cfg: DataConfig) -> None:

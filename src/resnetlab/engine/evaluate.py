@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnetlab.data.batches import PROTOCOLS
+from resnetlab.config import PROTOCOLS
 from resnetlab.errors import ResnetlabWarning, UserError
 
 from .distributed import DistInfo, all_reduce_sum

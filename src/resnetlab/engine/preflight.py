@@ -1,7 +1,8 @@
 """What a run says before its first step, beyond the model line: the data's images per class, the
 files it ignored, what was held out for validation (also written to RUN/data.json), and warnings
 for choices that work but cost the user (imbalanced classes left as they are, a warm-up or lr
-milestones the run never reaches, more decoding workers than CPU cores)."""
+milestones the run never reaches, a run that never trains at full size, more decoding workers than
+CPU cores)."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ def cpu_count() -> int:
 
 def preflight(run) -> None:
     """Log and warn on rank 0; write RUN/data.json there."""
+    from resnetlab.data.loaders import epoch_image_size
     from resnetlab.data.summary import data_record, imbalance_warning, notes
 
     if not run.dist_info.is_main:
@@ -28,8 +30,19 @@ def preflight(run) -> None:
     cfg = run.cfg
     for line in notes(run.bundle, cfg.data.balance):
         run.log.info(line)
+    scales, full = cfg.data.progressive_scales, cfg.data.image_size
+    if scales:
+        sides = [epoch_image_size(cfg.data, e) for e in range(len(scales))]
+        run.log.info(f"progressive resizing: training crops of {', '.join(map(str, sides))} px in epochs 1-{len(sides)}, "
+                     f"then {full}; validation (at {full}) only after epochs trained at {full}")
+    if cfg.train.test_protocol != "center":
+        run.log.info(f"final test with {cfg.train.test_protocol} views (validation: centre views)")
     write_text_atomic(run.workdir / "data.json", json.dumps(data_record(run.bundle), indent=1))
     found = [imbalance_warning(run.bundle, cfg.data.balance)] + schedule_warnings(cfg.schedule, run.steps_per_epoch)
+    epochs = -(-run.total // run.steps_per_epoch)
+    if len(scales) >= epochs and epoch_image_size(cfg.data, epochs - 1) != full:
+        found.append(f"data.progressive_scales lists {len(scales)} epochs and the run has {epochs}: it never trains at "
+                     f"data.image_size={full}, the size it is evaluated at; shorten the list")
     if cfg.train.workers > cpu_count():
         found.append(f"train.workers={cfg.train.workers} decoding processes for {cpu_count()} CPU cores: they will "
                      f"take turns; --workers {max(cpu_count() - 1, 0)} or fewer")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.config import Config
+from resnetlab.data.loaders import epoch_image_size
 from resnetlab.errors import UserError
 from resnetlab.files import StorageError
 
@@ -168,12 +169,16 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
     train_loss, train_err = meter_summary(all_reduce_sum(since_eval.sums).tolist())
     metrics = MetricsRow(epoch=state.step / run.steps_per_epoch, step=state.step, lr=lr, train_loss=train_loss,
                          train_err=train_err, images_per_s=_rate(clock), elapsed_s=state.elapsed_s)
-    if run.bundle.val is not None:  # the plain model: DDP's forward would sync buffers, and shards may be uneven
+    # Not validated: an epoch trained at a smaller side (data.progressive_scales). Its batch-norm statistics
+    # are those of the small crops, so its error at full size says little, and it must not become best.pt.
+    small = epoch_image_size(run.cfg.data, (state.step - 1) // run.steps_per_epoch) != run.cfg.data.image_size
+    if run.bundle.val is not None and not small:  # the plain model: DDP's forward would sync buffers, and shards may be uneven
         val = evaluate_split(run.scored, run.bundle.val, run.cfg.data, run.eval_spec)
         metrics.val_top1_err, metrics.val_top5_err = val["top1_err"], val["top5_err"]
         metrics.val_top1, metrics.val_top5 = val["top1"], val["top5"]
     # The plateau schedule watches validation error, or training error when there is no val split.
-    observe_val_error(run.cfg.schedule, state.schedule, train_err if metrics.val_top1_err is None else metrics.val_top1_err)
+    if run.bundle.val is None or metrics.val_top1_err is not None:
+        observe_val_error(run.cfg.schedule, state.schedule, train_err if run.bundle.val is None else metrics.val_top1_err)
     target = run.cfg.train.stop_at_val_top1
     if target is not None and metrics.val_top1 is not None and metrics.val_top1 >= target:
         state.reached_target = {"step": state.step, "val_top1": metrics.val_top1, "elapsed_s": state.elapsed_s}
@@ -219,7 +224,7 @@ def final_test(run: Run, best_state) -> RunSummary:
         summary.checkpoints["best"] = str(ckpts / "best.pt")
     if run.bundle.test is None:
         return summary
-    test = lambda: evaluate_split(run.scored, run.bundle.test, run.cfg.data, run.eval_spec, confusion=True)  # noqa: E731
+    test = lambda: evaluate_split(run.scored, run.bundle.test, run.cfg.data, run.eval_spec, run.cfg.train.test_protocol, confusion=True)  # noqa: E731
     summary.test["last"] = test()
     if best_state is None and "best" in summary.checkpoints:  # best found before a resume
         best_state = load_checkpoint(ckpts / "best.pt").artifact.weights
