@@ -1,6 +1,6 @@
-"""The fused batch-norm + ReLU (+ residual) of training: equal to the plain modules within the
-dtype's rounding, forward, backward and running statistics; a module choice that leaves
-state_dicts, eval mode and every other path alone."""
+"""The fused batch-norm + ReLU (+ residual): equal to the plain modules within the dtype's
+rounding, in training (forward, backward and running statistics) and in evaluation without
+gradients; a module choice that leaves state_dicts, traces and every other path alone."""
 import copy
 
 import pytest
@@ -60,20 +60,30 @@ def _run(bn, x, residual, dy, fused):
     return out.detach(), grads
 
 
+def every_kernel_case(test):
+    """Parametrize over dtype x layout x residual: every instantiation of the kernels' templates."""
+    for name, values in (("dtype", [torch.float32, torch.bfloat16, torch.float64]),
+                         ("layout", [torch.contiguous_format, CL]), ("with_residual", [False, True])):
+        test = pytest.mark.parametrize(name, values)(test)
+    return test
+
+
+def _input(dtype, layout, mean: float):
+    # 20 channels x 5x7 maps x 6 images: no channel count, row count or plane size a multiple of
+    # a vector, so every tail path of the kernels runs
+    return (torch.randn(6, 20, 5, 7, dtype=torch.float64) * 3 + mean).to(dtype).contiguous(memory_format=layout)
+
+
 def _close(actual, expected, dtype, what):
     scale = expected.double().abs().max().item() + 1e-30
     error = (actual.double() - expected.double()).abs().max().item() / scale
     assert error <= TOLERANCE[dtype], f"{what}: relative error {error:.2e} > {TOLERANCE[dtype]:.0e}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
-@pytest.mark.parametrize("with_residual", [False, True])
+@every_kernel_case
 def test_fused_equals_plain_forward_backward_and_running_stats(dtype, layout, with_residual):
-    # 20 channels x 5x7 maps x 6 images: no channel count, row count or plane size a multiple of
-    # a vector, so every tail path of the kernels runs; a mean far from 0 tests the shifted sums
     torch.manual_seed(1)
-    x = (torch.randn(6, 20, 5, 7, dtype=torch.float64) * 3 + 40).to(dtype).contiguous(memory_format=layout)
+    x = _input(dtype, layout, mean=40)  # a mean far from 0 tests the shifted sums
     dy = torch.randn(x.shape, dtype=dtype)  # NCHW even for channels_last x, as average pooling hands it
     plain_bn = _bn(20).to(torch.float64 if dtype == torch.float64 else torch.float32)  # bf16 runs with fp32 BN, as autocast
     fused_bn_ = copy.deepcopy(plain_bn)
@@ -102,10 +112,38 @@ def test_cumulative_momentum_and_repeated_steps_track_the_plain_statistics():
     torch.testing.assert_close(fused.running_var, plain.running_var, rtol=1e-5, atol=1e-6)
 
 
-def test_eval_mode_and_unsupported_inputs_run_the_plain_modules_exactly():
+@every_kernel_case
+def test_eval_mode_without_gradients_equals_the_plain_modules(dtype, layout, with_residual):
+    torch.manual_seed(2)
+    x = _input(dtype, layout, mean=1)
+    bn = _bn(20).to(torch.float64 if dtype == torch.float64 else torch.float32).eval()
+    residual = torch.randn(x.shape, dtype=torch.float64).to(dtype).contiguous(memory_format=layout) if with_residual else None
+    with torch.no_grad():
+        assert fused_bn.inferable(bn, x, residual)
+        fused = bn_relu(bn, x, nn.ReLU(), residual, fused=True)
+        plain = bn_relu(bn, x, nn.ReLU(), residual, fused=False)
+    assert fused.dtype == dtype and fused.is_contiguous(memory_format=layout)
+    _close(fused, plain, dtype, "output")
+    assert bn.num_batches_tracked.item() == 0  # evaluation leaves the statistics alone
+
+
+def test_eval_mode_with_gradients_or_in_a_trace_runs_the_plain_modules_exactly():
+    # a BN frozen in eval mode while fine-tuning still passes gradients; traces must see the modules
     bn = _bn(8).eval()
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    out = bn_relu(bn, x, torch.relu, fused=True)
+    assert torch.equal(out, torch.relu(bn(x))) and out.grad_fn is not None
+    out.sum().backward()
+    assert x.grad is not None and bn.weight.grad is not None
+    model = create_model("resnet8", num_classes=3).eval()
+    set_fused_bn(model)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(2, 3, 16, 16))
+    assert "batch_norm" in str(traced.inlined_graph)
+
+
+def test_unsupported_inputs_run_the_plain_modules():
     x = torch.randn(2, 8, 4, 4)
-    assert torch.equal(bn_relu(bn, x, torch.relu, fused=True), torch.relu(bn(x)))
     train = _bn(8)
     for odd in (x.half(), x[:, :, ::2, :]):  # fp16; a strided view that is neither layout
         assert not fused_bn.fusable(train, odd)
@@ -137,6 +175,8 @@ def test_a_fused_network_trains_exactly_like_the_plain_one_in_fp64(name):
         torch.testing.assert_close(grads_fused[n], grads_plain[n], rtol=1e-7, atol=1e-9, msg=n)
     for (n, a), b in zip(fused.state_dict().items(), plain.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=n)
+    with torch.no_grad():  # evaluation (the eval-mode kernel) on the statistics training left
+        torch.testing.assert_close(fused.eval()(x), plain.eval()(x), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, CL])

@@ -261,7 +261,46 @@ std::vector<double> to_doubles(const at::Tensor& t) {
   return out;
 }
 
+// y = relu(x * scale + shift (+ r)) over the whole tensor, scale and shift per channel.
+template <typename T, typename Acc>
+void apply_all(const Shape& s, const T* xp, const T* rp, T* yp, const std::vector<Acc>& scale,
+               const std::vector<Acc>& shift) {
+  with_flags(s.channels_last, rp != nullptr, [&](auto per_value, auto with_residual) {
+    constexpr bool kPerValue = decltype(per_value)::value, kResidual = decltype(with_residual)::value;
+    const int64_t k = kPerValue ? rows_per_segment(s) : 1;
+    const std::vector<Acc> wscale = wide(scale, k), wshift = wide(shift, k);
+    const Acc* scp = wscale.data();
+    const Acc* shp = wshift.data();
+    channel_map(s, [=](int64_t o, int64_t len, int64_t c) {
+      apply_segment<T, Acc, kPerValue, kResidual>(xp + o, kResidual ? rp + o : nullptr, yp + o, len, scp + c, shp + c);
+    });
+  });
+}
+
 }  // namespace
+
+// Evaluation mode: y = relu(batch_norm(x) (+ residual)) with the running statistics, one pass.
+at::Tensor inference(const at::Tensor& x, const c10::optional<at::Tensor>& residual, const at::Tensor& weight,
+                     const at::Tensor& bias, const at::Tensor& running_mean, const at::Tensor& running_var,
+                     double eps) {
+  const Shape s = shape_of(x);
+  if (residual.has_value()) check_like(*residual, x);
+  at::Tensor y = at::empty_like(x);
+  const std::vector<double> w = to_doubles(weight), b = to_doubles(bias), rm = to_doubles(running_mean),
+                            rv = to_doubles(running_var);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "fused_bn_inference", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    std::vector<Acc> scale(s.c), shift(s.c);
+    for (int64_t c = 0; c < s.c; ++c) {
+      const double k = w[c] / std::sqrt(rv[c] + eps);
+      scale[c] = k;
+      shift[c] = b[c] - rm[c] * k;
+    }
+    apply_all(s, x.const_data_ptr<scalar_t>(), residual.has_value() ? residual->const_data_ptr<scalar_t>() : nullptr,
+              y.mutable_data_ptr<scalar_t>(), scale, shift);
+  });
+  return y;
+}
 
 // -> {y, mean, invstd} (mean and invstd in x's math type); running statistics updated in place.
 std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
@@ -298,17 +337,7 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
       scale[c] = w[c] * invstd[c];
       shift[c] = b[c] - mean[c] * w[c] * invstd[c];
     }
-    with_flags(s.channels_last, rp != nullptr, [&](auto per_value, auto with_residual) {
-      constexpr bool kPerValue = decltype(per_value)::value, kResidual = decltype(with_residual)::value;
-      const int64_t k = kPerValue ? rows_per_segment(s) : 1;
-      const std::vector<Acc> wscale = wide(scale, k), wshift = wide(shift, k);
-      const Acc* scp = wscale.data();
-      const Acc* shp = wshift.data();
-      channel_map(s, [=](int64_t o, int64_t len, int64_t c) {
-        apply_segment<scalar_t, Acc, kPerValue, kResidual>(xp + o, kResidual ? rp + o : nullptr, yp + o, len,
-                                                           scp + c, shp + c);
-      });
-    });
+    apply_all(s, xp, rp, yp, scale, shift);
   });
   // As nn.BatchNorm2d: running_var takes the unbiased variance.
   std::vector<double> unbiased(C);
@@ -373,4 +402,5 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& y, cons
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "batch-norm (training) + ReLU (+ residual), forward");
   m.def("backward", &backward, "batch-norm (training) + ReLU (+ residual), backward");
+  m.def("inference", &inference, "batch-norm (evaluation, running statistics) + ReLU (+ residual)");
 }
