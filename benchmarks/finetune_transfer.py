@@ -73,10 +73,15 @@ def provenance(ckpt_path: str) -> dict:
             "train_err_last_epoch": training.last_metrics.train_err, "data_root": artifact.data_config()["root"]}
 
 
+# cifar10_fast as it was when the figures in docs/finetune.md were measured: every epoch at full size,
+# the centre test view (the recipe trains its first epochs on smaller crops since 2026-12-02).
+FULL_SIZE = ["--set", "data.progressive_scales=[]", "--set", "train.test_protocol=center"]
+
+
 def few_shot_args(data: Path, a) -> list[str]:
     """The recipe shared by scratch and fine-tuning: only --init differs."""
     return ["--recipe", "cifar10_fast", "--data", str(data), "--epochs", str(a.epochs), "--batch-size", "50",
-            "--lr", str(a.lr), "--set", "schedule.warmup_steps=20", "--set", "schedule.warmup_lr=0.01"]
+            "--lr", str(a.lr), "--set", "schedule.warmup_steps=20", "--set", "schedule.warmup_lr=0.01", *FULL_SIZE]
 
 
 def mean_std(values: list[float]) -> dict:
@@ -91,7 +96,7 @@ def run_all(a, tmp: Path) -> dict:
     else:
         source = link_subset(DATA, tmp / "source", SOURCE, a.pretrain_images, a.test_images)
         pre = train(["--recipe", "cifar10_fast", "--data", str(source), "--epochs", str(a.pretrain_epochs),
-                     "--set", "schedule.warmup_steps=60"], tmp / "pretrain")
+                     "--set", "schedule.warmup_steps=60", *FULL_SIZE], tmp / "pretrain")
         init = str(tmp / "pretrain" / "checkpoints" / "last.pt")
         if a.save_pretrained:  # the temporary directory goes away; keep the net for --init reruns
             shutil.copyfile(init, a.save_pretrained)

@@ -58,7 +58,7 @@ def test_resume_is_bit_identical(tmp_path, precision):
 def test_progressive_scales_resume_bit_identical_across_a_size_change(tmp_path):
     # 8 steps per epoch at 8 px, then 12, then the full 16; the split run stops mid-way through the
     # 12 px epoch, so the resumed session must pick the side from the epoch, not from its own start.
-    cfg = tiny_config(("data.progressive_scales", [0.5, 0.75]), ("schedule.max_steps", 20), ("train.eval_every", 8),
+    cfg = tiny_config(("data.progressive_scales", [0.5, 0.75]), ("schedule.max_steps", 28), ("train.eval_every", 6),
                       ("train.test_protocol", "flip"))
     summary = train_and_evaluate(cfg, tmp_path / "one_go")
     with pytest.warns(ResnetlabWarning, match="scales lists 2 epochs and the run has 2: it never trains at data.image_size=16"):
@@ -72,8 +72,9 @@ def test_progressive_scales_resume_bit_identical_across_a_size_change(tmp_path):
     assert summary.test["last"]["protocol"] == "flip" and summary.test["last"]["n"] == 160
     records = [json.loads(line) for line in (tmp_path / "one_go" / "metrics.jsonl").read_text().splitlines()]
     validated = [(r["step"], r.get("val_top1_err") is not None) for r in records]
-    assert validated == [(8, False), (16, False), (20, True)]  # only after a full-size epoch
-    assert load_checkpoint(tmp_path / "one_go" / "checkpoints" / "best.pt").training.step == 20
+    # validated only when every step since the last evaluation was at full size: not at 18 (steps 13-18)
+    assert validated == [(6, False), (12, False), (18, False), (24, True), (28, True)]
+    assert load_checkpoint(tmp_path / "one_go" / "checkpoints" / "best.pt").training.step in (24, 28)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

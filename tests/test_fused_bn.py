@@ -142,6 +142,26 @@ def test_eval_mode_with_gradients_or_in_a_trace_runs_the_plain_modules_exactly()
     assert "batch_norm" in str(traced.inlined_graph)
 
 
+def test_the_eval_kernel_leaves_hooks_mismatches_and_inference_runtimes_to_the_plain_modules():
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        wrong = _bn(16).eval()  # a channel count that does not fit: PyTorch's own error, not a wrong read
+        assert not fused_bn.inferable(wrong, x)
+        with pytest.raises(RuntimeError, match="running_mean should contain 8 elements not 16"):
+            bn_relu(wrong, x, torch.relu, fused=True)
+        with pytest.raises(RuntimeError, match="one value per channel"):  # and the kernel checks it too
+            fused_bn.EXTENSION.get().inference(x, None, torch.ones(4), torch.zeros(4), torch.zeros(4), torch.ones(4), 1e-5)
+        bn = _bn(8).eval()
+        assert not fused_bn.inferable(bn, x, torch.randn(2, 8, 4, 4, dtype=torch.float64))  # the plain path promotes
+        seen = []
+        bn.register_forward_hook(lambda module, args, out: seen.append(out.shape))  # layer analyses use hooks
+        assert not fused_bn.inferable(bn, x)
+        bn_relu(bn, x, torch.relu, fused=True)
+        assert seen == [x.shape]
+    # inference and checkpoint evaluation (and --verify's reference) resolve their runtime without the kernels
+    assert not Runtime.resolve(device="cpu", precision="fp32").fused_bn
+
+
 def test_unsupported_inputs_run_the_plain_modules():
     x = torch.randn(2, 8, 4, 4)
     train = _bn(8)

@@ -18,13 +18,15 @@ data.skip_bad dropped from their batch (which is then shorter) and listed in loa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from resnetlab.config import PROTOCOLS, DataConfig
 from resnetlab.errors import UserError
 
+from .augment import resize_batch
+from .batches import one_cpu_thread
 from .sampling import eval_batches, train_batches
 
 AUGMENTS = ("cifar", "imagenet", "rrc", "none")
@@ -53,8 +55,8 @@ class TrainLoader:
     def __init__(self, dataset, cfg: DataConfig, spec: LoaderSpec, *, seed: int = 0, epoch: int = 0,
                  start_batch: int = 0):
         check_augment(dataset, cfg)
-        cfg = replace(cfg, image_size=epoch_image_size(cfg, epoch))
         self.dataset, self.cfg, self.spec, self.seed, self.epoch = dataset, cfg, spec, seed, epoch
+        self.side = epoch_image_size(cfg, epoch)
         self.batches = train_batches(len(dataset), spec.batch_size, seed, epoch, spec.rank, spec.world_size,
                                      dataset.labels if cfg.balance == "sampler" else None)
         if not 0 <= start_batch <= len(self.batches):
@@ -68,7 +70,12 @@ class TrainLoader:
     def __iter__(self):
         source = self.dataset.batch_source(self.cfg, list(self.batches), self.start_batch,
                                            (self.seed, self.epoch, self.spec.rank))
-        yield from source.iterate(self.spec.workers, torch.device(self.spec.device), self.skipped)
+        device = torch.device(self.spec.device)
+        for x, y in source.iterate(self.spec.workers, device, self.skipped):
+            if self.side != self.cfg.image_size:  # progressive resizing: the same augmented crop, smaller
+                with one_cpu_thread(device):
+                    x = resize_batch(x, self.side)
+            yield x, y
 
 
 class EvalLoader:

@@ -34,7 +34,7 @@ def preflight(run) -> None:
     if scales:
         sides = [epoch_image_size(cfg.data, e) for e in range(len(scales))]
         run.log.info(f"progressive resizing: training crops of {', '.join(map(str, sides))} px in epochs 1-{len(sides)}, "
-                     f"then {full}; validation (at {full}) only after epochs trained at {full}")
+                     f"then {full}; validation (at {full}) only once the steps since the last one were all at {full}")
     if cfg.train.test_protocol != "center":
         run.log.info(f"final test with {cfg.train.test_protocol} views (validation: centre views)")
     write_text_atomic(run.workdir / "data.json", json.dumps(data_record(run.bundle), indent=1))

@@ -37,10 +37,12 @@ class Runtime:
 
     @classmethod
     def resolve(cls, device: str = "auto", precision: str = "auto", channels_last: str = "auto",
-                compile: str = "auto", local_rank: int = 0, fused_bn: str = "auto") -> "Runtime":
+                compile: str = "auto", local_rank: int = 0, fused_bn: str = "false") -> "Runtime":
         """The Runtime for the words a user writes (train.* keys, --device/--precision flags): each
         auto resolved for this machine, each bad value refused in one line. Warns when the CPU
-        can only emulate the precision asked for."""
+        can only emulate the precision asked for. fused_bn is off unless asked: only a training run
+        passes its train.fused_bn (auto); inference, evaluation of a checkpoint and the reference of
+        --verify run the plain modules (or fold BN away)."""
         device_ = resolve_device(device, local_rank)
         precision_ = resolve_precision(precision, device_)
         compile_mode = resolve_compile(compile, device_)
@@ -159,7 +161,8 @@ def make_runtime(cfg: TrainConfig, local_rank: int = 0) -> Runtime:
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """torch.compile'd model, or the model itself for mode none. dynamic=False keeps one graph
-    specialised to each batch shape (a run sees one or two) instead of a slower shape-generic one."""
+    specialised to each batch shape (a run sees one or two, one more per side of
+    data.progressive_scales, each compiled once) instead of a slower shape-generic one."""
     if mode not in COMPILE_MODES:
         raise UserError(f"compile mode {mode!r}: choose one of {', '.join(COMPILE_MODES)}")
     return model if mode == "none" else torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)

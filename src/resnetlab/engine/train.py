@@ -169,9 +169,11 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
     train_loss, train_err = meter_summary(all_reduce_sum(since_eval.sums).tolist())
     metrics = MetricsRow(epoch=state.step / run.steps_per_epoch, step=state.step, lr=lr, train_loss=train_loss,
                          train_err=train_err, images_per_s=_rate(clock), elapsed_s=state.elapsed_s)
-    # Not validated: an epoch trained at a smaller side (data.progressive_scales). Its batch-norm statistics
-    # are those of the small crops, so its error at full size says little, and it must not become best.pt.
-    small = epoch_image_size(run.cfg.data, (state.step - 1) // run.steps_per_epoch) != run.cfg.data.image_size
+    # Not validated: an interval with steps at a smaller side (data.progressive_scales). Its batch-norm
+    # statistics are partly the small crops', so its error at full size says little, and it must not
+    # become best.pt.
+    epochs = range(max(state.step - run.eval_every, 0) // run.steps_per_epoch, (state.step - 1) // run.steps_per_epoch + 1)
+    small = any(epoch_image_size(run.cfg.data, e) != run.cfg.data.image_size for e in epochs)
     if run.bundle.val is not None and not small:  # the plain model: DDP's forward would sync buffers, and shards may be uneven
         val = evaluate_split(run.scored, run.bundle.val, run.cfg.data, run.eval_spec)
         metrics.val_top1_err, metrics.val_top5_err = val["top1_err"], val["top5_err"]
@@ -224,7 +226,8 @@ def final_test(run: Run, best_state) -> RunSummary:
         summary.checkpoints["best"] = str(ckpts / "best.pt")
     if run.bundle.test is None:
         return summary
-    test = lambda: evaluate_split(run.scored, run.bundle.test, run.cfg.data, run.eval_spec, run.cfg.train.test_protocol, confusion=True)  # noqa: E731
+    protocol = run.cfg.train.test_protocol
+    test = lambda: evaluate_split(run.scored, run.bundle.test, run.cfg.data, run.eval_spec, protocol, confusion=True)  # noqa: E731
     summary.test["last"] = test()
     if best_state is None and "best" in summary.checkpoints:  # best found before a resume
         best_state = load_checkpoint(ckpts / "best.pt").artifact.weights

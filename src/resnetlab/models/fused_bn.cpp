@@ -285,6 +285,8 @@ at::Tensor inference(const at::Tensor& x, const c10::optional<at::Tensor>& resid
                      double eps) {
   const Shape s = shape_of(x);
   if (residual.has_value()) check_like(*residual, x);
+  for (const at::Tensor* t : {&weight, &bias, &running_mean, &running_var})
+    TORCH_CHECK(t->numel() == s.c, "fused batch-norm: parameters and statistics need one value per channel of x");
   at::Tensor y = at::empty_like(x);
   const std::vector<double> w = to_doubles(weight), b = to_doubles(bias), rm = to_doubles(running_mean),
                             rv = to_doubles(running_var);

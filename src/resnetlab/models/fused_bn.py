@@ -92,7 +92,9 @@ def inferable(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = No
     this kernel has no backward), and not inside a trace or a compile, which must see the modules."""
     return (type(bn) is nn.BatchNorm2d and not bn.training and bn.affine and bn.track_running_stats
             and not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and _kernel_input(x, residual))
+            and not bn._forward_hooks and not bn._forward_pre_hooks  # hooks (layer analyses) must see the module
+            and _kernel_input(x, residual) and x.shape[1] == bn.num_features
+            and (residual is None or residual.dtype == x.dtype))  # else the plain path's type promotion
 
 
 def _kernel_input(x: torch.Tensor, residual: torch.Tensor | None) -> bool:
