@@ -75,6 +75,10 @@ def test_progressive_scales_resume_bit_identical_across_a_size_change(tmp_path):
     # validated only when every step since the last evaluation was at full size: not at 18 (steps 13-18)
     assert validated == [(6, False), (12, False), (18, False), (24, True), (28, True)]
     assert load_checkpoint(tmp_path / "one_go" / "checkpoints" / "best.pt").training.step in (24, 28)
+    # evaluating once at the end: validated, as its last epoch's steps were all at full size
+    train_and_evaluate(apply_overrides(cfg, [("train.eval_every", 28)]), tmp_path / "once")
+    records = [json.loads(line) for line in (tmp_path / "once" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("val_top1_err") is not None) for r in records] == [(28, True)]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -39,9 +39,9 @@ class DataConfig:
     image_size: int = ranged(32, 1)  # training crop size: 32 for CIFAR, 224 for ImageNet
     # Progressive resizing (as fastai's): the training crop side of epochs 1, 2, ... while the list lasts,
     # as a fraction of image_size (rounded: 0.5 of 32 is 16), then image_size itself. Fractions, so a recipe
-    # fits any image size. An epoch at fraction f costs about f^2 of a full one; evaluation always sees
-    # image_size, is skipped until an interval was trained wholly at it, and the last epochs, at full
-    # size, settle the batch-norm statistics.
+    # fits any image size. An epoch at fraction f costs about f^2 of a full one. Evaluation always sees
+    # image_size; validation is skipped unless the steps since the last one (at most an epoch's) were all
+    # at image_size, whose last epochs settle the batch-norm statistics.
     progressive_scales: list = field(default_factory=list)
     eval_resize: int = ranged(256, 1)  # shorter side before the centre crop (ImageNet-style eval)
     interpolation: str = "bilinear"  # resize filter when decoding files: bilinear | bicubic (published weights')

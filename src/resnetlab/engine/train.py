@@ -169,10 +169,11 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
     train_loss, train_err = meter_summary(all_reduce_sum(since_eval.sums).tolist())
     metrics = MetricsRow(epoch=state.step / run.steps_per_epoch, step=state.step, lr=lr, train_loss=train_loss,
                          train_err=train_err, images_per_s=_rate(clock), elapsed_s=state.elapsed_s)
-    # Not validated: an interval with steps at a smaller side (data.progressive_scales). Its batch-norm
-    # statistics are partly the small crops', so its error at full size says little, and it must not
-    # become best.pt.
-    epochs = range(max(state.step - run.eval_every, 0) // run.steps_per_epoch, (state.step - 1) // run.steps_per_epoch + 1)
+    # Not validated unless the recent steps (the interval since the last evaluation, at most an epoch)
+    # were all at full size (data.progressive_scales): the batch-norm statistics would be partly the
+    # small crops', its error at full size would say little, and it must not become best.pt.
+    recent = min(run.eval_every, run.steps_per_epoch)
+    epochs = range(max(state.step - recent, 0) // run.steps_per_epoch, (state.step - 1) // run.steps_per_epoch + 1)
     small = any(epoch_image_size(run.cfg.data, e) != run.cfg.data.image_size for e in epochs)
     if run.bundle.val is not None and not small:  # the plain model: DDP's forward would sync buffers, and shards may be uneven
         val = evaluate_split(run.scored, run.bundle.val, run.cfg.data, run.eval_spec)
