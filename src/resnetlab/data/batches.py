@@ -166,7 +166,9 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
         stacked = [_stack([v[n] for v in views]) for n in range(len(views[0]))]
         if self.protocol is None:
             return self._batch_augment(stacked[0], gen), y, bad
-        return stacked + [stacked[0].flip(3)] * (self.protocol == "flip"), y, bad
+        if self.protocol == "flip":
+            stacked.append(stacked[0].flip(3))
+        return stacked, y, bad
 
     def _train_plan(self, u: np.ndarray):
         size = self.cfg.image_size
