@@ -14,7 +14,7 @@ from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.models import create_model
 from resnetlab.models import fused_bn
 from resnetlab.models.fused_bn import bn_relu, set_fused_bn
-from resnetlab.models.native import NativeKernels
+from resnetlab.models.native import NativeKernels, source_text
 
 CL = torch.channels_last
 # Worst error allowed, relative to the largest value of the reference: fp32 is the same math
@@ -228,6 +228,14 @@ def test_a_compiler_that_fails_leaves_training_on_the_plain_modules(monkeypatch)
         out = bn_relu(bn, x, torch.relu, fused=True)
     torch.testing.assert_close(out, expected)
     assert broken.broken and not fused_bn.fusable(bn, x)  # decided once: no second warning, no retry
+
+
+def test_the_build_is_keyed_on_the_headers_the_source_includes(tmp_path):
+    (tmp_path / "k.cpp").write_text('#include <vector>\n#include "p.h"\nint f();\n')
+    (tmp_path / "p.h").write_text('#pragma once\n#include "k.cpp"\n #include "missing.h"\nint g();\n')
+    text = source_text(tmp_path / "k.cpp")
+    assert "int g();" in text and text.count("int f();") == 1  # the header once; no loop back; a missing one skipped
+    assert "channel_sums" in source_text(fused_bn.SOURCE)  # the passes' header is part of the build's key
 
 
 def test_the_runtime_fuses_eager_cpu_training_only():

@@ -1,13 +1,15 @@
 """resnetlab's own C++ kernels, built for this CPU on first use (torch.utils.cpp_extension).
 
 Each source file is one extension module, compiled with -march=native: the build's name carries
-a hash of the source and of the CPU's flags, so a shared cache directory never hands one CPU's
+a hash of the source, of the headers beside it that it includes (`#include "name.h"`) and of the
+CPU's flags, so an edited header rebuilds it and a shared cache directory never hands one CPU's
 build to another. Where a build fails (no C++ compiler, no ninja), one warning says so and the
 callers use PyTorch's own operators instead.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 import threading
 import warnings
@@ -38,7 +40,7 @@ class NativeKernels:
 
         from resnetlab.cpu import cpu_flags
 
-        key = hashlib.sha256((self.source.read_text() + " ".join(sorted(cpu_flags()))).encode()).hexdigest()[:12]
+        key = hashlib.sha256((source_text(self.source) + " ".join(sorted(cpu_flags()))).encode()).hexdigest()[:12]
         name = f"{self.prefix}_{key}"
         try:
             built = (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists()
@@ -55,3 +57,17 @@ class NativeKernels:
             warnings.warn(f"the {self.what} could not be built ({self.broken[:300]}); {self.fallback}",
                           ResnetlabWarning, stacklevel=4)
             return None
+
+
+LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+
+
+def source_text(source: Path, seen: frozenset = frozenset()) -> str:
+    """The source's text followed by that of every header beside it that it includes, recursively."""
+    text = source.read_text()
+    seen = seen | {source.name}
+    for name in LOCAL_INCLUDE.findall(text):
+        header = source.parent / name
+        if name not in seen and header.is_file():
+            text += source_text(header, seen)
+    return text

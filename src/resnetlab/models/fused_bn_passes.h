@@ -1,0 +1,216 @@
+// The passes over memory of resnetlab's fused batch-norm kernels (fused_bn.cpp, the one source
+// torch.utils.cpp_extension compiles; resnetlab/models/native.py hashes this header with it).
+//
+// A tensor is either NCHW-contiguous (planes of H*W values per (n, c)) or channels_last
+// (rows of C values per pixel); the caller makes every tensor of one call share x's layout.
+// Sums are taken in the math type (fp32 for bf16/fp32, fp64 for fp64) over blocks of rows and
+// gathered in fp64, one buffer per thread added up in thread order: deterministic for a given
+// thread count, like PyTorch's own batch-norm.
+#pragma once
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace resnetlab_bn {
+
+
+inline float load(const c10::BFloat16* p, int64_t i) {
+  uint32_t bits = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(p)[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline double load(const double* p, int64_t i) { return p[i]; }
+
+inline void store(c10::BFloat16* p, int64_t i, float v) {  // round to nearest even, as PyTorch
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  reinterpret_cast<uint16_t*>(p)[i] = static_cast<uint16_t>(bits >> 16);
+}
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+inline void store(double* p, int64_t i, double v) { p[i] = v; }
+
+constexpr int64_t kBlock = 256;  // rows (or plane values) summed in the math type before fp64
+
+struct Shape {
+  int64_t n, c, hw;
+  bool channels_last;
+};
+
+inline Shape shape_of(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, "fused batch-norm: expected a 4-D tensor");
+  Shape s{x.size(0), x.size(1), x.size(2) * x.size(3), false};
+  if (x.is_contiguous()) return s;
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "fused batch-norm: x must be NCHW or channels_last");
+  s.channels_last = true;
+  return s;
+}
+
+// The four passes are written as "segments": `len` contiguous values whose channel parameters are
+// either one per value (channels_last rows) or one for all (an NCHW plane). Loads of every operand
+// are unconditional and the pointers restrict, so that GCC vectorises the loops by itself; only
+// the reductions over a plane say `omp simd` (a float sum may not be reordered otherwise), as
+// GCC gives up on the bf16 stores inside an `omp simd` loop.
+template <typename T, typename Acc, bool kPerValue>
+inline void sums_segment(const T* __restrict x, int64_t len, const Acc* __restrict pivot,
+                         Acc* __restrict s1, Acc* __restrict s2) {
+  if constexpr (kPerValue) {
+    for (int64_t c = 0; c < len; ++c) {
+      const Acc d = load(x, c) - pivot[c];
+      s1[c] += d;
+      s2[c] += d * d;
+    }
+  } else {
+    const Acc p = pivot[0];
+    Acc a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = 0; i < len; ++i) {
+      const Acc d = load(x, i) - p;
+      a += d;
+      b += d * d;
+    }
+    s1[0] += a;
+    s2[0] += b;
+  }
+}
+
+template <typename T, typename Acc, bool kPerValue>
+inline void grad_sums_segment(const T* __restrict dy, const T* __restrict y, const T* __restrict x, int64_t len,
+                              const Acc* __restrict mean, Acc* __restrict s1, Acc* __restrict s2) {
+  if constexpr (kPerValue) {
+    for (int64_t c = 0; c < len; ++c) {
+      const Acc d = load(dy, c), g = load(y, c) > Acc(0) ? d : Acc(0);
+      s1[c] += g;
+      s2[c] += g * (load(x, c) - mean[c]);
+    }
+  } else {
+    const Acc m = mean[0];
+    Acc a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = 0; i < len; ++i) {
+      const Acc d = load(dy, i), g = load(y, i) > Acc(0) ? d : Acc(0);
+      a += g;
+      b += g * (load(x, i) - m);
+    }
+    s1[0] += a;
+    s2[0] += b;
+  }
+}
+
+// y = relu(x * scale + shift (+ r))
+template <typename T, typename Acc, bool kPerValue, bool kResidual>
+inline void apply_segment(const T* __restrict x, const T* __restrict r, T* __restrict y, int64_t len,
+                          const Acc* __restrict scale, const Acc* __restrict shift) {
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t c = kPerValue ? i : 0;
+    Acc v = load(x, i) * scale[c] + shift[c];
+    if constexpr (kResidual) v += load(r, i);
+    store(y, i, v > Acc(0) ? v : Acc(0));
+  }
+}
+
+// dx = g * k1 + x * k2 + k3 (and dr = g), g = dy where y > 0
+template <typename T, typename Acc, bool kPerValue, bool kResidual>
+inline void grad_input_segment(const T* __restrict dy, const T* __restrict y, const T* __restrict x,
+                               T* __restrict dx, T* __restrict dr, int64_t len, const Acc* __restrict k1,
+                               const Acc* __restrict k2, const Acc* __restrict k3) {
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t c = kPerValue ? i : 0;
+    const Acc d = load(dy, i), g = load(y, i) > Acc(0) ? d : Acc(0);
+    store(dx, i, g * k1[c] + load(x, i) * k2[c] + k3[c]);
+    if constexpr (kResidual) store(dr, i, g);
+  }
+}
+
+inline int64_t max_threads() { return std::max<int64_t>({at::get_num_threads(), omp_get_max_threads(), 1}); }
+
+// A channels_last row holds only C values (16 in a CIFAR ResNet's first stage): too short a loop
+// to vectorise well. So rows are taken k at a time, as one segment of k*C values whose channel
+// parameters are repeated k times ("wide"); a chunk's last few rows go one at a time.
+inline int64_t rows_per_segment(const Shape& s) { return s.channels_last ? std::max<int64_t>(1, 256 / s.c) : 1; }
+
+template <typename Acc>
+std::vector<Acc> wide(const std::vector<Acc>& per_channel, int64_t k) {
+  std::vector<Acc> out(per_channel.size() * k);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = per_channel[i % per_channel.size()];
+  return out;
+}
+
+// Per-channel sums of two quantities: `segment(offset, len, params, s1, s2)` adds the values of
+// one segment into accumulators (channels_last: per value of a wide segment; NCHW: one for the
+// plane's channel). Blocks are summed in Acc, gathered in fp64 per thread, and the threads added
+// up in thread order. `params` are per channel, widened here for channels_last.
+template <typename Acc, typename Segment>
+void channel_sums(const Shape& s, const std::vector<Acc>& params, Segment segment, std::vector<double>& out1,
+                  std::vector<double>& out2) {
+  const int64_t C = s.c, threads = max_threads(), k = rows_per_segment(s);
+  std::vector<double> part1(threads * C, 0.0), part2(threads * C, 0.0);
+  if (s.channels_last) {
+    const std::vector<Acc> wparams = wide(params, k);
+    at::parallel_for(0, s.n * s.hw, kBlock, [&](int64_t begin, int64_t end) {
+      double* p1 = part1.data() + at::get_thread_num() * C;
+      double* p2 = part2.data() + at::get_thread_num() * C;
+      std::vector<Acc> a1(k * C), a2(k * C);
+      for (int64_t r0 = begin; r0 < end; r0 += kBlock * k) {
+        std::fill(a1.begin(), a1.end(), Acc(0));
+        std::fill(a2.begin(), a2.end(), Acc(0));
+        const int64_t r1 = std::min(end, r0 + kBlock * k);
+        int64_t r = r0;
+        for (; r + k <= r1; r += k) segment(r * C, k * C, wparams.data(), a1.data(), a2.data());
+        for (; r < r1; ++r) segment(r * C, C, wparams.data(), a1.data(), a2.data());
+        for (int64_t j = 0; j < k * C; ++j) {
+          p1[j % C] += a1[j];
+          p2[j % C] += a2[j];
+        }
+      }
+    });
+  } else {
+    const int64_t hw = s.hw;
+    at::parallel_for(0, s.n * C, 1, [&](int64_t begin, int64_t end) {
+      double* p1 = part1.data() + at::get_thread_num() * C;
+      double* p2 = part2.data() + at::get_thread_num() * C;
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t c = plane % C;
+        for (int64_t i = 0; i < hw; i += kBlock) {
+          Acc a1 = 0, a2 = 0;
+          segment(plane * hw + i, std::min(kBlock, hw - i), params.data() + c, &a1, &a2);
+          p1[c] += a1;
+          p2[c] += a2;
+        }
+      }
+    });
+  }
+  out1.assign(C, 0.0);
+  out2.assign(C, 0.0);
+  for (int64_t t = 0; t < threads; ++t)
+    for (int64_t c = 0; c < C; ++c) {
+      out1[c] += part1[t * C + c];
+      out2[c] += part2[t * C + c];
+    }
+}
+
+// Runs `segment(offset, len, param_offset)` over the whole tensor: wide segments of rows
+// (channels_last, parameters widened by the caller with rows_per_segment) or planes (NCHW).
+template <typename Segment>
+void channel_map(const Shape& s, Segment segment) {
+  const int64_t C = s.c, hw = s.hw, k = rows_per_segment(s);
+  if (s.channels_last) {
+    at::parallel_for(0, s.n * hw, kBlock, [&](int64_t begin, int64_t end) {
+      int64_t r = begin;
+      for (; r + k <= end; r += k) segment(r * C, k * C, 0);
+      for (; r < end; ++r) segment(r * C, C, 0);
+    });
+  } else {
+    at::parallel_for(0, s.n * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) segment(plane * hw, hw, plane % C);
+    });
+  }
+}
+
+}  // namespace resnetlab_bn
