@@ -221,6 +221,57 @@ def test_isolated_variant_runs_in_its_own_process_and_reports_memory(folder):
     assert row["variant"] == "baseline" and row["peak_mem_mib"] >= 0 and row["top1_agreement"] == 1.0
 
 
+def test_isolated_variants_are_timed_round_robin_and_paired_by_round(folder):
+    spec = BenchSpec(model="resnet20", task="train", batch_size=4, data=str(folder), images=8, warmup=1, reps=3)
+    result = run_bench(spec, [Variant("ours", "fp32", True)])
+    base, ours = result["results"]
+    assert result["timing"] == "round-robin" and ours["variant"] == "fp32-cl"
+    assert base["peak_mem_mib"] > 0 and ours["peak_mem_mib"] > 0  # each its own process
+    assert len(base["seconds"]) == len(ours["seconds"]) == 3 and ours["median_s"] == sorted(ours["seconds"])[1]
+    ratios = sorted(b / o for b, o in zip(base["seconds"], ours["seconds"]))
+    assert ours["speedup_per_round"] == pytest.approx(ratios)  # min, median, max of 3 rounds
+    assert base["speedup_per_round"] == [1.0, 1.0, 1.0]
+
+
+def test_an_isolated_variants_error_reaches_the_caller_as_it_was(folder):
+    spec = BenchSpec(model="resnet20", task="infer", batch_size=16, images=8, data=str(folder), reps=1)
+    with pytest.raises(UserError, match="fewer than one batch"):
+        run_bench(spec, [])
+
+
+def test_no_variant_process_starts_without_the_memory_for_its_peak(monkeypatch):
+    from types import SimpleNamespace
+
+    from resnetlab.bench import processes
+
+    running = [SimpleNamespace(peak_rss=3 * 2**30), SimpleNamespace(peak_rss=4 * 2**30)]
+    monkeypatch.setattr(processes, "available_memory", lambda: int(4.5 * 2**30))
+    with pytest.raises(UserError, match=r"bf16-cl in a process of its own: 4.5 GiB available, ~4.8 GiB needed with 2 .*--no-isolate"):
+        processes.check_memory_for_another(running, Variant("ours", "bf16", True))
+    processes.check_memory_for_another(running[:1], Variant("ours", "bf16", True))  # 3.6 GiB: fits
+    processes.check_memory_for_another([], Variant("ours", "bf16", True))  # the first always starts
+    monkeypatch.setattr(processes, "available_memory", lambda: None)  # not Linux: no figure, no check
+    processes.check_memory_for_another(running, Variant("ours", "bf16", True))
+
+
+def test_a_variant_process_that_dies_gives_one_clear_error(folder, tmp_path):
+    import multiprocessing
+
+    from resnetlab.bench.processes import VariantProcess
+
+    spec = BenchSpec(model="resnet20", task="infer", batch_size=4, images=8, data=str(folder), reps=1,
+                     cache_dir=str(tmp_path))
+    process = VariantProcess(multiprocessing.get_context("spawn"), spec, bench_images(str(folder), 8), BASELINE)
+    try:
+        assert process.request("time", "main") > 0
+        process.process.kill()
+        process.process.join()
+        with pytest.raises(UserError, match="measuring baseline ended without a result"):
+            process.request("time", "main")
+    finally:
+        process.close()
+
+
 def test_auto_defaults_are_the_measured_fast_path(monkeypatch):
     """benchmarks/README.md: without AMX, bf16 is slower than fp32; channels_last wins everywhere."""
     from resnetlab.engine import runtime

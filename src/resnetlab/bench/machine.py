@@ -60,9 +60,9 @@ def matmul_peak(precision: str, device: torch.device | str = "cpu", n: int = 204
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(DTYPES)}, int8")
     device = torch.device(device)
     probe = min(n, 256)
-    probe_s = min(timed(_matmul(precision, probe, device), 1, 2, device))  # one untimed call: thread pool, kernel choice
+    probe_s = min(timed(square_matmul(precision, probe, device), 1, 2, device))  # one untimed call: thread pool, kernel choice
     size = peak_size(probe_s, probe, n, max_call_s)
-    return size**3 / min(timed(_matmul(precision, size, device), 1, reps, device))
+    return size**3 / min(timed(square_matmul(precision, size, device), 1, reps, device))
 
 
 def peak_size(probe_s: float, probe: int, n: int, max_call_s: float) -> int:
@@ -74,7 +74,8 @@ def peak_size(probe_s: float, probe: int, n: int, max_call_s: float) -> int:
     return max(size, probe)
 
 
-def _matmul(precision: str, n: int, device: torch.device):
+def square_matmul(precision: str, n: int, device: torch.device | str):
+    """A call of an n x n x n matrix product in `precision` on seeded operands (int8: the quantized linear layer)."""
     gen = torch.Generator().manual_seed(0)
     if precision == "int8":
         return _int8_matmul(torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen))

@@ -1,11 +1,13 @@
 """Measuring one variant: training steps/s and inference throughput/latency, with peak memory.
 
 Each variant (spec.Variant: the baseline, ours in a precision, memory format and compile mode,
-or auto: the inference path predict takes, inference.fastpath.prepare_inference) is set up here, and run once (`prepare_train`, `prepare_infer`). Each measurement warms up, then times every repetition separately -- round-robin across variants
-when they share a process (`time_all`, with timing.interleaved) -- and `stats` turns those
-times into a median and a spread. Peak memory on the CPU is the growth of the process's peak RSS
-(getrusage ru_maxrss) over its RSS just before the model is built -- torch's allocations are
-invisible to tracemalloc -- so each variant is meant to run in a fresh process (see run.py).
+or auto: the inference path predict takes, inference.fastpath.prepare_inference) is set up here
+and run once (`prepare_train`, `prepare_infer`). Each measurement warms up, then times every
+repetition separately, round-robin across variants, whether they share a process (`time_all`,
+with timing.interleaved) or each has its own (processes.py); `stats` turns those times into a
+median and a spread. Peak memory on the CPU is the growth of the process's peak RSS (getrusage
+ru_maxrss) over its RSS just before the model is built -- torch's allocations are invisible to
+tracemalloc -- so each variant is meant to run in a fresh process (see run.py).
 """
 from __future__ import annotations
 
@@ -130,12 +132,20 @@ def time_all(prepared: list[Prepared], warmup: int, reps: int, device: torch.dev
     the machine's load during the run hits every variant alike. Returns one row per variant."""
     fns = {(i, name): fn for i, p in enumerate(prepared) for name, (fn, _) in p.timers.items()}
     times = interleaved(fns, warmup, reps, device)
+    return rows_from_times([(p.variant, {name: items for name, (_, items) in p.timers.items()}, p.info)
+                            for p in prepared], times)
+
+
+def rows_from_times(entries: list[tuple[Variant, dict, dict]], times: dict) -> list[dict]:
+    """One row per (variant, timer name -> images per call, setup info), from times[(index, timer
+    name)]: seconds per call, in round order. The row keeps the main timer's seconds
+    (`seconds`), so run.add_ratios can pair the variants' calls round by round."""
     rows = []
-    for i, p in enumerate(prepared):
-        sec = {name: times[i, name] for name in p.timers}
-        row = {"variant": p.variant.label, **p.variant.__dict__, **p.info, **stats(sec["main"], p.timers["main"][1])}
-        if "b1" in sec:
-            lat = stats(sec["b1"], 1)
+    for i, (variant, items, info) in enumerate(entries):
+        row = {"variant": variant.label, **variant.__dict__, **info, **stats(times[i, "main"], items["main"]),
+               "seconds": list(times[i, "main"])}
+        if "b1" in items:
+            lat = stats(times[i, "b1"], 1)
             row.update(latency_b1_ms=lat["median_s"] * 1e3, latency_b1_spread_ms=[lat["min_s"] * 1e3, lat["max_s"] * 1e3])
         rows.append(row)
     return rows

@@ -5,9 +5,11 @@
     write_json(result, "benchmarks/results/train_resnet20.json")
 
 Every variant runs in a fresh process (so its peak RSS is its own and a compiled graph cannot
-leak into the next one), or, with isolate=False, all variants share one process and are timed
-round-robin (a busy machine then slows all of them alike); either way on the same machine and
-in the same run as the baseline, and reported as a ratio to it. The machine's matrix-multiply
+leak into the next one), or, with isolate=False, all variants share one process. Either way they
+are timed round-robin, one call of each per round (processes.py: a VM's speed changes from one
+minute to the next, and a variant timed in another minute than the baseline gets another
+ratio), on the same machine and in the same run as the baseline, and reported as a ratio to it:
+of the medians (`speedup`), and per round (`speedup_per_round`: min, median, max). The machine's matrix-multiply
 peak is measured in the same run, and each variant's multiply-adds per second are given as a
 fraction of the peak for its dtype. What to measure is a `spec.BenchSpec` and `spec.Variant`s.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
@@ -29,6 +32,7 @@ from resnetlab.models import profile
 from .images import bench_images
 from .machine import describe_machine, matmul_peak
 from .measure import prepare_infer, prepare_train, time_all
+from .processes import measure_interleaved
 from .spec import AUTO, BASELINE, BenchSpec, Variant, auto_variant, check_spec, check_variants
 
 TRAIN_MACS_PER_FORWARD = 3  # backward costs about twice the forward (input and weight gradients)
@@ -47,16 +51,27 @@ def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
     precisions = sorted({r["precision"] for r in rows})
     peaks = {p: matmul_peak(p, device) for p in precisions}
     macs = profile(spec.model, spec.size, num_classes=len(images.classes)).macs
-    add_ratios(rows, macs * (TRAIN_MACS_PER_FORWARD if spec.task == "train" else 1), peaks)
+    add_ratios(rows, macs * (TRAIN_MACS_PER_FORWARD if spec.task == "train" else 1), peaks,
+               paired=timing_of(spec) == "round-robin")
     machine = describe_machine(device) | {"load_avg_1m_start": load_start}
     return {"spec": asdict(spec) | {"image_size": spec.size, "cache_dir": None}, "machine": machine,
-            "matmul_peak_macs_per_s": peaks, "forward_macs_per_image": macs, "results": rows}
+            "timing": timing_of(spec), "matmul_peak_macs_per_s": peaks, "forward_macs_per_image": macs,
+            "results": rows}
+
+
+def timing_of(spec: BenchSpec) -> str:
+    """How the variants' calls were ordered: round-robin (paired by round) or one variant after another."""
+    return "one variant after another" if spec.isolate and torch.device(spec.device).type == "cuda" else "round-robin"
 
 
 def measure_variants(spec: BenchSpec, images, variants: list[Variant]) -> list[dict]:
-    """Rows for `variants`: each in its own fresh process (isolate), or all in this one, interleaved."""
+    """Rows for `variants`, all in this process or each in its own; timed as timing_of(spec) says."""
     if not spec.isolate:
         return _measure(spec, images, variants)
+    if timing_of(spec) == "round-robin":
+        return measure_interleaved(spec, images, variants)
+    # On a GPU the baseline's image-decoding workers would go on filling their queue while another
+    # variant is timed, stealing its CPU: there each variant is timed while it alone runs.
     rows = []
     for v in variants:  # an executor per variant: a new process each, none started beyond them
         # concurrent.futures workers are not daemonic (multiprocessing.Pool's are), so the
@@ -83,14 +98,18 @@ def _measure(spec: BenchSpec, images, variants: list[Variant]) -> list[dict]:
     return rows
 
 
-def add_ratios(rows: list[dict], macs: int, peaks: dict) -> None:
+def add_ratios(rows: list[dict], macs: int, peaks: dict, paired: bool = True) -> None:
     """Speed-up over the baseline (rows[0]), achieved multiply-adds/s (`macs` per image) and their
-    fraction of the dtype's peak, and (inference) top-1 agreement with the baseline's predictions."""
+    fraction of the dtype's peak, and (inference) top-1 agreement with the baseline's predictions.
+    `paired`: call r of every row was timed in the same round, so their ratios are given per round."""
     base = rows[0]
     for row in rows:
         row["speedup"] = row["per_s"] / base["per_s"]
         row["macs_per_s"] = macs * row["per_s"]
         row["peak_fraction"] = row["macs_per_s"] / peaks[row["precision"]]
+        if paired:
+            ratios = sorted(b / s for b, s in zip(base["seconds"], row["seconds"]))
+            row["speedup_per_round"] = [ratios[0], statistics.median(ratios), ratios[-1]]
         if "predictions" in row:
             same = sum(a == b for a, b in zip(row["predictions"], base["predictions"]))
             row["top1_agreement"] = same / len(base["predictions"])
@@ -109,16 +128,18 @@ def format_table(result: dict) -> str:
     lines = [f"{spec['model']} {task} batch {spec['batch_size']} at {spec['image_size']}px on {result['machine']['cpu']} "
              f"({spec['threads'] or result['machine']['torch_threads']} threads, load average {result['machine']['load_avg_1m_start']:.2f} "
              f"at start, {result['machine']['load_avg_1m']:.2f} at end)",
-             f"{'variant':<34}{unit:>14}{'spread':>18}{'speedup':>9}{'peak%':>8}{'mem MiB':>9}"
+             f"{'variant':<34}{unit:>14}{'spread':>18}{'speedup':>9}{'per round':>13}{'peak%':>8}{'mem MiB':>9}"
              + ("" if task == "train" else f"{'b1 ms':>9}{'agree':>7}")]
     for r in result["results"]:
+        rounds = r.get("speedup_per_round")
+        rounds = f"{rounds[0]:.2f}-{rounds[2]:.2f}x" if rounds else "-"
         line = (f"{r['variant']:<34}{r['per_s']:>14.1f}{r['per_s_min']:>9.1f}-{r['per_s_max']:<8.1f}{r['speedup']:>8.2f}x"
-                f"{100 * r['peak_fraction']:>7.1f}%{'-' if r['peak_mem_mib'] is None else format(r['peak_mem_mib'], '.0f'):>9}")
+                f"{rounds:>13}{100 * r['peak_fraction']:>7.1f}%{'-' if r['peak_mem_mib'] is None else format(r['peak_mem_mib'], '.0f'):>9}")
         if task == "infer":
             line += f"{r['latency_b1_ms']:>9.1f}{100 * r['top1_agreement']:>6.1f}%"
         lines.append(line)
     peaks = ", ".join(f"{p} {v / 1e9:.3g} GMAC/s" for p, v in result["matmul_peak_macs_per_s"].items())
-    lines.append(f"matmul peak: {peaks}")
+    lines.append(f"matmul peak: {peaks}; calls timed {result['timing']}")
     return "\n".join(lines)
 
 

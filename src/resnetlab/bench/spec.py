@@ -53,7 +53,7 @@ class BenchSpec:
     images: int = 512  # images drawn from the data (both pipelines use the same files)
     weights: str | None = None  # inference: trained weights for the agreement check
     isolate: bool = True  # one fresh process per variant (peak memory per variant); False: all variants in
-    # this process, timed round-robin -- robust to a machine whose load changes, but no memory figure
+    # this process (less memory, no memory figure). Both time the variants round-robin (processes.py).
     cache_dir: str | None = None  # decoded-image cache of our pipeline (default: a temporary folder)
     threads: int | None = None  # torch intra-op threads (None: torch's default, one per core)
 
