@@ -43,8 +43,8 @@ def main():
         print(f"{p}: {s['min_ms']:.1f}-{s['max_ms']:.1f} ms per {N}^3 product (median {s['median_ms']:.1f}; "
               f"slowest / fastest {s['max_over_min']:.2f})")
     if args.json:
-        write_json({"machine": describe_machine("cpu"), "size": N, "every_s": args.every, "samples_ms": samples,
-                    "summary": summary}, args.json)
+        write_json({"machine": describe_machine("cpu"), "size": N, "seconds": args.seconds, "every_s": args.every,
+                    "samples_ms": samples, "summary": summary}, args.json)
 
 
 if __name__ == "__main__":

@@ -97,10 +97,15 @@ def test_bench_images_is_a_seeded_subset_and_checks_its_input(folder, tmp_path):
 
 def test_interleaved_warms_every_function_up_then_calls_them_in_turn():
     """The one timer of every benchmark: round-robin order, one time per call (no durations asserted)."""
-    calls = []
-    seconds = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, reps=2)
-    assert calls == ["a", "b", "a", "b", "a", "b"]
-    assert {name: len(s) for name, s in seconds.items()} == {"a": 2, "b": 2}
+    calls, starts = [], {}
+    seconds = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, reps=3,
+                          starts=starts)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # every other round reversed
+    assert {name: len(s) for name, s in seconds.items()} == {"a": 3, "b": 3}
+    assert starts["a"][0] < starts["b"][0] < starts["b"][1] < starts["a"][1] < starts["a"][2] < starts["b"][2]
+    calls.clear()
+    interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=0, reps=1, settle=1)
+    assert calls == ["a", "a", "b", "b"]  # each timed call right after an untimed one of the same function
 
 
 def test_stats_median_and_spread():
@@ -228,6 +233,8 @@ def test_isolated_variants_are_timed_round_robin_and_paired_by_round(folder):
     assert result["timing"] == "round-robin" and ours["variant"] == "fp32-cl"
     assert base["peak_mem_mib"] > 0 and ours["peak_mem_mib"] > 0  # each its own process
     assert len(base["seconds"]) == len(ours["seconds"]) == 3 and ours["median_s"] == sorted(ours["seconds"])[1]
+    b, o = base["started_s"], ours["started_s"]
+    assert b[0] == 0 and b[0] < o[0] < o[1] < b[1] < b[2] < o[2]  # round-robin, every other round reversed
     ratios = sorted(b / o for b, o in zip(base["seconds"], ours["seconds"]))
     assert ours["speedup_per_round"] == pytest.approx(ratios)  # min, median, max of 3 rounds
     assert base["speedup_per_round"] == [1.0, 1.0, 1.0]
@@ -237,6 +244,18 @@ def test_an_isolated_variants_error_reaches_the_caller_as_it_was(folder):
     spec = BenchSpec(model="resnet20", task="infer", batch_size=16, images=8, data=str(folder), reps=1)
     with pytest.raises(UserError, match="fewer than one batch"):
         run_bench(spec, [])
+
+
+def test_an_error_that_cannot_travel_between_processes_sends_its_text():
+    from resnetlab.bench.processes import portable
+
+    class NeedsTwo(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a} and {b}")
+
+    assert portable(NeedsTwo(1, 2)) is None  # pickled, it could not be unpickled in the parent
+    error = UserError("--images 8 is fewer than one batch (16)")
+    assert portable(error) is error
 
 
 def test_no_variant_process_starts_without_the_memory_for_its_peak(monkeypatch):
@@ -263,7 +282,8 @@ def test_a_variant_process_that_dies_gives_one_clear_error(folder, tmp_path):
                      cache_dir=str(tmp_path))
     process = VariantProcess(multiprocessing.get_context("spawn"), spec, bench_images(str(folder), 8), BASELINE)
     try:
-        assert process.request("time", "main") > 0
+        seconds, started = process.request("time", "main")
+        assert seconds > 0 and started > 0
         process.process.kill()
         process.process.join()
         with pytest.raises(UserError, match="measuring baseline ended without a result"):

@@ -231,10 +231,13 @@ def test_a_compiler_that_fails_leaves_training_on_the_plain_modules(monkeypatch)
 
 
 def test_the_build_is_keyed_on_the_headers_the_source_includes(tmp_path):
-    (tmp_path / "k.cpp").write_text('#include <vector>\n#include "p.h"\nint f();\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "k.cpp").write_text('#include <vector>\n#include "p.h"\n#include "sub/p.h"\nint f();\n')
     (tmp_path / "p.h").write_text('#pragma once\n#include "k.cpp"\n #include "missing.h"\nint g();\n')
+    (tmp_path / "sub" / "p.h").write_text('#include "../p.h"\nint h();\n')
     text = source_text(tmp_path / "k.cpp")
-    assert "int g();" in text and text.count("int f();") == 1  # the header once; no loop back; a missing one skipped
+    # both p.h (same name, other folders), each once; no loop back; a missing one skipped
+    assert text.count("int g();") == 1 and "int h();" in text and text.count("int f();") == 1
     assert "channel_sums" in source_text(fused_bn.SOURCE)  # the passes' header is part of the build's key
 
 

@@ -5,8 +5,8 @@ or auto: the inference path predict takes, inference.fastpath.prepare_inference)
 and run once (`prepare_train`, `prepare_infer`). Each measurement warms up, then times every
 repetition separately, round-robin across variants, whether they share a process (`time_all`,
 with timing.interleaved) or each has its own (processes.py); `stats` turns those times into a
-median and a spread. Peak memory on the CPU is the growth of the process's peak RSS (getrusage
-ru_maxrss) over its RSS just before the model is built -- torch's allocations are invisible to
+median and a spread. Peak memory on the CPU is the growth of the process's peak RSS (peak_rss)
+over its RSS just before the model is built -- torch's allocations are invisible to
 tracemalloc -- so each variant is meant to run in a fresh process (see run.py).
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
         else:
+            reset_peak_rss()
             self.start = current_rss()
         return self
 
@@ -51,7 +52,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.mib = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
         else:
-            self.mib = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.start) / 2**20
+            self.mib = max(0.0, peak_rss() - self.start) / 2**20
 
 
 def current_rss() -> int:
@@ -61,6 +62,29 @@ def current_rss() -> int:
             return int(f.read().split()[1]) * resource.getpagesize()
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> None:
+    """Linux: start the process's peak RSS (VmHWM) afresh from its current RSS; elsewhere nothing."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    """Peak resident bytes of this process's own memory (Linux VmHWM: since its exec or the last
+    reset_peak_rss). Not getrusage's ru_maxrss where avoidable: on Linux a spawned child's starts
+    at its parent's size when it forked."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def runtime_of(variant: Variant, device: torch.device) -> Runtime:
@@ -127,23 +151,30 @@ def prepare_train(spec: BenchSpec, variant: Variant, images: BenchImages, cache_
     return Prepared(variant, {"main": (step, batch_size)}, {"first_step_s": first.s, "peak_mem_mib": mem.mib})
 
 
+SETTLE = 1  # untimed calls of a variant right before each of its timed calls (see timing.interleaved)
+
+
 def time_all(prepared: list[Prepared], warmup: int, reps: int, device: torch.device) -> list[dict]:
     """Warm every variant up, then time them round-robin, one call each per round, so a change in
     the machine's load during the run hits every variant alike. Returns one row per variant."""
     fns = {(i, name): fn for i, p in enumerate(prepared) for name, (fn, _) in p.timers.items()}
-    times = interleaved(fns, warmup, reps, device)
+    starts = {}
+    times = interleaved(fns, warmup, reps, device, settle=SETTLE, starts=starts)
     return rows_from_times([(p.variant, {name: items for name, (_, items) in p.timers.items()}, p.info)
-                            for p in prepared], times)
+                            for p in prepared], times, starts)
 
 
-def rows_from_times(entries: list[tuple[Variant, dict, dict]], times: dict) -> list[dict]:
+def rows_from_times(entries: list[tuple[Variant, dict, dict]], times: dict, starts: dict) -> list[dict]:
     """One row per (variant, timer name -> images per call, setup info), from times[(index, timer
-    name)]: seconds per call, in round order. The row keeps the main timer's seconds
-    (`seconds`), so run.add_ratios can pair the variants' calls round by round."""
+    name)]: seconds per call, in round order, and starts[(index, timer name)]: time.monotonic() at
+    each call's start. The row keeps the main timer's seconds (`seconds`), so run.add_ratios can
+    pair the variants' calls round by round, and when each started (`started_s`, from the run's
+    first timed call), so the machine's drift can be seen."""
+    first = min(min(t) for t in starts.values())
     rows = []
     for i, (variant, items, info) in enumerate(entries):
         row = {"variant": variant.label, **variant.__dict__, **info, **stats(times[i, "main"], items["main"]),
-               "seconds": list(times[i, "main"])}
+               "seconds": list(times[i, "main"]), "started_s": [t - first for t in starts[i, "main"]]}
         if "b1" in items:
             lat = stats(times[i, "b1"], 1)
             row.update(latency_b1_ms=lat["median_s"] * 1e3, latency_b1_spread_ms=[lat["min_s"] * 1e3, lat["max_s"] * 1e3])

@@ -6,33 +6,39 @@ On the 2-core AMX Xeon the benchmarks of record run on, a bf16 2048^3 matrix pro
 timed in a slow phase with a baseline timed in a fast one: the same ResNet-20 suite gave 3.15x and
 5.36x within fifteen minutes. Here every variant is set up in a fresh spawned process (its own
 peak memory, no compiled graph shared with another), one at a time; then the parent asks each
-process in turn for one timed call per round, so a change in the machine's speed hits every
-variant in the same round, and the per-round ratios to the baseline (run.add_ratios) show how
-far it moved.
+process in turn for one timed call per round (every other round in reverse), so a change in
+the machine's speed hits every variant in the same round, and the per-round ratios to the
+baseline (run.add_ratios) show how far it moved. A round of the ResNet-50 suite takes about 75 s
+(an untimed and a timed step of each of seven variants), so there the ratios of one round still
+span a minute; the rounds' alternating order keeps that from favouring one variant.
 
 Only one process works at any moment: the others wait on their pipe. A timed call directly
 follows an untimed call of the same variant, so that it runs with its own caches and heap warm,
 as in a training loop, not after another variant's call; then the process hands its free heap
 pages back (malloc_trim), so that the processes waiting hold little memory (a ResNet-50 training
 process otherwise keeps ~2.4 GB between steps, and the seven of its suite filled 23 of 24 GB).
-A child ignores Ctrl-C (the parent handles it and closes the pipes, which ends them) and reports
-its own errors, which the parent raises as they were.
+A child ignores Ctrl-C from its start (the parent handles it and closes the pipes, which ends
+them) and reports its own errors, which the parent raises as they were, the child's traceback
+attached as their cause.
 """
 from __future__ import annotations
 
 import ctypes
 import multiprocessing
-import resource
+import pickle
 import signal
+import threading
+import time
+import traceback
 from pathlib import Path
 
 import torch
 
 from resnetlab.errors import UserError
 
-from .measure import Prepared, prepare_infer, prepare_train, rows_from_times
+from .measure import SETTLE, Prepared, peak_rss, prepare_infer, prepare_train, rows_from_times
 from .spec import BenchSpec, Variant
-from .timing import stopwatch
+from .timing import round_order, stopwatch
 
 
 def measure_interleaved(spec: BenchSpec, images, variants: list[Variant]) -> list[dict]:
@@ -46,14 +52,27 @@ def measure_interleaved(spec: BenchSpec, images, variants: list[Variant]) -> lis
         for p in processes:
             p.request("warmup", spec.warmup)
         times = {(i, name): [] for i, p in enumerate(processes) for name in p.timers}
-        for _ in range(spec.reps):
-            for i, p in enumerate(processes):
-                for name in p.timers:
-                    times[i, name].append(p.request("time", name))
-        return rows_from_times([(p.variant, p.timers, p.info) for p in processes], times)
+        starts = {key: [] for key in times}
+        for r in range(spec.reps):
+            for i in round_order(list(range(len(processes))), r):
+                for name in processes[i].timers:
+                    seconds, started = processes[i].request("time", name)
+                    times[i, name].append(seconds)
+                    starts[i, name].append(started)
+        return rows_from_times([(p.variant, p.timers, p.info) for p in processes], times, starts)
     finally:
-        for p in processes:
+        close_all(processes)
+
+
+def close_all(processes: list[VariantProcess]) -> None:
+    """Stop every process, even if a second Ctrl-C interrupts stopping one of them."""
+    for p in processes:
+        try:
             p.close()
+        except BaseException:  # noqa: BLE001  (a KeyboardInterrupt: kill it, then go on with the rest)
+            p.process.kill()
+    for p in processes:
+        p.process.join()
 
 
 def check_memory_for_another(processes: list[VariantProcess], variant: Variant, margin: float = 1.2) -> None:
@@ -91,19 +110,33 @@ def available_memory() -> int | None:
         return None
 
 
+class RemoteTraceback(Exception):
+    """The traceback of an error raised in a variant's process (the cause of the error re-raised here)."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 class VariantProcess:
     """One variant, set up in a spawned child process that times one call at a time on request."""
 
     def __init__(self, context, spec: BenchSpec, images, variant: Variant):
         self.variant = variant
         self.conn, child_end = context.Pipe()
-        # Not a daemon: the baseline's DataLoader may start worker processes of its own in it.
+        # Not a daemon: the baseline's DataLoader, or inductor's compile workers, may start
+        # processes of their own in it.
         self.process = context.Process(target=_serve, args=(child_end, spec, images, variant),
                                        name=f"resnetlab-bench-{variant.label}")
-        self.process.start()
-        child_end.close()  # so that a child which dies is seen as the end of the pipe
         try:
-            self.timers, self.info, self.peak_rss = self._reply()
+            with sigint_ignored():  # the child inherits it: no traceback if Ctrl-C comes while it imports
+                self.process.start()
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            child_end.close()  # so that a child which dies is seen as the end of the pipe
+        try:
+            self.timers, self.info, self.peak_rss = self.request("setup")
         except BaseException:
             self.close()
             raise
@@ -113,15 +146,15 @@ class VariantProcess:
             self.conn.send(message)
         except (OSError, ValueError):  # its end of the pipe is closed: the process is gone
             self._gone()
-        return self._reply()
-
-    def _reply(self):
         try:
             kind, value = self.conn.recv()
         except (EOFError, OSError):
             self._gone()
         if kind == "error":
-            raise value
+            error, remote = value
+            if error is None:  # an exception that could not travel: its text did
+                raise RuntimeError(f"the process measuring {self.variant.label} failed:\n{remote}")
+            raise error from RemoteTraceback(remote)
         return value
 
     def _gone(self):
@@ -143,39 +176,81 @@ class VariantProcess:
             self.process.join()
 
 
-def _serve(conn, spec: BenchSpec, images, variant: Variant) -> None:
-    """The child: set the variant up, then answer requests until told to stop or the pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    try:
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        prepare = prepare_train if spec.task == "train" else prepare_infer
-        prepared: Prepared = prepare(spec, variant, images, Path(spec.cache_dir))
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-        release_free_memory()
-        conn.send(("ok", ({name: items for name, (_, items) in prepared.timers.items()}, prepared.info, peak_rss)))
-        device = torch.device(spec.device)
-        while True:
-            message = conn.recv()
-            if message[0] == "stop":
-                return
-            if message[0] == "warmup":
-                for fn, _ in prepared.timers.values():
-                    for _ in range(message[1]):
-                        fn()
-                release_free_memory()
-                conn.send(("ok", None))
-            else:  # ("time", timer name)
-                fn, _ = prepared.timers[message[1]]
-                fn()  # untimed: this variant's caches and heap warm again after the other variants' calls
-                with stopwatch(device) as t:
+class sigint_ignored:
+    """SIGINT ignored while the block runs (in the main thread; elsewhere signals are not ours to set)."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class _Variant:
+    """The child's side: the variant set up, then one request at a time."""
+
+    def __init__(self, spec: BenchSpec, images, variant: Variant):
+        self.spec, self.images, self.variant = spec, images, variant
+        self.device = torch.device(spec.device)
+        self.prepared: Prepared | None = None
+
+    def handle(self, message: tuple):
+        kind = message[0]
+        if kind == "setup":
+            if self.spec.threads:
+                torch.set_num_threads(self.spec.threads)
+            prepare = prepare_train if self.spec.task == "train" else prepare_infer
+            self.prepared = prepare(self.spec, self.variant, self.images, Path(self.spec.cache_dir))
+            peak = peak_rss()
+            release_free_memory()
+            return {name: items for name, (_, items) in self.prepared.timers.items()}, self.prepared.info, peak
+        if kind == "warmup":
+            for fn, _ in self.prepared.timers.values():
+                for _ in range(message[1]):
                     fn()
-                release_free_memory()  # before replying, so that it overlaps no other variant's call
-                conn.send(("ok", t.s))
-    except (EOFError, BrokenPipeError):  # the parent is gone: nothing to report to
-        return
-    except Exception as e:  # noqa: BLE001  (reported to the parent, which raises it)
+            release_free_memory()
+            return None
+        fn, _ = self.prepared.timers[message[1]]  # ("time", timer name)
+        for _ in range(SETTLE):
+            fn()  # untimed: this variant's caches and heap warm again after the other variants' calls
+        started = time.monotonic()
+        with stopwatch(self.device) as t:
+            fn()
+        release_free_memory()  # before replying, so that it overlaps no other variant's call
+        return t.s, started
+
+
+def _serve(conn, spec: BenchSpec, images, variant: Variant) -> None:
+    """The child: answer requests until told to stop, an error, or the parent's end closing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    served = _Variant(spec, images, variant)
+    while True:
         try:
-            conn.send(("error", e))
-        except Exception:  # noqa: BLE001  (an exception that cannot be pickled: its text then)
-            conn.send(("error", RuntimeError(f"{type(e).__name__}: {e}")))
+            message = conn.recv()
+        except (EOFError, OSError):  # the parent is gone: nothing to report to
+            return
+        if message[0] == "stop":
+            return
+        try:
+            reply = ("ok", served.handle(message))
+        except Exception as e:  # noqa: BLE001  (reported to the parent, which raises it)
+            reply = ("error", (portable(e), traceback.format_exc()))
+        try:
+            conn.send(reply)
+        except (OSError, ValueError):
+            return
+        if reply[0] == "error":
+            return
+
+
+def portable(error: Exception) -> Exception | None:
+    """The exception itself if it survives the trip through a pipe (pickled here, unpickled in
+    the parent), else None (its traceback's text still goes)."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001  (any pickling failure: a lambda inside, an __init__ with other arguments)
+        return None

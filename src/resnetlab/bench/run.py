@@ -5,11 +5,13 @@
     write_json(result, "benchmarks/results/train_resnet20.json")
 
 Every variant runs in a fresh process (so its peak RSS is its own and a compiled graph cannot
-leak into the next one), or, with isolate=False, all variants share one process. Either way they
-are timed round-robin, one call of each per round (processes.py: a VM's speed changes from one
-minute to the next, and a variant timed in another minute than the baseline gets another
-ratio), on the same machine and in the same run as the baseline, and reported as a ratio to it:
-of the medians (`speedup`), and per round (`speedup_per_round`: min, median, max). The machine's matrix-multiply
+leak into the next one; processes.py), or, with isolate=False, all variants share this one. On
+the CPU either way times them round-robin, one timed call of each per round, each right after
+an untimed one of the same variant (a VM's speed changes from one minute to the next, and a
+variant timed in another minute than the baseline gets another ratio); on a GPU isolated
+variants are timed one after another (timing_of). All on the same machine and in the same run
+as the baseline, and reported as a ratio to it: of the medians (`speedup`), and, when timed
+round-robin, per round (`speedup_per_round`: min, median, max). The machine's matrix-multiply
 peak is measured in the same run, and each variant's multiply-adds per second are given as a
 fraction of the peak for its dtype. What to measure is a `spec.BenchSpec` and `spec.Variant`s.
 """

@@ -53,7 +53,8 @@ class BenchSpec:
     images: int = 512  # images drawn from the data (both pipelines use the same files)
     weights: str | None = None  # inference: trained weights for the agreement check
     isolate: bool = True  # one fresh process per variant (peak memory per variant); False: all variants in
-    # this process (less memory, no memory figure). Both time the variants round-robin (processes.py).
+    # this process (less memory, no memory figure). On the CPU both time the variants round-robin
+    # (timing.interleaved, processes.py); on a GPU isolated variants are timed one after another.
     cache_dir: str | None = None  # decoded-image cache of our pipeline (default: a temporary folder)
     threads: int | None = None  # torch intra-op threads (None: torch's default, one per core)
 

@@ -2,9 +2,10 @@
 
 `stopwatch` times one block (a build, a whole run, a first compiled call); `timed` times each of
 several calls of a function after a warm-up; `interleaved` does the same for several functions
-round-robin, so a change in the machine's load during the run hits all of them alike; `stats`
-turns per-call seconds into a median and a spread. On a GPU each interval starts and ends with a
-synchronize, so it covers the work it claims to time and not only its launch.
+round-robin (every other round in reverse), so a change in the machine's load during the run
+hits all of them alike; `stats` turns per-call seconds into a median and a spread. On a GPU each
+interval starts and ends with a synchronize, so it covers the work it claims to time and not only
+its launch.
 """
 from __future__ import annotations
 
@@ -44,19 +45,33 @@ def timed(fn, warmup: int, reps: int, device: torch.device | str | None = None) 
     return interleaved({"fn": fn}, warmup, reps, device)["fn"]
 
 
-def interleaved(fns: dict, warmup: int, reps: int, device: torch.device | str | None = None) -> dict[str, list[float]]:
+def interleaved(fns: dict, warmup: int, reps: int, device: torch.device | str | None = None, *, settle: int = 0,
+                starts: dict | None = None) -> dict[str, list[float]]:
     """name -> seconds of each of `reps` calls of fns[name](); every function is warmed up first,
-    then they are called in turn, one call each per round."""
+    then they are called in turn (round_order), one timed call each per round, each after `settle` untimed
+    calls of the same function (its own caches warm, not another function's). `starts`, if
+    given, gets name -> time.monotonic() at the start of each timed call."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     seconds = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    for r in range(reps):
+        for name in round_order(list(fns), r):
+            fn = fns[name]
+            for _ in range(settle):
+                fn()
+            if starts is not None:
+                starts.setdefault(name, []).append(time.monotonic())
             with stopwatch(device) as t:
                 fn()
             seconds[name].append(t.s)
     return seconds
+
+
+def round_order(names: list, round_index: int) -> list:
+    """The order of one round: as given, and reversed every other round, so that no one is always
+    timed first or last (on a machine whose speed drifts, that would favour one of them)."""
+    return names if round_index % 2 == 0 else names[::-1]
 
 
 def stats(seconds: list[float], items: int) -> dict:

@@ -29,8 +29,8 @@ def add_arguments(parser):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     parser.add_argument("--no-isolate", action="store_true",
-                        help="all variants in this process rather than one process each (less memory; no memory figures); "
-                        "either way they are timed round-robin")
+                        help="all variants in this process rather than one process each (less memory; no memory figures). "
+                        "On the CPU both time the variants round-robin, each timed call after an untimed one")
     parser.add_argument("--json", metavar="PATH", help="also write the full result as JSON")
 
 

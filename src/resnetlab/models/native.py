@@ -62,12 +62,14 @@ class NativeKernels:
 LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
 
 
-def source_text(source: Path, seen: frozenset = frozenset()) -> str:
-    """The source's text followed by that of every header beside it that it includes, recursively."""
+def source_text(source: Path, seen: set | None = None) -> str:
+    """The source's text followed by that of every header beside it that it includes, recursively,
+    each file once."""
+    seen = set() if seen is None else seen
+    seen.add(source.resolve())
     text = source.read_text()
-    seen = seen | {source.name}
     for name in LOCAL_INCLUDE.findall(text):
-        header = source.parent / name
-        if name not in seen and header.is_file():
+        header = (source.parent / name).resolve()
+        if header not in seen and header.is_file():
             text += source_text(header, seen)
     return text
