@@ -273,6 +273,22 @@ def test_no_variant_process_starts_without_the_memory_for_its_peak(monkeypatch):
     processes.check_memory_for_another(running, Variant("ours", "bf16", True))
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_containers_memory_limit_counts_as_what_is_available(tmp_path, version):
+    from resnetlab.bench.processes import cgroup_headroom
+
+    folder, names = ((tmp_path / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+                     if version == 1 else (tmp_path, ("memory.max", "memory.current", "inactive_file")))
+    folder.mkdir(exist_ok=True)
+    (folder / names[0]).write_text(f"{8 * 2**30}\n")
+    (folder / names[1]).write_text(f"{6 * 2**30}\n")
+    (folder / "memory.stat").write_text(f"anon 1\n{names[2]} {2**30}\nfile 5\n")
+    assert cgroup_headroom(tmp_path) == 3 * 2**30  # 8 - 6 used, of which 1 droppable page cache
+    (folder / names[0]).write_text("max\n" if version == 2 else "9223372036854771712\n")
+    assert cgroup_headroom(tmp_path) is None  # no limit
+    assert cgroup_headroom(tmp_path / "nowhere") is None
+
+
 def test_a_variant_process_that_dies_gives_one_clear_error(folder, tmp_path):
     import multiprocessing
 

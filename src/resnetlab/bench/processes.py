@@ -101,13 +101,34 @@ def release_free_memory() -> None:
 
 
 def available_memory() -> int | None:
-    """Bytes the kernel says can be allocated without swapping (Linux MemAvailable), else None."""
+    """Bytes that can be allocated without swapping or meeting a container's limit: Linux's
+    MemAvailable, and the memory cgroup's headroom where it sets a limit; None where unknown."""
     try:
         with open("/proc/meminfo") as f:
             fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
+        available = int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return None
+    headroom = cgroup_headroom()
+    return available if headroom is None else min(available, headroom)
+
+
+def cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """What the memory cgroup's limit still allows (cgroup v2, else v1), counting the page cache it
+    may drop (inactive files) as free; None without a limit or a cgroup to read."""
+    for folder, limit_name, usage_name, inactive_key in ((root, "memory.max", "memory.current", "inactive_file"),
+                                                         (root / "memory", "memory.limit_in_bytes",
+                                                          "memory.usage_in_bytes", "total_inactive_file")):
+        try:
+            limit = (folder / limit_name).read_text().strip()
+            usage = int((folder / usage_name).read_text())
+            stat = dict(line.split()[:2] for line in (folder / "memory.stat").read_text().splitlines() if line.strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or int(limit) >= 2**60:  # v1 writes "no limit" as a number near 2^63
+            return None
+        return max(0, int(limit) - usage + int(stat.get(inactive_key, 0)))
+    return None
 
 
 class RemoteTraceback(Exception):
