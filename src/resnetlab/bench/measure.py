@@ -159,7 +159,8 @@ def time_all(prepared: list[Prepared], warmup: int, reps: int, device: torch.dev
     the machine's load during the run hits every variant alike. Returns one row per variant."""
     fns = {(i, name): fn for i, p in enumerate(prepared) for name, (fn, _) in p.timers.items()}
     starts = {}
-    times = interleaved(fns, warmup, reps, device, settle=SETTLE, starts=starts)
+    # One variant alone (a process of its own on a GPU) follows only itself: nothing to settle.
+    times = interleaved(fns, warmup, reps, device, settle=SETTLE if len(prepared) > 1 else 0, starts=starts)
     return rows_from_times([(p.variant, {name: items for name, (_, items) in p.timers.items()}, p.info)
                             for p in prepared], times, starts)
 

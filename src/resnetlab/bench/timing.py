@@ -48,9 +48,9 @@ def timed(fn, warmup: int, reps: int, device: torch.device | str | None = None) 
 def interleaved(fns: dict, warmup: int, reps: int, device: torch.device | str | None = None, *, settle: int = 0,
                 starts: dict | None = None) -> dict[str, list[float]]:
     """name -> seconds of each of `reps` calls of fns[name](); every function is warmed up first,
-    then they are called in turn (round_order), one timed call each per round, each after `settle` untimed
-    calls of the same function (its own caches warm, not another function's). `starts`, if
-    given, gets name -> time.monotonic() at the start of each timed call."""
+    then they are called in turn (round_order), one timed call each per round, each after
+    `settle` untimed calls of the same function (its own caches warm, not another function's).
+    `starts`, if given, gets name -> time.monotonic() at the start of each timed call."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
