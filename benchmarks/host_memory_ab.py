@@ -1,9 +1,10 @@
-"""Training steps with glibc told to keep freed memory for reuse (engine/host_memory.py) against
-its default (blocks of 32 MB or more mapped afresh each time), in one process: the allocator's
-setting is switched between the two before every step pair, the order alternating by round, so
-a drift in the machine's speed hits both alike. Also counts page faults and kernel time per step.
+"""Training steps with glibc told to keep freed blocks of up to 1 GiB for reuse against its default
+(blocks of 32 MB or more mapped afresh each time and unmapped when freed), in one process: the
+allocator's setting is switched before every step pair, the order alternating by round, so a
+drift in the machine's speed hits both alike. Also counts page faults and kernel time per step.
+Tried for CPU training and not kept (benchmarks/README.md, "Freed memory kept for reuse").
 
-    python benchmarks/host_memory_ab.py --model resnet50 --precision bf16 --rounds 6
+    python benchmarks/host_memory_ab.py --model resnet50 --precision bf16 --rounds 10
     python benchmarks/host_memory_ab.py --model resnet20 --rounds 20 --json benchmarks/results/amx_xeon/host_memory_ab_resnet20.json
 """
 import argparse
@@ -17,21 +18,24 @@ import torch
 from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import round_order
-from resnetlab.engine import host_memory
 from resnetlab.engine.runtime import Runtime, prepare_model
 from resnetlab.engine.train import StepParts, train_step
 from resnetlab.models import create_model
-from resnetlab.models.fused_bn import set_fused_bn
 
-GLIBC_DEFAULTS = {host_memory.M_MMAP_THRESHOLD: 32 << 20, host_memory.M_TRIM_THRESHOLD: 64 << 20}  # its dynamic caps
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
+KEEP_BYTES = 1 << 30
+# glibc's own caps of its self-adjusting thresholds; setting them fixes them (no more adjusting),
+# so the "default" side is close to, not exactly, a process that never called mallopt.
+GLIBC_CAPS = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20}
 
 
 def set_allocator(keep: bool) -> None:
-    libc = ctypes.CDLL(None)
-    for param, default in GLIBC_DEFAULTS.items():
-        libc.mallopt(param, host_memory.KEEP_BYTES if keep else default)
+    libc = ctypes.CDLL(None)  # glibc only (Linux)
+    for param, cap in GLIBC_CAPS.items():  # the mmap threshold first: older glibc refuses > 32 MiB
+        if not libc.mallopt(param, KEEP_BYTES if keep else cap):
+            raise SystemExit(f"this C library refused mallopt({param}, ...): nothing to compare")
     if not keep:
-        libc.malloc_trim(0)  # hand back what the other setting kept, as the default would have
+        libc.malloc_trim(ctypes.c_size_t(0))  # hand back what the other setting kept, as the default would have
 
 
 def main():
@@ -43,9 +47,8 @@ def main():
     args = parser.parse_args()
     batch, size = (32, 224) if args.model == "resnet50" else (128, 32)
     torch.manual_seed(0)
-    rt = Runtime(torch.device("cpu"), args.precision, True)  # fused_bn off here: it would set the allocator itself
+    rt = Runtime(torch.device("cpu"), args.precision, True, fused_bn=True)  # the kernels of a training run
     model = prepare_model(create_model(args.model, num_classes=10).train(), rt)
-    set_fused_bn(model, True)  # the kernels of a training run, without prepare_model's allocator setting
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     parts = StepParts(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), torch.nn.Identity(), rt)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))

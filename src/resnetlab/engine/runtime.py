@@ -16,8 +16,6 @@ from resnetlab.cpu import cpu_flags, has_fast_bf16
 from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.models.fused_bn import set_fused_bn
 
-from .host_memory import keep_freed_memory
-
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = tuple(DTYPES)  # what training and every float inference path run in
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: post-training quantization, CPU only (models/quantize.py)
@@ -180,8 +178,6 @@ def make_grad_scaler(rt: Runtime) -> torch.amp.GradScaler:
 
 def prepare_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     set_fused_bn(model, rt.fused_bn)  # a module choice: training-mode BNs of the blocks use it
-    if rt.fused_bn and rt.device.type == "cpu":  # resnetlab's own CPU training path (host_memory.py)
-        keep_freed_memory()
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
