@@ -28,7 +28,6 @@ import multiprocessing
 import pickle
 import signal
 import threading
-import time
 import traceback
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from resnetlab.errors import UserError
 
 from .measure import SETTLE, Prepared, peak_rss, prepare_infer, prepare_train, rows_from_times
 from .spec import BenchSpec, Variant
-from .timing import round_order, stopwatch
+from .timing import round_order, settled_call
 
 
 def measure_interleaved(spec: BenchSpec, images, variants: list[Variant]) -> list[dict]:
@@ -235,13 +234,10 @@ class _Variant:
             release_free_memory()
             return None
         fn, _ = self.prepared.timers[message[1]]  # ("time", timer name)
-        for _ in range(SETTLE):
-            fn()  # untimed: this variant's caches and heap warm again after the other variants' calls
-        started = time.monotonic()
-        with stopwatch(self.device) as t:
-            fn()
+        # SETTLE untimed calls first: this variant's caches and heap warm again after the others' calls
+        started, seconds = settled_call(fn, SETTLE, self.device)
         release_free_memory()  # before replying, so that it overlaps no other variant's call
-        return t.s, started
+        return seconds, started
 
 
 def _serve(conn, spec: BenchSpec, images, variant: Variant) -> None:

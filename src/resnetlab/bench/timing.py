@@ -57,15 +57,21 @@ def interleaved(fns: dict, warmup: int, reps: int, device: torch.device | str | 
     seconds = {name: [] for name in fns}
     for r in range(reps):
         for name in round_order(list(fns), r):
-            fn = fns[name]
-            for _ in range(settle):
-                fn()
+            started, s = settled_call(fns[name], settle, device)
+            seconds[name].append(s)
             if starts is not None:
-                starts.setdefault(name, []).append(time.monotonic())
-            with stopwatch(device) as t:
-                fn()
-            seconds[name].append(t.s)
+                starts.setdefault(name, []).append(started)
     return seconds
+
+
+def settled_call(fn, settle: int, device: torch.device | str | None = None) -> tuple[float, float]:
+    """(time.monotonic() at its start, seconds) of one call of fn(), made after `settle` untimed ones."""
+    for _ in range(settle):
+        fn()
+    started = time.monotonic()
+    with stopwatch(device) as t:
+        fn()
+    return started, t.s
 
 
 def round_order(names: list, round_index: int) -> list:
