@@ -1,14 +1,14 @@
 """A bottleneck's 1x1 convolutions in CPU bf16 channels_last training run as matrix products
 (models/blocks.pointwise): the same outputs and gradients as nn.Conv2d, and the module itself
 wherever a graph pass, eval mode or another layout needs it."""
-import copy
-
 import pytest
 import torch
 from torch import nn
 
-from resnetlab.models import blocks, create_model
+from resnetlab.models import create_model
 from resnetlab.models.blocks import Bottleneck, PreActBottleneck, pointwise
+
+from route_twins import assert_step_matches_plain_twin
 
 CL = torch.channels_last
 
@@ -54,20 +54,8 @@ def test_pointwise_is_a_matrix_product_only_where_it_applies():
 def test_bottleneck_training_step_matches_the_convolutions(block, monkeypatch):
     torch.manual_seed(0)
     net = block(64, 16).to(memory_format=CL).train()
-    twin = copy.deepcopy(net)
     x = torch.randn(4, 64, 8, 8).bfloat16().contiguous(memory_format=CL)
-    ys = []
-    for model in (net, twin):
-        if model is twin:
-            monkeypatch.setattr(blocks, "pointwise", lambda conv, t: conv(t))  # the twin: the plain modules
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = model(x)
-        y.float().square().mean().backward()
-        ys.append(y.float())
-    torch.testing.assert_close(ys[0], ys[1], rtol=2e-2, atol=2e-2)
-    for (name, p), q in zip(net.named_parameters(), twin.parameters()):
-        scale = q.grad.abs().max().item()
-        assert (p.grad - q.grad).abs().max().item() <= 3e-2 * scale, name
+    assert_step_matches_plain_twin(net, x, "pointwise", monkeypatch)
 
 
 def test_a_traced_bottleneck_network_shows_its_conv_modules():

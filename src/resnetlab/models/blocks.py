@@ -13,6 +13,7 @@ from torch.autograd.function import once_differentiable
 
 from .conv_amx import conv3x3_amx
 from .fused_bn import bn_relu
+from .strided_conv import strided_conv
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -21,6 +22,18 @@ def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+def convolve(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool = False) -> torch.Tensor:
+    """conv(x) for a block's convolution, by the route measured fastest for it in CPU bf16 training:
+    a 1x1 stride-1 one as a matrix product (`pointwise`), a wide stride-2 one with matrix-product
+    gradients (models/strided_conv.py), a 3x3 stride-1 one with AMX weight gradients where
+    `own_kernels` (models/conv_amx.py). Each steps aside to the module itself where it does not apply."""
+    if conv.stride != (1, 1):
+        return strided_conv(conv, x)
+    if conv.kernel_size == (1, 1):
+        return pointwise(conv, x)
+    return conv3x3_amx(conv, x, own_kernels)
 
 
 def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -120,9 +133,9 @@ def make_shortcut(option: str, cin: int, cout: int, stride: int, preact: bool = 
 class Block(nn.Module):
     """What every block shares: the switch to resnetlab's own CPU training kernels, fused batch-norm
     + ReLU and, on AMX, the 3x3 convolutions' weight gradients (set by models.fused_bn.set_fused_bn;
-    a class default, so it never appears in a state_dict) and,
-    for post-activation blocks, the shortcut branch. Each block's residual_end() is the last layer
-    of its residual branch: zeroing its weight makes the block start as the identity."""
+    a class default, so it never appears in a state_dict), every convolution's route (`convolve`)
+    and, for post-activation blocks, the shortcut branch. Each block's residual_end() is the last
+    layer of its residual branch: zeroing its weight makes the block start as the identity."""
 
     fused_bn = False
     residual: bool
@@ -131,7 +144,18 @@ class Block(nn.Module):
     def shortcut(self, x: torch.Tensor) -> torch.Tensor | None:
         if not self.residual:
             return None
-        return x if self.downsample is None else self.downsample(x)
+        return x if self.downsample is None else self.project(x)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """self.downsample(x), a projection's convolution through `convolve` (a hooked or
+        parameter-free shortcut: the module itself)."""
+        ds = self.downsample
+        if not isinstance(ds, nn.Sequential) or ds._forward_hooks or ds._forward_pre_hooks:
+            return ds(x)
+        out = convolve(ds[0], x, self.fused_bn)
+        for layer in ds[1:]:
+            out = layer(out)
+        return out
 
 
 class BasicBlock(Block):
@@ -155,8 +179,8 @@ class BasicBlock(Block):
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = bn_relu(self.bn1, conv3x3_amx(self.conv1, x, self.fused_bn), self.relu, fused=self.fused_bn)
-        return bn_relu(self.bn2, conv3x3_amx(self.conv2, out, self.fused_bn), self.relu, self.shortcut(x),
+        out = bn_relu(self.bn1, convolve(self.conv1, x, self.fused_bn), self.relu, fused=self.fused_bn)
+        return bn_relu(self.bn2, convolve(self.conv2, out, self.fused_bn), self.relu, self.shortcut(x),
                        fused=self.fused_bn)
 
 
@@ -188,9 +212,10 @@ class Bottleneck(Block):
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = bn_relu(self.bn1, pointwise(self.conv1, x), self.relu, fused=self.fused_bn)
-        out = bn_relu(self.bn2, conv3x3_amx(self.conv2, out, self.fused_bn), self.relu, fused=self.fused_bn)
-        return bn_relu(self.bn3, pointwise(self.conv3, out), self.relu, self.shortcut(x), fused=self.fused_bn)
+        out = bn_relu(self.bn1, convolve(self.conv1, x, self.fused_bn), self.relu, fused=self.fused_bn)
+        out = bn_relu(self.bn2, convolve(self.conv2, out, self.fused_bn), self.relu, fused=self.fused_bn)
+        return bn_relu(self.bn3, convolve(self.conv3, out, self.fused_bn), self.relu, self.shortcut(x),
+                       fused=self.fused_bn)
 
 
 class PreActBasicBlock(Block):
@@ -219,12 +244,12 @@ class PreActBasicBlock(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
-        out = bn_relu(self.bn2, conv3x3_amx(self.conv1, pre, self.fused_bn), self.relu, fused=self.fused_bn)
-        out = conv3x3_amx(self.conv2, out, self.fused_bn)
+        out = bn_relu(self.bn2, convolve(self.conv1, pre, self.fused_bn), self.relu, fused=self.fused_bn)
+        out = convolve(self.conv2, out, self.fused_bn)
         if not self.residual:
             return out
         # A projection sees the normalised input (as in the authors' code); identity sees x itself.
-        return out + (x if self.downsample is None else self.downsample(pre))
+        return out + (x if self.downsample is None else self.project(pre))
 
 
 class PreActBottleneck(Block):
@@ -250,9 +275,9 @@ class PreActBottleneck(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
-        out = bn_relu(self.bn2, pointwise(self.conv1, pre), self.relu, fused=self.fused_bn)
-        out = conv3x3_amx(self.conv2, out, self.fused_bn)
-        out = pointwise(self.conv3, bn_relu(self.bn3, out, self.relu, fused=self.fused_bn))
+        out = bn_relu(self.bn2, convolve(self.conv1, pre, self.fused_bn), self.relu, fused=self.fused_bn)
+        out = convolve(self.conv2, out, self.fused_bn)
+        out = convolve(self.conv3, bn_relu(self.bn3, out, self.relu, fused=self.fused_bn), self.fused_bn)
         if not self.residual:
             return out
-        return out + (x if self.downsample is None else self.downsample(pre))
+        return out + (x if self.downsample is None else self.project(pre))

@@ -1,0 +1,26 @@
+"""A block's bf16 training step through one of resnetlab's convolution routes (models/blocks.convolve)
+against a twin whose route is replaced by the plain module, for the route tests."""
+import copy
+
+import torch
+from torch import nn
+
+from resnetlab.models import blocks
+
+
+def assert_step_matches_plain_twin(net: nn.Module, x: torch.Tensor, route: str, monkeypatch) -> None:
+    """One autocast bf16 forward + backward of `net` and of a copy run with blocks.<route> replaced
+    by the module itself: the same outputs and parameter gradients, within bf16's tolerance."""
+    twin = copy.deepcopy(net)
+    ys = []
+    for model in (net, twin):
+        if model is twin:
+            monkeypatch.setattr(blocks, route, lambda conv, t: conv(t))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+        y.float().square().mean().backward()
+        ys.append(y.float())
+    torch.testing.assert_close(ys[0], ys[1], rtol=2e-2, atol=2e-2)
+    for (name, p), q in zip(net.named_parameters(), twin.parameters()):
+        scale = q.grad.abs().max().item()
+        assert (p.grad - q.grad).abs().max().item() <= 3e-2 * scale, name
