@@ -6,14 +6,12 @@ models/blocks.pointwise), at ResNet-50's shapes (batch 32, 224 px), channels_las
     python benchmarks/pointwise_layers.py                       # bf16 (autocast) and fp32
     python benchmarks/pointwise_layers.py --json benchmarks/results/amx_xeon/pointwise_layers.json
 """
-import argparse
 import statistics
 
 import torch
 from torch import nn
 
-from resnetlab.bench.machine import describe_machine
-from resnetlab.bench.run import write_json
+from resnetlab.bench.layers import DTYPES, layer_arguments, layer_tensors, save_rows, training_call
 from resnetlab.bench.timing import interleaved
 from resnetlab.models.blocks import conv1x1_as_matmul
 
@@ -25,29 +23,16 @@ SHAPES = [(64, 64, 56), (64, 256, 56), (256, 64, 56), (256, 128, 56), (128, 512,
 def time_layer(cin: int, cout: int, side: int, dtype: torch.dtype, batch: int, reps: int) -> tuple[float, float]:
     """Median seconds of forward + backward: the module, then the matrix product, in turn."""
     conv = nn.Conv2d(cin, cout, 1, bias=False).to(memory_format=torch.channels_last).train()
-    # x in the activation dtype already (as in autocast training), so that no cast of it is timed in both arms
-    x = torch.randn(batch, cin, side, side).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
-    dy = torch.randn(batch, cout, side, side).to(dtype).contiguous(memory_format=torch.channels_last)
-
-    def step(fn):
-        def call():
-            x.grad = conv.weight.grad = None
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                y = fn(x)
-            y.backward(dy)
-        return call
-    times = interleaved({"conv": step(conv), "matmul": step(lambda t: conv1x1_as_matmul(conv, t))}, warmup=1, reps=reps)
+    x, dy = layer_tensors((batch, cin, side, side), (batch, cout, side, side), dtype)
+    times = interleaved({"conv": training_call(conv, conv, x, dy),
+                         "matmul": training_call(lambda t: conv1x1_as_matmul(conv, t), conv, x, dy)}, warmup=1, reps=reps)
     return statistics.median(times["conv"]), statistics.median(times["matmul"])
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--json", help="write the rows here")
-    args = parser.parse_args()
+    args = layer_arguments(__doc__)
     rows = []
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in DTYPES:
         name = str(dtype).removeprefix("torch.")
         for cin, cout, side in SHAPES:
             conv_s, matmul_s = time_layer(cin, cout, side, dtype, args.batch, args.reps)
@@ -59,8 +44,7 @@ def main():
         mine = [r for r in rows if r["dtype"] == name]
         print(f"{name:>9} all shapes: conv {sum(r['conv_ms'] for r in mine):.1f} ms, "
               f"matmul {sum(r['matmul_ms'] for r in mine):.1f} ms", flush=True)
-    if args.json:
-        write_json({"machine": describe_machine(), "batch": args.batch, "rows": rows}, args.json)
+    save_rows(args.json, args.batch, rows)
 
 
 if __name__ == "__main__":
