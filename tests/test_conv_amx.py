@@ -150,6 +150,13 @@ def test_bf16_inputs_without_autocast_need_bf16_weights(stand_in):
     assert applies(conv.bfloat16(), x)
 
 
+def test_a_hooked_convolution_runs_as_the_module(stand_in):
+    conv, x = _conv().bfloat16(), _input()
+    assert applies(conv, x)
+    conv.register_full_backward_hook(lambda *a: None)
+    assert not applies(conv, x)  # the hook must see the module
+
+
 def test_without_amx_the_kernel_is_never_built(monkeypatch):
     monkeypatch.setattr(conv_amx, "cpu_has_amx", lambda: False)
     monkeypatch.setattr(conv_amx.KERNELS, "get", lambda: pytest.fail("built on a CPU without AMX"))

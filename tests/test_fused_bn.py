@@ -170,6 +170,16 @@ def test_unsupported_inputs_run_the_plain_modules():
     assert not fused_bn.fusable(nn.SyncBatchNorm(8), x) and not fused_bn.fusable(nn.Identity(), x)
 
 
+def test_a_hooked_batch_norm_trains_as_the_module():
+    x = torch.randn(2, 8, 4, 4)
+    bn, seen = _bn(8), []
+    assert fused_bn.fusable(bn, x)
+    bn.register_full_backward_hook(lambda module, gin, gout: seen.append("backward"))
+    assert not fused_bn.fusable(bn, x)
+    bn_relu(bn, x.requires_grad_(), torch.relu, fused=True).sum().backward()
+    assert seen == ["backward"]
+
+
 def _step(model, x, y, autocast_dtype=None):
     with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
         logits = model(x)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnetlab.models import create_model, strided_conv as sc
+from resnetlab.models import blocks, create_model, strided_conv as sc
 from resnetlab.models.blocks import Bottleneck, PreActBottleneck
 
 from route_twins import assert_step_matches_plain_twin
@@ -54,7 +54,7 @@ def test_a_wide_strided_convolution_equals_the_module_forward_and_backward(kerne
 
 def test_the_rule_holds_only_where_it_was_measured_faster():
     def conv(cin=sc.WIDE, kernel=1, stride=2, **kw):
-        return nn.Conv2d(cin, 16, kernel, stride=stride, padding=kernel // 2, bias=False, **kw).train()
+        return nn.Conv2d(cin, 16, kernel, stride=stride, padding=kernel // 2, bias=False, **kw).bfloat16().train()
     x = torch.randn(1, sc.WIDE, 6, 6).bfloat16().contiguous(memory_format=CL)
     assert sc.applies(conv(), x) and sc.applies(conv(kernel=3), x)
     assert not sc.applies(conv().eval(), x)  # inference: the module
@@ -63,13 +63,43 @@ def test_the_rule_holds_only_where_it_was_measured_faster():
     assert not sc.applies(conv(stride=1), x)
     assert not sc.applies(conv(kernel=5), x)
     assert not sc.applies(conv(groups=2), x)
-    narrow = nn.Conv2d(sc.WIDE // 2, 16, 1, stride=2, bias=False).train()
+    narrow = nn.Conv2d(sc.WIDE // 2, 16, 1, stride=2, bias=False).bfloat16().train()
     assert not sc.applies(narrow, x[:, :sc.WIDE // 2].contiguous(memory_format=CL))  # oneDNN is faster there
-    hooked = conv()
-    hooked.register_forward_hook(lambda *a: None)
-    assert not sc.applies(hooked, x)  # a hook must see the module
     with torch.no_grad():
         assert not sc.applies(conv(), x)
+    # what the matrix products do not compute: a bias, other paddings, dilation, a padding mode
+    assert not sc.applies(nn.Conv2d(sc.WIDE, 16, 1, stride=2, bias=True).bfloat16().train(), x)
+    assert not sc.applies(nn.Conv2d(sc.WIDE, 16, 3, stride=2, padding=0, bias=False).bfloat16().train(), x)
+    assert not sc.applies(nn.Conv2d(sc.WIDE, 16, 1, stride=2, padding=1, bias=False).bfloat16().train(), x)
+    assert not sc.applies(conv(kernel=3, dilation=2), x)
+    assert not sc.applies(conv(kernel=3, padding_mode="reflect"), x)
+
+
+def test_bf16_inputs_without_autocast_need_bf16_weights():
+    conv = nn.Conv2d(sc.WIDE, 16, 1, stride=2, bias=False).train()
+    x = torch.randn(1, sc.WIDE, 4, 4).bfloat16().contiguous(memory_format=CL)
+    assert not sc.applies(conv, x)  # fp32 weights, no autocast: the module refuses the mix, and so does the route
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert sc.applies(conv, x)
+    assert sc.applies(conv.bfloat16(), x)
+
+
+@pytest.mark.parametrize("register", [
+    lambda m: m.register_forward_hook(lambda *a: None),
+    lambda m: m.register_forward_pre_hook(lambda *a: None),
+    lambda m: m.register_full_backward_hook(lambda *a: None),
+    lambda m: nn.modules.module.register_module_forward_hook(lambda *a: None),  # on every module
+], ids=["forward", "forward-pre", "backward", "global"])
+def test_a_hooked_convolution_runs_as_the_module(register):
+    conv = nn.Conv2d(sc.WIDE, 16, 1, stride=2, bias=False).bfloat16().train()
+    x = torch.randn(1, sc.WIDE, 4, 4).bfloat16().contiguous(memory_format=CL)
+    assert sc.applies(conv, x)
+    handle = register(conv)
+    try:
+        assert not sc.applies(conv, x)
+    finally:
+        handle.remove()
+    assert sc.applies(conv, x)
 
 
 @pytest.mark.parametrize("block", [Bottleneck, PreActBottleneck])
@@ -84,12 +114,27 @@ def test_a_wide_downsampling_bottleneck_matches_the_plain_modules(block, monkeyp
     assert calls == [1]  # the projection, in net only (its 3x3 conv has 16 input channels: narrow)
 
 
-def test_a_hooked_projection_runs_as_the_module():
-    net = Bottleneck(64, 16, stride=2).train()
+@pytest.mark.parametrize("stride,cin", [(2, sc.WIDE), (1, 32)])  # the wide route's case; a stride-1 projection
+def test_hooks_on_a_projection_fire_in_bf16_training(stride, cin):
+    net = Bottleneck(cin, 16, stride=stride).to(memory_format=CL).train()
     seen = []
-    net.downsample.register_forward_hook(lambda module, inp, out: seen.append(out.shape))
-    net(torch.randn(1, 64, 8, 8))
-    assert seen == [torch.Size([1, 64, 4, 4])]
+    net.downsample.register_full_backward_hook(lambda module, gin, gout: seen.append("downsample backward"))
+    net.downsample[0].register_forward_hook(lambda module, inp, out: seen.append("conv forward"))
+    x = torch.randn(2, cin, 6, 6).bfloat16().contiguous(memory_format=CL).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x).float().sum().backward()
+    assert seen == ["conv forward", "downsample backward"]
+
+
+def test_a_stride_1_projection_runs_as_its_module(monkeypatch):
+    net = Bottleneck(32, 16).to(memory_format=CL).train()  # 32 -> 64 channels: a 1x1 stride-1 projection
+    routed = []
+    real = blocks.pointwise
+    monkeypatch.setattr(blocks, "pointwise", lambda conv, t: routed.append(conv) or real(conv, t))
+    x = torch.randn(2, 32, 6, 6).bfloat16().contiguous(memory_format=CL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x).float().sum().backward()
+    assert routed == [net.conv1, net.conv3]  # the projection keeps oneDNN's convolution (its route was not measured)
 
 
 def test_a_traced_network_shows_its_projection_modules():

@@ -13,7 +13,8 @@ from torch.autograd.function import once_differentiable
 
 from .conv_amx import conv3x3_amx
 from .fused_bn import bn_relu
-from .strided_conv import strided_conv
+from .routes import hooked
+from .strided_conv import applies as strided_applies, strided_conv
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -43,11 +44,11 @@ def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     layer ran 1.0-1.55x faster, forward + backward (benchmarks/pointwise_layers.py), and the
     bench's bf16 ResNet-50 training step went from 3.02x to 3.31x the baseline; in fp32 it was a
     wash (0.75-1.27x per layer), so fp32 keeps oneDNN's convolution. The same weights and math;
-    an FX trace (x a Proxy), eval mode, NCHW and CUDA see the module itself."""
+    an FX trace (x a Proxy), eval mode, NCHW, CUDA and hooks (models/routes.py) see the module itself."""
     if (conv.training and isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.bfloat16
             and x.dim() == 4 and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
-            and x.is_contiguous(memory_format=torch.channels_last)):
+            and x.is_contiguous(memory_format=torch.channels_last) and not hooked(conv)):
         return conv1x1_as_matmul(conv, x)
     return conv(x)
 
@@ -147,12 +148,12 @@ class Block(nn.Module):
         return x if self.downsample is None else self.project(x)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """self.downsample(x), a projection's convolution through `convolve` (a hooked or
-        parameter-free shortcut: the module itself)."""
+        """self.downsample(x), a wide stride-2 projection's convolution with the matrix-product
+        gradients of models/strided_conv.py; every other shortcut (or a hooked one) as the module."""
         ds = self.downsample
-        if not isinstance(ds, nn.Sequential) or ds._forward_hooks or ds._forward_pre_hooks:
+        if not (isinstance(ds, nn.Sequential) and not hooked(ds) and strided_applies(ds[0], x)):
             return ds(x)
-        out = convolve(ds[0], x, self.fused_bn)
+        out = strided_conv(ds[0], x)
         for layer in ds[1:]:
             out = layer(out)
         return out

@@ -9,8 +9,8 @@ than oneDNN (benchmarks/conv_amx_layers.py). The forward pass and the input grad
 It is a module choice like the fused batch-norm, and the same switch (train.fused_bn, the blocks'
 `fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernel does: a
 training nn.Conv2d 3x3, stride 1, padding 1, no bias, channels multiples of 16, on a bf16
-channels_last CPU tensor (bf16 weights, or CPU autocast to bf16), on a CPU with AMX. Everything
-else, an FX trace included, calls the module itself. The kernel sums in fp32 and returns the
+channels_last CPU tensor (bf16 weights, or CPU autocast to bf16), without hooks, on a CPU with
+AMX. Everything else, an FX trace included, calls the module itself. The kernel sums in fp32 and returns the
 gradient rounded once to bf16; oneDNN rounds the same way (tests/test_conv_amx.py).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .native import NativeKernels
+from .routes import hooked, runs_in_bf16
 
 SOURCE = Path(__file__).with_name("conv_amx.cpp")
 KERNELS = NativeKernels(SOURCE, "resnetlab_conv_amx", "AMX convolution weight-gradient kernel",
@@ -43,12 +44,6 @@ def available() -> bool:
     return cpu_has_amx() and KERNELS.get() is not None
 
 
-def _bf16_weights(conv: nn.Conv2d) -> bool:
-    """Whether conv would run in bf16: its weights are bf16, or CPU autocast casts them to it."""
-    return conv.weight.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
-                                                   and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-
-
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether conv(x) can take the AMX weight-gradient path (see the module's docstring)."""
     return (conv.training and isinstance(x, torch.Tensor) and torch.is_grad_enabled()
@@ -56,7 +51,7 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
             and conv.kernel_size == (3, 3) and conv.stride == UNIT and conv.padding == UNIT
             and conv.dilation == UNIT and conv.groups == 1 and conv.bias is None and conv.padding_mode == "zeros"
             and conv.in_channels % 16 == 0 and conv.out_channels % 16 == 0
-            and x.is_contiguous(memory_format=torch.channels_last) and _bf16_weights(conv)
+            and x.is_contiguous(memory_format=torch.channels_last) and runs_in_bf16(conv) and not hooked(conv)
             and available())
 
 

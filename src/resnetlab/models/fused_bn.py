@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .native import NativeKernels
+from .routes import hooked
 
 SOURCE = Path(__file__).with_name("fused_bn.cpp")
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)
@@ -82,8 +83,9 @@ class _BatchNormReLU(torch.autograd.Function):
 
 def fusable(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
     """Whether relu(bn(x) + residual) can run fused: a training nn.BatchNorm2d with parameters and
-    running statistics, on a CPU tensor in NCHW or channels_last, where the kernels build."""
-    return type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.track_running_stats and _kernel_input(x, residual)
+    running statistics and no hooks, on a CPU tensor in NCHW or channels_last, where the kernels build."""
+    return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.track_running_stats and not hooked(bn)
+            and _kernel_input(x, residual))
 
 
 def inferable(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
@@ -92,7 +94,7 @@ def inferable(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = No
     this kernel has no backward), and not inside a trace or a compile, which must see the modules."""
     return (type(bn) is nn.BatchNorm2d and not bn.training and bn.affine and bn.track_running_stats
             and not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and not bn._forward_hooks and not bn._forward_pre_hooks  # hooks (layer analyses) must see the module
+            and not hooked(bn)  # hooks (layer analyses) must see the module
             and _kernel_input(x, residual) and x.shape[1] == bn.num_features
             and (residual is None or residual.dtype == x.dtype))  # else the plain path's type promotion
 

@@ -17,8 +17,9 @@ the convolution. The forward pass and a 3x3 kernel's input gradient stay oneDNN'
 
 Like models/blocks.pointwise it is the same math on the same weights, used only where it applies:
 a training nn.Conv2d of stride 2 with a 1x1 (no padding) or 3x3 (padding 1) kernel, no bias, one
-group, at least WIDE input channels, on a bf16 channels_last CPU tensor, without hooks. Everything
-else, an FX trace included, calls the module itself.
+group, at least WIDE input channels, on a bf16 channels_last CPU tensor with bf16 weights or under
+autocast, without hooks (models/routes.py). Everything else, an FX trace included, calls the
+module itself. No double backward (`create_graph`): its backward is once-differentiable.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from .routes import hooked, runs_in_bf16
 
 WIDE = 512  # input channels from which the matrix products won, per layer (see the docstring)
 CL = torch.channels_last
@@ -38,8 +41,8 @@ def applies(conv: nn.Conv2d, x) -> bool:
             and x.dtype == torch.bfloat16 and x.dim() == 4 and conv.stride == (2, 2)
             and ((k == (1, 1) and conv.padding == (0, 0)) or (k == (3, 3) and conv.padding == (1, 1)))
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None and conv.padding_mode == "zeros"
-            and conv.in_channels >= WIDE and x.is_contiguous(memory_format=CL)
-            and not conv._forward_hooks and not conv._forward_pre_hooks)
+            and conv.in_channels >= WIDE and x.is_contiguous(memory_format=CL) and runs_in_bf16(conv)
+            and not hooked(conv))
 
 
 def strided_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
