@@ -16,10 +16,11 @@ import time
 import torch
 
 from resnetlab.bench.machine import describe_machine
+from resnetlab.bench.measure import bench_step_parts
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import round_order
 from resnetlab.engine.runtime import Runtime, prepare_model
-from resnetlab.engine.train import StepParts, train_step
+from resnetlab.engine.train import train_step
 from resnetlab.models import create_model
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
@@ -48,9 +49,7 @@ def main():
     batch, size = (32, 224) if args.model == "resnet50" else (128, 32)
     torch.manual_seed(0)
     rt = Runtime(torch.device("cpu"), args.precision, True, fused_bn=True)  # the kernels of a training run
-    model = prepare_model(create_model(args.model, num_classes=10).train(), rt)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    parts = StepParts(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), torch.nn.Identity(), rt)
+    parts = bench_step_parts(prepare_model(create_model(args.model, num_classes=10).train(), rt), rt)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
     seconds, faults, kernel = {True: [], False: []}, {True: [], False: []}, {True: [], False: []}
     for r in range(args.rounds):

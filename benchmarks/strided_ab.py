@@ -16,10 +16,11 @@ from contextlib import contextmanager
 import torch
 
 from resnetlab.bench.machine import describe_machine
+from resnetlab.bench.measure import bench_step_parts
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import round_order
 from resnetlab.engine.runtime import Runtime, prepare_model
-from resnetlab.engine.train import StepParts, train_step
+from resnetlab.engine.train import train_step
 from resnetlab.models import blocks, create_model
 
 
@@ -48,9 +49,7 @@ def main():
     base = create_model(args.model, num_classes=10).train()
     parts = {}
     for arm in ("on", "off"):
-        model = prepare_model(copy.deepcopy(base), rt)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        parts[arm] = StepParts(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), torch.nn.Identity(), rt)
+        parts[arm] = bench_step_parts(prepare_model(copy.deepcopy(base), rt), rt)
     x, y = torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))
 
     def step(arm: str) -> float:

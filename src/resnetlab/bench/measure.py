@@ -122,6 +122,15 @@ def endless_train_batches(variant: Variant, images: BenchImages, size: int, batc
     return ours(), normalizer.to(rt.device)
 
 
+def bench_step_parts(model: torch.nn.Module, rt: Runtime, net: torch.nn.Module | None = None,
+                     normalizer: torch.nn.Module | None = None) -> StepParts:
+    """What train_step needs for `model` in every training benchmark: SGD (lr 0.01, momentum 0.9,
+    weight decay 1e-4), the runtime's grad scaler, `net` called (the model compiled, or itself)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    return StepParts(model if net is None else net, optimizer, make_grad_scaler(rt),
+                     torch.nn.Identity() if normalizer is None else normalizer, rt)
+
+
 @dataclass
 class Prepared:
     """A variant set up and run once: what to time (name -> (fn, images per call)) and what the
@@ -138,10 +147,7 @@ def prepare_train(spec: BenchSpec, variant: Variant, images: BenchImages, cache_
     batches, normalizer = endless_train_batches(variant, images, size, batch_size, rt, cache_dir)
     with PeakMemory(device) as mem:
         model = prepare_model(seeded_model(model_name, len(images.classes)).train(), rt)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        scaler, net = make_grad_scaler(rt), compile_model(model, variant.compile)
-
-        parts = StepParts(net, optimizer, scaler, normalizer, rt)
+        parts = bench_step_parts(model, rt, compile_model(model, variant.compile), normalizer)
 
         def step():
             x, y = next(batches)

@@ -10,8 +10,8 @@ It is a module choice like the fused batch-norm, and the same switch (train.fuse
 `fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernel does: a
 training nn.Conv2d 3x3, stride 1, padding 1, no bias, channels multiples of 16, on a bf16
 channels_last CPU tensor (bf16 weights, or CPU autocast to bf16), without hooks, on a CPU with
-AMX. Everything else, an FX trace included, calls the module itself. The kernel sums in fp32 and returns the
-gradient rounded once to bf16; oneDNN rounds the same way (tests/test_conv_amx.py).
+AMX. Everything else, an FX trace included, calls the module itself. The kernel sums in fp32 and
+returns the gradient rounded once to bf16; oneDNN rounds the same way (tests/test_conv_amx.py).
 """
 from __future__ import annotations
 
