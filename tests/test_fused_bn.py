@@ -16,27 +16,15 @@ from resnetlab.models import fused_bn
 from resnetlab.models.fused_bn import bn_relu, set_fused_bn
 from resnetlab.models.native import NativeKernels, source_text
 
+from batchnorms import TOLERANCE, random_bn
+
 CL = torch.channels_last
-# Worst error allowed, relative to the largest value of the reference: fp32 is the same math
-# reordered; bf16 rounds the output once where the plain path rounds after BN and after the addition.
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2}
 
 
 def test_the_kernels_build_here():
     # without this the equality tests below would compare the plain modules with themselves
     assert fused_bn.EXTENSION.get() is not None, fused_bn.EXTENSION.broken
     assert fused_bn.fusable(nn.BatchNorm2d(4), torch.randn(2, 4, 3, 3))
-
-
-def _bn(channels=8, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    bn = nn.BatchNorm2d(channels, **kwargs)
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.normal_()
-        bn.running_mean.normal_()
-        bn.running_var.uniform_(0.5, 2.0)
-    return bn
 
 
 def _residual_away_from_zero(bn, x):
@@ -85,7 +73,8 @@ def test_fused_equals_plain_forward_backward_and_running_stats(dtype, layout, wi
     torch.manual_seed(1)
     x = _input(dtype, layout, mean=40)  # a mean far from 0 tests the shifted sums
     dy = torch.randn(x.shape, dtype=dtype)  # NCHW even for channels_last x, as average pooling hands it
-    plain_bn = _bn(20).to(torch.float64 if dtype == torch.float64 else torch.float32)  # bf16 runs with fp32 BN, as autocast
+    # bf16 runs with fp32 BN, as under autocast
+    plain_bn = random_bn(20).to(torch.float64 if dtype == torch.float64 else torch.float32)
     fused_bn_ = copy.deepcopy(plain_bn)
     residual = _residual_away_from_zero(plain_bn, x).contiguous(memory_format=layout) if with_residual else None
     out_plain, grads_plain = _run(plain_bn, x, residual, dy, fused=False)
@@ -101,8 +90,38 @@ def test_fused_equals_plain_forward_backward_and_running_stats(dtype, layout, wi
     assert fused_bn_.num_batches_tracked.item() == plain_bn.num_batches_tracked.item() == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_backward_finds_relus_mask_in_x_bit_for_bit_as_in_y(dtype, layout):
+    # Without a residual the backward decides where ReLU let the gradient through from x and the
+    # forward's scale and shift instead of reading y: the same bits must decide. Each channel holds
+    # -a and +a equally often, and its bias is chosen so that the value before ReLU at +a,
+    # fma(a, scale, shift), is 0 up to rounding: kept in some channels and not in others by the
+    # last bits, where a mask computed any other way (rounding the product first, another scale or
+    # shift) would differ.
+    kernels = fused_bn.EXTENSION.get()
+    torch.manual_seed(3)
+    a = torch.rand(1, 24, 1, 1, dtype=torch.float64) + 0.5
+    signs = torch.where(torch.rand(8, 24, 5, 6) < 0.5, 1.0, -1.0).double()
+    x = (a * torch.cat([signs, -signs])).to(dtype).contiguous(memory_format=layout)
+    weight, stats = torch.rand(24) + 0.5, (torch.zeros(24), torch.ones(24), 0.1, 1e-5)
+    _, _, _, scale, shift = kernels.forward(x, None, weight, torch.zeros(24), *stats)  # scale is the bias's too
+    bias = -(x.amax((0, 2, 3)).to(scale.dtype) * scale) - shift
+    y, mean, invstd, scale, shift = kernels.forward(x, None, weight, bias, *stats)
+    at_plus_a = y[x > 0].double()
+    assert (at_plus_a == 0).any() and (at_plus_a > 0).any()  # both sides of the last bits are tested
+    assert at_plus_a.max() < 1e-5  # and all of it within rounding of 0
+    dy = torch.randn(x.shape, dtype=dtype).contiguous(memory_format=layout)
+    from_y = kernels.backward(dy, y, x, weight, mean, invstd, scale, shift, False)
+    from_x = kernels.backward(dy, None, x, weight, mean, invstd, scale, shift, False)
+    for a, b in zip(from_x[:3], from_y[:3]):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="needs the output y"):  # with a residual, x alone cannot tell
+        kernels.backward(dy, None, x, weight, mean, invstd, scale, shift, True)
+
+
 def test_cumulative_momentum_and_repeated_steps_track_the_plain_statistics():
-    plain, fused = _bn(4, momentum=None), _bn(4, momentum=None)
+    plain, fused = random_bn(4, momentum=None), random_bn(4, momentum=None)
     for step in range(3):
         x = torch.randn(3, 4, 6, 6) * (step + 1) + step
         bn_relu(plain, x, torch.relu, fused=False)
@@ -116,7 +135,7 @@ def test_cumulative_momentum_and_repeated_steps_track_the_plain_statistics():
 def test_eval_mode_without_gradients_equals_the_plain_modules(dtype, layout, with_residual):
     torch.manual_seed(2)
     x = _input(dtype, layout, mean=1)
-    bn = _bn(20).to(torch.float64 if dtype == torch.float64 else torch.float32).eval()
+    bn = random_bn(20).to(torch.float64 if dtype == torch.float64 else torch.float32).eval()
     residual = torch.randn(x.shape, dtype=torch.float64).to(dtype).contiguous(memory_format=layout) if with_residual else None
     with torch.no_grad():
         assert fused_bn.inferable(bn, x, residual)
@@ -129,7 +148,7 @@ def test_eval_mode_without_gradients_equals_the_plain_modules(dtype, layout, wit
 
 def test_eval_mode_with_gradients_or_in_a_trace_runs_the_plain_modules_exactly():
     # a BN frozen in eval mode while fine-tuning still passes gradients; traces must see the modules
-    bn = _bn(8).eval()
+    bn = random_bn(8).eval()
     x = torch.randn(2, 8, 4, 4, requires_grad=True)
     out = bn_relu(bn, x, torch.relu, fused=True)
     assert torch.equal(out, torch.relu(bn(x))) and out.grad_fn is not None
@@ -145,13 +164,13 @@ def test_eval_mode_with_gradients_or_in_a_trace_runs_the_plain_modules_exactly()
 def test_the_eval_kernel_leaves_hooks_mismatches_and_inference_runtimes_to_the_plain_modules():
     x = torch.randn(2, 8, 4, 4)
     with torch.no_grad():
-        wrong = _bn(16).eval()  # a channel count that does not fit: PyTorch's own error, not a wrong read
+        wrong = random_bn(16).eval()  # a channel count that does not fit: PyTorch's own error, not a wrong read
         assert not fused_bn.inferable(wrong, x)
         with pytest.raises(RuntimeError, match="running_mean should contain 8 elements not 16"):
             bn_relu(wrong, x, torch.relu, fused=True)
         with pytest.raises(RuntimeError, match="one value per channel"):  # and the kernel checks it too
             fused_bn.EXTENSION.get().inference(x, None, torch.ones(4), torch.zeros(4), torch.zeros(4), torch.ones(4), 1e-5)
-        bn = _bn(8).eval()
+        bn = random_bn(8).eval()
         assert not fused_bn.inferable(bn, x, torch.randn(2, 8, 4, 4, dtype=torch.float64))  # the plain path promotes
         seen = []
         bn.register_forward_hook(lambda module, args, out: seen.append(out.shape))  # layer analyses use hooks
@@ -164,7 +183,7 @@ def test_the_eval_kernel_leaves_hooks_mismatches_and_inference_runtimes_to_the_p
 
 def test_unsupported_inputs_run_the_plain_modules():
     x = torch.randn(2, 8, 4, 4)
-    train = _bn(8)
+    train = random_bn(8)
     for odd in (x.half(), x[:, :, ::2, :]):  # fp16; a strided view that is neither layout
         assert not fused_bn.fusable(train, odd)
     assert not fused_bn.fusable(nn.SyncBatchNorm(8), x) and not fused_bn.fusable(nn.Identity(), x)
@@ -172,7 +191,7 @@ def test_unsupported_inputs_run_the_plain_modules():
 
 def test_a_hooked_batch_norm_trains_as_the_module():
     x = torch.randn(2, 8, 4, 4)
-    bn, seen = _bn(8), []
+    bn, seen = random_bn(8), []
     assert fused_bn.fusable(bn, x)
     bn.register_full_backward_hook(lambda module, gin, gout: seen.append("backward"))
     assert not fused_bn.fusable(bn, x)
@@ -187,7 +206,7 @@ def _step(model, x, y, autocast_dtype=None):
     return logits.detach().double(), {n: p.grad.double() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("name", ["resnet20", "preact_resnet110", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet20", "preact_resnet110", "resnet50", "resnet18"])
 def test_a_fused_network_trains_exactly_like_the_plain_one_in_fp64(name):
     # fp64 makes the comparison exact up to summation order: any plumbing mistake (a residual
     # gradient lost, a stem or final BN not switched back) shows as a large difference
@@ -232,7 +251,7 @@ def test_a_compiler_that_fails_leaves_training_on_the_plain_modules(monkeypatch)
         raise RuntimeError("Error building extension: c++: command not found")
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     monkeypatch.setattr(fused_bn, "EXTENSION", broken)
-    bn, x = _bn(4), torch.randn(2, 4, 3, 3)
+    bn, x = random_bn(4), torch.randn(2, 4, 3, 3)
     expected = torch.relu(copy.deepcopy(bn)(x))
     with pytest.warns(ResnetlabWarning, match="could not be built.*command not found.*plain batch-norm"):
         out = bn_relu(bn, x, torch.relu, fused=True)

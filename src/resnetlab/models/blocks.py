@@ -12,7 +12,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .conv_amx import conv3x3_amx
-from .fused_bn import bn_relu
+from .fused_bn import bn_relu, bn_relu_projected
 from .routes import hooked
 from .strided_conv import applies as strided_applies, strided_conv
 
@@ -158,6 +158,18 @@ class Block(nn.Module):
             out = layer(out)
         return out
 
+    def finish(self, bn: nn.BatchNorm2d, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """relu(bn(out) + shortcut(x)), a post-activation block's end. With a projection shortcut
+        (1x1 conv + BN) in fused training, the projection's batch-norm joins the block's in one
+        kernel pair (fused_bn.bn_relu_projected); a hooked shortcut runs as the module."""
+        ds = self.downsample
+        if (self.fused_bn and self.residual and isinstance(ds, nn.Sequential) and len(ds) == 2
+                and isinstance(ds[1], nn.BatchNorm2d) and not hooked(ds)):
+            conv = ds[0]
+            shortcut = strided_conv(conv, x) if strided_applies(conv, x) else conv(x)
+            return bn_relu_projected(bn, out, self.relu, ds[1], shortcut, fused=True)
+        return bn_relu(bn, out, self.relu, self.shortcut(x), fused=self.fused_bn)
+
 
 class BasicBlock(Block):
     """Two 3x3 convolutions (Fig. 5 left); BN after each conv, ReLU after the addition."""
@@ -181,8 +193,7 @@ class BasicBlock(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = bn_relu(self.bn1, convolve(self.conv1, x, self.fused_bn), self.relu, fused=self.fused_bn)
-        return bn_relu(self.bn2, convolve(self.conv2, out, self.fused_bn), self.relu, self.shortcut(x),
-                       fused=self.fused_bn)
+        return self.finish(self.bn2, convolve(self.conv2, out, self.fused_bn), x)
 
 
 class Bottleneck(Block):
@@ -215,8 +226,7 @@ class Bottleneck(Block):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = bn_relu(self.bn1, convolve(self.conv1, x, self.fused_bn), self.relu, fused=self.fused_bn)
         out = bn_relu(self.bn2, convolve(self.conv2, out, self.fused_bn), self.relu, fused=self.fused_bn)
-        return bn_relu(self.bn3, convolve(self.conv3, out, self.fused_bn), self.relu, self.shortcut(x),
-                       fused=self.fused_bn)
+        return self.finish(self.bn3, convolve(self.conv3, out, self.fused_bn), x)
 
 
 class PreActBasicBlock(Block):

@@ -1,6 +1,8 @@
 // Batch-norm (training) + ReLU (+ residual addition), forward and backward, in two passes over
-// memory each way, and batch-norm (evaluation) + ReLU (+ residual) in one. Built on first use by
-// resnetlab/models/fused_bn.py (torch.utils.cpp_extension); the passes are in fused_bn_passes.h.
+// memory each way, and batch-norm (evaluation) + ReLU (+ residual) in one; the pair kernels do the
+// same for relu(bn(a) + bn_shortcut(b)), a block with a projection shortcut. Built on first use by
+// resnetlab/models/fused_bn.py (torch.utils.cpp_extension); the passes are in fused_bn_passes.h and
+// fused_bn_pair.h.
 #include <torch/extension.h>
 #include <ATen/OpMathType.h>
 
@@ -8,59 +10,13 @@
 #include <cmath>
 #include <vector>
 
+#include "fused_bn_channels.h"
+#include "fused_bn_pair.h"
 #include "fused_bn_passes.h"
 
 namespace {
 
 using namespace resnetlab_bn;
-
-// Per-channel vectors are read and written through their data, not with tensor ops: a layer's
-// dozen of them would otherwise cost more than a small layer's passes over memory.
-at::Tensor per_channel(const std::vector<double>& v, at::ScalarType dtype) {
-  at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(dtype));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, dtype, "fused_bn_per_channel", [&] {
-    scalar_t* p = t.mutable_data_ptr<scalar_t>();
-    for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<scalar_t>(v[i]);
-  });
-  return t;
-}
-
-// buffer = (1 - momentum) * buffer + momentum * v, in place (running statistics).
-void lerp_into(at::Tensor& buffer, const std::vector<double>& v, double momentum) {
-  TORCH_CHECK(buffer.is_contiguous() && buffer.numel() == static_cast<int64_t>(v.size()), "fused batch-norm: bad running statistics");
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, buffer.scalar_type(), "fused_bn_lerp", [&] {
-    scalar_t* p = buffer.mutable_data_ptr<scalar_t>();
-    for (size_t i = 0; i < v.size(); ++i)
-      p[i] = static_cast<scalar_t>(static_cast<double>(p[i]) + momentum * (v[i] - static_cast<double>(p[i])));
-  });
-}
-
-at::ScalarType math_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_like(const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK(t.sizes() == x.sizes() && t.scalar_type() == x.scalar_type() &&
-                  shape_of(t).channels_last == shape_of(x).channels_last,
-              "fused batch-norm: every tensor of a call must have x's shape, dtype and layout");
-}
-
-// Calls body(std::bool_constant<a>{}, std::bool_constant<b>{}) for the runtime flags a and b.
-template <typename Body>
-void with_flags(bool a, bool b, Body body) {
-  if (a && b) body(std::true_type{}, std::true_type{});
-  else if (a) body(std::true_type{}, std::false_type{});
-  else if (b) body(std::false_type{}, std::true_type{});
-  else body(std::false_type{}, std::false_type{});
-}
-
-std::vector<double> to_doubles(const at::Tensor& t) {
-  const at::Tensor c = t.contiguous();
-  std::vector<double> out(c.numel());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, c.scalar_type(), "fused_bn_to_doubles", [&] {
-    const scalar_t* p = c.const_data_ptr<scalar_t>();
-    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
-  });
-  return out;
-}
 
 // y = relu(x * scale + shift (+ r)) over the whole tensor, scale and shift per channel.
 template <typename T, typename Acc>
@@ -105,105 +61,172 @@ at::Tensor inference(const at::Tensor& x, const c10::optional<at::Tensor>& resid
   return y;
 }
 
-// -> {y, mean, invstd} (mean and invstd in x's math type); running statistics updated in place.
+// -> {y, mean, invstd, scale, shift} (per channel, in x's math type; scale and shift are the very
+// values y was computed with, so that backward can find ReLU's mask in x); running statistics
+// updated in place.
 std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
                                 const at::Tensor& weight, const at::Tensor& bias, at::Tensor running_mean,
                                 at::Tensor running_var, double momentum, double eps) {
   const Shape s = shape_of(x);
-  const int64_t C = s.c, count = s.n * s.hw;
-  TORCH_CHECK(count > 1, "fused batch-norm: needs more than one value per channel");
   if (residual.has_value()) check_like(*residual, x);
   at::Tensor y = at::empty_like(x);
-  const std::vector<double> w = to_doubles(weight), b = to_doubles(bias);
-  std::vector<double> mean(C), invstd(C), var(C);
+  Normalisation n;
   AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "fused_bn_forward", [&] {
     using Acc = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* rp = residual.has_value() ? residual->const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    // Shifted sums: each channel's first value is within a few standard deviations of its mean,
-    // so s2/n - (s1/n)^2 does not cancel however far the mean is from 0.
-    std::vector<double> s1, s2, pivot(C);
-    for (int64_t c = 0; c < C; ++c) pivot[c] = load(xp, s.channels_last ? c : c * s.hw);
-    const std::vector<Acc> shift_by(pivot.begin(), pivot.end());
-    with_flags(s.channels_last, false, [&](auto per_value, auto) {
-      channel_sums<Acc>(s, shift_by, [xp](int64_t o, int64_t len, const Acc* p, Acc* a1, Acc* a2) {
-        sums_segment<scalar_t, Acc, decltype(per_value)::value>(xp + o, len, p, a1, a2);
-      }, s1, s2);
-    });
-    std::vector<Acc> scale(C), shift(C);
-    for (int64_t c = 0; c < C; ++c) {
-      const double offset = s1[c] / count;
-      var[c] = std::max(0.0, s2[c] / count - offset * offset);
-      mean[c] = offset + pivot[c];
-      invstd[c] = 1.0 / std::sqrt(var[c] + eps);
-      scale[c] = w[c] * invstd[c];
-      shift[c] = b[c] - mean[c] * w[c] * invstd[c];
-    }
-    apply_all(s, xp, rp, yp, scale, shift);
+    n = normalisation<scalar_t, Acc>(s, xp, weight, bias, eps);
+    apply_all(s, xp, residual.has_value() ? residual->const_data_ptr<scalar_t>() : nullptr,
+              y.mutable_data_ptr<scalar_t>(), as<Acc>(n.scale), as<Acc>(n.shift));
   });
-  // As nn.BatchNorm2d: running_var takes the unbiased variance.
-  std::vector<double> unbiased(C);
-  for (int64_t c = 0; c < C; ++c) unbiased[c] = var[c] * count / (count - 1);
-  lerp_into(running_mean, mean, momentum);
-  lerp_into(running_var, unbiased, momentum);
-  return {y, per_channel(mean, math_type(x)), per_channel(invstd, math_type(x))};
+  update_running(running_mean, running_var, n, s.n * s.hw, momentum);
+  const at::ScalarType mt = math_type(x);
+  return {y, per_channel(n.mean, mt), per_channel(n.invstd, mt), per_channel(n.scale, mt), per_channel(n.shift, mt)};
 }
 
-// -> {dx, dweight, dbias, dresidual (undefined unless asked)}; g = dy where y > 0 (ReLU's backward).
-std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& y, const at::Tensor& x,
+// -> {dx, dweight, dbias, dresidual (undefined unless asked)}; g = dy where ReLU let the value
+// through: where y > 0, or, when y is not given (no residual), where x * scale + shift > 0 with the
+// forward's scale and shift.
+std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::Tensor>& y, const at::Tensor& x,
                                  const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& invstd,
-                                 bool residual) {
+                                 const at::Tensor& scale, const at::Tensor& shift, bool residual) {
   const Shape s = shape_of(x);
-  const int64_t C = s.c, count = s.n * s.hw;
+  const int64_t count = s.n * s.hw, k = rows_per_segment(s);
+  const bool mask_from_x = !y.has_value();
+  TORCH_CHECK(!(mask_from_x && residual), "fused batch-norm: with a residual, backward needs the output y");
   check_like(dy, x);
-  check_like(y, x);
+  if (y.has_value()) check_like(*y, x);
   at::Tensor dx = at::empty_like(x);
   at::Tensor dres = residual ? at::empty_like(x) : at::Tensor();
   const std::vector<double> m = to_doubles(mean), is = to_doubles(invstd), w = to_doubles(weight);
-  std::vector<double> sum_g, sum_gx;
+  std::array<std::vector<double>, 2> sums;  // of g and of g * (x - mean)
   AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "fused_bn_backward", [&] {
     using Acc = at::opmath_type<scalar_t>;
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const scalar_t* yp = mask_from_x ? nullptr : y->const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
     scalar_t* drp = residual ? dres.mutable_data_ptr<scalar_t>() : nullptr;
-    const std::vector<Acc> centre(m.begin(), m.end());
-    with_flags(s.channels_last, false, [&](auto per_value, auto) {
-      channel_sums<Acc>(s, centre, [=](int64_t o, int64_t len, const Acc* p, Acc* a1, Acc* a2) {
-        grad_sums_segment<scalar_t, Acc, decltype(per_value)::value>(dyp + o, yp + o, xp + o, len, p, a1, a2);
-      }, sum_g, sum_gx);
+    const std::vector<Acc> wmean = wide(as<Acc>(m), k), wscale = wide(as<Acc>(to_doubles(scale)), k),
+                           wshift = wide(as<Acc>(to_doubles(shift)), k);
+    const Acc* mp = wmean.data();
+    const Acc* scp = wscale.data();
+    const Acc* shp = wshift.data();
+    with_flags(s.channels_last, mask_from_x, [&](auto per_value, auto from_x) {
+      constexpr bool kPerValue = decltype(per_value)::value;
+      constexpr Mask kMask = decltype(from_x)::value ? Mask::kFromX : Mask::kFromY;
+      sums = channel_sums<2, Acc>(s, [=](int64_t o, int64_t len, int64_t c, std::array<Acc*, 2> a) {
+        grad_sums_segment<scalar_t, Acc, kPerValue, kMask>(dyp + o, kMask == Mask::kFromY ? yp + o : nullptr, xp + o,
+                                                           len, mp + c, scp + c, shp + c, a[0], a[1]);
+      });
     });
-    // dx = w * invstd * (g - sum_g / n - (x - mean) * invstd^2 * sum_gx / n) = k1 * g + k2 * x + k3
-    std::vector<Acc> k1(C), k2(C), k3(C);
-    for (int64_t c = 0; c < C; ++c) {
-      const double a = w[c] * is[c], b = -a * is[c] * is[c] * sum_gx[c] / count;
-      k1[c] = a;
-      k2[c] = b;
-      k3[c] = -a * sum_g[c] / count - b * m[c];
-    }
+    const auto ks = grad_coefficients<Acc>(w, is, m, sums[0], sums[1], count, k);
+    const Acc* k1p = ks[0].data();
+    const Acc* k2p = ks[1].data();
+    const Acc* k3p = ks[2].data();
     with_flags(s.channels_last, residual, [&](auto per_value, auto with_residual) {
       constexpr bool kPerValue = decltype(per_value)::value, kResidual = decltype(with_residual)::value;
-      const int64_t k = kPerValue ? rows_per_segment(s) : 1;
-      const std::vector<Acc> w1 = wide(k1, k), w2 = wide(k2, k), w3 = wide(k3, k);
-      const Acc* k1p = w1.data();
-      const Acc* k2p = w2.data();
-      const Acc* k3p = w3.data();
+      auto run = [&](auto mask) {
+        constexpr Mask kMask = decltype(mask)::value;
+        channel_map(s, [=](int64_t o, int64_t len, int64_t c) {
+          grad_input_segment<scalar_t, Acc, kPerValue, kResidual, kMask>(
+              dyp + o, kMask == Mask::kFromY ? yp + o : nullptr, xp + o, dxp + o, kResidual ? drp + o : nullptr, len,
+              k1p + c, k2p + c, k3p + c, scp + c, shp + c);
+        });
+      };
+      if (mask_from_x) run(std::integral_constant<Mask, Mask::kFromX>{});
+      else run(std::integral_constant<Mask, Mask::kFromY>{});
+    });
+  });
+  std::vector<double> dweight(s.c);
+  for (int64_t c = 0; c < s.c; ++c) dweight[c] = sums[1][c] * is[c];
+  return {dx, per_channel(dweight, weight.scalar_type()), per_channel(sums[0], weight.scalar_type()), dres};
+}
+
+// relu(bn_a(a) + bn_b(b)), training: -> {y, mean_a, invstd_a, mean_b, invstd_b}; both batch-norms'
+// running statistics updated in place.
+std::vector<at::Tensor> forward_pair(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight_a,
+                                     const at::Tensor& bias_a, at::Tensor running_mean_a, at::Tensor running_var_a,
+                                     double momentum_a, double eps_a, const at::Tensor& weight_b,
+                                     const at::Tensor& bias_b, at::Tensor running_mean_b, at::Tensor running_var_b,
+                                     double momentum_b, double eps_b) {
+  const Shape s = shape_of(a);
+  check_like(b, a);
+  at::Tensor y = at::empty_like(a);
+  Normalisation na, nb;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, a.scalar_type(), "fused_bn_forward_pair", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    const scalar_t* ap = a.const_data_ptr<scalar_t>();
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    na = normalisation<scalar_t, Acc>(s, ap, weight_a, bias_a, eps_a);
+    nb = normalisation<scalar_t, Acc>(s, bp, weight_b, bias_b, eps_b);
+    const int64_t k = rows_per_segment(s);
+    const std::vector<Acc> sa = wide(as<Acc>(na.scale), k), ha = wide(as<Acc>(na.shift), k),
+                           sb = wide(as<Acc>(nb.scale), k), hb = wide(as<Acc>(nb.shift), k);
+    const Acc *sap = sa.data(), *hap = ha.data(), *sbp = sb.data(), *hbp = hb.data();
+    with_flags(s.channels_last, false, [&](auto per_value, auto) {
       channel_map(s, [=](int64_t o, int64_t len, int64_t c) {
-        grad_input_segment<scalar_t, Acc, kPerValue, kResidual>(dyp + o, yp + o, xp + o, dxp + o,
-                                                                kResidual ? drp + o : nullptr, len, k1p + c,
-                                                                k2p + c, k3p + c);
+        apply_pair_segment<scalar_t, Acc, decltype(per_value)::value>(ap + o, bp + o, yp + o, len, sap + c, hap + c,
+                                                                      sbp + c, hbp + c);
       });
     });
   });
-  std::vector<double> dweight(C);
-  for (int64_t c = 0; c < C; ++c) dweight[c] = sum_gx[c] * is[c];
-  return {dx, per_channel(dweight, weight.scalar_type()), per_channel(sum_g, weight.scalar_type()), dres};
+  const int64_t count = s.n * s.hw;
+  update_running(running_mean_a, running_var_a, na, count, momentum_a);
+  update_running(running_mean_b, running_var_b, nb, count, momentum_b);
+  const at::ScalarType mt = math_type(a);
+  return {y, per_channel(na.mean, mt), per_channel(na.invstd, mt), per_channel(nb.mean, mt), per_channel(nb.invstd, mt)};
+}
+
+// -> {da, dweight_a, dbias_a, db, dweight_b, dbias_b}; g = dy where y > 0.
+std::vector<at::Tensor> backward_pair(const at::Tensor& dy, const at::Tensor& y, const at::Tensor& a,
+                                      const at::Tensor& b, const at::Tensor& weight_a, const at::Tensor& mean_a,
+                                      const at::Tensor& invstd_a, const at::Tensor& weight_b,
+                                      const at::Tensor& mean_b, const at::Tensor& invstd_b) {
+  const Shape s = shape_of(a);
+  const int64_t count = s.n * s.hw, k = rows_per_segment(s);
+  for (const at::Tensor* t : {&dy, &y, &b}) check_like(*t, a);
+  at::Tensor da = at::empty_like(a), db = at::empty_like(a);
+  const std::vector<double> ma = to_doubles(mean_a), isa = to_doubles(invstd_a), wa = to_doubles(weight_a),
+                            mb = to_doubles(mean_b), isb = to_doubles(invstd_b), wb = to_doubles(weight_b);
+  std::array<std::vector<double>, 3> sums;  // of g, g * (a - mean_a) and g * (b - mean_b)
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, a.scalar_type(), "fused_bn_backward_pair", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    const scalar_t *dyp = dy.const_data_ptr<scalar_t>(), *yp = y.const_data_ptr<scalar_t>(),
+                   *ap = a.const_data_ptr<scalar_t>(), *bp = b.const_data_ptr<scalar_t>();
+    scalar_t *dap = da.mutable_data_ptr<scalar_t>(), *dbp = db.mutable_data_ptr<scalar_t>();
+    const std::vector<Acc> wma = wide(as<Acc>(ma), k), wmb = wide(as<Acc>(mb), k);
+    const Acc *map = wma.data(), *mbp = wmb.data();
+    with_flags(s.channels_last, false, [&](auto per_value, auto) {
+      sums = channel_sums<3, Acc>(s, [=](int64_t o, int64_t len, int64_t c, std::array<Acc*, 3> t) {
+        grad_sums_pair_segment<scalar_t, Acc, decltype(per_value)::value>(dyp + o, yp + o, ap + o, bp + o, len,
+                                                                          map + c, mbp + c, t[0], t[1], t[2]);
+      });
+    });
+    const auto ka = grad_coefficients<Acc>(wa, isa, ma, sums[0], sums[1], count, k);
+    const auto kb = grad_coefficients<Acc>(wb, isb, mb, sums[0], sums[2], count, k);
+    const Acc *ka1 = ka[0].data(), *ka2 = ka[1].data(), *ka3 = ka[2].data();
+    const Acc *kb1 = kb[0].data(), *kb2 = kb[1].data(), *kb3 = kb[2].data();
+    with_flags(s.channels_last, false, [&](auto per_value, auto) {
+      channel_map(s, [=](int64_t o, int64_t len, int64_t c) {
+        grad_input_pair_segment<scalar_t, Acc, decltype(per_value)::value>(
+            dyp + o, yp + o, ap + o, bp + o, dap + o, dbp + o, len, ka1 + c, ka2 + c, ka3 + c, kb1 + c, kb2 + c, kb3 + c);
+      });
+    });
+  });
+  std::vector<double> dweight_a(s.c), dweight_b(s.c);
+  for (int64_t c = 0; c < s.c; ++c) {
+    dweight_a[c] = sums[1][c] * isa[c];
+    dweight_b[c] = sums[2][c] * isb[c];
+  }
+  return {da, per_channel(dweight_a, weight_a.scalar_type()), per_channel(sums[0], weight_a.scalar_type()),
+          db, per_channel(dweight_b, weight_b.scalar_type()), per_channel(sums[0], weight_b.scalar_type())};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "batch-norm (training) + ReLU (+ residual), forward");
   m.def("backward", &backward, "batch-norm (training) + ReLU (+ residual), backward");
+  m.def("forward_pair", &forward_pair, "relu(batch_norm(a) + batch_norm(b)) (training), forward");
+  m.def("backward_pair", &backward_pair, "relu(batch_norm(a) + batch_norm(b)) (training), backward");
   m.def("inference", &inference, "batch-norm (evaluation, running statistics) + ReLU (+ residual)");
 }

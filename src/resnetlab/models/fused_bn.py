@@ -8,14 +8,16 @@ passes each way (fused_bn.cpp, built on first use with torch.utils.cpp_extension
 
     forward:  per-channel sums of x - pivot              -> mean, variance
               y = relu(x * scale + shift (+ residual))   (scale, shift per channel)
-    backward: per-channel sums of g and g * (x - mean), g = dy where y > 0
+    backward: per-channel sums of g and g * (x - mean), g = dy where ReLU let it through
               dx = g * k1 + x * k2 + k3  (the batch-norm backward, collected per channel),
               and g itself: the residual's gradient
 
-Backward keeps only x (as batch-norm does) and y, which the next convolution saves anyway, for
-the ReLU mask. Outputs, gradients and running statistics equal nn.BatchNorm2d + ReLU within
-rounding (tests/test_fused_bn.py); parameters and buffers stay those of the block's own
-nn.BatchNorm2d, so state_dicts and checkpoints are unchanged.
+Backward keeps only x (as batch-norm does) and, with a residual, y (which the next convolution
+saves anyway) for ReLU's mask; without one it finds the mask in x through the forward's own scale
+and shift, and so reads two tensors, not three, in each of its passes. Outputs, gradients and
+running statistics equal nn.BatchNorm2d + ReLU within rounding (tests/test_fused_bn.py);
+parameters and buffers stay those of the block's own nn.BatchNorm2d, so state_dicts and
+checkpoints are unchanged.
 
 Alternatives measured first (benchmarks/README.md): PyTorch ops over a wide view of the tensor
 (each op is one more pass: slower than the plain modules' backward); torch.compile of the same
@@ -68,17 +70,43 @@ class _BatchNormReLU(torch.autograd.Function):
         kernels = EXTENSION.get()
         if residual is not None:
             residual = _like(residual, x)
-        y, mean, invstd = kernels.forward(x, residual, weight, bias, bn.running_mean, bn.running_var, momentum, bn.eps)
-        ctx.save_for_backward(x, y, weight, mean, invstd)
+        y, mean, invstd, scale, shift = kernels.forward(x, residual, weight, bias, bn.running_mean, bn.running_var,
+                                                        momentum, bn.eps)
+        # ReLU's mask: without a residual, backward finds it in x (x * scale + shift > 0, the
+        # forward's own numbers) rather than in y, one tensor fewer to read twice
         ctx.has_residual = residual is not None
+        ctx.save_for_backward(x, y if ctx.has_residual else None, weight, mean, invstd, scale, shift)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, y, weight, mean, invstd = ctx.saved_tensors
-        dx, dweight, dbias, dresidual = EXTENSION.get().backward(_like(dy, x), y, x, weight, mean, invstd,
+        x, y, weight, mean, invstd, scale, shift = ctx.saved_tensors
+        dx, dweight, dbias, dresidual = EXTENSION.get().backward(_like(dy, x), y, x, weight, mean, invstd, scale, shift,
                                                                  ctx.has_residual)
         return dx, dweight, dbias, dresidual if ctx.has_residual else None, None, None
+
+
+class _PairBatchNormReLU(torch.autograd.Function):
+    """relu(bn(a) + shortcut_bn(b)) in training mode, a block's end whose shortcut is a projection;
+    updates both batch-norms' running statistics."""
+
+    @staticmethod
+    def forward(ctx, a, weight, bias, b, shortcut_weight, shortcut_bias, bn: nn.BatchNorm2d,
+                shortcut_bn: nn.BatchNorm2d, momentum: float, shortcut_momentum: float):
+        b = b.contiguous(memory_format=_memory_format(a))
+        y, mean, invstd, shortcut_mean, shortcut_invstd = EXTENSION.get().forward_pair(
+            a, b, weight, bias, bn.running_mean, bn.running_var, momentum, bn.eps,
+            shortcut_weight, shortcut_bias, shortcut_bn.running_mean, shortcut_bn.running_var, shortcut_momentum,
+            shortcut_bn.eps)
+        ctx.save_for_backward(a, b, y, weight, mean, invstd, shortcut_weight, shortcut_mean, shortcut_invstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b, y, weight, mean, invstd, shortcut_weight, shortcut_mean, shortcut_invstd = ctx.saved_tensors
+        grads = EXTENSION.get().backward_pair(_like(dy, a), y, a, b, weight, mean, invstd, shortcut_weight,
+                                              shortcut_mean, shortcut_invstd)
+        return (*grads, None, None, None, None)
 
 
 def fusable(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
@@ -108,16 +136,20 @@ def _kernel_input(x: torch.Tensor, residual: torch.Tensor | None) -> bool:
             and EXTENSION.get() is not None)
 
 
+def _count_batch(bn: nn.BatchNorm2d) -> float:
+    """Counts one more training batch, as nn.BatchNorm2d does, and returns the momentum to use for it
+    (momentum=None: a cumulative moving average)."""
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
 def bn_relu(bn: nn.Module, x: torch.Tensor, relu, residual: torch.Tensor | None = None,
             fused: bool = False) -> torch.Tensor:
     """relu(bn(x) + residual) (no addition when residual is None): fused when asked and possible
     (training, or evaluation without gradients), else exactly the plain modules (so tracing,
     folding and quantizing see the usual graph)."""
     if fused and fusable(bn, x, residual):
-        bn.num_batches_tracked.add_(1)
-        # nn.BatchNorm2d's momentum=None: a cumulative moving average
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        return _BatchNormReLU.apply(x, bn.weight, bn.bias, residual, bn, momentum)
+        return _BatchNormReLU.apply(x, bn.weight, bn.bias, residual, bn, _count_batch(bn))
     if fused and inferable(bn, x, residual):  # a training run's validation and test: one pass, not three
         return EXTENSION.get().inference(x, None if residual is None else _like(residual, x), bn.weight, bn.bias,
                                          bn.running_mean, bn.running_var, bn.eps)
@@ -125,6 +157,21 @@ def bn_relu(bn: nn.Module, x: torch.Tensor, relu, residual: torch.Tensor | None 
     if residual is not None:
         out = out + residual
     return relu(out)
+
+
+def bn_relu_projected(bn: nn.Module, x: torch.Tensor, relu, shortcut_bn: nn.Module, shortcut: torch.Tensor,
+                      fused: bool = False) -> torch.Tensor:
+    """relu(bn(x) + shortcut_bn(shortcut)), the end of a post-activation block whose shortcut is a
+    projection (shortcut its convolution's output): both batch-norms, the addition and ReLU as one
+    kernel pair in training where both batch-norms can run fused, else bn_relu with the shortcut's
+    batch-norm run as its module. Against the shortcut's batch-norm as PyTorch's own kernels and the
+    block's fused with the residual, the pair saves writing and reading back the normalised
+    shortcut and its gradient (benchmarks/fused_bn_layers.py --pair)."""
+    if (fused and fusable(bn, x, shortcut) and fusable(shortcut_bn, shortcut) and shortcut.dtype == x.dtype
+            and x.shape[1] == bn.num_features == shortcut_bn.num_features):
+        return _PairBatchNormReLU.apply(x, bn.weight, bn.bias, shortcut, shortcut_bn.weight, shortcut_bn.bias,
+                                        bn, shortcut_bn, _count_batch(bn), _count_batch(shortcut_bn))
+    return bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused)
 
 
 def set_fused_bn(model: nn.Module, enabled: bool = True) -> int:

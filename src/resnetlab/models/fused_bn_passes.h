@@ -12,6 +12,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -80,21 +82,39 @@ inline void sums_segment(const T* __restrict x, int64_t len, const Acc* __restri
   }
 }
 
-template <typename T, typename Acc, bool kPerValue>
+// Where backward finds ReLU's mask: in the saved output y (y > 0), or, without a residual, in x
+// itself through the forward's own scale and shift (x * scale + shift > 0, computed by the same
+// pre_relu as the forward, so the same bits decide): one tensor fewer read twice.
+enum class Mask { kFromY, kFromX };
+
+template <typename Acc>
+inline Acc pre_relu(Acc x, Acc scale, Acc shift) { return std::fma(x, scale, shift); }
+
+template <typename T, typename Acc, Mask kMask>
+inline Acc masked(const T* __restrict dy, const T* __restrict y, const T* __restrict x, int64_t i,
+                  Acc scale, Acc shift) {
+  const Acc d = load(dy, i);
+  if constexpr (kMask == Mask::kFromY) return load(y, i) > Acc(0) ? d : Acc(0);
+  else return pre_relu(load(x, i), scale, shift) > Acc(0) ? d : Acc(0);
+}
+
+// Sums of g and g * (x - mean), g = dy where ReLU let the value through.
+template <typename T, typename Acc, bool kPerValue, Mask kMask>
 inline void grad_sums_segment(const T* __restrict dy, const T* __restrict y, const T* __restrict x, int64_t len,
-                              const Acc* __restrict mean, Acc* __restrict s1, Acc* __restrict s2) {
+                              const Acc* __restrict mean, const Acc* __restrict scale, const Acc* __restrict shift,
+                              Acc* __restrict s1, Acc* __restrict s2) {
   if constexpr (kPerValue) {
     for (int64_t c = 0; c < len; ++c) {
-      const Acc d = load(dy, c), g = load(y, c) > Acc(0) ? d : Acc(0);
+      const Acc g = masked<T, Acc, kMask>(dy, y, x, c, scale[c], shift[c]);
       s1[c] += g;
       s2[c] += g * (load(x, c) - mean[c]);
     }
   } else {
-    const Acc m = mean[0];
+    const Acc m = mean[0], sc = scale[0], sh = shift[0];
     Acc a = 0, b = 0;
 #pragma omp simd reduction(+ : a, b)
     for (int64_t i = 0; i < len; ++i) {
-      const Acc d = load(dy, i), g = load(y, i) > Acc(0) ? d : Acc(0);
+      const Acc g = masked<T, Acc, kMask>(dy, y, x, i, sc, sh);
       a += g;
       b += g * (load(x, i) - m);
     }
@@ -109,20 +129,21 @@ inline void apply_segment(const T* __restrict x, const T* __restrict r, T* __res
                           const Acc* __restrict scale, const Acc* __restrict shift) {
   for (int64_t i = 0; i < len; ++i) {
     const int64_t c = kPerValue ? i : 0;
-    Acc v = load(x, i) * scale[c] + shift[c];
+    Acc v = pre_relu(load(x, i), scale[c], shift[c]);
     if constexpr (kResidual) v += load(r, i);
     store(y, i, v > Acc(0) ? v : Acc(0));
   }
 }
 
-// dx = g * k1 + x * k2 + k3 (and dr = g), g = dy where y > 0
-template <typename T, typename Acc, bool kPerValue, bool kResidual>
+// dx = g * k1 + x * k2 + k3 (and dr = g), g = dy where ReLU let the value through
+template <typename T, typename Acc, bool kPerValue, bool kResidual, Mask kMask>
 inline void grad_input_segment(const T* __restrict dy, const T* __restrict y, const T* __restrict x,
                                T* __restrict dx, T* __restrict dr, int64_t len, const Acc* __restrict k1,
-                               const Acc* __restrict k2, const Acc* __restrict k3) {
+                               const Acc* __restrict k2, const Acc* __restrict k3, const Acc* __restrict scale,
+                               const Acc* __restrict shift) {
   for (int64_t i = 0; i < len; ++i) {
     const int64_t c = kPerValue ? i : 0;
-    const Acc d = load(dy, i), g = load(y, i) > Acc(0) ? d : Acc(0);
+    const Acc g = masked<T, Acc, kMask>(dy, y, x, i, scale[c], shift[c]);
     store(dx, i, g * k1[c] + load(x, i) * k2[c] + k3[c]);
     if constexpr (kResidual) store(dr, i, g);
   }
@@ -142,57 +163,54 @@ std::vector<Acc> wide(const std::vector<Acc>& per_channel, int64_t k) {
   return out;
 }
 
-// Per-channel sums of two quantities: `segment(offset, len, params, s1, s2)` adds the values of
-// one segment into accumulators (channels_last: per value of a wide segment; NCHW: one for the
-// plane's channel). Blocks are summed in Acc, gathered in fp64 per thread, and the threads added
-// up in thread order. `params` are per channel, widened here for channels_last.
-template <typename Acc, typename Segment>
-void channel_sums(const Shape& s, const std::vector<Acc>& params, Segment segment, std::vector<double>& out1,
-                  std::vector<double>& out2) {
+// Per-channel sums of kSums quantities: `segment(offset, len, param_offset, sums)` adds the values
+// of one segment into accumulators sums[0..kSums) (channels_last: per value of a wide segment;
+// NCHW: one for the plane's channel), its channel parameters (widened by the caller with
+// rows_per_segment) starting at param_offset. Blocks are summed in Acc, gathered in fp64 per
+// thread, and the threads added up in thread order.
+template <int kSums, typename Acc, typename Segment>
+std::array<std::vector<double>, kSums> channel_sums(const Shape& s, Segment segment) {
   const int64_t C = s.c, threads = max_threads(), k = rows_per_segment(s);
-  std::vector<double> part1(threads * C, 0.0), part2(threads * C, 0.0);
+  std::vector<double> parts(threads * kSums * C, 0.0);  // [thread][sum][channel]
   if (s.channels_last) {
-    const std::vector<Acc> wparams = wide(params, k);
     at::parallel_for(0, s.n * s.hw, kBlock, [&](int64_t begin, int64_t end) {
-      double* p1 = part1.data() + at::get_thread_num() * C;
-      double* p2 = part2.data() + at::get_thread_num() * C;
-      std::vector<Acc> a1(k * C), a2(k * C);
+      double* part = parts.data() + at::get_thread_num() * kSums * C;
+      std::vector<Acc> acc(kSums * k * C);
+      std::array<Acc*, kSums> sums;
+      for (int j = 0; j < kSums; ++j) sums[j] = acc.data() + j * k * C;
       for (int64_t r0 = begin; r0 < end; r0 += kBlock * k) {
-        std::fill(a1.begin(), a1.end(), Acc(0));
-        std::fill(a2.begin(), a2.end(), Acc(0));
+        std::fill(acc.begin(), acc.end(), Acc(0));
         const int64_t r1 = std::min(end, r0 + kBlock * k);
         int64_t r = r0;
-        for (; r + k <= r1; r += k) segment(r * C, k * C, wparams.data(), a1.data(), a2.data());
-        for (; r < r1; ++r) segment(r * C, C, wparams.data(), a1.data(), a2.data());
-        for (int64_t j = 0; j < k * C; ++j) {
-          p1[j % C] += a1[j];
-          p2[j % C] += a2[j];
-        }
+        for (; r + k <= r1; r += k) segment(r * C, k * C, 0, sums);
+        for (; r < r1; ++r) segment(r * C, C, 0, sums);
+        for (int j = 0; j < kSums; ++j)
+          for (int64_t v = 0; v < k * C; ++v) part[j * C + v % C] += sums[j][v];
       }
     });
   } else {
     const int64_t hw = s.hw;
     at::parallel_for(0, s.n * C, 1, [&](int64_t begin, int64_t end) {
-      double* p1 = part1.data() + at::get_thread_num() * C;
-      double* p2 = part2.data() + at::get_thread_num() * C;
+      double* part = parts.data() + at::get_thread_num() * kSums * C;
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t c = plane % C;
         for (int64_t i = 0; i < hw; i += kBlock) {
-          Acc a1 = 0, a2 = 0;
-          segment(plane * hw + i, std::min(kBlock, hw - i), params.data() + c, &a1, &a2);
-          p1[c] += a1;
-          p2[c] += a2;
+          std::array<Acc, kSums> acc{};
+          std::array<Acc*, kSums> sums;
+          for (int j = 0; j < kSums; ++j) sums[j] = &acc[j];
+          segment(plane * hw + i, std::min(kBlock, hw - i), c, sums);
+          for (int j = 0; j < kSums; ++j) part[j * C + c] += acc[j];
         }
       }
     });
   }
-  out1.assign(C, 0.0);
-  out2.assign(C, 0.0);
-  for (int64_t t = 0; t < threads; ++t)
-    for (int64_t c = 0; c < C; ++c) {
-      out1[c] += part1[t * C + c];
-      out2[c] += part2[t * C + c];
-    }
+  std::array<std::vector<double>, kSums> out;
+  for (int j = 0; j < kSums; ++j) {
+    out[j].assign(C, 0.0);
+    for (int64_t t = 0; t < threads; ++t)
+      for (int64_t c = 0; c < C; ++c) out[j][c] += parts[(t * kSums + j) * C + c];
+  }
+  return out;
 }
 
 // Runs `segment(offset, len, param_offset)` over the whole tensor: wide segments of rows

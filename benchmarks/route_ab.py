@@ -1,0 +1,102 @@
+"""Training steps with one of the blocks' routes on against off, in one process: two copies of the
+same model, the route switched off for each step of the "off" copy, each timed step right after an
+untimed one of the same arm, the order alternating by round, so a drift in the machine's speed
+hits both alike. The routes (the per-layer figures are the named scripts'; this is the whole step):
+
+    strided  the wide stride-2 convolutions' matrix-product gradients (models/strided_conv.py)
+             against oneDNN's convolution for them (benchmarks/strided_layers.py)
+    pair     a projection block's end, relu(bn(a) + shortcut_bn(b)), as one fused kernel pair against
+             the shortcut's batch-norm as its module (fused_bn.bn_relu_projected;
+             benchmarks/fused_bn_layers.py --pair)
+
+    python benchmarks/route_ab.py --route strided --rounds 12 --json benchmarks/results/amx_xeon/strided_ab_resnet50.json
+    python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amx_xeon/pair_ab_resnet50.json
+"""
+import argparse
+import copy
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+
+from resnetlab.bench.machine import describe_machine
+from resnetlab.bench.measure import bench_step_parts
+from resnetlab.bench.run import write_json
+from resnetlab.bench.timing import round_order
+from resnetlab.engine.runtime import Runtime, prepare_model, resolve_precision
+from resnetlab.engine.train import train_step
+from resnetlab.models import blocks, create_model
+from resnetlab.models.fused_bn import bn_relu
+
+# Each route's function in models/blocks.py and what stands for it when the route is off.
+OFF = {
+    "strided": ("strided_conv", lambda conv, x: conv(x)),
+    "pair": ("bn_relu_projected", lambda bn, x, relu, shortcut_bn, shortcut, fused=False:
+             bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused)),
+}
+
+
+@contextmanager
+def route(name: str, on: bool):
+    """The route's function in models/blocks.py, or (off) the plain path it replaces."""
+    attribute, off = OFF[name]
+    kept = getattr(blocks, attribute)
+    if not on:
+        setattr(blocks, attribute, off)
+    try:
+        yield
+    finally:
+        setattr(blocks, attribute, kept)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--route", choices=sorted(OFF), required=True)
+    parser.add_argument("--model", default="resnet50",
+                        help="a ResNet with projection shortcuts (the strided route needs 512+ channels)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="auto: what training's auto picks on this CPU (bf16 with AMX, else fp32)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--json", help="write the rounds here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    precision = resolve_precision(args.precision, torch.device("cpu"))
+    rt = Runtime(torch.device("cpu"), precision, True, fused_bn=True)
+    base = create_model(args.model, num_classes=10).train()
+    parts = {}
+    for arm in ("on", "off"):
+        parts[arm] = bench_step_parts(prepare_model(copy.deepcopy(base), rt), rt)
+    x, y = torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))
+
+    def step(arm: str) -> float:
+        with route(args.route, arm == "on"):
+            start = time.perf_counter()
+            train_step(parts[arm], x, y)
+            return time.perf_counter() - start
+    for arm in ("on", "off"):
+        step(arm)  # first steps: allocations, oneDNN's primitive caches
+    rounds = []
+    for r in range(args.rounds):
+        seconds = {}
+        for arm in round_order(["on", "off"], r):
+            step(arm)  # untimed, as the harness's settle call
+            seconds[arm] = step(arm)
+        rounds.append({"on_s": seconds["on"], "off_s": seconds["off"], "speedup": seconds["off"] / seconds["on"]})
+        print(f"round {r}: on {seconds['on'] * 1e3:7.0f} ms  off {seconds['off'] * 1e3:7.0f} ms  "
+              f"{rounds[-1]['speedup']:.3f}x", flush=True)
+    ratios = [r["speedup"] for r in rounds]
+    on, off = statistics.median(r["on_s"] for r in rounds), statistics.median(r["off_s"] for r in rounds)
+    print(f"{args.model} {precision} channels_last, batch {args.batch}, {args.size} px; median step: on {on * 1e3:.0f} ms, off {off * 1e3:.0f} ms ({off / on:.3f}x); per round "
+          f"{min(ratios):.3f}-{max(ratios):.3f}x, median {statistics.median(ratios):.3f}x")
+    if args.json:
+        write_json({"machine": describe_machine(), "route": args.route, "model": args.model, "batch": args.batch,
+                    "size": args.size, "precision": precision, "channels_last": True, "rounds": rounds,
+                    "median_on_s": on, "median_off_s": off, "speedup_per_round_median": statistics.median(ratios)},
+                   args.json)
+
+
+if __name__ == "__main__":
+    main()
