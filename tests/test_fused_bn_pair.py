@@ -26,26 +26,33 @@ def _run(bn, shortcut_bn, a, b, dy, fused):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
-def test_the_pair_equals_the_plain_modules_in_fp64(dtype, layout):
+@pytest.mark.parametrize("shortcut_layout", ["same", "other"])
+def test_the_pair_equals_the_plain_modules_in_fp64(dtype, layout, shortcut_layout):
     # 20 channels x 5x7 maps x 6 images: every tail path of the kernels; means far from 0 test the
     # shifted sums. The reference is the plain modules in fp64 on the very same (rounded) inputs,
     # so only the kernels' own rounding is measured.
     torch.manual_seed(1)
     a, b = ((torch.randn(6, 20, 5, 7, dtype=torch.float64) * 3 + mean).to(dtype).contiguous(memory_format=layout)
             for mean in (40, -7))
+    if shortcut_layout == "other":  # the kernels take b in a's layout: a copy, and db in b's own layout
+        b = b.contiguous(memory_format=CL if layout == torch.contiguous_format else torch.contiguous_format)
     dy = torch.randn(a.shape, dtype=dtype)  # NCHW even for channels_last inputs, as average pooling hands it
-    bns = [random_bn(20, seed) for seed in (2, 3)]
+    # each batch-norm its own eps and momentum (one a cumulative average), so that a swap shows
+    bns = [random_bn(20, 2, momentum=None), random_bn(20, 3, eps=1e-3, momentum=0.3)]
     reference = [copy.deepcopy(m).double() for m in bns]
     fused = [copy.deepcopy(m).to(torch.float64 if dtype == torch.float64 else torch.float32) for m in bns]
     calls = []
     real = fused_bn._PairBatchNormReLU.apply
     fused_bn._PairBatchNormReLU.apply = lambda *args: calls.append(1) or real(*args)
     try:
-        out, grads = _run(*fused, a, b, dy, fused=True)
+        for _ in range(2):  # two steps: the second's running statistics blend with the first's
+            for m in fused + reference:
+                m.zero_grad(set_to_none=True)
+            out, grads = _run(*fused, a, b, dy, fused=True)
+            out_ref, grads_ref = _run(*reference, a.double(), b.double(), dy.double(), fused=False)
     finally:
         fused_bn._PairBatchNormReLU.apply = real
-    assert calls == [1]  # the pair ran, not the fallback
-    out_ref, grads_ref = _run(*reference, a.double(), b.double(), dy.double(), fused=False)
+    assert calls == [1, 1]  # the pair ran, not the fallback
     assert out.dtype == dtype and out.is_contiguous(memory_format=layout)
     for name, actual, expected in zip(("output", "da", "db", "dweight", "dbias", "shortcut dweight", "shortcut dbias"),
                                       [out] + grads, [out_ref] + grads_ref):
@@ -55,7 +62,36 @@ def test_the_pair_equals_the_plain_modules_in_fp64(dtype, layout):
     for m, r in zip(fused, reference):
         for name in ("running_mean", "running_var"):
             torch.testing.assert_close(getattr(m, name).double(), getattr(r, name), rtol=stats_tolerance, atol=1e-12)
-        assert m.num_batches_tracked.item() == r.num_batches_tracked.item() == 1
+        assert m.num_batches_tracked.item() == r.num_batches_tracked.item() == 2
+
+
+def test_a_refused_call_leaves_both_batch_norms_as_they_were():
+    bn, shortcut_bn = random_bn(8, 0), random_bn(8, 1)
+    shortcut_bn.running_var = torch.ones(7)  # one value short: the kernels refuse it
+    before = [t.clone() for t in (*bn.buffers(), *shortcut_bn.buffers())]
+    a, b = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    with pytest.raises(RuntimeError, match="one value per channel"):
+        bn_relu_projected(bn, a, torch.relu, shortcut_bn, b, fused=True)
+    assert all(torch.equal(x, y) for x, y in zip(before, (*bn.buffers(), *shortcut_bn.buffers())))
+
+
+def test_a_projection_that_is_not_a_plain_convolution_runs_as_its_module(monkeypatch):
+    class Doubled(nn.Module):  # e.g. a wrapped or adapted convolution: no kernel_size of its own
+        def __init__(self, conv):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x):
+            return 2 * self.conv(x)
+
+    calls = _spy(monkeypatch)
+    net = Bottleneck(32, 16, stride=2).to(memory_format=CL).train()
+    net.downsample[0] = Doubled(net.downsample[0])
+    plain = copy.deepcopy(net)
+    set_fused_bn(net)
+    x = torch.randn(2, 32, 6, 6).bfloat16().contiguous(memory_format=CL)
+    torch.testing.assert_close(_bf16_step(net, x), _bf16_step(plain, x), rtol=2e-2, atol=2e-2)
+    assert len(calls) == 1  # its output joins the pair like a convolution's
 
 
 def _spy(monkeypatch):

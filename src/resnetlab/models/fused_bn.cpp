@@ -42,8 +42,7 @@ at::Tensor inference(const at::Tensor& x, const c10::optional<at::Tensor>& resid
                      double eps) {
   const Shape s = shape_of(x);
   if (residual.has_value()) check_like(*residual, x);
-  for (const at::Tensor* t : {&weight, &bias, &running_mean, &running_var})
-    TORCH_CHECK(t->numel() == s.c, "fused batch-norm: parameters and statistics need one value per channel of x");
+  check_per_channel({&weight, &bias, &running_mean, &running_var}, s.c);
   at::Tensor y = at::empty_like(x);
   const std::vector<double> w = to_doubles(weight), b = to_doubles(bias), rm = to_doubles(running_mean),
                             rv = to_doubles(running_var);
@@ -69,6 +68,7 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
                                 at::Tensor running_var, double momentum, double eps) {
   const Shape s = shape_of(x);
   if (residual.has_value()) check_like(*residual, x);
+  check_per_channel({&weight, &bias, &running_mean, &running_var}, s.c);
   at::Tensor y = at::empty_like(x);
   Normalisation n;
   AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "fused_bn_forward", [&] {
@@ -151,6 +151,8 @@ std::vector<at::Tensor> forward_pair(const at::Tensor& a, const at::Tensor& b, c
                                      double momentum_b, double eps_b) {
   const Shape s = shape_of(a);
   check_like(b, a);
+  check_per_channel({&weight_a, &bias_a, &running_mean_a, &running_var_a, &weight_b, &bias_b, &running_mean_b,
+                     &running_var_b}, s.c);
   at::Tensor y = at::empty_like(a);
   Normalisation na, nb;
   AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, a.scalar_type(), "fused_bn_forward_pair", [&] {

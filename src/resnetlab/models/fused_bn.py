@@ -136,11 +136,18 @@ def _kernel_input(x: torch.Tensor, residual: torch.Tensor | None) -> bool:
             and EXTENSION.get() is not None)
 
 
-def _count_batch(bn: nn.BatchNorm2d) -> float:
-    """Counts one more training batch, as nn.BatchNorm2d does, and returns the momentum to use for it
-    (momentum=None: a cumulative moving average)."""
-    bn.num_batches_tracked.add_(1)
-    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+def _next_momentum(bn: nn.BatchNorm2d) -> float:
+    """The momentum nn.BatchNorm2d uses for its next training batch (momentum=None: a cumulative
+    moving average over the batches so far, this one included)."""
+    return 1.0 / (float(bn.num_batches_tracked) + 1.0) if bn.momentum is None else bn.momentum
+
+
+def _counted(y: torch.Tensor, *bns: nn.BatchNorm2d) -> torch.Tensor:
+    """y, once the batch-norms have counted the batch that made it, as nn.BatchNorm2d does; counted
+    after the kernels ran, so that a call they refuse leaves every buffer as it was."""
+    for bn in bns:
+        bn.num_batches_tracked.add_(1)
+    return y
 
 
 def bn_relu(bn: nn.Module, x: torch.Tensor, relu, residual: torch.Tensor | None = None,
@@ -149,7 +156,7 @@ def bn_relu(bn: nn.Module, x: torch.Tensor, relu, residual: torch.Tensor | None 
     (training, or evaluation without gradients), else exactly the plain modules (so tracing,
     folding and quantizing see the usual graph)."""
     if fused and fusable(bn, x, residual):
-        return _BatchNormReLU.apply(x, bn.weight, bn.bias, residual, bn, _count_batch(bn))
+        return _counted(_BatchNormReLU.apply(x, bn.weight, bn.bias, residual, bn, _next_momentum(bn)), bn)
     if fused and inferable(bn, x, residual):  # a training run's validation and test: one pass, not three
         return EXTENSION.get().inference(x, None if residual is None else _like(residual, x), bn.weight, bn.bias,
                                          bn.running_mean, bn.running_var, bn.eps)
@@ -169,8 +176,9 @@ def bn_relu_projected(bn: nn.Module, x: torch.Tensor, relu, shortcut_bn: nn.Modu
     shortcut and its gradient (benchmarks/fused_bn_layers.py --pair)."""
     if (fused and fusable(bn, x, shortcut) and fusable(shortcut_bn, shortcut) and shortcut.dtype == x.dtype
             and x.shape[1] == bn.num_features == shortcut_bn.num_features):
-        return _PairBatchNormReLU.apply(x, bn.weight, bn.bias, shortcut, shortcut_bn.weight, shortcut_bn.bias,
-                                        bn, shortcut_bn, _count_batch(bn), _count_batch(shortcut_bn))
+        y = _PairBatchNormReLU.apply(x, bn.weight, bn.bias, shortcut, shortcut_bn.weight, shortcut_bn.bias, bn,
+                                     shortcut_bn, _next_momentum(bn), _next_momentum(shortcut_bn))
+        return _counted(y, bn, shortcut_bn)
     return bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused)
 
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <initializer_list>
 #include <vector>
 
 #include "fused_bn_passes.h"
@@ -32,6 +33,13 @@ inline void lerp_into(at::Tensor& buffer, const std::vector<double>& v, double m
     for (size_t i = 0; i < v.size(); ++i)
       p[i] = static_cast<scalar_t>(static_cast<double>(p[i]) + momentum * (v[i] - static_cast<double>(p[i])));
   });
+}
+
+// Every parameter and running statistic of a call holds one value per channel, checked before
+// anything is written, so that a refused call leaves the module's buffers as they were.
+inline void check_per_channel(std::initializer_list<const at::Tensor*> tensors, int64_t channels) {
+  for (const at::Tensor* t : tensors)
+    TORCH_CHECK(t->numel() == channels, "fused batch-norm: parameters and statistics need one value per channel of x");
 }
 
 inline at::ScalarType math_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }

@@ -35,7 +35,10 @@ CL = torch.channels_last
 
 
 def applies(conv: nn.Conv2d, x) -> bool:
-    """Whether conv(x) takes the matrix-product gradients (see the module's docstring)."""
+    """Whether conv(x) takes the matrix-product gradients (see the module's docstring); a module that
+    is not a plain nn.Conv2d (a quantized or wrapped one) is run as itself."""
+    if type(conv) is not nn.Conv2d:
+        return False
     k = conv.kernel_size
     return (conv.training and isinstance(x, torch.Tensor) and torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == torch.bfloat16 and x.dim() == 4 and conv.stride == (2, 2)
