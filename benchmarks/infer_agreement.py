@@ -18,11 +18,10 @@ from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import stopwatch
 from resnetlab.bench.trained import agreement_arguments, run_suite, trained_split
-from resnetlab.cpu import cpu_flags
 from resnetlab.engine.evaluate import EvalModel, int8_model
 from resnetlab.engine.runtime import Runtime, autocast, prepare_model, to_input
 from resnetlab.inference.compile_cache import weights_digest
-from resnetlab.inference.fastpath import MIN_AGREEMENT, FastModel, InferencePath, choose_path, embeddings
+from resnetlab.inference.fastpath import MIN_AGREEMENT, FastModel, InferencePath, embeddings, path_here
 from resnetlab.models.fuse import fuse_bn
 
 CPU = torch.device("cpu")
@@ -68,7 +67,7 @@ def main():
     ref_emb, _ = run(model, fp32, batches, embed=True)
     emb, _ = run(compiled, bf16, batches, embed=True)
     cosine = torch.nn.functional.cosine_similarity(emb, ref_emb, dim=1)
-    auto = choose_path("cpu", cpu_flags(), "auto", cfg.data.image_size)
+    auto = path_here("cpu", "auto", cfg.data.image_size)
     result = {"checkpoint": str(path), "model": name, "split": args.split, "n": len(labels),
               "auto_path_here": auto.label, "min_agreement": MIN_AGREEMENT, "machine": describe_machine("cpu"),
               "results": rows, "compiled_embeddings_cosine_with_fp32": {"min": cosine.min().item(),

@@ -104,8 +104,8 @@ class Classifier:
 def load(source, device: str = "auto", precision: str = "auto") -> Classifier:
     """The model of a run directory (its best.pt, else last.pt) or a checkpoint file, ready to
     predict. device: auto | cpu | cuda | cuda:N. precision auto: the fastest path whose answers
-    agree with fp32's (inference.fastpath: compiled bf16 on AMX CPUs, compiled once per checkpoint
-    and machine; folded fp32 elsewhere); fp32: exact fp32."""
+    agree with fp32's (inference.fastpath: compiled bf16 on CPUs with AMX or AMD's AVX-512 BF16,
+    compiled once per checkpoint and machine; folded fp32 elsewhere); fp32: exact fp32."""
     from resnetlab.inference.predictor import Predictor
 
     return Classifier(Predictor.from_checkpoint(source, device=device, precision=precision))

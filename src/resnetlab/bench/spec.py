@@ -105,14 +105,12 @@ def check_spec(spec: BenchSpec) -> None:
 
 def auto_variant(spec: BenchSpec) -> Variant:
     """The inference path predict, eval and embed take here (inference.fastpath.choose_path)."""
-    from resnetlab.cpu import cpu_flags
-    from resnetlab.inference.fastpath import choose_path
+    from resnetlab.inference.fastpath import path_here
 
     if spec.task != "infer":
         raise UserError("variant auto is the inference path of predict and eval; use it with --task infer")
     device = torch.device(spec.device)
-    path = choose_path(device.type, cpu_flags(), "auto", spec.size,
-                       device.type == "cuda" and torch.cuda.is_bf16_supported())
+    path = path_here(device.type, "auto", spec.size, device.type == "cuda" and torch.cuda.is_bf16_supported())
     return Variant("auto", path.precision, path.channels_last, "aoti" if path.compiled else "eager")
 
 

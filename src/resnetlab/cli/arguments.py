@@ -10,9 +10,10 @@ __all__ = ["AUTO_INFERENCE_PRECISIONS", "AUTO_PRECISIONS", "COMPILE_MODES", "DEV
            "PROTOCOLS", "SWITCH", "add_checkpoint_argument"]
 
 # What precision "auto" resolves to (engine.runtime.resolve_precision), said alike by every command
-PRECISION_AUTO = "auto: bf16 on CUDA GPUs with bf16 and on CPUs with AMX, else fp32"
+PRECISION_AUTO = "auto: bf16 on CUDA GPUs with bf16, on CPUs with AMX and on AMD CPUs with AVX-512 BF16, else fp32"
 INFERENCE_AUTO = ("auto: the fastest path whose top-1 answers agree with fp32's (compiled bf16 channels_last on CPUs "
-                  "with AMX, compiled once per checkpoint and machine; folded fp32 elsewhere); fp32: exact fp32")
+                  "with AMX or AMD's AVX-512 BF16, compiled once per checkpoint and machine; folded fp32 elsewhere); "
+                  "fp32: exact fp32")
 
 
 def add_checkpoint_argument(parser) -> None:

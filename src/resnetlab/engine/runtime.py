@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from resnetlab.config import TrainConfig
-from resnetlab.cpu import cpu_flags, has_fast_bf16
+from resnetlab.cpu import cpu_flags, cpu_vendor, has_fast_bf16
 from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.models.fused_bn import set_fused_bn
 
@@ -54,8 +54,8 @@ class Runtime:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """This CPU has AMX (resnetlab.cpu.has_fast_bf16)."""
-    return has_fast_bf16(cpu_flags())
+    """This CPU's bf16 outruns its fp32: AMX, or AVX-512 BF16 on AMD (resnetlab.cpu.has_fast_bf16)."""
+    return has_fast_bf16(cpu_flags(), cpu_vendor())
 
 
 # Instructions that do bf16 / fp16 arithmetic in hardware. Without one of them the dtype has no

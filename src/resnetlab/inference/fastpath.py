@@ -47,9 +47,9 @@ class InferencePath:
 
 
 def choose_path(device: str, flags: frozenset[str], precision: str = "auto", image_size: int = 32,
-                cuda_bf16: bool = False) -> InferencePath:
-    """The inference path for a device type ("cpu", "cuda"), the CPU's /proc/cpuinfo flags, a
-    precision request (auto | fp32 | bf16 | fp16; int8 is chosen by the caller, never here) and the
+                cuda_bf16: bool = False, vendor: str = "") -> InferencePath:
+    """The inference path for a device type ("cpu", "cuda"), the CPU's /proc/cpuinfo flags (and
+    vendor_id, resnetlab.cpu.cpu_vendor), a precision request (auto | fp32 | bf16 | fp16; int8 is chosen by the caller, never here) and the
     input's side in px. Ratios below are same-run speed-ups over the eager fp32 NCHW baseline
     (benchmarks/README.md, benchmarks/results/); agreement is in
     benchmarks/results/amx_xeon/infer_agreement_resnet20.json."""
@@ -61,15 +61,18 @@ def choose_path(device: str, flags: frozenset[str], precision: str = "auto", ima
         return InferencePath(("bf16" if cuda_bf16 else "fp32") if precision == "auto" else precision, True, False)
     from resnetlab.cpu import has_fast_bf16
 
-    amx = has_fast_bf16(flags)
+    fast_bf16 = has_fast_bf16(flags, vendor)
     if precision == "fp32":
         # Exact fp32: folded BN, channels_last, eager oneDNN kernels; top-1 equal to plain fp32
         # (tests/test_fastpath.py). Never compiled, so no fp32 sum is reordered by inductor.
         return InferencePath("fp32", True, False)
-    if precision in ("bf16", "auto") and amx:
+    if precision in ("bf16", "auto") and fast_bf16:
         # 2-core Xeon with AMX (issue 18, 2026-12-01): compiled bf16 channels_last 6.94x (ResNet-20,
         # batch 128) and 14.27x (ResNet-50, batch 32) against 3.40x / 4.56x eager bf16, with
         # >= 99.5% top-1 agreement with fp32 on the trained ResNet-20's 10,000 test images.
+        # 2-core AMD EPYC with AVX-512 BF16 (2026-12-03, benchmarks/results/amd_epyc_avx512/):
+        # compiled bf16 2.95x (ResNet-20) against 1.56x compiled fp32, agreement in
+        # infer_agreement_resnet20.json.
         return InferencePath("bf16", True, True)
     if precision in ("bf16", "fp16"):
         return InferencePath(precision, True, False)  # asked for explicitly, without AMX: as before, eager
@@ -83,6 +86,14 @@ def choose_path(device: str, flags: frozenset[str], precision: str = "auto", ima
     # AVX2 AMD EPYC (benchmarks/results/amd_epyc/infer_resnet{20,50}.json): compiled fp32
     # channels_last 1.67x / 1.78x against 1.09x / 1.49x eager.
     return InferencePath("fp32", True, "avx2" in flags)
+
+
+def path_here(device: str, precision: str = "auto", image_size: int = 32, cuda_bf16: bool = False) -> InferencePath:
+    """choose_path for this machine's CPU (its flags and vendor): what predict, eval, embed and
+    the bench's auto variant run."""
+    from resnetlab.cpu import cpu_flags, cpu_vendor
+
+    return choose_path(device, cpu_flags(), precision, image_size, cuda_bf16, cpu_vendor())
 
 
 def compiling_enabled() -> bool:
@@ -172,13 +183,12 @@ def prepare_inference(model: nn.Module, name: str, device: str = "auto", precisi
     """(model ready for inference, its engine Runtime): BN folded, on the device, in the chosen
     layout, compiled where `choose_path` says so. `fuse=False` or channels_last "false": eager,
     as asked (for debugging and the plain fp32 reference)."""
-    from resnetlab.cpu import cpu_flags
     from resnetlab.engine.runtime import Runtime, prepare_model, resolve_device
     from resnetlab.models.fuse import fuse_bn
 
     dev = resolve_device(device)
     cuda_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-    path = choose_path(dev.type, cpu_flags(), precision, image_size, cuda_bf16)
+    path = path_here(dev.type, precision, image_size, cuda_bf16)
     layout = str(path.channels_last).lower() if channels_last == "auto" else channels_last
     rt = Runtime.resolve(device=str(dev), precision=path.precision, channels_last=layout)
     prepared = prepare_model(fuse_bn(model) if fuse else model.eval(), rt)

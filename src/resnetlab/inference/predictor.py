@@ -4,7 +4,7 @@ A checkpoint carries its model name, classes, normaliser, input size and eval re
 has to be repeated. Images go through the data package's own evaluation loader (in-memory arrays
 for small-image models, decoded files otherwise), so a prediction equals what `resnetlab eval`
 scored for the same file. The fast path (inference/fastpath.py) folds BatchNorm into the
-convolutions, runs channels_last and, where that measured faster, compiled (bf16 on AMX CPUs);
+convolutions, runs channels_last and, where that measured faster, compiled (bf16 where the CPU's bf16 is fast);
 `quantized` makes an int8 copy for the CPU, calibrated on real images; `top1_agreement` measures
 either against the plain fp32 model.
 """
@@ -76,8 +76,8 @@ class Predictor:
     def from_checkpoint(cls, checkpoint, device: str = "auto", precision: str = "auto", fuse: bool = True,
                         channels_last: str = "true") -> "Predictor":
         """precision auto: the fastest path that keeps fp32's top-1 answers on this machine
-        (inference.fastpath.choose_path: compiled bf16 channels_last on AMX CPUs, folded fp32
-        channels_last elsewhere); fp32 is exact fp32."""
+        (inference.fastpath.choose_path: compiled bf16 channels_last on CPUs with AMX or AMD's
+        AVX-512 BF16, folded fp32 channels_last elsewhere); fp32 is exact fp32."""
         from resnetlab.engine.checkpoint import model_from_checkpoint
         from resnetlab.engine.sources import load_source
         from resnetlab.inference.fastpath import prepare_inference

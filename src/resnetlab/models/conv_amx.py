@@ -34,9 +34,9 @@ UNIT = (1, 1)
 
 @lru_cache(maxsize=1)
 def cpu_has_amx() -> bool:
-    from resnetlab.cpu import cpu_flags, has_fast_bf16
+    from resnetlab.cpu import cpu_flags, has_amx
 
-    return has_fast_bf16(cpu_flags())  # the project's one test for AMX (amx_bf16)
+    return has_amx(cpu_flags())
 
 
 def available() -> bool:
