@@ -10,7 +10,7 @@ shapes of ResNet-50's and ResNet-18/34's projections (batch 32, 224 px), three w
 modules; the shortcut's batch-norm as its module and the block's fused with the residual (before
 the pair kernels); both fused as one pair (fused_bn.bn_relu_projected).
 
-    python benchmarks/fused_bn_layers.py --pair --json benchmarks/results/amx_xeon/fused_bn_pair_layers.json
+    python benchmarks/fused_bn_layers.py --pair --json benchmarks/results/amd_epyc_avx512/fused_bn_pair_layers.json
 """
 import argparse
 import statistics
@@ -18,6 +18,7 @@ import statistics
 import torch
 from torch import nn
 
+from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import interleaved
 from resnetlab.models.fused_bn import EXTENSION, bn_relu, bn_relu_projected
@@ -102,7 +103,8 @@ def main():
                           f"{'+res' if residual else '    '} plain {row['plain_ms']:8.2f} ms  fused {row['fused_ms']:8.2f} ms"
                           f"  {row['speedup']:5.2f}x", flush=True)
     if args.json:
-        write_json({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, args.json)
+        write_json({"machine": describe_machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

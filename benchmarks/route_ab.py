@@ -3,14 +3,16 @@ same model, the route switched off for each step of the "off" copy, each timed s
 untimed one of the same arm, the order alternating by round, so a drift in the machine's speed
 hits both alike. The routes (the per-layer figures are the named scripts'; this is the whole step):
 
-    strided  the wide stride-2 convolutions' matrix-product gradients (models/strided_conv.py)
-             against oneDNN's convolution for them (benchmarks/strided_layers.py)
-    pair     a projection block's end, relu(bn(a) + shortcut_bn(b)), as one fused kernel pair against
-             the shortcut's batch-norm as its module (fused_bn.bn_relu_projected;
-             benchmarks/fused_bn_layers.py --pair)
+    strided    the wide stride-2 convolutions' matrix-product gradients (models/strided_conv.py)
+               against oneDNN's convolution for them (benchmarks/strided_layers.py)
+    pointwise  the bottlenecks' 1x1 stride-1 convolutions as matrix products (blocks.pointwise)
+               against oneDNN's convolution (benchmarks/pointwise_layers.py)
+    pair       a projection block's end, relu(bn(a) + shortcut_bn(b)), as one fused kernel pair
+               against the shortcut's batch-norm as its module (fused_bn.bn_relu_projected;
+               benchmarks/fused_bn_layers.py --pair)
 
     python benchmarks/route_ab.py --route strided --rounds 12 --json benchmarks/results/amx_xeon/strided_ab_resnet50.json
-    python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amx_xeon/pair_ab_resnet50.json
+    python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amd_epyc_avx512/pair_ab_resnet50.json
 """
 import argparse
 import copy
@@ -32,6 +34,7 @@ from resnetlab.models.fused_bn import bn_relu
 # Each route's function in models/blocks.py and what stands for it when the route is off.
 OFF = {
     "strided": ("strided_conv", lambda conv, x: conv(x)),
+    "pointwise": ("pointwise", lambda conv, x: conv(x)),
     "pair": ("bn_relu_projected", lambda bn, x, relu, shortcut_bn, shortcut, fused=False:
              bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused)),
 }
