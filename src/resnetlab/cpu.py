@@ -1,4 +1,5 @@
-"""What this CPU is: its model name and the instruction-set flags that decide which kernels run.
+"""What this CPU is: its model name, vendor and the instruction-set flags that decide which kernels
+run.
 
 Read once from /proc/cpuinfo (Linux); elsewhere the platform module's name and no flags, and
 callers then keep their portable defaults rather than guess.
@@ -47,8 +48,8 @@ def has_amx(flags: frozenset[str]) -> bool:
 
 
 def has_fast_bf16(flags: frozenset[str], vendor: str = "") -> bool:
-    """True for CPUs whose bf16 arithmetic outruns fp32, where automatic training picks bf16
-    (engine.runtime): those with AMX, and AMD's with AVX-512 BF16 (Zen 4 and later), which run
+    """True for CPUs whose bf16 arithmetic outruns fp32, where `auto` picks bf16 for training
+    (engine.runtime) and inference (inference.fastpath): those with AMX, and AMD's with AVX-512 BF16 (Zen 4 and later), which run
     VDPBF16PS at twice the fp32 FMA's multiply-adds: on a 2-core EPYC the 2048^3 matmul ran at 209
     against 82 GMAC/s and bf16 ResNet-20 training at 1.6x fp32 (benchmarks/results/amd_epyc_avx512/).
     AVX-512 BF16 on an Intel Xeon without AMX is not enough: there bf16 matmuls ran at half the fp32
