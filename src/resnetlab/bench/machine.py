@@ -34,7 +34,8 @@ def describe_machine(device: torch.device | str = "cpu") -> dict:
     model, flags = cpu_model_and_flags()
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cpu": model, "cpu_vendor": cpu_vendor(), "cpu_flags": flags, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": model, "cpu_vendor": cpu_vendor(), "cpu_flags": flags, "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

@@ -49,10 +49,10 @@ class InferencePath:
 def choose_path(device: str, flags: frozenset[str], precision: str = "auto", image_size: int = 32,
                 cuda_bf16: bool = False, vendor: str = "") -> InferencePath:
     """The inference path for a device type ("cpu", "cuda"), the CPU's /proc/cpuinfo flags (and
-    vendor_id, resnetlab.cpu.cpu_vendor), a precision request (auto | fp32 | bf16 | fp16; int8 is chosen by the caller, never here) and the
-    input's side in px. Ratios below are same-run speed-ups over the eager fp32 NCHW baseline
-    (benchmarks/README.md, benchmarks/results/); agreement is in
-    benchmarks/results/amx_xeon/infer_agreement_resnet20.json."""
+    vendor_id, resnetlab.cpu.cpu_vendor), a precision request (auto | fp32 | bf16 | fp16; int8 is
+    chosen by the caller, never here) and the input's side in px. Ratios below are same-run
+    speed-ups over the eager fp32 NCHW baseline (benchmarks/README.md, benchmarks/results/);
+    agreement is in benchmarks/results/*/infer_agreement_resnet20.json."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"choose_path: precision {precision!r} (int8 is quantized by the caller)")
     if device == "cuda":

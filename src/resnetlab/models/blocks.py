@@ -14,7 +14,7 @@ from torch.autograd.function import once_differentiable
 from .conv_amx import conv3x3_amx
 from .fused_bn import bn_relu, bn_relu_projected
 from .routes import hooked
-from .strided_conv import applies as strided_applies, strided_conv
+from .strided_conv import strided_conv
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -151,9 +151,9 @@ class Block(nn.Module):
         """self.downsample(x), a wide stride-2 projection's convolution with the matrix-product
         gradients of models/strided_conv.py; every other shortcut (or a hooked one) as the module."""
         ds = self.downsample
-        if not (isinstance(ds, nn.Sequential) and not hooked(ds) and strided_applies(ds[0], x)):
+        if not (isinstance(ds, nn.Sequential) and not hooked(ds)):
             return ds(x)
-        out = strided_conv(ds[0], x)
+        out = strided_conv(ds[0], x)  # the module itself where the route does not apply
         for layer in ds[1:]:
             out = layer(out)
         return out
@@ -165,9 +165,7 @@ class Block(nn.Module):
         ds = self.downsample
         if (self.fused_bn and self.residual and isinstance(ds, nn.Sequential) and len(ds) == 2
                 and isinstance(ds[1], nn.BatchNorm2d) and not hooked(ds)):
-            conv = ds[0]
-            shortcut = strided_conv(conv, x) if strided_applies(conv, x) else conv(x)
-            return bn_relu_projected(bn, out, self.relu, ds[1], shortcut, fused=True)
+            return bn_relu_projected(bn, out, self.relu, ds[1], strided_conv(ds[0], x), fused=True)
         return bn_relu(bn, out, self.relu, self.shortcut(x), fused=self.fused_bn)
 
 

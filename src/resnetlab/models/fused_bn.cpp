@@ -137,9 +137,8 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::T
       else run(std::integral_constant<Mask, Mask::kFromY>{});
     });
   });
-  std::vector<double> dweight(s.c);
-  for (int64_t c = 0; c < s.c; ++c) dweight[c] = sums[1][c] * is[c];
-  return {dx, per_channel(dweight, weight.scalar_type()), per_channel(sums[0], weight.scalar_type()), dres};
+  return {dx, per_channel(weight_grad(sums[1], is), weight.scalar_type()), per_channel(sums[0], weight.scalar_type()),
+          dres};
 }
 
 // relu(bn_a(a) + bn_b(b)), training: -> {y, mean_a, invstd_a, mean_b, invstd_b}; both batch-norms'
@@ -216,13 +215,9 @@ std::vector<at::Tensor> backward_pair(const at::Tensor& dy, const at::Tensor& y,
       });
     });
   });
-  std::vector<double> dweight_a(s.c), dweight_b(s.c);
-  for (int64_t c = 0; c < s.c; ++c) {
-    dweight_a[c] = sums[1][c] * isa[c];
-    dweight_b[c] = sums[2][c] * isb[c];
-  }
-  return {da, per_channel(dweight_a, weight_a.scalar_type()), per_channel(sums[0], weight_a.scalar_type()),
-          db, per_channel(dweight_b, weight_b.scalar_type()), per_channel(sums[0], weight_b.scalar_type())};
+  const at::ScalarType ta = weight_a.scalar_type(), tb = weight_b.scalar_type();
+  return {da, per_channel(weight_grad(sums[1], isa), ta), per_channel(sums[0], ta),
+          db, per_channel(weight_grad(sums[2], isb), tb), per_channel(sums[0], tb)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -78,13 +78,12 @@ struct Normalisation {
   std::vector<double> mean, var, invstd, scale, shift;
 };
 
+// The caller has checked weight and bias with check_per_channel.
 template <typename T, typename Acc>
 Normalisation normalisation(const Shape& s, const T* xp, const at::Tensor& weight, const at::Tensor& bias,
                             double eps) {
   const int64_t C = s.c, count = s.n * s.hw;
   TORCH_CHECK(count > 1, "fused batch-norm: needs more than one value per channel");
-  for (const at::Tensor* t : {&weight, &bias})
-    TORCH_CHECK(t->numel() == C, "fused batch-norm: parameters need one value per channel of x");
   const std::vector<double> w = to_doubles(weight), b = to_doubles(bias);
   // Shifted sums: each channel's first value is within a few standard deviations of its mean,
   // so s2/n - (s1/n)^2 does not cancel however far the mean is from 0.
@@ -135,6 +134,13 @@ std::array<std::vector<Acc>, 3> grad_coefficients(const std::vector<double>& w, 
     k3[c] = -a * sum_g[c] / count - b * m[c];
   }
   return {wide(k1, k), wide(k2, k), wide(k3, k)};
+}
+
+// dweight = sum of g * (x - mean) * invstd, per channel.
+inline std::vector<double> weight_grad(const std::vector<double>& sum_gx, const std::vector<double>& invstd) {
+  std::vector<double> out(sum_gx.size());
+  for (size_t c = 0; c < out.size(); ++c) out[c] = sum_gx[c] * invstd[c];
+  return out;
 }
 
 }  // namespace resnetlab_bn
