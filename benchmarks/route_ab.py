@@ -10,9 +10,13 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     pair       a projection block's end, relu(bn(a) + shortcut_bn(b)), as one fused kernel pair
                against the shortcut's batch-norm as its module (fused_bn.bn_relu_projected;
                benchmarks/fused_bn_layers.py --pair)
+    wgrad      the 3x3 stride-1 convolutions' weight gradients in resnetlab's kernel (AMX, or
+               AVX-512 BF16 up to 64 channels; models/conv_wgrad.py) against oneDNN's
+               (benchmarks/conv_wgrad_layers.py); bf16 only
 
     python benchmarks/route_ab.py --route strided --rounds 12 --json benchmarks/results/amx_xeon/strided_ab_resnet50.json
     python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amd_epyc_avx512/pair_ab_resnet50.json
+    python benchmarks/route_ab.py --route wgrad --model resnet20 --batch 256 --size 32 --rounds 12
 """
 import argparse
 import copy
@@ -37,6 +41,7 @@ OFF = {
     "pointwise": ("pointwise", lambda conv, x: conv(x)),
     "pair": ("bn_relu_projected", lambda bn, x, relu, shortcut_bn, shortcut, fused=False:
              bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused)),
+    "wgrad": ("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x)),
 }
 
 
@@ -57,7 +62,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--route", choices=sorted(OFF), required=True)
     parser.add_argument("--model", default="resnet50",
-                        help="a ResNet with projection shortcuts (the strided route needs 512+ channels)")
+                        help="strided and pair need projection shortcuts (strided: 512+ channels); any ResNet for the others")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",

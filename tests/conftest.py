@@ -10,13 +10,13 @@ os.environ["RESNETLAB_COMPILE"] = "0"
 
 @pytest.fixture(scope="session", autouse=True)
 def fused_bn_kernels_built():
-    """Build resnetlab's kernels (models/fused_bn.py; models/conv_amx.py on CPUs with AMX) once,
-    before any test starts a training subprocess: a first build takes a minute or two on 2 cores,
-    which would otherwise land inside that subprocess's timeout. Later sessions find the builds
+    """Build resnetlab's kernels (models/fused_bn.py; models/conv_wgrad.py on CPUs with AMX or
+    AVX-512 BF16) once, before any test starts a training subprocess: a first build takes a minute
+    or two on 2 cores, which would otherwise land inside that subprocess's timeout. Later sessions find the builds
     in torch's cache."""
-    from resnetlab.models import conv_amx
+    from resnetlab.models import conv_wgrad
     from resnetlab.models.fused_bn import EXTENSION
 
     EXTENSION.get()
-    if conv_amx.cpu_has_amx():
-        conv_amx.KERNELS.get()
+    if conv_wgrad.kernel_kind():
+        conv_wgrad.KERNELS.get()

@@ -43,7 +43,7 @@ def cpu_flags() -> frozenset[str]:
 
 
 def has_amx(flags: frozenset[str]) -> bool:
-    """AMX's bf16 tiles, which resnetlab's own weight-gradient kernel (models/conv_amx.py) needs."""
+    """AMX's bf16 tiles, which resnetlab's own weight-gradient kernel (models/conv_wgrad.py) runs on where it can."""
     return "amx_bf16" in flags
 
 

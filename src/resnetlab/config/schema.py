@@ -91,7 +91,8 @@ class TrainConfig:
     channels_last: str = "auto"  # auto | true | false
     compile: str = "auto"  # auto (= false, measured) | true | false | a torch.compile mode
     # resnetlab's own CPU training kernels: batch-norm + ReLU (+ residual) fused (models/fused_bn.py) and,
-    # bf16 on AMX, the 3x3 convolutions' weight gradients (models/conv_amx.py). auto = on in eager CPU training.
+    # in bf16 on AMX or AVX-512 BF16, the 3x3 convolutions' weight gradients (models/conv_wgrad.py).
+    # auto = on in eager CPU training.
     fused_bn: str = "auto"  # auto | true | false
     seed: int = ranged(0, 0, 2**64 - 1)  # torch generators take 64-bit seeds; numpy refuses negative ones
     workers: int = ranged(0, 0)  # decoding worker processes (folder datasets of large images)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .conv_amx import conv3x3_amx
+from .conv_wgrad import conv3x3_own_wgrad
 from .fused_bn import bn_relu, bn_relu_projected
 from .routes import hooked
 from .strided_conv import strided_conv
@@ -28,13 +28,13 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 def convolve(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool = False) -> torch.Tensor:
     """conv(x) for a block's convolution, by the route measured fastest for it in CPU bf16 training:
     a 1x1 stride-1 one as a matrix product (`pointwise`), a wide stride-2 one with matrix-product
-    gradients (models/strided_conv.py), a 3x3 stride-1 one with AMX weight gradients where
-    `own_kernels` (models/conv_amx.py). Each steps aside to the module itself where it does not apply."""
+    gradients (models/strided_conv.py), a 3x3 stride-1 one with resnetlab's weight-gradient kernel
+    (AMX or AVX-512 BF16) where `own_kernels` (models/conv_wgrad.py). Each steps aside to the module itself where it does not apply."""
     if conv.stride != (1, 1):
         return strided_conv(conv, x)
     if conv.kernel_size == (1, 1):
         return pointwise(conv, x)
-    return conv3x3_amx(conv, x, own_kernels)
+    return conv3x3_own_wgrad(conv, x, own_kernels)
 
 
 def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

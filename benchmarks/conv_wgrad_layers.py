@@ -1,11 +1,12 @@
 """The weight gradient of one 3x3 stride-1 convolution, bf16 channels_last: oneDNN's (what
-nn.Conv2d's backward computes) against resnetlab's AMX kernel (models/conv_amx.cpp, which bf16
-CPU training uses on AMX), at every such shape of ResNet-20 (batch 256, the cifar10_fast batch)
-and ResNet-50 (batch 32, 224 px), timed alternately in one process so that a busy machine slows
-both alike. Needs a CPU with amx_bf16.
+nn.Conv2d's backward computes) against resnetlab's kernel (models/conv_wgrad.cpp, which bf16 CPU
+training uses on AMX, and on AVX-512 BF16 up to 64 channels), at every such shape of ResNet-20
+(batch 256, the cifar10_fast batch) and ResNet-50 (batch 32, 224 px), timed alternately in one
+process so that a busy machine slows both alike. Needs a CPU with amx_bf16 or avx512_bf16; the
+rows say which half of the kernel ran.
 
-    python benchmarks/conv_amx_layers.py
-    python benchmarks/conv_amx_layers.py --json benchmarks/results/amx_xeon/conv_amx_layers.json
+    python benchmarks/conv_wgrad_layers.py
+    python benchmarks/conv_wgrad_layers.py --json benchmarks/results/amd_epyc_avx512/conv_wgrad_layers.json
 """
 import argparse
 import statistics
@@ -15,7 +16,7 @@ import torch
 from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import interleaved
-from resnetlab.models import conv_amx
+from resnetlab.models import conv_wgrad
 
 # (network, batch, channels, side): the stride-1 3x3 convolutions (channels in = out)
 SHAPES = [("resnet20", 256, 16, 32), ("resnet20", 256, 32, 16), ("resnet20", 256, 64, 8),
@@ -23,7 +24,7 @@ SHAPES = [("resnet20", 256, 16, 32), ("resnet20", 256, 32, 16), ("resnet20", 256
 
 
 def time_layer(batch: int, channels: int, side: int, reps: int) -> tuple[float, float, float]:
-    """(median seconds of oneDNN's weight gradient, of the AMX kernel's, the kernel's max relative error
+    """(median seconds of oneDNN's weight gradient, of the kernel's, the kernel's max relative error
     against oneDNN's computed in fp64)."""
     def cl(*shape):
         return torch.randn(*shape).bfloat16().contiguous(memory_format=torch.channels_last)
@@ -32,11 +33,11 @@ def time_layer(batch: int, channels: int, side: int, reps: int) -> tuple[float, 
     def onednn(x=x, dy=dy, weight=weight):
         return torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                                    [False, True, False])[1]
-    kernel = conv_amx.KERNELS.get()
+    kernel = conv_wgrad.KERNELS.get()
     reference = onednn(x.double(), dy.double(), weight.double())
     error = ((kernel.conv3x3_weight_grad(x, dy).double() - reference).abs().max() / reference.abs().max()).item()
-    times = interleaved({"onednn": onednn, "amx": lambda: kernel.conv3x3_weight_grad(x, dy)}, warmup=2, reps=reps)
-    return statistics.median(times["onednn"]), statistics.median(times["amx"]), error
+    times = interleaved({"onednn": onednn, "kernel": lambda: kernel.conv3x3_weight_grad(x, dy)}, warmup=2, reps=reps)
+    return statistics.median(times["onednn"]), statistics.median(times["kernel"]), error
 
 
 def main():
@@ -44,16 +45,19 @@ def main():
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
-    if not conv_amx.cpu_has_amx() or conv_amx.KERNELS.get() is None:
-        raise SystemExit(f"needs a CPU with AMX and the kernel built ({conv_amx.KERNELS.broken or 'no amx_bf16 here'})")
+    if conv_wgrad.kernel_kind() is None or conv_wgrad.KERNELS.get() is None:
+        raise SystemExit("needs a CPU with AMX or AVX-512 BF16 and the kernel built "
+                         f"({conv_wgrad.KERNELS.broken or 'neither amx_bf16 nor avx512_bf16 here'})")
+    kind = conv_wgrad.KERNELS.get().kind
     rows = []
     for network, batch, channels, side in SHAPES:
-        onednn_s, amx_s, error = time_layer(batch, channels, side, args.reps)
-        row = {"network": network, "shape": [batch, channels, side, side], "onednn_ms": onednn_s * 1e3,
-               "amx_ms": amx_s * 1e3, "speedup": onednn_s / amx_s, "max_rel_error": error}
+        onednn_s, kernel_s, error = time_layer(batch, channels, side, args.reps)
+        row = {"network": network, "shape": [batch, channels, side, side], "kernel": kind, "onednn_ms": onednn_s * 1e3,
+               "kernel_ms": kernel_s * 1e3, "speedup": onednn_s / kernel_s, "max_rel_error": error,
+               "used_in_training": kind == "AMX" or channels <= conv_wgrad.WIDEST_AVX512}
         rows.append(row)
         print(f"{network:>9} {batch:>4}x{channels:<4}{side:>3}x{side:<3} oneDNN {row['onednn_ms']:7.2f} ms  "
-              f"AMX kernel {row['amx_ms']:7.2f} ms  {row['speedup']:5.2f}x  (max rel. error {error:.1e})", flush=True)
+              f"{kind} kernel {row['kernel_ms']:7.2f} ms  {row['speedup']:5.2f}x  (max rel. error {error:.1e})", flush=True)
     if args.json:
         write_json({"machine": describe_machine(), "rows": rows}, args.json)
 

@@ -1,17 +1,22 @@
-"""3x3 stride-1 convolutions of bf16 CPU training whose weight gradient runs on AMX tiles.
+"""3x3 stride-1 convolutions of bf16 CPU training whose weight gradient runs in resnetlab's own
+kernel (conv_wgrad.cpp): on AMX tiles, or with AVX-512 BF16 on CPUs without AMX (Zen 4).
 
 In a bf16 channels_last ResNet step on the 2-core AMX Xeon, oneDNN's weight gradients were the
 largest single cost: 1.2-3.6x the time of the same layer's forward pass, at 80-230 GMAC/s
-(issue 18). conv_amx.cpp computes them by reducing over 32 images at a time, pixel by pixel, from
-two small buffers per band of rows, so no im2col is built; per ResNet layer it ran 1.03-2.79x faster
-than oneDNN (benchmarks/conv_amx_layers.py). The forward pass and the input gradient stay oneDNN's.
+(issue 18). conv_wgrad.cpp computes them by reducing over 32 images at a time, pixel by pixel,
+from two small buffers per band of rows, so no im2col is built; per ResNet layer its AMX form ran
+1.03-2.79x faster than oneDNN, and its AVX-512 BF16 form on a 2-core Zen 4 1.1-1.6x faster at
+16-64 channels but 0.86-0.94x at 128-512 (benchmarks/conv_wgrad_layers.py), so there it takes
+convolutions of at most 64 channels (WIDEST_AVX512). The forward pass and the input gradient stay
+oneDNN's.
 
 It is a module choice like the fused batch-norm, and the same switch (train.fused_bn, the blocks'
 `fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernel does: a
 training nn.Conv2d 3x3, stride 1, padding 1, no bias, channels multiples of 16, on a bf16
 channels_last CPU tensor (bf16 weights, or CPU autocast to bf16), without hooks, on a CPU with
-AMX. Everything else, an FX trace included, calls the module itself. The kernel sums in fp32 and
-returns the gradient rounded once to bf16; oneDNN rounds the same way (tests/test_conv_amx.py).
+AMX or an AMD CPU with AVX-512 BF16 (`kernel_kind`). Everything else, an FX trace included, calls the module itself. The kernel
+sums in fp32 and returns the gradient rounded once to bf16; oneDNN rounds the same way
+(tests/test_conv_wgrad.py).
 """
 from __future__ import annotations
 
@@ -26,37 +31,47 @@ from torch.autograd.function import once_differentiable
 from .native import NativeKernels
 from .routes import hooked, runs_in_bf16
 
-SOURCE = Path(__file__).with_name("conv_amx.cpp")
-KERNELS = NativeKernels(SOURCE, "resnetlab_conv_amx", "AMX convolution weight-gradient kernel",
+SOURCE = Path(__file__).with_name("conv_wgrad.cpp")
+KERNELS = NativeKernels(SOURCE, "resnetlab_conv_wgrad", "convolution weight-gradient kernel",
                         "training uses oneDNN's weight gradients")
 UNIT = (1, 1)
+WIDEST_AVX512 = 64  # channels in and out; wider layers ran 0.86-0.94x oneDNN's time on the Zen 4
 
 
 @lru_cache(maxsize=1)
-def cpu_has_amx() -> bool:
-    from resnetlab.cpu import cpu_flags, has_amx
+def kernel_kind() -> str | None:
+    """The kernel this CPU builds: "AMX"; "AVX-512 BF16" where bf16 is fast without AMX (AMD's
+    Zen 4 and later, where it was measured); else None. An Intel Xeon with AVX-512 BF16 but no
+    AMX ran bf16 at half its fp32 rate, so its training stays fp32 and oneDNN's."""
+    from resnetlab.cpu import cpu_flags, cpu_vendor, has_amx, has_fast_bf16
 
-    return has_amx(cpu_flags())
+    flags = cpu_flags()
+    return "AMX" if has_amx(flags) else "AVX-512 BF16" if has_fast_bf16(flags, cpu_vendor()) else None
 
 
 def available() -> bool:
-    """Whether the kernel runs here: a CPU with AMX, and the kernel built (on first call)."""
-    return cpu_has_amx() and KERNELS.get() is not None
+    """Whether the kernel runs here: a CPU with AMX or AVX-512 BF16, and the kernel built (on first call)."""
+    return kernel_kind() is not None and KERNELS.get() is not None
+
+
+def fits(conv: nn.Conv2d) -> bool:
+    """Whether the kernel built here was measured faster than oneDNN at conv's width."""
+    return KERNELS.get().kind == "AMX" or max(conv.in_channels, conv.out_channels) <= WIDEST_AVX512
 
 
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether conv(x) can take the AMX weight-gradient path (see the module's docstring)."""
+    """Whether conv(x) can take the kernel's weight-gradient path (see the module's docstring)."""
     return (conv.training and isinstance(x, torch.Tensor) and torch.is_grad_enabled()
             and conv.weight.requires_grad and x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4
             and conv.kernel_size == (3, 3) and conv.stride == UNIT and conv.padding == UNIT
             and conv.dilation == UNIT and conv.groups == 1 and conv.bias is None and conv.padding_mode == "zeros"
             and conv.in_channels % 16 == 0 and conv.out_channels % 16 == 0
             and x.is_contiguous(memory_format=torch.channels_last) and runs_in_bf16(conv) and not hooked(conv)
-            and available())
+            and available() and fits(conv))
 
 
-def conv3x3_amx(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool) -> torch.Tensor:
-    """conv(x), with the weight gradient on AMX tiles where `own_kernels` and it `applies`."""
+def conv3x3_own_wgrad(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool) -> torch.Tensor:
+    """conv(x), with the weight gradient in resnetlab's kernel where `own_kernels` and it `applies`."""
     if own_kernels and applies(conv, x):
         return _Conv3x3.apply(x, conv.weight.to(torch.bfloat16))
     return conv(x)

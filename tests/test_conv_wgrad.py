@@ -1,6 +1,8 @@
-"""3x3 convolutions whose weight gradient runs on AMX tiles (models/conv_amx.py, conv_amx.cpp).
+"""3x3 convolutions whose weight gradient runs in resnetlab's kernel (models/conv_wgrad.py,
+conv_wgrad.cpp), on AMX tiles or with AVX-512 BF16.
 
-The kernel itself is checked against an fp64 reference on CPUs with AMX. The wiring (which
+The kernel itself is checked against an fp64 reference on CPUs with either (the half this CPU
+builds). The wiring (which
 convolutions take the path, the autograd function, the switch) is checked everywhere, with a
 stand-in kernel that computes the weight gradient as oneDNN does.
 """
@@ -11,13 +13,13 @@ import torch
 from torch import nn
 
 from resnetlab.engine.runtime import Runtime, prepare_model
-from resnetlab.models import conv_amx, create_model
+from resnetlab.models import conv_wgrad, create_model
 from resnetlab.models.blocks import BasicBlock, PreActBasicBlock
-from resnetlab.models.conv_amx import applies, conv3x3_amx
+from resnetlab.models.conv_wgrad import applies, conv3x3_own_wgrad
 
 CL = torch.channels_last
-AMX = conv_amx.cpu_has_amx()
-needs_amx = pytest.mark.skipif(not AMX, reason="the kernel runs only on CPUs with amx_bf16")
+KIND = conv_wgrad.kernel_kind()
+needs_kernel = pytest.mark.skipif(KIND is None, reason="the kernel runs only with AMX or AMD's AVX-512 BF16")
 
 
 def _weight_grad_reference(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -27,10 +29,10 @@ def _weight_grad_reference(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tens
 
 class StandIn:
     """The kernel's contract (bf16 channels_last x and dy in, fp32 (K, C, 3, 3) out) computed by
-    oneDNN, counting its calls."""
+    oneDNN, counting its calls. `kind` is the half it stands in for."""
 
-    def __init__(self):
-        self.calls = 0
+    def __init__(self, kind="AMX"):
+        self.calls, self.kind = 0, kind
 
     def conv3x3_weight_grad(self, x, dy):
         assert x.dtype == dy.dtype == torch.bfloat16
@@ -43,8 +45,8 @@ class StandIn:
 @pytest.fixture
 def stand_in(monkeypatch):
     kernels = StandIn()
-    monkeypatch.setattr(conv_amx, "cpu_has_amx", lambda: True)
-    monkeypatch.setattr(conv_amx.KERNELS, "get", lambda: kernels)
+    monkeypatch.setattr(conv_wgrad, "kernel_kind", lambda: kernels.kind)
+    monkeypatch.setattr(conv_wgrad.KERNELS, "get", lambda: kernels)
     return kernels
 
 
@@ -58,9 +60,16 @@ def _input(c=32, n=4, hw=6) -> torch.Tensor:
     return torch.randn(n, c, hw, hw).bfloat16().contiguous(memory_format=CL)
 
 
-@needs_amx
+@needs_kernel
+def test_the_kernel_built_is_the_one_this_cpu_was_meant_to_build():
+    assert conv_wgrad.KERNELS.get().kind == KIND
+
+
+@needs_kernel
 @pytest.mark.parametrize("n,c,k,h,w", [
-    (37, 16, 48, 5, 7),    # images not a multiple of 32; 3 output-channel tiles (2x2 and 1x3 microkernels, leftovers)
+    (37, 16, 48, 5, 7),    # images not a multiple of 32; 3 output-channel tiles (AMX: 2x2 and 1x3 microkernels, leftovers)
+    (3, 32, 16, 4, 4),     # 18 columns (AVX-512: 6 blocks of 3 columns, each in 2 halves of 8 rows)
+    (5, 16, 16, 3, 5),     # 9 columns; one image pair short
     (64, 32, 16, 8, 8),    # one output-channel tile
     (6, 128, 128, 6, 6),   # wide: the threads split the output channels
     (33, 64, 32, 1, 1),    # a single pixel: every tap but the centre reads padding
@@ -72,13 +81,13 @@ def test_the_kernel_equals_an_fp64_reference(n, c, k, h, w):
     dy = torch.randn(n, k, h, w).bfloat16().contiguous(memory_format=CL)
     weight = torch.zeros(k, c, 3, 3, dtype=torch.float64)
     reference = _weight_grad_reference(x.double(), dy.double(), weight)
-    got = conv_amx.KERNELS.get().conv3x3_weight_grad(x, dy)
+    got = conv_wgrad.KERNELS.get().conv3x3_weight_grad(x, dy)
     assert got.dtype == torch.float32 and got.shape == (k, c, 3, 3)
     # the products of bf16 numbers are exact in fp32; only the fp32 sums round
     torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=1e-4 * reference.abs().max().item())
 
 
-@needs_amx
+@needs_kernel
 def test_a_block_trains_to_the_same_gradients_with_the_kernel():
     block = BasicBlock(32, 32).to(memory_format=CL).train()
     block.fused_bn = True
@@ -103,7 +112,7 @@ def test_the_path_gives_the_convolutions_outputs_and_gradients(stand_in):
     for own in (True, False):
         x.grad = conv.weight.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = conv3x3_amx(conv, x, own)
+            y = conv3x3_own_wgrad(conv, x, own)
         y.float().backward(dy)
         results.append((y, x.grad, conv.weight.grad))
     assert stand_in.calls == 1  # the first pass only
@@ -138,9 +147,9 @@ def test_the_path_applies_only_where_the_kernel_does(stand_in, change):
     elif change == "cuda":
         x = x.to("meta")  # any other device
     with torch.set_grad_enabled(change != "no grad"), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert applies(conv, x) == (change == "switched off")  # the switch is conv3x3_amx's argument
+        assert applies(conv, x) == (change == "switched off")  # the switch is conv3x3_own_wgrad's argument
         if change not in ("cuda", "no grad"):
-            conv3x3_amx(conv, x.requires_grad_(), change != "switched off").float().sum().backward()
+            conv3x3_own_wgrad(conv, x.requires_grad_(), change != "switched off").float().sum().backward()
     assert stand_in.calls == 0
 
 
@@ -157,18 +166,43 @@ def test_a_hooked_convolution_runs_as_the_module(stand_in):
     assert not applies(conv, x)  # the hook must see the module
 
 
-def test_without_amx_the_kernel_is_never_built(monkeypatch):
-    monkeypatch.setattr(conv_amx, "cpu_has_amx", lambda: False)
-    monkeypatch.setattr(conv_amx.KERNELS, "get", lambda: pytest.fail("built on a CPU without AMX"))
+def test_without_amx_or_avx512_bf16_the_kernel_is_never_built(monkeypatch):
+    monkeypatch.setattr(conv_wgrad, "kernel_kind", lambda: None)
+    monkeypatch.setattr(conv_wgrad.KERNELS, "get", lambda: pytest.fail("built on a CPU without either"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not applies(_conv(), _input())
 
 
-@pytest.mark.parametrize("name,expected", [("resnet20", 16), ("preact_resnet18", 13), ("resnet50", 13),
-                                           ("preact_resnet50", 13)])
-def test_a_training_step_sends_every_stride_1_3x3_convolution_through_it(stand_in, name, expected):
+@pytest.mark.parametrize("flags,vendor,expected", [
+    ({"avx512_bf16", "amx_bf16", "amx_tile"}, "GenuineIntel", "AMX"),
+    ({"avx512f", "avx512_bf16"}, "AuthenticAMD", "AVX-512 BF16"),
+    ({"avx512f", "avx512_bf16"}, "GenuineIntel", None),  # bf16 ran at half the fp32 rate there: not used
+    ({"avx2"}, "AuthenticAMD", None)])
+def test_each_cpu_gets_the_half_measured_on_its_kind(monkeypatch, flags, vendor, expected):
+    import resnetlab.cpu
+
+    monkeypatch.setattr(resnetlab.cpu, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(resnetlab.cpu, "cpu_vendor", lambda: vendor)
+    assert conv_wgrad.kernel_kind.__wrapped__() == expected
+
+
+@pytest.mark.parametrize("kind,cin,cout,expected", [("AVX-512 BF16", 64, 64, True), ("AVX-512 BF16", 64, 128, False),
+                                                    ("AVX-512 BF16", 128, 64, False), ("AMX", 128, 128, True)])
+def test_the_avx512_half_takes_only_the_widths_where_it_was_faster(stand_in, kind, cin, cout, expected):
+    stand_in.kind = kind
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert applies(_conv(cin, cout), _input(cin)) == expected
+
+
+@pytest.mark.parametrize("name,kind,expected", [
+    ("resnet20", "AMX", 16), ("preact_resnet18", "AMX", 13), ("resnet50", "AMX", 13), ("preact_resnet50", "AMX", 13),
+    ("resnet20", "AVX-512 BF16", 16), ("preact_resnet18", "AVX-512 BF16", 4), ("resnet50", "AVX-512 BF16", 3)])
+def test_a_training_step_sends_every_stride_1_3x3_convolution_through_it(stand_in, name, kind, expected):
     """ResNet-20: 3 stages x 3 blocks x 2 convolutions, less the two stride-2 ones: 16. ResNet-18:
-    8 blocks x 2, less 3 stride-2 ones: 13. ResNet-50: one 3x3 in each of 16 blocks, less 3: 13."""
+    8 blocks x 2, less 3 stride-2 ones: 13. ResNet-50: one 3x3 in each of 16 blocks, less 3: 13.
+    The AVX-512 half takes up to 64 channels: all of ResNet-20's (16-64), the first stage of the
+    others (ResNet-18: 2 blocks x 2; ResNet-50: 3 blocks x 1)."""
+    stand_in.kind = kind
     rt = Runtime(torch.device("cpu"), "bf16", True, fused_bn=True)
     model = prepare_model(create_model(name, num_classes=10).train(), rt)
     with torch.autocast("cpu", dtype=torch.bfloat16):

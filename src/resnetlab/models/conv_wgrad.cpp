@@ -1,5 +1,6 @@
 // Weight gradient of a 3x3, stride-1, pad-1 convolution of bf16 channels_last tensors, on AMX
-// tiles. Built on first use by resnetlab/models/conv_amx.py, on CPUs with amx_bf16 only.
+// tiles (conv_wgrad_amx.h) or, on CPUs without AMX, with AVX-512 BF16 (conv_wgrad_avx512.h). Built
+// on first use by resnetlab/models/conv_wgrad.py, with -march=native, on CPUs that have either.
 //
 //   dW[k][c][i][j] = sum over images n and output pixels (h, w) of g[n][h][w][k] * x[n][h+i-1][w+j-1][c]
 //
@@ -9,89 +10,44 @@
 // needs an im2col: per block of 32 images and band of rows, two small buffers that fit in L2 are
 // filled once and every one of the 9 kernel taps is an offset into the input buffer:
 //   A: per output pixel and 16 output channels, g transposed to 16 (k) x 32 (images) bf16;
-//   B: per padded input pixel and 16 input channels, 16 image pairs x 16 channels x 2 (the
-//      pair-interleaved "VNNI" layout TDPBF16PS reads its second operand in).
-// Each tile product C[16 k][16 c] += A x B reduces over 32 images; C stays in tile registers for a
-// whole band. Products are summed in fp32 (oneDNN rounds dW to bf16; this returns fp32).
+//   B: per padded input pixel and 16 input channels, 16 image pairs x 16 channels x 2 (pairs
+//      interleaved, the layout both TDPBF16PS and VDPBF16PS multiply pair by pair).
+// Products are summed in fp32 (oneDNN rounds dW to bf16; this returns fp32).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <omp.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace {
 
-constexpr int64_t kTile = 1024;       // bytes in a 16-row x 64-byte tile
-constexpr int64_t kBandBytes = 1 << 20;  // A + B buffers of one band: about half of a 2 MB L2
+constexpr int64_t kTile = 1024;  // bytes in a 16-row x 64-byte tile (A, B and C alike)
 
-struct TileConfig {  // the 64-byte operand of LDTILECFG, palette 1
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
+// One band's operands, as the microkernels see them.
+struct Band {
+  float* acc;  // the thread's sums, [tap][kt][ct][16 k][16 c], fp32
+  int KT, CT, cols, kt0, kt1, steps;  // columns: tap * CT + ct; steps: the band's output pixels
+  const char* a;  // A tiles: [step][kt - kt0][16 k][32 images]
+  int64_t a_step;  // bytes from one step's A tiles to the next
+  const char* const* bptr;  // B tile of column col at step s: bptr[col * steps_max + s]
+  int steps_max;
+
+  float* c(int kt, int col) const { return acc + ((int64_t(col / CT) * KT + kt) * CT + col % CT) * 256; }
+  const char* a_tile(int kt) const { return a + int64_t(kt - kt0) * kTile; }
+  const char* const* b(int col) const { return bptr + int64_t(col) * steps_max; }
 };
 
-bool request_amx() {  // Linux hands a process the tile registers only when it asks (once)
-  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
-  return ok;
-}
-
-void configure_tiles() {  // per thread: all eight tiles 16 x 64 bytes
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-}
-
-// The microkernels: C tiles (fp32, rows 64 bytes apart) += sum over `steps` of A x B, for MR
-// output-channel tiles x NR columns (a column = one tap and 16 input channels). Tile numbers
-// are immediates, hence one function per shape: 2x2 (8 tiles), 1x3 (7) and 1x1.
-void mk22(float* c00, float* c01, float* c10, float* c11, const char* a0, const char* a1,
-          const char* const* b0, const char* const* b1, int64_t a_step, int steps) {
-  _tile_loadd(0, c00, 64); _tile_loadd(1, c01, 64); _tile_loadd(2, c10, 64); _tile_loadd(3, c11, 64);
-  for (int s = 0; s < steps; ++s) {
-    _tile_loadd(4, a0 + s * a_step, 64);
-    _tile_loadd(6, b0[s], 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_loadd(7, b1[s], 64);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_loadd(5, a1 + s * a_step, 64);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
-  _tile_stored(0, c00, 64); _tile_stored(1, c01, 64); _tile_stored(2, c10, 64); _tile_stored(3, c11, 64);
-}
-
-void mk13(float* c0, float* c1, float* c2, const char* a0, const char* const* b0, const char* const* b1,
-          const char* const* b2, int64_t a_step, int steps) {
-  _tile_loadd(0, c0, 64); _tile_loadd(1, c1, 64); _tile_loadd(2, c2, 64);
-  for (int s = 0; s < steps; ++s) {
-    _tile_loadd(3, a0 + s * a_step, 64);
-    _tile_loadd(4, b0[s], 64);
-    _tile_dpbf16ps(0, 3, 4);
-    _tile_loadd(5, b1[s], 64);
-    _tile_dpbf16ps(1, 3, 5);
-    _tile_loadd(6, b2[s], 64);
-    _tile_dpbf16ps(2, 3, 6);
-  }
-  _tile_stored(0, c0, 64); _tile_stored(1, c1, 64); _tile_stored(2, c2, 64);
-}
-
-void mk11(float* c0, const char* a0, const char* const* b0, int64_t a_step, int steps) {
-  _tile_loadd(0, c0, 64);
-  for (int s = 0; s < steps; ++s) {
-    _tile_loadd(1, a0 + s * a_step, 64);
-    _tile_loadd(2, b0[s], 64);
-    _tile_dpbf16ps(0, 1, 2);
-  }
-  _tile_stored(0, c0, 64);
-}
+#if defined(__AMX_BF16__) && defined(__AMX_TILE__)
+#include "conv_wgrad_amx.h"
+#elif defined(__AVX512BF16__)
+#include "conv_wgrad_avx512.h"
+#else
+#error "conv_wgrad.cpp needs AMX (amx_bf16) or AVX-512 BF16"
+#endif
 
 // 16 x 16 transpose of 32-bit elements, one row per register.
 void transpose16(__m512i r[16]) {
@@ -169,7 +125,7 @@ void fill_b(char* b, const Problem& p, int64_t n0, int64_t h0, int rows) {
 // x: (N, C, H, W), g: (N, K, H, W), both bf16 channels_last, C and K multiples of 16.
 // Returns dW: (K, C, 3, 3) fp32.
 torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& g) {
-  TORCH_CHECK(request_amx(), "conv3x3_weight_grad: the kernel did not get AMX tile registers from the OS");
+  TORCH_CHECK(kernel_ready(), "conv3x3_weight_grad: ", kNotReady);
   TORCH_CHECK(x.dim() == 4 && g.dim() == 4 && x.scalar_type() == at::kBFloat16 && g.scalar_type() == at::kBFloat16,
               "conv3x3_weight_grad: expected 4-D bf16 tensors");
   TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast) && g.is_contiguous(at::MemoryFormat::ChannelsLast),
@@ -207,7 +163,7 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& g
       for (int s = 0; s < steps_max; ++s)
         bptr[int64_t(col) * steps_max + s] = b + (((s / p.w + i) * (p.w + 2) + s % p.w + j) * CT + ct) * kTile;
     }
-    configure_tiles();
+    const ThreadScope tiles;  // AMX: this thread's tile registers, configured
     const int64_t items = blocks * bands;
     // split_k: every thread walks every item for its own output channels; else items are shared out
     const int64_t first = split_k ? 0 : items * tid / nt, last = split_k ? items : items * (tid + 1) / nt;
@@ -216,29 +172,8 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& g
       const int rows = static_cast<int>(std::min<int64_t>(band, p.h - h0)), steps = rows * int(p.w);
       fill_a(a, p, n0, h0, rows, kt0, kt1);
       fill_b(b, p, n0, h0, rows);
-      const int64_t a_step = int64_t(kts) * kTile;
-      auto c = [&](int kt, int col) { return my + ((int64_t(col / CT) * KT + kt) * CT + col % CT) * 256; };
-      auto bp = [&](int col) { return bptr.data() + int64_t(col) * steps_max; };
-      auto ap = [&](int kt) { return a + int64_t(kt - kt0) * kTile; };
-      int kt = kt0;
-      for (; kt + 1 < kt1; kt += 2) {
-        int col = 0;
-        for (; col + 1 < cols; col += 2)
-          mk22(c(kt, col), c(kt, col + 1), c(kt + 1, col), c(kt + 1, col + 1), ap(kt), ap(kt + 1), bp(col), bp(col + 1),
-               a_step, steps);
-        for (; col < cols; ++col) {
-          mk11(c(kt, col), ap(kt), bp(col), a_step, steps);
-          mk11(c(kt + 1, col), ap(kt + 1), bp(col), a_step, steps);
-        }
-      }
-      for (; kt < kt1; ++kt) {
-        int col = 0;
-        for (; col + 2 < cols; col += 3)
-          mk13(c(kt, col), c(kt, col + 1), c(kt, col + 2), ap(kt), bp(col), bp(col + 1), bp(col + 2), a_step, steps);
-        for (; col < cols; ++col) mk11(c(kt, col), ap(kt), bp(col), a_step, steps);
-      }
+      accumulate(Band{my, KT, CT, cols, kt0, kt1, steps, a, int64_t(kts) * kTile, bptr.data(), steps_max});
     }
-    _tile_release();
     std::free(a);
     std::free(b);
   }
@@ -263,5 +198,6 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& g
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("conv3x3_weight_grad", &conv3x3_weight_grad, "3x3 stride-1 convolution weight gradient on AMX tiles");
+  m.def("conv3x3_weight_grad", &conv3x3_weight_grad, "3x3 stride-1 convolution weight gradient (bf16 in, fp32 out)");
+  m.attr("kind") = kKind;  // which half was built: "AMX" or "AVX-512 BF16"
 }
