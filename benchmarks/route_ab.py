@@ -32,7 +32,7 @@ from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import round_order
 from resnetlab.engine.runtime import Runtime, prepare_model, resolve_precision
 from resnetlab.engine.train import train_step
-from resnetlab.models import blocks, create_model
+from resnetlab.models import blocks, conv_wgrad, create_model
 from resnetlab.models.fused_bn import bn_relu
 
 # Each route's function in models/blocks.py and what stands for it when the route is off.
@@ -66,12 +66,15 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="auto: what training's auto picks on this CPU (bf16 with AMX, else fp32)")
+                        help="auto: what training's auto picks on this CPU (bf16 with AMX or AMD's AVX-512 BF16, else fp32)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--json", help="write the rounds here")
     args = parser.parse_args()
     torch.manual_seed(0)
     precision = resolve_precision(args.precision, torch.device("cpu"))
+    if args.route == "wgrad" and (precision != "bf16" or not conv_wgrad.available()):
+        raise SystemExit(f"--route wgrad needs bf16 and the kernel (here: {precision}, kernel "
+                         f"{conv_wgrad.kernel_kind() or 'not meant for this CPU'}): both arms would be the same")
     rt = Runtime(torch.device("cpu"), precision, True, fused_bn=True)
     base = create_model(args.model, num_classes=10).train()
     parts = {}

@@ -7,6 +7,9 @@ convolutions take the path, the autograd function, the switch) is checked everyw
 stand-in kernel that computes the weight gradient as oneDNN does.
 """
 import copy
+import shutil
+import subprocess
+import sysconfig
 
 import pytest
 import torch
@@ -32,7 +35,10 @@ class StandIn:
     oneDNN, counting its calls. `kind` is the half it stands in for."""
 
     def __init__(self, kind="AMX"):
-        self.calls, self.kind = 0, kind
+        self.calls, self.kind, self.is_ready = 0, kind, True
+
+    def ready(self):
+        return self.is_ready
 
     def conv3x3_weight_grad(self, x, dy):
         assert x.dtype == dy.dtype == torch.bfloat16
@@ -45,7 +51,7 @@ class StandIn:
 @pytest.fixture
 def stand_in(monkeypatch):
     kernels = StandIn()
-    monkeypatch.setattr(conv_wgrad, "kernel_kind", lambda: kernels.kind)
+    monkeypatch.setattr(conv_wgrad, "kernel_kind", lambda: kernels.kind)  # the CPU is meant to build the stand-in's half
     monkeypatch.setattr(conv_wgrad.KERNELS, "get", lambda: kernels)
     return kernels
 
@@ -85,6 +91,36 @@ def test_the_kernel_equals_an_fp64_reference(n, c, k, h, w):
     assert got.dtype == torch.float32 and got.shape == (k, c, 3, 3)
     # the products of bf16 numbers are exact in fp32; only the fp32 sums round
     torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=1e-4 * reference.abs().max().item())
+
+
+def test_both_halves_compile_for_their_cpus(tmp_path):
+    """Most machines build one half only; here both are compiled to object files (unoptimised: the
+    AMX intrinsics are inline assembly, which only the assembler checks), with the flags
+    -march=native gives an AMX Xeon (sapphirerapids) and a CPU with AVX-512 BF16 but no AMX
+    (cooperlake: the macros Zen 4 has, for compilers that do not know znver4), in parallel."""
+    from torch.utils.cpp_extension import include_paths
+
+    halves = {"sapphirerapids": "AMX", "cooperlake": "AVX-512 BF16"}
+    compiler = shutil.which("g++")
+
+    def macros(march):
+        done = subprocess.run([compiler, f"-march={march}", "-dM", "-E", "-x", "c++", "-"], input="",
+                              capture_output=True, text=True)
+        return done.stdout if done.returncode == 0 else None
+    if compiler is None or any(macros(march) is None for march in halves):
+        pytest.skip("no g++ that knows " + " and ".join(f"-march={march}" for march in halves))
+    includes = [f"-I{path}" for path in [*include_paths(), sysconfig.get_paths()["include"]]]
+    checks = {}
+    for march, half in halves.items():
+        defined = macros(march)  # the half the source's #if picks for this CPU
+        assert ("__AMX_BF16__" in defined) == (half == "AMX") and "__AVX512BF16__" in defined
+        checks[march] = subprocess.Popen([compiler, "-c", "-O0", "-fPIC", "-std=c++17", f"-march={march}", "-fopenmp",
+                                          "-DTORCH_EXTENSION_NAME=check", *includes, str(conv_wgrad.SOURCE),
+                                          "-o", str(tmp_path / f"{march}.o")],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for march, check in checks.items():
+        _, errors = check.communicate(timeout=300)
+        assert check.returncode == 0, f"{halves[march]} half: {errors[-3000:]}"
 
 
 @needs_kernel
@@ -171,6 +207,23 @@ def test_without_amx_or_avx512_bf16_the_kernel_is_never_built(monkeypatch):
     monkeypatch.setattr(conv_wgrad.KERNELS, "get", lambda: pytest.fail("built on a CPU without either"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not applies(_conv(), _input())
+
+
+def test_a_half_other_than_the_one_meant_for_this_cpu_is_not_used(stand_in, monkeypatch):
+    """An AMX CPU whose compiler knows AVX-512 BF16 but not AMX builds the other half: unmeasured
+    there, so oneDNN's gradients stay."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert applies(_conv(), _input())
+        monkeypatch.setattr(conv_wgrad, "kernel_kind", lambda: "AVX-512 BF16")  # stand-in stays "AMX"
+        assert not applies(_conv(), _input())
+
+
+def test_without_its_tile_registers_the_kernel_is_not_used(stand_in):
+    stand_in.is_ready = False  # the OS refused the AMX tile registers
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not applies(_conv(), _input())
+        conv3x3_own_wgrad(_conv(), _input().requires_grad_(), True).float().sum().backward()
+    assert stand_in.calls == 0
 
 
 @pytest.mark.parametrize("flags,vendor,expected", [

@@ -133,10 +133,11 @@ def make_shortcut(option: str, cin: int, cout: int, stride: int, preact: bool = 
 
 class Block(nn.Module):
     """What every block shares: the switch to resnetlab's own CPU training kernels, fused batch-norm
-    + ReLU and, on AMX, the 3x3 convolutions' weight gradients (set by models.fused_bn.set_fused_bn;
-    a class default, so it never appears in a state_dict), every convolution's route (`convolve`)
-    and, for post-activation blocks, the shortcut branch. Each block's residual_end() is the last
-    layer of its residual branch: zeroing its weight makes the block start as the identity."""
+    + ReLU and, in bf16 on AMX or Zen 4, the 3x3 convolutions' weight gradients (set by
+    models.fused_bn.set_fused_bn; a class default, so it never appears in a state_dict), every
+    convolution's route (`convolve`) and, for post-activation blocks, the shortcut branch. Each
+    block's residual_end() is the last layer of its residual branch: zeroing its weight makes the
+    block start as the identity."""
 
     fused_bn = False
     residual: bool

@@ -17,6 +17,8 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <omp.h>
+#include <sys/syscall.h>  // the AMX half asks the OS for tile registers
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -200,4 +202,5 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& g
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv3x3_weight_grad", &conv3x3_weight_grad, "3x3 stride-1 convolution weight gradient (bf16 in, fp32 out)");
   m.attr("kind") = kKind;  // which half was built: "AMX" or "AVX-512 BF16"
+  m.def("ready", &kernel_ready, "whether the kernel can run in this process (AMX: the OS gave it tile registers)");
 }

@@ -5,8 +5,8 @@ In a bf16 channels_last ResNet step on the 2-core AMX Xeon, oneDNN's weight grad
 largest single cost: 1.2-3.6x the time of the same layer's forward pass, at 80-230 GMAC/s
 (issue 18). conv_wgrad.cpp computes them by reducing over 32 images at a time, pixel by pixel,
 from two small buffers per band of rows, so no im2col is built; per ResNet layer its AMX form ran
-1.03-2.79x faster than oneDNN, and its AVX-512 BF16 form on a 2-core Zen 4 1.1-1.6x faster at
-16-64 channels but 0.86-0.94x at 128-512 (benchmarks/conv_wgrad_layers.py), so there it takes
+1.03-2.79x faster than oneDNN, and its AVX-512 BF16 form on a 2-core Zen 4 1.09-1.66x faster at
+16-64 channels but 0.89-0.95x at 128-512 (benchmarks/conv_wgrad_layers.py), so there it takes
 convolutions of at most 64 channels (WIDEST_AVX512). The forward pass and the input gradient stay
 oneDNN's.
 
@@ -35,12 +35,12 @@ SOURCE = Path(__file__).with_name("conv_wgrad.cpp")
 KERNELS = NativeKernels(SOURCE, "resnetlab_conv_wgrad", "convolution weight-gradient kernel",
                         "training uses oneDNN's weight gradients")
 UNIT = (1, 1)
-WIDEST_AVX512 = 64  # channels in and out; wider layers ran 0.86-0.94x oneDNN's time on the Zen 4
+WIDEST_AVX512 = 64  # channels in and out; wider layers ran at 0.89-0.95x oneDNN's speed on the Zen 4
 
 
 @lru_cache(maxsize=1)
 def kernel_kind() -> str | None:
-    """The kernel this CPU builds: "AMX"; "AVX-512 BF16" where bf16 is fast without AMX (AMD's
+    """The half of the kernel this CPU is meant to build: "AMX"; "AVX-512 BF16" where bf16 is fast without AMX (AMD's
     Zen 4 and later, where it was measured); else None. An Intel Xeon with AVX-512 BF16 but no
     AMX ran bf16 at half its fp32 rate, so its training stays fp32 and oneDNN's."""
     from resnetlab.cpu import cpu_flags, cpu_vendor, has_amx, has_fast_bf16
@@ -50,13 +50,17 @@ def kernel_kind() -> str | None:
 
 
 def available() -> bool:
-    """Whether the kernel runs here: a CPU with AMX or AVX-512 BF16, and the kernel built (on first call)."""
-    return kernel_kind() is not None and KERNELS.get() is not None
+    """Whether the kernel runs here: the half meant for this CPU (`kernel_kind`) built (on first
+    call), and ready (AMX: the OS gave the process its tile registers). A compiler that cannot
+    build that half builds the other or none (-march=native decides): oneDNN's gradients then."""
+    kind = kernel_kind()
+    kernels = KERNELS.get() if kind is not None else None
+    return kernels is not None and kernels.kind == kind and kernels.ready()
 
 
 def fits(conv: nn.Conv2d) -> bool:
-    """Whether the kernel built here was measured faster than oneDNN at conv's width."""
-    return KERNELS.get().kind == "AMX" or max(conv.in_channels, conv.out_channels) <= WIDEST_AVX512
+    """Whether the kernel's half for this CPU was measured faster than oneDNN at conv's width."""
+    return kernel_kind() == "AMX" or max(conv.in_channels, conv.out_channels) <= WIDEST_AVX512
 
 
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:

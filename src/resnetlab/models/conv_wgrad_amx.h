@@ -3,8 +3,6 @@
 // (the pair-interleaved "VNNI" layout TDPBF16PS reads its second operand in). C stays in tile
 // registers for a whole band. Included on CPUs with amx_bf16 only (-march=native defines
 // __AMX_BF16__ there).
-#include <sys/syscall.h>
-#include <unistd.h>
 
 constexpr const char* kKind = "AMX";
 constexpr int64_t kBandBytes = 1 << 20;  // A + B buffers of one band: about half of a 2 MB L2
