@@ -2,9 +2,9 @@
 conv_wgrad.cpp), on AMX tiles or with AVX-512 BF16.
 
 The kernel itself is checked against an fp64 reference on CPUs with either (the half this CPU
-builds). The wiring (which
-convolutions take the path, the autograd function, the switch) is checked everywhere, with a
-stand-in kernel that computes the weight gradient as oneDNN does.
+builds); both halves are compiled everywhere g++ knows their CPUs. The wiring (which convolutions
+take the path, the autograd function, the switch) is checked everywhere, with a stand-in kernel
+that computes the weight gradient as oneDNN does.
 """
 import copy
 import shutil

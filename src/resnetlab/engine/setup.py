@@ -184,7 +184,7 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
                  + (f" = {dist_info.world_size} processes x {run.batch}" if dist_info.enabled else "")
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
                  + (", fused batch-norm" if rt.fused_bn else "")
-                 + (f", 3x3 weight gradients on {conv_wgrad.KERNELS.get().kind}" if rt.fused_bn and rt.precision == "bf16"
+                 + (f", 3x3 weight gradients on {conv_wgrad.kernel_kind()}" if rt.fused_bn and rt.precision == "bf16"
                     and rt.channels_last and conv_wgrad.available() else "")
                  + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})")
                  + (f", resuming at step {state.step}" if start_from is not None else "")

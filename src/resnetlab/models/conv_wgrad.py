@@ -14,9 +14,9 @@ It is a module choice like the fused batch-norm, and the same switch (train.fuse
 `fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernel does: a
 training nn.Conv2d 3x3, stride 1, padding 1, no bias, channels multiples of 16, on a bf16
 channels_last CPU tensor (bf16 weights, or CPU autocast to bf16), without hooks, on a CPU with
-AMX or an AMD CPU with AVX-512 BF16 (`kernel_kind`). Everything else, an FX trace included, calls the module itself. The kernel
-sums in fp32 and returns the gradient rounded once to bf16; oneDNN rounds the same way
-(tests/test_conv_wgrad.py).
+AMX or an AMD CPU with AVX-512 BF16 (`kernel_kind`). Everything else, an FX trace included,
+calls the module itself. The kernel sums in fp32 and returns the gradient rounded once to bf16;
+oneDNN rounds the same way (tests/test_conv_wgrad.py).
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ WIDEST_AVX512 = 64  # channels in and out; wider layers ran at 0.89-0.95x oneDNN
 
 @lru_cache(maxsize=1)
 def kernel_kind() -> str | None:
-    """The half of the kernel this CPU is meant to build: "AMX"; "AVX-512 BF16" where bf16 is fast without AMX (AMD's
-    Zen 4 and later, where it was measured); else None. An Intel Xeon with AVX-512 BF16 but no
-    AMX ran bf16 at half its fp32 rate, so its training stays fp32 and oneDNN's."""
+    """The half of the kernel this CPU is meant to build: "AMX"; "AVX-512 BF16" where bf16 is fast
+    without AMX (AMD's Zen 4 and later, where it was measured); else None. An Intel Xeon with
+    AVX-512 BF16 but no AMX ran bf16 at half its fp32 rate, so its training stays fp32 and oneDNN's."""
     from resnetlab.cpu import cpu_flags, cpu_vendor, has_amx, has_fast_bf16
 
     flags = cpu_flags()

@@ -7,8 +7,8 @@
 // not __AMX_BF16__.
 
 constexpr const char* kKind = "AVX-512 BF16";
-// Smaller bands than AMX's: on a 2-core Zen 4 (1 MB L2 per core) 256 KB ran 2-10% faster per
-// layer than 1 MB (2026-12-03, benchmarks/conv_wgrad_layers.py).
+// Smaller bands than AMX's: on a 2-core Zen 4 (1 MB L2 per core) 256 KB ran 1-11% faster than
+// 1 MB at each of conv_wgrad_layers.py's shapes (2026-12-03, one scratch build and run of each).
 constexpr int64_t kBandBytes = 256 << 10;
 
 bool kernel_ready() { return true; }
