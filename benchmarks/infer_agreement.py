@@ -4,8 +4,9 @@ often each picks the same class as plain fp32 (the auto path must reach 99.5%, i
     python benchmarks/infer_agreement.py runs/cifar10_fast --out benchmarks/results/amx_xeon/infer_agreement_resnet20.json
 
 Paths, all on the CPU from the run's best.pt, as predict builds them: plain fp32 (eager, NCHW,
-BN separate: the reference), fp32 with BN folded and channels_last, bf16 channels_last eager and
-compiled (the AOTInductor package of the compiled-model cache), and int8 (calibrated on 256
+BN separate: the reference), fp32 with BN folded and channels_last, bf16 channels_last eager,
+compiled (the AOTInductor package of the compiled-model cache) in the precision of this CPU's auto
+path where that is compiled (fp32 on an AVX2 or Ice Lake CPU), else in bf16, and int8 (calibrated on 256
 training images, as `resnetlab eval --precision int8`). For the compiled path also the cosine
 similarity of its embeddings with plain fp32's (what `resnetlab embed` writes). The seconds are
 one pass over the split on whatever else the machine was doing: not speed figures.
@@ -45,13 +46,16 @@ def main():
     path, name, model, normalizer, cfg = trained.path, trained.model_name, trained.model, trained.normalizer, trained.cfg
     batches, labels = trained.batches, trained.labels
     fp32, cl, bf16 = Runtime(CPU, "fp32", False), Runtime(CPU, "fp32", True), Runtime(CPU, "bf16", True)
-    compiled = FastModel(prepare_model(fuse_bn(model), bf16), name, InferencePath("bf16", True, True),
+    auto = path_here("cpu", "auto", cfg.data.image_size)
+    precision = auto.precision if auto.compiled else "bf16"
+    crt = Runtime(CPU, precision, True)
+    compiled = FastModel(prepare_model(fuse_bn(model), crt), name, InferencePath(precision, True, True),
                          cfg.data.image_size, weights_digest(model))
     paths = {  # label -> (model, runtime)
         "fp32 plain (reference)": (model.eval(), fp32),
         "fp32 folded channels_last": (prepare_model(fuse_bn(model), cl), cl),
         "bf16 channels_last": (prepare_model(fuse_bn(model), bf16), bf16),
-        "bf16 channels_last compiled": (compiled, bf16),
+        f"{precision} channels_last compiled": (compiled, crt),
         "int8": (int8_model(EvalModel(model, normalizer, fp32), trained.train, cfg.data), fp32),
     }
     compiled(batches[0][0])  # builds or loads the package: not inside the timed pass
@@ -65,14 +69,13 @@ def main():
         print(f"{label:<30} top-1 {rows[-1]['top1']:6.2f}%   agreement with fp32 {rows[-1]['top1_agreement_with_fp32']:7.2f}%"
               f"   {seconds:6.1f} s", flush=True)
     ref_emb, _ = run(model, fp32, batches, embed=True)
-    emb, _ = run(compiled, bf16, batches, embed=True)
+    emb, _ = run(compiled, crt, batches, embed=True)
     cosine = torch.nn.functional.cosine_similarity(emb, ref_emb, dim=1)
-    auto = path_here("cpu", "auto", cfg.data.image_size)
     result = {"checkpoint": str(path), "model": name, "split": args.split, "n": len(labels),
               "auto_path_here": auto.label, "min_agreement": MIN_AGREEMENT, "machine": describe_machine("cpu"),
               "results": rows, "compiled_embeddings_cosine_with_fp32": {"min": cosine.min().item(),
                                                                          "mean": cosine.mean().item()}}
-    print(f"auto path on this CPU: {auto.label}; compiled bf16 embeddings vs fp32: cosine min "
+    print(f"auto path on this CPU: {auto.label}; compiled {precision} embeddings vs fp32: cosine min "
           f"{cosine.min():.5f}, mean {cosine.mean():.6f} (n={len(labels)})")
     write_json(result, args.out)
 
