@@ -1,0 +1,91 @@
+"""An fp32 direct 3x3 convolution (benchmarks/direct_conv.cpp, an experiment, not yet a training
+route) against oneDNN's, forward and input gradient, at ResNet-20's stride-1 3x3 shapes
+(batch 128, channels_last), timed alternately in one process so that a busy machine slows both
+alike; each result held to an fp64 reference. Needs a CPU with AVX-512 and a C++ compiler.
+
+    python benchmarks/direct_conv_layers.py
+    python benchmarks/direct_conv_layers.py --json benchmarks/results/xeon_icelake/direct_conv_layers.json
+
+The input gradient of a stride-1, padding-1 3x3 convolution is the same convolution of the output
+gradient with the weights' two channel axes swapped and both spatial axes flipped; the kernel
+computes it that way.
+"""
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from resnetlab.bench.machine import describe_machine
+from resnetlab.bench.run import write_json
+from resnetlab.bench.timing import interleaved
+from resnetlab.models.native import NativeKernels
+
+SOURCE = Path(__file__).with_name("direct_conv.cpp")
+SHAPES = [(128, 16, 32), (128, 32, 16), (128, 64, 8)]  # (batch, channels in = out, side)
+UNIT = [1, 1]
+
+
+def packed(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) -> (9, C_in, C_out): per tap, a row of output channels per input channel."""
+    return weight.permute(2, 3, 1, 0).reshape(9, weight.shape[1], weight.shape[0]).contiguous()
+
+
+def packed_for_input_grad(weight: torch.Tensor) -> torch.Tensor:
+    return packed(weight.transpose(0, 1).flip(2, 3))
+
+
+def onednn_input_grad(dy, x, weight):
+    return torch.ops.aten.convolution_backward(dy, x, weight, None, UNIT, UNIT, UNIT, False, [0, 0], 1,
+                                               [True, False, False])[0]
+
+
+def rel_error(got: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((got.double() - reference).abs().max() / reference.abs().max()).item()
+
+
+def time_layer(kernel, batch: int, channels: int, side: int, reps: int) -> dict:
+    def cl(*shape):
+        return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    x, dy, weight = cl(batch, channels, side, side), cl(batch, channels, side, side), cl(channels, channels, 3, 3)
+    forward_w, input_grad_w = packed(weight), packed_for_input_grad(weight)
+    errors = {"forward": rel_error(kernel.conv3x3(x, forward_w), F.conv2d(x.double(), weight.double(), None, 1, 1)),
+              "input_grad": rel_error(kernel.conv3x3(dy, input_grad_w),
+                                      onednn_input_grad(dy.double(), x.double(), weight.double()))}
+    times = interleaved({"onednn_forward": lambda: F.conv2d(x, weight, None, 1, 1),
+                         "kernel_forward": lambda: kernel.conv3x3(x, forward_w),
+                         "onednn_input_grad": lambda: onednn_input_grad(dy, x, weight),
+                         "kernel_input_grad": lambda: kernel.conv3x3(dy, input_grad_w)}, warmup=2, reps=reps)
+    ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    macs = batch * channels * channels * 9 * side * side
+    return {"shape": [batch, channels, side, side], **{f"{k}_ms": v for k, v in ms.items()},
+            **{f"{k}_gmacs": macs / v / 1e6 for k, v in ms.items()},
+            "forward_speedup": ms["onednn_forward"] / ms["kernel_forward"],
+            "input_grad_speedup": ms["onednn_input_grad"] / ms["kernel_input_grad"],
+            "max_rel_error": max(errors.values())}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args()
+    kernels = NativeKernels(SOURCE, "resnetlab_direct_conv_bench", "direct convolution experiment", "nothing to measure")
+    kernel = kernels.get()
+    if kernel is None or not kernel.built:
+        raise SystemExit(f"needs a CPU with AVX-512 and the kernel built ({kernels.broken or 'no AVX-512 here'})")
+    rows = []
+    for batch, channels, side in SHAPES:
+        row = time_layer(kernel, batch, channels, side, args.reps)
+        rows.append(row)
+        print(f"{batch:>4}x{channels:<3}{side:>3}x{side:<3} forward: oneDNN {row['onednn_forward_gmacs']:6.1f}, kernel "
+              f"{row['kernel_forward_gmacs']:6.1f} GMAC/s ({row['forward_speedup']:4.2f}x)   input gradient: oneDNN "
+              f"{row['onednn_input_grad_gmacs']:6.1f}, kernel {row['kernel_input_grad_gmacs']:6.1f} GMAC/s "
+              f"({row['input_grad_speedup']:4.2f}x)   max rel. error {row['max_rel_error']:.1e}", flush=True)
+    if args.json:
+        write_json({"machine": describe_machine("cpu"), "threads": torch.get_num_threads(), "rows": rows}, args.json)
+
+
+if __name__ == "__main__":
+    main()
