@@ -1,18 +1,18 @@
-"""An fp32 direct 3x3 convolution (benchmarks/direct_conv.cpp, an experiment, not yet a training
-route) against oneDNN's, forward and input gradient, at ResNet-20's stride-1 3x3 shapes
-(batch 128, channels_last), timed alternately in one process so that a busy machine slows both
-alike; each result held to an fp64 reference. Needs a CPU with AVX-512 and a C++ compiler.
+"""resnetlab's fp32 direct 3x3 convolution (models/conv_direct.cpp, which fp32 training takes on
+AVX-512 CPUs for the widths in conv_direct.WIDTHS) against oneDNN's, forward and input gradient,
+at ResNet-20's stride-1 3x3 shapes (batch 128, channels_last), timed alternately in one process
+so that a busy machine slows both alike; each result held to an fp64 reference. Needs a CPU with
+AVX-512 and a C++ compiler.
 
     python benchmarks/direct_conv_layers.py
     python benchmarks/direct_conv_layers.py --json benchmarks/results/xeon_icelake/direct_conv_layers.json
 
 The input gradient of a stride-1, padding-1 3x3 convolution is the same convolution of the output
 gradient with the weights' two channel axes swapped and both spatial axes flipped; the kernel
-computes it that way.
+computes it that way (conv_direct.packed_for_input_grad).
 """
 import argparse
 import statistics
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,20 +20,11 @@ import torch.nn.functional as F
 from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import interleaved
-from resnetlab.models.native import NativeKernels
+from resnetlab.models import conv_direct
+from resnetlab.models.conv_direct import packed, packed_for_input_grad
 
-SOURCE = Path(__file__).with_name("direct_conv.cpp")
 SHAPES = [(128, 16, 32), (128, 32, 16), (128, 64, 8)]  # (batch, channels in = out, side)
 UNIT = [1, 1]
-
-
-def packed(weight: torch.Tensor) -> torch.Tensor:
-    """(C_out, C_in, 3, 3) -> (9, C_in, C_out): per tap, a row of output channels per input channel."""
-    return weight.permute(2, 3, 1, 0).reshape(9, weight.shape[1], weight.shape[0]).contiguous()
-
-
-def packed_for_input_grad(weight: torch.Tensor) -> torch.Tensor:
-    return packed(weight.transpose(0, 1).flip(2, 3))
 
 
 def onednn_input_grad(dy, x, weight):
@@ -63,7 +54,7 @@ def time_layer(kernel, batch: int, channels: int, side: int, reps: int) -> dict:
             **{f"{k}_gmacs": macs / v / 1e6 for k, v in ms.items()},
             "forward_speedup": ms["onednn_forward"] / ms["kernel_forward"],
             "input_grad_speedup": ms["onednn_input_grad"] / ms["kernel_input_grad"],
-            "max_rel_error": max(errors.values())}
+            "max_rel_error": max(errors.values()), "used_in_training": channels in conv_direct.WIDTHS}
 
 
 def main():
@@ -71,10 +62,9 @@ def main():
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
-    kernels = NativeKernels(SOURCE, "resnetlab_direct_conv_bench", "direct convolution experiment", "nothing to measure")
-    kernel = kernels.get()
+    kernel = conv_direct.KERNELS.get()
     if kernel is None or not kernel.built:
-        raise SystemExit(f"needs a CPU with AVX-512 and the kernel built ({kernels.broken or 'no AVX-512 here'})")
+        raise SystemExit(f"needs a CPU with AVX-512 and the kernel built ({conv_direct.KERNELS.broken or 'no AVX-512 here'})")
     rows = []
     for batch, channels, side in SHAPES:
         row = time_layer(kernel, batch, channels, side, args.reps)
@@ -84,7 +74,8 @@ def main():
               f"{row['onednn_input_grad_gmacs']:6.1f}, kernel {row['kernel_input_grad_gmacs']:6.1f} GMAC/s "
               f"({row['input_grad_speedup']:4.2f}x)   max rel. error {row['max_rel_error']:.1e}", flush=True)
     if args.json:
-        write_json({"machine": describe_machine("cpu"), "threads": torch.get_num_threads(), "rows": rows}, args.json)
+        write_json({"machine": describe_machine("cpu"), "threads": torch.get_num_threads(),
+                    "kernel_meant_for_this_cpu": conv_direct.kernel_kind(), "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

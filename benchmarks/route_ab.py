@@ -13,10 +13,14 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     wgrad      the 3x3 stride-1 convolutions' weight gradients in resnetlab's kernel (AMX, or
                AVX-512 BF16 up to 64 channels; models/conv_wgrad.py) against oneDNN's
                (benchmarks/conv_wgrad_layers.py); bf16 only
+    direct     the narrow 3x3 stride-1 convolutions' forward pass and input gradient in resnetlab's
+               direct kernel (AVX-512; models/conv_direct.py) against oneDNN's
+               (benchmarks/direct_conv_layers.py); fp32 only
 
     python benchmarks/route_ab.py --route strided --rounds 12 --json benchmarks/results/amx_xeon/strided_ab_resnet50.json
     python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amd_epyc_avx512/pair_ab_resnet50.json
     python benchmarks/route_ab.py --route wgrad --model resnet20 --batch 256 --size 32 --rounds 12
+    python benchmarks/route_ab.py --route direct --model resnet20 --batch 128 --size 32 --rounds 20
 """
 import argparse
 import copy
@@ -32,7 +36,7 @@ from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import round_order
 from resnetlab.engine.runtime import Runtime, prepare_model, resolve_precision
 from resnetlab.engine.train import train_step
-from resnetlab.models import blocks, conv_wgrad, create_model
+from resnetlab.models import blocks, conv_direct, conv_wgrad, create_model
 from resnetlab.models.fused_bn import bn_relu
 
 # Each route's function in models/blocks.py and what stands for it when the route is off.
@@ -42,6 +46,7 @@ OFF = {
     "pair": ("bn_relu_projected", lambda bn, x, relu, shortcut_bn, shortcut, fused=False:
              bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused)),
     "wgrad": ("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x)),
+    "direct": ("conv3x3_direct", lambda conv, x: conv(x)),
 }
 
 
@@ -75,6 +80,9 @@ def main():
     if args.route == "wgrad" and (precision != "bf16" or not conv_wgrad.available()):
         raise SystemExit(f"--route wgrad needs bf16 and the kernel (here: {precision}, kernel "
                          f"{conv_wgrad.kernel_kind() or 'not meant for this CPU'}): both arms would be the same")
+    if args.route == "direct" and (precision != "fp32" or not conv_direct.available()):
+        raise SystemExit(f"--route direct needs fp32 and the kernel (here: {precision}, kernel "
+                         f"{conv_direct.kernel_kind() or 'not meant for this CPU'}): both arms would be the same")
     rt = Runtime(torch.device("cpu"), precision, True, fused_bn=True)
     base = create_model(args.model, num_classes=10).train()
     parts = {}

@@ -1,11 +1,24 @@
 """A block's bf16 training step through one of resnetlab's convolution routes (models/blocks.convolve)
-against a twin whose route is replaced by the plain module, for the route tests."""
+against a twin whose route is replaced by the plain module, and the convolutions and inputs the
+route tests build."""
 import copy
 
 import torch
 from torch import nn
 
 from resnetlab.models import blocks
+
+
+def conv3x3_module(cin: int = 32, cout: int = 32, **kwargs) -> nn.Conv2d:
+    """A training nn.Conv2d, 3x3, padding 1 and no bias unless kwargs say otherwise, channels_last,
+    with weights drawn from seed 0."""
+    torch.manual_seed(0)
+    return nn.Conv2d(cin, cout, 3, padding=kwargs.pop("padding", 1), bias=kwargs.pop("bias", False),
+                     **kwargs).to(memory_format=torch.channels_last).train()
+
+
+def channels_last_input(c: int = 32, n: int = 4, hw: int = 6, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(n, c, hw, hw).to(dtype).contiguous(memory_format=torch.channels_last)
 
 
 def assert_step_matches_plain_twin(net: nn.Module, x: torch.Tensor, route: str, monkeypatch) -> None:

@@ -20,6 +20,8 @@ from resnetlab.models import conv_wgrad, create_model
 from resnetlab.models.blocks import BasicBlock, PreActBasicBlock
 from resnetlab.models.conv_wgrad import applies, conv3x3_own_wgrad
 
+from route_twins import channels_last_input, conv3x3_module
+
 CL = torch.channels_last
 KIND = conv_wgrad.kernel_kind()
 needs_kernel = pytest.mark.skipif(KIND is None, reason="the kernel runs only with AMX or AMD's AVX-512 BF16")
@@ -56,14 +58,8 @@ def stand_in(monkeypatch):
     return kernels
 
 
-def _conv(cin=32, cout=32, **kwargs) -> nn.Conv2d:
-    torch.manual_seed(0)
-    return nn.Conv2d(cin, cout, 3, padding=kwargs.pop("padding", 1), bias=kwargs.pop("bias", False),
-                     **kwargs).to(memory_format=CL).train()
-
-
 def _input(c=32, n=4, hw=6) -> torch.Tensor:
-    return torch.randn(n, c, hw, hw).bfloat16().contiguous(memory_format=CL)
+    return channels_last_input(c, n, hw, torch.bfloat16)
 
 
 @needs_kernel
@@ -141,7 +137,7 @@ def test_a_block_trains_to_the_same_gradients_with_the_kernel():
 
 
 def test_the_path_gives_the_convolutions_outputs_and_gradients(stand_in):
-    conv = _conv()
+    conv = conv3x3_module()
     x = _input().requires_grad_()
     dy = torch.randn(4, 32, 6, 6)
     results = []
@@ -166,12 +162,12 @@ def test_the_path_applies_only_where_the_kernel_does(stand_in, change):
     if "kernel_size" in kwargs:
         conv = nn.Conv2d(32, 32, kwargs["kernel_size"], padding=2, bias=False).to(memory_format=CL).train()
     else:
-        conv = _conv(**kwargs)
+        conv = conv3x3_module(**kwargs)
     x = _input()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert applies(_conv(), x)  # the unchanged case does apply
+        assert applies(conv3x3_module(), x)  # the unchanged case does apply
     if change == "8 channels":
-        conv, x = _conv(8, 8), _input(8)
+        conv, x = conv3x3_module(8, 8), _input(8)
     elif change == "fp32":
         x = x.float()
     elif change == "NCHW":
@@ -190,13 +186,13 @@ def test_the_path_applies_only_where_the_kernel_does(stand_in, change):
 
 
 def test_bf16_inputs_without_autocast_need_bf16_weights(stand_in):
-    conv, x = _conv(), _input()
+    conv, x = conv3x3_module(), _input()
     assert not applies(conv, x)  # fp32 weights, no autocast: the module would refuse the mix, and so does the path
     assert applies(conv.bfloat16(), x)
 
 
 def test_a_hooked_convolution_runs_as_the_module(stand_in):
-    conv, x = _conv().bfloat16(), _input()
+    conv, x = conv3x3_module().bfloat16(), _input()
     assert applies(conv, x)
     conv.register_full_backward_hook(lambda *a: None)
     assert not applies(conv, x)  # the hook must see the module
@@ -206,23 +202,23 @@ def test_without_amx_or_avx512_bf16_the_kernel_is_never_built(monkeypatch):
     monkeypatch.setattr(conv_wgrad, "kernel_kind", lambda: None)
     monkeypatch.setattr(conv_wgrad.KERNELS, "get", lambda: pytest.fail("built on a CPU without either"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not applies(_conv(), _input())
+        assert not applies(conv3x3_module(), _input())
 
 
 def test_a_half_other_than_the_one_meant_for_this_cpu_is_not_used(stand_in, monkeypatch):
     """An AMX CPU whose compiler knows AVX-512 BF16 but not AMX builds the other half: unmeasured
     there, so oneDNN's gradients stay."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert applies(_conv(), _input())
+        assert applies(conv3x3_module(), _input())
         monkeypatch.setattr(conv_wgrad, "kernel_kind", lambda: "AVX-512 BF16")  # stand-in stays "AMX"
-        assert not applies(_conv(), _input())
+        assert not applies(conv3x3_module(), _input())
 
 
 def test_without_its_tile_registers_the_kernel_is_not_used(stand_in):
     stand_in.is_ready = False  # the OS refused the AMX tile registers
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not applies(_conv(), _input())
-        conv3x3_own_wgrad(_conv(), _input().requires_grad_(), True).float().sum().backward()
+        assert not applies(conv3x3_module(), _input())
+        conv3x3_own_wgrad(conv3x3_module(), _input().requires_grad_(), True).float().sum().backward()
     assert stand_in.calls == 0
 
 
@@ -244,7 +240,7 @@ def test_each_cpu_gets_the_half_measured_on_its_kind(monkeypatch, flags, vendor,
 def test_the_avx512_half_takes_only_the_widths_where_it_was_faster(stand_in, kind, cin, cout, expected):
     stand_in.kind = kind
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert applies(_conv(cin, cout), _input(cin)) == expected
+        assert applies(conv3x3_module(cin, cout), _input(cin)) == expected
 
 
 @pytest.mark.parametrize("name,kind,expected", [

@@ -16,7 +16,7 @@ from torch import nn
 from resnetlab.config import Config, save_config
 from resnetlab.errors import UserError
 from resnetlab.files import storage_errors, write_text_atomic
-from resnetlab.models import conv_wgrad, create_model
+from resnetlab.models import conv_direct, conv_wgrad, create_model
 
 from .checkpoint import load_checkpoint
 from .distributed import DistInfo, per_rank_batch
@@ -186,6 +186,8 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
                  + (", fused batch-norm" if rt.fused_bn else "")
                  + (f", 3x3 weight gradients on {conv_wgrad.kernel_kind()}" if rt.fused_bn and rt.precision == "bf16"
                     and rt.channels_last and conv_wgrad.available() else "")
+                 + (", narrow 3x3 convolutions in the direct AVX-512 kernel" if rt.fused_bn and rt.precision == "fp32"
+                    and rt.channels_last and conv_direct.available() else "")
                  + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})")
                  + (f", resuming at step {state.step}" if start_from is not None else "")
                  + (", no checkpoint was complete yet: starting at step 0" if resume and start_from is None else ""))

@@ -1,8 +1,9 @@
-// An experiment of benchmarks/direct_conv_layers.py, not (yet) a training route: an fp32 3x3
-// convolution (stride 1, padding 1, no bias, channels in = out = 16, 32, 48 or 64) of channels_last
-// CPU tensors with AVX-512. The same kernel gives the input gradient: the convolution of the
-// output gradient with the weights transposed and flipped. Why: on a 2-core Ice Lake Xeon oneDNN
-// ran ResNet-20's 16-channel layers at 50-68 GMAC/s of an fp32 peak over 150 (issue 18).
+// An fp32 3x3 convolution (stride 1, padding 1, no bias, channels in = out = 16, 32, 48 or 64) of
+// channels_last CPU tensors with AVX-512, for fp32 training on CPUs without fast bf16 (built on
+// first use by resnetlab/models/conv_direct.py, with -march=native). The same kernel gives the
+// input gradient: the convolution of the output gradient with the weights' channel axes swapped
+// and both spatial axes flipped. Why: on a 2-core Ice Lake Xeon oneDNN ran ResNet-20's 16-channel
+// layers at 50-68 GMAC/s of an fp32 peak over 150 (issue 18).
 //
 // Per image, the input is copied into a zero-bordered buffer ((H+2) x (W+2) x C floats, in L2),
 // a row just before the first output row that needs it, so no border test is left in the inner
@@ -10,11 +11,11 @@
 // For each vertical tap and input channel the three horizontal taps' weight vectors are loaded,
 // then each input value of the row is broadcast once and feeds the (up to) three FMAs of the taps
 // that read it: on that Xeon an FMA with a broadcast memory operand ran at 57% of the register
-// FMA rate, a broadcast register reused by two FMAs at 95%. Images are split over the OpenMP
+// FMA rate, a broadcast register reused by two FMAs at 95%. Images are split over PyTorch's
 // threads; each writes only its own images, so the result does not depend on the thread count.
 #include <torch/extension.h>
 
-#include <omp.h>
+#include <ATen/Parallel.h>
 
 #include <vector>
 
@@ -76,34 +77,32 @@ template <int P, int CV>
 void convolve(const float* x, const float* wpk, float* y, long n, int h, int w) {
   constexpr int cin = CV * 16;
   const int pad_w = w + 2;
-  const long image_in = (long)h * w * cin, image_out = (long)h * w * CV * 16;
-#pragma omp parallel
-  {
-    std::vector<float> pad((long)(h + 2) * pad_w * cin, 0.0f);  // the border stays zero
-#pragma omp for schedule(static)
-    for (long i = 0; i < n; ++i) {
+  const long image_in = (long)h * w * cin, image_out = (long)h * w * CV * 16, row_in = (long)w * cin;
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    // Only the pixels inside the border are ever written, so the border stays zero for every image.
+    std::vector<float> pad((long)(h + 2) * pad_w * cin, 0.0f);
+    for (int64_t i = begin; i < end; ++i) {
       const float* src = x + i * image_in;
       float* dst = y + i * image_out;
-      const long row_in = (long)w * cin;
       // Rows are copied in just before the first output row that needs them, and the row after
       // is prefetched, so reading the input overlaps the arithmetic instead of preceding it.
       std::copy(src, src + row_in, pad.data() + ((long)pad_w + 1) * cin);
       for (int r = 0; r < h; ++r) {
         if (r + 1 < h)
           std::copy(src + (r + 1) * row_in, src + (r + 2) * row_in, pad.data() + ((long)(r + 2) * pad_w + 1) * cin);
-        const float* ahead = r + 2 < h ? src + (r + 2) * row_in : (i + 1 < n ? src + image_in : nullptr);
+        const float* ahead = r + 2 < h ? src + (r + 2) * row_in : (i + 1 < end ? src + image_in : nullptr);
         if (ahead != nullptr)
           for (long b = 0; b < row_in; b += 16) _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
         row<P, CV>(pad.data() + (long)r * pad_w * cin, pad_w, w, wpk, dst + (long)r * w * CV * 16);
       }
     }
-  }
+  });
 }
 
 }  // namespace
 
-// x: (N, C, H, W) channels_last fp32; packed: (9, C, C) fp32, [tap][in][out] (direct_conv_layers.py
-// packs them); -> (N, C, H, W) channels_last.
+// x: (N, C, H, W) channels_last fp32; packed: (9, C, C) fp32, [tap][in][out] (conv_direct.packed);
+// -> (N, C, H, W) channels_last.
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "conv3x3: x must be a 4-d channels_last fp32 tensor");

@@ -1,0 +1,107 @@
+"""3x3 stride-1 convolutions of fp32 CPU training in resnetlab's own direct kernel (conv_direct.cpp),
+forward pass and input gradient, on Intel CPUs with AVX-512 whose training runs in fp32.
+
+On a 2-core Ice Lake Xeon (AVX-512, no bf16: training's `auto` is fp32 there) oneDNN ran
+ResNet-20's narrow 3x3 layers at 50-68 GMAC/s (16 channels) of an fp32 peak over 150 (issue 18).
+conv_direct.cpp computes them directly from a zero-bordered copy of each image, broadcasting each
+input value once for the three horizontal taps that read it; per layer it ran 1.66-1.87x oneDNN's
+speed at 16 channels and 1.17-1.39x at 32, forward and input gradient alike
+(benchmarks/direct_conv_layers.py). The input gradient of a stride-1, padding-1 3x3 convolution
+is the same convolution of the output gradient with the weights' channel axes swapped and both
+spatial axes flipped, so the one kernel does both. The weight gradient stays oneDNN's.
+
+It is a module choice like the fused batch-norm, and the same switch (train.fused_bn, the blocks'
+`fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernel does: a
+training nn.Conv2d 3x3, stride 1, padding 1, no bias, as many channels out as in, of a width in
+WIDTHS, fp32 weights on an fp32 channels_last CPU tensor outside bf16 autocast, without hooks, on
+a CPU where `kernel_kind` names it. Everything else, an FX trace included, calls the module itself.
+The kernel sums in fp32 as oneDNN does, in another order: results agree to about 1e-6 relative
+(tests/test_conv_direct.py).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .native import NativeKernels
+from .routes import hooked, runs_in_bf16
+
+SOURCE = Path(__file__).with_name("conv_direct.cpp")
+KERNELS = NativeKernels(SOURCE, "resnetlab_conv_direct", "direct 3x3 convolution kernel",
+                        "training uses oneDNN's convolutions")
+UNIT = (1, 1)
+# Channels in = out that take the kernel: where it ran clearly faster than oneDNN per layer. At 64
+# channels its 147 KB of weights no longer fit the L1 cache: 1.05x at 8 px, 0.85-0.90x at 56 px.
+WIDTHS = (16, 32)
+
+
+@lru_cache(maxsize=1)
+def kernel_kind() -> str | None:
+    """"AVX-512" on CPUs with AVX-512 whose training runs in fp32 (`auto`: no AMX, and not AMD's
+    AVX-512 BF16, where bf16 is faster still and this kernel has no bf16 form); else None."""
+    from resnetlab.cpu import cpu_flags, cpu_vendor, has_fast_bf16
+
+    flags = cpu_flags()
+    return "AVX-512" if "avx512f" in flags and not has_fast_bf16(flags, cpu_vendor()) else None
+
+
+def available() -> bool:
+    """Whether the kernel runs here: meant for this CPU (`kernel_kind`) and built (on first call)
+    with its AVX-512 code (a compiler without AVX-512 builds an empty module)."""
+    kernels = KERNELS.get() if kernel_kind() is not None else None
+    return kernels is not None and kernels.built
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether conv(x) can take the kernel's path (see the module's docstring)."""
+    return (conv.training and isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and conv.weight.dtype == torch.float32 and conv.kernel_size == (3, 3)
+            and conv.stride == UNIT and conv.padding == UNIT and conv.dilation == UNIT and conv.groups == 1
+            and conv.bias is None and conv.padding_mode == "zeros"
+            and conv.in_channels == conv.out_channels and conv.out_channels in WIDTHS
+            and x.is_contiguous(memory_format=torch.channels_last) and not runs_in_bf16(conv)
+            and not hooked(conv) and available())
+
+
+def conv3x3_direct(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) by resnetlab's direct kernel where it `applies`, else by the module itself."""
+    if applies(conv, x):
+        return _Conv3x3.apply(x, conv.weight)
+    return conv(x)
+
+
+def packed(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) -> (9, C_in, C_out), the kernel's layout: per tap, per input channel,
+    the row of output channels it feeds (one or more zmm vectors)."""
+    return weight.permute(2, 3, 1, 0).reshape(9, weight.shape[1], weight.shape[0]).contiguous()
+
+
+def packed_for_input_grad(weight: torch.Tensor) -> torch.Tensor:
+    """The weights whose convolution of dy is dx: channel axes swapped, both spatial axes flipped."""
+    return packed(weight.transpose(0, 1).flip(2, 3))
+
+
+class _Conv3x3(torch.autograd.Function):
+    """A 3x3, stride-1, padding-1 convolution without bias of fp32 channels_last tensors."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return KERNELS.get().conv3x3(x, packed(weight))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        dx = dweight = None
+        if ctx.needs_input_grad[0]:
+            dx = KERNELS.get().conv3x3(dy, packed_for_input_grad(weight))
+        if ctx.needs_input_grad[1]:
+            dweight = torch.ops.aten.convolution_backward(dy, x, weight, None, list(UNIT), list(UNIT), list(UNIT),
+                                                          False, [0, 0], 1, [False, True, False])[1]
+        return dx, dweight
