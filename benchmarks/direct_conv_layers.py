@@ -1,5 +1,6 @@
 """resnetlab's fp32 direct 3x3 convolution (models/conv_direct.cpp, which fp32 training takes on
-AVX-512 CPUs for the widths in conv_direct.WIDTHS) against oneDNN's, forward and input gradient,
+AVX-512 CPUs for the widths in conv_direct.WIDTHS) against oneDNN's, forward, input gradient and
+(at 16 and 32 output channels) weight gradient,
 at ResNet-20's stride-1 3x3 shapes (batch 128, channels_last), timed alternately in one process
 so that a busy machine slows both alike; each result held to an fp64 reference. Needs a CPU with
 AVX-512 and a C++ compiler.
@@ -25,11 +26,13 @@ from resnetlab.models.conv_direct import packed, packed_for_input_grad
 
 SHAPES = [(128, 16, 32), (128, 32, 16), (128, 64, 8)]  # (batch, channels in = out, side)
 UNIT = [1, 1]
+PASSES = ("forward", "input_grad", "weight_grad")
 
 
-def onednn_input_grad(dy, x, weight):
-    return torch.ops.aten.convolution_backward(dy, x, weight, None, UNIT, UNIT, UNIT, False, [0, 0], 1,
-                                               [True, False, False])[0]
+def onednn_grad(dy, x, weight, which: int):
+    """oneDNN's input (which=0) or weight (which=1) gradient, as nn.Conv2d's backward computes it."""
+    mask = [which == 0, which == 1, False]
+    return torch.ops.aten.convolution_backward(dy, x, weight, None, UNIT, UNIT, UNIT, False, [0, 0], 1, mask)[which]
 
 
 def rel_error(got: torch.Tensor, reference: torch.Tensor) -> float:
@@ -37,23 +40,30 @@ def rel_error(got: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def time_layer(kernel, batch: int, channels: int, side: int, reps: int) -> dict:
+    """Each pass's time by oneDNN and by the kernel (the weight gradient at the widths it has) and
+    the kernel's largest error relative to fp64."""
     def cl(*shape):
         return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
     x, dy, weight = cl(batch, channels, side, side), cl(batch, channels, side, side), cl(channels, channels, 3, 3)
     forward_w, input_grad_w = packed(weight), packed_for_input_grad(weight)
-    errors = {"forward": rel_error(kernel.conv3x3(x, forward_w), F.conv2d(x.double(), weight.double(), None, 1, 1)),
-              "input_grad": rel_error(kernel.conv3x3(dy, input_grad_w),
-                                      onednn_input_grad(dy.double(), x.double(), weight.double()))}
-    times = interleaved({"onednn_forward": lambda: F.conv2d(x, weight, None, 1, 1),
-                         "kernel_forward": lambda: kernel.conv3x3(x, forward_w),
-                         "onednn_input_grad": lambda: onednn_input_grad(dy, x, weight),
-                         "kernel_input_grad": lambda: kernel.conv3x3(dy, input_grad_w)}, warmup=2, reps=reps)
-    ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    x64, dy64, weight64 = x.double(), dy.double(), weight.double()
+    passes = {"forward": (lambda: F.conv2d(x, weight, None, 1, 1), lambda: kernel.conv3x3(x, forward_w),
+                          lambda: F.conv2d(x64, weight64, None, 1, 1)),
+              "input_grad": (lambda: onednn_grad(dy, x, weight, 0), lambda: kernel.conv3x3(dy, input_grad_w),
+                             lambda: onednn_grad(dy64, x64, weight64, 0))}
+    if channels in conv_direct.WIDTHS:
+        passes["weight_grad"] = (lambda: onednn_grad(dy, x, weight, 1), lambda: kernel.conv3x3_weight_grad(x, dy),
+                                 lambda: onednn_grad(dy64, x64, weight64, 1))
+    errors = {name: rel_error(ours(), reference()) for name, (_, ours, reference) in passes.items()}
+    calls = {}
+    for name, (onednn, ours, _) in passes.items():
+        calls[f"onednn_{name}"], calls[f"kernel_{name}"] = onednn, ours
+    ms = {name: statistics.median(t) * 1e3 for name, t in interleaved(calls, warmup=2, reps=reps).items()}
     macs = batch * channels * channels * 9 * side * side
     return {"shape": [batch, channels, side, side], **{f"{k}_ms": v for k, v in ms.items()},
             **{f"{k}_gmacs": macs / v / 1e6 for k, v in ms.items()},
-            "forward_speedup": ms["onednn_forward"] / ms["kernel_forward"],
-            "input_grad_speedup": ms["onednn_input_grad"] / ms["kernel_input_grad"],
+            **{f"{name}_speedup": ms[f"onednn_{name}"] / ms[f"kernel_{name}"] for name in passes},
+            **{f"{name}_rel_error": error for name, error in errors.items()},
             "max_rel_error": max(errors.values()), "used_in_training": channels in conv_direct.WIDTHS}
 
 
@@ -69,10 +79,10 @@ def main():
     for batch, channels, side in SHAPES:
         row = time_layer(kernel, batch, channels, side, args.reps)
         rows.append(row)
-        print(f"{batch:>4}x{channels:<3}{side:>3}x{side:<3} forward: oneDNN {row['onednn_forward_gmacs']:6.1f}, kernel "
-              f"{row['kernel_forward_gmacs']:6.1f} GMAC/s ({row['forward_speedup']:4.2f}x)   input gradient: oneDNN "
-              f"{row['onednn_input_grad_gmacs']:6.1f}, kernel {row['kernel_input_grad_gmacs']:6.1f} GMAC/s "
-              f"({row['input_grad_speedup']:4.2f}x)   max rel. error {row['max_rel_error']:.1e}", flush=True)
+        print(f"{batch:>4}x{channels:<3}{side:>3}x{side:<3}" + "   ".join(
+            f"{name}: oneDNN {row[f'onednn_{name}_gmacs']:6.1f}, kernel {row[f'kernel_{name}_gmacs']:6.1f} GMAC/s "
+            f"({row[f'{name}_speedup']:4.2f}x)" for name in PASSES if f"{name}_speedup" in row)
+              + f"   max rel. error {row['max_rel_error']:.1e}", flush=True)
     if args.json:
         write_json({"machine": describe_machine("cpu"), "threads": torch.get_num_threads(),
                     "kernel_meant_for_this_cpu": conv_direct.kernel_kind(), "rows": rows}, args.json)

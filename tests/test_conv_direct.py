@@ -33,9 +33,17 @@ def unpacked(weights: torch.Tensor) -> torch.Tensor:
     return weights.reshape(3, 3, weights.shape[1], weights.shape[2]).permute(3, 2, 0, 1)
 
 
+def weight_grad_reference(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """oneDNN's weight gradient (what nn.Conv2d's backward computes), in x's dtype."""
+    weight = torch.zeros(dy.shape[1], x.shape[1], 3, 3, dtype=x.dtype)
+    return torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                               [False, True, False])[1]
+
+
 class StandIn:
-    """The kernel's contract (fp32 channels_last x and (9, C, C) packed weights in, the stride-1
-    padding-1 convolution out, channels_last) computed by oneDNN, counting its calls."""
+    """The kernels' contracts (fp32 channels_last x and (9, C, C) packed weights in, the stride-1
+    padding-1 convolution out, channels_last; x and dy in, the (K, C, 3, 3) weight gradient out)
+    computed by oneDNN, counting the calls."""
 
     built = True
 
@@ -47,6 +55,12 @@ class StandIn:
         assert weights.shape == (9, x.shape[1], x.shape[1]) and weights.is_contiguous()
         self.calls += 1
         return F.conv2d(x, unpacked(weights).contiguous(memory_format=CL), None, 1, 1).contiguous(memory_format=CL)
+
+    def conv3x3_weight_grad(self, x, dy):
+        assert x.dtype == dy.dtype == torch.float32
+        assert x.is_contiguous(memory_format=CL) and dy.is_contiguous(memory_format=CL)
+        self.calls += 1
+        return weight_grad_reference(x, dy)
 
 
 @pytest.fixture
@@ -98,6 +112,38 @@ def test_the_kernel_equals_an_fp64_reference(n, c, h, w):
 
 
 @needs_kernel
+@pytest.mark.parametrize("n,c,k,h,w", [
+    (5, 16, 16, 7, 9),    # 16 output channels: blocks of 8 input channels; odd sides
+    (3, 32, 32, 1, 1),    # a single pixel: only the centre tap sees anything
+    (2, 8, 16, 3, 13),    # 8 input channels: one block of 8
+    (7, 32, 16, 16, 16),  # more images than threads, unevenly split
+    (3, 4, 32, 5, 2),     # 32 output channels: blocks of 4 input channels
+    (1, 16, 32, 1, 3),    # one row: the vertical taps 0 and 2 see only the border
+])
+def test_the_weight_gradient_kernel_equals_an_fp64_reference(n, c, k, h, w):
+    torch.manual_seed(0)
+    x, dy = torch.randn(n, c, h, w).contiguous(memory_format=CL), torch.randn(n, k, h, w).contiguous(memory_format=CL)
+    got = conv_direct.KERNELS.get().conv3x3_weight_grad(x, dy)
+    reference = weight_grad_reference(x.double(), dy.double())
+    assert got.dtype == torch.float32 and got.shape == (k, c, 3, 3) and got.is_contiguous()
+    torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=1e-5 * reference.abs().max().item())
+
+
+@needs_kernel
+def test_the_weight_gradient_of_no_pixels_is_zero():
+    x = torch.empty(0, 16, 4, 4).contiguous(memory_format=CL)
+    assert torch.equal(conv_direct.KERNELS.get().conv3x3_weight_grad(x, x), torch.zeros(16, 16, 3, 3))
+
+
+@needs_kernel
+def test_the_weight_gradient_is_the_same_bits_every_time():
+    """Its threads' sums are added in a fixed order: a resumed run computes what the first one did."""
+    x, dy = channels_last_input(16, n=9, hw=8), channels_last_input(16, n=9, hw=8)
+    first = conv_direct.KERNELS.get().conv3x3_weight_grad(x, dy)
+    assert all(torch.equal(conv_direct.KERNELS.get().conv3x3_weight_grad(x, dy), first) for _ in range(3))
+
+
+@needs_kernel
 def test_the_kernel_does_not_depend_on_the_thread_count():
     """Each thread writes whole images: the same bits with one thread or two (resume stays exact)."""
     x, weights = channels_last_input(16, n=5, hw=9), packed(torch.randn(16, 16, 3, 3))
@@ -122,6 +168,19 @@ def test_the_kernel_does_not_depend_on_the_thread_count():
 def test_the_kernel_refuses_what_it_cannot_compute(x, weights, message):
     with pytest.raises(RuntimeError, match=message):
         conv_direct.KERNELS.get().conv3x3(x, weights)
+
+
+@needs_kernel
+@pytest.mark.parametrize("x,dy,message", [
+    (torch.randn(2, 16, 4, 4), channels_last_input(16, 2, 4), "channels_last"),
+    (channels_last_input(16, 2, 4), channels_last_input(16, 2, 4, torch.float64), "fp32"),
+    (channels_last_input(16, 2, 4), channels_last_input(16, 2, 5), "same images and pixels"),
+    (channels_last_input(16, 2, 4), channels_last_input(64, 2, 4), "16 output channels"),
+    (channels_last_input(12, 2, 4), channels_last_input(16, 2, 4), "multiple of 8"),
+])
+def test_the_weight_gradient_kernel_refuses_what_it_cannot_compute(x, dy, message):
+    with pytest.raises(RuntimeError, match=message):
+        conv_direct.KERNELS.get().conv3x3_weight_grad(x, dy)
 
 
 def test_the_source_compiles_with_and_without_avx512(tmp_path):
@@ -173,17 +232,17 @@ def test_the_path_gives_the_convolutions_outputs_and_gradients(stand_in):
         y = route(conv, x)
         y.backward(dy)
         results.append((y, x.grad, conv.weight.grad))
-    assert stand_in.calls == 2  # forward and input gradient, the first pass only
+    assert stand_in.calls == 3  # forward, input gradient and weight gradient, the first pass only
     assert results[0][0].is_contiguous(memory_format=CL)
     assert torch.equal(results[0][0], results[1][0])  # the stand-in computes what oneDNN does
-    assert torch.equal(results[0][2], results[1][2])  # the weight gradient is oneDNN's own
+    assert torch.equal(results[0][2], results[1][2])
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)
 
 
 def test_an_input_that_needs_no_gradient_costs_no_input_gradient(stand_in):
     conv = conv3x3_module()
     conv3x3_direct(conv, channels_last_input()).sum().backward()
-    assert stand_in.calls == 1 and conv.weight.grad is not None
+    assert stand_in.calls == 2 and conv.weight.grad is not None  # forward and weight gradient
 
 
 @pytest.mark.parametrize("change", ["stride 2", "5x5", "no padding", "bias", "dilation", "groups", "8 channels",
@@ -228,7 +287,7 @@ def test_the_switch_off_sends_every_convolution_to_the_module(stand_in):
     assert stand_in.calls == 0
     block.fused_bn = True
     block(channels_last_input()).sum().backward()
-    assert stand_in.calls == 3  # two forward passes and conv2's input gradient (the block's input needs none)
+    assert stand_in.calls == 5  # two forward passes, two weight gradients, conv2's input gradient (x needs none)
 
 
 @pytest.mark.parametrize("flags,vendor,expected", [
@@ -264,7 +323,7 @@ def test_a_training_step_sends_every_narrow_stride_1_3x3_convolution_through_it(
     rt = Runtime(torch.device("cpu"), "fp32", True, fused_bn=True)
     model = prepare_model(create_model(name, num_classes=10).train(), rt)
     model(torch.randn(2, 3, 32, 32).contiguous(memory_format=CL)).sum().backward()
-    assert stand_in.calls == 2 * expected  # each forward, and each input gradient
+    assert stand_in.calls == 3 * expected  # each forward, input gradient and weight gradient
     stand_in.calls = 0
     prepare_model(model, Runtime(torch.device("cpu"), "fp32", True, fused_bn=False))  # the switch turns it off
     model(torch.randn(2, 3, 32, 32).contiguous(memory_format=CL)).sum().backward()

@@ -2,8 +2,9 @@
 // channels_last CPU tensors with AVX-512, for fp32 training on CPUs without fast bf16 (built on
 // first use by resnetlab/models/conv_direct.py, with -march=native). The same kernel gives the
 // input gradient: the convolution of the output gradient with the weights' channel axes swapped
-// and both spatial axes flipped. Why: on a 2-core Ice Lake Xeon oneDNN ran ResNet-20's 16-channel
-// layers at 50-68 GMAC/s of an fp32 peak over 150 (issue 18).
+// and both spatial axes flipped; a second kernel (weight_grad, below) the weight gradient at 16 and
+// 32 output channels. Why: on a 2-core Ice Lake Xeon oneDNN ran ResNet-20's 16-channel layers at
+// 50-68 GMAC/s of an fp32 peak over 150 (issue 18).
 //
 // Per image, the input is copied into a zero-bordered buffer ((H+2) x (W+2) x C floats, in L2),
 // a row just before the first output row that needs it, so no border test is left in the inner
@@ -17,6 +18,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -99,6 +101,85 @@ void convolve(const float* x, const float* wpk, float* y, long n, int h, int w) 
   });
 }
 
+
+// Weight gradient, dW[k][c][ty][tx] = sum over images and output pixels (h, q) of
+// dy[h][q][k] * x[h + ty - 1][q + tx - 1][c], for one image, one vertical tap ty and CB input
+// channels from c0, added to acc ([ty][c][tx][k] floats). Along each row pair (x row h + ty - 1,
+// dy row h) the input pixel p advances one at a time: each x value is broadcast once and meets the
+// output gradients of the three output pixels that read it (p + 1, p, p - 1 for tx = 0, 1, 2),
+// kept in a window of registers that slides with p. CB x 3 x KV accumulators stay in registers
+// for the whole image.
+template <int CB, int KV>
+void weight_grad_image(const float* x, const float* dy, int h, int w, int cin, int ty, int c0, float* acc) {
+  constexpr int cout = KV * 16;
+  __m512 a[CB][3][KV];
+#pragma GCC unroll 64
+  for (int c = 0; c < CB; ++c)
+    for (int t = 0; t < 3; ++t)
+      for (int v = 0; v < KV; ++v) a[c][t][v] = _mm512_setzero_ps();
+  for (int r = std::max(0, 1 - ty); r < std::min(h, h + 1 - ty); ++r) {
+    const float* xrow = x + (long)(r + ty - 1) * w * cin + c0;
+    const float* grow = dy + (long)r * w * cout;
+    __m512 prev[KV], cur[KV], next[KV];
+#pragma GCC unroll 8
+    for (int v = 0; v < KV; ++v) prev[v] = _mm512_setzero_ps(), cur[v] = _mm512_loadu_ps(grow + v * 16);
+    for (int p = 0; p < w; ++p) {
+#pragma GCC unroll 8
+      for (int v = 0; v < KV; ++v) next[v] = p + 1 < w ? _mm512_loadu_ps(grow + (long)(p + 1) * cout + v * 16)
+                                                       : _mm512_setzero_ps();
+#pragma GCC unroll 64
+      for (int c = 0; c < CB; ++c) {
+        const __m512 b = _mm512_set1_ps(xrow[(long)p * cin + c]);
+#pragma GCC unroll 8
+        for (int v = 0; v < KV; ++v) {
+          a[c][0][v] = _mm512_fmadd_ps(b, next[v], a[c][0][v]);
+          a[c][1][v] = _mm512_fmadd_ps(b, cur[v], a[c][1][v]);
+          a[c][2][v] = _mm512_fmadd_ps(b, prev[v], a[c][2][v]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int v = 0; v < KV; ++v) prev[v] = cur[v], cur[v] = next[v];
+    }
+  }
+  for (int c = 0; c < CB; ++c)
+    for (int t = 0; t < 3; ++t)
+      for (int v = 0; v < KV; ++v) {
+        float* to = acc + (((long)ty * cin + c0 + c) * 3 + t) * cout + v * 16;
+        _mm512_storeu_ps(to, _mm512_add_ps(_mm512_loadu_ps(to), a[c][t][v]));
+      }
+}
+
+// Images split into one contiguous chunk per thread, each summed into its own buffer; the buffers
+// are then added in thread order, so a given thread count always gives the same bits.
+template <int CB, int KV>
+torch::Tensor weight_grad(const float* x, const float* dy, long n, int cin, int h, int w) {
+  constexpr int cout = KV * 16;
+  const long per_thread = 9L * cin * cout, image_in = (long)h * w * cin, image_out = (long)h * w * cout;
+  const int threads = std::max<long>(1, std::min<long>(at::get_num_threads(), n));
+  std::vector<float> sums(per_thread * threads, 0.0f);
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      for (long i = n * t / threads; i < n * (t + 1) / threads; ++i)
+        for (int ty = 0; ty < 3; ++ty)
+          for (int c0 = 0; c0 < cin; c0 += CB)
+            weight_grad_image<CB, KV>(x + i * image_in, dy + i * image_out, h, w, cin, ty, c0, sums.data() + t * per_thread);
+  });
+  auto out = torch::empty({cout, cin, 3, 3}, torch::kFloat32);  // [k][c][ty][tx]
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, cin, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c)
+      for (int ty = 0; ty < 3; ++ty)
+        for (int tx = 0; tx < 3; ++tx)
+          for (int k = 0; k < cout; ++k) {
+            const long at = ((ty * (long)cin + c) * 3 + tx) * cout + k;
+            float sum = 0.0f;
+            for (int t = 0; t < threads; ++t) sum += sums[t * per_thread + at];
+            o[((long)k * cin + c) * 9 + ty * 3 + tx] = sum;
+          }
+  });
+  return out;
+}
+
 }  // namespace
 
 // x: (N, C, H, W) channels_last fp32; packed: (9, C, C) fp32, [tap][in][out] (conv_direct.packed);
@@ -126,15 +207,37 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed) {
   return y;
 }
 
+// x: (N, C, H, W), dy: (N, K, H, W), both channels_last fp32 -> dW: (K, C, 3, 3) fp32, contiguous.
+torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& dy) {
+  TORCH_CHECK(x.dim() == 4 && dy.dim() == 4 && x.scalar_type() == torch::kFloat && dy.scalar_type() == torch::kFloat &&
+                  x.is_contiguous(at::MemoryFormat::ChannelsLast) && dy.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "conv3x3_weight_grad: x and dy must be 4-d channels_last fp32 tensors");
+  TORCH_CHECK(x.size(0) == dy.size(0) && x.size(2) == dy.size(2) && x.size(3) == dy.size(3),
+              "conv3x3_weight_grad: x and dy must have the same images and pixels");
+  const long n = x.size(0);
+  const int cin = x.size(1), h = x.size(2), w = x.size(3), cout = dy.size(1);
+  if (n * h * w == 0) return torch::zeros({cout, cin, 3, 3}, torch::kFloat32);
+  const float* xp = x.data_ptr<float>();
+  const float* gp = dy.data_ptr<float>();
+  if (cout == 16 && cin % 8 == 0) return weight_grad<8, 1>(xp, gp, n, cin, h, w);
+  if (cout == 32 && cin % 4 == 0) return weight_grad<4, 2>(xp, gp, n, cin, h, w);
+  TORCH_CHECK(false, "conv3x3_weight_grad: needs 16 output channels and input channels a multiple of 8, or 32 and "
+              "a multiple of 4; got ", cout, " and ", cin);
+}
+
 constexpr bool kBuilt = true;
 #else
 torch::Tensor conv3x3(const torch::Tensor&, const torch::Tensor&) {
   TORCH_CHECK(false, "conv3x3: built without AVX-512");
+}
+torch::Tensor conv3x3_weight_grad(const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "conv3x3_weight_grad: built without AVX-512");
 }
 constexpr bool kBuilt = false;
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv3x3", &conv3x3, "3x3 stride-1 padding-1 convolution, fp32 channels_last, packed weights");
+  m.def("conv3x3_weight_grad", &conv3x3_weight_grad, "its weight gradient, fp32 channels_last x and dy");
   m.attr("built") = kBuilt;
 }

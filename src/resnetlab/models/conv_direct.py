@@ -1,22 +1,26 @@
-"""3x3 stride-1 convolutions of fp32 CPU training in resnetlab's own direct kernel (conv_direct.cpp),
-forward pass and input gradient, on Intel CPUs with AVX-512 whose training runs in fp32.
+"""3x3 stride-1 convolutions of fp32 CPU training in resnetlab's own direct kernels (conv_direct.cpp):
+forward pass, input gradient and weight gradient, on Intel CPUs with AVX-512 whose training runs
+in fp32.
 
 On a 2-core Ice Lake Xeon (AVX-512, no bf16: training's `auto` is fp32 there) oneDNN ran
 ResNet-20's narrow 3x3 layers at 50-68 GMAC/s (16 channels) of an fp32 peak over 150 (issue 18).
-conv_direct.cpp computes them directly from a zero-bordered copy of each image, broadcasting each
-input value once for the three horizontal taps that read it; per layer it ran 1.66-1.87x oneDNN's
-speed at 16 channels and 1.17-1.39x at 32, forward and input gradient alike
-(benchmarks/direct_conv_layers.py). The input gradient of a stride-1, padding-1 3x3 convolution
-is the same convolution of the output gradient with the weights' channel axes swapped and both
-spatial axes flipped, so the one kernel does both. The weight gradient stays oneDNN's.
+conv_direct.cpp computes them directly: the forward pass from a zero-bordered copy of each image,
+each input value broadcast once for the three horizontal taps that read it; the input gradient as
+the same convolution of the output gradient with the weights' channel axes swapped and both
+spatial axes flipped; the weight gradient pixel by pixel, each input value broadcast once for the
+three output pixels whose gradients it meets. Per layer (benchmarks/direct_conv_layers.py) they
+ran 1.8x oneDNN's speed at 16 channels (forward and input gradient; weight gradient 1.2x) and
+1.2-1.5x at 32.
 
 It is a module choice like the fused batch-norm, and the same switch (train.fused_bn, the blocks'
-`fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernel does: a
+`fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernels do: a
 training nn.Conv2d 3x3, stride 1, padding 1, no bias, as many channels out as in, of a width in
 WIDTHS, fp32 weights on an fp32 channels_last CPU tensor outside bf16 autocast, without hooks, on
 a CPU where `kernel_kind` names it. Everything else, an FX trace included, calls the module itself.
-The kernel sums in fp32 as oneDNN does, in another order: results agree to about 1e-6 relative
-(tests/test_conv_direct.py).
+The kernels sum in fp32 as oneDNN does, in another order: results agree to about 1e-6 relative
+(tests/test_conv_direct.py). Each forward and input-gradient thread writes whole images, and the
+weight gradient adds the threads' sums in a fixed order, so a run is repeatable bit for bit at a
+given thread count, as resume requires.
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ KERNELS = NativeKernels(SOURCE, "resnetlab_conv_direct", "direct 3x3 convolution
                         "training uses oneDNN's convolutions")
 UNIT = (1, 1)
 # Channels in = out that take the kernel: where it ran clearly faster than oneDNN per layer. At 64
-# channels its 147 KB of weights no longer fit the L1 cache: 1.05x at 8 px, 0.85-0.90x at 56 px.
+# channels its 147 KB of weights no longer fit the L1 cache: forward 0.94-1.10x from 56 px to 8 px,
+# its weight gradient 0.46x at 56 px (benchmarks/README.md).
 WIDTHS = (16, 32)
 
 
@@ -102,6 +107,5 @@ class _Conv3x3(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = KERNELS.get().conv3x3(dy, packed_for_input_grad(weight))
         if ctx.needs_input_grad[1]:
-            dweight = torch.ops.aten.convolution_backward(dy, x, weight, None, list(UNIT), list(UNIT), list(UNIT),
-                                                          False, [0, 0], 1, [False, True, False])[1]
+            dweight = KERNELS.get().conv3x3_weight_grad(x, dy)
         return dx, dweight
