@@ -1,7 +1,7 @@
-"""resnetlab's fp32 direct 3x3 convolution (models/conv_direct.cpp, which fp32 training takes on
-AVX-512 CPUs for the widths in conv_direct.WIDTHS) against oneDNN's, forward, input gradient and
-(at 16 and 32 output channels) weight gradient,
-at ResNet-20's stride-1 3x3 shapes (batch 128, channels_last), timed alternately in one process
+"""resnetlab's fp32 direct 3x3 convolution kernels (models/conv_direct.cpp, which fp32 training takes
+on AVX-512 CPUs for the widths in conv_direct.WIDTHS) against oneDNN's: forward pass, input
+gradient and, at those widths, weight gradient; at ResNet-20's stride-1 3x3 shapes (batch 128)
+and ResNet-50's 64-channel one (batch 32, 56 px), channels_last, timed alternately in one process
 so that a busy machine slows both alike; each result held to an fp64 reference. Needs a CPU with
 AVX-512 and a C++ compiler.
 
@@ -24,7 +24,8 @@ from resnetlab.bench.timing import interleaved
 from resnetlab.models import conv_direct
 from resnetlab.models.conv_direct import packed, packed_for_input_grad
 
-SHAPES = [(128, 16, 32), (128, 32, 16), (128, 64, 8)]  # (batch, channels in = out, side)
+# (batch, channels in = out, side): ResNet-20's stride-1 3x3 layers, and ResNet-50's first-stage one
+SHAPES = [(128, 16, 32), (128, 32, 16), (128, 64, 8), (32, 64, 56)]
 UNIT = [1, 1]
 PASSES = ("forward", "input_grad", "weight_grad")
 
