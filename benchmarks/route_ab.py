@@ -13,8 +13,8 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     wgrad      the 3x3 stride-1 convolutions' weight gradients in resnetlab's kernel (AMX, or
                AVX-512 BF16 up to 64 channels; models/conv_wgrad.py) against oneDNN's
                (benchmarks/conv_wgrad_layers.py); bf16 only
-    direct     the narrow 3x3 stride-1 convolutions' forward pass and input gradient in resnetlab's
-               direct kernel (AVX-512; models/conv_direct.py) against oneDNN's
+    direct     the narrow 3x3 stride-1 convolutions (forward pass and both gradients) in resnetlab's
+               direct kernels (AVX-512; models/conv_direct.py) against oneDNN's
                (benchmarks/direct_conv_layers.py); fp32 only
 
     python benchmarks/route_ab.py --route strided --rounds 12 --json benchmarks/results/amx_xeon/strided_ab_resnet50.json

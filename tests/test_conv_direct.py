@@ -1,5 +1,5 @@
-"""fp32 3x3 convolutions in resnetlab's direct kernel (models/conv_direct.py, conv_direct.cpp), forward
-pass and input gradient, on CPUs with AVX-512 whose training runs in fp32.
+"""fp32 3x3 convolutions in resnetlab's direct kernels (models/conv_direct.py, conv_direct.cpp), forward
+pass, input gradient and weight gradient, on CPUs with AVX-512 whose training runs in fp32.
 
 The kernel itself is checked against an fp64 reference where this CPU builds it; the source is
 compiled with and without AVX-512 everywhere g++ knows those CPUs. The wiring (which convolutions
@@ -90,12 +90,13 @@ def test_the_input_gradient_is_the_convolution_with_transposed_flipped_weights()
 
 @needs_kernel
 @pytest.mark.parametrize("n,c,h,w", [
-    (5, 16, 7, 9),     # 9 columns: one block of 8 (32 ch) or the 4-2-1 tails (16 ch: P = 16 > 9)
+    (5, 16, 7, 9),     # 9 columns, fewer than a block of 16: tails of 4, 4 and 1
     (3, 32, 1, 1),     # a single pixel: every tap but the centre reads the border
     (2, 48, 3, 13),    # 13 = 3 x 4 + 1
     (4, 64, 8, 8),
     (1, 16, 33, 35),   # 35 = 2 x 16 + 2 + 1
     (7, 32, 16, 16),   # more images than threads, unevenly split
+    (2, 32, 5, 15),    # 15 = 8 + 4 + 2 + 1: every tail block at 32 channels
 ])
 def test_the_kernel_equals_an_fp64_reference(n, c, h, w):
     torch.manual_seed(0)
@@ -130,6 +131,12 @@ def test_the_weight_gradient_kernel_equals_an_fp64_reference(n, c, k, h, w):
 
 
 @needs_kernel
+def test_the_kernel_of_no_pixels_reads_nothing():
+    x = torch.empty(3, 16, 0, 5).contiguous(memory_format=CL)
+    assert conv_direct.KERNELS.get().conv3x3(x, packed(torch.randn(16, 16, 3, 3))).shape == (3, 16, 0, 5)
+
+
+@needs_kernel
 def test_the_weight_gradient_of_no_pixels_is_zero():
     x = torch.empty(0, 16, 4, 4).contiguous(memory_format=CL)
     assert torch.equal(conv_direct.KERNELS.get().conv3x3_weight_grad(x, x), torch.zeros(16, 16, 3, 3))
@@ -145,7 +152,8 @@ def test_the_weight_gradient_is_the_same_bits_every_time():
 
 @needs_kernel
 def test_the_kernel_does_not_depend_on_the_thread_count():
-    """Each thread writes whole images: the same bits with one thread or two (resume stays exact)."""
+    """Each thread writes whole images: the forward pass and input gradient are the same bits with one
+    thread or two (the weight gradient is repeatable at a given thread count: the next test)."""
     x, weights = channels_last_input(16, n=5, hw=9), packed(torch.randn(16, 16, 3, 3))
     threads = torch.get_num_threads()
     try:
@@ -164,6 +172,7 @@ def test_the_kernel_does_not_depend_on_the_thread_count():
     (channels_last_input(16), torch.randn(9, 16, 32), "must be equal"),
     (channels_last_input(8), torch.randn(9, 8, 8), "16, 32, 48 or 64"),
     (channels_last_input(16), torch.randn(3, 16, 16), r"\(9, Cin, Cout\)"),
+    (channels_last_input(16).to("meta"), torch.randn(9, 16, 16), "CPU tensors"),
 ])
 def test_the_kernel_refuses_what_it_cannot_compute(x, weights, message):
     with pytest.raises(RuntimeError, match=message):
@@ -246,14 +255,15 @@ def test_an_input_that_needs_no_gradient_costs_no_input_gradient(stand_in):
 
 
 @pytest.mark.parametrize("change", ["stride 2", "5x5", "no padding", "bias", "dilation", "groups", "8 channels",
-                                    "64 channels", "16 to 32", "bf16 autocast", "bf16", "fp64", "NCHW", "eval",
-                                    "hooked", "cuda"])
+                                    "64 channels", "16 to 32", "bf16 autocast", "fp16 autocast", "bf16", "fp64", "NCHW",
+                                    "eval", "hooked", "meta", "reflect padding", "subclass"])
 def test_the_path_applies_only_where_the_kernel_does(stand_in, change):
     kwargs = {"stride 2": {"stride": 2}, "no padding": {"padding": 0}, "bias": {"bias": True},
               "dilation": {"dilation": 2, "padding": 2}, "groups": {"groups": 2}}.get(change, {})
     conv, x = conv3x3_module(**kwargs), channels_last_input()
     assert applies(conv3x3_module(), x)  # the unchanged case does apply
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=change == "bf16 autocast")
+    autocast = torch.autocast("cpu", dtype=torch.float16 if change == "fp16 autocast" else torch.bfloat16,
+                              enabled=change.endswith("autocast"))
     if change == "5x5":
         conv = nn.Conv2d(32, 32, 5, padding=2, bias=False).to(memory_format=CL).train()
     elif change in ("8 channels", "64 channels"):
@@ -271,11 +281,15 @@ def test_the_path_applies_only_where_the_kernel_does(stand_in, change):
         conv.eval()
     elif change == "hooked":
         conv.register_forward_hook(lambda *a: None)
-    elif change == "cuda":
-        x = x.to("meta")  # any other device
+    elif change == "meta":
+        x = x.to("meta")  # a device other than the CPU
+    elif change == "reflect padding":
+        conv.padding_mode = "reflect"
+    elif change == "subclass":  # its forward may differ (QAT's fake quantisation, weight standardisation)
+        conv.__class__ = type("Subclass", (nn.Conv2d,), {})
     with autocast:
         assert not applies(conv, x)
-        if change != "cuda":
+        if change != "meta":
             conv3x3_direct(conv, x.requires_grad_()).float().sum().backward()
     assert stand_in.calls == 0
 

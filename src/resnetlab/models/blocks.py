@@ -140,7 +140,7 @@ def make_shortcut(option: str, cin: int, cout: int, stride: int, preact: bool = 
 class Block(nn.Module):
     """What every block shares: the switch to resnetlab's own CPU training kernels, fused batch-norm
     + ReLU, in bf16 on AMX or Zen 4 the 3x3 convolutions' weight gradients, in fp32 on the other
-    AVX-512 CPUs the narrow 3x3 convolutions' forward pass and input gradient (set by
+    AVX-512 CPUs the narrow 3x3 convolutions, all three passes (set by
     models.fused_bn.set_fused_bn; a class default, so it never appears in a state_dict), every
     convolution's route (`convolve`) and, for post-activation blocks, the shortcut branch. Each
     block's residual_end() is the last layer of its residual branch: zeroing its weight makes the

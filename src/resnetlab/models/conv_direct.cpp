@@ -185,6 +185,7 @@ torch::Tensor weight_grad(const float* x, const float* dy, long n, int cin, int 
 // x: (N, C, H, W) channels_last fp32; packed: (9, C, C) fp32, [tap][in][out] (conv_direct.packed);
 // -> (N, C, H, W) channels_last.
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed) {
+  TORCH_CHECK(x.is_cpu() && packed.is_cpu(), "conv3x3: x and the packed weights must be CPU tensors");
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "conv3x3: x must be a 4-d channels_last fp32 tensor");
   TORCH_CHECK(packed.dim() == 3 && packed.size(0) == 9 && packed.size(1) == x.size(1) && packed.is_contiguous() &&
@@ -194,6 +195,7 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed) {
   const int cin = x.size(1), h = x.size(2), w = x.size(3), cout = packed.size(2);
   TORCH_CHECK(cin == cout, "conv3x3: input and output channels must be equal, got ", cin, " and ", cout);
   auto y = torch::empty({n, cout, h, w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;  // no pixels: nothing to read (the row copies assume at least one)
   const float* xp = x.data_ptr<float>();
   const float* wp = packed.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -209,6 +211,7 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed) {
 
 // x: (N, C, H, W), dy: (N, K, H, W), both channels_last fp32 -> dW: (K, C, 3, 3) fp32, contiguous.
 torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& dy) {
+  TORCH_CHECK(x.is_cpu() && dy.is_cpu(), "conv3x3_weight_grad: x and dy must be CPU tensors");
   TORCH_CHECK(x.dim() == 4 && dy.dim() == 4 && x.scalar_type() == torch::kFloat && dy.scalar_type() == torch::kFloat &&
                   x.is_contiguous(at::MemoryFormat::ChannelsLast) && dy.is_contiguous(at::MemoryFormat::ChannelsLast),
               "conv3x3_weight_grad: x and dy must be 4-d channels_last fp32 tensors");

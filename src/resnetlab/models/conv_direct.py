@@ -8,15 +8,18 @@ conv_direct.cpp computes them directly: the forward pass from a zero-bordered co
 each input value broadcast once for the three horizontal taps that read it; the input gradient as
 the same convolution of the output gradient with the weights' channel axes swapped and both
 spatial axes flipped; the weight gradient pixel by pixel, each input value broadcast once for the
-three output pixels whose gradients it meets. Per layer (benchmarks/direct_conv_layers.py) they
-ran 1.8x oneDNN's speed at 16 channels (forward and input gradient; weight gradient 1.2x) and
-1.2-1.5x at 32.
+three output pixels whose gradients it meets. Per layer (benchmarks/direct_conv_layers.py,
+benchmarks/results/xeon_icelake/direct_conv_layers.json) they ran 1.8x oneDNN's speed at 16
+channels (forward and input gradient; weight gradient 1.06x) and 1.2-1.4x at 32. Measured on that
+Ice Lake only; other Intel CPUs with AVX-512 (Skylake-SP, Cascade Lake) take it by the same rule.
 
 It is a module choice like the fused batch-norm, and the same switch (train.fused_bn, the blocks'
 `fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernels do: a
-training nn.Conv2d 3x3, stride 1, padding 1, no bias, as many channels out as in, of a width in
-WIDTHS, fp32 weights on an fp32 channels_last CPU tensor outside bf16 autocast, without hooks, on
-a CPU where `kernel_kind` names it. Everything else, an FX trace included, calls the module itself.
+training nn.Conv2d itself (not a subclass, whose forward may differ: QAT, weight standardisation)
+3x3, stride 1, padding 1, no bias, as many channels out as in, of a width in WIDTHS, fp32 weights on
+an fp32 channels_last CPU tensor outside autocast, without hooks, on a CPU where `kernel_kind`
+names it. Everything else, an FX trace included, calls the module itself. Its backward is
+once-differentiable: a second-order gradient needs the route off (train.fused_bn false).
 The kernels sum in fp32 as oneDNN does, in another order: results agree to about 1e-6 relative
 (tests/test_conv_direct.py). Each forward and input-gradient thread writes whole images, and the
 weight gradient adds the threads' sums in a fixed order, so a run is repeatable bit for bit at a
@@ -32,15 +35,15 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .native import NativeKernels
-from .routes import hooked, runs_in_bf16
+from .routes import hooked
 
 SOURCE = Path(__file__).with_name("conv_direct.cpp")
 KERNELS = NativeKernels(SOURCE, "resnetlab_conv_direct", "direct 3x3 convolution kernel",
                         "training uses oneDNN's convolutions")
 UNIT = (1, 1)
 # Channels in = out that take the kernel: where it ran clearly faster than oneDNN per layer. At 64
-# channels its 147 KB of weights no longer fit the L1 cache: forward 0.94-1.10x from 56 px to 8 px,
-# its weight gradient 0.46x at 56 px (benchmarks/README.md).
+# channels its 147 KB of weights no longer fit the L1 cache: forward 0.86x at 56 px, 1.09x at 8 px
+# (direct_conv_layers.json).
 WIDTHS = (16, 32)
 
 
@@ -63,12 +66,13 @@ def available() -> bool:
 
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether conv(x) can take the kernel's path (see the module's docstring)."""
-    return (conv.training and isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.dim() == 4 and conv.weight.dtype == torch.float32 and conv.kernel_size == (3, 3)
+    return (type(conv) is nn.Conv2d and conv.training and isinstance(x, torch.Tensor) and x.device.type == "cpu"
+            and x.dtype == torch.float32 and x.dim() == 4 and conv.weight.dtype == torch.float32
+            and conv.weight.device == x.device and conv.kernel_size == (3, 3)
             and conv.stride == UNIT and conv.padding == UNIT and conv.dilation == UNIT and conv.groups == 1
             and conv.bias is None and conv.padding_mode == "zeros"
             and conv.in_channels == conv.out_channels and conv.out_channels in WIDTHS
-            and x.is_contiguous(memory_format=torch.channels_last) and not runs_in_bf16(conv)
+            and x.is_contiguous(memory_format=torch.channels_last) and not torch.is_autocast_enabled("cpu")
             and not hooked(conv) and available())
 
 
