@@ -194,6 +194,8 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed) {
   const long n = x.size(0);
   const int cin = x.size(1), h = x.size(2), w = x.size(3), cout = packed.size(2);
   TORCH_CHECK(cin == cout, "conv3x3: input and output channels must be equal, got ", cin, " and ", cout);
+  TORCH_CHECK(cout == 16 || cout == 32 || cout == 48 || cout == 64,
+              "conv3x3: output channels must be 16, 32, 48 or 64, got ", cout);
   auto y = torch::empty({n, cout, h, w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;  // no pixels: nothing to read (the row copies assume at least one)
   const float* xp = x.data_ptr<float>();
@@ -204,7 +206,6 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed) {
     case 32: convolve<8, 2>(xp, wp, yp, n, h, w); break;
     case 48: convolve<4, 3>(xp, wp, yp, n, h, w); break;
     case 64: convolve<4, 4>(xp, wp, yp, n, h, w); break;
-    default: TORCH_CHECK(false, "conv3x3: output channels must be 16, 32, 48 or 64, got ", cout);
   }
   return y;
 }
@@ -219,13 +220,13 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& d
               "conv3x3_weight_grad: x and dy must have the same images and pixels");
   const long n = x.size(0);
   const int cin = x.size(1), h = x.size(2), w = x.size(3), cout = dy.size(1);
+  TORCH_CHECK((cout == 16 && cin % 8 == 0) || (cout == 32 && cin % 4 == 0),
+              "conv3x3_weight_grad: needs 16 output channels and input channels a multiple of 8, or 32 and "
+              "a multiple of 4; got ", cout, " and ", cin);
   if (n * h * w == 0) return torch::zeros({cout, cin, 3, 3}, torch::kFloat32);
   const float* xp = x.data_ptr<float>();
   const float* gp = dy.data_ptr<float>();
-  if (cout == 16 && cin % 8 == 0) return weight_grad<8, 1>(xp, gp, n, cin, h, w);
-  if (cout == 32 && cin % 4 == 0) return weight_grad<4, 2>(xp, gp, n, cin, h, w);
-  TORCH_CHECK(false, "conv3x3_weight_grad: needs 16 output channels and input channels a multiple of 8, or 32 and "
-              "a multiple of 4; got ", cout, " and ", cin);
+  return cout == 16 ? weight_grad<8, 1>(xp, gp, n, cin, h, w) : weight_grad<4, 2>(xp, gp, n, cin, h, w);
 }
 
 constexpr bool kBuilt = true;
