@@ -48,6 +48,8 @@ OFF = {
     "wgrad": ("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x)),
     "direct": ("conv3x3_direct", lambda conv, x: conv(x)),
 }
+# The routes of resnetlab's own kernels: the precision each runs in, and its module.
+KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "direct": ("fp32", conv_direct)}
 
 
 @contextmanager
@@ -77,12 +79,11 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     precision = resolve_precision(args.precision, torch.device("cpu"))
-    if args.route == "wgrad" and (precision != "bf16" or not conv_wgrad.available()):
-        raise SystemExit(f"--route wgrad needs bf16 and the kernel (here: {precision}, kernel "
-                         f"{conv_wgrad.kernel_kind() or 'not meant for this CPU'}): both arms would be the same")
-    if args.route == "direct" and (precision != "fp32" or not conv_direct.available()):
-        raise SystemExit(f"--route direct needs fp32 and the kernel (here: {precision}, kernel "
-                         f"{conv_direct.kernel_kind() or 'not meant for this CPU'}): both arms would be the same")
+    if args.route in KERNEL_ROUTES:
+        needed, kernels = KERNEL_ROUTES[args.route]
+        if precision != needed or not kernels.available():
+            raise SystemExit(f"--route {args.route} needs {needed} and the kernel (here: {precision}, kernel "
+                             f"{kernels.kernel_kind() or 'not meant for this CPU'}): both arms would be the same")
     rt = Runtime(torch.device("cpu"), precision, True, fused_bn=True)
     base = create_model(args.model, num_classes=10).train()
     parts = {}

@@ -11,9 +11,9 @@ os.environ["RESNETLAB_COMPILE"] = "0"
 @pytest.fixture(scope="session", autouse=True)
 def fused_bn_kernels_built():
     """Build resnetlab's kernels (models/fused_bn.py; models/conv_wgrad.py on CPUs with AMX or
-    AVX-512 BF16; models/conv_direct.py on the other CPUs with AVX-512) once, before any test starts a training subprocess: a first build takes a minute
-    or two on 2 cores, which would otherwise land inside that subprocess's timeout. Later sessions find the builds
-    in torch's cache."""
+    AVX-512 BF16; models/conv_direct.py on the other CPUs with AVX-512) once, before any test starts
+    a training subprocess: a first build takes a minute or two on 2 cores, which would otherwise
+    land inside that subprocess's timeout. Later sessions find the builds in torch's cache."""
     from resnetlab.models import conv_direct, conv_wgrad
     from resnetlab.models.fused_bn import EXTENSION
 

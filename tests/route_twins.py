@@ -21,6 +21,14 @@ def channels_last_input(c: int = 32, n: int = 4, hw: int = 6, dtype: torch.dtype
     return torch.randn(n, c, hw, hw).to(dtype).contiguous(memory_format=torch.channels_last)
 
 
+def weight_grad_reference(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """oneDNN's weight gradient of a 3x3 stride-1 padding-1 convolution (what nn.Conv2d's backward
+    computes), in x's dtype."""
+    weight = torch.zeros(dy.shape[1], x.shape[1], 3, 3, dtype=x.dtype)
+    return torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                               [False, True, False])[1]
+
+
 def assert_step_matches_plain_twin(net: nn.Module, x: torch.Tensor, route: str, monkeypatch) -> None:
     """One autocast bf16 forward + backward of `net` and of a copy run with blocks.<route> replaced
     by the module itself: the same outputs and parameter gradients, within bf16's tolerance."""

@@ -21,7 +21,7 @@ from resnetlab.models import blocks, conv_direct, create_model
 from resnetlab.models.blocks import BasicBlock, PreActBasicBlock
 from resnetlab.models.conv_direct import applies, conv3x3_direct, packed, packed_for_input_grad
 
-from route_twins import channels_last_input, conv3x3_module
+from route_twins import channels_last_input, conv3x3_module, weight_grad_reference
 
 CL = torch.channels_last
 needs_kernel = pytest.mark.skipif(not conv_direct.available(),
@@ -31,13 +31,6 @@ needs_kernel = pytest.mark.skipif(not conv_direct.available(),
 def unpacked(weights: torch.Tensor) -> torch.Tensor:
     """(9, C_in, C_out) -> (C_out, C_in, 3, 3): the inverse of conv_direct.packed."""
     return weights.reshape(3, 3, weights.shape[1], weights.shape[2]).permute(3, 2, 0, 1)
-
-
-def weight_grad_reference(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """oneDNN's weight gradient (what nn.Conv2d's backward computes), in x's dtype."""
-    weight = torch.zeros(dy.shape[1], x.shape[1], 3, 3, dtype=x.dtype)
-    return torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                                               [False, True, False])[1]
 
 
 class StandIn:
