@@ -1,14 +1,19 @@
-"""Training steps with glibc told to keep freed blocks of up to 1 GiB for reuse against its default
-(blocks of 32 MB or more mapped afresh each time and unmapped when freed), in one process: the
-allocator's setting is switched before every step pair, the order alternating by round, so a
-drift in the machine's speed hits both alike. Also counts page faults and kernel time per step.
-Tried for CPU training and not kept (benchmarks/README.md, "Freed memory kept for reuse").
+"""Training steps with the heap held (engine/heap.py: glibc takes every block from its heap and
+keeps what is freed, as `resnetlab train` does on the CPU) against glibc's default (blocks above
+its mmap threshold mapped afresh and unmapped when freed, the heap's top handed back), each in a
+spawned process of its own (the setting is process-wide and changes where later blocks go, so
+one process cannot switch it per step). The two processes step in turn, one untimed step right
+before each timed one, the order alternating by round, so a drift in the machine's speed hits
+both alike. Per timed step: seconds, page faults, kernel time; per process: peak RSS.
 
-    python benchmarks/host_memory_ab.py --model resnet50 --precision bf16 --rounds 10
-    python benchmarks/host_memory_ab.py --model resnet20 --rounds 20 --json benchmarks/results/amx_xeon/host_memory_ab_resnet20.json
+    python benchmarks/host_memory_ab.py --model resnet50 --rounds 12 --json benchmarks/results/xeon_icelake/host_memory_ab_resnet50.json
+    python benchmarks/host_memory_ab.py --model resnet20 --rounds 30 --json benchmarks/results/xeon_icelake/host_memory_ab_resnet20.json
+
+(Its first form, of 2026-12-02, switched a 1 GiB mmap threshold between the steps of one process;
+benchmarks/results/amx_xeon/host_memory_ab_*.json are from that form: see benchmarks/README.md.)
 """
 import argparse
-import ctypes
+import multiprocessing
 import resource
 import statistics
 import time
@@ -16,65 +21,91 @@ import time
 import torch
 
 from resnetlab.bench.machine import describe_machine
-from resnetlab.bench.measure import bench_step_parts
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import round_order
-from resnetlab.engine.runtime import Runtime, prepare_model
-from resnetlab.engine.train import train_step
-from resnetlab.models import create_model
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
-KEEP_BYTES = 1 << 30
-# glibc's own caps of its self-adjusting thresholds; setting them fixes them (no more adjusting),
-# so the "default" side is close to, not exactly, a process that never called mallopt.
-GLIBC_CAPS = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20}
+ARMS = ("held", "default")
 
 
-def set_allocator(keep: bool) -> None:
-    libc = ctypes.CDLL(None)  # glibc only (Linux)
-    for param, cap in GLIBC_CAPS.items():  # the mmap threshold first: older glibc refuses > 32 MiB
-        if not libc.mallopt(param, KEEP_BYTES if keep else cap):
-            raise SystemExit(f"this C library refused mallopt({param}, ...): nothing to compare")
-    if not keep:
-        libc.malloc_trim(ctypes.c_size_t(0))  # hand back what the other setting kept, as the default would have
+def serve(conn, arm: str, model: str, precision: str, batch: int, size: int) -> None:
+    """One arm's process: build the training step, then one untimed + one timed step per request."""
+    from resnetlab.bench.measure import bench_step_parts
+    from resnetlab.engine.heap import hold_heap
+    from resnetlab.engine.runtime import Runtime, prepare_model
+    from resnetlab.engine.train import train_step
+    from resnetlab.models import create_model
+
+    if arm == "held" and not hold_heap():
+        conn.send(RuntimeError("this C library is not glibc: nothing to compare"))
+        return
+    torch.manual_seed(0)
+    rt = Runtime(torch.device("cpu"), precision, True, fused_bn=True)  # the kernels of a training run
+    parts = bench_step_parts(prepare_model(create_model(model, num_classes=10).train(), rt), rt)
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    train_step(parts, x, y)
+    conn.send("ready")
+    while conn.recv() == "step":
+        train_step(parts, x, y)  # untimed: as a training loop, the step before left the heap as it leaves it
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        train_step(parts, x, y)
+        seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        conn.send((seconds, after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime))
+    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # MiB (Linux: KiB)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--precision", default="bf16")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--json")
     args = parser.parse_args()
     batch, size = (32, 224) if args.model == "resnet50" else (128, 32)
-    torch.manual_seed(0)
-    rt = Runtime(torch.device("cpu"), args.precision, True, fused_bn=True)  # the kernels of a training run
-    parts = bench_step_parts(prepare_model(create_model(args.model, num_classes=10).train(), rt), rt)
-    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
-    seconds, faults, kernel = {True: [], False: []}, {True: [], False: []}, {True: [], False: []}
-    for r in range(args.rounds):
-        for keep in round_order([True, False], r):
-            set_allocator(keep)
-            train_step(parts, x, y)  # untimed: the heap settles into this setting
-            before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            train_step(parts, x, y)
-            seconds[keep].append(time.perf_counter() - start)
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            faults[keep].append(after.ru_minflt - before.ru_minflt)
-            kernel[keep].append(after.ru_stime - before.ru_stime)
-    ratios = [d / k for d, k in zip(seconds[False], seconds[True])]
-    result = {"machine": describe_machine("cpu"), "model": args.model, "precision": args.precision, "batch_size": batch,
-              "rounds": args.rounds, "seconds": {"kept": seconds[True], "default": seconds[False]},
-              "faults": {"kept": faults[True], "default": faults[False]},
-              "kernel_s": {"kept": kernel[True], "default": kernel[False]},
-              "default_over_kept_per_round": [min(ratios), statistics.median(ratios), max(ratios)]}
-    for keep, name in ((False, "default"), (True, "kept")):
-        print(f"{name:>8}: {1e3 * statistics.median(seconds[keep]):7.0f} ms a step, {statistics.median(faults[keep]):8.0f} page "
-              f"faults, {1e3 * statistics.median(kernel[keep]):5.0f} ms in the kernel")
-    print(f"default / kept, per round: median {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x)")
+    context = multiprocessing.get_context("spawn")
+    pipes, processes = {}, []
+    try:
+        for arm in ARMS:  # built one after the other: a first step is not timed against another's
+            mine, theirs = context.Pipe()
+            process = context.Process(target=serve, args=(theirs, arm, args.model, args.precision, batch, size))
+            process.start()
+            processes.append(process)
+            if isinstance(reply := mine.recv(), Exception):
+                raise SystemExit(str(reply))
+            pipes[arm] = mine
+        steps = {arm: [] for arm in ARMS}
+        for r in range(args.rounds):
+            for arm in round_order(list(ARMS), r):
+                pipes[arm].send("step")
+                steps[arm].append(pipes[arm].recv())
+            held, default = steps["held"][-1][0], steps["default"][-1][0]
+            print(f"round {r}: held {held * 1e3:7.0f} ms  default {default * 1e3:7.0f} ms  {default / held:.3f}x", flush=True)
+        peak = {}
+        for arm in ARMS:
+            pipes[arm].send("stop")
+            peak[arm] = pipes[arm].recv()
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+            process.kill()
+    ratios = [d[0] / h[0] for d, h in zip(steps["default"], steps["held"])]
+    result = {"machine": describe_machine("cpu"), "model": args.model, "precision": args.precision,
+              "channels_last": True, "fused_bn": True, "batch_size": batch, "rounds": args.rounds,
+              "seconds": {arm: [s[0] for s in steps[arm]] for arm in ARMS},
+              "faults": {arm: [s[1] for s in steps[arm]] for arm in ARMS},
+              "kernel_s": {arm: [s[2] for s in steps[arm]] for arm in ARMS},
+              "peak_rss_mib": peak,
+              "default_over_held_per_round": [min(ratios), statistics.median(ratios), max(ratios)],
+              "held_faster_rounds": sum(r > 1 for r in ratios)}
+    for arm in ARMS:
+        print(f"{arm:>8}: {1e3 * statistics.median(s[0] for s in steps[arm]):7.0f} ms a step, "
+              f"{statistics.median(s[1] for s in steps[arm]):8.0f} page faults, "
+              f"{1e3 * statistics.median(s[2] for s in steps[arm]):5.0f} ms in the kernel, peak RSS {peak[arm]:.0f} MiB")
+    print(f"default / held, per round: median {statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f}x), "
+          f"held faster in {result['held_faster_rounds']} of {args.rounds}")
     if args.json:
         write_json(result, args.json)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the guard matters: each arm runs in a spawned process that imports this file
     main()

@@ -61,6 +61,7 @@ def loop_seconds(cfg: Config, steps: int) -> float:
 def bare_step_seconds(cfg: Config, warmup: int, reps: int) -> list[float]:
     """Per-step times of train_step alone, cycling over batches made before timing starts."""
     from resnetlab.data import LoaderSpec, build_data, make_train_loader
+    from resnetlab.engine.heap import held_heap
     from resnetlab.engine.runtime import make_grad_scaler, make_runtime, prepare_model
     from resnetlab.engine.train import StepParts, train_step
     from resnetlab.models import create_model
@@ -80,7 +81,8 @@ def bare_step_seconds(cfg: Config, warmup: int, reps: int) -> list[float]:
         x, y = batches[i % len(batches)]
         train_step(parts, x, y)
         i += 1
-    return timed(step, warmup, reps, rt.device)
+    with held_heap(cfg.train.hold_heap and rt.device.type == "cpu"):  # as in the loop (engine/heap.py)
+        return timed(step, warmup, reps, rt.device)
 
 
 def measure_loop_overhead(spec: LoopSpec) -> dict:

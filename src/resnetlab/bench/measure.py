@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.data import LoaderSpec, make_train_loader
+from resnetlab.engine.heap import hold_heap
 from resnetlab.engine.runtime import COMPILE_MODES, Runtime, autocast, compile_model, make_grad_scaler, prepare_model, to_input
 from resnetlab.engine.train import StepParts, train_step
 from resnetlab.errors import UserError
@@ -144,6 +145,8 @@ def prepare_train(spec: BenchSpec, variant: Variant, images: BenchImages, cache_
     """A full training step to time: next batch from the pipeline, forward, backward, SGD."""
     model_name, size, batch_size, device = spec.model, spec.size, spec.batch_size, torch.device(spec.device)
     rt = runtime_of(variant, device)
+    if spec.isolate and variant.pipeline != "baseline" and device.type == "cpu":
+        hold_heap()  # in this variant's own process, as `resnetlab train` runs (engine/heap.py); not the baseline's
     batches, normalizer = endless_train_batches(variant, images, size, batch_size, rt, cache_dir)
     with PeakMemory(device) as mem:
         model = prepare_model(seeded_model(model_name, len(images.classes)).train(), rt)

@@ -95,6 +95,9 @@ class TrainConfig:
     # AVX-512 CPUs, the 16- and 32-channel 3x3 stride-1 convolutions, all three passes (models/conv_direct.py).
     # auto = on in eager CPU training.
     fused_bn: str = "auto"  # auto | true | false
+    # CPU runs keep the memory a step frees for the next instead of handing it back (no page faults after
+    # the first step; ~10% more peak memory; engine/heap.py). false: glibc's default.
+    hold_heap: bool = True
     seed: int = ranged(0, 0, 2**64 - 1)  # torch generators take 64-bit seeds; numpy refuses negative ones
     workers: int = ranged(0, 0)  # decoding worker processes (folder datasets of large images)
     eval_every: int = ranged(0, 0)  # steps between evaluations; 0 = once per epoch

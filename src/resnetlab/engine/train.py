@@ -26,6 +26,7 @@ from .confusion import record_per_class
 from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, shutdown_distributed
 from .evaluate import evaluate_split
 from .finetune import set_train_mode
+from .heap import held_heap
 from .run_records import MetricsRow, RunSummary
 from .rundir import RunDirLock
 from .runtime import Runtime, autocast, make_runtime, to_input
@@ -83,7 +84,8 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
     finished = False
     try:
         # Signals are caught before the lock and the data: a SIGTERM while data is built stops the run before step 1.
-        with StopOnSignal() as stop, RunDirLock(Path(workdir), dist_info) as lock:
+        with (StopOnSignal() as stop, RunDirLock(Path(workdir), dist_info) as lock,
+              held_heap(cfg.train.hold_heap and rt.device.type == "cpu")):
             summary = _train(RunRequest(cfg, Path(workdir), resume, dist_info, rt, stream), stop, lock)
         finished = True
         return summary

@@ -1,0 +1,106 @@
+"""engine/heap.py: inside held_heap a freed block is reused without page faults; after it glibc maps
+large blocks afresh again; a CPU training run holds the heap unless train.hold_heap is false."""
+import ctypes
+import resource
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from resnetlab.engine import heap, train_and_evaluate
+from tests.test_engine_train import tiny_config
+
+needs_glibc = pytest.mark.skipif(heap.glibc() is None, reason="mallopt's settings are glibc's (Linux)")
+BLOCK = 64 * 2**20  # above the 32 MiB cap of glibc's mmap threshold: mapped afresh by default
+PAGES = BLOCK // 4096
+
+
+def faults_of_a_fresh_block() -> int:
+    """Page faults while a tensor of 3/4 BLOCK is allocated and written right after a BLOCK-sized one
+    was allocated, written and freed: by default it is mapped afresh; a held heap has the freed
+    block's memory for it (it fits there wherever glibc put that block)."""
+    torch.empty(BLOCK // 4).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(3 * BLOCK // 16).fill_(2.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def blocks_mapped_for_a_block() -> int:
+    """How many more blocks glibc has mapped on their own (mallinfo2().hblks) while a BLOCK-sized tensor lives."""
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc = heap.glibc()
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("mallinfo2 needs glibc 2.33")
+    libc.mallinfo2.restype = MallInfo2
+    before = libc.mallinfo2().hblks
+    block = torch.empty(BLOCK // 4)
+    mapped = libc.mallinfo2().hblks - before
+    del block  # alive until glibc has counted
+    return mapped
+
+
+@needs_glibc
+def test_a_freed_block_is_reused_without_page_faults_inside_and_mapped_afresh_after():
+    with heap.held_heap() as held:
+        assert held
+        assert faults_of_a_fresh_block() < PAGES // 20
+        assert blocks_mapped_for_a_block() == 0
+    assert faults_of_a_fresh_block() > PAGES // 2  # glibc's defaults again: mapped, unmapped, faulted in
+    assert blocks_mapped_for_a_block() == 1
+
+
+@needs_glibc
+def test_only_the_outermost_block_restores_the_defaults():
+    with heap.held_heap():
+        with heap.held_heap() as inner:
+            assert inner
+        assert faults_of_a_fresh_block() < PAGES // 20
+    assert faults_of_a_fresh_block() > PAGES // 2
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+@needs_glibc
+def test_freed_memory_stays_resident_inside_and_is_handed_back_after():
+    libc = heap.glibc()
+    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+    with heap.held_heap():
+        start = resident_bytes()
+        block = libc.malloc(BLOCK)  # straight from C: nothing allocated after it, so it ends the heap
+        ctypes.memset(block, 1, BLOCK)
+        libc.free(block)
+        assert resident_bytes() - start > BLOCK // 2  # freed, and kept
+    assert resident_bytes() - start < BLOCK // 4  # malloc_trim gave it back
+
+
+def test_switched_off_or_without_glibc_it_changes_nothing(monkeypatch):
+    with heap.held_heap(False) as held:
+        assert held is False
+    monkeypatch.setattr(heap, "glibc", lambda: None)
+    assert heap.hold_heap() is False
+    with heap.held_heap() as held:
+        assert held is False
+    heap.release_heap()  # nothing to call: no error
+
+
+def test_glibc_is_none_off_linux(monkeypatch):
+    monkeypatch.setattr(heap.sys, "platform", "darwin")
+    assert heap.glibc() is None
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_a_cpu_training_run_holds_the_heap_unless_switched_off(tmp_path, monkeypatch, hold):
+    asked = []
+
+    @contextmanager
+    def recorded(enabled=True):
+        asked.append(enabled)
+        yield enabled
+    monkeypatch.setattr("resnetlab.engine.train.held_heap", recorded)
+    train_and_evaluate(tiny_config(("schedule.max_steps", 2), ("train.hold_heap", hold)), tmp_path)
+    assert asked == [hold]
