@@ -13,14 +13,17 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     wgrad      the 3x3 stride-1 convolutions' weight gradients in resnetlab's kernel (AMX, or
                AVX-512 BF16 up to 64 channels; models/conv_wgrad.py) against oneDNN's
                (benchmarks/conv_wgrad_layers.py); bf16 only
-    direct     the narrow 3x3 stride-1 convolutions (forward pass and both gradients) in resnetlab's
-               direct kernels (AVX-512; models/conv_direct.py) against oneDNN's
-               (benchmarks/direct_conv_layers.py); fp32 only
+    direct     the 3x3 convolutions of resnetlab's direct kernels (the narrow stride-1 ones and the
+               stride-2 stage entries, forward pass and both gradients; AVX-512; models/conv_direct.py)
+               against oneDNN's (benchmarks/direct_conv_layers.py); fp32 only
+    direct-s2  the same with only its stride-2 convolutions switched (the stride-1 ones take the
+               kernels in both arms)
 
     python benchmarks/route_ab.py --route strided --rounds 12 --json benchmarks/results/amx_xeon/strided_ab_resnet50.json
     python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amd_epyc_avx512/pair_ab_resnet50.json
     python benchmarks/route_ab.py --route wgrad --model resnet20 --batch 256 --size 32 --rounds 12
     python benchmarks/route_ab.py --route direct --model resnet20 --batch 128 --size 32 --rounds 20
+    python benchmarks/route_ab.py --route direct-s2 --model resnet20 --batch 128 --size 32 --rounds 30
 """
 import argparse
 import copy
@@ -34,9 +37,11 @@ from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.measure import bench_step_parts
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import round_order
+from resnetlab.engine.heap import hold_heap
 from resnetlab.engine.runtime import Runtime, prepare_model, resolve_precision
 from resnetlab.engine.train import train_step
 from resnetlab.models import blocks, conv_direct, conv_wgrad, create_model
+from resnetlab.models.conv_direct import conv3x3_direct
 from resnetlab.models.fused_bn import bn_relu
 
 # Each route's function in models/blocks.py and what stands for it when the route is off.
@@ -47,9 +52,10 @@ OFF = {
              bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused)),
     "wgrad": ("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x)),
     "direct": ("conv3x3_direct", lambda conv, x: conv(x)),
+    "direct-s2": ("conv3x3_direct", lambda conv, x: conv(x) if conv.stride != (1, 1) else conv3x3_direct(conv, x)),
 }
 # The routes of resnetlab's own kernels: the precision each runs in, and its module.
-KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "direct": ("fp32", conv_direct)}
+KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "direct": ("fp32", conv_direct), "direct-s2": ("fp32", conv_direct)}
 
 
 @contextmanager
@@ -78,6 +84,7 @@ def main():
     parser.add_argument("--json", help="write the rounds here")
     args = parser.parse_args()
     torch.manual_seed(0)
+    hold_heap()  # both arms' steps reuse freed memory, as `resnetlab train` does (engine/heap.py)
     precision = resolve_precision(args.precision, torch.device("cpu"))
     if args.route in KERNEL_ROUTES:
         needed, kernels = KERNEL_ROUTES[args.route]

@@ -21,3 +21,16 @@ def fused_bn_kernels_built():
     for kernels in (conv_wgrad, conv_direct):
         if kernels.kernel_kind():
             kernels.KERNELS.get()
+
+
+@pytest.fixture
+def direct_stand_in(monkeypatch):
+    """The direct kernels (models/conv_direct.py) replaced by route_twins.DirectStandIn, on a CPU
+    taken to be one they are meant for."""
+    from resnetlab.models import conv_direct
+    from route_twins import DirectStandIn
+
+    kernels = DirectStandIn()
+    monkeypatch.setattr(conv_direct, "kernel_kind", lambda: "AVX-512")
+    monkeypatch.setattr(conv_direct.KERNELS, "get", lambda: kernels)
+    return kernels

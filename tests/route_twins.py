@@ -1,12 +1,14 @@
 """A block's bf16 training step through one of resnetlab's convolution routes (models/blocks.convolve)
 against a twin whose route is replaced by the plain module, and the convolutions and inputs the
-route tests build."""
+route tests build, and a stand-in for the direct kernels."""
 import copy
 
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.models import blocks
+from resnetlab.models import blocks, conv_direct
 
 
 def conv3x3_module(cin: int = 32, cout: int = 32, **kwargs) -> nn.Conv2d:
@@ -21,12 +23,56 @@ def channels_last_input(c: int = 32, n: int = 4, hw: int = 6, dtype: torch.dtype
     return torch.randn(n, c, hw, hw).to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-def weight_grad_reference(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """oneDNN's weight gradient of a 3x3 stride-1 padding-1 convolution (what nn.Conv2d's backward
-    computes), in x's dtype."""
+def weight_grad_reference(x: torch.Tensor, dy: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """oneDNN's weight gradient of a 3x3 padding-1 convolution (what nn.Conv2d's backward computes),
+    in x's dtype."""
     weight = torch.zeros(dy.shape[1], x.shape[1], 3, 3, dtype=x.dtype)
-    return torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+    return torch.ops.aten.convolution_backward(dy, x, weight, None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], 1,
                                                [False, True, False])[1]
+
+
+def input_grad_reference(dy: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """oneDNN's input gradient of a 3x3 padding-1 convolution of images stride times dy's sides."""
+    n, _, h, w = dy.shape
+    x = torch.empty(n, weight.shape[1], h * stride, w * stride, dtype=dy.dtype)
+    return torch.ops.aten.convolution_backward(dy, x, weight, None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], 1,
+                                               [True, False, False])[0]
+
+
+def unpacked(weights: torch.Tensor) -> torch.Tensor:
+    """(9, C_in, C_out) -> (C_out, C_in, 3, 3): the inverse of conv_direct.packed."""
+    return weights.reshape(3, 3, weights.shape[1], weights.shape[2]).permute(3, 2, 0, 1)
+
+
+class DirectStandIn:
+    """The direct kernels' contracts (models/conv_direct.py: fp32 channels_last tensors, weights
+    packed as it packs them) computed by oneDNN, counting the calls."""
+
+    built = True
+
+    def __init__(self):
+        self.calls = 0
+
+    def conv3x3(self, x, weights, stride=1):
+        assert x.dtype == weights.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+        assert weights.shape[:2] == (9, x.shape[1]) and weights.is_contiguous()
+        assert weights.shape[2] == x.shape[1] * stride  # C -> C at stride 1, C -> 2C at stride 2
+        self.calls += 1
+        weight = unpacked(weights).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, None, stride, 1).contiguous(memory_format=torch.channels_last)
+
+    def conv3x3_input_grad_s2(self, dy, weights):  # weights (9, K, C): per tap, output channel k's row of inputs
+        assert dy.dtype == weights.dtype == torch.float32 and dy.is_contiguous(memory_format=torch.channels_last)
+        assert weights.shape[:2] == (9, dy.shape[1]) and weights.is_contiguous()
+        self.calls += 1
+        weight = weights.reshape(3, 3, *weights.shape[1:]).permute(2, 3, 0, 1)
+        return input_grad_reference(dy, weight, 2).contiguous(memory_format=torch.channels_last)
+
+    def conv3x3_weight_grad(self, x, dy, stride=1):
+        assert x.dtype == dy.dtype == torch.float32
+        assert x.is_contiguous(memory_format=torch.channels_last) and dy.is_contiguous(memory_format=torch.channels_last)
+        self.calls += 1
+        return weight_grad_reference(x, dy, stride)
 
 
 def assert_step_matches_plain_twin(net: nn.Module, x: torch.Tensor, route: str, monkeypatch) -> None:
@@ -45,3 +91,7 @@ def assert_step_matches_plain_twin(net: nn.Module, x: torch.Tensor, route: str, 
     for (name, p), q in zip(net.named_parameters(), twin.parameters()):
         scale = q.grad.abs().max().item()
         assert (p.grad - q.grad).abs().max().item() <= 3e-2 * scale, name
+
+
+needs_direct_kernel = pytest.mark.skipif(not conv_direct.available(),
+                                         reason="the kernel runs only on CPUs with AVX-512 whose training runs in fp32")

@@ -21,47 +21,15 @@ from resnetlab.models import blocks, conv_direct, create_model
 from resnetlab.models.blocks import BasicBlock, PreActBasicBlock
 from resnetlab.models.conv_direct import applies, conv3x3_direct, packed, packed_for_input_grad
 
-from route_twins import channels_last_input, conv3x3_module, weight_grad_reference
+from route_twins import channels_last_input, conv3x3_module, needs_direct_kernel, unpacked, weight_grad_reference
 
 CL = torch.channels_last
-needs_kernel = pytest.mark.skipif(not conv_direct.available(),
-                                  reason="the kernel runs only on CPUs with AVX-512 whose training runs in fp32")
-
-
-def unpacked(weights: torch.Tensor) -> torch.Tensor:
-    """(9, C_in, C_out) -> (C_out, C_in, 3, 3): the inverse of conv_direct.packed."""
-    return weights.reshape(3, 3, weights.shape[1], weights.shape[2]).permute(3, 2, 0, 1)
-
-
-class StandIn:
-    """The kernels' contracts (fp32 channels_last x and (9, C, C) packed weights in, the stride-1
-    padding-1 convolution out, channels_last; x and dy in, the (K, C, 3, 3) weight gradient out)
-    computed by oneDNN, counting the calls."""
-
-    built = True
-
-    def __init__(self):
-        self.calls = 0
-
-    def conv3x3(self, x, weights):
-        assert x.dtype == weights.dtype == torch.float32 and x.is_contiguous(memory_format=CL)
-        assert weights.shape == (9, x.shape[1], x.shape[1]) and weights.is_contiguous()
-        self.calls += 1
-        return F.conv2d(x, unpacked(weights).contiguous(memory_format=CL), None, 1, 1).contiguous(memory_format=CL)
-
-    def conv3x3_weight_grad(self, x, dy):
-        assert x.dtype == dy.dtype == torch.float32
-        assert x.is_contiguous(memory_format=CL) and dy.is_contiguous(memory_format=CL)
-        self.calls += 1
-        return weight_grad_reference(x, dy)
+needs_kernel = needs_direct_kernel
 
 
 @pytest.fixture
-def stand_in(monkeypatch):
-    kernels = StandIn()
-    monkeypatch.setattr(conv_direct, "kernel_kind", lambda: "AVX-512")
-    monkeypatch.setattr(conv_direct.KERNELS, "get", lambda: kernels)
-    return kernels
+def stand_in(direct_stand_in):
+    return direct_stand_in
 
 
 def test_packing_puts_each_taps_output_channels_in_a_row():
@@ -176,7 +144,7 @@ def test_the_kernel_refuses_what_it_cannot_compute(x, weights, message):
 @pytest.mark.parametrize("x,dy,message", [
     (torch.randn(2, 16, 4, 4), channels_last_input(16, 2, 4), "channels_last"),
     (channels_last_input(16, 2, 4), channels_last_input(16, 2, 4, torch.float64), "fp32"),
-    (channels_last_input(16, 2, 4), channels_last_input(16, 2, 5), "same images and pixels"),
+    (channels_last_input(16, 2, 4), channels_last_input(16, 2, 5), "x's images, and its pixels"),
     (channels_last_input(16, 2, 4), channels_last_input(64, 2, 4), "16 output channels"),
     (channels_last_input(12, 2, 4), channels_last_input(16, 2, 4), "multiple of 8"),
 ])
@@ -224,10 +192,11 @@ def test_a_block_trains_to_the_same_outputs_and_gradients_with_the_kernel(block,
         torch.testing.assert_close(results[0][1][name], grad, rtol=1e-3, atol=1e-4 * grad.abs().max().item())
 
 
-def test_the_path_gives_the_convolutions_outputs_and_gradients(stand_in):
-    conv = conv3x3_module()
-    x = channels_last_input().requires_grad_()
-    dy = torch.randn(4, 32, 6, 6).contiguous(memory_format=CL)
+@pytest.mark.parametrize("cin,cout,stride", [(32, 32, 1), (16, 32, 2)])
+def test_the_path_gives_the_convolutions_outputs_and_gradients(stand_in, cin, cout, stride):
+    conv = conv3x3_module(cin, cout, stride=stride)
+    x = channels_last_input(cin, hw=8).requires_grad_()
+    dy = torch.randn(4, cout, 8 // stride, 8 // stride).contiguous(memory_format=CL)
     results = []
     for route in (conv3x3_direct, lambda c, t: c(t)):
         x.grad = conv.weight.grad = None
@@ -322,11 +291,12 @@ def test_a_build_without_its_avx512_code_is_not_used(stand_in):
     assert not applies(conv3x3_module(), channels_last_input())
 
 
-@pytest.mark.parametrize("name,expected", [("resnet20", 11), ("resnet56", 35), ("preact_resnet18", 0),
+@pytest.mark.parametrize("name,expected", [("resnet20", 13), ("resnet56", 37), ("preact_resnet18", 0),
                                            ("resnet50", 0)])
-def test_a_training_step_sends_every_narrow_stride_1_3x3_convolution_through_it(stand_in, name, expected):
-    """ResNet-20: 3 blocks x 2 convolutions of 16 channels, and of 32 less the stride-2 one: 6 + 5.
-    ResNet-56: 9 blocks each, 18 + 17. ResNet-18 and ResNet-50: the narrowest 3x3s have 64 channels."""
+def test_a_training_step_sends_every_convolution_the_kernels_have_through_them(stand_in, name, expected):
+    """ResNet-20: 3 blocks x 2 convolutions of 16 channels, and of 32 less the stride-2 one: 6 + 5,
+    and the two stride-2 stage entries (16 -> 32, 32 -> 64). ResNet-56: 9 blocks each, 18 + 17 + 2.
+    ResNet-18 and ResNet-50: the narrowest 3x3s have 64 channels, their stride-2 ones 64 or more in."""
     rt = Runtime(torch.device("cpu"), "fp32", True, fused_bn=True)
     model = prepare_model(create_model(name, num_classes=10).train(), rt)
     model(torch.randn(2, 3, 32, 32).contiguous(memory_format=CL)).sum().backward()

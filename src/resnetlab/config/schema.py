@@ -92,11 +92,12 @@ class TrainConfig:
     compile: str = "auto"  # auto (= false, measured) | true | false | a torch.compile mode
     # resnetlab's own CPU training kernels: batch-norm + ReLU (+ residual) fused (models/fused_bn.py); in bf16
     # on AMX or AVX-512 BF16, the 3x3 convolutions' weight gradients (models/conv_wgrad.py); in fp32 on other
-    # AVX-512 CPUs, the 16- and 32-channel 3x3 stride-1 convolutions, all three passes (models/conv_direct.py).
+    # AVX-512 CPUs, the 16- and 32-channel 3x3 stride-1 convolutions and the 16->32, 32->64 stride-2 ones,
+    # all three passes (models/conv_direct.py).
     # auto = on in eager CPU training.
     fused_bn: str = "auto"  # auto | true | false
     # CPU runs keep the memory a step frees for the next instead of handing it back (no page faults after
-    # the first step; ~10% more peak memory; engine/heap.py). false: glibc's default.
+    # the first step; peak memory +3-5% measured; engine/heap.py). false: glibc's default.
     hold_heap: bool = True
     seed: int = ranged(0, 0, 2**64 - 1)  # torch generators take 64-bit seeds; numpy refuses negative ones
     workers: int = ranged(0, 0)  # decoding worker processes (folder datasets of large images)

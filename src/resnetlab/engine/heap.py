@@ -4,13 +4,15 @@ A training step allocates and frees the same tensors every time. glibc's malloc 
 above a threshold (at most 32 MiB) afresh and unmaps it when freed, and hands the top of its heap
 back once enough of it is free; the next step's tensors then start on fresh pages, a page fault
 and a zeroed page per 4 KiB (~0.85 us each on the 2-core Ice Lake Xeon). An fp32 channels_last
-ResNet-50 step at batch 32 faulted 100,000-780,000 times there (its 51-102 MB activations are
-above every threshold glibc allows), a ResNet-20 step at batch 128 0-20,000 times.
+ResNet-50 step at batch 32 faulted 75,000-561,000 times there (its 51-102 MB activations are
+above every threshold glibc allows), a ResNet-20 step at batch 128 up to 14,000 times.
 
 `held_heap()` tells glibc to take every block from its heap (M_MMAP_MAX 0) and to keep what is
-freed (M_TRIM_THRESHOLD at its largest): after the first step no step faults. It costs peak
+freed (M_TRIM_THRESHOLD at its largest): once the heap has grown to the step's needs, steps
+hardly fault (ResNet-50: 2 faults a step, median). It costs peak
 memory: freed blocks are reused only where they fit, so the heap grows past the live tensors
-(maxrss +10% for that ResNet-50 step). Measured with benchmarks/host_memory_ab.py.
+(peak RSS +3% for that ResNet-50 step, +5% for ResNet-20's; benchmarks/host_memory_ab.py,
+benchmarks/results/xeon_icelake/host_memory_ab_*.json).
 
 On leaving, glibc's default limits come back (the mmap threshold stays where glibc had moved it:
 setting any limit stops its self-adjusting) and the free memory is handed back (malloc_trim), so a

@@ -186,7 +186,7 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
                  + (", fused batch-norm" if rt.fused_bn else "")
                  + (f", 3x3 weight gradients on {conv_wgrad.kernel_kind()}" if rt.fused_bn and rt.precision == "bf16"
                     and rt.channels_last and conv_wgrad.available() else "")
-                 + (", narrow 3x3 convolutions in the direct AVX-512 kernel" if rt.fused_bn and rt.precision == "fp32"
+                 + (", narrow and stage-entry 3x3 convolutions in the direct AVX-512 kernels" if rt.fused_bn and rt.precision == "fp32"
                     and rt.channels_last and conv_direct.available() else "")
                  + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})")
                  + (f", resuming at step {state.step}" if start_from is not None else "")

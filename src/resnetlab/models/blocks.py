@@ -30,16 +30,17 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 def convolve(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool = False) -> torch.Tensor:
     """conv(x) for a block's convolution, by the route measured fastest for it in CPU training: a
     1x1 stride-1 one as a matrix product (`pointwise`, bf16), a wide stride-2 one with matrix-product
-    gradients (models/strided_conv.py, bf16); where `own_kernels`, a narrow 3x3 stride-1 one in fp32
-    on AVX-512 by resnetlab's direct kernel (models/conv_direct.py), in bf16 with resnetlab's
-    weight-gradient kernel (AMX or AVX-512 BF16, models/conv_wgrad.py). Each steps aside to the
-    module itself where it does not apply."""
+    gradients (models/strided_conv.py, bf16); where `own_kernels`, a narrow 3x3 stride-1 one or a
+    CIFAR ResNet's stride-2 stage entry in fp32 on AVX-512 by resnetlab's direct kernels
+    (models/conv_direct.py), a 3x3 stride-1 one in bf16 with resnetlab's weight-gradient kernel (AMX
+    or AVX-512 BF16, models/conv_wgrad.py). Each steps aside to the module itself where it does not
+    apply."""
+    if own_kernels and conv_direct.applies(conv, x):
+        return conv3x3_direct(conv, x)
     if conv.stride != (1, 1):
         return strided_conv(conv, x)
     if conv.kernel_size == (1, 1):
         return pointwise(conv, x)
-    if own_kernels and conv_direct.applies(conv, x):
-        return conv3x3_direct(conv, x)
     return conv3x3_own_wgrad(conv, x, own_kernels)
 
 
@@ -140,7 +141,7 @@ def make_shortcut(option: str, cin: int, cout: int, stride: int, preact: bool = 
 class Block(nn.Module):
     """What every block shares: the switch to resnetlab's own CPU training kernels, fused batch-norm
     + ReLU, in bf16 on AMX or Zen 4 the 3x3 convolutions' weight gradients, in fp32 on the other
-    AVX-512 CPUs the narrow 3x3 convolutions, all three passes (set by
+    AVX-512 CPUs the narrow and stage-entry 3x3 convolutions, all three passes (set by
     models.fused_bn.set_fused_bn; a class default, so it never appears in a state_dict), every
     convolution's route (`convolve`) and, for post-activation blocks, the shortcut branch. Each
     block's residual_end() is the last layer of its residual branch: zeroing its weight makes the

@@ -4,7 +4,8 @@
 // input gradient: the convolution of the output gradient with the weights' channel axes swapped
 // and both spatial axes flipped; a second kernel (weight_grad, below) the weight gradient at 16 and
 // 32 output channels. Why: on a 2-core Ice Lake Xeon oneDNN ran ResNet-20's 16-channel layers at
-// 50-68 GMAC/s of an fp32 peak over 150 (issue 18).
+// 50-68 GMAC/s of an fp32 peak over 150 (issue 18). The stride-2 forms (16 -> 32 and 32 -> 64
+// channels, all three passes) are in conv_direct_stride2.h; the entry points below take both.
 //
 // Per image, the input is copied into a zero-bordered buffer ((H+2) x (W+2) x C floats, in L2),
 // a row just before the first output row that needs it, so no border test is left in the inner
@@ -24,6 +25,8 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 
+#include "conv_direct_stride2.h"
+
 namespace {
 
 // P output pixels x CV vectors of 16 output channels; a broadcast input value serves 3 * CV FMAs.
@@ -31,10 +34,7 @@ template <int P, int CV>
 inline void block(const float* pad, int pad_w, const float* wpk, float* out) {
   constexpr int cout = CV * 16, cin = cout;
   __m512 acc[P][CV];
-#pragma GCC unroll 64
-  for (int p = 0; p < P; ++p)
-#pragma GCC unroll 8
-    for (int v = 0; v < CV; ++v) acc[p][v] = _mm512_setzero_ps();
+  zero_tile(acc);
   for (int dy = 0; dy < 3; ++dy) {
     const float* in = pad + (long)dy * pad_w * cin;
     const float* w = wpk + (long)(dy * 3) * cin * cout;
@@ -58,10 +58,7 @@ inline void block(const float* pad, int pad_w, const float* wpk, float* out) {
       }
     }
   }
-#pragma GCC unroll 64
-  for (int p = 0; p < P; ++p)
-#pragma GCC unroll 8
-    for (int v = 0; v < CV; ++v) _mm512_storeu_ps(out + (long)p * cout + v * 16, acc[p][v]);
+  store_tile(acc, out, cout);
 }
 
 // One output row: blocks of P pixels, the rest in blocks of 4, 2 and 1.
@@ -151,18 +148,24 @@ void weight_grad_image(const float* x, const float* dy, int h, int w, int cin, i
 
 // Images split into one contiguous chunk per thread, each summed into its own buffer; the buffers
 // are then added in thread order, so a given thread count always gives the same bits.
-template <int CB, int KV>
+template <int CB, int KV, int S>
 torch::Tensor weight_grad(const float* x, const float* dy, long n, int cin, int h, int w) {
   constexpr int cout = KV * 16;
-  const long per_thread = 9L * cin * cout, image_in = (long)h * w * cin, image_out = (long)h * w * cout;
+  const long per_thread = 9L * cin * cout, image_in = (long)h * w * cin, image_out = (long)(h / S) * (w / S) * cout;
   const int threads = std::max<long>(1, std::min<long>(at::get_num_threads(), n));
   std::vector<float> sums(per_thread * threads, 0.0f);
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pad(S == 2 ? (long)(h + 2) * (w + 2) * cin : 0, 0.0f);  // stride 2 reads a padded copy
     for (int64_t t = begin; t < end; ++t)
-      for (long i = n * t / threads; i < n * (t + 1) / threads; ++i)
+      for (long i = n * t / threads; i < n * (t + 1) / threads; ++i) {
+        if constexpr (S == 2) copy_padded(x + i * image_in, pad.data(), h, w, cin);
         for (int ty = 0; ty < 3; ++ty)
-          for (int c0 = 0; c0 < cin; c0 += CB)
-            weight_grad_image<CB, KV>(x + i * image_in, dy + i * image_out, h, w, cin, ty, c0, sums.data() + t * per_thread);
+          for (int c0 = 0; c0 < cin; c0 += CB) {
+            float* acc = sums.data() + t * per_thread;
+            if constexpr (S == 1) weight_grad_image<CB, KV>(x + i * image_in, dy + i * image_out, h, w, cin, ty, c0, acc);
+            else weight_grad_image_s2<CB, KV>(pad.data(), dy + i * image_out, h / 2, w / 2, cin, ty, c0, acc);
+          }
+      }
   });
   auto out = torch::empty({cout, cin, 3, 3}, torch::kFloat32);  // [k][c][ty][tx]
   float* o = out.data_ptr<float>();
@@ -182,66 +185,114 @@ torch::Tensor weight_grad(const float* x, const float* dy, long n, int cin, int 
 
 }  // namespace
 
-// x: (N, C, H, W) channels_last fp32; packed: (9, C, C) fp32, [tap][in][out] (conv_direct.packed);
-// -> (N, C, H, W) channels_last.
-torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed) {
-  TORCH_CHECK(x.is_cpu() && packed.is_cpu(), "conv3x3: x and the packed weights must be CPU tensors");
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "conv3x3: x must be a 4-d channels_last fp32 tensor");
-  TORCH_CHECK(packed.dim() == 3 && packed.size(0) == 9 && packed.size(1) == x.size(1) && packed.is_contiguous() &&
-                  packed.scalar_type() == torch::kFloat,
-              "conv3x3: packed weights must be (9, Cin, Cout) fp32");
+static void check_fp32_channels_last(const char* what, const torch::Tensor& a, const torch::Tensor& b) {
+  TORCH_CHECK(a.is_cpu() && b.is_cpu(), what, ": its tensors must be CPU tensors");
+  TORCH_CHECK(a.dim() == 4 && a.scalar_type() == torch::kFloat && a.is_contiguous(at::MemoryFormat::ChannelsLast),
+              what, ": its images must be a 4-d channels_last fp32 tensor");
+  TORCH_CHECK(b.scalar_type() == torch::kFloat && (b.dim() == 3 ? b.is_contiguous() : b.dim() == 4 &&
+              b.is_contiguous(at::MemoryFormat::ChannelsLast)), what, ": its second tensor must be packed weights "
+              "(9, C, K) or 4-d channels_last, fp32");
+}
+
+// The stride-2 layers the kernels have: C -> 2C for C = 16 or 32, even height and width.
+static void check_stride2(const char* what, int cin, int cout, int h, int w) {
+  TORCH_CHECK((cin == 16 && cout == 32) || (cin == 32 && cout == 64), what,
+              ": at stride 2 channels must go 16 -> 32 or 32 -> 64, got ", cin, " -> ", cout);
+  TORCH_CHECK(h % 2 == 0 && w % 2 == 0, what, ": at stride 2 height and width must be even, got ", h, "x", w);
+}
+
+// x: (N, C, H, W) channels_last fp32; packed: (9, C, K) fp32, [tap][in][out] (conv_direct.packed);
+// -> (N, K, H / stride, W / stride) channels_last. Stride 1: C = K; stride 2: see check_stride2.
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed, int64_t stride) {
+  check_fp32_channels_last("conv3x3", x, packed);
+  TORCH_CHECK(packed.dim() == 3 && packed.size(0) == 9 && packed.size(1) == x.size(1),
+              "conv3x3: packed weights must be (9, Cin, Cout)");
   const long n = x.size(0);
   const int cin = x.size(1), h = x.size(2), w = x.size(3), cout = packed.size(2);
-  TORCH_CHECK(cin == cout, "conv3x3: input and output channels must be equal, got ", cin, " and ", cout);
-  TORCH_CHECK(cout == 16 || cout == 32 || cout == 48 || cout == 64,
-              "conv3x3: output channels must be 16, 32, 48 or 64, got ", cout);
-  auto y = torch::empty({n, cout, h, w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  TORCH_CHECK(stride == 1 || stride == 2, "conv3x3: stride must be 1 or 2, got ", stride);
+  if (stride == 1) {
+    TORCH_CHECK(cin == cout, "conv3x3: input and output channels must be equal, got ", cin, " and ", cout);
+    TORCH_CHECK(cout == 16 || cout == 32 || cout == 48 || cout == 64,
+                "conv3x3: output channels must be 16, 32, 48 or 64, got ", cout);
+  } else {
+    check_stride2("conv3x3", cin, cout, h, w);
+  }
+  auto y = torch::empty({n, cout, h / stride, w / stride}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;  // no pixels: nothing to read (the row copies assume at least one)
   const float* xp = x.data_ptr<float>();
   const float* wp = packed.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  switch (cout) {
-    case 16: convolve<16, 1>(xp, wp, yp, n, h, w); break;
-    case 32: convolve<8, 2>(xp, wp, yp, n, h, w); break;
-    case 48: convolve<4, 3>(xp, wp, yp, n, h, w); break;
-    case 64: convolve<4, 4>(xp, wp, yp, n, h, w); break;
+  switch (stride * 100 + cout) {
+    case 116: convolve<16, 1>(xp, wp, yp, n, h, w); break;
+    case 132: convolve<8, 2>(xp, wp, yp, n, h, w); break;
+    case 148: convolve<4, 3>(xp, wp, yp, n, h, w); break;
+    case 164: convolve<4, 4>(xp, wp, yp, n, h, w); break;
+    case 232: convolve_s2<8, 2, 16>(xp, wp, yp, n, h, w); break;
+    case 264: convolve_s2<4, 4, 32>(xp, wp, yp, n, h, w); break;
   }
   return y;
 }
 
-// x: (N, C, H, W), dy: (N, K, H, W), both channels_last fp32 -> dW: (K, C, 3, 3) fp32, contiguous.
-torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& dy) {
-  TORCH_CHECK(x.is_cpu() && dy.is_cpu(), "conv3x3_weight_grad: x and dy must be CPU tensors");
-  TORCH_CHECK(x.dim() == 4 && dy.dim() == 4 && x.scalar_type() == torch::kFloat && dy.scalar_type() == torch::kFloat &&
-                  x.is_contiguous(at::MemoryFormat::ChannelsLast) && dy.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "conv3x3_weight_grad: x and dy must be 4-d channels_last fp32 tensors");
-  TORCH_CHECK(x.size(0) == dy.size(0) && x.size(2) == dy.size(2) && x.size(3) == dy.size(3),
-              "conv3x3_weight_grad: x and dy must have the same images and pixels");
+// dy: (N, K, H/2, W/2) channels_last fp32, weights: (9, K, C) fp32 ([tap][out][in],
+// conv_direct.packed_for_strided_input_grad) -> dx (N, C, H, W) channels_last of a stride-2 conv3x3.
+torch::Tensor conv3x3_input_grad_s2(const torch::Tensor& dy, const torch::Tensor& weights) {
+  check_fp32_channels_last("conv3x3_input_grad_s2", dy, weights);
+  TORCH_CHECK(weights.dim() == 3 && weights.size(0) == 9 && weights.size(1) == dy.size(1),
+              "conv3x3_input_grad_s2: weights must be (9, K, C)");
+  const long n = dy.size(0);
+  const int k = dy.size(1), c = weights.size(2), h = 2 * dy.size(2), w = 2 * dy.size(3);
+  check_stride2("conv3x3_input_grad_s2", c, k, h, w);
+  auto dx = torch::empty({n, c, h, w}, dy.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (dx.numel() == 0) return dx;
+  if (c == 16) input_grad_s2<8, 1>(dy.data_ptr<float>(), weights.data_ptr<float>(), dx.data_ptr<float>(), n, h, w, k);
+  else input_grad_s2<8, 2>(dy.data_ptr<float>(), weights.data_ptr<float>(), dx.data_ptr<float>(), n, h, w, k);
+  return dx;
+}
+
+// x: (N, C, H, W), dy: (N, K, H / stride, W / stride), both channels_last fp32 -> dW: (K, C, 3, 3)
+// fp32, contiguous.
+torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, int64_t stride) {
+  check_fp32_channels_last("conv3x3_weight_grad", x, dy);
+  TORCH_CHECK(dy.dim() == 4, "conv3x3_weight_grad: dy must be 4-d");
+  TORCH_CHECK(stride == 1 || stride == 2, "conv3x3_weight_grad: stride must be 1 or 2, got ", stride);
+  TORCH_CHECK(x.size(0) == dy.size(0) && x.size(2) / stride == dy.size(2) && x.size(3) / stride == dy.size(3),
+              "conv3x3_weight_grad: dy must have x's images, and its pixels at the stride");
   const long n = x.size(0);
   const int cin = x.size(1), h = x.size(2), w = x.size(3), cout = dy.size(1);
-  TORCH_CHECK((cout == 16 && cin % 8 == 0) || (cout == 32 && cin % 4 == 0),
-              "conv3x3_weight_grad: needs 16 output channels and input channels a multiple of 8, or 32 and "
-              "a multiple of 4; got ", cout, " and ", cin);
+  if (stride == 1) {
+    TORCH_CHECK((cout == 16 && cin % 8 == 0) || (cout == 32 && cin % 4 == 0),
+                "conv3x3_weight_grad: needs 16 output channels and input channels a multiple of 8, or 32 and "
+                "a multiple of 4; got ", cout, " and ", cin);
+  } else {
+    check_stride2("conv3x3_weight_grad", cin, cout, h, w);
+  }
   if (n * h * w == 0) return torch::zeros({cout, cin, 3, 3}, torch::kFloat32);
   const float* xp = x.data_ptr<float>();
   const float* gp = dy.data_ptr<float>();
-  return cout == 16 ? weight_grad<8, 1>(xp, gp, n, cin, h, w) : weight_grad<4, 2>(xp, gp, n, cin, h, w);
+  if (stride == 2)
+    return cout == 32 ? weight_grad<4, 2, 2>(xp, gp, n, cin, h, w) : weight_grad<2, 4, 2>(xp, gp, n, cin, h, w);
+  return cout == 16 ? weight_grad<8, 1, 1>(xp, gp, n, cin, h, w) : weight_grad<4, 2, 1>(xp, gp, n, cin, h, w);
 }
 
 constexpr bool kBuilt = true;
 #else
-torch::Tensor conv3x3(const torch::Tensor&, const torch::Tensor&) {
+torch::Tensor conv3x3(const torch::Tensor&, const torch::Tensor&, int64_t) {
   TORCH_CHECK(false, "conv3x3: built without AVX-512");
 }
-torch::Tensor conv3x3_weight_grad(const torch::Tensor&, const torch::Tensor&) {
+torch::Tensor conv3x3_input_grad_s2(const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "conv3x3_input_grad_s2: built without AVX-512");
+}
+torch::Tensor conv3x3_weight_grad(const torch::Tensor&, const torch::Tensor&, int64_t) {
   TORCH_CHECK(false, "conv3x3_weight_grad: built without AVX-512");
 }
 constexpr bool kBuilt = false;
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("conv3x3", &conv3x3, "3x3 stride-1 padding-1 convolution, fp32 channels_last, packed weights");
-  m.def("conv3x3_weight_grad", &conv3x3_weight_grad, "its weight gradient, fp32 channels_last x and dy");
+  m.def("conv3x3", &conv3x3, "3x3 padding-1 convolution, stride 1 or 2, fp32 channels_last, packed weights",
+        py::arg("x"), py::arg("packed"), py::arg("stride") = 1);
+  m.def("conv3x3_input_grad_s2", &conv3x3_input_grad_s2, "the input gradient of a stride-2 conv3x3");
+  m.def("conv3x3_weight_grad", &conv3x3_weight_grad, "its weight gradient, fp32 channels_last x and dy",
+        py::arg("x"), py::arg("dy"), py::arg("stride") = 1);
   m.attr("built") = kBuilt;
 }

@@ -1,6 +1,6 @@
-"""3x3 stride-1 convolutions of fp32 CPU training in resnetlab's own direct kernels (conv_direct.cpp):
-forward pass, input gradient and weight gradient, on Intel CPUs with AVX-512 whose training runs
-in fp32.
+"""3x3 convolutions of fp32 CPU training in resnetlab's own direct kernels (conv_direct.cpp and, for
+stride 2, conv_direct_stride2.h): forward pass, input gradient and weight gradient, on Intel CPUs
+with AVX-512 whose training runs in fp32.
 
 On a 2-core Ice Lake Xeon (AVX-512, no bf16: training's `auto` is fp32 there) oneDNN ran
 ResNet-20's narrow 3x3 layers at 50-68 GMAC/s (16 channels) of an fp32 peak over 150 (issue 18).
@@ -10,15 +10,19 @@ the same convolution of the output gradient with the weights' channel axes swapp
 spatial axes flipped; the weight gradient pixel by pixel, each input value broadcast once for the
 three output pixels whose gradients it meets. Per layer (benchmarks/direct_conv_layers.py,
 benchmarks/results/xeon_icelake/direct_conv_layers.json) they ran 1.8x oneDNN's speed at 16
-channels (forward and input gradient; weight gradient 1.06x) and 1.2-1.4x at 32. Measured on that
-Ice Lake only; other Intel CPUs with AVX-512 (Skylake-SP, Cascade Lake) take it by the same rule.
+channels (forward and input gradient; weight gradient 1.06x) and 1.2-1.4x at 32. The CIFAR
+ResNets' stage entries (stride 2, 16 -> 32 and 32 -> 64 channels) have their own forms: there
+oneDNN's input and weight gradients ran at 50-83 GMAC/s, the kernels' 1.7-2.0x and 1.4-2.0x
+faster, the forward pass 1.2-1.3x (direct-stride2-2026-12-04/direct_conv_layers.json). Measured
+on that Ice Lake only; other Intel CPUs with AVX-512 (Skylake-SP, Cascade Lake) take it by the
+same rule.
 
 It is a module choice like the fused batch-norm, and the same switch (train.fused_bn, the blocks'
 `fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernels do: a
 training nn.Conv2d itself (not a subclass, whose forward may differ: QAT, weight standardisation)
-3x3, stride 1, padding 1, no bias, as many channels out as in, of a width in WIDTHS, fp32 weights on
-an fp32 channels_last CPU tensor outside autocast, without hooks, on a CPU where `kernel_kind`
-names it. Everything else, an FX trace included, calls the module itself. Its backward is
+3x3, padding 1, no bias, at stride 1 as many channels out as in, of a width in WIDTHS, at stride 2
+channels in and out as in STRIDED and even sides, fp32 weights on an fp32 channels_last CPU tensor
+outside autocast, without hooks, on a CPU where `kernel_kind` names it. Everything else, an FX trace included, calls the module itself. Its backward is
 once-differentiable: a second-order gradient needs the route off (train.fused_bn false).
 The kernels sum in fp32 as oneDNN does, in another order: results agree to about 1e-6 relative
 (tests/test_conv_direct.py). Each forward and input-gradient thread writes whole images, and the
@@ -40,11 +44,14 @@ from .routes import hooked
 SOURCE = Path(__file__).with_name("conv_direct.cpp")
 KERNELS = NativeKernels(SOURCE, "resnetlab_conv_direct", "direct 3x3 convolution kernel",
                         "training uses oneDNN's convolutions")
-UNIT = (1, 1)
-# Channels in = out that take the kernel: where it ran clearly faster than oneDNN per layer. At 64
-# channels its 147 KB of weights no longer fit the L1 cache: forward 0.86x at 56 px, 1.09x at 8 px
-# (direct_conv_layers.json).
+UNIT, TWO = (1, 1), (2, 2)
+# Channels in = out that take the kernel at stride 1: where it ran clearly faster than oneDNN per
+# layer. At 64 channels its 147 KB of weights no longer fit the L1 cache: forward 0.86x at 56 px,
+# 1.09x at 8 px (direct_conv_layers.json).
 WIDTHS = (16, 32)
+# (in, out) channels of the stride-2 layers it has (conv_direct_stride2.h): ResNet-20/32/44/56/110's
+# stage entries; images of even height and width.
+STRIDED = ((16, 32), (32, 64))
 
 
 @lru_cache(maxsize=1)
@@ -69,17 +76,24 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     return (type(conv) is nn.Conv2d and conv.training and isinstance(x, torch.Tensor) and x.device.type == "cpu"
             and x.dtype == torch.float32 and x.dim() == 4 and conv.weight.dtype == torch.float32
             and conv.weight.device == x.device and conv.kernel_size == (3, 3)
-            and conv.stride == UNIT and conv.padding == UNIT and conv.dilation == UNIT and conv.groups == 1
-            and conv.bias is None and conv.padding_mode == "zeros"
-            and conv.in_channels == conv.out_channels and conv.out_channels in WIDTHS
+            and conv.padding == UNIT and conv.dilation == UNIT and conv.groups == 1
+            and conv.bias is None and conv.padding_mode == "zeros" and has_kernel(conv, x)
             and x.is_contiguous(memory_format=torch.channels_last) and not torch.is_autocast_enabled("cpu")
             and not hooked(conv) and available())
+
+
+def has_kernel(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether the kernels have conv's stride and channels (and, at stride 2, x's even sides)."""
+    if conv.stride == UNIT:
+        return conv.in_channels == conv.out_channels and conv.out_channels in WIDTHS
+    return (conv.stride == TWO and (conv.in_channels, conv.out_channels) in STRIDED
+            and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0)
 
 
 def conv3x3_direct(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) by resnetlab's direct kernel where it `applies`, else by the module itself."""
     if applies(conv, x):
-        return _Conv3x3.apply(x, conv.weight)
+        return _Conv3x3.apply(x, conv.weight, conv.stride[0])
     return conv(x)
 
 
@@ -94,13 +108,20 @@ def packed_for_input_grad(weight: torch.Tensor) -> torch.Tensor:
     return packed(weight.transpose(0, 1).flip(2, 3))
 
 
+def packed_for_strided_input_grad(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) -> (9, C_out, C_in): per tap, per output channel, the row of input
+    channels its gradient reaches (the stride-2 input gradient picks its taps per output parity)."""
+    return weight.permute(2, 3, 0, 1).reshape(9, weight.shape[0], weight.shape[1]).contiguous()
+
+
 class _Conv3x3(torch.autograd.Function):
-    """A 3x3, stride-1, padding-1 convolution without bias of fp32 channels_last tensors."""
+    """A 3x3, padding-1 convolution (stride 1 or 2) without bias of fp32 channels_last tensors."""
 
     @staticmethod
-    def forward(ctx, x, weight):
+    def forward(ctx, x, weight, stride: int):
         ctx.save_for_backward(x, weight)
-        return KERNELS.get().conv3x3(x, packed(weight))
+        ctx.stride = stride
+        return KERNELS.get().conv3x3(x, packed(weight), stride)
 
     @staticmethod
     @once_differentiable
@@ -109,7 +130,8 @@ class _Conv3x3(torch.autograd.Function):
         dy = dy.contiguous(memory_format=torch.channels_last)
         dx = dweight = None
         if ctx.needs_input_grad[0]:
-            dx = KERNELS.get().conv3x3(dy, packed_for_input_grad(weight))
+            dx = (KERNELS.get().conv3x3(dy, packed_for_input_grad(weight)) if ctx.stride == 1
+                  else KERNELS.get().conv3x3_input_grad_s2(dy, packed_for_strided_input_grad(weight)))
         if ctx.needs_input_grad[1]:
-            dweight = KERNELS.get().conv3x3_weight_grad(x, dy)
-        return dx, dweight
+            dweight = KERNELS.get().conv3x3_weight_grad(x, dy, ctx.stride)
+        return dx, dweight, None
