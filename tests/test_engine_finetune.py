@@ -1,10 +1,12 @@
-"""Fine-tuning: new classifier, frozen stem/stages (weights and BN statistics), lr groups."""
+"""Fine-tuning: new classifier, frozen stem/stages (weights and BN statistics), lr groups; the optimizer."""
+import copy
+
 import pytest
 import torch
 
 from resnetlab.config import Config, apply_overrides
 from resnetlab.engine.finetune import apply_freezing, load_init_weights, param_groups, set_train_mode
-from resnetlab.engine.setup import build_optimizer, set_lr
+from resnetlab.engine.setup import build_optimizer, make_sgd, set_lr
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 
@@ -58,6 +60,26 @@ def test_freeze_bn_fixes_every_batchnorm():
     sgd_step(model, optimizer, eval_bns)
     bn_keys = [k for k in before if ".bn" in k or k.startswith("bn1") or "downsample.1" in k]
     assert bn_keys and all(torch.equal(before[k], model.state_dict()[k]) for k in bn_keys)
+
+
+def test_the_optimizer_is_fused_sgd_with_plain_sgds_update():
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=4)
+    twin = copy.deepcopy(model)
+    for parameter, same in zip(model.parameters(), twin.parameters()):
+        parameter.grad = torch.randn_like(parameter)
+        same.grad = parameter.grad.clone()
+    cfg = finetune_cfg(backbone_lr_mult=0.1)
+    optimizer = build_optimizer(model, cfg)
+    plain = torch.optim.SGD(param_groups(twin, 0.1), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                            weight_decay=cfg.optim.weight_decay)
+    assert optimizer.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(3):
+        optimizer.step()
+        plain.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert make_sgd([torch.zeros(2, dtype=torch.int64)], lr=0.1).defaults["fused"] is None  # not floating: plain
 
 
 def test_backbone_lr_multiplier_makes_two_groups():

@@ -63,6 +63,7 @@ def bare_step_seconds(cfg: Config, warmup: int, reps: int) -> list[float]:
     from resnetlab.data import LoaderSpec, build_data, make_train_loader
     from resnetlab.engine.heap import held_heap
     from resnetlab.engine.runtime import make_grad_scaler, make_runtime, prepare_model
+    from resnetlab.engine.setup import make_sgd
     from resnetlab.engine.train import StepParts, train_step
     from resnetlab.models import create_model
 
@@ -72,7 +73,7 @@ def bare_step_seconds(cfg: Config, warmup: int, reps: int) -> list[float]:
     torch.manual_seed(cfg.train.seed)
     model = prepare_model(create_model(cfg.model.name, num_classes=len(bundle.classes)).train(), rt)
     o = cfg.optim  # the loop's optimizer: SGD with momentum, weight decay on every parameter
-    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    optimizer = make_sgd(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     scaler, normalizer = make_grad_scaler(rt), bundle.normalizer.to(rt.device)
     parts, i = StepParts(model, optimizer, scaler, normalizer, rt), 0
 

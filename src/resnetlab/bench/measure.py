@@ -21,6 +21,7 @@ import torch
 from resnetlab.data import LoaderSpec, make_train_loader
 from resnetlab.engine.heap import hold_heap
 from resnetlab.engine.runtime import COMPILE_MODES, Runtime, autocast, compile_model, make_grad_scaler, prepare_model, to_input
+from resnetlab.engine.setup import make_sgd
 from resnetlab.engine.train import StepParts, train_step
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
@@ -124,10 +125,12 @@ def endless_train_batches(variant: Variant, images: BenchImages, size: int, batc
 
 
 def bench_step_parts(model: torch.nn.Module, rt: Runtime, net: torch.nn.Module | None = None,
-                     normalizer: torch.nn.Module | None = None) -> StepParts:
+                     normalizer: torch.nn.Module | None = None, baseline: bool = False) -> StepParts:
     """What train_step needs for `model` in every training benchmark: SGD (lr 0.01, momentum 0.9,
-    weight decay 1e-4), the runtime's grad scaler, `net` called (the model compiled, or itself)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    weight decay 1e-4; fused as training makes it, engine.setup.make_sgd, but for the baseline),
+    the runtime's grad scaler, `net` called (the model compiled, or itself)."""
+    settings = {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
+    optimizer = torch.optim.SGD(model.parameters(), **settings) if baseline else make_sgd(model.parameters(), **settings)
     return StepParts(model if net is None else net, optimizer, make_grad_scaler(rt),
                      torch.nn.Identity() if normalizer is None else normalizer, rt)
 
@@ -150,7 +153,8 @@ def prepare_train(spec: BenchSpec, variant: Variant, images: BenchImages, cache_
     batches, normalizer = endless_train_batches(variant, images, size, batch_size, rt, cache_dir)
     with PeakMemory(device) as mem:
         model = prepare_model(seeded_model(model_name, len(images.classes)).train(), rt)
-        parts = bench_step_parts(model, rt, compile_model(model, variant.compile), normalizer)
+        parts = bench_step_parts(model, rt, compile_model(model, variant.compile), normalizer,
+                                 baseline=variant.pipeline == "baseline")
 
         def step():
             x, y = next(batches)

@@ -106,8 +106,19 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
         raise UserError("optim.nesterov needs optim.momentum > 0")
     if o.lr < 0 or o.weight_decay < 0 or o.momentum < 0:
         raise UserError(f"optim.lr, momentum and weight_decay must be >= 0 (got {o.lr}, {o.momentum}, {o.weight_decay})")
-    return torch.optim.SGD(param_groups(model, cfg.finetune.backbone_lr_mult), lr=o.lr, momentum=o.momentum,
-                           weight_decay=o.weight_decay, nesterov=o.nesterov)
+    return make_sgd(param_groups(model, cfg.finetune.backbone_lr_mult), lr=o.lr, momentum=o.momentum,
+                    weight_decay=o.weight_decay, nesterov=o.nesterov)
+
+
+def make_sgd(params, **settings) -> torch.optim.SGD:
+    """torch.optim.SGD, fused (one kernel for every parameter instead of a few operations per
+    parameter) where its parameters allow it: floating point, on the CPU or CUDA. The same update
+    to rounding; on the Ice Lake Xeon ResNet-20's took 0.33 ms instead of 1.23, ResNet-50's 14 ms
+    instead of 39 (issue 18)."""
+    params = list(params)
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    fused = bool(tensors) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
+    return torch.optim.SGD(params, fused=fused or None, **settings)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
