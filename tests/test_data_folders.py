@@ -284,3 +284,19 @@ def test_skipped_files_are_counted_when_met_while_decoding(tmp_path):
         warnings.simplefilter("error")  # the next epoch and an evaluation: already reported, no new warning
         assert len(list(make_train_loader(train, cfg, LoaderSpec(12), epoch=1))) == 1
         assert sum(len(y) for _, y in make_eval_loader(train, cfg, LoaderSpec(4))) == 11
+
+
+
+def test_decoding_workers_take_sigterms_default_action_inside_a_training_runs_handler():
+    """Pool.terminate() stops workers with SIGTERM; inside StopOnSignal (installed before the data is
+    built) a worker that kept the inherited handler would only record it and live on, and the
+    parent would wait for it forever. The workers ignore Ctrl-C: the parent decides."""
+    import signal
+
+    from resnetlab.engine.signals import StopOnSignal
+
+    with StopOnSignal(), folder.decode_pool(1) as pool:
+        assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+        pool.close()
+        pool.join()

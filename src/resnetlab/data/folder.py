@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,10 +175,28 @@ def _decode_all(paths: list[str], size: int, skip_bad: bool):
         return _decode_chunk(paths, size, skip_bad)
     bounds = np.linspace(0, len(paths), procs * 4 + 1).astype(int)
     chunks = [paths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    with multiprocessing.get_context("fork").Pool(procs) as pool:
+    with decode_pool(procs) as pool:
         parts = pool.starmap(_decode_chunk, [(c, size, skip_bad) for c in chunks])
+        pool.close()
+        pool.join()  # the workers leave on their own; terminating them (the with's exit) is for errors
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             sum(p[2] for p in parts), sum((p[3] for p in parts), []))
+
+
+def decode_pool(procs: int):
+    """Forked worker processes for _decode_all, with SIGTERM's default action and SIGINT ignored
+    instead of the handlers they inherit. A training run decodes inside engine.signals.StopOnSignal,
+    whose handler only records a signal, and Pool.terminate() stops its workers with SIGTERM: a
+    worker keeping that handler can outlive it, and the parent then waits for it forever (a first
+    run on a fresh machine hung in this decode, its parent in waitpid, one worker alive on the
+    pool's lock). The workers are also closed and joined, not terminated, when all went well.
+    Ctrl-C reaches the parent, which stops the run once the data is built."""
+    return multiprocessing.get_context("fork").Pool(procs, initializer=_default_signals)
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _decode_chunk(paths: list[str], size: int, skip_bad: bool):
