@@ -32,9 +32,8 @@ def convolve(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool = False) -> tor
     1x1 stride-1 one as a matrix product (`pointwise`, bf16), a wide stride-2 one with matrix-product
     gradients (models/strided_conv.py, bf16); where `own_kernels`, a narrow 3x3 stride-1 one or a
     CIFAR ResNet's stride-2 stage entry in fp32 on AVX-512 by resnetlab's direct kernels
-    (models/conv_direct.py), a 3x3 stride-1 one in bf16 with resnetlab's weight-gradient kernel (AMX
-    or AVX-512 BF16, models/conv_wgrad.py). Each steps aside to the module itself where it does not
-    apply."""
+    (models/conv_direct.py), a 3x3 stride-1 one in bf16 with resnetlab's weight-gradient kernel
+    (AMX or AVX-512 BF16, models/conv_wgrad.py). Each steps aside to the module where it does not."""
     if own_kernels and conv_direct.applies(conv, x):
         return conv3x3_direct(conv, x)
     if conv.stride != (1, 1):
