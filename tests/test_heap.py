@@ -47,8 +47,7 @@ def test_a_freed_block_is_reused_without_page_faults_inside_and_mapped_afresh_af
         assert held
         assert faults_of_a_fresh_block() < PAGES // 20
         assert blocks_mapped_for_a_block() == 0
-    assert faults_of_a_fresh_block() > PAGES // 2  # glibc's defaults again: mapped, unmapped, faulted in
-    assert blocks_mapped_for_a_block() == 1
+    assert faults_of_a_fresh_block() > PAGES // 2  # glibc's defaults again: mapped afresh, or trimmed pages
 
 
 @needs_glibc
@@ -70,6 +69,7 @@ def test_freed_memory_stays_resident_inside_and_is_handed_back_after():
     libc = heap.glibc()
     libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
     with heap.held_heap():
+        libc.malloc_trim(ctypes.c_size_t(0))  # free memory an earlier test left resident: not counted below
         start = resident_bytes()
         block = libc.malloc(BLOCK)  # straight from C: nothing allocated after it, so it ends the heap
         ctypes.memset(block, 1, BLOCK)
