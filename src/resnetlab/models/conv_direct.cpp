@@ -29,47 +29,15 @@
 
 namespace {
 
-// P output pixels x CV vectors of 16 output channels; a broadcast input value serves 3 * CV FMAs.
-template <int P, int CV>
-inline void block(const float* pad, int pad_w, const float* wpk, float* out) {
-  constexpr int cout = CV * 16, cin = cout;
-  __m512 acc[P][CV];
-  zero_tile(acc);
-  for (int dy = 0; dy < 3; ++dy) {
-    const float* in = pad + (long)dy * pad_w * cin;
-    const float* w = wpk + (long)(dy * 3) * cin * cout;
-    for (int ci = 0; ci < cin; ++ci) {
-      __m512 wv[3][CV];
-#pragma GCC unroll 3
-      for (int dx = 0; dx < 3; ++dx)
-#pragma GCC unroll 8
-        for (int v = 0; v < CV; ++v) wv[dx][v] = _mm512_loadu_ps(w + ((long)dx * cin + ci) * cout + v * 16);
-#pragma GCC unroll 64
-      for (int q = 0; q < P + 2; ++q) {
-        const __m512 b = _mm512_set1_ps(in[(long)q * cin + ci]);
-#pragma GCC unroll 3
-        for (int dx = 0; dx < 3; ++dx) {
-          const int p = q - dx;
-          if (p >= 0 && p < P) {
-#pragma GCC unroll 8
-            for (int v = 0; v < CV; ++v) acc[p][v] = _mm512_fmadd_ps(b, wv[dx][v], acc[p][v]);
-          }
-        }
-      }
-    }
-  }
-  store_tile(acc, out, cout);
-}
-
 // One output row: blocks of P pixels, the rest in blocks of 4, 2 and 1.
 template <int P, int CV>
 void row(const float* pad, int pad_w, int width, const float* wpk, float* out) {
   constexpr int cout = CV * 16, cin = cout;
   int x = 0;
-  for (; x + P <= width; x += P) block<P, CV>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
-  for (; x + 4 <= width; x += 4) block<4, CV>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
-  for (; x + 2 <= width; x += 2) block<2, CV>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
-  for (; x < width; ++x) block<1, CV>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
+  for (; x + P <= width; x += P) block<P, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
+  for (; x + 4 <= width; x += 4) block<4, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
+  for (; x + 2 <= width; x += 2) block<2, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
+  for (; x < width; ++x) block<1, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
 }
 
 template <int P, int CV>

@@ -6,7 +6,8 @@
 //
 // Forward: each image is copied into a zero-bordered buffer; output pixel p of a row reads padded
 // columns 2p, 2p + 1, 2p + 2, so an even column feeds two output pixels (taps 0 and 2) and an odd
-// one feeds one (tap 1): each value is broadcast once for all of them.
+// one feeds one (tap 1): each value is broadcast once for all of them (`block`, which the stride-1
+// rows of conv_direct.cpp share).
 // Input gradient, by output parity ("polyphase"): dx[2m + s][2n + t] collects dy[m + oi][n + oj]
 // through the taps that reach it, one for an even row (oi 0, tap 1), two for an odd one (oi 0,
 // tap 2; oi 1, tap 0), the same for columns: four small convolutions of dy, nine taps in all,
@@ -41,10 +42,13 @@ inline void copy_padded(const float* src, float* pad, int h, int w, int c) {
     std::copy(src + (long)r * w * c, src + (long)(r + 1) * w * c, pad + ((long)(r + 1) * (w + 2) + 1) * c);
 }
 
-// P output pixels x CV vectors of 16 output channels, CIN input channels; pad points at the padded
-// row and column of the block's first tap.
-template <int P, int CV, int CIN>
-inline void block_s2(const float* pad, int pad_w, const float* wpk, float* out) {
+// P output pixels x CV vectors of 16 output channels from CIN input channels at stride S, the
+// forward kernel of both strides (conv_direct.cpp's rows at stride 1); pad points at the padded
+// row and column of the block's first tap. Padded column q feeds output pixel p through tap
+// dx = q - S * p: each input value is broadcast once for every tap that reads it (three at stride
+// 1; at stride 2, two for an even column, one for an odd one). The conditions are compile-time.
+template <int P, int CV, int CIN, int S>
+inline void block(const float* pad, int pad_w, const float* wpk, float* out) {
   constexpr int cout = CV * 16;
   __m512 acc[P][CV];
   zero_tile(acc);
@@ -58,12 +62,12 @@ inline void block_s2(const float* pad, int pad_w, const float* wpk, float* out) 
 #pragma GCC unroll 8
         for (int v = 0; v < CV; ++v) wv[dx][v] = _mm512_loadu_ps(w + ((long)dx * CIN + ci) * cout + v * 16);
 #pragma GCC unroll 64
-      for (int q = 0; q < 2 * P + 1; ++q) {  // padded column 2p + dx
+      for (int q = 0; q < S * (P - 1) + 3; ++q) {
         const __m512 b = _mm512_set1_ps(in[(long)q * CIN + ci]);
 #pragma GCC unroll 3
         for (int dx = 0; dx < 3; ++dx) {
-          const int p = (q - dx) / 2;
-          if ((q - dx) % 2 == 0 && q >= dx && p < P) {
+          const int p = (q - dx) / S;
+          if (q >= dx && (q - dx) % S == 0 && p < P) {
 #pragma GCC unroll 8
             for (int v = 0; v < CV; ++v) acc[p][v] = _mm512_fmadd_ps(b, wv[dx][v], acc[p][v]);
           }
@@ -88,9 +92,9 @@ void convolve_s2(const float* x, const float* wpk, float* y, long n, int h, int 
         const float* rows = pad.data() + (long)2 * r * pad_w * CIN;
         float* out = y + i * image_out + (long)r * wo * cout;
         int c = 0;
-        for (; c + P <= wo; c += P) block_s2<P, CV, CIN>(rows + 2L * c * CIN, pad_w, wpk, out + (long)c * cout);
-        for (; c + 2 <= wo; c += 2) block_s2<2, CV, CIN>(rows + 2L * c * CIN, pad_w, wpk, out + (long)c * cout);
-        for (; c < wo; ++c) block_s2<1, CV, CIN>(rows + 2L * c * CIN, pad_w, wpk, out + (long)c * cout);
+        for (; c + P <= wo; c += P) block<P, CV, CIN, 2>(rows + 2L * c * CIN, pad_w, wpk, out + (long)c * cout);
+        for (; c + 2 <= wo; c += 2) block<2, CV, CIN, 2>(rows + 2L * c * CIN, pad_w, wpk, out + (long)c * cout);
+        for (; c < wo; ++c) block<1, CV, CIN, 2>(rows + 2L * c * CIN, pad_w, wpk, out + (long)c * cout);
       }
     }
   });
