@@ -22,8 +22,9 @@ It is a module choice like the fused batch-norm, and the same switch (train.fuse
 training nn.Conv2d itself (not a subclass, whose forward may differ: QAT, weight standardisation)
 3x3, padding 1, no bias, at stride 1 as many channels out as in, of a width in WIDTHS, at stride 2
 channels in and out as in STRIDED and even sides, fp32 weights on an fp32 channels_last CPU tensor
-outside autocast, without hooks, on a CPU where `kernel_kind` names it. Everything else, an FX trace included, calls the module itself. Its backward is
-once-differentiable: a second-order gradient needs the route off (train.fused_bn false).
+outside autocast, without hooks, on a CPU where `kernel_kind` names it. Everything else, an FX
+trace included, calls the module itself. Its backward is once-differentiable: a second-order
+gradient needs the route off (train.fused_bn false).
 The kernels sum in fp32 as oneDNN does, in another order: results agree to about 1e-6 relative
 (tests/test_conv_direct.py). Each forward and input-gradient thread writes whole images, and the
 weight gradient adds the threads' sums in a fixed order, so a run is repeatable bit for bit at a

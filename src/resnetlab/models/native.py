@@ -41,7 +41,8 @@ class NativeKernels:
         """The build's name: the prefix and a hash of the source, its headers and this CPU's flags."""
         from resnetlab.cpu import cpu_flags
 
-        return f"{self.prefix}_{hashlib.sha256((source_text(self.source) + ' '.join(sorted(cpu_flags()))).encode()).hexdigest()[:12]}"
+        key = hashlib.sha256((source_text(self.source) + " ".join(sorted(cpu_flags()))).encode()).hexdigest()[:12]
+        return f"{self.prefix}_{key}"
 
     def _build(self):
         from torch.utils import cpp_extension
