@@ -18,12 +18,17 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
                against oneDNN's (benchmarks/direct_conv_layers.py); fp32 only
     direct-s2  the same with only its stride-2 convolutions switched (the stride-1 ones take the
                kernels in both arms)
+    shortcut   a basic block's first convolution and its parameter-free shortcut as one node of the
+               direct kernels, the shortcut's gradient added inside the input-gradient kernel
+               (conv_direct.conv3x3_direct_and_shortcut), against the same kernels with autograd
+               adding the two gradients (and option A's zero-filled one) afterwards; fp32 only
 
     python benchmarks/route_ab.py --route strided --rounds 12 --json benchmarks/results/amx_xeon/strided_ab_resnet50.json
     python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amd_epyc_avx512/pair_ab_resnet50.json
     python benchmarks/route_ab.py --route wgrad --model resnet20 --batch 256 --size 32 --rounds 12
     python benchmarks/route_ab.py --route direct --model resnet20 --batch 128 --size 32 --rounds 20
     python benchmarks/route_ab.py --route direct-s2 --model resnet20 --batch 128 --size 32 --rounds 30
+    python benchmarks/route_ab.py --route shortcut --model resnet20 --batch 128 --size 32 --rounds 30
 """
 import argparse
 import copy
@@ -44,31 +49,36 @@ from resnetlab.models import blocks, conv_direct, conv_wgrad, create_model
 from resnetlab.models.conv_direct import conv3x3_direct
 from resnetlab.models.fused_bn import bn_relu
 
-# Each route's function in models/blocks.py and what stands for it when the route is off.
+# Each route's functions in models/blocks.py and what stands for each when the route is off.
+SEPARATE_SHORTCUT = ("conv3x3_direct_and_shortcut", lambda conv, x, cout: (blocks.conv3x3_direct(conv, x), None))
 OFF = {
-    "strided": ("strided_conv", lambda conv, x: conv(x)),
-    "pointwise": ("pointwise", lambda conv, x: conv(x)),
-    "pair": ("bn_relu_projected", lambda bn, x, relu, shortcut_bn, shortcut, fused=False:
-             bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused)),
-    "wgrad": ("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x)),
-    "direct": ("conv3x3_direct", lambda conv, x: conv(x)),
-    "direct-s2": ("conv3x3_direct", lambda conv, x: conv(x) if conv.stride != (1, 1) else conv3x3_direct(conv, x)),
+    "strided": [("strided_conv", lambda conv, x: conv(x))],
+    "pointwise": [("pointwise", lambda conv, x: conv(x))],
+    "pair": [("bn_relu_projected", lambda bn, x, relu, shortcut_bn, shortcut, fused=False:
+              bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused))],
+    "wgrad": [("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x))],
+    "direct": [("conv3x3_direct", lambda conv, x: conv(x)), SEPARATE_SHORTCUT],
+    "direct-s2": [("conv3x3_direct", lambda conv, x: conv(x) if conv.stride != (1, 1) else conv3x3_direct(conv, x)),
+                  SEPARATE_SHORTCUT],
+    "shortcut": [SEPARATE_SHORTCUT],
 }
 # The routes of resnetlab's own kernels: the precision each runs in, and its module.
-KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "direct": ("fp32", conv_direct), "direct-s2": ("fp32", conv_direct)}
+KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "direct": ("fp32", conv_direct), "direct-s2": ("fp32", conv_direct),
+                 "shortcut": ("fp32", conv_direct)}
 
 
 @contextmanager
 def route(name: str, on: bool):
-    """The route's function in models/blocks.py, or (off) the plain path it replaces."""
-    attribute, off = OFF[name]
-    kept = getattr(blocks, attribute)
+    """The route's functions in models/blocks.py, or (off) the plain paths they replace."""
+    kept = {attribute: getattr(blocks, attribute) for attribute, _ in OFF[name]}
     if not on:
-        setattr(blocks, attribute, off)
+        for attribute, off in OFF[name]:
+            setattr(blocks, attribute, off)
     try:
         yield
     finally:
-        setattr(blocks, attribute, kept)
+        for attribute, function in kept.items():
+            setattr(blocks, attribute, function)
 
 
 def main():

@@ -52,21 +52,32 @@ class DirectStandIn:
 
     def __init__(self):
         self.calls = 0
+        self.adds = 0  # calls that added a shortcut's gradient
 
-    def conv3x3(self, x, weights, stride=1):
+    def conv3x3(self, x, weights, stride=1, add=None):
         assert x.dtype == weights.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
         assert weights.shape[:2] == (9, x.shape[1]) and weights.is_contiguous()
         assert weights.shape[2] == x.shape[1] * stride  # C -> C at stride 1, C -> 2C at stride 2
         self.calls += 1
         weight = unpacked(weights).contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, weight, None, stride, 1).contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, weight, None, stride, 1).contiguous(memory_format=torch.channels_last)
+        if add is not None:
+            assert stride == 1 and add.shape == y.shape and add.is_contiguous(memory_format=torch.channels_last)
+            self.adds += 1
+            y += add
+        return y
 
-    def conv3x3_input_grad_s2(self, dy, weights):  # weights (9, K, C): per tap, output channel k's row of inputs
+    def conv3x3_input_grad_s2(self, dy, weights, shortcut_grad=None):  # weights (9, K, C): per tap, output channel k's row of inputs
         assert dy.dtype == weights.dtype == torch.float32 and dy.is_contiguous(memory_format=torch.channels_last)
         assert weights.shape[:2] == (9, dy.shape[1]) and weights.is_contiguous()
         self.calls += 1
         weight = weights.reshape(3, 3, *weights.shape[1:]).permute(2, 3, 0, 1)
-        return input_grad_reference(dy, weight, 2).contiguous(memory_format=torch.channels_last)
+        dx = input_grad_reference(dy, weight, 2).contiguous(memory_format=torch.channels_last)
+        if shortcut_grad is not None:  # option A's shortcut: x's channels at its even pixels
+            assert shortcut_grad.shape == dy.shape and shortcut_grad.is_contiguous(memory_format=torch.channels_last)
+            self.adds += 1
+            dx[:, :, ::2, ::2] += shortcut_grad[:, :dx.shape[1]]
+        return dx
 
     def conv3x3_weight_grad(self, x, dy, stride=1):
         assert x.dtype == dy.dtype == torch.float32
@@ -91,6 +102,13 @@ def assert_step_matches_plain_twin(net: nn.Module, x: torch.Tensor, route: str, 
     for (name, p), q in zip(net.named_parameters(), twin.parameters()):
         scale = q.grad.abs().max().item()
         assert (p.grad - q.grad).abs().max().item() <= 3e-2 * scale, name
+
+
+def without_direct_kernels(monkeypatch) -> None:
+    """blocks' direct-kernel routes replaced by the modules: every convolution by itself, and the
+    shortcut made and its gradient added by autograd, as without the kernels."""
+    monkeypatch.setattr(blocks, "conv3x3_direct", lambda conv, t: conv(t))
+    monkeypatch.setattr(blocks, "conv3x3_direct_and_shortcut", lambda conv, t, cout: (conv(t), None))
 
 
 needs_direct_kernel = pytest.mark.skipif(not conv_direct.available(),

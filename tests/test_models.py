@@ -212,7 +212,7 @@ def test_option_a_shortcut_pads_zeros_and_subsamples():
 @pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
 def test_option_a_shortcut_gradient_keeps_the_inputs_memory_format(memory_format):
     """Its gradient meets the block's first convolution's in one addition: in different layouts
-    that addition ran 12x slower (models/blocks._SubsamplePad)."""
+    that addition ran 12x slower (models/shortcuts._SubsamplePad)."""
     shortcut = create_model("resnet20").train().layer3[0].downsample
     x = torch.randn(3, 32, 6, 6).contiguous(memory_format=memory_format).requires_grad_()
     dy = torch.randn(3, 64, 3, 3)

@@ -9,22 +9,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from . import conv_direct
-from .conv_direct import conv3x3_direct
+from .conv_direct import conv3x3_direct, conv3x3_direct_and_shortcut
 from .conv_wgrad import conv3x3_own_wgrad
 from .fused_bn import bn_relu, bn_relu_projected
 from .routes import hooked
+from .shortcuts import ZeroPadShortcut, conv1x1, make_shortcut
 from .strided_conv import strided_conv
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-
-
-def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
 
 def convolve(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool = False) -> torch.Tensor:
@@ -65,78 +61,6 @@ def conv1x1_as_matmul(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1)).permute(0, 3, 1, 2)
 
 
-def subsample_pad(x: torch.Tensor, stride: int, cin: int, cout: int) -> torch.Tensor:
-    """Every stride-th pixel of x (cin channels), its channels zero-padded at the end up to cout.
-    The channel counts are plain ints, so an FX trace (x a Proxy) records the same ops."""
-    if stride > 1:
-        x = x[:, :, ::stride, ::stride]
-    if cout > cin:  # pad channels at the end: (W-left, W-right, H-top, H-bottom, C-front, C-back)
-        x = F.pad(x, (0, 0, 0, 0, 0, cout - cin))
-    return x
-
-
-class _SubsamplePad(torch.autograd.Function):
-    """subsample_pad whose gradient has x's memory format. Autograd's own backward of the strided
-    slice makes an NCHW gradient; adding that to the channels_last gradient of the block's first
-    convolution (autograd sums the two paths into x) ran 12x slower than a same-layout addition,
-    and with a copy back to channels_last it cost 8% of a bf16 ResNet-20 step (issue 18)."""
-
-    @staticmethod
-    def forward(ctx, x, stride: int, cout: int):
-        ctx.layout = (x.shape, x.stride(), x.dtype, x.device)
-        ctx.stride = stride
-        return subsample_pad(x, stride, x.shape[1], cout)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        shape, strides, dtype, device = ctx.layout
-        dx = torch.empty_strided(shape, strides, dtype=dtype, device=device).zero_()
-        dx[:, :, ::ctx.stride, ::ctx.stride] = dy[:, :shape[1]]
-        return dx, None, None
-
-
-class ZeroPadShortcut(nn.Module):
-    """Option A (Sec. 3.3): identity with stride-2 subsampling and zero-padded extra channels.
-
-    It has no parameters, which is why the paper's CIFAR nets have exactly 0.27M ... 19.4M.
-    """
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.cin, self.cout, self.stride = cin, cout, stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.training and isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()
-                and not torch.jit.is_tracing()):
-            return _SubsamplePad.apply(x, self.stride, self.cout)
-        # the same ops, as inference, an FX trace (x a Proxy) or a TorchScript trace sees them
-        return subsample_pad(x, self.stride, self.cin, self.cout)
-
-    def extra_repr(self) -> str:
-        return f"{self.cin}->{self.cout}, stride={self.stride}"
-
-
-def make_shortcut(option: str, cin: int, cout: int, stride: int, preact: bool = False) -> nn.Module | None:
-    """The shortcut of one block, or None for the plain identity.
-
-    A: parameter-free identity (zero padding where the shape changes).
-    B: 1x1 projection (+BN) only where the shape changes, identity elsewhere.
-    C: projection on every shortcut.
-    Pre-activation blocks project the already normalised input, so their projection has no BN.
-    """
-    changes = stride != 1 or cin != cout
-    if option == "A":
-        return ZeroPadShortcut(cin, cout, stride) if changes else None
-    if option == "C" or (option == "B" and changes):
-        if preact:
-            return nn.Sequential(conv1x1(cin, cout, stride))
-        return nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
-    if option == "B":
-        return None
-    raise ValueError(f"shortcut option must be 'A', 'B' or 'C', got {option!r}")
-
-
 class Block(nn.Module):
     """What every block shares: the switch to resnetlab's own CPU training kernels, fused batch-norm
     + ReLU, in bf16 on AMX or Zen 4 the 3x3 convolutions' weight gradients, in fp32 on the other
@@ -166,15 +90,28 @@ class Block(nn.Module):
             out = layer(out)
         return out
 
-    def finish(self, bn: nn.BatchNorm2d, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """relu(bn(out) + shortcut(x)), a post-activation block's end. With a projection shortcut
-        (1x1 conv + BN) in fused training, the projection's batch-norm joins the block's in one
-        kernel pair (fused_bn.bn_relu_projected); a hooked shortcut runs as the module."""
+    def conv1_and_shortcut(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(conv1(x), the shortcut of x or None for `finish` to make it): one call of the direct
+        kernels for both where conv1 takes them and the shortcut is parameter-free (identity, or
+        option A unhooked), so that the shortcut's gradient joins conv1's input gradient inside the
+        kernel (conv_direct.conv3x3_direct_and_shortcut); else conv1 by its route."""
+        ds = self.downsample
+        if (self.fused_bn and self.residual and (ds is None or (type(ds) is ZeroPadShortcut and not hooked(ds)))
+                and conv_direct.applies(self.conv1, x)):
+            return conv3x3_direct_and_shortcut(self.conv1, x, self.conv1.out_channels)
+        return convolve(self.conv1, x, self.fused_bn), None
+
+    def finish(self, bn: nn.BatchNorm2d, out: torch.Tensor, x: torch.Tensor,
+               shortcut: torch.Tensor | None = None) -> torch.Tensor:
+        """relu(bn(out) + shortcut(x)) (the shortcut given, or made here), a post-activation block's
+        end. With a projection shortcut (1x1 conv + BN) in fused training, the projection's batch-norm
+        joins the block's in one kernel pair (fused_bn.bn_relu_projected); a hooked shortcut runs as
+        the module."""
         ds = self.downsample
         if (self.fused_bn and self.residual and isinstance(ds, nn.Sequential) and len(ds) == 2
                 and isinstance(ds[1], nn.BatchNorm2d) and not hooked(ds)):
             return bn_relu_projected(bn, out, self.relu, ds[1], strided_conv(ds[0], x), fused=True)
-        return bn_relu(bn, out, self.relu, self.shortcut(x), fused=self.fused_bn)
+        return bn_relu(bn, out, self.relu, self.shortcut(x) if shortcut is None else shortcut, fused=self.fused_bn)
 
 
 class BasicBlock(Block):
@@ -198,8 +135,9 @@ class BasicBlock(Block):
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = bn_relu(self.bn1, convolve(self.conv1, x, self.fused_bn), self.relu, fused=self.fused_bn)
-        return self.finish(self.bn2, convolve(self.conv2, out, self.fused_bn), x)
+        out, shortcut = self.conv1_and_shortcut(x)
+        out = bn_relu(self.bn1, out, self.relu, fused=self.fused_bn)
+        return self.finish(self.bn2, convolve(self.conv2, out, self.fused_bn), x, shortcut)
 
 
 class Bottleneck(Block):

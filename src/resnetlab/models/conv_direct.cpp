@@ -29,19 +29,22 @@
 
 namespace {
 
-// One output row: blocks of P pixels, the rest in blocks of 4, 2 and 1.
+// One output row: blocks of P pixels, the rest in blocks of 4, 2 and 1; `add` (or nullptr): the
+// row of a tensor of the output's shape added to it as it is written.
 template <int P, int CV>
-void row(const float* pad, int pad_w, int width, const float* wpk, float* out) {
+void row(const float* pad, int pad_w, int width, const float* wpk, float* out, const float* add) {
   constexpr int cout = CV * 16, cin = cout;
+  auto at = [&](int x) { return add != nullptr ? add + (long)x * cout : nullptr; };
   int x = 0;
-  for (; x + P <= width; x += P) block<P, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
-  for (; x + 4 <= width; x += 4) block<4, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
-  for (; x + 2 <= width; x += 2) block<2, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
-  for (; x < width; ++x) block<1, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout);
+  for (; x + P <= width; x += P) block<P, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout, at(x));
+  for (; x + 4 <= width; x += 4) block<4, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout, at(x));
+  for (; x + 2 <= width; x += 2) block<2, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout, at(x));
+  for (; x < width; ++x) block<1, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout, at(x));
 }
 
+// y = conv(x) (+ add, a tensor of y's shape, where given).
 template <int P, int CV>
-void convolve(const float* x, const float* wpk, float* y, long n, int h, int w) {
+void convolve(const float* x, const float* wpk, float* y, long n, int h, int w, const float* add) {
   constexpr int cin = CV * 16;
   const int pad_w = w + 2;
   const long image_in = (long)h * w * cin, image_out = (long)h * w * CV * 16, row_in = (long)w * cin;
@@ -60,7 +63,9 @@ void convolve(const float* x, const float* wpk, float* y, long n, int h, int w) 
         const float* ahead = r + 2 < h ? src + (r + 2) * row_in : (i + 1 < end ? src + image_in : nullptr);
         if (ahead != nullptr)
           for (long b = 0; b < row_in; b += 16) _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
-        row<P, CV>(pad.data() + (long)r * pad_w * cin, pad_w, w, wpk, dst + (long)r * w * CV * 16);
+        const long at = i * image_out + (long)r * w * CV * 16;
+        row<P, CV>(pad.data() + (long)r * pad_w * cin, pad_w, w, wpk, dst + (long)r * w * CV * 16,
+                   add != nullptr ? add + at : nullptr);
       }
     }
   });
@@ -169,9 +174,20 @@ static void check_stride2(const char* what, int cin, int cout, int h, int w) {
   TORCH_CHECK(h % 2 == 0 && w % 2 == 0, what, ": at stride 2 height and width must be even, got ", h, "x", w);
 }
 
+// A tensor added to a kernel's result as it is written: fp32, channels_last, the result's shape.
+static const float* addend_of(const c10::optional<torch::Tensor>& add, const torch::Tensor& like, const char* what) {
+  if (!add.has_value()) return nullptr;
+  TORCH_CHECK(add->is_cpu() && add->scalar_type() == torch::kFloat && add->sizes() == like.sizes() &&
+              add->is_contiguous(at::MemoryFormat::ChannelsLast), what, ": the tensor to add must be an fp32 "
+              "channels_last CPU tensor of shape ", like.sizes(), ", got ", add->sizes());
+  return add->data_ptr<float>();
+}
+
 // x: (N, C, H, W) channels_last fp32; packed: (9, C, K) fp32, [tap][in][out] (conv_direct.packed);
 // -> (N, K, H / stride, W / stride) channels_last. Stride 1: C = K; stride 2: see check_stride2.
-torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed, int64_t stride) {
+// add (stride 1 only): a tensor of the result's shape added to it as it is written.
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed, int64_t stride,
+                      const c10::optional<torch::Tensor>& add) {
   check_fp32_channels_last("conv3x3", x, packed);
   TORCH_CHECK(packed.dim() == 3 && packed.size(0) == 9 && packed.size(1) == x.size(1),
               "conv3x3: packed weights must be (9, Cin, Cout)");
@@ -186,15 +202,17 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed, int64
     check_stride2("conv3x3", cin, cout, h, w);
   }
   auto y = torch::empty({n, cout, h / stride, w / stride}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  TORCH_CHECK(stride == 1 || !add.has_value(), "conv3x3: adds a tensor at stride 1 only");
+  const float* ap = addend_of(add, y, "conv3x3");
   if (y.numel() == 0) return y;  // no pixels: nothing to read (the row copies assume at least one)
   const float* xp = x.data_ptr<float>();
   const float* wp = packed.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   switch (stride * 100 + cout) {
-    case 116: convolve<16, 1>(xp, wp, yp, n, h, w); break;
-    case 132: convolve<8, 2>(xp, wp, yp, n, h, w); break;
-    case 148: convolve<4, 3>(xp, wp, yp, n, h, w); break;
-    case 164: convolve<4, 4>(xp, wp, yp, n, h, w); break;
+    case 116: convolve<16, 1>(xp, wp, yp, n, h, w, ap); break;
+    case 132: convolve<8, 2>(xp, wp, yp, n, h, w, ap); break;
+    case 148: convolve<4, 3>(xp, wp, yp, n, h, w, ap); break;
+    case 164: convolve<4, 4>(xp, wp, yp, n, h, w, ap); break;
     case 232: convolve_s2<8, 2, 16>(xp, wp, yp, n, h, w); break;
     case 264: convolve_s2<4, 4, 32>(xp, wp, yp, n, h, w); break;
   }
@@ -202,8 +220,11 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed, int64
 }
 
 // dy: (N, K, H/2, W/2) channels_last fp32, weights: (9, K, C) fp32 ([tap][out][in],
-// conv_direct.packed_for_strided_input_grad) -> dx (N, C, H, W) channels_last of a stride-2 conv3x3.
-torch::Tensor conv3x3_input_grad_s2(const torch::Tensor& dy, const torch::Tensor& weights) {
+// conv_direct.packed_for_strided_input_grad) -> dx (N, C, H, W) channels_last of a stride-2 conv3x3;
+// shortcut_grad (dy's shape): the gradient of option A's shortcut from the same x, whose first C
+// channels are added at dx's even pixels.
+torch::Tensor conv3x3_input_grad_s2(const torch::Tensor& dy, const torch::Tensor& weights,
+                                    const c10::optional<torch::Tensor>& shortcut_grad) {
   check_fp32_channels_last("conv3x3_input_grad_s2", dy, weights);
   TORCH_CHECK(weights.dim() == 3 && weights.size(0) == 9 && weights.size(1) == dy.size(1),
               "conv3x3_input_grad_s2: weights must be (9, K, C)");
@@ -211,9 +232,10 @@ torch::Tensor conv3x3_input_grad_s2(const torch::Tensor& dy, const torch::Tensor
   const int k = dy.size(1), c = weights.size(2), h = 2 * dy.size(2), w = 2 * dy.size(3);
   check_stride2("conv3x3_input_grad_s2", c, k, h, w);
   auto dx = torch::empty({n, c, h, w}, dy.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const float* sp = addend_of(shortcut_grad, dy, "conv3x3_input_grad_s2");
   if (dx.numel() == 0) return dx;
-  if (c == 16) input_grad_s2<8, 1>(dy.data_ptr<float>(), weights.data_ptr<float>(), dx.data_ptr<float>(), n, h, w, k);
-  else input_grad_s2<8, 2>(dy.data_ptr<float>(), weights.data_ptr<float>(), dx.data_ptr<float>(), n, h, w, k);
+  if (c == 16) input_grad_s2<8, 1>(dy.data_ptr<float>(), weights.data_ptr<float>(), dx.data_ptr<float>(), n, h, w, k, sp);
+  else input_grad_s2<8, 2>(dy.data_ptr<float>(), weights.data_ptr<float>(), dx.data_ptr<float>(), n, h, w, k, sp);
   return dx;
 }
 
@@ -244,10 +266,10 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& d
 
 constexpr bool kBuilt = true;
 #else
-torch::Tensor conv3x3(const torch::Tensor&, const torch::Tensor&, int64_t) {
+torch::Tensor conv3x3(const torch::Tensor&, const torch::Tensor&, int64_t, const c10::optional<torch::Tensor>&) {
   TORCH_CHECK(false, "conv3x3: built without AVX-512");
 }
-torch::Tensor conv3x3_input_grad_s2(const torch::Tensor&, const torch::Tensor&) {
+torch::Tensor conv3x3_input_grad_s2(const torch::Tensor&, const torch::Tensor&, const c10::optional<torch::Tensor>&) {
   TORCH_CHECK(false, "conv3x3_input_grad_s2: built without AVX-512");
 }
 torch::Tensor conv3x3_weight_grad(const torch::Tensor&, const torch::Tensor&, int64_t) {
@@ -258,8 +280,9 @@ constexpr bool kBuilt = false;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv3x3", &conv3x3, "3x3 padding-1 convolution, stride 1 or 2, fp32 channels_last, packed weights",
-        py::arg("x"), py::arg("packed"), py::arg("stride") = 1);
-  m.def("conv3x3_input_grad_s2", &conv3x3_input_grad_s2, "the input gradient of a stride-2 conv3x3");
+        py::arg("x"), py::arg("packed"), py::arg("stride") = 1, py::arg("add") = py::none());
+  m.def("conv3x3_input_grad_s2", &conv3x3_input_grad_s2, "the input gradient of a stride-2 conv3x3",
+        py::arg("dy"), py::arg("weights"), py::arg("shortcut_grad") = py::none());
   m.def("conv3x3_weight_grad", &conv3x3_weight_grad, "its weight gradient, fp32 channels_last x and dy",
         py::arg("x"), py::arg("dy"), py::arg("stride") = 1);
   m.attr("built") = kBuilt;

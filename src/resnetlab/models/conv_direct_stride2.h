@@ -18,7 +18,9 @@
 namespace {
 
 // A tile of P pixels x CV vectors of 16 channels in zmm registers: zeroed, and stored to pixels
-// `stride` floats apart.
+// `stride` floats apart, where `add` is given with the values there (pixels `add_stride` apart)
+// added: a block's shortcut gradient joins its input gradient as the kernel writes it, instead of
+// a separate addition (and, at stride 2, a zero-filled gradient) over the whole tensor.
 template <int P, int CV>
 inline void zero_tile(__m512 (&acc)[P][CV]) {
 #pragma GCC unroll 64
@@ -28,7 +30,16 @@ inline void zero_tile(__m512 (&acc)[P][CV]) {
 }
 
 template <int P, int CV>
-inline void store_tile(const __m512 (&acc)[P][CV], float* out, long stride) {
+inline void store_tile(const __m512 (&acc)[P][CV], float* out, long stride, const float* add = nullptr,
+                       long add_stride = 0) {
+  if (add != nullptr) {
+#pragma GCC unroll 64
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 8
+      for (int v = 0; v < CV; ++v)
+        _mm512_storeu_ps(out + p * stride + v * 16, _mm512_add_ps(acc[p][v], _mm512_loadu_ps(add + p * add_stride + v * 16)));
+    return;
+  }
 #pragma GCC unroll 64
   for (int p = 0; p < P; ++p)
 #pragma GCC unroll 8
@@ -47,8 +58,9 @@ inline void copy_padded(const float* src, float* pad, int h, int w, int c) {
 // row and column of the block's first tap. Padded column q feeds output pixel p through tap
 // dx = q - S * p: each input value is broadcast once for every tap that reads it (three at stride
 // 1; at stride 2, two for an even column, one for an odd one). The conditions are compile-time.
+// `add` (or nullptr): values of the output's layout added to the block's (store_tile).
 template <int P, int CV, int CIN, int S>
-inline void block(const float* pad, int pad_w, const float* wpk, float* out) {
+inline void block(const float* pad, int pad_w, const float* wpk, float* out, const float* add = nullptr) {
   constexpr int cout = CV * 16;
   __m512 acc[P][CV];
   zero_tile(acc);
@@ -75,7 +87,7 @@ inline void block(const float* pad, int pad_w, const float* wpk, float* out) {
       }
     }
   }
-  store_tile(acc, out, cout);
+  store_tile(acc, out, cout, add, cout);
 }
 
 // x (n, h, w, CIN) -> y (n, h/2, w/2, CV*16); h and w even.
@@ -103,10 +115,11 @@ void convolve_s2(const float* x, const float* wpk, float* y, long n, int h, int 
 // One parity (S, T) of the input gradient for P pixels of dx row 2m + S (columns 2n + T, n from the
 // block's start), CV vectors of 16 input channels, K output channels. dpad points at dy[m][n] in a
 // copy of dy with a zero row and column after its last; wpk is (9, K, C): per tap, per output
-// channel, the row of input channels it reaches.
+// channel, the row of input channels it reaches. `add`: the gradient of option A's shortcut at
+// (m, n) (pixels K floats apart; its first C channels are x's at (2m, 2n)), for parity (0, 0) only.
 template <int P, int CV, int S, int T>
 inline void input_grad_phase(const float* dpad, int dpad_w, int k_channels, const float* wpk, float* out,
-                             int out_pixel_stride) {
+                             int out_pixel_stride, const float* add = nullptr) {
   constexpr int c = CV * 16, taps_r = S + 1, taps_c = T + 1;
   // (offset into dy, kernel tap) per row and per column: even -> (0, 1); odd -> (0, 2), (1, 0)
   constexpr int off_r[2] = {0, 1}, tap_r[2][2] = {{1, 1}, {2, 0}}, tap_c[2][2] = {{1, 1}, {2, 0}};
@@ -136,24 +149,32 @@ inline void input_grad_phase(const float* dpad, int dpad_w, int k_channels, cons
       }
     }
   }
-  store_tile(acc, out, out_pixel_stride);
+  store_tile(acc, out, out_pixel_stride, add, k_channels);
 }
 
+// `add`: the shortcut gradient's row m (or nullptr), added at parity (0, 0).
 template <int P, int CV, int S, int T>
-void input_grad_row(const float* dpad, int dpad_w, int wo, int k_channels, const float* wpk, float* out) {
+void input_grad_row(const float* dpad, int dpad_w, int wo, int k_channels, const float* wpk, float* out,
+                    const float* add) {
   constexpr int c = CV * 16;
+  auto at = [&](int n) { return S == 0 && T == 0 && add != nullptr ? add + (long)n * k_channels : nullptr; };
   int n = 0;  // dx column 2n + T: pixels 2 apart
   for (; n + P <= wo; n += P)
-    input_grad_phase<P, CV, S, T>(dpad + (long)n * k_channels, dpad_w, k_channels, wpk, out + (2L * n + T) * c, 2 * c);
+    input_grad_phase<P, CV, S, T>(dpad + (long)n * k_channels, dpad_w, k_channels, wpk, out + (2L * n + T) * c, 2 * c,
+                                  at(n));
   for (; n + 2 <= wo; n += 2)
-    input_grad_phase<2, CV, S, T>(dpad + (long)n * k_channels, dpad_w, k_channels, wpk, out + (2L * n + T) * c, 2 * c);
+    input_grad_phase<2, CV, S, T>(dpad + (long)n * k_channels, dpad_w, k_channels, wpk, out + (2L * n + T) * c, 2 * c,
+                                  at(n));
   for (; n < wo; ++n)
-    input_grad_phase<1, CV, S, T>(dpad + (long)n * k_channels, dpad_w, k_channels, wpk, out + (2L * n + T) * c, 2 * c);
+    input_grad_phase<1, CV, S, T>(dpad + (long)n * k_channels, dpad_w, k_channels, wpk, out + (2L * n + T) * c, 2 * c,
+                                  at(n));
 }
 
-// dy (n, h/2, w/2, K) -> dx (n, h, w, CV*16), weights (9, K, C).
+// dy (n, h/2, w/2, K) -> dx (n, h, w, CV*16), weights (9, K, C); plus, where shortcut_grad (dy's
+// shape) is given, the gradient of option A's shortcut: its first C channels at dx's even pixels.
 template <int P, int CV>
-void input_grad_s2(const float* dy, const float* wpk, float* dx, long n, int h, int w, int k_channels) {
+void input_grad_s2(const float* dy, const float* wpk, float* dx, long n, int h, int w, int k_channels,
+                   const float* shortcut_grad) {
   constexpr int c = CV * 16;
   const int ho = h / 2, wo = w / 2, dpad_w = wo + 1;
   const long image_in = (long)ho * wo * k_channels, image_out = (long)h * w * c;
@@ -167,12 +188,13 @@ void input_grad_s2(const float* dy, const float* wpk, float* dx, long n, int h, 
                   dpad.data() + (long)r * dpad_w * k_channels);
       for (int m = 0; m < ho; ++m) {
         const float* rows = dpad.data() + (long)m * dpad_w * k_channels;
+        const float* add = shortcut_grad != nullptr ? shortcut_grad + i * image_in + (long)m * wo * k_channels : nullptr;
         float* even = dx + i * image_out + (2L * m) * w * c;
         float* odd = even + (long)w * c;
-        input_grad_row<P, CV, 0, 0>(rows, dpad_w, wo, k_channels, wpk, even);
-        input_grad_row<P, CV, 0, 1>(rows, dpad_w, wo, k_channels, wpk, even);
-        input_grad_row<P, CV, 1, 0>(rows, dpad_w, wo, k_channels, wpk, odd);
-        input_grad_row<P, CV, 1, 1>(rows, dpad_w, wo, k_channels, wpk, odd);
+        input_grad_row<P, CV, 0, 0>(rows, dpad_w, wo, k_channels, wpk, even, add);
+        input_grad_row<P, CV, 0, 1>(rows, dpad_w, wo, k_channels, wpk, even, nullptr);
+        input_grad_row<P, CV, 1, 0>(rows, dpad_w, wo, k_channels, wpk, odd, nullptr);
+        input_grad_row<P, CV, 1, 1>(rows, dpad_w, wo, k_channels, wpk, odd, nullptr);
       }
     }
   });

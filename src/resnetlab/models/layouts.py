@@ -24,7 +24,8 @@ from torch import nn
 
 from resnetlab.errors import UserError
 
-from .blocks import BasicBlock, Bottleneck, ZeroPadShortcut
+from .blocks import BasicBlock, Bottleneck
+from .shortcuts import ZeroPadShortcut
 
 LAYOUTS = ("auto", "resnetlab", "torchvision", "timm", "chenyaofo", "akamaster")
 CIFAR_RENAMES = (("linear.", "fc."), (".shortcut.", ".downsample."))
