@@ -114,10 +114,16 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::T
     with_flags(s.channels_last, mask_from_x, [&](auto per_value, auto from_x) {
       constexpr bool kPerValue = decltype(per_value)::value;
       constexpr Mask kMask = decltype(from_x)::value ? Mask::kFromX : Mask::kFromY;
-      sums = channel_sums<2, Acc>(s, [=](int64_t o, int64_t len, int64_t c, std::array<Acc*, 2> a) {
-        grad_sums_segment<scalar_t, Acc, kPerValue, kMask>(dyp + o, kMask == Mask::kFromY ? yp + o : nullptr, xp + o,
-                                                           len, mp + c, scp + c, shp + c, a[0], a[1]);
-      });
+      auto run = [&](auto store_g) {  // with a residual, g is stored here as its gradient
+        constexpr bool kStoreG = decltype(store_g)::value;
+        sums = channel_sums<2, Acc>(s, [=](int64_t o, int64_t len, int64_t c, std::array<Acc*, 2> a) {
+          grad_sums_segment<scalar_t, Acc, kPerValue, kMask, kStoreG>(
+              dyp + o, kMask == Mask::kFromY ? yp + o : nullptr, xp + o, len, mp + c, scp + c, shp + c, a[0], a[1],
+              kStoreG ? drp + o : nullptr);
+        });
+      };
+      if (residual) run(std::true_type{});
+      else run(std::false_type{});
     });
     const auto ks = grad_coefficients<Acc>(w, is, m, sums[0], sums[1], count, k);
     const Acc* k1p = ks[0].data();

@@ -9,8 +9,9 @@ passes each way (fused_bn.cpp, built on first use with torch.utils.cpp_extension
     forward:  per-channel sums of x - pivot              -> mean, variance
               y = relu(x * scale + shift (+ residual))   (scale, shift per channel)
     backward: per-channel sums of g and g * (x - mean), g = dy where ReLU let it through
-              dx = g * k1 + x * k2 + k3  (the batch-norm backward, collected per channel),
-              and g itself: the residual's gradient
+              (with a residual, g is its gradient: written here, and read by the next pass
+              in place of dy and y)
+              dx = g * k1 + x * k2 + k3  (the batch-norm backward, collected per channel)
 
 Backward keeps only x (as batch-norm does) and, with a residual, y (which the next convolution
 saves anyway) for ReLU's mask; without one it finds the mask in x through the forward's own scale

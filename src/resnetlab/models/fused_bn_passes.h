@@ -98,16 +98,19 @@ inline Acc masked(const T* __restrict dy, const T* __restrict y, const T* __rest
   else return pre_relu(load(x, i), scale, shift) > Acc(0) ? d : Acc(0);
 }
 
-// Sums of g and g * (x - mean), g = dy where ReLU let the value through.
-template <typename T, typename Acc, bool kPerValue, Mask kMask>
+// Sums of g and g * (x - mean), g = dy where ReLU let the value through; with kStoreG, g itself
+// stored too (with a residual g is its gradient, and the second pass then reads g and x, not dy,
+// y and x: one tensor fewer over memory; g is dy's value or 0, so the same bits in every dtype).
+template <typename T, typename Acc, bool kPerValue, Mask kMask, bool kStoreG>
 inline void grad_sums_segment(const T* __restrict dy, const T* __restrict y, const T* __restrict x, int64_t len,
                               const Acc* __restrict mean, const Acc* __restrict scale, const Acc* __restrict shift,
-                              Acc* __restrict s1, Acc* __restrict s2) {
+                              Acc* __restrict s1, Acc* __restrict s2, T* __restrict g_out) {
   if constexpr (kPerValue) {
     for (int64_t c = 0; c < len; ++c) {
       const Acc g = masked<T, Acc, kMask>(dy, y, x, c, scale[c], shift[c]);
       s1[c] += g;
       s2[c] += g * (load(x, c) - mean[c]);
+      if constexpr (kStoreG) store(g_out, c, g);
     }
   } else {
     const Acc m = mean[0], sc = scale[0], sh = shift[0];
@@ -120,6 +123,8 @@ inline void grad_sums_segment(const T* __restrict dy, const T* __restrict y, con
     }
     s1[0] += a;
     s2[0] += b;
+    if constexpr (kStoreG)  // a loop of its own: the stores would keep the reduction above scalar
+      for (int64_t i = 0; i < len; ++i) store(g_out, i, masked<T, Acc, kMask>(dy, y, x, i, sc, sh));
   }
 }
 
@@ -135,17 +140,17 @@ inline void apply_segment(const T* __restrict x, const T* __restrict r, T* __res
   }
 }
 
-// dx = g * k1 + x * k2 + k3 (and dr = g), g = dy where ReLU let the value through
-template <typename T, typename Acc, bool kPerValue, bool kResidual, Mask kMask>
+// dx = g * k1 + x * k2 + k3, g = dy where ReLU let the value through, or (kStoredG) g as the first
+// pass stored it
+template <typename T, typename Acc, bool kPerValue, bool kStoredG, Mask kMask>
 inline void grad_input_segment(const T* __restrict dy, const T* __restrict y, const T* __restrict x,
-                               T* __restrict dx, T* __restrict dr, int64_t len, const Acc* __restrict k1,
+                               T* __restrict dx, const T* __restrict g_in, int64_t len, const Acc* __restrict k1,
                                const Acc* __restrict k2, const Acc* __restrict k3, const Acc* __restrict scale,
                                const Acc* __restrict shift) {
   for (int64_t i = 0; i < len; ++i) {
     const int64_t c = kPerValue ? i : 0;
-    const Acc g = masked<T, Acc, kMask>(dy, y, x, i, scale[c], shift[c]);
+    const Acc g = kStoredG ? Acc(load(g_in, i)) : masked<T, Acc, kMask>(dy, y, x, i, scale[c], shift[c]);
     store(dx, i, g * k1[c] + load(x, i) * k2[c] + k3[c]);
-    if constexpr (kResidual) store(dr, i, g);
   }
 }
 
