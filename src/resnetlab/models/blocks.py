@@ -95,9 +95,10 @@ class Block(nn.Module):
         kernels for both where conv1 takes them and the shortcut is parameter-free (identity, or
         option A unhooked), so that the shortcut's gradient joins conv1's input gradient inside the
         kernel (conv_direct.conv3x3_direct_and_shortcut); else conv1 by its route."""
-        ds = self.downsample
-        if (self.fused_bn and self.residual and (ds is None or (type(ds) is ZeroPadShortcut and not hooked(ds)))
-                and conv_direct.applies(self.conv1, x)):
+        ds, conv = self.downsample, self.conv1
+        parameter_free = ds is None or (type(ds) is ZeroPadShortcut and not hooked(ds) and ds.cin == conv.in_channels
+                                        and (ds.stride,) * 2 == conv.stride and ds.cout == conv.out_channels)
+        if self.fused_bn and self.residual and parameter_free and conv_direct.applies(conv, x):
             return conv3x3_direct_and_shortcut(self.conv1, x, self.conv1.out_channels)
         return convolve(self.conv1, x, self.fused_bn), None
 
