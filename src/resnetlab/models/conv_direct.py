@@ -41,6 +41,7 @@ from torch.autograd.function import once_differentiable
 
 from .native import NativeKernels
 from .routes import hooked
+from .shortcuts import subsample_pad
 
 SOURCE = Path(__file__).with_name("conv_direct.cpp")
 KERNELS = NativeKernels(SOURCE, "resnetlab_conv_direct", "direct 3x3 convolution kernel",
@@ -160,11 +161,7 @@ class _Conv3x3AndShortcut(torch.autograd.Function):
         y = KERNELS.get().conv3x3(x, packed(weight), stride)
         if stride == 1:
             return y, x  # autograd hands back a view of x whose gradient comes here
-        shortcut = torch.empty(x.shape[0], cout, x.shape[2] // 2, x.shape[3] // 2, dtype=x.dtype,
-                               memory_format=torch.channels_last)
-        shortcut[:, x.shape[1]:].zero_()
-        shortcut[:, :x.shape[1]] = x[:, :, ::2, ::2]
-        return y, shortcut
+        return y, subsample_pad(x, 2, x.shape[1], cout)  # channels_last, as x
 
     @staticmethod
     @once_differentiable
