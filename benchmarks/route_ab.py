@@ -46,7 +46,7 @@ from resnetlab.engine.heap import hold_heap
 from resnetlab.engine.runtime import Runtime, prepare_model, resolve_precision
 from resnetlab.engine.train import train_step
 from resnetlab.models import blocks, conv_direct, conv_wgrad, create_model
-from resnetlab.models.conv_direct import conv3x3_direct
+from resnetlab.models.conv_direct import conv3x3_direct, conv3x3_direct_and_shortcut
 from resnetlab.models.fused_bn import bn_relu
 
 # Each route's functions in models/blocks.py and what stands for each when the route is off.
@@ -59,7 +59,8 @@ OFF = {
     "wgrad": [("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x))],
     "direct": [("conv3x3_direct", lambda conv, x: conv(x)), SEPARATE_SHORTCUT],
     "direct-s2": [("conv3x3_direct", lambda conv, x: conv(x) if conv.stride != (1, 1) else conv3x3_direct(conv, x)),
-                  SEPARATE_SHORTCUT],
+                  ("conv3x3_direct_and_shortcut", lambda conv, x, cout: (conv(x), None) if conv.stride != (1, 1)
+                   else conv3x3_direct_and_shortcut(conv, x, cout))],
     "shortcut": [SEPARATE_SHORTCUT],
 }
 # The routes of resnetlab's own kernels: the precision each runs in, and its module.
