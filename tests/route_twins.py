@@ -111,5 +111,21 @@ def without_direct_kernels(monkeypatch) -> None:
     monkeypatch.setattr(blocks, "conv3x3_direct_and_shortcut", lambda conv, t, cout: (conv(t), None))
 
 
+def fp32_step(model: nn.Module, x: torch.Tensor):
+    """One forward + backward of `model` on a copy of x: (output, x's gradient, parameter gradients by name)."""
+    x = x.clone().requires_grad_()
+    y = model(x)
+    y.square().mean().backward()
+    return y, x.grad, {name: p.grad for name, p in model.named_parameters()}
+
+
+def assert_same_fp32_step(got, expected) -> None:
+    """Two fp32_step results equal within fp32 rounding (the kernels sum in another order)."""
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-3, atol=1e-4 * expected[1].abs().max().item())
+    for name, grad in expected[2].items():
+        torch.testing.assert_close(got[2][name], grad, rtol=1e-3, atol=1e-4 * grad.abs().max().item())
+
+
 needs_direct_kernel = pytest.mark.skipif(not conv_direct.available(),
                                          reason="the kernel runs only on CPUs with AVX-512 whose training runs in fp32")

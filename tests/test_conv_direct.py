@@ -21,8 +21,8 @@ from resnetlab.models import conv_direct, create_model
 from resnetlab.models.blocks import BasicBlock, PreActBasicBlock
 from resnetlab.models.conv_direct import applies, conv3x3_direct, packed, packed_for_input_grad
 
-from route_twins import (channels_last_input, conv3x3_module, needs_direct_kernel, unpacked, weight_grad_reference,
-                         without_direct_kernels)
+from route_twins import (assert_same_fp32_step, channels_last_input, conv3x3_module, fp32_step, needs_direct_kernel,
+                         unpacked, weight_grad_reference, without_direct_kernels)
 
 CL = torch.channels_last
 needs_kernel = needs_direct_kernel
@@ -181,16 +181,9 @@ def test_a_block_trains_to_the_same_outputs_and_gradients_with_the_kernel(block,
     twin = copy.deepcopy(block)
     x = torch.randn(6, block.conv1.in_channels, 8, 8).contiguous(memory_format=CL)
     assert applies(block.conv1, x)
-    results = []
-    for model in (block, twin):
-        if model is twin:
-            without_direct_kernels(monkeypatch)
-        y = model(x)
-        y.square().mean().backward()
-        results.append((y, {name: p.grad for name, p in model.named_parameters()}))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
-    for name, grad in results[1][1].items():
-        torch.testing.assert_close(results[0][1][name], grad, rtol=1e-3, atol=1e-4 * grad.abs().max().item())
+    got = fp32_step(block, x)
+    without_direct_kernels(monkeypatch)
+    assert_same_fp32_step(got, fp32_step(twin, x))
 
 
 @pytest.mark.parametrize("cin,cout,stride", [(32, 32, 1), (16, 32, 2)])

@@ -14,7 +14,8 @@ from resnetlab.models import blocks, conv_direct, create_model
 from resnetlab.models.blocks import BasicBlock
 from resnetlab.models.conv_direct import conv3x3_direct, conv3x3_direct_and_shortcut, packed, packed_for_strided_input_grad
 
-from route_twins import channels_last_input, conv3x3_module, input_grad_reference, needs_direct_kernel
+from route_twins import (assert_same_fp32_step, channels_last_input, conv3x3_module, fp32_step, input_grad_reference,
+                         needs_direct_kernel)
 
 CL = torch.channels_last
 
@@ -109,16 +110,7 @@ def test_a_block_trains_to_the_plain_modules_outputs_and_gradients(cin, cout, st
     plain = copy.deepcopy(block)
     block.fused_bn = True
     x = torch.randn(6, cin, 8, 8).contiguous(memory_format=CL)
-    results = []
-    for model in (block, plain):
-        xi = x.clone().requires_grad_()
-        y = model(xi)
-        y.square().mean().backward()
-        results.append((y, xi.grad, {name: p.grad for name, p in model.named_parameters()}))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-3, atol=1e-4 * results[1][1].abs().max().item())
-    for name, grad in results[1][2].items():
-        torch.testing.assert_close(results[0][2][name], grad, rtol=1e-3, atol=1e-4 * grad.abs().max().item())
+    assert_same_fp32_step(fp32_step(block, x), fp32_step(plain, x))
 
 
 @pytest.mark.parametrize("name,kwargs,expected", [
