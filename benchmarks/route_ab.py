@@ -22,6 +22,9 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
                direct kernels, the shortcut's gradient added inside the input-gradient kernel
                (conv_direct.conv3x3_direct_and_shortcut), against the same kernels with autograd
                adding the two gradients (and option A's zero-filled one) afterwards; fp32 only
+    bn-conv    conv(relu(bn(x))) as one node, the kernels applying batch-norm and ReLU as they read x
+               (models/bn_relu_conv.py), against fused batch-norm + ReLU writing its output for the
+               same kernels to read; fp32 only
 
     python benchmarks/route_ab.py --route strided --rounds 12 --json benchmarks/results/amx_xeon/strided_ab_resnet50.json
     python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amd_epyc_avx512/pair_ab_resnet50.json
@@ -29,6 +32,7 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     python benchmarks/route_ab.py --route direct --model resnet20 --batch 128 --size 32 --rounds 20
     python benchmarks/route_ab.py --route direct-s2 --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route shortcut --model resnet20 --batch 128 --size 32 --rounds 30
+    python benchmarks/route_ab.py --route bn-conv --model resnet20 --batch 128 --size 32 --rounds 30
 """
 import argparse
 import copy
@@ -51,21 +55,24 @@ from resnetlab.models.fused_bn import bn_relu
 
 # Each route's functions in models/blocks.py and what stands for each when the route is off.
 SEPARATE_SHORTCUT = ("conv3x3_direct_and_shortcut", lambda conv, x, cout: (blocks.conv3x3_direct(conv, x), None))
+# bn_relu_conv3x3 is only called where the fused batch-norm applies, so bn_relu takes it (relu unused)
+SEPARATE_BN = ("bn_relu_conv3x3", lambda bn, conv, x: blocks.conv3x3_direct(conv, bn_relu(bn, x, None, fused=True)))
 OFF = {
     "strided": [("strided_conv", lambda conv, x: conv(x))],
     "pointwise": [("pointwise", lambda conv, x: conv(x))],
     "pair": [("bn_relu_projected", lambda bn, x, relu, shortcut_bn, shortcut, fused=False:
               bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused))],
     "wgrad": [("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x))],
-    "direct": [("conv3x3_direct", lambda conv, x: conv(x)), SEPARATE_SHORTCUT],
+    "direct": [("conv3x3_direct", lambda conv, x: conv(x)), SEPARATE_SHORTCUT, SEPARATE_BN],
     "direct-s2": [("conv3x3_direct", lambda conv, x: conv(x) if conv.stride != (1, 1) else conv3x3_direct(conv, x)),
                   ("conv3x3_direct_and_shortcut", lambda conv, x, cout: (conv(x), None) if conv.stride != (1, 1)
                    else conv3x3_direct_and_shortcut(conv, x, cout))],
     "shortcut": [SEPARATE_SHORTCUT],
+    "bn-conv": [SEPARATE_BN],
 }
 # The routes of resnetlab's own kernels: the precision each runs in, and its module.
 KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "direct": ("fp32", conv_direct), "direct-s2": ("fp32", conv_direct),
-                 "shortcut": ("fp32", conv_direct)}
+                 "shortcut": ("fp32", conv_direct), "bn-conv": ("fp32", conv_direct)}
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.models import blocks, conv_direct
+from resnetlab.models.fused_bn import bn_relu
 
 
 def conv3x3_module(cin: int = 32, cout: int = 32, **kwargs) -> nn.Conv2d:
@@ -53,12 +54,23 @@ class DirectStandIn:
     def __init__(self):
         self.calls = 0
         self.adds = 0  # calls that added a shortcut's gradient
+        self.normalised = 0  # calls that read a batch-norm's input and applied it (bn_relu_conv)
 
-    def conv3x3(self, x, weights, stride=1, add=None):
+    def normalise(self, x, stride, scale, shift):
+        """relu(x * scale + shift) per channel, where the caller gave a batch-norm's scale and shift."""
+        assert (scale is None) == (shift is None)
+        if scale is None:
+            return x
+        assert stride == 1 and scale.shape == shift.shape == (x.shape[1],) and scale.dtype == torch.float32
+        self.normalised += 1
+        return torch.relu(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
+
+    def conv3x3(self, x, weights, stride=1, add=None, scale=None, shift=None):
         assert x.dtype == weights.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
         assert weights.shape[:2] == (9, x.shape[1]) and weights.is_contiguous()
         assert weights.shape[2] == x.shape[1] * stride  # C -> C at stride 1, C -> 2C at stride 2
         self.calls += 1
+        x = self.normalise(x, stride, scale, shift)
         weight = unpacked(weights).contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, weight, None, stride, 1).contiguous(memory_format=torch.channels_last)
         if add is not None:
@@ -79,11 +91,11 @@ class DirectStandIn:
             dx[:, :, ::2, ::2] += shortcut_grad[:, :dx.shape[1]]
         return dx
 
-    def conv3x3_weight_grad(self, x, dy, stride=1):
+    def conv3x3_weight_grad(self, x, dy, stride=1, scale=None, shift=None):
         assert x.dtype == dy.dtype == torch.float32
         assert x.is_contiguous(memory_format=torch.channels_last) and dy.is_contiguous(memory_format=torch.channels_last)
         self.calls += 1
-        return weight_grad_reference(x, dy, stride)
+        return weight_grad_reference(self.normalise(x, stride, scale, shift), dy, stride)
 
 
 def assert_step_matches_plain_twin(net: nn.Module, x: torch.Tensor, route: str, monkeypatch) -> None:
@@ -109,6 +121,7 @@ def without_direct_kernels(monkeypatch) -> None:
     shortcut made and its gradient added by autograd, as without the kernels."""
     monkeypatch.setattr(blocks, "conv3x3_direct", lambda conv, t: conv(t))
     monkeypatch.setattr(blocks, "conv3x3_direct_and_shortcut", lambda conv, t, cout: (conv(t), None))
+    monkeypatch.setattr(blocks, "bn_relu_conv3x3", lambda bn, conv, t: conv(bn_relu(bn, t, None, fused=True)))
 
 
 def fp32_step(model: nn.Module, x: torch.Tensor):

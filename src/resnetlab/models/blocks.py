@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import conv_direct
+from . import bn_relu_conv, conv_direct
+from .bn_relu_conv import bn_relu_conv3x3
 from .conv_direct import conv3x3_direct, conv3x3_direct_and_shortcut
 from .conv_wgrad import conv3x3_own_wgrad
 from .fused_bn import bn_relu, bn_relu_projected
@@ -102,6 +103,14 @@ class Block(nn.Module):
             return conv3x3_direct_and_shortcut(self.conv1, x, self.conv1.out_channels)
         return convolve(self.conv1, x, self.fused_bn), None
 
+    def normalised_conv(self, bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """conv(relu(bn(x))) inside a block: one node of the direct kernels where both halves would
+        take resnetlab's own (models/bn_relu_conv.py: the normalised tensor never stored), else
+        bn_relu, then conv by its route."""
+        if self.fused_bn and bn_relu_conv.applies(bn, conv, x):
+            return bn_relu_conv3x3(bn, conv, x)
+        return convolve(conv, bn_relu(bn, x, self.relu, fused=self.fused_bn), self.fused_bn)
+
     def finish(self, bn: nn.BatchNorm2d, out: torch.Tensor, x: torch.Tensor,
                shortcut: torch.Tensor | None = None) -> torch.Tensor:
         """relu(bn(out) + shortcut(x)) (the shortcut given, or made here), a post-activation block's
@@ -137,8 +146,7 @@ class BasicBlock(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, shortcut = self.conv1_and_shortcut(x)
-        out = bn_relu(self.bn1, out, self.relu, fused=self.fused_bn)
-        return self.finish(self.bn2, convolve(self.conv2, out, self.fused_bn), x, shortcut)
+        return self.finish(self.bn2, self.normalised_conv(self.bn1, self.conv2, out), x, shortcut)
 
 
 class Bottleneck(Block):
@@ -169,8 +177,8 @@ class Bottleneck(Block):
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = bn_relu(self.bn1, convolve(self.conv1, x, self.fused_bn), self.relu, fused=self.fused_bn)
-        out = bn_relu(self.bn2, convolve(self.conv2, out, self.fused_bn), self.relu, fused=self.fused_bn)
+        out = self.normalised_conv(self.bn1, self.conv2, convolve(self.conv1, x, self.fused_bn))
+        out = bn_relu(self.bn2, out, self.relu, fused=self.fused_bn)
         return self.finish(self.bn3, convolve(self.conv3, out, self.fused_bn), x)
 
 
@@ -200,8 +208,7 @@ class PreActBasicBlock(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
-        out = bn_relu(self.bn2, convolve(self.conv1, pre, self.fused_bn), self.relu, fused=self.fused_bn)
-        out = convolve(self.conv2, out, self.fused_bn)
+        out = self.normalised_conv(self.bn2, self.conv2, convolve(self.conv1, pre, self.fused_bn))
         if not self.residual:
             return out
         # A projection sees the normalised input (as in the authors' code); identity sees x itself.
@@ -231,8 +238,7 @@ class PreActBottleneck(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
-        out = bn_relu(self.bn2, convolve(self.conv1, pre, self.fused_bn), self.relu, fused=self.fused_bn)
-        out = convolve(self.conv2, out, self.fused_bn)
+        out = self.normalised_conv(self.bn2, self.conv2, convolve(self.conv1, pre, self.fused_bn))
         out = convolve(self.conv3, bn_relu(self.bn3, out, self.relu, fused=self.fused_bn), self.fused_bn)
         if not self.residual:
             return out

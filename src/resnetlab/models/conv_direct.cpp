@@ -2,10 +2,13 @@
 // channels_last CPU tensors with AVX-512, for fp32 training on CPUs without fast bf16 (built on
 // first use by resnetlab/models/conv_direct.py, with -march=native). The same kernel gives the
 // input gradient: the convolution of the output gradient with the weights' channel axes swapped
-// and both spatial axes flipped; a second kernel (weight_grad, below) the weight gradient at 16 and
-// 32 output channels. Why: on a 2-core Ice Lake Xeon oneDNN ran ResNet-20's 16-channel layers at
-// 50-68 GMAC/s of an fp32 peak over 150 (issue 18). The stride-2 forms (16 -> 32 and 32 -> 64
-// channels, all three passes) are in conv_direct_stride2.h; the entry points below take both.
+// and both spatial axes flipped; a second kernel (weight_grad, conv_direct_weight_grad.h) the weight
+// gradient at 16 and 32 output channels. Why: on a 2-core Ice Lake Xeon oneDNN ran ResNet-20's
+// 16-channel layers at 50-68 GMAC/s of an fp32 peak over 150 (issue 18). The stride-2 forms
+// (16 -> 32 and 32 -> 64 channels, all three passes) are in conv_direct_stride2.h; the entry points
+// below take both. At stride 1 the forward pass and the weight gradient can also read a fused
+// batch-norm's input and apply it (and ReLU) as they copy it in (models/bn_relu_conv.py), so that
+// the normalised tensor is never stored.
 //
 // Per image, the input is copied into a zero-bordered buffer ((H+2) x (W+2) x C floats, in L2),
 // a row just before the first output row that needs it, so no border test is left in the inner
@@ -26,6 +29,7 @@
 #include <immintrin.h>
 
 #include "conv_direct_stride2.h"
+#include "conv_direct_weight_grad.h"
 
 namespace {
 
@@ -42,9 +46,11 @@ void row(const float* pad, int pad_w, int width, const float* wpk, float* out, c
   for (; x < width; ++x) block<1, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout, at(x));
 }
 
-// y = conv(x) (+ add, a tensor of y's shape, where given).
+// y = conv(x) (+ add, a tensor of y's shape, where given); with scale and shift, conv(relu(x * scale +
+// shift)), x a fused batch-norm's input (copy_normalised).
 template <int P, int CV>
-void convolve(const float* x, const float* wpk, float* y, long n, int h, int w, const float* add) {
+void convolve(const float* x, const float* wpk, float* y, long n, int h, int w, const float* add,
+              const float* scale, const float* shift) {
   constexpr int cin = CV * 16;
   const int pad_w = w + 2;
   const long image_in = (long)h * w * cin, image_out = (long)h * w * CV * 16, row_in = (long)w * cin;
@@ -56,10 +62,10 @@ void convolve(const float* x, const float* wpk, float* y, long n, int h, int w, 
       float* dst = y + i * image_out;
       // Rows are copied in just before the first output row that needs them, and the row after
       // is prefetched, so reading the input overlaps the arithmetic instead of preceding it.
-      std::copy(src, src + row_in, pad.data() + ((long)pad_w + 1) * cin);
+      copy_normalised(src, w, cin, pad.data() + ((long)pad_w + 1) * cin, scale, shift);
       for (int r = 0; r < h; ++r) {
         if (r + 1 < h)
-          std::copy(src + (r + 1) * row_in, src + (r + 2) * row_in, pad.data() + ((long)(r + 2) * pad_w + 1) * cin);
+          copy_normalised(src + (r + 1) * row_in, w, cin, pad.data() + ((long)(r + 2) * pad_w + 1) * cin, scale, shift);
         const float* ahead = r + 2 < h ? src + (r + 2) * row_in : (i + 1 < end ? src + image_in : nullptr);
         if (ahead != nullptr)
           for (long b = 0; b < row_in; b += 16) _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
@@ -71,90 +77,6 @@ void convolve(const float* x, const float* wpk, float* y, long n, int h, int w, 
   });
 }
 
-
-// Weight gradient, dW[k][c][ty][tx] = sum over images and output pixels (h, q) of
-// dy[h][q][k] * x[h + ty - 1][q + tx - 1][c], for one image, one vertical tap ty and CB input
-// channels from c0, added to acc ([ty][c][tx][k] floats). Along each row pair (x row h + ty - 1,
-// dy row h) the input pixel p advances one at a time: each x value is broadcast once and meets the
-// output gradients of the three output pixels that read it (p + 1, p, p - 1 for tx = 0, 1, 2),
-// kept in a window of registers that slides with p. CB x 3 x KV accumulators stay in registers
-// for the whole image.
-template <int CB, int KV>
-void weight_grad_image(const float* x, const float* dy, int h, int w, int cin, int ty, int c0, float* acc) {
-  constexpr int cout = KV * 16;
-  __m512 a[CB][3][KV];
-#pragma GCC unroll 64
-  for (int c = 0; c < CB; ++c)
-    for (int t = 0; t < 3; ++t)
-      for (int v = 0; v < KV; ++v) a[c][t][v] = _mm512_setzero_ps();
-  for (int r = std::max(0, 1 - ty); r < std::min(h, h + 1 - ty); ++r) {
-    const float* xrow = x + (long)(r + ty - 1) * w * cin + c0;
-    const float* grow = dy + (long)r * w * cout;
-    __m512 prev[KV], cur[KV], next[KV];
-#pragma GCC unroll 8
-    for (int v = 0; v < KV; ++v) prev[v] = _mm512_setzero_ps(), cur[v] = _mm512_loadu_ps(grow + v * 16);
-    for (int p = 0; p < w; ++p) {
-#pragma GCC unroll 8
-      for (int v = 0; v < KV; ++v) next[v] = p + 1 < w ? _mm512_loadu_ps(grow + (long)(p + 1) * cout + v * 16)
-                                                       : _mm512_setzero_ps();
-#pragma GCC unroll 64
-      for (int c = 0; c < CB; ++c) {
-        const __m512 b = _mm512_set1_ps(xrow[(long)p * cin + c]);
-#pragma GCC unroll 8
-        for (int v = 0; v < KV; ++v) {
-          a[c][0][v] = _mm512_fmadd_ps(b, next[v], a[c][0][v]);
-          a[c][1][v] = _mm512_fmadd_ps(b, cur[v], a[c][1][v]);
-          a[c][2][v] = _mm512_fmadd_ps(b, prev[v], a[c][2][v]);
-        }
-      }
-#pragma GCC unroll 8
-      for (int v = 0; v < KV; ++v) prev[v] = cur[v], cur[v] = next[v];
-    }
-  }
-  for (int c = 0; c < CB; ++c)
-    for (int t = 0; t < 3; ++t)
-      for (int v = 0; v < KV; ++v) {
-        float* to = acc + (((long)ty * cin + c0 + c) * 3 + t) * cout + v * 16;
-        _mm512_storeu_ps(to, _mm512_add_ps(_mm512_loadu_ps(to), a[c][t][v]));
-      }
-}
-
-// Images split into one contiguous chunk per thread, each summed into its own buffer; the buffers
-// are then added in thread order, so a given thread count always gives the same bits.
-template <int CB, int KV, int S>
-torch::Tensor weight_grad(const float* x, const float* dy, long n, int cin, int h, int w) {
-  constexpr int cout = KV * 16;
-  const long per_thread = 9L * cin * cout, image_in = (long)h * w * cin, image_out = (long)(h / S) * (w / S) * cout;
-  const int threads = std::max<long>(1, std::min<long>(at::get_num_threads(), n));
-  std::vector<float> sums(per_thread * threads, 0.0f);
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> pad(S == 2 ? (long)(h + 2) * (w + 2) * cin : 0, 0.0f);  // stride 2 reads a padded copy
-    for (int64_t t = begin; t < end; ++t)
-      for (long i = n * t / threads; i < n * (t + 1) / threads; ++i) {
-        if constexpr (S == 2) copy_padded(x + i * image_in, pad.data(), h, w, cin);
-        for (int ty = 0; ty < 3; ++ty)
-          for (int c0 = 0; c0 < cin; c0 += CB) {
-            float* acc = sums.data() + t * per_thread;
-            if constexpr (S == 1) weight_grad_image<CB, KV>(x + i * image_in, dy + i * image_out, h, w, cin, ty, c0, acc);
-            else weight_grad_image_s2<CB, KV>(pad.data(), dy + i * image_out, h / 2, w / 2, cin, ty, c0, acc);
-          }
-      }
-  });
-  auto out = torch::empty({cout, cin, 3, 3}, torch::kFloat32);  // [k][c][ty][tx]
-  float* o = out.data_ptr<float>();
-  at::parallel_for(0, cin, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c)
-      for (int ty = 0; ty < 3; ++ty)
-        for (int tx = 0; tx < 3; ++tx)
-          for (int k = 0; k < cout; ++k) {
-            const long at = ((ty * (long)cin + c) * 3 + tx) * cout + k;
-            float sum = 0.0f;
-            for (int t = 0; t < threads; ++t) sum += sums[t * per_thread + at];
-            o[((long)k * cin + c) * 9 + ty * 3 + tx] = sum;
-          }
-  });
-  return out;
-}
 
 }  // namespace
 
@@ -174,6 +96,20 @@ static void check_stride2(const char* what, int cin, int cout, int h, int w) {
   TORCH_CHECK(h % 2 == 0 && w % 2 == 0, what, ": at stride 2 height and width must be even, got ", h, "x", w);
 }
 
+// The per-channel scale and shift of a fused batch-norm whose output a stride-1 kernel reads (both or
+// neither): fp32, contiguous, one value per input channel.
+static const float* normalisation_of(const c10::optional<torch::Tensor>& scale, const c10::optional<torch::Tensor>& shift,
+                                     int64_t channels, int64_t stride, const char* what) {
+  TORCH_CHECK(scale.has_value() == shift.has_value(), what, ": give the batch-norm's scale and shift together");
+  if (!scale.has_value()) return nullptr;
+  TORCH_CHECK(stride == 1, what, ": normalises its input at stride 1 only");
+  for (const torch::Tensor* t : {&*scale, &*shift})
+    TORCH_CHECK(t->is_cpu() && t->scalar_type() == torch::kFloat && t->dim() == 1 && t->numel() == channels &&
+                t->is_contiguous(), what, ": scale and shift must be contiguous fp32 CPU vectors of ", channels,
+                " values (one per input channel)");
+  return scale->data_ptr<float>();
+}
+
 // A tensor added to a kernel's result as it is written: fp32, channels_last, the result's shape.
 static const float* addend_of(const c10::optional<torch::Tensor>& add, const torch::Tensor& like, const char* what) {
   if (!add.has_value()) return nullptr;
@@ -185,9 +121,11 @@ static const float* addend_of(const c10::optional<torch::Tensor>& add, const tor
 
 // x: (N, C, H, W) channels_last fp32; packed: (9, C, K) fp32, [tap][in][out] (conv_direct.packed);
 // -> (N, K, H / stride, W / stride) channels_last. Stride 1: C = K; stride 2: see check_stride2.
-// add (stride 1 only): a tensor of the result's shape added to it as it is written.
+// add (stride 1 only): a tensor of the result's shape added to it as it is written; scale, shift
+// (stride 1 only): the convolution of relu(x * scale + shift) (normalisation_of).
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed, int64_t stride,
-                      const c10::optional<torch::Tensor>& add) {
+                      const c10::optional<torch::Tensor>& add, const c10::optional<torch::Tensor>& scale,
+                      const c10::optional<torch::Tensor>& shift) {
   check_fp32_channels_last("conv3x3", x, packed);
   TORCH_CHECK(packed.dim() == 3 && packed.size(0) == 9 && packed.size(1) == x.size(1),
               "conv3x3: packed weights must be (9, Cin, Cout)");
@@ -204,15 +142,17 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed, int64
   auto y = torch::empty({n, cout, h / stride, w / stride}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   TORCH_CHECK(stride == 1 || !add.has_value(), "conv3x3: adds a tensor at stride 1 only");
   const float* ap = addend_of(add, y, "conv3x3");
+  const float* sp = normalisation_of(scale, shift, cin, stride, "conv3x3");
+  const float* hp = sp != nullptr ? shift->data_ptr<float>() : nullptr;
   if (y.numel() == 0) return y;  // no pixels: nothing to read (the row copies assume at least one)
   const float* xp = x.data_ptr<float>();
   const float* wp = packed.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   switch (stride * 100 + cout) {
-    case 116: convolve<16, 1>(xp, wp, yp, n, h, w, ap); break;
-    case 132: convolve<8, 2>(xp, wp, yp, n, h, w, ap); break;
-    case 148: convolve<4, 3>(xp, wp, yp, n, h, w, ap); break;
-    case 164: convolve<4, 4>(xp, wp, yp, n, h, w, ap); break;
+    case 116: convolve<16, 1>(xp, wp, yp, n, h, w, ap, sp, hp); break;
+    case 132: convolve<8, 2>(xp, wp, yp, n, h, w, ap, sp, hp); break;
+    case 148: convolve<4, 3>(xp, wp, yp, n, h, w, ap, sp, hp); break;
+    case 164: convolve<4, 4>(xp, wp, yp, n, h, w, ap, sp, hp); break;
     case 232: convolve_s2<8, 2, 16>(xp, wp, yp, n, h, w); break;
     case 264: convolve_s2<4, 4, 32>(xp, wp, yp, n, h, w); break;
   }
@@ -240,8 +180,9 @@ torch::Tensor conv3x3_input_grad_s2(const torch::Tensor& dy, const torch::Tensor
 }
 
 // x: (N, C, H, W), dy: (N, K, H / stride, W / stride), both channels_last fp32 -> dW: (K, C, 3, 3)
-// fp32, contiguous.
-torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, int64_t stride) {
+// fp32, contiguous; with scale and shift (stride 1), the weight gradient of conv3x3's normalised form.
+torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, int64_t stride,
+                                  const c10::optional<torch::Tensor>& scale, const c10::optional<torch::Tensor>& shift) {
   check_fp32_channels_last("conv3x3_weight_grad", x, dy);
   TORCH_CHECK(dy.dim() == 4, "conv3x3_weight_grad: dy must be 4-d");
   TORCH_CHECK(stride == 1 || stride == 2, "conv3x3_weight_grad: stride must be 1 or 2, got ", stride);
@@ -256,23 +197,27 @@ torch::Tensor conv3x3_weight_grad(const torch::Tensor& x, const torch::Tensor& d
   } else {
     check_stride2("conv3x3_weight_grad", cin, cout, h, w);
   }
+  const float* sp = normalisation_of(scale, shift, cin, stride, "conv3x3_weight_grad");
+  const float* hp = sp != nullptr ? shift->data_ptr<float>() : nullptr;
   if (n * h * w == 0) return torch::zeros({cout, cin, 3, 3}, torch::kFloat32);
   const float* xp = x.data_ptr<float>();
   const float* gp = dy.data_ptr<float>();
   if (stride == 2)
-    return cout == 32 ? weight_grad<4, 2, 2>(xp, gp, n, cin, h, w) : weight_grad<2, 4, 2>(xp, gp, n, cin, h, w);
-  return cout == 16 ? weight_grad<8, 1, 1>(xp, gp, n, cin, h, w) : weight_grad<4, 2, 1>(xp, gp, n, cin, h, w);
+    return cout == 32 ? weight_grad<4, 2, 2>(xp, gp, n, cin, h, w, sp, hp) : weight_grad<2, 4, 2>(xp, gp, n, cin, h, w, sp, hp);
+  return cout == 16 ? weight_grad<8, 1, 1>(xp, gp, n, cin, h, w, sp, hp) : weight_grad<4, 2, 1>(xp, gp, n, cin, h, w, sp, hp);
 }
 
 constexpr bool kBuilt = true;
 #else
-torch::Tensor conv3x3(const torch::Tensor&, const torch::Tensor&, int64_t, const c10::optional<torch::Tensor>&) {
+torch::Tensor conv3x3(const torch::Tensor&, const torch::Tensor&, int64_t, const c10::optional<torch::Tensor>&,
+                      const c10::optional<torch::Tensor>&, const c10::optional<torch::Tensor>&) {
   TORCH_CHECK(false, "conv3x3: built without AVX-512");
 }
 torch::Tensor conv3x3_input_grad_s2(const torch::Tensor&, const torch::Tensor&, const c10::optional<torch::Tensor>&) {
   TORCH_CHECK(false, "conv3x3_input_grad_s2: built without AVX-512");
 }
-torch::Tensor conv3x3_weight_grad(const torch::Tensor&, const torch::Tensor&, int64_t) {
+torch::Tensor conv3x3_weight_grad(const torch::Tensor&, const torch::Tensor&, int64_t, const c10::optional<torch::Tensor>&,
+                                  const c10::optional<torch::Tensor>&) {
   TORCH_CHECK(false, "conv3x3_weight_grad: built without AVX-512");
 }
 constexpr bool kBuilt = false;
@@ -280,10 +225,11 @@ constexpr bool kBuilt = false;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv3x3", &conv3x3, "3x3 padding-1 convolution, stride 1 or 2, fp32 channels_last, packed weights",
-        py::arg("x"), py::arg("packed"), py::arg("stride") = 1, py::arg("add") = py::none());
+        py::arg("x"), py::arg("packed"), py::arg("stride") = 1, py::arg("add") = py::none(),
+        py::arg("scale") = py::none(), py::arg("shift") = py::none());
   m.def("conv3x3_input_grad_s2", &conv3x3_input_grad_s2, "the input gradient of a stride-2 conv3x3",
         py::arg("dy"), py::arg("weights"), py::arg("shortcut_grad") = py::none());
   m.def("conv3x3_weight_grad", &conv3x3_weight_grad, "its weight gradient, fp32 channels_last x and dy",
-        py::arg("x"), py::arg("dy"), py::arg("stride") = 1);
+        py::arg("x"), py::arg("dy"), py::arg("stride") = 1, py::arg("scale") = py::none(), py::arg("shift") = py::none());
   m.attr("built") = kBuilt;
 }

@@ -53,6 +53,24 @@ inline void copy_padded(const float* src, float* pad, int h, int w, int c) {
     std::copy(src + (long)r * w * c, src + (long)(r + 1) * w * c, pad + ((long)(r + 1) * (w + 2) + 1) * c);
 }
 
+// `pixels` channels_last pixels of c channels (a multiple of 16) copied from src to dst, or, where
+// scale is given, the input of a convolution that follows a fused batch-norm + ReLU
+// (models/bn_relu_conv.py): relu(src * scale + shift) per channel, by the batch-norm kernel's own
+// arithmetic (one fused multiply-add, then the maximum with +0: fused_bn_passes.h), so the same bits.
+inline void copy_normalised(const float* src, long pixels, int c, float* dst, const float* scale, const float* shift) {
+  if (scale == nullptr) {
+    std::copy(src, src + pixels * c, dst);
+    return;
+  }
+  const __m512 zero = _mm512_setzero_ps();
+  for (long p = 0; p < pixels; ++p)
+    for (int v = 0; v < c; v += 16) {
+      const __m512 z = _mm512_fmadd_ps(_mm512_loadu_ps(src + p * c + v), _mm512_loadu_ps(scale + v),
+                                       _mm512_loadu_ps(shift + v));
+      _mm512_storeu_ps(dst + p * c + v, _mm512_max_ps(z, zero));  // NaN and -0 give +0, as v > 0 ? v : 0
+    }
+}
+
 // P output pixels x CV vectors of 16 output channels from CIN input channels at stride S, the
 // forward kernel of both strides (conv_direct.cpp's rows at stride 1); pad points at the padded
 // row and column of the block's first tap. Padded column q feeds output pixel p through tap

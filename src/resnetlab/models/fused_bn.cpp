@@ -83,6 +83,22 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
   return {y, per_channel(n.mean, mt), per_channel(n.invstd, mt), per_channel(n.scale, mt), per_channel(n.shift, mt)};
 }
 
+// The forward's batch statistics alone, for a convolution that applies them as it reads x
+// (models/bn_relu_conv.py): -> {mean, invstd, scale, shift}, the very values `forward` returns for
+// the same x; running statistics updated in place. One pass over x, nothing written.
+std::vector<at::Tensor> statistics(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                   at::Tensor running_mean, at::Tensor running_var, double momentum, double eps) {
+  const Shape s = shape_of(x);
+  check_per_channel({&weight, &bias, &running_mean, &running_var}, s.c);
+  Normalisation n;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "fused_bn_statistics", [&] {
+    n = normalisation<scalar_t, at::opmath_type<scalar_t>>(s, x.const_data_ptr<scalar_t>(), weight, bias, eps);
+  });
+  update_running(running_mean, running_var, n, s.n * s.hw, momentum);
+  const at::ScalarType mt = math_type(x);
+  return {per_channel(n.mean, mt), per_channel(n.invstd, mt), per_channel(n.scale, mt), per_channel(n.shift, mt)};
+}
+
 // -> {dx, dweight, dbias, dresidual (undefined unless asked)}; g = dy where ReLU let the value
 // through: where y > 0, or, when y is not given (no residual), where x * scale + shift > 0 with the
 // forward's scale and shift.
@@ -228,6 +244,7 @@ std::vector<at::Tensor> backward_pair(const at::Tensor& dy, const at::Tensor& y,
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "batch-norm (training) + ReLU (+ residual), forward");
+  m.def("statistics", &statistics, "batch-norm (training): the forward's statistics alone, x not written");
   m.def("backward", &backward, "batch-norm (training) + ReLU (+ residual), backward");
   m.def("forward_pair", &forward_pair, "relu(batch_norm(a) + batch_norm(b)) (training), forward");
   m.def("backward_pair", &backward_pair, "relu(batch_norm(a) + batch_norm(b)) (training), backward");
