@@ -15,7 +15,8 @@ ResNets' stage entries (stride 2, 16 -> 32 and 32 -> 64 channels) have their own
 oneDNN's input and weight gradients ran at 50-83 GMAC/s, the kernels' 1.7-2.0x and 1.4-2.0x
 faster, the forward pass 1.2-1.3x (direct-stride2-2026-12-04/direct_conv_layers.json). Measured
 on that Ice Lake only; other Intel CPUs with AVX-512 (Skylake-SP, Cascade Lake) take it by the
-same rule.
+same rule. At stride 1 the forward pass and the weight gradient can also take a fused batch-norm's
+input with its scale and shift and apply them (and ReLU) as they copy it in: models/bn_relu_conv.py.
 
 It is a module choice like the fused batch-norm, and the same switch (train.fused_bn, the blocks'
 `fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernels do: a
