@@ -1,10 +1,11 @@
 """resnetlab's fp32 direct 3x3 convolution kernels (models/conv_direct.cpp, which fp32 training takes
 on AVX-512 CPUs for the widths in conv_direct.WIDTHS and the stride-2 layers in conv_direct.STRIDED)
 against oneDNN's: forward pass, input gradient and, where the kernels have it, weight gradient; at
-ResNet-20's 3x3 shapes (batch 128: the stride-1 layers and the two stride-2 stage entries) and
-ResNet-50's 64-channel one (batch 32, 56 px), channels_last, timed alternately in one process so
-that a busy machine slows both alike; each result held to an fp64 reference. Needs a CPU with
-AVX-512 and a C++ compiler.
+ResNet-20's 3x3 shapes (batch 128: the stride-1 layers, the two stride-2 stage entries, and the
+first layer, 3 -> 16 channels, whose forward pass alone the kernel takes) and ResNet-50's
+64-channel one (batch 32, 56 px), channels_last, timed alternately in one process so that a busy
+machine slows both alike; each result held to an fp64 reference. Needs a CPU with AVX-512 and a
+C++ compiler.
 
     python benchmarks/direct_conv_layers.py
     python benchmarks/direct_conv_layers.py --json benchmarks/results/xeon_icelake/direct-stride2-2026-12-04/direct_conv_layers.json
@@ -26,10 +27,10 @@ from resnetlab.bench.timing import interleaved
 from resnetlab.models import conv_direct
 from resnetlab.models.conv_direct import packed, packed_for_input_grad, packed_for_strided_input_grad
 
-# (batch, channels in, channels out, input side, stride): ResNet-20's 3x3 layers but its first, and
-# ResNet-50's first-stage one
+# (batch, channels in, channels out, input side, stride): ResNet-20's 3x3 layers, and ResNet-50's
+# first-stage one
 SHAPES = [(128, 16, 16, 32, 1), (128, 32, 32, 16, 1), (128, 64, 64, 8, 1), (32, 64, 64, 56, 1),
-          (128, 16, 32, 32, 2), (128, 32, 64, 16, 2)]
+          (128, 16, 32, 32, 2), (128, 32, 64, 16, 2), (128, 3, 16, 32, 1)]
 UNIT = [1, 1]
 PASSES = ("forward", "input_grad", "weight_grad")
 
@@ -64,8 +65,11 @@ def time_layer(kernel, batch: int, cin: int, cout: int, side: int, stride: int, 
                           lambda: F.conv2d(x64, weight64, None, stride, 1)),
               "input_grad": (lambda: onednn_grad(dy, x, weight, stride, 0), kernel_input_grad,
                              lambda: onednn_grad(dy64, x64, weight64, stride, 0))}
-    used = cin == cout in conv_direct.WIDTHS if stride == 1 else (cin, cout) in conv_direct.STRIDED
-    if used:
+    first_layer = (cin, cout) in conv_direct.FIRST_LAYERS  # the forward pass only: its gradients are oneDNN's
+    if first_layer:
+        del passes["input_grad"]
+    used = first_layer or (cin == cout in conv_direct.WIDTHS if stride == 1 else (cin, cout) in conv_direct.STRIDED)
+    if used and not first_layer:
         passes["weight_grad"] = (lambda: onednn_grad(dy, x, weight, stride, 1),
                                  lambda: kernel.conv3x3_weight_grad(x, dy, stride),
                                  lambda: onednn_grad(dy64, x64, weight64, stride, 1))

@@ -25,6 +25,8 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     bn-conv    conv(relu(bn(x))) as one node, the kernels applying batch-norm and ReLU as they read x
                (models/bn_relu_conv.py), against fused batch-norm + ReLU writing its output for the
                same kernels to read; fp32 only
+    first-layer the CIFAR ResNets' first convolution (3 -> 16) in the direct kernel's forward pass
+               (conv_direct.FIRST_LAYERS) against oneDNN's; fp32 only
 
     python benchmarks/route_ab.py --route strided --rounds 12 --json benchmarks/results/amx_xeon/strided_ab_resnet50.json
     python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amd_epyc_avx512/pair_ab_resnet50.json
@@ -33,6 +35,7 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     python benchmarks/route_ab.py --route direct-s2 --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route shortcut --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route bn-conv --model resnet20 --batch 128 --size 32 --rounds 30
+    python benchmarks/route_ab.py --route first-layer --model resnet20 --batch 128 --size 32 --rounds 30
 """
 import argparse
 import copy
@@ -69,10 +72,11 @@ OFF = {
                    else conv3x3_direct_and_shortcut(conv, x, cout))],
     "shortcut": [SEPARATE_SHORTCUT],
     "bn-conv": [SEPARATE_BN],
+    "first-layer": [("conv3x3_direct", lambda conv, x: conv(x) if conv.in_channels == 3 else conv3x3_direct(conv, x))],
 }
 # The routes of resnetlab's own kernels: the precision each runs in, and its module.
 KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "direct": ("fp32", conv_direct), "direct-s2": ("fp32", conv_direct),
-                 "shortcut": ("fp32", conv_direct), "bn-conv": ("fp32", conv_direct)}
+                 "shortcut": ("fp32", conv_direct), "bn-conv": ("fp32", conv_direct), "first-layer": ("fp32", conv_direct)}
 
 
 @contextmanager

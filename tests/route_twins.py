@@ -68,7 +68,8 @@ class DirectStandIn:
     def conv3x3(self, x, weights, stride=1, add=None, scale=None, shift=None):
         assert x.dtype == weights.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
         assert weights.shape[:2] == (9, x.shape[1]) and weights.is_contiguous()
-        assert weights.shape[2] == x.shape[1] * stride  # C -> C at stride 1, C -> 2C at stride 2
+        # C -> C at stride 1, C -> 2C at stride 2, or a first layer's 3 -> 16 (conv_direct.FIRST_LAYERS)
+        assert weights.shape[2] == x.shape[1] * stride or (stride == 1 and (x.shape[1], weights.shape[2]) == (3, 16))
         self.calls += 1
         x = self.normalise(x, stride, scale, shift)
         weight = unpacked(weights).contiguous(memory_format=torch.channels_last)
@@ -122,6 +123,18 @@ def without_direct_kernels(monkeypatch) -> None:
     monkeypatch.setattr(blocks, "conv3x3_direct", lambda conv, t: conv(t))
     monkeypatch.setattr(blocks, "conv3x3_direct_and_shortcut", lambda conv, t, cout: (conv(t), None))
     monkeypatch.setattr(blocks, "bn_relu_conv3x3", lambda bn, conv, t: conv(bn_relu(bn, t, None, fused=True)))
+
+
+def resnet20_twins() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """A training fp32 ResNet-20 prepared as training runs it (resnetlab's kernels on where this CPU
+    has them), a deep copy to run with a route switched off, and a batch of 8 channels_last images."""
+    from resnetlab.engine.runtime import Runtime, prepare_model
+    from resnetlab.models import create_model
+
+    torch.manual_seed(0)
+    net = prepare_model(create_model("resnet20", num_classes=10).train(),
+                        Runtime(torch.device("cpu"), "fp32", True, fused_bn=True))
+    return net, copy.deepcopy(net), torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
 
 
 def fp32_step(model: nn.Module, x: torch.Tensor):

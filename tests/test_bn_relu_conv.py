@@ -15,7 +15,7 @@ from resnetlab.models.bn_relu_conv import bn_relu_conv3x3
 from resnetlab.models.conv_direct import conv3x3_direct, packed
 from resnetlab.models.fused_bn import EXTENSION, bn_relu
 
-from route_twins import channels_last_input, needs_direct_kernel
+from route_twins import channels_last_input, needs_direct_kernel, resnet20_twins
 
 CL = torch.channels_last
 
@@ -156,11 +156,7 @@ def test_a_hooked_batch_norm_runs_as_its_module(direct_stand_in):
 @needs_direct_kernel
 def test_a_resnet20_step_gives_the_same_bits_as_the_batch_norms_output_stored(monkeypatch):
     """The node changes the step's speed and memory, not its bits: training runs and resumes as before."""
-    rt = Runtime(torch.device("cpu"), "fp32", True, fused_bn=True)
-    torch.manual_seed(0)
-    net = prepare_model(create_model("resnet20", num_classes=10).train(), rt)
-    twin = copy.deepcopy(net)
-    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=CL)
+    net, twin, x = resnet20_twins()
     results = []
     for model in (net, twin):
         if model is twin:

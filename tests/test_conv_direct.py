@@ -285,16 +285,17 @@ def test_a_build_without_its_avx512_code_is_not_used(stand_in):
     assert not applies(conv3x3_module(), channels_last_input())
 
 
-@pytest.mark.parametrize("name,expected", [("resnet20", 13), ("resnet56", 37), ("preact_resnet18", 0),
-                                           ("resnet50", 0)])
-def test_a_training_step_sends_every_convolution_the_kernels_have_through_them(stand_in, name, expected):
+@pytest.mark.parametrize("name,expected,first", [("resnet20", 13, 1), ("resnet56", 37, 1), ("preact_resnet18", 0, 0),
+                                                 ("resnet50", 0, 0)])
+def test_a_training_step_sends_every_convolution_the_kernels_have_through_them(stand_in, name, expected, first):
     """ResNet-20: 3 blocks x 2 convolutions of 16 channels, and of 32 less the stride-2 one: 6 + 5,
-    and the two stride-2 stage entries (16 -> 32, 32 -> 64). ResNet-56: 9 blocks each, 18 + 17 + 2.
-    ResNet-18 and ResNet-50: the narrowest 3x3s have 64 channels, their stride-2 ones 64 or more in."""
+    and the two stride-2 stage entries (16 -> 32, 32 -> 64); and its first layer's forward pass.
+    ResNet-56: 9 blocks each, 18 + 17 + 2, and the first layer. ResNet-18 and ResNet-50: the
+    narrowest 3x3s have 64 channels, their stride-2 ones 64 or more in, their first layer is 7x7."""
     rt = Runtime(torch.device("cpu"), "fp32", True, fused_bn=True)
     model = prepare_model(create_model(name, num_classes=10).train(), rt)
     model(torch.randn(2, 3, 32, 32).contiguous(memory_format=CL)).sum().backward()
-    assert stand_in.calls == 3 * expected  # each forward, input gradient and weight gradient
+    assert stand_in.calls == 3 * expected + first  # each forward, input gradient and weight gradient
     stand_in.calls = 0
     prepare_model(model, Runtime(torch.device("cpu"), "fp32", True, fused_bn=False))  # the switch turns it off
     model(torch.randn(2, 3, 32, 32).contiguous(memory_format=CL)).sum().backward()

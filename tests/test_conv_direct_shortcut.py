@@ -15,7 +15,7 @@ from resnetlab.models.blocks import BasicBlock
 from resnetlab.models.conv_direct import conv3x3_direct, conv3x3_direct_and_shortcut, packed, packed_for_strided_input_grad
 
 from route_twins import (assert_same_fp32_step, channels_last_input, conv3x3_module, fp32_step, input_grad_reference,
-                         needs_direct_kernel)
+                         needs_direct_kernel, resnet20_twins)
 
 CL = torch.channels_last
 
@@ -139,11 +139,7 @@ def test_a_hooked_shortcut_runs_as_its_module(direct_stand_in):
 def test_a_resnet20_step_gives_the_same_bits_as_autograd_adding_the_gradients(monkeypatch):
     """The kernel adds the same two numbers autograd would (addition commutes), so the fused node
     changes the step's speed, not its bits: training runs and resumes exactly as before."""
-    rt = Runtime(torch.device("cpu"), "fp32", True, fused_bn=True)
-    torch.manual_seed(0)
-    net = prepare_model(create_model("resnet20", num_classes=10).train(), rt)
-    twin = copy.deepcopy(net)
-    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=CL)
+    net, twin, x = resnet20_twins()
     grads = []
     for model in (net, twin):
         if model is twin:

@@ -1,14 +1,14 @@
-// An fp32 3x3 convolution (stride 1, padding 1, no bias, channels in = out = 16, 32, 48 or 64) of
-// channels_last CPU tensors with AVX-512, for fp32 training on CPUs without fast bf16 (built on
-// first use by resnetlab/models/conv_direct.py, with -march=native). The same kernel gives the
-// input gradient: the convolution of the output gradient with the weights' channel axes swapped
-// and both spatial axes flipped; a second kernel (weight_grad, conv_direct_weight_grad.h) the weight
-// gradient at 16 and 32 output channels. Why: on a 2-core Ice Lake Xeon oneDNN ran ResNet-20's
-// 16-channel layers at 50-68 GMAC/s of an fp32 peak over 150 (issue 18). The stride-2 forms
-// (16 -> 32 and 32 -> 64 channels, all three passes) are in conv_direct_stride2.h; the entry points
-// below take both. At stride 1 the forward pass and the weight gradient can also read a fused
-// batch-norm's input and apply it (and ReLU) as they copy it in (models/bn_relu_conv.py), so that
-// the normalised tensor is never stored.
+// An fp32 3x3 convolution (stride 1, padding 1, no bias, channels in = out = 16, 32, 48 or 64, or
+// the CIFAR ResNets' first layer, 3 -> 16) of channels_last CPU tensors with AVX-512, for fp32
+// training on CPUs without fast bf16 (built on first use by resnetlab/models/conv_direct.py, with
+// -march=native). The same kernel gives the input gradient: the convolution of the output gradient
+// with the weights' channel axes swapped and both spatial axes flipped; a second kernel
+// (weight_grad, conv_direct_weight_grad.h) the weight gradient at 16 and 32 output channels. Why:
+// on a 2-core Ice Lake Xeon oneDNN ran ResNet-20's 16-channel layers at 50-68 GMAC/s of an fp32
+// peak over 150 (issue 18). The stride-2 forms (16 -> 32 and 32 -> 64 channels, all three passes)
+// are in conv_direct_stride2.h; the entry points below take both. At stride 1 the forward pass and
+// the weight gradient can also read a fused batch-norm's input and apply it (and ReLU) as they copy
+// it in (models/bn_relu_conv.py), so that the normalised tensor is never stored.
 //
 // Per image, the input is copied into a zero-bordered buffer ((H+2) x (W+2) x C floats, in L2),
 // a row just before the first output row that needs it, so no border test is left in the inner
@@ -35,9 +35,9 @@ namespace {
 
 // One output row: blocks of P pixels, the rest in blocks of 4, 2 and 1; `add` (or nullptr): the
 // row of a tensor of the output's shape added to it as it is written.
-template <int P, int CV>
+template <int P, int CV, int CIN>
 void row(const float* pad, int pad_w, int width, const float* wpk, float* out, const float* add) {
-  constexpr int cout = CV * 16, cin = cout;
+  constexpr int cout = CV * 16, cin = CIN;
   auto at = [&](int x) { return add != nullptr ? add + (long)x * cout : nullptr; };
   int x = 0;
   for (; x + P <= width; x += P) block<P, CV, cin, 1>(pad + (long)x * cin, pad_w, wpk, out + (long)x * cout, at(x));
@@ -48,10 +48,10 @@ void row(const float* pad, int pad_w, int width, const float* wpk, float* out, c
 
 // y = conv(x) (+ add, a tensor of y's shape, where given); with scale and shift, conv(relu(x * scale +
 // shift)), x a fused batch-norm's input (copy_normalised).
-template <int P, int CV>
+template <int P, int CV, int CIN = CV * 16>
 void convolve(const float* x, const float* wpk, float* y, long n, int h, int w, const float* add,
               const float* scale, const float* shift) {
-  constexpr int cin = CV * 16;
+  constexpr int cin = CIN;
   const int pad_w = w + 2;
   const long image_in = (long)h * w * cin, image_out = (long)h * w * CV * 16, row_in = (long)w * cin;
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
@@ -70,7 +70,7 @@ void convolve(const float* x, const float* wpk, float* y, long n, int h, int w, 
         if (ahead != nullptr)
           for (long b = 0; b < row_in; b += 16) _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
         const long at = i * image_out + (long)r * w * CV * 16;
-        row<P, CV>(pad.data() + (long)r * pad_w * cin, pad_w, w, wpk, dst + (long)r * w * CV * 16,
+        row<P, CV, CIN>(pad.data() + (long)r * pad_w * cin, pad_w, w, wpk, dst + (long)r * w * CV * 16,
                    add != nullptr ? add + at : nullptr);
       }
     }
@@ -102,7 +102,8 @@ static const float* normalisation_of(const c10::optional<torch::Tensor>& scale, 
                                      int64_t channels, int64_t stride, const char* what) {
   TORCH_CHECK(scale.has_value() == shift.has_value(), what, ": give the batch-norm's scale and shift together");
   if (!scale.has_value()) return nullptr;
-  TORCH_CHECK(stride == 1, what, ": normalises its input at stride 1 only");
+  TORCH_CHECK(stride == 1 && channels % 16 == 0, what, ": normalises its input at stride 1 only, of a multiple of "
+              "16 channels");
   for (const torch::Tensor* t : {&*scale, &*shift})
     TORCH_CHECK(t->is_cpu() && t->scalar_type() == torch::kFloat && t->dim() == 1 && t->numel() == channels &&
                 t->is_contiguous(), what, ": scale and shift must be contiguous fp32 CPU vectors of ", channels,
@@ -133,7 +134,8 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed, int64
   const int cin = x.size(1), h = x.size(2), w = x.size(3), cout = packed.size(2);
   TORCH_CHECK(stride == 1 || stride == 2, "conv3x3: stride must be 1 or 2, got ", stride);
   if (stride == 1) {
-    TORCH_CHECK(cin == cout, "conv3x3: input and output channels must be equal, got ", cin, " and ", cout);
+    TORCH_CHECK(cin == cout || (cin == 3 && cout == 16), "conv3x3: input and output channels must be equal "
+                "(or 3 -> 16, the CIFAR ResNets' first layer), got ", cin, " and ", cout);
     TORCH_CHECK(cout == 16 || cout == 32 || cout == 48 || cout == 64,
                 "conv3x3: output channels must be 16, 32, 48 or 64, got ", cout);
   } else {
@@ -148,7 +150,8 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& packed, int64
   const float* xp = x.data_ptr<float>();
   const float* wp = packed.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  switch (stride * 100 + cout) {
+  switch (stride * 100 + cout + (cin == 3 ? 1000 : 0)) {
+    case 1116: convolve<16, 1, 3>(xp, wp, yp, n, h, w, ap, nullptr, nullptr); break;
     case 116: convolve<16, 1>(xp, wp, yp, n, h, w, ap, sp, hp); break;
     case 132: convolve<8, 2>(xp, wp, yp, n, h, w, ap, sp, hp); break;
     case 148: convolve<4, 3>(xp, wp, yp, n, h, w, ap, sp, hp); break;

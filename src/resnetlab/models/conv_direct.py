@@ -17,11 +17,15 @@ faster, the forward pass 1.2-1.3x (direct-stride2-2026-12-04/direct_conv_layers.
 on that Ice Lake only; other Intel CPUs with AVX-512 (Skylake-SP, Cascade Lake) take it by the
 same rule. At stride 1 the forward pass and the weight gradient can also take a fused batch-norm's
 input with its scale and shift and apply them (and ReLU) as they copy it in: models/bn_relu_conv.py.
+The CIFAR ResNets' first layer (3 -> 16 channels, FIRST_LAYERS) takes the forward pass alone, where
+oneDNN ran at 33 GMAC/s and the kernel 2.15x faster (first-layer-2026-12-04/direct_conv_layers.json);
+its gradients stay oneDNN's.
 
 It is a module choice like the fused batch-norm, and the same switch (train.fused_bn, the blocks'
 `fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernels do: a
 training nn.Conv2d itself (not a subclass, whose forward may differ: QAT, weight standardisation)
-3x3, padding 1, no bias, at stride 1 as many channels out as in, of a width in WIDTHS, at stride 2
+3x3, padding 1, no bias, at stride 1 as many channels out as in, of a width in WIDTHS (or a first
+layer's in and out channels, FIRST_LAYERS), at stride 2
 channels in and out as in STRIDED and even sides, fp32 weights on an fp32 channels_last CPU tensor
 outside autocast, without hooks, on a CPU where `kernel_kind` names it. Everything else, an FX
 trace included, calls the module itself. Its backward is once-differentiable: a second-order
@@ -52,6 +56,10 @@ UNIT, TWO = (1, 1), (2, 2)
 # layer. At 64 channels its 147 KB of weights no longer fit the L1 cache: forward 0.86x at 56 px,
 # 1.09x at 8 px (direct_conv_layers.json).
 WIDTHS = (16, 32)
+# (in, out) channels of a network's first layer whose forward pass the kernel takes at stride 1 (the
+# CIFAR ResNets' 3 -> 16); its gradients stay oneDNN's (the kernel's weight gradient at 3 input
+# channels ran at half oneDNN's speed; the input gradient of the images is rarely wanted).
+FIRST_LAYERS = ((3, 16),)
 # (in, out) channels of the stride-2 layers it has (conv_direct_stride2.h): ResNet-20/32/44/56/110's
 # stage entries; images of even height and width.
 STRIDED = ((16, 32), (32, 64))
@@ -88,7 +96,8 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 def has_kernel(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether the kernels have conv's stride and channels (and, at stride 2, x's even sides)."""
     if conv.stride == UNIT:
-        return conv.in_channels == conv.out_channels and conv.out_channels in WIDTHS
+        return (conv.in_channels == conv.out_channels and conv.out_channels in WIDTHS
+                or (conv.in_channels, conv.out_channels) in FIRST_LAYERS)
     return (conv.stride == TWO and (conv.in_channels, conv.out_channels) in STRIDED
             and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0)
 
@@ -128,6 +137,30 @@ def packed_for_strided_input_grad(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(2, 3, 0, 1).reshape(9, weight.shape[0], weight.shape[1]).contiguous()
 
 
+def _onednn_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, which: int) -> torch.Tensor:
+    """oneDNN's input (which=0) or weight (which=1) gradient, as nn.Conv2d's backward computes it."""
+    return torch.ops.aten.convolution_backward(dy, x, weight, None, [stride] * 2, list(UNIT), list(UNIT), False,
+                                               [0, 0], 1, [which == 0, which == 1, False])[which]
+
+
+def input_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int,
+               add: torch.Tensor | None = None) -> torch.Tensor:
+    """dx of a layer the kernels take (+ add, a shortcut's gradient, added as the kernel writes);
+    oneDNN's for a first layer (FIRST_LAYERS: no kernel for 16 -> 3, and no shortcut there)."""
+    if (weight.shape[1], weight.shape[0]) in FIRST_LAYERS:
+        return _onednn_grad(dy, x, weight, stride, 0)
+    if stride == 1:
+        return KERNELS.get().conv3x3(dy, packed_for_input_grad(weight), 1, add)
+    return KERNELS.get().conv3x3_input_grad_s2(dy, packed_for_strided_input_grad(weight), add)
+
+
+def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """dW of a layer the kernels take: theirs, or oneDNN's for a first layer (FIRST_LAYERS)."""
+    if (weight.shape[1], weight.shape[0]) in FIRST_LAYERS:
+        return _onednn_grad(dy, x, weight, stride, 1)
+    return KERNELS.get().conv3x3_weight_grad(x, dy, stride)
+
+
 class _Conv3x3(torch.autograd.Function):
     """A 3x3, padding-1 convolution (stride 1 or 2) without bias of fp32 channels_last tensors."""
 
@@ -144,10 +177,9 @@ class _Conv3x3(torch.autograd.Function):
         dy = dy.contiguous(memory_format=torch.channels_last)
         dx = dweight = None
         if ctx.needs_input_grad[0]:
-            dx = (KERNELS.get().conv3x3(dy, packed_for_input_grad(weight)) if ctx.stride == 1
-                  else KERNELS.get().conv3x3_input_grad_s2(dy, packed_for_strided_input_grad(weight)))
+            dx = input_grad(dy, x, weight, ctx.stride)
         if ctx.needs_input_grad[1]:
-            dweight = KERNELS.get().conv3x3_weight_grad(x, dy, ctx.stride)
+            dweight = weight_grad(x, dy, weight, ctx.stride)
         return dx, dweight, None
 
 
@@ -172,8 +204,7 @@ class _Conv3x3AndShortcut(torch.autograd.Function):
         add = None if dshortcut is None else dshortcut.float().contiguous(memory_format=torch.channels_last)
         dx = dweight = None
         if ctx.needs_input_grad[0]:
-            dx = (KERNELS.get().conv3x3(dy, packed_for_input_grad(weight), 1, add) if ctx.stride == 1
-                  else KERNELS.get().conv3x3_input_grad_s2(dy, packed_for_strided_input_grad(weight), add))
+            dx = input_grad(dy, x, weight, ctx.stride, add)
         if ctx.needs_input_grad[1]:
-            dweight = KERNELS.get().conv3x3_weight_grad(x, dy, ctx.stride)
+            dweight = weight_grad(x, dy, weight, ctx.stride)
         return dx, dweight, None, None

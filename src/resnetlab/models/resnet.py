@@ -11,6 +11,7 @@ from torch import nn
 
 from resnetlab.errors import UserError
 
+from . import blocks
 from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from .fused_bn import bn_relu
 
@@ -66,9 +67,9 @@ class ResNet(nn.Module):
         cin = widths[0]
         self.stage_channels: list[int] = []
         self.stage_strides: list[int] = []
-        for i, (width, blocks) in enumerate(zip(widths, layers)):
+        for i, (width, depth) in enumerate(zip(widths, layers)):
             stride = 1 if i == 0 else 2
-            layer, cin = self._make_layer(block, cin, width, blocks, stride,
+            layer, cin = self._make_layer(block, cin, width, depth, stride,
                                           dict(shortcut=shortcut, residual=residual, stride_on=stride_on))
             self.add_module(f"layer{i + 1}", layer)
             self.stage_channels.append(cin)
@@ -111,7 +112,10 @@ class ResNet(nn.Module):
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(bn_relu(self.bn1, self.conv1(x), self.relu, fused=self.fused_bn))
+        # Under the same switch as the blocks' kernels: the CIFAR stem's 3 -> 16 convolution's forward
+        # pass in the direct kernel where it applies (fp32 training on AVX-512; models/conv_direct.py)
+        out = blocks.conv3x3_direct(self.conv1, x) if self.fused_bn else self.conv1(x)
+        return self.maxpool(bn_relu(self.bn1, out, self.relu, fused=self.fused_bn))
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature map after each stage: C2..C5 at strides 4..32 for ImageNet nets (the
