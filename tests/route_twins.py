@@ -125,14 +125,14 @@ def without_direct_kernels(monkeypatch) -> None:
     monkeypatch.setattr(blocks, "bn_relu_conv3x3", lambda bn, conv, t: conv(bn_relu(bn, t, None, fused=True)))
 
 
-def resnet20_twins() -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """A training fp32 ResNet-20 prepared as training runs it (resnetlab's kernels on where this CPU
+def fp32_twins(name: str = "resnet20") -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """A training fp32 network prepared as training runs it (resnetlab's kernels on where this CPU
     has them), a deep copy to run with a route switched off, and a batch of 8 channels_last images."""
     from resnetlab.engine.runtime import Runtime, prepare_model
     from resnetlab.models import create_model
 
     torch.manual_seed(0)
-    net = prepare_model(create_model("resnet20", num_classes=10).train(),
+    net = prepare_model(create_model(name, num_classes=10).train(),
                         Runtime(torch.device("cpu"), "fp32", True, fused_bn=True))
     return net, copy.deepcopy(net), torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
 

@@ -15,7 +15,7 @@ from resnetlab.models.bn_relu_conv import bn_relu_conv3x3
 from resnetlab.models.conv_direct import conv3x3_direct, packed
 from resnetlab.models.fused_bn import EXTENSION, bn_relu
 
-from route_twins import channels_last_input, needs_direct_kernel, resnet20_twins
+from route_twins import channels_last_input, fp32_twins, needs_direct_kernel
 
 CL = torch.channels_last
 
@@ -133,7 +133,8 @@ def test_it_steps_aside_where_either_half_would(direct_stand_in):
 @pytest.mark.parametrize("name,expected", [
     ("resnet20", 6),            # every block's second convolution at 16 and 32 channels: 3 + 3
     ("resnet56", 18),           # 9 + 9
-    ("preact_resnet110", 36),   # the pre-activation blocks' second batch-norm and convolution: 18 + 18
+    ("preact_resnet110", 71),   # the pre-activation blocks' second batch-norm and convolution: 18 + 18, and
+                                # their first where the shortcut is the identity (at stride 1): 18 + 17
     ("preact_resnet164", 35),   # the bottlenecks' 3x3 at widths 16 and 32, but for the stage entry's stride 2: 18 + 17
     ("resnet18", 0)])           # 64 channels and more: oneDNN's
 def test_every_block_whose_convolution_after_a_batch_norm_takes_the_kernels_takes_the_node(direct_stand_in, name,
@@ -154,9 +155,10 @@ def test_a_hooked_batch_norm_runs_as_its_module(direct_stand_in):
 
 
 @needs_direct_kernel
-def test_a_resnet20_step_gives_the_same_bits_as_the_batch_norms_output_stored(monkeypatch):
+@pytest.mark.parametrize("name", ["resnet20", "preact_resnet110"])
+def test_a_step_gives_the_same_bits_as_the_batch_norms_output_stored(monkeypatch, name):
     """The node changes the step's speed and memory, not its bits: training runs and resumes as before."""
-    net, twin, x = resnet20_twins()
+    net, twin, x = fp32_twins(name)
     results = []
     for model in (net, twin):
         if model is twin:

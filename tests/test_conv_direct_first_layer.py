@@ -11,8 +11,8 @@ from resnetlab.engine.runtime import Runtime, prepare_model
 from resnetlab.models import conv_direct, create_model
 from resnetlab.models.conv_direct import applies, conv3x3_direct, packed
 
-from route_twins import (assert_same_fp32_step, channels_last_input, conv3x3_module, fp32_step, needs_direct_kernel,
-                         resnet20_twins, without_direct_kernels)
+from route_twins import (assert_same_fp32_step, channels_last_input, conv3x3_module, fp32_step, fp32_twins,
+                         needs_direct_kernel, without_direct_kernels)
 
 CL = torch.channels_last
 
@@ -86,7 +86,7 @@ def test_the_cifar_networks_first_layer_takes_it_under_the_switch(stand_in, monk
 
 @needs_direct_kernel
 def test_a_resnet20_step_matches_the_modules(monkeypatch):
-    net, twin, x = resnet20_twins()
+    net, twin, x = fp32_twins()
     got = fp32_step(net, x)
     without_direct_kernels(monkeypatch)
     assert_same_fp32_step(got, fp32_step(twin, x))

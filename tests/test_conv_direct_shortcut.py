@@ -14,8 +14,8 @@ from resnetlab.models import blocks, conv_direct, create_model
 from resnetlab.models.blocks import BasicBlock
 from resnetlab.models.conv_direct import conv3x3_direct, conv3x3_direct_and_shortcut, packed, packed_for_strided_input_grad
 
-from route_twins import (assert_same_fp32_step, channels_last_input, conv3x3_module, fp32_step, input_grad_reference,
-                         needs_direct_kernel, resnet20_twins)
+from route_twins import (assert_same_fp32_step, channels_last_input, conv3x3_module, fp32_step, fp32_twins,
+                         input_grad_reference, needs_direct_kernel)
 
 CL = torch.channels_last
 
@@ -139,7 +139,7 @@ def test_a_hooked_shortcut_runs_as_its_module(direct_stand_in):
 def test_a_resnet20_step_gives_the_same_bits_as_autograd_adding_the_gradients(monkeypatch):
     """The kernel adds the same two numbers autograd would (addition commutes), so the fused node
     changes the step's speed, not its bits: training runs and resumes exactly as before."""
-    net, twin, x = resnet20_twins()
+    net, twin, x = fp32_twins()
     grads = []
     for model in (net, twin):
         if model is twin:

@@ -207,8 +207,12 @@ class PreActBasicBlock(Block):
         return self.conv2  # pre-activation: the branch ends in a convolution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
-        out = self.normalised_conv(self.bn2, self.conv2, convolve(self.conv1, pre, self.fused_bn))
+        if self.downsample is None:  # the pre-activated input feeds conv1 alone: it need not be stored
+            out = self.normalised_conv(self.bn1, self.conv1, x)
+        else:
+            pre = bn_relu(self.bn1, x, self.relu, fused=self.fused_bn)
+            out = convolve(self.conv1, pre, self.fused_bn)
+        out = self.normalised_conv(self.bn2, self.conv2, out)
         if not self.residual:
             return out
         # A projection sees the normalised input (as in the authors' code); identity sees x itself.
