@@ -1,7 +1,7 @@
 """conv(relu(bn(x))) in fp32 CPU training as one autograd node, where the convolution is a 3x3,
 stride-1 one of resnetlab's direct kernels (models/conv_direct.py): a basic block's second
-convolution after its first batch-norm (a pre-activation block's after its second, a bottleneck's
-3x3 after its first).
+convolution after its first batch-norm (a pre-activation block's after its second, and its first
+after its first where the shortcut is the identity; a bottleneck's 3x3 after its first).
 
 Fused batch-norm + ReLU and the convolution as two nodes write relu(bn(x)) to memory, read it back
 in the convolution, and keep it until backward for the weight gradient. Here batch-norm only
