@@ -25,11 +25,10 @@ It is a module choice like the fused batch-norm, and the same switch (train.fuse
 `fused_bn`) turns resnetlab's own kernels on or off. It applies only where the kernels do: a
 training nn.Conv2d itself (not a subclass, whose forward may differ: QAT, weight standardisation)
 3x3, padding 1, no bias, at stride 1 as many channels out as in, of a width in WIDTHS (or a first
-layer's in and out channels, FIRST_LAYERS), at stride 2
-channels in and out as in STRIDED and even sides, fp32 weights on an fp32 channels_last CPU tensor
-outside autocast, without hooks, on a CPU where `kernel_kind` names it. Everything else, an FX
-trace included, calls the module itself. Its backward is once-differentiable: a second-order
-gradient needs the route off (train.fused_bn false).
+layer's in and out channels, FIRST_LAYERS), at stride 2 channels in and out as in STRIDED and even
+sides, fp32 weights on an fp32 channels_last CPU tensor outside autocast, without hooks, on a CPU
+where `kernel_kind` names it. Everything else, an FX trace included, calls the module itself. Its
+backward is once-differentiable: a second-order gradient needs the route off (train.fused_bn false).
 The kernels sum in fp32 as oneDNN does, in another order: results agree to about 1e-6 relative
 (tests/test_conv_direct.py). Each forward and input-gradient thread writes whole images, and the
 weight gradient adds the threads' sums in a fixed order, so a run is repeatable bit for bit at a
@@ -146,9 +145,10 @@ def _onednn_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride
 def input_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int,
                add: torch.Tensor | None = None) -> torch.Tensor:
     """dx of a layer the kernels take (+ add, a shortcut's gradient, added as the kernel writes);
-    oneDNN's for a first layer (FIRST_LAYERS: no kernel for 16 -> 3, and no shortcut there)."""
+    oneDNN's for a first layer (FIRST_LAYERS: the kernels have no 16 -> 3)."""
     if (weight.shape[1], weight.shape[0]) in FIRST_LAYERS:
-        return _onednn_grad(dy, x, weight, stride, 0)
+        dx = _onednn_grad(dy, x, weight, stride, 0)
+        return dx if add is None else dx + add
     if stride == 1:
         return KERNELS.get().conv3x3(dy, packed_for_input_grad(weight), 1, add)
     return KERNELS.get().conv3x3_input_grad_s2(dy, packed_for_strided_input_grad(weight), add)
