@@ -125,6 +125,17 @@ def without_direct_kernels(monkeypatch) -> None:
     monkeypatch.setattr(blocks, "bn_relu_conv3x3", lambda bn, conv, t: conv(bn_relu(bn, t, None, fused=True)))
 
 
+def shapes_a_hook_sees(block: nn.Module, name: str, x: torch.Tensor) -> list:
+    """Forward + backward of `block` in training with resnetlab's kernels switched on and a forward
+    hook on its submodule `name`: the output shapes the hook saw (a hooked module must run itself)."""
+    block = block.to(memory_format=torch.channels_last).train()
+    block.fused_bn = True
+    seen = []
+    block.get_submodule(name).register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    block(x.requires_grad_()).sum().backward()
+    return seen
+
+
 def fp32_twins(name: str = "resnet20") -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """A training fp32 network prepared as training runs it (resnetlab's kernels on where this CPU
     has them), a deep copy to run with a route switched off, and a batch of 8 channels_last images."""

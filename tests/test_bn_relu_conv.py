@@ -15,7 +15,7 @@ from resnetlab.models.bn_relu_conv import bn_relu_conv3x3
 from resnetlab.models.conv_direct import conv3x3_direct, packed
 from resnetlab.models.fused_bn import EXTENSION, bn_relu
 
-from route_twins import channels_last_input, fp32_twins, needs_direct_kernel
+from route_twins import channels_last_input, fp32_twins, needs_direct_kernel, shapes_a_hook_sees
 
 CL = torch.channels_last
 
@@ -146,11 +146,7 @@ def test_every_block_whose_convolution_after_a_batch_norm_takes_the_kernels_take
 
 
 def test_a_hooked_batch_norm_runs_as_its_module(direct_stand_in):
-    block = BasicBlock(16, 16).to(memory_format=CL).train()
-    block.fused_bn = True
-    seen = []
-    block.bn1.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
-    block(channels_last_input(16, 2, 4).requires_grad_()).sum().backward()
+    seen = shapes_a_hook_sees(BasicBlock(16, 16), "bn1", channels_last_input(16, 2, 4))
     assert seen == [(2, 16, 4, 4)] and direct_stand_in.normalised == 0
 
 

@@ -15,7 +15,7 @@ from resnetlab.models.blocks import BasicBlock
 from resnetlab.models.conv_direct import conv3x3_direct, conv3x3_direct_and_shortcut, packed, packed_for_strided_input_grad
 
 from route_twins import (assert_same_fp32_step, channels_last_input, conv3x3_module, fp32_step, fp32_twins,
-                         input_grad_reference, needs_direct_kernel)
+                         input_grad_reference, needs_direct_kernel, shapes_a_hook_sees)
 
 CL = torch.channels_last
 
@@ -127,11 +127,7 @@ def test_every_block_whose_first_convolution_takes_the_kernels_adds_its_shortcut
 
 
 def test_a_hooked_shortcut_runs_as_its_module(direct_stand_in):
-    block = BasicBlock(16, 32, stride=2, shortcut="A").to(memory_format=CL).train()
-    block.fused_bn = True
-    seen = []
-    block.downsample.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
-    block(channels_last_input(16, 2, 8).requires_grad_()).sum().backward()
+    seen = shapes_a_hook_sees(BasicBlock(16, 32, stride=2, shortcut="A"), "downsample", channels_last_input(16, 2, 8))
     assert seen == [(2, 32, 4, 4)] and direct_stand_in.adds == 0
 
 
