@@ -1,7 +1,7 @@
 """conv(relu(bn(x))) as one node of the direct kernels (models/bn_relu_conv.py): the kernels apply the
 batch-norm as they read x with its own arithmetic, so the same bits as fused batch-norm + ReLU then
-the convolution, for the kernels, the node, and a whole ResNet-20 step; refusals; which blocks take
-it and where it steps aside (a stand-in kernel, everywhere)."""
+the convolution, for the kernels, the node, and a whole ResNet-20 and pre-activation ResNet-110 step;
+refusals; which blocks take it and where it steps aside (a stand-in kernel, everywhere)."""
 import copy
 
 import pytest
