@@ -25,21 +25,13 @@ from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import interleaved
 from resnetlab.models import conv_direct
-from resnetlab.models.conv_direct import packed, packed_for_input_grad, packed_for_strided_input_grad
+from resnetlab.models.conv_direct import onednn_grad, packed, packed_for_input_grad, packed_for_strided_input_grad
 
 # (batch, channels in, channels out, input side, stride): ResNet-20's 3x3 layers, and ResNet-50's
 # first-stage one
 SHAPES = [(128, 16, 16, 32, 1), (128, 32, 32, 16, 1), (128, 64, 64, 8, 1), (32, 64, 64, 56, 1),
           (128, 16, 32, 32, 2), (128, 32, 64, 16, 2), (128, 3, 16, 32, 1)]
-UNIT = [1, 1]
 PASSES = ("forward", "input_grad", "weight_grad")
-
-
-def onednn_grad(dy, x, weight, stride: int, which: int):
-    """oneDNN's input (which=0) or weight (which=1) gradient, as nn.Conv2d's backward computes it."""
-    mask = [which == 0, which == 1, False]
-    return torch.ops.aten.convolution_backward(dy, x, weight, None, [stride] * 2, UNIT, UNIT, False, [0, 0], 1,
-                                               mask)[which]
 
 
 def rel_error(got: torch.Tensor, reference: torch.Tensor) -> float:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import conv_direct
-from .conv_direct import packed, packed_for_input_grad
+from .conv_direct import packed
 from .fused_bn import EXTENSION, _counted, _next_momentum, fusable
 
 CL = torch.channels_last
@@ -62,7 +62,7 @@ class _BatchNormReLUConv3x3(torch.autograd.Function):
         dy = dy.contiguous(memory_format=CL)
         dx = dbn_weight = dbn_bias = dconv_weight = None
         if any(ctx.needs_input_grad[:3]):
-            dnormalised = kernels.conv3x3(dy, packed_for_input_grad(conv_weight))
+            dnormalised = conv_direct.input_grad(dy, x, conv_weight, 1)  # x: its shape (the normalised one's)
             dx, dbn_weight, dbn_bias, _ = EXTENSION.get().backward(dnormalised, None, x, bn_weight, mean, invstd,
                                                                    scale, shift, False)
         if ctx.needs_input_grad[3]:

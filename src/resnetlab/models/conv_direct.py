@@ -136,7 +136,7 @@ def packed_for_strided_input_grad(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(2, 3, 0, 1).reshape(9, weight.shape[0], weight.shape[1]).contiguous()
 
 
-def _onednn_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, which: int) -> torch.Tensor:
+def onednn_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, which: int) -> torch.Tensor:
     """oneDNN's input (which=0) or weight (which=1) gradient, as nn.Conv2d's backward computes it."""
     return torch.ops.aten.convolution_backward(dy, x, weight, None, [stride] * 2, list(UNIT), list(UNIT), False,
                                                [0, 0], 1, [which == 0, which == 1, False])[which]
@@ -147,7 +147,7 @@ def input_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: 
     """dx of a layer the kernels take (+ add, a shortcut's gradient, added as the kernel writes);
     oneDNN's for a first layer (FIRST_LAYERS: the kernels have no 16 -> 3)."""
     if (weight.shape[1], weight.shape[0]) in FIRST_LAYERS:
-        dx = _onednn_grad(dy, x, weight, stride, 0)
+        dx = onednn_grad(dy, x, weight, stride, 0)
         return dx if add is None else dx + add
     if stride == 1:
         return KERNELS.get().conv3x3(dy, packed_for_input_grad(weight), 1, add)
@@ -157,7 +157,7 @@ def input_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: 
 def weight_grad(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
     """dW of a layer the kernels take: theirs, or oneDNN's for a first layer (FIRST_LAYERS)."""
     if (weight.shape[1], weight.shape[0]) in FIRST_LAYERS:
-        return _onednn_grad(dy, x, weight, stride, 1)
+        return onednn_grad(dy, x, weight, stride, 1)
     return KERNELS.get().conv3x3_weight_grad(x, dy, stride)
 
 
