@@ -64,7 +64,7 @@ def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.n
                 img.draft("RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor)))
             if orientation != 1:  # decodes (at the draft scale) into a new upright image; `path`'s stays as it is
                 img = ImageOps.exif_transpose(img)
-            rgb = img.convert("RGB")  # grey, palette, CMYK, RGBA ... -> RGB; decodes the file
+            rgb = as_rgb(img)  # grey, palette, CMYK, RGBA, 16-bit, float ... -> 8-bit RGB; decodes the file
             sx, sy = rgb.size[0] / w, rgb.size[1] / h
     except DECODE_ERRORS as err:
         raise BadImage(path, _reason(err)) from None
@@ -77,6 +77,28 @@ def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.n
         else:
             out.append(np.array(rgb.resize(size, resample, box=box)))
     return out
+
+
+# Pillow's modes of more than 8 bits per value: 16-bit integers (PNG, TIFF), 32-bit integers
+# (16-bit PNGs in some Pillow versions) and floats (TIFF). Image.convert("RGB") clips them to
+# 0..255 instead of scaling them: a 16-bit photo would come out nearly white, one of floats in
+# [0, 1] black.
+WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def as_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of `img`. 16-bit and 32-bit integer values are taken as 16-bit (0..65535,
+    what PNG and TIFF store; / 257 maps 65535 to 255 and 257 k to k exactly); float images as
+    0..1 when no value exceeds 1, else as 0..255 (values outside clipped, NaN as 0)."""
+    if img.mode in WIDE_INTEGER_MODES:
+        values = np.asarray(img, dtype=np.float64) / 257.0
+    elif img.mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        values = values * 255.0 if values.size and values.max() <= 1.0 else values
+    else:
+        return img.convert("RGB")
+    grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")  # 2-d uint8: mode L
 
 
 def opened(source):
