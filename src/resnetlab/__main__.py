@@ -1,6 +1,6 @@
 """`python -m resnetlab ...` (also what `torchrun -m resnetlab train ...` runs)."""
 import sys
 
-from resnetlab.cli import main
+from resnetlab.entry import main
 
 sys.exit(main())

@@ -76,7 +76,17 @@ def run_command(args) -> int:
                     show(message, category, *rest, **kw)
 
             warnings.showwarning = one_line
-            return int(COMMANDS[args.command].run(args) or 0)
+            code = int(COMMANDS[args.command].run(args) or 0)
+            sys.stdout.flush()  # a reader gone away shows here, not at the interpreter's exit
+            return code
+    except BrokenPipeError:
+        # `resnetlab models | head -1`: the reader closed the pipe. Stop quietly with the status of a
+        # command ended by SIGPIPE, and point stdout at /dev/null so the final flush stays quiet.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (captured, in tests)
+            pass
+        return 141
     except UserError as err:
         print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,52 @@
+"""The `resnetlab` command at its edges: a Ctrl-C while PyTorch is still loading, and a reader
+that closes the pipe early (`resnetlab models | head -1`). Both end in at most one line, never a
+traceback."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from resnetlab import entry
+
+
+def test_importing_the_package_does_not_load_pytorch_until_a_name_is_used():
+    code = ("import sys, resnetlab; loaded = 'torch' in sys.modules; model = resnetlab.create_model('resnet8'); "
+            "print(loaded, 'torch' in sys.modules, type(model).__name__, resnetlab.UserError.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "ResNet", "resnetlab.errors"]
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line_and_status_130(monkeypatch, capsys):
+    ran = []
+
+    def slow_import():  # a Ctrl-C arrives in the middle of importing PyTorch
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs between bytecodes: it must not raise here
+        return lambda argv=None: ran.append(argv) or 0
+    monkeypatch.setattr(entry, "load_cli", slow_import)
+    assert entry.main(["models"]) == 130
+    assert ran == [] and capsys.readouterr().err == "resnetlab: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+
+
+def test_ctrl_c_while_the_arguments_are_parsed_is_one_line(monkeypatch, capsys):
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(entry, "load_cli", lambda: interrupted)
+    assert entry.main(["models"]) == 130
+    assert capsys.readouterr().err == "resnetlab: interrupted\n"
+
+
+@pytest.mark.parametrize("argv", [["models"], ["weights", "list", "--json"]])
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(argv):
+    # The read end is closed before the command can write (it first imports PyTorch), so its first
+    # write meets a closed pipe, as `resnetlab models | head -c 10` does once head has exited.
+    proc = subprocess.Popen([sys.executable, "-m", "resnetlab", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
