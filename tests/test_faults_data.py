@@ -1,6 +1,7 @@
 """A run's data changed under it: --resume refuses in one line before anything is loaded or
-written, eval --split val warns that the hold-out is drawn again, and a moved folder with the same
-images resumes."""
+written, eval --split val warns that the hold-out is drawn again, a moved folder with the same
+images resumes, and a deleted data folder, a missing run directory and --resume with --out are
+said plainly."""
 import shutil
 
 import pytest
@@ -80,6 +81,12 @@ def test_a_moved_folder_with_the_same_images_resumes_and_another_is_refused(run,
     assert "train images per class were dog 6; now dog 7" in refused(capsys, out, "--data", str(other))
     moved = tmp_path / "moved"
     shutil.move(data, moved)
+    assert main(["train", "--resume", str(out), "--max-steps", "4"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"resnetlab train: error: the run's data folder {data} no longer exists; pass --data DIR, the folder where "
+        "its images are now")
+    assert main(["eval", str(out), "--split", "val"]) == 2
+    assert "the run's data folder" in capsys.readouterr().err
     assert main(["train", "--resume", str(out), "--data", str(moved), "--max-steps", "4"]) == 0
     assert load_checkpoint(out / "checkpoints" / "last.pt").training.step == 4
     assert load_config(str(out / "config.yaml")).data.root == str(moved)
@@ -103,3 +110,14 @@ def test_eval_val_warns_when_the_hold_out_is_drawn_again(run, capsys):
                        "class were cat 6; now cat 7): the validation split is drawn from it again and may hold images "
                        "the run trained on"]
 
+
+def test_resume_of_a_missing_directory_or_with_another_out_is_one_line(run, tmp_path, capsys):
+    _, out = run
+    assert main(["train", "--resume", str(tmp_path / "nonexist")]) == 2
+    assert capsys.readouterr().err.strip() == (f"resnetlab train: error: --resume {tmp_path / 'nonexist'}: no such "
+                                               "directory; give the run directory a training wrote")
+    assert main(["train", "--resume", str(out), "--out", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"resnetlab train: error: --resume {out} continues that run in its own directory; drop --out "
+        f"{tmp_path / 'other'} (to start a new run from its weights: --init {out} --out {tmp_path / 'other'})")
+    assert not (tmp_path / "other").exists()

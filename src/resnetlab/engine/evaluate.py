@@ -183,7 +183,7 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None):
     from resnetlab.data.build import labelled_folder
     from resnetlab.data.folder import folder_layout
 
-    from .datadir import data_overrides
+    from .datadir import check_run_data_root, data_overrides
     from .preflight import data_changes, data_source
 
     if data is not None:
@@ -198,6 +198,7 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None):
         cfg = apply_overrides(cfg, found)
     if cfg.data.root is None and cfg.data.dataset != "synthetic":
         raise UserError("the checkpoint does not say where its data is; pass --data DIR")
+    check_run_data_root(cfg)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     changes = data_changes(run_dir, bundle) if split == "val" and run_dir is not None else []
     if changes:
