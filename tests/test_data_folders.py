@@ -1,5 +1,6 @@
 """Image folders: labels from folder names, colour modes, the small-image cache, bad input."""
 import re
+import shutil
 import struct
 import zlib
 
@@ -251,14 +252,26 @@ def test_a_test_class_left_without_images_is_reported_by_name(tmp_path, capsys):
     root = _tree(tmp_path / "d")
     for i in range(4):
         (root / "test" / "dog" / f"{i}.png").write_bytes(b"broken")
-    with pytest.warns(ResnetlabWarning, match=r"skipped 4 unreadable files \(test/dog/0.png, test/dog/1.png, "
-                                              r"test/dog/2.png, \.\.\.\); no test images left of class dog"):
+    with pytest.warns(ResnetlabWarning) as said:
         bundle = build_data(_cfg(root, tmp_path, skip_bad=True))
+    assert [str(w.message) for w in said] == [
+        f"data.skip_bad: skipped 4 unreadable files (test/dog/0.png, test/dog/1.png, test/dog/2.png, ...); "
+        f"`resnetlab data {root} --skip-bad` lists every file with its reason",
+        "test/ has no images of class dog: its test error counts only cat, emu"]
     assert bundle.provenance["empty_classes"] == {"test": ["dog"]} and bundle.classes == sorted(COLOURS)
     assert sorted(set(bundle.test.labels.tolist())) == [0, 2]  # cat and emu keep their indices
     assert main(["data", str(root), "--skip-bad", "--cache-dir", str(tmp_path / "cache")]) == 0
     out, err = capsys.readouterr()
     assert "no test images of dog" in out and out.count("skipped ") == 4 and err == ""  # listed once, on stdout
+
+
+def test_a_val_folder_without_a_class_says_so_and_not_skip_bad(tmp_path):
+    root = _tree(tmp_path / "d", splits=("train", "val", "test"))
+    shutil.rmtree(root / "val" / "cat")
+    with pytest.warns(ResnetlabWarning) as said:
+        bundle = build_data(_cfg(root, tmp_path))
+    assert [str(w.message) for w in said] == ["val/ has no images of class cat: its validation error counts only dog, emu"]
+    assert bundle.provenance["empty_classes"] == {"val": ["cat"]}
 
 
 def test_skipped_files_are_counted_when_met_while_decoding(tmp_path):

@@ -49,11 +49,18 @@ def add_arguments(parser):
 
 def build_config(args):
     """The run's config and directory from the command line (library calls only)."""
-    from resnetlab.engine.datadir import data_overrides
+    from resnetlab.engine.datadir import check_run_data_root, data_overrides
 
     if args.resume:
         if args.recipe:
             raise UserError("--resume continues a run with its own config; drop --recipe (use --set to change values)")
+        from resnetlab.engine.rundir import same_path
+
+        if not Path(args.resume).is_dir():
+            raise UserError(f"--resume {args.resume}: no such directory; give the run directory a training wrote")
+        if args.out and not same_path(args.out, args.resume):
+            raise UserError(f"--resume {args.resume} continues that run in its own directory; drop --out {args.out} "
+                            f"(to start a new run from its weights: --init {args.resume} --out {args.out})")
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
             raise UserError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
@@ -77,6 +84,8 @@ def build_config(args):
     if args.data:
         cfg = apply_overrides(cfg, data_overrides(args.data, cfg.data.dataset))
     cfg = apply_overrides(cfg, args.set)  # explicit --set wins over everything
+    if args.resume:
+        check_run_data_root(cfg)
     if cfg.data.root and not Path(cfg.data.root).expanduser().is_absolute():
         # a relative root from a recipe file or --set means the folder seen from here; the run's
         # config.yaml keeps it absolute so eval and --resume find it from anywhere, as --data does

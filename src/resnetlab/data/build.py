@@ -65,9 +65,10 @@ def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True) -> Dat
     if cfg.train_size is not None:  # after the hold-out, so val is the same with or without it
         train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
     normalizer = fit_normalizer(train, cfg, seed)
-    if warn_skipped and (provenance.get("skipped") or provenance.get("empty_classes")):
-        warnings.warn(folders.describe_skipped(provenance["skipped"], provenance["root"], provenance["empty_classes"]),
-                      ResnetlabWarning, stacklevel=2)
+    if warn_skipped and provenance.get("skipped"):
+        warnings.warn(folders.describe_skipped(provenance["skipped"], provenance["root"]), ResnetlabWarning, stacklevel=2)
+    for split, names in provenance.get("empty_classes", {}).items() if warn_skipped else ():
+        warnings.warn(folders.describe_empty(split, names, train.classes), ResnetlabWarning, stacklevel=2)
     return DataBundle(train, val, test, train.classes, normalizer, {"dataset": cfg.dataset, **provenance})
 
 

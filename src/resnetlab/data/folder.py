@@ -222,16 +222,24 @@ def _decode_chunk(paths: list[str], size: int, skip_bad: bool):
     return images[keep], keep, resized, reasons
 
 
-def describe_skipped(skipped: list[tuple[str, str]], root, empty: dict | None = None, shown: int = 3) -> str:
-    """One line: how many files data.skip_bad dropped, the first few (relative to root), the
-    val/test classes left without images, and where to see every file with its reason."""
+def describe_skipped(skipped: list[tuple[str, str]], root, shown: int = 3) -> str:
+    """One line: how many files data.skip_bad dropped, the first few (relative to root), and where
+    to see every file with its reason."""
     prefix = str(root).rstrip(os.sep) + os.sep
     names = [p[len(prefix):] if p.startswith(prefix) else p for p, _ in skipped[:shown]]
     text = f"data.skip_bad: skipped {len(skipped)} unreadable file{'s' * (len(skipped) != 1)}"
     if skipped:
         text += f" ({', '.join(names)}{', ...' if len(skipped) > shown else ''})"
-    text += "".join(f"; no {split} images left of class {', '.join(names)}" for split, names in (empty or {}).items())
     return text + f"; `resnetlab data {root} --skip-bad` lists every file with its reason"
+
+
+def describe_empty(split: str, empty: list[str], classes: list[str], shown: int = 5) -> str:
+    """One line for a val/ or test/ folder without images of some classes (a missing class folder,
+    or every file of it skipped): its error is over the other classes only."""
+    rest = [c for c in classes if c not in empty]
+    others = ", ".join(rest) if len(rest) <= shown else f"the other {len(rest)} classes"
+    return (f"{split}/ has no images of class {', '.join(empty)}: its {'validation' if split == 'val' else split} "
+            f"error counts only {others}")
 
 
 def _save_atomic(path: Path, **arrays) -> None:

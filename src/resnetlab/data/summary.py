@@ -93,3 +93,27 @@ def data_record(bundle) -> dict:
         "ignored_files": provenance.get("ignored", []),
         "skipped_files": [{"path": p, "reason": r} for p, r in provenance.get("skipped", [])],
     }
+
+
+def record_changes(saved: dict, now: dict) -> list[str]:
+    """What differs between two data records (data.json as a run wrote it, and `data_record` of the
+    data as built now), e.g. 'classes were bird, cat, dog; now cat, dog, zebra'. The root is left
+    out: the same images in a moved folder are the same data."""
+    if saved.get("classes") != now.get("classes"):
+        return [f"classes were {', '.join(saved.get('classes') or [])}; now {', '.join(now.get('classes') or [])}"]
+    changes = []
+    was, new = saved.get("images_per_class") or {}, now.get("images_per_class") or {}
+    for split in sorted(was.keys() | new.keys(), key=("train", "val", "test").index):
+        a, b = was.get(split) or {}, new.get(split) or {}
+        if a != b:
+            differ = [c for c in now["classes"] if a.get(c) != b.get(c)]
+            more = ", ..." if len(differ) > FILES_LISTED else ""
+            changes.append(f"{split} images per class were {per_class(a, differ[:FILES_LISTED])}{more}; "
+                           f"now {per_class(b, differ[:FILES_LISTED])}{more}")
+    if not changes and saved.get("validation") != now.get("validation"):
+        changes.append("the images held out for validation are not the ones data.json lists")
+    return changes
+
+
+def per_class(counts: dict, classes: list[str]) -> str:
+    return ", ".join(f"{c} {counts.get(c, 0)}" for c in classes)

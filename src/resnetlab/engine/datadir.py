@@ -37,3 +37,12 @@ def data_overrides(path: str, recipe_dataset: str) -> list[tuple[str, object]]:
     if folder_layout(root) is not None:
         return [("data.dataset", "folder"), ("data.root", str(root))]
     return [("data.root", str(root))]
+
+
+def check_run_data_root(cfg) -> None:
+    """A run's image folder that is gone is said as such (not as a folder without class folders),
+    with the way to point the run at where it is now."""
+    root = cfg.data.root
+    if cfg.data.dataset == "folder" and root and not Path(root).expanduser().is_dir():
+        raise UserError(f"the run's data folder {root} no longer exists; pass --data DIR, the folder where its "
+                        "images are now")

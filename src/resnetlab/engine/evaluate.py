@@ -145,7 +145,8 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         raise UserError(f"unknown split {split!r}; choose test or val")
     artifact, path = load_source(checkpoint)
     model, normalizer, classes, cfg = model_from_checkpoint(artifact)
-    dataset, train = eval_data(cfg, data, split)
+    run_dir = Path(path).parent.parent if Path(path).parent.name == "checkpoints" else None
+    dataset, train = eval_data(cfg, data, split, run_dir)
     # by name; ImageNet folders may be named by WordNet id (published weights carry both)
     dataset = match_classes(dataset, classes, f"the data at {data or cfg.data.root}", artifact.class_ids)
     if precision == "int8":  # quantized CPU kernels: fp32 NCHW in and out, int8 in between
@@ -171,17 +172,19 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
             "per_class": [asdict(r) for r in per_class(matrix, classes)], "confusion": matrix.tolist()}
 
 
-def eval_data(cfg, data: str | None, split: str):
+def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None):
     """(dataset to score, its training split or None) for evaluate_checkpoint. A `data` folder
     without train/ (ROOT/<class>/, or ROOT/test/ or ROOT/val/ alone) is taken as it is: every image,
     with the run's preprocessing. Otherwise the run's dataset (moved to `data`, if given) is
-    rebuilt with its own seed and val_size, so `val` is exactly the held-out part."""
+    rebuilt with its own seed and val_size, so `val` is exactly the held-out part, as long as the
+    data is what the run's data.json recorded (else a warning says it is drawn again)."""
     from resnetlab.config import apply_overrides
     from resnetlab.data import build_data
     from resnetlab.data.build import labelled_folder
     from resnetlab.data.folder import folder_layout
 
-    from .datadir import data_overrides
+    from .datadir import check_run_data_root, data_overrides
+    from .preflight import data_changes, data_source
 
     if data is not None:
         found = data_overrides(data, cfg.data.dataset)
@@ -195,7 +198,12 @@ def eval_data(cfg, data: str | None, split: str):
         cfg = apply_overrides(cfg, found)
     if cfg.data.root is None and cfg.data.dataset != "synthetic":
         raise UserError("the checkpoint does not say where its data is; pass --data DIR")
+    check_run_data_root(cfg)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
+    changes = data_changes(run_dir, bundle) if split == "val" and run_dir is not None else []
+    if changes:
+        warnings.warn(f"{data_source(bundle)} is not what {run_dir} trained on ({'; '.join(changes)}): the validation "
+                      "split is drawn from it again and may hold images the run trained on", ResnetlabWarning, stacklevel=3)
     dataset = bundle.test if split == "test" else bundle.val
     if dataset is None:
         raise UserError(f"the dataset at {cfg.data.root} has no {split} split"

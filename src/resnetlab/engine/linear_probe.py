@@ -101,7 +101,7 @@ def train_linear_probe(cfg: Config, workdir, stream=None) -> RunSummary:
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     with RunDirLock(workdir) as lock:
-        prepare_workdir(workdir, cfg, bundle.classes, resume=False, is_main=True, lock=lock)
+        prepare_workdir(workdir, cfg, bundle, resume=False, is_main=True, lock=lock)
         return _fit_and_write(cfg, workdir, bundle, rt, start, stream)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from pathlib import Path
 
-from resnetlab.errors import ResnetlabWarning
+from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import write_text_atomic
 
 from .schedules import schedule_warnings
@@ -48,3 +49,32 @@ def preflight(run) -> None:
                      f"take turns; --workers {max(cpu_count() - 1, 0)} or fewer")
     for message in filter(None, found):
         warnings.warn(message, ResnetlabWarning, stacklevel=2)
+
+
+def data_changes(workdir, bundle) -> list[str]:
+    """How the data as built now differs from the record the run wrote to RUN/data.json (see
+    data.summary.record_changes); [] when there is none (runs from before data.json) or it is unreadable."""
+    from resnetlab.data.summary import data_record, record_changes
+
+    try:
+        saved = json.loads((Path(workdir) / "data.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return record_changes(saved, json.loads(json.dumps(data_record(bundle))))  # as it would be written
+
+
+def data_source(bundle) -> str:
+    root = bundle.provenance.get("root")
+    return f"the data at {root}" if root else "the data"
+
+
+def check_resumed_data(workdir, bundle) -> None:
+    """--resume continues only on the data the run trained on: its labels, steps per epoch and
+    validation hold-out all follow from it. Every rank builds the same data and reads the same
+    file, so every rank decides alike."""
+    changes = data_changes(workdir, bundle)
+    if changes:
+        raise UserError(f"--resume {workdir}: {data_source(bundle)} is not what the run trained on "
+                        f"({'; '.join(changes)}), so the run would not continue exactly (labels and the validation "
+                        f"hold-out follow from the data); put the data back as it was, or start a new run from its "
+                        f"weights (--init {workdir} --out NEW_RUN)")

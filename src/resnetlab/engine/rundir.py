@@ -224,8 +224,10 @@ def resume_changes(saved: Config, wanted: Config, run: str) -> str | None:
     def key(difference: str) -> str:
         return difference.split(":", 1)[0]
 
+    # a moved data folder is the same data when its record (RUN/data.json) says so: checked once it is built
+    moved = same_path(saved.data.root, wanted.data.root) or (Path(run) / "data.json").is_file()
     refused = [d for d in changed if key(d) == "optim.batch_size" or key(d).startswith("data.")
-               and not (key(d) == "data.root" and same_path(saved.data.root, wanted.data.root))]
+               and not (key(d) == "data.root" and moved)]
     if refused:
         raise UserError(f"--resume {run} cannot change {'; '.join(refused)}: the position in the data depends on "
                         f"it, so the run would not continue exactly; start a new run from its weights instead "

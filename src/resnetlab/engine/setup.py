@@ -23,7 +23,7 @@ from .distributed import DistInfo, per_rank_batch
 from .evaluate import EvalModel, run_eval_spec
 from .finetune import apply_freezing, load_init_weights, param_groups
 from .logger import RunLogger
-from .preflight import preflight
+from .preflight import check_resumed_data, preflight
 from .records import LoopState
 from .rundir import RunDirLock, resume_point, tidy_for_start
 from .runtime import Runtime, compile_model, make_grad_scaler, prepare_model
@@ -136,16 +136,19 @@ def check_stop_target(target: float | None, bundle) -> None:
         raise UserError(f"train.stop_at_val_top1={target} needs a validation split; set data.val_size > 0")
 
 
-def prepare_workdir(workdir: Path, cfg: Config, classes, resume: bool, is_main: bool, lock: RunDirLock) -> Path | None:
+def prepare_workdir(workdir: Path, cfg: Config, bundle, resume: bool, is_main: bool, lock: RunDirLock) -> Path | None:
     """Lock the run directory and write the run's description into it; returns the checkpoint to
-    resume from (None: start at step 0). Every process calls it, rank 0 writes."""
+    resume from (None: start at step 0). A resumed run's data must be the data it trained on,
+    checked before anything is written. Every process calls it, rank 0 writes."""
     start_from = resume_point(workdir, resume)
+    if start_from is not None:
+        check_resumed_data(workdir, bundle)
     lock.acquire()
     if is_main:
         with storage_errors(workdir / "checkpoints"):
             (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, workdir / "config.yaml")
-        write_text_atomic(workdir / "classes.json", json.dumps(list(classes), indent=1))
+        write_text_atomic(workdir / "classes.json", json.dumps(list(bundle.classes), indent=1))
     return start_from
 
 
@@ -173,7 +176,7 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     check_stop_target(cfg.train.stop_at_val_top1, bundle)  # before the run directory is made
-    start_from = prepare_workdir(workdir, cfg, bundle.classes, resume, dist_info.is_main, lock)
+    start_from = prepare_workdir(workdir, cfg, bundle, resume, dist_info.is_main, lock)
     say = print if dist_info.is_main else (lambda *a: None)
     model, eval_bns = build_model(cfg, len(bundle.classes), say=say)
     model = prepare_model(_sync_bn(model, cfg, dist_info, rt), rt)

@@ -1,0 +1,123 @@
+"""A run's data changed under it: --resume refuses in one line before anything is loaded or
+written, eval --split val warns that the hold-out is drawn again, a moved folder with the same
+images resumes, and a deleted data folder, a missing run directory and --resume with --out are
+said plainly."""
+import shutil
+
+import pytest
+import yaml
+from test_data_folders import _write
+from test_engine_train import tiny_config
+
+from resnetlab.cli import main
+from resnetlab.config import config_to_dict, load_config
+from resnetlab.engine import load_checkpoint
+
+COLOURS = {"bird": (30, 30, 200), "cat": (200, 30, 30), "dog": (30, 200, 30)}
+
+
+def photos(root, per_class=8, colours=COLOURS):
+    for name, colour in colours.items():
+        for i in range(per_class):
+            _write(root / name / f"img{i}.png", colour, (16, 16))
+    return root
+
+
+@pytest.fixture
+def run(tmp_path, capsys):
+    """(data folder, run directory): a 2-step ResNet-8 run on ROOT/<class>/ PNGs, 6 of 24 held out."""
+    data = photos(tmp_path / "basic")
+    cfg = tiny_config(("data.dataset", "folder"), ("data.root", str(data)), ("data.val_size", 0.25),
+                      ("data.cache_dir", str(tmp_path / "cache")), ("schedule.max_steps", 2), ("optim.batch_size", 6))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert main(["train", "--recipe", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    return data, tmp_path / "run"
+
+
+def snapshot(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def refused(capsys, run, *argv) -> str:
+    before = snapshot(run)
+    assert main(["train", "--resume", str(run), *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0]
+    assert snapshot(run) == before  # nothing loaded into the run, nothing overwritten
+    return lines[0]
+
+
+def test_resume_refuses_a_replaced_class(run, capsys):
+    data, out = run
+    shutil.rmtree(data / "bird")
+    photos(data, colours={"zebra": (9, 9, 9)})
+    line = refused(capsys, out)
+    assert line.startswith(f"resnetlab train: error: --resume {out}: the data at {data} is not what the run trained on")
+    assert "classes were bird, cat, dog; now cat, dog, zebra" in line
+    assert f"start a new run from its weights (--init {out} --out NEW_RUN)" in line
+
+
+def test_resume_refuses_an_added_class_before_loading_the_checkpoint(run, capsys):
+    data, out = run
+    photos(data, colours={"zebra": (9, 9, 9)})
+    line = refused(capsys, out)
+    assert "classes were bird, cat, dog; now bird, cat, dog, zebra" in line and "state_dict" not in line
+
+
+def test_resume_refuses_added_photos_and_keeps_the_hold_out_record(run, capsys):
+    data, out = run
+    for i in range(8, 12):
+        _write(data / "cat" / f"img{i}.png", COLOURS["cat"], (16, 16))
+    line = refused(capsys, out)
+    assert "train images per class were cat 6; now cat 9; val images per class were cat 2; now cat 3" in line
+
+
+def test_a_moved_folder_with_the_same_images_resumes_and_another_is_refused(run, tmp_path, capsys):
+    data, out = run
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    _write(other / "dog" / "img8.png", COLOURS["dog"], (16, 16))
+    assert "train images per class were dog 6; now dog 7" in refused(capsys, out, "--data", str(other))
+    moved = tmp_path / "moved"
+    shutil.move(data, moved)
+    assert main(["train", "--resume", str(out), "--max-steps", "4"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"resnetlab train: error: the run's data folder {data} no longer exists; pass --data DIR, the folder where "
+        "its images are now")
+    assert main(["eval", str(out), "--split", "val"]) == 2
+    assert "the run's data folder" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--data", str(moved), "--max-steps", "4"]) == 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt").training.step == 4
+    assert load_config(str(out / "config.yaml")).data.root == str(moved)
+
+
+def test_a_run_without_data_json_resumes_as_before(run, capsys):
+    data, out = run
+    (out / "data.json").unlink()
+    _write(data / "cat" / "img8.png", COLOURS["cat"], (16, 16))
+    assert main(["train", "--resume", str(out), "--max-steps", "4"]) == 0
+
+
+def test_eval_val_warns_when_the_hold_out_is_drawn_again(run, capsys):
+    data, out = run
+    assert main(["eval", str(out), "--split", "val", "--json"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    _write(data / "cat" / "img8.png", COLOURS["cat"], (16, 16))
+    assert main(["eval", str(out), "--split", "val", "--json"]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning == [f"resnetlab eval: warning: the data at {data} is not what {out} trained on (train images per "
+                       "class were cat 6; now cat 7): the validation split is drawn from it again and may hold images "
+                       "the run trained on"]
+
+
+def test_resume_of_a_missing_directory_or_with_another_out_is_one_line(run, tmp_path, capsys):
+    _, out = run
+    assert main(["train", "--resume", str(tmp_path / "nonexist")]) == 2
+    assert capsys.readouterr().err.strip() == (f"resnetlab train: error: --resume {tmp_path / 'nonexist'}: no such "
+                                               "directory; give the run directory a training wrote")
+    assert main(["train", "--resume", str(out), "--out", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"resnetlab train: error: --resume {out} continues that run in its own directory; drop --out "
+        f"{tmp_path / 'other'} (to start a new run from its weights: --init {out} --out {tmp_path / 'other'})")
+    assert not (tmp_path / "other").exists()
