@@ -1,5 +1,6 @@
 """Exports run outside PyTorch's module and match it: ONNX (onnxruntime), TorchScript, safetensors."""
 import json
+import os
 
 import pytest
 import torch
@@ -144,3 +145,27 @@ def test_preprocessing_follows_predicts_geometry(dataset, augment, model, resize
     ckpt = Artifact(config={"data": {"dataset": dataset, "augment": augment}}, input_size=224, eval_resize=256,
                     model_name=model, model_kwargs={}, num_classes=10, classes=[], normalizer=None, weights={})
     assert (preprocessing(ckpt)["resize"], preprocessing(ckpt)["crop"]) == (resize, 224)
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "m.onnx"), ("torchscript", "m.pt"), ("safetensors", "m.safetensors")])
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(ckpt_path, tmp_path, capsys, monkeypatch, fmt,
+                                                                      name):
+    import resnetlab.inference.export as export
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(export, "export_module", lambda *a: pytest.fail("exported before checking --out"))
+    for out, reason in ((tmp_path / "file" / name, "Not a directory"), (f"/proc/{name}", "No such file or directory")):
+        assert main(["export", str(ckpt_path), "--format", fmt, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"resnetlab export: error: could not write {out} ({reason}); nothing was written there\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_safetensors_export_follows_the_umask(ckpt_path, tmp_path):
+    old = os.umask(0o022)
+    try:
+        export_checkpoint(ckpt_path, "safetensors", tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left

@@ -41,7 +41,10 @@ def run(args):
     from resnetlab.bench.run import format_table, run_bench, write_json
     from resnetlab.bench.spec import BenchSpec, Variant, parse_variant
     from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_fused_bn, resolve_precision
+    from resnetlab.files import check_writable
 
+    if args.json:
+        check_writable(args.json)  # before the benchmark, not after it
     device = resolve_device(args.device)
     batch = args.batch_size or DEFAULT_BATCH[args.task]
     if args.task == "loop":

@@ -131,8 +131,12 @@ def _hint(state: dict, own: dict) -> str:
 
 
 def save_safetensors(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:
-    """Write the model's weights as safetensors (contiguous copies; shared storage is not allowed)."""
-    from safetensors.torch import save_file
+    """Write the model's weights as safetensors (contiguous copies; shared storage is not allowed),
+    atomically and with the permissions the umask gives (safetensors' own writer makes 0600 files)."""
+    from safetensors.torch import save
+
+    from resnetlab.files import atomic_write
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata=metadata)
+    with atomic_write(path) as f:
+        f.write(save(tensors, metadata=metadata))
