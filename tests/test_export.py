@@ -169,3 +169,27 @@ def test_safetensors_export_follows_the_umask(ckpt_path, tmp_path):
         os.umask(old)
     assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left
+
+
+def test_a_torchscript_export_or_a_plain_pickle_given_as_weights_is_one_line_without_torch_warnings(
+        ckpt_path, tmp_path, capsys):
+    import pickle
+    import warnings
+
+    from PIL import Image
+
+    export_checkpoint(ckpt_path, "torchscript", tmp_path / "m.pt")
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "x.pt").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "a.png")]) == 2
+        with pytest.raises(UserError, match="m.pt is a TorchScript export, not a checkpoint: load it with torch.jit"):
+            load_weights(create_model("resnet8", num_classes=4), str(tmp_path / "m.pt"))
+        with pytest.raises(UserError, match="x.pt"):
+            load_weights(create_model("resnet8", num_classes=4), str(tmp_path / "x.pt"))
+        assert main(["predict", str(tmp_path / "x.pt"), str(tmp_path / "a.png")]) == 2
+    assert [str(w.message) for w in shown if not str(w.message).startswith("`torch.jit")] == []  # no torch warnings
+    err = capsys.readouterr().err
+    assert f"resnetlab predict: error: {tmp_path / 'm.pt'} is a TorchScript export, not a checkpoint" in err
+    assert "weights_only" not in err and "corrupt" not in err and len(err.splitlines()) == 2
