@@ -176,3 +176,13 @@ def test_large_images_use_the_eval_resize_and_centre_crop_of_evaluation(tmp_path
     for r, p in zip(results, expected):
         assert [t["index"] for t in r["top"]] == p.topk(3).indices.tolist()
         assert r["top"][0]["prob"] == pytest.approx(p.max().item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("precision, also", [("int8", "--precision int8 --calibrate"), ("bogus", "")])
+def test_load_refuses_an_unknown_precision_in_one_line_naming_the_choices(tmp_path, precision, also):
+    import resnetlab
+
+    with pytest.raises(UserError) as err:
+        resnetlab.load(tmp_path, precision=precision)  # checked before the checkpoint is read
+    assert f"precision {precision!r}: choose one of auto, fp32, bf16, fp16." in str(err.value)
+    assert also in str(err.value) and "\n" not in str(err.value)
