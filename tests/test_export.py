@@ -118,6 +118,7 @@ def test_onnx_carries_classes_input_size_and_preprocessing(ckpt_path, tmp_path):
         "crop_kind": "center", "layout": "NCHW", "dtype": "float32", "value_range": [0, 255],
         "normalization": "inside the graph (see normalizer)"}
     assert "float32 (B, 3, 16, 16)" in model.doc_string and report["metadata"] == props
+    assert props["eval_resize"] == props["preprocessing"]["resize"] == 16  # not the config's unused 256
 
 
 def test_torchscript_carries_metadata_and_a_wrong_one_fails_the_check(ckpt_path, tmp_path):

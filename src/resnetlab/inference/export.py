@@ -95,10 +95,11 @@ def preprocessing(artifact: Artifact) -> dict:
 
 
 def metadata(artifact: Artifact) -> dict:
-    norm, a = artifact.normalizer, artifact
+    norm, a, pre = artifact.normalizer, artifact, preprocessing(artifact)
+    # eval_resize is the resize predict applies (32 for a CIFAR net), not the config's unused default
     return {"model_name": a.model_name, "model_kwargs": a.model_kwargs, "num_classes": a.num_classes,
-            "classes": list(a.classes), "input_size": a.input_size, "eval_resize": a.eval_resize,
-            "preprocessing": preprocessing(a),
+            "classes": list(a.classes), "input_size": a.input_size, "eval_resize": pre["resize"],
+            "preprocessing": pre,
             "normalizer": {"kind": norm["kind"], "mean": torch.as_tensor(norm["mean"]).tolist(),
                            "std": torch.as_tensor(norm["std"]).flatten().tolist()},
             "input": "float32 (B, 3, S, S) RGB 0..255, normaliser baked in", "output": "logits"}
