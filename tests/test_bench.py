@@ -220,6 +220,15 @@ def test_cli_writes_json_and_reports_bad_input(folder, tmp_path, capsys):
     assert "variant 'bf17'" in capsys.readouterr().err
 
 
+def test_a_json_path_that_cannot_be_written_fails_before_the_benchmark(tmp_path, capsys, monkeypatch):
+    import resnetlab.bench.run as bench_run
+
+    monkeypatch.setattr(bench_run, "run_bench", lambda *a: pytest.fail("benchmarked before checking --json"))
+    assert main(["bench", "--task", "infer", "--no-isolate", "--json", "/proc/b.json"]) == 2
+    assert capsys.readouterr().err == ("resnetlab bench: error: could not write /proc/b.json (No such file or "
+                                       "directory); nothing was written there\n")
+
+
 def test_isolated_variant_runs_in_its_own_process_and_reports_memory(folder):
     spec = BenchSpec(model="resnet20", task="infer", batch_size=4, data=str(folder), images=8, warmup=0, reps=1)
     (row,) = run_bench(spec, [])["results"]

@@ -165,3 +165,11 @@ def test_a_relative_data_root_from_a_recipe_or_set_is_stored_absolute(tmp_path, 
     assert f"root: {tmp_path / 'photos' / 'cifar'}\n" in capsys.readouterr().out
     assert cli.main(["train", "--recipe", "cifar10_fast", "--set", "data.root=../elsewhere", "--print-config"]) == 0
     assert f"root: {(tmp_path / '..' / 'elsewhere')}\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["eval", "RUN_DIR"], ["bench"]])
+def test_batch_size_zero_is_refused_not_taken_as_the_default(command, capsys):
+    with pytest.raises(SystemExit) as code:
+        cli.main([*command, "--batch-size", "0"])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and "argument --batch-size: must be at least 1, got 0" in err and err.count("\n") == 1

@@ -1,5 +1,6 @@
 """Exports run outside PyTorch's module and match it: ONNX (onnxruntime), TorchScript, safetensors."""
 import json
+import os
 
 import pytest
 import torch
@@ -117,6 +118,7 @@ def test_onnx_carries_classes_input_size_and_preprocessing(ckpt_path, tmp_path):
         "crop_kind": "center", "layout": "NCHW", "dtype": "float32", "value_range": [0, 255],
         "normalization": "inside the graph (see normalizer)"}
     assert "float32 (B, 3, 16, 16)" in model.doc_string and report["metadata"] == props
+    assert props["eval_resize"] == props["preprocessing"]["resize"] == 16  # not the config's unused 256
 
 
 def test_torchscript_carries_metadata_and_a_wrong_one_fails_the_check(ckpt_path, tmp_path):
@@ -144,3 +146,51 @@ def test_preprocessing_follows_predicts_geometry(dataset, augment, model, resize
     ckpt = Artifact(config={"data": {"dataset": dataset, "augment": augment}}, input_size=224, eval_resize=256,
                     model_name=model, model_kwargs={}, num_classes=10, classes=[], normalizer=None, weights={})
     assert (preprocessing(ckpt)["resize"], preprocessing(ckpt)["crop"]) == (resize, 224)
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "m.onnx"), ("torchscript", "m.pt"), ("safetensors", "m.safetensors")])
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(ckpt_path, tmp_path, capsys, monkeypatch, fmt,
+                                                                      name):
+    import resnetlab.inference.export as export
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(export, "export_module", lambda *a: pytest.fail("exported before checking --out"))
+    for out, reason in ((tmp_path / "file" / name, "Not a directory"), (f"/proc/{name}", "No such file or directory")):
+        assert main(["export", str(ckpt_path), "--format", fmt, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"resnetlab export: error: could not write {out} ({reason}); nothing was written there\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_safetensors_export_follows_the_umask(ckpt_path, tmp_path):
+    old = os.umask(0o022)
+    try:
+        export_checkpoint(ckpt_path, "safetensors", tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left
+
+
+def test_a_torchscript_export_or_a_plain_pickle_given_as_weights_is_one_line_without_torch_warnings(
+        ckpt_path, tmp_path, capsys):
+    import pickle
+    import warnings
+
+    from PIL import Image
+
+    export_checkpoint(ckpt_path, "torchscript", tmp_path / "m.pt")
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "x.pt").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "a.png")]) == 2
+        with pytest.raises(UserError, match="m.pt is a TorchScript export, not a checkpoint: load it with torch.jit"):
+            load_weights(create_model("resnet8", num_classes=4), str(tmp_path / "m.pt"))
+        with pytest.raises(UserError, match="x.pt"):
+            load_weights(create_model("resnet8", num_classes=4), str(tmp_path / "x.pt"))
+        assert main(["predict", str(tmp_path / "x.pt"), str(tmp_path / "a.png")]) == 2
+    assert [str(w.message) for w in shown if not str(w.message).startswith("`torch.jit")] == []  # no torch warnings
+    err = capsys.readouterr().err
+    assert f"resnetlab predict: error: {tmp_path / 'm.pt'} is a TorchScript export, not a checkpoint" in err
+    assert "weights_only" not in err and "corrupt" not in err and len(err.splitlines()) == 2

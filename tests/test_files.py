@@ -1,7 +1,7 @@
 """atomic_write: the target holds the old bytes or the new ones, never a mix, and no temp files linger."""
 import pytest
 
-from resnetlab.files import atomic_write, write_text_atomic
+from resnetlab.files import StorageError, atomic_path, atomic_write, check_writable, write_text_atomic
 
 
 def test_writes_bytes_and_text(tmp_path):
@@ -27,3 +27,25 @@ def test_only_whole_file_modes(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_write(tmp_path / "x", "a"):
             pass
+
+
+@pytest.mark.parametrize("where, reason", [("file/x.bin", "Not a directory"), ("file/deeper/x.bin", "Not a directory"),
+                                           ("/proc/x.bin", "No such file or directory")])
+def test_check_writable_names_the_path_and_the_reason_and_leaves_nothing(tmp_path, where, reason):
+    (tmp_path / "file").write_text("a regular file")
+    target = tmp_path / where
+    with pytest.raises(StorageError, match=f"could not write {target} \\({reason}\\); nothing was written there"):
+        check_writable(target)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file"]
+    check_writable(tmp_path / "new" / "deeper" / "x.bin")  # writable: folders made for the probe are removed again
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file"]
+
+
+def test_atomic_path_renames_a_named_write_into_place_or_removes_it(tmp_path):
+    with atomic_path(tmp_path / "m.onnx") as tmp:
+        tmp.write_bytes(b"model")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "m.onnx") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("the exporter failed")
+    assert (tmp_path / "m.onnx").read_bytes() == b"model" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

@@ -174,3 +174,21 @@ def test_cli_fetch_then_verify(server, capsys, monkeypatch):
 def test_mirror_keeps_host_and_path():
     assert hub.mirrored("https://download.pytorch.org/models/resnet18-f37072fd.pth", "http://m.local/w/") == \
         "http://m.local/w/download.pytorch.org/models/resnet18-f37072fd.pth"
+
+
+def test_a_plain_folder_as_mirror_is_read_as_its_file_url_and_leaves_nothing_behind(server, monkeypatch):
+    entry, _ = publish(server, akamaster_file)
+    monkeypatch.setenv(hub.MIRROR_ENV, str(server.httpd.root))  # a folder, not a URL
+    assert hub.fetch(entry, progress=False).read_bytes() == (server.httpd.root / HOST / "models" / entry.filename).read_bytes()
+    assert cache_files() == [entry.filename]
+    monkeypatch.setenv(hub.MIRROR_ENV, str(server.httpd.root / "nothing-here"))
+    with pytest.raises(UserError, match="could not download .*Nothing was written to the cache"):
+        hub.fetch(replace(entry, filename="other.th"), progress=False)
+    assert cache_files() == [entry.filename]  # no .partial file of torch.hub's
+
+
+def test_weights_list_of_an_unknown_model_names_it_and_the_choices(capsys):
+    assert main(["weights", "list", "--model", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetlab weights: error: unknown model 'nosuch'; choose one of: resnet18,") and err.count("\n") == 1
+    assert main(["weights", "list", "--model", "resnet20"]) == 0 and "resnet20.akamaster_c10" in capsys.readouterr().out

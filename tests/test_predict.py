@@ -134,6 +134,19 @@ def test_embed_writes_one_named_row_per_image(run_dir, tmp_path, suffix):
     torch.testing.assert_close(torch.from_numpy(emb), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["e.npy", "e.safetensors"])
+def test_embed_to_a_place_that_cannot_be_written_fails_before_reading_images(run_dir, tmp_path, capsys, monkeypatch,
+                                                                               name):
+    import resnetlab.inference.embed as embed_module
+
+    monkeypatch.setattr(embed_module, "embed_files", lambda *a: pytest.fail("embedded before checking --out"))
+    (tmp_path / "file").write_text("not a folder")
+    for out, reason in ((tmp_path / "file" / name, "Not a directory"), (f"/proc/{name}", "No such file or directory")):
+        assert main(["embed", str(run_dir), str(run_dir.parent / "data" / "test"), "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"resnetlab embed: error: could not write {out} ({reason}); nothing was written there\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
 def test_large_images_use_the_eval_resize_and_centre_crop_of_evaluation(tmp_path):
     """A net trained on a folder of large images: predict = the checkpoint's model on eval views."""
     from PIL import Image
@@ -163,3 +176,13 @@ def test_large_images_use_the_eval_resize_and_centre_crop_of_evaluation(tmp_path
     for r, p in zip(results, expected):
         assert [t["index"] for t in r["top"]] == p.topk(3).indices.tolist()
         assert r["top"][0]["prob"] == pytest.approx(p.max().item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("precision, also", [("int8", "--precision int8 --calibrate"), ("bogus", "")])
+def test_load_refuses_an_unknown_precision_in_one_line_naming_the_choices(tmp_path, precision, also):
+    import resnetlab
+
+    with pytest.raises(UserError) as err:
+        resnetlab.load(tmp_path, precision=precision)  # checked before the checkpoint is read
+    assert f"precision {precision!r}: choose one of auto, fp32, bf16, fp16." in str(err.value)
+    assert also in str(err.value) and "\n" not in str(err.value)

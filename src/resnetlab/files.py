@@ -49,26 +49,61 @@ def storage_errors(path, existed: bool | None = None):
         raise storage_error(path, err.strerror or str(err), existed) from err
 
 
+def temporary(path: Path) -> Path:
+    """The temporary name of an atomic write of `path`: the same folder, so the rename never crosses
+    file systems; the pid keeps concurrent writers apart."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_path(path):
+    """`with atomic_path(path) as tmp: writer(tmp)`, for writers that want a file name (ONNX,
+    TorchScript): `tmp` is renamed over `path` once the block ends, and removed on any error."""
+    path = Path(path)
+    tmp = temporary(path)
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # this pid's leftover from an earlier process (pids repeat in containers)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
 @contextmanager
 def atomic_write(path, mode: str = "wb"):
     """`with atomic_write(path) as f: f.write(...)`; mode "wb" (default) or "w" (text, UTF-8)."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write writes whole files: mode 'wb' or 'w', got {mode!r}")
+    with atomic_path(path) as tmp:
+        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def check_writable(path) -> None:
+    """Raise a StorageError now, before any long work, unless a file can be created at `path`:
+    creates and removes a temporary file beside it (and any missing folders above it), so that
+    nothing is left behind either way."""
     path = Path(path)
-    # Same folder, so the rename never crosses file systems; the pid keeps concurrent writers apart.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with storage_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)  # this pid's leftover from an earlier process (pids repeat in containers)
-        try:
-            with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    tmp, created, folder = temporary(path), [], path.parent
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
+    try:
+        for new in reversed(created):
+            new.mkdir()
+        open(tmp, "xb").close()
+        tmp.unlink()
+    except OSError as err:  # any reason at all (even "no such file" under /proc) means "cannot write there"
+        raise storage_error(path, err.strerror or str(err), path.exists()) from None
+    finally:
+        for new in created:
+            if new.is_dir():
+                new.rmdir()
 
 
 def write_text_atomic(path, text: str) -> Path:

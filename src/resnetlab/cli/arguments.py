@@ -7,7 +7,18 @@ AUTO_PRECISIONS = ["auto", *PRECISIONS]
 AUTO_INFERENCE_PRECISIONS = ["auto", *INFERENCE_PRECISIONS]
 FILE_PROTOCOLS = [p for p in PROTOCOLS if p != "multiscale"]  # predict and embed (multiscale: eval and the Python API)
 __all__ = ["AUTO_INFERENCE_PRECISIONS", "AUTO_PRECISIONS", "COMPILE_MODES", "DEVICE_FORMS", "FILE_PROTOCOLS",
-           "PROTOCOLS", "SWITCH", "add_checkpoint_argument"]
+           "PROTOCOLS", "SWITCH", "add_checkpoint_argument", "positive_int"]
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --batch-size: 0 or less is refused in one line, never taken as the default."""
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
 
 # What precision "auto" resolves to (engine.runtime.resolve_precision), said alike by every command
 PRECISION_AUTO = "auto: bf16 on CUDA GPUs with bf16, on CPUs with AMX and on AMD CPUs with AVX-512 BF16, else fp32"

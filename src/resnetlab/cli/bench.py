@@ -2,7 +2,7 @@ HELP = "Benchmark training/inference speed against the eager fp32 per-sample-PIL
 
 from resnetlab.bench.spec import TASKS
 
-from .arguments import AUTO_INFERENCE_PRECISIONS, COMPILE_MODES, SWITCH
+from .arguments import AUTO_INFERENCE_PRECISIONS, COMPILE_MODES, SWITCH, positive_int
 
 DEFAULT_BATCH = {"train": 128, "infer": 32, "loop": 128}
 
@@ -12,7 +12,7 @@ def add_arguments(parser):
     parser.add_argument("--task", choices=[*TASKS, "loop"], default="train",
                         help="train: full steps/s; infer: throughput, batch-1 latency, top-1 agreement; "
                              "loop: train_and_evaluate overhead over bare train_step")
-    parser.add_argument("--batch-size", type=int, help="default: 128 (train, loop), 32 (infer)")
+    parser.add_argument("--batch-size", type=positive_int, help="default: 128 (train, loop), 32 (infer)")
     parser.add_argument("--image-size", type=int, help="default: the model's native size (32 or 224)")
     parser.add_argument("--precision", choices=AUTO_INFERENCE_PRECISIONS, default="auto",
                         help="int8: post-training quantized inference on the CPU (--task infer)")
@@ -41,7 +41,10 @@ def run(args):
     from resnetlab.bench.run import format_table, run_bench, write_json
     from resnetlab.bench.spec import BenchSpec, Variant, parse_variant
     from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_fused_bn, resolve_precision
+    from resnetlab.files import check_writable
 
+    if args.json:
+        check_writable(args.json)  # before the benchmark, not after it
     device = resolve_device(args.device)
     batch = args.batch_size or DEFAULT_BATCH[args.task]
     if args.task == "loop":

@@ -16,11 +16,10 @@ def add_arguments(parser):
 
 def run(args):
     from resnetlab.errors import UserError
-    from resnetlab.inference.embed import FORMATS, embed_files, save_embeddings
+    from resnetlab.inference.embed import embed_files, output_paths, save_embeddings
     from resnetlab.inference.predictor import Predictor, collect_images
 
-    if not args.out.endswith(FORMATS):
-        raise UserError(f"--out {args.out}: use a .npy (with a .names.txt beside it) or a .safetensors file")
+    output_paths(args.out)  # checked before any image is read
     paths = collect_images(args.inputs)
     if not paths:
         raise UserError(f"no image files found in {' '.join(args.inputs)}")

@@ -3,7 +3,7 @@ HELP = ("Top-1/top-5 and per-class accuracy of a checkpoint, run directory (its 
 
 import json
 
-from .arguments import AUTO_INFERENCE_PRECISIONS, INFERENCE_AUTO, PROTOCOLS, add_checkpoint_argument
+from .arguments import AUTO_INFERENCE_PRECISIONS, INFERENCE_AUTO, PROTOCOLS, add_checkpoint_argument, positive_int
 
 PER_CLASS_PRINTED = 50  # more classes than this: the table goes to per_class.csv only
 
@@ -13,7 +13,7 @@ def add_arguments(parser):
     parser.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run trained on)")
     parser.add_argument("--split", choices=["test", "val"], default="test")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="center")
-    parser.add_argument("--batch-size", type=int, help="default: the run's optim.batch_size")
+    parser.add_argument("--batch-size", type=positive_int, help="default: the run's optim.batch_size")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=AUTO_INFERENCE_PRECISIONS,
                         help=f"default: the run's own; {INFERENCE_AUTO}; an explicit precision runs eagerly as in training; int8: quantized on the CPU, calibrated on 256 training images")

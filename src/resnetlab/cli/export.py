@@ -49,8 +49,9 @@ def real_batch(artifact, inputs):
 
 def run(args):
     from resnetlab.engine.sources import load_source
-    from resnetlab.inference.export import ExportCheckFailed, export_checkpoint
+    from resnetlab.inference.export import ExportCheckFailed, check_out, export_checkpoint
 
+    check_out(args.format, args.out)
     artifact, _ = load_source(args.checkpoint)
     real, bad = real_batch(artifact, args.images)
     try:

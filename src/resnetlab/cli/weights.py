@@ -21,9 +21,11 @@ def weight_rows(model: str | None = None) -> list[dict]:
     """One JSON-ready record per entry, with where it is cached and whether it is there."""
     from dataclasses import asdict
 
-    from resnetlab.models import hub
+    from resnetlab.models import hub, model_info
     from resnetlab.models.pretrained import list_weights
 
+    if model is not None:
+        model_info(model)  # an unknown model is one line naming the choices, not an empty table
     rows = []
     for w in list_weights(model):
         path = hub.cached_file(w)

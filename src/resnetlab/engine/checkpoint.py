@@ -116,9 +116,13 @@ def checkpoint_path(path_or_run_dir) -> Path:
 
 
 def load_checkpoint(path_or_run_dir) -> Checkpoint:
+    from resnetlab.models.weights import torch_load
+
     path = checkpoint_path(path_or_run_dir)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch_load(path)
+    except UserError:
+        raise
     except pickle.UnpicklingError as err:  # torch's text here spans lines and advises weights_only=False: never shown
         if "GLOBAL" not in str(err):  # not a pickle at all, or a damaged one
             raise UserError(f"{path} is not a readable resnetlab checkpoint (not a PyTorch file, or a damaged one)") from None

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from resnetlab.errors import UserError
+from resnetlab.files import atomic_write, check_writable, write_text_atomic
 
 from .predictor import Predictor
 
@@ -32,26 +33,36 @@ def embed_files(predictor: Predictor, paths: list[str], protocol: str = "center"
     return [paths[i] for i in idx], emb.astype(np.float32, copy=False), failed
 
 
-def save_embeddings(out, names: list[str], emb: np.ndarray, metadata: dict | None = None) -> list[str]:
-    """Write embeddings + names next to each other; returns the paths written."""
+def output_paths(out) -> list[Path]:
+    """The files an --out of `out` writes, or a UserError now (before any work) for a wrong suffix
+    or a place that cannot be written."""
     out = Path(out)
     if out.suffix not in FORMATS:
         raise UserError(f"--out {out}: use a .npy (with a .names.txt beside it) or a .safetensors file")
+    paths = [out, out.with_suffix(".names.txt")] if out.suffix == ".npy" else [out]
+    for path in paths:
+        check_writable(path)
+    return paths
+
+
+def save_embeddings(out, names: list[str], emb: np.ndarray, metadata: dict | None = None) -> list[str]:
+    """Write embeddings + names next to each other, each file atomically; returns the paths written."""
+    paths = output_paths(out)
     if len(names) != len(emb):
         raise ValueError(f"{len(names)} names for {len(emb)} embeddings")
     if any("\n" in n for n in names):
         raise UserError("a file name contains a newline; write .safetensors (names as JSON) instead of .npy")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        names_path = out.with_suffix(".names.txt")
-        np.save(out, emb)
-        names_path.write_text("".join(n + "\n" for n in names))
-        return [str(out), str(names_path)]
-    from safetensors.numpy import save_file
+    if len(paths) == 2:
+        with atomic_write(paths[0]) as f:
+            np.save(f, emb)
+        write_text_atomic(paths[1], "".join(n + "\n" for n in names))
+        return [str(p) for p in paths]
+    from safetensors.numpy import save
 
     meta = {"names": json.dumps(names), **{k: str(v) for k, v in (metadata or {}).items()}}
-    save_file({"embeddings": np.ascontiguousarray(emb)}, str(out), metadata=meta)
-    return [str(out)]
+    with atomic_write(paths[0]) as f:  # safetensors' own save_file would make a 0600 file
+        f.write(save({"embeddings": np.ascontiguousarray(emb)}, metadata=meta))
+    return [str(paths[0])]
 
 
 def load_embeddings(path) -> tuple[list[str], np.ndarray]:

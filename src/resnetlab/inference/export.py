@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from resnetlab.errors import UserError
+from resnetlab.files import atomic_path, check_writable
 
 if TYPE_CHECKING:
     from resnetlab.engine.records import Artifact
@@ -94,10 +95,11 @@ def preprocessing(artifact: Artifact) -> dict:
 
 
 def metadata(artifact: Artifact) -> dict:
-    norm, a = artifact.normalizer, artifact
+    norm, a, pre = artifact.normalizer, artifact, preprocessing(artifact)
+    # eval_resize is the resize predict applies (32 for a CIFAR net), not the config's unused default
     return {"model_name": a.model_name, "model_kwargs": a.model_kwargs, "num_classes": a.num_classes,
-            "classes": list(a.classes), "input_size": a.input_size, "eval_resize": a.eval_resize,
-            "preprocessing": preprocessing(a),
+            "classes": list(a.classes), "input_size": a.input_size, "eval_resize": pre["resize"],
+            "preprocessing": pre,
             "normalizer": {"kind": norm["kind"], "mean": torch.as_tensor(norm["mean"]).tolist(),
                            "std": torch.as_tensor(norm["std"]).flatten().tolist()},
             "input": "float32 (B, 3, S, S) RGB 0..255, normaliser baked in", "output": "logits"}
@@ -113,7 +115,7 @@ def describe(meta: dict) -> str:
 
 
 def write(module: ImagesToLogits, artifact: Artifact, fmt: str, out: Path, dynamic_batch: bool) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Write the export atomically (resnetlab.files): a failure leaves nothing at `out`."""
     size = artifact.input_size
     example = torch.rand(2 if dynamic_batch else 1, 3, size, size) * 255
     if fmt == "safetensors":
@@ -125,7 +127,8 @@ def write(module: ImagesToLogits, artifact: Artifact, fmt: str, out: Path, dynam
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # still supported in torch 2.13, just discouraged
             traced = torch.jit.trace(module, example)
-        traced.save(str(out), _extra_files={TORCHSCRIPT_META: json.dumps(metadata(artifact))})
+        with atomic_path(out) as tmp:
+            traced.save(str(tmp), _extra_files={TORCHSCRIPT_META: json.dumps(metadata(artifact))})
     else:
         _write_onnx(module, example, out, dynamic_batch, metadata(artifact))
 
@@ -151,7 +154,8 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, out: Path, dynamic_bat
         onnx_log.setLevel(level)
     program.model.metadata_props.update({key: json.dumps(value) for key, value in meta.items()})
     program.model.doc_string = describe(meta)
-    program.save(str(out))
+    with atomic_path(out) as tmp:
+        program.save(str(tmp))
 
 
 def read_metadata(fmt: str, path: Path) -> dict:
@@ -244,13 +248,21 @@ def verify_safetensors(path: Path, checkpoint) -> dict[str, float]:
     return {"weights reloaded with load_weights": worst}
 
 
-def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, real: torch.Tensor | None = None) -> dict:
-    """Write the export, run it, compare with PyTorch; returns {"out", "format", "max_abs_diff": {...}}."""
+def check_out(fmt: str, out) -> Path:
+    """The output path, or a UserError now (before any work) for a wrong format or suffix, or a
+    place that cannot be written."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
     if out.suffix != SUFFIXES[fmt]:
         raise UserError(f"--out {out}: a {fmt} export should end in {SUFFIXES[fmt]}")
+    check_writable(out)
+    return out
+
+
+def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, real: torch.Tensor | None = None) -> dict:
+    """Write the export, run it, compare with PyTorch; returns {"out", "format", "max_abs_diff": {...}}."""
+    out = check_out(fmt, out)
     module, artifact = export_module(checkpoint)
     write(module, artifact, fmt, out, dynamic_batch)
     if fmt == "safetensors":

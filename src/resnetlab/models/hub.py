@@ -9,7 +9,7 @@ under the cache name. Every use re-checks the digest of the cached file, so a da
 hand-placed wrong file is refused rather than loaded.
 
 RESNETLAB_WEIGHTS_MIRROR=URL fetches `URL/<host>/<path>` instead of each published
-`https://<host>/<path>` (air-gapped sites; tests).
+`https://<host>/<path>` (air-gapped sites; tests); a plain folder is taken as its file:// URL.
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def cached_file(entry: PretrainedWeights) -> Path:
 def download_urls(entry: PretrainedWeights) -> list[str]:
     """The URLs to try, rewritten to the mirror when RESNETLAB_WEIGHTS_MIRROR is set."""
     mirror = os.environ.get(MIRROR_ENV, "").strip()
+    if mirror and "://" not in mirror:  # a plain folder: the file:// URL of it
+        mirror = Path(mirror).expanduser().resolve().as_uri()
     return [mirrored(url, mirror) if mirror else url for url in entry.urls]
 
 
@@ -136,6 +138,8 @@ def _download(entry: PretrainedWeights, url: str, path: Path, progress: bool) ->
         os.replace(staging, path)  # same folder: atomic
     finally:
         staging.unlink(missing_ok=True)
+        for partial in path.parent.glob(f"{staging.name}.*.partial"):  # torch.hub's own, left when it fails early
+            partial.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

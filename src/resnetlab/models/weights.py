@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +67,9 @@ def _read_file(path: Path):
         what = "it is empty" if not head else f"it starts with {head[:4]!r}"
         raise UserError(f"{path} is not a PyTorch or safetensors weights file ({what})")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load(path)
+    except UserError:
+        raise
     except pickle.UnpicklingError:
         raise UserError(f"{path} needs arbitrary code to unpickle, which resnetlab refuses to run. "
                         "Re-save it as a plain state dict (torch.save(model.state_dict(), ...)) or "
@@ -73,6 +77,27 @@ def _read_file(path: Path):
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
         raise UserError(f"{path} is not a readable PyTorch weights file (truncated or corrupt?): "
                         f"{first_line(err)}") from None
+
+
+def torch_load(path: Path):
+    """torch.load with weights_only=True (never unpickles arbitrary objects) and torch's own warnings
+    kept quiet; a TorchScript export is refused in one line, never with torch's advice to turn
+    weights_only off."""
+    if _is_torchscript(path):
+        raise UserError(f"{path} is a TorchScript export, not a checkpoint: load it with torch.jit.load, or pass "
+                        "the run directory / its checkpoint")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Detected pickle protocol ...", "looks like a TorchScript archive ..."
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """torch.jit.save's zip holds code/ and constants.pkl besides the tensors; torch.save's does not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _normalise(key: str) -> str:
@@ -131,8 +156,12 @@ def _hint(state: dict, own: dict) -> str:
 
 
 def save_safetensors(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:
-    """Write the model's weights as safetensors (contiguous copies; shared storage is not allowed)."""
-    from safetensors.torch import save_file
+    """Write the model's weights as safetensors (contiguous copies; shared storage is not allowed),
+    atomically and with the permissions the umask gives (safetensors' own writer makes 0600 files)."""
+    from safetensors.torch import save
+
+    from resnetlab.files import atomic_write
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata=metadata)
+    with atomic_write(path) as f:
+        f.write(save(tensors, metadata=metadata))
