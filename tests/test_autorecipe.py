@@ -85,3 +85,12 @@ def test_schedule_warnings_for_a_warm_up_or_milestones_the_run_never_reaches():
         "schedule.milestones [32000, 48000] (steps): 2 of them at or after the last step, so the lr is never lowered "
         "there; the run has 1000 steps (351 per epoch)"]
     assert schedule_warnings(load_config("cifar10_fast").schedule, 175) == []
+
+
+def test_one_image_per_class_trains_without_a_validation_split_and_says_so():
+    # stratified_split never holds out a class's last image: 20% of this folder would hold out none and stop the run
+    choice = choose(DataFacts("folder", 2, 2, False, 80, False, largest_class=1), LAPTOP, {"finetune.init": None})
+    assert load_config(choice.recipe, choice.overrides).data.val_size == 0
+    assert "validation on none (a single image per class" in choice.line
+    two = choose(DataFacts("folder", 4, 2, False, 80, False, largest_class=2), LAPTOP, {"finetune.init": None})
+    assert load_config(two.recipe, two.overrides).data.val_size == 0.2

@@ -48,6 +48,7 @@ class DataFacts:
     has_val: bool  # a validation split of its own (ROOT/val/): nothing is held out of train
     short_side: int  # median shorter side of the (probed) training images, px
     small: bool  # decoded into memory like CIFAR (every probed image <= 64 px)
+    largest_class: int | None = None  # training images of the biggest class (None: not counted)
 
     def describe(self) -> str:
         kind = f"{self.dataset} images" if self.dataset != "folder" else ("small images" if self.small else "photos")
@@ -104,7 +105,10 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     val_size = base.data.val_size
     if not data.has_val and not (isinstance(val_size, int) and val_size <= data.train_images * VAL_FRACTION):
         val_size = VAL_FRACTION
-    val_size = pick("data.val_size", val_size)
+    # A class's last image is never held out (data.sampling.stratified_split): with one image per class
+    # nothing could be, and the run would stop on it; train without a validation split instead.
+    single = not data.has_val and data.largest_class is not None and data.largest_class <= 1
+    val_size = pick("data.val_size", 0 if single else val_size)
     fit = data.train_images if data.has_val else data.train_images - held_out(data.train_images, val_size)
     batch = pick("optim.batch_size", fitting_batch(base.optim.batch_size, fit))
     scale = batch / base.optim.batch_size
@@ -118,8 +122,8 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
         total = epochs * steps
     warmup = pick("schedule.warmup_steps", min(base.schedule.warmup_steps, int(total * MAX_WARMUP_SHARE)))
     workers = base.train.workers if data.small else pick("train.workers", decode_workers(base.train.workers, machine))
-    where = "a val/ folder" if data.has_val else (f"{val_size:.0%} of each class held out" if isinstance(val_size, float)
-                                                  else f"{val_size} images held out")
+    where = ("a val/ folder" if data.has_val else f"{val_size:.0%} of each class held out" if isinstance(val_size, float)
+             else f"{val_size} images held out" if val_size else "none (a single image per class: nothing to hold out)")
     start = f"fine-tuning {init}" if not data.small and init else "from scratch"
     length = f"{epochs} epochs of {steps} steps" if epochs else f"{total} steps"
     decoding = "decoded once into memory" if data.small else f"{workers} decoding worker{'s' * (workers != 1)}"

@@ -21,7 +21,8 @@ PROBES = 32  # images whose headers give the typical size
 def survey(dataset: str, root: str | Path, skip_bad: bool = False) -> DataFacts:
     """DataFacts of a dataset as --data found it (dataset: what engine.datadir worked out)."""
     if dataset in SPECS:
-        return DataFacts(dataset, CIFAR_TRAIN_IMAGES, CIFAR_CLASSES[dataset], False, 32, True)
+        return DataFacts(dataset, CIFAR_TRAIN_IMAGES, CIFAR_CLASSES[dataset], False, 32, True,
+                         CIFAR_TRAIN_IMAGES // CIFAR_CLASSES[dataset])
     if dataset != "folder":
         raise UserError(f"--data {root}: no recipe given, and the automatic one needs image folders "
                         "(ROOT/<class>/ or ROOT/train/<class>/) or CIFAR; pass --recipe NAME")
@@ -33,8 +34,9 @@ def survey(dataset: str, root: str | Path, skip_bad: bool = False) -> DataFacts:
     train_dir = root / "train" if layout == "splits" else root
     scan = folders.scan(train_dir, None, skip_bad)
     sides = probed_sides(scan.paths)
+    largest = int(scan.labels.bincount().max()) if len(scan.labels) else 0
     return DataFacts("folder", len(scan.paths), len(scan.classes), layout == "splits" and (root / "val").is_dir(),
-                     sorted(sides)[len(sides) // 2] if sides else 0, folders.small_side(scan.paths) is not None)
+                     sorted(sides)[len(sides) // 2] if sides else 0, folders.small_side(scan.paths) is not None, largest)
 
 
 def probed_sides(paths: list[str]) -> list[int]:
