@@ -145,6 +145,11 @@ def test_bad_inputs_are_one_line(run, tmp_path, capsys, monkeypatch):
         "The automatic recipe fine-tunes the ImageNet weights resnet18.tv_in1k; without them, pass --init WEIGHTS_FILE "
         "(a copy of them) or train from scratch with --init none")
     assert not (tmp_path / "my2").exists()  # nothing written before the weights were there
+    (tmp_path / "a_file").write_text("mine")  # checked before the download is tried, and left as it was
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "a_file")]) == 2
+    assert capsys.readouterr().err.splitlines()[1] == (f"resnetlab train: error: {tmp_path / 'a_file'} is a file, "
+                                                       "not a run directory; choose another --out")
+    assert (tmp_path / "a_file").read_text() == "mine"
     assert main(["train", "--out", str(tmp_path / "my3")]) == 2
     assert "give --data DIR and --out RUN_DIR (a recipe is then chosen from the data)" in capsys.readouterr().err
 

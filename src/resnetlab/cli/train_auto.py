@@ -19,6 +19,7 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
     from resnetlab.data.survey import survey
     from resnetlab.engine.datadir import data_overrides
     from resnetlab.engine.distributed import dist_info_from_env
+    from resnetlab.engine.rundir import refuse_a_file
     from resnetlab.files import write_text_atomic
 
     given = dict(overrides) | dict(parse_override(item) for item in args.set)
@@ -30,6 +31,7 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
         print(f"resnetlab train: {choice.line}", file=sys.stderr, flush=True)
     if args.print_config:  # creates nothing and fetches nothing
         return choice.recipe, list(choice.overrides) + overrides
+    refuse_a_file(args.out)  # before a download, and before auto_recipe.json is written into it
     if choice.init:
         check_init(choice.recipe, choice.init)
     if main and not (Path(args.out) / "checkpoints" / "last.pt").exists():  # else the run refuses to start over it

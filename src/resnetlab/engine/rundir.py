@@ -49,8 +49,7 @@ class RunDirLock:
         self.held = False
 
     def __enter__(self) -> "RunDirLock":
-        if self.workdir.exists() and not self.workdir.is_dir():
-            raise UserError(f"{self.workdir} is a file, not a run directory; choose another --out")
+        refuse_a_file(self.workdir)
         if broadcast_object(self.workdir.is_dir(), self.dist_info):  # rank 0's view, so every rank takes the same path
             self.acquire()
         return self
@@ -236,6 +235,12 @@ def resume_changes(saved: Config, wanted: Config, run: str) -> str | None:
     if schedule:
         return f"--resume with a new schedule ({'; '.join(schedule)}): the schedule is recomputed from the current step"
     return None
+
+
+def refuse_a_file(workdir) -> None:
+    """--out must be a run directory (or not exist yet), not a file."""
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise UserError(f"{workdir} is a file, not a run directory; choose another --out")
 
 
 def same_path(a, b) -> bool:
