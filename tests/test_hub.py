@@ -157,6 +157,11 @@ def test_missing_on_the_server_and_bad_cached_files(server, capsys, monkeypatch)
     monkeypatch.setitem(pretrained._BY_NAME, entry.name, entry)
     assert main(["weights", "verify"]) == 1
     assert f"{entry.name}: FAILED:" in capsys.readouterr().out
+    # what the message advises works: fetch downloads the published file again in the damaged one's place
+    assert main(["weights", "fetch", entry.name, "--quiet"]) == 0
+    assert (hub.cache_dir() / entry.filename).read_bytes() == (server.httpd.root / HOST / "models" /
+                                                                entry.filename).read_bytes()
+    assert cache_files() == [entry.filename] and main(["weights", "verify"]) == 0
 
 
 def test_cli_fetch_then_verify(server, capsys, monkeypatch):

@@ -66,7 +66,7 @@ def run(args) -> int:
     if args.action == "fetch":
         entries = [get_weights(name) for name in args.names]  # every name checked before any download
         for entry in entries:
-            path = hub.fetch(entry, progress=not args.quiet)
+            path = hub.fetch(entry, progress=not args.quiet, replace_damaged=True)
             digest = hub.expected_digest(entry)
             check = f"SHA-256 {digest[:16]}... checked" if digest else "no published digest; format checked"
             print(f"{entry.name}: {path} ({check})")

@@ -76,7 +76,7 @@ def check_cached(entry: PretrainedWeights, path: Path) -> None:
     got = sha256_of(path)
     if not got.startswith(want):
         raise UserError(f"{path} is not the published {entry.name} (SHA-256 {got[:16]}..., expected "
-                        f"{want[:16]}...); delete it and run `resnetlab weights fetch {entry.name}`")
+                        f"{want[:16]}...); `resnetlab weights fetch {entry.name}` downloads it again in its place")
 
 
 def _check_readable(entry: PretrainedWeights, path: Path) -> None:
@@ -89,12 +89,18 @@ def _check_readable(entry: PretrainedWeights, path: Path) -> None:
         raise UserError(f"{entry.name}: {err}") from None
 
 
-def fetch(entry: PretrainedWeights, progress: bool = True) -> Path:
-    """The checked cache file of `entry`, downloaded first if it is not there."""
+def fetch(entry: PretrainedWeights, progress: bool = True, replace_damaged: bool = False) -> Path:
+    """The checked cache file of `entry`, downloaded first if it is not there. A cached file that is
+    not the published one is refused, or with `replace_damaged` (`resnetlab weights fetch`) downloaded
+    again: the good download replaces it in one rename; a failed one leaves it as it was."""
     path = cached_file(entry)
     if path.is_file():
-        check_cached(entry, path)
-        return path
+        try:
+            check_cached(entry, path)
+            return path
+        except UserError:
+            if not replace_damaged:
+                raise
     failures = []
     for url in download_urls(entry):
         try:
