@@ -186,3 +186,24 @@ def test_load_refuses_an_unknown_precision_in_one_line_naming_the_choices(tmp_pa
         resnetlab.load(tmp_path, precision=precision)  # checked before the checkpoint is read
     assert f"precision {precision!r}: choose one of auto, fp32, bf16, fp16." in str(err.value)
     assert also in str(err.value) and "\n" not in str(err.value)
+
+
+def test_predict_prints_each_batch_as_it_is_done_and_a_ctrl_c_keeps_those_lines(run_dir, monkeypatch, capsys):
+    test_dir = run_dir.parent / "data" / "test"
+    paths = collect_images([str(test_dir)])
+    assert main(["predict", str(run_dir), str(test_dir), "--batch-size", "8", "--topk", "1", "--device", "cpu",
+                 "--precision", "fp32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines] == paths
+    probs, calls = Predictor.probs, []
+
+    def interrupted_at_the_third_batch(self, views):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return probs(self, views)
+    monkeypatch.setattr(Predictor, "probs", interrupted_at_the_third_batch)
+    assert main(["predict", str(run_dir), str(test_dir), "--batch-size", "8", "--topk", "1", "--device", "cpu",
+                 "--precision", "fp32"]) == 130
+    out, err = capsys.readouterr()
+    assert out.splitlines() == lines[:16] and err == "resnetlab predict: interrupted\n"

@@ -26,7 +26,8 @@ def add_arguments(parser):
 
 def run(args):
     from resnetlab.errors import UserError
-    from resnetlab.inference.predictor import Predictor, collect_images, predict_files, top1_agreement
+    from resnetlab.inference.predictor import (Predictor, collect_images, failures, iter_predictions, predict_files,
+                                               top1_agreement)
 
     paths = collect_images(args.inputs)
     if not paths:
@@ -40,18 +41,21 @@ def run(args):
     if int8:
         calibration = collect_images(args.calibrate) if args.calibrate else paths
         predictor = predictor.quantized(calibration, batch_size=args.batch_size)
-    results, failed = predict_files(predictor, paths, args.topk, args.protocol, args.batch_size)
-    check = top1_agreement(predictor, paths, args.protocol, args.batch_size) if args.verify else None
-    if args.json:
+    if args.json:  # one object: every result first
+        results, failed = predict_files(predictor, paths, args.topk, args.protocol, args.batch_size)
+        check = top1_agreement(predictor, paths, args.protocol, args.batch_size) if args.verify else None
         print(json.dumps({"checkpoint": predictor.source, "protocol": args.protocol, "precision": predictor.precision,
                           "results": results, "failed": failed, **({"verify": check} if check else {})}))
-    else:
-        for r in results:
-            print(r["file"] + "  " + "  ".join(f"{t['class']} {t['prob']:.4f}" for t in r["top"]))
-        for f in failed:
-            print(f"FAILED {f['file']}: {f['error']}")
-        if check:
-            layout = (", channels_last" if check["channels_last"] else "") + (", compiled" if check["compiled"] else "")
-            print(f"fast path ({check['precision']}, folded BN{layout}) vs plain fp32: top-1 agreement "
-                  f"{check['top1_agreement']:.2f}% on {check['n']} images, max |prob diff| {check['max_abs_prob_diff']:.2e}")
+        return 1 if failed else 0
+    # A line per image as its batch is done: a long run shows progress, and a Ctrl-C keeps what was printed.
+    for i, top in iter_predictions(predictor, paths, args.topk, args.protocol, args.batch_size):
+        print(paths[i] + "  " + "  ".join(f"{t['class']} {t['prob']:.4f}" for t in top), flush=True)
+    failed = failures(predictor)
+    for f in failed:
+        print(f"FAILED {f['file']}: {f['error']}")
+    if args.verify:
+        check = top1_agreement(predictor, paths, args.protocol, args.batch_size)
+        layout = (", channels_last" if check["channels_last"] else "") + (", compiled" if check["compiled"] else "")
+        print(f"fast path ({check['precision']}, folded BN{layout}) vs plain fp32: top-1 agreement "
+              f"{check['top1_agreement']:.2f}% on {check['n']} images, max |prob diff| {check['max_abs_prob_diff']:.2e}")
     return 1 if failed else 0

@@ -169,17 +169,28 @@ def predict_files(predictor: Predictor, paths: list[str], topk: int = 5, protoco
                   batch_size: int = 64) -> tuple[list[dict], list[dict]]:
     """(results, failed): results in the order of `paths`, each {"file", "top": [{"class", "index", "prob"}]};
     failed: [{"file", "error"}] for files that could not be read as images."""
+    found = dict(iter_predictions(predictor, paths, topk, protocol, batch_size))
+    results = [{"file": paths[i], "top": found[i]} for i in sorted(found)]
+    return results, failures(predictor)
+
+
+def iter_predictions(predictor: Predictor, paths: list[str], topk: int = 5, protocol: str = "center",
+                     batch_size: int = 64):
+    """(index into paths, top-k [{"class", "index", "prob"}]) of each readable file, batch by batch
+    in file order, so a caller can show each result as it comes; unreadable files are skipped (see
+    `failures` once the iteration has ended)."""
     if topk < 1:
         raise UserError(f"--topk must be at least 1, got {topk}")
     k = min(topk, len(predictor.classes))
-    found: dict[int, list[dict]] = {}
     for views, idx in predictor.batches(paths, protocol, batch_size):
         p, top = predictor.probs(views).topk(k, dim=1)
         for i, probs, labels in zip(idx.tolist(), p.tolist(), top.tolist()):
-            found[i] = [{"class": predictor.classes[c], "index": c, "prob": q} for c, q in zip(labels, probs)]
-    results = [{"file": paths[i], "top": found[i]} for i in sorted(found)]
-    failed = [{"file": f, "error": reason} for f, reason in predictor.failed]
-    return results, failed
+            yield i, [{"class": predictor.classes[c], "index": c, "prob": q} for c, q in zip(labels, probs)]
+
+
+def failures(predictor: Predictor) -> list[dict]:
+    """[{"file", "error"}] of the files the last iteration could not read as images."""
+    return [{"file": f, "error": reason} for f, reason in predictor.failed]
 
 
 def all_probs(predictor: Predictor, paths: list[str], protocol: str = "center", batch_size: int = 64):
