@@ -54,3 +54,32 @@ def test_train_names_the_bad_file_or_skips_and_counts_then_predict_lists_it(fold
         f"FAILED {folder}/train/bee/huge.png: refused as a possible decompression bomb (Image size (400000000 pixels) "
         f"exceeds limit of {2 * Image.MAX_IMAGE_PIXELS} pixels, could be decompression bomb DOS attack)",
         f"FAILED {folder}/train/ant/gone.png: no such file (a dangling symbolic link)"]
+
+
+def test_skip_bad_on_photos_lists_and_counts_the_unreadable_files_before_training(tmp_path, capsys):
+    # Photos (> 64 px) are decoded only while training; skip_bad leaves out the unreadable ones at the start,
+    # as it does for small images: counted in the warning, listed in data.json, a class without images refused.
+    import json
+    root = tmp_path / "photos"
+    for c, name in enumerate(("ant", "bee")):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (80, 60), (100 * c, 50 * i, 0)).save(root / "train" / name / f"{i}.jpg")
+    (root / "train" / "ant" / "fake.jpg").write_text("not an image")
+    (root / "train" / "bee" / "empty.jpg").write_bytes(b"")
+    huge_png(root / "train" / "bee" / "huge.png")
+    assert _train(root, tmp_path / "run", "--set", "data.skip_bad=true") == 0
+    err = capsys.readouterr().err
+    assert "data.skip_bad: skipped 3 unreadable files (train/ant/fake.jpg, train/bee/empty.jpg, train/bee/huge.png)" in err
+    record = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert [s["path"] for s in record["skipped_files"]] == [str(root / "train" / f) for f in
+                                                            ("ant/fake.jpg", "bee/empty.jpg", "bee/huge.png")]
+    assert record["skipped_files"][0]["reason"] == "not an image Pillow can read"
+    assert record["images_per_class"]["train"] == {"ant": 4, "bee": 4}
+
+    (root / "train" / "cow").mkdir()
+    for i in range(3):
+        (root / "train" / "cow" / f"{i}.jpg").write_text("x")
+    assert _train(root, tmp_path / "run2", "--set", "data.skip_bad=true") == 2
+    assert f"class 'cow' has no readable training images ({root}/train/cow: 3 bad files skipped)" in \
+        capsys.readouterr().err

@@ -26,6 +26,7 @@ from resnetlab.errors import ResnetlabWarning, UserError
 from . import folder as folders
 from .cifar import SPECS, load_cifar
 from .datasets import ArrayDataset, FileDataset
+from .decode import unreadable_headers
 from .loaders import check_augment
 from .normalize import Normalizer
 from .sampling import holdout, stratified_subset
@@ -149,6 +150,16 @@ def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict
             provenance["skipped"] += meta["skipped"]
             dropped = {p for p, _ in meta["skipped"]}
             kept = [p for p in scan.paths if p not in dropped]
+        elif cfg.skip_bad:
+            # Photos are decoded only while training: leave out the files whose header cannot be read
+            # now, so they are listed and counted (and a class left without images is said) as for small
+            # images; one cut short past its header is still skipped when it is decoded.
+            bad = unreadable_headers(scan.paths)
+            provenance["skipped"] += bad
+            dropped = {p for p, _ in bad}
+            keep = torch.tensor([p not in dropped for p in scan.paths], dtype=torch.bool)
+            kept = [p for p in scan.paths if p not in dropped]
+            out[split] = FileDataset(kept, scan.labels[keep], classes)
         else:
             out[split] = FileDataset(scan.paths, scan.labels, classes)
         if split == "train":

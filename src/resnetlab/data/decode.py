@@ -67,7 +67,7 @@ def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.n
             rgb = as_rgb(img)  # grey, palette, CMYK, RGBA, 16-bit, float ... -> 8-bit RGB; decodes the file
             sx, sy = rgb.size[0] / w, rgb.size[1] / h
     except DECODE_ERRORS as err:
-        raise BadImage(path, _reason(err)) from None
+        raise BadImage(path, why_unreadable(err)) from None
     out = []
     for (l, t, r, b), size in steps:
         # Clamped to the image: rounding may push a window's edge a fraction of a pixel outside.
@@ -101,12 +101,26 @@ def as_rgb(img: Image.Image) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")  # 2-d uint8: mode L
 
 
+def unreadable_headers(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, reason) of the files whose header Pillow cannot read: not an image, empty, a
+    decompression bomb. A file whose header reads but whose data is cut short is found when it is
+    decoded."""
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018 (opening parses the header; the size is what a plan needs)
+        except DECODE_ERRORS as err:
+            bad.append((path, why_unreadable(err)))
+    return bad
+
+
 def opened(source):
     """A context manager giving the PIL image of a path (closed after) or the image itself (kept open)."""
     return nullcontext(source) if isinstance(source, Image.Image) else Image.open(source)
 
 
-def _reason(err: BaseException) -> str:
+def why_unreadable(err: BaseException) -> str:
     text = str(err) or type(err).__name__
     if isinstance(err, Image.DecompressionBombError):
         return f"refused as a possible decompression bomb ({text.rstrip('.')})"
