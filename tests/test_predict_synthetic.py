@@ -82,6 +82,17 @@ def test_embed_writes_the_checkpoints_features_one_named_row_per_image(run_dir, 
     torch.testing.assert_close(torch.from_numpy(emb), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_embed_of_images_none_of_which_can_be_read_writes_nothing(run_dir, tmp_path, capsys):
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / name).write_text("not an image")
+    assert main(["embed", str(run_dir), str(tmp_path / "a.jpg"), str(tmp_path / "b.png"), "--out",
+                 str(tmp_path / "emb.npy"), "--precision", "fp32"]) == 2
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == [f"FAILED {tmp_path / 'a.jpg'}", f"FAILED {tmp_path / 'b.png'}"]
+    assert err == f"resnetlab embed: error: none of the 2 images could be read; nothing was written to {tmp_path / 'emb.npy'}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.png"]
+
+
 def test_int8_of_an_auto_predictor_that_compiles_fp32_quantizes_the_eager_network(run_dir, monkeypatch):
     """On an AVX2 CPU auto means compiled fp32 (inference/fastpath.py): quantizing that predictor
     quantizes the folded network inside, without building the compiled package it would not use."""
