@@ -174,9 +174,12 @@ def test_the_source_compiles_with_and_without_avx512(tmp_path):
 
 
 @needs_kernel
-@pytest.mark.parametrize("block", [BasicBlock(16, 16), BasicBlock(32, 32), PreActBasicBlock(16, 16)])
-def test_a_block_trains_to_the_same_outputs_and_gradients_with_the_kernel(block, monkeypatch):
-    block = block.to(memory_format=CL).train()
+@pytest.mark.parametrize("make, width", [(BasicBlock, 16), (BasicBlock, 32), (PreActBasicBlock, 16)])
+def test_a_block_trains_to_the_same_outputs_and_gradients_with_the_kernel(make, width, monkeypatch):
+    # Seeded: with other random numbers a pre-activation within rounding of 0 can take the other side of a
+    # ReLU in one of the two summation orders, and that gradient differs by more than rounding.
+    torch.manual_seed(0)
+    block = make(width, width).to(memory_format=CL).train()
     block.fused_bn = True
     twin = copy.deepcopy(block)
     x = torch.randn(6, block.conv1.in_channels, 8, 8).contiguous(memory_format=CL)

@@ -278,25 +278,28 @@ def test_skipped_files_are_counted_when_met_while_decoding(tmp_path):
     from resnetlab.data import LoaderSpec, make_eval_loader, make_train_loader
 
     root = _tree(tmp_path / "d", size=(100, 80), splits=("train",))
-    huge_png(root / "train" / "cat" / "1.png")
+    huge_png(root / "train" / "cat" / "1.png")  # its header refuses it: with skip_bad, left out as the data is built
+    cut = root / "train" / "cat" / "2.png"  # its header reads, its data is cut short: met only when decoded
+    cut.write_bytes(cut.read_bytes()[:60])
     (root / "train" / "emu" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     cfg = _cfg(root, tmp_path, image_size=64, augment="rrc", normalize="imagenet")
     with pytest.raises(UserError, match=r"emu/gone\.png: dangling symbolic link"):
         build_data(cfg)
     cfg.skip_bad = True
-    with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file \(train/emu/gone\.png\)"):
-        train = build_data(cfg).train  # the link is found by the scan, the bomb only when decoded
-    with pytest.raises(UserError, match=r"cat/1\.png: refused as a possible decompression bomb"):
-        list(make_train_loader(train, _cfg(root, tmp_path, image_size=64, augment="rrc"), LoaderSpec(12)))
-    with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file while decoding \(.*cat/1\.png: refused as a "
-                                              r"possible decompression bomb .*\); 1 of 12 files of this split"):
-        (x, y), = list(make_train_loader(train, cfg, LoaderSpec(12)))
-    assert len(x) == 11
+    with pytest.warns(ResnetlabWarning, match=r"skipped 2 unreadable files \(train/emu/gone\.png, train/cat/1\.png\)"):
+        train = build_data(cfg).train  # the link found by the scan, the bomb by its header
+    assert len(train) == 11
+    with pytest.raises(UserError, match=r"cat/2\.png: truncated or corrupt image"):
+        list(make_train_loader(train, _cfg(root, tmp_path, image_size=64, augment="rrc"), LoaderSpec(11)))
+    with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file while decoding \(.*cat/2\.png: truncated or "
+                                              r"corrupt image .*\); 1 of 11 files of this split"):
+        (x, y), = list(make_train_loader(train, cfg, LoaderSpec(11)))
+    assert len(x) == 10
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the next epoch and an evaluation: already reported, no new warning
-        assert len(list(make_train_loader(train, cfg, LoaderSpec(12), epoch=1))) == 1
-        assert sum(len(y) for _, y in make_eval_loader(train, cfg, LoaderSpec(4))) == 11
+        assert len(list(make_train_loader(train, cfg, LoaderSpec(11), epoch=1))) == 1
+        assert sum(len(y) for _, y in make_eval_loader(train, cfg, LoaderSpec(4))) == 10
 
 
 
