@@ -101,18 +101,16 @@ class Classifier:
         return out
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what inference.fastpath.choose_path accepts
-
-
 def load(source, device: str = "auto", precision: str = "auto") -> Classifier:
     """The model of a run directory (its best.pt, else last.pt) or a checkpoint file, ready to
     predict. device: auto | cpu | cuda | cuda:N. precision auto: the fastest path whose answers
     agree with fp32's (inference.fastpath: compiled bf16 on CPUs with AMX or AMD's AVX-512 BF16,
     compiled once per checkpoint and machine; folded fp32 elsewhere); fp32: exact fp32."""
+    from resnetlab.engine.runtime import PRECISIONS
     from resnetlab.inference.predictor import Predictor
 
-    if precision not in PRECISIONS:
+    if precision not in ("auto", *PRECISIONS):
         int8 = (" int8 needs calibration images and is not offered by resnetlab.load: use `resnetlab predict "
                 "RUN_DIR IMAGES --precision int8 --calibrate FOLDER`") if precision == "int8" else ""
-        raise UserError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}.{int8}")
+        raise UserError(f"precision {precision!r}: choose one of {', '.join(('auto', *PRECISIONS))}.{int8}")
     return Classifier(Predictor.from_checkpoint(source, device=device, precision=precision))
