@@ -94,3 +94,6 @@ def test_one_image_per_class_trains_without_a_validation_split_and_says_so():
     assert "validation on none (a single image per class" in choice.line
     two = choose(DataFacts("folder", 4, 2, False, 80, False, largest_class=2), LAPTOP, {"finetune.init": None})
     assert load_config(two.recipe, two.overrides).data.val_size == 0.2
+    one = choose(DataFacts("folder", 2, 2, False, 80, False, largest_class=1), LAPTOP,
+                 {"finetune.init": None, "schedule.epochs": 1})
+    assert "1 epoch of 2 steps" in one.line

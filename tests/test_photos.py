@@ -159,7 +159,7 @@ def test_init_none_trains_from_scratch_with_the_scratch_recipe(run, tmp_path, ca
     out = tmp_path / "scratch"
     assert main(["train", "--data", str(folder), "--out", str(out), "--init", "none", "--max-steps", "1"]) == 0
     first = capsys.readouterr().err.splitlines()[0]
-    assert "-> recipe photos_scratch, from scratch at 128 px, batch 8 (lr 0.00625), 1 steps" in first
+    assert "-> recipe photos_scratch, from scratch at 128 px, batch 8 (lr 0.00625), 1 step," in first
     cfg = load_config(str(out / "config.yaml"))
     assert cfg.finetune.init is None and (cfg.data.image_size, cfg.data.normalize) == (128, "channel")
 

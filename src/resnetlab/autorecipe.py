@@ -123,9 +123,9 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     warmup = pick("schedule.warmup_steps", min(base.schedule.warmup_steps, int(total * MAX_WARMUP_SHARE)))
     workers = base.train.workers if data.small else pick("train.workers", decode_workers(base.train.workers, machine))
     where = ("a val/ folder" if data.has_val else f"{val_size:.0%} of each class held out" if isinstance(val_size, float)
-             else f"{val_size} images held out" if val_size else "none (a single image per class: nothing to hold out)")
+             else f"{count(val_size, 'image')} held out" if val_size else "none (a single image per class: nothing to hold out)")
     start = f"fine-tuning {init}" if not data.small and init else "from scratch"
-    length = f"{epochs} epochs of {steps} steps" if epochs else f"{total} steps"
+    length = f"{count(epochs, 'epoch')} of {count(steps, 'step')}" if epochs else count(total, "step")
     decoding = "decoded once into memory" if data.small else f"{workers} decoding worker{'s' * (workers != 1)}"
     line = (f"no --recipe given: {data.describe()} -> recipe {recipe}, {start} at {size} px, batch {batch} "
             f"(lr {lr:g}), {length}, warm-up {warmup} steps, validation on {where}, {decoding}. "
@@ -133,6 +133,11 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
             f"--batch-size, --epochs{', --init none to train from scratch' if not data.small and init else ''}); "
             "the run's config.yaml holds every value")
     return AutoRecipe(recipe, tuple(chosen.items()), line)
+
+
+def count(n: int, noun: str) -> str:
+    """'1 epoch', '7 epochs'."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def image_size(data: DataFacts, scratch: bool) -> int:

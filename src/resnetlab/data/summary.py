@@ -60,8 +60,9 @@ def notes(bundle, balance: str) -> list[str]:
         lines.append(f"{provenance['root']} has no train/ folder: its class folders are the training images")
     held = provenance.get("validation", {})
     if held.get("from") == "held out of train":
-        lines.append(f"validation: {held['images']} training images held out (data.val_size={held['val_size']}, "
-                     f"seed {held['seed']}); listed in data.json")
+        images = f"{held['images']} training image{'s' * (held['images'] != 1)}"
+        lines.append(f"validation: {images} held out (data.val_size={held['val_size']}, seed {held['seed']}); "
+                     "listed in data.json")
     if balance != "none":
         lines.append(f"data.balance={balance}: " + ("every class drawn equally often" if balance == "sampler"
                                                     else "cross-entropy weighted by n / (classes x count)"))
