@@ -115,6 +115,14 @@ def checkpoint_path(path_or_run_dir) -> Path:
     return path
 
 
+def run_dir_of(checkpoint) -> Path | None:
+    """The run directory a checkpoint file belongs to (RUN/checkpoints/NAME.pt of a RUN with its
+    config.yaml), or None for a file kept elsewhere."""
+    path = Path(checkpoint)
+    run = path.parent.parent
+    return run if path.parent.name == "checkpoints" and (run / "config.yaml").is_file() else None
+
+
 def load_checkpoint(path_or_run_dir) -> Checkpoint:
     from resnetlab.models.weights import torch_load
 

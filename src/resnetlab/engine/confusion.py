@@ -22,6 +22,8 @@ import torch
 from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError, atomic_write, write_text_atomic
 
+from .checkpoint import run_dir_of
+
 
 @dataclass(frozen=True)
 class ClassResult:
@@ -158,8 +160,8 @@ def default_eval_dir(checkpoint, split: str, protocol: str, precision: str, othe
     path = Path(checkpoint)
     name = "-".join([path.stem, split, protocol] + (["int8"] if precision == "int8" else [])
                     + ([f"on-{Path(other_data).name}"] if other_data else []))
-    run = path.parent.parent
-    if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
+    run = run_dir_of(path)
+    if run is not None:
         return run / "eval" / name
     return numbered(Path("runs") / "eval" / name)
 

@@ -134,7 +134,7 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     from resnetlab.data import LoaderSpec
     from resnetlab.data.datasets import match_classes
 
-    from .checkpoint import model_from_checkpoint
+    from .checkpoint import model_from_checkpoint, run_dir_of
     from .confusion import per_class
     from .runtime import prepare_model
     from .sources import load_source
@@ -145,8 +145,7 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         raise UserError(f"unknown split {split!r}; choose test or val")
     artifact, path = load_source(checkpoint)
     model, normalizer, classes, cfg = model_from_checkpoint(artifact)
-    run_dir = Path(path).parent.parent if Path(path).parent.name == "checkpoints" else None
-    dataset, train = eval_data(cfg, data, split, run_dir)
+    dataset, train = eval_data(cfg, data, split, run_dir_of(path))
     # by name; ImageNet folders may be named by WordNet id (published weights carry both)
     dataset = match_classes(dataset, classes, f"the data at {data or cfg.data.root}", artifact.class_ids)
     if precision == "int8":  # quantized CPU kernels: fp32 NCHW in and out, int8 in between
