@@ -25,12 +25,10 @@ def run(args):
         raise UserError(f"no image files found in {' '.join(args.inputs)}")
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.precision)
     names, emb, failed = embed_files(predictor, paths, args.protocol, args.batch_size)
-    if not names:  # nothing to write: no empty file that looks like a result
-        for f in failed:
-            print(f"FAILED {f['file']}: {f['error']}")
-        raise UserError(f"none of the {len(paths)} images could be read; nothing was written to {args.out}")
-    written = save_embeddings(args.out, names, emb, {"checkpoint": predictor.source, "protocol": args.protocol})
     for f in failed:
         print(f"FAILED {f['file']}: {f['error']}")
+    if not names:  # nothing to write: no empty file that looks like a result
+        raise UserError(f"none of the {len(paths)} images could be read; nothing was written to {args.out}")
+    written = save_embeddings(args.out, names, emb, {"checkpoint": predictor.source, "protocol": args.protocol})
     print(f"{len(names)} embeddings of dimension {emb.shape[1]} -> {', '.join(written)}")
     return 1 if failed else 0
