@@ -126,7 +126,7 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
              else f"{count(val_size, 'image')} held out" if val_size else "none (a single image per class: nothing to hold out)")
     start = f"fine-tuning {init}" if not data.small and init else "from scratch"
     length = f"{count(epochs, 'epoch')} of {count(steps, 'step')}" if epochs else count(total, "step")
-    decoding = "decoded once into memory" if data.small else f"{workers} decoding worker{'s' * (workers != 1)}"
+    decoding = "decoded once into memory" if data.small else count(workers, "decoding worker")
     line = (f"no --recipe given: {data.describe()} -> recipe {recipe}, {start} at {size} px, batch {batch} "
             f"(lr {lr:g}), {length}, warm-up {warmup} steps, validation on {where}, {decoding}. "
             "Change any of it with --recipe NAME or --set KEY=VALUE (e.g. "
