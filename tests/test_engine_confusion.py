@@ -1,6 +1,7 @@
 """Per-class results: the confusion matrix counted in the evaluation pass, precision/recall with
 undefined ratios, the files training and `resnetlab eval` write, and where they go."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,9 +112,26 @@ def test_eval_of_a_lone_checkpoint_never_overwrites_and_bad_out_is_one_line(run_
         assert main(["eval", str(lone), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["files"][0] == f"runs/eval/{folder}/confusion.csv"
     (tmp_path / "file").write_text("")
+    monkeypatch.setattr("resnetlab.engine.evaluate_checkpoint", None)  # --out is refused before evaluating
     assert main(["eval", str(lone), "--out", str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("resnetlab eval: error: cannot write the confusion matrix into") and "\n" not in err
+    assert err == (f"resnetlab eval: error: could not write {tmp_path / 'file' / 'confusion.csv'} (Not a directory); "
+                   "nothing was written there")
+
+
+def test_eval_of_a_run_that_cannot_take_its_files_still_prints_the_numbers(run_dir, tmp_path, capsys):
+    run = tmp_path / "read-only-run"
+    shutil.copytree(run_dir, run)
+    shutil.rmtree(run / "eval", ignore_errors=True)
+    (run / "eval").write_text("")  # like a read-only run: RUN/eval/ cannot be made
+    assert main(["eval", str(run), "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["files"] == [] and report["n"] == 160 and len(report["per_class"]) == 4
+    assert captured.err.startswith("resnetlab eval: warning: cannot write the confusion matrix into")
+    assert captured.err.count("\n") == 1 and "--out DIR to keep the files" in captured.err
+    assert main(["eval", str(run)]) == 0
+    assert "top-1 acc" in capsys.readouterr().out
 
 
 def test_a_run_whose_folder_cannot_take_the_files_warns_and_keeps_the_numbers(tmp_path):

@@ -2,6 +2,11 @@ HELP = ("Top-1/top-5 and per-class accuracy of a checkpoint, run directory (its 
         "by a testing protocol, with its confusion matrix.")
 
 import json
+import warnings
+from pathlib import Path
+
+from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.files import check_writable
 
 from .arguments import AUTO_INFERENCE_PRECISIONS, INFERENCE_AUTO, PROTOCOLS, add_checkpoint_argument, positive_int
 
@@ -25,14 +30,16 @@ def add_arguments(parser):
 
 def run(args):
     from resnetlab.engine import evaluate_checkpoint
-    from resnetlab.engine.confusion import ClassResult, format_table, write_eval_files
+    from resnetlab.engine.confusion import ClassResult, format_table
 
     from resnetlab.inference.fastpath import prepare_inference
 
+    if args.out:  # a folder asked for by name that cannot take the files: say so before evaluating
+        check_writable(Path(args.out) / "confusion.csv")
     report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.protocol, args.device,
                                  args.precision, args.batch_size, args.workers, fast_path=prepare_inference)
     matrix = report.pop("confusion")  # in the CSV; a 1000-class matrix is too much for one JSON line
-    report["files"] = [str(p) for p in write_eval_files(report, matrix, args.out)]
+    report["files"] = [str(p) for p in write_files_or_warn(report, matrix, args.out)]
     if args.json:
         print(json.dumps(report))
         return 0
@@ -43,5 +50,21 @@ def run(args):
     if len(report["per_class"]) <= PER_CLASS_PRINTED:
         print("per class (%; '-': undefined, e.g. the precision of a class never predicted):")
         print(format_table([ClassResult(**r) for r in report["per_class"]]))
-    print(f"confusion matrix and per-class numbers: {', '.join(report['files'])}")
+    if report["files"]:
+        print(f"confusion matrix and per-class numbers: {', '.join(report['files'])}")
     return 0
+
+
+def write_files_or_warn(report: dict, matrix, out) -> list:
+    """The confusion matrix's files; where the default folder (inside a read-only run, say) cannot
+    take them, a warning instead, so that the evaluation just done is still printed. A folder the
+    user named was checked before evaluating."""
+    from resnetlab.engine.confusion import write_eval_files
+
+    try:
+        return write_eval_files(report, matrix, out)
+    except UserError as err:
+        if out:
+            raise
+        warnings.warn(f"{err} to keep the files; the numbers follow", ResnetlabWarning)
+        return []
