@@ -1,6 +1,7 @@
 """predict, embed and int8 on a checkpoint trained here on synthetic JPEGs: what the README claims
 for them, checked without the real CIFAR-10 data (test_predict.py repeats it on real images)."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -157,4 +158,8 @@ def test_folders_skip_other_files_and_missing_inputs_are_user_errors(tmp_path):
     assert collect_images([str(tmp_path / "a")]) == [str(tmp_path / "a" / "2.png"), str(tmp_path / "a" / "b" / "1.jpg")]
     with pytest.raises(UserError, match="no such file"):
         collect_images([str(tmp_path / "missing.jpg")])
+    os.mkfifo(tmp_path / "pipe.jpg")  # reading it would wait for a writer for ever
+    for special in (tmp_path / "pipe.jpg", Path(os.devnull)):
+        with pytest.raises(UserError, match=f"^{special}: not a regular file or folder"):
+            collect_images([str(special)])
     assert main(["predict", str(tmp_path / "nothing.pt"), str(tmp_path / "a")]) == 2

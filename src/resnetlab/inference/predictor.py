@@ -47,6 +47,8 @@ def collect_images(inputs: list[str]) -> list[str]:
                 found += [os.path.join(dirpath, f) for f in filenames
                           if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts]
             out += sorted(found)
+        elif path.exists():  # reading a FIFO could wait for ever; a device is no image either
+            raise UserError(f"{item}: not a regular file or folder (a device, FIFO or socket)")
         else:
             raise UserError(f"{item}: no such file or folder")
     return out
