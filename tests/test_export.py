@@ -194,3 +194,13 @@ def test_a_torchscript_export_or_a_plain_pickle_given_as_weights_is_one_line_wit
     err = capsys.readouterr().err
     assert f"resnetlab predict: error: {tmp_path / 'm.pt'} is a TorchScript export, not a checkpoint" in err
     assert "weights_only" not in err and "corrupt" not in err and len(err.splitlines()) == 2
+
+
+def test_cli_says_when_none_of_the_images_given_could_be_read(ckpt_path, tmp_path, capsys):
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_text("not an image")
+    for images, why in (([tmp_path / "a.jpg"], "the image file given could not be read"),
+                        ([tmp_path / "a.jpg", tmp_path / "b.jpg"], "none of the 2 image files given could be read")):
+        assert main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                     "--images", *map(str, images)]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == f"  (no real images checked: {why})"

@@ -48,6 +48,7 @@ def real_batch(artifact, inputs):
 
 
 def run(args):
+    from resnetlab.autorecipe import count
     from resnetlab.engine.sources import load_source
     from resnetlab.inference.export import ExportCheckFailed, check_out, export_checkpoint
 
@@ -74,7 +75,9 @@ def run(args):
     print(f"  metadata read back from the file: {meta['num_classes']} classes ({names}); shorter side to "
           f"{pre['resize']}, centre crop {pre['crop']}, RGB 0..255")
     if real is None and args.format != "safetensors":
-        print("  (no real images checked: pass --images IMAGE_OR_FOLDER)")
-    if bad:
-        print(f"  ({bad} unreadable image files skipped)")
+        why = ("pass --images IMAGE_OR_FOLDER" if not bad else "the image file given could not be read" if bad == 1
+               else f"none of the {bad} image files given could be read")
+        print(f"  (no real images checked: {why})")
+    elif bad:
+        print(f"  ({count(bad, 'unreadable image file')} skipped)")
     return 0
