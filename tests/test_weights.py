@@ -108,10 +108,28 @@ def test_refuses_files_that_need_arbitrary_unpickling(tmp_path, capsys):
     with open(path, "wb") as f:
         pickle.dump({"state_dict": _Evil()}, f)
     torch.save({"model": create_model("resnet20").state_dict(), "obj": _Evil()}, tmp_path / "evil2.pt")
-    for p in (path, tmp_path / "evil2.pt"):
-        with pytest.raises(UserError, match="refuses to run"):
-            load_weights(create_model("resnet20"), p)
+    with pytest.raises(UserError, match="refuses to run"):
+        load_weights(create_model("resnet20"), tmp_path / "evil2.pt")
+    with pytest.raises(UserError, match="is a plain Python pickle .pickle.dump., not a torch.save file"):
+        load_weights(create_model("resnet20"), path)
     assert "must never run" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_plain_pickle_is_named_as_such_and_torchs_legacy_format_still_loads(tmp_path, protocol):
+    weights = create_model("resnet20").state_dict()
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"epoch": 3}, f, protocol=protocol)  # no code in it, and still not torch's format
+    with pytest.raises(UserError, match="plain Python pickle"):
+        load_weights(create_model("resnet20"), tmp_path / "plain.pkl")
+    torch.save(weights, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    model = create_model("resnet20")
+    if protocol > 2:  # torch's weights_only loader has no FRAME opcode: it cannot read these, and says why
+        with pytest.raises(UserError, match=r"is in a form torch's safe loader cannot read \(Unsupported operand"):
+            load_weights(model, tmp_path / "legacy.pt")
+        return
+    load_weights(model, tmp_path / "legacy.pt")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
 
 
 def test_bad_files_give_clear_errors(tmp_path):

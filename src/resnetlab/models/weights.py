@@ -26,6 +26,9 @@ from . import layouts
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("module.", "_orig_mod.")
 TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip container; the legacy format is a bare pickle
+# ... which opens with torch's magic number pickled (LONG1, 10 bytes; after a FRAME from protocol 4 on):
+# any other pickle is pickle.dump's, not torch.save's
+LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 @dataclass
@@ -70,7 +73,10 @@ def _read_file(path: Path):
         return torch_load(path)
     except UserError:
         raise
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # e.g. torch's legacy format pickled with protocol 4+: "Unsupported operand"
+            raise UserError(f"{path} is in a form torch's safe loader cannot read ({_unpickler_reason(err)}); "
+                            "re-save it with torch.save(model.state_dict(), ...) or as safetensors") from None
         raise UserError(f"{path} needs arbitrary code to unpickle, which resnetlab refuses to run. "
                         "Re-save it as a plain state dict (torch.save(model.state_dict(), ...)) or "
                         "as safetensors.") from None
@@ -81,11 +87,15 @@ def _read_file(path: Path):
 
 def torch_load(path: Path):
     """torch.load with weights_only=True (never unpickles arbitrary objects) and torch's own warnings
-    kept quiet; a TorchScript export is refused in one line, never with torch's advice to turn
-    weights_only off."""
+    kept quiet; a TorchScript export and a plain pickle are refused in one line each, never with
+    torch's advice to turn weights_only off."""
     if _is_torchscript(path):
         raise UserError(f"{path} is a TorchScript export, not a checkpoint: load it with torch.jit.load, or pass "
                         "the run directory / its checkpoint")
+    if _is_plain_pickle(path):
+        raise UserError(f"{path} is a plain Python pickle (pickle.dump), not a torch.save file: resnetlab does not "
+                        "unpickle those (that can run code from the file); re-save it with "
+                        "torch.save(model.state_dict(), ...) or as safetensors")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Detected pickle protocol ...", "looks like a TorchScript archive ..."
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -98,6 +108,22 @@ def _is_torchscript(path: Path) -> bool:
             return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The WeightsUnpickler's own reason, without torch's advice around it to turn weights_only off."""
+    text = str(err)
+    tail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
+    return first_line(tail) or "unknown reason"
+
+
+def _is_plain_pickle(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return False  # torch.load says why
+    return head.startswith(b"\x80") and LEGACY_MAGIC not in head
 
 
 def _normalise(key: str) -> str:
