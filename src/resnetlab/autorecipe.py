@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 
 from resnetlab.config import load_config
+from resnetlab.errors import count
 
 IMAGENET_WEIGHTS = "resnet18.tv_in1k"  # torchvision's ResNet-18 (69.76% ImageNet top-1), 224 px, bilinear
 SMALL_RECIPE, FINETUNE_RECIPE, SCRATCH_RECIPE = "cifar10_fast", "finetune", "photos_scratch"
@@ -133,11 +134,6 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
             f"--batch-size, --epochs{', --init none to train from scratch' if not data.small and init else ''}); "
             "the run's config.yaml holds every value")
     return AutoRecipe(recipe, tuple(chosen.items()), line)
-
-
-def count(n: int, noun: str) -> str:
-    """'1 epoch', '7 epochs'."""
-    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def image_size(data: DataFacts, scratch: bool) -> int:

@@ -19,3 +19,8 @@ def first_line(err: BaseException) -> str:
     lines, and the CLI promises one."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def count(n: int, noun: str) -> str:
+    """'1 epoch', '7 epochs': messages say how many in words that agree."""
+    return f"{n} {noun}{'s' * (n != 1)}"

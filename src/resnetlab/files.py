@@ -33,7 +33,9 @@ class StorageError(UserError):
 
 def storage_error(path: Path, reason: str, existed: bool) -> StorageError:
     kept = f"the previous {path.name} is intact" if existed else "nothing was written there"
-    return StorageError(f"could not write {path} ({reason}); {kept}")
+    err = StorageError(f"could not write {path} ({reason}); {kept}")
+    err.reason = reason  # the storage's own words, for callers that phrase the message themselves
+    return err
 
 
 @contextmanager
@@ -127,6 +129,11 @@ def remove_stale_temporaries(folder) -> list[Path]:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # this process writes nothing yet when it cleans up: the file is an earlier run's
+    return process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (anyone's): the writer of a temporary file named by it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -48,7 +48,7 @@ def real_batch(artifact, inputs):
 
 
 def run(args):
-    from resnetlab.autorecipe import count
+    from resnetlab.errors import count
     from resnetlab.engine.sources import load_source
     from resnetlab.inference.export import ExportCheckFailed, check_out, export_checkpoint
 

@@ -11,7 +11,11 @@ def add_arguments(parser):
     listing = sub.add_parser("list", help="every published weights file: model, dataset, accuracy, size, cached")
     listing.add_argument("--model", help="only weights for this model")
     listing.add_argument("--json", action="store_true", help="print a JSON array (name, model, url, ...)")
-    fetch = sub.add_parser("fetch", help="download (or find in the cache) and check these weights")
+    fetch = sub.add_parser("fetch", help="download (or find in the cache) and check these weights",
+                           description="Download (or find in torch.hub's cache, $TORCH_HOME/hub/checkpoints) and "
+                           "check these weights. Without network access: RESNETLAB_WEIGHTS_MIRROR=URL_OR_FOLDER "
+                           "fetches MIRROR/<host>/<path> for each published https://<host>/<path>. A server that "
+                           "sends nothing for a minute is given up.")
     fetch.add_argument("names", nargs="+", metavar="NAME")
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("verify", help="re-hash every cached weights file against its published digest")

@@ -4,32 +4,43 @@ Files live where torch.hub keeps them, `$TORCH_HOME/hub/checkpoints/<filename>` 
 so a file torchvision already downloaded is used without any network. A download goes to a
 staging name beside the cache file through `torch.hub.download_url_to_file` (progress bar, SHA-256
 check), is then checked as weights (a file without a published digest at least has to parse), and
-only then is renamed into place: a failed, interrupted or wrong-hash download never leaves a file
-under the cache name. Every use re-checks the digest of the cached file, so a damaged or
-hand-placed wrong file is refused rather than loaded.
+only then is renamed into place: a failed, interrupted, stalled or wrong-hash download never leaves
+a file under the cache name (the staging files of one killed outright are swept by the next fetch).
+Every use re-checks the digest of the cached file, so a damaged or hand-placed wrong file is
+refused rather than loaded.
 
 RESNETLAB_WEIGHTS_MIRROR=URL fetches `URL/<host>/<path>` instead of each published
 `https://<host>/<path>` (air-gapped sites; tests); a plain folder is taken as its file:// URL.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import os
+import re
+import socket
 import urllib.error
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import torch
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, count
+from resnetlab.files import StorageError, check_writable, process_alive
 
 from .pretrained import PretrainedWeights
 
 MIRROR_ENV = "RESNETLAB_WEIGHTS_MIRROR"
 CHUNK = 1 << 20
+# Seconds without a byte from the server before a download is given up: torch.hub's urlopen has no
+# timeout of its own, so a server that stops sending would otherwise hang the command for ever.
+STALL_TIMEOUT_S = 60.0
+# .<file>.<pid>.<8 hex>.download, and torch.hub's .partial beside it (<staging>.<hex>.partial)
+STAGING = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.download(\.[0-9a-f]+\.partial)?")
 
 
 def cache_dir() -> Path:
@@ -79,14 +90,21 @@ def check_cached(entry: PretrainedWeights, path: Path) -> None:
                         f"{want[:16]}...); `resnetlab weights fetch {entry.name}` downloads it again in its place")
 
 
-def _check_readable(entry: PretrainedWeights, path: Path) -> None:
-    """Parse the file as what it claims to be: catches a truncated download without a digest."""
+def _check_readable(entry: PretrainedWeights, path: Path, shown: str | None = None) -> None:
+    """Parse the file as what it claims to be and hold its tensors' names and shapes (in the entry's
+    layout) to the entry's model: catches a truncated download, or another file, without a digest."""
+    from . import layouts
     from .weights import read_state_dict
 
     try:
-        read_state_dict(path)
+        state = layouts.rename(read_state_dict(path), entry.layout)
     except UserError as err:
         raise UserError(f"{entry.name}: {err}") from None
+    counters = lambda shapes: {k: v for k, v in shapes.items() if not k.endswith("num_batches_tracked")}  # noqa: E731
+    differ = _differences(counters(_shapes(_published_model(entry))), counters(_shapes(state)))
+    if differ:
+        raise UserError(f"{shown or path} is not the weights of {entry.name} ({entry.model}{_kwargs_text(entry)}): "
+                        f"{count(len(differ), 'tensor')} missing, unexpected or of another shape (first: {differ[0]})")
 
 
 def fetch(entry: PretrainedWeights, progress: bool = True, replace_damaged: bool = False) -> Path:
@@ -101,6 +119,8 @@ def fetch(entry: PretrainedWeights, progress: bool = True, replace_damaged: bool
         except UserError:
             if not replace_damaged:
                 raise
+    _check_cache_writable(path)
+    remove_stale_downloads(path)
     failures = []
     for url in download_urls(entry):
         try:
@@ -108,9 +128,43 @@ def fetch(entry: PretrainedWeights, progress: bool = True, replace_damaged: bool
             return path
         except _DownloadFailed as err:
             failures.append(f"{url}: {err}")
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
     raise UserError(f"could not download {entry.name} ({'; '.join(failures)}). Nothing was written to the cache. "
                     f"Without network access, fetch {entry.urls[0]} elsewhere and put it at {path} "
-                    f"(or set {MIRROR_ENV} to a mirror)")
+                    + (f"(the mirror {MIRROR_ENV}={mirror} is in use)" if mirror else f"(or set {MIRROR_ENV} to a mirror)"))
+
+
+def _check_cache_writable(path: Path) -> None:
+    """A read-only or full cache is the user's to fix, and says so before any download starts."""
+    try:
+        check_writable(path)
+    except StorageError as err:
+        raise UserError(f"cannot write the weights cache {path.parent} ({err.reason}); "
+                        "set TORCH_HOME to a writable folder") from None
+
+
+def remove_stale_downloads(path: Path) -> list[Path]:
+    """Delete the staging and .partial files of `path`'s downloads whose process is gone (killed by
+    SIGTERM or SIGKILL mid-download, where no cleanup ran); a live download's files are left alone."""
+    removed = []
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.download*"):
+        match = STAGING.fullmatch(stale.name)
+        if match and match["name"] == path.name and not process_alive(int(match["pid"])):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+@contextmanager
+def _stall_timeout(seconds: float):
+    """Sockets opened inside the block give up after `seconds` without data (socket's default
+    timeout is process-wide: it is restored when the block ends)."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
 
 
 class _DownloadFailed(Exception):
@@ -126,26 +180,32 @@ def _download(entry: PretrainedWeights, url: str, path: Path, progress: bool) ->
     staging = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.download")
     try:
         try:
-            torch.hub.download_url_to_file(url, str(staging), hash_prefix=expected_digest(entry), progress=progress)
+            with _stall_timeout(STALL_TIMEOUT_S):
+                torch.hub.download_url_to_file(url, str(staging), hash_prefix=expected_digest(entry), progress=progress)
         except RuntimeError as err:
             if "invalid hash value" not in str(err):
                 raise
             raise _DownloadFailed(f"the file differs from the published one ({err}): cut short, or changed on "
                                   "the server") from None
-        except urllib.error.HTTPError as err:
-            raise _DownloadFailed(f"HTTP {err.code} {err.reason}") from None
+        except urllib.error.HTTPError as err:  # a redirect loop's reason spans lines
+            raise _DownloadFailed(f"HTTP {err.code} {' '.join(str(err.reason).split())}") from None
         except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, resets, timeouts, bad URLs
-            raise _DownloadFailed(getattr(err, "reason", None) or str(err) or type(err).__name__) from None
+            reason = getattr(err, "reason", None) or err
+            if isinstance(reason, TimeoutError):
+                raise _DownloadFailed(f"no data from the server for {STALL_TIMEOUT_S:g} s") from None
+            raise _DownloadFailed(" ".join(str(reason).split()) or type(err).__name__) from None
         if expected_digest(entry) is None:
             try:
-                _check_readable(entry, staging)
+                _check_readable(entry, staging, "the file")
             except UserError as err:
                 raise _DownloadFailed(f"not usable weights ({err})") from None
         os.replace(staging, path)  # same folder: atomic
-    finally:
-        staging.unlink(missing_ok=True)
-        for partial in path.parent.glob(f"{staging.name}.*.partial"):  # torch.hub's own, left when it fails early
-            partial.unlink(missing_ok=True)
+    finally:  # a cleanup that fails (a cache turned read-only) must not hide why the download failed
+        for leftover in (staging, *path.parent.glob(f"{staging.name}.*.partial")):  # torch.hub's own .partial too
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 @dataclass(frozen=True)
@@ -173,19 +233,40 @@ def verify_cache(entries) -> list[CacheCheck]:
 
 
 def check_fits(model: torch.nn.Module, entry: PretrainedWeights, ignore_mismatched_head: bool = False) -> None:
-    """Raise, before any download, unless `model` has the architecture the weights were trained for."""
+    """Raise, before any download, unless `model` has the architecture the weights were trained for:
+    every tensor's shape, and what shapes do not show, each convolution's and pooling's stride,
+    padding, dilation and groups (stride_on='1x1' moves a stride and keeps every shape)."""
+    published = _published_model(entry)
+    skip = ("fc.weight", "fc.bias") if ignore_mismatched_head else ()
+    differ = _differences(_shapes(published, skip), _shapes(model, skip))
+    differ += _differences(_layer_settings(published), _layer_settings(model))
+    if differ:
+        raise UserError(f"weights {entry.name} are for {entry.model}{_kwargs_text(entry)} with "
+                        f"{entry.num_classes} classes; this model differs in {count(len(differ), 'place')} "
+                        f"(first: {differ[0]})")
+
+
+def _published_model(entry: PretrainedWeights) -> torch.nn.Module:
     from .registry import create_model
 
     with torch.device("meta"):  # shapes only
-        published = create_model(entry.model, num_classes=entry.num_classes, **entry.kwargs)
-    skip = ("fc.weight", "fc.bias") if ignore_mismatched_head else ()
-    want = {k: tuple(v.shape) for k, v in published.state_dict().items() if k not in skip}
-    have = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in skip}
-    if want != have:
-        differ = sorted(set(want) ^ set(have)) + sorted(k for k in set(want) & set(have) if want[k] != have[k])
-        raise UserError(f"weights {entry.name} are for {entry.model}{_kwargs_text(entry)} with "
-                        f"{entry.num_classes} classes; this model differs in {len(differ)} tensors "
-                        f"(first: {differ[0]})")
+        return create_model(entry.model, num_classes=entry.num_classes, **entry.kwargs)
+
+
+def _shapes(model_or_state, skip=()) -> dict:
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    return {k: tuple(v.shape) for k, v in state.items() if k not in skip}
+
+
+def _layer_settings(model: torch.nn.Module) -> dict:
+    return {name: tuple(str(getattr(m, a, None)) for a in ("stride", "padding", "dilation", "groups"))
+            for name, m in model.named_modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d, torch.nn.AvgPool2d))}
+
+
+def _differences(want: dict, have: dict) -> list[str]:
+    """The names in one and not the other, then those whose values differ."""
+    return sorted(set(want) ^ set(have)) + sorted(k for k in set(want) & set(have) if want[k] != have[k])
 
 
 def load_pretrained(model: torch.nn.Module, entry: PretrainedWeights, *, ignore_mismatched_head: bool = False,
