@@ -3,6 +3,7 @@ import re
 import shutil
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -74,6 +75,27 @@ def test_small_images_decode_once_then_come_from_the_cache(tmp_path, monkeypatch
     second = build_data(cfg)
     assert torch.equal(first.train.images, second.train.images)
     assert torch.equal(first.train.labels, second.train.labels)
+
+
+def test_a_cache_folder_that_cannot_be_made_warns_once_and_the_data_is_still_built(tmp_path):
+    (tmp_path / "afile").write_text("")
+    cfg = replace(_cfg(_tree(tmp_path / "d"), tmp_path), cache_dir=str(tmp_path / "afile" / "cache"))
+    with pytest.warns(ResnetlabWarning) as caught:
+        bundle = build_data(cfg)
+    assert [str(w.message) for w in caught] == [
+        f"the decoded images are not cached in {tmp_path / 'afile' / 'cache'} (Not a directory): the next run decodes "
+        "them again; data.cache_dir (--cache-dir) names another folder"] * 2  # train and test: the CLI shows it once
+    assert bundle.classes == sorted(COLOURS) and len(bundle.train) == 4 * len(COLOURS)
+    assert bundle.provenance["caches"] == [] and (tmp_path / "afile").read_text() == ""
+
+
+def test_a_folder_beside_train_is_named_not_dropped_silently(tmp_path):
+    root = _tree(tmp_path / "d")
+    _write(root / "bird" / "0.png", (1, 2, 3))  # meant as a class, put beside train/
+    with pytest.warns(ResnetlabWarning, match=r"has a folder beside train/ that no split reads: bird/; a class's images "
+                                              r"belong in train/<class>/"):
+        bundle = build_data(_cfg(root, tmp_path))
+    assert bundle.classes == sorted(COLOURS)
 
 
 def test_cache_key_changes_when_a_file_changes(tmp_path):

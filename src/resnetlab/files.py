@@ -57,6 +57,16 @@ def temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def make_folder(path: Path) -> None:
+    """The folder `path` goes in, with its parents; a StorageError for any reason it cannot be made
+    (even "no such file" under /proc, or a file standing where a folder should be)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = f"{err.filename} is a file, not a folder" if isinstance(err, FileExistsError) else err.strerror
+        raise storage_error(path, reason or str(err), path.exists()) from None
+
+
 @contextmanager
 def atomic_path(path):
     """`with atomic_path(path) as tmp: writer(tmp)`, for writers that want a file name (ONNX,
@@ -64,7 +74,7 @@ def atomic_path(path):
     path = Path(path)
     tmp = temporary(path)
     with storage_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path)
         tmp.unlink(missing_ok=True)  # this pid's leftover from an earlier process (pids repeat in containers)
         try:
             yield tmp

@@ -97,6 +97,13 @@ def _load_folder(root: Path, cfg: DataConfig):
         raise UserError(f"{root} has no train/ folder (only {present}): nothing to train on; expected "
                         f"ROOT/train/<class>/<image> or ROOT/<class>/<image> (`resnetlab eval RUN --data {root}` "
                         "evaluates a model on it)")
+    unread = [d for d in folders.subfolders(root) if d not in folders.SPLITS and folders.holds_images(root / d)
+              ] if layout == "splits" else []
+    if unread:  # a class folder put beside train/ instead of inside it
+        shown = ", ".join(f"{d}/" for d in unread[:5]) + (", ..." if len(unread) > 5 else "")
+        warnings.warn(f"{root} has {'folders' if len(unread) > 1 else 'a folder'} beside train/ that no split reads: "
+                      f"{shown}; a class's images belong in train/<class>/ (and val/<class>/, test/<class>/)",
+                      ResnetlabWarning, stacklevel=3)
     first = folders.scan(root / "train" if layout == "splits" else root, None, cfg.skip_bad)
     if len(first.classes) < 2:
         raise UserError(f"{root} has one class folder ({first.classes[0]}); a classifier needs at least two: "
@@ -145,7 +152,7 @@ def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict
         kept = scan.paths
         if side is not None:
             out[split], meta = folders.small_dataset(scan.paths, scan.labels, classes, side, root, cache_dir, cfg.skip_bad)
-            provenance["caches"].append(meta["cache"])
+            provenance["caches"] += [meta["cache"]] if meta["cache"] else []
             provenance["resized"] += meta["resized"]
             provenance["skipped"] += meta["skipped"]
             dropped = {p for p, _ in meta["skipped"]}

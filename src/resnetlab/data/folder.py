@@ -19,14 +19,15 @@ import json
 import multiprocessing
 import os
 import signal
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from resnetlab.errors import UserError
-from resnetlab.files import atomic_write
+from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.files import StorageError, atomic_write
 
 from .datasets import ArrayDataset
 from .decode import DECODE_ERRORS, BadImage, center_box, decode_crops, opened
@@ -57,20 +58,29 @@ def folder_layout(root: Path) -> str | None:
     "classes" (ROOT/<class>/, no split level) or None (no subfolders)."""
     if any((root / split).is_dir() for split in SPLITS):
         return "splits"
-    return "classes" if _subfolders(root) else None
+    return "classes" if subfolders(root) else None
 
 
-def _subfolders(folder: Path) -> list[str]:
+def subfolders(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def holds_images(folder: Path) -> bool:
+    """Whether image files (by extension) lie directly in `folder`: a class folder's look, not a
+    cache's or a run's."""
+    try:
+        return any(f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".") for f in folder.iterdir())
+    except OSError:
+        return False
 
 
 def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderScan:
     """One split folder; classes=None means: this is the training split, whose folders are the classes."""
     if not split_dir.is_dir():
         raise UserError(f"{split_dir} is not a directory; expected the layout ROOT/train/<class>/<image>")
-    found = _subfolders(split_dir)
+    found = subfolders(split_dir)
     if not found:
         loose = sum(1 for f in split_dir.iterdir() if f.is_file())
         raise UserError(f"{split_dir} has no class folders ({loose} files directly inside); expected "
@@ -139,7 +149,8 @@ def small_side(paths: list) -> int | None:
     for path in paths[::step][:PROBES]:
         try:
             with opened(path) as img:
-                sides.append(max(img.size))
+                if min(img.size):  # an empty image (refused when decoded) must not set the side of the others
+                    sides.append(max(img.size))
         except DECODE_ERRORS:
             continue  # reported (or skipped) when the file is decoded
     if not sides or max(sides) > SMALL_SIDE:
@@ -160,10 +171,16 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
             images, keep, resized, reasons = z["images"], z["keep"], int(z["resized"]), z["reasons"].tolist()
     else:
         images, keep, resized, reasons = _decode_all(paths, size, skip_bad)
-        _save_atomic(cache, images=images, keep=keep, resized=np.int64(resized), reasons=np.array(reasons, dtype=str))
+        try:
+            _save_atomic(cache, images=images, keep=keep, resized=np.int64(resized), reasons=np.array(reasons, dtype=str))
+        except StorageError as err:  # a cache is a saving, not the point: train on what was just decoded
+            cache, not_cached = None, err.reason
+    if cache is None:
+        warnings.warn(f"the decoded images are not cached in {cache_dir} ({not_cached}): the next run decodes "
+                      "them again; data.cache_dir (--cache-dir) names another folder", ResnetlabWarning, stacklevel=2)
     skipped = list(zip((paths[i] for i in np.flatnonzero(~keep)), reasons))
     data = ArrayDataset(torch.from_numpy(images).permute(0, 3, 1, 2), labels[torch.from_numpy(keep)], classes)
-    return data, {"cache": str(cache), "resized": resized, "skipped": skipped}
+    return data, {"cache": str(cache) if cache else None, "resized": resized, "skipped": skipped}
 
 
 def _decode_all(paths: list[str], size: int, skip_bad: bool):
