@@ -66,6 +66,9 @@ def test_data_dir_kind_is_inferred(tmp_path):
         ("data.dataset", "cifar10"), ("data.root", str(tmp_path / "cifar"))]
     with pytest.raises(UserError, match="no such directory"):
         data_overrides(str(tmp_path / "nope"), "folder")
+    (tmp_path / "recipe.yaml").write_text("")
+    with pytest.raises(UserError, match=r"recipe.yaml: a file, not a folder \(expected a folder"):
+        data_overrides(str(tmp_path / "recipe.yaml"), "folder")
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

@@ -81,5 +81,5 @@ def test_skip_bad_on_photos_lists_and_counts_the_unreadable_files_before_trainin
     for i in range(3):
         (root / "train" / "cow" / f"{i}.jpg").write_text("x")
     assert _train(root, tmp_path / "run2", "--set", "data.skip_bad=true") == 2
-    assert f"class 'cow' has no readable training images ({root}/train/cow: 3 bad files skipped)" in \
+    assert f"class 'cow' has no readable training images ({root}/train/cow: 3 unreadable files skipped)" in \
         capsys.readouterr().err

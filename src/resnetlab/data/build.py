@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.config import DataConfig, check_section
-from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.errors import ResnetlabWarning, UserError, count
 
 from . import folder as folders
 from .cifar import SPECS, load_cifar
@@ -189,9 +189,10 @@ def _empty_classes(splits: dict, classes: list[str], train_dir: Path, skipped: l
         names = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
         if names and split == "train":
             folder = train_dir / names[0]
-            lost = [p for p, _ in skipped if p == str(folder) or p.startswith(str(folder) + os.sep)]
-            raise UserError(f"class {', '.join(map(repr, names))} has no readable training images ({folder}: "
-                            f"{len(lost)} bad files skipped); fix its files, or remove the class from every split")
+            lost = [p for p, _ in skipped if p.startswith(str(folder) + os.sep)]
+            why = f"{folder}: {count(len(lost), 'unreadable file')} skipped" if lost else f"{folder} holds no images"
+            raise UserError(f"class {', '.join(map(repr, names))} has no readable training images ({why}); "
+                            "fix its files, or remove the class from every split")
         if names:
             empty[split] = names
     return empty

@@ -85,7 +85,8 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
         loose = sum(1 for f in split_dir.iterdir() if f.is_file())
         raise UserError(f"{split_dir} has no class folders ({loose} files directly inside); expected "
                         f"{split_dir}/<class>/<image>, one folder per class")
-    if classes is None:
+    training = classes is None
+    if training:
         classes = found
     unknown = [name for name in found if name not in classes]
     if unknown:
@@ -99,9 +100,9 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
             raise UserError(f"{bad[0][0]}: {bad[0][1]}; remove it or {SKIP_HINT}")
         skipped += bad
         if not files:
-            if not skip_bad:
-                raise UserError(f"class folder {split_dir / name} holds no images; add images, remove "
-                                f"the folder, or {SKIP_HINT}")
+            if not skip_bad or training:  # skipping cannot help a training class: it would have no images
+                raise UserError(f"class folder {split_dir / name} holds no images; add images or remove the folder"
+                                + ("" if training else f", or {SKIP_HINT}"))
             skipped.append((str(split_dir / name), "empty class folder"))
         paths += files
         labels += [classes.index(name)] * len(files)

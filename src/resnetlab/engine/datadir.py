@@ -25,7 +25,8 @@ def data_overrides(path: str, recipe_dataset: str) -> list[tuple[str, object]]:
     config still finds the data from another working directory (`resnetlab eval RUN` elsewhere)."""
     root = Path(path).expanduser().absolute()
     if not root.is_dir():
-        raise UserError(f"--data {path}: no such directory (expected a folder with train/<class>/ images "
+        what = "a file, not a folder" if root.exists() else "no such directory"
+        raise UserError(f"--data {path}: {what} (expected a folder with train/<class>/ images "
                         "or the CIFAR python files)")
     if recipe_dataset == "synthetic":
         return [("data.root", str(root))]
