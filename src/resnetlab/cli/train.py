@@ -25,8 +25,9 @@ def add_arguments(parser):
     parser.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
     parser.add_argument("--resume-if-exists", action="store_true",
-                        help="with --out: continue the run there if there is one, else start it (for torchrun "
-                             "--max-restarts and job schedulers that rerun the same command)")
+                        help="with --out: continue the run there if there is one (a finished one is left as it "
+                             "is), else start it (for torchrun --max-restarts and job schedulers that rerun the "
+                             "same command)")
     parser.add_argument("--model", metavar="NAME", help="network to train (see resnetlab models)")
     parser.add_argument("--image-size", type=int, metavar="N", help="training crop size in pixels (data.image_size)")
     parser.add_argument("--epochs", type=int, help="train this many epochs (replaces schedule.max_steps)")
@@ -139,6 +140,9 @@ def run(args):
     if args.resume:
         check_resume_changes(cfg, out)
     if args.print_config:
+        from resnetlab.engine.setup import check_config
+
+        check_config(cfg)  # a config the run would refuse is not printed as the one it would use
         print(config_to_yaml(cfg), end="")
         return 0
     resume = bool(args.resume) or (args.resume_if_exists and existing_run(cfg, out))

@@ -29,8 +29,8 @@ from .metrics_csv import write_metrics_csv
 from .records import Checkpoint
 from .run_records import MetricsRow, RunSummary
 from .runtime import autocast, make_runtime, prepare_model, to_input
-from .rundir import RunDirLock
-from .setup import build_model, prepare_workdir
+from .rundir import RunDirLock, resume_point
+from .setup import build_model, write_workdir
 from .state import make_artifact
 
 PENALTIES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths tried when there is a val split
@@ -101,7 +101,8 @@ def train_linear_probe(cfg: Config, workdir, stream=None) -> RunSummary:
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     with RunDirLock(workdir) as lock:
-        prepare_workdir(workdir, cfg, bundle, resume=False, is_main=True, lock=lock)
+        resume_point(workdir, resume=False)  # an --out that holds a run is refused before anything is written
+        write_workdir(workdir, cfg, bundle, is_main=True, lock=lock)
         return _fit_and_write(cfg, workdir, bundle, rt, start, stream)
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from resnetlab.config import Config, save_config
 from resnetlab.errors import UserError
 from resnetlab.files import storage_errors, write_text_atomic
-from resnetlab.models import conv_direct, conv_wgrad, create_model
+from resnetlab.models import conv_direct, conv_wgrad, create_model, model_info
 
 from .checkpoint import load_checkpoint
 from .distributed import DistInfo, per_rank_batch
@@ -28,7 +28,7 @@ from .records import LoopState
 from .rundir import RunDirLock, resume_point, tidy_for_start
 from .runtime import Runtime, compile_model, make_grad_scaler, prepare_model
 from .schedules import create_learning_rate_fn, total_steps
-from .state import restore_checkpoint
+from .state import check_steps_left, restore_checkpoint
 
 
 @dataclass(frozen=True)
@@ -136,20 +136,25 @@ def check_stop_target(target: float | None, bundle) -> None:
         raise UserError(f"train.stop_at_val_top1={target} needs a validation split; set data.val_size > 0")
 
 
-def prepare_workdir(workdir: Path, cfg: Config, bundle, resume: bool, is_main: bool, lock: RunDirLock) -> Path | None:
-    """Lock the run directory and write the run's description into it; returns the checkpoint to
-    resume from (None: start at step 0). A resumed run's data must be the data it trained on,
-    checked before anything is written. Every process calls it, rank 0 writes."""
-    start_from = resume_point(workdir, resume)
-    if start_from is not None:
-        check_resumed_data(workdir, bundle)
+def check_config(cfg: Config) -> None:
+    """The values refused only once something is built from them (the model name, the schedule),
+    checked from the config alone by the very functions that build them: for --print-config,
+    which builds nothing, and for a run before it spends minutes on its data."""
+    model_info(cfg.model.name.partition(".")[0])  # "resnet50.TAG" names published weights of resnet50
+    create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch=1)
+
+
+def write_workdir(workdir: Path, cfg: Config, bundle, is_main: bool, lock: RunDirLock) -> None:
+    """Lock the run directory (making it for a new run) and write the run's description into it.
+    Called once everything that can refuse the config has accepted it, so a refused command leaves
+    no directory behind and a refused --resume leaves the run's config.yaml as it was (config.yaml
+    is what every later --resume starts from). Every process calls it, rank 0 writes."""
     lock.acquire()
     if is_main:
         with storage_errors(workdir / "checkpoints"):
             (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, workdir / "config.yaml")
         write_text_atomic(workdir / "classes.json", json.dumps(list(bundle.classes), indent=1))
-    return start_from
 
 
 def _sync_bn(model: nn.Module, cfg: Config, dist_info: DistInfo, rt: Runtime) -> nn.Module:
@@ -173,25 +178,31 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     from resnetlab.data.summary import loss_weights
 
     cfg, workdir, resume, dist_info, rt = request.cfg, request.workdir, request.resume, request.dist_info, request.rt
+    check_config(cfg)
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
-    check_stop_target(cfg.train.stop_at_val_top1, bundle)  # before the run directory is made
-    start_from = prepare_workdir(workdir, cfg, bundle, resume, dist_info.is_main, lock)
+    check_stop_target(cfg.train.stop_at_val_top1, bundle)
+    start_from = resume_point(workdir, resume)
+    if start_from is not None:  # a resumed run's data must be the data it trained on
+        check_resumed_data(workdir, bundle)
     say = print if dist_info.is_main else (lambda *a: None)
     model, eval_bns = build_model(cfg, len(bundle.classes), say=say)
     model = prepare_model(_sync_bn(model, cfg, dist_info, rt), rt)
-    optimizer = build_optimizer(model, cfg)
-    scaler = make_grad_scaler(rt)
+    optimizer, scaler = build_optimizer(model, cfg), make_grad_scaler(rt)
     state, ckpt = LoopState(), None
     if start_from is not None:
         ckpt = load_checkpoint(start_from)
         state = restore_checkpoint(ckpt, model, optimizer, scaler, cfg, start_from)
-    repairs = tidy_for_start(workdir, state.step, ckpt) if dist_info.is_main else []
     steps_per_epoch = len(train_loader(bundle, cfg, dist_info, rt, 0))
     total = total_steps(cfg.schedule, steps_per_epoch)
-    run = Run(cfg, workdir, dist_info, rt, bundle, model, _wrap(model, cfg, dist_info, rt), eval_bns,
-              bundle.normalizer.to(rt.device), optimizer, scaler, state, per_rank_batch(cfg.optim.batch_size, dist_info),
-              steps_per_epoch, total, create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch),
+    lr_fn = create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch)
+    check_steps_left(state, total, cfg, workdir)
+    net = _wrap(model, cfg, dist_info, rt)
+    # Nothing above wrote to the run directory (or made it): everything that can refuse the config has accepted it.
+    write_workdir(workdir, cfg, bundle, dist_info.is_main, lock)
+    repairs = tidy_for_start(workdir, state.step, ckpt) if dist_info.is_main else []
+    run = Run(cfg, workdir, dist_info, rt, bundle, model, net, eval_bns, bundle.normalizer.to(rt.device), optimizer,
+              scaler, state, per_rank_batch(cfg.optim.batch_size, dist_info), steps_per_epoch, total, lr_fn,
               RunLogger(workdir, dist_info.is_main, total, state.step, cfg.train.tensorboard, request.stream,
                         cfg.train.log_every))
     run.log.info(f"{cfg.model.name}: {run.total} steps ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"

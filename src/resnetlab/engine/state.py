@@ -2,7 +2,8 @@
 carries the loop state with the model, optimizer, GradScaler and RNGs.
 
 `make_checkpoint` builds the `Checkpoint` record (engine/records.py) of a training run;
-`restore_checkpoint` loads one into freshly built objects and returns the `LoopState` to continue from.
+`restore_checkpoint` loads one into freshly built objects and returns the `LoopState` to continue from;
+`check_steps_left` then says whether the resumed run has anything left to do.
 """
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ from resnetlab.errors import UserError, first_line
 
 from .checkpoint import capture_rng, clean_state_dict, restore_rng
 from .records import Artifact, Checkpoint, LoopState, TrainingState
-from .run_records import MetricsRow
+from .run_records import MetricsRow, RunSummary
+
+
+class RunFinished(Exception):
+    """A resumed run with nothing left to do: every step trained and summary.json written. Not an
+    error: a job scheduler rerunning the command of a finished run (--resume-if-exists) must
+    succeed, and must not test it again or rewrite its files. Carries the run's summary."""
+
+    def __init__(self, message: str, summary: RunSummary):
+        super().__init__(message)
+        self.summary = summary
 
 
 class Meter:
@@ -84,3 +95,30 @@ def restore_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer, scaler, cf
         raise UserError(f"{path} does not fit this run's {cfg.model.name} and optimizer ({first_line(err)}); resume with the "
                         "run's own config, or start a new run with --init to reuse only the weights") from None
     return training.loop
+
+
+def check_steps_left(state: LoopState, total: int, cfg: Config, workdir) -> None:
+    """Before anything is written: a run is never shortened below the step it reached (its
+    checkpoints, metrics and summary are of the longer run), and a finished one raises RunFinished.
+    A run with no step left but no summary of that step (killed during its final test) is not
+    finished: the final test runs again."""
+    if state.step > total:
+        epochs = cfg.schedule.epochs
+        asked = f"--max-steps {total}" if epochs is None else f"the {total} steps of --epochs {epochs}"
+        raise UserError(f"{workdir} is already at step {state.step}, past {asked}; a run cannot be shortened "
+                        f"(pass --max-steps above {state.step} to train further)")
+    if state.step < total and state.reached_target is None:
+        return
+    summary = _summary_of(workdir)
+    if summary is None or summary.steps != state.step:
+        return
+    how = ("it reached train.stop_at_val_top1" if state.reached_target is not None
+           else "pass a larger --max-steps to train further")
+    raise RunFinished(f"{workdir} finished at step {state.step}: nothing to resume ({how})", summary)
+
+
+def _summary_of(workdir) -> RunSummary | None:
+    try:
+        return RunSummary.read(workdir)
+    except UserError:  # damaged: the final test writes it again
+        return None

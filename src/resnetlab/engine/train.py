@@ -8,6 +8,7 @@ per-class test results of best.pt, whose confusion matrix goes to confusion_test
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error
 from .setup import Run, RunRequest, build_run, set_lr
 from .signals import StopOnSignal, TrainingInterrupted
-from .state import Meter, is_finite_model, make_checkpoint, meter_summary
+from .state import Meter, RunFinished, is_finite_model, make_checkpoint, meter_summary
 
 
 class TrainingDiverged(UserError):
@@ -99,7 +100,12 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
 
 def _train(request: RunRequest, stop: StopOnSignal, lock: RunDirLock) -> RunSummary:
     """The run itself; its model and DDP wrapper are gone when it returns (see shutdown_distributed)."""
-    run = build_run(request, lock)
+    try:
+        run = build_run(request, lock)
+    except RunFinished as done:  # said, not raised: a scheduler's rerun of a finished run succeeds
+        if request.dist_info.is_main:
+            print(done, file=request.stream or sys.stderr, flush=True)
+        return done.summary
     try:
         if _stop_requested(stop, run):  # a signal while the data was built
             raise TrainingInterrupted(stop.signum or 15, run.state.step, _last_checkpoint(run))

@@ -1,0 +1,83 @@
+"""A refused command leaves the run exactly as it was: a --resume with a value the run refuses,
+a shortened run, a new run with a bad model or schedule. A finished run has nothing to resume:
+rerunning its command (as a job scheduler does) succeeds without testing or writing again.
+"""
+import json
+import shutil
+
+import pytest
+import yaml
+
+from resnetlab.cli import main
+from resnetlab.config import config_to_dict
+from resnetlab.engine import load_checkpoint
+from resnetlab.engine import train as engine_train
+from test_engine_train import tiny_config
+from test_faults import error_line
+
+CFG = tiny_config(("schedule.max_steps", 8), ("train.eval_every", 4))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(recipe, a run of CFG that trained all its steps and wrote summary.json)."""
+    root = tmp_path_factory.mktemp("finished")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(config_to_dict(CFG)))
+    assert main(["train", "--recipe", str(recipe), "--out", str(root / "run")]) == 0
+    return str(recipe), root / "run"
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    """A copy of the finished run, to be changed (or not) by the test."""
+    return shutil.copytree(finished[1], tmp_path / "run")
+
+
+def files(run) -> dict:
+    """Every file of the run, by content; .lock records its last holder, whoever was refused."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("override", [["--set", "schedule.kind=bogus"], ["--model", "resnet14"],
+                                      ["--set", "finetune.freeze_stages=9"], ["--set", "model.kwargs={shortcut: B}"]],
+                         ids=["schedule", "model", "freeze", "kwargs"])
+def test_a_refused_resume_leaves_the_run_as_it_was_and_resumable(run, override, capsys):
+    before = files(run)
+    assert main(["train", "--resume", str(run), *override]) == 2
+    assert error_line(capsys).startswith("resnetlab train: error: ")
+    assert files(run) == before
+    # the run's own config still resumes it, and a value --resume may change is recorded
+    assert main(["train", "--resume", str(run), "--max-steps", "12"]) == 0, capsys.readouterr().err
+    assert load_checkpoint(run / "checkpoints" / "last.pt").training.step == 12
+    assert yaml.safe_load((run / "config.yaml").read_text())["schedule"]["max_steps"] == 12
+
+
+@pytest.mark.parametrize("bad, words", [("model.name=resnet21", "unknown model 'resnet21'"),
+                                        ("schedule.kind=bogus", "unknown schedule.kind 'bogus'")])
+def test_a_new_run_with_a_bad_model_or_schedule_leaves_nothing_and_print_config_refuses_it(
+        finished, tmp_path, capsys, bad, words):
+    argv = ["train", "--recipe", finished[0], "--out", str(tmp_path / "new"), "--set", bad]
+    assert main(argv) == 2
+    assert words in error_line(capsys) and not (tmp_path / "new").exists()
+    assert main([*argv, "--print-config"]) == 2
+    assert words in error_line(capsys)
+
+
+def test_a_finished_run_is_not_shortened(run, capsys):
+    before = files(run)
+    assert main(["train", "--resume", str(run), "--max-steps", "4"]) == 2
+    assert f"{run} is already at step 8, past --max-steps 4" in error_line(capsys)
+    assert files(run) == before
+
+
+def test_a_finished_run_has_nothing_to_resume_and_is_not_tested_again(finished, run, monkeypatch, capsys):
+    monkeypatch.setattr(engine_train, "final_test", lambda *a: pytest.fail("tested again"))
+    before = files(run)
+    # --resume, and a scheduler rerunning the command that made the run
+    for again in (["--resume", str(run)], ["--recipe", finished[0], "--out", str(run), "--resume-if-exists"]):
+        assert main(["train", *again]) == 0
+        out, err = capsys.readouterr()
+        assert f"{run} finished at step 8: nothing to resume" in err
+        assert json.loads(out) == json.loads((run / "summary.json").read_text())  # its summary, as a run prints it
+        assert files(run) == before
