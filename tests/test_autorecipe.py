@@ -1,10 +1,12 @@
 """The recipe `resnetlab train --data DIR --out RUN` chooses without --recipe: a pure function of
 the dataset's and the machine's facts and of what the user set."""
 import pytest
+from PIL import Image
 
 from resnetlab.autorecipe import IMAGENET_WEIGHTS, DataFacts, MachineFacts, choose
 from resnetlab.config import load_config
 from resnetlab.engine.schedules import schedule_warnings
+from resnetlab.errors import UserError
 
 LAPTOP, GPU_BOX = MachineFacts(cpus=2, gpu=False), MachineFacts(cpus=16, gpu=True)
 ISSUE_PHOTOS = DataFacts("folder", train_images=140, num_classes=4, has_val=False, short_side=300, small=False)
@@ -97,3 +99,50 @@ def test_one_image_per_class_trains_without_a_validation_split_and_says_so():
     one = choose(DataFacts("folder", 2, 2, False, 80, False, largest_class=1), LAPTOP,
                  {"finetune.init": None, "schedule.epochs": 1})
     assert "1 epoch of 2 steps" in one.line
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"optim.lr": "abc"}, "config key optim.lr: expected float, got 'abc' (str)"),
+    ({"optim.lr": ""}, "config key optim.lr: expected float, got '' (str)"),
+    ({"optim.batch_size": "abc"}, "config key optim.batch_size: expected int, got 'abc' (str)"),
+    ({"schedule.max_steps": "abc"}, "config key schedule.max_steps: expected int, got 'abc' (str)"),
+    ({"optim.batch_size": -4}, "config key optim.batch_size=-4 is out of range: expected an integer >= 1"),
+    ({"schedule.epochs": -1}, "config key schedule.epochs=-1 is out of range: expected an integer >= 1"),
+    ({"data.val_size": 1.5}, "config key data.val_size=1.5: a fraction must be in (0, 1)"),
+])
+def test_what_the_user_set_is_checked_by_the_config_before_anything_is_computed_from_it(given, message):
+    # --set values arrive as YAML reads them: arithmetic on 'abc' was a traceback, and -4 became "batch -4 (lr ...)"
+    with pytest.raises(UserError) as err:
+        choose(ISSUE_PHOTOS, LAPTOP, given)
+    assert str(err.value).startswith(message)
+
+
+def test_a_whole_val_size_is_a_count_in_the_line_as_in_the_run():
+    # The config reads data.val_size=1.0 as 1 image (whole floats are counts); the line said "100% of each class"
+    # and sized the batch as if every image were held out (batch 1)
+    choice = choose(ISSUE_PHOTOS, LAPTOP, {"data.val_size": 1.0})
+    assert "validation on 1 image held out" in choice.line and "batch 32 " in choice.line  # 139 // 32 = 4 steps
+    assert load_config(choice.recipe, [*choice.overrides, ("data.val_size", 1.0)]).data.val_size == 1
+
+
+@pytest.fixture
+def small_folder(tmp_path):
+    """Three classes of four 32 px JPEGs: the automatic recipe is cifar10_fast, nothing to download."""
+    for c, colour in enumerate(("red", "green", "blue")):
+        (tmp_path / "small" / "train" / str(c)).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), colour).save(tmp_path / "small" / "train" / str(c) / f"{i}.jpg")
+    return tmp_path / "small"
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--set", "optim.lr=abc"], "config key optim.lr: expected float, got 'abc' (str)"),
+    (["--lr", "-1"], "config key optim.lr=-1.0 is out of range: expected a finite number >= 0"),
+])
+def test_the_cli_refuses_a_bad_value_in_one_line_and_writes_nothing(small_folder, tmp_path, capsys, flags, line):
+    from resnetlab.cli import main
+
+    out = tmp_path / "runs" / "x"
+    assert main(["train", "--data", str(small_folder), "--out", str(out), *flags]) == 2
+    assert capsys.readouterr().err == f"resnetlab train: error: {line}\n"  # no recipe line with the bad value
+    assert not out.exists()  # auto_recipe.json used to be written before the value was checked

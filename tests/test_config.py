@@ -174,3 +174,38 @@ def test_cli_refuses_a_nan_learning_rate_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(["data", "--dataset", "synthetic", "--val-size", "-3"]) == 2
     assert "data.val_size=-3 is out of range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\xff\xfe\x00bad", "bin.yaml: not a YAML text file (not UTF-8)"),
+    (b"optim:\n  lr: \x01\n", "bin.yaml: not a YAML text file (character #x0001 at position 13)"),
+    (b"optim:\n  lr: [0.1\n", "bin.yaml, line 3, column 1: not valid YAML: expected ',' or ']', but got '<stream end>' "
+                              "(while parsing a flow sequence from line 2, column 7)"),
+    # PyYAML keeps the last of two equal keys: the value a reader sees first would be silently ignored
+    (b"optim:\n  lr: 0.1\n  lr: 0.2\n", "bin.yaml, line 3, column 3: not valid YAML: key 'lr' is given twice "
+                                        "(first on line 2); keep one"),
+    (b"optim:\n  1: 2\n  x: 3\n", "unknown config key optim.1; valid keys in optim: lr,"),  # was a TypeError
+])
+def test_recipe_files_that_are_not_yaml_text_are_refused_in_one_line(tmp_path, data, message):
+    (tmp_path / "bin.yaml").write_bytes(data)
+    with pytest.raises(UserError) as err:
+        load_config(str(tmp_path / "bin.yaml"))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_merged_key_may_be_overridden(tmp_path):
+    # what a `<<:` merge brings in is meant to be overridden: not a duplicate key
+    (tmp_path / "merge.yaml").write_text("optim:\n  <<: {lr: 0.2, momentum: 0.5}\n  lr: 0.3\n")
+    merged = load_config(str(tmp_path / "merge.yaml")).optim
+    assert (merged.lr, merged.momentum) == (0.3, 0.5)
+
+
+def test_an_empty_recipe_name_is_refused_not_taken_for_the_defaults(tmp_path, capsys):
+    from resnetlab.cli import main
+
+    for name in ("", "  "):
+        with pytest.raises(UserError, match="the recipe name is empty"):
+            load_config(name)
+    assert main(["train", "--recipe", "", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--print-config"]) == 2
+    assert capsys.readouterr().err.startswith("resnetlab train: error: the recipe name is empty: give a shipped recipe")
+    assert load_config(None) == Config()  # a library call without a recipe still means the defaults

@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from resnetlab.config import load_config
+from resnetlab.config import apply_overrides, load_config
 from resnetlab.errors import count
 
 IMAGENET_WEIGHTS = "resnet18.tv_in1k"  # torchvision's ResNet-18 (69.76% ImageNet top-1), 224 px, bilinear
@@ -87,6 +87,7 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     init = given.get("finetune.init", None if data.small else IMAGENET_WEIGHTS)
     recipe = SMALL_RECIPE if data.small else FINETUNE_RECIPE if init else SCRATCH_RECIPE
     base = load_config(recipe)
+    given = checked(base, given)
     chosen: dict[str, object] = {}
 
     def pick(key: str, value):
@@ -134,6 +135,14 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
             f"--batch-size, --epochs{', --init none to train from scratch' if not data.small and init else ''}); "
             "the run's config.yaml holds every value")
     return AutoRecipe(recipe, tuple(chosen.items()), line)
+
+
+def checked(base, given: dict) -> dict:
+    """`given` typed and range-checked by the config itself, against the recipe it joins: a wrong
+    value is its one-line UserError before anything is computed from it or said about it; a whole
+    float read as a count (data.val_size=1.0 is 1 image) is used as the run will use it."""
+    cfg = apply_overrides(base, given.items())
+    return {key: getattr(getattr(cfg, key.partition(".")[0]), key.partition(".")[2]) for key in given}
 
 
 def image_size(data: DataFacts, scratch: bool) -> int:

@@ -13,7 +13,8 @@ from resnetlab.errors import UserError
 
 def auto_recipe(args, overrides: list) -> tuple[str, list]:
     """No --recipe: one chosen from the data and the machine (resnetlab.autorecipe), said in one
-    line on stderr and kept as RUN/auto_recipe.json; the user's flags and --set values win."""
+    line on stderr and kept as RUN/auto_recipe.json; the user's flags and --set values win. `choose`
+    checks them against the recipe first, so a wrong one is refused before it is said or written."""
     from resnetlab.autorecipe import MachineFacts, choose
     from resnetlab.config import parse_override
     from resnetlab.data.survey import survey

@@ -22,7 +22,29 @@ RECIPE_META_KEYS = ("base", "description")  # recipe-file keys that are not conf
 
 class _YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, reading 1e-3, 1e6 and 5.0e4 as floats: YAML 1.1 (PyYAML) wants a dot
-    and a signed exponent and would keep them as strings; YAML 1.2 and every user reads numbers."""
+    and a signed exponent and would keep them as strings; YAML 1.2 and every user reads numbers.
+    A key given twice in one mapping is an error: PyYAML keeps the last one, so the first value a
+    user reads in the file would be silently ignored."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(self, node)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _refuse_duplicate_keys(loader, node) -> None:
+    """A ConstructorError (a marked YAMLError: line and column) at a mapping's second use of a key.
+    `<<` merge keys are left out: what they bring in is meant to be overridden."""
+    first = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node)
+        if key in first:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice (first on line {first[key].line + 1}); keep one",
+                key_node.start_mark)
+        first[key] = key_node.start_mark
 
 
 _YamlLoader.add_implicit_resolver(  # after PyYAML's own resolvers, so plain ints stay ints
@@ -52,10 +74,13 @@ def list_recipes() -> dict[str, str]:
 
 def _recipe_source(name_or_path: str, near: Path | None):
     """A recipe given by file path (tried next to `near` first) or shipped name -> (label, text)."""
+    if not name_or_path.strip():  # else `--recipe ""` would quietly mean the bare defaults
+        raise UserError("the recipe name is empty: give a shipped recipe (resnetlab train --list-recipes) or a "
+                        "YAML file, or leave --recipe out to have one chosen from --data")
     candidates = [Path(name_or_path)] if near is None else [near / name_or_path, Path(name_or_path)]
     for path in candidates:
         if path.suffix in (".yaml", ".yml") and path.is_file():
-            return str(path.resolve()), path.read_text()
+            return str(path.resolve()), _read_recipe_file(path)
     if Path(name_or_path).suffix in (".yaml", ".yml"):
         raise UserError(f"recipe file not found: {' or '.join(map(str, candidates))}")
     shipped = recipe_dir() / f"{name_or_path}.yaml"
@@ -65,6 +90,28 @@ def _recipe_source(name_or_path: str, near: Path | None):
         f"unknown recipe {name_or_path!r}: not a .yaml file and not a shipped recipe; "
         f"shipped recipes: {', '.join(list_recipes())}"
     )
+
+
+def _read_recipe_file(path: Path) -> str:
+    """The file's text, decoded as UTF-8 whatever the locale (YAML's own encoding), or a one-line refusal."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a YAML text file (not UTF-8)") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror})") from None
+
+
+def _yaml_problem(label: str, err: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: the file, where, what (and what it was inside)."""
+    if isinstance(err, yaml.reader.ReaderError):  # a control character: YAML text has none
+        return f"{label}: not a YAML text file (character #x{err.character:04x} at position {err.position})"
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+        return f"{label}: not valid YAML: {' '.join(str(err).split())}"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    inside = f" ({context} from line {start.line + 1}, column {start.column + 1})" if context and start else ""
+    return f"{label}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {err.problem}{inside}"
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -89,7 +136,7 @@ def read_recipe(name_or_path: str, near: Path | None = None, _chain: tuple = ())
     try:
         data = load_yaml(text) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"{label}: not valid YAML: {err}") from None
+        raise UserError(_yaml_problem(label, err)) from None
     if not isinstance(data, dict):
         raise UserError(f"{label}: a recipe must be a mapping of sections (model:, optim:, ...)")
     base = data.pop("base", None)
@@ -126,7 +173,7 @@ def _section_from_dict(cls, data: dict, section: str):
     hints = typing.get_type_hints(cls)
     if not isinstance(data, dict):
         raise UserError(f"config section {section}: expected a mapping of keys, got {data!r}")
-    unknown = sorted(set(data) - set(hints))
+    unknown = sorted(set(data) - set(hints), key=str)  # YAML keys may be numbers
     if unknown:
         raise UserError(
             f"unknown config key {section}.{unknown[0]}; valid keys in {section}: {', '.join(hints)}"
@@ -138,7 +185,7 @@ def _section_from_dict(cls, data: dict, section: str):
 
 def config_from_dict(data: dict) -> Config:
     """A Config from a nested dict; unknown sections/keys and wrong types are UserErrors."""
-    unknown = sorted(set(data) - set(SECTIONS) - set(RECIPE_META_KEYS))
+    unknown = sorted(set(data) - set(SECTIONS) - set(RECIPE_META_KEYS), key=str)
     if unknown:
         raise UserError(f"unknown config section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")
     hints = typing.get_type_hints(Config)
@@ -183,7 +230,7 @@ def apply_overrides(cfg: Config, overrides) -> Config:
 
 def load_config(recipe: str | None = None, overrides=()) -> Config:
     """Defaults <- recipe (shipped name or YAML path, with its `base:` chain) <- overrides."""
-    cfg = config_from_dict(read_recipe(recipe)) if recipe else Config()
+    cfg = config_from_dict(read_recipe(recipe)) if recipe is not None else Config()
     return apply_overrides(cfg, overrides)
 
 
