@@ -1,5 +1,7 @@
 """Experiment plans, the skip / resume / refuse logic of the runner, and one real synthetic run."""
 import json
+import signal
+import sys
 
 import pytest
 import yaml
@@ -26,7 +28,8 @@ def test_imagenet_plain_twin_uses_the_residual_recipe_with_its_own_model():
 
 
 @pytest.mark.parametrize("models, seeds, match", [(["resnet21"], [0], "unknown model"), (None, [0, 0], "seed twice"),
-                                                  (None, [], "at least one")])
+                                                  (None, [], "at least one"), ([], None, "--models is empty"),
+                                                  (["resnet20", "resnet20"], None, "model twice")])
 def test_plan_refuses_bad_input(models, seeds, match):
     with pytest.raises(UserError, match=match):
         ex.plan_runs(ex.get_experiment("depth"), models, seeds)
@@ -119,3 +122,81 @@ def test_experiment_command_errors(tmp_path, capsys):
     assert "--seeds" in capsys.readouterr().err
     assert main(["experiment", "depth", "--out", str(tmp_path)]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def _cli(capsys, *argv):
+    """(exit status, stdout, stderr) of `resnetlab ARGV`; argparse's refusals end in SystemExit."""
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("flag, value, said", [("--steps", "0", "--steps: must be at least 1, got 0"),
+                                               ("--epochs", "0", "--epochs: must be at least 1, got 0"),
+                                               ("--models", "", "--models is empty"),
+                                               ("--seeds", "", "--seeds is empty")])
+def test_zero_or_empty_is_refused_not_taken_for_the_default(tmp_path, capsys, flag, value, said):
+    code, out, err = _cli(capsys, "experiment", "depth", "--out", str(tmp_path / "exp"), "--dry-run", flag, value)
+    assert (code, out) == (2, "") and said in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    """The experiment command's runs made by a FakeTrainer; returns it."""
+    import resnetlab.engine
+
+    trainer = FakeTrainer()
+    monkeypatch.setattr(resnetlab.engine, "train_and_evaluate", trainer)
+    return trainer
+
+
+def test_another_experiment_is_refused_in_an_out_that_holds_one(tmp_path, capsys, fake_engine):
+    out = tmp_path / "exp1"
+    assert main(["experiment", "depth", "--models", "resnet20", "--seeds", "0", "--steps", "2", "--data", str(tmp_path),
+                 "--out", str(out)]) == 0
+    report, _ = (out / "report.md").read_text(), capsys.readouterr()
+    for extra in ([], ["--dry-run"]):
+        code, _, err = _cli(capsys, "experiment", "shortcuts", "--seeds", "0", "--steps", "2", "--data", str(tmp_path),
+                            "--out", str(out), *extra)
+        assert code == 2 and err == f"resnetlab experiment: error: {out} holds the depth experiment; choose another " \
+            "--out for shortcuts (a report is never written over one of other runs)\n"
+    assert [name for name, _ in fake_engine.calls] == ["resnet20-seed0"] and (out / "report.md").read_text() == report
+    (out / "experiment.json").unlink()  # an --out from before the experiment was recorded: known by its report
+    assert _cli(capsys, "experiment", "shortcuts", "--out", str(out), "--dry-run")[0] == 2
+
+
+def test_the_runner_records_its_experiment_before_training(tmp_path):
+    trainer = FakeTrainer(fail_on="plain20-seed0")
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_experiment(_runs(), None, tmp_path, train_fn=trainer, experiment="degradation")
+    with pytest.raises(UserError, match="holds the degradation experiment"):  # stopped before any report was written
+        ex.run_experiment(_runs(), None, tmp_path, train_fn=trainer, experiment="gradient-flow")
+    assert trainer.calls == [("plain20-seed0", False)]
+
+
+@pytest.mark.parametrize("stop_where", ["training", "report"])
+def test_a_stopped_experiment_says_how_to_continue(tmp_path, capsys, monkeypatch, fake_engine, stop_where):
+    import resnetlab.engine
+    from resnetlab.engine import TrainingInterrupted
+    from resnetlab.reports import report
+
+    argv = ["experiment", "depth", "--models", "resnet20", "--seeds", "0", "--steps", "2", "--data", str(tmp_path),
+            "--out", str(tmp_path / "exp")]
+    monkeypatch.setattr(sys, "argv", ["resnetlab", *argv])
+    checkpoint = tmp_path / "exp" / "resnet20-seed0" / "checkpoints" / "last.pt"
+
+    def stop(*args, **kwargs):
+        if stop_where == "training":
+            raise TrainingInterrupted(signal.SIGINT, 1, checkpoint)
+        raise KeyboardInterrupt  # a Ctrl-C after the runs, while the report is drawn
+
+    monkeypatch.setattr(*((resnetlab.engine, "train_and_evaluate") if stop_where == "training" else
+                          (report, "write_report")), stop)
+    code, out, _ = _cli(capsys, *argv)
+    said = {"training": f"stopped by SIGINT at step 1; checkpoint saved to {checkpoint}",
+            "report": "stopped by SIGINT; finished runs and saved checkpoints are kept"}[stop_where]
+    assert code == 130 and out == (f"resnetlab experiment: {said}. Continue with: resnetlab {' '.join(argv)} "
+                                   "(finished runs are skipped, a stopped one resumes)\n")

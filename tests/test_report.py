@@ -160,7 +160,7 @@ def test_report_command_expands_folders_and_reports_bad_input(tmp_path, capsys):
 
 def test_report_goes_to_a_folder_of_its_own_and_never_over_another(tmp_path, capsys):
     runs = tmp_path / "runs"
-    one, two = make_run(runs, "a", test_err=9.0), make_run(runs, "b", test_err=8.0)
+    one, two = make_run(runs, "a", test_err=9.0), make_run(runs, "b", seed=1, test_err=8.0)  # two seeds
     assert report_dir([one]) == one / "report" and report_dir([one, two]) == runs / "report"
     assert main(["report", str(one)]) == 0 and (one / "report" / "report.md").is_file()
     assert main(["report", str(one), str(runs / "a" / ".")]) == 0  # the same run again: refreshed, not numbered

@@ -1,5 +1,6 @@
 HELP = "Run one of the paper's experiments (degradation, depth, shortcuts, ...) and write its report."
 
+from resnetlab.cli.arguments import positive_int
 from resnetlab.errors import UserError
 
 
@@ -23,8 +24,10 @@ def add_arguments(parser):
     parser.add_argument("--out", metavar="DIR", help="experiment directory: one run directory per run, plus the report")
     parser.add_argument("--models", type=_csv, help="comma-separated models instead of the experiment's default set")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (each run once per seed)")
-    parser.add_argument("--epochs", type=int, help="shortened schedule: this many epochs, lr / 10 at 50%% and 75%%")
-    parser.add_argument("--steps", type=int, help="shortened schedule: this many steps, lr / 10 at 50%% and 75%%")
+    # positive_int: 0 is refused, never taken for "not given" (the paper's full schedule)
+    for unit in ("epochs", "steps"):
+        parser.add_argument(f"--{unit}", type=positive_int,
+                            help=f"shortened schedule: this many {unit}, lr / 10 at 50%% and 75%%")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config value for every run, e.g. --set train.eval_every=100 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their status; train nothing")
@@ -42,8 +45,11 @@ def run(args):
     if not args.name or not args.out:
         raise UserError("give an experiment NAME and --out DIR (see --list)")
     exp = ex.get_experiment(args.name)
-    overrides = (ex.compressed_schedule(args.epochs, args.steps) if args.epochs or args.steps else []) + [parse_override(s) for s in args.set]
-    runs = ex.plan_runs(exp, args.models, _seeds(args.seeds) if args.seeds else None, overrides)
+    shortened = args.epochs is not None or args.steps is not None
+    overrides = ex.compressed_schedule(args.epochs, args.steps) if shortened else []
+    overrides += [parse_override(s) for s in args.set]
+    runs = ex.plan_runs(exp, args.models, None if args.seeds is None else _seeds(args.seeds), overrides)
+    ex.check_out(args.out, exp.name)
     if args.dry_run:
         from pathlib import Path
 
@@ -52,21 +58,34 @@ def run(args):
         return 0
     if not args.data:
         raise UserError("give --data DIR (the dataset the runs train on)")
-    from resnetlab.engine import TrainingInterrupted
+    return _run_and_report(exp, runs, args)
 
-    try:
-        dirs = ex.run_experiment(runs, args.data, args.out)
-    except TrainingInterrupted as stop:
-        print(f"resnetlab experiment: {stop}. Run the same command again to resume.", flush=True)
-        return stop.exit_code
+
+def _command() -> str:
     import shlex
     import sys
 
+    return "resnetlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _run_and_report(exp, runs, args) -> int:
+    """Train, then report; a stop anywhere says, as `train` does, what was kept and how to go on."""
+    from resnetlab.engine import TrainingInterrupted
+    from resnetlab.reports.experiments import run_experiment
     from resnetlab.reports.report import write_report
 
-    command = "resnetlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    paths = write_report(dirs, args.out, title=f"Experiment {exp.name}: {exp.description}", analyses=exp.analyses,
-                         data=args.data, command=command, notes=exp.notes)
+    again = f"Continue with: {_command()} (finished runs are skipped, a stopped one resumes)"
+    try:
+        dirs = run_experiment(runs, args.data, args.out, experiment=exp.name)
+        paths = write_report(dirs, args.out, title=f"Experiment {exp.name}: {exp.description}", analyses=exp.analyses,
+                             data=args.data, command=_command(), notes=exp.notes)
+    except TrainingInterrupted as stop:
+        print(f"resnetlab experiment: {stop}. {again}", flush=True)
+        return stop.exit_code
+    except KeyboardInterrupt:  # between runs, in the report, or a second Ctrl-C: what was saved is kept
+        print(f"resnetlab experiment: stopped by SIGINT; finished runs and saved checkpoints are kept. {again}",
+              flush=True)
+        return 130
     for path in paths:
         print(path)
     return 0

@@ -8,6 +8,8 @@ directory holding a run of a *different* config is refused rather than overwritt
 """
 from __future__ import annotations
 
+import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ import yaml
 
 from resnetlab.config import Config, apply_overrides, config_to_dict, load_config
 from resnetlab.errors import UserError
+from resnetlab.files import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -101,12 +104,14 @@ def compressed_schedule(epochs: int | None = None, steps: int | None = None) -> 
 
 def plan_runs(exp: Experiment, models=None, seeds=None, overrides=()) -> list[RunSpec]:
     """Every run of the experiment: models x variants x seeds, in that order (shallow nets first)."""
-    models = tuple(models or exp.models)
+    models = tuple(exp.models if models is None else models)  # an empty list is refused, not taken as "default"
     seeds = tuple(exp.default_seeds if seeds is None else seeds)
-    if not models or not seeds:
-        raise UserError(f"experiment {exp.name}: give at least one model and one seed")
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds lists a seed twice: {list(seeds)}")
+    for flag, values, default in (("--models", models, exp.models), ("--seeds", seeds, exp.default_seeds)):
+        if not values:
+            raise UserError(f"{flag} is empty: give at least one, or leave {flag} out for the experiment's "
+                            f"{','.join(map(str, default))}")
+        if len(set(values)) != len(values):  # a run planned twice is trained once and reported as two seeds
+            raise UserError(f"{flag} lists a {flag[2:-1]} twice: {list(values)}")
     from resnetlab.models import list_models
 
     known = set(list_models())
@@ -146,11 +151,14 @@ def run_status(run_dir: Path, cfg: Config) -> str:
     return "partial" if (run_dir / "checkpoints" / "last.pt").is_file() else "new"
 
 
-def run_experiment(runs: list[RunSpec], data: str | None, out, *, stream=None, train_fn=None) -> list[Path]:
+def run_experiment(runs: list[RunSpec], data: str | None, out, *, stream=None, train_fn=None,
+                   experiment: str | None = None) -> list[Path]:
     """Train every run not finished yet, in order; returns the run directories.
 
-    Interruption (Ctrl-C, SIGTERM) propagates as the engine's TrainingInterrupted after the run
-    saved its checkpoint; calling again with the same arguments resumes that run.
+    `experiment` (its name) is recorded in `out` before any training, and an `out` recorded for
+    another experiment is refused (check_out). Interruption (Ctrl-C, SIGTERM) propagates as the
+    engine's TrainingInterrupted after the run saved its checkpoint; calling again with the same
+    arguments resumes that run.
     """
     if train_fn is None:
         from resnetlab.engine import train_and_evaluate as train_fn
@@ -161,6 +169,9 @@ def run_experiment(runs: list[RunSpec], data: str | None, out, *, stream=None, t
         if run_status(out / spec.name, cfg) == "conflict":
             raise UserError(f"{out / spec.name} holds a run with a different config.yaml; use another --out "
                             "or remove that directory")
+    if experiment is not None:
+        check_out(out, experiment)
+        write_text_atomic(out / MARKER, json.dumps({"experiment": experiment}) + "\n")
     dirs = []
     for i, (spec, cfg) in enumerate(configs, 1):
         run_dir = out / spec.name
@@ -172,3 +183,32 @@ def run_experiment(runs: list[RunSpec], data: str | None, out, *, stream=None, t
             train_fn(cfg, run_dir, resume=status == "partial")
         dirs.append(run_dir)
     return dirs
+
+
+# ---------------------------------------------------------------- which experiment an --out holds
+
+MARKER = "experiment.json"  # {"experiment": NAME}: written before the first run, so even a stopped one is known
+
+
+def held_experiment(out) -> str | None:
+    """The experiment whose runs and report `out` holds; None for a new folder. One made before the
+    marker was written is known by its report's title ("# Experiment NAME: ...", report._markdown)."""
+    out = Path(out)
+    try:
+        return str(json.loads((out / MARKER).read_text())["experiment"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        title = (out / "report.md").read_text().split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.fullmatch(r"# Experiment (\S+): .*", title)
+    return match[1] if match else None
+
+
+def check_out(out, name: str) -> None:
+    """Refuse an --out holding another experiment: its report.md would be replaced by this one's."""
+    held = held_experiment(out)
+    if held not in (None, name):
+        raise UserError(f"{out} holds the {held} experiment; choose another --out for {name} (a report is never "
+                        "written over one of other runs)")

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from resnetlab.files import atomic_path  # noqa: E402
+
 from .tables import SavedRun, curve  # noqa: E402
 
 HELD_OUT = "val_top1_err"  # the engine evaluates the held-out split during training; test only at the end
@@ -188,9 +190,14 @@ def plot_gradient_flow(norms: dict[str, dict[str, list[float]]], path, plain=())
 
 
 def _save(fig, path) -> Path:
+    """Draw into a temporary file renamed over `path` (files.atomic_path): a full disk or a read-only
+    folder leaves no empty or cut-off PNG and ends in one StorageError line naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130, bbox_inches="tight")  # "tight" takes in the legends outside the axes
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            # the temporary name does not end in .png, so the format is said; "tight" takes in the legends
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=130, bbox_inches="tight")
+    finally:
+        plt.close(fig)  # a figure left open on an error would be kept by pyplot for the whole process
     return path

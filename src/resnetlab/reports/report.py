@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from resnetlab.errors import UserError
-from resnetlab.files import write_text_atomic
+from resnetlab.files import check_writable, write_text_atomic
 
 from . import plots, tables
 
@@ -25,42 +25,77 @@ def _kinds(groups) -> tuple[bool, bool]:
 
 def write_report(run_dirs, out, *, title: str = "Results", analyses=(), data: str | None = None,
                  command: str | None = None, notes: str = "") -> list[Path]:
-    """Write out/report.md and out/*.png for the runs; returns the written paths (report.md first)."""
+    """Write out/report.md and out/*.png for the runs; returns the written paths (report.md first).
+
+    A report is whole or absent: when a write fails (a full disk, a read-only folder: one
+    StorageError line) or the user stops it, the files it added are taken back, and `out` with
+    them when this call made it; each file is written atomically, so none is left half written."""
     unknown = sorted(set(analyses) - set(ANALYSES))
     if unknown:
         raise UserError(f"unknown analysis {unknown[0]!r}; choose from {', '.join(ANALYSES)}")
     if not run_dirs:
         raise UserError("give at least one run directory")
-    runs = [tables.load_run(d) for d in run_dirs]
+    runs = tables.distinct_runs([tables.load_run(d) for d in run_dirs])
     groups = tables.group_runs(runs)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out / "report.md")  # a read-only folder is said now, before the analyses' minutes
+    before = set(out.iterdir()) if out.is_dir() else None
+    written: list[Path] = []
+    try:
+        figures = _figures(groups, runs, out, analyses, data, written)
+        files = ["report.md", *(path.name for _, path in figures), "metrics.csv"]
+        texts = {"report.md": _markdown(title, groups, figures, command, notes, depth_form=_depth_form(groups)),
+                 "metrics.csv": _all_metrics(runs),
+                 MANIFEST: json.dumps({"runs": _identities(run_dirs), "files": files}, indent=1)}
+        for name, text in texts.items():
+            written.append(write_text_atomic(out / name, text))
+    except BaseException:
+        _take_back(out, before, written)
+        raise
+    return [out / name for name in files]
+
+
+def _take_back(out: Path, before: set | None, written: list[Path]) -> None:
+    """Remove the files a failed report added (those it replaced stay replaced), and `out` if it made it."""
+    for path in written:
+        if before is None or path not in before:
+            path.unlink(missing_ok=True)
+    if before is None and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
+def _figures(groups, runs, out: Path, analyses, data, written: list) -> list[tuple[str, Path]]:
+    """(caption, path) of each figure the runs call for, drawn into `out`; each path is added to
+    `written` once it is there."""
     has_plain, has_residual = _kinds(groups)
     plain = {label for label, members in groups.items() if not _residual(members)}
     figures: list[tuple[str, Path]] = []
+
+    def add(caption, path):
+        written.append(path)
+        figures.append((caption, path))
+
     if any(r.metrics for r in runs):
-        figures.append(("Error (training dashed, validation solid), training loss and learning rate",
-                        plots.plot_curves(groups, out / "curves.png")))
+        add("Error (training dashed, validation solid), training loss and learning rate",
+            plots.plot_curves(groups, out / "curves.png"))
     if has_plain and has_residual and any(r.metrics for r in runs):
-        figures.append(("Plain (left) vs residual (right), as the paper's Fig. 6",
-                        plots.plot_degradation(groups, out / "degradation.png")))
-        figures.append(("Final training error against depth", plots.plot_final_vs_depth(groups, out / "final_vs_depth.png")))
+        add("Plain (left) vs residual (right), as the paper's Fig. 6",
+            plots.plot_degradation(groups, out / "degradation.png"))
+        add("Final training error against depth", plots.plot_final_vs_depth(groups, out / "final_vs_depth.png"))
     if "responses" in analyses:
         responses = {label: tables.aggregate_lists([_responses(r, data) for r in members])
                      for label, members in _trained(groups).items()}
-        figures.append(("Layer responses (Fig. 7)", plots.plot_layer_responses(responses, out / "layer_responses.png",
-                                                                                 plain)))
+        add("Layer responses (Fig. 7)", plots.plot_layer_responses(responses, out / "layer_responses.png", plain))
     if "gradients" in analyses:
         norms = {label: _gradients(members[0], data) for label, members in _trained(groups).items()}
-        figures.append(("Per-layer gradient norms (first seed of each config)",
-                        plots.plot_gradient_flow(norms, out / "gradient_flow.png", plain)))
-    depth_form = not has_plain and any(tables.is_paper_cifar10(m) for m in groups.values())
-    text = _markdown(title, groups, figures, command, notes, depth_form=depth_form)
-    written = [write_text_atomic(out / "report.md", text)] + [path for _, path in figures]
-    written.append(write_text_atomic(out / "metrics.csv", _all_metrics(runs)))
-    write_text_atomic(out / MANIFEST, json.dumps({"runs": _identities(run_dirs), "files": [p.name for p in written]},
-                                                 indent=1))
-    return written
+        add("Per-layer gradient norms (first seed of each config)",
+            plots.plot_gradient_flow(norms, out / "gradient_flow.png", plain))
+    return figures
+
+
+def _depth_form(groups) -> bool:
+    """Table 6's form: ResNets only (no plain twins), some of them the paper's CIFAR-10 nets."""
+    return not _kinds(groups)[0] and any(tables.is_paper_cifar10(m) for m in groups.values())
 
 
 def _residual(members) -> bool:

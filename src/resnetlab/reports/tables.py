@@ -2,7 +2,8 @@
 
 A run directory holds config.yaml, metrics.jsonl (one object per evaluation) and, when finished,
 summary.json (written by engine/train.py). Runs whose configs differ only in train.seed form one
-group, reported as mean +- std (sample std, n - 1) and best over its seeds.
+group, reported as mean +- std (sample std, n - 1) and best over its seeds. Seeds of one config
+are distinct: a copy or resume of a run (same config, same seed) is one measurement, counted once.
 """
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import json
 import math
 import re
 import statistics
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from resnetlab.engine.run_records import MetricsRow, RunSummary
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 
 # Table 6 of the paper: CIFAR-10 test error (%) and parameter count. ResNet-110 is "best (mean +- std)"
 # over 5 runs: 6.43 (6.61 +- 0.16); the others are single runs.
@@ -85,11 +87,38 @@ def group_key(config: dict) -> str:
     return json.dumps(flat, sort_keys=True, default=str)
 
 
+def _progress(run: SavedRun) -> tuple[bool, int]:
+    """How far a run got: finished first, then the most steps logged."""
+    return run.summary is not None, run.metrics[-1].step if run.metrics else -1
+
+
+def distinct_runs(runs: list[SavedRun]) -> list[SavedRun]:
+    """One run per (config, seed), in the given order; the others are left out with one warning.
+
+    Two runs of one config and one seed are a copy, or a resume, of one measurement, not two: pooled
+    as seeds they would count it twice and shrink the std. Of each such set the run that got
+    furthest is kept (finished, then the most steps; the first named on a tie)."""
+    sets: dict[tuple, list[SavedRun]] = {}
+    for run in runs:
+        sets.setdefault((group_key(run.config), run.seed), []).append(run)
+    kept, left_out = set(), []
+    for same in sets.values():
+        best = max(same, key=_progress)  # max keeps the first of equals
+        kept.add(id(best))
+        left_out += [f"{r.path} (seed {r.seed}, as {best.path})" for r in same if r is not best]
+    if left_out:
+        warnings.warn(f"left out {len(left_out)} run(s) repeating the config and seed of a run kept (a copy or "
+                      f"resume is one measurement, not another seed): {', '.join(left_out[:3])}"
+                      f"{' ...' if len(left_out) > 3 else ''}", ResnetlabWarning, stacklevel=2)
+    return [r for r in runs if id(r) in kept]
+
+
 def group_runs(runs: list[SavedRun]) -> dict[str, list[SavedRun]]:
     """Runs by config (seed aside), each group labelled by its folder name: the name its runs share
-    once a "seedN" part is taken out (plain56-seed0, plain56-seed1 -> plain56), else their names."""
+    once a "seedN" part is taken out (plain56-seed0, plain56-seed1 -> plain56), else their names.
+    Runs repeating another's config and seed count once (distinct_runs)."""
     groups: dict[str, list[SavedRun]] = {}
-    for run in runs:
+    for run in distinct_runs(runs):
         groups.setdefault(group_key(run.config), []).append(run)
     members_list = [sorted(members, key=lambda r: r.seed) for members in groups.values()]
     labels = [_folder_label([r.path for r in members]) for members in members_list]

@@ -1,0 +1,93 @@
+"""A report on a full disk or into a folder that cannot be made: one line, and no half report left;
+copies and resumes of one run counted once among its config's seeds."""
+import errno
+
+import matplotlib.figure
+import pytest
+
+from resnetlab.cli import main
+from resnetlab.errors import ResnetlabWarning
+from resnetlab.files import storage_errors
+from resnetlab.reports import report, tables
+from test_report import PNG_MAGIC, make_run
+
+
+def _disk_full_in_savefig(monkeypatch):
+    """matplotlib's writer gets a few bytes out, then the disk is full (what PIL's close raised on a full tmpfs)."""
+    def savefig(fig, fname, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(PNG_MAGIC)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_a_full_disk_leaves_no_empty_png_and_no_new_report_folder(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path, "r1", test_err=9.0)
+    _disk_full_in_savefig(monkeypatch)
+    for _ in range(2):  # a second try neither finds a half report nor numbers a report-2/ beside it
+        assert main(["report", str(run)]) == 2
+        assert _one_error_line(capsys) == (f"resnetlab report: error: could not write {run / 'report' / 'curves.png'} "
+                                           "(No space left on device); nothing was written there")
+        assert sorted(p.name for p in run.iterdir()) == ["classes.json", "config.yaml", "metrics.jsonl", "summary.json"]
+
+
+def test_a_report_failing_after_its_figures_takes_them_back(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path, "r1", test_err=9.0)
+    real = report.write_text_atomic
+
+    def full_at_the_csv(path, text):
+        if path.name == "metrics.csv":
+            with storage_errors(path):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(report, "write_text_atomic", full_at_the_csv)
+    assert main(["report", str(run)]) == 2
+    assert "metrics.csv (No space left on device); nothing was written there" in _one_error_line(capsys)
+    assert not (run / "report").exists()  # not a report.md and curves.png without their metrics.csv
+    monkeypatch.setattr(report, "write_text_atomic", real)
+    assert main(["report", str(run)]) == 0
+    before = {p.name: p.read_bytes() for p in (run / "report").iterdir()}
+    monkeypatch.setattr(report, "write_text_atomic", full_at_the_csv)
+    assert main(["report", str(run)]) == 2  # a refresh that fails keeps the report that was there
+    assert "the previous metrics.csv is intact" in _one_error_line(capsys)
+    assert sorted(p.name for p in (run / "report").iterdir()) == sorted(before)
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    run = make_run(tmp_path, "r1", test_err=9.0)
+    (tmp_path / "blocked").write_text("a file where the report's parent folder must go")
+    out = tmp_path / "blocked" / "rep"
+    assert main(["report", str(run), "--out", str(out)]) == 2
+    assert _one_error_line(capsys) == (f"resnetlab report: error: could not write {out / 'report.md'} "
+                                       "(Not a directory); nothing was written there")
+
+
+def test_copies_and_resumes_of_one_run_count_once_among_the_seeds(tmp_path):
+    first = make_run(tmp_path, "r-seed0", test_err=8.0)
+    copy = make_run(tmp_path, "r-seed0-copy", test_err=8.0)
+    resumed_further = make_run(tmp_path, "r-seed1-resumed", seed=1, test_err=10.0, train_errs=(50.0, 30.0, 20.0))
+    stopped_early = make_run(tmp_path, "r-seed1", seed=1, train_errs=(50.0,))
+    runs = [tables.load_run(d) for d in (first, copy, stopped_early, resumed_further)]
+    with pytest.warns(ResnetlabWarning, match=r"left out 2 run\(s\) repeating the config and seed") as caught:
+        groups = tables.group_runs(runs)
+    assert len(caught) == 1 and str(copy) in str(caught[0].message) and str(stopped_early) in str(caught[0].message)
+    [members] = groups.values()
+    assert [r.path for r in members] == [first, resumed_further]  # of each seed the run that got furthest
+    assert tables.group_stats(members)["test_err"] == tables.Stat(9.0, pytest.approx(2 ** 0.5), 8.0, 2)
+
+
+def test_the_report_command_pools_copies_once(tmp_path, capsys):
+    for name in ("a", "b", "c"):
+        make_run(tmp_path / "copies", name, test_err=8.0)
+    assert main(["report", str(tmp_path / "copies"), "--out", str(tmp_path / "rep")]) == 0
+    assert "| a | resnet20 | 1 | 200 | 30.00 |" in (tmp_path / "rep" / "report.md").read_text()
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and warning[0].startswith("resnetlab report: warning: left out 2 run(s)")
