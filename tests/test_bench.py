@@ -229,6 +229,19 @@ def test_a_json_path_that_cannot_be_written_fails_before_the_benchmark(tmp_path,
                                        "directory); nothing was written there\n")
 
 
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_image_size_below_one_is_refused_in_one_line_not_benchmarked(size, capsys, monkeypatch):
+    import resnetlab.bench.run as bench_run
+
+    # 0 used to be taken as the default size, -5 to fail deep in the decoder
+    monkeypatch.setattr(bench_run, "run_bench", lambda *a: pytest.fail(f"benchmarked with --image-size {size}"))
+    with pytest.raises(SystemExit) as code:
+        main(["bench", "--task", "infer", "--no-isolate", "--image-size", size])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and f"argument --image-size: must be at least 1, got {size}" in err
+    assert err.count("\n") == 1
+
+
 def test_isolated_variant_runs_in_its_own_process_and_reports_memory(folder):
     spec = BenchSpec(model="resnet20", task="infer", batch_size=4, data=str(folder), images=8, warmup=0, reps=1)
     (row,) = run_bench(spec, [])["results"]

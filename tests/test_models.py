@@ -9,6 +9,7 @@ import resnetlab
 from resnetlab import UserError, create_model, list_models, model_info
 from resnetlab.models import cifar_resnet, count_params, profile
 from resnetlab.models.blocks import Block
+from resnetlab.models.fuse import fuse_bn
 from resnetlab.models.profile import count_macs, resnet_macs
 
 # The paper's CIFAR sizes with option A (Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M) and
@@ -155,6 +156,19 @@ def test_errors_name_the_choices():
         create_model("resnet18", stem="tiny")
     with pytest.raises(UserError, match="CIFAR net.*3x3 stem"):
         create_model("resnet20", stem="imagenet")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: create_model(None), "create_model takes a model name such as 'resnet50' .*, got NoneType"),
+    (lambda: create_model(50), "create_model takes a model name such as 'resnet50' .*, got int"),
+    (lambda: create_model("resnet20", num_classes="10"), "num_classes must be an integer of at least 1, got '10'"),
+    (lambda: create_model("resnet20", num_classes=10.0), "num_classes must be an integer of at least 1, got 10.0"),
+    (lambda: create_model("resnet20", num_classes=True), "num_classes must be an integer of at least 1, got True"),
+    (lambda: fuse_bn("x"), r"fuse_bn takes an nn.Module such as create_model\('resnet20'\), got str"),
+])
+def test_a_wrong_python_argument_is_one_user_error_naming_it(call, message):
+    with pytest.raises(UserError, match=f"^{message}$"):
+        call()
 
 
 def test_resnet18_with_the_cifar_stem():

@@ -163,3 +163,41 @@ def test_folders_skip_other_files_and_missing_inputs_are_user_errors(tmp_path):
         with pytest.raises(UserError, match=f"^{special}: not a regular file or folder"):
             collect_images([str(special)])
     assert main(["predict", str(tmp_path / "nothing.pt"), str(tmp_path / "a")]) == 2
+
+
+@pytest.fixture(scope="module")
+def classifier(run_dir):
+    import resnetlab
+
+    return resnetlab.load(run_dir, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("images, kwargs, message", [
+    ("PHOTO", {"topk": "3"}, "topk must be an integer of at least 1, got '3'"),
+    ("PHOTO", {"topk": 2.5}, "topk must be an integer of at least 1, got 2.5"),
+    ("PHOTO", {"topk": None}, "topk must be an integer of at least 1, got None"),
+    ("PHOTO", {"topk": 0}, "topk must be an integer of at least 1, got 0"),
+    ("PHOTO", {"batch_size": "2"}, "batch_size must be an integer of at least 1, got '2'"),
+    ("PHOTO", {"batch_size": 0}, "batch_size must be an integer of at least 1, got 0"),
+    (5, {}, "images must be a path, a folder, a PIL image or a list of them; got int"),
+    (None, {}, "images must be a path, a folder, a PIL image or a list of them; got NoneType"),
+    (b"photo.jpg", {}, "images must be a path, a folder, a PIL image or a list of them; got bytes"),
+])
+def test_predict_names_a_wrong_argument_in_one_user_error(classifier, run_dir, images, kwargs, message):
+    photo = str(run_dir.parent / "data" / "test" / "red" / "000.jpg")
+    with pytest.raises(UserError) as err:
+        classifier.predict(photo if images == "PHOTO" else images, **kwargs)
+    assert str(err.value) == message
+
+
+def test_an_empty_pil_image_is_an_unreadable_image(classifier, run_dir):
+    photo = run_dir.parent / "data" / "test" / "red" / "000.jpg"
+    empty = Image.new("RGB", (0, 0))
+    with pytest.raises(UserError, match=r"^image 0: an empty image \(0 x 0 pixels\); predict\(\.\.\., skip_bad=True\)"):
+        classifier.predict(empty)
+    # Empty images among others neither stop them nor set the side they are decoded at (3 of 5 x 0
+    # pixels once made the photo 5 px): each is None in its place, as an unreadable file is.
+    alone, flat = classifier.predict(photo), Image.new("RGB", (5, 0))
+    results = classifier.predict([empty, flat, photo, flat, flat], skip_bad=True)
+    assert results[:2] == results[3:] == [None, None] and results[2].label == alone.label
+    assert results[2].prob == pytest.approx(alone.prob, abs=1e-6)

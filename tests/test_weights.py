@@ -144,3 +144,18 @@ def test_bad_files_give_clear_errors(tmp_path):
     save_file({"a": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(UserError, match="missing"):
         load_weights(create_model("resnet20"), tmp_path / "other.safetensors")
+
+
+def test_a_string_model_or_a_run_directory_is_named_as_such(source, tmp_path):
+    torch.save(source.state_dict(), tmp_path / "r20.pth")
+    with pytest.raises(UserError, match=r"^load_weights\(model, source\): model must be an nn.Module .*, got str$"):
+        load_weights("resnet20", tmp_path / "r20.pth")  # arguments swapped
+    run = tmp_path / "runs" / "r1"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"model": source.state_dict()}, run / "checkpoints" / "last.pt")
+    with pytest.raises(UserError, match=f"^{run} is a folder, not a weights file; pass one of the checkpoints of this "
+                                        f"run: {run / 'checkpoints' / 'last.pt'}$"):
+        load_weights(create_model("resnet20"), run)
+    model = _fresh()
+    load_weights(model, run / "checkpoints" / "last.pt")  # the file it names loads
+    assert _same(model, source)

@@ -13,12 +13,13 @@ A PIL image is preprocessed exactly as the file it was opened from (EXIF rotatio
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, expect_count
 
 
 @dataclass(frozen=True)
@@ -66,20 +67,8 @@ class Classifier:
         centre crop) | flip (it and its mirror) | 10crop | multiscale, as in `resnetlab eval`. An unreadable file raises a
         UserError naming it, or with skip_bad=True gives None in its place.
         """
-        from resnetlab.inference.predictor import collect_images
-
-        if topk < 1:
-            raise UserError(f"topk must be at least 1, got {topk}")
-        single = isinstance(images, Image.Image) or (isinstance(images, (str, os.PathLike))
-                                                     and not Path(images).is_dir())
-        items = []
-        for item in [images] if single or isinstance(images, (str, os.PathLike)) else list(images):
-            if isinstance(item, Image.Image):
-                items.append(item)
-            elif isinstance(item, (str, os.PathLike)):
-                items += collect_images([str(item)]) if Path(item).is_dir() else [str(item)]
-            else:
-                raise UserError(f"predict takes image paths, folders or PIL images; got {type(item).__name__}")
+        topk, batch_size = expect_count("topk", topk), expect_count("batch_size", batch_size)
+        items, single = image_items(images)
         results = self._predict(items, min(topk, len(self.classes)), protocol, batch_size, skip_bad)
         return results[0] if single else results
 
@@ -99,6 +88,26 @@ class Classifier:
             raise UserError(f"{names[missing[0]]}: {reason}{more}; "
                             "predict(..., skip_bad=True) gives None for unreadable images")
         return out
+
+
+def image_items(images) -> tuple[list, bool]:
+    """(the paths and PIL images of `images`, folders expanded; whether it was one image, given alone)."""
+    from resnetlab.inference.predictor import collect_images
+
+    alone = isinstance(images, (Image.Image, str, os.PathLike))
+    single = isinstance(images, Image.Image) or (alone and not Path(images).is_dir())  # a folder gives a list
+    # bytes are iterable (as ints) and None or a number are not: refused here, not item by item
+    if not alone and (isinstance(images, (bytes, bytearray)) or not isinstance(images, Iterable)):
+        raise UserError(f"images must be a path, a folder, a PIL image or a list of them; got {type(images).__name__}")
+    items = []
+    for item in [images] if alone else list(images):
+        if isinstance(item, Image.Image):
+            items.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            items += collect_images([str(item)]) if Path(item).is_dir() else [str(item)]
+        else:
+            raise UserError(f"predict takes image paths, folders or PIL images; got {type(item).__name__}")
+    return items, single
 
 
 def load(source, device: str = "auto", precision: str = "auto") -> Classifier:

@@ -4,6 +4,7 @@ the one warning type for choices that work but cost the user (an emulated precis
 The CLI prints both as a single clear line (an error then exits with status 2); anything else
 is a bug and keeps its traceback.
 """
+import numbers
 
 
 class UserError(ValueError):
@@ -24,3 +25,19 @@ def first_line(err: BaseException) -> str:
 def count(n: int, noun: str) -> str:
     """'1 epoch', '7 epochs': messages say how many in words that agree."""
     return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def expect_type(value, types, what: str):
+    """`value` if it is one of `types`; else a UserError "WHAT, got TYPE", so that a Python API caller's
+    wrong argument is named at the call rather than failing later deep in torch."""
+    if not isinstance(value, types):
+        raise UserError(f"{what}, got {type(value).__name__}")
+    return value
+
+
+def expect_count(name: str, value) -> int:
+    """`value` if it is an integer of at least 1 (topk=, batch_size=, num_classes=). A bool, float or
+    string is refused too: torch would take True as 1 or fail on 2.5 or "3" far from the call."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise UserError(f"{name} must be an integer of at least 1, got {value!r}")
+    return int(value)

@@ -13,7 +13,7 @@ def add_arguments(parser):
                         help="train: full steps/s; infer: throughput, batch-1 latency, top-1 agreement; "
                              "loop: train_and_evaluate overhead over bare train_step")
     parser.add_argument("--batch-size", type=positive_int, help="default: 128 (train, loop), 32 (infer)")
-    parser.add_argument("--image-size", type=int, help="default: the model's native size (32 or 224)")
+    parser.add_argument("--image-size", type=positive_int, help="default: the model's native size (32 or 224)")
     parser.add_argument("--precision", choices=AUTO_INFERENCE_PRECISIONS, default="auto",
                         help="int8: post-training quantized inference on the CPU (--task infer)")
     parser.add_argument("--channels-last", choices=SWITCH, default="auto")

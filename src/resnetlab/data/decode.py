@@ -57,6 +57,8 @@ def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.n
             # Photos store their rotation in EXIF; plan on the upright image.
             orientation = img.getexif().get(ExifTags.Base.Orientation, 1) if img.format in EXIF_FORMATS else 1
             w, h = img.size[::-1] if orientation in QUARTER_TURNS else img.size
+            if not (w and h):  # only a PIL image in memory can be empty; no plan can cut a window of it
+                raise BadImage(path, f"an empty image ({w} x {h} pixels)")
             steps = plan(w, h)
             # Largest reduction that keeps every window at least as big as its output size.
             factor = max(max(o[0] / max(b[2] - b[0], 1e-6), o[1] / max(b[3] - b[1], 1e-6)) for b, o in steps)

@@ -74,10 +74,13 @@ def slow_precision_warning(rt: "Runtime") -> str | None:
     # ResNet-20 training, best half-precision variant against best fp32 one: bf16 0.73x against
     # 1.71x on the Ice Lake Xeon (benchmarks/results/xeon_icelake/train_resnet20.json), bf16 and
     # fp16 0.12x / 0.10x against 1.49x on the AVX2 EPYC (benchmarks/results/amd_epyc/).
+    # "precision auto" fits both the CLI (--precision) and the Python API (precision=);
+    # auto is not always fp32 here: bf16 on an AMD CPU with AVX-512 BF16, which has no fp16 instructions.
+    auto = resolve_precision("auto", rt.device)
     return (f"this CPU has no {rt.precision} instructions ({' or '.join(NATIVE_HALF_FLAGS[rt.precision])}), "
             f"so {rt.precision} is emulated and runs slower than fp32 (ResNet-20 training measured 2.3x "
             "slower on an AVX-512 Xeon without them, 12-15x on an AVX2 CPU); "
-            "use --precision auto (fp32 on this CPU)")
+            f"use precision auto ({auto} on this CPU)")
 
 
 DEVICE_FORMS = "auto | cpu | cuda | cuda:N"

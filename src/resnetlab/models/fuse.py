@@ -16,6 +16,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from resnetlab.errors import expect_type
+
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv name, BN name) for every BN that directly and only consumes a conv's output."""
@@ -43,6 +45,7 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     The original is untouched. Outputs agree with model.eval() up to float rounding (~1e-5
     relative in fp32); the folded copy is for inference only (its BNs no longer exist to train).
     """
+    expect_type(model, nn.Module, "fuse_bn takes an nn.Module such as create_model('resnet20')")
     fused = copy.deepcopy(model).eval()
     for conv_name, bn_name in conv_bn_pairs(fused):
         conv, bn = fused.get_submodule(conv_name), fused.get_submodule(bn_name)

@@ -8,7 +8,7 @@ from typing import Callable
 
 from torch import nn
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, expect_type
 
 from .resnet import ResNet, cifar_resnet
 
@@ -66,6 +66,7 @@ def create_model(name: str, *, weights: str | None = None, pretrained: bool = Fa
     `create_model("resnet50", pretrained=True)` for the model's default weights. The weights bring
     their architecture arguments and class count; another num_classes keeps the backbone and starts
     a new classifier (fine-tuning)."""
+    expect_type(name, str, "create_model takes a model name such as 'resnet50' (list_models() names them)")
     model_name, _, tag = name.partition(".")
     if tag or weights is not None or pretrained:
         return _create_pretrained(model_name, tag or None, weights, pretrained, kwargs)

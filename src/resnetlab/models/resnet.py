@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, expect_count
 
 from . import blocks
 from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
@@ -44,8 +44,7 @@ class ResNet(nn.Module):
         _check_choice("stride_on", stride_on, STRIDE_ON)
         if zero_init_residual and not residual:
             raise UserError("zero_init_residual=True would zero every block of a plain net (residual=False)")
-        if num_classes < 1 or in_chans < 1:
-            raise UserError(f"num_classes and in_chans must be positive, got {num_classes} and {in_chans}")
+        num_classes, in_chans = expect_count("num_classes", num_classes), expect_count("in_chans", in_chans)
         self.preact = block in PREACT_BLOCKS
         self.residual = residual
         self.num_classes = num_classes

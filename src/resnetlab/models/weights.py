@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError, first_line
+from resnetlab.errors import UserError, expect_type, first_line
 
 from . import layouts
 
@@ -55,6 +55,8 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
 
 
 def _read_file(path: Path):
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a weights file; {_folder_hint(path)}")
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
     with open(path, "rb") as f:
@@ -83,6 +85,15 @@ def _read_file(path: Path):
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
         raise UserError(f"{path} is not a readable PyTorch weights file (truncated or corrupt?): "
                         f"{first_line(err)}") from None
+
+
+def _folder_hint(path: Path) -> str:
+    """Which file to pass instead: choosing a run directory's checkpoint (best, else last) is the engine's
+    (engine.checkpoint.checkpoint_path), and models/ may not import the engine, so the files are named."""
+    found = sorted(str(p) for p in (path / "checkpoints").glob("*.pt"))
+    if found:
+        return f"pass one of the checkpoints of this run: {', '.join(found)}"
+    return "pass the weights file itself (.pt, .pth or .safetensors)"
 
 
 def torch_load(path: Path):
@@ -139,6 +150,8 @@ def load_weights(model: nn.Module, source, *, ignore_mismatched_head: bool = Fal
     wrongly shaped key. With ignore_mismatched_head, a classifier of another class count is
     skipped (fine-tuning to new classes) and reported. `layout` names the publisher's conventions
     (models/layouts.py); "auto" tells akamaster's CIFAR layout by its `linear` classifier."""
+    expect_type(model, nn.Module, "load_weights(model, source): model must be an nn.Module such as "
+                                  "create_model('resnet20')")
     state = read_state_dict(source)
     layout = layouts.check_layout(layout)
     if layout == "auto":
