@@ -124,7 +124,7 @@ def run_dir_of(checkpoint) -> Path | None:
 
 
 def load_checkpoint(path_or_run_dir) -> Checkpoint:
-    from resnetlab.models.weights import torch_load
+    from resnetlab.models.weights import names_python_objects, torch_load
 
     path = checkpoint_path(path_or_run_dir)
     try:
@@ -132,7 +132,7 @@ def load_checkpoint(path_or_run_dir) -> Checkpoint:
     except UserError:
         raise
     except pickle.UnpicklingError as err:  # torch's text here spans lines and advises weights_only=False: never shown
-        if "GLOBAL" not in str(err):  # not a pickle at all, or a damaged one
+        if not names_python_objects(err):  # not a pickle at all, or a damaged one
             raise UserError(f"{path} is not a readable resnetlab checkpoint (not a PyTorch file, or a damaged one)") from None
         raise UserError(f"{path} holds Python objects besides tensors and plain containers; resnetlab does not "
                         "unpickle those (that can run code from the file), and it is not a resnetlab checkpoint") from None

@@ -76,7 +76,7 @@ def _read_file(path: Path):
     except UserError:
         raise
     except pickle.UnpicklingError as err:
-        if "GLOBAL" not in str(err):  # e.g. torch's legacy format pickled with protocol 4+: "Unsupported operand"
+        if not names_python_objects(err):  # e.g. torch's legacy format pickled with protocol 4+
             raise UserError(f"{path} is in a form torch's safe loader cannot read ({_unpickler_reason(err)}); "
                             "re-save it with torch.save(model.state_dict(), ...) or as safetensors") from None
         raise UserError(f"{path} needs arbitrary code to unpickle, which resnetlab refuses to run. "
@@ -110,6 +110,13 @@ def torch_load(path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Detected pickle protocol ...", "looks like a TorchScript archive ..."
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def names_python_objects(err: pickle.UnpicklingError) -> bool:
+    """Whether torch's safe unpickler refused the file because it names a Python class or function to
+    build (a GLOBAL it does not allow), rather than because the bytes are damaged or in a form it cannot
+    read ("Unsupported operand"): the one case where the file needs arbitrary code to load."""
+    return "GLOBAL" in str(err)
 
 
 def _is_torchscript(path: Path) -> bool:
