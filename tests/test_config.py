@@ -65,7 +65,9 @@ def test_max_steps_override_replaces_a_recipes_epochs():
     cfg = load_config("cifar10_fast", ["schedule.max_steps=200"])
     assert (cfg.schedule.max_steps, cfg.schedule.epochs) == (200, None)
     both = load_config("cifar10_fast", ["schedule.max_steps=200", "schedule.epochs=3"])
-    assert (both.schedule.max_steps, both.schedule.epochs) == (200, 3)  # epochs given too: it decides
+    assert (both.schedule.max_steps, both.schedule.epochs) == (200, 3)  # epochs given after: they decide
+    later = load_config("cifar10_fast", ["schedule.epochs=3", "schedule.max_steps=200"])
+    assert (later.schedule.max_steps, later.schedule.epochs) == (200, None)  # max_steps given after: it decides
     assert load_config("cifar10_fast", ["optim.lr=0.2"]).schedule.epochs == 7
 
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +101,18 @@ def test_out_naming_a_file_is_one_line(tmp_path, recipe, capsys):
     (tmp_path / "file").write_text("mine")
     assert main(["train", "--recipe", recipe, "--out", str(tmp_path / "file")]) == 2
     assert error_line(capsys) == f"resnetlab train: error: {tmp_path / 'file'} is a file, not a run directory; choose another --out"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("where, reason", [("file", "Not a directory"), ("proc", "No such file or directory")])
+def test_out_that_cannot_be_made_is_one_line(tmp_path, recipe, capsys, where, reason):
+    """A file standing where a parent folder should be, or a parent under /proc where mkdir says
+    "no such file": mkdir's reason in one line, not a traceback."""
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path / "file" / "run" if where == "file" else Path("/proc/resnetlab-no-such-folder/run")
+    assert main(["train", "--recipe", recipe, "--out", str(out)]) == 2
+    assert error_line(capsys) == (f"resnetlab train: error: could not write {out / '.lock'} ({reason}); "
+                                  "nothing was written there")
     assert (tmp_path / "file").read_text() == "mine"
 
 

@@ -52,8 +52,9 @@ class DataFacts:
     largest_class: int | None = None  # training images of the biggest class (None: not counted)
 
     def describe(self) -> str:
-        kind = f"{self.dataset} images" if self.dataset != "folder" else ("small images" if self.small else "photos")
-        return f"{self.train_images} {kind} in {self.num_classes} classes (shorter side ~{self.short_side} px)"
+        kind = f"{self.dataset} image" if self.dataset != "folder" else ("small image" if self.small else "photo")
+        classes = f"{self.num_classes} class{'es' * (self.num_classes != 1)}"
+        return f"{count(self.train_images, kind)} in {classes} (shorter side ~{self.short_side} px)"
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     length = f"{count(epochs, 'epoch')} of {count(steps, 'step')}" if epochs else count(total, "step")
     decoding = "decoded once into memory" if data.small else count(workers, "decoding worker")
     line = (f"no --recipe given: {data.describe()} -> recipe {recipe}, {start} at {size} px, batch {batch} "
-            f"(lr {lr:g}), {length}, warm-up {warmup} steps, validation on {where}, {decoding}. "
+            f"(lr {lr:g}), {length}, warm-up {count(warmup, 'step')}, validation on {where}, {decoding}. "
             "Change any of it with --recipe NAME or --set KEY=VALUE (e.g. "
             f"--batch-size, --epochs{', --init none to train from scratch' if not data.small and init else ''}); "
             "the run's config.yaml holds every value")

@@ -4,7 +4,7 @@ HELP = ("Train a ResNet from a recipe, or from one chosen for the data when --re
 import json
 from pathlib import Path
 
-from resnetlab.config import apply_overrides, config_to_yaml, list_recipes, load_config
+from resnetlab.config import apply_overrides, config_to_yaml, list_recipes, load_config, parse_override
 from resnetlab.errors import UserError
 
 from .arguments import AUTO_PRECISIONS, DEVICE_FORMS, PRECISION_AUTO
@@ -30,8 +30,10 @@ def add_arguments(parser):
                              "same command)")
     parser.add_argument("--model", metavar="NAME", help="network to train (see resnetlab models)")
     parser.add_argument("--image-size", type=int, metavar="N", help="training crop size in pixels (data.image_size)")
-    parser.add_argument("--epochs", type=int, help="train this many epochs (replaces schedule.max_steps)")
-    parser.add_argument("--max-steps", type=int, help="train this many optimizer steps (clears schedule.epochs)")
+    parser.add_argument("--epochs", type=int, help="train this many epochs (replaces schedule.max_steps; not with "
+                        "--max-steps)")
+    parser.add_argument("--max-steps", type=int, help="train this many optimizer steps (clears schedule.epochs; not "
+                        "with --epochs)")
     parser.add_argument("--batch-size", type=int, help="GLOBAL batch size, split across processes")
     parser.add_argument("--lr", type=float, help="base learning rate (never rescaled for you)")
     parser.add_argument("--precision", choices=AUTO_PRECISIONS, help=PRECISION_AUTO)
@@ -52,8 +54,9 @@ def build_config(args):
     """The run's config and directory from the command line (library calls only)."""
     from resnetlab.engine.datadir import check_run_data_root, data_overrides
 
+    check_run_length(args)
     if args.resume:
-        if args.recipe:
+        if args.recipe is not None:  # `--recipe ""` too: a recipe given with --resume is never silently ignored
             raise UserError("--resume continues a run with its own config; drop --recipe (use --set to change values)")
         from resnetlab.engine.rundir import same_path
 
@@ -94,6 +97,22 @@ def build_config(args):
     return cfg, out
 
 
+def check_run_length(args) -> None:
+    """The run's length given both in epochs and in steps (--epochs and --max-steps, or either as
+    --set) is refused in one line: whichever the config let win, the other would be silently ignored."""
+    epochs = [f"--epochs {args.epochs}"] if args.epochs is not None else []
+    steps = [f"--max-steps {args.max_steps}"] if args.max_steps is not None else []
+    for item in args.set:
+        key, value = parse_override(item)
+        if key == "schedule.epochs" and value is not None:
+            epochs.append(f"--set {item}")
+        elif key == "schedule.max_steps":
+            steps.append(f"--set {item}")
+    if epochs and steps:
+        raise UserError(f"{epochs[0]} and {steps[0]} both set the length of the run; keep one (epochs count passes "
+                        "over the training data, max steps count optimizer steps)")
+
+
 def flag_value(key: str, value):
     """--init none (or null) means no init weights: from scratch."""
     return None if key == "finetune.init" and str(value).lower() in ("none", "null") else value
@@ -114,17 +133,22 @@ def existing_run(cfg, out) -> bool:
     return True
 
 
-def check_resume_changes(cfg, out) -> None:
-    """--resume with other values: data and batch size refused, a new schedule said in one line."""
+def check_resume_changes(cfg, out) -> str | None:
+    """--resume with other values: data and batch size refused here; a new schedule is the returned
+    line, to be warned only once the run has accepted it (a refused --resume says only why)."""
+    from resnetlab.engine.rundir import resume_changes, saved_config
+
+    return resume_changes(saved_config(out), cfg, out)
+
+
+def warn_once(line: str | None) -> None:
+    """One line per run, not one per torchrun rank."""
     import warnings
 
-    from resnetlab.engine.rundir import resume_changes, saved_config
+    from resnetlab.engine.distributed import dist_info_from_env
     from resnetlab.errors import ResnetlabWarning
 
-    from resnetlab.engine.distributed import dist_info_from_env
-
-    line = resume_changes(saved_config(out), cfg, out)
-    if line and dist_info_from_env().is_main:  # one line per run, not one per torchrun rank
+    if line and dist_info_from_env().is_main:
         warnings.warn(line, ResnetlabWarning)
 
 
@@ -137,17 +161,17 @@ def run(args):
     from resnetlab.engine.distributed import dist_info_from_env
 
     cfg, out = build_config(args)
-    if args.resume:
-        check_resume_changes(cfg, out)
+    note = check_resume_changes(cfg, out) if args.resume else None
     if args.print_config:
         from resnetlab.engine.setup import check_config
 
         check_config(cfg)  # a config the run would refuse is not printed as the one it would use
+        warn_once(note)
         print(config_to_yaml(cfg), end="")
         return 0
     resume = bool(args.resume) or (args.resume_if_exists and existing_run(cfg, out))
     try:
-        summary = train_and_evaluate(cfg, out, resume=resume)
+        summary = train_and_evaluate(cfg, out, resume=resume, resume_note=note)
     except TrainingInterrupted as stop:
         if dist_info_from_env().is_main:
             print(f"resnetlab train: {stop}. Continue with: resnetlab train --resume {out}", flush=True)

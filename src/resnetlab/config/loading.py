@@ -213,18 +213,17 @@ def apply_overrides(cfg: Config, overrides) -> Config:
 
     schedule.epochs, when set, decides the length of a run over schedule.max_steps; so asking for
     max_steps without epochs clears epochs (as --max-steps does), instead of being silently ignored
-    by a recipe that counts epochs (cifar10_fast)."""
+    by a recipe that counts epochs (cifar10_fast). Given both, the later one decides, as for any
+    key given twice (`resnetlab train` refuses both: cli/train.check_run_length)."""
     data = config_to_dict(cfg)
-    keys = set()
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         section, _, name = key.partition(".")
         if section not in SECTIONS:
             raise UserError(f"unknown config section in {key!r}; valid sections: {', '.join(SECTIONS)}")
         data[section][name] = value
-        keys.add(key)
-    if "schedule.max_steps" in keys and "schedule.epochs" not in keys:
-        data["schedule"]["epochs"] = None
+        if key == "schedule.max_steps":
+            data["schedule"]["epochs"] = None  # until an epochs given after it
     return config_from_dict(data)
 
 

@@ -10,7 +10,7 @@ import os
 import warnings
 from pathlib import Path
 
-from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.errors import ResnetlabWarning, UserError, count
 from resnetlab.files import write_text_atomic
 
 from .schedules import schedule_warnings
@@ -36,13 +36,13 @@ def preflight(run) -> None:
         sides = [epoch_image_size(cfg.data, e) for e in range(len(scales))]
         run.log.info(f"progressive resizing: training crops of {', '.join(map(str, sides))} px in epochs 1-{len(sides)}, "
                      f"then {full}; validation (at {full}) only once the steps since the last one were all at {full}")
-    if cfg.train.test_protocol != "center":
+    if cfg.train.test_protocol != "center" and run.bundle.test is not None:
         run.log.info(f"final test with {cfg.train.test_protocol} views (validation: centre views)")
     write_text_atomic(run.workdir / "data.json", json.dumps(data_record(run.bundle), indent=1))
     found = [imbalance_warning(run.bundle, cfg.data.balance)] + schedule_warnings(cfg.schedule, run.steps_per_epoch)
     epochs = -(-run.total // run.steps_per_epoch)
     if len(scales) >= epochs and epoch_image_size(cfg.data, epochs - 1) != full:
-        found.append(f"data.progressive_scales lists {len(scales)} epochs and the run has {epochs}: it never trains at "
+        found.append(f"data.progressive_scales lists {count(len(scales), 'epoch')} and the run has {count(epochs, 'epoch')}: it never trains at "
                      f"data.image_size={full}, the size it is evaluated at; shorten the list")
     if cfg.train.workers > cpu_count():
         found.append(f"train.workers={cfg.train.workers} decoding processes for {cpu_count()} CPU cores: they will "

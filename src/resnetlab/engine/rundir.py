@@ -23,7 +23,7 @@ from pathlib import Path
 
 from resnetlab.config import Config, config_to_dict, load_config
 from resnetlab.errors import UserError
-from resnetlab.files import remove_stale_temporaries, storage_errors, write_text_atomic
+from resnetlab.files import make_folder, remove_stale_temporaries, storage_errors, write_text_atomic
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, broadcast_object
@@ -81,8 +81,8 @@ class RunDirLock:
 
 def _lock(workdir: Path) -> int:
     path = workdir / LOCK_NAME
+    make_folder(path)  # one line even where mkdir says "no such file" (under /proc) or a file is in the way
     with storage_errors(path):
-        workdir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

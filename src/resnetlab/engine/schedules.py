@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from resnetlab.config import ScheduleConfig
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, count
 
 KINDS = ("step", "cosine", "onecycle", "plateau", "constant")
 
@@ -38,7 +38,7 @@ def total_steps(cfg: ScheduleConfig, steps_per_epoch: int) -> int:
     """Number of optimizer steps in the run: epochs * steps_per_epoch if epochs is set, else max_steps."""
     steps = cfg.epochs * steps_per_epoch if cfg.epochs is not None else cfg.max_steps
     if steps <= 0:
-        raise UserError(f"schedule: the run has {steps} steps; set schedule.epochs or schedule.max_steps > 0")
+        raise UserError(f"schedule: the run has {count(steps, 'step')}; set schedule.epochs or schedule.max_steps > 0")
     return steps
 
 
@@ -113,7 +113,7 @@ def schedule_warnings(cfg: ScheduleConfig, steps_per_epoch: int) -> list[str]:
     """What in a schedule cannot happen within the run: a warm-up as long as the run (the lr never
     reaches its peak) or lr milestones at or after the last step (never taken)."""
     total = total_steps(cfg, steps_per_epoch)
-    length = f"the run has {total} steps ({steps_per_epoch} per epoch)"
+    length = f"the run has {count(total, 'step')} ({steps_per_epoch} per epoch)"
     out = []
     if cfg.warmup_steps >= total and cfg.warmup_until_err is None:
         out.append(f"schedule.warmup_steps={cfg.warmup_steps} is not shorter than the run: {length}, so the lr never "

@@ -6,6 +6,7 @@ instead of a dozen. Under torchrun every process builds the same things from the
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from resnetlab.config import Config, save_config
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError, count
 from resnetlab.files import storage_errors, write_text_atomic
 from resnetlab.models import conv_direct, conv_wgrad, create_model, model_info
 
@@ -41,6 +42,7 @@ class RunRequest:
     dist_info: DistInfo
     rt: Runtime
     stream: object = None  # where the progress lines go (None: the terminal)
+    resume_note: str | None = None  # what a --resume changes (the schedule): warned once the run is accepted
 
 
 @dataclass
@@ -95,7 +97,7 @@ def build_model(cfg: Config, num_classes: int, say=print) -> tuple[nn.Module, li
     model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
     if cfg.finetune.init:
         skipped = load_init_weights(model, cfg.finetune.init, cfg.model.name)
-        say(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {num_classes} classes ({', '.join(skipped)} re-initialised)" if skipped else ""))
+        say(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {num_classes} class{'es' * (num_classes != 1)} ({', '.join(skipped)} re-initialised)" if skipped else ""))
     return model, apply_freezing(model, cfg.finetune)
 
 
@@ -200,13 +202,15 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     net = _wrap(model, cfg, dist_info, rt)
     # Nothing above wrote to the run directory (or made it): everything that can refuse the config has accepted it.
     write_workdir(workdir, cfg, bundle, dist_info.is_main, lock)
+    if request.resume_note and dist_info.is_main:  # after every refusal: a refused --resume says only why
+        warnings.warn(request.resume_note, ResnetlabWarning, stacklevel=2)
     repairs = tidy_for_start(workdir, state.step, ckpt) if dist_info.is_main else []
     run = Run(cfg, workdir, dist_info, rt, bundle, model, net, eval_bns, bundle.normalizer.to(rt.device), optimizer,
               scaler, state, per_rank_batch(cfg.optim.batch_size, dist_info), steps_per_epoch, total, lr_fn,
               RunLogger(workdir, dist_info.is_main, total, state.step, cfg.train.tensorboard, request.stream,
                         cfg.train.log_every))
-    run.log.info(f"{cfg.model.name}: {run.total} steps ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
-                 + (f" = {dist_info.world_size} processes x {run.batch}" if dist_info.enabled else "")
+    run.log.info(f"{cfg.model.name}: {count(run.total, 'step')} ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
+                 + (f" = {dist_info.world_size} process{'es' * (dist_info.world_size != 1)} x {run.batch}" if dist_info.enabled else "")
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
                  + (", fused batch-norm" if rt.fused_bn else "")
                  + (f", 3x3 weight gradients on {conv_wgrad.kernel_kind()}" if rt.fused_bn and rt.precision == "bf16"

@@ -3,17 +3,22 @@ carries the loop state with the model, optimizer, GradScaler and RNGs.
 
 `make_checkpoint` builds the `Checkpoint` record (engine/records.py) of a training run;
 `restore_checkpoint` loads one into freshly built objects and returns the `LoopState` to continue from;
-`check_steps_left` then says whether the resumed run has anything left to do.
+`check_steps_left` then says whether the resumed run has anything left to do; `storage_refusal`
+says how to go on after a write the storage refused.
 """
 from __future__ import annotations
 
+import errno
 import math
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from resnetlab.config import Config, config_to_dict
-from resnetlab.errors import UserError, first_line
+from resnetlab.errors import UserError, count, first_line
+from resnetlab.files import StorageError
 
 from .checkpoint import capture_rng, clean_state_dict, restore_rng
 from .records import Artifact, Checkpoint, LoopState, TrainingState
@@ -104,7 +109,7 @@ def check_steps_left(state: LoopState, total: int, cfg: Config, workdir) -> None
     finished: the final test runs again."""
     if state.step > total:
         epochs = cfg.schedule.epochs
-        asked = f"--max-steps {total}" if epochs is None else f"the {total} steps of --epochs {epochs}"
+        asked = f"--max-steps {total}" if epochs is None else f"the {count(total, 'step')} of --epochs {epochs}"
         raise UserError(f"{workdir} is already at step {state.step}, past {asked}; a run cannot be shortened "
                         f"(pass --max-steps above {state.step} to train further)")
     if state.step < total and state.reached_target is None:
@@ -122,3 +127,23 @@ def _summary_of(workdir) -> RunSummary | None:
         return RunSummary.read(workdir)
     except UserError:  # damaged: the final test writes it again
         return None
+
+
+def storage_refusal(err: StorageError, workdir) -> StorageError:
+    """A refused write, with what to do about it by its cause (the OSError under the StorageError,
+    else its reason): a full disk wants space, a read-only or forbidden folder wants write access;
+    then how to go on (--resume once a checkpoint exists)."""
+    cause, code = err, None
+    for _ in range(8):  # the chain of causes, never a loop
+        if cause is None or (isinstance(cause, OSError) and cause.errno):
+            code = getattr(cause, "errno", None)
+            break
+        cause = cause.__cause__ or cause.__context__
+    full, denied = (errno.ENOSPC, errno.EDQUOT), (errno.EROFS, errno.EACCES, errno.EPERM)
+    code = code or next((c for c in full + denied if os.strerror(c) == getattr(err, "reason", None)), None)
+    again = (f"continue with --resume {workdir}" if (Path(workdir) / "checkpoints" / "last.pt").is_file()
+             else "start the run again")
+    advice = (f"Free some space, then {again}" if code in full else
+              f"{workdir} is not writable (read-only or no permission): make it writable, then {again}"
+              if code in denied else f"Once it can be written, {again}")
+    return StorageError(f"{err}. {advice}")

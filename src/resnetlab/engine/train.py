@@ -19,7 +19,7 @@ from torch import nn
 
 from resnetlab.config import Config
 from resnetlab.data.loaders import epoch_image_size
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, count
 from resnetlab.files import StorageError
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -34,7 +34,7 @@ from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error
 from .setup import Run, RunRequest, build_run, set_lr
 from .signals import StopOnSignal, TrainingInterrupted
-from .state import Meter, RunFinished, is_finite_model, make_checkpoint, meter_summary
+from .state import Meter, RunFinished, is_finite_model, make_checkpoint, meter_summary, storage_refusal
 
 
 class TrainingDiverged(UserError):
@@ -66,19 +66,19 @@ def train_step(parts: StepParts, x: torch.Tensor, y: torch.Tensor):
     return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
 
 
-def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=None) -> RunSummary:
+def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=None,
+                       resume_note: str | None = None) -> RunSummary:
     """Train with `cfg`, writing into `workdir`; returns the run's summary (also summary.json).
 
     Under torchrun (RANK/WORLD_SIZE set) every process calls this; rank 0 writes the files.
     Raises TrainingInterrupted on SIGINT/SIGTERM (after saving) and TrainingDiverged on NaN loss.
+    `resume_note`, a line on what a resume changes, is warned once the resumed run is accepted.
     finetune.linear_probe=true fits a classifier on frozen features instead (engine/linear_probe.py).
     """
     if cfg.finetune.linear_probe:
-        if resume:
-            raise UserError("a linear probe has nothing to resume (it takes one pass over the data); start it again")
         from .linear_probe import train_linear_probe
 
-        return train_linear_probe(cfg, workdir, stream)
+        return train_linear_probe(cfg, workdir, stream, resume=resume)
     dist_info = dist_info_from_env()
     rt = make_runtime(cfg.train, dist_info.local_rank)
     init_distributed(dist_info, rt.device)
@@ -87,13 +87,11 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
         # Signals are caught before the lock and the data: a SIGTERM while data is built stops the run before step 1.
         with (StopOnSignal() as stop, RunDirLock(Path(workdir), dist_info) as lock,
               held_heap(cfg.train.hold_heap and rt.device.type == "cpu")):
-            summary = _train(RunRequest(cfg, Path(workdir), resume, dist_info, rt, stream), stop, lock)
+            summary = _train(RunRequest(cfg, Path(workdir), resume, dist_info, rt, stream, resume_note), stop, lock)
         finished = True
         return summary
     except StorageError as err:
-        again = (f"continue with --resume {workdir}" if (Path(workdir) / "checkpoints" / "last.pt").is_file()
-                 else "start the run again")
-        raise StorageError(f"{err}. Free some space, then {again}") from err
+        raise storage_refusal(err, workdir) from err
     finally:
         shutdown_distributed(synchronize=finished)
 
@@ -162,7 +160,7 @@ def log_point(run: Run, window: Meter, lr: float, clock: dict) -> None:
     """
     loss, err = meter_summary(all_reduce_sum(window.sums).tolist())
     if not math.isfinite(loss):
-        raise TrainingDiverged(f"the training loss became {loss} in the {run.cfg.train.log_every} steps up to step "
+        raise TrainingDiverged(f"the training loss became {loss} in the {count(run.cfg.train.log_every, 'step')} up to step "
                                f"{run.state.step}; stopped, keeping the last good checkpoint {_last_good(run)}. "
                                f"Lower optim.lr (now {lr:g})")
     observe_train_error(run.cfg.schedule, run.state.schedule, run.state.step, err)
