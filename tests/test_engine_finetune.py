@@ -98,3 +98,17 @@ def test_bad_finetune_settings():
         apply_freezing(model, finetune_cfg(freeze_stages=4).finetune)
     with pytest.raises(UserError, match="backbone_lr_mult"):
         param_groups(model, -1.0)
+
+
+def test_init_weights_with_nan_are_refused_in_one_line_but_a_replaced_head_may_hold_them(tmp_path):
+    """A diverged run's weights: fine-tuning would report a NaN loss and advise a lower lr; a linear
+    probe would fit on NaN features. A classifier of another class count is not loaded, so its values do not count."""
+    source = create_model("resnet8", num_classes=10).state_dict()
+    torch.save({**source, "fc.weight": torch.full_like(source["fc.weight"], float("nan"))}, tmp_path / "head.pt")
+    assert load_init_weights(create_model("resnet8", num_classes=4), str(tmp_path / "head.pt")) == ["fc.weight", "fc.bias"]
+    source["layer2.0.bn1.running_var"][0] = float("inf")
+    torch.save(source, tmp_path / "inf.pt")
+    with pytest.raises(UserError) as err:
+        load_init_weights(create_model("resnet8", num_classes=10), str(tmp_path / "inf.pt"))
+    assert str(err.value) == (f"{tmp_path / 'inf.pt'} holds NaN or infinite values (layer2.0.bn1.running_var): weights "
+                              "of a diverged run or a damaged file; choose other weights")

@@ -1,13 +1,22 @@
 """Transfer learning end to end: linear probe (frozen features, logistic regression) and fine-tuning
-runs that change only what they should."""
+runs that change only what they should; a probe's run folder resumed, refused and evaluated like a
+training run's."""
+import json
+import shutil
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from resnetlab.config import Config, apply_overrides
+from resnetlab.cli import main
+from resnetlab.config import Config, apply_overrides, save_config
 from resnetlab.engine import evaluate_checkpoint, load_checkpoint, train_and_evaluate
+from resnetlab.engine import linear_probe
 from resnetlab.engine.linear_probe import error_rate, fit_logistic
 from resnetlab.errors import UserError
+from resnetlab.files import storage_error
 
 TINY = [("model.name", "resnet8"), ("data.dataset", "synthetic"), ("data.synthetic_size", 96),
         ("data.val_size", 32), ("data.augment", "none"), ("data.image_size", 16), ("optim.batch_size", 16),
@@ -54,8 +63,6 @@ def test_linear_probe_changes_only_the_classifier_and_predicts_like_any_checkpoi
     assert report["top1"] == pytest.approx(summary.test["best"]["top1"])
     assert report["per_class"] == summary.test["best"]["per_class"]  # written like any run's
     assert (tmp_path / "probe" / "confusion_test.csv").is_file() and (tmp_path / "probe" / "metrics.csv").is_file()
-    with pytest.raises(UserError, match="resume"):
-        train_and_evaluate(cfg, tmp_path / "probe", resume=True)
 
 
 def test_linear_probe_writes_an_artifact_without_training_state(pretrained, tmp_path):
@@ -98,3 +105,130 @@ def test_linear_probe_with_class_balanced_loss_runs(pretrained, tmp_path):
                ("data.balance", "loss"))
     summary = train_and_evaluate(cfg, tmp_path / "probe")
     assert summary.linear_probe and summary.penalty > 0 and summary.test_top1("best") is not None
+
+
+def probe(pretrained, *overrides) -> Config:
+    return tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.linear_probe", True),
+                *overrides)
+
+
+def files_of(run) -> dict:
+    """Every file of a run folder with its bytes and modification time (the lock file aside: every
+    command on a run takes it, a finished training run's too)."""
+    return {p.relative_to(run): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = load_checkpoint(a).artifact.weights, load_checkpoint(b).artifact.weights
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_finished_linear_probe_is_not_resumed_again_and_nothing_is_rewritten(pretrained, tmp_path, capsys):
+    """Running it again said 'continue with --resume', and --resume said 'start it again': a loop. As
+    for a finished training run: --resume and --resume-if-exists say it is finished, exit 0, write nothing."""
+    run = tmp_path / "probe"
+    first = train_and_evaluate(probe(pretrained), run)
+    before = files_of(run)
+    capsys.readouterr()
+    with pytest.raises(UserError, match=f"continue it with --resume {run}"):
+        train_and_evaluate(probe(pretrained), run)
+    assert main(["train", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert err == f"{run} finished: nothing to resume (a linear probe is fitted once; to fit another, choose another --out)\n"
+    save_config(probe(pretrained), tmp_path / "same.yaml")  # the command that made it, rerun by a scheduler
+    assert main(["train", "--recipe", str(tmp_path / "same.yaml"), "--out", str(run), "--resume-if-exists"]) == 0
+    out = capsys.readouterr()
+    assert "finished: nothing to resume" in out.err and json.loads(out.out)["test"] == first.to_dict()["test"]
+    assert files_of(run) == before
+
+
+def test_an_interrupted_linear_probe_resumes_to_the_same_fit(pretrained, tmp_path, monkeypatch):
+    """Ctrl-C during the fit, then --resume: the probe is fitted again from the start, bit for bit the
+    uninterrupted run's; stopped after its checkpoints but before summary.json, likewise."""
+    train_and_evaluate(probe(pretrained), tmp_path / "whole")
+    run = tmp_path / "probe"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(linear_probe, "fit_logistic", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_and_evaluate(probe(pretrained), run)
+    assert (run / "config.yaml").is_file() and not (run / "checkpoints" / "last.pt").exists()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert same_weights(run, tmp_path / "whole")
+    (run / "summary.json").unlink()
+    (run / "checkpoints" / "best.pt").unlink()
+    resumed = train_and_evaluate(probe(pretrained), run, resume=True)
+    assert same_weights(run / "checkpoints" / "best.pt", tmp_path / "whole") and resumed.penalty > 0
+
+
+def test_a_training_run_is_not_resumed_as_a_linear_probe(pretrained, tmp_path):
+    """--resume RUN --set finetune.linear_probe=true would fit a probe over the run's checkpoints."""
+    run = tmp_path / "trained"
+    shutil.copytree(pretrained.parent.parent, run)
+    before = files_of(run)
+    with pytest.raises(UserError, match=f"{run} holds a training run, not a linear probe"):
+        train_and_evaluate(probe(pretrained, ("data.synthetic_classes", 6)), run, resume=True)  # its own data
+    assert files_of(run) == before
+
+
+def write_folder(root, counts=(("train", 6), ("test", 2))):
+    rng = np.random.default_rng(0)
+    for split, n in counts:
+        for c in range(3):
+            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = (rng.random((16, 16, 3)) * 80 + 60 * c).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i}.png")
+
+
+def test_a_linear_probe_writes_data_json_and_evaluates_like_a_training_run(pretrained, tmp_path, capsys):
+    """data.json (what the data was, what was held out) is what eval --split val and --resume go by."""
+    from resnetlab.data import build_data
+    from resnetlab.data.summary import data_record
+
+    data, run = tmp_path / "data", tmp_path / "probe"
+    write_folder(data)
+    cfg = probe(pretrained, ("data.dataset", "folder"), ("data.root", str(data)), ("data.val_size", 6))
+    train_and_evaluate(cfg, run)
+    record = json.loads((run / "data.json").read_text())
+    assert record == json.loads(json.dumps(data_record(build_data(cfg.data, seed=cfg.train.seed))))
+    assert record["validation"]["images"] == 6 and len(record["validation"]["files"]) == 6
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "val", "--json"]) == 0
+    val_top1 = json.loads((run / "metrics.jsonl").read_text())["val_top1"]
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(val_top1)
+    write_folder(data, (("train", 7),))  # one more training image per class: the data is not the run's
+    (run / "summary.json").unlink()  # an unfinished probe, resumed
+    with pytest.raises(UserError, match="is not what the run trained on"):
+        train_and_evaluate(cfg, run, resume=True)
+
+
+@pytest.mark.parametrize("what, override, words", [
+    ("unknown model", ("model.name", "resnet9"), "unknown model 'resnet9'"),
+    ("not weights", ("finetune.init", "GARBAGE"), "is not a PyTorch or safetensors weights file"),
+    ("NaN weights", ("finetune.init", "NAN"), "holds NaN or infinite values (conv1.weight"),
+])
+def test_a_refused_linear_probe_leaves_no_folder(pretrained, tmp_path, what, override, words):
+    """Refused before anything is written, as a training run is: no half-made folder to trip over."""
+    (tmp_path / "garbage.pt").write_bytes(b"not a weights file")
+    weights = load_checkpoint(pretrained).artifact.weights
+    torch.save({**weights, "conv1.weight": torch.full_like(weights["conv1.weight"], float("nan"))}, tmp_path / "nan.pt")
+    key, value = override
+    value = {"GARBAGE": str(tmp_path / "garbage.pt"), "NAN": str(tmp_path / "nan.pt")}.get(value, value)
+    with pytest.raises(UserError) as err:
+        train_and_evaluate(probe(pretrained, (key, value)), tmp_path / "probe")
+    assert words in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "probe").exists()
+
+
+def test_a_full_disk_during_the_probe_says_what_to_do(pretrained, tmp_path, monkeypatch):
+    def full(ckpt, path):
+        raise storage_error(path, "No space left on device", existed=False)
+
+    monkeypatch.setattr(linear_probe, "save_checkpoint", full)
+    with pytest.raises(UserError, match="No space left on device.*Free some space, then start the run again$"):
+        train_and_evaluate(probe(pretrained), tmp_path / "probe")

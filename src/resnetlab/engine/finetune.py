@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from resnetlab.config import FinetuneConfig
@@ -29,6 +30,12 @@ def load_init_weights(model: nn.Module, source, model_name: str | None = None) -
     resnet50.tv2_in1k); a classifier of another class count is left at its fresh init. Returns the
     skipped (re-initialised) keys. `model_name` (the run's model) lets a checkpoint of another
     model be answered in one line rather than with the keys that do not fit."""
+    skipped = _load_init(model, source, model_name)
+    check_finite_weights(model, skipped, source)
+    return skipped
+
+
+def _load_init(model: nn.Module, source, model_name: str | None) -> list[str]:
     from resnetlab.models.hub import check_fits, load_pretrained
 
     from .sources import find_weights
@@ -54,6 +61,18 @@ def load_init_weights(model: nn.Module, source, model_name: str | None = None) -
             payload = artifact.weights
         source = payload
     return load_weights(model, source, ignore_mismatched_head=True).skipped
+
+
+def check_finite_weights(model: nn.Module, skipped: list[str], source) -> None:
+    """Weights holding NaN or inf (saved by a diverged run, or damaged) are refused here, in one
+    line: a fine-tuning run would otherwise report a diverged loss and advise a lower lr, and a
+    linear probe would fit on NaN features and write a model that predicts nothing."""
+    bad = [k for k, v in model.state_dict().items()
+           if k not in skipped and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        label = source if isinstance(source, (str, os.PathLike)) else "the init weights"
+        raise UserError(f"{label} holds NaN or infinite values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
+                        "weights of a diverged run or a damaged file; choose other weights")
 
 
 def check_same_model(held: str, label, model_name: str | None) -> None:

@@ -6,11 +6,13 @@ transform (centre view, no augmentation); a multinomial logistic regression with
 fitted on the pooled features by full-batch L-BFGS, its penalty picked on the val split. The
 result is written into the model's own `fc`, so the run directory holds checkpoints (best.pt =
 last.pt) that `resnetlab eval`, `predict`, `export` and --init use like any other; they hold the
-model alone, no training state, since nothing trains after the fit.
+model alone, no training state, since nothing trains after the fit. --resume of a probe stopped
+before its summary.json fits it again from the start (the same fit); of a finished one, says so.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -18,20 +20,22 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.config import Config
+from resnetlab.data.summary import data_record, loss_weights, notes
 from resnetlab.errors import UserError
-from resnetlab.files import write_text_atomic
+from resnetlab.files import StorageError, write_text_atomic
 
 from .checkpoint import save_checkpoint
 from .confusion import record_per_class
 from .distributed import DistInfo, dist_info_from_env
 from .evaluate import EvalModel, evaluate_split, run_eval_spec
 from .metrics_csv import write_metrics_csv
+from .preflight import check_resumed_data
 from .records import Checkpoint
 from .run_records import MetricsRow, RunSummary
 from .runtime import autocast, make_runtime, prepare_model, to_input
-from .rundir import RunDirLock, resume_point
-from .setup import build_model, write_workdir
-from .state import make_artifact
+from .rundir import RunDirLock, resume_point, saved_config, tidy_for_start
+from .setup import build_model, check_config, write_workdir
+from .state import RunFinished, make_artifact, storage_refusal
 
 PENALTIES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths tried when there is a val split
 LBFGS_STEPS = 300
@@ -91,26 +95,66 @@ def choose_penalty(train, val, num_classes: int, default: float, weight=None) ->
     return min(PENALTIES, key=lambda p: (errors[p], p)), errors
 
 
-def train_linear_probe(cfg: Config, workdir, stream=None) -> RunSummary:
-    """Fit the probe and write the run directory (config, checkpoints, metrics.jsonl, summary.json)."""
+def train_linear_probe(cfg: Config, workdir, stream=None, resume: bool = False) -> RunSummary:
+    """Fit the probe and write the run directory (config, data.json, checkpoints, metrics.jsonl, summary.json).
+
+    resume=True (--resume, --resume-if-exists) behaves as for a training run: a finished probe is
+    said in one line and its summary returned, nothing rewritten (a scheduler's rerun succeeds); an
+    unfinished one (stopped before its summary.json) is fitted again from the start, which, the fit
+    being deterministic, gives the run it would have been.
+    """
     from resnetlab.data import build_data
 
     if dist_info_from_env().enabled:
         raise UserError("the linear probe runs in one process (its features are computed once); run it without torchrun")
+    check_config(cfg)  # an unknown model is refused before minutes of data, and leaves no folder
     workdir, rt, start = Path(workdir), make_runtime(cfg.train), time.perf_counter()
-    torch.manual_seed(cfg.train.seed)
-    bundle = build_data(cfg.data, seed=cfg.train.seed)
-    with RunDirLock(workdir) as lock:
-        resume_point(workdir, resume=False)  # an --out that holds a run is refused before anything is written
-        write_workdir(workdir, cfg, bundle, is_main=True, lock=lock)
-        return _fit_and_write(cfg, workdir, bundle, rt, start, stream)
-
-
-def _fit_and_write(cfg: Config, workdir: Path, bundle, rt, start: float, stream) -> RunSummary:
-    from resnetlab.data.summary import loss_weights
-
     say = (lambda msg: print(msg, file=stream)) if stream else print
-    model, _ = build_model(cfg, len(bundle.classes), say=say)
+    with RunDirLock(workdir) as lock:
+        done = finished_probe(workdir, resume)
+        if done is not None:
+            print(done, file=stream or sys.stderr, flush=True)
+            return done.summary
+        resume_point(workdir, resume)  # an --out that holds a run is refused before anything is written
+        torch.manual_seed(cfg.train.seed)
+        bundle = build_data(cfg.data, seed=cfg.train.seed)
+        if resume:
+            check_resumed_data(workdir, bundle)
+            say(f"{workdir}: the linear probe was not finished; fitting it again from the start")
+        model, _ = build_model(cfg, len(bundle.classes), say=say)  # a bad init is refused before the folder is made
+        write_workdir(workdir, cfg, bundle, is_main=True, lock=lock)
+        for line in tidy_for_start(workdir, 0, None) + notes(bundle, cfg.data.balance):
+            say(line)
+        # what a training run's preflight writes: eval --split val and --resume check the data against it
+        write_text_atomic(workdir / "data.json", json.dumps(data_record(bundle), indent=1))
+        try:
+            return _fit_and_write(cfg, workdir, bundle, model, rt, start, say)
+        except StorageError as err:  # what to do about it, and that --resume then fits it again
+            raise storage_refusal(err, workdir) from err
+
+
+def finished_probe(workdir: Path, resume: bool) -> RunFinished | None:
+    """For --resume: RunFinished when the probe in `workdir` is complete (summary.json, written last,
+    and its checkpoint); None when it is to be fitted (again). A training run there is refused:
+    fitting a probe over it would replace its checkpoints."""
+    if not resume:
+        return None
+    saved = saved_config(workdir)
+    if saved is not None and not saved.finetune.linear_probe:
+        raise UserError(f"{workdir} holds a training run, not a linear probe; continue it without "
+                        f"finetune.linear_probe=true, or fit a probe on its weights in a new folder "
+                        f"(--init {workdir} --out NEW_RUN)")
+    try:
+        summary = RunSummary.read(workdir)
+    except UserError:  # damaged: the probe is fitted and written again
+        return None
+    if summary is None or not summary.linear_probe or not (workdir / "checkpoints" / "last.pt").is_file():
+        return None
+    return RunFinished(f"{workdir} finished: nothing to resume (a linear probe is fitted once; to fit another, "
+                       "choose another --out)", summary)
+
+
+def _fit_and_write(cfg: Config, workdir: Path, bundle, model, rt, start: float, say) -> RunSummary:
     if not cfg.finetune.init:
         say("linear probe without finetune.init: the features come from a randomly initialised network")
     model, normalizer = prepare_model(model, rt), bundle.normalizer.to(rt.device)
