@@ -204,3 +204,28 @@ def test_cli_says_when_none_of_the_images_given_could_be_read(ckpt_path, tmp_pat
         assert main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
                      "--images", *map(str, images)]) == 0
         assert capsys.readouterr().out.splitlines()[-1] == f"  (no real images checked: {why})"
+
+
+def test_a_failed_check_is_said_on_stderr_and_keeps_stdout_clean(ckpt_path, tmp_path, capsys, monkeypatch):
+    import resnetlab.inference.export as export_lib
+
+    def differs(checkpoint, fmt, out, *rest):
+        (tmp_path / "m.pt").write_bytes(b"written, then checked")
+        raise ExportCheckFailed(f"{out}: outputs differ from PyTorch by 0.5 on random batch 1")
+
+    monkeypatch.setattr(export_lib, "export_checkpoint", differs)
+    for json_flag in ([], ["--json"]):
+        assert main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                     *json_flag]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.splitlines() == [
+            f"resnetlab export: check FAILED: {tmp_path / 'm.pt'}: outputs differ from PyTorch by 0.5 on random batch 1; "
+            f"{tmp_path / 'm.pt'} is left to inspect, not to use"]
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "export"])
+def test_help_says_what_each_exit_status_means(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Exit status: 0 " in text and "; 1 " in text and "; 2 an error" in text and "stderr" in text

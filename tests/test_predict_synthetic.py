@@ -89,8 +89,12 @@ def test_embed_of_images_none_of_which_can_be_read_writes_nothing(run_dir, tmp_p
     assert main(["embed", str(run_dir), str(tmp_path / "a.jpg"), str(tmp_path / "b.png"), "--out",
                  str(tmp_path / "emb.npy"), "--precision", "fp32"]) == 2
     out, err = capsys.readouterr()
-    assert [line.split(":")[0] for line in out.splitlines()] == [f"FAILED {tmp_path / 'a.jpg'}", f"FAILED {tmp_path / 'b.png'}"]
-    assert err == f"resnetlab embed: error: none of the 2 images could be read; nothing was written to {tmp_path / 'emb.npy'}\n"
+    assert out == ""  # every message on stderr: the reasons, then the error
+    lines = err.splitlines()
+    assert [line.split(": ")[:3] for line in lines[:2]] == [["resnetlab embed", "warning", f"skipped {tmp_path / n}"]
+                                                           for n in ("a.jpg", "b.png")]
+    assert lines[2:] == [f"resnetlab embed: error: none of the 2 images could be read; nothing was written to "
+                         f"{tmp_path / 'emb.npy'}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.png"]
 
 
@@ -143,12 +147,31 @@ def test_cli_reports_non_images_and_sets_the_exit_code(run_dir, tmp_path, capsys
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")
     code = main(["predict", str(run_dir), *map(str, good), str(bad), str(broken), "--json", "--topk", "3"])
-    out = json.loads(capsys.readouterr().out)
+    printed, err = capsys.readouterr()
+    out = json.loads(printed)
     assert code == 1
     assert [r["file"] for r in out["results"]] == list(map(str, good))
     assert sorted(f["file"] for f in out["failed"]) == sorted([str(bad), str(broken)])
     assert all(len(r["top"]) == 3 for r in out["results"])
+    assert sorted(line.split(": ")[2] for line in err.splitlines()) == [f"skipped {broken}", f"skipped {bad}"]
     assert main(["predict", str(run_dir), *map(str, good)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_predict_lines_stay_on_stdout_and_unreadable_files_go_to_stderr(run_dir, tmp_path, capsys):
+    """`predict ... > results.txt` keeps one result line per image and nothing else; the files that
+    could not be read are named on stderr, and the exit status says whether any, or all, failed."""
+    good = [str(p) for p in sorted((run_dir.parent / "data" / "test" / "red").iterdir())[:2]]
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    assert main(["predict", str(run_dir), good[0], str(bad), good[1], "--topk", "1", "--precision", "fp32"]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split("  ")[0] for line in out.splitlines()] == good
+    assert len(err.splitlines()) == 1 and err.startswith(f"resnetlab predict: warning: skipped {bad}: ")
+    for argv in ([], ["--json"]):  # nothing readable at all: an error (status 2), not a result
+        assert main(["predict", str(run_dir), str(bad), *argv]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.splitlines()[1:] == ["resnetlab predict: error: the image given could not be read"]
 
 
 def test_folders_skip_other_files_and_missing_inputs_are_user_errors(tmp_path):

@@ -1,14 +1,19 @@
 """A report on a full disk or into a folder that cannot be made: one line, and no half report left;
-copies and resumes of one run counted once among its config's seeds."""
+copies and resumes of one run counted once among its config's seeds; a metrics.jsonl whose last
+record a crash cut off is read without it (one warning), and resumed."""
 import errno
+import json
 
 import matplotlib.figure
 import pytest
+import yaml
 
 from resnetlab.cli import main
+from resnetlab.config import config_to_dict
 from resnetlab.errors import ResnetlabWarning
 from resnetlab.files import storage_errors
 from resnetlab.reports import report, tables
+from test_engine_train import tiny_config
 from test_report import PNG_MAGIC, make_run
 
 
@@ -91,3 +96,56 @@ def test_the_report_command_pools_copies_once(tmp_path, capsys):
     assert "| a | resnet20 | 1 | 200 | 30.00 |" in (tmp_path / "rep" / "report.md").read_text()
     warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warning) == 1 and warning[0].startswith("resnetlab report: warning: left out 2 run(s)")
+
+
+CUT = '{"step": 300, "train_err": 2'  # what a training killed in the middle of writing a record leaves
+
+
+def test_a_cut_off_last_metrics_record_is_left_out_with_one_warning(tmp_path, capsys):
+    run = make_run(tmp_path, "r1", test_err=9.0)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(CUT)
+    assert main(["report", str(run)]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if "warning" in line] == [
+        f"resnetlab report: warning: {run / 'metrics.jsonl'}: the last record (line 3) is cut off (a training was "
+        "killed while writing it, or is writing it now); using the 2 records before it"]
+    with pytest.warns(ResnetlabWarning, match="the last record"):
+        assert [m.step for m in tables.load_run(run).metrics] == [100, 200]
+    assert (run / "report" / "metrics.csv").read_text().count("\n") == 3  # header + the 2 whole records
+
+
+def test_a_broken_metrics_line_before_others_is_one_line_that_blames_no_one(tmp_path, capsys):
+    run = make_run(tmp_path, "r1", test_err=9.0)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(f"{lines[0]}\n{CUT}\n{lines[1]}\n")  # cut short, then appended to
+    assert main(["report", str(run)]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"resnetlab report: error: {run / 'metrics.jsonl'} line 2 is not a whole JSON record (")
+    assert line.endswith("yet 1 record follows it: the file is damaged (a write cut short and then appended to, or "
+                         "an edit); remove or repair that line")
+    (run / "metrics.jsonl").write_text(f"{lines[0]}\n{CUT}{lines[1]}\n")  # the cut line appended to: last, but whole
+    assert main(["report", str(run)]) == 2
+    assert "line 2 is not a whole JSON record (" in _one_error_line(capsys)
+    (run / "metrics.jsonl").write_text(f"{lines[0]}\n{lines[1]}\n")
+    (run / "summary.json").write_text('{"steps": 200, "test": ')
+    assert main(["report", str(run)]) == 2
+    assert _one_error_line(capsys) == (
+        f"resnetlab report: error: {run / 'summary.json'} is not valid JSON (Expecting value at line 1 column 24): "
+        "the file is damaged; restore it, or delete it to treat the run as unfinished")
+
+
+def test_resume_drops_a_cut_off_metrics_record_and_writes_it_again(tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(config_to_dict(tiny_config(("schedule.max_steps", 4), ("train.eval_every", 2)))))
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", str(recipe), "--out", str(run)]) == 0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(CUT)
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert "line 3) is cut off" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--max-steps", "6"]) == 0
+    capsys.readouterr()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+    assert main(["report", str(run), "--out", str(tmp_path / "rep2")]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -1,9 +1,12 @@
 HELP = "Write one embedding (pooled features before the classifier) per image: .npy + names, or .safetensors."
 
 from .arguments import AUTO_PRECISIONS, FILE_PROTOCOLS, INFERENCE_AUTO, add_checkpoint_argument
+from .predict import exit_status, report_failed
 
 
 def add_arguments(parser):
+    parser.epilog = ("The embeddings go to --out; stdout holds one summary line, messages go to stderr. "
+                     + exit_status("embed", "embedded", "the others' embeddings are written", "nothing written"))
     add_checkpoint_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
     parser.add_argument("--out", required=True, metavar="FILE", help="FILE.npy (+ FILE.names.txt) or FILE.safetensors")
@@ -25,10 +28,8 @@ def run(args):
         raise UserError(f"no image files found in {' '.join(args.inputs)}")
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.precision)
     names, emb, failed = embed_files(predictor, paths, args.protocol, args.batch_size)
-    for f in failed:
-        print(f"FAILED {f['file']}: {f['error']}")
-    if not names:  # nothing to write: no empty file that looks like a result
-        raise UserError(f"none of the {len(paths)} images could be read; nothing was written to {args.out}")
+    # nothing to write: no empty file that looks like a result
+    report_failed("embed", failed, len(paths), len(names), f"; nothing was written to {args.out}")
     written = save_embeddings(args.out, names, emb, {"checkpoint": predictor.source, "protocol": args.protocol})
     print(f"{len(names)} embeddings of dimension {emb.shape[1]} -> {', '.join(written)}")
     return 1 if failed else 0

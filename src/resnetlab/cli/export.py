@@ -2,6 +2,7 @@ HELP = ("Export a checkpoint (or published weights by name) to ONNX, TorchScript
         "export and compare it with PyTorch.")
 
 import json
+import sys
 from pathlib import Path
 
 from resnetlab.inference.export import FORMATS
@@ -12,6 +13,9 @@ REAL_IMAGES = 16  # real images checked when --images is not given (from the run
 
 
 def add_arguments(parser):
+    parser.epilog = ("stdout holds only the report (one JSON object with --json); messages go to stderr. Exit status: "
+                     "0 written and checked; 1 written, but the check FAILED (one line on stderr says how; the file "
+                     "is left at --out to inspect, not to use); 2 an error (one line on stderr; nothing written).")
     add_checkpoint_argument(parser)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, metavar="FILE", help=".onnx, .pt (TorchScript) or .safetensors")
@@ -58,7 +62,7 @@ def run(args):
     try:
         report = export_checkpoint(artifact, args.format, args.out, args.dynamic_batch, real)
     except ExportCheckFailed as err:
-        print(f"resnetlab export: check FAILED: {err}")
+        print(f"resnetlab export: check FAILED: {err}; {args.out} is left to inspect, not to use", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report))

@@ -1,11 +1,22 @@
 HELP = "Classify images (files or folders) with a checkpoint or published weights; the preprocessing comes with them."
 
 import json
+import sys
 
 from .arguments import AUTO_INFERENCE_PRECISIONS, FILE_PROTOCOLS, INFERENCE_AUTO, add_checkpoint_argument
 
 
+def exit_status(command: str, done: str, partial: str, failed: str) -> str:
+    """The --help epilog of a command that reads image files: what each exit status means."""
+    return (f"Exit status: 0 every image {done}; 1 some files could not be read (each named on stderr: 'resnetlab "
+            f"{command}: warning: skipped FILE: REASON'), {partial}; 2 an error, none of the images readable "
+            f"included (one line on stderr, {failed}).")
+
+
 def add_arguments(parser):
+    parser.epilog = ("stdout holds only results: a line per image (then the --verify line), or with --json one "
+                     "object whose \"failed\" lists the unreadable files; messages go to stderr. "
+                     + exit_status("predict", "classified", "the others' results are complete", "nothing on stdout"))
     add_checkpoint_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
     parser.add_argument("--topk", type=int, default=5, help="classes to report per image (default 5)")
@@ -43,19 +54,34 @@ def run(args):
         predictor = predictor.quantized(calibration, batch_size=args.batch_size)
     if args.json:  # one object: every result first
         results, failed = predict_files(predictor, paths, args.topk, args.protocol, args.batch_size)
+        report_failed("predict", failed, len(paths), len(results))
         check = top1_agreement(predictor, paths, args.protocol, args.batch_size) if args.verify else None
         print(json.dumps({"checkpoint": predictor.source, "protocol": args.protocol, "precision": predictor.precision,
                           "results": results, "failed": failed, **({"verify": check} if check else {})}))
         return 1 if failed else 0
     # A line per image as its batch is done: a long run shows progress, and a Ctrl-C keeps what was printed.
+    done = 0
     for i, top in iter_predictions(predictor, paths, args.topk, args.protocol, args.batch_size):
+        done += 1
         print(paths[i] + "  " + "  ".join(f"{t['class']} {t['prob']:.4f}" for t in top), flush=True)
     failed = failures(predictor)
-    for f in failed:
-        print(f"FAILED {f['file']}: {f['error']}")
+    report_failed("predict", failed, len(paths), done)
     if args.verify:
         check = top1_agreement(predictor, paths, args.protocol, args.batch_size)
         layout = (", channels_last" if check["channels_last"] else "") + (", compiled" if check["compiled"] else "")
         print(f"fast path ({check['precision']}, folded BN{layout}) vs plain fp32: top-1 agreement "
               f"{check['top1_agreement']:.2f}% on {check['n']} images, max |prob diff| {check['max_abs_prob_diff']:.2e}")
     return 1 if failed else 0
+
+
+def report_failed(command: str, failed: list[dict], total: int, done: int, nothing: str = "") -> None:
+    """The unreadable files, one line each on stderr (stdout holds only results); then, when not
+    one of the `total` images could be read (`done` == 0), a UserError (exit status 2) ending in
+    `nothing`."""
+    for f in failed:
+        print(f"resnetlab {command}: warning: skipped {f['file']}: {f['error']}", file=sys.stderr, flush=True)
+    if failed and not done:
+        from resnetlab.errors import UserError
+
+        raise UserError(("the image given could not be read" if total == 1 else
+                         f"none of the {total} images could be read") + nothing)

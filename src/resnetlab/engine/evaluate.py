@@ -6,6 +6,7 @@ views of one image are combined by averaging their softmax outputs.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,9 +121,9 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     """Accuracy of a checkpoint (or a run directory's best.pt, or published weights by name) on one
     split of its dataset.
 
-    The split is rebuilt from the checkpoint's own config (same seed, same val_size), so `val`
-    is exactly the held-out part used for model selection; `data` points at the dataset when it
-    has moved. The checkpoint's normaliser (fitted on its training split) is used as saved.
+    `val` is exactly the held-out part used for model selection, as the run's data.json lists it
+    (`eval_data`); `data` points at the dataset when it has moved. The checkpoint's normaliser
+    (fitted on its training split) is used as saved.
     Precision, memory format and batch size default to the run's own, so evaluating a run
     directory reproduces the numbers in its summary.json. The report also holds "per_class"
     (engine/confusion.py) and "confusion" (rows = true class, columns = prediction) as lists.
@@ -175,8 +176,10 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None):
     """(dataset to score, its training split or None) for evaluate_checkpoint. A `data` folder
     without train/ (ROOT/<class>/, or ROOT/test/ or ROOT/val/ alone) is taken as it is: every image,
     with the run's preprocessing. Otherwise the run's dataset (moved to `data`, if given) is
-    rebuilt with its own seed and val_size, so `val` is exactly the held-out part, as long as the
-    data is what the run's data.json recorded (else a warning says it is drawn again)."""
+    rebuilt, and `val` is exactly the images RUN/data.json lists as held out, even where the
+    folder has gained or lost images since (a UserError names any now missing); without such a
+    list (a run from before data.json) the hold-out is drawn again with the run's seed and
+    val_size, with a warning when the data is not what data.json recorded."""
     from resnetlab.config import apply_overrides
     from resnetlab.data import build_data
     from resnetlab.data.build import labelled_folder
@@ -199,6 +202,10 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None):
         raise UserError("the checkpoint does not say where its data is; pass --data DIR")
     check_run_data_root(cfg)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
+    held = recorded_validation(run_dir) if split == "val" and run_dir is not None else None
+    if held is not None:  # exactly the images the run held out, whatever the folder holds now
+        now = json.loads(json.dumps(bundle.provenance.get("validation")))  # as data.json would hold it
+        return (bundle.val if held[0] == now else held_out_again(*held, bundle, cfg, run_dir)), bundle.train
     changes = data_changes(run_dir, bundle) if split == "val" and run_dir is not None else []
     if changes:
         warnings.warn(f"{data_source(bundle)} is not what {run_dir} trained on ({'; '.join(changes)}): the validation "
@@ -208,6 +215,54 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None):
         raise UserError(f"the dataset at {cfg.data.root} has no {split} split"
                         + (" (the run used data.val_size=0)" if split == "val" else "; try --split val"))
     return dataset, bundle.train
+
+
+def recorded_validation(run_dir: Path) -> tuple[dict, dict] | None:
+    """(validation record, whole record) of RUN/data.json when it lists the images held out of
+    train (files, or indices into the training split); else None (a val/ folder, no hold-out, a
+    run from before data.json)."""
+    try:
+        saved = json.loads((Path(run_dir) / "data.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    held = saved.get("validation") if isinstance(saved, dict) else None
+    listed = isinstance(held, dict) and held.get("from") == "held out of train" and ("files" in held or "indices" in held)
+    return (held, saved) if listed else None
+
+
+def held_out_again(held: dict, saved: dict, bundle, cfg, run_dir: Path):
+    """The validation images data.json lists, read from the data as it is now (a folder that gained
+    or lost images draws another hold-out; scoring that one would mix in training images)."""
+    from resnetlab.config import apply_overrides
+    from resnetlab.data import build_data
+    from resnetlab.data.build import DEFAULT_CACHE
+    from resnetlab.data.datasets import FileDataset
+    from resnetlab.data.folder import small_dataset
+
+    record = Path(run_dir) / "data.json"
+    if "indices" in held:  # in-memory data without file names (CIFAR): the run's training split, whole
+        whole = build_data(apply_overrides(cfg, [("data.val_size", 0), ("data.train_size", None)]).data,
+                           seed=cfg.train.seed, warn_skipped=False).train
+        if max(held["indices"], default=-1) >= len(whole):
+            raise UserError(f"{record} lists validation image index {max(held['indices'])} of the training split, "
+                            f"which now holds only {len(whole)} images: this is not the data the run trained on")
+        return whole.subset(torch.tensor(held["indices"], dtype=torch.int64))
+    root, classes = Path(str(cfg.data.root)).expanduser(), saved.get("classes") or bundle.classes
+    missing = [f for f in held["files"] if not (root / f).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} of the {len(held['files'])} validation images {record} lists are missing "
+                        f"from {root} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); put them back "
+                        "to score the run's validation split, or pass --data DIR, the folder that holds them")
+    at = 1 if saved.get("layout") == "splits" else 0  # train/<class>/... or <class>/...
+    names = [Path(f).parts[at] if len(Path(f).parts) > at + 1 else None for f in held["files"]]
+    if not set(names) <= set(classes):
+        raise UserError(f"{record} lists validation images outside the run's class folders; it is not this run's record")
+    paths = [str(root / f) for f in held["files"]]
+    labels = torch.tensor([classes.index(n) for n in names], dtype=torch.int64)
+    if not bundle.provenance.get("in_memory"):
+        return FileDataset(paths, labels, classes)
+    cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else DEFAULT_CACHE / "folders"
+    return small_dataset(paths, labels, classes, bundle.train.image_size[0], root, cache, cfg.data.skip_bad)[0]
 
 
 def int8_model(scored: EvalModel, train, data_cfg, images: int | None = None,

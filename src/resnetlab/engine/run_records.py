@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, count
 from resnetlab.files import write_text_atomic
 
 METRICS_FORMAT = "resnetlab-metrics-v1"
@@ -93,6 +93,32 @@ class MetricsRow:
         return cls(step=get("step", int), **numbers, extra=get.rest())
 
 
+def read_metrics(path) -> tuple[list[MetricsRow], str | None]:
+    """(rows in file order, note) of a metrics.jsonl. The trainer appends each record and its
+    newline in one write (engine/logger.py), so a process killed while writing leaves a LAST line
+    that is not JSON and has no newline: it is left out, and `note` (else None) says so in one
+    line. Any other line that is not JSON is a UserError naming it."""
+    path = Path(path)
+    text = path.read_bytes().decode("utf-8", errors="replace")  # a cut can split a character too
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    rows = []
+    for k, (i, line) in enumerate(lines):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as err:
+            after = len(lines) - 1 - k
+            if not after and not text.endswith("\n"):
+                return rows, (f"{path}: the last record (line {i}) is cut off (a training was killed while writing "
+                              f"it, or is writing it now); using the {count(len(rows), 'record')} before it")
+            why = (f"yet {count(after, 'record')} follow{'s' * (after == 1)} it" if after
+                   else "yet it ends in a newline, which a write cut short would not have")
+            raise UserError(f"{path} line {i} is not a whole JSON record ({err.msg} at column {err.colno}), {why}: "
+                            "the file is damaged (a write cut short and then appended to, or an edit); remove or "
+                            "repair that line") from None
+        rows.append(MetricsRow.from_dict(data, f"{path} line {i}"))
+    return rows, None
+
+
 @dataclass(kw_only=True)
 class RunSummary:
     """summary.json: a finished run. `test` holds evaluate_split's report of the last weights
@@ -135,9 +161,10 @@ class RunSummary:
         if not path.is_file():
             return None
         try:
-            return cls.from_dict(json.loads(path.read_text()), path)
-        except json.JSONDecodeError:
-            raise UserError(f"{path} is not JSON; was the file edited?") from None
+            return cls.from_dict(json.loads(path.read_bytes().decode("utf-8", errors="replace")), path)
+        except json.JSONDecodeError as err:  # written whole (files.write_text_atomic): not a write cut short
+            raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): the file "
+                            "is damaged; restore it, or delete it to treat the run as unfinished") from None
 
     def test_top1(self, which: str = "last") -> float | None:
         """Test top-1 (%) of the last or best weights; None without a test split."""

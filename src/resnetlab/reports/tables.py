@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from resnetlab.engine.run_records import MetricsRow, RunSummary
+from resnetlab.engine.run_records import MetricsRow, RunSummary, read_metrics
 from resnetlab.errors import ResnetlabWarning, UserError
 
 # Table 6 of the paper: CIFAR-10 test error (%) and parameter count. ResNet-110 is "best (mean +- std)"
@@ -55,13 +55,9 @@ def load_run(path) -> SavedRun:
     config = yaml.safe_load((path / "config.yaml").read_text())
     metrics = []
     if (path / "metrics.jsonl").is_file():
-        for i, line in enumerate((path / "metrics.jsonl").read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise UserError(f"{path / 'metrics.jsonl'} line {i} is not JSON; was the file edited?") from None
-                metrics.append(MetricsRow.from_dict(row, f"{path / 'metrics.jsonl'} line {i}"))
+        metrics, cut_off = read_metrics(path / "metrics.jsonl")
+        if cut_off:  # a training killed mid-write (or still writing): the records before it are whole
+            warnings.warn(cut_off, ResnetlabWarning, stacklevel=2)
     summary = RunSummary.read(path)
     classes = json.loads((path / "classes.json").read_text()) if (path / "classes.json").is_file() else None
     return SavedRun(path, config, sorted(metrics, key=lambda m: m.step), summary,
