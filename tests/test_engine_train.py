@@ -61,7 +61,7 @@ def test_progressive_scales_resume_bit_identical_across_a_size_change(tmp_path):
     cfg = tiny_config(("data.progressive_scales", [0.5, 0.75]), ("schedule.max_steps", 28), ("train.eval_every", 6),
                       ("train.test_protocol", "flip"))
     summary = train_and_evaluate(cfg, tmp_path / "one_go")
-    with pytest.warns(ResnetlabWarning, match="scales lists 2 epochs and the run has 2: it never trains at data.image_size=16"):
+    with pytest.warns(ResnetlabWarning, match="scales lists 2 epochs and the run has 2 epochs: it never trains at data.image_size=16"):
         train_and_evaluate(apply_overrides(cfg, [("schedule.max_steps", 10)]), tmp_path / "split")
     train_and_evaluate(cfg, tmp_path / "split", resume=True)
     a, b = weights(tmp_path / "one_go" / "checkpoints" / "last.pt"), weights(tmp_path / "split" / "checkpoints" / "last.pt")
