@@ -48,8 +48,13 @@ def test_load_refuses_non_checkpoints_with_clear_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(UserError, match="not a resnetlab-checkpoint-v1"):
         load_checkpoint(tmp_path / "weights.pt")
-    with pytest.raises(UserError, match="not a readable"):
-        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(UserError, match=r"junk.pt is not a resnetlab checkpoint: not a file torch.save wrote "
+                                        r"\(it starts with b'not '\)$"):
+        load_checkpoint(tmp_path / "junk.pt")  # torch.load's own error here is "list index out of range"
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"empty.pt is not a resnetlab checkpoint: not a file torch.save wrote "
+                                        r"\(it is empty\)$"):
+        load_checkpoint(tmp_path / "empty.pt")
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
     with pytest.raises(UserError, match="best.pt"):

@@ -124,10 +124,14 @@ def run_dir_of(checkpoint) -> Path | None:
 
 
 def load_checkpoint(path_or_run_dir) -> Checkpoint:
-    from resnetlab.models.weights import names_python_objects, torch_load
+    from resnetlab.models.weights import names_python_objects, not_torch_file, torch_load
 
     path = checkpoint_path(path_or_run_dir)
     try:
+        with open(path, "rb") as f:
+            what = not_torch_file(f.read(4))
+        if what:
+            raise UserError(f"{path} is not a resnetlab checkpoint: not a file torch.save wrote ({what})")
         ckpt = torch_load(path)
     except UserError:
         raise

@@ -68,8 +68,8 @@ def _read_file(path: Path):
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
             raise UserError(f"{path} is not a valid safetensors file ({first_line(err)})") from None
-    if not head.startswith(TORCH_MAGIC):
-        what = "it is empty" if not head else f"it starts with {head[:4]!r}"
+    what = not_torch_file(head)
+    if what:
         raise UserError(f"{path} is not a PyTorch or safetensors weights file ({what})")
     try:
         return torch_load(path)
@@ -110,6 +110,15 @@ def torch_load(path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Detected pickle protocol ...", "looks like a TorchScript archive ..."
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def not_torch_file(head: bytes) -> str | None:
+    """Why a file starting with `head` is not one torch.save wrote ("it is empty", "it starts with
+    b'...'"), or None when it may be: said before torch.load, whose errors for such files are things
+    like "list index out of range"."""
+    if head.startswith(TORCH_MAGIC):
+        return None
+    return "it is empty" if not head else f"it starts with {head[:4]!r}"
 
 
 def names_python_objects(err: pickle.UnpicklingError) -> bool:
