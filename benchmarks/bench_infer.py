@@ -7,10 +7,9 @@ Reports images/s at the batch size, latency at batch 1, peak memory, and top-1 a
 variant with the baseline's fp32 predictions on the same real images (BN statistics calibrated
 on them when no --weights are given). Writes benchmarks/results/infer_<model>.json.
 """
-import argparse
 from pathlib import Path
 
-from resnetlab.bench.run import run_and_save
+from resnetlab.bench.run import run_and_save, suite_parser
 from resnetlab.bench.spec import BenchSpec, parse_variant
 
 RESULTS = Path(__file__).parent / "results"
@@ -21,16 +20,9 @@ SUITE = [("resnet50", 32, 512), ("resnet20", 128, 2048)]  # (model, batch, image
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="ROOT/train/<class>/<image> (default: synthetic JPEGs)")
+    parser = suite_parser(__doc__, RESULTS)
     parser.add_argument("--weights", nargs=2, action="append", default=[], metavar=("MODEL", "PATH"),
                         help="trained weights for a model's agreement check (repeatable)")
-    parser.add_argument("--quick", action="store_true", help="tiny batches and few repetitions (checks, not numbers)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--models", nargs="*", help="only these models of the suite")
-    parser.add_argument("--variants", nargs="*", help="these variants instead of the suite's (e.g. leave out bf16 "
-                        "on a CPU that can only emulate it); the baseline is always measured")
     args = parser.parse_args()
     weights = dict(args.weights)
     for model, batch, images in SUITE:

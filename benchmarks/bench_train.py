@@ -6,11 +6,10 @@
 Writes benchmarks/results/train_<model>.json (and loop_resnet20.json: the training loop's own
 overhead). Run it on an otherwise idle machine; the files record the load average.
 """
-import argparse
 from pathlib import Path
 
 from resnetlab.bench.loop import LoopSpec, format_loop, measure_loop_overhead
-from resnetlab.bench.run import run_and_save, write_json
+from resnetlab.bench.run import run_and_save, suite_parser, write_json
 from resnetlab.bench.spec import BenchSpec, parse_variant
 
 RESULTS = Path(__file__).parent / "results"
@@ -24,14 +23,7 @@ SUITE = [
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="ROOT/train/<class>/<image> (default: synthetic JPEGs)")
-    parser.add_argument("--quick", action="store_true", help="tiny batches and few repetitions (checks, not numbers)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--models", nargs="*", help="only these models of the suite")
-    parser.add_argument("--variants", nargs="*", help="these variants instead of the suite's (e.g. leave out bf16 "
-                        "on a CPU that can only emulate it); the baseline is always measured")
+    parser = suite_parser(__doc__, RESULTS)
     args = parser.parse_args()
     for model, batch, images, variants in SUITE:
         if args.models and model not in args.models:

@@ -17,6 +17,7 @@ fraction of the peak for its dtype. What to measure is a `spec.BenchSpec` and `s
 """
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
@@ -38,6 +39,19 @@ from .processes import measure_interleaved
 from .spec import AUTO, BASELINE, BenchSpec, Variant, auto_variant, check_spec, check_variants
 
 TRAIN_MACS_PER_FORWARD = 3  # backward costs about twice the forward (input and weight gradients)
+
+
+def suite_parser(description: str, results: Path) -> argparse.ArgumentParser:
+    """The command line the suites of record (benchmarks/bench_train.py, bench_infer.py) share."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="ROOT/train/<class>/<image> (default: synthetic JPEGs)")
+    parser.add_argument("--quick", action="store_true", help="tiny batches and few repetitions (checks, not numbers)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
+    parser.add_argument("--out", default=str(results))
+    parser.add_argument("--models", nargs="*", help="only these models of the suite")
+    parser.add_argument("--variants", nargs="*", help="these variants instead of the suite's (e.g. leave out bf16 "
+                        "on a CPU that can only emulate it); the baseline is always measured")
+    return parser
 
 
 def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
