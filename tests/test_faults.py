@@ -116,6 +116,22 @@ def test_out_that_cannot_be_made_is_one_line(tmp_path, recipe, capsys, where, re
     assert (tmp_path / "file").read_text() == "mine"
 
 
+@pytest.mark.parametrize("command", [["train", "--data", "{long}", "--out", "{tmp}/run"], ["train", "--recipe",
+                                     "{recipe}", "--out", "{long}"], ["train", "--resume", "{long}"], ["train", "--recipe", "{long}", "--out", "{tmp}/run"],
+                                     ["eval", "{long}"], ["data", "{long}"], ["report", "{long}"],
+                                     ["predict", "resnet20", "{long}.jpg"]])
+def test_a_name_too_long_for_the_system_is_one_line(tmp_path, recipe, capsys, command):
+    """A folder name over 255 bytes fails the first os.stat on it, in whichever step looks first."""
+    long = str(tmp_path / ("a" * 300))
+    argv = [word.format(long=long, tmp=tmp_path, recipe=recipe) for word in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"resnetlab {command[0]}: error: name too long ({long[:50]}...") and err.rstrip().endswith(
+        "a file or folder name may have at most 255 bytes, a path 4096"), err
+    assert os.listdir(tmp_path) == ["tiny.yaml"], "nothing written"
+
+
 @contextmanager
 def small_disk(path, size: int):
     """A tmpfs of `size` bytes at `path`, or None where this process may not mount one."""

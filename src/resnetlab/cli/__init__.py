@@ -6,6 +6,7 @@ in the library so it can be imported and tested without the command line.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
@@ -90,9 +91,23 @@ def run_command(args) -> int:
     except UserError as err:
         print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno != errno.ENAMETOOLONG:  # the one OSError that is always the user's input, wherever it shows
+            raise
+        print(f"resnetlab {args.command}: error: {name_too_long(err.filename)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def name_too_long(path) -> str:
+    """The line for a path the system refused as too long: any folder's name over 255 bytes, or a whole
+    path over 4096, fails the first look at it (os.stat), deep inside whichever step looked first."""
+    shown = os.fsdecode(path) if path is not None else "a path given"
+    if len(shown) > 80:
+        shown = f"{shown[:50]}...{shown[-20:]}, {len(shown)} characters"
+    return f"name too long ({shown}): a file or folder name may have at most 255 bytes, a path 4096"
 
 
 if __name__ == "__main__":  # pragma: no cover
