@@ -116,6 +116,32 @@ def test_out_that_cannot_be_made_is_one_line(tmp_path, recipe, capsys, where, re
     assert (tmp_path / "file").read_text() == "mine"
 
 
+@pytest.mark.parametrize("mine", [["notes.txt"], ["config.yaml"], ["summary.json", "eval/"]])
+def test_out_holding_the_users_files_is_refused_and_left_as_it_was(tmp_path, recipe, capsys, mine):
+    """`--out .` in a project, or a folder whose config.yaml or summary.json a run would replace."""
+    out = tmp_path / "project"
+    for name in mine:
+        (out / name).mkdir(parents=True) if name.endswith("/") else (out / name).parent.mkdir(exist_ok=True)
+        if not name.endswith("/"):
+            (out / name).write_text("mine")
+    assert main(["train", "--recipe", recipe, "--out", str(out)]) == 2
+    assert error_line(capsys) == (f"resnetlab train: error: --out {out} already holds other files "
+                                  f"({', '.join(sorted(mine))}) and no run; give a new or empty folder")
+    assert sorted(p.name + "/" * p.is_dir() for p in out.iterdir()) == sorted(mine)
+    assert all((out / name).read_text() == "mine" for name in mine if not name.endswith("/"))
+
+
+def test_out_where_a_start_failed_or_stopped_before_a_checkpoint_starts_again(tmp_path, recipe, reference):
+    """What a refused or killed start leaves (.lock, a temporary file, a run's own config.yaml) is not the user's."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("")
+    (out / ".config.yaml.999999999.tmp").write_text("cut short")
+    (out / "config.yaml").write_text((reference / "config.yaml").read_text())
+    assert main(["train", "--recipe", recipe, "--out", str(out)]) == 0
+    assert (out / "checkpoints" / "last.pt").is_file() and not (out / ".config.yaml.999999999.tmp").exists()
+
+
 @pytest.mark.parametrize("command", [["train", "--data", "{long}", "--out", "{tmp}/run"], ["train", "--recipe",
                                      "{recipe}", "--out", "{long}"], ["train", "--resume", "{long}"], ["train", "--recipe", "{long}", "--out", "{tmp}/run"],
                                      ["eval", "{long}"], ["data", "{long}"], ["report", "{long}"],

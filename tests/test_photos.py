@@ -152,6 +152,23 @@ def test_bad_inputs_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "a_file").read_text() == "mine"
     assert main(["train", "--out", str(tmp_path / "my3")]) == 2
     assert "give --data DIR and --out RUN_DIR (a recipe is then chosen from the data)" in capsys.readouterr().err
+    # A folder of the user's own files, the data folder and a folder inside it: refused before the download,
+    # and nothing (not even auto_recipe.json) is written there.
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "config.yaml").write_text("epochs: 3\n")
+    (tmp_path / "project" / "notes").mkdir()
+    for out, words in [(tmp_path / "project", "already holds other files (config.yaml, notes/) and no run; give a "
+                        "new or empty folder"), (folder, "is the data folder; the run's files would be read as data"),
+                       (folder / "train" / "run1", f"is inside the data folder {folder}; the run's files")]:
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")), sorted(folder.rglob("*"))
+        assert main(["train", "--data", str(folder), "--out", str(out)]) == 2
+        assert f"resnetlab train: error: --out {out} {words}" in capsys.readouterr().err.splitlines()[1]
+        assert (sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")), sorted(folder.rglob("*"))) == before
+    assert (tmp_path / "project" / "config.yaml").read_text() == "epochs: 3\n"
+    # A start refused after auto_recipe.json was written (no 8th CUDA device) takes its new folder with it.
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "my4"), "--init", "none", "--device",
+                 "cuda:7"]) == 2
+    assert "resnetlab train: error: device 'cuda:7'" in capsys.readouterr().err and not (tmp_path / "my4").exists()
 
 
 def test_init_none_trains_from_scratch_with_the_scratch_recipe(run, tmp_path, capsys):

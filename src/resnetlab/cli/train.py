@@ -157,6 +157,27 @@ def run(args):
         for name, description in list_recipes().items():
             print(f"{name:20s} {description}")
         return 0
+    fresh = bool(args.out) and not args.resume and not args.print_config and not Path(args.out).exists()
+    try:
+        return train(args)
+    except BaseException:
+        if fresh:
+            forget_refused_start(Path(args.out))
+        raise
+
+
+def forget_refused_start(out: Path) -> None:
+    """A new --out folder whose run was refused before it wrote config.yaml goes again: without
+    --recipe, auto_recipe.json was written into it first (RunDirLock removes its own lock file)."""
+    if out.is_dir() and not (out / "config.yaml").exists():
+        try:
+            (out / "auto_recipe.json").unlink(missing_ok=True)
+            out.rmdir()
+        except OSError:
+            pass  # something else is in it now: left as it is
+
+
+def train(args) -> int:
     from resnetlab.engine import TrainingInterrupted, train_and_evaluate
     from resnetlab.engine.distributed import dist_info_from_env
 

@@ -20,7 +20,7 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
     from resnetlab.data.survey import survey
     from resnetlab.engine.datadir import data_overrides
     from resnetlab.engine.distributed import dist_info_from_env
-    from resnetlab.engine.rundir import refuse_a_file
+    from resnetlab.engine.rundir import refuse_a_file, refuse_others_files, refuse_out_in_data
     from resnetlab.files import write_text_atomic
 
     given = dict(overrides) | dict(parse_override(item) for item in args.set)
@@ -32,10 +32,14 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
         print(f"resnetlab train: {choice.line}", file=sys.stderr, flush=True)
     if args.print_config:  # creates nothing and fetches nothing
         return choice.recipe, list(choice.overrides) + overrides
-    refuse_a_file(args.out)  # before a download, and before auto_recipe.json is written into it
+    refuse_a_file(args.out)  # these three before a download, and before auto_recipe.json is written into it
+    a_new_run = not (Path(args.out) / "checkpoints" / "last.pt").exists()  # else the run refuses to start over it
+    if a_new_run:
+        refuse_out_in_data(args.out, found["data.root"])
+        refuse_others_files(Path(args.out))
     if choice.init:
         check_init(choice.recipe, choice.init)
-    if main and not (Path(args.out) / "checkpoints" / "last.pt").exists():  # else the run refuses to start over it
+    if main and a_new_run:
         write_text_atomic(Path(args.out) / "auto_recipe.json", json.dumps(
             {"recipe": choice.recipe, "overrides": dict(choice.overrides), "data": asdict(facts), "line": choice.line},
             indent=1))

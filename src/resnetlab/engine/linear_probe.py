@@ -33,7 +33,7 @@ from .preflight import check_resumed_data
 from .records import Checkpoint
 from .run_records import MetricsRow, RunSummary
 from .runtime import autocast, make_runtime, prepare_model, to_input
-from .rundir import RunDirLock, resume_point, saved_config, tidy_for_start
+from .rundir import RunDirLock, refuse_out_in_data, resume_point, saved_config, tidy_for_start
 from .setup import build_model, check_config, write_workdir
 from .state import RunFinished, make_artifact, storage_refusal
 
@@ -115,7 +115,9 @@ def train_linear_probe(cfg: Config, workdir, stream=None, resume: bool = False) 
         if done is not None:
             print(done, file=stream or sys.stderr, flush=True)
             return done.summary
-        resume_point(workdir, resume)  # an --out that holds a run is refused before anything is written
+        if not resume:
+            refuse_out_in_data(workdir, cfg.data.root, cfg.data.dataset)
+        resume_point(workdir, resume)  # an --out that holds a run or others' files is refused before anything is written
         torch.manual_seed(cfg.train.seed)
         bundle = build_data(cfg.data, seed=cfg.train.seed)
         if resume:

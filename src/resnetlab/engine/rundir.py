@@ -23,7 +23,7 @@ from pathlib import Path
 
 from resnetlab.config import Config, config_to_dict, load_config
 from resnetlab.errors import UserError
-from resnetlab.files import make_folder, remove_stale_temporaries, storage_errors, write_text_atomic
+from resnetlab.files import TEMPORARY, make_folder, remove_stale_temporaries, storage_errors, write_text_atomic
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, broadcast_object
@@ -47,6 +47,7 @@ class RunDirLock:
         self.workdir, self.dist_info = Path(workdir), dist_info
         self.fd: int | None = None  # rank 0's descriptor of the lock file
         self.held = False
+        self.made: list[Path] = []  # the lock file and folders it made, removed again when no run was written
 
     def __enter__(self) -> "RunDirLock":
         refuse_a_file(self.workdir)
@@ -64,6 +65,7 @@ class RunDirLock:
         refusal = None
         if self.dist_info.is_main:
             try:
+                self.made = [p for p in (self.workdir / LOCK_NAME, self.workdir) if not p.exists()]
                 self.fd = _lock(self.workdir)
             except UserError as err:  # refused, or the directory cannot be written
                 refusal = str(err)
@@ -72,11 +74,20 @@ class RunDirLock:
             raise UserError(refusal)
         self.held = True
 
+    def keep(self) -> None:
+        """The run is accepted and writes its files: the lock file stays with them."""
+        self.made = []
+
     def release(self) -> None:
         if self.fd is not None:
+            for path in self.made:  # the run was refused before it was written: leave no trace of it
+                try:
+                    path.unlink() if path.name == LOCK_NAME else path.rmdir()
+                except OSError:
+                    pass  # a folder something else was written into is kept
             _held_fds.discard(self.fd)
             os.close(self.fd)  # closing the last descriptor releases the flock
-        self.fd, self.held = None, False
+        self.fd, self.held, self.made = None, False, []
 
 
 def _lock(workdir: Path) -> int:
@@ -143,7 +154,45 @@ def resume_point(workdir: Path, resume: bool) -> Path | None:
     if not resume and last.exists():
         raise UserError(f"{workdir} already holds a run (checkpoints/last.pt); continue it with --resume {workdir} "
                         "or choose another --out")
+    if not resume:
+        refuse_others_files(workdir)
     return last if resume and last.is_file() else None
+
+
+def refuse_others_files(workdir: Path) -> None:
+    """A new run goes in a new folder, an empty one, or one where a run was started and stopped before
+    its first checkpoint. A folder of anything else (`--out .`, a project folder, the data itself) is
+    refused before a byte is written: the run's config.yaml, summary.json and eval/ would replace
+    files of the same names there, and its checkpoints would sit among the user's own files."""
+    if not workdir.is_dir():
+        return
+    names = sorted(name for name in os.listdir(workdir)
+                   if name not in (LOCK_NAME, "auto_recipe.json") and not TEMPORARY.fullmatch(name))
+    if not names or _a_run_was_started(workdir):
+        return
+    shown = ", ".join(f"{n}/" if (workdir / n).is_dir() else n for n in names[:3]) + (" ..." if len(names) > 3 else "")
+    raise UserError(f"--out {workdir} already holds other files ({shown}) and no run; give a new or empty folder")
+
+
+def _a_run_was_started(workdir: Path) -> bool:
+    """config.yaml there is one a training wrote (a run stopped before its first checkpoint, which
+    starts again), not a file of the user's that happens to have the name."""
+    try:
+        return saved_config(workdir) is not None
+    except UserError:
+        return False
+
+
+def refuse_out_in_data(workdir, data_root, dataset: str = "folder") -> None:
+    """--out inside the data folder: a later survey of the data would read the run folder as a class
+    (or its images as images of one). Refused for a new run before anything is written."""
+    if dataset == "synthetic" or data_root is None or not Path(data_root).expanduser().is_dir():
+        return
+    out, data = Path(workdir).expanduser().resolve(), Path(data_root).expanduser().resolve()
+    if out == data or data in out.parents:
+        where = "is the data folder" if out == data else f"is inside the data folder {data_root}"
+        raise UserError(f"--out {workdir} {where}; the run's files would be read as data next time: put the run "
+                        "outside it")
 
 
 def tidy_for_start(workdir: Path, step: int, last_ckpt: Checkpoint | None) -> list[str]:

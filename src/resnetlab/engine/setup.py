@@ -26,7 +26,7 @@ from .finetune import apply_freezing, load_init_weights, param_groups
 from .logger import RunLogger
 from .preflight import check_resumed_data, preflight
 from .records import LoopState
-from .rundir import RunDirLock, resume_point, tidy_for_start
+from .rundir import RunDirLock, refuse_out_in_data, resume_point, tidy_for_start
 from .runtime import Runtime, compile_model, make_grad_scaler, prepare_model
 from .schedules import create_learning_rate_fn, total_steps
 from .state import check_steps_left, restore_checkpoint
@@ -152,6 +152,7 @@ def write_workdir(workdir: Path, cfg: Config, bundle, is_main: bool, lock: RunDi
     no directory behind and a refused --resume leaves the run's config.yaml as it was (config.yaml
     is what every later --resume starts from). Every process calls it, rank 0 writes."""
     lock.acquire()
+    lock.keep()
     if is_main:
         with storage_errors(workdir / "checkpoints"):
             (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -181,10 +182,12 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
 
     cfg, workdir, resume, dist_info, rt = request.cfg, request.workdir, request.resume, request.dist_info, request.rt
     check_config(cfg)
+    if not resume:  # an --out the run cannot use is refused before minutes of data
+        refuse_out_in_data(workdir, cfg.data.root, cfg.data.dataset)
+    start_from = resume_point(workdir, resume)
     torch.manual_seed(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     check_stop_target(cfg.train.stop_at_val_top1, bundle)
-    start_from = resume_point(workdir, resume)
     if start_from is not None:  # a resumed run's data must be the data it trained on
         check_resumed_data(workdir, bundle)
     say = print if dist_info.is_main else (lambda *a: None)
