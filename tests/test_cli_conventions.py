@@ -146,6 +146,46 @@ def test_resume_refuses_a_new_batch_size_or_data(tiny_run, capsys, argv, change)
     assert (run / "config.yaml").read_text() == before
 
 
+@pytest.mark.parametrize("argv, change, why", [
+    (["--seed", "5"], "train.seed: 0 -> 5", "the shuffle and the validation hold-out follow from the seed"),
+    (["--set", "finetune.freeze_bn=true"], "finetune.freeze_bn: False -> True",
+     "the network and what of it trains come from the run's checkpoint"),
+])
+def test_resume_refuses_a_new_seed_or_fine_tuning(tiny_run, capsys, argv, change, why):
+    _, run = tiny_run
+    before = (run / "config.yaml").read_text()
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--max-steps", "6", *argv)
+    assert code == 2 and err.splitlines() == [
+        f"resnetlab train: error: --resume {run} cannot change {change}: {why}, so the run would not continue exactly; "
+        f"start a new run from its weights instead (--init {run} --out NEW_RUN)"]
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_resume_refuses_another_model_and_init(tiny_run, capsys):
+    _, run = tiny_run
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--model", "resnet20")
+    assert code == 2 and err.splitlines() == [
+        f"resnetlab train: error: --resume {run} cannot change model.name: 'resnet8' -> 'resnet20': the network and "
+        "what of it trains come from the run's checkpoint, so the run would not continue exactly; start a new run "
+        "(--out NEW_RUN)"]
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--init", str(run))
+    assert code == 2 and err.splitlines() == [
+        f"resnetlab train: error: --resume continues from the run's own checkpoint; drop --init {run} (to start a new "
+        f"run from those weights: --init {run} --out NEW_RUN)"]
+
+
+def test_resume_with_other_values_says_they_apply_from_here(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[1], run)
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--max-steps", "5", "--set", "optim.momentum=0.5",
+                           "--workers", "0")
+    assert code == 0 and [line for line in err.splitlines() if "warning" in line] == [
+        "resnetlab train: warning: --resume with a new schedule (schedule.max_steps: 4 -> 5): the schedule is "
+        "recomputed from the current step and with new values (optim.momentum: 0.9 -> 0.5): they apply from the "
+        "current step on, so the run is no longer the one an uninterrupted run would be"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt").training.step == 5
+
+
 def test_resume_with_a_new_schedule_says_so_and_continues(tiny_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run[1], run)

@@ -58,7 +58,10 @@ def build_config(args):
     if args.resume:
         if args.recipe is not None:  # `--recipe ""` too: a recipe given with --resume is never silently ignored
             raise UserError("--resume continues a run with its own config; drop --recipe (use --set to change values)")
-        from resnetlab.engine.rundir import same_path
+        if args.init is not None:
+            raise UserError(f"--resume continues from the run's own checkpoint; drop --init {args.init} (to start a new "
+                            f"run from those weights: --init {args.init} --out NEW_RUN)")
+        from resnetlab.engine.resume_changes import same_path
 
         if not Path(args.resume).is_dir():
             raise UserError(f"--resume {args.resume}: no such directory; give the run directory a training wrote")
@@ -121,7 +124,8 @@ def flag_value(key: str, value):
 def existing_run(cfg, out) -> bool:
     """--resume-if-exists: True when `out` holds a run of this very config (a rerun of the same
     command); a run of another config there is refused rather than continued or overwritten."""
-    from resnetlab.engine.rundir import config_differences, saved_config
+    from resnetlab.engine.resume_changes import config_differences
+    from resnetlab.engine.rundir import saved_config
 
     saved = saved_config(out)
     if saved is None:
@@ -136,7 +140,8 @@ def existing_run(cfg, out) -> bool:
 def check_resume_changes(cfg, out) -> str | None:
     """--resume with other values: data and batch size refused here; a new schedule is the returned
     line, to be warned only once the run has accepted it (a refused --resume says only why)."""
-    from resnetlab.engine.rundir import resume_changes, saved_config
+    from resnetlab.engine.resume_changes import resume_changes
+    from resnetlab.engine.rundir import saved_config
 
     return resume_changes(saved_config(out), cfg, out)
 

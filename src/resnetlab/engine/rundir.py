@@ -21,7 +21,7 @@ import os
 import socket
 from pathlib import Path
 
-from resnetlab.config import Config, config_to_dict, load_config
+from resnetlab.config import Config, load_config
 from resnetlab.errors import UserError
 from resnetlab.files import TEMPORARY, make_folder, remove_stale_temporaries, storage_errors, write_text_atomic
 
@@ -249,49 +249,7 @@ def saved_config(workdir: Path) -> Config | None:
     return load_config(str(path)) if path.is_file() else None
 
 
-def config_differences(saved: Config, wanted: Config) -> list[str]:
-    """'key: saved -> wanted' for every config value that differs (dotted keys)."""
-    def flat(tree, prefix=""):
-        for key, value in tree.items():
-            if isinstance(value, dict) and value:
-                yield from flat(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    a, b = dict(flat(config_to_dict(saved))), dict(flat(config_to_dict(wanted)))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-
-
-def resume_changes(saved: Config, wanted: Config, run: str) -> str | None:
-    """What `--resume` may change. The position in the data (epoch, batch within it, the shuffle)
-    follows from the batch size and the data, so changing those cannot continue exactly and is
-    refused; the schedule and the base lr are functions of the step, recomputed from the current
-    one: returns the one-line warning that says so (None when neither changes)."""
-    changed = config_differences(saved, wanted)
-
-    def key(difference: str) -> str:
-        return difference.split(":", 1)[0]
-
-    # a moved data folder is the same data when its record (RUN/data.json) says so: checked once it is built
-    moved = same_path(saved.data.root, wanted.data.root) or (Path(run) / "data.json").is_file()
-    refused = [d for d in changed if key(d) == "optim.batch_size" or key(d).startswith("data.")
-               and not (key(d) == "data.root" and moved)]
-    if refused:
-        raise UserError(f"--resume {run} cannot change {'; '.join(refused)}: the position in the data depends on "
-                        f"it, so the run would not continue exactly; start a new run from its weights instead "
-                        f"(--init {run} --out NEW_RUN)")
-    schedule = [d for d in changed if key(d).startswith("schedule.") or key(d) == "optim.lr"]
-    if schedule:
-        return f"--resume with a new schedule ({'; '.join(schedule)}): the schedule is recomputed from the current step"
-    return None
-
-
 def refuse_a_file(workdir) -> None:
     """--out must be a run directory (or not exist yet), not a file."""
     if Path(workdir).exists() and not Path(workdir).is_dir():
         raise UserError(f"{workdir} is a file, not a run directory; choose another --out")
-
-
-def same_path(a, b) -> bool:
-    """Runs saved before data.root was stored absolute hold a relative one."""
-    return a is not None and b is not None and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
