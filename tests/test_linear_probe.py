@@ -2,6 +2,8 @@
 runs that change only what they should; a probe's run folder resumed, refused and evaluated like a
 training run's."""
 import json
+import os
+import signal
 import shutil
 
 import numpy as np
@@ -163,6 +165,27 @@ def test_an_interrupted_linear_probe_resumes_to_the_same_fit(pretrained, tmp_pat
     (run / "checkpoints" / "best.pt").unlink()
     resumed = train_and_evaluate(probe(pretrained), run, resume=True)
     assert same_weights(run / "checkpoints" / "best.pt", tmp_path / "whole") and resumed.penalty > 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_a_linear_probe_in_one_line_and_it_resumes(pretrained, tmp_path, monkeypatch, capsys,
+                                                                           signum):
+    """SIGTERM killed a probe with no word (the default action) and Ctrl-C was a bare 'interrupted'."""
+    save_config(probe(pretrained), tmp_path / "probe.yaml")
+    run, fit = tmp_path / "probe", linear_probe.fit_logistic
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        return fit(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(linear_probe, "fit_logistic", signalled)
+        assert main(["train", "--recipe", str(tmp_path / "probe.yaml"), "--out", str(run)]) == 128 + signum
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"resnetlab train: stopped by {signal.Signals(signum).name} at step 0; no checkpoint yet, so nothing was lost. "
+        f"Continue with: resnetlab train --resume {run}")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and not (run / "summary.json").exists()
+    assert main(["train", "--resume", str(run)]) == 0 and (run / "summary.json").is_file()
 
 
 def test_a_training_run_is_not_resumed_as_a_linear_probe(pretrained, tmp_path):

@@ -78,7 +78,9 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
     if cfg.finetune.linear_probe:
         from .linear_probe import train_linear_probe
 
-        return train_linear_probe(cfg, workdir, stream, resume=resume)
+        with StopOnSignal() as stop:  # a probe has no steps to finish: a signal stops it where it lands
+            stop.at_once(0, None)  # (its --resume fits it again from the start, the same fit)
+            return train_linear_probe(cfg, workdir, stream, resume=resume)
     dist_info = dist_info_from_env()
     rt = make_runtime(cfg.train, dist_info.local_rank)
     init_distributed(dist_info, rt.device)
