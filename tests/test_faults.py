@@ -189,6 +189,27 @@ def test_a_full_disk_at_the_start_is_one_line(tmp_path, recipe, monkeypatch, cap
                                       "device); nothing was written there. Free some space, then start the run again")
 
 
+@pytest.mark.parametrize("fmt", ["torchscript", "safetensors"])
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, reference, monkeypatch, capsys, fmt):
+    """torch's C++ TorchScript writer aborted the whole process on a full disk (exit 134, a core
+    message) and left its temporary file; the bytes are now serialised first and written by Python."""
+    with small_disk(tmp_path / "disk", 64 * 1024) as disk:
+        if disk is not None:
+            with pytest.raises(OSError), open(disk / "filler", "wb") as filler:
+                while True:
+                    filler.write(b"\0" * 4096)
+                    filler.flush()
+        else:
+            def full(path, *args, **kwargs):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            monkeypatch.setattr(resnetlab.files, "open", full, raising=False)
+        out = tmp_path / "disk" / f"model.{'pt' if fmt == 'torchscript' else fmt}"
+        assert main(["export", str(reference), "--format", fmt, "--out", str(out)]) == 2
+        assert error_line(capsys) == (f"resnetlab export: error: could not write {out} (No space left on device); "
+                                      "nothing was written there")
+        assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == (["filler"] if disk is not None else [])
+
+
 def test_a_full_disk_during_a_checkpoint_keeps_the_old_one_and_the_run_resumes(tmp_path, recipe, reference,
                                                                                monkeypatch, capsys):
     """Room for last.pt and best.pt of step 4 and a few small files, not for the last.pt of step 8."""

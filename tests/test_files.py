@@ -1,7 +1,11 @@
 """atomic_write: the target holds the old bytes or the new ones, never a mix, and no temp files linger."""
+import builtins
+import errno
+
 import pytest
 
-from resnetlab.files import StorageError, atomic_path, atomic_write, check_writable, write_text_atomic
+import resnetlab.files
+from resnetlab.files import StorageError, atomic_path, atomic_write, check_writable, write_files_atomic, write_text_atomic
 
 
 def test_writes_bytes_and_text(tmp_path):
@@ -21,6 +25,23 @@ def test_an_error_midway_keeps_the_old_file_and_removes_the_temporary(tmp_path):
             f.write("half of the new")
             raise KeyboardInterrupt  # Ctrl-C while writing
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_files_written_together_are_all_new_or_all_old(tmp_path, monkeypatch):
+    """embed's FILE.npy and FILE.names.txt: a full disk at the second left a new .npy beside old names."""
+    write_files_atomic({tmp_path / "e.npy": b"new array", tmp_path / "e.names.txt": b"new names"})
+    assert (tmp_path / "e.npy").read_bytes() == b"new array" and (tmp_path / "e.names.txt").read_bytes() == b"new names"
+
+    def full_at_names(path, *args, **kwargs):
+        if "names" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(resnetlab.files, "open", full_at_names, raising=False)
+    with pytest.raises(StorageError, match=r"e\.names\.txt \(No space left on device\); the previous e\.names\.txt is intact"):
+        write_files_atomic({tmp_path / "e.npy": b"newer array", tmp_path / "e.names.txt": b"newer names"})
+    assert (tmp_path / "e.npy").read_bytes() == b"new array" and (tmp_path / "e.names.txt").read_bytes() == b"new names"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.names.txt", "e.npy"]
 
 
 def test_only_whole_file_modes(tmp_path):

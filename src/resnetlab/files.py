@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from resnetlab.errors import UserError
@@ -94,6 +94,18 @@ def atomic_write(path, mode: str = "wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+def write_files_atomic(contents: dict) -> None:
+    """Files that belong together ({path: bytes}, e.g. embeddings and their names): every one is
+    written to its temporary file before any is renamed into place, so a full disk half-way keeps
+    all the earlier files as they were instead of a new one beside an old one that no longer fits it."""
+    with ExitStack() as pending:  # leaving it renames them, in reverse order; an error removes every one
+        for path, data in contents.items():
+            with open(pending.enter_context(atomic_path(path)), "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def check_writable(path) -> None:

@@ -6,6 +6,7 @@ the metadata key "names" -- so rows are never separated from the files they desc
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from resnetlab.errors import UserError
-from resnetlab.files import atomic_write, check_writable, write_text_atomic
+from resnetlab.files import atomic_write, check_writable, write_files_atomic
 
 from .predictor import Predictor
 
@@ -53,9 +54,9 @@ def save_embeddings(out, names: list[str], emb: np.ndarray, metadata: dict | Non
     if any("\n" in n for n in names):
         raise UserError("a file name contains a newline; write .safetensors (names as JSON) instead of .npy")
     if len(paths) == 2:
-        with atomic_write(paths[0]) as f:
-            np.save(f, emb)
-        write_text_atomic(paths[1], "".join(n + "\n" for n in names))
+        array = io.BytesIO()
+        np.save(array, emb)
+        write_files_atomic({paths[0]: array.getvalue(), paths[1]: "".join(n + "\n" for n in names).encode()})
         return [str(p) for p in paths]
     from safetensors.numpy import save
 

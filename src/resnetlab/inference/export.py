@@ -20,6 +20,7 @@ The export check reads it back from the written file.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from resnetlab.errors import UserError
-from resnetlab.files import atomic_path, check_writable
+from resnetlab.files import atomic_path, atomic_write, check_writable
 
 if TYPE_CHECKING:
     from resnetlab.engine.records import Artifact
@@ -127,8 +128,10 @@ def write(module: ImagesToLogits, artifact: Artifact, fmt: str, out: Path, dynam
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # still supported in torch 2.13, just discouraged
             traced = torch.jit.trace(module, example)
-        with atomic_path(out) as tmp:
-            traced.save(str(tmp), _extra_files={TORCHSCRIPT_META: json.dumps(metadata(artifact))})
+            serialized = io.BytesIO()  # torch's C++ writer aborts the process on a full disk; Python's writes say so
+            torch.jit.save(traced, serialized, _extra_files={TORCHSCRIPT_META: json.dumps(metadata(artifact))})
+        with atomic_write(out) as f:
+            f.write(serialized.getvalue())
     else:
         _write_onnx(module, example, out, dynamic_batch, metadata(artifact))
 
