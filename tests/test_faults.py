@@ -172,8 +172,11 @@ def small_disk(path, size: int):
         subprocess.run(["umount", "-l", str(path)], check=True)
 
 
-def test_a_full_disk_at_the_start_is_one_line(tmp_path, recipe, monkeypatch, capsys):
-    with small_disk(tmp_path / "disk", 64 * 1024) as disk:
+@contextmanager
+def full_disk(path, monkeypatch):
+    """A full 64 KiB tmpfs at `path` (holding the file "filler"), or where none can be mounted, an
+    ordinary folder whose writes through resnetlab.files fail with ENOSPC; yields the tmpfs or None."""
+    with small_disk(path, 64 * 1024) as disk:
         if disk is not None:
             with pytest.raises(OSError), open(disk / "filler", "wb") as filler:
                 while True:  # fill it up
@@ -183,6 +186,11 @@ def test_a_full_disk_at_the_start_is_one_line(tmp_path, recipe, monkeypatch, cap
             def full(path, *args, **kwargs):
                 raise OSError(errno.ENOSPC, "No space left on device")
             monkeypatch.setattr(resnetlab.files, "open", full, raising=False)
+        yield disk
+
+
+def test_a_full_disk_at_the_start_is_one_line(tmp_path, recipe, monkeypatch, capsys):
+    with full_disk(tmp_path / "disk", monkeypatch):
         run = tmp_path / "disk" / "run"
         assert main(["train", "--recipe", recipe, "--out", str(run)]) == 2
         assert error_line(capsys) == (f"resnetlab train: error: could not write {run / 'config.yaml'} (No space left on "
@@ -193,16 +201,7 @@ def test_a_full_disk_at_the_start_is_one_line(tmp_path, recipe, monkeypatch, cap
 def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, reference, monkeypatch, capsys, fmt):
     """torch's C++ TorchScript writer aborted the whole process on a full disk (exit 134, a core
     message) and left its temporary file; the bytes are now serialised first and written by Python."""
-    with small_disk(tmp_path / "disk", 64 * 1024) as disk:
-        if disk is not None:
-            with pytest.raises(OSError), open(disk / "filler", "wb") as filler:
-                while True:
-                    filler.write(b"\0" * 4096)
-                    filler.flush()
-        else:
-            def full(path, *args, **kwargs):
-                raise OSError(errno.ENOSPC, "No space left on device")
-            monkeypatch.setattr(resnetlab.files, "open", full, raising=False)
+    with full_disk(tmp_path / "disk", monkeypatch) as disk:
         out = tmp_path / "disk" / f"model.{'pt' if fmt == 'torchscript' else fmt}"
         assert main(["export", str(reference), "--format", fmt, "--out", str(out)]) == 2
         assert error_line(capsys) == (f"resnetlab export: error: could not write {out} (No space left on device); "
