@@ -213,3 +213,14 @@ def test_batch_size_zero_is_refused_not_taken_as_the_default(command, capsys):
         cli.main([*command, "--batch-size", "0"])
     err = capsys.readouterr().err
     assert code.value.code == 2 and "argument --batch-size: must be at least 1, got 0" in err and err.count("\n") == 1
+
+
+def test_the_cifar_download_hint_is_each_commands_own_option(tmp_path, capsys):
+    """`train` has no --download flag: its hint is the config key through --set; `data` has the flag."""
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "train", "--recipe", "cifar10_resnet20", "--data", str(tmp_path / "empty"),
+                           "--out", str(tmp_path / "run"))
+    assert code == 2 and err.endswith("place the archive there or pass --set data.download=true\n")
+    code, _, err = run_cli(capsys, "data", str(tmp_path / "empty"), "--dataset", "cifar10")
+    assert code == 2 and err.endswith("place the archive there or pass --download\n")
+    assert not (tmp_path / "run").exists()

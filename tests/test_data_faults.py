@@ -31,7 +31,7 @@ def test_train_names_the_bad_file_or_skips_and_counts_then_predict_lists_it(fold
     assert _train(folder, tmp_path / "refused") == 2
     err = capsys.readouterr().err
     assert err == (f"resnetlab train: error: {folder}/train/ant/gone.png: dangling symbolic link (to {tmp_path}/deleted.png, "
-                   "which does not exist); remove it or set data.skip_bad=true to skip bad files with a count\n")
+                   "which does not exist); remove it or pass --set data.skip_bad=true to skip bad files with a count\n")
     (folder / "train" / "ant" / "gone.png").unlink()
     assert _train(folder, tmp_path / "refused2") == 2
     assert capsys.readouterr().err.startswith(f"resnetlab train: error: {folder}/train/bee/huge.png: refused as a "
@@ -53,6 +53,29 @@ def test_train_names_the_bad_file_or_skips_and_counts_then_predict_lists_it(fold
         f"(Image size (400000000 pixels) exceeds limit of {2 * Image.MAX_IMAGE_PIXELS} pixels, could be decompression "
         "bomb DOS attack)",
         f"resnetlab predict: warning: skipped {folder}/train/ant/gone.png: no such file (a dangling symbolic link)"]
+
+
+def test_each_command_names_its_own_option_for_skipping_bad_files_and_eval_skips_them(folder, tmp_path, capsys):
+    """`data` and `eval` have no --set: their hint was "set data.skip_bad=true", which neither takes."""
+    assert main(["data", str(folder), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert capsys.readouterr().err == (f"resnetlab data: error: {folder}/train/ant/gone.png: dangling symbolic link (to "
+                                       f"{tmp_path}/deleted.png, which does not exist); remove it or pass --skip-bad to "
+                                       "skip bad files with a count\n")
+    (folder / "train" / "ant" / "gone.png").unlink()
+    (folder / "train" / "bee" / "huge.png").unlink()
+    assert _train(folder, tmp_path / "run") == 0
+    (folder / "test" / "ant").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (16, 16), (0, 50 * i, 0)).save(folder / "test" / "ant" / f"{i}.png")
+    capsys.readouterr()
+    (folder / "test" / "ant" / "3.png").write_text("not an image")
+    evaluate = ["eval", str(tmp_path / "run"), "--data", str(folder / "test"), "--device", "cpu", "--json"]
+    assert main(evaluate) == 2
+    assert capsys.readouterr().err == (f"resnetlab eval: error: {folder}/test/ant/3.png: not an image Pillow can read; "
+                                       "remove it or pass --skip-bad to skip bad files with a count\n")
+    assert main(evaluate + ["--skip-bad"]) == 0
+    out, err = capsys.readouterr()
+    assert '"n": 3' in out and "skipped 1 unreadable file (ant/3.png)" in err
 
 
 def test_skip_bad_on_photos_lists_and_counts_the_unreadable_files_before_training(tmp_path, capsys):

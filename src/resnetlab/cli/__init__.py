@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 import warnings
 
@@ -89,7 +90,7 @@ def run_command(args) -> int:
             pass
         return 141
     except UserError as err:
-        print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
+        print(f"resnetlab {args.command}: error: {in_options_of(args.command, str(err))}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno != errno.ENAMETOOLONG:  # the one OSError that is always the user's input, wherever it shows
@@ -99,6 +100,24 @@ def run_command(args) -> int:
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+# The library's hints name config keys, which is right in a recipe and from Python; each command
+# says them as its own options (train and experiment take any key with --set).
+OPTION_HINTS = {
+    "data": [(r"\bset data\.skip_bad=true", "pass --skip-bad"), (r"\bset data\.val_size=0\b", "pass --val-size 0"),
+             (r"\bset data\.val_size below", "pass a --val-size below"),
+             (r"\bsuch as data\.val_size=", "such as --val-size ")],
+    "eval": [(r"\bset data\.skip_bad=true", "pass --skip-bad")],
+    "train": [(r"\bset (data\.\w+=)", r"pass --set \1"), (r"\bpass --download\b", "pass --set data.download=true")],
+}
+OPTION_HINTS["experiment"] = OPTION_HINTS["train"]
+
+
+def in_options_of(command: str, message: str) -> str:
+    for hint, option in OPTION_HINTS.get(command, []):
+        message = re.sub(hint, option, message)
+    return message
 
 
 def name_too_long(path) -> str:

@@ -23,6 +23,8 @@ def add_arguments(parser):
     parser.add_argument("--precision", choices=AUTO_INFERENCE_PRECISIONS,
                         help=f"default: the run's own; {INFERENCE_AUTO}; an explicit precision runs eagerly as in training; int8: quantized on the CPU, calibrated on 256 training images")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (counted in a warning) "
+                        "instead of stopping at the first")
     parser.add_argument("--out", metavar="DIR", help="folder for confusion.csv/.png and per_class.csv (default: "
                         "RUN/eval/CKPT-SPLIT-PROTOCOL/ for a run's checkpoint, else a new folder under runs/eval/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (per-class numbers included)")
@@ -37,7 +39,8 @@ def run(args):
     if args.out:  # a folder asked for by name that cannot take the files: say so before evaluating
         check_writable(Path(args.out) / "confusion.csv")
     report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.protocol, args.device,
-                                 args.precision, args.batch_size, args.workers, fast_path=prepare_inference)
+                                 args.precision, args.batch_size, args.workers, fast_path=prepare_inference,
+                                 skip_bad=args.skip_bad)
     matrix = report.pop("confusion")  # in the CSV; a 1000-class matrix is too much for one JSON line
     report["files"] = [str(p) for p in write_files_or_warn(report, matrix, args.out)]
     if args.json:

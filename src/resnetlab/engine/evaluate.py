@@ -117,7 +117,7 @@ def evaluate_split(scored: EvalModel, dataset, data_cfg, spec, protocol: str = "
 
 def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
                         device: str = "auto", precision: str | None = None, batch_size: int | None = None,
-                        workers: int = 0, fast_path=None) -> dict:
+                        workers: int = 0, fast_path=None, skip_bad: bool = False) -> dict:
     """Accuracy of a checkpoint (or a run directory's best.pt, or published weights by name) on one
     split of its dataset.
 
@@ -129,6 +129,7 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     (engine/confusion.py) and "confusion" (rows = true class, columns = prediction) as lists.
     fast_path: inference.fastpath.prepare_inference (passed in by the CLI: engine comes before
     inference), used when the precision is auto; an explicit one runs eagerly as asked.
+    skip_bad: leave out unreadable images (with a warning that counts them) instead of refusing.
     """
     from dataclasses import asdict
 
@@ -146,6 +147,10 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         raise UserError(f"unknown split {split!r}; choose test or val")
     artifact, path = load_source(checkpoint)
     model, normalizer, classes, cfg = model_from_checkpoint(artifact)
+    if skip_bad:
+        from resnetlab.config import apply_overrides
+
+        cfg = apply_overrides(cfg, [("data.skip_bad", True)])
     dataset, train = eval_data(cfg, data, split, run_dir_of(path))
     # by name; ImageNet folders may be named by WordNet id (published weights carry both)
     dataset = match_classes(dataset, classes, f"the data at {data or cfg.data.root}", artifact.class_ids)
