@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from PIL import Image
 from realdata import CIFAR10_JPEG
 
 from resnetlab.cli import main
@@ -196,14 +197,25 @@ def test_a_torchscript_export_or_a_plain_pickle_given_as_weights_is_one_line_wit
     assert "weights_only" not in err and "corrupt" not in err and len(err.splitlines()) == 2
 
 
-def test_cli_says_when_none_of_the_images_given_could_be_read(ckpt_path, tmp_path, capsys):
+def test_cli_names_unreadable_images_on_stderr_and_exports_nothing_when_none_reads(ckpt_path, tmp_path, capsys):
+    """They were one count on stdout ("no real images checked"), and the export was written unchecked."""
     for name in ("a.jpg", "b.jpg"):
         (tmp_path / name).write_text("not an image")
-    for images, why in (([tmp_path / "a.jpg"], "the image file given could not be read"),
-                        ([tmp_path / "a.jpg", tmp_path / "b.jpg"], "none of the 2 image files given could be read")):
-        assert main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
-                     "--images", *map(str, images)]) == 0
-        assert capsys.readouterr().out.splitlines()[-1] == f"  (no real images checked: {why})"
+    out = tmp_path / "m.pt"
+    for images, what in (([tmp_path / "a.jpg"], "the image given could not be read"),
+                         ([tmp_path / "a.jpg", tmp_path / "b.jpg"], "none of the 2 images could be read")):
+        assert main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(out),
+                     "--images", *map(str, images)]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            *(f"resnetlab export: warning: skipped {p}: not an image Pillow can read" for p in images),
+            f"resnetlab export: error: {what}; nothing was exported"]
+        assert not out.exists()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "c.png")
+    assert main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(out), "--images",
+                 str(tmp_path / "a.jpg"), str(tmp_path / "c.png")]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == f"resnetlab export: warning: skipped {tmp_path / 'a.jpg'}: not an image Pillow can read\n"
+    assert "checked against PyTorch on 1 real image: max abs diff" in printed.out and out.is_file()
 
 
 def test_a_failed_check_is_said_on_stderr_and_keeps_stdout_clean(ckpt_path, tmp_path, capsys, monkeypatch):

@@ -41,14 +41,20 @@ def real_batch(artifact, inputs):
     """uint8 (N, 3, S, S): the images preprocessed exactly as predict does (centre view)."""
     import torch
 
-    from resnetlab.inference.predictor import Predictor, collect_images
+    from resnetlab.inference.predictor import Predictor, collect_images, failures
+
+    from .predict import report_failed
 
     paths = collect_images(inputs) if inputs else default_images(artifact)
     if not paths:
         return None, 0
     predictor = Predictor.from_checkpoint(artifact, device="cpu", precision="fp32", fuse=False, channels_last="false")
     views = [v[0] for v, _ in predictor.batches(paths)]
-    return (torch.cat(views) if views else None), len(predictor.failed)
+    real = torch.cat(views) if views else None
+    # each unreadable file named on stderr; images the user gave of which none reads: no check, so no export
+    report_failed("export", failures(predictor), len(paths), 0 if real is None and inputs else len(paths),
+                  "; nothing was exported")
+    return real, len(predictor.failed)
 
 
 def run(args):
@@ -79,8 +85,8 @@ def run(args):
     print(f"  metadata read back from the file: {meta['num_classes']} classes ({names}); shorter side to "
           f"{pre['resize']}, centre crop {pre['crop']}, RGB 0..255")
     if real is None and args.format != "safetensors":
-        why = ("pass --images IMAGE_OR_FOLDER" if not bad else "the image file given could not be read" if bad == 1
-               else f"none of the {bad} image files given could be read")
+        why = ("pass --images IMAGE_OR_FOLDER" if not bad else  # else the run's own test images, named on stderr
+               f"the run's {count(bad, 'test image')} could not be read")
         print(f"  (no real images checked: {why})")
     elif bad:
         print(f"  ({count(bad, 'unreadable image file')} skipped)")

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, count
 from resnetlab.files import atomic_path, atomic_write, check_writable
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def check_inputs(artifact: Artifact, dynamic_batch: bool, real: torch.Tensor | N
     if dynamic_batch:
         inputs["random batch 5"] = torch.randint(0, 256, (5, 3, size, size), generator=gen).float()
     if real is not None and len(real):
-        inputs[f"{len(real)} real images"] = real.float()
+        inputs[f"{count(len(real), 'real image')}"] = real.float()
     return inputs
 
 
