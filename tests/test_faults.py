@@ -249,7 +249,7 @@ def test_sigterm_while_the_data_is_built_stops_before_the_first_step(tmp_path, r
     monkeypatch.setattr(resnetlab.data, "build_data", build_then_sigterm)
     assert main(["train", "--recipe", recipe, "--out", str(run)]) == 143
     assert (f"resnetlab train: stopped by SIGTERM at step 0; no checkpoint yet, so nothing was lost. "
-            f"Continue with: resnetlab train --resume {run}") in capsys.readouterr().out
+            f"Continue with: resnetlab train --resume {run}") in capsys.readouterr().err
     assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints" / "last.pt").exists()
     monkeypatch.undo()
     assert main(["train", "--resume", str(run)]) == 0  # config.yaml, no checkpoint: starts at step 0
@@ -265,7 +265,7 @@ def test_ctrl_c_during_the_final_test_stops_with_130_and_keeps_the_run(tmp_path,
 
     monkeypatch.setattr(engine_train, "final_test", ctrl_c_then_test)
     assert main(["train", "--recipe", recipe, "--out", str(run)]) == 130
-    assert f"stopped by SIGINT at step 12; checkpoint saved to {run / 'checkpoints' / 'last.pt'}" in capsys.readouterr().out
+    assert f"stopped by SIGINT at step 12; checkpoint saved to {run / 'checkpoints' / 'last.pt'}" in capsys.readouterr().err
     assert not (run / "summary.json").exists() and load_checkpoint(run / "checkpoints" / "last.pt").training.step == 12
     monkeypatch.undo()
     assert main(["train", "--resume", str(run)]) == 0  # no step left: the final test, then summary.json

@@ -181,7 +181,7 @@ def test_sigterm_or_ctrl_c_stops_a_linear_probe_in_one_line_and_it_resumes(pretr
     with monkeypatch.context() as patch:
         patch.setattr(linear_probe, "fit_logistic", signalled)
         assert main(["train", "--recipe", str(tmp_path / "probe.yaml"), "--out", str(run)]) == 128 + signum
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    assert capsys.readouterr().err.splitlines()[-1] == (
         f"resnetlab train: stopped by {signal.Signals(signum).name} at step 0; no checkpoint yet, so nothing was lost. "
         f"Continue with: resnetlab train --resume {run}")
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and not (run / "summary.json").exists()

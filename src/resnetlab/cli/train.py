@@ -2,6 +2,7 @@ HELP = ("Train a ResNet from a recipe, or from one chosen for the data when --re
         "(or continue a run with --resume).")
 
 import json
+import sys
 from pathlib import Path
 
 from resnetlab.config import apply_overrides, config_to_yaml, list_recipes, load_config, parse_override
@@ -200,7 +201,7 @@ def train(args) -> int:
         summary = train_and_evaluate(cfg, out, resume=resume, resume_note=note)
     except TrainingInterrupted as stop:
         if dist_info_from_env().is_main:
-            print(f"resnetlab train: {stop}. Continue with: resnetlab train --resume {out}", flush=True)
+            print(f"resnetlab train: {stop}. Continue with: resnetlab train --resume {out}", file=sys.stderr, flush=True)
         return stop.exit_code
     if dist_info_from_env().is_main:
         print(json.dumps(summary.to_dict(), indent=1))
