@@ -103,6 +103,17 @@ def test_eval_prints_per_class_and_writes_into_the_run(run_dir, capsys):
     assert "accuracy=recall  precision" in out and "class3" in out and str(run_dir / "eval" / "best-val-center") in out
 
 
+def test_eval_at_another_precision_keeps_the_runs_own_files(run_dir, capsys):
+    """`eval RUN --precision fp32` after `eval RUN` wrote over the same RUN/eval/best-test-center/."""
+    files = {}
+    for precision in (None, "fp32"):
+        assert main(["eval", str(run_dir), "--json"] + (["--precision", precision] if precision else [])) == 0
+        files[precision] = json.loads(capsys.readouterr().out)["files"]
+    assert files[None][0] == str(run_dir / "eval" / "best-test-center" / "confusion.csv")
+    assert files["fp32"][0] == str(run_dir / "eval" / "best-test-center-fp32" / "confusion.csv")
+    assert all(Path(f).is_file() for f in files[None] + files["fp32"])
+
+
 def test_eval_of_a_lone_checkpoint_never_overwrites_and_bad_out_is_one_line(run_dir, tmp_path, monkeypatch, capsys):
     lone = tmp_path / "weights.pt"
     lone.write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes())
@@ -151,6 +162,7 @@ def test_eval_on_another_folder_than_the_runs_own_gets_its_own_folder(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("")
     best = run / "checkpoints" / "best.pt"
-    assert default_eval_dir(best, "test", "center", "bf16") == run / "eval" / "best-test-center"
-    assert (default_eval_dir(best, "test", "center", "bf16", "/data/holiday_photos")
+    assert default_eval_dir(best, "test", "center") == run / "eval" / "best-test-center"
+    assert default_eval_dir(best, "test", "center", "fp32") == run / "eval" / "best-test-center-fp32"
+    assert (default_eval_dir(best, "test", "center", None, "/data/holiday_photos")
             == run / "eval" / "best-test-center-on-holiday_photos")

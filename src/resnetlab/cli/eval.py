@@ -26,7 +26,8 @@ def add_arguments(parser):
     parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (counted in a warning) "
                         "instead of stopping at the first")
     parser.add_argument("--out", metavar="DIR", help="folder for confusion.csv/.png and per_class.csv (default: "
-                        "RUN/eval/CKPT-SPLIT-PROTOCOL/ for a run's checkpoint, else a new folder under runs/eval/)")
+                        "RUN/eval/CKPT-SPLIT-PROTOCOL/, -PRECISION appended when --precision is given, for a run's "
+                        "checkpoint, else a new folder under runs/eval/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (per-class numbers included)")
 
 
@@ -42,7 +43,7 @@ def run(args):
                                  args.precision, args.batch_size, args.workers, fast_path=prepare_inference,
                                  skip_bad=args.skip_bad)
     matrix = report.pop("confusion")  # in the CSV; a 1000-class matrix is too much for one JSON line
-    report["files"] = [str(p) for p in write_files_or_warn(report, matrix, args.out)]
+    report["files"] = [str(p) for p in write_files_or_warn(report, matrix, args.out, args.precision)]
     if args.json:
         print(json.dumps(report))
         return 0
@@ -58,14 +59,14 @@ def run(args):
     return 0
 
 
-def write_files_or_warn(report: dict, matrix, out) -> list:
+def write_files_or_warn(report: dict, matrix, out, precision) -> list:
     """The confusion matrix's files; where the default folder (inside a read-only run, say) cannot
     take them, a warning instead, so that the evaluation just done is still printed. A folder the
     user named was checked before evaluating."""
     from resnetlab.engine.confusion import write_eval_files
 
     try:
-        return write_eval_files(report, matrix, out)
+        return write_eval_files(report, matrix, out, precision)
     except UserError as err:
         if out:
             raise

@@ -152,13 +152,15 @@ def record_per_class(test: dict, classes, folder=None, split: str = "test") -> N
                       "numbers are in summary.json", ResnetlabWarning, stacklevel=2)
 
 
-def default_eval_dir(checkpoint, split: str, protocol: str, precision: str, other_data: str | None = None) -> Path:
+def default_eval_dir(checkpoint, split: str, protocol: str, precision: str | None = None,
+                     other_data: str | None = None) -> Path:
     """Where `resnetlab eval` writes its files when not told: inside the run for a checkpoint of a
-    run directory (RUN/eval/best-test-center/, refreshed by the same evaluation; scored on another
-    folder than the run's own, RUN/eval/best-test-center-on-FOLDER/), otherwise a new numbered
-    folder under ./runs/eval/ (never one that already exists)."""
+    run directory (RUN/eval/best-test-center/, refreshed by the same evaluation; at a precision
+    asked for, not the run's own, RUN/eval/best-test-center-int8/; scored on another folder than the
+    run's own, RUN/eval/best-test-center-on-FOLDER/), otherwise a new numbered folder under
+    ./runs/eval/ (never one that already exists)."""
     path = Path(checkpoint)
-    name = "-".join([path.stem, split, protocol] + (["int8"] if precision == "int8" else [])
+    name = "-".join([path.stem, split, protocol] + ([precision] if precision else [])
                     + ([f"on-{Path(other_data).name}"] if other_data else []))
     run = run_dir_of(path)
     if run is not None:
@@ -175,11 +177,12 @@ def numbered(folder: Path) -> Path:
     return candidate
 
 
-def write_eval_files(report: dict, matrix, out=None) -> list[Path]:
-    """The files of one `evaluate_checkpoint` report, into `out` or `default_eval_dir`."""
+def write_eval_files(report: dict, matrix, out=None, precision: str | None = None) -> list[Path]:
+    """The files of one `evaluate_checkpoint` report, into `out` or `default_eval_dir` (`precision`:
+    the one asked for, None for the run's own)."""
     classes = [r["name"] for r in report["per_class"]]
     folder = Path(out) if out else default_eval_dir(report["checkpoint"], report["split"], report["protocol"],
-                                                    report["precision"], report.get("data"))
+                                                    precision, report.get("data"))
     title = f"{Path(report['checkpoint']).name}, {report['split']} split, {report['protocol']} protocol"
     try:
         return write_per_class_files(folder, matrix, classes, title=title)
