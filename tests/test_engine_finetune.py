@@ -112,3 +112,18 @@ def test_init_weights_with_nan_are_refused_in_one_line_but_a_replaced_head_may_h
         load_init_weights(create_model("resnet8", num_classes=10), str(tmp_path / "inf.pt"))
     assert str(err.value) == (f"{tmp_path / 'inf.pt'} holds NaN or infinite values (layer2.0.bn1.running_var): weights "
                               "of a diverged run or a damaged file; choose other weights")
+
+
+def test_fine_tuning_settings_without_weights_are_warned_once_named():
+    """`--recipe finetune` without --init trained a random backbone at a tenth of the lr, without a word."""
+    from resnetlab.config import FinetuneConfig
+    from resnetlab.engine.finetune import without_init_warning
+
+    assert without_init_warning(FinetuneConfig()) is None  # training from scratch
+    assert without_init_warning(FinetuneConfig(init="resnet18.tv_in1k", backbone_lr_mult=0.1)) is None
+    assert without_init_warning(FinetuneConfig(backbone_lr_mult=0.1)) == (
+        "finetune.backbone_lr_mult=0.1 is for pretrained weights, but finetune.init is not set, so the backbone starts "
+        "from random weights; pass --init WEIGHTS (`resnetlab weights list`); to train from scratch, use a recipe made "
+        "for it (photos_scratch, or no --recipe and --init none)")
+    assert without_init_warning(FinetuneConfig(freeze_stages=2, linear_probe=True)).startswith(
+        "finetune.freeze_stages=2, finetune.linear_probe are for pretrained weights")

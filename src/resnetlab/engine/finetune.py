@@ -135,3 +135,18 @@ def param_groups(model: nn.Module, backbone_lr_mult: float) -> list[dict]:
     head = [p for n, p in named if n.startswith(HEAD_PREFIX)]
     groups = [{"params": backbone, "lr_mult": backbone_lr_mult}, {"params": head, "lr_mult": 1.0}]
     return [g for g in groups if g["params"]]
+
+
+def without_init_warning(cfg: FinetuneConfig) -> str | None:
+    """The line for fine-tuning settings given without weights to fine-tune (`--recipe finetune` with
+    no --init): a slowed or frozen backbone that starts random trains badly, and nothing else says so."""
+    if cfg.init is not None:
+        return None
+    settings = ([f"finetune.backbone_lr_mult={cfg.backbone_lr_mult:g}"] if cfg.backbone_lr_mult != 1 else []) + (
+        [f"finetune.freeze_stages={cfg.freeze_stages}"] if cfg.freeze_stages >= 0 else []) + (
+        ["finetune.freeze_bn"] if cfg.freeze_bn else []) + (["finetune.linear_probe"] if cfg.linear_probe else [])
+    if not settings:
+        return None
+    return (f"{', '.join(settings)} {'is' if len(settings) == 1 else 'are'} for pretrained weights, but finetune.init is "
+            "not set, so the backbone starts from random weights; pass --init WEIGHTS (`resnetlab weights list`); to "
+            "train from scratch, use a recipe made for it (photos_scratch, or no --recipe and --init none)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,12 +22,13 @@ import torch.nn.functional as F
 
 from resnetlab.config import Config
 from resnetlab.data.summary import data_record, loss_weights, notes
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError, write_text_atomic
 
 from .checkpoint import save_checkpoint
 from .confusion import record_per_class
 from .distributed import DistInfo, dist_info_from_env
+from .finetune import without_init_warning
 from .evaluate import EvalModel, evaluate_split, run_eval_spec
 from .metrics_csv import write_metrics_csv
 from .preflight import check_resumed_data
@@ -124,6 +126,8 @@ def train_linear_probe(cfg: Config, workdir, stream=None, resume: bool = False) 
             check_resumed_data(workdir, bundle)
             say(f"{workdir}: the linear probe was not finished; fitting it again from the start")
         model, _ = build_model(cfg, len(bundle.classes), say=say)  # a bad init is refused before the folder is made
+        if without_init_warning(cfg.finetune):
+            warnings.warn(without_init_warning(cfg.finetune), ResnetlabWarning, stacklevel=2)
         write_workdir(workdir, cfg, bundle, is_main=True, lock=lock)
         for line in tidy_for_start(workdir, 0, None) + notes(bundle, cfg.data.balance):
             say(line)

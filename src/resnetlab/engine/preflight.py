@@ -13,6 +13,7 @@ from pathlib import Path
 from resnetlab.errors import ResnetlabWarning, UserError, count
 from resnetlab.files import write_text_atomic
 
+from .finetune import without_init_warning
 from .schedules import schedule_warnings
 
 
@@ -39,7 +40,8 @@ def preflight(run) -> None:
     if cfg.train.test_protocol != "center" and run.bundle.test is not None:
         run.log.info(f"final test with {cfg.train.test_protocol} views (validation: centre views)")
     write_text_atomic(run.workdir / "data.json", json.dumps(data_record(run.bundle), indent=1))
-    found = [imbalance_warning(run.bundle, cfg.data.balance)] + schedule_warnings(cfg.schedule, run.steps_per_epoch)
+    found = [without_init_warning(cfg.finetune), imbalance_warning(run.bundle, cfg.data.balance)] + schedule_warnings(
+        cfg.schedule, run.steps_per_epoch)
     epochs = -(-run.total // run.steps_per_epoch)
     if len(scales) >= epochs and epoch_image_size(cfg.data, epochs - 1) != full:
         found.append(f"data.progressive_scales lists {count(len(scales), 'epoch')} and the run has {count(epochs, 'epoch')}: it never trains at "
