@@ -156,6 +156,19 @@ def test_checkpoints_from_before_the_digest_still_load(tmp_path):
     assert load_checkpoint(tmp_path / "old.pt").training.step == 5
 
 
+def test_nan_weights_in_a_checkpoint_without_a_digest_are_refused_naming_the_file(tmp_path):
+    """An edited file (its digest removed) with a NaN weight: predict printed NaN probabilities."""
+    save_checkpoint(stub(5), tmp_path / "new.pt")
+    edited = load_checkpoint(tmp_path / "new.pt").to_dict()
+    edited["model"]["layer1.0.conv2.weight"][0, 0, 0, 0] = float("nan")
+    edited["model"]["fc.bias"][1] = float("-inf")
+    torch.save(edited, tmp_path / "edited.pt")
+    with pytest.raises(UserError) as err:
+        load_checkpoint(tmp_path / "edited.pt")
+    assert str(err.value) == (f"{tmp_path / 'edited.pt'} holds NaN or infinite values (layer1.0.conv2.weight, fc.bias): "
+                              "weights of a diverged run or a damaged file; choose other weights")
+
+
 class RunsCode:
     def __reduce__(self):
         return os.system, (f"touch {RunsCode.marker}",)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from resnetlab.config import FinetuneConfig
@@ -18,7 +17,7 @@ from resnetlab.errors import UserError
 from resnetlab.models import load_weights
 from resnetlab.models.weights import _read_file as read_weights_file
 
-from .checkpoint import FORMAT, checkpoint_path, verify_digest
+from .checkpoint import FORMAT, checkpoint_path, refuse_nonfinite, verify_digest
 from .records import Checkpoint
 
 HEAD_PREFIX = "fc."
@@ -64,15 +63,9 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> list[str]:
 
 
 def check_finite_weights(model: nn.Module, skipped: list[str], source) -> None:
-    """Weights holding NaN or inf (saved by a diverged run, or damaged) are refused here, in one
-    line: a fine-tuning run would otherwise report a diverged loss and advise a lower lr, and a
-    linear probe would fit on NaN features and write a model that predicts nothing."""
-    bad = [k for k, v in model.state_dict().items()
-           if k not in skipped and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        label = source if isinstance(source, (str, os.PathLike)) else "the init weights"
-        raise UserError(f"{label} holds NaN or infinite values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
-                        "weights of a diverged run or a damaged file; choose other weights")
+    """The init weights as loaded into `model` (a plain weights file has no other check), NaN or inf refused."""
+    label = source if isinstance(source, (str, os.PathLike)) else "the init weights"
+    refuse_nonfinite({k: v for k, v in model.state_dict().items() if k not in skipped}, label)
 
 
 def check_same_model(held: str, label, model_name: str | None) -> None:
