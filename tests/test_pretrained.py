@@ -125,6 +125,31 @@ def test_cli_list_json_and_table(capsys, tmp_path, monkeypatch):
     assert "resnet56.akamaster_c10" in out and "resnet50" not in out and "93.39" in out
 
 
+def test_cli_list_flags_a_cached_file_whose_size_is_not_the_published_one(capsys, tmp_path, monkeypatch):
+    """A truncated download placed by hand was listed as cached, like a good one. Sizes are in MB
+    (10^6 bytes) throughout: torchvision publishes MiB, 44.661 for resnet18's 46,830,571 bytes."""
+    from resnetlab.models import hub
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    entry = get_weights("resnet18.tv_in1k")
+    assert entry.file_size_mb == 46.83  # 44.661 MiB
+    path = hub.cached_file(entry)
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as f:
+        f.truncate(46_830_571)  # the published file's size: listed as cached
+    assert main(["weights", "list", "--model", "resnet18"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith("46.8MB  yes")
+    with open(path, "wb") as f:
+        f.truncate(20_000_000)
+    assert main(["weights", "list", "--model", "resnet18"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("20.0MB  DAMAGED?") and lines[2] == (
+        "resnet18.tv_in1k: the cached file's size is not the published one; `resnetlab weights verify` re-hashes it, "
+        "`resnetlab weights fetch NAME` replaces a damaged one")
+    assert main(["weights", "list", "--json", "--model", "resnet18"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["size_as_published"] is False
+
+
 def test_bicubic_decoding_is_pillow_s(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "x.png")

@@ -41,9 +41,18 @@ def weight_rows(model: str | None = None) -> list[dict]:
             "file_format": w.file_format, "layout": w.layout, "preprocess": asdict(w.preprocess),
             "publisher": w.publisher, "license": w.license, "source": w.source,
             "size_mb": round(path.stat().st_size / 1e6, 3) if cached else w.file_size_mb,
-            "cached": cached, "file": str(path),
+            "cached": cached, "file": str(path), "size_as_published": size_as_published(path, w) if cached else None,
         })
     return rows
+
+
+def size_as_published(path, entry) -> bool | None:
+    """Whether a cached file has the published size (within 0.5%: timm's is published to the MB): a
+    cheap sign of a truncated or wrong file that `list` can show for every entry; `verify` re-hashes.
+    None: no size is published."""
+    if entry.file_size_mb is None:
+        return None
+    return abs(path.stat().st_size / 1e6 - entry.file_size_mb) <= 0.005 * entry.file_size_mb
 
 
 def _table(rows: list[dict]) -> None:
@@ -51,8 +60,12 @@ def _table(rows: list[dict]) -> None:
     for r in rows:
         top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "?"
         size = f"{r['size_mb']:.1f}MB" if r["size_mb"] is not None else "?"
-        print(f"{r['name']:<26} {r['model']:<10} {r['dataset']:<11} {r['num_classes']:>7} {top1:>6} {size:>8}  "
-              f"{'yes' if r['cached'] else 'no'}")
+        cached = "no" if not r["cached"] else "yes" if r["size_as_published"] is not False else "DAMAGED?"
+        print(f"{r['name']:<26} {r['model']:<10} {r['dataset']:<11} {r['num_classes']:>7} {top1:>6} {size:>8}  {cached}")
+    odd = [r["name"] for r in rows if r["size_as_published"] is False]
+    if odd:
+        print(f"{', '.join(odd)}: the cached file's size is not the published one; `resnetlab weights verify` re-hashes "
+              "it, `resnetlab weights fetch NAME` replaces a damaged one")
 
 
 def run(args) -> int:

@@ -107,7 +107,7 @@ def _torchvision(model: str, tag: str, file: str, top1: float, top5: float, size
         preprocess=Preprocess(224, resize, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
         publisher="torchvision", license="BSD-3-Clause (torchvision)", source=TV_PAGE, top1=top1, top5=top5,
         accuracy_note=f"ImageNet-1k val, {resize} px resize + 224 centre crop, from torchvision's weight metadata",
-        file_size_mb=size_mb, num_params=params)
+        file_size_mb=round(size_mb * 2**20 / 1e6, 3), num_params=params)  # torchvision's _file_size is in MiB
 
 
 AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10"
