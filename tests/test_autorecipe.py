@@ -125,6 +125,18 @@ def test_a_whole_val_size_is_a_count_in_the_line_as_in_the_run():
     assert load_config(choice.recipe, [*choice.overrides, ("data.val_size", 1.0)]).data.val_size == 1
 
 
+def test_a_linear_probe_is_announced_as_one_not_as_a_training_schedule():
+    """With finetune.linear_probe the line told of batches, epochs and warm-up that a probe never runs."""
+    choice = choose(ISSUE_PHOTOS, LAPTOP, {"finetune.linear_probe": True})
+    assert choice.line == (
+        "no --recipe given: 140 photos in 4 classes (shorter side ~300 px) -> recipe finetune as a linear probe: a "
+        "logistic regression on the frozen features of resnet18.tv_in1k at 224 px, computed once, its L2 penalty "
+        "chosen on 20% of each class held out. Change any of it with --recipe NAME or --set KEY=VALUE; the run's "
+        "config.yaml holds every value")
+    assert load_config(choice.recipe, [*choice.overrides, ("finetune.linear_probe", True)]).finetune.init == \
+        IMAGENET_WEIGHTS
+
+
 @pytest.fixture
 def small_folder(tmp_path):
     """Three classes of four 32 px JPEGs: the automatic recipe is cifar10_fast, nothing to download."""

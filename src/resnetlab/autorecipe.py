@@ -130,6 +130,12 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     start = f"fine-tuning {init}" if not data.small and init else "from scratch"
     length = f"{count(epochs, 'epoch')} of {count(steps, 'step')}" if epochs else count(total, "step")
     decoding = "decoded once into memory" if data.small else count(workers, "decoding worker")
+    if given.get("finetune.linear_probe"):  # no batches, lr, epochs or warm-up: one fit on features computed once
+        line = (f"no --recipe given: {data.describe()} -> recipe {recipe} as a linear probe: a logistic regression on "
+                f"the frozen features of {init if init else 'a randomly initialised backbone'} at {size} px, computed "
+                f"once, its L2 penalty chosen on {where}. Change any of it with --recipe NAME or --set KEY=VALUE; the "
+                "run's config.yaml holds every value")
+        return AutoRecipe(recipe, tuple(chosen.items()), line)
     line = (f"no --recipe given: {data.describe()} -> recipe {recipe}, {start} at {size} px, batch {batch} "
             f"(lr {lr:g}), {length}, warm-up {count(warmup, 'step')}, validation on {where}, {decoding}. "
             "Change any of it with --recipe NAME or --set KEY=VALUE (e.g. "
