@@ -154,18 +154,39 @@ def fake_engine(monkeypatch):
 
 
 def test_another_experiment_is_refused_in_an_out_that_holds_one(tmp_path, capsys, fake_engine):
-    out = tmp_path / "exp1"
-    assert main(["experiment", "depth", "--models", "resnet20", "--seeds", "0", "--steps", "2", "--data", str(tmp_path),
+    out, data = tmp_path / "exp1", tmp_path / "data"
+    data.mkdir()
+    assert main(["experiment", "depth", "--models", "resnet20", "--seeds", "0", "--steps", "2", "--data", str(data),
                  "--out", str(out)]) == 0
     report, _ = (out / "report.md").read_text(), capsys.readouterr()
     for extra in ([], ["--dry-run"]):
-        code, _, err = _cli(capsys, "experiment", "shortcuts", "--seeds", "0", "--steps", "2", "--data", str(tmp_path),
+        code, _, err = _cli(capsys, "experiment", "shortcuts", "--seeds", "0", "--steps", "2", "--data", str(data),
                             "--out", str(out), *extra)
         assert code == 2 and err == f"resnetlab experiment: error: {out} holds the depth experiment; choose another " \
             "--out for shortcuts (a report is never written over one of other runs)\n"
     assert [name for name, _ in fake_engine.calls] == ["resnet20-seed0"] and (out / "report.md").read_text() == report
     (out / "experiment.json").unlink()  # an --out from before the experiment was recorded: known by its report
     assert _cli(capsys, "experiment", "shortcuts", "--out", str(out), "--dry-run")[0] == 2
+
+
+def test_an_out_the_experiment_cannot_use_is_refused_before_anything_is_written(tmp_path, capsys, fake_engine):
+    """A file, a folder of other files (its report.md would be replaced), one inside the data: the dry
+    run says so too."""
+    data = tmp_path / "data"
+    (data / "train" / "ant").mkdir(parents=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.md").write_text("my notes")
+    (tmp_path / "file").write_text("mine")
+    for out, words in [(tmp_path / "file", "is a file; an experiment's --out is a folder for its runs and report"),
+                       (tmp_path / "mine", "already holds other files (report.md) and no experiment; give a new or "
+                                           "empty folder"),
+                       (data / "exp", f"is inside the data folder {data}; the run's files would be read as data")]:
+        for extra in ([], ["--dry-run"]):
+            code, _, err = _cli(capsys, "experiment", "depth", "--models", "resnet20", "--seeds", "0", "--steps", "2",
+                                "--data", str(data), "--out", str(out), *extra)
+            assert code == 2 and err.startswith(f"resnetlab experiment: error: --out {out} {words}"), err
+    assert fake_engine.calls == [] and (tmp_path / "mine" / "report.md").read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "mine"] and not (data / "exp").exists()
 
 
 def test_the_runner_records_its_experiment_before_training(tmp_path):
@@ -183,8 +204,9 @@ def test_a_stopped_experiment_says_how_to_continue(tmp_path, capsys, monkeypatch
     from resnetlab.engine import TrainingInterrupted
     from resnetlab.reports import report
 
-    argv = ["experiment", "depth", "--models", "resnet20", "--seeds", "0", "--steps", "2", "--data", str(tmp_path),
-            "--out", str(tmp_path / "exp")]
+    (tmp_path / "data").mkdir()
+    argv = ["experiment", "depth", "--models", "resnet20", "--seeds", "0", "--steps", "2", "--data",
+            str(tmp_path / "data"), "--out", str(tmp_path / "exp")]
     monkeypatch.setattr(sys, "argv", ["resnetlab", *argv])
     checkpoint = tmp_path / "exp" / "resnet20-seed0" / "checkpoints" / "last.pt"
 

@@ -49,7 +49,7 @@ def run(args):
     overrides = ex.compressed_schedule(args.epochs, args.steps) if shortened else []
     overrides += [parse_override(s) for s in args.set]
     runs = ex.plan_runs(exp, args.models, None if args.seeds is None else _seeds(args.seeds), overrides)
-    ex.check_out(args.out, exp.name)
+    ex.check_out(args.out, exp.name, ex.run_config(runs[0], args.data).data if runs else None)
     if args.dry_run:
         from pathlib import Path
 

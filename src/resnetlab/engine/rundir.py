@@ -170,8 +170,13 @@ def refuse_others_files(workdir: Path) -> None:
                    if name not in (LOCK_NAME, "auto_recipe.json") and not TEMPORARY.fullmatch(name))
     if not names or _a_run_was_started(workdir):
         return
-    shown = ", ".join(f"{n}/" if (workdir / n).is_dir() else n for n in names[:3]) + (" ..." if len(names) > 3 else "")
-    raise UserError(f"--out {workdir} already holds other files ({shown}) and no run; give a new or empty folder")
+    raise UserError(f"--out {workdir} already holds other files ({some_names(workdir, names)}) and no run; give a new "
+                    "or empty folder")
+
+
+def some_names(folder: Path, names: list[str]) -> str:
+    """'a.txt, notes/, x.png ...': the first three of `names` in `folder`, folders marked."""
+    return ", ".join(f"{n}/" if (folder / n).is_dir() else n for n in names[:3]) + (" ..." if len(names) > 3 else "")
 
 
 def _a_run_was_started(workdir: Path) -> bool:

@@ -170,7 +170,7 @@ def run_experiment(runs: list[RunSpec], data: str | None, out, *, stream=None, t
             raise UserError(f"{out / spec.name} holds a run with a different config.yaml; use another --out "
                             "or remove that directory")
     if experiment is not None:
-        check_out(out, experiment)
+        check_out(out, experiment, configs[0][1].data if configs else None)
         write_text_atomic(out / MARKER, json.dumps({"experiment": experiment}) + "\n")
     dirs = []
     for i, (spec, cfg) in enumerate(configs, 1):
@@ -206,9 +206,25 @@ def held_experiment(out) -> str | None:
     return match[1] if match else None
 
 
-def check_out(out, name: str) -> None:
-    """Refuse an --out holding another experiment: its report.md would be replaced by this one's."""
+def check_out(out, name: str, data=None) -> None:
+    """Refuse, before anything is written, an --out the experiment cannot use: a file; a folder that
+    cannot be written; one inside the data (`data`: the runs' DataConfig) where its runs would be read
+    as data; one holding another
+    experiment (its report.md would be replaced by this one's) or other files and no experiment."""
+    from resnetlab.engine.rundir import refuse_out_in_data, some_names
+    from resnetlab.files import check_writable
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; an experiment's --out is a folder for its runs and report")
+    if data is not None:
+        refuse_out_in_data(out, data.root, data.dataset)
     held = held_experiment(out)
     if held not in (None, name):
         raise UserError(f"{out} holds the {held} experiment; choose another --out for {name} (a report is never "
                         "written over one of other runs)")
+    names = sorted(p.name for p in out.iterdir()) if held is None and out.is_dir() else []
+    if names:
+        raise UserError(f"--out {out} already holds other files ({some_names(out, names)}) and no experiment; give a "
+                        "new or empty folder")
+    check_writable(out / MARKER)
