@@ -217,8 +217,9 @@ def test_a_stopped_experiment_says_how_to_continue(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(*((resnetlab.engine, "train_and_evaluate") if stop_where == "training" else
                           (report, "write_report")), stop)
-    code, out, _ = _cli(capsys, *argv)
+    code, out, err = _cli(capsys, *argv)
     said = {"training": f"stopped by SIGINT at step 1; checkpoint saved to {checkpoint}",
             "report": "stopped by SIGINT; finished runs and saved checkpoints are kept"}[stop_where]
-    assert code == 130 and out == (f"resnetlab experiment: {said}. Continue with: resnetlab {' '.join(argv)} "
-                                   "(finished runs are skipped, a stopped one resumes)\n")
+    assert code == 130 and out == "" and err.splitlines()[-1] == (
+        f"resnetlab experiment: {said}. Continue with: resnetlab {' '.join(argv)} (finished runs are skipped, a "
+        "stopped one resumes)")

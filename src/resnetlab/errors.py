@@ -11,6 +11,11 @@ class UserError(ValueError):
     """A problem the user can fix: the message says what and where."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where a command is, as Ctrl-C raises KeyboardInterrupt (cli.run_command turns it
+    into one line and status 143); a training run handles both itself (engine/signals.py)."""
+
+
 class ResnetlabWarning(UserWarning):
     """Works, but probably not what the user wants: the message says why and what to do instead."""
 

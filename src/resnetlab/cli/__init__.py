@@ -9,11 +9,14 @@ import argparse
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
+from contextlib import contextmanager
 
 from resnetlab import __version__
-from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.errors import ResnetlabWarning, Terminated, UserError
 
 from . import eval as eval_cmd
 from . import bench, data, embed, experiment, export, models, predict, report, train, weights
@@ -66,9 +69,9 @@ def end_torchrun_process(code: int) -> int:
 
 
 def run_command(args) -> int:
-    """Run the parsed subcommand; user errors and Ctrl-C become one line and an exit status."""
+    """Run the parsed subcommand; user errors, Ctrl-C and SIGTERM become one line and an exit status."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sigterm_raises():
             show = warnings.showwarning
 
             def one_line(message, category, *rest, **kw):  # ours read as the CLI's errors do; others as usual
@@ -97,9 +100,36 @@ def run_command(args) -> int:
             raise
         print(f"resnetlab {args.command}: error: {name_too_long(err.filename)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"resnetlab {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextmanager
+def sigterm_raises():
+    """SIGTERM raises Terminated in this process, so a command ends with its line and status 143 (the
+    default action ended it without a word) and its `finally` clauses run; a forked worker that
+    inherits the handler dies as SIGTERM would have it. An ignored SIGTERM (nohup) stays ignored."""
+    owner = os.getpid()
+
+    def handle(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # The library's hints name config keys, which is right in a recipe and from Python; each command

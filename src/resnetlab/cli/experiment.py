@@ -1,7 +1,9 @@
 HELP = "Run one of the paper's experiments (degradation, depth, shortcuts, ...) and write its report."
 
+import sys
+
 from resnetlab.cli.arguments import positive_int
-from resnetlab.errors import UserError
+from resnetlab.errors import Terminated, UserError
 
 
 def _csv(text: str) -> list[str]:
@@ -80,12 +82,13 @@ def _run_and_report(exp, runs, args) -> int:
         paths = write_report(dirs, args.out, title=f"Experiment {exp.name}: {exp.description}", analyses=exp.analyses,
                              data=args.data, command=_command(), notes=exp.notes)
     except TrainingInterrupted as stop:
-        print(f"resnetlab experiment: {stop}. {again}", flush=True)
+        print(f"resnetlab experiment: {stop}. {again}", file=sys.stderr, flush=True)
         return stop.exit_code
-    except KeyboardInterrupt:  # between runs, in the report, or a second Ctrl-C: what was saved is kept
-        print(f"resnetlab experiment: stopped by SIGINT; finished runs and saved checkpoints are kept. {again}",
-              flush=True)
-        return 130
+    except KeyboardInterrupt as stop:  # between runs, in the report, or a second Ctrl-C: what was saved is kept
+        name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+        print(f"resnetlab experiment: stopped by {name}; finished runs and saved checkpoints are kept. {again}",
+              file=sys.stderr, flush=True)
+        return 143 if isinstance(stop, Terminated) else 130
     for path in paths:
         print(path)
     return 0
