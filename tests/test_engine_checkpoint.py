@@ -57,6 +57,12 @@ def test_load_refuses_non_checkpoints_with_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "empty.pt")
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+    save_checkpoint(stub(3), tmp_path / "whole.pt")
+    for size in (50_000, 1_000):  # torch says "[Errno 22] Invalid argument", or a paragraph on miniz
+        (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:size])
+        with pytest.raises(UserError, match=r"cut.pt is not a readable resnetlab checkpoint \(the file is cut short or "
+                                            r"damaged\)$"):
+            load_checkpoint(tmp_path / "cut.pt")
     with pytest.raises(UserError, match="best.pt"):
         checkpoint_path(tmp_path)  # a folder without checkpoints/
 

@@ -40,3 +40,22 @@ def test_report_keys_and_errors():
     r = accuracy_report(75, 90, 100, "center")
     assert r == {"top1": 75.0, "top5": 90.0, "top1_err": 25.0, "top5_err": pytest.approx(10.0), "n": 100,
                  "protocol": "center"}
+
+
+def test_eval_data_of_a_synthetic_run_scores_that_folder(tmp_path):
+    """`eval RUN --data DIR` of a run trained on synthetic data printed the synthetic set's numbers."""
+    import os
+
+    from PIL import Image
+    from test_engine_train import tiny_config
+
+    from resnetlab.engine import evaluate_checkpoint, train_and_evaluate
+
+    train_and_evaluate(tiny_config(("schedule.max_steps", 2)), tmp_path / "run", stream=open(os.devnull, "w"))
+    own = evaluate_checkpoint(tmp_path / "run", precision="fp32")
+    for name, n in (("class0", 3), ("class2", 2)):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(tmp_path / "photos" / name / f"{i}.png")
+    report = evaluate_checkpoint(tmp_path / "run", str(tmp_path / "photos"), precision="fp32")
+    assert report["n"] == 5 and own["n"] != 5

@@ -44,6 +44,14 @@ def test_files_written_together_are_all_new_or_all_old(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.names.txt", "e.npy"]
 
 
+def test_a_directory_at_the_path_is_not_writable(tmp_path):
+    """bench --json DIR ran the whole benchmark, then failed to rename its results over the folder."""
+    (tmp_path / "results.json").mkdir()
+    with pytest.raises(StorageError, match=r"results\.json \(Is a directory\); nothing was written there"):
+        check_writable(tmp_path / "results.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
 def test_only_whole_file_modes(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_write(tmp_path / "x", "a"):

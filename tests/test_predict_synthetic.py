@@ -34,8 +34,12 @@ def write_jpegs(root: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
-    """A ResNet-8 trained by `resnetlab train` for 12 steps on 3 x 32 synthetic JPEGs (a few seconds)."""
-    tmp = tmp_path_factory.mktemp("synthetic_predict")
+    return train_tiny_run(tmp_path_factory.mktemp("synthetic_predict"))
+
+
+def train_tiny_run(tmp: Path) -> Path:
+    """TMP/run: a ResNet-8 trained by `resnetlab train` for 12 steps on TMP/data, 3 x 32 synthetic JPEGs
+    (a few seconds)."""
     data = write_jpegs(tmp / "data")
     assert main(["train", "--data", str(data), "--out", str(tmp / "run"), "--model", "resnet8", "--max-steps", "12",
                  "--batch-size", "32", "--lr", "0.05", "--precision", "fp32", "--device", "cpu",

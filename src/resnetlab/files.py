@@ -100,6 +100,9 @@ def write_files_atomic(contents: dict) -> None:
     """Files that belong together ({path: bytes}, e.g. embeddings and their names): every one is
     written to its temporary file before any is renamed into place, so a full disk half-way keeps
     all the earlier files as they were instead of a new one beside an old one that no longer fits it."""
+    for path in contents:  # the one reason a rename fails after the writes: found before any is made
+        if Path(path).is_dir():
+            raise storage_error(Path(path), "Is a directory", False)
     with ExitStack() as pending:  # leaving it renames them, in reverse order; an error removes every one
         for path, data in contents.items():
             with open(pending.enter_context(atomic_path(path)), "xb") as f:
@@ -113,6 +116,8 @@ def check_writable(path) -> None:
     creates and removes a temporary file beside it (and any missing folders above it), so that
     nothing is left behind either way."""
     path = Path(path)
+    if path.is_dir():  # a temporary file beside it can be made, but not renamed over it
+        raise storage_error(path, "Is a directory", False)
     tmp, created, folder = temporary(path), [], path.parent
     while not folder.exists() and folder != folder.parent:
         created.append(folder)

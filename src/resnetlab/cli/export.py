@@ -59,11 +59,13 @@ def real_batch(artifact, inputs):
 
 def run(args):
     from resnetlab.errors import count
+    from resnetlab.engine.checkpoint import refuse_out_over_checkpoint
     from resnetlab.engine.sources import load_source
     from resnetlab.inference.export import ExportCheckFailed, check_out, export_checkpoint
 
     check_out(args.format, args.out)
-    artifact, _ = load_source(args.checkpoint)
+    artifact, source = load_source(args.checkpoint)
+    refuse_out_over_checkpoint(args.out, source)
     real, bad = real_batch(artifact, args.images)
     try:
         report = export_checkpoint(artifact, args.format, args.out, args.dynamic_batch, real)

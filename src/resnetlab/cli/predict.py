@@ -63,7 +63,8 @@ def run(args):
     done = 0
     for i, top in iter_predictions(predictor, paths, args.topk, args.protocol, args.batch_size):
         done += 1
-        print(paths[i] + "  " + "  ".join(f"{t['class']} {t['prob']:.4f}" for t in top), flush=True)
+        name = paths[i].replace("\n", "\\n").replace("\r", "\\r")  # a line per image, whatever its name (--json: as is)
+        print(name + "  " + "  ".join(f"{t['class']} {t['prob']:.4f}" for t in top), flush=True)
     failed = failures(predictor)
     report_failed("predict", failed, len(paths), done)
     if args.verify:

@@ -123,6 +123,17 @@ def run_dir_of(checkpoint) -> Path | None:
     return run if path.parent.name == "checkpoints" and (run / "config.yaml").is_file() else None
 
 
+def refuse_out_over_checkpoint(out, source: str) -> None:
+    """An output file (export, embed) that is the checkpoint being read (`source`, as load_source
+    labels it), or any file of a run's checkpoints/, is refused: writing there destroyed the run's
+    weights, and the next command on the run failed on a file it could no longer read."""
+    out = Path(out)
+    if out.exists() and Path(source).exists() and out.resolve() == Path(source).resolve():
+        raise UserError(f"--out {out} is the checkpoint being read; write the output to another file")
+    if run_dir_of(out) is not None:
+        raise UserError(f"--out {out} is in the checkpoints of the run {run_dir_of(out)}; write the output elsewhere")
+
+
 def load_checkpoint(path_or_run_dir) -> Checkpoint:
     from resnetlab.models.weights import names_python_objects, not_torch_file, torch_load
 
@@ -141,7 +152,10 @@ def load_checkpoint(path_or_run_dir) -> Checkpoint:
         raise UserError(f"{path} holds Python objects besides tensors and plain containers; resnetlab does not "
                         "unpickle those (that can run code from the file), and it is not a resnetlab checkpoint") from None
     except Exception as err:  # truncation, flipped bytes in the zip, not a torch file: all mean "not a checkpoint"
-        raise UserError(f"{path} is not a readable resnetlab checkpoint ({first_line(err)})") from None
+        # torch's words for a file cut short are an errno ("Invalid argument") or a paragraph on miniz
+        cut = isinstance(err, OSError) or "zip archive" in str(err)
+        raise UserError(f"{path} is not a readable resnetlab checkpoint ("
+                        f"{'the file is cut short or damaged' if cut else first_line(err)})") from None
     check_checkpoint_format(ckpt, path)
     verify_digest(ckpt, path)
     record = Checkpoint.from_dict(ckpt, path)

@@ -194,7 +194,8 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None):
     from .preflight import data_changes, data_source
 
     if data is not None:
-        found = data_overrides(data, cfg.data.dataset)
+        # a run on synthetic data scores a real folder as one (`data.root` alone would be ignored by the generator)
+        found = data_overrides(data, "folder" if cfg.data.dataset == "synthetic" else cfg.data.dataset)
         root, layout = Path(data), folder_layout(Path(data))
         if dict(found).get("data.dataset") == "folder" and (layout == "splits" and not (root / "train").is_dir()
                                                              or layout == "classes" and split == "test"):

@@ -46,14 +46,21 @@ def output_paths(out) -> list[Path]:
     return paths
 
 
+def refuse_newlines(names) -> None:
+    """FILE.names.txt holds a name a line: a name with a newline in it cannot be written there."""
+    odd = next((str(n) for n in names if "\n" in str(n)), None)
+    if odd is not None:
+        raise UserError(f"the file name {odd!r} contains a newline, which FILE.names.txt cannot hold; write "
+                        ".safetensors (names as JSON) instead of .npy")
+
+
 def save_embeddings(out, names: list[str], emb: np.ndarray, metadata: dict | None = None) -> list[str]:
     """Write embeddings + names next to each other, each file atomically; returns the paths written."""
     paths = output_paths(out)
     if len(names) != len(emb):
         raise ValueError(f"{len(names)} names for {len(emb)} embeddings")
-    if any("\n" in n for n in names):
-        raise UserError("a file name contains a newline; write .safetensors (names as JSON) instead of .npy")
     if len(paths) == 2:
+        refuse_newlines(names)
         array = io.BytesIO()
         np.save(array, emb)
         write_files_atomic({paths[0]: array.getvalue(), paths[1]: "".join(n + "\n" for n in names).encode()})
