@@ -177,7 +177,20 @@ def test_report_goes_to_a_folder_of_its_own_and_never_over_another(tmp_path, cap
     (two / "report").mkdir()
     (two / "report" / "report.md").write_text("# written before reports named their runs")
     assert report_dir([two]) == two / "report-2"  # by default never over it
-    assert report_dir([two], two / "report") == two / "report"  # named with --out: the user's choice
+    with pytest.raises(UserError, match=r"already holds other files \(report.md\) and no report; give a new or empty"):
+        report_dir([two], two / "report")  # named with --out: its report.md might be the user's own
+    with pytest.raises(UserError, match=r"already holds other files \(.*config.yaml.*\) and no report"):
+        report_dir([two], two)  # the run's own folder: its metrics.csv would be replaced
+
+
+@pytest.mark.parametrize("text, words", [(b"not: [valid", "is not readable YAML (while parsing a flow sequence)"),
+                                         (b"\xff\xfe", "is not readable YAML ('utf-8' codec can't decode byte 0xff"),
+                                         (b"", "is empty or not a run's config")])
+def test_a_damaged_config_yaml_is_one_line(tmp_path, capsys, text, words):
+    run = make_run(tmp_path, "a")
+    (run / "config.yaml").write_bytes(text)
+    assert main(["report", str(run)]) == 2
+    assert capsys.readouterr().err.startswith(f"resnetlab report: error: {run / 'config.yaml'} {words}")
 
 
 def _overlaps(a, b) -> bool:

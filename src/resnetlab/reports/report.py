@@ -144,15 +144,23 @@ def report_dir(run_dirs, out=None) -> Path:
     """Where `resnetlab report` writes. Without `out`, a folder of its own: RUN/report/ for one run,
     report/ beside several runs (in their common parent); when that holds another report (or
     anything else), the first free report-2/, report-3/ ... A report of the same runs is refreshed
-    in place. An explicit `out` whose manifest names other runs is refused (one without a manifest,
-    from before manifests were written, is taken as the user's choice)."""
+    in place. An explicit `out` whose manifest names other runs is refused, and so is one that holds
+    other files and no report (a run's own folder: its metrics.csv would be replaced; the user's
+    report.md)."""
     if out is not None:
         out = Path(out)
-        if _reported_runs(out) not in (None, _identities(run_dirs)):
-            raise UserError(f"--out {out} holds a report of other runs; choose another folder, or leave --out "
-                            "out to get a new one")
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file, not a folder")
+        held = _reported_runs(out)
+        if held not in (None, _identities(run_dirs)):
+            raise UserError(f"--out {out} holds a report of other runs; choose another folder, or leave --out "
+                            "out to get a new one")
+        names = sorted(p.name for p in out.iterdir()) if held is None and out.is_dir() else []
+        if names:
+            from resnetlab.engine.rundir import some_names
+
+            raise UserError(f"--out {out} already holds other files ({some_names(out, names)}) and no report; give a "
+                            "new or empty folder, or leave --out out to get one")
         return out
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) == 1:

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from resnetlab.engine.run_records import MetricsRow, RunSummary, read_metrics
-from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.errors import ResnetlabWarning, UserError, first_line
 
 # Table 6 of the paper: CIFAR-10 test error (%) and parameter count. ResNet-110 is "best (mean +- std)"
 # over 5 runs: 6.43 (6.61 +- 0.16); the others are single runs.
@@ -52,7 +52,12 @@ def load_run(path) -> SavedRun:
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise UserError(f"{path}: no config.yaml; pass run directories written by `resnetlab train` or `experiment`")
-    config = yaml.safe_load((path / "config.yaml").read_text())
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"{path / 'config.yaml'} is not readable YAML ({first_line(err)}); was it edited?") from None
+    if not isinstance(config, dict) or not config:
+        raise UserError(f"{path / 'config.yaml'} is empty or not a run's config; was it edited?")
     metrics = []
     if (path / "metrics.jsonl").is_file():
         metrics, cut_off = read_metrics(path / "metrics.jsonl")
