@@ -224,3 +224,20 @@ def test_the_cifar_download_hint_is_each_commands_own_option(tmp_path, capsys):
     code, _, err = run_cli(capsys, "data", str(tmp_path / "empty"), "--dataset", "cifar10")
     assert code == 2 and err.endswith("place the archive there or pass --download\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_a_run_without_last_pt_but_with_best_pt_and_an_empty_config(tiny_run, tmp_path, capsys):
+    """Both started the run again from step 0: over its best.pt and metrics, or with the defaults' CIFAR-10."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[1], run)
+    (run / "checkpoints" / "last.pt").unlink()
+    best = (run / "checkpoints" / "best.pt").read_bytes()
+    code, _, err = run_cli(capsys, "train", "--resume", str(run))
+    assert code == 2 and err == (
+        f"resnetlab train: error: --resume {run}: checkpoints/last.pt is missing but best.pt is there, so the run got "
+        "past its first checkpoint; starting it again would replace best.pt and its metrics. Put last.pt back, or start "
+        f"a new run from its weights (--init {run} --out NEW_RUN)\n")
+    assert (run / "checkpoints" / "best.pt").read_bytes() == best
+    (run / "config.yaml").write_text("")
+    code, _, err = run_cli(capsys, "train", "--resume", str(run))
+    assert code == 2 and err == f"resnetlab train: error: --resume {run}: an empty config.yaml there; is it a run directory?\n"

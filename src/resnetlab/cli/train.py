@@ -70,8 +70,9 @@ def build_config(args):
             raise UserError(f"--resume {args.resume} continues that run in its own directory; drop --out {args.out} "
                             f"(to start a new run from its weights: --init {args.resume} --out {args.out})")
         saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise UserError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
+        if not saved.is_file() or not saved.read_bytes().strip():  # an empty one would read as the defaults' CIFAR-10
+            raise UserError(f"--resume {args.resume}: {'an empty' if saved.is_file() else 'no'} config.yaml there; is "
+                            "it a run directory?")
         recipe, out = str(saved), args.resume
     else:
         if not (args.out or args.print_config) or not (args.recipe or args.data):

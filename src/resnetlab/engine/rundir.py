@@ -151,6 +151,10 @@ def resume_point(workdir: Path, resume: bool) -> Path | None:
     last = workdir / "checkpoints" / "last.pt"
     if resume and not last.is_file() and not (workdir / "config.yaml").is_file():
         raise UserError(f"--resume {workdir}: no run there to continue (no config.yaml, no checkpoints/last.pt)")
+    if resume and not last.is_file() and (workdir / "checkpoints" / "best.pt").is_file():
+        raise UserError(f"--resume {workdir}: checkpoints/last.pt is missing but best.pt is there, so the run got past "
+                        "its first checkpoint; starting it again would replace best.pt and its metrics. Put last.pt "
+                        f"back, or start a new run from its weights (--init {workdir} --out NEW_RUN)")
     if not resume and last.exists():
         raise UserError(f"{workdir} already holds a run (checkpoints/last.pt); continue it with --resume {workdir} "
                         "or choose another --out")
