@@ -144,7 +144,8 @@ def test_train_init_from_weights_by_name(tmp_path, cifar_weights, capsys):
     run = tmp_path / "run"
     assert main(["train", "--recipe", str(recipe), "--out", str(run), "--init", entry.name,
                  "--set", "model.name=resnet20", "--set", "finetune.freeze_stages=3"]) == 0
-    assert f"initialised from {entry.name}; new classifier for 4 classes" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"initialised from {entry.name}; new classifier for 4 classes" in err and "initialised" not in out
     trained = load_checkpoint(run / "checkpoints" / "last.pt").artifact.weights
     published = create_model(entry.name, pretrained=True).state_dict()
     for key in ("conv1.weight", "layer2.0.conv2.weight", "layer3.2.bn2.running_var"):  # frozen: as published

@@ -111,7 +111,7 @@ def train_linear_probe(cfg: Config, workdir, stream=None, resume: bool = False) 
         raise UserError("the linear probe runs in one process (its features are computed once); run it without torchrun")
     check_config(cfg)  # an unknown model is refused before minutes of data, and leaves no folder
     workdir, rt, start = Path(workdir), make_runtime(cfg.train), time.perf_counter()
-    say = (lambda msg: print(msg, file=stream)) if stream else print
+    say = lambda msg: print(msg, file=stream or sys.stderr, flush=True)  # noqa: E731  (stdout holds only the summary)
     with RunDirLock(workdir) as lock:
         done = finished_probe(workdir, resume)
         if done is not None:
@@ -161,8 +161,6 @@ def finished_probe(workdir: Path, resume: bool) -> RunFinished | None:
 
 
 def _fit_and_write(cfg: Config, workdir: Path, bundle, model, rt, start: float, say) -> RunSummary:
-    if not cfg.finetune.init:
-        say("linear probe without finetune.init: the features come from a randomly initialised network")
     model, normalizer = prepare_model(model, rt), bundle.normalizer.to(rt.device)
     train = extract_features(model, normalizer, bundle.train, cfg, rt)
     val = extract_features(model, normalizer, bundle.val, cfg, rt) if bundle.val is not None else None

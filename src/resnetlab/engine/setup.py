@@ -6,6 +6,7 @@ instead of a dozen. Under torchrun every process builds the same things from the
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +191,8 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     check_stop_target(cfg.train.stop_at_val_top1, bundle)
     if start_from is not None:  # a resumed run's data must be the data it trained on
         check_resumed_data(workdir, bundle)
-    say = print if dist_info.is_main else (lambda *a: None)
+    # messages go to stderr with the log: stdout holds only the summary JSON
+    say = (lambda *a: print(*a, file=request.stream or sys.stderr, flush=True)) if dist_info.is_main else (lambda *a: None)
     model, eval_bns = build_model(cfg, len(bundle.classes), say=say)
     model = prepare_model(_sync_bn(model, cfg, dist_info, rt), rt)
     optimizer, scaler = build_optimizer(model, cfg), make_grad_scaler(rt)
