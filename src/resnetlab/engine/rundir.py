@@ -174,13 +174,14 @@ def refuse_others_files(workdir: Path) -> None:
                    if name not in (LOCK_NAME, "auto_recipe.json") and not TEMPORARY.fullmatch(name))
     if not names or _a_run_was_started(workdir):
         return
-    raise UserError(f"--out {workdir} already holds other files ({some_names(workdir, names)}) and no run; give a new "
-                    "or empty folder")
+    refuse_other_files(workdir, names, "run")
 
 
-def some_names(folder: Path, names: list[str]) -> str:
-    """'a.txt, notes/, x.png ...': the first three of `names` in `folder`, folders marked."""
-    return ", ".join(f"{n}/" if (folder / n).is_dir() else n for n in names[:3]) + (" ..." if len(names) > 3 else "")
+def refuse_other_files(folder: Path, names: list[str], what: str, instead: str = "give a new or empty folder") -> None:
+    """The one line for an --out that holds `names` (files that are not `what`'s): the first three, folders marked."""
+    if names:
+        shown = ", ".join(f"{n}/" if (folder / n).is_dir() else n for n in names[:3]) + (" ..." if len(names) > 3 else "")
+        raise UserError(f"--out {folder} already holds other files ({shown}) and no {what}; {instead}")
 
 
 def _a_run_was_started(workdir: Path) -> bool:

@@ -211,7 +211,7 @@ def check_out(out, name: str, data=None) -> None:
     cannot be written; one inside the data (`data`: the runs' DataConfig) where its runs would be read
     as data; one holding another
     experiment (its report.md would be replaced by this one's) or other files and no experiment."""
-    from resnetlab.engine.rundir import refuse_out_in_data, some_names
+    from resnetlab.engine.rundir import refuse_other_files, refuse_out_in_data
     from resnetlab.files import check_writable
 
     out = Path(out)
@@ -223,8 +223,5 @@ def check_out(out, name: str, data=None) -> None:
     if held not in (None, name):
         raise UserError(f"{out} holds the {held} experiment; choose another --out for {name} (a report is never "
                         "written over one of other runs)")
-    names = sorted(p.name for p in out.iterdir()) if held is None and out.is_dir() else []
-    if names:
-        raise UserError(f"--out {out} already holds other files ({some_names(out, names)}) and no experiment; give a "
-                        "new or empty folder")
+    refuse_other_files(out, sorted(p.name for p in out.iterdir()) if held is None and out.is_dir() else [], "experiment")
     check_writable(out / MARKER)

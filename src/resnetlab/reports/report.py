@@ -155,12 +155,10 @@ def report_dir(run_dirs, out=None) -> Path:
         if held not in (None, _identities(run_dirs)):
             raise UserError(f"--out {out} holds a report of other runs; choose another folder, or leave --out "
                             "out to get a new one")
-        names = sorted(p.name for p in out.iterdir()) if held is None and out.is_dir() else []
-        if names:
-            from resnetlab.engine.rundir import some_names
+        from resnetlab.engine.rundir import refuse_other_files
 
-            raise UserError(f"--out {out} already holds other files ({some_names(out, names)}) and no report; give a "
-                            "new or empty folder, or leave --out out to get one")
+        refuse_other_files(out, sorted(p.name for p in out.iterdir()) if held is None and out.is_dir() else [], "report",
+                           "give a new or empty folder, or leave --out out to get one")
         return out
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) == 1:
