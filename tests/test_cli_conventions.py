@@ -241,3 +241,12 @@ def test_resume_refuses_a_run_without_last_pt_but_with_best_pt_and_an_empty_conf
     (run / "config.yaml").write_text("")
     code, _, err = run_cli(capsys, "train", "--resume", str(run))
     assert code == 2 and err == f"resnetlab train: error: --resume {run}: an empty config.yaml there; is it a run directory?\n"
+
+
+def test_data_given_with_a_synthetic_recipe_is_said_to_be_unread(tiny_run, tmp_path, capsys):
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "train", "--recipe", tiny_run[0], "--data", str(tmp_path / "photos"), "--out",
+                           str(tmp_path / "run"), "--print-config")
+    assert code == 0 and err == (f"resnetlab train: warning: --data {tmp_path / 'photos'} is not read: data.dataset is "
+                                 "synthetic (generated images); for the folder, use a recipe of real data or --set "
+                                 "data.dataset=folder\n")

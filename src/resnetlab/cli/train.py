@@ -93,6 +93,9 @@ def build_config(args):
     if args.data:
         cfg = apply_overrides(cfg, data_overrides(args.data, cfg.data.dataset))
     cfg = apply_overrides(cfg, args.set)  # explicit --set wins over everything
+    if args.data and cfg.data.dataset == "synthetic":  # generated images: the folder is never read
+        warn_once(f"--data {args.data} is not read: data.dataset is synthetic (generated images); for the folder, use "
+                  "a recipe of real data or --set data.dataset=folder")
     if args.resume:
         check_run_data_root(cfg)
     if cfg.data.root and not Path(cfg.data.root).expanduser().is_absolute():
