@@ -223,3 +223,20 @@ def test_a_stopped_experiment_says_how_to_continue(tmp_path, capsys, monkeypatch
     assert code == 130 and out == "" and err.splitlines()[-1] == (
         f"resnetlab experiment: {said}. Continue with: resnetlab {' '.join(argv)} (finished runs are skipped, a "
         "stopped one resumes)")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--set", "model.name=resnet32"], "--set model.name would give every run of the experiment the same value (the run "
+                                       "folders' names and the report would not say so); use --models"),
+    (["--seeds", "0,1", "--set", "train.seed=7"], "--set train.seed would give every run of the experiment the same "
+                                                  "value (the run folders' names and the report would not say so); use "
+                                                  "--seeds"),
+    (["--models", "resnet50"], "--models: the depth experiment cannot run resnet50 (it has no recipe cifar10_resnet50); "
+                               "it runs resnet18, resnet20,"),
+])
+def test_values_each_run_sets_itself_are_refused_in_one_line(tmp_path, capsys, argv, words):
+    """--set model.name trained resnet32 in resnet20-seed0/ and --set train.seed was ignored; a model without
+    the experiment's recipe was an unknown recipe the user never named."""
+    code, _, err = _cli(capsys, "experiment", "depth", "--out", str(tmp_path / "exp"), "--dry-run", *argv)
+    assert code == 2 and err.startswith(f"resnetlab experiment: error: {words}"), err
+    assert list(tmp_path.iterdir()) == []

@@ -50,6 +50,10 @@ def run(args):
     shortened = args.epochs is not None or args.steps is not None
     overrides = ex.compressed_schedule(args.epochs, args.steps) if shortened else []
     overrides += [parse_override(s) for s in args.set]
+    for key, option in (("model.name", "--models"), ("train.seed", "--seeds")):  # each run's own: set per run
+        if any(k == key for k, _ in overrides):
+            raise UserError(f"--set {key} would give every run of the experiment the same value (the run folders' "
+                            f"names and the report would not say so); use {option}")
     runs = ex.plan_runs(exp, args.models, None if args.seeds is None else _seeds(args.seeds), overrides)
     ex.check_out(args.out, exp.name, ex.run_config(runs[0], args.data).data if runs else None)
     if args.dry_run:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from resnetlab.config import Config, apply_overrides, config_to_dict, load_config
+from resnetlab.config import Config, apply_overrides, config_to_dict, list_recipes, load_config
 from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
 
@@ -114,12 +114,16 @@ def plan_runs(exp: Experiment, models=None, seeds=None, overrides=()) -> list[Ru
             raise UserError(f"{flag} lists a {flag[2:-1]} twice: {list(values)}")
     from resnetlab.models import list_models
 
-    known = set(list_models())
+    known, shipped = list_models(), list_recipes()
     runs = []
     for model in models:
         if model not in known:
             raise UserError(f"--models: unknown model {model!r}; see `resnetlab models`")
         recipe, extra = exp.recipe_for(model)
+        if recipe not in shipped:  # the experiment's recipe family has no such member (cifar10_resnet50)
+            can = [m for m in known if exp.recipe_for(m)[0] in shipped]
+            raise UserError(f"--models: the {exp.name} experiment cannot run {model} (it has no recipe {recipe}); it "
+                            f"runs {', '.join(can)}")
         for label, variant in exp.variants:
             for seed in seeds:
                 name = "-".join(p for p in (model, label, f"seed{seed}") if p)
