@@ -158,3 +158,13 @@ def test_the_cli_refuses_a_bad_value_in_one_line_and_writes_nothing(small_folder
     assert main(["train", "--data", str(small_folder), "--out", str(out), *flags]) == 2
     assert capsys.readouterr().err == f"resnetlab train: error: {line}\n"  # no recipe line with the bad value
     assert not out.exists()  # auto_recipe.json used to be written before the value was checked
+
+
+@pytest.mark.parametrize("given, scales", [({"schedule.epochs": 3}, [0.5, 0.5]), ({"schedule.epochs": 1}, []),
+                                           ({"schedule.max_steps": 300}, [0.5]), ({"schedule.epochs": 7}, None)])
+def test_a_short_run_keeps_its_last_epoch_at_full_size(given, scales):
+    """--epochs 3 kept cifar10_fast's six small-crop epochs: the run never trained or validated at 32 px."""
+    choice = choose(DataFacts("cifar10", 50000, 10, False, 32, True), LAPTOP, given)
+    assert dict(choice.overrides).get("data.progressive_scales") == scales  # 175 steps an epoch: 300 steps are 2
+    cfg = load_config(choice.recipe, [*choice.overrides, *given.items()])
+    assert cfg.data.progressive_scales == (scales if scales is not None else [0.5, 0.5, 0.5, 0.5, 0.625, 0.75])

@@ -81,6 +81,12 @@ class AutoRecipe:
         return dict(self.overrides).get("finetune.init")
 
 
+def shorter_scales(scales, epochs: int) -> list[float]:
+    """The recipe's progressive crop scales for a run of `epochs` epochs that the list does not fit:
+    the same ramp over all but the last epoch, which trains (and is validated) at the full size."""
+    return [scales[i * len(scales) // (epochs - 1)] for i in range(epochs - 1)] if epochs > 1 else []
+
+
 def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) -> AutoRecipe:
     """The recipe and overrides for `data` on `machine`; `given` maps config keys the user set
     (flags, --set) to their values: they are kept, and the derived values follow them."""
@@ -124,6 +130,9 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
         epochs = pick("schedule.epochs", run_epochs(base.schedule.epochs, steps))
         total = epochs * steps
     warmup = pick("schedule.warmup_steps", min(base.schedule.warmup_steps, int(total * MAX_WARMUP_SHARE)))
+    scales = base.data.progressive_scales
+    if scales and len(scales) >= -(-total // steps):  # a run shorter than the recipe's small-crop epochs
+        pick("data.progressive_scales", shorter_scales(scales, -(-total // steps)))
     workers = base.train.workers if data.small else pick("train.workers", decode_workers(base.train.workers, machine))
     where = ("a val/ folder" if data.has_val else f"{val_size:.0%} of each class held out" if isinstance(val_size, float)
              else f"{count(val_size, 'image')} held out" if val_size else "none (a single image per class: nothing to hold out)")
