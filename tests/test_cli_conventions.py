@@ -250,3 +250,11 @@ def test_data_given_with_a_synthetic_recipe_is_said_to_be_unread(tiny_run, tmp_p
     assert code == 0 and err == (f"resnetlab train: warning: --data {tmp_path / 'photos'} is not read: data.dataset is "
                                  "synthetic (generated images); for the folder, use a recipe of real data or --set "
                                  "data.dataset=folder\n")
+
+
+def test_data_and_report_name_a_file_given_as_their_folder_without_a_flag_they_lack(tmp_path, capsys):
+    (tmp_path / "recipe.yaml").write_text("base: cifar10_fast\n")
+    code, _, err = run_cli(capsys, "data", str(tmp_path / "recipe.yaml"))
+    assert code == 2 and err.startswith(f"resnetlab data: error: {tmp_path / 'recipe.yaml'}: a file, not a folder")
+    code, _, err = run_cli(capsys, "report", str(tmp_path / "recipe.yaml"))
+    assert code == 2 and err == f"resnetlab report: error: {tmp_path / 'recipe.yaml'}: a file, not a run directory\n"

@@ -135,7 +135,7 @@ def sigterm_raises():
 # The library's hints name config keys, which is right in a recipe and from Python; each command
 # says them as its own options (train and experiment take any key with --set).
 OPTION_HINTS = {
-    "data": [(r"\bset data\.skip_bad=true", "pass --skip-bad"), (r"\bset data\.val_size=0\b", "pass --val-size 0"),
+    "data": [(r"^--data ", ""), (r"\bset data\.skip_bad=true", "pass --skip-bad"), (r"\bset data\.val_size=0\b", "pass --val-size 0"),
              (r"\bset data\.val_size below", "pass a --val-size below"),
              (r"\bsuch as data\.val_size=", "such as --val-size ")],
     "eval": [(r"\bset data\.skip_bad=true", "pass --skip-bad")],

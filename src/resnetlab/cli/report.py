@@ -22,7 +22,7 @@ def expand_run_dirs(paths) -> list[Path]:
     dirs = []
     for path in map(Path, paths):
         if not path.is_dir():
-            raise UserError(f"{path}: no such directory")
+            raise UserError(f"{path}: {'a file, not a run directory' if path.exists() else 'no such directory'}")
         if (path / "config.yaml").is_file():
             dirs.append(path)
             continue
