@@ -102,7 +102,7 @@ def torch_load(path: Path):
     torch's advice to turn weights_only off."""
     if _is_torchscript(path):
         raise UserError(f"{path} is a TorchScript export, not a checkpoint: load it with torch.jit.load, or pass "
-                        "the run directory / its checkpoint")
+                        "the checkpoint it was exported from")
     if _is_plain_pickle(path):
         raise UserError(f"{path} is a plain Python pickle (pickle.dump), not a torch.save file: resnetlab does not "
                         "unpickle those (that can run code from the file); re-save it with "
