@@ -1,4 +1,5 @@
 """Image folders: labels from folder names, colour modes, the small-image cache, bad input."""
+import os
 import re
 import shutil
 import struct
@@ -338,3 +339,55 @@ def test_decoding_workers_take_sigterms_default_action_inside_a_training_runs_ha
         assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
         pool.close()
         pool.join()
+
+
+def _damage(kind, path):
+    data = path.read_bytes()
+    if kind == "cut short":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("not an archive\n")
+    elif kind == "pickle":  # never unpickled: np.load refuses it
+        path.write_bytes(b"\x80\x04\x95" + b"\0" * 40)
+    elif kind == "flipped byte":  # a byte of the images array: the zip's CRC check fails
+        path.write_bytes(data[:2000] + bytes([data[2000] ^ 0xFF]) + data[2001:])
+    elif kind == "other keys":
+        np.savez(path, weights=np.zeros(3))
+    elif kind == "wrong shape":
+        np.savez(path, images=np.zeros((2, 8, 8, 3), np.uint8), keep=np.ones(12, bool), resized=np.int64(0),
+                 reasons=np.array([], dtype=str))
+    elif kind == "one array":
+        np.save(path.with_suffix(""), np.zeros(3))
+        path.with_suffix(".npy").replace(path)
+
+
+@pytest.mark.parametrize("kind", ["cut short", "empty", "text", "pickle", "flipped byte", "other keys", "wrong shape",
+                                  "one array"])
+def test_a_damaged_or_foreign_cache_file_is_decoded_again_and_replaced(tmp_path, kind):
+    cfg = _cfg(_tree(tmp_path / "d"), tmp_path)
+    first = build_data(cfg)
+    cache = next(c for c in (tmp_path / "cache").glob("*.npz") if c.name in first.provenance["caches"][0])
+    _damage(kind, cache)
+    with pytest.warns(ResnetlabWarning, match=rf"the decoded-image cache {re.escape(str(cache))} is damaged or not "
+                                              r"resnetlab's \(.+\): decoding the images again and replacing it"):
+        second = build_data(cfg)
+    assert torch.equal(first.train.images, second.train.images) and torch.equal(first.train.labels, second.train.labels)
+    with np.load(cache) as z:  # replaced by a good one: the third build reads it without a word
+        assert z["images"].shape == (12, 32, 32, 3)
+
+
+def test_an_image_replaced_with_its_size_and_mtime_kept_is_not_served_from_the_cache(tmp_path):
+    root = _tree(tmp_path / "d")
+    image = root / "train" / "cat" / "0.bmp"  # BMP: an uncompressed image of the same side has the same byte count
+    (root / "train" / "cat" / "0.png").unlink()
+    _write(image, COLOURS["cat"])
+    cfg = _cfg(root, tmp_path)
+    assert build_data(cfg).train.images[0, :, 0, 0].tolist() == list(COLOURS["cat"])
+    stat = image.stat()
+    _write(tmp_path / "new.bmp", (0, 0, 1))
+    shutil.copyfile(tmp_path / "new.bmp", image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p or rsync -t leave it
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    assert build_data(cfg).train.images[0, :, 0, 0].tolist() == [0, 0, 1]

@@ -8,8 +8,8 @@ them; an image file that cannot be decoded is an error (or, with data.skip_bad, 
 
 Class index = position of the folder name in the sorted list of train/ class folders. Folders of
 small images (every probed image <= SMALL_SIDE px, e.g. CIFAR as JPEG) are decoded once, at their
-own size, into an in-memory uint8 array, cached as an .npz keyed by the file list, sizes and
-mtimes, so later epochs and later runs never decode again. Large images stay files, decoded per
+own size, into an in-memory uint8 array, cached as an .npz keyed by the file list, sizes,
+mtimes and ctimes, so later epochs and later runs never decode again. Large images stay files, decoded per
 batch by the loaders.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ import multiprocessing
 import os
 import signal
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,13 +165,15 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
                   cache_dir: Path, skip_bad: bool) -> tuple[ArrayDataset, dict]:
     """Decode small images into size x size arrays, through the .npz cache; info: counts."""
     prefix = len(str(root)) + 1  # scan() built every path as str(root / split / class / file)
-    listing = [(p[prefix:], s.st_size, s.st_mtime_ns) for p, s in ((p, os.stat(p)) for p in paths)]
+    # ctime as well as mtime: a file replaced by one of the same size with its mtime kept (cp -p, rsync -t,
+    # tar x) has a new ctime, which no tool sets. Moving the folder keeps the key (paths are relative).
+    listing = [(p[prefix:], s.st_size, s.st_mtime_ns, s.st_ctime_ns) for p, s in ((p, os.stat(p)) for p in paths)]
     key = json.dumps([CACHE_VERSION, listing, labels.tolist(), classes, size, skip_bad])
     key = hashlib.sha256(key.encode()).hexdigest()
     cache = cache_dir / f"{root.resolve().name}-{key[:20]}.npz"
-    if cache.is_file():
-        with np.load(cache) as z:
-            images, keep, resized, reasons = z["images"], z["keep"], int(z["resized"]), z["reasons"].tolist()
+    cached = _read_cache(cache, len(paths), size) if cache.is_file() else None
+    if cached is not None:
+        images, keep, resized, reasons = cached
     else:
         images, keep, resized, reasons = _decode_all(paths, size, skip_bad)
         try:
@@ -258,6 +262,32 @@ def describe_empty(split: str, empty: list[str], classes: list[str], shown: int 
     others = ", ".join(rest) if len(rest) <= shown else f"the other {len(rest)} classes"
     return (f"{split}/ has no images of class {', '.join(empty)}: its {'validation' if split == 'val' else split} "
             f"error counts only {others}")
+
+
+def _read_cache(cache: Path, count: int, size: int):
+    """A cache file's arrays, or None (with a warning) when it is damaged or not one of ours (cut short
+    by a full disk, edited, written by another version): the images are then decoded again and the
+    file replaced. np.load never unpickles (allow_pickle=False)."""
+    try:
+        with open(cache, "rb") as f, np.load(f, allow_pickle=False) as z:  # f: closed also when np.load fails
+            images, keep, resized, reasons = z["images"], z["keep"], int(z["resized"]), z["reasons"].tolist()
+        kept = int(keep.sum()) if keep.dtype == np.bool_ and keep.shape == (count,) else -1
+        if (kept < 0 or images.dtype != np.uint8 or images.shape != (kept, size, size, 3)
+                or len(reasons) != count - kept or not all(isinstance(r, str) for r in reasons)):
+            reason = "arrays of the wrong type or shape"
+        else:
+            return images, keep, resized, reasons
+    except EOFError:
+        reason = "empty or cut short"
+    except zipfile.BadZipFile as err:
+        reason = f"damaged archive: {err}"
+    except KeyError:
+        reason = "arrays of other names"
+    except (OSError, ValueError, TypeError, zlib.error) as err:  # ValueError: also a pickle, refused unread
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else "not a NumPy .npz archive"
+    warnings.warn(f"the decoded-image cache {cache} is damaged or not resnetlab's ({reason}): decoding the "
+                  "images again and replacing it", ResnetlabWarning, stacklevel=3)
+    return None
 
 
 def _save_atomic(path: Path, **arrays) -> None:
