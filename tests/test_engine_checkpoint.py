@@ -175,6 +175,18 @@ def test_nan_weights_in_a_checkpoint_without_a_digest_are_refused_naming_the_fil
                               "weights of a diverged run or a damaged file; choose other weights")
 
 
+@pytest.mark.parametrize("classes, said", [(["a"], "1 class names"), (["a", "b", "c"], "3 class names"),
+                                           (["a", 7], "2 class names, not all of them strings")])
+def test_class_names_that_do_not_match_the_outputs_are_refused_naming_the_file(tmp_path, classes, said):
+    """An edited file (no digest) with one class name for two outputs: predict failed with an IndexError."""
+    save_checkpoint(stub(5), tmp_path / "new.pt")
+    edited = {k: v for k, v in load_checkpoint(tmp_path / "new.pt").to_dict().items() if k != "digest"}
+    torch.save({**edited, "classes": classes}, tmp_path / "edited.pt")
+    with pytest.raises(UserError) as err:
+        load_checkpoint(tmp_path / "edited.pt")
+    assert str(err.value) == f"{tmp_path / 'edited.pt'}: {said} for num_classes=2: an edited or damaged checkpoint"
+
+
 class RunsCode:
     def __reduce__(self):
         return os.system, (f"touch {RunsCode.marker}",)

@@ -78,8 +78,14 @@ class Artifact:
 
     @classmethod
     def read(cls, get: Fields) -> "Artifact":
+        num_classes, classes = get("num_classes", int), get("classes", (list, tuple))
+        if len(classes) != num_classes or not all(isinstance(c, str) for c in classes):
+            # predict/eval index classes by the model's output: a short list failed there with an IndexError
+            kinds = "" if all(isinstance(c, str) for c in classes) else ", not all of them strings"
+            raise UserError(f"{get.where}: {len(classes)} class names{kinds} for num_classes={num_classes}: "
+                            "an edited or damaged checkpoint")
         return cls(weights=get("model", dict), model_name=get("model_name", str), model_kwargs=get("model_kwargs", dict),
-                   num_classes=get("num_classes", int), classes=get("classes", (list, tuple)),
+                   num_classes=num_classes, classes=classes,
                    normalizer=get("normalizer", dict, nullable=True), config=get("config", dict, nullable=True),
                    input_size=get("input_size", int), eval_resize=get("eval_resize", int),
                    class_ids=get("class_ids", (list, tuple)), published_as=get("weights", str))
