@@ -104,7 +104,7 @@ def test_weights_without_a_digest_must_be_the_entrys_model(server, monkeypatch, 
 
     entry, _ = publish(server, lambda path: save_file({"foo": torch.zeros(3)}, str(path)), digest=False,
                        file_format="safetensors")
-    with pytest.raises(UserError, match=r"not usable weights \(the file is not the weights of resnet20.test_c10 \(resnet20\): 98 tensors "
+    with pytest.raises(UserError, match=r"not usable weights \(the downloaded file is not the weights of resnet20.test_c10 \(resnet20\): 98 tensors "
                                          r"missing, unexpected or of another shape \(first: bn1.bias\)\)"):
         hub.fetch(entry, progress=False)
     assert cache_files() == []
@@ -116,6 +116,17 @@ def test_weights_without_a_digest_must_be_the_entrys_model(server, monkeypatch, 
     assert good.filename == entry.filename.replace(".safetensors", ".th")
     monkeypatch.setitem(pretrained._BY_NAME, good.name, good)
     assert main(["weights", "fetch", good.name, "--quiet"]) == 0 and main(["weights", "verify"]) == 0
+
+
+@pytest.mark.parametrize("file_format", ["torch", "safetensors"])
+def test_an_unreadable_download_without_a_digest_is_named_as_the_download_not_a_deleted_temporary(server, file_format):
+    """A login page served in place of the weights: the message named the staging file it had just deleted."""
+    entry, _ = publish(server, lambda path: path.write_text("<html>sign in</html>"), digest=False, file_format=file_format)
+    with pytest.raises(UserError) as err:
+        hub.fetch(entry, progress=False)
+    assert "not usable weights (resnet20.test_c10: the downloaded file " in str(err.value)
+    assert ".download" not in str(err.value) and str(hub.cache_dir()) in str(err.value)  # the cache path, as advice
+    assert cache_files() == []
 
 
 def test_a_model_that_differs_only_in_where_the_stride_is_is_refused_before_any_download(monkeypatch):

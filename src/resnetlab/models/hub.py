@@ -98,8 +98,8 @@ def _check_readable(entry: PretrainedWeights, path: Path, shown: str | None = No
 
     try:
         state = layouts.rename(read_state_dict(path), entry.layout)
-    except UserError as err:
-        raise UserError(f"{entry.name}: {err}") from None
+    except UserError as err:  # a download's staging file is deleted by now: say "the downloaded file"
+        raise UserError(f"{entry.name}: {str(err).replace(str(path), shown) if shown else err}") from None
     counters = lambda shapes: {k: v for k, v in shapes.items() if not k.endswith("num_batches_tracked")}  # noqa: E731
     differ = _differences(counters(_shapes(_published_model(entry))), counters(_shapes(state)))
     if differ:
@@ -196,7 +196,7 @@ def _download(entry: PretrainedWeights, url: str, path: Path, progress: bool) ->
             raise _DownloadFailed(" ".join(str(reason).split()) or type(err).__name__) from None
         if expected_digest(entry) is None:
             try:
-                _check_readable(entry, staging, "the file")
+                _check_readable(entry, staging, "the downloaded file")
             except UserError as err:
                 raise _DownloadFailed(f"not usable weights ({err})") from None
         os.replace(staging, path)  # same folder: atomic
