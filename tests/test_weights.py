@@ -97,6 +97,37 @@ def test_ignore_mismatched_head_for_fine_tuning(source):
     assert torch.equal(target.conv1.weight, source.conv1.weight)
 
 
+def test_integer_tensors_for_floating_ones_are_refused_not_cast(source):
+    """load_state_dict casts silently: a file of int64 weights loaded as integer-valued floats."""
+    sd = {k: (v.long() if k in ("conv1.weight", "fc.bias") else v) for k, v in source.state_dict().items()}
+    target = _fresh()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(UserError) as err:
+        load_weights(target, sd)
+    assert str(err.value) == ("weights do not fit the model: 2 tensors not floating point where the model's are: "
+                              "conv1.weight (torch.int64), fc.bias (torch.int64)")
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())  # nothing loaded
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in source.state_dict().items()}
+    load_weights(target, half)  # half-precision weights are weights: loaded (widened)
+    assert torch.equal(target.conv1.weight, source.conv1.weight.half().float())
+
+
+def test_nan_or_inf_weights_are_refused_naming_the_file_or_the_state_dict(source, tmp_path):
+    sd = {k: v.clone() for k, v in source.state_dict().items()}
+    sd["layer2.0.bn1.running_var"][3] = float("inf")
+    sd["fc.weight"][0, 0] = float("nan")
+    target = _fresh()
+    with pytest.raises(UserError, match=r"^the state dict holds NaN or infinite values \(layer2.0.bn1.running_var, "
+                                        r"fc.weight\): weights of a diverged run or a damaged file"):
+        load_weights(target, sd)
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'w.safetensors'} holds NaN or infinite values"):
+        load_weights(target, tmp_path / "w.safetensors")
+    with pytest.raises(UserError, match=r"^the state dict holds NaN or infinite values \(layer2.0.bn1.running_var\)"):
+        load_weights(create_model("resnet20", num_classes=5), sd, ignore_mismatched_head=True)  # fc skipped: not checked
+    assert not torch.isnan(target.fc.weight).any()
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("this must never run",))

@@ -135,7 +135,7 @@ def refuse_out_over_checkpoint(out, source: str) -> None:
 
 
 def load_checkpoint(path_or_run_dir) -> Checkpoint:
-    from resnetlab.models.weights import names_python_objects, not_torch_file, torch_load
+    from resnetlab.models.weights import names_python_objects, not_torch_file, refuse_nonfinite, torch_load
 
     path = checkpoint_path(path_or_run_dir)
     try:
@@ -159,23 +159,13 @@ def load_checkpoint(path_or_run_dir) -> Checkpoint:
     check_checkpoint_format(ckpt, path)
     verify_digest(ckpt, path)
     record = Checkpoint.from_dict(ckpt, path)
+    refuse_nonfinite(record.artifact.weights, path)  # else every prediction is NaN, printed as a class of probability NaN
     with torch.device("meta"), warnings.catch_warnings():
         # A model on the meta device has every shape and no storage: a cheap check that the weights
         # fit the model the checkpoint names, so every reader of a file gets one line naming it.
         warnings.simplefilter("ignore")  # torch warns that copying into meta tensors does nothing
         model_for_weights(record.artifact, path)
-    refuse_nonfinite(record.artifact.weights, path)  # else every prediction is NaN, printed as a class of probability NaN
     return record
-
-
-def refuse_nonfinite(weights: dict, label) -> None:
-    """Weights holding NaN or inf (an edited or damaged file, a diverged run's) are refused in one line:
-    predict would print NaN probabilities, a fine-tuning run would call its loss diverged and advise
-    a lower lr, a linear probe would fit on NaN features."""
-    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise UserError(f"{label} holds NaN or infinite values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
-                        "weights of a diverged run or a damaged file; choose other weights")
 
 
 def verify_digest(ckpt: dict, path) -> None:

@@ -15,9 +15,9 @@ from torch import nn
 from resnetlab.config import FinetuneConfig
 from resnetlab.errors import UserError
 from resnetlab.models import load_weights
-from resnetlab.models.weights import _read_file as read_weights_file
+from resnetlab.models.weights import _read_file as read_weights_file, refuse_nonfinite
 
-from .checkpoint import FORMAT, checkpoint_path, refuse_nonfinite, verify_digest
+from .checkpoint import FORMAT, checkpoint_path, verify_digest
 from .records import Checkpoint
 
 HEAD_PREFIX = "fc."
@@ -59,7 +59,7 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> list[str]:
             check_same_model(artifact.model_name, label, model_name)
             payload = artifact.weights
         source = payload
-    return load_weights(model, source, ignore_mismatched_head=True).skipped
+    return load_weights(model, source, ignore_mismatched_head=True, label=label).skipped
 
 
 def check_finite_weights(model: nn.Module, skipped: list[str], source) -> None:

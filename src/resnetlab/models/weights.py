@@ -161,11 +161,13 @@ def _normalise(key: str) -> str:
 
 
 def load_weights(model: nn.Module, source, *, ignore_mismatched_head: bool = False,
-                 layout: str = "auto") -> LoadReport:
+                 layout: str = "auto", label=None) -> LoadReport:
     """Load weights into `model`, or raise a UserError naming every missing, unexpected and
-    wrongly shaped key. With ignore_mismatched_head, a classifier of another class count is
-    skipped (fine-tuning to new classes) and reported. `layout` names the publisher's conventions
-    (models/layouts.py); "auto" tells akamaster's CIFAR layout by its `linear` classifier."""
+    wrongly shaped key, integer tensors for floating ones, or NaN/inf values. With
+    ignore_mismatched_head, a classifier of another class count is skipped (fine-tuning to new
+    classes) and reported. `layout` names the publisher's conventions (models/layouts.py); "auto"
+    tells akamaster's CIFAR layout by its `linear` classifier. `label` names the weights in messages
+    (default: the file, or "the state dict")."""
     expect_type(model, nn.Module, "load_weights(model, source): model must be an nn.Module such as "
                                   "create_model('resnet20')")
     state = read_state_dict(source)
@@ -193,10 +195,30 @@ def load_weights(model: nn.Module, source, *, ignore_mismatched_head: bool = Fal
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
                  if keys]
         raise UserError("weights do not fit the model: " + "; ".join(parts) + _hint(state, own))
+    # load_state_dict casts silently: integer weights (a quantised or edited file) would load as floats
+    cast = [f"{k} ({state[k].dtype})" for k in sorted(state) if own[k].is_floating_point() and not state[k].is_floating_point()]
+    if cast:
+        raise UserError(f"weights do not fit the model: {count_text(cast)} not floating point where the model's "
+                        f"are: {', '.join(cast[:3])}{' ...' if len(cast) > 3 else ''}")
+    refuse_nonfinite(state, label or ("the state dict" if isinstance(source, dict) else source))
     state = layouts.reorder(state, model, layout)
     model.load_state_dict({**own, **state}, strict=True)
     report.loaded = sorted(state)
     return report
+
+
+def count_text(keys: list) -> str:
+    return f"{len(keys)} tensor{'s' * (len(keys) != 1)}"
+
+
+def refuse_nonfinite(weights: dict, label) -> None:
+    """Weights holding NaN or inf (an edited or damaged file, a diverged run's) are refused in one line:
+    predict would print NaN probabilities, a fine-tuning run would call its loss diverged and advise
+    a lower lr, a linear probe would fit on NaN features."""
+    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{label} holds NaN or infinite values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
+                        "weights of a diverged run or a damaged file; choose other weights")
 
 
 def _hint(state: dict, own: dict) -> str:
