@@ -164,6 +164,8 @@ def test_errors_name_the_choices():
     (lambda: create_model("resnet20", num_classes="10"), "num_classes must be an integer of at least 1, got '10'"),
     (lambda: create_model("resnet20", num_classes=10.0), "num_classes must be an integer of at least 1, got 10.0"),
     (lambda: create_model("resnet20", num_classes=True), "num_classes must be an integer of at least 1, got True"),
+    (lambda: create_model("resnet20", num_classes=10**12),  # torch's allocator failure was a paragraph of C++
+     r"num_classes=1000000000000: its classifier needs 2.6e\+05 GB, more memory than this machine can give"),
     (lambda: fuse_bn("x"), r"fuse_bn takes an nn.Module such as create_model\('resnet20'\), got str"),
 ])
 def test_a_wrong_python_argument_is_one_user_error_naming_it(call, message):

@@ -78,7 +78,13 @@ class ResNet(nn.Module):
         self.final_bn = nn.BatchNorm2d(cin) if self.preact else None
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = cin
-        self.fc = nn.Linear(cin, num_classes)
+        try:
+            self.fc = nn.Linear(cin, num_classes)
+        except (RuntimeError, MemoryError) as err:  # torch's allocator failure is a paragraph of C++
+            if "allocat" not in str(err) and not isinstance(err, MemoryError):
+                raise
+            raise UserError(f"num_classes={num_classes}: its classifier needs {4 * (cin + 1) * num_classes / 1e9:.3g} "
+                            "GB, more memory than this machine can give") from None
         self._init_weights(zero_init_residual)
 
     @staticmethod
