@@ -133,6 +133,9 @@ def test_scientific_notation_is_a_float_in_recipes_and_overrides(tmp_path):
     ("train.workers=-1", "train.workers=-1 is out of range: expected an integer >= 0"),
     ("optim.lr=.nan", "optim.lr=nan is out of range: expected a finite number >= 0"),
     ("optim.lr=.inf", "optim.lr=inf is out of range: expected a finite number >= 0"),
+    ("optim.lr=inf", "optim.lr=inf is out of range: expected a finite number >= 0"),  # YAML reads `inf` as a string:
+    ("optim.lr=NaN", "optim.lr=nan is out of range: expected a finite number >= 0"),  # it said "expected float"
+    ("optim.weight_decay=-Infinity", "optim.weight_decay=-inf is out of range: expected a finite number >= 0"),
     ("optim.momentum=1", "optim.momentum=1.0 is out of range: expected a finite number in [0, 1)"),
     ("schedule.gamma=10", "schedule.gamma=10.0 is out of range: expected a finite number in (0, 1]"),
     ("train.stop_at_val_top1=0", "train.stop_at_val_top1=0.0 is out of range: expected a finite number in (0, 100]"),

@@ -160,6 +160,8 @@ def _coerce(value, hint, key: str):
         return int(value) if isinstance(value, float) and value.is_integer() else value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and value.strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+        return float(value)  # YAML spells them .inf/.nan and reads `inf` as a string: the range check names it
     if hint is int and isinstance(value, float) and value.is_integer():  # max_steps: 64e3
         return int(value)
     if hint is str and isinstance(value, bool):  # YAML reads `true` as a bool: channels_last=true
