@@ -213,7 +213,7 @@ def describe(bundle: DataBundle) -> str:
     size = bundle.train.where()
     splits = ", ".join(f"{name} {len(d)}" for name, d in (("train", bundle.train), ("val", bundle.val),
                                                            ("test", bundle.test)) if d is not None)
-    extra = f", {len(bundle.provenance['skipped'])} bad files skipped" if bundle.provenance.get("skipped") else ""
+    extra = f", {count(len(bundle.provenance['skipped']), 'bad file')} skipped" if bundle.provenance.get("skipped") else ""
     extra += f", {len(bundle.provenance['ignored'])} other files ignored" if bundle.provenance.get("ignored") else ""
     extra += "".join(f", no {split} images of {', '.join(names)}" for split, names in bundle.provenance.get("empty_classes", {}).items())
     return (f"{bundle.provenance.get('dataset')}: {splits} images, {len(bundle.classes)} classes, {size}, "

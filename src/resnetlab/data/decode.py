@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from contextlib import nullcontext
 from typing import Callable
 
@@ -118,8 +119,31 @@ def unreadable_headers(paths: list[str]) -> list[tuple[str, str]]:
 
 
 def opened(source):
-    """A context manager giving the PIL image of a path (closed after) or the image itself (kept open)."""
-    return nullcontext(source) if isinstance(source, Image.Image) else Image.open(source)
+    """A context manager giving the PIL image of a path (closed after) or the image itself (kept open).
+    A path that is not a regular file is refused before it is opened: opening a FIFO waits for a
+    writer for ever, and a device (a link to /dev/zero, /dev/stdin) has no end or no image."""
+    if isinstance(source, Image.Image):
+        return nullcontext(source)
+    refuse_special(source)
+    return Image.open(source)
+
+
+class SpecialFile(OSError):
+    """A path with an image's name that is a FIFO, socket or device."""
+
+
+def refuse_special(path) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing, dangling, unreadable: Image.open says which
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = next((name for test, name in SPECIAL_KINDS if test(mode)), "special file")
+        raise SpecialFile(f"not a regular file (a {kind})")
+
+
+SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                 (stat.S_ISBLK, "block device"))
 
 
 def why_unreadable(err: BaseException) -> str:

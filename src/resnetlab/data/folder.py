@@ -66,7 +66,10 @@ def folder_layout(root: Path) -> str | None:
 def subfolders(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
-    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    try:
+        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as err:  # a split folder without read permission
+        raise UserError(f"{folder}: cannot list the folder ({err.strerror or err}); fix its permissions") from None
 
 
 def holds_images(folder: Path) -> bool:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
-
 from resnetlab.autorecipe import DataFacts
 from resnetlab.errors import UserError
 
 from . import folder as folders
 from .cifar import SPECS
-from .decode import DECODE_ERRORS
+from .decode import DECODE_ERRORS, opened
 
 CIFAR_TRAIN_IMAGES = 50000
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -44,7 +42,7 @@ def probed_sides(paths: list[str]) -> list[int]:
     sides = []
     for path in paths[:: max(1, len(paths) // PROBES)][:PROBES]:
         try:
-            with Image.open(path) as img:
+            with opened(path) as img:  # never a FIFO: it would wait for ever
                 sides.append(min(img.size))
         except DECODE_ERRORS:
             continue  # reported (or skipped) when the file is decoded

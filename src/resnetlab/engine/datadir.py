@@ -9,6 +9,7 @@ reports what it expected to find.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from resnetlab.data.folder import folder_layout
@@ -30,6 +31,11 @@ def data_overrides(path: str, recipe_dataset: str) -> list[tuple[str, object]]:
                         "or the CIFAR python files)")
     if recipe_dataset == "synthetic":
         return [("data.root", str(root))]
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except OSError as err:  # no read permission: every later look inside would be a traceback
+        raise UserError(f"--data {path}: cannot list the folder ({err.strerror or err}); fix its permissions") from None
     for name, markers in CIFAR_MARKERS.items():
         if root.name == markers[0]:
             return [("data.dataset", name), ("data.root", str(root.parent))]

@@ -42,7 +42,7 @@ def collect_images(inputs: list[str]) -> list[str]:
             out.append(str(path))
         elif path.is_dir():
             found = []
-            for dirpath, dirnames, filenames in os.walk(path):
+            for dirpath, dirnames, filenames in os.walk(path, onerror=_unlistable):  # its images were left out
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
                 found += [os.path.join(dirpath, f) for f in filenames
                           if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts]
@@ -52,6 +52,11 @@ def collect_images(inputs: list[str]) -> list[str]:
         else:
             raise UserError(f"{item}: no such file or folder")
     return out
+
+
+def _unlistable(err: OSError):
+    raise UserError(f"{err.filename}: cannot list the folder ({err.strerror or err}); fix its permissions, or leave "
+                    "it out of the inputs")
 
 
 @dataclass

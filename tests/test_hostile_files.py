@@ -1,0 +1,116 @@
+"""Hostile file systems: a FIFO or a device among the images (opening a FIFO waited for ever), folders
+without read permission (tracebacks, or predict leaving their images out without a word). Each is one
+line, exit 2 (or a named skipped file), and never a hang."""
+import os
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from test_data_folders import COLOURS, _tree
+from test_predict_synthetic import train_tiny_run
+
+from resnetlab.cli import main
+
+
+@contextmanager
+def deadline(seconds=60):
+    """A regression would hang in open(): end it as a failure instead (a signal interrupts open)."""
+    def hung(*_):
+        raise TimeoutError("hung: a FIFO was opened")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return train_tiny_run(tmp_path_factory.mktemp("hostile"))
+
+
+def _fifo_tree(tmp_path):
+    root = _tree(tmp_path / "d")
+    os.mkfifo(root / "train" / "cat" / "x.jpg")
+    os.symlink("/dev/zero", root / "test" / "dog" / "zero.png")
+    return root
+
+
+def test_a_fifo_or_device_in_a_data_folder_is_a_bad_file_not_a_hang(tmp_path, capsys):
+    root = _fifo_tree(tmp_path)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    with deadline():
+        assert main(["data", str(root), *cache]) == 2
+    assert capsys.readouterr().err == (f"resnetlab data: error: {root / 'train' / 'cat' / 'x.jpg'}: not a regular file "
+                                       "(a FIFO); remove it or pass --skip-bad to skip bad files with a count\n")
+    with deadline():
+        assert main(["data", str(root), "--skip-bad", *cache]) == 0
+    out = capsys.readouterr().out
+    assert "train 12, test 12 images, 3 classes" in out and ", 2 bad files skipped" in out
+    assert f"skipped {root / 'test' / 'dog' / 'zero.png'}: not a regular file (a character device)" in out
+
+
+def test_zero_config_train_does_not_open_a_fifo_while_it_surveys_the_images(tmp_path, capsys):
+    root = _tree(tmp_path / "d", per_class=2)
+    for name in COLOURS:  # every probed image a FIFO: the survey opened one first
+        for i in range(2):
+            (root / "train" / name / f"{i}.png").unlink()
+            os.mkfifo(root / "train" / name / f"{i}.png")
+    with deadline():
+        assert main(["train", "--data", str(root), "--out", str(tmp_path / "run"), "--model", "resnet8",
+                     "--epochs", "1", "--init", "none", "--set", f"data.cache_dir={tmp_path / 'cache'}"]) == 2
+    assert "not a regular file (a FIFO)" in capsys.readouterr().err
+
+
+def test_predict_names_a_fifo_among_its_images_and_goes_on(run_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = next((run_dir.parent / "data" / "test").rglob("*.jpg"))
+    (folder / "a.jpg").write_bytes(image.read_bytes())
+    os.mkfifo(folder / "b.jpg")
+    with deadline():
+        assert main(["predict", str(run_dir), str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert f"skipped {folder / 'b.jpg'}: not a regular file (a FIFO)" in captured.err
+    assert "a.jpg" in captured.out and "b.jpg" not in captured.out
+
+
+def _unreadable(monkeypatch, folder: Path):
+    """As chmod 000 does for a user without root's override of permissions (tests may run as root)."""
+    folder = str(folder)
+    scandir, listdir = os.scandir, Path.iterdir
+
+    def refuse(path):
+        if os.fspath(path).rstrip("/") == folder:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+
+    monkeypatch.setattr(os, "scandir", lambda path=".": refuse(path) or scandir(path))
+    monkeypatch.setattr(Path, "iterdir", lambda self: refuse(self) or listdir(self))
+
+
+@pytest.mark.parametrize("where", ["", "train", "test"])
+def test_a_data_folder_without_read_permission_is_one_line(tmp_path, monkeypatch, capsys, where):
+    root = _tree(tmp_path / "d")
+    _unreadable(monkeypatch, root / where if where else root)
+    assert main(["data", str(root), "--cache-dir", str(tmp_path / "cache")]) == 2
+    folder = root / where if where else root
+    assert capsys.readouterr().err == (f"resnetlab data: error: {folder}: cannot list the folder (Permission denied); "
+                                       "fix its permissions\n")
+    assert main(["train", "--data", str(root), "--out", str(tmp_path / "run"), "--model", "resnet8", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err  # after the zero-config line when only test/ is unreadable
+    assert "cannot list the folder (Permission denied); fix its permissions" in err.splitlines()[-1]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_refuses_a_subfolder_it_cannot_list_instead_of_leaving_its_images_out(run_dir, monkeypatch, capsys):
+    test = run_dir.parent / "data" / "test"
+    hidden = next(d for d in sorted(test.iterdir()) if d.is_dir())
+    _unreadable(monkeypatch, hidden)
+    assert main(["predict", str(run_dir), str(test)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"resnetlab predict: error: {hidden}: cannot list the folder (Permission denied); fix its "
+                            "permissions, or leave it out of the inputs\n") and captured.out == ""
