@@ -114,3 +114,25 @@ def test_predict_refuses_a_subfolder_it_cannot_list_instead_of_leaving_its_image
     captured = capsys.readouterr()
     assert captured.err == (f"resnetlab predict: error: {hidden}: cannot list the folder (Permission denied); fix its "
                             "permissions, or leave it out of the inputs\n") and captured.out == ""
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_refused_before_training(tmp_path, capsys):
+    """It trained, then failed writing the per-class CSV of the final test: no summary, a resume failing the same way."""
+    root = _tree(tmp_path / "d")
+    for split in ("train", "test"):
+        os.rename(root / split / "emu", os.path.join(os.fsencode(root / split), b"e\xffmu"))
+    assert main(["train", "--data", str(root), "--out", str(tmp_path / "run"), "--model", "resnet8", "--epochs", "1",
+                 "--set", f"data.cache_dir={tmp_path / 'cache'}"]) == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line == (f"resnetlab train: error: class folder b'e\\xffmu' in {root / 'train'}: its name is not valid UTF-8 "
+                    "or holds a control character; rename the folder (its name is the class name)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_embed_writes_a_file_name_that_is_not_utf8_as_its_bytes(run_dir, tmp_path, capsys):
+    image = next((run_dir.parent / "data" / "test").rglob("*.jpg"))
+    odd = os.path.join(os.fsencode(tmp_path), b"a\xff.jpg")
+    with open(odd, "wb") as f:
+        f.write(image.read_bytes())
+    assert main(["embed", str(run_dir), os.fsdecode(odd), "--out", str(tmp_path / "e.npy")]) == 0
+    assert (tmp_path / "e.names.txt").read_bytes() == odd + b"\n"

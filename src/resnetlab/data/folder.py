@@ -93,6 +93,10 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
     training = classes is None
     if training:
         classes = found
+        odd = next((n for n in found if not n.isprintable()), None)  # non-UTF-8 bytes: surrogates, unprintable
+        if odd is not None:  # class names go to JSON, CSV, plots, stdout: a non-UTF-8 one (surrogates) failed late
+            raise UserError(f"class folder {os.fsencode(odd)!r} in {split_dir}: its name is not valid UTF-8 or holds a "
+                            "control character; rename the folder (its name is the class name)")
     unknown = [name for name in found if name not in classes]
     if unknown:
         raise UserError(f"{split_dir} has class folders not in train/: {', '.join(unknown[:5])}; "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,8 @@ def save_embeddings(out, names: list[str], emb: np.ndarray, metadata: dict | Non
         refuse_newlines(names)
         array = io.BytesIO()
         np.save(array, emb)
-        write_files_atomic({paths[0]: array.getvalue(), paths[1]: "".join(n + "\n" for n in names).encode()})
+        # os.fsencode: a name that is not UTF-8 is written as the bytes the file system holds
+        write_files_atomic({paths[0]: array.getvalue(), paths[1]: b"".join(os.fsencode(n) + b"\n" for n in names)})
         return [str(p) for p in paths]
     from safetensors.numpy import save
 
