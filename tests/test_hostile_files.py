@@ -1,8 +1,12 @@
-"""Hostile file systems: a FIFO or a device among the images (opening a FIFO waited for ever), folders
-without read permission (tracebacks, or predict leaving their images out without a word). Each is one
-line, exit 2 (or a named skipped file), and never a hang."""
+"""Hostile file systems and process groups: a FIFO or a device among the images (opening a FIFO waited for
+ever), folders without read permission (tracebacks, or predict leaving their images out without a word),
+names that are not UTF-8, SIGTERM to a training's whole process group (`timeout`, a job scheduler).
+Each is one line, exit 2 (or a named skipped file, or the stop line), and never a hang."""
 import os
 import signal
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -136,3 +140,38 @@ def test_embed_writes_a_file_name_that_is_not_utf8_as_its_bytes(run_dir, tmp_pat
         f.write(image.read_bytes())
     assert main(["embed", str(run_dir), os.fsdecode(odd), "--out", str(tmp_path / "e.npy")]) == 0
     assert (tmp_path / "e.names.txt").read_bytes() == odd + b"\n"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+    return found
+
+
+def test_sigterm_to_the_process_group_of_a_training_with_decoding_workers_is_the_stop_line(tmp_path):
+    """The workers died of it, and the parent's SIGCHLD handler raised "DataLoader worker (pid N) is
+    killed by signal: Terminated" wherever it was (a checkpoint write once): a traceback, no stop line."""
+    root = _tree(tmp_path / "photos", per_class=6, size=(96, 96))  # over 64 px: decoded by a worker per batch
+    proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "train", "--data", str(root), "--out", str(tmp_path / "run"),
+                             "--model", "resnet8", "--init", "none", "--image-size", "32", "--max-steps", "100000",
+                             "--set", "train.workers=1", "--set", f"data.cache_dir={tmp_path / 'cache'}"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 240
+        while not _children(proc.pid) and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert proc.poll() is None and _children(proc.pid), "the training never started a decoding worker"
+        time.sleep(0.5)  # into its batches
+        os.killpg(proc.pid, signal.SIGTERM)  # as `timeout` and schedulers do: the workers get it too
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Traceback" not in err and proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM at step" in err and f"Continue with: resnetlab train --resume {tmp_path / 'run'}" in err

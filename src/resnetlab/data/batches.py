@@ -6,6 +6,7 @@ worker processes while the random draws stay a function of (seed, epoch, batch, 
 """
 from __future__ import annotations
 
+import signal
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
         file is an error, or with data.skip_bad dropped and added to `skipped` (warned about once)."""
         if workers > 0:
             items = torch.utils.data.DataLoader(self, batch_size=None, shuffle=False, num_workers=workers,
-                                                pin_memory=device.type == "cuda", worker_init_fn=_one_thread)
+                                                pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
         else:
             items = (self[j] for j in range(len(self)))
         try:
@@ -238,5 +239,11 @@ def one_cpu_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def _one_thread(_worker_id: int) -> None:
+def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # workers are processes; threads inside them would oversubscribe
+    # SIGINT/SIGTERM sent to the whole process group (Ctrl-C, `timeout`, a job scheduler) are the main
+    # process's to handle: it stops at a step boundary, saves, and ends the workers itself. torch's
+    # worker handler dies of a SIGTERM not sent by the parent, and the parent's SIGCHLD handler then
+    # raised "DataLoader worker ... killed by signal" wherever it was, a checkpoint write included.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
