@@ -77,3 +77,22 @@ def test_a_file_name_with_a_newline(run_dir, tmp_path, capsys):
                                        "FILE.names.txt cannot hold; write .safetensors (names as JSON) instead of .npy\n")
     assert main(["embed", str(run_dir), str(odd), "--out", str(tmp_path / "e.safetensors")]) == 0
     assert resnetlab.inference.embed.load_embeddings(tmp_path / "e.safetensors")[0] == [str(odd)]
+
+
+def test_eval_out_replaces_an_earlier_evaluation_but_never_the_users_files_of_the_same_names(run_dir, tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "confusion.csv").write_text("my hand-made confusion matrix\n")
+    (out / "notes.txt").write_text("mine\n")
+    assert main(["eval", str(run_dir), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"resnetlab eval: error: --out {out} already holds confusion.csv, not written by "
+                                       "an evaluation; give a new folder, or one of an earlier evaluation\n")
+    assert (out / "confusion.csv").read_text() == "my hand-made confusion matrix\n"
+    (out / "confusion.csv").unlink()
+    assert main(["eval", str(run_dir), "--out", str(out)]) == 0  # beside other files: nothing of theirs replaced
+    assert main(["eval", str(run_dir), "--out", str(out), "--protocol", "flip"]) == 0  # an evaluation's: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.csv", "confusion.png", "notes.txt", "per_class.csv"]
+    assert (out / "notes.txt").read_text() == "mine\n"
+    (out / "per_class.csv").write_text("a,b\n")
+    assert main(["eval", str(run_dir), "--out", str(out)]) == 2
+    assert "already holds per_class.csv, not written by an evaluation" in capsys.readouterr().err

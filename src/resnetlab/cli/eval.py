@@ -33,12 +33,13 @@ def add_arguments(parser):
 
 def run(args):
     from resnetlab.engine import evaluate_checkpoint
-    from resnetlab.engine.confusion import ClassResult, format_table
+    from resnetlab.engine.confusion import ClassResult, format_table, refuse_foreign_eval_files
 
     from resnetlab.inference.fastpath import prepare_inference
 
     if args.out:  # a folder asked for by name that cannot take the files: say so before evaluating
         check_writable(Path(args.out) / "confusion.csv")
+        refuse_foreign_eval_files(args.out)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.protocol, args.device,
                                  args.precision, args.batch_size, args.workers, fast_path=prepare_inference,
                                  skip_bad=args.skip_bad)

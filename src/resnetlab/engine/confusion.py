@@ -152,6 +152,30 @@ def record_per_class(test: dict, classes, folder=None, split: str = "test") -> N
                       "numbers are in summary.json", ResnetlabWarning, stacklevel=2)
 
 
+EVAL_HEADERS = {"confusion.csv": "true \\ predicted,", "per_class.csv": "class,images,predicted,correct,"}
+
+
+def refuse_foreign_eval_files(folder) -> None:
+    """`eval --out DIR` replaces an earlier evaluation's files, never a user's own of the same names
+    (a hand-made confusion.csv was overwritten without a word): the CSVs must start as ours do, and
+    confusion.png is ours only beside one of them."""
+    folder = Path(folder)
+    ours = [n for n, head in EVAL_HEADERS.items() if (folder / n).is_file() and _starts_with(folder / n, head)]
+    foreign = [n for n in ("confusion.csv", "confusion.png", "per_class.csv")
+               if (folder / n).exists() and n not in ours and not (n == "confusion.png" and ours)]
+    if foreign:
+        raise UserError(f"--out {folder} already holds {', '.join(foreign)}, not written by an evaluation; give a new "
+                        "folder, or one of an earlier evaluation")
+
+
+def _starts_with(path: Path, head: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(len(head)) == head
+    except OSError:
+        return False
+
+
 def default_eval_dir(checkpoint, split: str, protocol: str, precision: str | None = None,
                      other_data: str | None = None) -> Path:
     """Where `resnetlab eval` writes its files when not told: inside the run for a checkpoint of a
