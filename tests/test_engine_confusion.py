@@ -70,6 +70,13 @@ def test_files_hold_the_counts_and_blank_cells_for_undefined(tmp_path):
     assert paths[2].read_text().splitlines()[3:] == ["fox,3,0,0,0.0,,", "owl,0,0,0,,,"]
 
 
+@pytest.mark.filterwarnings("error")
+def test_class_names_the_font_cannot_draw_give_no_warning_per_glyph(tmp_path):
+    """matplotlib warned once per missing glyph, with its source lines, on a training's stderr."""
+    paths = write_per_class_files(tmp_path, torch.eye(2).long(), ["猫", "犬"])
+    assert paths[1].read_bytes()[:8] == PNG_MAGIC and paths[0].read_text().splitlines()[0] == "true \\ predicted,猫,犬"
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("confusion") / "run"

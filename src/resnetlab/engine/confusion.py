@@ -95,7 +95,15 @@ def per_class_csv(results: list[ClassResult]) -> str:
 
 def plot_confusion(matrix: torch.Tensor, classes, path, title: str = "") -> Path:
     """PNG of the matrix, each row coloured by its share of the class (recall on the diagonal),
-    annotated with the counts when there are few enough classes to read them."""
+    annotated with the counts when there are few enough classes to read them. Class names in a script
+    the font lacks (CJK in DejaVu Sans) are drawn as boxes without matplotlib's warning per glyph, which
+    showed its source lines on stderr; the CSVs hold the names."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+        return _plot_confusion(matrix, classes, path, title)
+
+
+def _plot_confusion(matrix: torch.Tensor, classes, path, title: str) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
 
