@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnetlab.data.decode import decode_crops
+from resnetlab.data.decode import BadImage, decode_crops
 
 
 
@@ -41,3 +41,17 @@ def test_float_images_in_0_1_are_scaled_and_others_clipped(tmp_path, grey8):
     np.testing.assert_array_equal(whole(tmp_path / "unit.tif")[..., 0], grey8)
     wide = np.array([[-5.0, 0.0, 128.0, 300.0, np.nan]], dtype=np.float32)
     np.testing.assert_array_equal(whole(Image.fromarray(wide))[0, :, 0], [0, 0, 128, 255, 0])
+
+
+def test_an_os_error_is_said_in_its_own_words_without_the_errno_and_the_path_again(tmp_path, monkeypatch):
+    """It read `F: [Errno 13] Permission denied: 'F'`."""
+    path = tmp_path / "locked.png"
+    Image.new("RGB", (8, 8)).save(path)
+
+    def locked(fp, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(fp))
+
+    monkeypatch.setattr(Image, "open", locked)
+    with pytest.raises(BadImage) as err:
+        decode_crops(str(path), lambda w, h: [((0, 0, w, h), (8, 8))])
+    assert str(err.value) == f"{path}: Permission denied"

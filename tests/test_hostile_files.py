@@ -175,3 +175,35 @@ def test_sigterm_to_the_process_group_of_a_training_with_decoding_workers_is_the
             proc.wait()
     assert "Traceback" not in err and proc.returncode == 143, err[-2000:]
     assert "stopped by SIGTERM at step" in err and f"Continue with: resnetlab train --resume {tmp_path / 'run'}" in err
+
+
+def test_a_fifo_or_device_given_as_a_checkpoint_or_weights_is_named_as_such(run_dir, tmp_path, capsys):
+    """It said "checkpoint not found" (and a FIFO best.pt was passed over for last.pt without a word)."""
+    os.mkfifo(tmp_path / "ck.pt")
+    image = next((run_dir.parent / "data" / "test").rglob("*.jpg"))
+    with deadline():
+        assert main(["predict", str(tmp_path / "ck.pt"), str(image)]) == 2
+        assert main(["eval", "/dev/zero"]) == 2
+        assert main(["train", "--data", str(run_dir.parent / "data"), "--out", str(tmp_path / "run"), "--model", "resnet8",
+                     "--init", str(tmp_path / "ck.pt")]) == 2
+    assert [line for line in capsys.readouterr().err.splitlines() if "no --recipe given" not in line] == [
+        f"resnetlab predict: error: {tmp_path / 'ck.pt'} is not a regular file (a FIFO), not a checkpoint",
+        "resnetlab eval: error: /dev/zero is not a regular file (a character device), not a checkpoint",
+        f"resnetlab train: error: {tmp_path / 'ck.pt'} is not a regular file (a FIFO, socket or device), not weights"]
+    fake_run = tmp_path / "fake"
+    (fake_run / "checkpoints").mkdir(parents=True)
+    os.mkfifo(fake_run / "checkpoints" / "best.pt")
+    (fake_run / "checkpoints" / "last.pt").write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes())
+    with deadline():
+        assert main(["eval", str(fake_run)]) == 2
+    assert capsys.readouterr().err == (f"resnetlab eval: error: {fake_run / 'checkpoints' / 'best.pt'} is not a regular "
+                                       "file (a FIFO), not a checkpoint\n")
+
+
+def test_an_out_that_is_a_dangling_symbolic_link_is_said_as_such(run_dir, tmp_path, capsys):
+    (tmp_path / "dl").symlink_to(tmp_path / "gone")
+    assert main(["train", "--data", str(run_dir.parent / "data"), "--out", str(tmp_path / "dl"), "--model", "resnet8",
+                 "--init", "none"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the zero-config line
+    assert f"({tmp_path / 'dl'} is a symbolic link to {tmp_path / 'gone'}, which does not exist)" in err
+    assert not (tmp_path / "gone").exists()

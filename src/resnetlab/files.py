@@ -63,8 +63,15 @@ def make_folder(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        reason = f"{err.filename} is a file, not a folder" if isinstance(err, FileExistsError) else err.strerror
+        reason = _in_the_way(err.filename) if isinstance(err, FileExistsError) else err.strerror
         raise storage_error(path, reason or str(err), path.exists()) from None
+
+
+def _in_the_way(name) -> str:
+    """What stands where a folder should be made."""
+    if os.path.islink(name) and not os.path.exists(name):
+        return f"{name} is a symbolic link to {os.readlink(name)}, which does not exist"
+    return f"{name} is a file, not a folder"
 
 
 @contextmanager

@@ -152,6 +152,8 @@ def why_unreadable(err: BaseException) -> str:
         return f"refused as a possible decompression bomb ({text.rstrip('.')})"
     if isinstance(err, FileNotFoundError):
         return "no such file" + (" (a dangling symbolic link)" if os.path.islink(err.filename or "") else "")
+    if isinstance(err, OSError) and err.strerror and err.filename:  # not "[Errno 13] Permission denied: 'PATH'"
+        return err.strerror
     if "cannot identify image file" in text:
         return "not an image Pillow can read"
     if "truncated" in text.lower():

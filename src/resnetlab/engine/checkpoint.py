@@ -106,12 +106,23 @@ def checkpoint_path(path_or_run_dir) -> Path:
     path = Path(path_or_run_dir)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
+            if (path / "checkpoints" / name).exists():
+                return _regular(path / "checkpoints" / name)  # a FIFO best.pt is said, not passed over for last.pt
         raise UserError(f"{path} is a folder without checkpoints/best.pt or checkpoints/last.pt; "
                         "pass a run directory written by `resnetlab train` or a .pt file")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
+    return _regular(path)
+
+
+def _regular(path: Path) -> Path:
+    """`path` if it is a regular file: reading a FIFO waits for ever, a device never ends."""
+    from resnetlab.data.decode import SpecialFile, refuse_special
+
+    try:
+        refuse_special(path)
+    except SpecialFile as err:
+        raise UserError(f"{path} is {str(err)}, not a checkpoint") from None
     return path
 
 
