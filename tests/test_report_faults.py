@@ -149,3 +149,17 @@ def test_resume_drops_a_cut_off_metrics_record_and_writes_it_again(tmp_path, cap
     assert steps == [2, 4, 6]
     assert main(["report", str(run), "--out", str(tmp_path / "rep2")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("analysis", ["--responses", "--gradients"])
+def test_the_analyses_of_a_run_whose_data_folder_moved_say_so_and_name_data(tmp_path, capsys, analysis):
+    """It said the moved folder had no class folders."""
+    from test_predict_synthetic import train_tiny_run
+
+    run = train_tiny_run(tmp_path)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["report", str(run), analysis, "--out", str(tmp_path / "rep")]) == 2
+    assert _one_error_line(capsys) == (f"resnetlab report: error: the run's data folder {tmp_path / 'data'} no longer "
+                                       "exists; pass --data DIR, the folder where its images are now")
+    assert main(["report", str(run), analysis, "--data", str(tmp_path / "moved"), "--out", str(tmp_path / "rep")]) == 0

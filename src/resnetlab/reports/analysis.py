@@ -102,7 +102,7 @@ def _run_data(run_dir: Path, data: str | None, split: str, max_images: int, batc
     from resnetlab.config import apply_overrides
     from resnetlab.data import LoaderSpec, make_eval_loader
     from resnetlab.engine.checkpoint import model_from_checkpoint
-    from resnetlab.engine.datadir import data_overrides
+    from resnetlab.engine.datadir import check_run_data_root, data_overrides
 
     last = Path(run_dir) / "checkpoints" / "last.pt"
     if not last.is_file():
@@ -110,6 +110,7 @@ def _run_data(run_dir: Path, data: str | None, split: str, max_images: int, batc
     model, normalizer, _classes, cfg = model_from_checkpoint(last)
     if data is not None:
         cfg = apply_overrides(cfg, data_overrides(data, cfg.data.dataset))
+    check_run_data_root(cfg)  # a moved folder is said as such, with --data, not as one without class folders
     bundle = _bundle(cfg.data, cfg.train.seed)
     dataset = {"test": bundle.test, "train": bundle.train}[split]
     if dataset is None:
