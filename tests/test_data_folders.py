@@ -117,6 +117,20 @@ def test_large_images_stay_files(tmp_path):
     assert torch.allclose(bundle.normalizer.mean[:, 10, 10], torch.tensor([260.0, 260, 260]) / 3 / 255, atol=0.01)
 
 
+def test_an_image_deleted_after_the_data_was_read_is_said_to_be_put_back(tmp_path):
+    """A photo deleted while a run trains: the line said "remove it" of a file already gone."""
+    from resnetlab.data import LoaderSpec, make_eval_loader
+
+    cfg = _cfg(_tree(tmp_path / "d", size=(100, 80)), tmp_path, image_size=64, eval_resize=72)
+    bundle = build_data(cfg)
+    gone = bundle.test.paths[0]
+    os.remove(gone)
+    with pytest.raises(UserError) as err:
+        list(make_eval_loader(bundle.test, cfg, LoaderSpec(12)))
+    assert str(err.value) == (f"{gone}: no such file; it was listed when the data was read: put it back or set "
+                              "data.skip_bad=true to skip bad files")
+
+
 def test_val_folder_is_the_validation_split_or_with_val_folder_test_the_test_split(tmp_path):
     root = _tree(tmp_path / "d", splits=("train", "val"))
     bundle = build_data(_cfg(root, tmp_path, val_size=3), seed=0)  # val_size unused: val/ is the validation split

@@ -132,7 +132,9 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
             for x, y, bad in items:
                 if bad and not self.cfg.skip_bad:
                     path, reason = bad[0]
-                    raise UserError(f"{path}: {reason}; remove it or set data.skip_bad=true to skip bad files")
+                    fix = ("it was listed when the data was read: put it back" if reason.startswith("no such file")
+                           else "remove it")  # deleted while a run trains: "remove it" made no sense
+                    raise UserError(f"{path}: {reason}; {fix} or set data.skip_bad=true to skip bad files")
                 skipped += bad
                 if x is None:
                     continue
