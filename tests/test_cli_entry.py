@@ -50,3 +50,26 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(argv):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141, err
     assert err == ""
+
+
+CHECK_STREAM = """
+import os, sys
+from resnetlab import entry
+fd, name, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+entry.reopen_closed_streams()
+with open(out, "w") as f:
+    print(os.path.realpath(f"/proc/self/fd/{fd}"), type(getattr(sys, name)).__name__, file=f)
+"""
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr", "stdin"])
+def test_a_command_with_a_closed_standard_stream_runs_as_with_dev_null(closed, tmp_path):
+    """`resnetlab models >&-` ended in a traceback (sys.stdout is None), and a training's kernels failed
+    to build on stdout's flush, so a resumed run took other kernels and other numbers."""
+    fd = {"stdin": 0, "stdout": 1, "stderr": 2}[closed]
+    subprocess.run([sys.executable, "-c", CHECK_STREAM, str(fd), closed, str(tmp_path / "seen")], check=True,
+                   preexec_fn=lambda: os.close(fd))
+    assert (tmp_path / "seen").read_text().split() == [os.devnull, "TextIOWrapper"]
+    result = subprocess.run([sys.executable, "-m", "resnetlab", "models"], capture_output=closed != "stdout",
+                            text=True, preexec_fn=lambda: os.close(fd))
+    assert result.returncode == 0 and "Traceback" not in (result.stderr or "")

@@ -8,6 +8,7 @@ as an interrupted command does (cli.run_command).
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -19,7 +20,26 @@ def load_cli():
     return main
 
 
+def reopen_closed_streams() -> None:
+    """Point a closed stdin, stdout or stderr (`resnetlab train >&-`) at /dev/null before anything
+    else opens a file. Python leaves sys.stdout None there: every print failed (a traceback at the
+    end), the CPU kernels' build failed on its flush (so a resumed run took other kernels and other
+    numbers), and the next file opened would have taken descriptor 1, to be written by any C code
+    that prints."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, mode, closefd=False))
+
+
 def main(argv: list[str] | None = None) -> int:
+    reopen_closed_streams()
     received: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
