@@ -80,9 +80,12 @@ def _run_and_report(exp, runs, args) -> int:
     from resnetlab.reports.experiments import run_experiment
     from resnetlab.reports.report import write_report
 
+    from .console import forgiving_stderr
+
     again = f"Continue with: {_command()} (finished runs are skipped, a stopped one resumes)"
     try:
-        dirs = run_experiment(runs, args.data, args.out, experiment=exp.name)
+        with forgiving_stderr():  # a console gone away (closed terminal, full disk) does not end the runs
+            dirs = run_experiment(runs, args.data, args.out, experiment=exp.name)
         paths = write_report(dirs, args.out, title=f"Experiment {exp.name}: {exp.description}", analyses=exp.analyses,
                              data=args.data, command=_command(), notes=exp.notes)
     except TrainingInterrupted as stop:

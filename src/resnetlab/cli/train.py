@@ -163,13 +163,16 @@ def warn_once(line: str | None) -> None:
 
 
 def run(args):
+    from .console import forgiving_stderr
+
     if args.list_recipes:
         for name, description in list_recipes().items():
             print(f"{name:20s} {description}")
         return 0
     fresh = bool(args.out) and not args.resume and not args.print_config and not Path(args.out).exists()
     try:
-        return train(args)
+        with forgiving_stderr():  # a console gone away (closed terminal, `| head`, full disk) does not end the run
+            return train(args)
     except BaseException:
         if fresh:
             forget_refused_start(Path(args.out))

@@ -243,9 +243,9 @@ def one_cpu_thread(device: torch.device):
 
 def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # workers are processes; threads inside them would oversubscribe
-    # SIGINT/SIGTERM sent to the whole process group (Ctrl-C, `timeout`, a job scheduler) are the main
-    # process's to handle: it stops at a step boundary, saves, and ends the workers itself. torch's
+    # SIGINT/SIGTERM/SIGHUP sent to the process group (Ctrl-C, `timeout`, a scheduler, a closed terminal)
+    # are the main process's to handle: it stops at a step boundary, saves, and ends the workers itself. torch's
     # worker handler dies of a SIGTERM not sent by the parent, and the parent's SIGCHLD handler then
     # raised "DataLoader worker ... killed by signal" wherever it was, a checkpoint write included.
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)

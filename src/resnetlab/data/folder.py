@@ -226,6 +226,7 @@ def decode_pool(procs: int):
 def _default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the parent stops once the data is built
 
 
 def _decode_chunk(paths: list[str], size: int, skip_bad: bool):

@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM stop a run at the next step boundary, after a checkpoint.
+"""Ctrl-C, SIGTERM and SIGHUP (a closed terminal or ssh session) stop a run at the next step
+boundary, after a checkpoint. A SIGHUP ignored when the run starts (`nohup`) stays ignored.
 
 Inside `StopOnSignal()` the first SIGINT/SIGTERM only records its number: it is installed before
 the data is built, the training loop checks `requested` before its first step and after every
@@ -12,7 +13,7 @@ from __future__ import annotations
 import signal
 import threading
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class TrainingInterrupted(Exception):
@@ -55,6 +56,8 @@ class StopOnSignal:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in SIGNALS:
+                if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # nohup: the user asked the run to outlive the terminal
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

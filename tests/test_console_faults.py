@@ -1,0 +1,98 @@
+"""A training whose console goes away: SIGHUP (a closed terminal or ssh session) stops it as SIGTERM
+does, after a checkpoint, unless it runs under nohup; a stderr that cannot be written (the reader of a
+pipe gone, a full disk) no longer ends the run, which finishes and writes its files."""
+import json
+import os
+import signal
+import sys
+
+import pytest
+import yaml
+
+import resnetlab.data
+from resnetlab.cli import main
+from resnetlab.cli.console import ForgivingStream
+from resnetlab.config import config_to_dict
+from resnetlab.engine import load_checkpoint
+from resnetlab.engine.signals import StopOnSignal
+from test_engine_train import tiny_config
+
+CFG = tiny_config(("schedule.max_steps", 12), ("train.eval_every", 4), ("optim.lr", 0.05))
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(CFG)))
+    return str(path)
+
+
+def test_sighup_stops_a_training_with_its_checkpoint_and_the_resume_line(tmp_path, recipe, monkeypatch, capsys):
+    """SIGHUP ended the run where it was, without a word: everything since the last evaluation lost."""
+    run, build = tmp_path / "run", resnetlab.data.build_data
+
+    def build_then_hangup(*args, **kwargs):
+        bundle = build(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGHUP)
+        return bundle
+
+    monkeypatch.setattr(resnetlab.data, "build_data", build_then_hangup)
+    assert main(["train", "--recipe", recipe, "--out", str(run)]) == 129
+    assert (f"resnetlab train: stopped by SIGHUP at step 0; no checkpoint yet, so nothing was lost. "
+            f"Continue with: resnetlab train --resume {run}") in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt").training.step == 12
+
+
+def test_under_nohup_a_hangup_stays_ignored():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopOnSignal() as stop:
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert not stop.requested
+        assert signal.getsignal(signal.SIGTERM) != stop._handle  # the others are given back
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+class GoneAfter:
+    """A console whose reader goes away after `lines` writes (`2>&1 | head`), or whose disk fills."""
+
+    def __init__(self, lines: int, error: OSError):
+        self.left, self.error, self.seen = lines, error, []
+
+    def write(self, text):
+        if self.left <= 0:
+            raise self.error
+        self.left -= 1
+        self.seen.append(text)
+        return len(text)
+
+    def flush(self):
+        if self.left <= 0:
+            raise self.error
+
+    def isatty(self):
+        return False
+
+
+@pytest.mark.parametrize("error", [BrokenPipeError(32, "Broken pipe"), OSError(28, "No space left on device")],
+                         ids=["reader-gone", "disk-full"])
+def test_a_console_that_cannot_be_written_does_not_end_the_run(tmp_path, recipe, monkeypatch, capsys, error):
+    """The first failed write raised out of the loop: the run ended (exit 141 or 1) without a checkpoint."""
+    console = GoneAfter(2, error)
+    monkeypatch.setattr(sys, "stderr", console)
+    assert main(["train", "--recipe", recipe, "--out", str(tmp_path / "run")]) == 0
+    assert len(console.seen) == 2 and console.left == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 12
+    assert sys.stderr is console  # given back after the run
+
+
+def test_a_forgiving_stream_passes_everything_until_the_first_failure():
+    console = GoneAfter(1, BrokenPipeError(32, "Broken pipe"))
+    stream = ForgivingStream(console)
+    assert stream.write("one\n") == 4 and stream.write("two\n") == 4 and stream.write("three\n") == 6
+    stream.flush()
+    assert console.seen == ["one\n"] and isinstance(stream.failed, BrokenPipeError) and stream.isatty() is False
