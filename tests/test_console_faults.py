@@ -1,5 +1,5 @@
 """A training whose console goes away: SIGHUP (a closed terminal or ssh session) stops it as SIGTERM
-does, after a checkpoint, unless it runs under nohup; a stderr that cannot be written (the reader of a
+does (tests/test_faults.py), unless it runs under nohup; a stderr that cannot be written (the reader of a
 pipe gone, a full disk) no longer ends the run, which finishes and writes its files."""
 import json
 import os
@@ -9,11 +9,9 @@ import sys
 import pytest
 import yaml
 
-import resnetlab.data
 from resnetlab.cli import main
 from resnetlab.cli.console import ForgivingStream
 from resnetlab.config import config_to_dict
-from resnetlab.engine import load_checkpoint
 from resnetlab.engine.signals import StopOnSignal
 from test_engine_train import tiny_config
 
@@ -25,24 +23,6 @@ def recipe(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(CFG)))
     return str(path)
-
-
-def test_sighup_stops_a_training_with_its_checkpoint_and_the_resume_line(tmp_path, recipe, monkeypatch, capsys):
-    """SIGHUP ended the run where it was, without a word: everything since the last evaluation lost."""
-    run, build = tmp_path / "run", resnetlab.data.build_data
-
-    def build_then_hangup(*args, **kwargs):
-        bundle = build(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGHUP)
-        return bundle
-
-    monkeypatch.setattr(resnetlab.data, "build_data", build_then_hangup)
-    assert main(["train", "--recipe", recipe, "--out", str(run)]) == 129
-    assert (f"resnetlab train: stopped by SIGHUP at step 0; no checkpoint yet, so nothing was lost. "
-            f"Continue with: resnetlab train --resume {run}") in capsys.readouterr().err
-    monkeypatch.undo()
-    assert main(["train", "--resume", str(run)]) == 0
-    assert load_checkpoint(run / "checkpoints" / "last.pt").training.step == 12
 
 
 def test_under_nohup_a_hangup_stays_ignored():

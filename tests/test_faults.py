@@ -238,17 +238,18 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_old_one_and_the_run_resumes(t
         assert a.training.step == 12 and all(torch.equal(a.artifact.weights[k], b.artifact.weights[k]) for k in b.artifact.weights)
 
 
-def test_sigterm_while_the_data_is_built_stops_before_the_first_step(tmp_path, recipe, monkeypatch, capsys):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP (a closed terminal) ended it without a word
+def test_sigterm_while_the_data_is_built_stops_before_the_first_step(tmp_path, recipe, monkeypatch, capsys, sig):
     run, build = tmp_path / "run", resnetlab.data.build_data
 
-    def build_then_sigterm(*args, **kwargs):
+    def build_then_signal(*args, **kwargs):
         bundle = build(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
         return bundle
 
-    monkeypatch.setattr(resnetlab.data, "build_data", build_then_sigterm)
-    assert main(["train", "--recipe", recipe, "--out", str(run)]) == 143
-    assert (f"resnetlab train: stopped by SIGTERM at step 0; no checkpoint yet, so nothing was lost. "
+    monkeypatch.setattr(resnetlab.data, "build_data", build_then_signal)
+    assert main(["train", "--recipe", recipe, "--out", str(run)]) == 128 + sig
+    assert (f"resnetlab train: stopped by {sig.name} at step 0; no checkpoint yet, so nothing was lost. "
             f"Continue with: resnetlab train --resume {run}") in capsys.readouterr().err
     assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints" / "last.pt").exists()
     monkeypatch.undo()

@@ -20,8 +20,6 @@ import multiprocessing
 import os
 import signal
 import warnings
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +27,9 @@ import numpy as np
 import torch
 
 from resnetlab.errors import ResnetlabWarning, UserError
-from resnetlab.files import StorageError, atomic_write
+from resnetlab.files import StorageError
 
+from .array_cache import read_cache, save_cache
 from .datasets import ArrayDataset
 from .decode import DECODE_ERRORS, BadImage, center_box, decode_crops, opened
 
@@ -178,13 +177,13 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
     key = json.dumps([CACHE_VERSION, listing, labels.tolist(), classes, size, skip_bad])
     key = hashlib.sha256(key.encode()).hexdigest()
     cache = cache_dir / f"{root.resolve().name}-{key[:20]}.npz"
-    cached = _read_cache(cache, len(paths), size) if cache.is_file() else None
+    cached = read_cache(cache, len(paths), size) if cache.is_file() else None
     if cached is not None:
         images, keep, resized, reasons = cached
     else:
         images, keep, resized, reasons = _decode_all(paths, size, skip_bad)
         try:
-            _save_atomic(cache, images=images, keep=keep, resized=np.int64(resized), reasons=np.array(reasons, dtype=str))
+            save_cache(cache, images=images, keep=keep, resized=np.int64(resized), reasons=np.array(reasons, dtype=str))
         except StorageError as err:  # a cache is a saving, not the point: train on what was just decoded
             cache, not_cached = None, err.reason
     if cache is None:
@@ -270,34 +269,3 @@ def describe_empty(split: str, empty: list[str], classes: list[str], shown: int 
     others = ", ".join(rest) if len(rest) <= shown else f"the other {len(rest)} classes"
     return (f"{split}/ has no images of class {', '.join(empty)}: its {'validation' if split == 'val' else split} "
             f"error counts only {others}")
-
-
-def _read_cache(cache: Path, count: int, size: int):
-    """A cache file's arrays, or None (with a warning) when it is damaged or not one of ours (cut short
-    by a full disk, edited, written by another version): the images are then decoded again and the
-    file replaced. np.load never unpickles (allow_pickle=False)."""
-    try:
-        with open(cache, "rb") as f, np.load(f, allow_pickle=False) as z:  # f: closed also when np.load fails
-            images, keep, resized, reasons = z["images"], z["keep"], int(z["resized"]), z["reasons"].tolist()
-        kept = int(keep.sum()) if keep.dtype == np.bool_ and keep.shape == (count,) else -1
-        if (kept < 0 or images.dtype != np.uint8 or images.shape != (kept, size, size, 3)
-                or len(reasons) != count - kept or not all(isinstance(r, str) for r in reasons)):
-            reason = "arrays of the wrong type or shape"
-        else:
-            return images, keep, resized, reasons
-    except EOFError:
-        reason = "empty or cut short"
-    except zipfile.BadZipFile as err:
-        reason = f"damaged archive: {err}"
-    except KeyError:
-        reason = "arrays of other names"
-    except (OSError, ValueError, TypeError, zlib.error) as err:  # ValueError: also a pickle, refused unread
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else "not a NumPy .npz archive"
-    warnings.warn(f"the decoded-image cache {cache} is damaged or not resnetlab's ({reason}): decoding the "
-                  "images again and replacing it", ResnetlabWarning, stacklevel=3)
-    return None
-
-
-def _save_atomic(path: Path, **arrays) -> None:
-    with atomic_write(path) as f:
-        np.savez(f, **arrays)
