@@ -98,6 +98,27 @@ def test_a_torch_writer_failure_is_a_storage_error(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_second_ctrl_c_inside_the_write_is_an_interruption_not_a_disk_error(tmp_path, monkeypatch):
+    """A KeyboardInterrupt raised in the writer torch.save calls came out as "unexpected pos": a false disk error."""
+    save_checkpoint(stub(1), tmp_path / "last.pt")
+    before = (tmp_path / "last.pt").read_bytes()
+    class SecondCtrlC:  # the file torch.save's writer writes to; the signal lands in its third write
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise KeyboardInterrupt
+            return self.f.write(data)
+
+    init = ck._WriteAll.__init__
+    monkeypatch.setattr(ck._WriteAll, "__init__", lambda self, f: init(self, SecondCtrlC(f)))
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(stub(2), tmp_path / "last.pt")
+    assert (tmp_path / "last.pt").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
 def flip(path, offset: int, to):
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x40

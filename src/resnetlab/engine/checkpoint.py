@@ -44,7 +44,7 @@ def save_checkpoint(ckpt: Checkpoint, path) -> None:
             except RuntimeError as err:
                 if writer.error is None:
                     raise
-                raise writer.error from err  # the storage's own reason, which atomic_write reports
+                raise writer.error from err  # the storage's own reason (atomic_write reports it), or the Ctrl-C
     except RuntimeError as err:  # torch's zip writer failed without an OSError we could see
         raise storage_error(path, f"the write failed: {first_line(err)}", existed) from err
 
@@ -65,7 +65,7 @@ class _WriteAll:
                 if not written:
                     raise OSError(errno.EIO, "the file system accepted no more bytes")
                 done += written
-        except OSError as err:
+        except BaseException as err:  # also a second Ctrl-C here, which torch would turn into "unexpected pos"
             self.error = self.error or err
             raise
         return done
