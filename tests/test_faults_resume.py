@@ -106,3 +106,31 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert lines[0] == lines[1]  # every evaluation exactly once, with the same numbers
     summaries = [json.loads((d / "summary.json").read_text()) for d in (run, reference)]
     assert summaries[0]["test"] == summaries[1]["test"] and summaries[0]["steps"] == 12
+
+
+def test_resume_of_a_run_killed_while_it_read_its_data_says_to_start_it_again(tmp_path, capsys):
+    """kill -9 before config.yaml: "no config.yaml there; is it a run directory?" of the folder it made."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("")
+    (run / "auto_recipe.json").write_text(json.dumps({"recipe": "cifar10_fast", "overrides": [], "data": "/photos",
+                                                      "line": "..."}))
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err == (
+        f"resnetlab train: error: --resume {run}: its training stopped before it wrote config.yaml (while it read the "
+        f"data), so no step was trained; start it again with the command that made it (resnetlab train --data /photos "
+        f"--out {run} ...)\n")
+
+
+def test_resume_of_a_run_still_starting_says_it_is_in_use(tmp_path, capsys):
+    from resnetlab.engine.rundir import RunDirLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunDirLock(run):  # a training that has not written config.yaml yet
+        assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"resnetlab train: error: {run} is in use by another training (pid {os.getpid()} on ")
+    assert err.endswith("; wait for it to end\n")
+    assert main(["train", "--resume", str(run)]) == 2  # released: no run there
+    assert "no config.yaml there; is it a run directory?" in capsys.readouterr().err

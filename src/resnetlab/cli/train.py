@@ -71,8 +71,7 @@ def build_config(args):
                             f"(to start a new run from its weights: --init {args.resume} --out {args.out})")
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file() or not saved.read_bytes().strip():  # an empty one would read as the defaults' CIFAR-10
-            raise UserError(f"--resume {args.resume}: {'an empty' if saved.is_file() else 'no'} config.yaml there; is "
-                            "it a run directory?")
+            raise UserError(no_run_to_resume(Path(args.resume), saved.is_file()))
         recipe, out = str(saved), args.resume
     else:
         if not (args.out or args.print_config) or not (args.recipe or args.data):
@@ -149,6 +148,22 @@ def check_resume_changes(cfg, out) -> str | None:
     from resnetlab.engine.rundir import saved_config
 
     return resume_changes(saved_config(out), cfg, out)
+
+
+def no_run_to_resume(run: Path, empty: bool) -> str:
+    """Why `--resume RUN` has no config.yaml to read: a training still starting there, one killed
+    while it read its data (before config.yaml; only auto_recipe.json says what it was), or no run."""
+    from resnetlab.engine.rundir import training_in
+
+    holder = training_in(run)
+    if holder:
+        return f"{run} is in use by another training ({holder}); wait for it to end"
+    try:
+        data = json.loads((run / "auto_recipe.json").read_text())["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"--resume {run}: {'an empty' if empty else 'no'} config.yaml there; is it a run directory?"
+    return (f"--resume {run}: its training stopped before it wrote config.yaml (while it read the data), so no step "
+            f"was trained; start it again with the command that made it (resnetlab train --data {data} --out {run} ...)")
 
 
 def warn_once(line: str | None) -> None:

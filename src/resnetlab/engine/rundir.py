@@ -114,6 +114,21 @@ def _lock(workdir: Path) -> int:
     return fd
 
 
+def training_in(workdir: Path) -> str | None:
+    """Who holds `workdir`'s lock (a training running there), or None; takes no lock itself."""
+    try:
+        fd = os.open(Path(workdir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _holder(fd)
+    finally:
+        os.close(fd)  # and with it the shared lock just taken
+
+
 def _holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
