@@ -53,6 +53,22 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_resumable(run, override, 
     assert yaml.safe_load((run / "config.yaml").read_text())["schedule"]["max_steps"] == 12
 
 
+@pytest.mark.parametrize("edit, said", [
+    (("optim", "batch_size", 32), "cannot change optim.batch_size: 16 -> 32: the position in the data depends on it"),
+    (("train", "seed", 7), "cannot change train.seed: 0 -> 7: the shuffle and the validation hold-out follow"),
+    (("optim", "lr", 0.05), "warning: --resume with a new schedule (optim.lr: 0.1 -> 0.05"),
+], ids=["batch-size", "seed", "lr"])
+def test_a_hand_edited_config_yaml_is_held_to_what_the_last_checkpoint_trained_with(run, capsys, edit, said):
+    """An edited batch size was taken silently (the epoch column went backwards), an edited seed was blamed
+    on the data, an edited lr went without the warning the same --lr gives."""
+    section, key, value = edit
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config[section][key] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    code = main(["train", "--resume", str(run), "--max-steps", "12"])
+    assert said in capsys.readouterr().err and code == (0 if key == "lr" else 2)
+
+
 @pytest.mark.parametrize("bad, words", [("model.name=resnet21", "unknown model 'resnet21'"),
                                         ("schedule.kind=bogus", "unknown schedule.kind 'bogus'")])
 def test_a_new_run_with_a_bad_model_or_schedule_leaves_nothing_and_print_config_refuses_it(

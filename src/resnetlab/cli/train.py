@@ -147,7 +147,18 @@ def check_resume_changes(cfg, out) -> str | None:
     from resnetlab.engine.resume_changes import resume_changes
     from resnetlab.engine.rundir import saved_config
 
-    return resume_changes(saved_config(out), cfg, out)
+    return resume_changes(checkpoint_config(Path(out)) or saved_config(out), cfg, out)
+
+
+def checkpoint_config(run: Path):
+    """The config the run's last checkpoint was written with: what it trained on, whatever a hand edit
+    of RUN/config.yaml says since (an edited batch size was taken silently; a flag was refused)."""
+    from resnetlab.config import config_from_dict
+    from resnetlab.engine import load_checkpoint
+
+    last = run / "checkpoints" / "last.pt"
+    stored = load_checkpoint(last).artifact.config if last.is_file() else None
+    return config_from_dict(stored) if stored else None
 
 
 def no_run_to_resume(run: Path, empty: bool) -> str:
