@@ -3,6 +3,7 @@ written, eval --split val still scores the hold-out RUN/data.json recorded, a mo
 images resumes, and a deleted data folder, a missing run directory and --resume with --out are
 said plainly."""
 import json
+import os
 import shutil
 
 import pytest
@@ -72,6 +73,21 @@ def test_resume_refuses_added_photos_and_keeps_the_hold_out_record(run, capsys):
         _write(data / "cat" / f"img{i}.png", COLOURS["cat"], (16, 16))
     line = refused(capsys, out)
     assert "train images per class were cat 6; now cat 9; val images per class were cat 2; now cat 3" in line
+
+
+def test_resume_refuses_a_photo_replaced_under_its_name_and_takes_a_copy_that_keeps_mtimes(run, tmp_path, capsys):
+    """Same names and counts: a resumed run went on with other images without a word."""
+    data, out = run
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)  # copy2: sizes and modification times kept, as cp -a and rsync -a keep them
+    photo = data / "cat" / "img3.png"
+    stat = photo.stat()
+    _write(photo, (250, 250, 250), (16, 16))
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    line = refused(capsys, out)
+    assert ("images of train were replaced or edited since (same names, other sizes or modification times)" in line
+            or "images of val were replaced or edited since" in line)
+    assert main(["train", "--resume", str(out), "--data", str(copy), "--max-steps", "4"]) == 0
 
 
 def test_a_moved_folder_with_the_same_images_resumes_and_another_is_refused(run, tmp_path, capsys):

@@ -171,6 +171,7 @@ def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict
             out[split] = FileDataset(scan.paths, scan.labels, classes)
         if split == "train":
             provenance["train_files"] = [relative(p, root) for p in kept]
+        provenance.setdefault("fingerprints", {})[split] = folders.fingerprint(kept, root)
     return out, provenance
 
 

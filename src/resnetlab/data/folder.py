@@ -150,6 +150,20 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]], list[s
     return files, bad, ignored
 
 
+def fingerprint(paths: list[str], root: Path) -> str:
+    """SHA-256 over each file's path (relative to root), size and mtime: a photo replaced under its
+    name is another image (a resumed run would go on with other data), while a moved or `cp -a`
+    copy of the folder keeps it."""
+    prefix, sha = len(str(root)) + 1, hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            sha.update(f"{path[prefix:]}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:  # gone since the scan: reported when it is decoded
+            sha.update(f"{path[prefix:]}\0-\n".encode("utf-8", "surrogateescape"))
+    return sha.hexdigest()
+
+
 def small_side(paths: list) -> int | None:
     """The common side of the images (paths or PIL images) if evenly spaced probes are all at most
     SMALL_SIDE px (the most frequent probed side; other images are resized to it when cached), else None."""

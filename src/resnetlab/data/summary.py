@@ -93,6 +93,7 @@ def data_record(bundle) -> dict:
         "validation": provenance.get("validation"),
         "ignored_files": provenance.get("ignored", []),
         "skipped_files": [{"path": p, "reason": r} for p, r in provenance.get("skipped", [])],
+        "fingerprints": provenance.get("fingerprints"),  # folders: per split, over names, sizes and mtimes
     }
 
 
@@ -113,6 +114,11 @@ def record_changes(saved: dict, now: dict) -> list[str]:
                            f"now {per_class(b, differ[:FILES_LISTED])}{more}")
     if not changes and saved.get("validation") != now.get("validation"):
         changes.append("the images held out for validation are not the ones data.json lists")
+    was, new = saved.get("fingerprints") or {}, now.get("fingerprints") or {}  # none in records of older runs
+    edited = [split for split in was if split in new and was[split] != new[split]]
+    if not changes and edited:
+        changes.append(f"images of {'/'.join(edited)} were replaced or edited since (same names, other sizes or "
+                       "modification times)")
     return changes
 
 
