@@ -105,3 +105,13 @@ def test_skip_bad_on_photos_lists_and_counts_the_unreadable_files_before_trainin
     assert _train(root, tmp_path / "run2", "--set", "data.skip_bad=true") == 2
     assert f"class 'cow' has no readable training images ({root}/train/cow: 3 unreadable files skipped)" in \
         capsys.readouterr().err
+
+
+def test_train_says_the_val_size_it_takes_as_its_own_option(folder, tmp_path, capsys):
+    """train and experiment said "set data.val_size below 8", in the library's words."""
+    (folder / "train" / "ant" / "gone.png").unlink()
+    (folder / "train" / "bee" / "huge.png").unlink()
+    assert _train(folder, tmp_path / "run", "--set", "data.val_size=8") == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "resnetlab train: error: data.val_size=8 leaves no training images (train has 8); pass --set data.val_size=N "
+        "with N below 8, or a fraction such as --set data.val_size=0.2 (0 = no validation split)")

@@ -139,7 +139,9 @@ OPTION_HINTS = {
              (r"\bset data\.val_size below", "pass a --val-size below"),
              (r"\bsuch as data\.val_size=", "such as --val-size ")],
     "eval": [(r"\bset data\.skip_bad=true", "pass --skip-bad")],
-    "train": [(r"\bset (data\.\w+=)", r"pass --set \1"), (r"\bpass --download\b", "pass --set data.download=true")],
+    "train": [(r"\bset (data\.\w+=)", r"pass --set \1"), (r"\bpass --download\b", "pass --set data.download=true"),
+              (r"\bset data\.val_size below (\d+)", r"pass --set data.val_size=N with N below \1"),
+              (r"\bsuch as data\.val_size=", "such as --set data.val_size=")],
 }
 OPTION_HINTS["experiment"] = OPTION_HINTS["train"]
 
