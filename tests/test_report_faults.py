@@ -163,3 +163,18 @@ def test_the_analyses_of_a_run_whose_data_folder_moved_say_so_and_name_data(tmp_
     assert _one_error_line(capsys) == (f"resnetlab report: error: the run's data folder {tmp_path / 'data'} no longer "
                                        "exists; pass --data DIR, the folder where its images are now")
     assert main(["report", str(run), analysis, "--data", str(tmp_path / "moved"), "--out", str(tmp_path / "rep")]) == 0
+
+
+@pytest.mark.parametrize("kind", ["missing", "fifo"])
+def test_a_run_without_readable_metrics_is_reported_with_a_warning_and_never_opened(tmp_path, capsys, kind):
+    """A report without the run's curves said nothing; a FIFO metrics.jsonl must not be opened (it would wait)."""
+    import os
+
+    run = make_run(tmp_path, "r")
+    (run / "metrics.jsonl").unlink()
+    if kind == "fifo":
+        os.mkfifo(run / "metrics.jsonl")
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    why = "is not a regular file" if kind == "fifo" else "does not exist (no evaluation yet)"
+    assert (f"resnetlab report: warning: {run / 'metrics.jsonl'} {why}: the report has no curves of this run"
+            in capsys.readouterr().err)

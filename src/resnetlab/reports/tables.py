@@ -8,6 +8,7 @@ are distinct: a copy or resume of a run (same config, same seed) is one measurem
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 import statistics
@@ -63,6 +64,10 @@ def load_run(path) -> SavedRun:
         metrics, cut_off = read_metrics(path / "metrics.jsonl")
         if cut_off:  # a training killed mid-write (or still writing): the records before it are whole
             warnings.warn(cut_off, ResnetlabWarning, stacklevel=2)
+    else:  # a report without this run's curves says why (a FIFO is never opened: it would wait for ever)
+        why = "is not a regular file" if os.path.lexists(path / "metrics.jsonl") else "does not exist (no evaluation yet)"
+        warnings.warn(f"{path / 'metrics.jsonl'} {why}: the report has no curves of this run", ResnetlabWarning,
+                      stacklevel=2)
     summary = RunSummary.read(path)
     classes = json.loads((path / "classes.json").read_text()) if (path / "classes.json").is_file() else None
     return SavedRun(path, config, sorted(metrics, key=lambda m: m.step), summary,
