@@ -73,3 +73,14 @@ def test_a_command_with_a_closed_standard_stream_runs_as_with_dev_null(closed, t
     result = subprocess.run([sys.executable, "-m", "resnetlab", "models"], capture_output=closed != "stdout",
                             text=True, preexec_fn=lambda: os.close(fd))
     assert result.returncode == 0 and "Traceback" not in (result.stderr or "")
+
+
+def test_once_the_command_is_done_a_late_ctrl_c_is_ignored_while_the_process_exits(monkeypatch):
+    """Two quick Ctrl-C: the second landed in PyTorch's clean-up at exit, a traceback after "interrupted"."""
+    monkeypatch.setattr(entry, "load_cli", lambda: lambda argv=None: 130)
+    try:
+        assert entry.main() == 130  # the process's own command line (argv None)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert entry.main(["models"]) == 130 and signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a caller's

@@ -39,6 +39,13 @@ def reopen_closed_streams() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = run_cli(argv)
+    if argv is None:  # the process's own command line: it ends now. A late Ctrl-C (the second of two) raised
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # in PyTorch's clean-up at exit: a traceback after the line
+    return code
+
+
+def run_cli(argv: list[str] | None = None) -> int:
     reopen_closed_streams()
     received: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
