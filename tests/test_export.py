@@ -12,12 +12,8 @@ from resnetlab.config import Config, apply_overrides
 from resnetlab.engine import load_checkpoint, train_and_evaluate
 from resnetlab.errors import UserError
 from resnetlab.models import create_model, load_weights
-from resnetlab.inference.export import (
-    ExportCheckFailed,
-    export_checkpoint,
-    export_module,
-    verify,
-)
+from resnetlab.inference.export import ExportCheckFailed, export_checkpoint, export_module
+from resnetlab.inference.export_check import verify
 
 CIFAR_TEST = CIFAR10_JPEG / "test" / "cat"
 # TorchScript is deprecated upstream (torch 2.13) but supported; its warnings are not ours to fix.
@@ -26,8 +22,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 @pytest.fixture(scope="module")
 def ckpt_path(tmp_path_factory):
+    return train_checkpoint(tmp_path_factory.mktemp("export"))
+
+
+def train_checkpoint(tmp):
     """A ResNet-8 after 4 steps on synthetic 16 px images (trained BN statistics, pixel-mean normaliser)."""
-    tmp = tmp_path_factory.mktemp("export")
     cfg = apply_overrides(Config(), [
         ("model.name", "resnet8"), ("data.dataset", "synthetic"), ("data.synthetic_size", 64),
         ("data.synthetic_classes", 4), ("data.val_size", 0), ("data.augment", "none"), ("data.image_size", 16),
@@ -123,7 +122,8 @@ def test_onnx_carries_classes_input_size_and_preprocessing(ckpt_path, tmp_path):
 
 
 def test_torchscript_carries_metadata_and_a_wrong_one_fails_the_check(ckpt_path, tmp_path):
-    from resnetlab.inference.export import TORCHSCRIPT_META, metadata, read_metadata, verify_metadata
+    from resnetlab.inference.export import TORCHSCRIPT_META, metadata
+    from resnetlab.inference.export_check import read_metadata, verify_metadata
 
     export_checkpoint(ckpt_path, "torchscript", tmp_path / "m.pt")
     ckpt = load_checkpoint(ckpt_path).artifact

@@ -100,6 +100,11 @@ def run_command(args) -> int:
             raise
         print(f"resnetlab {args.command}: error: {name_too_long(err.filename)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:  # RuntimeError: torch's allocators (torch.OutOfMemoryError on CUDA)
+        if not isinstance(err, MemoryError) and not re.search(r"can't allocate memory|out of memory", str(err)):
+            raise
+        print(f"resnetlab {args.command}: error: {out_of_memory(err)}", file=sys.stderr)
+        return 2
     except Terminated:
         print(f"resnetlab {args.command}: terminated", file=sys.stderr)
         return 143
@@ -150,6 +155,17 @@ def in_options_of(command: str, message: str) -> str:
     for hint, option in OPTION_HINTS.get(command, []):
         message = re.sub(hint, option, message)
     return message
+
+
+def out_of_memory(err: BaseException) -> str:
+    """One line for an allocation that failed: torch's is a paragraph of C++, numpy's a traceback."""
+    found = re.search(r"allocate (\d+) bytes", str(err)) or re.search(r"allocate ([\d.]+ [KMGT]i?B)", str(err))
+    size = ""
+    if found:
+        size = f" (an allocation of {int(found[1]) / 2**30:.3g} GiB failed)" if found[1].isdigit() else \
+            f" (an allocation of {found[1].replace('. ', ' ')} failed)"
+    return (f"out of memory{size}; lower --batch-size or --image-size (or the number of images at once), or use a "
+            "machine with more memory")
 
 
 def name_too_long(path) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,8 +31,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError, count
-from resnetlab.files import atomic_path, atomic_write, check_writable
+from resnetlab.errors import UserError
+from resnetlab.files import atomic_path, atomic_write, check_writable, temporary
 
 if TYPE_CHECKING:
     from resnetlab.engine.records import Artifact
@@ -137,6 +138,7 @@ def write(module: ImagesToLogits, artifact: Artifact, fmt: str, out: Path, dynam
 
 
 TORCHSCRIPT_META = "resnetlab.json"
+CHUNK = 64  # images run at once by the export check
 
 
 def _write_onnx(module: nn.Module, example: torch.Tensor, out: Path, dynamic_batch: bool, meta: dict) -> None:
@@ -153,6 +155,11 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, out: Path, dynamic_bat
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, (example,), dynamo=True, input_names=["images"],
                                         output_names=["logits"], dynamic_shapes=shapes, verbose=False)
+    except Exception as err:  # torch's exporter wraps a Ctrl-C or SIGTERM in its own error: give it back
+        interrupt = _interruption_in(err)
+        if interrupt is None:
+            raise
+        raise interrupt from None
     finally:
         onnx_log.setLevel(level)
     program.model.metadata_props.update({key: json.dumps(value) for key, value in meta.items()})
@@ -161,94 +168,15 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, out: Path, dynamic_bat
         program.save(str(tmp))
 
 
-def read_metadata(fmt: str, path: Path) -> dict:
-    """The metadata stored in an exported file (see the module doc); {} when it has none."""
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-        return {key: json.loads(value) for key, value in props.items()}
-    if fmt == "torchscript":
-        extra = {TORCHSCRIPT_META: ""}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.load(str(path), _extra_files=extra)
-        return json.loads(extra[TORCHSCRIPT_META]) if extra[TORCHSCRIPT_META] else {}
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("resnetlab", "{}"))
-
-
-def verify_metadata(fmt: str, path: Path, artifact: Artifact) -> dict:
-    """Read the metadata back from the written file; ExportCheckFailed unless it is the checkpoint's."""
-    want, got = metadata(artifact), read_metadata(fmt, path)
-    wrong = sorted(k for k in want if got.get(k) != json.loads(json.dumps(want[k])))
-    if wrong:
-        raise ExportCheckFailed(f"{path}: metadata {', '.join(wrong)} missing or different from the checkpoint's")
-    return got
-
-
-def load_runner(fmt: str, path: Path):
-    """A function float32 numpy/tensor images -> logits tensor, running the exported file."""
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            loaded = torch.jit.load(str(path)).eval()
-        return lambda x: loaded(x).detach()
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UserError("checking an ONNX export needs onnxruntime: pip install 'resnetlab[export]'") from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
-
-
-def check_inputs(artifact: Artifact, dynamic_batch: bool, real: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Named float 0..255 input batches: random (batch 1, and 5 when dynamic) and real images."""
-    size = artifact.input_size
-    gen = torch.Generator().manual_seed(0)
-    inputs = {"random batch 1": torch.randint(0, 256, (1, 3, size, size), generator=gen).float()}
-    if dynamic_batch:
-        inputs["random batch 5"] = torch.randint(0, 256, (5, 3, size, size), generator=gen).float()
-    if real is not None and len(real):
-        inputs[f"{count(len(real), 'real image')}"] = real.float()
-    return inputs
-
-
-@torch.no_grad()
-def verify(fmt: str, path: Path, checkpoint, inputs: dict[str, torch.Tensor], batch_one: bool = False) -> dict[str, float]:
-    """Max |exported - PyTorch| per input batch; the reference is the plain (unfolded) fp32 model.
-    batch_one: the export takes batch 1 only, so batches are fed one image at a time.
-
-    Raises ExportCheckFailed when a difference exceeds RTOL x the largest |logit|."""
-    reference, _ = export_module(checkpoint, fuse=False)
-    runner = load_runner(fmt, path)
-    run = (lambda x: torch.cat([runner(x[i:i + 1]) for i in range(len(x))])) if batch_one else runner
-    diffs = {}
-    for name, x in inputs.items():
-        want, got = reference(x), run(x)
-        if got.shape != want.shape:
-            raise ExportCheckFailed(f"{path}: output shape {tuple(got.shape)} on {name}, expected {tuple(want.shape)}")
-        diffs[name] = (got - want).abs().max().item()
-        if not diffs[name] <= RTOL * max(1.0, want.abs().max().item()):
-            raise ExportCheckFailed(f"{path}: outputs differ from PyTorch by {diffs[name]:.3g} on {name}")
-    return diffs
-
-
-def verify_safetensors(path: Path, checkpoint) -> dict[str, float]:
-    """Reload the file with load_weights into a fresh model: every tensor must be identical."""
-    from resnetlab.engine.sources import load_source
-    from resnetlab.models import create_model, load_weights
-
-    artifact = load_source(checkpoint)[0]
-    model = create_model(artifact.model_name, num_classes=artifact.num_classes, **artifact.model_kwargs)
-    load_weights(model, str(path))
-    worst = max((model.state_dict()[k].double() - v.double()).abs().max().item() for k, v in artifact.weights.items())
-    if worst != 0:
-        raise ExportCheckFailed(f"{path}: reloaded weights differ from the checkpoint by {worst:.3g}")
-    return {"weights reloaded with load_weights": worst}
+def _interruption_in(err: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt (or Terminated) in an exception's chain of causes, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def check_out(fmt: str, out) -> Path:
@@ -264,15 +192,30 @@ def check_out(fmt: str, out) -> Path:
 
 
 def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, real: torch.Tensor | None = None) -> dict:
-    """Write the export, run it, compare with PyTorch; returns {"out", "format", "max_abs_diff": {...}}."""
+    """Write the export, run it, compare with PyTorch; returns {"out", "format", "max_abs_diff": {...}}.
+    The file is written and checked under a temporary name, then renamed to `out`: an error or an
+    interruption leaves whatever was at `out` as it was. A failed check (ExportCheckFailed) still
+    puts the file at `out`, to be inspected."""
+    from .export_check import check_inputs, check_runtime, verify, verify_metadata, verify_safetensors
+
     out = check_out(fmt, out)
+    check_runtime(fmt)  # before any work: the check is part of the export
     module, artifact = export_module(checkpoint)
-    write(module, artifact, fmt, out, dynamic_batch)
-    if fmt == "safetensors":
-        diffs = verify_safetensors(out, artifact)
-    else:
-        fixed = fmt == "onnx" and not dynamic_batch
-        diffs = verify(fmt, out, artifact, check_inputs(artifact, not fixed, real), batch_one=fixed)  # traced: any batch
-    meta = verify_metadata(fmt, out, artifact)
+    staged = temporary(out)
+    try:
+        write(module, artifact, fmt, staged, dynamic_batch)
+        if fmt == "safetensors":
+            diffs = verify_safetensors(staged, artifact)
+        else:
+            fixed = fmt == "onnx" and not dynamic_batch
+            diffs = verify(fmt, staged, artifact, check_inputs(artifact, not fixed, real), batch_one=fixed)  # traced: any batch
+        meta = verify_metadata(fmt, staged, artifact)
+    except ExportCheckFailed as err:
+        os.replace(staged, out)
+        raise ExportCheckFailed(str(err).replace(str(staged), str(out))) from None
+    except BaseException:  # an error or an interruption: nothing of it stays
+        staged.unlink(missing_ok=True)
+        raise
+    os.replace(staged, out)
     return {"out": str(out), "format": fmt, "dynamic_batch": dynamic_batch or fmt == "torchscript",
             "input_size": artifact.input_size, "max_abs_diff": diffs, "metadata": meta}

@@ -1,0 +1,97 @@
+"""An export that fails or is interrupted leaves whatever was at --out as it was (it was replaced
+before the check ran); onnxruntime that does not load, or fails on the file, is one line; torch's
+exporter no longer turns a Ctrl-C into a paragraph of its own error."""
+import sys
+
+import pytest
+from test_export import train_checkpoint
+
+import resnetlab.inference.export_check as export_check
+from resnetlab.cli import main
+from resnetlab.inference.export import _interruption_in
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory):
+    return train_checkpoint(tmp_path_factory.mktemp("export_faults"))
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, MemoryError])
+def test_an_export_stopped_in_its_check_keeps_the_previous_file(ckpt_path, tmp_path, monkeypatch, capsys, stop):
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"the previous export")
+
+    def stopped(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr(export_check, "verify", stopped)
+    assert main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(out)]) == (
+        130 if stop is KeyboardInterrupt else 2)
+    assert capsys.readouterr().err == ("resnetlab export: interrupted\n" if stop is KeyboardInterrupt else
+                                       "resnetlab export: error: out of memory; lower --batch-size or --image-size (or "
+                                       "the number of images at once), or use a machine with more memory\n")
+    assert out.read_bytes() == b"the previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def _fake_onnxruntime(monkeypatch, folder, source: str):
+    (folder / "onnxruntime").mkdir(parents=True)
+    (folder / "onnxruntime" / "__init__.py").write_text(source)
+    pytest.importorskip("onnxruntime")  # imported for real first, so that the fake is replaced by it again after
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    monkeypatch.syspath_prepend(str(folder))
+
+
+def test_an_onnxruntime_that_does_not_load_is_one_line_before_any_work(ckpt_path, tmp_path, monkeypatch, capsys):
+    _fake_onnxruntime(monkeypatch, tmp_path / "fake", 'raise OSError("libonnxruntime.so: cannot open shared object")')
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the previous export")
+    assert main(["export", str(ckpt_path), "--format", "onnx", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("resnetlab export: error: onnxruntime could not be loaded (OSError: "
+                                       "libonnxruntime.so: cannot open shared object); reinstall it: pip install "
+                                       "--force-reinstall onnxruntime\n")
+    assert out.read_bytes() == b"the previous export"
+
+
+def test_an_onnxruntime_that_fails_on_the_file_is_a_failed_check(ckpt_path, tmp_path, monkeypatch, capsys):
+    _fake_onnxruntime(monkeypatch, tmp_path / "fake", "class InferenceSession:\n    def __init__(self, *a, **k):\n"
+                                                      "        raise RuntimeError('[ONNXRuntimeError] : 10 : INVALID_GRAPH')\n")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(ckpt_path), "--format", "onnx", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (f"resnetlab export: check FAILED: onnxruntime could not run {out} "
+                                       f"([ONNXRuntimeError] : 10 : INVALID_GRAPH); {out} is left to inspect, not to use\n")
+    assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["fake", "m.onnx"]
+
+
+def test_an_interruption_wrapped_in_the_exporters_own_error_is_found():
+    """torch.onnx.export: KeyboardInterrupt -> AttributeError (a half-done lazy import) -> TorchExportError."""
+    try:
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")
+        except AttributeError as err:
+            raise RuntimeError("Failed to export the model with torch.export") from err
+    except RuntimeError as err:
+        assert isinstance(_interruption_in(err), KeyboardInterrupt)
+    assert _interruption_in(RuntimeError("a real failure")) is None
+
+
+@pytest.mark.parametrize("error, said", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 1310720000 bytes. Error code 12 (Cannot allocate memory)"), " (an allocation of 1.22 GiB failed)"),
+    (MemoryError("Unable to allocate 447. GiB for an array with shape (16, 100000, 100000, 3)"),
+     " (an allocation of 447 GiB failed)"),
+])
+def test_out_of_memory_in_any_command_is_one_line(monkeypatch, capsys, error, said):
+    """torch's allocator failure was a paragraph of C++ under a traceback (bench, export, predict ...)."""
+    import resnetlab.cli.models as models_command
+
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr(models_command, "run", fails)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err == (f"resnetlab models: error: out of memory{said}; lower --batch-size or "
+                                       "--image-size (or the number of images at once), or use a machine with more "
+                                       "memory\n")
