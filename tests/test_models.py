@@ -164,6 +164,10 @@ def test_errors_name_the_choices():
     (lambda: create_model("resnet20", num_classes="10"), "num_classes must be an integer of at least 1, got '10'"),
     (lambda: create_model("resnet20", num_classes=10.0), "num_classes must be an integer of at least 1, got 10.0"),
     (lambda: create_model("resnet20", num_classes=True), "num_classes must be an integer of at least 1, got True"),
+    (lambda: profile("resnet8", input_size=0), "input_size must be an integer of at least 1, got 0"),  # read as 32
+    (lambda: profile("resnet8", input_size=-5), "input_size must be an integer of at least 1, got -5"),  # nonsense MACs
+    (lambda: create_model("resnet50", weights=""), r"weights= takes a tag such as tv2_in1k or a name such as "
+                                                   r"resnet50.tv2_in1k \(`resnetlab weights list` shows them\), got ''"),
     (lambda: create_model("resnet20", num_classes=10**12),  # torch's allocator failure was a paragraph of C++
      r"num_classes=1000000000000: its classifier needs 2.6e\+05 GB, more memory than this machine can give"),
     (lambda: fuse_bn("x"), r"fuse_bn takes an nn.Module such as create_model\('resnet20'\), got str"),

@@ -70,7 +70,8 @@ def run(args):
     if args.verify:
         check = top1_agreement(predictor, paths, args.protocol, args.batch_size)
         layout = (", channels_last" if check["channels_last"] else "") + (", compiled" if check["compiled"] else "")
-        print(f"fast path ({check['precision']}, folded BN{layout}) vs plain fp32: top-1 agreement "
+        bn = "BN kept" if args.no_fuse else "folded BN"
+        print(f"fast path ({check['precision']}, {bn}{layout}) vs plain fp32: top-1 agreement "
               f"{check['top1_agreement']:.2f}% on {check['n']} images, max |prob diff| {check['max_abs_prob_diff']:.2e}")
     return 1 if failed else 0
 

@@ -230,6 +230,9 @@ def get_weights(name: str) -> PretrainedWeights:
 
 def weights_for(model: str, weights: str) -> PretrainedWeights:
     """Weights for `model` given as a tag ("tv2_in1k") or a full name ("resnet50.tv2_in1k")."""
+    if not isinstance(weights, str) or not weights.strip():
+        raise UserError(f"weights= takes a tag such as tv2_in1k or a name such as resnet50.tv2_in1k (`resnetlab weights "
+                        f"list` shows them), got {weights!r}")
     if "." in weights:
         entry = get_weights(weights)
     elif f"{model}.{weights}" in _BY_NAME:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from resnetlab.errors import expect_count
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -73,7 +75,7 @@ def profile(name: str, input_size: int | None = None, **kwargs) -> Profile:
     """Counts for a registered model at its native input size (224 or 32) unless given one."""
     from .registry import create_model, model_info
 
-    size = input_size or model_info(name).input_size
+    size = model_info(name).input_size if input_size is None else expect_count("input_size", input_size)
     with torch.device("meta"):
         model = create_model(name, **kwargs).eval()
     return Profile(count_params(model), resnet_macs(model, size), size)

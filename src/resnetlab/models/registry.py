@@ -90,7 +90,7 @@ def _create_pretrained(model_name: str, tag: str | None, weights: str | None, lo
     if tag and weights is not None and weights not in (tag, f"{model_name}.{tag}"):
         raise UserError(f"{model_name}.{tag} names weights {tag!r} but weights={weights!r} asks for others; give one")
     if weights is not None or tag:
-        entry = pretrained.weights_for(model_name, weights or tag)
+        entry = pretrained.weights_for(model_name, tag if weights is None else weights)
         load = load or weights is not None
     else:
         entry = pretrained.default_weights(model_name)
