@@ -214,3 +214,41 @@ def test_an_empty_recipe_name_is_refused_not_taken_for_the_defaults(tmp_path, ca
     assert main(["train", "--recipe", "", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--print-config"]) == 2
     assert capsys.readouterr().err.startswith("resnetlab train: error: the recipe name is empty: give a shipped recipe")
     assert load_config(None) == Config()  # a library call without a recipe still means the defaults
+
+
+def _alias_bomb(levels: int) -> str:
+    value = "&b0 [1,1,1,1,1,1,1,1,1,1]"
+    for i in range(1, levels):
+        value = f"&b{i} [{value}," + ",".join([f"*b{i - 1}"] * 9) + "]"
+    return value
+
+
+@pytest.mark.parametrize("text, said", [
+    ("optim:\n  lr: " + _alias_bomb(9) + "\n", "over 100,000 values once its aliases (*name) are expanded, or "
+                                               "nested over 100 deep"),
+    ("model:\n  kwargs: &k\n    self: *k\n", "an alias (*name) inside the value it names: it never ends"),
+    ("optim:\n  lr: " + "[" * 1000 + "]" * 1000 + "\n", "nested too deeply"),
+    ("optim:\n  lr: [" + "1," * 600_000 + "1]\n", "1,200,017 characters, over the 1,000,000 a recipe may have"),
+], ids=["alias-bomb", "self-alias", "deep", "huge"])
+def test_recipes_that_would_take_minutes_gigabytes_or_a_recursion_error_are_one_line(tmp_path, text, said):
+    """A 600-byte alias bomb ran for minutes and GBs; a self-alias or deep nesting was a RecursionError."""
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(UserError) as err:
+        load_config(str(tmp_path / "r.yaml"))
+    assert str(err.value) == f"{tmp_path / 'r.yaml'}: not valid YAML: {said}"
+
+
+def test_aliases_of_a_reasonable_size_still_read():
+    cfg = load_config("cifar10_resnet20", ["schedule.milestones=[&m 32000, 48000]"])
+    assert cfg.schedule.milestones == [32000, 48000]
+
+
+def test_a_long_base_chain_is_one_line_and_a_wrong_value_is_echoed_briefly(tmp_path):
+    for i in range(40):
+        (tmp_path / f"c{i}.yaml").write_text(f"base: c{i + 1}.yaml\n" if i < 39 else "optim: {lr: 0.2}\n")
+    with pytest.raises(UserError, match=r"^recipe `base:` chain of over 32 files \(.*c0.yaml -> .*c1.yaml -> \.\.\.\); "
+                                        r"keep it short$"):
+        load_config(str(tmp_path / "c0.yaml"))
+    with pytest.raises(UserError) as err:
+        load_config("cifar10_resnet20", ["optim.lr=" + "x" * 5000])
+    assert str(err.value) == f"config key optim.lr: expected float, got '{'x' * 59}... (5,002 characters) (str)"

@@ -52,9 +52,42 @@ _YamlLoader.add_implicit_resolver(  # after PyYAML's own resolvers, so plain int
     list("-+0123456789."))
 
 
+MAX_BASES = 32  # recipe files in one `base:` chain
+MAX_YAML_CHARS = 1_000_000  # a recipe is a few lines; the shipped ones are under 2 kB
+MAX_YAML_NODES = 100_000  # values after aliases are expanded (a 600-byte alias bomb expands to billions)
+
+
 def load_yaml(text: str):
-    """YAML text -> Python values, as recipes and --set values are read (safe, floats as users write them)."""
-    return yaml.load(text, Loader=_YamlLoader)
+    """YAML text -> Python values, as recipes and --set values are read (safe, floats as users write them).
+    Too large a text, too deep a nesting, or aliases that expand into too many values (or into
+    themselves) is a YAMLError, said in one line like any other: each took minutes and GBs, or a
+    RecursionError, later on."""
+    if len(text) > MAX_YAML_CHARS:
+        raise yaml.YAMLError(f"{len(text):,} characters, over the {MAX_YAML_CHARS:,} a recipe may have")
+    try:
+        value = yaml.load(text, Loader=_YamlLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    _refuse_expansion(value)
+    return value
+
+
+def _refuse_expansion(value) -> None:
+    """Count the values as the config will see them (aliases expanded), refusing a cycle."""
+    seen, stack, path = 0, [(value, 0)], []
+    while stack:
+        item, depth = stack.pop()
+        del path[depth:]
+        seen += 1
+        if seen > MAX_YAML_NODES or depth > 100:
+            raise yaml.YAMLError(f"over {MAX_YAML_NODES:,} values once its aliases (*name) are expanded, or nested over "
+                                 "100 deep")
+        if isinstance(item, (dict, list)):
+            if any(item is p for p in path):
+                raise yaml.YAMLError("an alias (*name) inside the value it names: it never ends")
+            path.append(item)
+            children = item.values() if isinstance(item, dict) else item
+            stack += [(child, depth + 1) for child in children]
 
 
 def recipe_dir():
@@ -133,6 +166,8 @@ def read_recipe(name_or_path: str, near: Path | None = None, _chain: tuple = ())
     label, text = _recipe_source(name_or_path, near)
     if label in _chain:
         raise UserError(f"recipe `base:` chain loops: {' -> '.join(_chain + (label,))}")
+    if len(_chain) >= MAX_BASES:
+        raise UserError(f"recipe `base:` chain of over {MAX_BASES} files ({_chain[0]} -> {_chain[1]} -> ...); keep it short")
     try:
         data = load_yaml(text) or {}
     except yaml.YAMLError as err:
@@ -156,7 +191,7 @@ def _coerce(value, hint, key: str):
         hint = next(a for a in args if a is not type(None))
     if set(args) == {int, float}:  # a count or a fraction (data.val_size): whole floats are counts
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key {key}: expected a number, got {value!r} ({type(value).__name__})")
+            raise UserError(f"config key {key}: expected a number, got {_brief(value)} ({type(value).__name__})")
         return int(value) if isinstance(value, float) and value.is_integer() else value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -168,7 +203,13 @@ def _coerce(value, hint, key: str):
         return str(value).lower()
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
-    raise UserError(f"config key {key}: expected {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
+    raise UserError(f"config key {key}: expected {getattr(hint, '__name__', hint)}, got {_brief(value)} "
+                    f"({type(value).__name__})")
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
 def _section_from_dict(cls, data: dict, section: str):
