@@ -252,3 +252,26 @@ def test_a_long_base_chain_is_one_line_and_a_wrong_value_is_echoed_briefly(tmp_p
     with pytest.raises(UserError) as err:
         load_config("cifar10_resnet20", ["optim.lr=" + "x" * 5000])
     assert str(err.value) == f"config key optim.lr: expected float, got '{'x' * 59}... (5,002 characters) (str)"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.batch_size=010", ("optim", "batch_size", 10)),  # YAML 1.1: octal 8
+    ("train.seed=0123", ("train", "seed", 123)),  # 83; --seed 0123 gave 123
+    ("optim.batch_size=1_024", ("optim", "batch_size", 1024)),
+    ("train.channels_last=true", ("train", "channels_last", "true")),  # the true/false switches stay words
+])
+def test_integers_read_as_written_and_switches_as_words(override, expected):
+    section, key, value = expected
+    assert getattr(getattr(load_config("cifar10_resnet20", [override]), section), key) == value
+
+
+@pytest.mark.parametrize("override, said", [
+    ("train.log_every=1:30", "config key train.log_every: expected int, got '1:30' (str)"),  # YAML 1.1: 90 (base 60)
+    ("data.cache_dir=no", "config key data.cache_dir: expected str, got False (bool)"),  # a folder named "false"
+    ("finetune.init=", "config key finetune.init is empty (an unset variable?): give weights, a checkpoint or a run "
+                       "directory, or leave it out (null) to start from random weights"),  # trained from random weights
+])
+def test_values_yaml_would_reinterpret_or_an_empty_init_are_refused(override, said):
+    with pytest.raises(UserError) as err:
+        load_config("cifar10_resnet20", [override])
+    assert str(err.value) == said

@@ -20,11 +20,21 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 RECIPE_META_KEYS = ("base", "description")  # recipe-file keys that are not config fields
 
 
+SWITCHES = ("train.channels_last", "train.compile", "train.fused_bn")  # str keys that take true/false
+
+
 class _YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, reading 1e-3, 1e6 and 5.0e4 as floats: YAML 1.1 (PyYAML) wants a dot
     and a signed exponent and would keep them as strings; YAML 1.2 and every user reads numbers.
     A key given twice in one mapping is an error: PyYAML keeps the last one, so the first value a
     user reads in the file would be silently ignored."""
+
+    def construct_yaml_int(self, node):
+        """YAML 1.2's integers: 010 is ten (YAML 1.1 read octal 8), 1:30 is not 90 (base 60) but text."""
+        text = self.construct_scalar(node).replace("_", "")
+        if re.fullmatch(r"[-+]?[0-9]+", text):
+            return int(text, 10)
+        return text if ":" in text else super().construct_yaml_int(node)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -47,6 +57,7 @@ def _refuse_duplicate_keys(loader, node) -> None:
         first[key] = key_node.start_mark
 
 
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _YamlLoader.construct_yaml_int)
 _YamlLoader.add_implicit_resolver(  # after PyYAML's own resolvers, so plain ints stay ints
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
     list("-+0123456789."))
@@ -199,7 +210,7 @@ def _coerce(value, hint, key: str):
         return float(value)  # YAML spells them .inf/.nan and reads `inf` as a string: the range check names it
     if hint is int and isinstance(value, float) and value.is_integer():  # max_steps: 64e3
         return int(value)
-    if hint is str and isinstance(value, bool):  # YAML reads `true` as a bool: channels_last=true
+    if hint is str and isinstance(value, bool) and key in SWITCHES:  # YAML reads `true` as a bool: channels_last=true
         return str(value).lower()
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value

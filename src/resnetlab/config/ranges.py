@@ -54,6 +54,10 @@ def check_section(section: str, values) -> None:
     if section == "train":
         if values.test_protocol not in PROTOCOLS:
             raise UserError(f"config key train.test_protocol={values.test_protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    if section == "finetune" and isinstance(values.init, str) and not values.init.strip():
+        # `--init "$WEIGHTS"` with the variable unset trained from random weights without a word
+        raise UserError("config key finetune.init is empty (an unset variable?): give weights, a checkpoint or a run "
+                        "directory, or leave it out (null) to start from random weights")
     if section == "optim" and values.nesterov and values.momentum == 0:
         raise UserError("config key optim.nesterov=true needs optim.momentum > 0")
     if section == "schedule":
