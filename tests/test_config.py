@@ -275,3 +275,29 @@ def test_values_yaml_would_reinterpret_or_an_empty_init_are_refused(override, sa
     with pytest.raises(UserError) as err:
         load_config("cifar10_resnet20", [override])
     assert str(err.value) == said
+
+
+@pytest.mark.parametrize("override, said", [
+    ("data.augment=cifra", "unknown data.augment 'cifra'; choose one of cifar, imagenet, rrc, none"),
+    ("data.interpolation=nearest", "unknown data.interpolation 'nearest'; choose one of bilinear, bicubic"),
+    ("train.precision=fp8", "unknown train.precision 'fp8'; choose one of auto, fp32, bf16, fp16"),
+    ("train.device=tpu", "unknown train.device 'tpu'; use auto | cpu | cuda | cuda:N"),
+    ("model.kwargs={bogus: 1}", "unknown argument(s) bogus for model 'resnet20'; valid: num_classes, in_chans, "
+                                "shortcut, residual, stride_on, zero_init_residual"),
+])
+def test_print_config_refuses_what_the_run_would_refuse(override, said, capsys):
+    """--print-config printed these (exit 0); a run refused them only once it used them (interpolation: never, until
+    predict resized a large image after training)."""
+    from resnetlab.cli import main
+
+    assert main(["train", "--recipe", "cifar10_resnet20", "--print-config", "--set", override]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"resnetlab train: error: {said}\n"
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "false\n", "0\n", "[]\n", '""\n'])
+def test_an_empty_or_falsy_recipe_is_refused_not_read_as_the_defaults(tmp_path, text):
+    """It ran the bare defaults, the paper's 64k-step CIFAR recipe."""
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"r.yaml( is empty: a recipe sets sections|: a recipe must be a mapping)"):
+        load_config(str(tmp_path / "r.yaml"))

@@ -180,9 +180,11 @@ def read_recipe(name_or_path: str, near: Path | None = None, _chain: tuple = ())
     if len(_chain) >= MAX_BASES:
         raise UserError(f"recipe `base:` chain of over {MAX_BASES} files ({_chain[0]} -> {_chain[1]} -> ...); keep it short")
     try:
-        data = load_yaml(text) or {}
+        data = load_yaml(text)
     except yaml.YAMLError as err:
         raise UserError(_yaml_problem(label, err)) from None
+    if data is None:  # it ran the bare defaults: the paper's 64k-step CIFAR recipe
+        raise UserError(f"{label} is empty: a recipe sets sections (model:, optim:, ...) or names a base: recipe")
     if not isinstance(data, dict):
         raise UserError(f"{label}: a recipe must be a mapping of sections (model:, optim:, ...)")
     base = data.pop("base", None)

@@ -143,8 +143,37 @@ def check_config(cfg: Config) -> None:
     """The values refused only once something is built from them (the model name, the schedule),
     checked from the config alone by the very functions that build them: for --print-config,
     which builds nothing, and for a run before it spends minutes on its data."""
-    model_info(cfg.model.name.partition(".")[0])  # "resnet50.TAG" names published weights of resnet50
+    name = cfg.model.name.partition(".")[0]  # "resnet50.TAG" names published weights of resnet50
+    model_info(name)
+    with torch.device("meta"):  # shapes only: refuses unknown or wrong model.kwargs without building weights
+        create_model(name, **cfg.model.kwargs)
     create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch=1)
+    check_choices(cfg)
+
+
+def check_choices(cfg: Config) -> None:
+    """Words the config names something by, checked before anything is built (each was refused only
+    when used: a typo in data.augment after the data was decoded; data.interpolation=nearest by
+    predict, after training, when it first resized an image)."""
+    from resnetlab.data.build import DATASETS
+    from resnetlab.data.decode import resample_filter
+    from resnetlab.data.loaders import AUGMENTS
+    from resnetlab.data.normalize import KINDS
+
+    from .runtime import COMPILE_MODES, DEVICE_FORMS, DEVICE_PATTERN, DTYPES, SWITCH
+
+    data, train = cfg.data, cfg.train
+    for key, value, allowed in (("data.dataset", data.dataset, DATASETS), ("data.augment", data.augment, AUGMENTS),
+                                ("data.normalize", data.normalize, KINDS),
+                                ("train.precision", train.precision, ("auto", *DTYPES)),
+                                ("train.channels_last", train.channels_last, SWITCH),
+                                ("train.fused_bn", train.fused_bn, SWITCH),
+                                ("train.compile", train.compile, (*SWITCH, *COMPILE_MODES))):
+        if value not in allowed:
+            raise UserError(f"unknown {key} {value!r}; choose one of {', '.join(dict.fromkeys(allowed))}")
+    resample_filter(data.interpolation)
+    if not DEVICE_PATTERN.fullmatch(str(train.device).strip().lower()):
+        raise UserError(f"unknown train.device {train.device!r}; use {DEVICE_FORMS}")
 
 
 def write_workdir(workdir: Path, cfg: Config, bundle, is_main: bool, lock: RunDirLock) -> None:

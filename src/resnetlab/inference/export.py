@@ -213,8 +213,11 @@ def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, re
     except ExportCheckFailed as err:
         os.replace(staged, out)
         raise ExportCheckFailed(str(err).replace(str(staged), str(out))) from None
-    except BaseException:  # an error or an interruption: nothing of it stays
+    except BaseException as err:  # an error or an interruption: nothing of it stays
         staged.unlink(missing_ok=True)
+        if isinstance(err, UserError) and str(staged) in str(err):  # a full disk: said of --out, not the staging name
+            kept = f"the previous {out.name} is intact" if out.exists() else "nothing was written there"
+            raise type(err)(str(err).replace(str(staged), str(out)).replace("nothing was written there", kept)) from None
         raise
     os.replace(staged, out)
     return {"out": str(out), "format": fmt, "dynamic_batch": dynamic_batch or fmt == "torchscript",
