@@ -233,6 +233,9 @@ def test_a_stopped_experiment_says_how_to_continue(tmp_path, capsys, monkeypatch
                                                   "--seeds"),
     (["--models", "resnet50"], "--models: the depth experiment cannot run resnet50 (it has no recipe cifar10_resnet50); "
                                "it runs resnet18, resnet20,"),
+    (["--epochs", "4", "--set", "schedule.epochs=10"],  # the --set won, with the milestones of a 4-epoch schedule
+     "--epochs and --set schedule.epochs both set the length of the runs; keep one"),
+    (["--steps", "40", "--set", "schedule.max_steps=100"], "--steps and --set schedule.max_steps both set the length"),
 ])
 def test_values_each_run_sets_itself_are_refused_in_one_line(tmp_path, capsys, argv, words):
     """--set model.name trained resnet32 in resnet20-seed0/ and --set train.seed was ignored; a model without

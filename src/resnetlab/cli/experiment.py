@@ -49,7 +49,12 @@ def run(args):
     exp = ex.get_experiment(args.name)
     shortened = args.epochs is not None or args.steps is not None
     overrides = ex.compressed_schedule(args.epochs, args.steps) if shortened else []
-    overrides += [parse_override(s) for s in args.set]
+    sets = [parse_override(s) for s in args.set]
+    overrides += sets
+    length = [k for k, _ in sets if k in ("schedule.epochs", "schedule.max_steps", "schedule.milestones")]
+    if shortened and length:  # the later --set won, and the shortened schedule's milestones no longer fit it
+        raise UserError(f"--{'epochs' if args.epochs is not None else 'steps'} and --set {length[0]} both set the length "
+                        "of the runs; keep one")
     for key, option in (("model.name", "--models"), ("train.seed", "--seeds")):  # each run's own: set per run
         if any(k == key for k, _ in overrides):
             raise UserError(f"--set {key} would give every run of the experiment the same value (the run folders' "
