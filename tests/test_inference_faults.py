@@ -96,3 +96,19 @@ def test_eval_out_replaces_an_earlier_evaluation_but_never_the_users_files_of_th
     (out / "per_class.csv").write_text("a,b\n")
     assert main(["eval", str(run_dir), "--out", str(out)]) == 2
     assert "already holds per_class.csv, not written by an evaluation" in capsys.readouterr().err
+
+
+def test_int8_calibration_names_the_images_it_skipped_and_an_empty_folder(run_dir, tmp_path, capsys):
+    """It calibrated on the readable ones without a word (agreement fell to 70%), and an empty folder was
+    'none of the 0 calibration images could be read'."""
+    image = next((run_dir.parent / "data" / "test").rglob("*.jpg"))
+    calibrate = tmp_path / "calibrate"
+    (calibrate / "empty").mkdir(parents=True)
+    (calibrate / "a.jpg").write_text("not an image")
+    (calibrate / "b.jpg").write_bytes(image.read_bytes())
+    assert main(["predict", str(run_dir), str(image), "--precision", "int8", "--calibrate", str(calibrate)]) == 0
+    assert f"resnetlab predict: warning: int8 calibration skipped {calibrate / 'a.jpg'}: not an image Pillow can read" \
+        in capsys.readouterr().err
+    assert main(["predict", str(run_dir), str(image), "--precision", "int8", "--calibrate", str(calibrate / "empty")]) == 2
+    assert capsys.readouterr().err == ("resnetlab predict: error: int8 calibration: no image files to calibrate on "
+                                       "(--calibrate names none)\n")

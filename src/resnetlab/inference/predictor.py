@@ -11,13 +11,14 @@ either against the plain fp32 model.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.models.quantize import CALIBRATION_IMAGES
 
 CHUNK = 1024  # images decoded at a time: bounds memory for large folders
@@ -110,9 +111,13 @@ class Predictor:
         if images < 1:
             raise UserError(f"int8 calibration needs at least one image, got {images}")
         sample = [paths[i] for i in calibration_sample(len(paths), images)]
+        if not sample:
+            raise UserError("int8 calibration: no image files to calibrate on (--calibrate names none)")
         calibration = [self.normalizer(views[0]).float() for views, _ in self.batches(sample, "center", batch_size)]
         if not calibration:
             raise UserError(f"int8 calibration: none of the {len(sample)} calibration images could be read")
+        for path, reason in self.failed:  # calibrated on fewer images than asked: said, as predict says its skips
+            warnings.warn(f"int8 calibration skipped {path}: {reason}", ResnetlabWarning, stacklevel=2)
         # On CPUs where auto compiles fp32 (AVX2, AVX-512 at large sizes) the model is a FastModel:
         # quantize the folded eager network inside it, never the compiled package's wrapper.
         model = quantize_int8(getattr(self.model, "eager", self.model), calibration)
