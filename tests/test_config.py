@@ -301,3 +301,17 @@ def test_an_empty_or_falsy_recipe_is_refused_not_read_as_the_defaults(tmp_path, 
     (tmp_path / "r.yaml").write_text(text)
     with pytest.raises(UserError, match=r"r.yaml( is empty: a recipe sets sections|: a recipe must be a mapping)"):
         load_config(str(tmp_path / "r.yaml"))
+
+
+def test_recipe_names_that_are_almost_right_are_said_as_such(tmp_path):
+    (tmp_path / "UP.YAML").write_text("optim:\n  lr: 0.2\n")
+    assert load_config(str(tmp_path / "UP.YAML")).optim.lr == 0.2  # "not a .yaml file and not a shipped recipe"
+    (tmp_path / "dir.yaml").mkdir()
+    for name, said in ((str(tmp_path / "dir.yaml"), f"recipe {tmp_path / 'dir.yaml'} is a folder, not a file"),
+                       ("cifar10_fast.yaml", "recipe file not found: cifar10_fast.yaml (the shipped recipe is named "
+                                             "cifar10_fast, without .yaml)"),
+                       ("https://example.com/r.yaml", "recipe 'https://example.com/r.yaml': recipes are read from "
+                                                      "files, not URLs; download it first")):
+        with pytest.raises(UserError) as err:
+            load_config(name)
+        assert str(err.value) == said
