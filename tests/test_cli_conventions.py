@@ -258,3 +258,14 @@ def test_data_and_report_name_a_file_given_as_their_folder_without_a_flag_they_l
     assert code == 2 and err.startswith(f"resnetlab data: error: {tmp_path / 'recipe.yaml'}: a file, not a folder")
     code, _, err = run_cli(capsys, "report", str(tmp_path / "recipe.yaml"))
     assert code == 2 and err == f"resnetlab report: error: {tmp_path / 'recipe.yaml'}: a file, not a run directory\n"
+
+
+@pytest.mark.parametrize("argv", [["train", "--data", "d", "--out", " "], ["report", "run", "--out", ""],
+                                  ["eval", "run", "--data", "  "], ["train", "--resume", ""]])
+def test_a_blank_path_is_refused_in_one_line(argv, capsys):
+    """`--out " "` made and wrote a folder named by a space."""
+    from resnetlab.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is blank (an unset variable?): give a folder name" in err

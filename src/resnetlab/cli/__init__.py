@@ -81,6 +81,7 @@ def run_command(args) -> int:
                     show(message, category, *rest, **kw)
 
             warnings.showwarning = one_line
+            refuse_blank_paths(args)
             code = int(COMMANDS[args.command].run(args) or 0)
             sys.stdout.flush()  # a reader gone away shows here, not at the interpreter's exit
             return code
@@ -155,6 +156,14 @@ def in_options_of(command: str, message: str) -> str:
     for hint, option in OPTION_HINTS.get(command, []):
         message = re.sub(hint, option, message)
     return message
+
+
+def refuse_blank_paths(args) -> None:
+    """`--out " "` made a folder named by a space (and `--out "$UNSET"` an empty name): refused."""
+    for name in ("out", "data", "resume", "cache_dir"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.strip():
+            raise UserError(f"--{name.replace('_', '-')} {value!r} is blank (an unset variable?): give a folder name")
 
 
 def out_of_memory(err: BaseException) -> str:
