@@ -2,10 +2,12 @@
 download killed where no cleanup ran, a cache that cannot be written, a file without a published
 digest that is not the entry's weights, a redirect loop, and a model that differs from the weights'
 only where shapes do not show. Every case is one line and leaves nothing under the cache name."""
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -56,6 +58,43 @@ def test_a_server_that_stops_sending_times_out_and_leaves_nothing(server, monkey
     finally:
         stalling.close()
     assert cache_files() == []
+
+
+class Trickling(Stalling):
+    """A server that sends a header, then one byte every 0.1 s: each read gets data, the file never grows."""
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self.trickle, args=(conn,), daemon=True).start()
+
+    def trickle(self, conn):
+        try:
+            conn.sendall(self.head)
+            while True:
+                conn.sendall(b"x")
+                time.sleep(0.1)
+        except OSError:
+            return
+
+
+def test_a_server_that_trickles_a_byte_at_a_time_is_given_up(server, monkeypatch):
+    """Every read got a byte within the 60 s stall limit: the fetch went on for weeks without a word."""
+    entry, _ = publish(server, akamaster_file)
+    trickling = Trickling(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+    monkeypatch.setenv(hub.MIRROR_ENV, trickling.url)
+    monkeypatch.setattr(hub, "SLOW_S", 1.0)
+    try:
+        with pytest.raises(UserError, match=r"no 128 kB from the server in 1 s: too slow, or stalled a byte at a time\)"
+                                            r"\. Nothing was written"):
+            hub.fetch(entry, progress=False)
+    finally:
+        trickling.close()
+    assert cache_files() == [] and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
 
 
 def test_a_download_killed_without_cleanup_is_swept_by_the_next_fetch(server):

@@ -19,10 +19,8 @@ import hashlib
 import http.client
 import os
 import re
-import socket
 import urllib.error
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,6 +30,7 @@ import torch
 from resnetlab.errors import UserError, count
 from resnetlab.files import StorageError, check_writable, process_alive
 
+from .download_limits import TooSlow, slow_guard, stall_timeout
 from .pretrained import PretrainedWeights
 
 MIRROR_ENV = "RESNETLAB_WEIGHTS_MIRROR"
@@ -39,6 +38,7 @@ CHUNK = 1 << 20
 # Seconds without a byte from the server before a download is given up: torch.hub's urlopen has no
 # timeout of its own, so a server that stops sending would otherwise hang the command for ever.
 STALL_TIMEOUT_S = 60.0
+SLOW_S = 120.0  # seconds in which a download must grow by a read chunk (128 kB): else too slow
 # .<file>.<pid>.<8 hex>.download, and torch.hub's .partial beside it (<staging>.<hex>.partial)
 STAGING = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.download(\.[0-9a-f]+\.partial)?")
 
@@ -155,18 +155,6 @@ def remove_stale_downloads(path: Path) -> list[Path]:
     return removed
 
 
-@contextmanager
-def _stall_timeout(seconds: float):
-    """Sockets opened inside the block give up after `seconds` without data (socket's default
-    timeout is process-wide: it is restored when the block ends)."""
-    before = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(before)
-
-
 class _DownloadFailed(Exception):
     """One URL did not give the published file; the message says why."""
 
@@ -180,8 +168,11 @@ def _download(entry: PretrainedWeights, url: str, path: Path, progress: bool) ->
     staging = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.download")
     try:
         try:
-            with _stall_timeout(STALL_TIMEOUT_S):
+            with stall_timeout(STALL_TIMEOUT_S), slow_guard(staging, SLOW_S):
                 torch.hub.download_url_to_file(url, str(staging), hash_prefix=expected_digest(entry), progress=progress)
+        except TooSlow:
+            raise _DownloadFailed(f"no {torch.hub.READ_DATA_CHUNK // 1024} kB from the server in {SLOW_S:g} s: too slow, "
+                                  "or stalled a byte at a time") from None
         except RuntimeError as err:
             if "invalid hash value" not in str(err):
                 raise
