@@ -148,6 +148,11 @@ def test_cli_list_flags_a_cached_file_whose_size_is_not_the_published_one(capsys
         "`resnetlab weights fetch NAME` replaces a damaged one")
     assert main(["weights", "list", "--json", "--model", "resnet18"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["size_as_published"] is False
+    unsized = get_weights("resnet20.akamaster_c10")  # no size published: an empty file was listed "yes"
+    assert unsized.file_size_mb is None
+    hub.cached_file(unsized).write_bytes(b"")
+    assert main(["weights", "list", "--model", "resnet20"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith("0.0MB  DAMAGED?")
 
 
 def test_bicubic_decoding_is_pillow_s(tmp_path):

@@ -49,7 +49,9 @@ def weight_rows(model: str | None = None) -> list[dict]:
 def size_as_published(path, entry) -> bool | None:
     """Whether a cached file has the published size (within 0.5%: timm's is published to the MB): a
     cheap sign of a truncated or wrong file that `list` can show for every entry; `verify` re-hashes.
-    None: no size is published."""
+    None: no size is published (but an empty file is never the weights)."""
+    if path.stat().st_size == 0:
+        return False
     if entry.file_size_mb is None:
         return None
     return abs(path.stat().st_size / 1e6 - entry.file_size_mb) <= 0.005 * entry.file_size_mb
