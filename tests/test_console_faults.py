@@ -7,22 +7,13 @@ import signal
 import sys
 
 import pytest
-import yaml
+import test_faults
 
 from resnetlab.cli import main
 from resnetlab.cli.console import ForgivingStream
-from resnetlab.config import config_to_dict
 from resnetlab.engine.signals import StopOnSignal
-from test_engine_train import tiny_config
 
-CFG = tiny_config(("schedule.max_steps", 12), ("train.eval_every", 4), ("optim.lr", 0.05))
-
-
-@pytest.fixture
-def recipe(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config_to_dict(CFG)))
-    return str(path)
+recipe = test_faults.recipe  # the fixture: a recipe file of test_faults' 12-step tiny run
 
 
 def test_under_nohup_a_hangup_stays_ignored():
