@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -55,6 +56,23 @@ def temporary(path: Path) -> Path:
     """The temporary name of an atomic write of `path`: the same folder, so the rename never crosses
     file systems; the pid keeps concurrent writers apart."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                 (stat.S_ISBLK, "a block device"))
+
+
+def special_kind(path) -> str | None:
+    """"a FIFO", "a socket", "a character device" ... for a path that is neither a regular file nor a
+    folder (opening a FIFO waits for a writer for ever; a device has no end), else None (also when it
+    cannot be looked at: the open that follows says why)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((name for test, name in SPECIAL_KINDS if test(mode)), "a special file")
 
 
 def make_folder(path: Path) -> None:

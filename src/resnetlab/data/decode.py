@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from contextlib import nullcontext
 from typing import Callable
 
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from resnetlab.errors import UserError
+from resnetlab.files import special_kind
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
 Plan = Callable[[int, int], list[tuple[Box, tuple[int, int]]]]  # (w, h) -> [(box, (out_w, out_h))]
@@ -124,26 +124,14 @@ def opened(source):
     writer for ever, and a device (a link to /dev/zero, /dev/stdin) has no end or no image."""
     if isinstance(source, Image.Image):
         return nullcontext(source)
-    refuse_special(source)
+    kind = special_kind(source)
+    if kind:
+        raise SpecialFile(f"not a regular file ({kind})")
     return Image.open(source)
 
 
 class SpecialFile(OSError):
     """A path with an image's name that is a FIFO, socket or device."""
-
-
-def refuse_special(path) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return  # missing, dangling, unreadable: Image.open says which
-    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        kind = next((name for test, name in SPECIAL_KINDS if test(mode)), "special file")
-        raise SpecialFile(f"not a regular file (a {kind})")
-
-
-SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                 (stat.S_ISBLK, "block device"))
 
 
 def why_unreadable(err: BaseException) -> str:

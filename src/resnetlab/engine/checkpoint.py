@@ -22,7 +22,7 @@ import torch
 
 from resnetlab.config import Config, config_from_dict
 from resnetlab.errors import UserError, first_line
-from resnetlab.files import atomic_write, storage_error
+from resnetlab.files import atomic_write, special_kind, storage_error
 
 from .records import CHECKPOINT_FORMAT, Artifact, Checkpoint, check_checkpoint_format
 
@@ -117,12 +117,9 @@ def checkpoint_path(path_or_run_dir) -> Path:
 
 def _regular(path: Path) -> Path:
     """`path` if it is a regular file: reading a FIFO waits for ever, a device never ends."""
-    from resnetlab.data.decode import SpecialFile, refuse_special
-
-    try:
-        refuse_special(path)
-    except SpecialFile as err:
-        raise UserError(f"{path} is {str(err)}, not a checkpoint") from None
+    kind = special_kind(path)
+    if kind:
+        raise UserError(f"{path} is not a regular file ({kind}), not a checkpoint")
     return path
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from resnetlab.errors import UserError, expect_type, first_line
+from resnetlab.files import special_kind
 
 from . import layouts
 
@@ -58,8 +59,8 @@ def _read_file(path: Path):
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a weights file; {_folder_hint(path)}")
     if not path.is_file():
-        raise UserError(f"{path} is not a regular file (a FIFO, socket or device), not weights" if path.exists()
-                        else f"weights file not found: {path}")
+        kind = special_kind(path)
+        raise UserError(f"{path} is not a regular file ({kind}), not weights" if kind else f"weights file not found: {path}")
     with open(path, "rb") as f:
         head = f.read(9)
     if path.suffix == ".safetensors" or head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
