@@ -154,10 +154,10 @@ def checkpoint_config(run: Path):
     """The config the run's last checkpoint was written with: what it trained on, whatever a hand edit
     of RUN/config.yaml says since (an edited batch size was taken silently; a flag was refused)."""
     from resnetlab.config import config_from_dict
-    from resnetlab.engine import load_checkpoint
+    from resnetlab.engine.checkpoint import stored_config
 
     last = run / "checkpoints" / "last.pt"
-    stored = load_checkpoint(last).artifact.config if last.is_file() else None
+    stored = stored_config(last) if last.is_file() else None  # not loaded twice: the run loads and checks it
     return config_from_dict(stored) if stored else None
 
 

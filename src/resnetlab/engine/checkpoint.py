@@ -184,6 +184,19 @@ def verify_digest(ckpt: dict, path) -> None:
                         "(bits flipped on disk or in a copy, or the file was edited); use an intact copy")
 
 
+def stored_config(path) -> dict | None:
+    """The config dict a checkpoint was written with, read without its tensors (mmap) and without the
+    checks of load_checkpoint, which the run makes when it loads the file; None when it cannot be read."""
+    from resnetlab.models.weights import torch_load
+
+    try:
+        data = torch_load(Path(path), mmap=True)
+    except Exception:  # damaged, or not ours: load_checkpoint says so in one line later
+        return None
+    config = data.get("config") if isinstance(data, dict) else None
+    return config if isinstance(config, dict) and config else None
+
+
 def artifact_of(source) -> Artifact:
     """The Artifact of a Checkpoint, an Artifact, or a checkpoint file / run directory."""
     if isinstance(source, Checkpoint):

@@ -98,7 +98,7 @@ def _folder_hint(path: Path) -> str:
     return "pass the weights file itself (.pt, .pth or .safetensors)"
 
 
-def torch_load(path: Path):
+def torch_load(path: Path, mmap: bool = False):
     """torch.load with weights_only=True (never unpickles arbitrary objects) and torch's own warnings
     kept quiet; a TorchScript export and a plain pickle are refused in one line each, never with
     torch's advice to turn weights_only off."""
@@ -111,7 +111,7 @@ def torch_load(path: Path):
                         "torch.save(model.state_dict(), ...) or as safetensors")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Detected pickle protocol ...", "looks like a TorchScript archive ..."
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def not_torch_file(head: bytes) -> str | None:
