@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from resnetlab.errors import expect_count
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from resnetlab.errors import expect_count
 
 
 @dataclass(frozen=True)
