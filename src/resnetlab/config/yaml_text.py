@@ -8,7 +8,6 @@ import re
 import yaml
 
 
-
 class _YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, reading 1e-3, 1e6 and 5.0e4 as floats: YAML 1.1 (PyYAML) wants a dot
     and a signed exponent and would keep them as strings; YAML 1.2 and every user reads numbers.
