@@ -315,3 +315,9 @@ def test_recipe_names_that_are_almost_right_are_said_as_such(tmp_path):
         with pytest.raises(UserError) as err:
             load_config(name)
         assert str(err.value) == said
+
+
+def test_a_mistyped_recipe_name_gets_the_closest_shipped_one():
+    with pytest.raises(UserError, match=r"^unknown recipe 'cifar10_fats': not a \.yaml file and not a shipped recipe "
+                                        r"\(did you mean cifar10_fast\?\); shipped recipes: cifar10_fast, "):
+        load_config("cifar10_fats")

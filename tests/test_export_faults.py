@@ -95,3 +95,13 @@ def test_out_of_memory_in_any_command_is_one_line(monkeypatch, capsys, error, sa
     assert capsys.readouterr().err == (f"resnetlab models: error: out of memory{said}; lower --batch-size or "
                                        "--image-size (or the number of images at once), or use a machine with more "
                                        "memory\n")
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "an ONNX"), ("torchscript", "a TorchScript"), ("safetensors", "a safetensors")])
+def test_a_wrong_suffix_names_the_format_as_written(tmp_path, fmt, name):
+    from resnetlab.errors import UserError
+    from resnetlab.inference.export import SUFFIXES, check_out
+
+    with pytest.raises(UserError) as err:
+        check_out(fmt, tmp_path / "m.txt")
+    assert str(err.value) == f"--out {tmp_path / 'm.txt'}: {name} export should end in {SUFFIXES[fmt]}"  # "a onnx export"

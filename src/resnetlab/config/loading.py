@@ -3,6 +3,7 @@ SECTION.KEY=VALUE overrides, type checks against the schema, and saving the reso
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from importlib import resources
 from pathlib import Path
@@ -58,9 +59,10 @@ def _recipe_source(name_or_path: str, near: Path | None):
     shipped = recipe_dir() / f"{name_or_path}.yaml"
     if shipped.is_file():
         return f"recipe {name_or_path}", shipped.read_text()
+    close = difflib.get_close_matches(name_or_path, list(list_recipes()), n=1, cutoff=0.6)
     raise UserError(
-        f"unknown recipe {name_or_path!r}: not a .yaml file and not a shipped recipe; "
-        f"shipped recipes: {', '.join(list_recipes())}"
+        f"unknown recipe {name_or_path!r}: not a .yaml file and not a shipped recipe"
+        f"{f' (did you mean {close[0]}?)' if close else ''}; shipped recipes: {', '.join(list_recipes())}"
     )
 
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+EXPORT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript", "safetensors": "a safetensors"}
 RTOL = 1e-3  # allowed max |diff| relative to the largest |logit| (fp32 rounding of a folded graph)
 
 
@@ -186,7 +187,7 @@ def check_out(fmt: str, out) -> Path:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
     if out.suffix != SUFFIXES[fmt]:
-        raise UserError(f"--out {out}: a {fmt} export should end in {SUFFIXES[fmt]}")
+        raise UserError(f"--out {out}: {EXPORT_NAMES[fmt]} export should end in {SUFFIXES[fmt]}")
     check_writable(out)
     return out
 
