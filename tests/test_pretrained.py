@@ -102,6 +102,8 @@ def test_resolution_by_tag_name_and_default():
 def test_bad_names_give_one_clear_line():
     with pytest.raises(UserError, match=r"unknown weights 'resnet50\.tv3'; did you mean .*resnet50\.tv_in1k"):
         get_weights("resnet50.tv3")
+    with pytest.raises(UserError, match=r"unknown weights 'Resnet50\.TV2_IN1K'; did you mean resnet50\.tv2_in1k, "):
+        get_weights("Resnet50.TV2_IN1K")  # the name in other capitals comes first
     with pytest.raises(UserError, match=r"weights 'resnet50\.a1_in1k' are for resnet50, not resnet18; weights for "
                                         r"resnet18: tv_in1k"):
         create_model("resnet18", weights="a1_in1k")

@@ -221,7 +221,9 @@ def get_weights(name: str) -> PretrainedWeights:
     """The entry called `name`, or a UserError that lists the closest names."""
     if name in _BY_NAME:
         return _BY_NAME[name]
-    close = difflib.get_close_matches(name, list(_BY_NAME), n=4, cutoff=0.5)
+    # Compared in lower case, so that a name typed with capitals suggests itself first.
+    lowered = {n.lower(): n for n in _BY_NAME}
+    close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=4, cutoff=0.5)]
     if not close and name.split(".", 1)[0] in {w.model for w in _BY_NAME.values()}:
         close = [w.name for w in list_weights(name.split(".", 1)[0])]
     hint = f"; did you mean {', '.join(close)}?" if close else ""
