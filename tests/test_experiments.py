@@ -120,6 +120,11 @@ def test_experiment_command_trains_reports_and_skips_on_rerun(tmp_path, capsys):
 def test_experiment_command_errors(tmp_path, capsys):
     assert main(["experiment", "depth", "--out", str(tmp_path), "--seeds", "0,x"]) == 2
     assert "--seeds" in capsys.readouterr().err
+    for seeds in ("0,,1", "0,1,", "\u0663", "1_0", "-1"):  # an empty item is not dropped; '٣' is not 3
+        assert main(["experiment", "depth", "--out", str(tmp_path), "--dry-run", "--seeds", seeds]) == 2
+        assert f"--seeds {seeds!r}: " in capsys.readouterr().err
+    code, _, err = _cli(capsys, "experiment", "depth", "--out", str(tmp_path), "--dry-run", "--models", "resnet20,,resnet32")
+    assert code == 2 and "--models 'resnet20,,resnet32': an empty item between commas" in err
     assert main(["experiment", "depth", "--out", str(tmp_path)]) == 2
     assert "--data" in capsys.readouterr().err
 

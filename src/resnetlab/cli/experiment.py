@@ -1,20 +1,33 @@
 HELP = "Run one of the paper's experiments (degradation, depth, shortcuts, ...) and write its report."
 
+import re
 import sys
 
 from resnetlab.cli.arguments import positive_int
 from resnetlab.errors import Terminated, UserError
 
 
-def _csv(text: str) -> list[str]:
-    return [p.strip() for p in text.split(",") if p.strip()]
+def _items(text: str, option: str) -> list[str]:
+    """The comma-separated items of `option`; an empty one (0,,1 or a trailing comma) is refused, not dropped."""
+    items = [p.strip() for p in text.split(",")]
+    if items == [""]:
+        return []  # the whole value is empty: plan_runs says so
+    if "" in items:
+        raise UserError(f"{option} {text!r}: an empty item between commas; give e.g. {option} "
+                        f"{'0,1,2' if option == '--seeds' else 'resnet20,resnet32'}")
+    return items
+
+
+def _models(text: str) -> list[str]:
+    return _items(text, "--models")
 
 
 def _seeds(text: str) -> list[int]:
-    try:
-        return [int(p) for p in _csv(text)]
-    except ValueError:
-        raise UserError(f"--seeds {text!r}: expected whole numbers separated by commas, e.g. --seeds 0,1,2") from None
+    items = _items(text, "--seeds")
+    # ASCII digits only: int() would also take '1_000' and other scripts' digits ('٣' is 3)
+    if not all(re.fullmatch(r"[0-9]+", p) for p in items):
+        raise UserError(f"--seeds {text!r}: expected whole numbers separated by commas, e.g. --seeds 0,1,2")
+    return [int(p) for p in items]
 
 
 def add_arguments(parser):
@@ -24,7 +37,7 @@ def add_arguments(parser):
                         help="experiment: " + ", ".join(EXPERIMENTS))
     parser.add_argument("--data", metavar="DIR", help="dataset folder (train/<class>/ images, or CIFAR python files)")
     parser.add_argument("--out", metavar="DIR", help="experiment directory: one run directory per run, plus the report")
-    parser.add_argument("--models", type=_csv, help="comma-separated models instead of the experiment's default set")
+    parser.add_argument("--models", help="comma-separated models instead of the experiment's default set")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (each run once per seed)")
     # positive_int: 0 is refused, never taken for "not given" (the paper's full schedule)
     for unit in ("epochs", "steps"):
@@ -59,7 +72,8 @@ def run(args):
         if any(k == key for k, _ in overrides):
             raise UserError(f"--set {key} would give every run of the experiment the same value (the run folders' "
                             f"names and the report would not say so); use {option}")
-    runs = ex.plan_runs(exp, args.models, None if args.seeds is None else _seeds(args.seeds), overrides)
+    models = None if args.models is None else _models(args.models)
+    runs = ex.plan_runs(exp, models, None if args.seeds is None else _seeds(args.seeds), overrides)
     ex.check_out(args.out, exp.name, ex.run_config(runs[0], args.data).data if runs else None)
     if args.dry_run:
         from pathlib import Path
