@@ -227,6 +227,7 @@ def test_a_failed_check_is_said_on_stderr_and_keeps_stdout_clean(ckpt_path, tmp_
 
     monkeypatch.setattr(export_lib, "export_checkpoint", differs)
     for json_flag in ([], ["--json"]):
+        (tmp_path / "m.pt").unlink(missing_ok=True)  # the fake's bytes are no export: the next --out would refuse them
         assert main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
                      *json_flag]) == 1
         out, err = capsys.readouterr()

@@ -2,6 +2,7 @@
 before the check ran); onnxruntime that does not load, or fails on the file, is one line; torch's
 exporter no longer turns a Ctrl-C into a paragraph of its own error."""
 import sys
+import zipfile
 
 import pytest
 from test_export import train_checkpoint
@@ -16,10 +17,24 @@ def ckpt_path(tmp_path_factory):
     return train_checkpoint(tmp_path_factory.mktemp("export_faults"))
 
 
+def previous_export(fmt: str, path) -> bytes:
+    """A small file that passes for an earlier resnetlab export of `fmt` at `path` (an --out holding
+    anything else is refused); returns its bytes."""
+    if fmt == "torchscript":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("m/extra/resnetlab.json", "{}")
+    else:
+        onnx = pytest.importorskip("onnx")
+        model = onnx.helper.make_model(onnx.helper.make_graph([], "previous", [], []))
+        onnx.helper.set_model_props(model, {key: "{}" for key in ("model_name", "classes", "preprocessing", "normalizer")})
+        onnx.save(model, str(path))
+    return path.read_bytes()
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, MemoryError])
 def test_an_export_stopped_in_its_check_keeps_the_previous_file(ckpt_path, tmp_path, monkeypatch, capsys, stop):
     out = tmp_path / "m.pt"
-    out.write_bytes(b"the previous export")
+    before = previous_export("torchscript", out)
 
     def stopped(*args, **kwargs):
         raise stop
@@ -30,7 +45,7 @@ def test_an_export_stopped_in_its_check_keeps_the_previous_file(ckpt_path, tmp_p
     assert capsys.readouterr().err == ("resnetlab export: interrupted\n" if stop is KeyboardInterrupt else
                                        "resnetlab export: error: out of memory; lower --batch-size or --image-size (or "
                                        "the number of images at once), or use a machine with more memory\n")
-    assert out.read_bytes() == b"the previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
 def _fake_onnxruntime(monkeypatch, folder, source: str):
@@ -44,12 +59,12 @@ def _fake_onnxruntime(monkeypatch, folder, source: str):
 def test_an_onnxruntime_that_does_not_load_is_one_line_before_any_work(ckpt_path, tmp_path, monkeypatch, capsys):
     _fake_onnxruntime(monkeypatch, tmp_path / "fake", 'raise OSError("libonnxruntime.so: cannot open shared object")')
     out = tmp_path / "m.onnx"
-    out.write_bytes(b"the previous export")
+    before = previous_export("onnx", out)
     assert main(["export", str(ckpt_path), "--format", "onnx", "--out", str(out)]) == 2
     assert capsys.readouterr().err == ("resnetlab export: error: onnxruntime could not be loaded (OSError: "
                                        "libonnxruntime.so: cannot open shared object); reinstall it: pip install "
                                        "--force-reinstall onnxruntime\n")
-    assert out.read_bytes() == b"the previous export"
+    assert out.read_bytes() == before
 
 
 def test_an_onnxruntime_that_fails_on_the_file_is_a_failed_check(ckpt_path, tmp_path, monkeypatch, capsys):

@@ -61,11 +61,13 @@ def run(args):
     from resnetlab.errors import count
     from resnetlab.engine.checkpoint import refuse_out_over_checkpoint
     from resnetlab.engine.sources import load_source
-    from resnetlab.inference.export import ExportCheckFailed, check_out, export_checkpoint
+    from resnetlab.inference.export import EXPORT_NAMES, ExportCheckFailed, check_out, export_checkpoint
+    from resnetlab.inference.out_guard import refuse_foreign
 
     check_out(args.format, args.out)
     artifact, source = load_source(args.checkpoint)
     refuse_out_over_checkpoint(args.out, source)
+    refuse_foreign(args.out, args.format, f"{EXPORT_NAMES[args.format]} export")
     real, bad = real_batch(artifact, args.images)
     try:
         report = export_checkpoint(artifact, args.format, args.out, args.dynamic_batch, real)

@@ -17,6 +17,7 @@ import torch
 from resnetlab.errors import UserError
 from resnetlab.files import atomic_write, check_writable, write_files_atomic
 
+from .out_guard import refuse_foreign
 from .predictor import Predictor
 
 FORMATS = (".npy", ".safetensors")
@@ -43,6 +44,10 @@ def output_paths(out) -> list[Path]:
         raise UserError(f"--out {out}: use a .npy (with a .names.txt beside it) or a .safetensors file")
     paths = [out, out.with_suffix(".names.txt")] if out.suffix == ".npy" else [out]
     for path in paths:
+        if path.suffix == ".txt":
+            refuse_foreign(path, "embeddings.names.txt", "the names file of embeddings")
+        else:
+            refuse_foreign(path, "embeddings" + path.suffix, "an embeddings file")
         check_writable(path)
     return paths
 

@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from resnetlab.errors import UserError
-from resnetlab.files import atomic_path, atomic_write, check_writable, temporary
+from resnetlab.files import atomic_path, atomic_write, check_writable, temporary, write_target
+
+from .out_guard import refuse_foreign
 
 if TYPE_CHECKING:
     from resnetlab.engine.records import Artifact
@@ -200,9 +202,11 @@ def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, re
     from .export_check import check_inputs, check_runtime, verify, verify_metadata, verify_safetensors
 
     out = check_out(fmt, out)
+    refuse_foreign(out, fmt, f"{EXPORT_NAMES[fmt]} export")
     check_runtime(fmt)  # before any work: the check is part of the export
     module, artifact = export_module(checkpoint)
-    staged = temporary(out)
+    target = write_target(out)  # a symbolic link is written through, not replaced by a file
+    staged = temporary(target)
     try:
         write(module, artifact, fmt, staged, dynamic_batch)
         if fmt == "safetensors":
@@ -212,7 +216,7 @@ def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, re
             diffs = verify(fmt, staged, artifact, check_inputs(artifact, not fixed, real), batch_one=fixed)  # traced: any batch
         meta = verify_metadata(fmt, staged, artifact)
     except ExportCheckFailed as err:
-        os.replace(staged, out)
+        os.replace(staged, target)
         raise ExportCheckFailed(str(err).replace(str(staged), str(out))) from None
     except BaseException as err:  # an error or an interruption: nothing of it stays
         staged.unlink(missing_ok=True)
@@ -220,6 +224,6 @@ def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, re
             kept = f"the previous {out.name} is intact" if out.exists() else "nothing was written there"
             raise type(err)(str(err).replace(str(staged), str(out)).replace("nothing was written there", kept)) from None
         raise
-    os.replace(staged, out)
+    os.replace(staged, target)
     return {"out": str(out), "format": fmt, "dynamic_batch": dynamic_batch or fmt == "torchscript",
             "input_size": artifact.input_size, "max_abs_diff": diffs, "metadata": meta}
