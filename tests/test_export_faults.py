@@ -120,3 +120,13 @@ def test_a_wrong_suffix_names_the_format_as_written(tmp_path, fmt, name):
     with pytest.raises(UserError) as err:
         check_out(fmt, tmp_path / "m.txt")
     assert str(err.value) == f"--out {tmp_path / 'm.txt'}: {name} export should end in {SUFFIXES[fmt]}"  # "a onnx export"
+
+
+def test_dynamic_batch_for_a_safetensors_export_is_refused(ckpt_path, tmp_path, capsys):
+    """It was taken and did nothing: weights have no batch size."""
+    assert main(["export", str(ckpt_path), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors"),
+                 "--dynamic-batch"]) == 2
+    assert capsys.readouterr().err == ("resnetlab export: error: --dynamic-batch is for ONNX exports (TorchScript "
+                                       "takes any batch already); a safetensors export holds weights, with no batch "
+                                       "size\n")
+    assert not (tmp_path / "m.safetensors").exists()

@@ -58,12 +58,15 @@ def real_batch(artifact, inputs):
 
 
 def run(args):
-    from resnetlab.errors import count
+    from resnetlab.errors import UserError, count
     from resnetlab.engine.checkpoint import refuse_out_over_checkpoint
     from resnetlab.engine.sources import load_source
     from resnetlab.inference.export import EXPORT_NAMES, ExportCheckFailed, check_out, export_checkpoint
     from resnetlab.inference.out_guard import refuse_foreign
 
+    if args.dynamic_batch and args.format == "safetensors":  # weights have no batch size: the flag would do nothing
+        raise UserError("--dynamic-batch is for ONNX exports (TorchScript takes any batch already); a safetensors "
+                        "export holds weights, with no batch size")
     check_out(args.format, args.out)
     artifact, source = load_source(args.checkpoint)
     refuse_out_over_checkpoint(args.out, source)
