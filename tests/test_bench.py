@@ -229,6 +229,21 @@ def test_a_json_path_that_cannot_be_written_fails_before_the_benchmark(tmp_path,
                                        "directory); nothing was written there\n")
 
 
+def test_weights_take_a_run_directory_and_only_for_inference(tmp_path, capsys, monkeypatch):
+    import resnetlab.bench.run as bench_run
+
+    seen = []
+    monkeypatch.setattr(bench_run, "run_bench", lambda spec, variants: seen.append(spec.weights) or {})
+    monkeypatch.setattr(bench_run, "format_table", lambda result: "")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
+    assert main(["bench", "--task", "train", "--weights", str(tmp_path / "run")]) == 2  # it was taken and unused
+    assert capsys.readouterr().err == ("resnetlab bench: error: --weights is for --task infer (its top-1 agreement "
+                                       "check); --task train times seeded weights\n")
+    assert main(["bench", "--task", "infer", "--no-isolate", "--weights", str(tmp_path / "run")]) == 0
+    assert seen == [str(tmp_path / "run" / "checkpoints" / "last.pt")]  # was "a folder, not a weights file"
+
+
 @pytest.mark.parametrize("size", ["0", "-5"])
 def test_image_size_below_one_is_refused_in_one_line_not_benchmarked(size, capsys, monkeypatch):
     import resnetlab.bench.run as bench_run

@@ -1,6 +1,9 @@
 HELP = "Benchmark training/inference speed against the eager fp32 per-sample-PIL baseline, same machine, same run."
 
+from pathlib import Path
+
 from resnetlab.bench.spec import TASKS
+from resnetlab.errors import UserError
 
 from .arguments import AUTO_INFERENCE_PRECISIONS, COMPILE_MODES, SWITCH, positive_int
 
@@ -23,7 +26,8 @@ def add_arguments(parser):
                         help="more variants to compare, e.g. auto, fp32, bf16-cl, bf16-cl-default, bf16-cl-fused, int8 (repeatable)")
     parser.add_argument("--data", metavar="DIR", help="ROOT/train/<class>/<image> to read (default: synthetic JPEGs)")
     parser.add_argument("--images", type=int, default=512, help="images drawn from the data (loop: images per epoch)")
-    parser.add_argument("--weights", help="inference: trained weights for the top-1 agreement check")
+    parser.add_argument("--weights", help="inference: trained weights (a run directory, a checkpoint or a weights "
+                        "file) for the top-1 agreement check")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--device", default="cpu")
@@ -40,11 +44,17 @@ def run(args):
     from resnetlab.bench.loop import LoopSpec, format_loop, measure_loop_overhead
     from resnetlab.bench.run import format_table, run_bench, write_json
     from resnetlab.bench.spec import BenchSpec, Variant, parse_variant
+    from resnetlab.engine.checkpoint import checkpoint_path
     from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_fused_bn, resolve_precision
     from resnetlab.files import check_writable
 
     if args.json:
         check_writable(args.json)  # before the benchmark, not after it
+    if args.weights is not None and args.task != "infer":  # it was taken and did nothing
+        raise UserError(f"--weights is for --task infer (its top-1 agreement check); --task {args.task} times "
+                        "seeded weights")
+    if args.weights and Path(args.weights).is_dir():  # a run directory, as export and predict take it
+        args.weights = str(checkpoint_path(args.weights))
     device = resolve_device(args.device)
     batch = args.batch_size or DEFAULT_BATCH[args.task]
     if args.task == "loop":
