@@ -143,8 +143,12 @@ def check_config(cfg: Config) -> None:
     """The values refused only once something is built from them (the model name, the schedule),
     checked from the config alone by the very functions that build them: for --print-config,
     which builds nothing, and for a run before it spends minutes on its data."""
-    name = cfg.model.name.partition(".")[0]  # "resnet50.TAG" names published weights of resnet50
+    name, dot, tag = cfg.model.name.partition(".")  # "resnet50.TAG" names published weights of resnet50
     model_info(name)
+    if dot:  # an unknown tag is said now, not when the weights are fetched
+        from resnetlab.models.pretrained import weights_for
+
+        weights_for(name, tag)
     with torch.device("meta"):  # shapes only: refuses unknown or wrong model.kwargs without building weights
         create_model(name, **cfg.model.kwargs)
     create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch=1)
