@@ -324,3 +324,17 @@ def test_a_mistyped_recipe_name_gets_the_closest_shipped_one():
     with pytest.raises(UserError, match=r"^unknown recipe 'cifar10_fats': not a \.yaml file and not a shipped recipe "
                                         r"\(did you mean cifar10_fast\?\); shipped recipes: cifar10_fast, "):
         load_config("cifar10_fats")
+
+
+@pytest.mark.parametrize("body, said", [
+    ("optim:\n  # lr: 0.1\n", "config section optim: is empty (are all its keys commented out?); give it keys, or "
+                              "remove the line 'optim:'"),  # was "expected a mapping of keys, got None"
+    ("optim: " + "x" * 400 + "\n", "config section optim: expected a mapping of keys, got 'xxxxxxxxxxxxxxxxxxxxxxxxx"),
+])
+def test_a_section_that_is_not_a_mapping_says_why(tmp_path, capsys, body, said):
+    from resnetlab.cli import main
+
+    (tmp_path / "r.yaml").write_text(body)
+    assert main(["train", "--recipe", str(tmp_path / "r.yaml"), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"resnetlab train: error: {said}") and len(err) < 300

@@ -157,8 +157,11 @@ def _brief(value) -> str:
 
 def _section_from_dict(cls, data: dict, section: str):
     hints = typing.get_type_hints(cls)
+    if data is None:  # `optim:` with every key below it commented out
+        raise UserError(f"config section {section}: is empty (are all its keys commented out?); give it keys, "
+                        f"or remove the line '{section}:'")
     if not isinstance(data, dict):
-        raise UserError(f"config section {section}: expected a mapping of keys, got {data!r}")
+        raise UserError(f"config section {section}: expected a mapping of keys, got {_brief(data)}")
     unknown = sorted(set(data) - set(hints), key=str)  # YAML keys may be numbers
     if unknown:
         raise UserError(
