@@ -69,6 +69,20 @@ def test_safetensors_round_trip(source, tmp_path):
     assert _same(source, target)
 
 
+def test_flipped_bytes_in_a_saved_safetensors_file_are_found(source, tmp_path):
+    """safetensors checks its header, not its data: a flipped bit in a weight loaded as a wrong weight."""
+    path = tmp_path / "w.safetensors"
+    save_safetensors(source, path)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x10  # in the last tensor's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=rf"^{path} is damaged: its tensors do not match the SHA-256 digest written "
+                                        r"with them \(bits flipped"):
+        load_weights(_fresh(), path)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "plain.safetensors")
+    load_weights(_fresh(), tmp_path / "plain.safetensors")  # another tool's file, without a digest: read as it is
+
+
 def test_missing_num_batches_tracked_is_tolerated(source):
     sd = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
     target = _fresh()

@@ -15,7 +15,8 @@ Every file carries the checkpoint's metadata (`metadata()`: model name, classes,
 preprocessing, normaliser), so a deployment needs nothing else: in ONNX as the model's
 metadata_props, one entry per key, each value JSON (`onnx.load(f).metadata_props`, or
 onnxruntime's `get_modelmeta().custom_metadata_map`), with a plain-text summary as doc_string;
-in TorchScript as the extra file "resnetlab.json"; in safetensors as JSON under "resnetlab".
+in TorchScript as the extra file "resnetlab.json"; in safetensors as JSON under "resnetlab" (with
+the tensors' SHA-256 under "resnetlab_sha256", checked whenever the file is read).
 The export check reads it back from the written file.
 """
 from __future__ import annotations

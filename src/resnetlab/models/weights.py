@@ -9,6 +9,7 @@ on both sides) is renamed and its channels reordered so the outputs are the publ
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import warnings
@@ -26,6 +27,7 @@ from . import layouts
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("module.", "_orig_mod.")
+DIGEST_KEY = "resnetlab_sha256"  # in the metadata of the safetensors files save_safetensors writes
 TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip container; the legacy format is a bare pickle
 # ... which opens with torch's magic number pickled (LONG1, 10 bytes; after a FRAME from protocol 4 on):
 # any other pickle is pickle.dump's, not torch.save's
@@ -64,12 +66,19 @@ def _read_file(path: Path):
     with open(path, "rb") as f:
         head = f.read(9)
     if path.suffix == ".safetensors" or head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                written = (f.metadata() or {}).get(DIGEST_KEY)
         except Exception as err:  # safetensors raises its own error types
             raise UserError(f"{path} is not a valid safetensors file ({first_line(err)})") from None
+        if written is not None and written != tensors_digest(tensors):  # safetensors checks the header, not the data
+            raise UserError(f"{path} is damaged: its tensors do not match the SHA-256 digest written with them (bits "
+                            "flipped on disk or in a copy, or the file was edited); use an intact copy")
+        return tensors
     what = not_torch_file(head)
     if what:
         raise UserError(f"{path} is not a PyTorch or safetensors weights file ({what})")
@@ -243,4 +252,15 @@ def save_safetensors(model: nn.Module, path, metadata: dict[str, str] | None = N
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_write(path) as f:
-        f.write(save(tensors, metadata=metadata))
+        f.write(save(tensors, metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)}))
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors by name (sorted), dtype, shape and bytes: written into the safetensors
+    files resnetlab saves and checked when they are read, as a checkpoint's digest is."""
+    sha = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        sha.update(f"{name}\0{t.dtype}{tuple(t.shape)}".encode())
+        sha.update(t.reshape(-1).view(torch.uint8).numpy())
+    return "sha256:" + sha.hexdigest()
