@@ -130,6 +130,8 @@ def test_scientific_notation_is_a_float_in_recipes_and_overrides(tmp_path):
     ("optim.label_smoothing=2", "optim.label_smoothing=2.0 is out of range: expected a finite number in [0, 1)"),
     ("train.eval_every=-1", "train.eval_every=-1 is out of range: expected an integer >= 0"),
     ("data.val_size=-3", "data.val_size=-3 is out of range: expected an integer >= 0"),
+    ("data.val_size=1.0", "data.val_size=1.0: a count of 1 or the fraction 1 (every image)? Write 1 for one image; "
+                          "a fraction must be below 1"),  # it was taken as a count of 1
     ("train.workers=-1", "train.workers=-1 is out of range: expected an integer >= 0"),
     ("optim.lr=.nan", "optim.lr=nan is out of range: expected a finite number >= 0"),
     ("optim.lr=.inf", "optim.lr=inf is out of range: expected a finite number >= 0"),

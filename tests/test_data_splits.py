@@ -128,4 +128,9 @@ def test_the_data_command_takes_a_fraction_and_counts_ignored_files(tmp_path, ca
     assert main(["data", str(root), "--val-size", "0.2", "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("folder: train 14, val 3 images, 3 classes") and out.rstrip().endswith("2 other files ignored")
+    with pytest.raises(SystemExit):  # 1.0 was a count of 1; 1 still is
+        main(["data", str(root), "--val-size", "1.0", "--cache-dir", str(tmp_path / "cache")])
+    assert "argument --val-size: '1.0': a count of 1 or the fraction 1 (every image)?" in capsys.readouterr().err
+    assert main(["data", str(root), "--val-size", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert capsys.readouterr().out.startswith("folder: train 16, val 1 images")
 

@@ -135,6 +135,9 @@ def _coerce(value, hint, key: str):
     if set(args) == {int, float}:  # a count or a fraction (data.val_size): whole floats are counts
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key {key}: expected a number, got {_brief(value)} ({type(value).__name__})")
+        if isinstance(value, float) and value == 1.0:  # the one whole float that reads as either
+            raise UserError(f"config key {key}=1.0: a count of 1 or the fraction 1 (every image)? Write 1 for one "
+                            "image; a fraction must be below 1")
         return int(value) if isinstance(value, float) and value.is_integer() else value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
