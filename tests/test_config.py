@@ -289,6 +289,8 @@ def test_values_yaml_would_reinterpret_or_an_empty_init_are_refused(override, sa
     ("model.name=resnet20.bogus", "unknown weights 'resnet20.bogus'; did you mean resnet20.chenyaofo_c10, "
                                   "resnet20.akamaster_c10, resnet20.chenyaofo_c100, resnet50.tv_in1k? (`resnetlab "
                                   "weights list` shows them all)"),
+    ("model.name=resnet18.", "model.name 'resnet18.': nothing after the dot; name the model alone, or its published "
+                             "weights (resnet18.tv_in1k)"),  # was "weights= takes a tag ..., got ''"
 ])
 def test_print_config_refuses_what_the_run_would_refuse(override, said, capsys):
     """--print-config printed these (exit 0); a run refused them only once it used them (interpolation: never, until

@@ -146,8 +146,12 @@ def check_config(cfg: Config) -> None:
     name, dot, tag = cfg.model.name.partition(".")  # "resnet50.TAG" names published weights of resnet50
     model_info(name)
     if dot:  # an unknown tag is said now, not when the weights are fetched
-        from resnetlab.models.pretrained import weights_for
+        from resnetlab.models.pretrained import list_weights, weights_for
 
+        if not tag.strip():
+            tags = ", ".join(f"{name}.{w.name.partition('.')[2]}" for w in list_weights(name)) or "none published"
+            raise UserError(f"model.name {cfg.model.name!r}: nothing after the dot; name the model alone, or its "
+                            f"published weights ({tags})")
         weights_for(name, tag)
     with torch.device("meta"):  # shapes only: refuses unknown or wrong model.kwargs without building weights
         create_model(name, **cfg.model.kwargs)
