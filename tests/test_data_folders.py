@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 import resnetlab.data.folder as folder
 from resnetlab.config import DataConfig
@@ -235,6 +235,27 @@ def test_exif_rotated_photo_is_loaded_upright(tmp_path):
     upright = np.asarray(Image.open(tmp_path / "photo.jpg").transpose(Image.Transpose.ROTATE_270))
     assert failed == [] and upright.shape == (60, 40, 3)
     assert images[0, 0, 20, -1] > 200 and images[0, 0, 20, 0] < 50  # red column on the right
+
+
+def test_an_image_made_in_memory_from_a_photo_keeps_its_rotation(tmp_path):
+    """Image.open(f).convert("RGB") (format None) was read sideways: only opened files were turned."""
+    from resnetlab.data.decode import decode_crops
+
+    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
+    pixels[:10] = (255, 0, 0)
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    whole = lambda w, h: [((0, 0, w, h), (w, h))]  # noqa: E731
+    from_file, = decode_crops(tmp_path / "photo.jpg", whole)
+    for derived in (Image.open(tmp_path / "photo.jpg").convert("RGB"), Image.open(tmp_path / "photo.jpg").copy()):
+        assert derived.format is None
+        array, = decode_crops(derived, whole)
+        assert array.shape == (60, 40, 3) and np.array_equal(array, from_file)  # upright, as the file is
+    already = ImageOps.exif_transpose(Image.open(tmp_path / "photo.jpg"))  # turned by the user: not turned again
+    array, = decode_crops(already, whole)
+    assert np.array_equal(array, from_file)
 
 
 # The decoding before PIL.ImageOps.exif_transpose took over: EXIF orientation -> transpose.

@@ -55,8 +55,10 @@ def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.n
     resample = resample_filter(interpolation)
     try:
         with opened(path) as img:
-            # Photos store their rotation in EXIF; plan on the upright image.
-            orientation = img.getexif().get(ExifTags.Base.Orientation, 1) if img.format in EXIF_FORMATS else 1
+            # Photos store their rotation in EXIF; plan on the upright image. An image made in memory
+            # from an opened one (convert, copy, resize: format None) keeps its EXIF, and so its rotation.
+            exif = img.format in EXIF_FORMATS or img.format is None
+            orientation = img.getexif().get(ExifTags.Base.Orientation, 1) if exif else 1
             w, h = img.size[::-1] if orientation in QUARTER_TURNS else img.size
             if not (w and h):  # only a PIL image in memory can be empty; no plan can cut a window of it
                 raise BadImage(path, f"an empty image ({w} x {h} pixels)")
