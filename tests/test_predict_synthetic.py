@@ -192,6 +192,38 @@ def test_folders_skip_other_files_and_missing_inputs_are_user_errors(tmp_path):
     assert main(["predict", str(tmp_path / "nothing.pt"), str(tmp_path / "a")]) == 2
 
 
+def test_linked_folders_are_followed_once_and_blank_or_empty_inputs_refused(run_dir, tmp_path, monkeypatch, capsys):
+    """A folder of links to class folders gave [] in Python and "no image files found" on the command
+    line; "" (an unset shell variable) classified everything under the current folder; a folder
+    without images gave [] in Python."""
+    test = run_dir.parent / "data" / "test"
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "red").symlink_to(test / "red")
+    (tmp_path / "linked" / "again").symlink_to(tmp_path / "linked")  # a loop: each real folder is read once
+    found = collect_images([str(tmp_path / "linked")])
+    assert found == [str(tmp_path / "linked" / "red" / f"{i:03d}.jpg") for i in range(TEST)]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    exts = ".bmp, .gif, .jfif, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp"
+    for item, message in (("", "an image path is blank (''; an unset shell variable?)"),
+                          (" ", "an image path is blank (' '; an unset shell variable?)"),
+                          (str(tmp_path / "empty"), f"no image files found in {tmp_path / 'empty'} (none ending in {exts})")):
+        with pytest.raises(UserError) as err:
+            collect_images([item])
+        assert str(err.value) == message
+    import resnetlab
+
+    monkeypatch.chdir(tmp_path)  # "" is the current folder to the file system: it holds linked/
+    classifier = resnetlab.load(run_dir, device="cpu", precision="fp32")
+    assert [p.source for p in classifier.predict(tmp_path / "linked")] == found
+    for item in ("", str(tmp_path / "empty")):
+        with pytest.raises(UserError, match="blank|no image files found"):
+            classifier.predict(item)
+    assert main(["predict", str(run_dir), "", "--device", "cpu"]) == 2
+    assert capsys.readouterr() == ("", "resnetlab predict: error: an image path is blank (''; an unset shell "
+                                       "variable?)\n")
+
+
 @pytest.fixture(scope="module")
 def classifier(run_dir):
     import resnetlab

@@ -19,14 +19,11 @@ def add_arguments(parser):
 
 def run(args):
     from resnetlab.engine.checkpoint import refuse_out_over_checkpoint
-    from resnetlab.errors import UserError
     from resnetlab.inference.embed import embed_files, output_paths, refuse_newlines, save_embeddings
     from resnetlab.inference.predictor import Predictor, collect_images
 
     output_paths(args.out)  # checked before any image is read
-    paths = collect_images(args.inputs)
-    if not paths:
-        raise UserError(f"no image files found in {' '.join(args.inputs)}")
+    paths = collect_images(args.inputs)  # a folder without images is refused there
     if len(output_paths(args.out)) == 2:
         refuse_newlines(paths)  # before the work, not after it
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.precision)

@@ -27,12 +27,12 @@ def add_arguments(parser):
 
 def default_images(artifact) -> list[str]:
     """A few images of the split the run was tested on, when its data folder is still there."""
-    from resnetlab.inference.predictor import collect_images
+    from resnetlab.inference.predictor import folder_images
 
     root = artifact.data_config().get("root")
     for split in ("test", "val"):
         if root and (Path(root) / split).is_dir():
-            paths = collect_images([str(Path(root) / split)])
+            paths = folder_images(Path(root) / split)
             return paths[:: max(1, len(paths) // REAL_IMAGES)][:REAL_IMAGES]  # spread over the classes
     return []
 

@@ -40,9 +40,7 @@ def run(args):
     from resnetlab.inference.predictor import (Predictor, collect_images, failures, iter_predictions, predict_files,
                                                top1_agreement)
 
-    paths = collect_images(args.inputs)
-    if not paths:
-        raise UserError(f"no image files found in {' '.join(args.inputs)}")
+    paths = collect_images(args.inputs)  # a folder without images is refused there
     if args.calibrate and args.precision != "int8":
         raise UserError("--calibrate is for --precision int8")
     int8 = args.precision == "int8"
@@ -50,7 +48,10 @@ def run(args):
     predictor = Predictor.from_checkpoint(args.checkpoint, device, "fp32" if int8 else args.precision,
                                           fuse=not args.no_fuse)
     if int8:
-        calibration = collect_images(args.calibrate) if args.calibrate else paths
+        try:
+            calibration = collect_images(args.calibrate) if args.calibrate else paths
+        except UserError as err:  # said of --calibrate, not of the images to predict
+            raise UserError(f"--calibrate: {err}") from None
         predictor = predictor.quantized(calibration, batch_size=args.batch_size)
     if args.json:  # one object: every result first
         results, failed = predict_files(predictor, paths, args.topk, args.protocol, args.batch_size)
