@@ -20,11 +20,11 @@ def test_cifar10_gets_the_quick_start_recipe_unchanged():
 
 def test_the_issue_s_140_photos_fine_tune_imagenet_weights_sized_to_the_data():
     choice = choose(ISSUE_PHOTOS, LAPTOP)
-    # 28 held out (a stratified 20%: the recipe's 1000 is more than a fifth), 112 left: batch 64 -> 16 for >= 4
+    # 28 held out (the recipe's stratified 20%), 112 left: batch 64 -> 16 for >= 4
     # steps per epoch (7), lr scaled by 16/64, epochs raised toward 300 steps (43) but at most 4 x 10, warm-up
     # at most a quarter of the 280 steps, one decoding worker of the two cores.
     assert choice.recipe == "finetune" and choice.init == IMAGENET_WEIGHTS
-    assert dict(choice.overrides) == {"finetune.init": IMAGENET_WEIGHTS, "data.val_size": 0.2, "optim.batch_size": 16,
+    assert dict(choice.overrides) == {"finetune.init": IMAGENET_WEIGHTS, "optim.batch_size": 16,
                                       "optim.lr": 0.0025, "schedule.epochs": 40, "schedule.warmup_steps": 70,
                                       "train.workers": 1}
     cfg = load_config(choice.recipe, choice.overrides)
@@ -63,15 +63,15 @@ def test_a_val_folder_a_big_folder_and_a_gpu_machine():
     with_val = dict(choose(DataFacts("folder", 140, 4, True, 300, False), LAPTOP).overrides)
     assert "data.val_size" not in with_val and with_val["optim.batch_size"] == 32  # 140 // 32 = 4 steps
     big = choose(DataFacts("folder", 20000, 50, False, 400, False), GPU_BOX)
-    assert dict(big.overrides) == {"finetune.init": IMAGENET_WEIGHTS}  # the recipe fits: 1000 held out, batch 64,
-    assert "8 decoding workers" in big.line                             # 296 steps x 10 epochs, 8 workers <= 15 cores
+    assert dict(big.overrides) == {"finetune.init": IMAGENET_WEIGHTS}  # the recipe fits: a fifth held out, batch 64,
+    assert "8 decoding workers" in big.line                             # 250 steps x 10 epochs, 8 workers <= 15 cores
     one_core = dict(choose(ISSUE_PHOTOS, MachineFacts(1, False)).overrides)
     assert one_core["train.workers"] == 0
 
 
 def test_tiny_and_cifar_sized_folders():
     tiny = dict(choose(DataFacts("folder", 10, 2, False, 300, False), LAPTOP).overrides)
-    assert tiny["optim.batch_size"] == 2 and tiny["data.val_size"] == 0.2  # 8 left: 4 steps of 2
+    assert tiny["optim.batch_size"] == 2 and "data.val_size" not in tiny  # the recipe's 0.2: 8 left, 4 steps of 2
     small = choose(DataFacts("folder", 3000, 10, False, 64, True), LAPTOP)
     assert small.recipe == "cifar10_fast" and dict(small.overrides) == {
         "data.image_size": 64, "data.val_size": 0.2, "schedule.epochs": 28, "schedule.warmup_steps": 63}
@@ -118,11 +118,13 @@ def test_what_the_user_set_is_checked_by_the_config_before_anything_is_computed_
 
 
 def test_a_whole_val_size_is_a_count_in_the_line_as_in_the_run():
-    # The config reads data.val_size=1.0 as 1 image (whole floats are counts); the line said "100% of each class"
-    # and sized the batch as if every image were held out (batch 1)
-    choice = choose(ISSUE_PHOTOS, LAPTOP, {"data.val_size": 1.0})
-    assert "validation on 1 image held out" in choice.line and "batch 32 " in choice.line  # 139 // 32 = 4 steps
-    assert load_config(choice.recipe, [*choice.overrides, ("data.val_size", 1.0)]).data.val_size == 1
+    # The config reads data.val_size=2.0 as 2 images (whole floats are counts); the line said "200% of each class"
+    # and sized the batch as if every image were held out (batch 1). 1.0, which reads as either, is refused.
+    choice = choose(ISSUE_PHOTOS, LAPTOP, {"data.val_size": 2.0})
+    assert "validation on 2 images held out" in choice.line and "batch 32 " in choice.line  # 138 // 32 = 4 steps
+    assert load_config(choice.recipe, [*choice.overrides, ("data.val_size", 2.0)]).data.val_size == 2
+    with pytest.raises(UserError, match=r"data.val_size=1.0: a count of 1 or the fraction 1"):
+        choose(ISSUE_PHOTOS, LAPTOP, {"data.val_size": 1.0})
 
 
 def test_a_linear_probe_is_announced_as_one_not_as_a_training_schedule():

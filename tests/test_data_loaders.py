@@ -119,6 +119,26 @@ def test_file_batches_same_with_and_without_workers(large_files, augment):
     assert all(torch.equal(p[0], q[0]) for p, q in zip(plain[1:], resumed))
 
 
+def test_workers_beyond_the_cores_are_not_started(large_files, monkeypatch):
+    """finetune's workers: 8 on a 2-core machine started 8 processes (and torch warned for each loader);
+    the batches do not depend on the number, so one per usable core is started."""
+    import resnetlab.cpu
+
+    started = []
+    real = torch.utils.data.DataLoader
+
+    def spy(*args, **kwargs):
+        started.append(kwargs["num_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
+    monkeypatch.setattr(resnetlab.cpu, "usable_cores", lambda: 1)
+    cfg = DataConfig(dataset="folder", augment="imagenet", image_size=64, scale_min=72, scale_max=100)
+    capped = _collect(make_train_loader(large_files, cfg, LoaderSpec(4, workers=8), seed=2, epoch=1))
+    plain = _collect(make_train_loader(large_files, cfg, LoaderSpec(4), seed=2, epoch=1))
+    assert started == [1] and all(torch.equal(p[0], q[0]) for p, q in zip(plain, capped))
+
+
 def test_file_eval_views(large_files):
     cfg = DataConfig(dataset="folder", augment="imagenet", image_size=64, eval_resize=73)
     shapes = {"center": [(5, 3, 64, 64)], "flip": [(5, 3, 64, 64)] * 2, "10crop": [(5, 3, 64, 64)] * 10,

@@ -156,7 +156,7 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
 def checked(base, given: dict) -> dict:
     """`given` typed and range-checked by the config itself, against the recipe it joins: a wrong
     value is its one-line UserError before anything is computed from it or said about it; a whole
-    float read as a count (data.val_size=1.0 is 1 image) is used as the run will use it."""
+    float read as a count (data.val_size=5e3 is 5000 images) is used as the run will use it."""
     cfg = apply_overrides(base, given.items())
     return {key: getattr(getattr(cfg, key.partition(".")[0]), key.partition(".")[2]) for key in given}
 

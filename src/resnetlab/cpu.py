@@ -7,6 +7,7 @@ callers then keep their portable defaults rather than guess.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 
 
@@ -55,3 +56,8 @@ def has_fast_bf16(flags: frozenset[str], vendor: str = "") -> bool:
     AVX-512 BF16 on an Intel Xeon without AMX is not enough: there bf16 matmuls ran at half the fp32
     rate and bf16 ResNets at 0.7-0.8x of fp32 (benchmarks/README.md)."""
     return has_amx(flags) or (vendor == "AuthenticAMD" and "avx512_bf16" in flags)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -122,7 +122,11 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
 
     def iterate(self, workers: int, device: torch.device, skipped: list):
         """The batches, decoded in `workers` processes if asked, moved to `device`. An unreadable
-        file is an error, or with data.skip_bad dropped and added to `skipped` (warned about once)."""
+        file is an error, or with data.skip_bad dropped and added to `skipped` (warned about once).
+        At most one process per usable core: more only take turns (and torch warns about each loader)."""
+        from resnetlab.cpu import usable_cores
+
+        workers = min(workers, usable_cores())
         if workers > 0:
             items = torch.utils.data.DataLoader(self, batch_size=None, shuffle=False, num_workers=workers,
                                                 pin_memory=device.type == "cuda", worker_init_fn=_worker_init)

@@ -6,20 +6,15 @@ CPU cores)."""
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
+from resnetlab.cpu import usable_cores
 from resnetlab.errors import ResnetlabWarning, UserError, count
 from resnetlab.files import write_text_atomic
 
 from .finetune import without_init_warning
 from .schedules import schedule_warnings
-
-
-def cpu_count() -> int:
-    """CPU cores this process may run on (a container's or taskset's share, not the machine's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def preflight(run) -> None:
@@ -46,9 +41,8 @@ def preflight(run) -> None:
     if len(scales) >= epochs and epoch_image_size(cfg.data, epochs - 1) != full:
         found.append(f"data.progressive_scales lists {count(len(scales), 'epoch')} and the run has {count(epochs, 'epoch')}: it never trains at "
                      f"data.image_size={full}, the size it is evaluated at; shorten the list")
-    if cfg.train.workers > cpu_count():
-        found.append(f"train.workers={cfg.train.workers} decoding processes for {cpu_count()} CPU cores: they will "
-                     f"take turns; --workers {max(cpu_count() - 1, 0)} or fewer")
+    if cfg.train.workers > usable_cores():  # more would only take turns (the batches are the same either way)
+        run.log.info(f"train.workers={cfg.train.workers}: {usable_cores()} decoding processes, one per CPU core")
     for message in filter(None, found):
         warnings.warn(message, ResnetlabWarning, stacklevel=2)
 
