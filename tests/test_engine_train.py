@@ -55,6 +55,25 @@ def test_resume_is_bit_identical(tmp_path, precision):
     assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"]) for i in opt_a)
 
 
+def test_a_fine_tune_resumes_without_its_init_and_bit_identically(tmp_path, capsys):
+    """--resume read finetune.init again (then overwrote it with the checkpoint): a moved or deleted init,
+    or a published name not cached offline, made the run impossible to continue."""
+    train_and_evaluate(tiny_config(("schedule.max_steps", 4)), tmp_path / "source")
+    init = tmp_path / "init.pt"
+    (tmp_path / "source" / "checkpoints" / "last.pt").rename(init)
+    cfg = tiny_config(("finetune.init", str(init)), ("schedule.max_steps", 10), ("train.eval_every", 4))
+    train_and_evaluate(cfg, tmp_path / "one_go")
+    train_and_evaluate(apply_overrides(cfg, [("schedule.max_steps", 5)]), tmp_path / "split")
+    init.unlink()
+    capsys.readouterr()
+    train_and_evaluate(cfg, tmp_path / "split", resume=True)
+    assert "initialised from" not in capsys.readouterr().err  # the checkpoint, not the init, holds the weights
+    a, b = weights(tmp_path / "one_go" / "checkpoints" / "last.pt"), weights(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match="weights file not found"):  # a new run still needs it
+        train_and_evaluate(cfg, tmp_path / "new")
+
+
 def test_progressive_scales_resume_bit_identical_across_a_size_change(tmp_path):
     # 8 steps per epoch at 8 px, then 12, then the full 16; the split run stops mid-way through the
     # 12 px epoch, so the resumed session must pick the side from the epoch, not from its own start.

@@ -93,10 +93,12 @@ def train_loader(bundle, cfg: Config, dist_info: DistInfo, rt: Runtime, epoch: i
     return make_train_loader(bundle.train, cfg.data, spec, seed=cfg.train.seed, epoch=epoch, start_batch=start_batch)
 
 
-def build_model(cfg: Config, num_classes: int, say=print) -> tuple[nn.Module, list[nn.Module]]:
-    """The model with fine-tuning applied: (model on CPU, BatchNorms to keep in eval mode)."""
+def build_model(cfg: Config, num_classes: int, say=print, resuming: bool = False) -> tuple[nn.Module, list[nn.Module]]:
+    """The model with fine-tuning applied: (model on CPU, BatchNorms to keep in eval mode). A resumed
+    run does not read finetune.init: its checkpoint holds every weight, and the init may be gone
+    (moved, deleted, a published name not cached on an offline machine)."""
     model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
-    if cfg.finetune.init:
+    if cfg.finetune.init and not resuming:
         skipped = load_init_weights(model, cfg.finetune.init, cfg.model.name)
         say(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {num_classes} class{'es' * (num_classes != 1)} ({', '.join(skipped)} re-initialised)" if skipped else ""))
     return model, apply_freezing(model, cfg.finetune)
@@ -230,7 +232,7 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
         check_resumed_data(workdir, bundle)
     # messages go to stderr with the log: stdout holds only the summary JSON
     say = (lambda *a: print(*a, file=request.stream or sys.stderr, flush=True)) if dist_info.is_main else (lambda *a: None)
-    model, eval_bns = build_model(cfg, len(bundle.classes), say=say)
+    model, eval_bns = build_model(cfg, len(bundle.classes), say=say, resuming=start_from is not None)
     model = prepare_model(_sync_bn(model, cfg, dist_info, rt), rt)
     optimizer, scaler = build_optimizer(model, cfg), make_grad_scaler(rt)
     state, ckpt = LoopState(), None
