@@ -33,6 +33,22 @@ def test_init_replaces_a_classifier_of_another_size_and_keeps_the_rest(tmp_path)
     assert torch.equal(target.fc.weight, fresh_fc)
 
 
+def test_a_safetensors_export_of_another_network_is_refused_by_the_name_it_records(tmp_path):
+    """A plain8 export started a resnet8 fine-tune (the same names and shapes: option-A shortcuts have no
+    parameters); the checkpoint it came from was refused in one line."""
+    import json
+
+    from resnetlab.models import save_safetensors
+
+    save_safetensors(create_model("plain8"), tmp_path / "p.safetensors", {"resnetlab": json.dumps({"model_name": "plain8"})})
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'p.safetensors'} holds a plain8; this run trains resnet8: set "
+                                        r"--model plain8"):
+        load_init_weights(create_model("resnet8", num_classes=4), str(tmp_path / "p.safetensors"), "resnet8")
+    save_safetensors(create_model("plain8"), tmp_path / "plain.safetensors")  # no metadata: loaded as weights
+    assert load_init_weights(create_model("plain8", num_classes=4), str(tmp_path / "plain.safetensors"),
+                             "plain8") == ["fc.weight", "fc.bias"]
+
+
 def test_freeze_stem_and_first_stage_keeps_weights_and_bn_statistics():
     torch.manual_seed(0)
     model = create_model("resnet8", num_classes=4)

@@ -7,6 +7,7 @@ with small batches, whose statistics are noisy).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -59,7 +60,25 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> list[str]:
             check_same_model(artifact.model_name, label, model_name)
             payload = artifact.weights
         source = payload
+    elif isinstance(source, (str, os.PathLike)) and Path(source).is_file():  # a safetensors export names its model
+        held = exported_model_name(Path(source))
+        if held:
+            check_same_model(held, label, model_name)
     return load_weights(model, source, ignore_mismatched_head=True, label=label).skipped
+
+
+def exported_model_name(path: Path) -> str | None:
+    """The model_name a resnetlab safetensors export records in its metadata (None for other files:
+    load_weights reads those, and says what is wrong with them)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("resnetlab", "{}"))
+    except Exception:
+        return None
+    name = meta.get("model_name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def check_finite_weights(model: nn.Module, skipped: list[str], source) -> None:
