@@ -342,3 +342,12 @@ def test_a_section_that_is_not_a_mapping_says_why(tmp_path, capsys, body, said):
     assert main(["train", "--recipe", str(tmp_path / "r.yaml"), "--print-config"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"resnetlab train: error: {said}") and len(err) < 300
+
+
+def test_a_new_image_size_keeps_the_recipes_evaluation_ratio_unless_eval_resize_is_given():
+    """finetune --image-size 32 evaluated on the centre 32 px of images resized to 256: their middle eighth."""
+    assert (load_config("finetune", ["data.image_size=32"]).data.eval_resize,
+            load_config("finetune", ["data.image_size=160"]).data.eval_resize) == (37, 183)  # 224 of 256
+    assert load_config("finetune", ["data.eval_resize=40", "data.image_size=32"]).data.eval_resize == 40
+    assert load_config("finetune").data.eval_resize == 256
+    assert load_config("cifar10_fast", ["data.image_size=64"]).data.eval_resize == 256  # unused by cifar augmentation

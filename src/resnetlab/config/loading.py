@@ -206,17 +206,30 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     schedule.epochs, when set, decides the length of a run over schedule.max_steps; so asking for
     max_steps without epochs clears epochs (as --max-steps does), instead of being silently ignored
     by a recipe that counts epochs (cifar10_fast). Given both, the later one decides, as for any
-    key given twice (`resnetlab train` refuses both: cli/train.check_run_length)."""
+    key given twice (`resnetlab train` refuses both: cli/train.check_run_length). Likewise a new
+    data.image_size without data.eval_resize keeps the config's ratio of the two (224 of 256 -> 32 of
+    37): evaluation at 256 then cropped to 32 px saw the middle eighth of every image."""
     data = config_to_dict(cfg)
+    keys = set()
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         section, _, name = key.partition(".")
         if section not in SECTIONS:
             raise UserError(f"unknown config section in {key!r}; valid sections: {', '.join(SECTIONS)}")
         data[section][name] = value
+        keys.add(key)
         if key == "schedule.max_steps":
             data["schedule"]["epochs"] = None  # until an epochs given after it
+    size, scaled = data["data"]["image_size"], data["data"].get("augment") in ("imagenet", "rrc")  # others: unused
+    new_size = "data.image_size" in keys and _whole(size) and size != cfg.data.image_size
+    if scaled and new_size and "data.eval_resize" not in keys:
+        data["data"]["eval_resize"] = max(size, round(size * cfg.data.eval_resize / cfg.data.image_size))
     return config_from_dict(data)
+
+
+def _whole(value) -> bool:
+    """A positive whole number as YAML or a caller may give it (its range is checked with the config)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and float(value).is_integer()
 
 
 def load_config(recipe: str | None = None, overrides=()) -> Config:
