@@ -1,6 +1,7 @@
 """Run `resnetlab` with a signal sent to itself at a named point: deterministic fault injection.
 
     python tests/killpoints.py POINT N [--signal KILL] [--rank R] [--first-attempt] -- train ARGS...
+    (under torchrun write --send INT: torchrun reads --signal as its own --signals-to-handle)
     python tests/killpoints.py --each POINT:N,POINT:N... -- train ... --out ROOT/{point} ...
 
 POINT (N counts the occurrences in this process, from 1):
@@ -111,7 +112,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("point", nargs="?")
     parser.add_argument("n", type=int, nargs="?")
     parser.add_argument("--each", help="POINT:N,POINT:N,...: one forked run per point")
-    parser.add_argument("--signal", default="KILL", help="KILL, TERM or INT")
+    # --send: under torchrun, whose own parser takes --signal for its --signals-to-handle
+    parser.add_argument("--signal", "--send", dest="signal", default="KILL", help="KILL, TERM or INT")
     parser.add_argument("--rank", type=int, help="only in this torchrun rank")
     parser.add_argument("--first-attempt", action="store_true", help="only before torchrun's first restart")
     split = argv.index("--")

@@ -77,6 +77,28 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_job_ends_as_if_never_kille
     assert not list((tmp_path / "run").rglob("*.tmp"))
 
 
+@pytest.mark.slow
+def test_a_run_stopped_between_evaluations_logs_the_same_training_numbers_after_resume(tmp_path, two_process_run):
+    """The interval's loss and error sums in the checkpoint were rank 0's own, restored on every rank and
+    summed again: the first row after a resume differed (and counted too many images across a change of
+    the number of processes)."""
+    recipe, unkilled = two_process_run
+    for name, resume in (("two", lambda run: torchrun("-m", "resnetlab", "train", "--resume", run)),
+                         ("one", lambda run: train_and_evaluate(CFG, run, resume=True))):
+        # Ctrl-C to rank 0 before step 5: both stop after it, between the evaluations at steps 3 and 6
+        run = tmp_path / name
+        stopped = torchrun(KILLPOINTS, "step", 5, "--send", "INT", "--rank", 0, "--", "train", "--recipe", recipe,
+                           "--out", run)
+        assert "stopped by SIGINT at step 5" in stopped.stderr, stopped.stderr[-3000:]
+        done = resume(run)
+        assert getattr(done, "returncode", 0) == 0, done.stderr[-3000:]
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        expected = [json.loads(line) for line in (unkilled / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [r["step"] for r in expected] == [3, 6]
+        for key in ("train_loss", "train_err"):
+            assert rows[1][key] == pytest.approx(expected[1][key], rel=1e-4), (name, key)
+
+
 def test_torchrun_variables_and_the_global_batch():
     assert dist_info_from_env({}) == DistInfo()
     dist_info = dist_info_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})

@@ -122,7 +122,10 @@ def _train(request: RunRequest, stop: StopOnSignal, lock: RunDirLock) -> RunSumm
 def train_loop(run: Run, stop: StopOnSignal):
     """Steps from run.state.step to run.total; returns the best-by-validation weights of this session."""
     state, cfg = run.state, run.cfg
-    window, since_eval = Meter(run.rt.device, state.window), Meter(run.rt.device, state.epoch_meter)
+    # The sums a checkpoint holds are over every process: restored on rank 0 alone, so that the next
+    # all-reduce counts them once, whatever the number of processes before and now.
+    kept = (lambda sums: sums) if run.dist_info.is_main else (lambda sums: (0.0, 0.0, 0.0))
+    window, since_eval = Meter(run.rt.device, kept(state.window)), Meter(run.rt.device, kept(state.epoch_meter))
     clock = {"start": time.perf_counter() - state.elapsed_s, "eval": time.perf_counter(), "images": 0}
     best_state = None
     parts = StepParts(run.net, run.optimizer, run.scaler, run.normalizer, run.rt, cfg.optim.label_smoothing,
@@ -145,8 +148,8 @@ def train_loop(run: Run, stop: StopOnSignal):
                 run.log.progress_line(state.step, *meter_summary(window.state()), lr=lr, img_s=_rate(clock))
             if at_eval:
                 best_state = eval_point(run, window, since_eval, lr, clock) or best_state
-            if _stop_requested(stop, run):
-                state.window, state.epoch_meter = window.state(), since_eval.state()
+            if _stop_requested(stop, run):  # every process is here: the sums of all of them are saved
+                state.window, state.epoch_meter = (all_reduce_sum(m.sums).tolist() for m in (window, since_eval))
                 state.elapsed_s = time.perf_counter() - clock["start"]
                 path = save(run, MetricsRow(step=state.step, extra={"interrupted": True}), ("last.pt",))
                 raise TrainingInterrupted(stop.signum or 15, state.step, path)
@@ -200,7 +203,7 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
         state.best_val_err = metrics.val_top1_err
         state.best_step = state.step
     since_eval.reset()
-    state.window, state.epoch_meter = window.state(), since_eval.state()
+    state.window, state.epoch_meter = window.state(), since_eval.state()  # both just reset: zeros on every process
     # This order is what a restart after a kill relies on (rundir.tidy_for_start): the metrics line
     # first (dropped again if no checkpoint follows), then last.pt (which records the best step),
     # then best.pt (restored from last.pt if the kill came before it).
