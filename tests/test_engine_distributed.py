@@ -19,7 +19,7 @@ import yaml
 from resnetlab.config import apply_overrides, config_to_dict
 from resnetlab.engine import load_checkpoint, train_and_evaluate
 from resnetlab.engine.distributed import DistInfo, dist_info_from_env, per_rank_batch
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.models import create_model
 from test_engine_train import tiny_config
 
@@ -83,13 +83,19 @@ def test_a_run_stopped_between_evaluations_logs_the_same_training_numbers_after_
     summed again: the first row after a resume differed (and counted too many images across a change of
     the number of processes)."""
     recipe, unkilled = two_process_run
+    def one_process(run):
+        with pytest.warns(ResnetlabWarning, match=f"{run} was trained by 2 processes and goes on with 1: the same "
+                                                  "global batches, but augmentation is drawn per process"):
+            train_and_evaluate(CFG, run, resume=True)
+
     for name, resume in (("two", lambda run: torchrun("-m", "resnetlab", "train", "--resume", run)),
-                         ("one", lambda run: train_and_evaluate(CFG, run, resume=True))):
+                         ("one", one_process)):
         # Ctrl-C to rank 0 before step 5: both stop after it, between the evaluations at steps 3 and 6
         run = tmp_path / name
         stopped = torchrun(KILLPOINTS, "step", 5, "--send", "INT", "--rank", 0, "--", "train", "--recipe", recipe,
                            "--out", run)
         assert "stopped by SIGINT at step 5" in stopped.stderr, stopped.stderr[-3000:]
+        assert f"Continue with: torchrun --nproc_per_node=2 -m resnetlab train --resume {run}\n" in stopped.stderr
         done = resume(run)
         assert getattr(done, "returncode", 0) == 0, done.stderr[-3000:]
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

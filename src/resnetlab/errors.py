@@ -28,8 +28,8 @@ def first_line(err: BaseException) -> str:
 
 
 def count(n: int, noun: str) -> str:
-    """'1 epoch', '7 epochs': messages say how many in words that agree."""
-    return f"{n} {noun}{'s' * (n != 1)}"
+    """'1 epoch', '7 epochs', '2 processes': messages say how many in words that agree."""
+    return f"{n} {noun}{('es' if noun.endswith(('s', 'x', 'sh')) else 's') * (n != 1)}"
 
 
 def expect_type(value, types, what: str):

@@ -207,6 +207,20 @@ def run(args):
         raise
 
 
+def resume_command(out) -> str:
+    """The command that continues the run as it was started: under torchrun, with as many processes."""
+    import os
+
+    from resnetlab.engine.distributed import dist_info_from_env
+
+    world = dist_info_from_env().world_size
+    if world <= 1:
+        return f"resnetlab train --resume {out}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = f" (on each of its {world // local} nodes)" if local < world else ""
+    return f"torchrun --nproc_per_node={local} -m resnetlab train --resume {out}{nodes}"
+
+
 def forget_refused_start(out: Path) -> None:
     """A new --out folder whose run was refused before it wrote config.yaml goes again: without
     --recipe, auto_recipe.json was written into it first (RunDirLock removes its own lock file)."""
@@ -236,7 +250,7 @@ def train(args) -> int:
         summary = train_and_evaluate(cfg, out, resume=resume, resume_note=note)
     except TrainingInterrupted as stop:
         if dist_info_from_env().is_main:
-            print(f"resnetlab train: {stop}. Continue with: resnetlab train --resume {out}", file=sys.stderr, flush=True)
+            print(f"resnetlab train: {stop}. Continue with: {resume_command(out)}", file=sys.stderr, flush=True)
         return stop.exit_code
     if dist_info_from_env().is_main:
         print(json.dumps(summary.to_dict(), indent=1))

@@ -106,10 +106,12 @@ class LoopState:
     window: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # meter since the last log point
     epoch_meter: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # meter since the last evaluation
     reached_target: dict | None = None  # train.stop_at_val_top1: {step, val_top1, elapsed_s} once reached
+    processes: int | None = None  # how many processes trained it (torchrun); None in checkpoints older than this field
 
 
 # The keys of a v1 checkpoint's "metrics" that are loop state, not the last evaluation's row.
-LOOP_METRICS = ("best_val_top1_err", "best_step", "train_window", "train_epoch", "reached_target", "num_parameters")
+LOOP_METRICS = ("best_val_top1_err", "best_step", "train_window", "train_epoch", "reached_target", "num_parameters",
+                "processes")
 
 
 @dataclass(kw_only=True)
@@ -137,7 +139,8 @@ class TrainingState:
                 "metrics": {**self.last_metrics.to_dict(), "best_val_top1_err": loop.best_val_err,
                             "best_step": loop.best_step, "elapsed_s": loop.elapsed_s,
                             "train_window": list(loop.window), "train_epoch": list(loop.epoch_meter),
-                            "reached_target": loop.reached_target, "num_parameters": self.num_parameters}}
+                            "reached_target": loop.reached_target, "num_parameters": self.num_parameters,
+                            "processes": loop.processes}}
 
     @classmethod
     def read(cls, get: Fields) -> "TrainingState":
@@ -152,7 +155,7 @@ class TrainingState:
                          best_step=metrics("best_step", int), elapsed_s=metrics("elapsed_s", NUMBER),
                          window=list(metrics("train_window", (list, tuple))),
                          epoch_meter=list(metrics("train_epoch", (list, tuple))),
-                         reached_target=metrics("reached_target", dict))
+                         reached_target=metrics("reached_target", dict), processes=metrics("processes", int))
         row = {k: v for k, v in metrics.data.items() if k not in LOOP_METRICS}
         return cls(loop=loop, epoch=get("epoch", int, 0), optimizer=get("optimizer", dict), scaler=get("scaler", dict),
                    rng=get("rng", dict), num_parameters=metrics("num_parameters", int),

@@ -239,6 +239,7 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     if start_from is not None:
         ckpt = load_checkpoint(start_from)
         state = restore_checkpoint(ckpt, model, optimizer, scaler, cfg, start_from)
+    trained_by, state.processes = state.processes, dist_info.world_size
     steps_per_epoch = len(train_loader(bundle, cfg, dist_info, rt, 0))
     total = total_steps(cfg.schedule, steps_per_epoch)
     lr_fn = create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch)
@@ -248,6 +249,11 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     write_workdir(workdir, cfg, bundle, dist_info.is_main, lock)
     if request.resume_note and dist_info.is_main:  # after every refusal: a refused --resume says only why
         warnings.warn(request.resume_note, ResnetlabWarning, stacklevel=2)
+    if trained_by not in (None, dist_info.world_size) and dist_info.is_main:
+        warnings.warn(f"{workdir} was trained by {count(trained_by, 'process')} and goes on with "
+                      f"{dist_info.world_size}: the same global batches, but augmentation is drawn per process and "
+                      "BatchNorm statistics are per process, so it continues as neither an unbroken run of "
+                      f"{trained_by} nor one of {dist_info.world_size} would", ResnetlabWarning, stacklevel=2)
     repairs = tidy_for_start(workdir, state.step, ckpt) if dist_info.is_main else []
     run = Run(cfg, workdir, dist_info, rt, bundle, model, net, eval_bns, bundle.normalizer.to(rt.device), optimizer,
               scaler, state, per_rank_batch(cfg.optim.batch_size, dist_info), steps_per_epoch, total, lr_fn,
