@@ -286,8 +286,8 @@ def test_values_yaml_would_reinterpret_or_an_empty_init_are_refused(override, sa
     ("train.device=tpu", "unknown train.device 'tpu'; use auto | cpu | cuda | cuda:N"),
     ("model.kwargs={bogus: 1}", "unknown argument(s) bogus for model 'resnet20'; valid: num_classes, in_chans, "
                                 "shortcut, residual, stride_on, zero_init_residual"),
-    ("model.name=resnet20.bogus", "unknown weights 'resnet20.bogus'; did you mean resnet20.chenyaofo_c10, "
-                                  "resnet20.akamaster_c10, resnet20.chenyaofo_c100, resnet50.tv_in1k? (`resnetlab "
+    ("model.name=resnet20.bogus", "unknown weights 'resnet20.bogus'; did you mean resnet20.akamaster_c10, "
+                                  "resnet20.chenyaofo_c10, resnet20.chenyaofo_c100, resnet50.tv_in1k? (`resnetlab "
                                   "weights list` shows them all)"),
     ("model.name=resnet18.", "model.name 'resnet18.': nothing after the dot; name the model alone, or its published "
                              "weights (resnet18.tv_in1k)"),  # was "weights= takes a tag ..., got ''"

@@ -238,6 +238,7 @@ def classifier(run_dir):
     ("PHOTO", {"topk": 0}, "topk must be an integer of at least 1, got 0"),
     ("PHOTO", {"batch_size": "2"}, "batch_size must be an integer of at least 1, got '2'"),
     ("PHOTO", {"batch_size": 0}, "batch_size must be an integer of at least 1, got 0"),
+    ("PHOTO", {"skip_bad": "no"}, "skip_bad takes True or False, got str"),  # "no" is truthy: it skipped
     (5, {}, "images must be a path, a folder, a PIL image or a list of them; got int"),
     (None, {}, "images must be a path, a folder, a PIL image or a list of them; got NoneType"),
     (b"photo.jpg", {}, "images must be a path, a folder, a PIL image or a list of them; got bytes"),

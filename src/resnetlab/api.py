@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from resnetlab.errors import UserError, expect_count
+from resnetlab.errors import UserError, expect_count, expect_type
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class Classifier:
         UserError naming it, or with skip_bad=True gives None in its place.
         """
         topk, batch_size = expect_count("topk", topk), expect_count("batch_size", batch_size)
+        expect_type(skip_bad, bool, "skip_bad takes True or False")  # "no" is truthy: it skipped
         items, single = image_items(images)
         results = self._predict(items, min(topk, len(self.classes)), protocol, batch_size, skip_bad)
         return results[0] if single else results

@@ -209,6 +209,9 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     key given twice (`resnetlab train` refuses both: cli/train.check_run_length). Likewise a new
     data.image_size without data.eval_resize keeps the config's ratio of the two (224 of 256 -> 32 of
     37): evaluation at 256 then cropped to 32 px saw the middle eighth of every image."""
+    if isinstance(overrides, (str, bytes)):  # iterated, it would be its characters
+        raise UserError(f"overrides are a list of 'SECTION.KEY=VALUE' strings or (key, value) pairs, got one string "
+                        f"{overrides!r}: put it in a list")
     data = config_to_dict(cfg)
     keys = set()
     for item in overrides:

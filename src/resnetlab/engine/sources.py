@@ -49,6 +49,9 @@ def load_source(arg) -> tuple[Artifact, str]:
         arg = arg.artifact
     if isinstance(arg, Artifact):
         return arg, arg.published_as or arg.model_name
+    if not isinstance(arg, (str, os.PathLike)):  # bytes, None, a number: named here, not by pathlib
+        raise UserError(f"expected a run directory, a checkpoint file or a published weights name (a str or a "
+                        f"path), got {type(arg).__name__}")
     entry = find_weights(arg)
     if entry is not None:
         return weights_artifact(entry), entry.name

@@ -19,7 +19,7 @@ from torch import nn
 
 from resnetlab.config import Config
 from resnetlab.data.loaders import epoch_image_size
-from resnetlab.errors import UserError, count
+from resnetlab.errors import UserError, count, expect_type
 from resnetlab.files import StorageError
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -75,6 +75,8 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
     `resume_note`, a line on what a resume changes, is warned once the resumed run is accepted.
     finetune.linear_probe=true fits a classifier on frozen features instead (engine/linear_probe.py).
     """
+    expect_type(cfg, Config, "train_and_evaluate takes a Config (resnetlab.config.load_config(RECIPE, "
+                "[OVERRIDES]) makes one)")
     if cfg.finetune.linear_probe:
         from .linear_probe import train_linear_probe
 

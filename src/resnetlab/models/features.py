@@ -76,6 +76,9 @@ class FeatureExtractor(nn.Module):
             if not hasattr(model, attr):
                 raise UserError(f"FeatureExtractor needs a resnetlab ResNet (missing {attr}); got {type(model).__name__}")
         names = stage_names(model.stage_strides)
+        if isinstance(stages, str):  # iterated, "C3" would be the stages "C" and "3"
+            raise UserError(f"stages takes a list of names such as ('C3', 'C4'), got the string {stages!r}: "
+                            f"write stages=({stages!r},)")
         wanted = list(names) if stages is None else list(stages)
         unknown = [s for s in wanted if s not in names]
         if unknown or not wanted:

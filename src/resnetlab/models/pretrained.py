@@ -224,8 +224,10 @@ def get_weights(name: str) -> PretrainedWeights:
     # Compared in lower case, so that a name typed with capitals suggests itself first.
     lowered = {n.lower(): n for n in _BY_NAME}
     close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=4, cutoff=0.5)]
-    if not close and name.split(".", 1)[0] in {w.model for w in _BY_NAME.values()}:
-        close = [w.name for w in list_weights(name.split(".", 1)[0])]
+    # "resnet20", "resnet50.tv3": that model's own weights first, the closest first
+    own = sorted((w.name for w in list_weights(name.split(".", 1)[0].lower())),
+                 key=lambda n: -difflib.SequenceMatcher(None, name.lower(), n).ratio())
+    close = (own + [c for c in close if c not in own])[:4]
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UserError(f"unknown weights {name!r}{hint} (`resnetlab weights list` shows them all)")
 

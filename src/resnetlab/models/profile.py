@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from resnetlab.errors import expect_count
+from resnetlab.errors import expect_count, expect_type
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,13 @@ def resnet_macs(model, input_size: int) -> int:
 
 
 def profile(name: str, input_size: int | None = None, **kwargs) -> Profile:
-    """Counts for a registered model at its native input size (224 or 32) unless given one."""
+    """Counts for a registered model at its native input size (224, or 32 for CIFAR nets and the CIFAR
+    stem) unless given one."""
     from .registry import create_model, model_info
 
-    size = model_info(name).input_size if input_size is None else expect_count("input_size", input_size)
+    expect_type(name, str, "profile takes a model name such as 'resnet50' (list_models() names them)")
+    native = 32 if kwargs.get("stem") == "cifar" else model_info(name).input_size  # stem="cifar": for 32 px images
+    size = native if input_size is None else expect_count("input_size", input_size)
     with torch.device("meta"):
         model = create_model(name, **kwargs).eval()
     return Profile(count_params(model), resnet_macs(model, size), size)

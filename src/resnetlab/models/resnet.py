@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError, expect_count
+from resnetlab.errors import UserError, expect_count, expect_type
 
 from . import blocks
 from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
@@ -42,6 +42,7 @@ class ResNet(nn.Module):
         _check_choice("shortcut", shortcut, SHORTCUTS)
         _check_choice("stem", stem, STEMS)
         _check_choice("stride_on", stride_on, STRIDE_ON)
+        expect_type(zero_init_residual, bool, "zero_init_residual takes True or False")  # "no" is truthy
         if zero_init_residual and not residual:
             raise UserError("zero_init_residual=True would zero every block of a plain net (residual=False)")
         num_classes, in_chans = expect_count("num_classes", num_classes), expect_count("in_chans", in_chans)

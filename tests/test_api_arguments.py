@@ -1,0 +1,52 @@
+"""The library's entry points name a wrong argument at the call, in one UserError, instead of a
+TypeError from `re` or pathlib, an AttributeError deep in the engine, a string iterated by its
+characters, or a truthy word taken for True."""
+import pytest
+
+import resnetlab
+from resnetlab.config import load_config
+from resnetlab.engine import train_and_evaluate
+from resnetlab.errors import UserError
+from resnetlab.models.features import FeatureExtractor
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: resnetlab.profile(None), "profile takes a model name such as 'resnet50' (list_models() names them), got "
+                                      "NoneType"),
+    (lambda: resnetlab.load(b"runs/a"), "expected a run directory, a checkpoint file or a published weights name (a "
+                                        "str or a path), got bytes"),
+    (lambda: resnetlab.load(None), "expected a run directory, a checkpoint file or a published weights name (a str "
+                                   "or a path), got NoneType"),
+    (lambda: train_and_evaluate(None, "unused"), "train_and_evaluate takes a Config (resnetlab.config.load_config("
+                                                 "RECIPE, [OVERRIDES]) makes one), got NoneType"),
+    (lambda: train_and_evaluate("cifar10_fast", "unused"), "train_and_evaluate takes a Config (resnetlab.config."
+                                                           "load_config(RECIPE, [OVERRIDES]) makes one), got str"),
+    (lambda: load_config("cifar10_fast", "optim.lr=0.1"), "overrides are a list of 'SECTION.KEY=VALUE' strings or "
+                                                          "(key, value) pairs, got one string 'optim.lr=0.1': put it in "
+                                                          "a list"),
+    (lambda: FeatureExtractor(resnetlab.create_model("resnet8"), stages="C3"),
+     "stages takes a list of names such as ('C3', 'C4'), got the string 'C3': write stages=('C3',)"),
+    (lambda: resnetlab.create_model("resnet20", stride_on="1x1"),
+     "'resnet20' is a CIFAR net of basic blocks; stride_on= places the stride of the ImageNet nets' bottleneck "
+     "blocks (resnet50 and deeper)"),
+    (lambda: resnetlab.create_model("resnet20", zero_init_residual="no"), "zero_init_residual takes True or False, "
+                                                                          "got str"),
+])
+def test_a_wrong_argument_is_named_at_the_call(call, message):
+    with pytest.raises(UserError) as err:
+        call()
+    assert str(err.value) == message
+
+
+def test_the_cifar_stem_is_profiled_at_32_px():
+    """profile('resnet18', stem='cifar') counted 27.2 G multiply-adds at 224 px: the stem is for 32 px images."""
+    counted = resnetlab.profile("resnet18", stem="cifar", num_classes=10)
+    assert (counted.params, counted.input_size) == (11_173_962, 32)
+    assert counted.macs == resnetlab.profile("resnet18", 32, stem="cifar", num_classes=10).macs == 555_422_720
+    assert resnetlab.profile("resnet18").input_size == 224
+
+
+def test_a_bare_model_name_suggests_its_own_weights_first():
+    with pytest.raises(UserError, match=r"^unknown weights 'resnet20'; did you mean resnet20\.akamaster_c10, "
+                                        r"resnet20\.chenyaofo_c10, resnet20\.chenyaofo_c100, "):
+        resnetlab.load("resnet20")
