@@ -2,7 +2,7 @@
 
     import resnetlab
     model = resnetlab.load("runs/my1")              # a run directory (its best.pt) or a checkpoint file
-    model.predict("photo.jpg")                       # Prediction(label='cat', index=0, prob=0.93, top=(...), ...)
+    model.predict("photo.jpg")                       # Prediction(source='photo.jpg', label='cat', index=0, prob=0.93, ...)
     model.predict(["a.jpg", pil_image, "folder/"])   # a list in, a list out; folders give every image in them
 
 A thin front end to `inference.predictor.Predictor`, the path `resnetlab predict` takes: the model,
@@ -24,6 +24,8 @@ from resnetlab.errors import UserError, expect_count, expect_type
 
 @dataclass(frozen=True)
 class ClassScore:
+    """One class of a Prediction's top: its name, output index and probability."""
+
     label: str  # class name
     index: int  # output index of the model (position in its classes)
     prob: float  # softmax probability
@@ -48,10 +50,12 @@ class Classifier:
 
     @property
     def classes(self) -> list[str]:
+        """The class names in output order (a copy: changing it changes nothing)."""
         return list(self.predictor.classes)
 
     @property
     def input_size(self) -> int:
+        """The side of the square the model sees, in pixels (its training crop)."""
         return self.predictor.data_cfg.image_size
 
     def __repr__(self) -> str:

@@ -44,10 +44,13 @@ def register_model(family: str, depth: int, residual: bool = True, preact: bool 
 
 
 def list_models() -> list[str]:
+    """The registered names, ImageNet nets first; any CIFAR depth 6n+2 (resnet74, plain74) builds too."""
     return list(_MODELS)
 
 
 def model_info(name: str) -> ModelInfo:
+    """What `name` is (family, depth, residual, pre-activation, native input size) without building
+    it; an unknown name is a UserError that lists the known ones."""
     depth = _cifar_depth(name)
     if depth is not None:
         return ModelInfo(name, "cifar", depth, residual=name.startswith("resnet"), preact=False)
