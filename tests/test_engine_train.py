@@ -74,6 +74,25 @@ def test_a_fine_tune_resumes_without_its_init_and_bit_identically(tmp_path, caps
         train_and_evaluate(cfg, tmp_path / "new")
 
 
+def test_every_saved_rng_state_follows_from_the_seed(tmp_path):
+    """numpy's and Python's global RNGs were as each process found them (OS entropy): a resumed run's
+    last.pt held other states than an unbroken run's, and a second resume started from those."""
+    import random
+
+    import numpy as np
+
+    cfg = tiny_config(("schedule.max_steps", 8), ("train.eval_every", 4))
+    np.random.seed(123), random.seed(123)  # what another process would have found
+    train_and_evaluate(cfg, tmp_path / "one_go")
+    np.random.seed(456), random.seed(456)
+    train_and_evaluate(apply_overrides(cfg, [("schedule.max_steps", 5)]), tmp_path / "split")
+    np.random.seed(789), random.seed(789)
+    train_and_evaluate(cfg, tmp_path / "split", resume=True)
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt").training.rng for run in ("one_go", "split"))
+    assert torch.equal(a["numpy"]["keys"], b["numpy"]["keys"]) and a["numpy"]["pos"] == b["numpy"]["pos"]
+    assert a["python"] == b["python"] and torch.equal(a["torch"], b["torch"])
+
+
 def test_progressive_scales_resume_bit_identical_across_a_size_change(tmp_path):
     # 8 steps per epoch at 8 px, then 12, then the full 16; the split run stops mid-way through the
     # 12 px epoch, so the resumed session must pick the side from the epoch, not from its own start.

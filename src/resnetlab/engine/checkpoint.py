@@ -241,6 +241,14 @@ def clean_state_dict(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
 
 
+def seed_rngs(seed: int) -> None:
+    """Seed every global RNG capture_rng saves, so that a checkpoint holds states that follow from
+    train.seed (numpy's and Python's were left as each process found them: entropy from the OS)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def capture_rng() -> dict:
     """Every global RNG the run might draw from, in weights_only-loadable form."""
     np_state = np.random.get_state()

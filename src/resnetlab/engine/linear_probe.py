@@ -25,7 +25,7 @@ from resnetlab.data.summary import data_record, loss_weights, notes
 from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError, write_text_atomic
 
-from .checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint, seed_rngs
 from .confusion import record_per_class
 from .distributed import DistInfo, dist_info_from_env
 from .finetune import without_init_warning
@@ -120,7 +120,7 @@ def train_linear_probe(cfg: Config, workdir, stream=None, resume: bool = False) 
         if not resume:
             refuse_out_in_data(workdir, cfg.data.root, cfg.data.dataset)
         resume_point(workdir, resume)  # an --out that holds a run or others' files is refused before anything is written
-        torch.manual_seed(cfg.train.seed)
+        seed_rngs(cfg.train.seed)
         bundle = build_data(cfg.data, seed=cfg.train.seed)
         if resume:
             check_resumed_data(workdir, bundle)

@@ -20,7 +20,7 @@ from resnetlab.errors import ResnetlabWarning, UserError, count
 from resnetlab.files import storage_errors, write_text_atomic
 from resnetlab.models import conv_direct, conv_wgrad, create_model, model_info
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, seed_rngs
 from .distributed import DistInfo, per_rank_batch
 from .evaluate import EvalModel, run_eval_spec
 from .finetune import apply_freezing, load_init_weights, param_groups
@@ -225,7 +225,7 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     if not resume:  # an --out the run cannot use is refused before minutes of data
         refuse_out_in_data(workdir, cfg.data.root, cfg.data.dataset)
     start_from = resume_point(workdir, resume)
-    torch.manual_seed(cfg.train.seed)
+    seed_rngs(cfg.train.seed)
     bundle = build_data(cfg.data, seed=cfg.train.seed)
     check_stop_target(cfg.train.stop_at_val_top1, bundle)
     if start_from is not None:  # a resumed run's data must be the data it trained on
