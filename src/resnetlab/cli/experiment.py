@@ -96,7 +96,7 @@ def _command() -> str:
 def _run_and_report(exp, runs, args) -> int:
     """Train, then report; a stop anywhere says, as `train` does, what was kept and how to go on."""
     from resnetlab.engine import TrainingInterrupted
-    from resnetlab.reports.experiments import run_experiment
+    from resnetlab.reports.experiments import experiment_run_dirs, run_experiment
     from resnetlab.reports.report import write_report
 
     from .console import forgiving_stderr
@@ -105,8 +105,16 @@ def _run_and_report(exp, runs, args) -> int:
     try:
         with forgiving_stderr():  # a console gone away (closed terminal, full disk) does not end the runs
             dirs = run_experiment(runs, args.data, args.out, experiment=exp.name)
-        paths = write_report(dirs, args.out, title=f"Experiment {exp.name}: {exp.description}", analyses=exp.analyses,
-                             data=args.data, command=_command(), notes=exp.notes)
+        # the report is the experiment's, not this command's: a rerun with fewer --models or --seeds
+        # adds runs to it, and those earlier commands left (finished or not) stay in it
+        every = experiment_run_dirs(args.out, exp)
+        earlier = [d.name for d in every if d.name not in {p.name for p in dirs}]
+        notes = exp.notes
+        if earlier:
+            notes += ("\n\n" if notes else "") + ("Besides the runs of the command above, those earlier commands "
+                                                  f"left in this folder: {', '.join(earlier)}.")
+        paths = write_report(every, args.out, title=f"Experiment {exp.name}: {exp.description}", analyses=exp.analyses,
+                             data=args.data, command=_command(), notes=notes)
     except TrainingInterrupted as stop:
         print(f"resnetlab experiment: {stop}. {again}", file=sys.stderr, flush=True)
         return stop.exit_code

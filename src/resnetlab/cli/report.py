@@ -38,12 +38,16 @@ def run(args):
     import shlex
     import sys
 
+    from resnetlab.reports.experiments import missing_runs
     from resnetlab.reports.report import report_dir, write_report
 
     dirs = expand_run_dirs(args.runs)
     out = report_dir(dirs, args.out)
     analyses = [name for name, on in (("responses", args.responses), ("gradients", args.gradients)) if on]
     command = "resnetlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    for path in write_report(dirs, out, title=args.title, analyses=analyses, data=args.data, command=command):
+    # an experiment's --out given as a folder of runs: its planned runs not started yet are named too
+    missing = [name for path in map(Path, args.runs) if not (path / "config.yaml").is_file() for name in missing_runs(path)]
+    for path in write_report(dirs, out, title=args.title, analyses=analyses, data=args.data, command=command,
+                             missing=missing):
         print(path)
     return 0

@@ -175,7 +175,8 @@ def run_experiment(runs: list[RunSpec], data: str | None, out, *, stream=None, t
                             "or remove that directory")
     if experiment is not None:
         check_out(out, experiment, configs[0][1].data if configs else None)
-        write_text_atomic(out / MARKER, json.dumps({"experiment": experiment}) + "\n")
+        plan = {"experiment": experiment, "planned": [spec.name for spec, _ in configs]}
+        write_text_atomic(out / MARKER, json.dumps(plan) + "\n")
     dirs = []
     for i, (spec, cfg) in enumerate(configs, 1):
         run_dir = out / spec.name
@@ -191,7 +192,35 @@ def run_experiment(runs: list[RunSpec], data: str | None, out, *, stream=None, t
 
 # ---------------------------------------------------------------- which experiment an --out holds
 
-MARKER = "experiment.json"  # {"experiment": NAME}: written before the first run, so even a stopped one is known
+# {"experiment": NAME, "planned": [run folder names of the last command]}: written before the first run,
+# so even a stopped one is known, and a report can name the planned runs never started
+MARKER = "experiment.json"
+
+
+def experiment_run_dirs(out, exp: Experiment) -> list[Path]:
+    """Every run folder in `out`, this command's and those of earlier commands (a rerun with other
+    --models or --seeds adds to the experiment), in the experiment's order: its models as listed,
+    then others; seeds in numeric order."""
+    out = Path(out)
+    dirs = [p for p in out.iterdir() if (p / "config.yaml").is_file()] if out.is_dir() else []
+    order = {model: i for i, model in enumerate(exp.models)}
+
+    def key(path: Path):
+        numbers = [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]  # seed2 before seed10
+        return order.get(path.name.split("-")[0], len(order)), [(isinstance(p, int), p) for p in numbers]
+
+    return sorted(dirs, key=key)
+
+
+def missing_runs(out) -> list[str]:
+    """The runs the last experiment command into `out` planned and never started (no config.yaml yet)."""
+    try:
+        planned = json.loads((Path(out) / MARKER).read_text())["planned"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # a folder from before plans were recorded, or none
+    if not isinstance(planned, list):
+        return []
+    return [name for name in planned if isinstance(name, str) and not (Path(out) / name / "config.yaml").is_file()]
 
 
 def held_experiment(out) -> str | None:

@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from resnetlab.files import atomic_path  # noqa: E402
 
+from .progress import finished  # noqa: E402
 from .tables import SavedRun, curve  # noqa: E402
 
 HELD_OUT = "val_top1_err"  # the engine evaluates the held-out split during training; test only at the end
@@ -41,14 +42,20 @@ def _draw_group(ax, members: list[SavedRun], label: str, color, train: bool = Tr
         steps, mean, std = curve(members, key)
         if not steps:
             continue
-        ax.plot(steps, mean, style, color=color, lw=1.6 if style == "-" else 1.2, label=f"{label} {suffix}")
+        ax.plot(steps, mean, style, color=color, lw=1.6 if style == "-" else 1.2, label=f"{label} {suffix}",
+                marker="o" if len(steps) == 1 else None, ms=3)  # one evaluation (a run stopped early) is a point
         if len(members) > 1:
             ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=color, alpha=0.15, lw=0)
 
 
-def _legend_below(ax, ncol: int = 2) -> None:
-    """The legend under the axes, outside them, so it never covers a curve (_save keeps it in the PNG)."""
+def _legend_below(ax, ncol: int = 2, empty: str = "no evaluation logged yet") -> None:
+    """The legend under the axes, outside them, so it never covers a curve (_save keeps it in the PNG).
+    Axes with nothing to label (runs stopped before their first evaluation) say `empty` instead of
+    an empty legend (matplotlib warns on stderr about one)."""
+    if not ax.get_legend_handles_labels()[0]:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.4")
+        return
     ax.legend(fontsize=7, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
 
 
@@ -85,8 +92,9 @@ def plot_curves(groups: dict[str, list[SavedRun]], path, title: str = "training 
         lr_ax.set_yscale("log")
     fig.tight_layout()
     handles, labels = err_ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 6),
-               fontsize=8, frameon=False)
+    if labels:  # none when no group has an error curve (matplotlib fails on a legend of 0 columns)
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 6),
+                   fontsize=8, frameon=False)
     return _save(fig, path)
 
 
@@ -130,22 +138,24 @@ def _zoom_on_the_end(ax, ordered, color) -> None:
 
 
 def plot_final_vs_depth(groups: dict[str, list[SavedRun]], path, key: str = "train_err") -> Path:
-    """Final error against depth, plain vs residual: the degradation problem in one picture."""
+    """Final error against depth, plain vs residual, of the finished runs: the degradation problem in one picture."""
     from resnetlab.models import model_info
 
     from .tables import group_stats
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    done = [m for m in groups.values() if finished(m[0])]  # an unfinished run's last error is not final
     for residual, marker in ((False, "s"), (True, "o")):
-        points = sorted((_depth(m), group_stats(m)[key]) for m in groups.values()
-                        if model_info(m[0].model).residual == residual and group_stats(m)[key] is not None)
+        points = [(_depth(m), group_stats(m)[key]) for m in done
+                  if model_info(m[0].model).residual == residual and group_stats(m)[key] is not None]
+        points.sort(key=lambda point: point[0])  # by depth only: two groups of one depth have Stats, which do not compare
         if points:
             ax.errorbar([d for d, _ in points], [s.mean for _, s in points], yerr=[s.std for _, s in points],
                         marker=marker, capsize=3, label="ResNet" if residual else "plain")
     ax.set_xlabel("depth (layers)")
     ax.set_ylabel(f"final {key.replace('_', ' ')} (%)")
     ax.grid(alpha=0.3)
-    _legend_below(ax)
+    _legend_below(ax, empty="no finished run with this error yet")
     return _save(fig, path)
 
 

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from resnetlab.errors import UserError
-from resnetlab.files import check_writable, write_text_atomic
+from resnetlab.files import StorageError, check_writable, process_alive, storage_error, storage_errors, write_text_atomic
 
-from . import plots, tables
+from . import plots, progress, tables
 
 ANALYSES = ("responses", "gradients")
+# Every file a report writes besides its manifest: the only ones it ever replaces or removes in its
+# folder (an experiment's --out also holds the runs, and maybe the user's own notes).
+OWN_FILES = ("report.md", "metrics.csv", "curves.png", "degradation.png", "final_vs_depth.png", "layer_responses.png",
+             "gradient_flow.png")
+STAGING = re.compile(r"\.report\.(?P<pid>\d+)\.tmp")  # the hidden folder a report is drawn in, then moved out of
 
 
 def _kinds(groups) -> tuple[bool, bool]:
@@ -24,12 +32,16 @@ def _kinds(groups) -> tuple[bool, bool]:
 
 
 def write_report(run_dirs, out, *, title: str = "Results", analyses=(), data: str | None = None,
-                 command: str | None = None, notes: str = "") -> list[Path]:
-    """Write out/report.md and out/*.png for the runs; returns the written paths (report.md first).
+                 command: str | None = None, notes: str = "", missing=()) -> list[Path]:
+    """Write out/report.md, out/*.png, out/metrics.csv and out/report.json for the runs; returns the
+    written paths (report.md first). `missing`: folder names of planned runs never started, listed.
 
-    A report is whole or absent: when a write fails (a full disk, a read-only folder: one
-    StorageError line) or the user stops it, the files it added are taken back, and `out` with
-    them when this call made it; each file is written atomically, so none is left half written."""
+    The report replaces the previous one as a set: every file is drawn in a hidden folder inside
+    `out`, then renamed over its old copy (report.md last), and a file of the previous report that
+    this one does not make is removed; nothing else in `out` is touched. A write that fails (a full
+    disk: one StorageError line naming the file) or a stop keeps the previous report as it was, and
+    `out` is taken back when this call made it; a kill leaves the hidden folder, which the next
+    report removes."""
     unknown = sorted(set(analyses) - set(ANALYSES))
     if unknown:
         raise UserError(f"unknown analysis {unknown[0]!r}; choose from {', '.join(ANALYSES)}")
@@ -39,63 +51,102 @@ def write_report(run_dirs, out, *, title: str = "Results", analyses=(), data: st
     groups = tables.group_runs(runs)
     out = Path(out)
     check_writable(out / "report.md")  # a read-only folder is said now, before the analyses' minutes
-    before = set(out.iterdir()) if out.is_dir() else None
-    written: list[Path] = []
+    made = not out.exists()
+    _remove_stale_staging(out)  # also this pid's leftover from an earlier process (pids repeat in containers)
+    staging = out / f".report.{os.getpid()}.tmp"
     try:
-        figures = _figures(groups, runs, out, analyses, data, written)
+        with _named(out / "report.md"):
+            staging.mkdir(parents=True)
+        figures = _figures(groups, runs, staging, out, analyses, data)
         files = ["report.md", *(path.name for _, path in figures), "metrics.csv"]
-        texts = {"report.md": _markdown(title, groups, figures, command, notes, depth_form=_depth_form(groups)),
+        texts = {"report.md": _markdown(title, groups, figures, command, notes, _depth_form(groups), missing),
                  "metrics.csv": _all_metrics(runs),
                  MANIFEST: json.dumps({"runs": _identities(run_dirs), "files": files}, indent=1)}
         for name, text in texts.items():
-            written.append(write_text_atomic(out / name, text))
-    except BaseException:
-        _take_back(out, before, written)
-        raise
+            with _named(out / name):
+                write_text_atomic(staging / name, text)
+        _swap_in(staging, out, files)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
     return [out / name for name in files]
 
 
-def _take_back(out: Path, before: set | None, written: list[Path]) -> None:
-    """Remove the files a failed report added (those it replaced stay replaced), and `out` if it made it."""
-    for path in written:
-        if before is None or path not in before:
-            path.unlink(missing_ok=True)
-    if before is None and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
+@contextmanager
+def _named(path: Path):
+    """A StorageError about a file in the hidden folder, said of `path`, the file it stands for."""
+    try:
+        yield
+    except StorageError as err:
+        if getattr(err, "reason", None) is None:
+            raise
+        raise storage_error(path, err.reason, path.exists()) from None
 
 
-def _figures(groups, runs, out: Path, analyses, data, written: list) -> list[tuple[str, Path]]:
-    """(caption, path) of each figure the runs call for, drawn into `out`; each path is added to
-    `written` once it is there."""
+def _swap_in(staging: Path, out: Path, files: list[str]) -> None:
+    """Rename the new report's files from `staging` into `out` (renames in one folder: each a single
+    step, no space needed); figures and metrics.csv first, report.json and report.md last, so that
+    report.md is never newer than the files it shows. Files of the previous report this one does not
+    make are removed before its manifest, which names them, is replaced."""
+    def move(name):
+        with storage_errors(out / name):
+            os.replace(staging / name, out / name)
+
+    stale = set(_reported_files(out)) & set(OWN_FILES) - set(files)
+    for name in files[1:]:
+        move(name)
+    for name in sorted(stale):
+        (out / name).unlink(missing_ok=True)
+    move(MANIFEST)
+    move(files[0])
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Take away the hidden folders of reports killed while drawing (their process is gone)."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        match = STAGING.fullmatch(path.name)
+        if match and path.is_dir() and not path.is_symlink():
+            pid = int(match["pid"])
+            if pid == os.getpid() or not process_alive(pid):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _figures(groups, runs, folder: Path, out: Path, analyses, data) -> list[tuple[str, Path]]:
+    """(caption, path) of each figure the runs call for, drawn into `folder` (a failed write is said
+    of its name in `out`)."""
     has_plain, has_residual = _kinds(groups)
     plain = {label for label, members in groups.items() if not _residual(members)}
     figures: list[tuple[str, Path]] = []
 
-    def add(caption, path):
-        written.append(path)
-        figures.append((caption, path))
+    def add(caption, name, draw):
+        with _named(out / name):
+            figures.append((caption, draw(folder / name)))
 
     if any(r.metrics for r in runs):
-        add("Error (training dashed, validation solid), training loss and learning rate",
-            plots.plot_curves(groups, out / "curves.png"))
+        add("Error (training dashed, validation solid), training loss and learning rate", "curves.png",
+            lambda path: plots.plot_curves(groups, path))
     if has_plain and has_residual and any(r.metrics for r in runs):
-        add("Plain (left) vs residual (right), as the paper's Fig. 6",
-            plots.plot_degradation(groups, out / "degradation.png"))
-        add("Final training error against depth", plots.plot_final_vs_depth(groups, out / "final_vs_depth.png"))
+        add("Plain (left) vs residual (right), as the paper's Fig. 6", "degradation.png",
+            lambda path: plots.plot_degradation(groups, path))
+        add("Final training error against depth", "final_vs_depth.png", lambda path: plots.plot_final_vs_depth(groups, path))
     if "responses" in analyses:
         responses = {label: tables.aggregate_lists([_responses(r, data) for r in members])
                      for label, members in _trained(groups).items()}
-        add("Layer responses (Fig. 7)", plots.plot_layer_responses(responses, out / "layer_responses.png", plain))
+        add("Layer responses (Fig. 7)", "layer_responses.png",
+            lambda path: plots.plot_layer_responses(responses, path, plain))
     if "gradients" in analyses:
         norms = {label: _gradients(members[0], data) for label, members in _trained(groups).items()}
-        add("Per-layer gradient norms (first seed of each config)",
-            plots.plot_gradient_flow(norms, out / "gradient_flow.png", plain))
+        add("Per-layer gradient norms (first seed of each config)", "gradient_flow.png",
+            lambda path: plots.plot_gradient_flow(norms, path, plain))
     return figures
 
 
 def _depth_form(groups) -> bool:
-    """Table 6's form: ResNets only (no plain twins), some of them the paper's CIFAR-10 nets."""
-    return not _kinds(groups)[0] and any(tables.is_paper_cifar10(m) for m in groups.values())
+    """Table 6's form: ResNets only (no plain twins), some of them the paper's CIFAR-10 nets, finished."""
+    return not _kinds(groups)[0] and any(tables.is_paper_cifar10(m) and progress.finished(m[0]) for m in groups.values())
 
 
 def _residual(members) -> bool:
@@ -131,12 +182,22 @@ def _reported_runs(folder: Path) -> list[str] | None:
         return None
 
 
+def _reported_files(folder: Path) -> list[str]:
+    """The files of the report in `folder` by its manifest; none when there is no readable one."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [name for name in files if isinstance(name, str)] if isinstance(files, list) else []
+
+
 def _usable(folder: Path, run_dirs) -> bool:
     """A folder a report of these runs may be written into: new, empty, or a report of the same runs."""
     if not folder.exists():
         return True
     if not folder.is_dir():
         return False
+    _remove_stale_staging(folder)  # a killed report's hidden folder does not make it another's
     return not any(folder.iterdir()) or _reported_runs(folder) == _identities(run_dirs)
 
 
@@ -149,6 +210,7 @@ def report_dir(run_dirs, out=None) -> Path:
     report.md)."""
     if out is not None:
         out = Path(out)
+        _remove_stale_staging(out)  # a killed report's hidden folder is not "other files"
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file, not a folder")
         held = _reported_runs(out)
@@ -209,7 +271,7 @@ def _setup(groups) -> str:
             f"{opt['batch_size']}, weight decay {opt['weight_decay']}, precision {cfg['train']['precision']}.")
 
 
-def _markdown(title, groups, figures, command, notes, depth_form: bool) -> str:
+def _markdown(title, groups, figures, command, notes, depth_form: bool, missing=()) -> str:
     lines = [f"# {title}", ""]
     if command:
         lines += ["Made with:", "", "```", command, "```", ""]
@@ -221,6 +283,9 @@ def _markdown(title, groups, figures, command, notes, depth_form: bool) -> str:
               "cross-entropy over the same batches; `val` is the held-out part of "
               "the training set; `test` is the test split, evaluated once at the end. Several seeds of one "
               "config: mean ± std (sample std) and best.", "", tables.results_table(groups)]
+    unfinished = progress.unfinished_notes(groups, missing)
+    if unfinished:
+        lines.append(unfinished)
     if depth_form:
         lines += ["In the form of the paper's Table 6 (paper: its full 64k-iteration schedule on CIFAR-10; "
                   "ours: measured on the data and schedule above):", "", tables.depth_table(groups)]

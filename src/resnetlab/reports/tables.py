@@ -1,9 +1,10 @@
 """Run directories -> numbers: loading, grouping by config (seeds pooled), mean +- std, Markdown.
 
 A run directory holds config.yaml, metrics.jsonl (one object per evaluation) and, when finished,
-summary.json (written by engine/train.py). Runs whose configs differ only in train.seed form one
-group, reported as mean +- std (sample std, n - 1) and best over its seeds. Seeds of one config
+summary.json (written by engine/train.py). Finished runs whose configs differ only in train.seed form
+one group, reported as mean +- std (sample std, n - 1) and best over its seeds. Seeds of one config
 are distinct: a copy or resume of a run (same config, same seed) is one measurement, counted once.
+A run that is not finished is never pooled with finished ones (progress.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import yaml
 
 from resnetlab.engine.run_records import MetricsRow, RunSummary, read_metrics
 from resnetlab.errors import ResnetlabWarning, UserError, first_line
+
+from . import progress
 
 # Table 6 of the paper: CIFAR-10 test error (%) and parameter count. ResNet-110 is "best (mean +- std)"
 # over 5 runs: 6.43 (6.61 +- 0.16); the others are single runs.
@@ -120,16 +123,23 @@ def distinct_runs(runs: list[SavedRun]) -> list[SavedRun]:
 
 
 def group_runs(runs: list[SavedRun]) -> dict[str, list[SavedRun]]:
-    """Runs by config (seed aside), each group labelled by its folder name: the name its runs share
-    once a "seedN" part is taken out (plain56-seed0, plain56-seed1 -> plain56), else their names.
-    Runs repeating another's config and seed count once (distinct_runs)."""
-    groups: dict[str, list[SavedRun]] = {}
+    """Finished runs by config (seed aside), each group labelled by its folder name: the name its runs
+    share once a "seedN" part is taken out (plain56-seed0, plain56-seed1 -> plain56), else their names.
+    A run not finished is a group of its own, labelled by its whole folder name: its numbers are from
+    an earlier step and it has no test numbers (unfinished runs of one config stopped at the same
+    step are pooled). Runs repeating another's config and seed count once (distinct_runs)."""
+    groups: dict[tuple, list[SavedRun]] = {}
     for run in distinct_runs(runs):
-        groups.setdefault(group_key(run.config), []).append(run)
+        at = None if progress.finished(run) else ("not finished", progress.last_step(run))
+        groups.setdefault((group_key(run.config), at), []).append(run)
     members_list = [sorted(members, key=lambda r: r.seed) for members in groups.values()]
-    labels = [_folder_label([r.path for r in members]) for members in members_list]
+
+    def label(members, parent=False):
+        return _folder_label([r.path for r in members], parent, strip_seed=progress.finished(members[0]))
+
+    labels = [label(members) for members in members_list]
     if len(set(labels)) < len(labels):  # the same folder name in different places: say where
-        labels = [_folder_label([r.path for r in members], parent=True) for members in members_list]
+        labels = [label(members, parent=True) for members in members_list]
     labels = [label if labels.index(label) == i else f"{label} ({i + 1})" for i, label in enumerate(labels)]
     return dict(zip(labels, members_list))
 
@@ -137,9 +147,9 @@ def group_runs(runs: list[SavedRun]) -> dict[str, list[SavedRun]]:
 _SEED = re.compile(r"[-_.]?seed[-_]?\d+", re.IGNORECASE)
 
 
-def _folder_label(paths: list[Path], parent: bool = False) -> str:
+def _folder_label(paths: list[Path], parent: bool = False, strip_seed: bool = True) -> str:
     names = sorted(f"{p.resolve().parent.name}/{p.name}" if parent else p.name for p in paths)
-    shared = {_SEED.sub("", name) or name for name in names}
+    shared = {(_SEED.sub("", name) if strip_seed else name) or name for name in names}
     if len(shared) == 1:
         return shared.pop()
     return ", ".join(names) if len(names) <= 3 else f"{names[0]}, ... ({len(names)} runs)"
@@ -204,8 +214,11 @@ def group_stats(members: list[SavedRun]) -> dict[str, Stat | None]:
     return {key: aggregate(row[key] for row in rows) for key in rows[0]}
 
 
-def _cell(stat: Stat | None) -> str:
-    return "–" if stat is None else str(stat)
+def _cell(stat: Stat | None, runs: int) -> str:
+    """The stat, with its count when fewer of the group's runs have the number than the seeds column says."""
+    if stat is None:
+        return "–"
+    return str(stat) if stat.n == runs else f"{stat} (n={stat.n})"
 
 
 def results_table(groups: dict[str, list[SavedRun]]) -> str:
@@ -217,12 +230,14 @@ def results_table(groups: dict[str, list[SavedRun]]) -> str:
              "val err (last) | test err (last) | test err (best val) | best test |",
              "|---|---|" + ("---|" if setting else "") + "---|---|---|---|---|---|---|---|"]
     for label, members in groups.items():
-        s = group_stats(members)
-        steps = s["steps"].best if s["steps"] else None
+        s, n = group_stats(members), len(members)
+        steps = "–" if s["steps"] is None else str(int(s["steps"].best))
+        if not progress.finished(members[0]):
+            steps = progress.steps_cell(members)
         best = f"{s['test_err'].best:.2f}" if s["test_err"] else "–"
         lines.append(f"| {label} | {members[0].model} |" + (f" {notes[label] or '–'} |" if setting else "")
-                     + f" {len(members)} | {'–' if steps is None else int(steps)} | {_cell(s['train_err'])} | "
-                     f"{_cell(s['train_loss'])} | {_cell(s['val_err'])} | {_cell(s['test_err'])} | {_cell(s['test_err_best_val'])} | {best} |")
+                     + f" {n} | {steps} | {_cell(s['train_err'], n)} | {_cell(s['train_loss'], n)} | "
+                     f"{_cell(s['val_err'], n)} | {_cell(s['test_err'], n)} | {_cell(s['test_err_best_val'], n)} | {best} |")
     return "\n".join(lines) + "\n"
 
 
@@ -232,18 +247,18 @@ def is_paper_cifar10(members: list[SavedRun]) -> bool:
 
 
 def depth_table(groups: dict[str, list[SavedRun]]) -> str:
-    """Table 6's form for the groups it speaks about: depth, params, our test error (best (mean ± std))
-    next to the paper's."""
+    """Table 6's form for the finished groups it speaks about: depth, params, our test error (best
+    (mean ± std)) next to the paper's; `runs` counts the test errors behind it."""
     lines = ["| run | model | params | ours: test err, best (mean ± std) | runs | paper (Table 6) |",
              "|---|---|---|---|---|---|"]
     for label, members in groups.items():
-        if not is_paper_cifar10(members):
+        if not is_paper_cifar10(members) or not progress.finished(members[0]):
             continue
         stat = group_stats(members)["test_err"]
         params, paper = PAPER_TABLE6[members[0].model]
         ours = "–" if stat is None else (f"{stat.best:.2f}" if stat.n == 1 else f"{stat.best:.2f} ({stat})")
         paper_cell = "–" if paper is None else (f"{paper:.2f}" + (" (6.61 ± 0.16)" if members[0].model == "resnet110" else ""))
-        lines.append(f"| {label} | {members[0].model} | {params} | {ours} | {len(members)} | {paper_cell} |")
+        lines.append(f"| {label} | {members[0].model} | {params} | {ours} | {0 if stat is None else stat.n} | {paper_cell} |")
     return "\n".join(lines) + "\n"
 
 
