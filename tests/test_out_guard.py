@@ -94,3 +94,25 @@ def test_the_checks_read_without_loading(tmp_path):
     with zipfile.ZipFile(tmp_path / "z.pt", "w") as archive:
         archive.writestr("z/data.pkl", b"\x80\x04N.")
     assert not is_ours("torchscript", tmp_path / "z.pt") and not is_ours("onnx", tmp_path / "z.pt")
+
+
+def test_only_the_outputs_a_user_names_are_written_through_a_link(ckpt_path, image, tmp_path, capsys):
+    """Every write followed links for a while: a run copied with `cp -as` and resumed wrote its
+    checkpoints, config and summary into the original run."""
+    from resnetlab.files import atomic_write
+
+    original = tmp_path / "original.txt"
+    original.write_text("the original run's file")
+    copy = tmp_path / "copy.txt"
+    copy.symlink_to(original)
+    with atomic_write(copy, "w") as f:  # a run's own file: the link is replaced, the original kept
+        f.write("the copy's own file")
+    assert original.read_text() == "the original run's file" and not copy.is_symlink()
+    target = tmp_path / "kept" / "e.safetensors"
+    target.parent.mkdir()
+    assert main(["embed", str(ckpt_path), str(image), "--out", str(target)]) == 0
+    link = tmp_path / "e.safetensors"
+    link.symlink_to(target)
+    before = target.stat().st_ino
+    assert main(["embed", str(ckpt_path), str(image.parent), "--out", str(link)]) == 0  # named by the user: through
+    assert link.is_symlink() and target.stat().st_ino != before and f"-> {link}" in capsys.readouterr().out

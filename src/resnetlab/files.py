@@ -94,7 +94,9 @@ def _in_the_way(name) -> str:
 
 def write_target(path) -> Path:
     """The file that a write of `path` replaces: the target of a symbolic link to a file (the link
-    stays a link, as with cp or a shell's >), else `path` itself."""
+    stays a link, as with cp or a shell's >), else `path` itself. For the outputs a user names
+    (export, embed --out) only: a run's own files are replaced, never written through a link (a
+    run copied with `cp -as` would write into the original)."""
     path = Path(path)
     return Path(os.path.realpath(path)) if path.is_symlink() and path.is_file() else path
 
@@ -102,9 +104,8 @@ def write_target(path) -> Path:
 @contextmanager
 def atomic_path(path):
     """`with atomic_path(path) as tmp: writer(tmp)`, for writers that want a file name (ONNX,
-    TorchScript): `tmp` is renamed over `path` once the block ends, and removed on any error. A
-    symbolic link to a file is written through (write_target)."""
-    path = write_target(path)
+    TorchScript): `tmp` is renamed over `path` once the block ends, and removed on any error."""
+    path = Path(path)
     tmp = temporary(path)
     with storage_errors(path):
         make_folder(path)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from resnetlab.errors import UserError
-from resnetlab.files import atomic_write, check_writable, write_files_atomic
+from resnetlab.files import atomic_write, check_writable, write_files_atomic, write_target
 
 from .out_guard import refuse_foreign
 from .predictor import Predictor
@@ -62,7 +62,8 @@ def refuse_newlines(names) -> None:
 
 def save_embeddings(out, names: list[str], emb: np.ndarray, metadata: dict | None = None) -> list[str]:
     """Write embeddings + names next to each other, each file atomically; returns the paths written."""
-    paths = output_paths(out)
+    shown = output_paths(out)
+    paths = [write_target(p) for p in shown]  # a symbolic link the user names is written through
     if len(names) != len(emb):
         raise ValueError(f"{len(names)} names for {len(emb)} embeddings")
     if len(paths) == 2:
@@ -71,13 +72,13 @@ def save_embeddings(out, names: list[str], emb: np.ndarray, metadata: dict | Non
         np.save(array, emb)
         # os.fsencode: a name that is not UTF-8 is written as the bytes the file system holds
         write_files_atomic({paths[0]: array.getvalue(), paths[1]: b"".join(os.fsencode(n) + b"\n" for n in names)})
-        return [str(p) for p in paths]
+        return [str(p) for p in shown]
     from safetensors.numpy import save
 
     meta = {"names": json.dumps(names), **{k: str(v) for k, v in (metadata or {}).items()}}
     with atomic_write(paths[0]) as f:  # safetensors' own save_file would make a 0600 file
         f.write(save({"embeddings": np.ascontiguousarray(emb)}, metadata=meta))
-    return [str(paths[0])]
+    return [str(shown[0])]
 
 
 def load_embeddings(path) -> tuple[list[str], np.ndarray]:
