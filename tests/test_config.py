@@ -351,3 +351,8 @@ def test_a_new_image_size_keeps_the_recipes_evaluation_ratio_unless_eval_resize_
     assert load_config("finetune", ["data.eval_resize=40", "data.image_size=32"]).data.eval_resize == 40
     assert load_config("finetune").data.eval_resize == 256
     assert load_config("cifar10_fast", ["data.image_size=64"]).data.eval_resize == 256  # unused by cifar augmentation
+    # the ImageNet ratio, not the config's own pair: a CIFAR recipe's unused 256 for 32 made 224 into 1792
+    assert load_config(None, ["data.augment=rrc", "data.image_size=224"]).data.eval_resize == 256
+    assert load_config("cifar10_resnet20", ["data.augment=imagenet", "data.image_size=96"]).data.eval_resize == 110
+    chosen = load_config("finetune", ["data.image_size=160", "data.eval_resize=183"])  # then a --set of the size
+    assert apply_overrides(chosen, ["data.image_size=96"]).data.eval_resize == 110

@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 
 from resnetlab.config import apply_overrides, load_config
+from resnetlab.config.loading import CROP_RATIO
 from resnetlab.errors import count
 
 IMAGENET_WEIGHTS = "resnet18.tv_in1k"  # torchvision's ResNet-18 (69.76% ImageNet top-1), 224 px, bilinear
@@ -38,7 +39,6 @@ MAX_EPOCH_FACTOR = 4
 MAX_WARMUP_SHARE = 0.25
 VAL_FRACTION = 0.2
 PRETRAINED_SIZE, MIN_SIZE, SCRATCH_MAX_SIZE = 224, 64, 128
-CROP_RATIO = 224 / 256  # centre crop / resized shorter side at evaluation, as for ImageNet
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from .yaml_text import load_yaml
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 RECIPE_META_KEYS = ("base", "description")  # recipe-file keys that are not config fields
 
+CROP_RATIO = 224 / 256  # centre crop / resized shorter side at evaluation, as for ImageNet
+
 
 SWITCHES = ("train.channels_last", "train.compile", "train.fused_bn")  # str keys that take true/false
 MAX_BASES = 32  # recipe files in one `base:` chain
@@ -207,8 +209,9 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     max_steps without epochs clears epochs (as --max-steps does), instead of being silently ignored
     by a recipe that counts epochs (cifar10_fast). Given both, the later one decides, as for any
     key given twice (`resnetlab train` refuses both: cli/train.check_run_length). Likewise a new
-    data.image_size without data.eval_resize keeps the config's ratio of the two (224 of 256 -> 32 of
-    37): evaluation at 256 then cropped to 32 px saw the middle eighth of every image."""
+    data.image_size without data.eval_resize brings eval_resize along at the ImageNet ratio where
+    evaluation resizes (imagenet/rrc augmentation; 224 of 256, 32 of 37): evaluation at 256 then
+    cropped to 32 px saw the middle eighth of every image."""
     if isinstance(overrides, (str, bytes)):  # iterated, it would be its characters
         raise UserError(f"overrides are a list of 'SECTION.KEY=VALUE' strings or (key, value) pairs, got one string "
                         f"{overrides!r}: put it in a list")
@@ -226,7 +229,9 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     size, scaled = data["data"]["image_size"], data["data"].get("augment") in ("imagenet", "rrc")  # others: unused
     new_size = "data.image_size" in keys and _whole(size) and size != cfg.data.image_size
     if scaled and new_size and "data.eval_resize" not in keys:
-        data["data"]["eval_resize"] = max(size, round(size * cfg.data.eval_resize / cfg.data.image_size))
+        # the ImageNet ratio every shipped recipe uses; not the config's own pair, which is a CIFAR
+        # recipe's unused 256 for 32 when the same overrides switch it to imagenet augmentation
+        data["data"]["eval_resize"] = max(size, round(size / CROP_RATIO))
     return config_from_dict(data)
 
 
