@@ -68,7 +68,8 @@ def create_model(name: str, *, weights: str | None = None, pretrained: bool = Fa
     weights="tv2_in1k")`, `create_model("resnet50.tv2_in1k", pretrained=True)`, or
     `create_model("resnet50", pretrained=True)` for the model's default weights. The weights bring
     their architecture arguments and class count; another num_classes keeps the backbone and starts
-    a new classifier (fine-tuning)."""
+    a new classifier (fine-tuning). stride_on= places the stride of bottleneck blocks (resnet50 and
+    deeper); nets of basic blocks take it and are unchanged."""
     expect_type(name, str, "create_model takes a model name such as 'resnet50' (list_models() names them)")
     model_name, _, tag = name.partition(".")
     if tag or weights is not None or pretrained:
@@ -82,9 +83,6 @@ def create_model(name: str, *, weights: str | None = None, pretrained: bool = Fa
     if info.family == "cifar" and "stem" in kwargs:
         raise UserError(f"{name!r} is a CIFAR net and always has the 3x3 stem; stem= chooses the stem of the "
                         "ImageNet nets (e.g. resnet18 with stem='cifar' for 32 px images)")
-    if info.family == "cifar" and kwargs.get("stride_on", "3x3") != "3x3":  # it was taken, and changed nothing
-        raise UserError(f"{name!r} is a CIFAR net of basic blocks; stride_on= places the stride of the ImageNet "
-                        "nets' bottleneck blocks (resnet50 and deeper)")
     if kwargs.pop("residual", info.residual) != info.residual:
         raise UserError(f"{name!r} is {'residual' if info.residual else 'plain'}: pick its twin instead")
     return builder(**_checked(name, kwargs, [k for k in BUILDER_KWARGS if info.family != "cifar" or k != "stem"]))
