@@ -199,3 +199,20 @@ def test_class_weighted_loss_changes_training_only_when_classes_are_imbalanced(t
         train_and_evaluate(cfg, tmp_path / balance)
         final[balance] = torch.load(tmp_path / balance / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(final["none"][k], final["loss"][k]) for k in final["none"]) == same
+
+
+def test_resume_if_exists_does_not_read_the_init_of_a_run_with_a_checkpoint(run, monkeypatch, capsys):
+    """The automatic recipe loaded (or fetched) its ImageNet weights before every start, so a job
+    restarted by its scheduler on an offline machine, or after the file moved, could not continue."""
+    folder, out, _ = run
+    weights = folder.parent / "resnet18-imagenet.pth"
+    monkeypatch.setattr(autorecipe, "IMAGENET_WEIGHTS", str(weights))
+    monkeypatch.setattr(autorecipe, "FINETUNE_RECIPE", str(folder.parent / "finetune_short.yaml"))
+    for name, value in (("PRETRAINED_SIZE", 32), ("MIN_SIZE", 32), ("MIN_TOTAL_STEPS", 1)):
+        monkeypatch.setattr(autorecipe, name, value)
+    weights.rename(weights.with_suffix(".moved"))
+    try:
+        assert main(["train", "--data", str(folder), "--out", str(out), "--resume-if-exists"]) == 0
+    finally:
+        weights.with_suffix(".moved").rename(weights)
+    assert f"{out} finished at step 8: nothing to resume" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
     if a_new_run:
         refuse_out_in_data(args.out, found["data.root"])
         refuse_others_files(Path(args.out))
-    if choice.init:
+    if choice.init and a_new_run:  # a run with a checkpoint resumes from it: its init is not read (nor fetched)
         check_init(choice.recipe, choice.init)
     if main and a_new_run:
         write_text_atomic(Path(args.out) / "auto_recipe.json", json.dumps(
