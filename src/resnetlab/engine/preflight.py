@@ -19,6 +19,7 @@ from .schedules import schedule_warnings
 
 def preflight(run) -> None:
     """Log and warn on rank 0; write RUN/data.json there."""
+    from resnetlab.data.datasets import FileDataset
     from resnetlab.data.loaders import epoch_image_size
     from resnetlab.data.summary import data_record, imbalance_warning, notes
 
@@ -41,7 +42,8 @@ def preflight(run) -> None:
     if len(scales) >= epochs and epoch_image_size(cfg.data, epochs - 1) != full:
         found.append(f"data.progressive_scales lists {count(len(scales), 'epoch')} and the run has {count(epochs, 'epoch')}: it never trains at "
                      f"data.image_size={full}, the size it is evaluated at; shorten the list")
-    if cfg.train.workers > usable_cores():  # more would only take turns (the batches are the same either way)
+    # more would only take turns (the batches are the same either way); in-memory arrays start none
+    if isinstance(run.bundle.train, FileDataset) and cfg.train.workers > usable_cores():
         run.log.info(f"train.workers={cfg.train.workers}: {usable_cores()} decoding processes, one per CPU core")
     for message in filter(None, found):
         warnings.warn(message, ResnetlabWarning, stacklevel=2)

@@ -251,8 +251,9 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
         warnings.warn(request.resume_note, ResnetlabWarning, stacklevel=2)
     if trained_by not in (None, dist_info.world_size) and dist_info.is_main:
         warnings.warn(f"{workdir} was trained by {count(trained_by, 'process')} and goes on with "
-                      f"{dist_info.world_size}: the same global batches, but augmentation is drawn per process and "
-                      "BatchNorm statistics are per process, so it continues as neither an unbroken run of "
+                      f"{dist_info.world_size}: the same global batches, but augmentation is drawn per process"
+                      + ("" if cfg.train.sync_bn else " and BatchNorm statistics are per process")
+                      + ", so it continues as neither an unbroken run of "
                       f"{trained_by} nor one of {dist_info.world_size} would", ResnetlabWarning, stacklevel=2)
     repairs = tidy_for_start(workdir, state.step, ckpt) if dist_info.is_main else []
     run = Run(cfg, workdir, dist_info, rt, bundle, model, net, eval_bns, bundle.normalizer.to(rt.device), optimizer,
