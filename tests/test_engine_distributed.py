@@ -71,6 +71,9 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_job_ends_as_if_never_kille
                     "--out", tmp_path / "run", "--resume-if-exists", restarts=1)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming at step 3" in done.stderr and done.stdout.count('"steps": 6') == 1
+    # rank 0, stopped by torchrun while it waited on the killed rank, said only "terminated" (now: "terminated;
+    # the last checkpoint, RUN/checkpoints/last.pt, is kept", or the stop line if the signal finds it between steps)
+    assert f"Continue with: torchrun --nproc_per_node=2 -m resnetlab train --resume {tmp_path / 'run'}\n" in done.stderr
     a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     b = load_checkpoint(unkilled / "checkpoints" / "last.pt")
     assert a.training.step == 6 and all(torch.equal(a.artifact.weights[k], b.artifact.weights[k]) for k in b.artifact.weights)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from resnetlab.config import apply_overrides, config_to_yaml, list_recipes, load_config, parse_override
-from resnetlab.errors import UserError
+from resnetlab.errors import Terminated, UserError
 
 from .arguments import AUTO_PRECISIONS, DEVICE_FORMS, PRECISION_AUTO
 
@@ -252,6 +252,13 @@ def train(args) -> int:
         if dist_info_from_env().is_main:
             print(f"resnetlab train: {stop}. Continue with: {resume_command(out)}", file=sys.stderr, flush=True)
         return stop.exit_code
+    except Terminated:  # where no step can be saved: e.g. under torchrun, waiting on a process that was killed
+        last = Path(out) / "checkpoints" / "last.pt"
+        if not (dist_info_from_env().is_main and last.is_file()):
+            raise
+        print(f"resnetlab train: terminated; the last checkpoint, {last}, is kept. Continue with: "
+              f"{resume_command(out)}", file=sys.stderr, flush=True)
+        return 143
     if dist_info_from_env().is_main:
         print(json.dumps(summary.to_dict(), indent=1))
     return 0
