@@ -23,6 +23,7 @@ import torch
 from resnetlab.config import Config, config_from_dict
 from resnetlab.errors import UserError, first_line
 from resnetlab.files import atomic_write, special_kind, storage_error
+from resnetlab.models.weights import feed_tensor
 
 from .records import CHECKPOINT_FORMAT, Artifact, Checkpoint, check_checkpoint_format
 
@@ -84,9 +85,7 @@ def payload_digest(ckpt: dict) -> str:
 
 def _feed(sha, value) -> None:
     if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        sha.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        sha.update(t.reshape(-1).view(torch.uint8).numpy())
+        feed_tensor(sha, value)
     elif isinstance(value, dict):
         sha.update(f"D{len(value)}".encode())
         for key, item in value.items():

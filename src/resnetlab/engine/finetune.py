@@ -16,7 +16,7 @@ from torch import nn
 from resnetlab.config import FinetuneConfig
 from resnetlab.errors import UserError
 from resnetlab.models import load_weights
-from resnetlab.models.weights import _read_file as read_weights_file, refuse_nonfinite
+from resnetlab.models.weights import _read_file as read_weights_file, refuse_nonfinite, safetensors_metadata
 
 from .checkpoint import FORMAT, checkpoint_path, verify_digest
 from .records import Checkpoint
@@ -71,11 +71,8 @@ def exported_model_name(path: Path) -> str | None:
     """The model_name a resnetlab safetensors export records in its metadata (None for other files:
     load_weights reads those, and says what is wrong with them)."""
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("resnetlab", "{}"))
-    except Exception:
+        meta = json.loads(safetensors_metadata(path).get("resnetlab", "{}"))
+    except ValueError:
         return None
     name = meta.get("model_name") if isinstance(meta, dict) else None
     return name if isinstance(name, str) else None

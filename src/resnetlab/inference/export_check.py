@@ -32,10 +32,9 @@ def read_metadata(fmt: str, path: Path) -> dict:
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.load(str(path), _extra_files=extra)
         return json.loads(extra[TORCHSCRIPT_META]) if extra[TORCHSCRIPT_META] else {}
-    from safetensors import safe_open
+    from resnetlab.models.weights import safetensors_metadata
 
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("resnetlab", "{}"))
+    return json.loads(safetensors_metadata(path).get("resnetlab", "{}"))
 
 
 def verify_metadata(fmt: str, path: Path, artifact: Artifact) -> dict:

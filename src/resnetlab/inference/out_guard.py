@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 from resnetlab.errors import UserError
+from resnetlab.models.weights import safetensors_metadata
 
 # keys that every resnetlab ONNX export holds in its metadata_props (export.metadata())
 _ONNX_KEYS = {"model_name", "classes", "preprocessing", "normalizer"}
@@ -33,16 +34,6 @@ def _torchscript_is_ours(path: Path) -> bool:
             return any(name.endswith(f"/extra/{TORCHSCRIPT_META}") for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
-
-
-def _safetensors_metadata(path: Path) -> dict:
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="np") as f:
-            return f.metadata() or {}
-    except Exception:  # not a safetensors file
-        return {}
 
 
 def _npy_rows(path: Path) -> int | None:
@@ -75,9 +66,9 @@ def is_ours(kind: str, path: Path) -> bool:
     if kind == "torchscript":
         return _torchscript_is_ours(path)
     if kind == "safetensors":
-        return "resnetlab" in _safetensors_metadata(path)
+        return "resnetlab" in safetensors_metadata(path)
     if kind == "embeddings.safetensors":
-        meta = _safetensors_metadata(path)
+        meta = safetensors_metadata(path)
         try:
             return isinstance(json.loads(meta.get("names", "")), list)
         except ValueError:

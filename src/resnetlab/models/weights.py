@@ -66,15 +66,13 @@ def _read_file(path: Path):
     with open(path, "rb") as f:
         head = f.read(9)
     if path.suffix == ".safetensors" or head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
         try:
             tensors = load_file(str(path))
-            with safe_open(str(path), framework="pt") as f:
-                written = (f.metadata() or {}).get(DIGEST_KEY)
         except Exception as err:  # safetensors raises its own error types
             raise UserError(f"{path} is not a valid safetensors file ({first_line(err)})") from None
+        written = safetensors_metadata(path).get(DIGEST_KEY)
         if written is not None and written != tensors_digest(tensors):  # safetensors checks the header, not the data
             raise UserError(f"{path} is damaged: its tensors do not match the SHA-256 digest written with them (bits "
                             "flipped on disk or in a copy, or the file was edited); use an intact copy")
@@ -255,12 +253,30 @@ def save_safetensors(model: nn.Module, path, metadata: dict[str, str] | None = N
         f.write(save(tensors, metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)}))
 
 
+def safetensors_metadata(path) -> dict[str, str]:
+    """The string metadata in a safetensors file's header (its tensors are not read); {} for a file
+    that is not one, or has none."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception:  # safetensors raises its own error types
+        return {}
+
+
+def feed_tensor(sha, t: torch.Tensor, label: str = "T") -> None:
+    """Hash a tensor into `sha` after `label`: its dtype, shape and bytes in logical order (a
+    channels_last copy hashes like a contiguous one). The digests of checkpoints and of safetensors files."""
+    t = t.detach().cpu().contiguous()
+    sha.update(f"{label}{t.dtype}{tuple(t.shape)}".encode())
+    sha.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the tensors by name (sorted), dtype, shape and bytes: written into the safetensors
     files resnetlab saves and checked when they are read, as a checkpoint's digest is."""
     sha = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        sha.update(f"{name}\0{t.dtype}{tuple(t.shape)}".encode())
-        sha.update(t.reshape(-1).view(torch.uint8).numpy())
+        feed_tensor(sha, tensors[name], f"{name}\0")
     return "sha256:" + sha.hexdigest()
