@@ -5,6 +5,7 @@ import argparse
 import json
 
 from resnetlab.config import DataConfig
+from resnetlab.config.loading import AMBIGUOUS_ONE
 from resnetlab.data.build import DATASETS
 from resnetlab.errors import UserError
 
@@ -29,8 +30,7 @@ def count_or_fraction(text: str) -> int | float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
     if value == 1.0 and not text.strip().isdigit():  # the one whole float that reads as either
-        raise argparse.ArgumentTypeError(f"{text!r}: a count of 1 or the fraction 1 (every image)? Write 1 for one "
-                                         "image; a fraction must be below 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: {AMBIGUOUS_ONE}")
     return int(value) if value.is_integer() else value
 
 

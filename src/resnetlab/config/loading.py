@@ -21,6 +21,8 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 RECIPE_META_KEYS = ("base", "description")  # recipe-file keys that are not config fields
 
 CROP_RATIO = 224 / 256  # centre crop / resized shorter side at evaluation, as for ImageNet
+# data.val_size (and `data --val-size`) given as 1.0: whole floats are counts, yet it reads as every image
+AMBIGUOUS_ONE = "a count of 1 or the fraction 1 (every image)? Write 1 for one image; a fraction must be below 1"
 
 
 SWITCHES = ("train.channels_last", "train.compile", "train.fused_bn")  # str keys that take true/false
@@ -138,8 +140,7 @@ def _coerce(value, hint, key: str):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key {key}: expected a number, got {_brief(value)} ({type(value).__name__})")
         if isinstance(value, float) and value == 1.0:  # the one whole float that reads as either
-            raise UserError(f"config key {key}=1.0: a count of 1 or the fraction 1 (every image)? Write 1 for one "
-                            "image; a fraction must be below 1")
+            raise UserError(f"config key {key}=1.0: {AMBIGUOUS_ONE}")
         return int(value) if isinstance(value, float) and value.is_integer() else value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
