@@ -53,8 +53,7 @@ class DataFacts:
 
     def describe(self) -> str:
         kind = f"{self.dataset} image" if self.dataset != "folder" else ("small image" if self.small else "photo")
-        classes = f"{self.num_classes} class{'es' * (self.num_classes != 1)}"
-        return f"{count(self.train_images, kind)} in {classes} (shorter side ~{self.short_side} px)"
+        return f"{count(self.train_images, kind)} in {count(self.num_classes, 'class')} (shorter side ~{self.short_side} px)"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.config import DataConfig
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, count
 
 from .batches import ArrayBatches, FileBatches
 from .sampling import STATS, eval_batches, generator
@@ -123,7 +123,7 @@ def match_classes(dataset, classes: list[str], source: str, aliases: list[str] |
     unknown = [name for name in dataset.classes if name not in index]
     if unknown:
         shown = lambda names: ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")  # noqa: E731
-        raise UserError(f"{source} has {len(unknown)} class{'es' * (len(unknown) != 1)} the model does not know: "
+        raise UserError(f"{source} has {count(len(unknown), 'class')} the model does not know: "
                         f"{shown(unknown)}; its {len(classes)} classes are {shown(list(classes))}")
     return dataset.relabelled(torch.tensor([index[name] for name in dataset.classes])[dataset.labels], classes)
 

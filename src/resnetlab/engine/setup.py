@@ -100,7 +100,7 @@ def build_model(cfg: Config, num_classes: int, say=print, resuming: bool = False
     model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
     if cfg.finetune.init and not resuming:
         skipped = load_init_weights(model, cfg.finetune.init, cfg.model.name)
-        say(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {num_classes} class{'es' * (num_classes != 1)} ({', '.join(skipped)} re-initialised)" if skipped else ""))
+        say(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {count(num_classes, 'class')} ({', '.join(skipped)} re-initialised)" if skipped else ""))
     return model, apply_freezing(model, cfg.finetune)
 
 
@@ -261,7 +261,7 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
               RunLogger(workdir, dist_info.is_main, total, state.step, cfg.train.tensorboard, request.stream,
                         cfg.train.log_every))
     run.log.info(f"{cfg.model.name}: {count(run.total, 'step')} ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
-                 + (f" = {dist_info.world_size} process{'es' * (dist_info.world_size != 1)} x {run.batch}" if dist_info.enabled else "")
+                 + (f" = {count(dist_info.world_size, 'process')} x {run.batch}" if dist_info.enabled else "")
                  + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
                  + (", fused batch-norm" if rt.fused_bn else "")
                  + (f", 3x3 weight gradients on {conv_wgrad.kernel_kind()}" if rt.fused_bn and rt.precision == "bf16"
