@@ -1,4 +1,4 @@
-"""Two gloo processes under torchrun match one process on the same global batch.
+"""Two gloo processes under torchrun match one process on the same global batch, augmented alike.
 
 BatchNorm statistics are per process in DDP (SyncBatchNorm has no CPU kernel), so the check
 freezes BatchNorm (finetune.freeze_bn: running statistics used, affine fixed): the network is
@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,14 @@ import yaml
 from resnetlab.config import apply_overrides, config_to_dict
 from resnetlab.engine import load_checkpoint, train_and_evaluate
 from resnetlab.engine.distributed import DistInfo, dist_info_from_env, per_rank_batch
-from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from test_engine_train import tiny_config
 
 
-CFG = tiny_config(("finetune.freeze_bn", True), ("schedule.max_steps", 6), ("train.eval_every", 3), ("optim.lr", 0.05))
+# Augmentation on: each sample's crop and flip follow it to whichever process trains it.
+CFG = tiny_config(("finetune.freeze_bn", True), ("data.augment", "cifar"), ("schedule.max_steps", 6),
+                  ("train.eval_every", 3), ("optim.lr", 0.05))
 KILLPOINTS = Path(__file__).with_name("killpoints.py")
 
 
@@ -87,9 +90,15 @@ def test_a_run_stopped_between_evaluations_logs_the_same_training_numbers_after_
     the number of processes)."""
     recipe, unkilled = two_process_run
     def one_process(run):
-        with pytest.warns(ResnetlabWarning, match=f"{run} was trained by 2 processes and goes on with 1: the same "
-                                                  "global batches, but augmentation is drawn per process"):
+        # Batches and augmentation are the same for any number of processes and BatchNorm is frozen: nothing to
+        # warn about, and the job ends as the unbroken two-process run did (up to the order of float sums).
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             train_and_evaluate(CFG, run, resume=True)
+        assert not [w for w in caught if "processes" in str(w.message)]
+        ended, unbroken = (load_checkpoint(r / "checkpoints" / "last.pt").artifact.weights for r in (run, unkilled))
+        for key in unbroken:
+            torch.testing.assert_close(ended[key], unbroken[key], rtol=1e-4, atol=1e-5, msg=key)
 
     for name, resume in (("two", lambda run: torchrun("-m", "resnetlab", "train", "--resume", run)),
                          ("one", one_process)):
@@ -115,6 +124,20 @@ def test_torchrun_variables_and_the_global_batch():
     assert per_rank_batch(256, dist_info) == 64
     with pytest.raises(UserError, match="global batch.*multiple of 4"):
         per_rank_batch(250, dist_info)
+
+
+def test_a_change_in_the_number_of_processes_matters_only_to_batchnorm_that_trains():
+    from resnetlab.config import FinetuneConfig
+    from resnetlab.engine.finetune import apply_freezing
+    from resnetlab.engine.setup import _per_process_bn
+
+    cfg = tiny_config()
+    assert _per_process_bn(create_model("resnet8", num_classes=4), [], cfg)
+    assert not _per_process_bn(create_model("resnet8", num_classes=4), [], apply_overrides(cfg, [("train.sync_bn", True)]))
+    model = create_model("resnet8", num_classes=4)
+    assert not _per_process_bn(model, apply_freezing(model, FinetuneConfig(freeze_bn=True)), cfg)
+    model = create_model("resnet8", num_classes=4)  # a frozen stem alone leaves the stages' BatchNorms training
+    assert _per_process_bn(model, apply_freezing(model, FinetuneConfig(freeze_stages=0)), cfg)
 
 
 def test_sync_bn_on_cpu_is_a_clear_error():

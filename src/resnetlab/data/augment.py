@@ -1,13 +1,16 @@
 """Batched augmentation and evaluation views on uint8 tensors (CPU or GPU), no per-sample loops.
 
-Random parameters are drawn on the CPU from the batch's own generator (see `sampling`) and then
-moved to the images' device, so every device makes the same draws (crops and flips are then
-bit-identical; resampling may differ by float rounding).
+Random parameters are drawn on the CPU from the batch's own generator, or its `BatchDraws` (see
+`sampling`: one row per sample, whatever the number of processes), and then moved to the images'
+device, so every device makes the same draws (crops and flips are then bit-identical; resampling
+may differ by float rounding).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .sampling import BatchDraws, as_draws
 
 # AlexNet PCA lighting (Krizhevsky et al. 2012): eigen-decomposition of ImageNet RGB covariance,
 # pixels in [0, 1]; the constants used by fb.resnet.torch, the ResNet authors' reference code.
@@ -19,17 +22,16 @@ EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
 MULTISCALE_SIDES = (224, 256, 384, 480, 640)
 
 
-def crop_flip(padded: torch.Tensor, idx: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+def crop_flip(padded: torch.Tensor, idx: torch.Tensor, size: int, gen: torch.Generator | BatchDraws) -> torch.Tensor:
     """Random size x size crops with random horizontal flips of padded[idx]: (B, 3, size, size).
 
     `padded` holds the (already zero-padded) images, (N, C, Hp, Wp). An as_strided view lists
     every window of every image, so one advanced-indexing gather does the crop for the batch.
     """
     n, c, hp, wp = padded.shape
-    b = idx.shape[0]
-    dy = torch.randint(0, hp - size + 1, (b,), generator=gen)
-    dx = torch.randint(0, wp - size + 1, (b,), generator=gen)
-    flip = torch.rand(b, generator=gen) < 0.5
+    draws = as_draws(gen, idx.shape[0])
+    dy, dx = draws.randint(hp - size + 1), draws.randint(wp - size + 1)
+    flip = draws.rand() < 0.5
     s = padded.stride()
     windows = padded.as_strided((n, hp - size + 1, wp - size + 1, c, size, size),
                                 (s[0], s[2], s[3], s[1], s[2], s[3]))
@@ -55,9 +57,9 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.T
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def random_flip(x: torch.Tensor, gen: torch.Generator | BatchDraws) -> torch.Tensor:
     """Horizontally flip each image of the batch with probability 1/2, in place; returns x."""
-    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    flip = as_draws(gen, x.shape[0]).rand() < 0.5
     return _flip_where(x, flip.to(x.device))
 
 
@@ -67,11 +69,11 @@ def _flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def lighting(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
+def lighting(x: torch.Tensor, std: float, gen: torch.Generator | BatchDraws) -> torch.Tensor:
     """AlexNet-style PCA colour noise on a uint8 batch: each image gets the RGB offset
     EIGVEC @ (alpha * EIGVAL), alpha ~ N(0, std^2), in 0..255 units, rounded, then clamped.
     (Rounding the offset first equals rounding the sum, as pixels are integers; int16 is cheap.)"""
-    alpha = torch.randn(x.shape[0], 3, generator=gen) * std
+    alpha = as_draws(gen, x.shape[0]).randn(3) * std
     rgb = ((alpha * EIGVAL) @ EIGVEC.T * 255.0).round().to(torch.int16)  # (B, 3)
     shifted = x.to(torch.int16) + rgb.to(x.device)[:, :, None, None]
     return shifted.clamp_(0, 255).to(torch.uint8)

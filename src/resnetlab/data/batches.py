@@ -2,7 +2,8 @@
 
 FileBatches is a picklable map-style dataset whose item j is the whole batch j (decoded and
 cropped per sample, flipped and lit as a batch), so torch's DataLoader can build batches in
-worker processes while the random draws stay a function of (seed, epoch, batch, rank) alone.
+worker processes while the random draws stay a function of (seed, epoch, batch) and the sample's
+place in the global batch alone (`sampling.BatchDraws`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from resnetlab.errors import ResnetlabWarning, UserError
 
 from .augment import crop_flip, lighting, multiscale_sides, random_flip, resize_batch, resized_crops, ten_crop
 from .decode import BadImage, center_box, decode_crops, resized_shape, rrc_box, scale_box, square_box
-from .sampling import AUGMENT, generator
+from .sampling import BatchDraws, batch_draws
 
 if TYPE_CHECKING:  # the datasets make their batch sources from here
     from .datasets import ArrayDataset, FileDataset
@@ -30,29 +31,29 @@ CIFAR_PAD = 4  # He et al. Sec. 4.2: 4 pixels padded on each side, a 32x32 crop 
 RRC_TRIES = 10
 
 
-def array_train_batch(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, device, gen) -> tuple:
+def array_train_batch(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, device, draws: BatchDraws) -> tuple:
     """Augmented uint8 images and labels of data[idx], on `device` (where the data is kept).
     cifar/none work at the stored size, then resize to cfg.image_size if that differs (e.g. CIFAR
     at 224 px for an ImageNet model), so memory holds only the small originals; imagenet/rrc
     windows are cut and resized straight to cfg.image_size."""
     if cfg.augment == "cifar":
         padded, labels = data.placed(device, CIFAR_PAD)
-        x = crop_flip(padded, idx, data.image_size[0], gen)
+        x = crop_flip(padded, idx, data.image_size[0], draws)
     else:
         images, labels = data.placed(device)
         x = images[idx.to(images.device)]
     if cfg.augment in ("imagenet", "rrc"):
         h, w = data.image_size
-        boxes = train_boxes(cfg, w, h, train_draws(len(idx), gen))
-        flip = torch.rand(len(idx), generator=gen) < 0.5
+        boxes = train_boxes(cfg, w, h, train_draws(draws))
+        flip = draws.rand() < 0.5
         x = resized_crops(x, torch.from_numpy(boxes), cfg.image_size, flip)
-        return (lighting(x, cfg.lighting, gen) if cfg.lighting > 0 else x), labels[idx.to(labels.device)]
+        return (lighting(x, cfg.lighting, draws) if cfg.lighting > 0 else x), labels[idx.to(labels.device)]
     return resize_batch(x, cfg.image_size), labels[idx.to(labels.device)]
 
 
-def train_draws(n: int, gen: torch.Generator) -> np.ndarray:
+def train_draws(draws: BatchDraws) -> np.ndarray:
     """The uniforms behind each image's crop window: (n, RRC_TRIES, 4) float64."""
-    return torch.rand(n, RRC_TRIES, 4, generator=gen, dtype=torch.float64).numpy()
+    return draws.rand(RRC_TRIES, 4, dtype=torch.float64).numpy()
 
 
 def train_boxes(cfg: DataConfig, w: int, h: int, u: np.ndarray) -> np.ndarray:
@@ -89,7 +90,7 @@ class BatchSource:
     cfg: DataConfig
     batches: list  # of index tensors
     first: int = 0
-    keys: tuple = ()  # (seed, epoch, rank) for training batches; () for evaluation
+    keys: tuple = ()  # (seed, epoch, rank, world_size) for training batches; () for evaluation
     protocol: str | None = None  # evaluation protocol; None = training
 
 
@@ -102,9 +103,8 @@ class ArrayBatches(BatchSource):
         for i in range(self.first, len(self.batches)):
             with one_cpu_thread(device):
                 if self.protocol is None:
-                    seed, epoch, rank = self.keys
-                    gen = generator(AUGMENT, seed, epoch, i, rank)
-                    batch = array_train_batch(self.data, self.cfg, self.batches[i], device, gen)
+                    draws = batch_draws(self.keys, i, len(self.batches[i]))
+                    batch = array_train_batch(self.data, self.cfg, self.batches[i], device, draws)
                 else:
                     batch = array_eval_views(self.data, self.cfg, self.batches[i], device, self.protocol)
             yield batch
@@ -152,17 +152,17 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
     def _batch(self, i: int):
         idx = self.batches[i].tolist()
         if self.protocol is None:
-            seed, epoch, rank = self.keys
-            gen = generator(AUGMENT, seed, epoch, i, rank)
-            u = train_draws(len(idx), gen)
+            draws = batch_draws(self.keys, i, len(idx))
+            u = train_draws(draws)
             plans = [self._train_plan(u[k:k + 1]) for k in range(len(idx))]
         else:
             plans = [self._eval_plan()] * len(idx)
-        views, labels, bad = [], [], []
-        for k, plan in zip(idx, plans):
+        views, labels, bad, kept = [], [], [], []
+        for place, (k, plan) in enumerate(zip(idx, plans)):
             try:
                 views.append(decode_crops(self.data.paths[k], plan, self.cfg.interpolation))
                 labels.append(int(self.data.labels[k]))
+                kept.append(place)
             except BadImage as err:
                 bad.append((err.path, err.reason))
         y = torch.tensor(labels, dtype=torch.int64)
@@ -171,8 +171,8 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
         if self.protocol == "10crop":
             return ten_crop_each(views, self.cfg.image_size), y, bad
         stacked = [_stack([v[n] for v in views]) for n in range(len(views[0]))]
-        if self.protocol is None:
-            return self._batch_augment(stacked[0], gen), y, bad
+        if self.protocol is None:  # a skipped file's draws are left unused: the others keep their own
+            return self._batch_augment(stacked[0], draws.kept(torch.tensor(kept)) if bad else draws), y, bad
         if self.protocol == "flip":
             stacked.append(stacked[0].flip(3))
         return stacked, y, bad
@@ -195,13 +195,13 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
         sides = multiscale_sides(size)  # fully-convolutional views: centre square at each scale
         return lambda w, h: [(square_box(w, h), (s, s)) for s in sides]
 
-    def _batch_augment(self, x: torch.Tensor, gen) -> torch.Tensor:
+    def _batch_augment(self, x: torch.Tensor, draws: BatchDraws) -> torch.Tensor:
         if self.cfg.augment == "cifar":
-            return crop_flip(F.pad(x, (CIFAR_PAD,) * 4), torch.arange(x.shape[0]), self.cfg.image_size, gen)
+            return crop_flip(F.pad(x, (CIFAR_PAD,) * 4), torch.arange(x.shape[0]), self.cfg.image_size, draws)
         if self.cfg.augment == "none":
             return x
-        x = random_flip(x, gen)  # in place: x is this batch's own fresh tensor
-        return lighting(x, self.cfg.lighting, gen) if self.cfg.lighting > 0 else x
+        x = random_flip(x, draws)  # in place: x is this batch's own fresh tensor
+        return lighting(x, self.cfg.lighting, draws) if self.cfg.lighting > 0 else x
 
 
 def report_skipped(dataset: FileDataset, skipped: list[tuple[str, str]], shown: int = 3) -> None:

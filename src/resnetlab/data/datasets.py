@@ -52,8 +52,8 @@ class ArrayDataset:
 
     def batch_source(self, cfg: DataConfig, batches: list, first: int = 0, keys: tuple = (),
                      protocol: str | None = None) -> ArrayBatches:
-        """Batches gathered and augmented as whole tensors (training with keys = (seed, epoch, rank),
-        evaluation with a protocol)."""
+        """Batches gathered and augmented as whole tensors (training with keys = (seed, epoch, rank,
+        world_size), evaluation with a protocol)."""
         return ArrayBatches(self, cfg, batches, first, keys, protocol)
 
     def stats_batches(self, cfg: DataConfig, seed: int = 0):

@@ -69,7 +69,7 @@ class TrainLoader:
 
     def __iter__(self):
         source = self.dataset.batch_source(self.cfg, list(self.batches), self.start_batch,
-                                           (self.seed, self.epoch, self.spec.rank))
+                                           (self.seed, self.epoch, self.spec.rank, self.spec.world_size))
         device = torch.device(self.spec.device)
         for x, y in source.iterate(self.spec.workers, device, self.skipped):
             if self.side != self.cfg.image_size:  # progressive resizing: the same augmented crop, smaller

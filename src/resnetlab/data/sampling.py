@@ -1,11 +1,14 @@
 """Which samples go in which batch, and the random generators that make every draw repeatable.
 
 Every random choice in the data pipeline comes from a generator seeded by a tuple of integers
-(purpose, seed, epoch, batch, rank), never from global state. So the epoch permutation is a
-function of (seed, epoch), the augmentation of batch i is a function of (seed, epoch, i, rank),
-and a run resumed at batch k, or run with a different number of workers, sees the same data.
+(purpose, seed, epoch, batch), never from global state. So the epoch permutation is a function
+of (seed, epoch), the augmentation of a sample is a function of (seed, epoch, step, its place in
+the global batch), and a run resumed at batch k, or run with another number of workers or
+processes, sees the same data.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,6 +24,57 @@ def generator(*keys: int) -> torch.Generator:
     entropy = [int(k) % 2**63 for k in keys]
     seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class BatchDraws:
+    """The random draws behind one training batch's augmentation. They are made for the whole global
+    batch (every process's samples, in the order `train_batches` deals them) and cut to this
+    process's places, rank, rank + world_size, ...: a sample gets the same crop, flip and colour
+    whatever the number of processes, so N processes train on the very images one process would.
+    Each draw has one row per sample (`keep` drops the samples whose files could not be read)."""
+
+    gen: torch.Generator
+    size: int  # this process's batch as dealt, before any file is skipped
+    rank: int = 0
+    world_size: int = 1
+    keep: torch.Tensor | None = None  # this process's samples that made it into the batch
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self._mine(torch.rand(self.size * self.world_size, *shape, generator=self.gen, dtype=dtype))
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return self._mine(torch.randn(self.size * self.world_size, *shape, generator=self.gen))
+
+    def randint(self, high: int) -> torch.Tensor:
+        return self._mine(torch.randint(0, high, (self.size * self.world_size,), generator=self.gen))
+
+    def kept(self, keep: torch.Tensor) -> BatchDraws:
+        return replace(self, keep=keep)
+
+    def __len__(self) -> int:
+        return self.size if self.keep is None else len(self.keep)
+
+    def _mine(self, drawn: torch.Tensor) -> torch.Tensor:
+        mine = drawn[self.rank::self.world_size]
+        return mine if self.keep is None else mine[self.keep]
+
+
+def batch_draws(keys: tuple, batch: int, size: int) -> BatchDraws:
+    """The draws of training batch `batch` for keys (seed, epoch, rank, world_size). The generator's
+    key ends in 0, where it once held the rank: one process draws exactly what it always drew."""
+    seed, epoch, rank, world_size = keys
+    check_rank(rank, world_size)
+    return BatchDraws(generator(AUGMENT, seed, epoch, batch, 0), size, rank, world_size)
+
+
+def as_draws(draws: BatchDraws | torch.Generator, size: int) -> BatchDraws:
+    """A generator is one process's draws for a batch of `size` (the augmentations' public form)."""
+    if isinstance(draws, torch.Generator):
+        return BatchDraws(draws, size)
+    if len(draws) != size:
+        raise ValueError(f"draws for {len(draws)} samples given for a batch of {size}")
+    return draws
 
 
 def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
