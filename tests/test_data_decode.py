@@ -55,3 +55,59 @@ def test_an_os_error_is_said_in_its_own_words_without_the_errno_and_the_path_aga
     with pytest.raises(BadImage) as err:
         decode_crops(str(path), lambda w, h: [((0, 0, w, h), (8, 8))])
     assert str(err.value) == f"{path}: Permission denied"
+
+
+# Orientation -> the transpose that shows the stored pixels upright; INVERSE stores an upright image so.
+SHOWN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+         5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+         8: Image.Transpose.ROTATE_90}
+INVERSE = {**SHOWN, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".webp"])
+def test_every_lossless_format_is_read_upright_for_every_orientation(tmp_path, suffix, orientation):
+    """Pillow turns a TIFF upright itself as it loads it (and reports the upright size): it was turned
+    a second time, read stretched, for orientations 5-8."""
+    from resnetlab.data.decode import center_box
+
+    upright = np.random.default_rng(orientation).integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    stored = Image.fromarray(upright)
+    stored = stored.transpose(INVERSE[orientation]) if orientation in INVERSE else stored
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / f"photo{suffix}", exif=exif, **({"lossless": True} if suffix == ".webp" else {}))
+    np.testing.assert_array_equal(whole(tmp_path / f"photo{suffix}"), upright)
+    crop, = decode_crops(tmp_path / f"photo{suffix}", lambda w, h: [(center_box(w, h, 16, 16), (16, 16))])
+    expected = Image.fromarray(upright).resize((16, 16), Image.BILINEAR, box=center_box(44, 30, 16, 16))
+    np.testing.assert_array_equal(crop, np.asarray(expected))
+
+
+def test_a_corrupt_exif_block_means_no_rotation_and_no_pillow_warning(tmp_path, grey8):
+    """Pillow decodes such a PNG; resnetlab refused it ("not a TIFF file"), and Pillow's own
+    "Corrupt EXIF data" warning reached the user's terminal for other files."""
+    import struct
+    import warnings
+    import zlib
+
+    Image.fromarray(grey8).save(tmp_path / "plain.png")
+    data = (tmp_path / "plain.png").read_bytes()
+    junk = bytes(range(7, 107))
+    chunk = struct.pack(">I", len(junk)) + b"eXIf" + junk + struct.pack(">I", zlib.crc32(b"eXIf" + junk))
+    (tmp_path / "exif.png").write_bytes(data[:33] + chunk + data[33:])  # after the IHDR chunk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(whole(tmp_path / "exif.png")[..., 0], grey8)
+
+
+def test_a_large_image_under_the_bomb_limit_decodes_without_pillows_warning(tmp_path, grey8, monkeypatch):
+    import warnings
+
+    Image.fromarray(grey8).save(tmp_path / "big.png")  # 960 pixels: "large" once the limit is 600
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(whole(tmp_path / "big.png")[..., 0], grey8)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # over twice the limit: refused, in words
+    with pytest.raises(BadImage, match="big.png"):
+        whole(tmp_path / "big.png")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -55,21 +56,24 @@ def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.n
     resample = resample_filter(interpolation)
     try:
         with opened(path) as img:
-            # Photos store their rotation in EXIF; plan on the upright image. An image made in memory
-            # from an opened one (convert, copy, resize: format None) keeps its EXIF, and so its rotation.
-            exif = img.format in EXIF_FORMATS or img.format is None
-            orientation = img.getexif().get(ExifTags.Base.Orientation, 1) if exif else 1
-            w, h = img.size[::-1] if orientation in QUARTER_TURNS else img.size
-            if not (w and h):  # only a PIL image in memory can be empty; no plan can cut a window of it
-                raise BadImage(path, f"an empty image ({w} x {h} pixels)")
-            steps = plan(w, h)
-            # Largest reduction that keeps every window at least as big as its output size.
-            factor = max(max(o[0] / max(b[2] - b[0], 1e-6), o[1] / max(b[3] - b[1], 1e-6)) for b, o in steps)
-            if img.format == "JPEG" and factor < 1 and not isinstance(path, Image.Image):  # draft() changes the image
-                img.draft("RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor)))
+            orientation = exif_orientation(img)
+            # A JPEG file is planned before it is decoded, on its upright size, so that it decodes at the
+            # smallest DCT scale (`draft`) that keeps every window at least as big as its output size.
+            jpeg = img.format == "JPEG" and not isinstance(path, Image.Image)  # draft() changes the image
+            if jpeg:
+                w, h = img.size[::-1] if orientation in QUARTER_TURNS else img.size
+                steps = plan(w, h)
+                factor = max(max(o[0] / max(b[2] - b[0], 1e-6), o[1] / max(b[3] - b[1], 1e-6)) for b, o in steps)
+                if factor < 1:
+                    img.draft("RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor)))
+            if not all(img.size):  # only a PIL image in memory can be empty; no plan can cut a window of it
+                raise BadImage(path, f"an empty image ({img.size[0]} x {img.size[1]} pixels)")
             if orientation != 1:  # decodes (at the draft scale) into a new upright image; `path`'s stays as it is
                 img = ImageOps.exif_transpose(img)
             rgb = as_rgb(img)  # grey, palette, CMYK, RGBA, 16-bit, float ... -> 8-bit RGB; decodes the file
+            if not jpeg:  # planned on the decoded image: Pillow turns a TIFF upright itself as it loads it
+                w, h = rgb.size
+                steps = plan(w, h)
             sx, sy = rgb.size[0] / w, rgb.size[1] / h
     except DECODE_ERRORS as err:
         raise BadImage(path, why_unreadable(err)) from None
@@ -82,6 +86,29 @@ def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.n
         else:
             out.append(np.array(rgb.resize(size, resample, box=box)))
     return out
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1..8) of a photo, 1 when it has none. An image made in memory from an opened
+    one (convert, copy, resize: format None) keeps its EXIF, and so its rotation. An EXIF block Pillow
+    cannot parse (the pixels may still be fine) means no rotation, as it does for JPEGs."""
+    if img.format not in EXIF_FORMATS and img.format is not None:
+        return 1
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except DECODE_ERRORS:
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+@contextmanager
+def quiet_pillow():
+    """Pillow's own warnings are not the user's business: a corrupt EXIF block (read as no rotation), a
+    palette's transparency, a large image under the decompression-bomb limit (decoded; over it, refused)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+        yield
 
 
 # Pillow's modes of more than 8 bits per value: 16-bit integers (PNG, TIFF), 32-bit integers
@@ -113,23 +140,28 @@ def unreadable_headers(paths: list[str]) -> list[tuple[str, str]]:
     bad = []
     for path in paths:
         try:
-            with Image.open(path) as img:
+            with opened(path) as img:
                 img.size  # noqa: B018 (opening parses the header; the size is what a plan needs)
         except DECODE_ERRORS as err:
             bad.append((path, why_unreadable(err)))
     return bad
 
 
+@contextmanager
 def opened(source):
-    """A context manager giving the PIL image of a path (closed after) or the image itself (kept open).
-    A path that is not a regular file is refused before it is opened: opening a FIFO waits for a
-    writer for ever, and a device (a link to /dev/zero, /dev/stdin) has no end or no image."""
-    if isinstance(source, Image.Image):
-        return nullcontext(source)
-    kind = special_kind(source)
-    if kind:
-        raise SpecialFile(f"not a regular file ({kind})")
-    return Image.open(source)
+    """The PIL image of a path (closed after) or the image itself (kept open), Pillow's warnings kept
+    quiet (`quiet_pillow`) while it is used. A path that is not a regular file is refused before it
+    is opened: opening a FIFO waits for a writer for ever, and a device (a link to /dev/zero,
+    /dev/stdin) has no end or no image."""
+    with quiet_pillow():
+        if isinstance(source, Image.Image):
+            yield source
+            return
+        kind = special_kind(source)
+        if kind:
+            raise SpecialFile(f"not a regular file ({kind})")
+        with Image.open(source) as img:
+            yield img
 
 
 class SpecialFile(OSError):
