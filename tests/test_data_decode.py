@@ -111,3 +111,51 @@ def test_a_large_image_under_the_bomb_limit_decodes_without_pillows_warning(tmp_
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # over twice the limit: refused, in words
     with pytest.raises(BadImage, match="big.png"):
         whole(tmp_path / "big.png")
+
+
+def test_a_few_bright_outliers_do_not_change_a_float_images_scale(grey8):
+    """The scale was chosen by the maximum: one pixel at 1.0001 turned a 0..1 image black, and a
+    0..65535 image was clipped to white."""
+    unit = grey8.astype(np.float32) / 255
+    unit[0, 0] = 1.0001
+    expected = grey8.copy()
+    expected[0, 0] = 255
+    np.testing.assert_array_equal(whole(Image.fromarray(unit))[..., 0], expected)
+    np.testing.assert_array_equal(whole(Image.fromarray(grey8.astype(np.float32) * 257))[..., 0], grey8)
+    np.testing.assert_array_equal(whole(Image.fromarray(grey8.astype(np.float32)))[..., 0], grey8)
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "LA", "P", "RGB+tRNS"])
+def test_transparent_pixels_are_laid_over_black_whatever_lies_under_them(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    alpha = rng.choice(np.array([0, 128, 255], dtype=np.uint8), (12, 16))
+    colour = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    under = [colour.copy(), colour.copy()]
+    under[1][alpha == 0] = 255  # another colour where nothing shows: the same image to the eye
+    if kind in ("P", "RGB+tRNS"):
+        alpha[alpha == 128] = 255  # these carry one transparent colour (index), not levels
+    palette = list(rng.integers(0, 256, 768, dtype=np.uint8))
+    decoded = []
+    for k, rgb in enumerate(under):
+        if kind == "RGBA":
+            img = Image.fromarray(np.dstack([rgb, alpha]))
+        elif kind == "LA":
+            img = Image.fromarray(np.dstack([rgb[..., 0], alpha]), mode="LA")
+        elif kind == "P":
+            img = Image.fromarray(np.where(alpha == 0, 7 + k, rgb[..., 0] % 7).astype(np.uint8), mode="P")
+            img.putpalette(palette)
+            img.info["transparency"] = 7 + k
+        else:
+            rgb = np.where((alpha == 0)[..., None], np.uint8(254 - k), rgb // 2)
+            img = Image.fromarray(rgb)
+            img.info["transparency"] = (254 - k,) * 3
+        extra = {"transparency": img.info["transparency"]} if kind in ("P", "RGB+tRNS") else {}
+        img.save(tmp_path / f"{kind}{k}.png", **extra)
+        decoded.append(whole(tmp_path / f"{kind}{k}.png"))
+    np.testing.assert_array_equal(decoded[0], decoded[1])
+    assert (decoded[0][alpha == 0] == 0).all()  # black where nothing shows
+    if kind in ("RGBA", "LA"):
+        shown = colour if kind == "RGBA" else np.repeat(colour[..., :1], 3, axis=2)
+        half = alpha == 128
+        assert np.abs(decoded[0][half].astype(int) - shown[half].astype(int) * 128 / 255).max() <= 1
+        np.testing.assert_array_equal(decoded[0][alpha == 255], shown[alpha == 255])

@@ -118,19 +118,35 @@ def quiet_pillow():
 WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
 def as_rgb(img: Image.Image) -> Image.Image:
     """An 8-bit RGB copy of `img`. 16-bit and 32-bit integer values are taken as 16-bit (0..65535,
-    what PNG and TIFF store; / 257 maps 65535 to 255 and 257 k to k exactly); float images as
-    0..1 when no value exceeds 1, else as 0..255 (values outside clipped, NaN as 0)."""
+    what PNG and TIFF store; / 257 maps 65535 to 255 and 257 k to k exactly); float images by the
+    scale their values are in (`float_scale`; outside it clipped, NaN as 0). Transparent images are
+    laid over black: what lies under a transparent pixel is arbitrary (dropping alpha showed it,
+    so three files that look alike were three inputs), and black is what most files store there."""
     if img.mode in WIDE_INTEGER_MODES:
         values = np.asarray(img, dtype=np.float64) / 257.0
     elif img.mode == "F":
         values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        values = values * 255.0 if values.size and values.max() <= 1.0 else values
+        values = values * float_scale(values)
+    elif img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
     else:
         return img.convert("RGB")
     grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     return Image.fromarray(grey).convert("RGB")  # 2-d uint8: mode L
+
+
+def float_scale(values: np.ndarray) -> float:
+    """What turns a float image's values into 0..255: judged by its 99.9th percentile, not its
+    maximum, so a few bright outliers (a highlight at 1.0001) do not change the scale of the whole
+    image: up to 2 it is 0..1 (x 255), up to 510 0..255 (x 1), beyond that 0..65535 (/ 257)."""
+    high = float(np.percentile(values, 99.9)) if values.size else 0.0
+    return 255.0 if high <= 2.0 else 1.0 if high <= 510.0 else 1 / 257
 
 
 def unreadable_headers(paths: list[str]) -> list[tuple[str, str]]:

@@ -35,7 +35,7 @@ from .decode import DECODE_ERRORS, BadImage, center_box, decode_crops, opened
 
 SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
 PROBES = 32  # images whose headers decide small vs large
-CACHE_VERSION = 4  # bump when decoding changes, so old caches are not reused (4: TIFF orientation, bad EXIF)
+CACHE_VERSION = 5  # bump when decoding changes, so old caches are not reused (5: alpha over black, float scale)
 PARALLEL_MIN = 2000  # decode in worker processes when each gets at least this many files
 # torchvision ImageFolder's extensions, plus .gif and .jfif: photos people have (Pillow reads a GIF's first frame).
 IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
