@@ -261,3 +261,28 @@ def test_an_empty_pil_image_is_an_unreadable_image(classifier, run_dir):
     results = classifier.predict([empty, flat, photo, flat, flat], skip_bad=True)
     assert results[:2] == results[3:] == [None, None] and results[2].label == alone.label
     assert results[2].prob == pytest.approx(alone.prob, abs=1e-6)
+
+
+@pytest.mark.parametrize("small_net", [True, False])
+def test_an_image_is_read_by_its_own_size_never_by_its_companions(run_dir, tmp_path, small_net):
+    """A 48 px image was resized whole when predicted alone and centre-cropped beside one large photo
+    (the choice was made per batch of up to 1024 files): two predictions for one image."""
+    from dataclasses import replace
+
+    from resnetlab.inference.predictor import iter_predictions
+
+    rng = np.random.default_rng(3)
+    names = ["big0.png", "small0.png", "big1.png", "small1.png", "small2.png", "bad.png", "big2.png"]
+    for name in names:
+        side = 48 if name.startswith("small") else 120
+        Image.fromarray(rng.integers(0, 256, (side, side + 8, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    paths = [str(tmp_path / name) for name in names]
+    predictor = replace(Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32"), small=small_net)
+    together = list(iter_predictions(predictor, paths, topk=3, batch_size=2))
+    assert [i for i, _ in together] == [0, 1, 2, 3, 4, 6]  # file order, the unreadable file left out
+    assert [f for f, _ in predictor.failed] == [paths[5]]
+    for i, top in together:
+        alone, = predict_files(predictor, [paths[i]], topk=3)[0]
+        assert [t["index"] for t in alone["top"]] == [t["index"] for t in top]
+        assert [t["prob"] for t in alone["top"]] == pytest.approx([t["prob"] for t in top], abs=1e-6)

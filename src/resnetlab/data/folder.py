@@ -181,6 +181,17 @@ def small_side(paths: list) -> int | None:
     return max(set(sides), key=lambda s: (sides.count(s), s))
 
 
+def small_image_side(path) -> int | None:
+    """An image's (path's or PIL image's) larger side when it is at most SMALL_SIDE px, else None, as
+    for a file whose header cannot be read (decoding it says why)."""
+    try:
+        with opened(path) as img:
+            side = max(img.size)
+            return side if min(img.size) and side <= SMALL_SIDE else None
+    except DECODE_ERRORS:
+        return None
+
+
 def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], size: int, root: Path,
                   cache_dir: Path, skip_bad: bool) -> tuple[ArrayDataset, dict]:
     """Decode small images into size x size arrays, through the .npz cache; info: counts."""

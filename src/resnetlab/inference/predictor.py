@@ -148,29 +148,42 @@ class Predictor:
                                          fuse=False, channels_last="false")
 
     def batches(self, paths: list, protocol: str = "center", batch_size: int = 64):
-        """Yield (views, indices into paths) for the readable files (or PIL images); bad files go to self.failed."""
-        from resnetlab.data import ArrayDataset, FileDataset, LoaderSpec, load_images, make_eval_loader
-        from resnetlab.data.folder import small_side
+        """Yield (views, indices into paths) for the readable files (or PIL images), in file order; bad
+        files go to self.failed. Each image's own size decides how it is read, never its companions':
+        a small one (<= 64 px) whole at its own size, as a folder of small images is; a photo by the
+        evaluation's resize and centre crop (or whole, for a network of small images)."""
+        from itertools import groupby
+
+        from resnetlab.data.folder import small_image_side
 
         self.failed = []
         cfg = replace(self.data_cfg, skip_bad=True)
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start:start + CHUNK]
-            index = torch.arange(start, start + len(chunk))
-            side = small_side(chunk)  # decoded at their own size like a folder of small images
-            if side is not None or self.small:
-                images, bad = load_images(chunk, side or cfg.image_size, side or cfg.image_size, cfg.interpolation)
-                bad_paths = {p for p, _ in bad}
-                keep = torch.tensor([str(p) not in bad_paths for p in chunk], dtype=torch.bool)  # str: PIL images too
-                self.failed += bad
-                if not keep.any():
-                    continue
-                dataset = ArrayDataset(images, index[keep], self.classes)
-            else:
-                dataset = FileDataset(chunk, index, self.classes, warn_bad=False)  # listed in self.failed
-            loader = make_eval_loader(dataset, cfg, LoaderSpec(batch_size, device=self.rt.device), protocol)
-            yield from loader
-            self.failed += loader.skipped
+            # Runs of consecutive images read alike keep the file order (results print as batches end).
+            first = 0
+            for side, run in groupby(small_image_side(p) for p in chunk):
+                count = len(list(run))
+                yield from self._read(chunk[first:first + count], start + first, side, cfg, protocol, batch_size)
+                first += count
+
+    def _read(self, files: list, offset: int, side: int | None, cfg, protocol: str, batch_size: int):
+        from resnetlab.data import ArrayDataset, FileDataset, LoaderSpec, load_images, make_eval_loader
+
+        index = torch.arange(offset, offset + len(files))
+        if side is not None or self.small:
+            images, bad = load_images(files, side or cfg.image_size, side or cfg.image_size, cfg.interpolation)
+            bad_paths = {p for p, _ in bad}
+            keep = torch.tensor([str(p) not in bad_paths for p in files], dtype=torch.bool)  # str: PIL images too
+            self.failed += bad
+            if not keep.any():
+                return
+            dataset = ArrayDataset(images, index[keep], self.classes)
+        else:
+            dataset = FileDataset(files, index, self.classes, warn_bad=False)  # listed in self.failed
+        loader = make_eval_loader(dataset, cfg, LoaderSpec(batch_size, device=self.rt.device), protocol)
+        yield from loader
+        self.failed += loader.skipped
 
     @torch.no_grad()
     def probs(self, views: list[torch.Tensor]) -> torch.Tensor:
