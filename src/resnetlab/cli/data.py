@@ -3,11 +3,13 @@ HELP = ("Check a dataset and get it ready: download CIFAR, decode a small-image 
 
 import argparse
 import json
+import warnings
 
 from resnetlab.config import DataConfig
 from resnetlab.config.loading import AMBIGUOUS_ONE
+from resnetlab.data import FileDataset
 from resnetlab.data.build import DATASETS
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 
 
 def add_arguments(parser):
@@ -17,6 +19,9 @@ def add_arguments(parser):
                         help="what DIR holds (default: worked out from DIR)")
     parser.add_argument("--download", action="store_true", help="CIFAR: fetch the official archive if missing")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable files (listed) instead of failing")
+    parser.add_argument("--verify", action="store_true",
+                        help="decode every photo, not only its header, to find files cut short or damaged past it "
+                             "(a folder of small images is always decoded whole)")
     parser.add_argument("--val-size", type=count_or_fraction, default=0,
                         help="images to hold out of train: a count, or a fraction such as 0.2 (default 0)")
     parser.add_argument("--cache-dir", help="where decoded small-image folders are cached")
@@ -55,17 +60,51 @@ def data_config(args) -> DataConfig:
 def run(args):
     from resnetlab.data import build_data, describe
 
-    bundle = build_data(data_config(args), warn_skipped=False)  # every skipped file is listed below
+    with warnings.catch_warnings():
+        if args.verify:  # a photo skipped while the normaliser's sample is decoded: --verify lists it with the rest
+            warnings.filterwarnings("ignore", message="data.skip_bad: skipped", category=ResnetlabWarning)
+        bundle = build_data(data_config(args), warn_skipped=False)  # every skipped file is listed below
     skipped = bundle.provenance.get("skipped", [])
+    photos = [name for name in SPLITS if isinstance(getattr(bundle, name), FileDataset)]
+    if args.verify:
+        skipped += verify_photos(bundle, photos, args.skip_bad)
+    headers_only = bool(photos) and not args.verify
     if args.json:
         sizes = {name: len(d) for name, d in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
                  if d is not None}
         print(json.dumps({"summary": describe(bundle), "classes": bundle.classes, "sizes": sizes,
-                          "skipped": [{"path": p, "reason": r} for p, r in skipped],
+                          "skipped": [{"path": p, "reason": r} for p, r in skipped], "decoded_whole": not headers_only,
                           "empty_classes": bundle.provenance.get("empty_classes", {}),
                           "caches": bundle.provenance.get("caches", [])}))
         return 0
     print(describe(bundle))
     for path, reason in skipped:
         print(f"  skipped {path}: {reason}")
+    if headers_only:
+        print("  photos checked by their headers: one cut short or damaged past it is found as it is decoded "
+              "(--verify decodes every photo now)")
     return 0
+
+
+SPLITS = ("train", "val", "test")
+
+
+def verify_photos(bundle, splits: list[str], skip_bad: bool) -> list[tuple[str, str]]:
+    """Decode every photo of `splits` once (at the smallest JPEG scale: the whole file is still read);
+    an unreadable one is an error, or with skip_bad left out of its split and returned with why."""
+    import torch
+
+    from resnetlab.data.folder import decode_all
+
+    skipped = []
+    for name in splits:
+        dataset = getattr(bundle, name)
+        _, keep, _, reasons = decode_all(dataset.paths, 8, skip_bad=True)
+        bad = [(dataset.paths[i], why) for i, why in zip((~keep).nonzero()[0].tolist(), reasons)]
+        if bad and not skip_bad:
+            path, why = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise UserError(f"{path}: {why}{more}; remove it or pass --skip-bad to list every unreadable file")
+        setattr(bundle, name, dataset.subset(torch.from_numpy(keep.nonzero()[0])))
+        skipped += bad
+    return skipped

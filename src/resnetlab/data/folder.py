@@ -206,7 +206,7 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
     if cached is not None:
         images, keep, resized, reasons = cached
     else:
-        images, keep, resized, reasons = _decode_all(paths, size, skip_bad)
+        images, keep, resized, reasons = decode_all(paths, size, skip_bad)
         try:
             save_cache(cache, images=images, keep=keep, resized=np.int64(resized), reasons=np.array(reasons, dtype=str))
         except StorageError as err:  # a cache is a saving, not the point: train on what was just decoded
@@ -219,7 +219,7 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
     return data, {"cache": str(cache) if cache else None, "resized": resized, "skipped": skipped}
 
 
-def _decode_all(paths: list[str], size: int, skip_bad: bool):
+def decode_all(paths: list[str], size: int, skip_bad: bool):
     """(N_ok, size, size, 3) uint8, keep mask over paths, number of images that needed resizing,
     why each dropped file could not be read.
     Large lists are decoded by one process per CPU core, in contiguous chunks (order kept)."""
@@ -237,7 +237,7 @@ def _decode_all(paths: list[str], size: int, skip_bad: bool):
 
 
 def decode_pool(procs: int):
-    """Forked worker processes for _decode_all, with SIGTERM's default action and SIGINT ignored
+    """Forked worker processes for decode_all, with SIGTERM's default action and SIGINT ignored
     instead of the handlers they inherit. A training run decodes inside engine.signals.StopOnSignal,
     whose handler only records a signal, and Pool.terminate() stops its workers with SIGTERM: a
     worker keeping that handler can outlive it, and the parent then waits for it forever (a first
