@@ -441,3 +441,19 @@ def test_a_cache_write_killed_midway_leaves_nothing_once_the_next_cache_is_writt
     live.write_bytes(b"")
     build_data(_cfg(_tree(tmp_path / "d"), tmp_path))
     assert not stale.exists() and live.exists()
+
+
+def test_what_nas_boxes_and_zip_files_leave_beside_photos_is_neither_class_nor_image(tmp_path):
+    """Synology's @eaDir became a class (its thumbnails trained on, twice, also in validation) and an
+    unzipped __MACOSX stopped the run ("class folder holds no images")."""
+    root = _tree(tmp_path / "d")
+    _write(root / "train" / "@eaDir" / "0.png" / "SYNOPHOTO_THUMB_S.jpg", (9, 9, 9))
+    _write(root / "train" / "cat" / "@eaDir" / "0.png" / "SYNOPHOTO_THUMB_M.jpg", (9, 9, 9))
+    (root / "train" / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / "train" / "__MACOSX" / "cat" / "._0.png").write_bytes(b"\0\5\26\7 resource fork")
+    (root / "test" / "#recycle").mkdir()
+    _write(root / "train" / "emu" / "4.jpe", COLOURS["emu"], fmt="JPEG")  # a JPEG by another of its names
+    bundle = build_data(_cfg(root, tmp_path))
+    assert bundle.classes == sorted(COLOURS)
+    assert bundle.train.labels.bincount().tolist() == [4, 4, 5]
+    assert bundle.provenance["ignored"] == []

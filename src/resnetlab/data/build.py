@@ -30,6 +30,7 @@ from .decode import unreadable_headers
 from .loaders import check_augment
 from .normalize import Normalizer
 from .sampling import holdout, stratified_subset
+from .summary import describe_empty, describe_skipped
 from .synthetic import synthetic
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
@@ -67,9 +68,9 @@ def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True) -> Dat
         train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
     normalizer = fit_normalizer(train, cfg, seed)
     if warn_skipped and provenance.get("skipped"):
-        warnings.warn(folders.describe_skipped(provenance["skipped"], provenance["root"]), ResnetlabWarning, stacklevel=2)
+        warnings.warn(describe_skipped(provenance["skipped"], provenance["root"]), ResnetlabWarning, stacklevel=2)
     for split, names in provenance.get("empty_classes", {}).items() if warn_skipped else ():
-        warnings.warn(folders.describe_empty(split, names, train.classes), ResnetlabWarning, stacklevel=2)
+        warnings.warn(describe_empty(split, names, train.classes), ResnetlabWarning, stacklevel=2)
     return DataBundle(train, val, test, train.classes, normalizer, {"dataset": cfg.dataset, **provenance})
 
 
@@ -134,7 +135,7 @@ def labelled_folder(root: Path, split: str, cfg: DataConfig):
     out, provenance = load_scanned({split: folders.scan(root / split if layout == "splits" else root, None, cfg.skip_bad)},
                              root, cfg)
     if provenance["skipped"]:
-        warnings.warn(folders.describe_skipped(provenance["skipped"], root), ResnetlabWarning, stacklevel=2)
+        warnings.warn(describe_skipped(provenance["skipped"], root), ResnetlabWarning, stacklevel=2)
     return out[split], provenance
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import features
 
 from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError
@@ -37,8 +38,18 @@ SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
 PROBES = 32  # images whose headers decide small vs large
 CACHE_VERSION = 5  # bump when decoding changes, so old caches are not reused (5: alpha over black, float scale)
 PARALLEL_MIN = 2000  # decode in worker processes when each gets at least this many files
-# torchvision ImageFolder's extensions, plus .gif and .jfif: photos people have (Pillow reads a GIF's first frame).
-IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+# torchvision ImageFolder's extensions, plus .gif, .jfif and .jpe: photos people have (Pillow reads a GIF's
+# first frame), and .avif where this Pillow reads it (11.2 and later).
+IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+IMAGE_EXTS |= {".avif"} if features.check("avif") else set()
+# What NAS boxes, zip files and file systems put beside photos, never classes or images of their own:
+# Synology's thumbnails and recycle bin, macOS's resource forks in a zip, Windows' and ext4's own folders.
+SYSTEM_FOLDERS = {"@eaDir", "#recycle", "#snapshot", "__MACOSX", "$RECYCLE.BIN", "System Volume Information",
+                  "lost+found"}
+
+
+def hidden(name: str) -> bool:
+    return name.startswith(".") or name in SYSTEM_FOLDERS
 SKIP_HINT = "set data.skip_bad=true to skip bad files with a count"
 SPLITS = ("train", "val", "test")
 
@@ -66,7 +77,7 @@ def subfolders(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     try:
-        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not hidden(d.name))
     except OSError as err:  # a split folder without read permission
         raise UserError(f"{folder}: cannot list the folder ({err.strerror or err}); fix its permissions") from None
 
@@ -130,7 +141,7 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]], list[s
         current = pending.pop()
         try:
             with os.scandir(current) as it:
-                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+                entries = sorted((e for e in it if not hidden(e.name)), key=lambda e: e.name)
         except OSError as err:
             bad.append((current, f"cannot list the folder ({err.strerror or err})"))
             continue
@@ -274,23 +285,3 @@ def _decode_chunk(paths: list[str], size: int, skip_bad: bool):
             keep[i] = False
             reasons.append(err.reason)
     return images[keep], keep, resized, reasons
-
-
-def describe_skipped(skipped: list[tuple[str, str]], root, shown: int = 3) -> str:
-    """One line: how many files data.skip_bad dropped, the first few (relative to root), and where
-    to see every file with its reason."""
-    prefix = str(root).rstrip(os.sep) + os.sep
-    names = [p[len(prefix):] if p.startswith(prefix) else p for p, _ in skipped[:shown]]
-    text = f"data.skip_bad: skipped {len(skipped)} unreadable file{'s' * (len(skipped) != 1)}"
-    if skipped:
-        text += f" ({', '.join(names)}{', ...' if len(skipped) > shown else ''})"
-    return text + f"; `resnetlab data {root} --skip-bad` lists every file with its reason"
-
-
-def describe_empty(split: str, empty: list[str], classes: list[str], shown: int = 5) -> str:
-    """One line for a val/ or test/ folder without images of some classes (a missing class folder,
-    or every file of it skipped): its error is over the other classes only."""
-    rest = [c for c in classes if c not in empty]
-    others = ", ".join(rest) if len(rest) <= shown else f"the other {len(rest)} classes"
-    return (f"{split}/ has no images of class {', '.join(empty)}: its {'validation' if split == 'val' else split} "
-            f"error counts only {others}")

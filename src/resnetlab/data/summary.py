@@ -1,8 +1,10 @@
 """What a run says about its data before training: images per class in each split, the files
-that were ignored, class imbalance; the record written to RUN/data.json; class-balanced loss weights.
+skipped or ignored, classes missing from val/test, class imbalance; the record written to
+RUN/data.json; class-balanced loss weights.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import PurePath
 
@@ -124,3 +126,23 @@ def record_changes(saved: dict, now: dict) -> list[str]:
 
 def per_class(counts: dict, classes: list[str]) -> str:
     return ", ".join(f"{c} {counts.get(c, 0)}" for c in classes)
+
+
+def describe_skipped(skipped: list[tuple[str, str]], root, shown: int = 3) -> str:
+    """One line: how many files data.skip_bad dropped, the first few (relative to root), and where
+    to see every file with its reason."""
+    prefix = str(root).rstrip(os.sep) + os.sep
+    names = [p[len(prefix):] if p.startswith(prefix) else p for p, _ in skipped[:shown]]
+    text = f"data.skip_bad: skipped {len(skipped)} unreadable file{'s' * (len(skipped) != 1)}"
+    if skipped:
+        text += f" ({', '.join(names)}{', ...' if len(skipped) > shown else ''})"
+    return text + f"; `resnetlab data {root} --skip-bad` lists every file with its reason"
+
+
+def describe_empty(split: str, empty: list[str], classes: list[str], shown: int = 5) -> str:
+    """One line for a val/ or test/ folder without images of some classes (a missing class folder,
+    or every file of it skipped): its error is over the other classes only."""
+    rest = [c for c in classes if c not in empty]
+    others = ", ".join(rest) if len(rest) <= shown else f"the other {len(rest)} classes"
+    return (f"{split}/ has no images of class {', '.join(empty)}: its {'validation' if split == 'val' else split} "
+            f"error counts only {others}")
