@@ -286,3 +286,10 @@ def test_an_image_is_read_by_its_own_size_never_by_its_companions(run_dir, tmp_p
         alone, = predict_files(predictor, [paths[i]], topk=3)[0]
         assert [t["index"] for t in alone["top"]] == [t["index"] for t in top]
         assert [t["prob"] for t in alone["top"]] == pytest.approx([t["prob"] for t in top], abs=1e-6)
+
+
+def test_predict_of_a_folder_passes_over_nas_thumbnails_as_training_does(tmp_path):
+    for name in ("a.jpg", "@eaDir/a.jpg/SYNOPHOTO_THUMB_M.jpg", "__MACOSX/._a.jpg", "sub/b.jpe", ".hidden.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format="JPEG")
+    assert collect_images([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.jpe")]

@@ -60,6 +60,8 @@ def folder_images(folder: Path) -> list[str]:
     """Every image file under `folder` (hidden names left out), sorted. Linked folders are followed
     (a folder of links to class folders is a common way to make a subset), each real folder once, so a
     link loop ends."""
+    from resnetlab.data.folder import hidden
+
     exts, found, seen = image_extensions(), [], set()
     for dirpath, dirnames, filenames in os.walk(folder, onerror=_unlistable, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -67,9 +69,9 @@ def folder_images(folder: Path) -> list[str]:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not hidden(d)]  # as a training folder's: NAS thumbnails too
         found += [os.path.join(dirpath, f) for f in filenames
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts]
+                  if not hidden(f) and os.path.splitext(f)[1].lower() in exts]
     return sorted(found)
 
 
