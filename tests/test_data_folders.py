@@ -151,7 +151,7 @@ def test_val_and_test_folders_are_both_used(tmp_path):
     ("corrupt", r"cat/0\.png: not an image Pillow can read"),
     ("truncated", r"cat/0\.jpg: truncated"),
     ("bomb", r"cat/0\.png: refused as a possible decompression bomb"),
-    ("dangling", r"cat/gone\.png: dangling symbolic link \(to .*/nowhere\.png, which does not exist\)"),
+    ("dangling", r"cat/gone\.png: dangling symbolic link \(to .*/nowhere\.png, which does not exist\)"),    ("loop", r"cat/gone\.png: a symbolic link loop \(to .*/back\.png, which leads back to it\)"),  # was "dangling"
 ])
 def test_bad_input_names_the_file_or_folder(tmp_path, damage, message):
     root = _tree(tmp_path / "d", splits=("train",))
@@ -163,8 +163,11 @@ def test_bad_input_names_the_file_or_folder(tmp_path, damage, message):
         (cat / "0.jpg").write_bytes((cat / "0.jpg").read_bytes()[:300])
     elif damage == "bomb":
         huge_png(cat / "0.png")
-    else:
+    elif damage == "dangling":
         (cat / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    else:
+        (cat / "gone.png").symlink_to(tmp_path / "back.png")
+        (tmp_path / "back.png").symlink_to(cat / "gone.png")
     with pytest.raises(UserError, match=message):
         build_data(_cfg(root, tmp_path))
     with pytest.warns(ResnetlabWarning, match=r"skipped 1 unreadable file \(train/cat/"):

@@ -14,6 +14,7 @@ batch by the loaders.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -150,7 +151,7 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]], list[s
             if entry.is_dir(follow_symlinks=False):
                 subfolders.append(entry.path)
             elif entry.is_symlink() and not os.path.exists(entry.path):
-                bad.append((entry.path, f"dangling symbolic link (to {os.readlink(entry.path)}, which does not exist)"))
+                bad.append((entry.path, broken_link(entry.path)))
             elif entry.is_symlink() and entry.is_dir():
                 continue  # a linked folder: not followed, as os.walk does
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
@@ -159,6 +160,16 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]], list[s
                 ignored.append(entry.path)
         pending += reversed(subfolders)  # depth first, in name order: a folder's files, then its subfolders
     return files, bad, ignored
+
+
+def broken_link(path: str) -> str:
+    """Why a symbolic link leads nowhere: a target that does not exist, or links that point at each other."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"a symbolic link loop (to {os.readlink(path)}, which leads back to it)"
+    return f"dangling symbolic link (to {os.readlink(path)}, which does not exist)"
 
 
 def fingerprint(paths: list[str], root: Path) -> str:
