@@ -460,3 +460,18 @@ def test_what_nas_boxes_and_zip_files_leave_beside_photos_is_neither_class_nor_i
     assert bundle.classes == sorted(COLOURS)
     assert bundle.train.labels.bincount().tolist() == [4, 4, 5]
     assert bundle.provenance["ignored"] == []
+
+
+def test_a_class_named_in_another_unicode_form_in_test_is_the_training_class(tmp_path):
+    """A train/ copied from a Mac holds 'cafe\\u0301' (decomposed), a test/ made here 'caf\\xe9': the two look
+    the same, and the run stopped with "class folders not in train/: café"."""
+    import unicodedata
+
+    root = tmp_path / "d"
+    for split, name in (("train", "cafe\u0301"), ("train", "tea"), ("test", "caf\u00e9"), ("test", "tea")):
+        for i in range(3):
+            _write(root / split / name / f"{i}.png", (200, 0, 0) if name != "tea" else (0, 200, 0))
+    bundle = build_data(_cfg(root, tmp_path))
+    assert bundle.classes == ["cafe\u0301", "tea"] and unicodedata.is_normalized("NFD", bundle.classes[0])
+    assert bundle.test.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert [tuple(img[:, 0, 0].tolist()) for img in bundle.test.images][:1] == [(200, 0, 0)]

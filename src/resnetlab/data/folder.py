@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import signal
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,7 @@ SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
 PROBES = 32  # images whose headers decide small vs large
 CACHE_VERSION = 5  # bump when decoding changes, so old caches are not reused (5: alpha over black, float scale)
 PARALLEL_MIN = 2000  # decode in worker processes when each gets at least this many files
-# torchvision ImageFolder's extensions, plus .gif, .jfif and .jpe: photos people have (Pillow reads a GIF's
-# first frame), and .avif where this Pillow reads it (11.2 and later).
+# torchvision ImageFolder's extensions, plus .gif (its first frame), .jfif, .jpe, and .avif where Pillow reads it.
 IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 IMAGE_EXTS |= {".avif"} if features.check("avif") else set()
 # What NAS boxes, zip files and file systems put beside photos, never classes or images of their own:
@@ -108,7 +108,9 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
         if odd is not None:  # class names go to JSON, CSV, plots, stdout: a non-UTF-8 one (surrogates) failed late
             raise UserError(f"class folder {os.fsencode(odd)!r} in {split_dir}: its name is not valid UTF-8 or holds a "
                             "control character; rename the folder (its name is the class name)")
-    unknown = [name for name in found if name not in classes]
+    # A folder copied from a Mac keeps its names decomposed (NFD): "café" there and typed here are one class.
+    as_trained = {unicodedata.normalize("NFC", c): c for c in classes}
+    unknown = [name for name in found if unicodedata.normalize("NFC", name) not in as_trained]
     if unknown:
         raise UserError(f"{split_dir} has class folders not in train/: {', '.join(unknown[:5])}; "
                         f"every split must use train's classes")
@@ -125,7 +127,7 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
                                 + ("" if training else f", or {SKIP_HINT}"))
             skipped.append((str(split_dir / name), "empty class folder"))
         paths += files
-        labels += [classes.index(name)] * len(files)
+        labels += [classes.index(as_trained[unicodedata.normalize("NFC", name)])] * len(files)
     loose = [str(f) for f in sorted(split_dir.iterdir()) if f.is_file() and not f.name.startswith(".")]
     ignored = loose + ignored  # files beside the class folders belong to no class
     return FolderScan(paths, torch.tensor(labels, dtype=torch.int64), classes, skipped, ignored)
