@@ -475,3 +475,11 @@ def test_a_class_named_in_another_unicode_form_in_test_is_the_training_class(tmp
     assert bundle.classes == ["cafe\u0301", "tea"] and unicodedata.is_normalized("NFD", bundle.classes[0])
     assert bundle.test.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert [tuple(img[:, 0, 0].tolist()) for img in bundle.test.images][:1] == [(200, 0, 0)]
+
+
+def test_eval_folders_match_a_models_classes_in_either_unicode_form():
+    from resnetlab.data.datasets import match_classes
+
+    folder = ArrayDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["tea", "cafe\u0301"])
+    matched = match_classes(folder, ["caf\u00e9", "tea"], "the folder")
+    assert matched.labels.tolist() == [1, 0] and matched.classes == ["caf\u00e9", "tea"]

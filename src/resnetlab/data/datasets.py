@@ -10,6 +10,8 @@ relabelled, and make their own batch source for the loaders (`batch_source`).
 """
 from __future__ import annotations
 
+import unicodedata
+
 import torch
 import torch.nn.functional as F
 
@@ -119,11 +121,12 @@ def match_classes(dataset, classes: list[str], source: str, aliases: list[str] |
     (ImageNet's WordNet ids). A class the model does not know is an error naming it."""
     if list(dataset.classes) == list(classes):
         return dataset
-    index = {name: i for i, name in enumerate(classes)} | {name: i for i, name in enumerate(aliases or [])}
-    unknown = [name for name in dataset.classes if name not in index]
+    nfc = lambda name: unicodedata.normalize("NFC", name)  # noqa: E731 (a Mac's decomposed names are the same names)
+    index = {nfc(name): i for i, name in enumerate(classes)} | {nfc(name): i for i, name in enumerate(aliases or [])}
+    unknown = [name for name in dataset.classes if nfc(name) not in index]
     if unknown:
         shown = lambda names: ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")  # noqa: E731
         raise UserError(f"{source} has {count(len(unknown), 'class')} the model does not know: "
                         f"{shown(unknown)}; its {len(classes)} classes are {shown(list(classes))}")
-    return dataset.relabelled(torch.tensor([index[name] for name in dataset.classes])[dataset.labels], classes)
+    return dataset.relabelled(torch.tensor([index[nfc(name)] for name in dataset.classes])[dataset.labels], classes)
 
