@@ -1,10 +1,13 @@
 """Images of more than 8 bits per value decode to the 8-bit image they stand for (Pillow's
 convert("RGB") clips them: a 16-bit photo came out white, floats in [0, 1] black)."""
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from resnetlab.data.decode import BadImage, decode_crops
+from resnetlab.data.decode import BadImage, decode_crops, quiet_pillow
 
 
 
@@ -87,7 +90,6 @@ def test_a_corrupt_exif_block_means_no_rotation_and_no_pillow_warning(tmp_path, 
     """Pillow decodes such a PNG; resnetlab refused it ("not a TIFF file"), and Pillow's own
     "Corrupt EXIF data" warning reached the user's terminal for other files."""
     import struct
-    import warnings
     import zlib
 
     Image.fromarray(grey8).save(tmp_path / "plain.png")
@@ -97,16 +99,16 @@ def test_a_corrupt_exif_block_means_no_rotation_and_no_pillow_warning(tmp_path, 
     (tmp_path / "exif.png").write_bytes(data[:33] + chunk + data[33:])  # after the IHDR chunk
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        quiet_pillow()  # as every command does
         np.testing.assert_array_equal(whole(tmp_path / "exif.png")[..., 0], grey8)
 
 
 def test_a_large_image_under_the_bomb_limit_decodes_without_pillows_warning(tmp_path, grey8, monkeypatch):
-    import warnings
-
     Image.fromarray(grey8).save(tmp_path / "big.png")  # 960 pixels: "large" once the limit is 600
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        quiet_pillow()
         np.testing.assert_array_equal(whole(tmp_path / "big.png")[..., 0], grey8)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # over twice the limit: refused, in words
     with pytest.raises(BadImage, match="big.png"):
@@ -123,6 +125,10 @@ def test_a_few_bright_outliers_do_not_change_a_float_images_scale(grey8):
     np.testing.assert_array_equal(whole(Image.fromarray(unit))[..., 0], expected)
     np.testing.assert_array_equal(whole(Image.fromarray(grey8.astype(np.float32) * 257))[..., 0], grey8)
     np.testing.assert_array_equal(whole(Image.fromarray(grey8.astype(np.float32)))[..., 0], grey8)
+    stars = np.zeros((40, 50), dtype=np.float32)  # 0..255 night sky: a background of 0..2, a few stars at 255
+    stars[:, :] = np.resize(np.array([0.0, 1.0, 2.0], dtype=np.float32), stars.shape)
+    stars[::20, ::25] = 255
+    np.testing.assert_array_equal(whole(Image.fromarray(stars))[..., 0], stars.astype(np.uint8))
 
 
 @pytest.mark.parametrize("kind", ["RGBA", "LA", "P", "RGB+tRNS"])
@@ -159,3 +165,28 @@ def test_transparent_pixels_are_laid_over_black_whatever_lies_under_them(tmp_pat
         half = alpha == 128
         assert np.abs(decoded[0][half].astype(int) - shown[half].astype(int) * 128 / 255).max() <= 1
         np.testing.assert_array_equal(decoded[0][alpha == 255], shown[alpha == 255])
+
+
+def test_every_command_leaves_pillows_warnings_out_of_its_output(tmp_path, grey8, monkeypatch, capsys):
+    from resnetlab.cli import main
+
+    Image.fromarray(grey8).convert("RGB").save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)  # 960 pixels: under twice the limit, decoded
+    checkpoint = Path(__file__).with_name("fixtures") / "checkpoint_v1_resnet8.pt"
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert main(["predict", str(checkpoint), str(tmp_path / "big.png"), "--precision", "fp32", "--device", "cpu"]) == 0
+    assert [w for w in shown if issubclass(w.category, Image.DecompressionBombWarning)] == []
+    assert "PIL" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(".avif" not in Image.registered_extensions(), reason="this Pillow does not read AVIF")
+def test_an_avif_photo_is_read_upright():
+    """AVIF files became images, but their EXIF rotation was not read: a portrait came out sideways."""
+    import io
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = io.BytesIO()
+    Image.new("RGB", (60, 30), (200, 10, 10)).save(data, "AVIF", exif=exif)
+    assert whole(Image.open(data)).shape == (60, 30, 3)  # 30 wide, 60 tall: turned as Pillow's exif_transpose does

@@ -483,3 +483,14 @@ def test_eval_folders_match_a_models_classes_in_either_unicode_form():
     folder = ArrayDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["tea", "cafe\u0301"])
     matched = match_classes(folder, ["caf\u00e9", "tea"], "the folder")
     assert matched.labels.tolist() == [1, 0] and matched.classes == ["caf\u00e9", "tea"]
+
+
+def test_two_training_folders_of_one_name_in_two_unicode_forms_are_refused(tmp_path):
+    """Both were classes, but every image of both got the second one's label: one class empty, silently."""
+    root = tmp_path / "d"
+    for name in ("caf\u00e9", "cafe\u0301", "tea"):
+        for i in range(2):
+            _write(root / "train" / name / f"{i}.png", (200, 0, 0))
+    with pytest.raises(UserError, match=r"two class folders named 'caf.*' \(in two Unicode forms: 'cafe\\u0301' and "
+                                        r"'caf\\xe9'\); merge them into one"):
+        build_data(_cfg(root, tmp_path))

@@ -81,6 +81,9 @@ def run_command(args) -> int:
                     show(message, category, *rest, **kw)
 
             warnings.showwarning = one_line
+            from resnetlab.data.decode import quiet_pillow
+
+            quiet_pillow()
             refuse_blank_paths(args)
             code = int(COMMANDS[args.command].run(args) or 0)
             sys.stdout.flush()  # a reader gone away shows here, not at the interpreter's exit

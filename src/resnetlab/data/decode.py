@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from contextlib import contextmanager
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -24,7 +24,7 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom in source pi
 Plan = Callable[[int, int], list[tuple[Box, tuple[int, int]]]]  # (w, h) -> [(box, (out_w, out_h))]
 
 
-EXIF_FORMATS = ("JPEG", "MPO", "TIFF", "PNG", "WEBP")  # formats whose EXIF orientation is honoured
+EXIF_FORMATS = ("JPEG", "MPO", "TIFF", "PNG", "WEBP", "AVIF", "HEIF")  # formats whose EXIF orientation is honoured
 QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
@@ -101,14 +101,13 @@ def exif_orientation(img: Image.Image) -> int:
     return orientation if orientation in range(1, 9) else 1
 
 
-@contextmanager
-def quiet_pillow():
-    """Pillow's own warnings are not the user's business: a corrupt EXIF block (read as no rotation), a
-    palette's transparency, a large image under the decompression-bomb limit (decoded; over it, refused)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
-        yield
+def quiet_pillow() -> None:
+    """Leave Pillow's own warnings out of a command's output: a corrupt EXIF block (read here as no
+    rotation), a palette's transparency, a large image under the decompression-bomb limit (decoded;
+    over it, refused in words). Installed once per command, inside its catch_warnings (cli.run_command):
+    per image, catch_warnings is not thread-safe and resets which warnings were already shown."""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
 
 
 # Pillow's modes of more than 8 bits per value: 16-bit integers (PNG, TIFF), 32-bit integers
@@ -144,9 +143,10 @@ def as_rgb(img: Image.Image) -> Image.Image:
 def float_scale(values: np.ndarray) -> float:
     """What turns a float image's values into 0..255: judged by its 99.9th percentile, not its
     maximum, so a few bright outliers (a highlight at 1.0001) do not change the scale of the whole
-    image: up to 2 it is 0..1 (x 255), up to 510 0..255 (x 1), beyond that 0..65535 (/ 257)."""
+    image: up to 1 it is 0..1 (x 255), up to 510 0..255 (x 1, overshoot clipped), beyond that
+    0..65535 (/ 257). A sparse bright image (stars at 255 over a background of 0..2) stays 0..255."""
     high = float(np.percentile(values, 99.9)) if values.size else 0.0
-    return 255.0 if high <= 2.0 else 1.0 if high <= 510.0 else 1 / 257
+    return 255.0 if high <= 1 + 1 / 255 else 1.0 if high <= 510.0 else 1 / 257  # 1 + one 8-bit level: still 0..1
 
 
 def unreadable_headers(paths: list[str]) -> list[tuple[str, str]]:
@@ -163,21 +163,16 @@ def unreadable_headers(paths: list[str]) -> list[tuple[str, str]]:
     return bad
 
 
-@contextmanager
 def opened(source):
-    """The PIL image of a path (closed after) or the image itself (kept open), Pillow's warnings kept
-    quiet (`quiet_pillow`) while it is used. A path that is not a regular file is refused before it
-    is opened: opening a FIFO waits for a writer for ever, and a device (a link to /dev/zero,
-    /dev/stdin) has no end or no image."""
-    with quiet_pillow():
-        if isinstance(source, Image.Image):
-            yield source
-            return
-        kind = special_kind(source)
-        if kind:
-            raise SpecialFile(f"not a regular file ({kind})")
-        with Image.open(source) as img:
-            yield img
+    """A context manager giving the PIL image of a path (closed after) or the image itself (kept open).
+    A path that is not a regular file is refused before it is opened: opening a FIFO waits for a
+    writer for ever, and a device (a link to /dev/zero, /dev/stdin) has no end or no image."""
+    if isinstance(source, Image.Image):
+        return nullcontext(source)
+    kind = special_kind(source)
+    if kind:
+        raise SpecialFile(f"not a regular file ({kind})")
+    return Image.open(source)
 
 
 class SpecialFile(OSError):

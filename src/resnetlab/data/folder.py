@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import features
+from PIL import Image
 
 from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError
@@ -42,7 +42,7 @@ CACHE_VERSION = 5  # bump when decoding changes, so old caches are not reused (5
 PARALLEL_MIN = 2000  # decode in worker processes when each gets at least this many files
 # torchvision ImageFolder's extensions, plus .gif (its first frame), .jfif, .jpe, and .avif where Pillow reads it.
 IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-IMAGE_EXTS |= {".avif"} if features.check("avif") else set()
+IMAGE_EXTS |= {".avif"} & set(Image.registered_extensions())  # features.check warns on a Pillow without it
 # What NAS boxes, zip files and file systems put beside photos, never classes or images of their own:
 # Synology's thumbnails and recycle bin, macOS's resource forks in a zip, Windows' and ext4's own folders.
 SYSTEM_FOLDERS = {"@eaDir", "#recycle", "#snapshot", "__MACOSX", "$RECYCLE.BIN", "System Volume Information",
@@ -110,6 +110,10 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
                             "control character; rename the folder (its name is the class name)")
     # A folder copied from a Mac keeps its names decomposed (NFD): "café" there and typed here are one class.
     as_trained = {unicodedata.normalize("NFC", c): c for c in classes}
+    if len(as_trained) < len(classes):  # two training folders of one name in two Unicode forms
+        twins = [c for c in classes if as_trained[unicodedata.normalize("NFC", c)] != c][:1]
+        raise UserError(f"{split_dir} has two class folders named {twins[0]!r} (in two Unicode forms: {ascii(twins[0])} "
+                        f"and {ascii(as_trained[unicodedata.normalize('NFC', twins[0])])}); merge them into one")
     unknown = [name for name in found if unicodedata.normalize("NFC", name) not in as_trained]
     if unknown:
         raise UserError(f"{split_dir} has class folders not in train/: {', '.join(unknown[:5])}; "
@@ -203,17 +207,6 @@ def small_side(paths: list) -> int | None:
     if not sides or max(sides) > SMALL_SIDE:
         return None
     return max(set(sides), key=lambda s: (sides.count(s), s))
-
-
-def small_image_side(path) -> int | None:
-    """An image's (path's or PIL image's) larger side when it is at most SMALL_SIDE px, else None, as
-    for a file whose header cannot be read (decoding it says why)."""
-    try:
-        with opened(path) as img:
-            side = max(img.size)
-            return side if min(img.size) and side <= SMALL_SIDE else None
-    except DECODE_ERRORS:
-        return None
 
 
 def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], size: int, root: Path,

@@ -156,8 +156,6 @@ class Predictor:
         evaluation's resize and centre crop (or whole, for a network of small images)."""
         from itertools import groupby
 
-        from resnetlab.data.folder import small_image_side
-
         self.failed = []
         cfg = replace(self.data_cfg, skip_bad=True)
         for start in range(0, len(paths), CHUNK):
@@ -261,3 +259,17 @@ def top1_agreement(fast: Predictor, paths: list[str], protocol: str = "center", 
     return {"n": len(p_fast), "top1_agreement": 100.0 * same, "max_abs_prob_diff": (p_fast - p_ref).abs().max().item(),
             "precision": fast.precision, "channels_last": fast.rt.channels_last,
             "compiled": isinstance(fast.model, FastModel)}
+
+
+def small_image_side(path) -> int | None:
+    """An image's (path's or PIL image's) larger side when it is at most SMALL_SIDE px, else None, as
+    for a file whose header cannot be read (decoding it says why)."""
+    from resnetlab.data.decode import DECODE_ERRORS, opened
+    from resnetlab.data.folder import SMALL_SIDE
+
+    try:
+        with opened(path) as img:
+            side = max(img.size)
+            return side if min(img.size) and side <= SMALL_SIDE else None
+    except DECODE_ERRORS:
+        return None
