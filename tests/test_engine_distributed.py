@@ -126,18 +126,24 @@ def test_torchrun_variables_and_the_global_batch():
         per_rank_batch(250, dist_info)
 
 
-def test_a_change_in_the_number_of_processes_matters_only_to_batchnorm_that_trains():
+def test_a_change_in_the_number_of_processes_matters_only_to_what_is_computed_per_process():
     from resnetlab.config import FinetuneConfig
     from resnetlab.engine.finetune import apply_freezing
-    from resnetlab.engine.setup import _per_process_bn
+    from resnetlab.engine.setup import _per_process
 
     cfg = tiny_config()
-    assert _per_process_bn(create_model("resnet8", num_classes=4), [], cfg)
-    assert not _per_process_bn(create_model("resnet8", num_classes=4), [], apply_overrides(cfg, [("train.sync_bn", True)]))
+    assert _per_process(create_model("resnet8", num_classes=4), [], cfg) == ["BatchNorm statistics are per process"]
+    assert _per_process(create_model("resnet8", num_classes=4), [], apply_overrides(cfg, [("train.sync_bn", True)])) == []
     model = create_model("resnet8", num_classes=4)
-    assert not _per_process_bn(model, apply_freezing(model, FinetuneConfig(freeze_bn=True)), cfg)
+    eval_bns = apply_freezing(model, FinetuneConfig(freeze_bn=True))
+    assert _per_process(model, eval_bns, cfg) == []
+    frozen = [("finetune.freeze_bn", True)]
+    assert _per_process(model, eval_bns, apply_overrides(cfg, frozen + [("data.balance", "loss")])) == [
+        "the class-weighted loss (data.balance=loss) is averaged per process"]
+    assert _per_process(model, eval_bns, apply_overrides(cfg, frozen + [("data.skip_bad", True)])) == [
+        "a batch that lost unreadable files (data.skip_bad) weighs its images per process"]
     model = create_model("resnet8", num_classes=4)  # a frozen stem alone leaves the stages' BatchNorms training
-    assert _per_process_bn(model, apply_freezing(model, FinetuneConfig(freeze_stages=0)), cfg)
+    assert _per_process(model, apply_freezing(model, FinetuneConfig(freeze_stages=0)), cfg)
 
 
 def test_sync_bn_on_cpu_is_a_clear_error():

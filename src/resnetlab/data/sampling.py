@@ -62,7 +62,8 @@ class BatchDraws:
 
 def batch_draws(keys: tuple, batch: int, size: int) -> BatchDraws:
     """The draws of training batch `batch` for keys (seed, epoch, rank, world_size). The generator's
-    key ends in 0, where it once held the rank: one process draws exactly what it always drew."""
+    key ends in 0, where it once held the rank: one process draws exactly what it always drew, but in
+    a batch that lost an unreadable file, where the others now keep their own draws."""
     seed, epoch, rank, world_size = keys
     check_rank(rank, world_size)
     return BatchDraws(generator(AUGMENT, seed, epoch, batch, 0), size, rank, world_size)

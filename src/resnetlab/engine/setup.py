@@ -200,10 +200,17 @@ def write_workdir(workdir: Path, cfg: Config, bundle, is_main: bool, lock: RunDi
         write_text_atomic(workdir / "classes.json", json.dumps(list(bundle.classes), indent=1))
 
 
-def _per_process_bn(model: nn.Module, eval_bns: list, cfg: Config) -> bool:
-    """Whether a training BatchNorm normalises by each process's share of the batch (no sync_bn, not frozen)."""
-    return not cfg.train.sync_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in eval_bns
-                                         for m in model.modules())
+def _per_process(model: nn.Module, eval_bns: list, cfg: Config) -> list[str]:
+    """What each process computes over its own share of the global batch, so that N processes do not
+    train as one: BatchNorm that trains without sync_bn; a loss whose mean is weighted (each process
+    normalises its own, DDP then averages the processes); a batch that lost unreadable files."""
+    live_bn = not cfg.train.sync_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in eval_bns
+                                            for m in model.modules())
+    weighted = cfg.data.balance == "loss"
+    return ((["BatchNorm statistics are per process"] if live_bn else [])
+            + (["the class-weighted loss (data.balance=loss) is averaged per process"] if weighted else [])
+            + (["a batch that lost unreadable files (data.skip_bad) weighs its images per process"]
+               if cfg.data.skip_bad else []))
 
 
 def _sync_bn(model: nn.Module, cfg: Config, dist_info: DistInfo, rt: Runtime) -> nn.Module:
@@ -255,12 +262,13 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     write_workdir(workdir, cfg, bundle, dist_info.is_main, lock)
     if request.resume_note and dist_info.is_main:  # after every refusal: a refused --resume says only why
         warnings.warn(request.resume_note, ResnetlabWarning, stacklevel=2)
-    # Batches and augmentation do not depend on the number of processes; BatchNorm's batch statistics do.
-    if trained_by not in (None, dist_info.world_size) and dist_info.is_main and _per_process_bn(model, eval_bns, cfg):
+    # Batches and augmentation do not depend on the number of processes; what is computed per process does.
+    differs = _per_process(model, eval_bns, cfg)
+    if trained_by not in (None, dist_info.world_size) and dist_info.is_main and differs:
         warnings.warn(f"{workdir} was trained by {count(trained_by, 'process')} and goes on with "
-                      f"{dist_info.world_size}: the same images in the same global batches, but BatchNorm statistics "
-                      "are per process, so it continues as neither an unbroken run of "
-                      f"{trained_by} nor one of {dist_info.world_size} would", ResnetlabWarning, stacklevel=2)
+                      f"{dist_info.world_size}: the same images in the same global batches, but {' and '.join(differs)}"
+                      f", so it continues as neither an unbroken run of {trained_by} nor one of {dist_info.world_size} "
+                      "would", ResnetlabWarning, stacklevel=2)
     repairs = tidy_for_start(workdir, state.step, ckpt) if dist_info.is_main else []
     run = Run(cfg, workdir, dist_info, rt, bundle, model, net, eval_bns, bundle.normalizer.to(rt.device), optimizer,
               scaler, state, per_rank_batch(cfg.optim.batch_size, dist_info), steps_per_epoch, total, lr_fn,
