@@ -184,3 +184,11 @@ def test_stop_at_val_top1_bad_settings_are_user_errors(tmp_path, overrides, mess
     with pytest.raises(UserError, match=message):
         train_and_evaluate(tiny_config(*overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+def test_a_batch_too_small_for_batchnorm_is_one_line_not_a_traceback(tmp_path):
+    """One 4 px image per step leaves ResNet-8's last stage 1 x 1: PyTorch's ValueError reached the user."""
+    cfg = tiny_config(("optim.batch_size", 1), ("data.image_size", 4))
+    with pytest.raises(UserError, match=r"^BatchNorm cannot train on a batch of 1 image\(s\) of 4 px: a feature map of "
+                                        r"the last stage holds one value per channel; raise optim.batch_size"):
+        train_and_evaluate(cfg, tmp_path / "run")

@@ -56,8 +56,15 @@ class StepParts:
 
 def train_step(parts: StepParts, x: torch.Tensor, y: torch.Tensor):
     """One SGD update on a batch: x uint8 (B, 3, H, W), y int64 (B,) -> (loss, number correct)."""
-    with autocast(parts.rt):
-        logits = parts.net(to_input(parts.normalizer(x), parts.rt))
+    try:
+        with autocast(parts.rt):
+            logits = parts.net(to_input(parts.normalizer(x), parts.rt))
+    except ValueError as err:  # PyTorch's BatchNorm, given a batch of one value per channel
+        if "more than 1 value per channel" not in str(err):
+            raise
+        raise UserError(f"BatchNorm cannot train on a batch of {x.shape[0]} image(s) of {x.shape[-1]} px: a feature map "
+                        "of the last stage holds one value per channel; raise optim.batch_size (per process) or "
+                        "data.image_size") from None
     loss = F.cross_entropy(logits.float(), y, weight=parts.class_weights, label_smoothing=parts.label_smoothing)
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
