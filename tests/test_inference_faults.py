@@ -111,4 +111,4 @@ def test_int8_calibration_names_the_images_it_skipped_and_an_empty_folder(run_di
         in capsys.readouterr().err
     assert main(["predict", str(run_dir), str(image), "--precision", "int8", "--calibrate", str(calibrate / "empty")]) == 2
     assert capsys.readouterr().err.startswith(f"resnetlab predict: error: --calibrate: no image files found in "
-                                              f"{calibrate / 'empty'} (none ending in .bmp, ")
+                                              f"{calibrate / 'empty'} (none ending in ")

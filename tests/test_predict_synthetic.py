@@ -284,6 +284,14 @@ def test_an_image_is_read_by_its_own_size_never_by_its_companions(run_dir, tmp_p
     together = list(iter_predictions(predictor, paths, topk=3, batch_size=2))
     assert [i for i, _ in together] == [0, 1, 2, 3, 4, 6]  # file order, the unreadable file left out
     assert [f for f, _ in predictor.failed] == [paths[5]]
+    # images read alike are batched together: 4 batches of (up to) 2, not a batch per change of size
+    assert len(list(predictor.batches(paths, batch_size=2))) == 4
+    from resnetlab.inference.embed import embed_files
+
+    names, rows, failed = embed_files(predictor, paths, batch_size=2)  # rows in file order too
+    assert names == [paths[i] for i in (0, 1, 2, 3, 4, 6)] and len(rows) == 6 and len(failed) == 1
+    alone = embed_files(predictor, [paths[3]])[1]
+    np.testing.assert_allclose(rows[3], alone[0], rtol=1e-5, atol=1e-6)
     for i, top in together:
         alone, = predict_files(predictor, [paths[i]], topk=3)[0]
         assert [t["index"] for t in alone["top"]] == [t["index"] for t in top]

@@ -31,9 +31,10 @@ def embed_files(predictor: Predictor, paths: list[str], protocol: str = "center"
         idx += i.tolist()
         rows.append(predictor.embeddings(views).cpu())
     dim = predictor.model.num_features
-    emb = torch.cat(rows).numpy() if rows else np.zeros((0, dim), dtype=np.float32)
+    order = np.argsort(idx, kind="stable")  # batches group images read alike; rows are in file order
+    emb = torch.cat(rows).numpy()[order] if rows else np.zeros((0, dim), dtype=np.float32)
     failed = [{"file": f, "error": reason} for f, reason in predictor.failed]
-    return [paths[i] for i in idx], emb.astype(np.float32, copy=False), failed
+    return [paths[idx[k]] for k in order], emb.astype(np.float32, copy=False), failed
 
 
 def output_paths(out) -> list[Path]:

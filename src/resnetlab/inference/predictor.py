@@ -2,8 +2,8 @@
 
 A checkpoint carries its model name, classes, normaliser, input size and eval resize, so nothing
 has to be repeated. Images go through the data package's own evaluation loader (in-memory arrays
-for small-image models, decoded files otherwise), so a prediction equals what `resnetlab eval`
-scored for the same file. The fast path (inference/fastpath.py) folds BatchNorm into the
+for small-image models and images, decoded files otherwise, decided per image), so a prediction
+equals what `resnetlab eval` scored for the same file in a folder of its kind. The fast path (inference/fastpath.py) folds BatchNorm into the
 convolutions, runs channels_last and, where that measured faster, compiled (bf16 where the CPU's bf16 is fast);
 `quantized` makes an int8 copy for the CPU, calibrated on real images; `top1_agreement` measures
 either against the plain fp32 model.
@@ -90,7 +90,7 @@ class Predictor:
     data_cfg: object  # the checkpoint's DataConfig (image_size, eval_resize, normalize ...)
     rt: object  # engine Runtime (device, precision, channels_last)
     # Preprocessing of in-memory small-image datasets (resize to the input size only) for every
-    # image; otherwise chosen per chunk of files as the data package chooses it for a folder.
+    # image; otherwise chosen per image by its size (`batches`).
     small: bool
     source: str = ""
     failed: list = field(default_factory=list)  # (path, reason) of unreadable files of the last batches() call
@@ -150,40 +150,42 @@ class Predictor:
                                          fuse=False, channels_last="false")
 
     def batches(self, paths: list, protocol: str = "center", batch_size: int = 64):
-        """Yield (views, indices into paths) for the readable files (or PIL images), in file order; bad
-        files go to self.failed. Each image's own size decides how it is read, never its companions':
-        a small one (<= 64 px) whole at its own size, as a folder of small images is; a photo by the
-        evaluation's resize and centre crop (or whole, for a network of small images)."""
-        from itertools import groupby
-
-        self.failed = []
+        """Yield (views, indices into paths) for the readable files (or PIL images); bad files go to
+        self.failed (their indices to self.failed_at). Each image's own size decides how it is read,
+        never its companions': a small one (<= 64 px) whole at its own size, as a folder of small
+        images is; a photo by the evaluation's resize and centre crop (or whole, for a network of
+        small images). Images read alike are batched together, so batches come in file order only
+        where one kind of image does (`in_file_order` restores it)."""
+        self.failed, self.failed_at, self._failed = [], set(), []
         cfg = replace(self.data_cfg, skip_bad=True)
         for start in range(0, len(paths), CHUNK):
-            chunk = paths[start:start + CHUNK]
-            # Runs of consecutive images read alike keep the file order (results print as batches end).
-            first = 0
-            for side, run in groupby(small_image_side(p) for p in chunk):
-                count = len(list(run))
-                yield from self._read(chunk[first:first + count], start + first, side, cfg, protocol, batch_size)
-                first += count
+            groups: dict = {}
+            for i, path in enumerate(paths[start:start + CHUNK], start):
+                groups.setdefault(small_image_side(path), []).append(i)
+            for side, members in groups.items():
+                yield from self._read([paths[i] for i in members], members, side, cfg, protocol, batch_size)
 
-    def _read(self, files: list, offset: int, side: int | None, cfg, protocol: str, batch_size: int):
+    def _read(self, files: list, members: list[int], side: int | None, cfg, protocol: str, batch_size: int):
         from resnetlab.data import ArrayDataset, FileDataset, LoaderSpec, load_images, make_eval_loader
 
-        index = torch.arange(offset, offset + len(files))
+        index = torch.tensor(members)
         if side is not None or self.small:
             images, bad = load_images(files, side or cfg.image_size, side or cfg.image_size, cfg.interpolation)
-            bad_paths = {p for p, _ in bad}
-            keep = torch.tensor([str(p) not in bad_paths for p in files], dtype=torch.bool)  # str: PIL images too
-            self.failed += bad
-            if not keep.any():
-                return
-            dataset = ArrayDataset(images, index[keep], self.classes)
         else:
-            dataset = FileDataset(files, index, self.classes, warn_bad=False)  # listed in self.failed
-        loader = make_eval_loader(dataset, cfg, LoaderSpec(batch_size, device=self.rt.device), protocol)
-        yield from loader
-        self.failed += loader.skipped
+            images, bad = None, []
+        unreadable = {p for p, _ in bad}
+        readable = torch.tensor([str(f) not in unreadable for f in files])
+        dataset = (FileDataset(files, index, self.classes, warn_bad=False) if images is None  # listed in self.failed
+                   else ArrayDataset(images, index[readable], self.classes))
+        if len(dataset):
+            loader = make_eval_loader(dataset, cfg, LoaderSpec(batch_size, device=self.rt.device), protocol)
+            yield from loader
+            bad += loader.skipped
+        why = dict(bad)
+        failed = [(i, str(f)) for i, f in zip(members, files) if str(f) in why]  # str: PIL images too
+        self.failed_at |= {i for i, _ in failed}
+        self._failed = sorted(self._failed + [(i, f, why[f]) for i, f in failed])
+        self.failed = [(path, reason) for _, path, reason in self._failed]  # in file order
 
     @torch.no_grad()
     def probs(self, views: list[torch.Tensor]) -> torch.Tensor:
@@ -225,10 +227,27 @@ def iter_predictions(predictor: Predictor, paths: list[str], topk: int = 5, prot
     if topk < 1:
         raise UserError(f"--topk must be at least 1, got {topk}")
     k = min(topk, len(predictor.classes))
-    for views, idx in predictor.batches(paths, protocol, batch_size):
+
+    def tops(views, idx):
         p, top = predictor.probs(views).topk(k, dim=1)
         for i, probs, labels in zip(idx.tolist(), p.tolist(), top.tolist()):
             yield i, [{"class": predictor.classes[c], "index": c, "prob": q} for c, q in zip(labels, probs)]
+
+    yield from in_file_order(predictor, (item for batch in predictor.batches(paths, protocol, batch_size)
+                                         for item in tops(*batch)))
+
+
+def in_file_order(predictor: Predictor, items):
+    """(index, result) items of `predictor.batches` in index order, each given as soon as every file
+    before it has its result or is known unreadable (a folder of one kind of image: batch by batch)."""
+    pending, following = {}, 0
+    for i, result in items:
+        pending[i] = result
+        while following in pending or following in predictor.failed_at:
+            if following in pending:
+                yield following, pending.pop(following)
+            following += 1
+    yield from sorted(pending.items())
 
 
 def failures(predictor: Predictor) -> list[dict]:
@@ -244,7 +263,8 @@ def all_probs(predictor: Predictor, paths: list[str], protocol: str = "center", 
         probs.append(predictor.probs(views).cpu())
     if not idx:
         return torch.empty(0, dtype=torch.int64), torch.empty(0, len(predictor.classes))
-    return torch.cat(idx), torch.cat(probs)
+    idx, order = torch.cat(idx).sort()
+    return idx, torch.cat(probs)[order]
 
 
 def top1_agreement(fast: Predictor, paths: list[str], protocol: str = "center", batch_size: int = 64) -> dict:
