@@ -294,6 +294,17 @@ def test_train_fused_bn_switch_turns_the_kernels_off_or_refuses_where_they_canno
         resolve_fused_bn(cpu, "none", "yes")
 
 
+
+def test_fp16_training_runs_no_fused_kernel_and_does_not_claim_one(recwarn):
+    """The kernels take fp32 and bf16: fp16 ran PyTorch's modules while the run's header and bench
+    said "fused batch-norm", and train.fused_bn=true was taken silently."""
+    cpu = torch.device("cpu")
+    assert not resolve_fused_bn(cpu, "none", "auto", "fp16") and resolve_fused_bn(cpu, "none", "auto", "bf16")
+    assert not make_runtime(load_config("cifar10_fast", ["train.device=cpu", "train.precision=fp16"]).train).fused_bn
+    with pytest.raises(UserError, match=r"not in fp16 \(they take fp32 and bf16\); use auto or false"):
+        resolve_fused_bn(cpu, "none", "true", "fp16")
+
+
 def test_tracing_a_fused_training_model_sees_the_plain_modules():
     # graph passes (BN folding, int8 quantization) find conv -> BN pairs by symbolic tracing
     model = create_model("resnet20", num_classes=10).train()

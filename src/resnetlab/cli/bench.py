@@ -1,9 +1,10 @@
 HELP = "Benchmark training/inference speed against the eager fp32 per-sample-PIL baseline, same machine, same run."
 
+import warnings
 from pathlib import Path
 
 from resnetlab.bench.spec import TASKS
-from resnetlab.errors import UserError
+from resnetlab.errors import ResnetlabWarning, UserError
 
 from .arguments import AUTO_INFERENCE_PRECISIONS, COMPILE_MODES, SWITCH, positive_int
 
@@ -45,7 +46,8 @@ def run(args):
     from resnetlab.bench.run import format_table, run_bench, write_json
     from resnetlab.bench.spec import BenchSpec, Variant, parse_variant
     from resnetlab.engine.checkpoint import checkpoint_path
-    from resnetlab.engine.runtime import resolve_channels_last, resolve_device, resolve_fused_bn, resolve_precision
+    from resnetlab.engine.runtime import (Runtime, resolve_channels_last, resolve_device, resolve_fused_bn,
+                                          resolve_precision, slow_precision_warning)
     from resnetlab.files import check_writable
 
     if args.json:
@@ -72,7 +74,9 @@ def run(args):
         else:
             precision = resolve_precision(args.precision, device)
             ours = Variant("ours", precision, resolve_channels_last(args.channels_last), args.compile,
-                           fused=args.task == "train" and resolve_fused_bn(device, args.compile))
+                           fused=args.task == "train" and resolve_fused_bn(device, args.compile, precision=precision))
+            if (slow := slow_precision_warning(Runtime(device, precision, False))) is not None:  # as train and predict say
+                warnings.warn(slow, ResnetlabWarning, stacklevel=2)
         spec = BenchSpec(model=args.model, task=args.task, batch_size=batch, image_size=args.image_size,
                          warmup=args.warmup, reps=args.reps, device=str(device), data=args.data, images=args.images,
                          weights=args.weights, isolate=not args.no_isolate, threads=args.threads)

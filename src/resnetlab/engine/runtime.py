@@ -47,7 +47,7 @@ class Runtime:
         precision_ = resolve_precision(precision, device_)
         compile_mode = resolve_compile(compile, device_)
         rt = cls(device_, precision_, resolve_channels_last(channels_last), compile_mode,
-                 resolve_fused_bn(device_, compile_mode, fused_bn))
+                 resolve_fused_bn(device_, compile_mode, fused_bn, precision_))
         if (message := slow_precision_warning(rt)) is not None:
             warnings.warn(message, ResnetlabWarning, stacklevel=3)
         return rt
@@ -78,7 +78,7 @@ def slow_precision_warning(rt: "Runtime") -> str | None:
     # auto is not always fp32 here: bf16 on an AMD CPU with AVX-512 BF16, which has no fp16 instructions.
     auto = resolve_precision("auto", rt.device)
     return (f"this CPU has no {rt.precision} instructions ({' or '.join(NATIVE_HALF_FLAGS[rt.precision])}), "
-            f"so {rt.precision} is emulated and runs slower than fp32 (ResNet-20 training measured 2.3x "
+            f"so {rt.precision} is emulated and runs slower than fp32 (measured on ResNet-20 training: 2.3x "
             "slower on an AVX-512 Xeon without them, 12-15x on an AVX2 CPU); "
             f"use precision auto ({auto} on this CPU)")
 
@@ -143,19 +143,21 @@ def resolve_compile(name: str, device: torch.device) -> str:
     return mode
 
 
-def resolve_fused_bn(device: torch.device, compile_mode: str, name: str = "auto") -> bool:
+def resolve_fused_bn(device: torch.device, compile_mode: str, name: str = "auto", precision: str = "fp32") -> bool:
     """auto = on for eager training on the CPU: there batch-norm + ReLU + the residual addition cost
     more than the convolutions, and the fused kernels made ResNet-20 steps 1.4x faster in bf16 and
     1.2x in fp32 (channels_last, benchmarks/README.md). Off under torch.compile, which fuses them
     itself, and on CUDA, where the kernels do not run (cuDNN's batch-norm is one kernel already).
-    false = PyTorch's own modules (to compare, or to rule the kernels out); true = on, where they run."""
-    eligible = device.type == "cpu" and compile_mode == "none"
+    false = PyTorch's own modules (to compare, or to rule the kernels out); true = on, where they run.
+    The kernels take fp32 and bf16: fp16 runs PyTorch's modules (it claimed them and ran none)."""
+    eligible = device.type == "cpu" and compile_mode == "none" and precision != "fp16"
     if name == "auto":
         return eligible
     if name not in SWITCH[1:]:
         raise UserError(f"train.fused_bn {name!r}: choose auto, true or false")
     if name == "true" and not eligible:
-        where = "on a GPU" if device.type != "cpu" else f"with train.compile {compile_mode} (which fuses them itself)"
+        where = ("on a GPU" if device.type != "cpu" else "in fp16 (they take fp32 and bf16)" if precision == "fp16"
+                 else f"with train.compile {compile_mode} (which fuses them itself)")
         raise UserError(f"train.fused_bn true: the fused batch-norm kernels run in eager training on the CPU, "
                         f"not {where}; use auto or false")
     return name == "true"
