@@ -151,7 +151,8 @@ def test_val_and_test_folders_are_both_used(tmp_path):
     ("corrupt", r"cat/0\.png: not an image Pillow can read"),
     ("truncated", r"cat/0\.jpg: truncated"),
     ("bomb", r"cat/0\.png: refused as a possible decompression bomb"),
-    ("dangling", r"cat/gone\.png: dangling symbolic link \(to .*/nowhere\.png, which does not exist\)"),    ("loop", r"cat/gone\.png: a symbolic link loop \(to .*/back\.png, which leads back to it\)"),  # was "dangling"
+    ("dangling", r"cat/gone\.png: dangling symbolic link \(to .*/nowhere\.png, which does not exist\)"),
+    ("loop", r"cat/gone\.png: a symbolic link loop \(to .*/back\.png, which leads back to it\)"),  # was "dangling"
 ])
 def test_bad_input_names_the_file_or_folder(tmp_path, damage, message):
     root = _tree(tmp_path / "d", splits=("train",))

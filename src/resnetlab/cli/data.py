@@ -59,6 +59,7 @@ def data_config(args) -> DataConfig:
 
 def run(args):
     from resnetlab.data import build_data, describe
+    from resnetlab.data.folder import SPLITS
 
     with warnings.catch_warnings():
         if args.verify:  # a photo skipped while the normaliser's sample is decoded: --verify lists it with the rest
@@ -85,8 +86,6 @@ def run(args):
               "(--verify decodes every photo now)")
     return 0
 
-
-SPLITS = ("train", "val", "test")
 
 
 def verify_photos(bundle, splits: list[str], skip_bad: bool) -> list[tuple[str, str]]:

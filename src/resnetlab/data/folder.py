@@ -50,6 +50,7 @@ SYSTEM_FOLDERS = {"@eaDir", "#recycle", "#snapshot", "__MACOSX", "$RECYCLE.BIN",
 
 
 def hidden(name: str) -> bool:
+    """Left out of every listing of photos: hidden names and SYSTEM_FOLDERS."""
     return name.startswith(".") or name in SYSTEM_FOLDERS
 SKIP_HINT = "set data.skip_bad=true to skip bad files with a count"
 SPLITS = ("train", "val", "test")
@@ -87,7 +88,7 @@ def holds_images(folder: Path) -> bool:
     """Whether image files (by extension) lie directly in `folder`: a class folder's look, not a
     cache's or a run's."""
     try:
-        return any(f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".") for f in folder.iterdir())
+        return any(f.suffix.lower() in IMAGE_EXTS and not hidden(f.name) for f in folder.iterdir())
     except OSError:
         return False
 
@@ -132,7 +133,7 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
             skipped.append((str(split_dir / name), "empty class folder"))
         paths += files
         labels += [classes.index(as_trained[unicodedata.normalize("NFC", name)])] * len(files)
-    loose = [str(f) for f in sorted(split_dir.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    loose = [str(f) for f in sorted(split_dir.iterdir()) if f.is_file() and not hidden(f.name)]
     ignored = loose + ignored  # files beside the class folders belong to no class
     return FolderScan(paths, torch.tensor(labels, dtype=torch.int64), classes, skipped, ignored)
 
