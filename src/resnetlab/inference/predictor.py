@@ -3,8 +3,9 @@
 A checkpoint carries its model name, classes, normaliser, input size and eval resize, so nothing
 has to be repeated. Images go through the data package's own evaluation loader (in-memory arrays
 for small-image models and images, decoded files otherwise, decided per image), so a prediction
-equals what `resnetlab eval` scored for the same file in a folder of its kind. The fast path (inference/fastpath.py) folds BatchNorm into the
-convolutions, runs channels_last and, where that measured faster, compiled (bf16 where the CPU's bf16 is fast);
+equals what `resnetlab eval` scored for the same file in a folder of its kind. The fast path
+(inference/fastpath.py) folds BatchNorm into the convolutions, runs channels_last and, where that
+measured faster, compiled (bf16 where the CPU's bf16 is fast);
 `quantized` makes an int8 copy for the CPU, calibrated on real images; `top1_agreement` measures
 either against the plain fp32 model.
 """
