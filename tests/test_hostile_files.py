@@ -207,3 +207,11 @@ def test_an_out_that_is_a_dangling_symbolic_link_is_said_as_such(run_dir, tmp_pa
     err = capsys.readouterr().err.splitlines()[-1]  # after the zero-config line
     assert f"({tmp_path / 'dl'} is a symbolic link to {tmp_path / 'gone'}, which does not exist)" in err
     assert not (tmp_path / "gone").exists()
+
+
+def test_a_sigterm_as_a_decoding_worker_starts_does_not_kill_it(tmp_path):
+    """The stop signals are blocked across the workers' fork until each has ignored them: the
+    SIGTERM test above failed now and then (a worker killed before its worker_init_fn ran)."""
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("worker_start_sigterm.py")), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "batches 2\n", done.stderr[-2000:]

@@ -27,6 +27,7 @@ from .sampling import BatchDraws, batch_draws
 if TYPE_CHECKING:  # the datasets make their batch sources from here
     from .datasets import ArrayDataset, FileDataset
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # the main process's to handle, never a worker's
 CIFAR_PAD = 4  # He et al. Sec. 4.2: 4 pixels padded on each side, a 32x32 crop sampled
 RRC_TRIES = 10
 
@@ -128,8 +129,16 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
 
         workers = min(workers, usable_cores())
         if workers > 0:
-            items = torch.utils.data.DataLoader(self, batch_size=None, shuffle=False, num_workers=workers,
-                                                pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
+            loader = torch.utils.data.DataLoader(self, batch_size=None, shuffle=False, num_workers=workers,
+                                                 pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
+            # The workers are forked here, with the stop signals blocked until each has ignored them: a
+            # SIGTERM to the process group as a worker started killed it before _worker_init ran, and the
+            # parent then raised "DataLoader worker ... exited unexpectedly" (a traceback, no stop line).
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                items = iter(loader)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         else:
             items = (self[j] for j in range(len(self)))
         try:
@@ -251,5 +260,6 @@ def _worker_init(_worker_id: int) -> None:
     # are the main process's to handle: it stops at a step boundary, saves, and ends the workers itself. torch's
     # worker handler dies of a SIGTERM not sent by the parent, and the parent's SIGCHLD handler then
     # raised "DataLoader worker ... killed by signal" wherever it was, a checkpoint write included.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent across the fork: now ignored
