@@ -107,6 +107,8 @@ def test_a_run_stopped_between_evaluations_logs_the_same_training_numbers_after_
         stopped = torchrun(KILLPOINTS, "step", 5, "--send", "INT", "--rank", 0, "--", "train", "--recipe", recipe,
                            "--out", run)
         assert "stopped by SIGINT at step 5" in stopped.stderr, stopped.stderr[-3000:]
+        # rank 1 stopped with it and ended cleanly: its failing exit made torchrun SIGTERM rank 0 mid-stop, now and then
+        assert "<NO_OTHER_FAILURES>" in stopped.stderr and "rank      : 0 (local_rank: 0)" in stopped.stderr
         assert f"Continue with: torchrun --nproc_per_node=2 -m resnetlab train --resume {run}\n" in stopped.stderr
         done = resume(run)
         assert getattr(done, "returncode", 0) == 0, done.stderr[-3000:]

@@ -251,7 +251,10 @@ def train(args) -> int:
     except TrainingInterrupted as stop:
         if dist_info_from_env().is_main:
             print(f"resnetlab train: {stop}. Continue with: {resume_command(out)}", file=sys.stderr, flush=True)
-        return stop.exit_code
+            return stop.exit_code
+        # A torchrun process that stopped only because another was signalled ends cleanly: a failing exit made
+        # torchrun SIGTERM rank 0 while it still wrote its checkpoint and the line above ("terminated" instead).
+        return stop.exit_code if stop.signalled else 0
     except Terminated:  # where no step can be saved: e.g. under torchrun, waiting on a process that was killed
         last = Path(out) / "checkpoints" / "last.pt"
         if not (dist_info_from_env().is_main and last.is_file()):

@@ -161,7 +161,7 @@ def train_loop(run: Run, stop: StopOnSignal):
                 state.window, state.epoch_meter = (all_reduce_sum(m.sums).tolist() for m in (window, since_eval))
                 state.elapsed_s = time.perf_counter() - clock["start"]
                 path = save(run, MetricsRow(step=state.step, extra={"interrupted": True}), ("last.pt",))
-                raise TrainingInterrupted(stop.signum or 15, state.step, path)
+                raise TrainingInterrupted(stop.signum or 15, state.step, path, signalled=stop.signum is not None)
             if state.step >= run.total or state.reached_target is not None:
                 break
     return best_state
