@@ -149,6 +149,16 @@ def float_scale(values: np.ndarray) -> float:
     return 255.0 if high <= 1 + 1 / 255 else 1.0 if high <= 510.0 else 1 / 257  # 1 + one 8-bit level: still 0..1
 
 
+def header_size(source) -> tuple[int, int] | None:
+    """(width, height) of an image file (its header only) or PIL image; None when it cannot be read
+    (decoding it says why)."""
+    try:
+        with opened(source) as img:
+            return img.size
+    except DECODE_ERRORS:
+        return None
+
+
 def unreadable_headers(paths: list[str]) -> list[tuple[str, str]]:
     """(path, reason) of the files whose header Pillow cannot read: not an image, empty, a
     decompression bomb. A file whose header reads but whose data is cut short is found when it is

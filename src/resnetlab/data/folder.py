@@ -34,7 +34,7 @@ from resnetlab.files import StorageError
 
 from .array_cache import read_cache, save_cache
 from .datasets import ArrayDataset
-from .decode import DECODE_ERRORS, BadImage, center_box, decode_crops, opened
+from .decode import BadImage, center_box, decode_crops, header_size
 
 SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
 PROBES = 32  # images whose headers decide small vs large
@@ -196,15 +196,9 @@ def fingerprint(paths: list[str], root: Path) -> str:
 def small_side(paths: list) -> int | None:
     """The common side of the images (paths or PIL images) if evenly spaced probes are all at most
     SMALL_SIDE px (the most frequent probed side; other images are resized to it when cached), else None."""
-    step = max(1, len(paths) // PROBES)
-    sides = []
-    for path in paths[::step][:PROBES]:
-        try:
-            with opened(path) as img:
-                if min(img.size):  # an empty image (refused when decoded) must not set the side of the others
-                    sides.append(max(img.size))
-        except DECODE_ERRORS:
-            continue  # reported (or skipped) when the file is decoded
+    sizes = (header_size(path) for path in paths[::max(1, len(paths) // PROBES)][:PROBES])
+    # an unreadable file is reported (or skipped) when decoded; an empty image must not set the side of the others
+    sides = [max(size) for size in sizes if size and min(size)]
     if not sides or max(sides) > SMALL_SIDE:
         return None
     return max(set(sides), key=lambda s: (sides.count(s), s))

@@ -9,7 +9,7 @@ from resnetlab.errors import UserError
 
 from . import folder as folders
 from .cifar import SPECS
-from .decode import DECODE_ERRORS, opened
+from .decode import header_size
 
 CIFAR_TRAIN_IMAGES = 50000
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -39,11 +39,5 @@ def survey(dataset: str, root: str | Path, skip_bad: bool = False) -> DataFacts:
 
 def probed_sides(paths: list[str]) -> list[int]:
     """Shorter sides of up to PROBES images spread evenly over the list (headers only)."""
-    sides = []
-    for path in paths[:: max(1, len(paths) // PROBES)][:PROBES]:
-        try:
-            with opened(path) as img:  # never a FIFO: it would wait for ever
-                sides.append(min(img.size))
-        except DECODE_ERRORS:
-            continue  # reported (or skipped) when the file is decoded
-    return sides
+    sizes = (header_size(path) for path in paths[:: max(1, len(paths) // PROBES)][:PROBES])
+    return [min(size) for size in sizes if size]  # an unreadable file is reported (or skipped) when decoded

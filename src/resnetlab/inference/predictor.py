@@ -285,12 +285,8 @@ def top1_agreement(fast: Predictor, paths: list[str], protocol: str = "center", 
 def small_image_side(path) -> int | None:
     """An image's (path's or PIL image's) larger side when it is at most SMALL_SIDE px, else None, as
     for a file whose header cannot be read (decoding it says why)."""
-    from resnetlab.data.decode import DECODE_ERRORS, opened
+    from resnetlab.data.decode import header_size
     from resnetlab.data.folder import SMALL_SIDE
 
-    try:
-        with opened(path) as img:
-            side = max(img.size)
-            return side if min(img.size) and side <= SMALL_SIDE else None
-    except DECODE_ERRORS:
-        return None
+    size = header_size(path)
+    return max(size) if size and min(size) and max(size) <= SMALL_SIDE else None
