@@ -71,8 +71,7 @@ def run(args):
         skipped += verify_photos(bundle, photos, args.skip_bad)
     headers_only = bool(photos) and not args.verify
     if args.json:
-        sizes = {name: len(d) for name, d in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
-                 if d is not None}
+        sizes = {name: len(getattr(bundle, name)) for name in SPLITS if getattr(bundle, name) is not None}
         print(json.dumps({"summary": describe(bundle), "classes": bundle.classes, "sizes": sizes,
                           "skipped": [{"path": p, "reason": r} for p, r in skipped], "decoded_whole": not headers_only,
                           "empty_classes": bundle.provenance.get("empty_classes", {}),
@@ -85,7 +84,6 @@ def run(args):
         print("  photos checked by their headers: one cut short or damaged past it is found as it is decoded "
               "(--verify decodes every photo now)")
     return 0
-
 
 
 def verify_photos(bundle, splits: list[str], skip_bad: bool) -> list[tuple[str, str]]:

@@ -121,12 +121,18 @@ def match_classes(dataset, classes: list[str], source: str, aliases: list[str] |
     (ImageNet's WordNet ids). A class the model does not know is an error naming it."""
     if list(dataset.classes) == list(classes):
         return dataset
-    nfc = lambda name: unicodedata.normalize("NFC", name)  # noqa: E731 (a Mac's decomposed names are the same names)
-    index = {nfc(name): i for i, name in enumerate(classes)} | {nfc(name): i for i, name in enumerate(aliases or [])}
-    unknown = [name for name in dataset.classes if nfc(name) not in index]
+    index = {class_key(name): i for names in (classes, aliases or []) for i, name in enumerate(names)}
+    unknown = [name for name in dataset.classes if class_key(name) not in index]
     if unknown:
         shown = lambda names: ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")  # noqa: E731
         raise UserError(f"{source} has {count(len(unknown), 'class')} the model does not know: "
                         f"{shown(unknown)}; its {len(classes)} classes are {shown(list(classes))}")
-    return dataset.relabelled(torch.tensor([index[nfc(name)] for name in dataset.classes])[dataset.labels], classes)
+    labels = torch.tensor([index[class_key(name)] for name in dataset.classes])[dataset.labels]
+    return dataset.relabelled(labels, classes)
+
+
+def class_key(name: str) -> str:
+    """A class name as names are compared: a folder copied from a Mac keeps its names decomposed (NFD),
+    and "café" there and "café" typed here are one class."""
+    return unicodedata.normalize("NFC", name)
 

@@ -20,7 +20,6 @@ import json
 import multiprocessing
 import os
 import signal
-import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError
 
 from .array_cache import read_cache, save_cache
-from .datasets import ArrayDataset
+from .datasets import ArrayDataset, class_key
 from .decode import BadImage, center_box, decode_crops, header_size
 
 SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
@@ -48,12 +47,13 @@ IMAGE_EXTS |= {".avif"} & set(Image.registered_extensions())  # features.check w
 SYSTEM_FOLDERS = {"@eaDir", "#recycle", "#snapshot", "__MACOSX", "$RECYCLE.BIN", "System Volume Information",
                   "lost+found"}
 
+SKIP_HINT = "set data.skip_bad=true to skip bad files with a count"
+SPLITS = ("train", "val", "test")
+
 
 def hidden(name: str) -> bool:
     """Left out of every listing of photos: hidden names and SYSTEM_FOLDERS."""
     return name.startswith(".") or name in SYSTEM_FOLDERS
-SKIP_HINT = "set data.skip_bad=true to skip bad files with a count"
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -109,13 +109,12 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
         if odd is not None:  # class names go to JSON, CSV, plots, stdout: a non-UTF-8 one (surrogates) failed late
             raise UserError(f"class folder {os.fsencode(odd)!r} in {split_dir}: its name is not valid UTF-8 or holds a "
                             "control character; rename the folder (its name is the class name)")
-    # A folder copied from a Mac keeps its names decomposed (NFD): "café" there and typed here are one class.
-    as_trained = {unicodedata.normalize("NFC", c): c for c in classes}
+    as_trained = {class_key(c): c for c in classes}
     if len(as_trained) < len(classes):  # two training folders of one name in two Unicode forms
-        twins = [c for c in classes if as_trained[unicodedata.normalize("NFC", c)] != c][:1]
-        raise UserError(f"{split_dir} has two class folders named {twins[0]!r} (in two Unicode forms: {ascii(twins[0])} "
-                        f"and {ascii(as_trained[unicodedata.normalize('NFC', twins[0])])}); merge them into one")
-    unknown = [name for name in found if unicodedata.normalize("NFC", name) not in as_trained]
+        twin = next(c for c in classes if as_trained[class_key(c)] != c)
+        raise UserError(f"{split_dir} has two class folders named {twin!r} (in two Unicode forms: {ascii(twin)} "
+                        f"and {ascii(as_trained[class_key(twin)])}); merge them into one")
+    unknown = [name for name in found if class_key(name) not in as_trained]
     if unknown:
         raise UserError(f"{split_dir} has class folders not in train/: {', '.join(unknown[:5])}; "
                         f"every split must use train's classes")
@@ -132,7 +131,7 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
                                 + ("" if training else f", or {SKIP_HINT}"))
             skipped.append((str(split_dir / name), "empty class folder"))
         paths += files
-        labels += [classes.index(as_trained[unicodedata.normalize("NFC", name)])] * len(files)
+        labels += [classes.index(as_trained[class_key(name)])] * len(files)
     loose = [str(f) for f in sorted(split_dir.iterdir()) if f.is_file() and not hidden(f.name)]
     ignored = loose + ignored  # files beside the class folders belong to no class
     return FolderScan(paths, torch.tensor(labels, dtype=torch.int64), classes, skipped, ignored)
@@ -193,12 +192,17 @@ def fingerprint(paths: list[str], root: Path) -> str:
     return sha.hexdigest()
 
 
+def probed_sizes(paths: list) -> list[tuple[int, int]]:
+    """(width, height) of up to PROBES images spread evenly over the list, from their headers; an
+    unreadable file is left out (reported, or skipped, when it is decoded)."""
+    sizes = (header_size(path) for path in paths[::max(1, len(paths) // PROBES)][:PROBES])
+    return [size for size in sizes if size]
+
+
 def small_side(paths: list) -> int | None:
     """The common side of the images (paths or PIL images) if evenly spaced probes are all at most
     SMALL_SIDE px (the most frequent probed side; other images are resized to it when cached), else None."""
-    sizes = (header_size(path) for path in paths[::max(1, len(paths) // PROBES)][:PROBES])
-    # an unreadable file is reported (or skipped) when decoded; an empty image must not set the side of the others
-    sides = [max(size) for size in sizes if size and min(size)]
+    sides = [max(size) for size in probed_sizes(paths) if min(size)]  # an empty image must not set the others' side
     if not sides or max(sides) > SMALL_SIDE:
         return None
     return max(set(sides), key=lambda s: (sides.count(s), s))

@@ -9,11 +9,9 @@ from resnetlab.errors import UserError
 
 from . import folder as folders
 from .cifar import SPECS
-from .decode import header_size
 
 CIFAR_TRAIN_IMAGES = 50000
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
-PROBES = 32  # images whose headers give the typical size
 
 
 def survey(dataset: str, root: str | Path, skip_bad: bool = False) -> DataFacts:
@@ -38,6 +36,5 @@ def survey(dataset: str, root: str | Path, skip_bad: bool = False) -> DataFacts:
 
 
 def probed_sides(paths: list[str]) -> list[int]:
-    """Shorter sides of up to PROBES images spread evenly over the list (headers only)."""
-    sizes = (header_size(path) for path in paths[:: max(1, len(paths) // PROBES)][:PROBES])
-    return [min(size) for size in sizes if size]  # an unreadable file is reported (or skipped) when decoded
+    """Shorter sides of up to folder.PROBES images spread evenly over the list (headers only)."""
+    return [min(size) for size in folders.probed_sizes(paths)]

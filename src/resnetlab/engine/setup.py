@@ -263,8 +263,8 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     if request.resume_note and dist_info.is_main:  # after every refusal: a refused --resume says only why
         warnings.warn(request.resume_note, ResnetlabWarning, stacklevel=2)
     # Batches and augmentation do not depend on the number of processes; what is computed per process does.
-    differs = _per_process(model, eval_bns, cfg)
-    if trained_by not in (None, dist_info.world_size) and dist_info.is_main and differs:
+    changed = trained_by not in (None, dist_info.world_size) and dist_info.is_main
+    if changed and (differs := _per_process(model, eval_bns, cfg)):
         warnings.warn(f"{workdir} was trained by {count(trained_by, 'process')} and goes on with "
                       f"{dist_info.world_size}: the same images in the same global batches, but {' and '.join(differs)}"
                       f", so it continues as neither an unbroken run of {trained_by} nor one of {dist_info.world_size} "
