@@ -1,5 +1,6 @@
 """Images of more than 8 bits per value decode to the 8-bit image they stand for (Pillow's
 convert("RGB") clips them: a 16-bit photo came out white, floats in [0, 1] black)."""
+import struct
 import warnings
 from pathlib import Path
 
@@ -36,6 +37,31 @@ def test_a_16_bit_png_decodes_as_its_8_bit_original(tmp_path, grey8):
 def test_32_bit_integer_images_are_read_as_16_bit(grey8):
     wide = Image.fromarray(grey8.astype(np.int32) * 257, mode="I")
     np.testing.assert_array_equal(whole(wide)[..., 0], grey8)
+
+
+def raw_tiff(path: Path, values: np.ndarray, sample_format: int) -> None:
+    """A one-channel uncompressed TIFF of `values` as they are, with its SampleFormat tag (1 unsigned,
+    2 signed): Pillow writes int16 as int32 and no unsigned 32-bit at all, so the file is made by hand."""
+    h, w = values.shape
+    data = values.astype(values.dtype.newbyteorder("<")).tobytes()
+    tags = [(256, 4, w), (257, 4, h), (258, 3, values.dtype.itemsize * 8), (259, 3, 1), (262, 3, 1), (273, 4, 8),
+            (277, 3, 1), (278, 4, h), (279, 4, len(data)), (339, 3, sample_format)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        for tag, kind, value in tags) + struct.pack("<I", 0)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8 + len(data)) + data + ifd)
+
+
+@pytest.mark.parametrize("kind", [np.int8, np.int16, np.int32, np.uint32])
+def test_signed_and_32_bit_tiffs_map_their_types_full_range_onto_0_255(tmp_path, grey8, kind):
+    """Pillow loads these as int32 or uint8 (uint32 past 2**31 and int8 below 0 wrapped): read as a
+    16-bit value, a signed 16-bit TIFF came out at half brightness, a 32-bit one mostly white."""
+    info = np.iinfo(kind)
+    values = np.rint(info.min + grey8.astype(np.float64) * ((float(info.max) - info.min) / 255)).astype(kind)
+    raw_tiff(tmp_path / "wide.tif", values, 2 if info.min < 0 else 1)
+    np.testing.assert_array_equal(whole(tmp_path / "wide.tif")[..., 0], grey8)
+    raw_tiff(tmp_path / "sixteen.tif", grey8.astype(np.uint16) * 257, 1)  # the unsigned 16-bit reading, unchanged
+    np.testing.assert_array_equal(whole(tmp_path / "sixteen.tif")[..., 0], grey8)
 
 
 def test_float_images_in_0_1_are_scaled_and_others_clipped(tmp_path, grey8):

@@ -68,9 +68,10 @@ def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.n
                     img.draft("RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor)))
             if not all(img.size):  # only a PIL image in memory can be empty; no plan can cut a window of it
                 raise BadImage(path, f"an empty image ({img.size[0]} x {img.size[1]} pixels)")
+            stored = stored_integers(img)  # read from the file's tags, before a transposed copy loses them
             if orientation != 1:  # decodes (at the draft scale) into a new upright image; `path`'s stays as it is
                 img = ImageOps.exif_transpose(img)
-            rgb = as_rgb(img)  # grey, palette, CMYK, RGBA, 16-bit, float ... -> 8-bit RGB; decodes the file
+            rgb = as_rgb(img, stored)  # grey, palette, CMYK, RGBA, 16-bit, float ... -> 8-bit RGB; decodes the file
             if not jpeg:  # planned on the decoded image: Pillow turns a TIFF upright itself as it loads it
                 w, h = rgb.size
                 steps = plan(w, h)
@@ -111,23 +112,45 @@ def quiet_pillow() -> None:
 
 
 # Pillow's modes of more than 8 bits per value: 16-bit integers (PNG, TIFF), 32-bit integers
-# (16-bit PNGs in some Pillow versions) and floats (TIFF). Image.convert("RGB") clips them to
-# 0..255 instead of scaling them: a 16-bit photo would come out nearly white, one of floats in
-# [0, 1] black.
+# (16-bit PNGs in some Pillow versions, TIFFs of 32-bit or signed integers) and floats (TIFF).
+# Image.convert("RGB") clips them to 0..255 instead of scaling them: a 16-bit photo would come out
+# nearly white, one of floats in [0, 1] black.
 WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+SIXTEEN_BITS = np.dtype(np.uint16)
 
 
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
-def as_rgb(img: Image.Image) -> Image.Image:
-    """An 8-bit RGB copy of `img`. 16-bit and 32-bit integer values are taken as 16-bit (0..65535,
-    what PNG and TIFF store; / 257 maps 65535 to 255 and 257 k to k exactly); float images by the
-    scale their values are in (`float_scale`; outside it clipped, NaN as 0). Transparent images are
+def stored_integers(img: Image.Image) -> np.dtype | None:
+    """The integer type a one-channel TIFF stores when Pillow loads it as another: signed integers
+    (SampleFormat 2) and unsigned 32-bit ones come as int32 ("I"; uint32 past 2**31 wrapped negative),
+    signed 8-bit as uint8 ("L", wrapped). None for everything else: its mode says what it holds."""
+    if img.format != "TIFF" or img.mode not in ("I", "L"):
+        return None
+    tags = getattr(img, "tag_v2", {})
+    bits, sample_format = tags.get(258, (0,)), tags.get(339, (1,))
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    sample_format = sample_format[0] if isinstance(sample_format, tuple) else sample_format
+    if bits not in (8, 16, 32) or sample_format not in (1, 2) or (sample_format == 1 and bits < 32):
+        return None
+    return np.dtype(f"{'i' if sample_format == 2 else 'u'}{bits // 8}")
+
+
+def as_rgb(img: Image.Image, stored: np.dtype | None = None) -> Image.Image:
+    """An 8-bit RGB copy of `img`. Wide integers are mapped linearly from the full range of the type
+    the file stores onto 0..255 (lowest black, highest white; one scale per type, never per image):
+    16-bit (0..65535; / 257 maps 257 k to k exactly) unless `stored` (`stored_integers`) names another
+    type. Float images by the scale their values are in (`float_scale`; outside it clipped, NaN as 0). Transparent images are
     laid over black: what lies under a transparent pixel is arbitrary (dropping alpha showed it,
     so three files that look alike were three inputs), and black is what most files store there."""
-    if img.mode in WIDE_INTEGER_MODES:
-        values = np.asarray(img, dtype=np.float64) / 257.0
+    if img.mode in WIDE_INTEGER_MODES or stored is not None:
+        kind = stored or SIXTEEN_BITS
+        values = np.asarray(img)
+        if stored is not None and values.dtype.itemsize == kind.itemsize:
+            values = values.view(kind)  # the same bytes, read as the type the file stores
+        low, high = np.iinfo(kind).min, np.iinfo(kind).max
+        values = (values.astype(np.float64) - low) * (255.0 / (high - low))
     elif img.mode == "F":
         values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         values = values * float_scale(values)
