@@ -55,6 +55,22 @@ def test_resume_is_bit_identical(tmp_path, precision):
     assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"]) for i in opt_a)
 
 
+def test_a_resumed_run_goes_on_with_its_checkpoints_normaliser_without_fitting_one(tmp_path, monkeypatch):
+    """Fitting it again decoded up to data.stats_images files at every resume, for nothing."""
+    cfg = tiny_config(("data.normalize", "channel"), ("schedule.max_steps", 6), ("train.eval_every", 3))
+    train_and_evaluate(cfg, tmp_path / "one_go")
+    train_and_evaluate(apply_overrides(cfg, [("schedule.max_steps", 3)]), tmp_path / "split")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fitted a normaliser")
+
+    monkeypatch.setattr("resnetlab.data.build.fit_normalizer", refuse)
+    train_and_evaluate(cfg, tmp_path / "split", resume=True)
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt").artifact for run in ("one_go", "split"))
+    assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert all(torch.equal(torch.as_tensor(a.normalizer[k]), torch.as_tensor(b.normalizer[k])) for k in ("mean", "std"))
+
+
 def test_a_fine_tune_resumes_without_its_init_and_bit_identically(tmp_path, capsys):
     """--resume read finetune.init again (then overwrote it with the checkpoint): a moved or deleted init,
     or a published name not cached offline, made the run impossible to continue."""

@@ -133,3 +133,16 @@ def test_in_memory_data_without_file_names_scores_the_recorded_indices(tmp_path,
     assert capsys.readouterr().err.splitlines() == [
         f"resnetlab eval: error: {out / 'data.json'} lists validation image index 160 of the training split, "
         "which now holds only 160 images: this is not the data the run trained on"]
+
+
+def test_eval_does_not_fit_a_normaliser_it_would_not_use(run, monkeypatch, capsys):
+    """The model's own normaliser scores the images: fitting one on the training images (decoding up to
+    data.stats_images photos) was time spent for nothing, on every eval."""
+    _, out, _ = run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fitted a normaliser")
+
+    monkeypatch.setattr("resnetlab.data.build.fit_normalizer", refuse)
+    assert main(["eval", str(out), "--split", "val", "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 6

@@ -60,6 +60,6 @@ def trained_split(run: str, split: str) -> TrainedSplit:
     path = checkpoint_path(run)
     artifact = load_checkpoint(path).artifact
     model, normalizer, _, cfg = model_from_checkpoint(artifact)
-    dataset, train = eval_data(cfg, None, split)
+    dataset, train = eval_data(cfg, None, split, normalizer=normalizer)
     batches = [(normalizer(views[0]).float(), y) for views, y in make_eval_loader(dataset, cfg.data, LoaderSpec(BATCH))]
     return TrainedSplit(path, artifact.model_name, model.eval(), normalizer, cfg, train, batches)

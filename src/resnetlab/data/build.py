@@ -47,10 +47,13 @@ class DataBundle:
     provenance: dict = field(default_factory=dict)  # source, root, cache file, skipped files, ...
 
 
-def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True) -> DataBundle:
+def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True,
+               normalizer: Normalizer | None = None) -> DataBundle:
     """warn_skipped: with data.skip_bad, say (a ResnetlabWarning) how many files were skipped, the
     first few by name, and which val/test classes were left without images; callers that list
-    every skipped file themselves (the data command) turn it off."""
+    every skipped file themselves (the data command) turn it off. normalizer: a trained model's
+    (a resumed run, an evaluation), used as it is: none is fitted (that decodes up to
+    data.stats_images training files)."""
     check_section("data", cfg)  # a DataConfig made in code (the data command) skips config loading
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -66,7 +69,7 @@ def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True) -> Dat
     provenance.pop("train_files", None)
     if cfg.train_size is not None:  # after the hold-out, so val is the same with or without it
         train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
-    normalizer = fit_normalizer(train, cfg, seed)
+    normalizer = normalizer or fit_normalizer(train, cfg, seed)
     if warn_skipped and provenance.get("skipped"):
         warnings.warn(describe_skipped(provenance["skipped"], provenance["root"]), ResnetlabWarning, stacklevel=2)
     for split, names in provenance.get("empty_classes", {}).items() if warn_skipped else ():

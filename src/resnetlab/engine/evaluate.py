@@ -151,7 +151,7 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         from resnetlab.config import apply_overrides
 
         cfg = apply_overrides(cfg, [("data.skip_bad", True)])
-    dataset, train = eval_data(cfg, data, split, run_dir_of(path))
+    dataset, train = eval_data(cfg, data, split, run_dir_of(path), normalizer)
     # by name; ImageNet folders may be named by WordNet id (published weights carry both)
     dataset = match_classes(dataset, classes, f"the data at {data or cfg.data.root}", artifact.class_ids)
     if precision == "int8":  # quantized CPU kernels: fp32 NCHW in and out, int8 in between
@@ -177,8 +177,9 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
             "per_class": [asdict(r) for r in per_class(matrix, classes)], "confusion": matrix.tolist()}
 
 
-def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None):
-    """(dataset to score, its training split or None) for evaluate_checkpoint. A `data` folder
+def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None, normalizer=None):
+    """(dataset to score, its training split or None) for evaluate_checkpoint, with the model's
+    `normalizer` (none is fitted on the training images when it is given). A `data` folder
     without train/ (ROOT/<class>/, or ROOT/test/ or ROOT/val/ alone) is taken as it is: every image,
     with the run's preprocessing. Otherwise the run's dataset (moved to `data`, if given) is
     rebuilt, and `val` is exactly the images RUN/data.json lists as held out, even where the
@@ -207,7 +208,7 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None):
     if cfg.data.root is None and cfg.data.dataset != "synthetic":
         raise UserError("the checkpoint does not say where its data is; pass --data DIR")
     check_run_data_root(cfg)
-    bundle = build_data(cfg.data, seed=cfg.train.seed)
+    bundle = build_data(cfg.data, seed=cfg.train.seed, normalizer=normalizer)
     held = recorded_validation(run_dir) if split == "val" and run_dir is not None else None
     if held is not None:  # exactly the images the run held out, whatever the folder holds now
         now = json.loads(json.dumps(bundle.provenance.get("validation")))  # as data.json would hold it
@@ -248,7 +249,7 @@ def held_out_again(held: dict, saved: dict, bundle, cfg, run_dir: Path):
     record = Path(run_dir) / "data.json"
     if "indices" in held:  # in-memory data without file names (CIFAR): the run's training split, whole
         whole = build_data(apply_overrides(cfg, [("data.val_size", 0), ("data.train_size", None)]).data,
-                           seed=cfg.train.seed, warn_skipped=False).train
+                           seed=cfg.train.seed, warn_skipped=False, normalizer=bundle.normalizer).train
         if max(held["indices"], default=-1) >= len(whole):
             raise UserError(f"{record} lists validation image index {max(held['indices'])} of the training split, "
                             f"which now holds only {len(whole)} images: this is not the data the run trained on")

@@ -231,6 +231,7 @@ def _wrap(model: nn.Module, cfg: Config, dist_info: DistInfo, rt: Runtime) -> nn
 
 def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     from resnetlab.data import build_data
+    from resnetlab.data.normalize import Normalizer
     from resnetlab.data.summary import loss_weights
 
     cfg, workdir, resume, dist_info, rt = request.cfg, request.workdir, request.resume, request.dist_info, request.rt
@@ -239,7 +240,10 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
         refuse_out_in_data(workdir, cfg.data.root, cfg.data.dataset)
     start_from = resume_point(workdir, resume)
     seed_rngs(cfg.train.seed)
-    bundle = build_data(cfg.data, seed=cfg.train.seed)
+    ckpt = load_checkpoint(start_from) if start_from is not None else None
+    # a resumed run goes on with the normaliser it trained with: fitting it again decoded files for nothing
+    bundle = build_data(cfg.data, seed=cfg.train.seed,
+                        normalizer=Normalizer.from_state(ckpt.artifact.normalizer) if ckpt else None)
     check_stop_target(cfg.train.stop_at_val_top1, bundle)
     if start_from is not None:  # a resumed run's data must be the data it trained on
         check_resumed_data(workdir, bundle)
@@ -248,9 +252,8 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     model, eval_bns = build_model(cfg, len(bundle.classes), say=say, resuming=start_from is not None)
     model = prepare_model(_sync_bn(model, cfg, dist_info, rt), rt)
     optimizer, scaler = build_optimizer(model, cfg), make_grad_scaler(rt)
-    state, ckpt = LoopState(), None
-    if start_from is not None:
-        ckpt = load_checkpoint(start_from)
+    state = LoopState()
+    if ckpt is not None:
         state = restore_checkpoint(ckpt, model, optimizer, scaler, cfg, start_from)
     trained_by, state.processes = state.processes, dist_info.world_size
     steps_per_epoch = len(train_loader(bundle, cfg, dist_info, rt, 0))
