@@ -219,8 +219,9 @@ def report_skipped(dataset: FileDataset, skipped: list[tuple[str, str]], shown: 
     new = list(dict.fromkeys(p for p, _ in skipped if p not in dataset.reported_bad))
     if not new or not dataset.warn_bad:
         return
-    dataset.reported_bad.update(new)
-    why = dict(skipped)[new[0]]
+    reasons = dict(skipped)
+    dataset.reported_bad.update((path, reasons[path]) for path in new)
+    why = reasons[new[0]]
     warnings.warn(f"data.skip_bad: skipped {len(new)} unreadable file{'s' * (len(new) != 1)} while decoding "
                   f"({new[0]}: {why}{''.join(', ' + p for p in new[1:shown])}{', ...' if len(new) > shown else ''}); "
                   f"{len(dataset.reported_bad)} of {len(dataset)} files of this split skipped so far",

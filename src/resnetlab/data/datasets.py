@@ -11,6 +11,7 @@ relabelled, and make their own batch source for the loaders (`batch_source`).
 from __future__ import annotations
 
 import unicodedata
+from contextlib import closing
 
 import torch
 import torch.nn.functional as F
@@ -77,8 +78,8 @@ class FileDataset:
     """Image files decoded on demand; labels are int64, one per path.
 
     Files that turn out unreadable while decoding (data.skip_bad) are warned about once each
-    by the loaders (`reported_bad` remembers them across epochs) unless warn_bad is False, for
-    callers that report them their own way (predict)."""
+    by the loaders (`reported_bad`, path -> reason, remembers them across epochs and goes into the
+    run's data.json) unless warn_bad is False, for callers that report them their own way (predict)."""
 
     def __init__(self, paths: list[str], labels: torch.Tensor, classes: list[str], warn_bad: bool = True):
         if len(paths) != len(labels):
@@ -87,7 +88,7 @@ class FileDataset:
         self.labels = labels.to(torch.int64)
         self.classes = list(classes)
         self.warn_bad = warn_bad
-        self.reported_bad: set[str] = set()
+        self.reported_bad: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -108,11 +109,16 @@ class FileDataset:
 
     def stats_batches(self, cfg: DataConfig, seed: int = 0):
         """The images the normaliser's statistics are fitted on: centre views, at the training crop
-        size, of up to data.stats_images files (a seeded sample)."""
+        size, of up to data.stats_images files (a seeded sample). Files found unreadable on the way
+        (data.skip_bad) are this dataset's reported ones from then on: warned about once, recorded."""
         n = min(len(self), cfg.stats_images)
         sample = self.subset(torch.randperm(len(self), generator=generator(STATS, seed))[:n].sort().values)
         source = sample.batch_source(cfg, eval_batches(n, 64, 0, 1), protocol="center")
-        return (views[0] for views, _ in source.iterate(0, torch.device("cpu"), []))
+        try:
+            with closing(source.iterate(0, torch.device("cpu"), [])) as batches:
+                yield from (views[0] for views, _ in batches)
+        finally:
+            self.reported_bad.update(sample.reported_bad)
 
 
 def match_classes(dataset, classes: list[str], source: str, aliases: list[str] | None = None):

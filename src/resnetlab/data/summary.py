@@ -84,9 +84,13 @@ def ignored_line(ignored: list[str]) -> str:
 def data_record(bundle) -> dict:
     """RUN/data.json: where the data came from, images per class and split, what was held out
     for validation (files relative to the root, or indices into the training split), and the
-    files ignored or skipped."""
+    files ignored or skipped: found unreadable as the data was read, then those met while decoding
+    (photos are checked by their headers first; their splits' `reported_bad`)."""
     provenance = bundle.provenance
     splits = (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
+    skipped = dict(provenance.get("skipped", []))
+    for _, split in splits:
+        skipped.update((p, r) for p, r in getattr(split, "reported_bad", {}).items() if p not in skipped)
     return {
         "dataset": provenance.get("dataset"), "root": provenance.get("root"), "layout": provenance.get("layout"),
         "classes": list(bundle.classes),
@@ -94,7 +98,7 @@ def data_record(bundle) -> dict:
                              for name, d in splits if d is not None},
         "validation": provenance.get("validation"),
         "ignored_files": provenance.get("ignored", []),
-        "skipped_files": [{"path": p, "reason": r} for p, r in provenance.get("skipped", [])],
+        "skipped_files": [{"path": p, "reason": r} for p, r in skipped.items()],
         "fingerprints": provenance.get("fingerprints"),  # folders: per split, over names, sizes and mtimes
     }
 

@@ -88,6 +88,16 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def gather_objects(obj, dist_info: DistInfo) -> list:
+    """Every rank's value of a small picklable object, in rank order, on every rank ([obj] alone when
+    not distributed)."""
+    if not dist_info.enabled:
+        return [obj]
+    box = [None] * dist.get_world_size()
+    dist.all_gather_object(box, obj)
+    return box
+
+
 def broadcast_object(obj, dist_info: DistInfo):
     """Rank 0's value of a small picklable object on every rank (e.g. a stop flag)."""
     if not dist_info.enabled:

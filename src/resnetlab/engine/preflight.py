@@ -35,7 +35,10 @@ def preflight(run) -> None:
                      f"then {full}; validation (at {full}) only once the steps since the last one were all at {full}")
     if cfg.train.test_protocol != "center" and run.bundle.test is not None:
         run.log.info(f"final test with {cfg.train.test_protocol} views (validation: centre views)")
+    if run.state.step > 0:  # resumed: the files the run met unreadable while decoding stay on its record
+        carry_decoding_skips(run.workdir, file_splits(run.bundle))
     write_text_atomic(run.workdir / "data.json", json.dumps(data_record(run.bundle), indent=1))
+    run.recorded_skips = sum(len(d.reported_bad) for d in file_splits(run.bundle))
     found = [without_init_warning(cfg.finetune), imbalance_warning(run.bundle, cfg.data.balance)] + schedule_warnings(
         cfg.schedule, run.steps_per_epoch)
     epochs = -(-run.total // run.steps_per_epoch)
@@ -47,6 +50,44 @@ def preflight(run) -> None:
         run.log.info(f"train.workers={cfg.train.workers}: {usable_cores()} decoding processes, one per CPU core")
     for message in filter(None, found):
         warnings.warn(message, ResnetlabWarning, stacklevel=2)
+
+
+def file_splits(bundle) -> list:
+    from resnetlab.data.datasets import FileDataset
+
+    return [d for d in (bundle.train, bundle.val, bundle.test) if isinstance(d, FileDataset)]
+
+
+def carry_decoding_skips(workdir, splits: list) -> None:
+    """Files RUN/data.json lists as skipped that the data as read now did not find unreadable (met
+    while decoding, before a resume) are taken as reported again, each into the split it belongs to."""
+    try:
+        saved = json.loads((Path(workdir) / "data.json").read_text(encoding="utf-8")).get("skipped_files") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    for split in splits:
+        paths = set(split.paths)
+        split.reported_bad.update((s["path"], s["reason"]) for s in saved if isinstance(s, dict)
+                                  and s.get("path") in paths and isinstance(s.get("reason"), str))
+
+
+def record_decoding_skips(run) -> None:
+    """Add the files met unreadable while decoding (data.skip_bad), on any process, to RUN/data.json.
+    Every process calls it at the same points (checkpoints, the end of the run): it gathers."""
+    from resnetlab.data.summary import data_record
+
+    from .distributed import gather_objects
+
+    splits = file_splits(run.bundle)
+    if not (splits and run.cfg.data.skip_bad):  # alike on every process: none of them gathers
+        return
+    for theirs in gather_objects([d.reported_bad for d in splits], run.dist_info):
+        for split, bad in zip(splits, theirs):
+            split.reported_bad.update((p, r) for p, r in bad.items() if p not in split.reported_bad)
+    found = sum(len(d.reported_bad) for d in splits)
+    if run.dist_info.is_main and found != run.recorded_skips:
+        write_text_atomic(run.workdir / "data.json", json.dumps(data_record(run.bundle), indent=1))
+        run.recorded_skips = found
 
 
 def data_changes(workdir, bundle) -> list[str]:

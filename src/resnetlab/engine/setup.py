@@ -66,6 +66,7 @@ class Run:
     lr_fn: Callable
     log: RunLogger
     class_weights: torch.Tensor | None = None  # data.balance=loss: cross-entropy weight per class
+    recorded_skips: int = 0  # files met unreadable while decoding that RUN/data.json lists (preflight)
 
     def loader(self, epoch: int, start_batch: int = 0):
         return train_loader(self.bundle, self.cfg, self.dist_info, self.rt, epoch, start_batch)

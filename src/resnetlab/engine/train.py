@@ -28,6 +28,7 @@ from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, s
 from .evaluate import evaluate_split
 from .finetune import set_train_mode
 from .heap import held_heap
+from .preflight import record_decoding_skips
 from .run_records import MetricsRow, RunSummary
 from .rundir import RunDirLock
 from .runtime import Runtime, autocast, make_runtime, to_input
@@ -123,6 +124,7 @@ def _train(request: RunRequest, stop: StopOnSignal, lock: RunDirLock) -> RunSumm
         run.log.close()
     stop.at_once(run.state.step, _last_checkpoint(run))  # every step is saved: from here a signal stops the run where it lands
     summary = final_test(run, best_state)
+    record_decoding_skips(run)
     if run.dist_info.is_main:
         summary.write(run.workdir)
     return summary
@@ -228,6 +230,7 @@ def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
     if not is_finite_model(run.model):
         raise TrainingDiverged(f"the weights became NaN/inf by step {run.state.step}; kept the last good checkpoint "
                                f"{_last_good(run)}. Lower optim.lr")
+    record_decoding_skips(run)  # every process is here
     if run.dist_info.is_main:
         ckpt = make_checkpoint(run.model, run.optimizer, run.scaler, run.state, run.cfg, run.bundle.classes,
                                run.normalizer.state(), run.steps_per_epoch, metrics)
