@@ -216,6 +216,12 @@ def test_cli_names_unreadable_images_on_stderr_and_exports_nothing_when_none_rea
     printed = capsys.readouterr()
     assert printed.err == f"resnetlab export: warning: skipped {tmp_path / 'a.jpg'}: not an image Pillow can read\n"
     assert "checked against PyTorch on 1 real image: max abs diff" in printed.out and out.is_file()
+    out.unlink()  # --json lists the unreadable file as predict does (it said only what was checked)
+    assert main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(out), "--json", "--images",
+                 str(tmp_path / "a.jpg"), str(tmp_path / "c.png")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["failed"] == [{"file": str(tmp_path / "a.jpg"), "error": "not an image Pillow can read"}]
+    assert "1 real image" in report["max_abs_diff"]
 
 
 def test_a_failed_check_is_said_on_stderr_and_keeps_stdout_clean(ckpt_path, tmp_path, capsys, monkeypatch):

@@ -14,7 +14,8 @@ REAL_IMAGES = 16  # real images checked when --images is not given (from the run
 
 def add_arguments(parser):
     parser.epilog = ("stdout holds only the report (one JSON object with --json); messages go to stderr. Exit status: "
-                     "0 written and checked; 1 written, but the check FAILED (one line on stderr says how; the file "
+                     "0 written and checked (unreadable --images are named on stderr, listed under \"failed\" with "
+                     "--json, and left out of the check); 1 written, but the check FAILED (one line on stderr says how; the file "
                      "is left at --out to inspect, not to use); 2 an error (one line on stderr; nothing written).")
     add_checkpoint_argument(parser)
     parser.add_argument("--format", required=True, choices=FORMATS)
@@ -38,7 +39,8 @@ def default_images(artifact) -> list[str]:
 
 
 def real_batch(artifact, inputs):
-    """uint8 (N, 3, S, S): the images preprocessed exactly as predict does (centre view)."""
+    """(uint8 (N, 3, S, S) or None, the unreadable files as predict lists them): the images
+    preprocessed exactly as predict does (centre view)."""
     import torch
 
     from resnetlab.inference.predictor import Predictor, collect_images, failures
@@ -47,14 +49,14 @@ def real_batch(artifact, inputs):
 
     paths = collect_images(inputs) if inputs else default_images(artifact)
     if not paths:
-        return None, 0
+        return None, []
     predictor = Predictor.from_checkpoint(artifact, device="cpu", precision="fp32", fuse=False, channels_last="false")
     views = [v[0] for v, _ in predictor.batches(paths)]
     real = torch.cat(views) if views else None
     # each unreadable file named on stderr; images the user gave of which none reads: no check, so no export
-    report_failed("export", failures(predictor), len(paths), 0 if real is None and inputs else len(paths),
-                  "; nothing was exported")
-    return real, len(predictor.failed)
+    failed = failures(predictor)
+    report_failed("export", failed, len(paths), 0 if real is None and inputs else len(paths), "; nothing was exported")
+    return real, failed
 
 
 def run(args):
@@ -71,14 +73,15 @@ def run(args):
     artifact, source = load_source(args.checkpoint)
     refuse_out_over_checkpoint(args.out, source)
     refuse_foreign(args.out, args.format, f"{EXPORT_NAMES[args.format]} export")
-    real, bad = real_batch(artifact, args.images)
+    real, failed = real_batch(artifact, args.images)
+    bad = len(failed)
     try:
         report = export_checkpoint(artifact, args.format, args.out, args.dynamic_batch, real)
     except ExportCheckFailed as err:
         print(f"resnetlab export: check FAILED: {err}; {args.out} is left to inspect, not to use", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(report))
+    if args.json:  # "failed" as predict lists them: the check ran on the others
+        print(json.dumps({**report, "failed": failed}))
         return 0
     if args.format == "safetensors":
         print(f"wrote {report['out']} (weights for resnetlab.load_weights; checkpoint metadata under 'resnetlab')")
