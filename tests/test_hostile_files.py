@@ -215,3 +215,11 @@ def test_a_sigterm_as_a_decoding_worker_starts_does_not_kill_it(tmp_path):
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("worker_start_sigterm.py")), str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == "batches 2\n", done.stderr[-2000:]
+
+
+def test_a_ctrl_c_as_a_small_image_decoding_worker_starts_does_not_kill_it(tmp_path):
+    """The same for the pool that decodes a small-image folder into the cache: a worker that got
+    the SIGINT before its initializer ran died of KeyboardInterrupt, its traceback on stderr."""
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("pool_start_sigint.py")), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "images 8\n" and done.stderr == "", done.stderr[-2000:]

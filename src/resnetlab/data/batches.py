@@ -134,11 +134,11 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
             # The workers are forked here, with the stop signals blocked until each has ignored them: a
             # SIGTERM to the process group as a worker started killed it before _worker_init ran, and the
             # parent then raised "DataLoader worker ... exited unexpectedly" (a traceback, no stop line).
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
                 items = iter(loader)
             finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
         else:
             items = (self[j] for j in range(len(self)))
         try:

@@ -32,6 +32,7 @@ from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError
 
 from .array_cache import read_cache, save_cache
+from .batches import STOP_SIGNALS
 from .datasets import ArrayDataset, class_key
 from .decode import BadImage, center_box, decode_crops, header_size
 
@@ -259,14 +260,20 @@ def decode_pool(procs: int):
     worker keeping that handler can outlive it, and the parent then waits for it forever (a first
     run on a fresh machine hung in this decode, its parent in waitpid, one worker alive on the
     pool's lock). The workers are also closed and joined, not terminated, when all went well.
-    Ctrl-C reaches the parent, which stops the run once the data is built."""
-    return multiprocessing.get_context("fork").Pool(procs, initializer=_default_signals)
+    Ctrl-C reaches the parent, which stops the run once the data is built. The signals stay blocked
+    across the fork until each worker has set them: a Ctrl-C as one started was a traceback in it."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return multiprocessing.get_context("fork").Pool(procs, initializer=_default_signals)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the parent stops once the data is built
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _decode_chunk(paths: list[str], size: int, skip_bad: bool):
