@@ -67,3 +67,41 @@ def test_a_forgiving_stream_passes_everything_until_the_first_failure():
     assert stream.write("one\n") == 4 and stream.write("two\n") == 4 and stream.write("three\n") == 6
     stream.flush()
     assert console.seen == ["one\n"] and isinstance(stream.failed, BrokenPipeError) and stream.isatty() is False
+
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoint_v1_resnet8.pt")
+
+
+def resnetlab(*args, env=None, **streams):
+    import subprocess
+    return subprocess.run([sys.executable, "-m", "resnetlab", *args], text=True, timeout=120,
+                          env={**os.environ, **(env or {})}, **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE,
+                                                                **streams})
+
+
+def test_a_stdout_that_cannot_be_written_is_one_line_and_status_2(tmp_path):
+    """stdout on a full disk ended every command in a traceback and status 1 (predict's "some files
+    were unreadable, the others' results are complete"), its last line cut short."""
+    from PIL import Image
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    with open("/dev/full", "w") as full:
+        for args in (["models"], ["models", "--json"], ["predict", FIXTURE, str(tmp_path / "red.png")]):
+            done = resnetlab(*args, stdout=full)
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.splitlines()[-1] == (f"resnetlab {args[0]}: error: could not write to stdout (No space "
+                                                    "left on device); its output is cut short")
+            assert "Traceback" not in done.stderr
+
+
+def test_a_stderr_that_cannot_be_written_keeps_the_commands_status():
+    with open("/dev/full", "w") as full:
+        done = resnetlab("predict", FIXTURE, "nothere.jpg", stderr=full)
+    assert done.returncode == 2  # the error it could not say: 1 ("some files unreadable") when its traceback failed too
+
+
+def test_names_a_terminal_cannot_show_are_escaped_not_a_traceback(tmp_path):
+    from PIL import Image
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "café猫.png")
+    done = resnetlab("predict", FIXTURE, str(tmp_path / "café猫.png"), "--topk", "1", env={"PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.startswith(f"{tmp_path}/caf\\xe9\\u732b.png  ")

@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_cli(argv: list[str] | None = None) -> int:
     reopen_closed_streams()
+    for stream in (sys.stdout, sys.stderr):  # an ASCII or Latin-1 terminal: a class named cafe with an accent,
+        try:  # or 猫, is written as \xe9 / \u732b instead of ending the command in UnicodeEncodeError
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # not a text file (replaced), or closed
+            pass
     received: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:

@@ -20,6 +20,7 @@ from resnetlab.errors import ResnetlabWarning, Terminated, UserError
 
 from . import eval as eval_cmd
 from . import bench, data, embed, experiment, export, models, predict, report, train, weights
+from .console import OutputFailed, checked_stdout, forgiving_stderr
 from .parser import Parser
 
 COMMANDS = {
@@ -69,7 +70,13 @@ def end_torchrun_process(code: int) -> int:
 
 
 def run_command(args) -> int:
-    """Run the parsed subcommand; user errors, Ctrl-C and SIGTERM become one line and an exit status."""
+    """Run the parsed subcommand; user errors, Ctrl-C and SIGTERM become one line and an exit status.
+    stderr that cannot be written is dropped (the command goes on), stdout that cannot be is an error."""
+    with forgiving_stderr(), checked_stdout():
+        return _run_command(args)
+
+
+def _run_command(args) -> int:
     try:
         with warnings.catch_warnings(), sigterm_raises():
             show = warnings.showwarning
@@ -91,11 +98,13 @@ def run_command(args) -> int:
     except BrokenPipeError:
         # `resnetlab models | head -1`: the reader closed the pipe. Stop quietly with the status of a
         # command ended by SIGPIPE, and point stdout at /dev/null so the final flush stays quiet.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):  # stdout is not a file (captured, in tests)
-            pass
+        stdout_to_devnull()
         return 141
+    except OutputFailed as err:  # what is left in stdout's buffer would fail again at the interpreter's exit
+        stdout_to_devnull()
+        print(f"resnetlab {args.command}: error: could not write to stdout ({err}); its output is cut short",
+              file=sys.stderr)
+        return 2
     except UserError as err:
         print(f"resnetlab {args.command}: error: {in_options_of(args.command, str(err))}", file=sys.stderr)
         return 2
@@ -115,6 +124,13 @@ def run_command(args) -> int:
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def stdout_to_devnull() -> None:
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (captured, in tests)
+        pass
 
 
 @contextmanager

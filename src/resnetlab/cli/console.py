@@ -1,10 +1,12 @@
-"""A training's console that may go away: the terminal closed, the reader of a pipe gone
-(`resnetlab train ... 2>&1 | head`), stderr on a full disk (`2>/dev/full`).
+"""A console that may go away: the terminal closed, the reader of a pipe gone
+(`resnetlab train ... 2>&1 | head`), stderr or stdout on a full disk (`>/dev/full`).
 
-The run's record is its files (metrics.jsonl, checkpoints, summary.json); the console only shows
-them. A write that fails there raised out of the training loop and ended the run without a
-checkpoint (up to an evaluation interval lost, exit 1 or 141 and not a word). Inside
-`forgiving_stderr()` the first failed write turns console output off and the run goes on.
+stderr only shows what a command does: a training's record is its files (metrics.jsonl,
+checkpoints, summary.json). A write that fails there raised out of the training loop and ended the
+run without a checkpoint (up to an evaluation interval lost, exit 1 or 141 and not a word). Inside
+`forgiving_stderr()` the first failed write turns console output off and the command goes on.
+stdout is the result itself: a write that fails there (`checked_stdout()`) ends the command with
+one line on stderr, not a traceback and a status that read as "some files were unreadable".
 """
 from __future__ import annotations
 
@@ -36,6 +38,50 @@ class ForgivingStream:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+class OutputFailed(Exception):
+    """stdout could not be written (a full disk, an I/O error); a reader gone away is BrokenPipeError."""
+
+    def __init__(self, err: OSError):
+        super().__init__(err.strerror or str(err))
+
+
+class CheckedStdout:
+    """Wraps stdout: a write or flush that fails with OSError raises OutputFailed (BrokenPipeError as it is)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise OutputFailed(err) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise OutputFailed(err) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def checked_stdout():
+    """sys.stdout as a CheckedStdout for the duration of the block."""
+    original = sys.stdout
+    sys.stdout = CheckedStdout(original)
+    try:
+        yield sys.stdout
+    finally:
+        sys.stdout = original
 
 
 @contextmanager
