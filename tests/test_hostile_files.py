@@ -133,6 +133,17 @@ def test_a_class_folder_whose_name_is_not_utf8_is_refused_before_training(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_utf8_class_folder_in_a_process_that_reads_names_as_ascii_names_the_locale(tmp_path):
+    """With PYTHONUTF8=0 in the C locale, a valid UTF-8 name (cafe with an accent) was called not UTF-8."""
+    root = _tree(tmp_path / "d")
+    os.rename(root / "train" / "emu", root / "train" / "café")
+    done = subprocess.run([sys.executable, "-m", "resnetlab", "data", str(root)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C"}, timeout=120)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"resnetlab data: error: class folder 'caf\\xe9' in {root / 'train'}: this process reads file names as ascii "
+        "(the locale's encoding); run it with a UTF-8 locale (LANG=C.UTF-8) or PYTHONUTF8=1"]
+
+
 def test_embed_writes_a_file_name_that_is_not_utf8_as_its_bytes(run_dir, tmp_path, capsys):
     image = next((run_dir.parent / "data" / "test").rglob("*.jpg"))
     odd = os.path.join(os.fsencode(tmp_path), b"a\xff.jpg")

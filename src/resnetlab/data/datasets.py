@@ -10,6 +10,8 @@ relabelled, and make their own batch source for the loaders (`batch_source`).
 """
 from __future__ import annotations
 
+import os
+import sys
 import unicodedata
 from contextlib import closing
 
@@ -135,6 +137,26 @@ def match_classes(dataset, classes: list[str], source: str, aliases: list[str] |
                         f"{shown(unknown)}; its {len(classes)} classes are {shown(list(classes))}")
     labels = torch.tensor([index[class_key(name)] for name in dataset.classes])[dataset.labels]
     return dataset.relabelled(labels, classes)
+
+
+def check_class_names(names: list[str], where) -> None:
+    """Class names go to JSON, CSV, plots and stdout: a folder name that is not UTF-8 (read with
+    surrogates) or holds a control character failed late there, so it is refused up front. A UTF-8
+    name read by a process whose file names are not UTF-8 (PYTHONUTF8=0 in the C locale) says so."""
+    odd = next((n for n in names if not n.isprintable()), None)
+    if odd is None:
+        return
+    raw = os.fsencode(odd)
+    try:
+        utf8 = raw.decode("utf-8").isprintable()
+    except UnicodeDecodeError:
+        utf8 = False
+    if utf8 and sys.getfilesystemencoding().lower() not in ("utf-8", "utf8"):
+        raise UserError(f"class folder {raw.decode('utf-8')!r} in {where}: this process reads file names as "
+                        f"{sys.getfilesystemencoding()} (the locale's encoding); run it with a UTF-8 locale "
+                        "(LANG=C.UTF-8) or PYTHONUTF8=1")
+    raise UserError(f"class folder {raw!r} in {where}: its name is not valid UTF-8 or holds a control character; "
+                    "rename the folder (its name is the class name)")
 
 
 def class_key(name: str) -> str:

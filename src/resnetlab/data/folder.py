@@ -33,7 +33,7 @@ from resnetlab.files import StorageError
 
 from .array_cache import read_cache, save_cache
 from .batches import STOP_SIGNALS
-from .datasets import ArrayDataset, class_key
+from .datasets import ArrayDataset, check_class_names, class_key
 from .decode import BadImage, center_box, decode_crops, header_size
 
 SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
@@ -106,10 +106,7 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
     training = classes is None
     if training:
         classes = found
-        odd = next((n for n in found if not n.isprintable()), None)  # non-UTF-8 bytes: surrogates, unprintable
-        if odd is not None:  # class names go to JSON, CSV, plots, stdout: a non-UTF-8 one (surrogates) failed late
-            raise UserError(f"class folder {os.fsencode(odd)!r} in {split_dir}: its name is not valid UTF-8 or holds a "
-                            "control character; rename the folder (its name is the class name)")
+        check_class_names(found, split_dir)
     as_trained = {class_key(c): c for c in classes}
     if len(as_trained) < len(classes):  # two training folders of one name in two Unicode forms
         twin = next(c for c in classes if as_trained[class_key(c)] != c)
