@@ -170,3 +170,15 @@ def test_a_short_run_keeps_its_last_epoch_at_full_size(given, scales):
     assert dict(choice.overrides).get("data.progressive_scales") == scales  # 175 steps an epoch: 300 steps are 2
     cfg = load_config(choice.recipe, [*choice.overrides, *given.items()])
     assert cfg.data.progressive_scales == (scales if scales is not None else [0.5, 0.5, 0.5, 0.5, 0.625, 0.75])
+
+
+def test_with_skip_bad_the_recipe_is_sized_for_the_readable_images(small_folder):
+    """300 unreadable files beside 12 images sized the batch, steps and warm-up for 312 (the run then had
+    fewer steps than the recipe line said, or was refused: fewer images than the batch it chose)."""
+    from resnetlab.data.survey import survey
+
+    clean = survey("folder", small_folder)
+    for i in range(300):
+        (small_folder / "train" / "1" / f"junk{i}.jpg").write_bytes(b"not an image")
+    assert survey("folder", small_folder, skip_bad=True) == clean
+    assert survey("folder", small_folder).train_images == 312  # without skip_bad the run refuses the first one

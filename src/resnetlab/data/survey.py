@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from resnetlab.autorecipe import DataFacts
 from resnetlab.errors import UserError
 
 from . import folder as folders
 from .cifar import SPECS
+from .decode import unreadable_headers
 
 CIFAR_TRAIN_IMAGES = 50000
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -29,10 +32,15 @@ def survey(dataset: str, root: str | Path, skip_bad: bool = False) -> DataFacts:
                         "ROOT/train/<class>/<image> (and optionally val/, test/) or the CIFAR python files")
     train_dir = root / "train" if layout == "splits" else root
     scan = folders.scan(train_dir, None, skip_bad)
-    sides = probed_sides(scan.paths)
-    largest = int(scan.labels.bincount().max()) if len(scan.labels) else 0
-    return DataFacts("folder", len(scan.paths), len(scan.classes), layout == "splits" and (root / "val").is_dir(),
-                     sorted(sides)[len(sides) // 2] if sides else 0, folders.small_side(scan.paths) is not None, largest)
+    paths, labels = scan.paths, scan.labels
+    if skip_bad:  # the files the run will leave out: the batch, steps and warm-up are sized without them
+        bad = {path for path, _ in unreadable_headers(paths)}
+        keep = [path not in bad for path in paths]
+        paths, labels = [p for p, k in zip(paths, keep) if k], labels[torch.tensor(keep, dtype=torch.bool)]
+    sides = probed_sides(paths)
+    largest = int(labels.bincount().max()) if len(labels) else 0
+    return DataFacts("folder", len(paths), len(scan.classes), layout == "splits" and (root / "val").is_dir(),
+                     sorted(sides)[len(sides) // 2] if sides else 0, folders.small_side(paths) is not None, largest)
 
 
 def probed_sides(paths: list[str]) -> list[int]:
