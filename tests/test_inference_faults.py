@@ -72,6 +72,14 @@ def test_a_file_name_with_a_newline(run_dir, tmp_path, capsys):
     assert main(["predict", str(run_dir), str(odd)]) == 0
     out = capsys.readouterr().out
     assert len(out.splitlines()) == 1 and out.startswith(f"{tmp_path}/new\\nline.jpg  ")
+    escape = tmp_path / "a\x1b]0;PWNED\x07b.jpg"  # a terminal's title set by a file name
+    escape.write_bytes(image.read_bytes())
+    broken = tmp_path / "bro\nken.jpg"
+    broken.write_text("not an image")
+    assert main(["predict", str(run_dir), str(escape), str(broken)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{tmp_path}/a\\x1b]0;PWNED\\x07b.jpg  ") and "\x1b" not in out + err
+    assert err == f"resnetlab predict: warning: skipped {tmp_path}/bro\\nken.jpg: not an image Pillow can read\n"
     assert main(["embed", str(run_dir), str(odd), "--out", str(tmp_path / "e.npy")]) == 2
     assert capsys.readouterr().err == (f"resnetlab embed: error: the file name {str(odd)!r} contains a newline, which "
                                        "FILE.names.txt cannot hold; write .safetensors (names as JSON) instead of .npy\n")

@@ -46,3 +46,21 @@ def expect_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise UserError(f"{name} must be an integer of at least 1, got {value!r}")
     return int(value)
+
+
+def shown(name: str, keep: str = "") -> str:
+    """`name` (a file name) as it can be printed on one line of a terminal: each character that is not
+    printable (newline, tab, ESC and other control characters, an undecodable byte) written as a
+    Python escape (\\n, \\x1b, \\xff), so a name cannot split a line or send the terminal a command.
+    `keep`: characters left as they are (a message's own newlines)."""
+    if name.isprintable():
+        return name
+    out = []
+    for ch in name:
+        if ch.isprintable() or ch in keep:
+            out.append(ch)
+        elif 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte that is not UTF-8, as os.fsdecode carries it
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)

@@ -16,7 +16,7 @@ import warnings
 from contextlib import contextmanager
 
 from resnetlab import __version__
-from resnetlab.errors import ResnetlabWarning, Terminated, UserError
+from resnetlab.errors import ResnetlabWarning, Terminated, UserError, shown
 
 from . import eval as eval_cmd
 from . import bench, data, embed, experiment, export, models, predict, report, train, weights
@@ -83,7 +83,8 @@ def _run_command(args) -> int:
 
             def one_line(message, category, *rest, **kw):  # ours read as the CLI's errors do; others as usual
                 if issubclass(category, ResnetlabWarning):
-                    print(f"resnetlab {args.command}: warning: {message}", file=sys.stderr, flush=True)
+                    print(f"resnetlab {args.command}: warning: {shown(str(message), keep=chr(10))}", file=sys.stderr,
+                          flush=True)
                 else:
                     show(message, category, *rest, **kw)
 
@@ -106,7 +107,8 @@ def _run_command(args) -> int:
               file=sys.stderr)
         return 2
     except UserError as err:
-        print(f"resnetlab {args.command}: error: {in_options_of(args.command, str(err))}", file=sys.stderr)
+        print(f"resnetlab {args.command}: error: {shown(in_options_of(args.command, str(err)), keep=chr(10))}",
+              file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno != errno.ENAMETOOLONG:  # the one OSError that is always the user's input, wherever it shows

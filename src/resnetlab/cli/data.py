@@ -9,6 +9,7 @@ from resnetlab.config import DataConfig
 from resnetlab.config.loading import AMBIGUOUS_ONE
 from resnetlab.data import FileDataset
 from resnetlab.data.build import DATASETS
+from resnetlab.errors import shown
 from resnetlab.errors import ResnetlabWarning, UserError
 
 
@@ -79,7 +80,7 @@ def run(args):
         return 0
     print(describe(bundle))
     for path, reason in skipped:
-        print(f"  skipped {path}: {reason}")
+        print(f"  skipped {shown(path)}: {reason}")
     if headers_only:
         print("  photos checked by their headers: one cut short or damaged past it is found as it is decoded "
               "(--verify decodes every photo now)")

@@ -3,6 +3,8 @@ HELP = "Classify images (files or folders) with a checkpoint or published weight
 import json
 import sys
 
+from resnetlab.errors import shown
+
 from .arguments import AUTO_INFERENCE_PRECISIONS, FILE_PROTOCOLS, INFERENCE_AUTO, add_checkpoint_argument
 
 
@@ -64,8 +66,8 @@ def run(args):
     done = 0
     for i, top in iter_predictions(predictor, paths, args.topk, args.protocol, args.batch_size):
         done += 1
-        name = paths[i].replace("\n", "\\n").replace("\r", "\\r")  # a line per image, whatever its name (--json: as is)
-        print(name + "  " + "  ".join(f"{t['class']} {t['prob']:.4f}" for t in top), flush=True)
+        # a line per image whatever its name: newlines, ESC ... escaped (--json: as it is)
+        print(shown(paths[i]) + "  " + "  ".join(f"{t['class']} {t['prob']:.4f}" for t in top), flush=True)
     failed = failures(predictor)
     report_failed("predict", failed, len(paths), done)
     if args.verify:
@@ -82,7 +84,7 @@ def report_failed(command: str, failed: list[dict], total: int, done: int, nothi
     one of the `total` images could be read (`done` == 0), a UserError (exit status 2) ending in
     `nothing`."""
     for f in failed:
-        print(f"resnetlab {command}: warning: skipped {f['file']}: {f['error']}", file=sys.stderr, flush=True)
+        print(f"resnetlab {command}: warning: skipped {shown(f['file'])}: {f['error']}", file=sys.stderr, flush=True)
     if failed and not done:
         from resnetlab.errors import UserError
 
