@@ -64,6 +64,28 @@ def test_a_terminal_gets_the_bar_and_no_lines():
     assert not RunLogger(None, False, 100, 0, stream=io.StringIO()).line_due(50)  # ranks other than 0: silent
 
 
+def test_a_terminal_of_zero_columns_gets_the_lines_tqdm_would_not_draw():
+    """A pty given no size (`script`, some `docker -t`): tqdm drew nothing, and the lines were off too."""
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    leader, follower = os.openpty()  # a new pty is 0 x 0 until someone sets its size
+    try:
+        with open(follower, "w", closefd=False) as terminal:
+            log = RunLogger(None, True, total_steps=100, start_step=0, stream=terminal, log_every=10, clock=Clock())
+            assert log.bar is None and log.line_due(10)
+            log.close()
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            log = RunLogger(None, True, total_steps=100, start_step=0, stream=terminal, log_every=10, clock=Clock())
+            assert log.bar is not None and not log.line_due(10)
+            log.close()
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
 def test_resumed_session_counts_its_eta_from_where_it_started():
     clock = Clock()
     lines = ProgressLines(total=1000, start_step=900, every_steps=10, clock=clock)

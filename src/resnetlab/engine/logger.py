@@ -31,12 +31,21 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def has_width(stream) -> bool:
+    """Whether a terminal says how wide it is: tqdm draws nothing in one of 0 columns (a pty that was
+    given no size: `script`, some `docker -t` and CI runners), and the run showed no progress at all."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):  # no descriptor (a stream made in Python): tqdm's own default
+        return True
+
+
 class RunLogger:
     def __init__(self, workdir: Path | None, enabled: bool, total_steps: int, start_step: int,
                  tensorboard: bool = False, stream=None, log_every: int = 50, clock=time.monotonic):
         self.enabled, self.workdir = enabled, workdir
         self.stream = stream or sys.stderr
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty() and has_width(self.stream)
         self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream, dynamic_ncols=True,
                         unit="step") if self.tty else None
         self.lines = ProgressLines(total_steps, start_step, log_every, clock) if enabled and not self.tty else None
