@@ -77,6 +77,33 @@ def test_class_names_the_font_cannot_draw_give_no_warning_per_glyph(tmp_path):
     assert paths[1].read_bytes()[:8] == PNG_MAGIC and paths[0].read_text().splitlines()[0] == "true \\ predicted,猫,犬"
 
 
+def test_a_long_class_name_is_shortened_on_the_axes_and_whole_in_the_csv(tmp_path):
+    """A 234-character name squeezed the matrix out of the figure, with matplotlib's "Tight layout not
+    applied" warning and its source line on stderr."""
+    import warnings
+
+    long = "verylongclassname_" * 13
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = write_per_class_files(tmp_path, torch.tensor([[3, 1], [0, 4]]), [long, "short"])
+    assert paths[0].read_text().splitlines()[0] == f"true \\ predicted,{long},short"
+    from resnetlab.engine.confusion import tick_label
+    assert tick_label(long) == "verylongclassna…assname_" and tick_label("short") == "short"
+
+
+def test_the_per_class_table_stays_aligned_with_wide_characters():
+    from resnetlab.engine.confusion import format_table
+
+    rows = format_table([ClassResult(name, 10, 10, 5, 50.0, 50.0, 50.0) for name in ("cat", "猫", "🐶dog")]).splitlines()
+    ends = {columns_to(line, line.index(" 10 ")) for line in rows[1:]}
+    assert len(ends) == 1  # every row's numbers start in the same terminal column
+
+
+def columns_to(line: str, index: int) -> int:
+    from resnetlab.engine.confusion import columns
+    return columns(line[:index])
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("confusion") / "run"

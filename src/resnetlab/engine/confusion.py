@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,12 +65,24 @@ def _pct(value: float | None) -> str:
 
 def format_table(results: list[ClassResult]) -> str:
     """The per-class numbers as aligned text (percent; '-' where undefined)."""
-    width = max([len("class")] + [len(r.name) for r in results])
+    width = max([len("class")] + [columns(r.name) for r in results])
     lines = [f"  {'class':<{width}}  {'images':>7}  {'predicted':>9}  {'accuracy=recall':>15}  {'precision':>9}  {'F1':>6}"]
     for r in results:
-        lines.append(f"  {r.name:<{width}}  {r.images:>7}  {r.predicted:>9}  {_pct(r.recall):>15}  "
-                     f"{_pct(r.precision):>9}  {_pct(r.f1):>6}")
+        lines.append(f"  {r.name}{' ' * (width - columns(r.name))}  {r.images:>7}  {r.predicted:>9}  "
+                     f"{_pct(r.recall):>15}  {_pct(r.precision):>9}  {_pct(r.f1):>6}")
     return "\n".join(lines)
+
+
+def columns(text: str) -> int:
+    """Terminal columns `text` takes: CJK and emoji are two wide, combining accents none (len() kept
+    the rows after a class named in Chinese one column out of line)."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def tick_label(name: str, most: int = 24) -> str:
+    """A class name short enough for an axis: a long one squeezed the matrix out of the figure (the
+    CSVs beside the plot hold every name whole)."""
+    return name if len(name) <= most else f"{name[:most - 9]}…{name[-8:]}"
 
 
 def _csv_text(rows) -> str:
@@ -100,6 +113,7 @@ def plot_confusion(matrix: torch.Tensor, classes, path, title: str = "") -> Path
     showed its source lines on stderr; the CSVs hold the names."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+        warnings.filterwarnings("ignore", message="Tight layout not applied")  # many long names: drawn as they fit
         return _plot_confusion(matrix, classes, path, title)
 
 
@@ -117,8 +131,9 @@ def _plot_confusion(matrix: torch.Tensor, classes, path, title: str) -> Path:
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     if n <= 60:
-        ax.set_xticks(range(n), [str(c) for c in classes], rotation=45, ha="right", fontsize=7 if n > 20 else 9)
-        ax.set_yticks(range(n), [str(c) for c in classes], fontsize=7 if n > 20 else 9)
+        labels = [tick_label(str(c)) for c in classes]
+        ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=7 if n > 20 else 9)
+        ax.set_yticks(range(n), labels, fontsize=7 if n > 20 else 9)
     if n <= 30:
         for i, row in enumerate(matrix.tolist()):
             for j, count in enumerate(row):
