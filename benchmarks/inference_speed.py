@@ -20,7 +20,8 @@ import torch
 
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import interleaved
-from resnetlab.inference.predictor import Predictor, collect_images, top1_agreement
+from resnetlab.inference.inputs import collect_images
+from resnetlab.inference.predictor import Predictor, top1_agreement
 from resnetlab.models import create_model
 from resnetlab.models.fuse import fuse_bn
 

@@ -105,3 +105,25 @@ def test_names_a_terminal_cannot_show_are_escaped_not_a_traceback(tmp_path):
     done = resnetlab("predict", FIXTURE, str(tmp_path / "café猫.png"), "--topk", "1", env={"PYTHONIOENCODING": "ascii"})
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert done.stdout.startswith(f"{tmp_path}/caf\\xe9\\u732b.png  ")
+
+
+def test_image_progress_draws_a_bar_on_a_terminal_and_takes_it_away(monkeypatch):
+    import fcntl
+    import struct
+    import termios
+
+    from resnetlab.cli.console import ImageProgress
+
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    try:
+        with open(follower, "w", closefd=False) as terminal:
+            monkeypatch.setattr(sys, "stderr", terminal)
+            with ImageProgress("embed") as progress:
+                progress(64, 100)
+                assert progress.bar.n == 64 and progress.bar.total == 100
+            assert progress.bar.disable  # closed: leave=False wipes it from the terminal
+        assert b"embed" in os.read(leader, 4096)
+    finally:
+        os.close(leader)
+        os.close(follower)

@@ -7,7 +7,7 @@ import pytest
 from test_predict_synthetic import train_tiny_run
 
 import resnetlab.inference.embed
-import resnetlab.inference.predictor as predictor_module
+import resnetlab.inference.inputs as inputs_module
 from resnetlab.cli import main
 
 
@@ -48,13 +48,13 @@ def test_embed_onto_a_directory_keeps_the_old_names_file_and_writes_nothing(run_
 @pytest.mark.parametrize("command", ["predict", "embed"])
 def test_sigterm_ends_a_command_in_one_line_with_143(run_dir, tmp_path, monkeypatch, capsys, command):
     """SIGTERM took the default action: status 143 and not a word; Ctrl-C already said 'interrupted'."""
-    collect = predictor_module.collect_images
+    collect = inputs_module.collect_images
 
     def collect_then_sigterm(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return collect(*args, **kwargs)
 
-    monkeypatch.setattr(predictor_module, "collect_images", collect_then_sigterm)
+    monkeypatch.setattr(inputs_module, "collect_images", collect_then_sigterm)
     before = signal.getsignal(signal.SIGTERM)
     extra = ["--out", str(tmp_path / "e.npy")] if command == "embed" else []
     assert main([command, str(run_dir), str(run_dir.parent / "data" / "test"), *extra]) == 143

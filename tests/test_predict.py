@@ -17,12 +17,8 @@ from resnetlab.engine import (
     train_and_evaluate,
 )
 from resnetlab.errors import UserError
-from resnetlab.inference.predictor import (
-    Predictor,
-    collect_images,
-    predict_files,
-    top1_agreement,
-)
+from resnetlab.inference.inputs import collect_images
+from resnetlab.inference.predictor import Predictor, predict_files, top1_agreement
 
 CIFAR_JPEG = CIFAR10_JPEG
 CLASSES = ("airplane", "cat", "ship")

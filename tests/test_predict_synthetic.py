@@ -13,7 +13,8 @@ from resnetlab.cli import main
 from resnetlab.data import build_data
 from resnetlab.engine import evaluate_checkpoint, model_from_checkpoint
 from resnetlab.errors import UserError
-from resnetlab.inference.predictor import Predictor, collect_images, predict_files, top1_agreement
+from resnetlab.inference.inputs import collect_images
+from resnetlab.inference.predictor import Predictor, predict_files, top1_agreement
 
 CLASSES = ("blue", "green", "red")  # each class is its own dominant channel: learnt in a few steps
 TRAIN, TEST = 32, 12  # images per class
@@ -303,3 +304,23 @@ def test_predict_of_a_folder_passes_over_nas_thumbnails_as_training_does(tmp_pat
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / name, format="JPEG")
     assert collect_images([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.jpe")]
+
+
+def test_predict_embed_and_eval_report_their_progress_image_by_image(run_dir, tmp_path):
+    """embed, eval and predict --json printed nothing until every image was done (minutes on a large
+    folder): each now calls progress(done, total) after each batch, which the CLI shows on a terminal."""
+    from resnetlab.cli.console import ImageProgress
+    from resnetlab.inference.embed import embed_files
+
+    paths = collect_images([str(run_dir.parent / "data" / "test")])
+    predictor = Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32")
+    for work in (lambda seen: predict_files(predictor, paths, batch_size=5, progress=lambda *a: seen.append(a)),
+                 lambda seen: embed_files(predictor, paths, batch_size=5, progress=lambda *a: seen.append(a)),
+                 lambda seen: evaluate_checkpoint(run_dir, split="test", device="cpu", precision="fp32", batch_size=5,
+                                                  progress=lambda *a: seen.append(a))):
+        seen = []
+        work(seen)
+        assert seen == [(done, 3 * TEST) for done in range(5, 3 * TEST, 5)] + [(3 * TEST, 3 * TEST)]
+    with ImageProgress("embed") as progress:  # stderr is no terminal here: no bar, nothing written
+        progress(5, 10)
+        assert progress.bar is None

@@ -97,7 +97,7 @@ class Classifier:
 
 def image_items(images) -> tuple[list, bool]:
     """(the paths and PIL images of `images`, folders expanded; whether it was one image, given alone)."""
-    from resnetlab.inference.predictor import collect_images
+    from resnetlab.inference.inputs import collect_images
 
     alone = isinstance(images, (Image.Image, str, os.PathLike))
     single = isinstance(images, Image.Image) or (alone and not Path(images).is_dir())  # a folder gives a list

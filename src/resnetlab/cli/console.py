@@ -40,6 +40,33 @@ class ForgivingStream:
         return getattr(self._stream, name)
 
 
+class ImageProgress:
+    """A tqdm bar of the images done, on stderr when it is a terminal that says its width (nothing in a
+    log or a pipe), gone when the command ends: embed, eval and predict --json printed nothing for
+    minutes. Called as the library's `progress(done, total)`; a context manager."""
+
+    def __init__(self, what: str):
+        from resnetlab.engine.logger import has_width
+
+        self.what, self.bar = what, None
+        self.on = sys.stderr.isatty() and has_width(sys.stderr)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.on and self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.what, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class OutputFailed(Exception):
     """stdout could not be written (a full disk, an I/O error); a reader gone away is BrokenPipeError."""
 

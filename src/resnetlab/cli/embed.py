@@ -20,7 +20,10 @@ def add_arguments(parser):
 def run(args):
     from resnetlab.engine.checkpoint import refuse_out_over_checkpoint
     from resnetlab.inference.embed import embed_files, output_paths, refuse_newlines, save_embeddings
-    from resnetlab.inference.predictor import Predictor, collect_images
+    from resnetlab.inference.inputs import collect_images
+    from resnetlab.inference.predictor import Predictor
+
+    from .console import ImageProgress
 
     output_paths(args.out)  # checked before any image is read
     paths = collect_images(args.inputs)  # a folder without images is refused there
@@ -29,7 +32,8 @@ def run(args):
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.precision)
     for out in output_paths(args.out):
         refuse_out_over_checkpoint(out, predictor.source)
-    names, emb, failed = embed_files(predictor, paths, args.protocol, args.batch_size)
+    with ImageProgress("embed") as progress:
+        names, emb, failed = embed_files(predictor, paths, args.protocol, args.batch_size, progress)
     # nothing to write: no empty file that looks like a result
     report_failed("embed", failed, len(paths), len(names), f"; nothing was written to {args.out}")
     written = save_embeddings(args.out, names, emb, {"checkpoint": predictor.source, "protocol": args.protocol})

@@ -37,12 +37,15 @@ def run(args):
 
     from resnetlab.inference.fastpath import prepare_inference
 
+    from .console import ImageProgress
+
     if args.out:  # a folder asked for by name that cannot take the files: say so before evaluating
         check_writable(Path(args.out) / "confusion.csv")
         refuse_foreign_eval_files(args.out)
-    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.protocol, args.device,
-                                 args.precision, args.batch_size, args.workers, fast_path=prepare_inference,
-                                 skip_bad=args.skip_bad)
+    with ImageProgress("eval") as progress:
+        report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.protocol, args.device,
+                                     args.precision, args.batch_size, args.workers, fast_path=prepare_inference,
+                                     skip_bad=args.skip_bad, progress=progress)
     matrix = report.pop("confusion")  # in the CSV; a 1000-class matrix is too much for one JSON line
     report["files"] = [str(p) for p in write_files_or_warn(report, matrix, args.out, args.precision)]
     if args.json:

@@ -28,7 +28,7 @@ def add_arguments(parser):
 
 def default_images(artifact) -> list[str]:
     """A few images of the split the run was tested on, when its data folder is still there."""
-    from resnetlab.inference.predictor import folder_images
+    from resnetlab.inference.inputs import folder_images
 
     root = artifact.data_config().get("root")
     for split in ("test", "val"):
@@ -43,7 +43,8 @@ def real_batch(artifact, inputs):
     preprocessed exactly as predict does (centre view)."""
     import torch
 
-    from resnetlab.inference.predictor import Predictor, collect_images, failures
+    from resnetlab.inference.inputs import collect_images
+    from resnetlab.inference.predictor import Predictor, failures
 
     from .predict import report_failed
 

@@ -39,8 +39,10 @@ def add_arguments(parser):
 
 def run(args):
     from resnetlab.errors import UserError
-    from resnetlab.inference.predictor import (Predictor, collect_images, failures, iter_predictions, predict_files,
-                                               top1_agreement)
+    from resnetlab.inference.inputs import collect_images
+    from resnetlab.inference.predictor import Predictor, failures, iter_predictions, predict_files, top1_agreement
+
+    from .console import ImageProgress
 
     paths = collect_images(args.inputs)  # a folder without images is refused there
     if args.calibrate and args.precision != "int8":
@@ -56,7 +58,8 @@ def run(args):
             raise UserError(f"--calibrate: {err}") from None
         predictor = predictor.quantized(calibration, batch_size=args.batch_size)
     if args.json:  # one object: every result first
-        results, failed = predict_files(predictor, paths, args.topk, args.protocol, args.batch_size)
+        with ImageProgress("predict") as progress:  # nothing is printed until every image is done
+            results, failed = predict_files(predictor, paths, args.topk, args.protocol, args.batch_size, progress)
         report_failed("predict", failed, len(paths), len(results))
         check = top1_agreement(predictor, paths, args.protocol, args.batch_size) if args.verify else None
         print(json.dumps({"checkpoint": predictor.source, "protocol": args.protocol, "precision": predictor.precision,

@@ -63,17 +63,22 @@ def accuracy_report(correct1: float, correct5: float, n: float, protocol: str) -
 
 
 def evaluate(model: nn.Module, normalizer: nn.Module, loader, rt: Runtime, protocol: str = "center",
-             num_classes: int = 0) -> dict:
+             num_classes: int = 0, progress=None) -> dict:
     """Accuracy of `model` over an eval loader (summed over processes when distributed).
 
     With num_classes, the same pass also counts the confusion matrix: the report then holds
     "confusion", an int64 (C, C) CPU tensor, rows = true class, columns = top-1 prediction.
     The model is put in eval mode and left there; callers switch back to training themselves.
+    progress(images done): called after each batch, when given.
     """
     model.eval()
     totals = torch.zeros(3 + num_classes * num_classes, dtype=torch.float64, device=rt.device)
+    done = 0
     for views, labels in loader:
         probs = predict_views(model, normalizer, list(views), rt)
+        done += len(labels)
+        if progress:
+            progress(done)
         totals[:3] += count_correct(probs, labels)
         if num_classes:
             totals[3:] += count_confusion(probs, labels, num_classes)
@@ -105,19 +110,20 @@ def run_eval_spec(cfg, dist_info: DistInfo, rt: Runtime, workers: int = 0):
 
 
 def evaluate_split(scored: EvalModel, dataset, data_cfg, spec, protocol: str = "center",
-                   confusion: bool = False) -> dict:
+                   confusion: bool = False, progress=None) -> dict:
     """Evaluate on one dataset split read as `spec` (a data.LoaderSpec) says, with the data
     package's protocol views (confusion: also count the confusion matrix over the split's
     classes, see `evaluate`)."""
     from resnetlab.data import make_eval_loader
 
     loader = make_eval_loader(dataset, data_cfg, spec, protocol)
-    return evaluate(scored.model, scored.normalizer, loader, scored.rt, protocol, len(dataset.classes) if confusion else 0)
+    return evaluate(scored.model, scored.normalizer, loader, scored.rt, protocol, len(dataset.classes) if confusion else 0,
+                    progress and (lambda done: progress(done, len(dataset))))
 
 
 def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
                         device: str = "auto", precision: str | None = None, batch_size: int | None = None,
-                        workers: int = 0, fast_path=None, skip_bad: bool = False) -> dict:
+                        workers: int = 0, fast_path=None, skip_bad: bool = False, progress=None) -> dict:
     """Accuracy of a checkpoint (or a run directory's best.pt, or published weights by name) on one
     split of its dataset.
 
@@ -130,6 +136,7 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     fast_path: inference.fastpath.prepare_inference (passed in by the CLI: engine comes before
     inference), used when the precision is auto; an explicit one runs eagerly as asked.
     skip_bad: leave out unreadable images (with a warning that counts them) instead of refusing.
+    progress(images done, of total): called after each batch, when given (cli.console.ImageProgress).
     """
     from dataclasses import asdict
 
@@ -168,7 +175,7 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         model = prepare_model(model, rt)
     spec = LoaderSpec(batch_size or cfg.optim.batch_size, workers=workers, device=rt.device)
     report = evaluate_split(EvalModel(model, normalizer.to(rt.device), rt), dataset, cfg.data, spec, protocol,
-                            confusion=True)
+                            confusion=True, progress=progress)
     matrix = report.pop("confusion")
     # another folder than the run's own: its files go to their own folder (engine.confusion.default_eval_dir)
     other = data is not None and Path(data).expanduser().absolute() != Path(str(cfg.data.root)).expanduser().absolute()

@@ -18,16 +18,17 @@ from resnetlab.errors import UserError
 from resnetlab.files import atomic_write, check_writable, write_files_atomic, write_target
 
 from .out_guard import refuse_foreign
-from .predictor import Predictor
+from .predictor import Predictor, counted
 
 FORMATS = (".npy", ".safetensors")
 
 
 def embed_files(predictor: Predictor, paths: list[str], protocol: str = "center",
-                batch_size: int = 64) -> tuple[list[str], np.ndarray, list[dict]]:
-    """(names of the readable files, float32 (N, num_features) embeddings, failed [{"file", "error"}])."""
+                batch_size: int = 64, progress=None) -> tuple[list[str], np.ndarray, list[dict]]:
+    """(names of the readable files, float32 (N, num_features) embeddings, failed [{"file", "error"}]).
+    progress(images read so far, total): called after each batch, when given."""
     idx, rows = [], []
-    for views, i in predictor.batches(paths, protocol, batch_size):
+    for views, i in counted(predictor.batches(paths, protocol, batch_size), len(paths), progress):
         idx += i.tolist()
         rows.append(predictor.embeddings(views).cpu())
     dim = predictor.model.num_features

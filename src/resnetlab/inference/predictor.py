@@ -11,10 +11,8 @@ either against the plain fp32 model.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,61 +22,6 @@ from resnetlab.models.quantize import CALIBRATION_IMAGES
 
 CHUNK = 1024  # images decoded at a time: bounds memory for large folders
 SMALL_DATASETS = ("cifar10", "cifar100", "synthetic")  # trained on in-memory arrays, never resized to eval_resize
-
-
-def image_extensions() -> set[str]:
-    from resnetlab.data.folder import IMAGE_EXTS
-
-    return IMAGE_EXTS
-
-
-def collect_images(inputs: list[str]) -> list[str]:
-    """Files as given, and for folders every image file under them (recursive, sorted, by extension;
-    linked folders followed, each real folder once). A file named explicitly is kept whatever its
-    extension, so a non-image is reported, not ignored; a folder without images, or a blank name
-    ("" is the current folder to the file system: an unset shell variable), is refused."""
-    out = []
-    for item in inputs:
-        if not str(item).strip():
-            raise UserError(f"an image path is blank ({str(item)!r}; an unset shell variable?)")
-        path = Path(item)
-        if path.is_file():
-            out.append(str(path))
-        elif path.is_dir():
-            found = folder_images(path)
-            if not found:
-                raise UserError(f"no image files found in {item} (none ending in "
-                                f"{', '.join(sorted(image_extensions()))})")
-            out += found
-        elif path.exists():  # reading a FIFO could wait for ever; a device is no image either
-            raise UserError(f"{item}: not a regular file or folder (a device, FIFO or socket)")
-        else:
-            raise UserError(f"{item}: no such file or folder")
-    return out
-
-
-def folder_images(folder: Path) -> list[str]:
-    """Every image file under `folder` (hidden names left out), sorted. Linked folders are followed
-    (a folder of links to class folders is a common way to make a subset), each real folder once, so a
-    link loop ends."""
-    from resnetlab.data.folder import hidden
-
-    exts, found, seen = image_extensions(), [], set()
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=_unlistable, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not hidden(d)]  # as a training folder's: NAS thumbnails too
-        found += [os.path.join(dirpath, f) for f in filenames
-                  if not hidden(f) and os.path.splitext(f)[1].lower() in exts]
-    return sorted(found)
-
-
-def _unlistable(err: OSError):
-    raise UserError(f"{err.filename}: cannot list the folder ({err.strerror or err}); fix its permissions, or leave "
-                    "it out of the inputs")
 
 
 @dataclass
@@ -212,16 +155,16 @@ class Predictor:
 
 
 def predict_files(predictor: Predictor, paths: list[str], topk: int = 5, protocol: str = "center",
-                  batch_size: int = 64) -> tuple[list[dict], list[dict]]:
+                  batch_size: int = 64, progress=None) -> tuple[list[dict], list[dict]]:
     """(results, failed): results in the order of `paths`, each {"file", "top": [{"class", "index", "prob"}]};
-    failed: [{"file", "error"}] for files that could not be read as images."""
-    found = dict(iter_predictions(predictor, paths, topk, protocol, batch_size))
+    failed: [{"file", "error"}] for files that could not be read as images. progress(done, total): see `counted`."""
+    found = dict(iter_predictions(predictor, paths, topk, protocol, batch_size, progress))
     results = [{"file": paths[i], "top": found[i]} for i in sorted(found)]
     return results, failures(predictor)
 
 
 def iter_predictions(predictor: Predictor, paths: list[str], topk: int = 5, protocol: str = "center",
-                     batch_size: int = 64):
+                     batch_size: int = 64, progress=None):
     """(index into paths, top-k [{"class", "index", "prob"}]) of each readable file, batch by batch
     in file order, so a caller can show each result as it comes; unreadable files are skipped (see
     `failures` once the iteration has ended)."""
@@ -234,8 +177,18 @@ def iter_predictions(predictor: Predictor, paths: list[str], topk: int = 5, prot
         for i, probs, labels in zip(idx.tolist(), p.tolist(), top.tolist()):
             yield i, [{"class": predictor.classes[c], "index": c, "prob": q} for c, q in zip(labels, probs)]
 
-    yield from in_file_order(predictor, (item for batch in predictor.batches(paths, protocol, batch_size)
-                                         for item in tops(*batch)))
+    batches = counted(predictor.batches(paths, protocol, batch_size), len(paths), progress)
+    yield from in_file_order(predictor, (item for batch in batches for item in tops(*batch)))
+
+
+def counted(batches, total: int, progress=None):
+    """`predictor.batches` as they are, calling progress(images read so far, total) after each."""
+    done = 0
+    for views, idx in batches:
+        yield views, idx
+        done += len(idx)
+        if progress:
+            progress(done, total)
 
 
 def in_file_order(predictor: Predictor, items):
