@@ -164,6 +164,26 @@ def test_eval_of_a_lone_checkpoint_never_overwrites_and_bad_out_is_one_line(run_
                    "nothing was written there")
 
 
+def test_an_out_folder_that_fails_while_written_keeps_the_numbers_and_no_empty_folder(run_dir, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """A disk that filled after --out was checked: the numbers just computed were not shown, and an
+    empty folder was left where the files should be."""
+    import resnetlab.engine.confusion as confusion
+
+    def full(path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(confusion, "write_text_atomic", full)
+    out = tmp_path / "ev"
+    for flags in ([], ["--json"]):
+        assert main(["eval", str(run_dir), "--out", str(out), *flags]) == 2
+        printed, err = capsys.readouterr()
+        assert ("top-1 acc" in printed) if not flags else json.loads(printed)["n"] == 160
+        assert err == (f"resnetlab eval: error: cannot write the confusion matrix into {out} (No space left on "
+                       "device); choose another --out DIR\n")
+        assert not out.exists()
+
+
 def test_eval_of_a_run_that_cannot_take_its_files_still_prints_the_numbers(run_dir, tmp_path, capsys):
     run = tmp_path / "read-only-run"
     shutil.copytree(run_dir, run)

@@ -33,7 +33,7 @@ def add_arguments(parser):
 
 def run(args):
     from resnetlab.engine import evaluate_checkpoint
-    from resnetlab.engine.confusion import ClassResult, format_table, refuse_foreign_eval_files
+    from resnetlab.engine.confusion import refuse_foreign_eval_files
 
     from resnetlab.inference.fastpath import prepare_inference
 
@@ -47,10 +47,20 @@ def run(args):
                                      args.precision, args.batch_size, args.workers, fast_path=prepare_inference,
                                      skip_bad=args.skip_bad, progress=progress)
     matrix = report.pop("confusion")  # in the CSV; a 1000-class matrix is too much for one JSON line
-    report["files"] = [str(p) for p in write_files_or_warn(report, matrix, args.out, args.precision)]
-    if args.json:
+    written, failed = write_files_or_warn(report, matrix, args.out, args.precision)
+    report["files"] = [str(p) for p in written]
+    print_report(report, args.json)
+    if failed:  # the folder asked for could not take the files (a disk that filled): said after the numbers
+        raise failed
+    return 0
+
+
+def print_report(report: dict, as_json: bool) -> None:
+    from resnetlab.engine.confusion import ClassResult, format_table
+
+    if as_json:
         print(json.dumps(report))
-        return 0
+        return
     print(f"{report['checkpoint']}  split={report['split']}  protocol={report['protocol']}  n={report['n']}  "
           f"precision={report['precision']}")
     print(f"  top-1 acc {report['top1']:6.2f}%   error {report['top1_err']:6.2f}%")
@@ -60,19 +70,19 @@ def run(args):
         print(format_table([ClassResult(**r) for r in report["per_class"]]))
     if report["files"]:
         print(f"confusion matrix and per-class numbers: {', '.join(report['files'])}")
-    return 0
 
 
-def write_files_or_warn(report: dict, matrix, out, precision) -> list:
-    """The confusion matrix's files; where the default folder (inside a read-only run, say) cannot
-    take them, a warning instead, so that the evaluation just done is still printed. A folder the
-    user named was checked before evaluating."""
+def write_files_or_warn(report: dict, matrix, out, precision) -> tuple[list, UserError | None]:
+    """(the confusion matrix's files, the error of a folder the user named that could not take them).
+    Where the default folder (inside a read-only run, say) cannot take them, a warning instead; a
+    named folder was checked before evaluating, and one that fails even so (a disk that filled) is
+    an error once the evaluation just done is printed."""
     from resnetlab.engine.confusion import write_eval_files
 
     try:
-        return write_eval_files(report, matrix, out, precision)
+        return write_eval_files(report, matrix, out, precision), None
     except UserError as err:
         if out:
-            raise
+            return [], err
         warnings.warn(f"{err} to keep the files; the numbers follow", ResnetlabWarning)
-        return []
+        return [], None

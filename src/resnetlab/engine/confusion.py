@@ -231,11 +231,14 @@ def write_eval_files(report: dict, matrix, out=None, precision: str | None = Non
     folder = Path(out) if out else default_eval_dir(report["checkpoint"], report["split"], report["protocol"],
                                                     precision, report.get("data"))
     title = f"{Path(report['checkpoint']).name}, {report['split']} split, {report['protocol']} protocol"
+    made = not folder.exists()
     try:
         return write_per_class_files(folder, matrix, classes, title=title)
     except (OSError, StorageError) as err:
+        if made and folder.is_dir() and not any(folder.iterdir()):  # no empty folder that looks like a result
+            folder.rmdir()
         raise UserError(f"cannot write the confusion matrix into {folder} ({_reason(err)}); "
-                        "pass --out DIR") from err
+                        + ("choose another --out DIR" if out else "pass --out DIR")) from err
 
 
 def _reason(err: Exception) -> str:
