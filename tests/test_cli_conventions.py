@@ -67,6 +67,21 @@ def test_mistyped_choice_and_nested_command(capsys):
         "resnetlab weights list: error: unrecognized argument --nothing-like-it (see resnetlab weights list --help)"]
 
 
+def test_a_file_named_like_an_option_gets_told_how_to_pass_it(tmp_path, monkeypatch, capsys):
+    """`predict RUN -x.jpg` said only that an image was required (or that -x.jpg was an unknown flag)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-x.jpg").write_bytes(b"")
+    hint = "; -x.jpg is a file: pass it as ./-x.jpg, or after -- (see resnetlab predict --help)"
+    code, _, err = run_cli(capsys, "predict", "RUN", "-x.jpg")
+    assert code == 2 and err.splitlines() == [f"resnetlab predict: error: the following arguments are required: "
+                                              f"IMAGE_OR_FOLDER{hint}"]
+    code, _, err = run_cli(capsys, "predict", "RUN", "a.jpg", "-x.jpg")
+    assert code == 2 and err.splitlines() == [f"resnetlab predict: error: unrecognized argument -x.jpg{hint}"]
+    code, _, err = run_cli(capsys, "predict", "RUN", "a.jpg", "-y.jpg")  # no such file: no hint
+    assert code == 2 and err.splitlines() == ["resnetlab predict: error: unrecognized argument -y.jpg "
+                                              "(see resnetlab predict --help)"]
+
+
 def test_model_and_image_size_flags_and_print_config_creates_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     code, printed, _ = run_cli(capsys, "train", "--recipe", "cifar10_resnet20", "--model", "resnet32",

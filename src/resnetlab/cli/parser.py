@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
+import sys
 
 
 def did_you_mean(word: str, candidates) -> str:
@@ -20,9 +22,10 @@ class Parser(argparse.ArgumentParser):
         # --epoch... flag is added; a typo gets a suggestion instead.
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.given: list[str] = []  # the command line being parsed (set on every parser by parse_args)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{dash_file_hint(self.given)} (see {self.prog} --help)\n")
 
     def _check_value(self, action, value):
         if action.choices is not None and value not in action.choices:
@@ -32,11 +35,19 @@ class Parser(argparse.ArgumentParser):
             raise argparse.ArgumentError(None, f"unknown {what} {value!r}{hint}")
 
     def parse_args(self, args=None, namespace=None):
+        self.share_given(list(sys.argv[1:] if args is None else args))
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             parser = self.subparser(parsed)
             parser.error(parser.unrecognized(extras))
         return parsed
+
+    def share_given(self, given: list[str]) -> None:
+        self.given = given
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for parser in action.choices.values():
+                    parser.share_given(given)
 
     def subparser(self, parsed) -> "Parser":
         """The deepest (sub)parser that `parsed` went through: unknown flags are reported by it."""
@@ -53,3 +64,9 @@ class Parser(argparse.ArgumentParser):
             return f"unrecognized argument{'s' if len(extras) > 1 else ''} {' '.join(extras)}"
         options = [option for action in self._actions for option in action.option_strings]
         return f"unrecognized argument {flag}{did_you_mean(flag, options)}"
+
+
+def dash_file_hint(given: list[str]) -> str:
+    """A file named like an option (-x.jpg) is read as one: say how to pass it, when one exists."""
+    dashed = next((arg for arg in given if arg.startswith("-") and arg != "-" and os.path.isfile(str(arg))), None)
+    return f"; {dashed} is a file: pass it as ./{dashed}, or after --" if dashed else ""
