@@ -5,6 +5,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from dataclasses import replace
 
@@ -441,10 +442,14 @@ def test_a_cache_write_killed_midway_leaves_nothing_once_the_next_cache_is_writt
     (tmp_path / "cache").mkdir()
     stale = tmp_path / "cache" / f".d-0123456789abcdef0123.npz.{dead}.tmp"
     stale.write_bytes(b"\0" * 1000)
+    os.utime(stale, (time.time() - 400, time.time() - 400))  # untouched for longer than any writer pauses
     live = tmp_path / "cache" / ".d-other.npz.1.tmp"  # pid 1 runs: a write in progress elsewhere
     live.write_bytes(b"")
+    # a pid that runs nowhere here, written to a moment ago: a writer in another container sharing the cache
+    elsewhere = tmp_path / "cache" / f".d-fedcba9876543210fedc.npz.{dead}.tmp"
+    elsewhere.write_bytes(b"\0" * 1000)
     build_data(_cfg(_tree(tmp_path / "d"), tmp_path))
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and elsewhere.exists()
 
 
 def test_what_nas_boxes_and_zip_files_leave_beside_photos_is_neither_class_nor_image(tmp_path):

@@ -78,3 +78,26 @@ def test_atomic_path_renames_a_named_write_into_place_or_removes_it(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("the exporter failed")
     assert (tmp_path / "m.onnx").read_bytes() == b"model" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_a_folder_or_temporary_file_taken_away_mid_write_is_a_storage_error(tmp_path):
+    """A run directory deleted while training, or a temporary file removed by another container's
+    cleanup, ended the command in FileNotFoundError's traceback (ENOENT was not a storage errno)."""
+    import shutil
+
+    folder = tmp_path / "run" / "checkpoints"
+    with pytest.raises(StorageError, match=r"could not write .*last\.pt \(its folder or temporary file was removed "
+                                           r"while it was written\); nothing was written there"):
+        with atomic_write(folder / "last.pt") as f:
+            f.write(b"weights")
+            shutil.rmtree(tmp_path / "run")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "a.npz").write_bytes(b"old")
+    with pytest.raises(StorageError, match=r"the previous a\.npz is intact"):
+        with atomic_path(tmp_path / "cache" / "a.npz") as tmp:
+            tmp.write_bytes(b"new")
+            tmp.unlink()
+    assert (tmp_path / "cache" / "a.npz").read_bytes() == b"old"
+    with pytest.raises(FileNotFoundError):  # the writer's own missing input stays what it is
+        with atomic_write(tmp_path / "cache" / "b.txt", "w") as f:
+            f.write(open(tmp_path / "missing.txt").read())

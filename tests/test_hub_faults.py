@@ -2,6 +2,7 @@
 download killed where no cleanup ran, a cache that cannot be written, a file without a published
 digest that is not the entry's weights, a redirect loop, and a model that differs from the weights'
 only where shapes do not show. Every case is one line and leaves nothing under the cache name."""
+import os
 import signal
 import socket
 import subprocess
@@ -106,10 +107,13 @@ def test_a_download_killed_without_cleanup_is_swept_by_the_next_fetch(server):
     stale = [f".{entry.filename}.{dead}.0badf00d.download", f".{entry.filename}.{dead}.0badf00d.download.5e1f.partial"]
     live = f".{entry.filename}.1.0badf00d.download"  # pid 1 runs: a download in progress elsewhere
     other = f".other.th.{dead}.0badf00d.download"  # another file's: not this fetch's business
-    for name in (*stale, live, other):
+    elsewhere = f".{entry.filename}.{dead}.fedcba98.download"  # written a moment ago: a download in another container
+    for name in (*stale, live, other, elsewhere):
         (folder / name).write_bytes(b"half")
+    for name in stale:
+        os.utime(folder / name, (time.time() - 3 * hub.STALL_TIMEOUT_S,) * 2)  # no download pauses this long
     hub.fetch(entry, progress=False)
-    assert cache_files() == sorted([entry.filename, live, other])
+    assert cache_files() == sorted([entry.filename, live, other, elsewhere])
 
 
 def test_a_cache_that_cannot_be_written_is_one_line_before_any_download(server, monkeypatch):
@@ -189,3 +193,25 @@ def test_a_redirect_loop_is_one_line_and_the_mirror_in_use_is_named(server, monk
         loop.close()
     text = str(err.value)
     assert "\n" not in text and "HTTP 302" in text and f"(the mirror {hub.MIRROR_ENV}={loop.url} is in use)" in text
+
+
+def test_a_leftover_download_that_cannot_be_removed_is_left_and_the_fetch_goes_on(server, monkeypatch):
+    """Another user's leftover in a shared, sticky cache cannot be deleted: every fetch ended in PermissionError."""
+    import pathlib
+
+    entry, _ = publish(server, akamaster_file)
+    folder = hub.cache_dir()
+    folder.mkdir(parents=True)
+    theirs = folder / f".{entry.filename}.999999999.0badf00d.download"
+    theirs.write_bytes(b"half")
+    os.utime(theirs, (time.time() - 3 * hub.STALL_TIMEOUT_S,) * 2)
+    unlink = pathlib.Path.unlink
+
+    def refuse(self, *args, **kwargs):
+        if self == theirs:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", refuse)
+    hub.fetch(entry, progress=False)
+    assert cache_files() == sorted([entry.filename, theirs.name])

@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import stat
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -106,13 +107,18 @@ def atomic_path(path):
     """`with atomic_path(path) as tmp: writer(tmp)`, for writers that want a file name (ONNX,
     TorchScript): `tmp` is renamed over `path` once the block ends, and removed on any error."""
     path = Path(path)
-    tmp = temporary(path)
-    with storage_errors(path):
+    tmp, existed = temporary(path), path.exists()
+    with storage_errors(path, existed):
         make_folder(path)
         tmp.unlink(missing_ok=True)  # this pid's leftover from an earlier process (pids repeat in containers)
         try:
             yield tmp
             os.replace(tmp, path)
+        except FileNotFoundError as err:
+            if tmp.exists():  # not the write's own file: the writer's (say, a file it reads)
+                raise
+            # the folder (a run directory deleted mid-run) or the temporary file taken away under the writer
+            raise storage_error(path, "its folder or temporary file was removed while it was written", existed) from err
         finally:
             tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
@@ -175,16 +181,34 @@ def write_text_atomic(path, text: str) -> Path:
     return Path(path)
 
 
-def remove_stale_temporaries(folder) -> list[Path]:
+SHARED_IDLE_S = 300.0  # a temporary file in a shared cache untouched this long has no writer left
+
+
+def remove_stale_temporaries(folder, idle_s: float = 0.0) -> list[Path]:
     """Delete the temporary files of atomic writes whose process is gone (killed mid-write);
-    returns them. A live writer's file is left alone."""
-    removed = []
+    returns them. A live writer's file is left alone. In a folder other machines or containers may
+    write too (a cache on a shared home, a volume mounted in several containers), a pid that runs
+    nowhere here may be a live writer there: pass idle_s, and only files not written to for that
+    long go (a writer keeps its file's mtime fresh). A run directory, locked by its one trainer, needs none.
+    A file that cannot be removed (another user's, in a shared folder) is left where it is."""
+    removed, now = [], time.time()
     for path in sorted(Path(folder).glob(".*.tmp")):
         match = TEMPORARY.fullmatch(path.name)
-        if match and path.is_file() and not _alive(int(match["pid"])):
-            path.unlink(missing_ok=True)
+        if match and path.is_file() and not _alive(int(match["pid"])) and idle_for(path, now) >= idle_s:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                continue
             removed.append(path)
     return removed
+
+
+def idle_for(path: Path, now: float) -> float:
+    """Seconds since `path` was last written (infinite when it is gone already)."""
+    try:
+        return now - path.stat().st_mtime
+    except OSError:
+        return float("inf")
 
 
 def _alive(pid: int) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from resnetlab.errors import ResnetlabWarning
-from resnetlab.files import atomic_write, remove_stale_temporaries
+from resnetlab.files import SHARED_IDLE_S, atomic_write, remove_stale_temporaries
 
 
 def read_cache(cache: Path, count: int, size: int):
@@ -44,7 +44,7 @@ def save_cache(path: Path, **arrays) -> None:
     """Written atomically, after removing what killed writers left in the folder (a CIFAR-sized
     temporary file is 150 MB, and nothing else would ever remove it)."""
     try:
-        remove_stale_temporaries(path.parent)
+        remove_stale_temporaries(path.parent, idle_s=SHARED_IDLE_S)  # a cache other containers may share
     except OSError:
         pass  # a folder that cannot be listed or cleaned: the write below says what is wrong
     with atomic_write(path) as f:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from resnetlab.errors import ResnetlabWarning
-from resnetlab.files import StorageError, atomic_write, remove_stale_temporaries, write_text_atomic
+from resnetlab.files import SHARED_IDLE_S, StorageError, atomic_write, remove_stale_temporaries, write_text_atomic
 from resnetlab.models.hub import sha256_of
 
 FORMAT = 1  # bump when the key or the package's calling convention changes
@@ -117,7 +117,7 @@ def unusable(folder: Path) -> str | None:
             return f"{folder} cannot be made private ({e.strerror or e})"
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"{folder} is not writable"
-    remove_stale_temporaries(folder)
+    remove_stale_temporaries(folder, idle_s=SHARED_IDLE_S)
     return None
 
 

@@ -19,6 +19,7 @@ import hashlib
 import http.client
 import os
 import re
+import time
 import urllib.error
 import uuid
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit
 import torch
 
 from resnetlab.errors import UserError, count
-from resnetlab.files import StorageError, check_writable, process_alive
+from resnetlab.files import StorageError, check_writable, idle_for, process_alive
 
 from .download_limits import TooSlow, slow_guard, stall_timeout
 from .pretrained import PretrainedWeights
@@ -145,12 +146,19 @@ def _check_cache_writable(path: Path) -> None:
 
 def remove_stale_downloads(path: Path) -> list[Path]:
     """Delete the staging and .partial files of `path`'s downloads whose process is gone (killed by
-    SIGTERM or SIGKILL mid-download, where no cleanup ran); a live download's files are left alone."""
-    removed = []
+    SIGTERM or SIGKILL mid-download, where no cleanup ran); a live download's files are left alone.
+    The cache may be shared by other containers or machines, where a pid that runs nowhere here is
+    alive: only files no download has written to for twice the stall timeout go (a download that
+    stalls that long has given up). One that cannot be removed (another user's) is left."""
+    removed, now = [], time.time()
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.download*"):
         match = STAGING.fullmatch(stale.name)
-        if match and match["name"] == path.name and not process_alive(int(match["pid"])):
-            stale.unlink(missing_ok=True)
+        if (match and match["name"] == path.name and not process_alive(int(match["pid"]))
+                and idle_for(stale, now) >= 2 * STALL_TIMEOUT_S):
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError:
+                continue
             removed.append(stale)
     return removed
 
