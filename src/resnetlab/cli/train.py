@@ -130,13 +130,13 @@ def flag_value(key: str, value):
 def existing_run(cfg, out) -> bool:
     """--resume-if-exists: True when `out` holds a run of this very config (a rerun of the same
     command); a run of another config there is refused rather than continued or overwritten."""
-    from resnetlab.engine.resume_changes import config_differences
+    from resnetlab.engine.resume_changes import run_differences
     from resnetlab.engine.rundir import saved_config
 
     saved = saved_config(out)
     if saved is None:
         return False
-    changed = config_differences(saved, cfg)
+    changed = run_differences(saved, cfg)
     if changed:
         raise UserError(f"{out} holds a run with another config ({'; '.join(changed[:4])}"
                         f"{' ...' if len(changed) > 4 else ''}); continue it with --resume {out} or choose another --out")

@@ -8,6 +8,17 @@ from resnetlab.config import Config, config_to_dict
 from resnetlab.errors import UserError
 
 
+# Where the decoded images are cached and how many processes decode them: neither changes an image,
+# a batch or a step, so a resumed run (a job on another node, its cache on that node's scratch) may
+# change them without a word.
+INCIDENTAL = ("data.cache_dir", "train.workers")
+
+
+def run_differences(saved: Config, wanted: Config) -> list[str]:
+    """config_differences, less the INCIDENTAL keys."""
+    return [d for d in config_differences(saved, wanted) if _key(d) not in INCIDENTAL]
+
+
 def config_differences(saved: Config, wanted: Config) -> list[str]:
     """'key: saved -> wanted' for every config value that differs (dotted keys)."""
     def flat(tree, prefix=""):
@@ -26,9 +37,9 @@ def resume_changes(saved: Config, wanted: Config, run: str) -> str | None:
     size: where in which epoch's shuffle; the seed: the shuffle and the hold-out; the model and its
     fine-tuning: what the checkpoint holds) cannot continue exactly and are refused in one line. The
     schedule and the base lr are functions of the step, recomputed from the current one; any other
-    value (precision, momentum, workers ...) applies from here on. Returns the one-line warning that
+    value (precision, momentum ...) applies from here on. Returns the one-line warning that
     says which of those changed (None when none did), warned once the run is accepted."""
-    changed = config_differences(saved, wanted)
+    changed = run_differences(saved, wanted)
     # a moved data folder is the same data when its record (RUN/data.json) says so: checked once it is built
     moved = same_path(saved.data.root, wanted.data.root) or (Path(run) / "data.json").is_file()
     reasons = {d: _why_fixed(_key(d), moved) for d in changed}
