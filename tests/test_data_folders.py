@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -500,3 +501,19 @@ def test_two_training_folders_of_one_name_in_two_unicode_forms_are_refused(tmp_p
     with pytest.raises(UserError, match=r"two class folders named 'caf.*' \(in two Unicode forms: 'cafe\\u0301' and "
                                         r"'caf\\xe9'\); merge them into one"):
         build_data(_cfg(root, tmp_path))
+
+
+def test_every_cache_follows_resnetlab_cache_then_xdg_cache_home(tmp_path, monkeypatch):
+    """The decoded images went to ~/.cache/resnetlab whatever XDG_CACHE_HOME said (the compiled models
+    and torch.hub's weights followed it): a home kept small filled with 150 MB per dataset."""
+    from resnetlab.inference.compile_cache import cache_dir as compiled
+
+    monkeypatch.delenv("RESNETLAB_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    uncached = lambda root: DataConfig(dataset="folder", root=str(root), val_size=0)  # noqa: E731
+    bundle = build_data(uncached(_tree(tmp_path / "d")))
+    assert [Path(c).parent for c in bundle.provenance["caches"]] == [tmp_path / "xdg" / "resnetlab" / "folders"] * 2
+    assert compiled() == tmp_path / "xdg" / "resnetlab" / "compiled"
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "mine"))
+    assert compiled() == tmp_path / "mine" / "compiled"
+    assert Path(build_data(uncached(tmp_path / "d")).provenance["caches"][0]).parent == tmp_path / "mine" / "folders"

@@ -60,7 +60,7 @@ def test_eval_uses_the_weights_classes_and_preprocessing(tmp_path, cifar_weights
     """Every test image is filed under the class the publisher's model predicts for it, so the
     publisher's preprocessing scores exactly 100%; a dataset normaliser would not."""
     entry, reference = cifar_weights
-    monkeypatch.setattr("resnetlab.data.build.DEFAULT_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
     with torch.no_grad():
         predicted = reference(reference_inputs(IMAGES)).argmax(1).tolist()
         other = reference((IMAGES.float() / 255 - 0.45) / 0.25).argmax(1).tolist()  # another normaliser's answers

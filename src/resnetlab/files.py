@@ -181,6 +181,14 @@ def write_text_atomic(path, text: str) -> Path:
     return Path(path)
 
 
+def cache_home() -> Path:
+    """resnetlab's caches (decoded images, CIFAR's download, compiled models): $RESNETLAB_CACHE, else
+    $XDG_CACHE_HOME/resnetlab, else ~/.cache/resnetlab, as the environment says when it is asked."""
+    if os.environ.get("RESNETLAB_CACHE"):
+        return Path(os.environ["RESNETLAB_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "resnetlab"
+
+
 SHARED_IDLE_S = 300.0  # a temporary file in a shared cache untouched this long has no writer left
 
 

@@ -22,6 +22,7 @@ import torch
 
 from resnetlab.config import DataConfig, check_section
 from resnetlab.errors import ResnetlabWarning, UserError, count
+from resnetlab.files import cache_home
 
 from . import folder as folders
 from .cifar import SPECS, load_cifar
@@ -34,7 +35,6 @@ from .summary import describe_empty, describe_skipped
 from .synthetic import synthetic
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
-DEFAULT_CACHE = Path(os.environ.get("RESNETLAB_CACHE", Path.home() / ".cache" / "resnetlab"))
 
 
 @dataclass
@@ -83,7 +83,7 @@ def _load(cfg: DataConfig):
                 synthetic(cfg.synthetic_size, cfg.synthetic_classes, cfg.image_size, "test"), {})
     root = Path(cfg.root).expanduser() if cfg.root else None
     if cfg.dataset in SPECS:
-        root = root or DEFAULT_CACHE / "datasets"
+        root = root or cache_home() / "datasets"
         train, test = load_cifar(cfg.dataset, root, cfg.download)
         return train, None, test, {"root": str(root)}
     if root is None:
@@ -148,7 +148,7 @@ def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict
     skipped and ignored files, and train_files (the kept training paths, relative to root)."""
     first = next(iter(scanned.values()))
     classes, side = first.classes, folders.small_side(first.paths)
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else DEFAULT_CACHE / "folders"
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_home() / "folders"
     out, provenance = {}, {"root": str(root), "in_memory": side is not None, "caches": [], "resized": 0, "skipped": [],
                            "ignored": [relative(p, root) for scan in scanned.values() for p in scan.ignored]}
     for split, scan in scanned.items():

@@ -249,7 +249,7 @@ def held_out_again(held: dict, saved: dict, bundle, cfg, run_dir: Path):
     or lost images draws another hold-out; scoring that one would mix in training images)."""
     from resnetlab.config import apply_overrides
     from resnetlab.data import build_data
-    from resnetlab.data.build import DEFAULT_CACHE
+    from resnetlab.files import cache_home
     from resnetlab.data.datasets import FileDataset
     from resnetlab.data.folder import small_dataset
 
@@ -275,7 +275,7 @@ def held_out_again(held: dict, saved: dict, bundle, cfg, run_dir: Path):
     labels = torch.tensor([classes.index(n) for n in names], dtype=torch.int64)
     if not bundle.provenance.get("in_memory"):
         return FileDataset(paths, labels, classes)
-    cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else DEFAULT_CACHE / "folders"
+    cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_home() / "folders"
     return small_dataset(paths, labels, classes, bundle.train.image_size[0], root, cache, cfg.data.skip_bad)[0]
 
 

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from resnetlab.errors import ResnetlabWarning
-from resnetlab.files import SHARED_IDLE_S, StorageError, atomic_write, remove_stale_temporaries, write_text_atomic
+from resnetlab.files import (SHARED_IDLE_S, StorageError, atomic_write, cache_home, remove_stale_temporaries,
+                             write_text_atomic)
 from resnetlab.models.hub import sha256_of
 
 FORMAT = 1  # bump when the key or the package's calling convention changes
@@ -37,11 +38,7 @@ ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4")  # the flags inductor's gen
 
 
 def cache_dir() -> Path:
-    if os.environ.get("RESNETLAB_CACHE"):
-        root = Path(os.environ["RESNETLAB_CACHE"])
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnetlab"
-    return root.expanduser() / "compiled"
+    return cache_home() / "compiled"
 
 
 def weights_digest(model: nn.Module) -> str:
