@@ -517,3 +517,19 @@ def test_every_cache_follows_resnetlab_cache_then_xdg_cache_home(tmp_path, monke
     monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "mine"))
     assert compiled() == tmp_path / "mine" / "compiled"
     assert Path(build_data(uncached(tmp_path / "d")).provenance["caches"][0]).parent == tmp_path / "mine" / "folders"
+
+
+def test_a_cache_replaced_by_a_newer_listing_is_removed_and_long_folder_names_fit(tmp_path):
+    """Every edit, chmod -R (new ctimes) or cache version left another whole decoded copy for ever;
+    a folder name of 231-255 bytes made the cache's own name too long (a warning, then exit 2)."""
+    root = _tree(tmp_path / ("é" * 120))  # 240 bytes: a legal name
+    build_data(_cfg(root, tmp_path))
+    first = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(first) == 2 and all(len(os.fsencode(p.name)) < 120 for p in first)  # train and test
+    other = _tree(tmp_path / "elsewhere" / ("é" * 120))  # another folder of the same name: its caches stay
+    build_data(_cfg(other, tmp_path))
+    _write(root / "train" / "cat" / "9.png", COLOURS["cat"])  # a new listing of train: a new cache
+    bundle = build_data(_cfg(root, tmp_path))
+    now = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(now) == 4 and len(set(first) & set(now)) == 1  # the old train cache went, the test one stays
+    assert {Path(c) for c in bundle.provenance["caches"]} <= set(now)  # beside the other folder's two

@@ -3,6 +3,7 @@ split, keyed by the file listing. Written atomically; read without unpickling, a
 damaged or not ours is decoded again rather than trusted."""
 from __future__ import annotations
 
+import glob
 import warnings
 import zipfile
 import zlib
@@ -12,6 +13,9 @@ import numpy as np
 
 from resnetlab.errors import ResnetlabWarning
 from resnetlab.files import SHARED_IDLE_S, atomic_write, remove_stale_temporaries
+
+KEY_CHARS = 20  # of the listing's hash in a cache file's name: LABEL-KEY.npz
+LABEL_BYTES = 80  # of the folder's name in it: a name of up to 255 bytes would make one too long
 
 
 def read_cache(cache: Path, count: int, size: int):
@@ -40,12 +44,32 @@ def read_cache(cache: Path, count: int, size: int):
     return None
 
 
-def save_cache(path: Path, **arrays) -> None:
+def save_cache(path: Path, origin: str, **arrays) -> None:
     """Written atomically, after removing what killed writers left in the folder (a CIFAR-sized
-    temporary file is 150 MB, and nothing else would ever remove it)."""
+    temporary file is 150 MB, and nothing else would ever remove it); then the caches it replaces
+    go (`evict_replaced`). origin: which folder, split and size the arrays are of."""
     try:
         remove_stale_temporaries(path.parent, idle_s=SHARED_IDLE_S)  # a cache other containers may share
     except OSError:
         pass  # a folder that cannot be listed or cleaned: the write below says what is wrong
     with atomic_write(path) as f:
-        np.savez(f, **arrays)
+        np.savez(f, origin=np.array(origin), **arrays)
+    evict_replaced(path, origin)
+
+
+def evict_replaced(path: Path, origin: str) -> list[Path]:
+    """Remove the caches of the same origin under other keys (the folder's files since edited, added
+    to, copied with new ctimes, or an older resnetlab's decoding): each was a whole decoded copy (184 MB
+    for CIFAR-10) that nothing would read again. Caches of other folders, sizes or splits stay; a file
+    that cannot be read or removed is left. Returns the ones removed."""
+    label, removed = path.name[:-len("-" + "0" * KEY_CHARS + ".npz")], []
+    for other in sorted(path.parent.glob(f"{glob.escape(label)}-{'?' * KEY_CHARS}.npz")):
+        try:
+            with open(other, "rb") as f, np.load(f, allow_pickle=False) as z:
+                same = other != path and "origin" in z.files and str(z["origin"]) == origin
+            if same:
+                other.unlink()
+                removed.append(other)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+            continue
+    return removed

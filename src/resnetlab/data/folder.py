@@ -31,7 +31,7 @@ from PIL import Image
 from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError
 
-from .array_cache import read_cache, save_cache
+from .array_cache import KEY_CHARS, LABEL_BYTES, read_cache, save_cache
 from .batches import STOP_SIGNALS
 from .datasets import ArrayDataset, check_class_names, class_key
 from .decode import BadImage, center_box, decode_crops, header_size
@@ -215,14 +215,17 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
     listing = [(p[prefix:], s.st_size, s.st_mtime_ns, s.st_ctime_ns) for p, s in ((p, os.stat(p)) for p in paths)]
     key = json.dumps([CACHE_VERSION, listing, labels.tolist(), classes, size, skip_bad])
     key = hashlib.sha256(key.encode()).hexdigest()
-    cache = cache_dir / f"{root.resolve().name}-{key[:20]}.npz"
+    label = os.fsencode(root.resolve().name)[:LABEL_BYTES].decode("utf-8", "ignore") or "root"
+    cache = cache_dir / f"{label}-{key[:KEY_CHARS]}.npz"
+    origin = json.dumps([str(root.resolve()), sorted({p.split(os.sep, 1)[0] for p, *_ in listing}), size, skip_bad])
     cached = read_cache(cache, len(paths), size) if cache.is_file() else None
     if cached is not None:
         images, keep, resized, reasons = cached
     else:
         images, keep, resized, reasons = decode_all(paths, size, skip_bad)
         try:
-            save_cache(cache, images=images, keep=keep, resized=np.int64(resized), reasons=np.array(reasons, dtype=str))
+            save_cache(cache, origin, images=images, keep=keep, resized=np.int64(resized),
+                       reasons=np.array(reasons, dtype=str))
         except StorageError as err:  # a cache is a saving, not the point: train on what was just decoded
             cache, not_cached = None, err.reason
     if cache is None:
