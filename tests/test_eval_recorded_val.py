@@ -3,6 +3,7 @@ even after the data folder gained or lost images (which draws another hold-out),
 line when some of those images are gone."""
 import importlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,17 @@ def test_eval_does_not_fit_a_normaliser_it_would_not_use(run, monkeypatch, capsy
     monkeypatch.setattr("resnetlab.data.build.fit_normalizer", refuse)
     assert main(["eval", str(out), "--split", "val", "--json", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 6
+
+
+def test_the_hold_outs_own_cache_leaves_the_training_splits_cache_in_place(run, monkeypatch, capsys):
+    """Caches replace older ones of the same folder and part: the held-out images, decoded on their own
+    after the folder changed, must not count as the training split's newer cache."""
+    data, out, side = run
+    if side != 16:
+        pytest.skip("photos are not cached")
+    noise_photo(data / "cat" / "img8.png", CHANNELS["cat"], side, np.random.default_rng(1))  # another hold-out now
+    cfg = load_config(str(out / "config.yaml"))
+    train_cache = build_data(cfg.data, seed=cfg.train.seed).provenance["caches"][0]
+    scored_on_val(monkeypatch, capsys, out)  # the recorded hold-out, decoded into a cache of its own
+    caches = sorted(p.name for p in (out.parent / "cache").glob("*.npz"))
+    assert Path(train_cache).name in caches and len(caches) == 2

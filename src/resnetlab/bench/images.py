@@ -74,7 +74,7 @@ def write_large_jpegs(root: Path, count: int, seed: int = 0) -> None:
 def decoded(images: BenchImages, size: int, cache_dir: Path) -> ArrayDataset:
     """Our pipeline's in-memory form of the files: decoded once at `size` (through the data cache)."""
     data, _ = folders.small_dataset(images.paths, images.labels, images.classes, size, images.root,
-                                    cache_dir, skip_bad=False)
+                                    cache_dir, skip_bad=False, part="benchmark")
     return data
 
 

@@ -155,7 +155,8 @@ def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict
         provenance["skipped"] += scan.skipped
         kept = scan.paths
         if side is not None:
-            out[split], meta = folders.small_dataset(scan.paths, scan.labels, classes, side, root, cache_dir, cfg.skip_bad)
+            out[split], meta = folders.small_dataset(scan.paths, scan.labels, classes, side, root, cache_dir, cfg.skip_bad,
+                                                     split)
             provenance["caches"] += [meta["cache"]] if meta["cache"] else []
             provenance["resized"] += meta["resized"]
             provenance["skipped"] += meta["skipped"]

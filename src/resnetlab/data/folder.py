@@ -207,8 +207,9 @@ def small_side(paths: list) -> int | None:
 
 
 def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], size: int, root: Path,
-                  cache_dir: Path, skip_bad: bool) -> tuple[ArrayDataset, dict]:
-    """Decode small images into size x size arrays, through the .npz cache; info: counts."""
+                  cache_dir: Path, skip_bad: bool, part: str = "train") -> tuple[ArrayDataset, dict]:
+    """Decode small images into size x size arrays, through the .npz cache; info: counts. part: which
+    of root's images they are (a split, a hold-out): a newer cache of the same part replaces its older."""
     prefix = len(str(root)) + 1  # scan() built every path as str(root / split / class / file)
     # ctime as well as mtime: a file replaced by one of the same size with its mtime kept (cp -p, rsync -t,
     # tar x) has a new ctime, which no tool sets. Moving the folder keeps the key (paths are relative).
@@ -217,7 +218,7 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
     key = hashlib.sha256(key.encode()).hexdigest()
     label = os.fsencode(root.resolve().name)[:LABEL_BYTES].decode("utf-8", "ignore") or "root"
     cache = cache_dir / f"{label}-{key[:KEY_CHARS]}.npz"
-    origin = json.dumps([str(root.resolve()), sorted({p.split(os.sep, 1)[0] for p, *_ in listing}), size, skip_bad])
+    origin = json.dumps([str(root.resolve()), part, size, skip_bad])
     cached = read_cache(cache, len(paths), size) if cache.is_file() else None
     if cached is not None:
         images, keep, resized, reasons = cached

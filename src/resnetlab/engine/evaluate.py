@@ -276,7 +276,8 @@ def held_out_again(held: dict, saved: dict, bundle, cfg, run_dir: Path):
     if not bundle.provenance.get("in_memory"):
         return FileDataset(paths, labels, classes)
     cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_home() / "folders"
-    return small_dataset(paths, labels, classes, bundle.train.image_size[0], root, cache, cfg.data.skip_bad)[0]
+    return small_dataset(paths, labels, classes, bundle.train.image_size[0], root, cache, cfg.data.skip_bad,
+                         "held-out validation")[0]
 
 
 def int8_model(scored: EvalModel, train, data_cfg, images: int | None = None,
