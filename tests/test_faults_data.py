@@ -28,7 +28,10 @@ def photos(root, per_class=8, colours=COLOURS):
 @pytest.fixture
 def run(tmp_path, capsys):
     """(data folder, run directory): a 2-step ResNet-8 run on ROOT/<class>/ PNGs, 6 of 24 held out."""
-    data = photos(tmp_path / "basic")
+    return trained_on(photos(tmp_path / "basic"), tmp_path, capsys)
+
+
+def trained_on(data, tmp_path, capsys):
     cfg = tiny_config(("data.dataset", "folder"), ("data.root", str(data)), ("data.val_size", 0.25),
                       ("data.cache_dir", str(tmp_path / "cache")), ("schedule.max_steps", 2), ("optim.batch_size", 6))
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
@@ -85,9 +88,51 @@ def test_resume_refuses_a_photo_replaced_under_its_name_and_takes_a_copy_that_ke
     _write(photo, (250, 250, 250), (16, 16))
     os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     line = refused(capsys, out)
-    assert ("images of train were replaced or edited since (same names, other sizes or modification times)" in line
-            or "images of val were replaced or edited since" in line)
+    assert ("images of train were replaced or edited since (same names" in line
+            or "images of val were replaced or edited since (same names" in line)
     assert main(["train", "--resume", str(out), "--data", str(copy), "--max-steps", "4"]) == 0
+
+
+def uncompressed_photos(root, colours=COLOURS):
+    """BMPs of one resolution: every file the same size, whatever its pixels."""
+    from PIL import Image
+    for name, colour in colours.items():
+        for i in range(8):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), tuple(c + i for c in colour)).save(root / name / f"img{i}.bmp")
+    return root
+
+
+@pytest.fixture
+def bmp_run(tmp_path, capsys):
+    return trained_on(uncompressed_photos(tmp_path / "bmp"), tmp_path, capsys)
+
+
+def test_resume_refuses_other_pixels_in_files_of_the_same_names_sizes_and_times(bmp_run, capsys):
+    """Names, sizes and mtimes were the whole fingerprint: a cat replaced by a dog of the same size, its
+    time kept (touch -r, archives with fixed times), resumed on other images without a word."""
+    data, out = bmp_run
+    cat, dog = data / "cat" / "img3.bmp", data / "dog" / "img3.bmp"
+    stat = cat.stat()
+    cat.write_bytes(dog.read_bytes())
+    os.utime(cat, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    line = refused(capsys, out)
+    assert "were replaced or edited since (same names and sizes, other pixels)" in line
+
+
+def test_a_copy_that_did_not_keep_the_times_resumes_and_a_rename_is_called_one(bmp_run, tmp_path, capsys):
+    """cp -r, scp: the same images with new mtimes were refused as 'replaced or edited'; a renamed file
+    was called 'same names'."""
+    data, out = bmp_run
+    copy = tmp_path / "scratch"
+    shutil.copytree(data, copy, copy_function=shutil.copyfile)  # contents only: new modification times
+    os.utime(copy / "cat" / "img3.bmp", ns=(1, 1))
+    assert main(["train", "--resume", str(out), "--data", str(copy), "--max-steps", "4"]) == 0
+    capsys.readouterr()
+    os.rename(copy / "cat" / "img3.bmp", copy / "cat" / "img3-renamed.bmp")
+    run2 = tmp_path / "run"
+    line = refused(capsys, run2, "--max-steps", "6")
+    assert "(files of train were renamed since (as many per class, other names))" in line
 
 
 def test_a_moved_folder_with_the_same_images_resumes_and_another_is_refused(run, tmp_path, capsys):
@@ -138,3 +183,19 @@ def test_resume_of_a_missing_directory_or_with_another_out_is_one_line(run, tmp_
         f"resnetlab train: error: --resume {out} continues that run in its own directory; drop --out "
         f"{tmp_path / 'other'} (to start a new run from its weights: --init {out} --out {tmp_path / 'other'})")
     assert not (tmp_path / "other").exists()
+
+
+def test_records_of_older_runs_hold_one_digest_which_is_the_new_mtimes_one(bmp_run, capsys):
+    """Runs before 2026-12-06 recorded a string per split: they resume on the same files, and are refused
+    on edited ones, as before."""
+    data, out = bmp_run
+    record = json.loads((out / "data.json").read_text())
+    record["fingerprints"] = {split: digests["mtimes"] for split, digests in record["fingerprints"].items()}
+    (out / "data.json").write_text(json.dumps(record))
+    stat = (data / "cat" / "img3.bmp").stat()
+    os.utime(data / "cat" / "img3.bmp", ns=(1, 1))
+    line = refused(capsys, out, "--max-steps", "4")
+    assert "images of train were replaced or edited since (same names, other sizes or modification times)" in line \
+        or "images of val were replaced or edited since (same names, other sizes or modification times)" in line
+    os.utime(data / "cat" / "img3.bmp", ns=(stat.st_atime_ns, stat.st_mtime_ns))  # back as recorded: the same files
+    assert main(["train", "--resume", str(out), "--max-steps", "4"]) == 0

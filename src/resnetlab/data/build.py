@@ -27,6 +27,7 @@ from resnetlab.files import cache_home
 from . import folder as folders
 from .cifar import SPECS, load_cifar
 from .datasets import ArrayDataset, FileDataset
+from .fingerprints import fingerprint
 from .decode import unreadable_headers
 from .loaders import check_augment
 from .normalize import Normalizer
@@ -176,7 +177,8 @@ def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict
             out[split] = FileDataset(scan.paths, scan.labels, classes)
         if split == "train":
             provenance["train_files"] = [relative(p, root) for p in kept]
-        provenance.setdefault("fingerprints", {})[split] = folders.fingerprint(kept, root)
+        pixels = out[split].images.permute(0, 2, 3, 1).numpy() if side is not None else None  # as decoded: NHWC
+        provenance.setdefault("fingerprints", {})[split] = fingerprint(kept, root, pixels)
     return out, provenance
 
 

@@ -176,20 +176,6 @@ def broken_link(path: str) -> str:
     return f"dangling symbolic link (to {os.readlink(path)}, which does not exist)"
 
 
-def fingerprint(paths: list[str], root: Path) -> str:
-    """SHA-256 over each file's path (relative to root), size and mtime: a photo replaced under its
-    name is another image (a resumed run would go on with other data), while a moved or `cp -a`
-    copy of the folder keeps it."""
-    prefix, sha = len(str(root)) + 1, hashlib.sha256()
-    for path in paths:
-        try:
-            st = os.stat(path)
-            sha.update(f"{path[prefix:]}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
-        except OSError:  # gone since the scan: reported when it is decoded
-            sha.update(f"{path[prefix:]}\0-\n".encode("utf-8", "surrogateescape"))
-    return sha.hexdigest()
-
-
 def probed_sizes(paths: list) -> list[tuple[int, int]]:
     """(width, height) of up to PROBES images spread evenly over the list, from their headers; an
     unreadable file is left out (reported, or skipped, when it is decoded)."""

@@ -10,6 +10,8 @@ from pathlib import PurePath
 
 import torch
 
+from .fingerprints import fingerprint_changes
+
 IMBALANCE_WARN = 5.0  # largest / smallest training class at least this: warn (when data.balance is none)
 CLASSES_LISTED = 12  # more classes than this: the counts line gives the range, not every class
 FILES_LISTED = 3
@@ -99,7 +101,7 @@ def data_record(bundle) -> dict:
         "validation": provenance.get("validation"),
         "ignored_files": provenance.get("ignored", []),
         "skipped_files": [{"path": p, "reason": r} for p, r in skipped.items()],
-        "fingerprints": provenance.get("fingerprints"),  # folders: per split, over names, sizes and mtimes
+        "fingerprints": provenance.get("fingerprints"),  # folders: per split (data.fingerprints)
     }
 
 
@@ -120,11 +122,8 @@ def record_changes(saved: dict, now: dict) -> list[str]:
                            f"now {per_class(b, differ[:FILES_LISTED])}{more}")
     if not changes and saved.get("validation") != now.get("validation"):
         changes.append("the images held out for validation are not the ones data.json lists")
-    was, new = saved.get("fingerprints") or {}, now.get("fingerprints") or {}  # none in records of older runs
-    edited = [split for split in was if split in new and was[split] != new[split]]
-    if not changes and edited:
-        changes.append(f"images of {'/'.join(edited)} were replaced or edited since (same names, other sizes or "
-                       "modification times)")
+    if not changes:  # none in records of older runs
+        changes += fingerprint_changes(saved.get("fingerprints") or {}, now.get("fingerprints") or {})
     return changes
 
 
