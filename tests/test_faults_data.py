@@ -199,3 +199,17 @@ def test_records_of_older_runs_hold_one_digest_which_is_the_new_mtimes_one(bmp_r
         or "images of val were replaced or edited since (same names, other sizes or modification times)" in line
     os.utime(data / "cat" / "img3.bmp", ns=(stat.st_atime_ns, stat.st_mtime_ns))  # back as recorded: the same files
     assert main(["train", "--resume", str(out), "--max-steps", "4"]) == 0
+
+
+def test_eval_val_says_when_the_images_it_held_out_were_edited_since(bmp_run, capsys):
+    """The recorded names were scored as they are now without a word, even when their pixels had changed."""
+    data, out = bmp_run
+    cat, dog = data / "cat" / "img3.bmp", data / "dog" / "img3.bmp"
+    stat = cat.stat()
+    cat.write_bytes(dog.read_bytes())
+    os.utime(cat, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert main(["eval", str(out), "--split", "val", "--json"]) == 0
+    printed, err = capsys.readouterr()
+    assert json.loads(printed)["n"] == 6 and err.count("warning") == 1
+    assert "(images of train were replaced or edited since (same names and sizes, other pixels)): the images it " \
+           "held out are scored as they are now" in err

@@ -217,13 +217,13 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None, no
     check_run_data_root(cfg)
     bundle = build_data(cfg.data, seed=cfg.train.seed, normalizer=normalizer)
     held = recorded_validation(run_dir) if split == "val" and run_dir is not None else None
-    if held is not None:  # exactly the images the run held out, whatever the folder holds now
-        now = json.loads(json.dumps(bundle.provenance.get("validation")))  # as data.json would hold it
-        return (bundle.val if held[0] == now else held_out_again(*held, bundle, cfg, run_dir)), bundle.train
     changes = data_changes(run_dir, bundle) if split == "val" and run_dir is not None else []
-    if changes:
-        warnings.warn(f"{data_source(bundle)} is not what {run_dir} trained on ({'; '.join(changes)}): the validation "
-                      "split is drawn from it again and may hold images the run trained on", ResnetlabWarning, stacklevel=3)
+    if held is not None and held[0] != json.loads(json.dumps(bundle.provenance.get("validation"))):  # as data.json has it
+        return held_out_again(*held, bundle, cfg, run_dir), bundle.train  # the images held out, as listed
+    if changes:  # the same names held out (their images edited since), or the hold-out drawn again
+        warnings.warn(f"{data_source(bundle)} is not what {run_dir} trained on ({'; '.join(changes)}): " + (
+            "the images it held out are scored as they are now" if held else "the validation split is drawn from "
+            "it again and may hold images the run trained on"), ResnetlabWarning, stacklevel=3)
     dataset = bundle.test if split == "test" else bundle.val
     if dataset is None:
         raise UserError(f"the dataset at {cfg.data.root} has no {split} split"
