@@ -324,3 +324,18 @@ def test_predict_embed_and_eval_report_their_progress_image_by_image(run_dir, tm
     with ImageProgress("embed") as progress:  # stderr is no terminal here: no bar, nothing written
         progress(5, 10)
         assert progress.bar is None
+
+
+def test_predict_jsonl_streams_one_object_per_image_then_the_unreadable_ones(run_dir, tmp_path, capsys):
+    """--json holds every result until the end (1.7 GB for 20k images at --topk 200): --jsonl prints each
+    image's object as it is done, the unreadable files after them."""
+    paths = collect_images([str(run_dir.parent / "data" / "test")])[:7]
+    (tmp_path / "bad.jpg").write_text("not an image")
+    assert main(["predict", str(run_dir), *paths, str(tmp_path / "bad.jpg"), "--jsonl", "--topk", "2",
+                 "--precision", "fp32", "--batch-size", "3", "--verify"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected, failed = predict_files(Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32"), paths, topk=2,
+                                     batch_size=3)
+    assert lines[:7] == expected and failed == []
+    assert lines[7] == {"file": str(tmp_path / "bad.jpg"), "error": "not an image Pillow can read"}
+    assert lines[8]["verify"]["n"] == 7 and len(lines) == 9

@@ -17,7 +17,9 @@ def exit_status(command: str, done: str, partial: str, failed: str) -> str:
 
 def add_arguments(parser):
     parser.epilog = ("stdout holds only results: a line per image (then the --verify line), or with --json one "
-                     "object whose \"failed\" lists the unreadable files; messages go to stderr. "
+                     "object whose \"failed\" lists the unreadable files, or with --jsonl one object per line: "
+                     "{\"file\", \"top\"} per image as it is done, then {\"file\", \"error\"} per unreadable file "
+                     "and {\"verify\"}; messages go to stderr. "
                      + exit_status("predict", "classified", "the others' results are complete", "nothing on stdout"))
     add_checkpoint_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
@@ -34,7 +36,10 @@ def add_arguments(parser):
     parser.add_argument("--no-fuse", action="store_true", help="keep BatchNorm separate (slower; for debugging)")
     parser.add_argument("--verify", action="store_true",
                         help="also run plain fp32 and report the fast path's top-1 agreement with it")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object (once every image is done)")
+    output.add_argument("--jsonl", action="store_true",
+                        help="print one JSON object per line, each image's as it is done (any number of images)")
 
 
 def run(args):
@@ -69,12 +74,18 @@ def run(args):
     done = 0
     for i, top in iter_predictions(predictor, paths, args.topk, args.protocol, args.batch_size):
         done += 1
-        # a line per image whatever its name: newlines, ESC ... escaped (--json: as it is)
-        print(shown(paths[i]) + "  " + "  ".join(f"{t['class']} {t['prob']:.4f}" for t in top), flush=True)
+        # a line per image whatever its name: newlines, ESC ... escaped (JSON: as it is)
+        print(json.dumps({"file": paths[i], "top": top}) if args.jsonl else
+              shown(paths[i]) + "  " + "  ".join(f"{t['class']} {t['prob']:.4f}" for t in top), flush=True)
     failed = failures(predictor)
     report_failed("predict", failed, len(paths), done)
+    for f in failed if args.jsonl else ():
+        print(json.dumps(f))
     if args.verify:
         check = top1_agreement(predictor, paths, args.protocol, args.batch_size)
+        if args.jsonl:
+            print(json.dumps({"verify": check}))
+            return 1 if failed else 0
         layout = (", channels_last" if check["channels_last"] else "") + (", compiled" if check["compiled"] else "")
         bn = "BN kept" if args.no_fuse else "folded BN"
         print(f"fast path ({check['precision']}, {bn}{layout}) vs plain fp32: top-1 agreement "
