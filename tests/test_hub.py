@@ -157,6 +157,13 @@ def test_missing_on_the_server_and_bad_cached_files(server, capsys, monkeypatch)
     monkeypatch.setitem(pretrained._BY_NAME, entry.name, entry)
     assert main(["weights", "verify"]) == 1
     assert f"{entry.name}: FAILED:" in capsys.readouterr().out
+    # offline, fetch says the damaged file is why it tried, and that it is left as it was
+    with monkeypatch.context() as offline:
+        offline.setenv(hub.MIRROR_ENV, str(server.httpd.root / "nothing-here"))
+        assert main(["weights", "fetch", entry.name, "--quiet"]) == 2
+    assert f". The damaged file there is as it was ({hub.cache_dir() / entry.filename} is not the published" in \
+        capsys.readouterr().err
+    assert (hub.cache_dir() / entry.filename).read_bytes() == b"damaged"
     # what the message advises works: fetch downloads the published file again in the damaged one's place
     assert main(["weights", "fetch", entry.name, "--quiet"]) == 0
     assert (hub.cache_dir() / entry.filename).read_bytes() == (server.httpd.root / HOST / "models" /

@@ -112,14 +112,15 @@ def fetch(entry: PretrainedWeights, progress: bool = True, replace_damaged: bool
     """The checked cache file of `entry`, downloaded first if it is not there. A cached file that is
     not the published one is refused, or with `replace_damaged` (`resnetlab weights fetch`) downloaded
     again: the good download replaces it in one rename; a failed one leaves it as it was."""
-    path = cached_file(entry)
+    path, damaged = cached_file(entry), None
     if path.is_file():
         try:
             check_cached(entry, path)
             return path
-        except UserError:
+        except UserError as err:
             if not replace_damaged:
                 raise
+            damaged = err
     _check_cache_writable(path)
     remove_stale_downloads(path)
     failures = []
@@ -130,7 +131,8 @@ def fetch(entry: PretrainedWeights, progress: bool = True, replace_damaged: bool
         except _DownloadFailed as err:
             failures.append(f"{url}: {err}")
     mirror = os.environ.get(MIRROR_ENV, "").strip()
-    raise UserError(f"could not download {entry.name} ({'; '.join(failures)}). Nothing was written to the cache. "
+    kept = (f"The damaged file there is as it was ({damaged})" if damaged else "Nothing was written to the cache")
+    raise UserError(f"could not download {entry.name} ({'; '.join(failures)}). {kept}. "
                     f"Without network access, fetch {entry.urls[0]} elsewhere and put it at {path} "
                     + (f"(the mirror {MIRROR_ENV}={mirror} is in use)" if mirror else f"(or set {MIRROR_ENV} to a mirror)"))
 
