@@ -140,3 +140,45 @@ def test_photos_met_unreadable_while_training_are_listed_in_data_json_and_stay_t
     assert main(["train", "--resume", str(run), "--max-steps", "2"]) == 0
     assert set(listed()) == expected
     assert "skipped" not in capsys.readouterr().err  # known from the record, met again or not: no second warning
+
+
+def test_photos_met_unreadable_before_a_stop_are_listed_at_once_and_follow_a_moved_folder(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """A checkpoint inside an epoch (an evaluation, a SIGTERM) wrote data.json before the epoch's
+    unreadable files reached it: a stop lost them. A resume with --data NEW_DIR dropped the ones before."""
+    import json
+    import os
+    import shutil
+    import signal
+
+    import numpy as np
+
+    import resnetlab.engine.train as engine_train
+    root, rng, cut = tmp_path / "photos", np.random.default_rng(0), []
+    for name in ("ant", "bee"):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(8):
+            path = root / "train" / name / f"{i}.jpg"
+            Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(path)
+            if i % 3 == 0:
+                path.write_bytes(path.read_bytes()[:700])  # header whole, data cut short
+                cut.append(f"train/{name}/{i}.jpg")
+    real, steps = engine_train.train_step, []
+
+    def step_then_sigterm(*args):
+        steps.append(len(steps) + 1)
+        if len(steps) == 4:  # the epoch's last batch: its generator is still open when the stop saves
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(engine_train, "train_step", step_then_sigterm)
+    run = tmp_path / "run"
+    assert _train(root, run, "--set", "data.skip_bad=true", "--set", "data.normalize=imagenet", "--max-steps", "8") == 143
+    monkeypatch.undo()
+    listed = lambda: {s["path"] for s in json.loads((run / "data.json").read_text())["skipped_files"]}  # noqa: E731
+    assert listed() == {str(root / f) for f in cut}
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)  # times kept: the same photos
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--data", str(moved), "--max-steps", "5"]) == 0
+    assert listed() == {str(moved / f) for f in cut} and "skipped" not in capsys.readouterr().err

@@ -149,6 +149,7 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
                            else "remove it")  # deleted while a run trains: "remove it" made no sense
                     raise UserError(f"{path}: {reason}; {fix} or set data.skip_bad=true to skip bad files")
                 skipped += bad
+                self.data.unreadable.update(bad)  # recorded at once: a checkpoint may come before the epoch ends
                 if x is None:
                     continue
                 if isinstance(x, list):
@@ -219,9 +220,8 @@ def report_skipped(dataset: FileDataset, skipped: list[tuple[str, str]], shown: 
     new = list(dict.fromkeys(p for p, _ in skipped if p not in dataset.reported_bad))
     if not new or not dataset.warn_bad:
         return
-    reasons = dict(skipped)
-    dataset.reported_bad.update((path, reasons[path]) for path in new)
-    why = reasons[new[0]]
+    dataset.reported_bad.update(new)
+    why = dict(skipped)[new[0]]
     warnings.warn(f"data.skip_bad: skipped {len(new)} unreadable file{'s' * (len(new) != 1)} while decoding "
                   f"({new[0]}: {why}{''.join(', ' + p for p in new[1:shown])}{', ...' if len(new) > shown else ''}); "
                   f"{len(dataset.reported_bad)} of {len(dataset)} files of this split skipped so far",

@@ -79,9 +79,10 @@ class ArrayDataset:
 class FileDataset:
     """Image files decoded on demand; labels are int64, one per path.
 
-    Files that turn out unreadable while decoding (data.skip_bad) are warned about once each
-    by the loaders (`reported_bad`, path -> reason, remembers them across epochs and goes into the
-    run's data.json) unless warn_bad is False, for callers that report them their own way (predict)."""
+    Files that turn out unreadable while decoding (data.skip_bad) are `unreadable` (path -> reason)
+    as soon as a batch meets them (a run's data.json lists them), and warned about once each by the
+    loaders (`reported_bad` remembers which, across epochs) unless warn_bad is False, for callers
+    that report them their own way (predict)."""
 
     def __init__(self, paths: list[str], labels: torch.Tensor, classes: list[str], warn_bad: bool = True):
         if len(paths) != len(labels):
@@ -90,7 +91,8 @@ class FileDataset:
         self.labels = labels.to(torch.int64)
         self.classes = list(classes)
         self.warn_bad = warn_bad
-        self.reported_bad: dict[str, str] = {}
+        self.unreadable: dict[str, str] = {}
+        self.reported_bad: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -112,7 +114,7 @@ class FileDataset:
     def stats_batches(self, cfg: DataConfig, seed: int = 0):
         """The images the normaliser's statistics are fitted on: centre views, at the training crop
         size, of up to data.stats_images files (a seeded sample). Files found unreadable on the way
-        (data.skip_bad) are this dataset's reported ones from then on: warned about once, recorded."""
+        (data.skip_bad) are this dataset's from then on: recorded, and warned about once."""
         n = min(len(self), cfg.stats_images)
         sample = self.subset(torch.randperm(len(self), generator=generator(STATS, seed))[:n].sort().values)
         source = sample.batch_source(cfg, eval_batches(n, 64, 0, 1), protocol="center")
@@ -120,7 +122,8 @@ class FileDataset:
             with closing(source.iterate(0, torch.device("cpu"), [])) as batches:
                 yield from (views[0] for views, _ in batches)
         finally:
-            self.reported_bad.update(sample.reported_bad)
+            self.unreadable.update(sample.unreadable)
+            self.reported_bad |= sample.reported_bad
 
 
 def match_classes(dataset, classes: list[str], source: str, aliases: list[str] | None = None):

@@ -87,12 +87,12 @@ def data_record(bundle) -> dict:
     """RUN/data.json: where the data came from, images per class and split, what was held out
     for validation (files relative to the root, or indices into the training split), and the
     files ignored or skipped: found unreadable as the data was read, then those met while decoding
-    (photos are checked by their headers first; their splits' `reported_bad`)."""
+    (photos are checked by their headers first; their splits' `unreadable`)."""
     provenance = bundle.provenance
     splits = (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
     skipped = dict(provenance.get("skipped", []))
     for _, split in splits:
-        skipped.update((p, r) for p, r in getattr(split, "reported_bad", {}).items() if p not in skipped)
+        skipped.update((p, r) for p, r in getattr(split, "unreadable", {}).items() if p not in skipped)
     return {
         "dataset": provenance.get("dataset"), "root": provenance.get("root"), "layout": provenance.get("layout"),
         "classes": list(bundle.classes),

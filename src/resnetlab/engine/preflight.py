@@ -6,6 +6,7 @@ CPU cores)."""
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def preflight(run) -> None:
     from resnetlab.data.loaders import epoch_image_size
     from resnetlab.data.summary import data_record, imbalance_warning, notes
 
+    if run.state.step > 0:  # resumed: the files the run met unreadable while decoding stay on its record (every rank)
+        carry_decoding_skips(run.workdir, file_splits(run.bundle), run.bundle.provenance.get("root"))
     if not run.dist_info.is_main:
         return
     cfg = run.cfg
@@ -35,10 +38,8 @@ def preflight(run) -> None:
                      f"then {full}; validation (at {full}) only once the steps since the last one were all at {full}")
     if cfg.train.test_protocol != "center" and run.bundle.test is not None:
         run.log.info(f"final test with {cfg.train.test_protocol} views (validation: centre views)")
-    if run.state.step > 0:  # resumed: the files the run met unreadable while decoding stay on its record
-        carry_decoding_skips(run.workdir, file_splits(run.bundle))
     write_text_atomic(run.workdir / "data.json", json.dumps(data_record(run.bundle), indent=1))
-    run.recorded_skips = sum(len(d.reported_bad) for d in file_splits(run.bundle))
+    run.recorded_skips = sum(len(d.unreadable) for d in file_splits(run.bundle))
     found = [without_init_warning(cfg.finetune), imbalance_warning(run.bundle, cfg.data.balance)] + schedule_warnings(
         cfg.schedule, run.steps_per_epoch)
     epochs = -(-run.total // run.steps_per_epoch)
@@ -58,17 +59,22 @@ def file_splits(bundle) -> list:
     return [d for d in (bundle.train, bundle.val, bundle.test) if isinstance(d, FileDataset)]
 
 
-def carry_decoding_skips(workdir, splits: list) -> None:
+def carry_decoding_skips(workdir, splits: list, root: str | None) -> None:
     """Files RUN/data.json lists as skipped that the data as read now did not find unreadable (met
-    while decoding, before a resume) are taken as reported again, each into the split it belongs to."""
+    while decoding, before a resume) are taken as met and warned about again, each into the split it
+    belongs to; under the data's root now (`--resume RUN --data NEW_DIR`), where the record had another."""
     try:
-        saved = json.loads((Path(workdir) / "data.json").read_text(encoding="utf-8")).get("skipped_files") or []
+        record = json.loads((Path(workdir) / "data.json").read_text(encoding="utf-8"))
+        saved, was = record.get("skipped_files") or [], record.get("root")
     except (OSError, ValueError, AttributeError):
         return
+    moved = lambda path: os.path.join(root, os.path.relpath(path, was)) if root and was else path  # noqa: E731
+    listed = {moved(s["path"]): s["reason"] for s in saved
+              if isinstance(s, dict) and isinstance(s.get("path"), str) and isinstance(s.get("reason"), str)}
     for split in splits:
-        paths = set(split.paths)
-        split.reported_bad.update((s["path"], s["reason"]) for s in saved if isinstance(s, dict)
-                                  and s.get("path") in paths and isinstance(s.get("reason"), str))
+        found = {path: listed[path] for path in split.paths if path in listed}
+        split.unreadable.update(found)
+        split.reported_bad.update(found)
 
 
 def record_decoding_skips(run) -> None:
@@ -81,10 +87,10 @@ def record_decoding_skips(run) -> None:
     splits = file_splits(run.bundle)
     if not (splits and run.cfg.data.skip_bad):  # alike on every process: none of them gathers
         return
-    for theirs in gather_objects([d.reported_bad for d in splits], run.dist_info):
+    for theirs in gather_objects([d.unreadable for d in splits], run.dist_info):
         for split, bad in zip(splits, theirs):
-            split.reported_bad.update((p, r) for p, r in bad.items() if p not in split.reported_bad)
-    found = sum(len(d.reported_bad) for d in splits)
+            split.unreadable.update((p, r) for p, r in bad.items() if p not in split.unreadable)
+    found = sum(len(d.unreadable) for d in splits)
     if run.dist_info.is_main and found != run.recorded_skips:
         write_text_atomic(run.workdir / "data.json", json.dumps(data_record(run.bundle), indent=1))
         run.recorded_skips = found
