@@ -284,22 +284,6 @@ def test_resume_if_exists_starts_continues_and_refuses_another_config(tmp_path, 
                                   "another --out")
 
 
-def test_a_resume_may_move_the_image_cache_and_change_the_workers(tmp_path, recipe, reference, capsys):
-    """A job that resumes on another node, its cache on that node's scratch: --resume refused a new
-    data.cache_dir ("the position in the data depends on it"; it does not), and --resume-if-exists
-    called it a run of another config."""
-    run = str(tmp_path / "run")
-    assert main(["train", "--recipe", recipe, "--out", run, "--max-steps", "8"]) == 0
-    moved = ["--set", f"data.cache_dir={tmp_path / 'node2'}", "--workers", "1"]
-    assert main(["train", "--recipe", recipe, "--out", run, "--resume-if-exists", "--max-steps", "8", *moved]) == 0
-    assert f"{run} finished at step 8: nothing to resume" in capsys.readouterr().err
-    assert main(["train", "--resume", run, "--max-steps", "12", *moved]) == 0
-    assert main(["train", "--resume", run, "--max-steps", "12", "--set", f"data.cache_dir={tmp_path / 'node3'}"]) == 0
-    err = capsys.readouterr().err
-    assert "cache_dir" not in err and "workers" not in err, err  # neither refused nor warned about
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 12
-
-
 @pytest.mark.parametrize("edit, words", [
     (lambda c: c.update(model_name="resnet20"), ["says its model is resnet20, but weights do not fit", "missing"]),
     (lambda c: c.pop("normalizer"), ["lacks normalizer: not a complete resnetlab-checkpoint-v1 checkpoint"]),

@@ -86,14 +86,15 @@ def test_a_folder_or_temporary_file_taken_away_mid_write_is_a_storage_error(tmp_
     import shutil
 
     folder = tmp_path / "run" / "checkpoints"
-    with pytest.raises(StorageError, match=r"could not write .*last\.pt \(its folder or temporary file was removed "
-                                           r"while it was written\); nothing was written there"):
+    with pytest.raises(StorageError, match=r"could not write .*last\.pt \(its folder was removed while it was "
+                                           r"written to\); nothing was written there"):
         with atomic_write(folder / "last.pt") as f:
             f.write(b"weights")
             shutil.rmtree(tmp_path / "run")
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "a.npz").write_bytes(b"old")
-    with pytest.raises(StorageError, match=r"the previous a\.npz is intact"):
+    with pytest.raises(StorageError, match=r"\(its temporary file was removed while it was written\); the previous "
+                                           r"a\.npz is intact"):
         with atomic_path(tmp_path / "cache" / "a.npz") as tmp:
             tmp.write_bytes(b"new")
             tmp.unlink()
@@ -101,3 +102,8 @@ def test_a_folder_or_temporary_file_taken_away_mid_write_is_a_storage_error(tmp_
     with pytest.raises(FileNotFoundError):  # the writer's own missing input stays what it is
         with atomic_write(tmp_path / "cache" / "b.txt", "w") as f:
             f.write(open(tmp_path / "missing.txt").read())
+
+    with pytest.raises(StorageError, match=r"metrics\.jsonl \(its folder was removed while it was written to\)"):
+        with resnetlab.files.storage_errors(tmp_path / "gone" / "metrics.jsonl"), \
+                open(tmp_path / "gone" / "metrics.jsonl", "a"):  # an append between two evaluations
+            pass

@@ -42,12 +42,15 @@ def storage_error(path: Path, reason: str, existed: bool) -> StorageError:
 
 @contextmanager
 def storage_errors(path, existed: bool | None = None):
-    """Turn an OSError of the storage inside the block into a StorageError about `path`."""
+    """Turn an OSError of the storage inside the block into a StorageError about `path`; also a
+    file not found because `path`'s folder is gone (a run directory deleted while it trains)."""
     path = Path(path)
     existed = path.exists() if existed is None else existed
     try:
         yield
     except OSError as err:
+        if err.errno == errno.ENOENT and not path.parent.is_dir():
+            raise storage_error(path, "its folder was removed while it was written to", False) from err
         if err.errno not in STORAGE_ERRNOS:
             raise
         raise storage_error(path, err.strerror or str(err), existed) from err
@@ -115,10 +118,11 @@ def atomic_path(path):
             yield tmp
             os.replace(tmp, path)
         except FileNotFoundError as err:
-            if tmp.exists():  # not the write's own file: the writer's (say, a file it reads)
-                raise
-            # the folder (a run directory deleted mid-run) or the temporary file taken away under the writer
-            raise storage_error(path, "its folder or temporary file was removed while it was written", existed) from err
+            if str(tmp) not in (err.filename, err.filename2) or not path.parent.is_dir():
+                raise  # not the write's own file (a file the writer reads), or its folder gone (storage_errors says)
+            # the temporary file taken away under the writer (another container's cleanup of a shared cache)
+            raise storage_error(path, "its temporary file was removed while it was written",
+                                existed and path.exists()) from err
         finally:
             tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
