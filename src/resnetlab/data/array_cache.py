@@ -4,6 +4,9 @@ damaged or not ours is decoded again rather than trusted."""
 from __future__ import annotations
 
 import glob
+import json
+import os
+import socket
 import warnings
 import zipfile
 import zlib
@@ -16,6 +19,17 @@ from resnetlab.files import SHARED_IDLE_S, atomic_write, remove_stale_temporarie
 
 KEY_CHARS = 20  # of the listing's hash in a cache file's name: LABEL-KEY.npz
 LABEL_BYTES = 80  # of the folder's name in it: a name of up to 255 bytes would make one too long
+
+
+def cache_file(cache_dir: Path, root: Path, key: str, part: str, size: int, skip_bad: bool) -> tuple[Path, str]:
+    """(the cache file of listing `key`, its origin: the machine, folder, part of it, size and skip_bad
+    whose newer cache replaces it). The machine: a cache on a shared home, read by nodes that each
+    copied the data to the same path (other ctimes, so other keys), must not have each node remove
+    the others' caches in turn. The folder's name labels the file, cut short (a legal name of 255
+    bytes would make the file's too long; the key keeps it unique)."""
+    label = os.fsencode(root.resolve().name)[:LABEL_BYTES].decode("utf-8", "ignore") or "root"
+    origin = json.dumps([socket.gethostname(), str(root.resolve()), part, size, skip_bad])
+    return cache_dir / f"{label}-{key[:KEY_CHARS]}.npz", origin
 
 
 def read_cache(cache: Path, count: int, size: int):
@@ -31,6 +45,8 @@ def read_cache(cache: Path, count: int, size: int):
             reason = "arrays of the wrong type or shape"
         else:
             return images, keep, resized, reasons
+    except FileNotFoundError:  # removed since it was listed (replaced by a newer one): decoded, without a word
+        return None
     except EOFError:
         reason = "empty or cut short"
     except zipfile.BadZipFile as err:

@@ -31,7 +31,7 @@ from PIL import Image
 from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError
 
-from .array_cache import KEY_CHARS, LABEL_BYTES, read_cache, save_cache
+from .array_cache import cache_file, read_cache, save_cache
 from .batches import STOP_SIGNALS
 from .datasets import ArrayDataset, check_class_names, class_key
 from .decode import BadImage, center_box, decode_crops, header_size
@@ -201,10 +201,7 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
     # tar x) has a new ctime, which no tool sets. Moving the folder keeps the key (paths are relative).
     listing = [(p[prefix:], s.st_size, s.st_mtime_ns, s.st_ctime_ns) for p, s in ((p, os.stat(p)) for p in paths)]
     key = json.dumps([CACHE_VERSION, listing, labels.tolist(), classes, size, skip_bad])
-    key = hashlib.sha256(key.encode()).hexdigest()
-    label = os.fsencode(root.resolve().name)[:LABEL_BYTES].decode("utf-8", "ignore") or "root"
-    cache = cache_dir / f"{label}-{key[:KEY_CHARS]}.npz"
-    origin = json.dumps([str(root.resolve()), part, size, skip_bad])
+    cache, origin = cache_file(cache_dir, root, hashlib.sha256(key.encode()).hexdigest(), part, size, skip_bad)
     cached = read_cache(cache, len(paths), size) if cache.is_file() else None
     if cached is not None:
         images, keep, resized, reasons = cached

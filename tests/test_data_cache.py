@@ -1,0 +1,79 @@
+"""The decoded-image cache of small-image folders: where it lives (RESNETLAB_CACHE, then
+XDG_CACHE_HOME), what a killed writer leaves (removed once idle; a live writer's file, here or in
+another container, kept), and which caches a newer one replaces (its own folder, part and machine's)."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from test_data_folders import COLOURS, _cfg, _tree, _write
+
+from resnetlab.config import DataConfig
+from resnetlab.data import build_data
+
+
+def test_a_cache_write_killed_midway_leaves_nothing_once_the_next_cache_is_written(tmp_path):
+    """Its temporary file stayed in the cache folder for ever (150 MB for CIFAR-10)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    (tmp_path / "cache").mkdir()
+    stale = tmp_path / "cache" / f".d-0123456789abcdef0123.npz.{dead}.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    os.utime(stale, (time.time() - 400, time.time() - 400))  # untouched for longer than any writer pauses
+    live = tmp_path / "cache" / ".d-other.npz.1.tmp"  # pid 1 runs: a write in progress elsewhere
+    live.write_bytes(b"")
+    # a pid that runs nowhere here, written to a moment ago: a writer in another container sharing the cache
+    elsewhere = tmp_path / "cache" / f".d-fedcba9876543210fedc.npz.{dead}.tmp"
+    elsewhere.write_bytes(b"\0" * 1000)
+    build_data(_cfg(_tree(tmp_path / "d"), tmp_path))
+    assert not stale.exists() and live.exists() and elsewhere.exists()
+
+
+def test_every_cache_follows_resnetlab_cache_then_xdg_cache_home(tmp_path, monkeypatch):
+    """The decoded images went to ~/.cache/resnetlab whatever XDG_CACHE_HOME said (the compiled models
+    and torch.hub's weights followed it): a home kept small filled with 150 MB per dataset."""
+    from resnetlab.inference.compile_cache import cache_dir as compiled
+
+    monkeypatch.delenv("RESNETLAB_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    uncached = lambda root: DataConfig(dataset="folder", root=str(root), val_size=0)  # noqa: E731
+    bundle = build_data(uncached(_tree(tmp_path / "d")))
+    assert [Path(c).parent for c in bundle.provenance["caches"]] == [tmp_path / "xdg" / "resnetlab" / "folders"] * 2
+    assert compiled() == tmp_path / "xdg" / "resnetlab" / "compiled"
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "mine"))
+    assert compiled() == tmp_path / "mine" / "compiled"
+    assert Path(build_data(uncached(tmp_path / "d")).provenance["caches"][0]).parent == tmp_path / "mine" / "folders"
+
+
+def test_a_cache_replaced_by_a_newer_listing_is_removed_and_long_folder_names_fit(tmp_path):
+    """Every edit, chmod -R (new ctimes) or cache version left another whole decoded copy for ever;
+    a folder name of 231-255 bytes made the cache's own name too long (a warning, then exit 2)."""
+    root = _tree(tmp_path / ("é" * 120))  # 240 bytes: a legal name
+    build_data(_cfg(root, tmp_path))
+    first = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(first) == 2 and all(len(os.fsencode(p.name)) < 120 for p in first)  # train and test
+    other = _tree(tmp_path / "elsewhere" / ("é" * 120))  # another folder of the same name: its caches stay
+    build_data(_cfg(other, tmp_path))
+    _write(root / "train" / "cat" / "9.png", COLOURS["cat"])  # a new listing of train: a new cache
+    bundle = build_data(_cfg(root, tmp_path))
+    now = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(now) == 4 and len(set(first) & set(now)) == 1  # the old train cache went, the test one stays
+    assert {Path(c) for c in bundle.provenance["caches"]} <= set(now)  # beside the other folder's two
+
+
+def test_nodes_sharing_a_cache_folder_keep_each_others_caches(tmp_path, monkeypatch):
+    """Each node's copy of the data at the same path has its own ctimes, so its own key: the nodes
+    removed each other's caches in turn, and every job decoded everything again."""
+    import socket
+
+    root = _tree(tmp_path / "d")
+    monkeypatch.setattr(socket, "gethostname", lambda: "node-a")
+    build_data(_cfg(root, tmp_path))
+    node_a = set((tmp_path / "cache").glob("*.npz"))
+    for path in root.rglob("*.png"):
+        os.chmod(path, 0o644)  # node b's copy: the same files, other ctimes
+    monkeypatch.setattr(socket, "gethostname", lambda: "node-b")
+    build_data(_cfg(root, tmp_path))
+    assert len(node_a) == 2 and node_a < set((tmp_path / "cache").glob("*.npz")) and \
+        len(list((tmp_path / "cache").glob("*.npz"))) == 4
