@@ -213,3 +213,19 @@ def test_eval_val_says_when_the_images_it_held_out_were_edited_since(bmp_run, ca
     assert json.loads(printed)["n"] == 6 and err.count("warning") == 1
     assert "(images of train were replaced or edited since (same names and sizes, other pixels)): the images it " \
            "held out are scored as they are now" in err
+
+
+def test_the_pixel_digest_is_of_the_arrays_values_however_they_lie_in_memory(monkeypatch):
+    """It copied the whole in-memory dataset first (a permuted view): 15 GB for 64 px ImageNet."""
+    import hashlib
+
+    import numpy as np
+
+    from resnetlab.data import fingerprints
+
+    monkeypatch.setattr(fingerprints, "CHUNK_BYTES", 1000)  # many chunks
+    images = np.random.default_rng(0).integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
+    strided = np.ascontiguousarray(images.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # same values, other layout
+    expected = hashlib.sha256(images.tobytes()).hexdigest()
+    assert fingerprints.fingerprint([], "/root", images)["pixels"] == expected
+    assert fingerprints.fingerprint([], "/root", strided)["pixels"] == expected

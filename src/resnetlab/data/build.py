@@ -177,7 +177,7 @@ def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict
             out[split] = FileDataset(scan.paths, scan.labels, classes)
         if split == "train":
             provenance["train_files"] = [relative(p, root) for p in kept]
-        pixels = out[split].images.permute(0, 2, 3, 1).numpy() if side is not None else None  # as decoded: NHWC
+        pixels = out[split].images.numpy() if side is not None else None  # (N, 3, H, W), contiguous: hashed in place
         provenance.setdefault("fingerprints", {})[split] = fingerprint(kept, root, pixels)
     return out, provenance
 
