@@ -77,6 +77,8 @@ def test_a_file_named_like_an_option_gets_told_how_to_pass_it(tmp_path, monkeypa
                                               f"IMAGE_OR_FOLDER{hint}"]
     code, _, err = run_cli(capsys, "predict", "RUN", "a.jpg", "-x.jpg")
     assert code == 2 and err.splitlines() == [f"resnetlab predict: error: unrecognized argument -x.jpg{hint}"]
+    code, _, err = run_cli(capsys, "predict", "RUN", "--topk", "x", "--", "-x.jpg")  # passed as advised: no hint
+    assert code == 2 and "-x.jpg is a file" not in err
     code, _, err = run_cli(capsys, "predict", "RUN", "a.jpg", "-y.jpg")  # no such file: no hint
     assert code == 2 and err.splitlines() == ["resnetlab predict: error: unrecognized argument -y.jpg "
                                               "(see resnetlab predict --help)"]

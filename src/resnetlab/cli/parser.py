@@ -68,5 +68,6 @@ class Parser(argparse.ArgumentParser):
 
 def dash_file_hint(given: list[str]) -> str:
     """A file named like an option (-x.jpg) is read as one: say how to pass it, when one exists."""
-    dashed = next((arg for arg in given if arg.startswith("-") and arg != "-" and os.path.isfile(str(arg))), None)
+    options = given[:given.index("--")] if "--" in given else given  # after --, a file is read as one already
+    dashed = next((arg for arg in options if arg.startswith("-") and arg != "-" and os.path.isfile(str(arg))), None)
     return f"; {dashed} is a file: pass it as ./{dashed}, or after --" if dashed else ""
