@@ -229,3 +229,19 @@ def test_the_pixel_digest_is_of_the_arrays_values_however_they_lie_in_memory(mon
     expected = hashlib.sha256(images.tobytes()).hexdigest()
     assert fingerprints.fingerprint([], "/root", images)["pixels"] == expected
     assert fingerprints.fingerprint([], "/root", strided)["pixels"] == expected
+
+
+def test_eval_val_says_nothing_of_a_test_split_edited_since(tmp_path, capsys):
+    """The warning that the held-out images are scored as they are now came for any change, the test
+    split's included, which the hold-out never draws from."""
+    from PIL import Image
+    for split in ("train", "test"):
+        uncompressed_photos(tmp_path / "splits" / split)
+    data, out = trained_on(tmp_path / "splits", tmp_path, capsys)
+    cat, dog = data / "test" / "cat" / "img3.bmp", data / "test" / "dog" / "img3.bmp"
+    stat = cat.stat()
+    cat.write_bytes(dog.read_bytes())
+    os.utime(cat, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert Image.open(cat).getpixel((0, 0)) == Image.open(dog).getpixel((0, 0))
+    assert main(["eval", str(out), "--split", "val", "--json"]) == 0
+    assert "warning" not in capsys.readouterr().err

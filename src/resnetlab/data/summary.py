@@ -11,6 +11,7 @@ from pathlib import PurePath
 import torch
 
 from .fingerprints import fingerprint_changes
+from .folder import SPLITS
 
 IMBALANCE_WARN = 5.0  # largest / smallest training class at least this: warn (when data.balance is none)
 CLASSES_LISTED = 12  # more classes than this: the counts line gives the range, not every class
@@ -105,15 +106,15 @@ def data_record(bundle) -> dict:
     }
 
 
-def record_changes(saved: dict, now: dict) -> list[str]:
+def record_changes(saved: dict, now: dict, splits: tuple = SPLITS) -> list[str]:
     """What differs between two data records (data.json as a run wrote it, and `data_record` of the
-    data as built now), e.g. 'classes were bird, cat, dog; now cat, dog, zebra'. The root is left
-    out: the same images in a moved folder are the same data."""
+    data as built now) in `splits`, e.g. 'classes were bird, cat, dog; now cat, dog, zebra'. The root
+    is left out: the same images in a moved folder are the same data."""
     if saved.get("classes") != now.get("classes"):
         return [f"classes were {', '.join(saved.get('classes') or [])}; now {', '.join(now.get('classes') or [])}"]
     changes = []
     was, new = saved.get("images_per_class") or {}, now.get("images_per_class") or {}
-    for split in sorted(was.keys() | new.keys(), key=("train", "val", "test").index):
+    for split in sorted((was.keys() | new.keys()) & set(splits), key=SPLITS.index):
         a, b = was.get(split) or {}, new.get(split) or {}
         if a != b:
             differ = [c for c in now["classes"] if a.get(c) != b.get(c)]
@@ -123,7 +124,8 @@ def record_changes(saved: dict, now: dict) -> list[str]:
     if not changes and saved.get("validation") != now.get("validation"):
         changes.append("the images held out for validation are not the ones data.json lists")
     if not changes:  # none in records of older runs
-        changes += fingerprint_changes(saved.get("fingerprints") or {}, now.get("fingerprints") or {})
+        changes += fingerprint_changes({k: v for k, v in (saved.get("fingerprints") or {}).items() if k in splits},
+                                       now.get("fingerprints") or {})
     return changes
 
 

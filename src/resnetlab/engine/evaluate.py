@@ -217,7 +217,7 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None, no
     check_run_data_root(cfg)
     bundle = build_data(cfg.data, seed=cfg.train.seed, normalizer=normalizer)
     held = recorded_validation(run_dir) if split == "val" and run_dir is not None else None
-    changes = data_changes(run_dir, bundle) if split == "val" and run_dir is not None else []
+    changes = data_changes(run_dir, bundle, ("train", "val")) if split == "val" and run_dir is not None else []
     if held is not None and held[0] != json.loads(json.dumps(bundle.provenance.get("validation"))):  # as data.json has it
         return held_out_again(*held, bundle, cfg, run_dir), bundle.train  # the images held out, as listed
     if changes:  # the same names held out (their images edited since), or the hold-out drawn again

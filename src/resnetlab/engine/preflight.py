@@ -96,16 +96,16 @@ def record_decoding_skips(run) -> None:
         run.recorded_skips = found
 
 
-def data_changes(workdir, bundle) -> list[str]:
-    """How the data as built now differs from the record the run wrote to RUN/data.json (see
-    data.summary.record_changes); [] when there is none (runs from before data.json) or it is unreadable."""
+def data_changes(workdir, bundle, splits: tuple = ("train", "val", "test")) -> list[str]:
+    """How the data as built now differs, in `splits`, from the record the run wrote to RUN/data.json
+    (data.summary.record_changes); [] when there is none (runs from before data.json) or it is unreadable."""
     from resnetlab.data.summary import data_record, record_changes
 
     try:
         saved = json.loads((Path(workdir) / "data.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    return record_changes(saved, json.loads(json.dumps(data_record(bundle))))  # as it would be written
+    return record_changes(saved, json.loads(json.dumps(data_record(bundle))), splits)  # as it would be written
 
 
 def data_source(bundle) -> str:
