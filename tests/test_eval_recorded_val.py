@@ -161,3 +161,19 @@ def test_the_hold_outs_own_cache_leaves_the_training_splits_cache_in_place(run, 
     scored_on_val(monkeypatch, capsys, out)  # the recorded hold-out, decoded into a cache of its own
     caches = sorted(p.name for p in (out.parent / "cache").glob("*.npz"))
     assert Path(train_cache).name in caches and len(caches) == 2
+
+
+def test_two_runs_hold_out_caches_are_their_own(run, capsys):
+    """Every run on a folder shared one hold-out part: evaluating two runs of other seeds in turn made
+    each remove the other's cache, and decode again."""
+    data, out, side = run
+    if side != 16:
+        pytest.skip("photos are not cached")
+    other = out.parent / "run2"
+    assert main(["train", "--recipe", str(out.parent / "tiny.yaml"), "--out", str(other), "--set", "train.seed=1"]) == 0
+    noise_photo(data / "cat" / "img8.png", CHANNELS["cat"], side, np.random.default_rng(1))  # other hold-outs now
+    for run_dir in (out, other, out):
+        assert main(["eval", str(run_dir), "--split", "val", "--json"]) == 0
+    capsys.readouterr()
+    caches = sorted((out.parent / "cache").glob("*.npz"))
+    assert len(caches) == 3  # the folder's, and each run's hold-out

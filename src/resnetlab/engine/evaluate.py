@@ -277,7 +277,7 @@ def held_out_again(held: dict, saved: dict, bundle, cfg, run_dir: Path):
         return FileDataset(paths, labels, classes)
     cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_home() / "folders"
     return small_dataset(paths, labels, classes, bundle.train.image_size[0], root, cache, cfg.data.skip_bad,
-                         "held-out validation")[0]
+                         f"held-out validation of {Path(run_dir).resolve()}")[0]  # each run's own: seeds differ
 
 
 def int8_model(scored: EvalModel, train, data_cfg, images: int | None = None,
