@@ -77,3 +77,19 @@ def test_nodes_sharing_a_cache_folder_keep_each_others_caches(tmp_path, monkeypa
     build_data(_cfg(root, tmp_path))
     assert len(node_a) == 2 and node_a < set((tmp_path / "cache").glob("*.npz")) and \
         len(list((tmp_path / "cache").glob("*.npz"))) == 4
+
+
+def test_cifar_downloaded_before_xdg_cache_home_counted_is_found_where_it_is(tmp_path, monkeypatch):
+    """With XDG_CACHE_HOME set, CIFAR is looked for under it now: one downloaded earlier to
+    ~/.cache/resnetlab/datasets is used there, not downloaded again (or missing to a resume)."""
+    from resnetlab.data.build import cifar_home
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("RESNETLAB_CACHE", raising=False)
+    new, legacy = tmp_path / "xdg" / "resnetlab" / "datasets", tmp_path / "home" / ".cache" / "resnetlab" / "datasets"
+    assert cifar_home("cifar10") == new  # nowhere yet: downloaded where the cache is
+    (legacy / "cifar-10-batches-py").mkdir(parents=True)
+    assert cifar_home("cifar10") == legacy and cifar_home("cifar100") == new
+    (new / "cifar-10-batches-py").mkdir(parents=True)
+    assert cifar_home("cifar10") == new

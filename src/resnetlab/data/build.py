@@ -84,12 +84,21 @@ def _load(cfg: DataConfig):
                 synthetic(cfg.synthetic_size, cfg.synthetic_classes, cfg.image_size, "test"), {})
     root = Path(cfg.root).expanduser() if cfg.root else None
     if cfg.dataset in SPECS:
-        root = root or cache_home() / "datasets"
+        root = root or cifar_home(cfg.dataset)
         train, test = load_cifar(cfg.dataset, root, cfg.download)
         return train, None, test, {"root": str(root)}
     if root is None:
         raise UserError("data.root is not set; pass --data ROOT with ROOT/train/<class>/<image>")
     return _load_folder(root, cfg)
+
+
+def cifar_home(dataset: str) -> Path:
+    """Where CIFAR is kept without data.root: datasets/ of the cache (files.cache_home), or of the
+    one versions before 2026-12-06 used whatever XDG_CACHE_HOME said (~/.cache/resnetlab) while it
+    holds the dataset and the cache does not: no second download, no run that cannot find its data."""
+    home, legacy = cache_home() / "datasets", Path.home() / ".cache" / "resnetlab" / "datasets"
+    found = lambda root: (root / SPECS[dataset].folder).is_dir()  # noqa: E731
+    return legacy if not found(home) and found(legacy) and not os.environ.get("RESNETLAB_CACHE") else home
 
 
 def _load_folder(root: Path, cfg: DataConfig):
