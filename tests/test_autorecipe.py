@@ -182,3 +182,25 @@ def test_with_skip_bad_the_recipe_is_sized_for_the_readable_images(small_folder)
         (small_folder / "train" / "1" / f"junk{i}.jpg").write_bytes(b"not an image")
     assert survey("folder", small_folder, skip_bad=True) == clean
     assert survey("folder", small_folder).train_images == 312  # without skip_bad the run refuses the first one
+
+
+
+def test_with_skip_bad_a_large_folder_is_counted_from_a_spread_sample_of_headers(small_folder, monkeypatch):
+    """Every header was read once here and again as the data was built: minutes on a large folder."""
+    from resnetlab.data import survey as survey_module
+
+    for i in range(12):
+        (small_folder / "train" / "2" / f"junk{i}.jpg").write_bytes(b"not an image")
+    exact = survey_module.survey("folder", small_folder, skip_bad=True)
+    assert exact.train_images == 12 and exact.largest_class == 4
+    read = []
+    monkeypatch.setattr(survey_module, "HEADERS_READ", 8)  # 24 files: every third header read
+    monkeypatch.setattr(survey_module, "unreadable_headers",
+                        lambda paths: read.extend(paths) or exact_bad(paths))
+    estimated = survey_module.survey("folder", small_folder, skip_bad=True)
+    assert len(read) == 8 and estimated.train_images == 12 and estimated.largest_class == 8
+
+
+def exact_bad(paths):
+    from resnetlab.data.decode import unreadable_headers
+    return unreadable_headers(paths)

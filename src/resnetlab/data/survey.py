@@ -14,6 +14,7 @@ from .cifar import SPECS
 from .decode import unreadable_headers
 
 CIFAR_TRAIN_IMAGES = 50000
+HEADERS_READ = 20000  # with skip_bad, headers read to count the images that read; more files: estimated
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
@@ -33,14 +34,18 @@ def survey(dataset: str, root: str | Path, skip_bad: bool = False) -> DataFacts:
     train_dir = root / "train" if layout == "splits" else root
     scan = folders.scan(train_dir, None, skip_bad)
     paths, labels = scan.paths, scan.labels
+    largest = lambda labels: int(labels.bincount().max()) if len(labels) else 0  # noqa: E731
+    images, biggest = len(paths), largest(labels)
     if skip_bad:  # the files the run will leave out: the batch, steps and warm-up are sized without them
-        bad = {path for path, _ in unreadable_headers(paths)}
-        keep = [path not in bad for path in paths]
-        paths, labels = [p for p, k in zip(paths, keep) if k], labels[torch.tensor(keep, dtype=torch.bool)]
+        step = -(-len(paths) // HEADERS_READ)  # 1: every header read; beyond HEADERS_READ files, a spread sample's
+        bad = {path for path, _ in unreadable_headers(paths[::step])}
+        keep = torch.tensor([path not in bad for path in paths], dtype=torch.bool)
+        paths, labels = [p for p, k in zip(paths, keep.tolist()) if k], labels[keep]
+        share = 1.0 - len(bad) / max(len(scan.paths[::step]), 1)  # of the files that read, judged by the sample
+        images, biggest = (len(paths), largest(labels)) if step == 1 else (round(images * share), round(biggest * share))
     sides = probed_sides(paths)
-    largest = int(labels.bincount().max()) if len(labels) else 0
-    return DataFacts("folder", len(paths), len(scan.classes), layout == "splits" and (root / "val").is_dir(),
-                     sorted(sides)[len(sides) // 2] if sides else 0, folders.small_side(paths) is not None, largest)
+    return DataFacts("folder", images, len(scan.classes), layout == "splits" and (root / "val").is_dir(),
+                     sorted(sides)[len(sides) // 2] if sides else 0, folders.small_side(paths) is not None, biggest)
 
 
 def probed_sides(paths: list[str]) -> list[int]:
