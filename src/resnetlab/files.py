@@ -203,10 +203,16 @@ def remove_stale_temporaries(folder, idle_s: float = 0.0) -> list[Path]:
     nowhere here may be a live writer there: pass idle_s, and only files not written to for that
     long go (a writer keeps its file's mtime fresh). A run directory, locked by its one trainer, needs none.
     A file that cannot be removed (another user's, in a shared folder) is left where it is."""
+    found = ((path, TEMPORARY.fullmatch(path.name)) for path in sorted(Path(folder).glob(".*.tmp")))
+    return remove_unowned([(path, int(match["pid"])) for path, match in found if match and path.is_file()], idle_s)
+
+
+def remove_unowned(files: list[tuple[Path, int]], idle_s: float) -> list[Path]:
+    """Remove each (file, pid of its writer) whose writer runs nowhere here and that was not written to
+    for idle_s seconds; returns them. One that cannot be removed (another user's) is left."""
     removed, now = [], time.time()
-    for path in sorted(Path(folder).glob(".*.tmp")):
-        match = TEMPORARY.fullmatch(path.name)
-        if match and path.is_file() and not _alive(int(match["pid"])) and idle_for(path, now) >= idle_s:
+    for path, pid in files:
+        if not _alive(pid) and idle_for(path, now) >= idle_s:
             try:
                 path.unlink(missing_ok=True)
             except OSError:

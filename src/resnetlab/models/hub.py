@@ -19,7 +19,6 @@ import hashlib
 import http.client
 import os
 import re
-import time
 import urllib.error
 import uuid
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 import torch
 
 from resnetlab.errors import UserError, count
-from resnetlab.files import StorageError, check_writable, idle_for, process_alive
+from resnetlab.files import StorageError, check_writable, remove_unowned
 
 from .download_limits import TooSlow, slow_guard, stall_timeout
 from .pretrained import PretrainedWeights
@@ -152,17 +151,10 @@ def remove_stale_downloads(path: Path) -> list[Path]:
     The cache may be shared by other containers or machines, where a pid that runs nowhere here is
     alive: only files no download has written to for twice the stall timeout go (a download that
     stalls that long has given up). One that cannot be removed (another user's) is left."""
-    removed, now = [], time.time()
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.download*"):
-        match = STAGING.fullmatch(stale.name)
-        if (match and match["name"] == path.name and not process_alive(int(match["pid"]))
-                and idle_for(stale, now) >= 2 * STALL_TIMEOUT_S):
-            try:
-                stale.unlink(missing_ok=True)
-            except OSError:
-                continue
-            removed.append(stale)
-    return removed
+    candidates = path.parent.glob(f".{glob.escape(path.name)}.*.download*")
+    found = ((stale, STAGING.fullmatch(stale.name)) for stale in candidates)
+    return remove_unowned([(stale, int(match["pid"])) for stale, match in found
+                           if match and match["name"] == path.name], 2 * STALL_TIMEOUT_S)
 
 
 class _DownloadFailed(Exception):
