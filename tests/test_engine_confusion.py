@@ -13,6 +13,7 @@ from resnetlab.engine import train_and_evaluate
 from resnetlab.engine.confusion import ClassResult, default_eval_dir, per_class, write_per_class_files
 from resnetlab.engine.evaluate import evaluate
 from resnetlab.engine.runtime import Runtime
+from resnetlab.files import StorageError
 from test_engine_train import tiny_config
 
 RT = Runtime.resolve(device="cpu", precision="fp32", channels_last="false")
@@ -173,7 +174,7 @@ def test_an_out_folder_that_fails_while_written_keeps_the_numbers_and_no_empty_f
     def full(path, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(confusion, "write_text_atomic", full)
+    monkeypatch.setattr(confusion, "write_files_atomic", full)
     out = tmp_path / "ev"
     for flags in ([], ["--json"]):
         assert main(["eval", str(run_dir), "--out", str(out), *flags]) == 2
@@ -182,6 +183,17 @@ def test_an_out_folder_that_fails_while_written_keeps_the_numbers_and_no_empty_f
         assert err == (f"resnetlab eval: error: cannot write the confusion matrix into {out} (No space left on "
                        "device); choose another --out DIR\n")
         assert not out.exists()
+
+
+def test_the_three_files_of_an_evaluation_are_replaced_together_or_not_at_all(tmp_path):
+    """They were written one by one: a failure at the third left two new files beside an old one."""
+    write_per_class_files(tmp_path, torch.tensor([[3, 1], [0, 4]]), ["a", "b"])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    (tmp_path / "per_class.csv").unlink()
+    (tmp_path / "per_class.csv").mkdir()  # the third cannot be written
+    with pytest.raises(StorageError):
+        write_per_class_files(tmp_path, torch.tensor([[1, 3], [4, 0]]), ["a", "b"])
+    assert all((tmp_path / name).read_bytes() == data for name, data in before.items() if name != "per_class.csv")
 
 
 def test_eval_of_a_run_that_cannot_take_its_files_still_prints_the_numbers(run_dir, tmp_path, capsys):

@@ -11,6 +11,7 @@ the model never predicts has recall 0 and no precision at all.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import unicodedata
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.errors import ResnetlabWarning, UserError
-from resnetlab.files import StorageError, atomic_write, write_text_atomic
+from resnetlab.files import StorageError, write_files_atomic
 
 from .checkpoint import run_dir_of
 
@@ -106,7 +107,7 @@ def per_class_csv(results: list[ClassResult]) -> str:
                         for r in results])
 
 
-def plot_confusion(matrix: torch.Tensor, classes, path, title: str = "") -> Path:
+def confusion_png(matrix: torch.Tensor, classes, title: str = "") -> bytes:
     """PNG of the matrix, each row coloured by its share of the class (recall on the diagonal),
     annotated with the counts when there are few enough classes to read them. Class names in a script
     the font lacks (CJK in DejaVu Sans) are drawn as boxes without matplotlib's warning per glyph, which
@@ -114,10 +115,10 @@ def plot_confusion(matrix: torch.Tensor, classes, path, title: str = "") -> Path
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
         warnings.filterwarnings("ignore", message="Tight layout not applied")  # many long names: drawn as they fit
-        return _plot_confusion(matrix, classes, path, title)
+        return _plot_confusion(matrix, classes, title)
 
 
-def _plot_confusion(matrix: torch.Tensor, classes, path, title: str) -> Path:
+def _plot_confusion(matrix: torch.Tensor, classes, title: str) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
 
@@ -143,18 +144,21 @@ def _plot_confusion(matrix: torch.Tensor, classes, path, title: str) -> Path:
     ax.set_ylabel("true class")
     ax.set_title(title or "confusion matrix", fontsize=10)
     fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=110)
-    return Path(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    return png.getvalue()
 
 
 def write_per_class_files(folder, matrix: torch.Tensor, classes, tag: str = "", title: str = "") -> list[Path]:
-    """confusion{_tag}.csv, confusion{_tag}.png and per_class{_tag}.csv in `folder`; returns their paths."""
-    folder = Path(folder)
-    suffix = f"_{tag}" if tag else ""
-    return [write_text_atomic(folder / f"confusion{suffix}.csv", confusion_csv(matrix, classes)),
-            plot_confusion(matrix, classes, folder / f"confusion{suffix}.png", title),
-            write_text_atomic(folder / f"per_class{suffix}.csv", per_class_csv(per_class(matrix, classes)))]
+    """confusion{_tag}.csv, confusion{_tag}.png and per_class{_tag}.csv in `folder`; returns their paths.
+    Written together (files.write_files_atomic): a disk that fills half-way leaves the earlier three
+    as they were, never new ones beside old ones of another evaluation."""
+    folder, suffix = Path(folder), f"_{tag}" if tag else ""
+    files = {folder / f"confusion{suffix}.csv": confusion_csv(matrix, classes).encode(),
+             folder / f"confusion{suffix}.png": confusion_png(matrix, classes, title),
+             folder / f"per_class{suffix}.csv": per_class_csv(per_class(matrix, classes)).encode()}
+    write_files_atomic(files)
+    return list(files)
 
 
 def record_per_class(test: dict, classes, folder=None, split: str = "test") -> None:
@@ -235,8 +239,9 @@ def write_eval_files(report: dict, matrix, out=None, precision: str | None = Non
     try:
         return write_per_class_files(folder, matrix, classes, title=title)
     except (OSError, StorageError) as err:
-        if made and folder.is_dir() and not any(folder.iterdir()):  # no empty folder that looks like a result
-            folder.rmdir()
+        if made:  # no empty folder that looks like a result (one that is not empty is left as it is)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise UserError(f"cannot write the confusion matrix into {folder} ({_reason(err)}); "
                         + ("choose another --out DIR" if out else "pass --out DIR")) from err
 
