@@ -304,38 +304,3 @@ def test_predict_of_a_folder_passes_over_nas_thumbnails_as_training_does(tmp_pat
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / name, format="JPEG")
     assert collect_images([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.jpe")]
-
-
-def test_predict_embed_and_eval_report_their_progress_image_by_image(run_dir, tmp_path):
-    """embed, eval and predict --json printed nothing until every image was done (minutes on a large
-    folder): each now calls progress(done, total) after each batch, which the CLI shows on a terminal."""
-    from resnetlab.cli.console import ImageProgress
-    from resnetlab.inference.embed import embed_files
-
-    paths = collect_images([str(run_dir.parent / "data" / "test")])
-    predictor = Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32")
-    for work in (lambda seen: predict_files(predictor, paths, batch_size=5, progress=lambda *a: seen.append(a)),
-                 lambda seen: embed_files(predictor, paths, batch_size=5, progress=lambda *a: seen.append(a)),
-                 lambda seen: evaluate_checkpoint(run_dir, split="test", device="cpu", precision="fp32", batch_size=5,
-                                                  progress=lambda *a: seen.append(a))):
-        seen = []
-        work(seen)
-        assert seen == [(done, 3 * TEST) for done in range(5, 3 * TEST, 5)] + [(3 * TEST, 3 * TEST)]
-    with ImageProgress("embed") as progress:  # stderr is no terminal here: no bar, nothing written
-        progress(5, 10)
-        assert progress.bar is None
-
-
-def test_predict_jsonl_streams_one_object_per_image_then_the_unreadable_ones(run_dir, tmp_path, capsys):
-    """--json holds every result until the end (1.7 GB for 20k images at --topk 200): --jsonl prints each
-    image's object as it is done, the unreadable files after them."""
-    paths = collect_images([str(run_dir.parent / "data" / "test")])[:7]
-    (tmp_path / "bad.jpg").write_text("not an image")
-    assert main(["predict", str(run_dir), *paths, str(tmp_path / "bad.jpg"), "--jsonl", "--topk", "2",
-                 "--precision", "fp32", "--batch-size", "3", "--verify"]) == 1
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    expected, failed = predict_files(Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32"), paths, topk=2,
-                                     batch_size=3)
-    assert lines[:7] == expected and failed == []
-    assert lines[7] == {"file": str(tmp_path / "bad.jpg"), "error": "not an image Pillow can read"}
-    assert lines[8]["verify"]["n"] == 7 and len(lines) == 9
