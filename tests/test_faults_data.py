@@ -245,3 +245,17 @@ def test_eval_val_says_nothing_of_a_test_split_edited_since(tmp_path, capsys):
     assert Image.open(cat).getpixel((0, 0)) == Image.open(dog).getpixel((0, 0))
     assert main(["eval", str(out), "--split", "val", "--json"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_other_pixels_from_another_decoder_are_said_to_be_that():
+    """A resume on a machine with another Pillow (or after resnetlab's decoding rules changed) was
+    told its images had been replaced or edited."""
+    from resnetlab.data.fingerprints import fingerprint_changes
+
+    then = {"names": "n", "sizes": "s", "mtimes": "m", "pixels": "p1", "decoder": "Pillow 11.0.0, resnetlab decoding v6"}
+    assert fingerprint_changes({"train": then}, {"train": {**then, "pixels": "p2", "decoder": "Pillow 13.0.0, resnetlab "
+                                                                                          "decoding v6"}}) == [
+        "images of train decode to other pixels than when the run trained (same names and sizes; Pillow 11.0.0, "
+        "resnetlab decoding v6 then, Pillow 13.0.0, resnetlab decoding v6 now)"]
+    assert fingerprint_changes({"train": then}, {"train": {**then, "pixels": "p2"}}) == [
+        "images of train were replaced or edited since (same names and sizes, other pixels)"]

@@ -19,8 +19,8 @@ CHUNK_BYTES = 1 << 26  # pixels hashed at a time where they are not contiguous: 
 
 
 def fingerprint(paths: list[str], root: Path, images: np.ndarray | None = None) -> dict[str, str]:
-    """{"names", "sizes", "mtimes"[, "pixels"]}: SHA-256 over each file's path relative to root, then
-    with its size, then with its size and mtime (the one digest runs before 2026-12-06 recorded);
+    """{"names", "sizes", "mtimes"[, "pixels", "decoder"]}: SHA-256 over each file's path relative to
+    root, then with its size, then with its size and mtime (the one digest runs before 2026-12-06 recorded);
     "pixels" over `images`, the decoded uint8 arrays of the files in order (N, 3, H, W), when there
     are any: hashed where they lie (a copy of an ImageNet-sized set at 64 px would be 15 GB)."""
     prefix = len(str(root)) + 1
@@ -37,11 +37,22 @@ def fingerprint(paths: list[str], root: Path, images: np.ndarray | None = None) 
         mtimes.update(line.encode("utf-8", "surrogateescape"))
     found = {"names": names.hexdigest(), "sizes": sizes.hexdigest(), "mtimes": mtimes.hexdigest()}
     if images is not None:
+        found["decoder"] = decoder()
         pixels = hashlib.sha256()
         for chunk in np.array_split(images, max(1, -(-images.nbytes // CHUNK_BYTES))):
             pixels.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))  # no copy where they are contiguous
         found["pixels"] = pixels.hexdigest()
     return found
+
+
+def decoder() -> str:
+    """What turned the files into pixels: another Pillow (or resnetlab's decoding rules) may give other
+    pixels for the same files."""
+    import PIL
+
+    from .folder import CACHE_VERSION
+
+    return f"Pillow {PIL.__version__}, resnetlab decoding v{CACHE_VERSION}"
 
 
 def fingerprint_changes(was: dict, now: dict) -> list[str]:
@@ -61,7 +72,10 @@ def fingerprint_changes(was: dict, now: dict) -> list[str]:
         elif a.get("sizes") != b.get("sizes"):
             changes.append(f"images of {split} were replaced or edited since (same names, other sizes)")
         elif "pixels" in a and "pixels" in b:
-            if a["pixels"] != b["pixels"]:
+            if a["pixels"] != b["pixels"] and a.get("decoder", b.get("decoder")) != b.get("decoder"):
+                changes.append(f"images of {split} decode to other pixels than when the run trained (same names and "
+                               f"sizes; {a.get('decoder')} then, {b.get('decoder')} now)")
+            elif a["pixels"] != b["pixels"]:
                 changes.append(f"images of {split} were replaced or edited since (same names and sizes, other pixels)")
         elif a.get("mtimes") != b.get("mtimes"):
             changes.append(f"images of {split} have other modification times than when the run trained (same names "
