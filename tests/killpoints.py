@@ -10,6 +10,8 @@ POINT (N counts the occurrences in this process, from 1):
     write    inside the Nth checkpoint write: half the bytes are in the temporary file
     written  just after the Nth checkpoint file is in place (e.g. between last.pt and best.pt)
     test     as the final test starts (N ignored)
+    nonfinite the Nth check of the weights before a checkpoint finds them NaN/inf (no signal: as one
+             process's own BatchNorm statistics can become)
 
 --rank R: only in the torchrun process of that rank; --first-attempt: only while torchrun's
 TORCHELASTIC_RESTART_COUNT is 0, so a restarted job runs clean. --each runs one forked copy
@@ -81,6 +83,14 @@ def install(point: str, n: int, sig: int) -> None:
         _after_calls(train, "save_checkpoint", n, sig, before=False)
     elif point == "test":
         _after_calls(train, "final_test", 1, sig, before=True)
+    elif point == "nonfinite":
+        real, calls = train.is_finite_model, [0]
+
+        def not_finite_once(model):
+            calls[0] += 1
+            return False if calls[0] == n else real(model)
+
+        train.is_finite_model = not_finite_once
     else:
         raise SystemExit(f"killpoints: unknown point {point!r}")
 

@@ -183,3 +183,15 @@ def test_files_met_unreadable_by_any_process_are_listed_in_data_json(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     listed = json.loads((tmp_path / "run" / "data.json").read_text())["skipped_files"]
     assert sorted(s["path"] for s in listed) == sorted(cut)  # one epoch (16 per step) and the test split: all met
+
+
+def test_weights_not_finite_on_one_process_stop_every_process(tmp_path, two_process_run):
+    """BatchNorm's running statistics are each process's own: when only rank 1's became NaN/inf, it
+    stopped alone and rank 0 waited for it in the next collective for ever."""
+    recipe, _ = two_process_run
+    done = torchrun(KILLPOINTS, "nonfinite", 1, "--rank", 1, "--", "train", "--recipe", recipe,
+                    "--out", tmp_path / "run")
+    assert done.returncode != 0
+    assert done.stderr.count("the weights became NaN/inf by step 3; kept the last good checkpoint") == 2, \
+        done.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -226,8 +226,11 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
 
 
 def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
-    """Write the checkpoint (rank 0) unless the weights are no longer finite."""
-    if not is_finite_model(run.model):
+    """Write the checkpoint (rank 0) unless the weights are no longer finite on some process: every one
+    decides alike (BatchNorm's running statistics are each process's own; one that stopped alone left
+    the others waiting for it in the next collective, a hang under torchrun)."""
+    flags = torch.tensor([0.0 if is_finite_model(run.model) else 1.0], device=run.rt.device)
+    if all_reduce_sum(flags).item() > 0:
         raise TrainingDiverged(f"the weights became NaN/inf by step {run.state.step}; kept the last good checkpoint "
                                f"{_last_good(run)}. Lower optim.lr")
     record_decoding_skips(run)  # every process is here
