@@ -7,7 +7,6 @@ place in the global batch alone (`sampling.BatchDraws`).
 """
 from __future__ import annotations
 
-import signal
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,11 +22,11 @@ from resnetlab.errors import ResnetlabWarning, UserError
 from .augment import crop_flip, lighting, multiscale_sides, random_flip, resize_batch, resized_crops, ten_crop
 from .decode import BadImage, center_box, decode_crops, resized_shape, rrc_box, scale_box, square_box
 from .sampling import BatchDraws, batch_draws
+from .workers import worker_items, workers_that_fit
 
 if TYPE_CHECKING:  # the datasets make their batch sources from here
     from .datasets import ArrayDataset, FileDataset
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # the main process's to handle, never a worker's
 CIFAR_PAD = 4  # He et al. Sec. 4.2: 4 pixels padded on each side, a 32x32 crop sampled
 RRC_TRIES = 10
 
@@ -127,20 +126,10 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
         At most one process per usable core: more only take turns (and torch warns about each loader)."""
         from resnetlab.cpu import usable_cores
 
-        workers = min(workers, usable_cores())
-        if workers > 0:
-            loader = torch.utils.data.DataLoader(self, batch_size=None, shuffle=False, num_workers=workers,
-                                                 pin_memory=device.type == "cuda", worker_init_fn=_worker_init)
-            # The workers are forked here, with the stop signals blocked until each has ignored them: a
-            # SIGTERM to the process group as a worker started killed it before _worker_init ran, and the
-            # parent then raised "DataLoader worker ... exited unexpectedly" (a traceback, no stop line).
-            before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-            try:
-                items = iter(loader)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, before)
-        else:
-            items = (self[j] for j in range(len(self)))
+        workers = min(workers, usable_cores(), len(self))
+        if workers > 0:  # as many as /dev/shm has room for the batches in flight (see data.workers)
+            workers = workers_that_fit(workers, max(len(b) for b in self.batches) * self._image_bytes())
+        items = worker_items(self, workers, device.type == "cuda") if workers > 0 else (self[j] for j in range(len(self)))
         try:
             for x, y, bad in items:
                 if bad and not self.cfg.skip_bad:
@@ -157,7 +146,17 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
                 else:
                     yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         finally:
+            items.close()  # the workers end now, not when the generator is collected
             report_skipped(self.data, skipped)
+
+    def _image_bytes(self) -> int:
+        """Bytes of one image's views in a batch a worker hands over (uint8: 3 per pixel)."""
+        size = self.cfg.image_size
+        if self.protocol in (None, "center", "flip"):
+            return 3 * size * size
+        if self.protocol == "10crop":  # whole images at eval_resize, up to 4:3
+            return 3 * self.cfg.eval_resize * self.cfg.eval_resize * 4 // 3
+        return sum(3 * side * side for side in multiscale_sides(size))
 
     def _batch(self, i: int):
         idx = self.batches[i].tolist()
@@ -253,14 +252,3 @@ def one_cpu_thread(device: torch.device):
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _worker_init(_worker_id: int) -> None:
-    torch.set_num_threads(1)  # workers are processes; threads inside them would oversubscribe
-    # SIGINT/SIGTERM/SIGHUP sent to the process group (Ctrl-C, `timeout`, a scheduler, a closed terminal)
-    # are the main process's to handle: it stops at a step boundary, saves, and ends the workers itself. torch's
-    # worker handler dies of a SIGTERM not sent by the parent, and the parent's SIGCHLD handler then
-    # raised "DataLoader worker ... killed by signal" wherever it was, a checkpoint write included.
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent across the fork: now ignored

@@ -32,7 +32,7 @@ from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError
 
 from .array_cache import cache_file, read_cache, save_cache
-from .batches import STOP_SIGNALS
+from .workers import STOP_SIGNALS
 from .datasets import ArrayDataset, check_class_names, class_key
 from .decode import BadImage, center_box, decode_crops, header_size
 
