@@ -93,3 +93,24 @@ def test_cifar_downloaded_before_xdg_cache_home_counted_is_found_where_it_is(tmp
     assert cifar_home("cifar10") == legacy and cifar_home("cifar100") == new
     (new / "cifar-10-batches-py").mkdir(parents=True)
     assert cifar_home("cifar10") == new
+
+
+def test_without_a_home_folder_the_cache_says_how_to_name_one(tmp_path, monkeypatch, capsys):
+    """A container run as a user the password database does not know, HOME unset: Path.home() raised
+    RuntimeError, a traceback."""
+    from pathlib import Path
+
+    from resnetlab.cli import main
+
+    def nowhere():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(nowhere))
+    for name in ("RESNETLAB_CACHE", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["data", str(_tree(tmp_path / "d"))]) == 2
+    assert capsys.readouterr().err == (
+        f"resnetlab data: error: there is no home folder to keep resnetlab's caches in (HOME is unset and user "
+        f"{os.getuid()} has none in the password database): set RESNETLAB_CACHE (or HOME) to a writable folder\n")
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
+    assert main(["data", str(tmp_path / "d")]) == 0

@@ -190,7 +190,17 @@ def cache_home() -> Path:
     $XDG_CACHE_HOME/resnetlab, else ~/.cache/resnetlab, as the environment says when it is asked."""
     if os.environ.get("RESNETLAB_CACHE"):
         return Path(os.environ["RESNETLAB_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "resnetlab"
+    return Path(os.environ.get("XDG_CACHE_HOME") or home() / ".cache").expanduser() / "resnetlab"
+
+
+def home() -> Path:
+    """The user's home folder, or a UserError saying how to do without one (HOME unset for a user the
+    password database does not know: a container run with --user 12345)."""
+    try:
+        return Path.home()
+    except (RuntimeError, KeyError):
+        raise UserError(f"there is no home folder to keep resnetlab's caches in (HOME is unset and user {os.getuid()} "
+                        "has none in the password database): set RESNETLAB_CACHE (or HOME) to a writable folder") from None
 
 
 SHARED_IDLE_S = 300.0  # a temporary file in a shared cache untouched this long has no writer left
