@@ -43,3 +43,16 @@ def test_a_resume_may_move_the_image_cache_and_change_the_workers(tmp_path, reci
     err = capsys.readouterr().err
     assert "cache_dir" not in err and "workers" not in err, err  # neither refused nor warned about
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 12
+
+
+def test_a_time_zone_python_cannot_express_starts_the_run(tmp_path, recipe, monkeypatch):
+    """TZ=UTC+24 is valid POSIX, and astimezone() refused its offset: ValueError at every start."""
+    import time
+
+    monkeypatch.setenv("TZ", "UTC+24")
+    time.tzset()
+    try:
+        assert main(["train", "--recipe", recipe, "--out", str(tmp_path / "run"), "--max-steps", "1"]) == 0
+    finally:
+        monkeypatch.undo()
+        time.tzset()

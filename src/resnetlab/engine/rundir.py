@@ -104,8 +104,7 @@ def _lock(workdir: Path) -> int:
                         "or choose another --out") from None
     _install_fork_hook()
     _held_fds.add(fd)
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": local_time()}
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
@@ -127,6 +126,16 @@ def training_in(workdir: Path) -> str | None:
         return _holder(fd)
     finally:
         os.close(fd)  # and with it the shared lock just taken
+
+
+def local_time() -> str:
+    """Now, in the local time zone when it can be had: TZ=UTC+24 (valid POSIX, an offset datetime
+    refuses) raised ValueError out of every training's start."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        return now.astimezone().isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return now.isoformat(timespec="seconds")
 
 
 def _holder(fd: int) -> str:
