@@ -114,3 +114,18 @@ def test_without_a_home_folder_the_cache_says_how_to_name_one(tmp_path, monkeypa
         f"{os.getuid()} has none in the password database): set RESNETLAB_CACHE (or HOME) to a writable folder\n")
     monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
     assert main(["data", str(tmp_path / "d")]) == 0
+
+
+def test_small_images_are_decoded_by_one_process_per_usable_core(tmp_path, monkeypatch):
+    """os.cpu_count() (the machine's) sized the pool: taskset -c 0 or a 2-core share of a big node got
+    a process per core of the whole machine, taking turns on the cores granted."""
+    import resnetlab.cpu
+    from resnetlab.data import folder
+
+    asked = []
+    monkeypatch.setattr(folder, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(folder.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(resnetlab.cpu, "usable_cores", lambda: 2)
+    monkeypatch.setattr(folder, "decode_pool", lambda procs: asked.append(procs) or folder.multiprocessing.Pool(1))
+    build_data(_cfg(_tree(tmp_path / "d"), tmp_path))
+    assert asked and set(asked) == {2}

@@ -223,8 +223,11 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
 def decode_all(paths: list[str], size: int, skip_bad: bool):
     """(N_ok, size, size, 3) uint8, keep mask over paths, number of images that needed resizing,
     why each dropped file could not be read.
-    Large lists are decoded by one process per CPU core, in contiguous chunks (order kept)."""
-    procs = min(os.cpu_count() or 1, len(paths) // PARALLEL_MIN)
+    Large lists are decoded by one process per usable CPU core (a container's or taskset's share: the
+    machine's count forked 25 processes onto a 2-core share of a 64-core node), in contiguous chunks."""
+    from resnetlab.cpu import usable_cores
+
+    procs = min(usable_cores(), len(paths) // PARALLEL_MIN)
     if procs <= 1:
         return _decode_chunk(paths, size, skip_bad)
     bounds = np.linspace(0, len(paths), procs * 4 + 1).astype(int)
