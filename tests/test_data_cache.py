@@ -129,3 +129,18 @@ def test_small_images_are_decoded_by_one_process_per_usable_core(tmp_path, monke
     monkeypatch.setattr(folder, "decode_pool", lambda procs: asked.append(procs) or folder.multiprocessing.Pool(1))
     build_data(_cfg(_tree(tmp_path / "d"), tmp_path))
     assert asked and set(asked) == {2}
+
+
+def test_the_not_cached_warning_names_each_commands_own_option(tmp_path, capsys):
+    """It said '(--cache-dir)' to train, which has no such flag (only `data` has)."""
+    from resnetlab.cli import main
+
+    root = _tree(tmp_path / "d")
+    (tmp_path / "afile").write_text("")
+    blocked = str(tmp_path / "afile" / "cache")
+    assert main(["data", str(root), "--cache-dir", blocked]) == 0
+    assert "the next run decodes them again; pass --cache-dir DIR (or RESNETLAB_CACHE) to name another folder" in \
+        capsys.readouterr().err
+    assert main(["train", "--data", str(root), "--out", str(tmp_path / "run"), "--model", "resnet8", "--max-steps", "1",
+                 "--set", f"data.cache_dir={blocked}", "--set", "data.val_size=0"]) == 0
+    assert "pass --set data.cache_dir=DIR (or RESNETLAB_CACHE) to name another folder" in capsys.readouterr().err

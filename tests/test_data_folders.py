@@ -85,7 +85,7 @@ def test_a_cache_folder_that_cannot_be_made_warns_once_and_the_data_is_still_bui
         bundle = build_data(cfg)
     assert [str(w.message) for w in caught] == [
         f"the decoded images are not cached in {tmp_path / 'afile' / 'cache'} (Not a directory): the next run decodes "
-        "them again; data.cache_dir (--cache-dir) names another folder"] * 2  # train and test: the CLI shows it once
+        "them again; set data.cache_dir=DIR (or RESNETLAB_CACHE) to name another folder"] * 2  # the CLI shows it once
     assert bundle.classes == sorted(COLOURS) and len(bundle.train) == 4 * len(COLOURS)
     assert bundle.provenance["caches"] == [] and (tmp_path / "afile").read_text() == ""
 

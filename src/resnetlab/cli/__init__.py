@@ -82,9 +82,9 @@ def _run_command(args) -> int:
             show = warnings.showwarning
 
             def one_line(message, category, *rest, **kw):  # ours read as the CLI's errors do; others as usual
-                if issubclass(category, ResnetlabWarning):
-                    print(f"resnetlab {args.command}: warning: {shown(str(message), keep=chr(10))}", file=sys.stderr,
-                          flush=True)
+                if issubclass(category, ResnetlabWarning):  # in the command's own options, as its errors are
+                    text = shown(in_options_of(args.command, str(message)), keep=chr(10))
+                    print(f"resnetlab {args.command}: warning: {text}", file=sys.stderr, flush=True)
                 else:
                     show(message, category, *rest, **kw)
 
@@ -163,6 +163,7 @@ def sigterm_raises():
 # says them as its own options (train and experiment take any key with --set).
 OPTION_HINTS = {
     "data": [(r"^--data ", ""), (r"\bset data\.skip_bad=true", "pass --skip-bad"), (r"\bset data\.val_size=0\b", "pass --val-size 0"),
+             (r"\bset data\.cache_dir=DIR", "pass --cache-dir DIR"),
              (r"\bset data\.val_size below", "pass a --val-size below"),
              (r"\bsuch as data\.val_size=", "such as --val-size ")],
     "eval": [(r"\bset data\.skip_bad=true", "pass --skip-bad")],

@@ -214,7 +214,8 @@ def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], si
             cache, not_cached = None, err.reason
     if cache is None:
         warnings.warn(f"the decoded images are not cached in {cache_dir} ({not_cached}): the next run decodes "
-                      "them again; data.cache_dir (--cache-dir) names another folder", ResnetlabWarning, stacklevel=2)
+                      "them again; set data.cache_dir=DIR (or RESNETLAB_CACHE) to name another folder", ResnetlabWarning,
+                      stacklevel=2)
     skipped = list(zip((paths[i] for i in np.flatnonzero(~keep)), reasons))
     data = ArrayDataset(torch.from_numpy(images).permute(0, 3, 1, 2), labels[torch.from_numpy(keep)], classes)
     return data, {"cache": str(cache) if cache else None, "resized": resized, "skipped": skipped}
