@@ -216,3 +216,32 @@ def test_an_avif_photo_is_read_upright():
     data = io.BytesIO()
     Image.new("RGB", (60, 30), (200, 10, 10)).save(data, "AVIF", exif=exif)
     assert whole(Image.open(data)).shape == (60, 30, 3)  # 30 wide, 60 tall: turned as Pillow's exif_transpose does
+
+
+def test_a_huge_image_that_runs_out_of_memory_is_skipped_and_the_others_are_classified(tmp_path, monkeypatch, capsys):
+    """Under a memory limit one 9000 x 9000 PNG failed the whole predict ('out of memory; lower
+    --batch-size'), naming no file, printing no result, though the images before it had decoded."""
+    import resnetlab.data.decode as decode
+    from resnetlab.cli import main
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    Image.new("RGB", (90, 80), (10, 200, 10)).save(tmp_path / "huge.png")
+    real = decode.as_rgb
+
+    def short_of_memory(img, *args):
+        if img.size == (90, 80):
+            raise MemoryError()
+        return real(img, *args)
+
+    monkeypatch.setattr(decode, "as_rgb", short_of_memory)
+    monkeypatch.setattr(decode, "HUGE_PIXELS", 90 * 80)
+    checkpoint = Path(__file__).with_name("fixtures") / "checkpoint_v1_resnet8.pt"
+    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), str(tmp_path / "huge.png"), "--topk", "1",
+                 "--precision", "fp32"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{tmp_path / 'a.png'}  ") and len(out.splitlines()) == 1
+    assert err == (f"resnetlab predict: warning: skipped {tmp_path / 'huge.png'}: too large to decode in the memory "
+                   "left (90 x 80 pixels)\n")
+    monkeypatch.setattr(decode, "HUGE_PIXELS", 90 * 80 + 1)  # an ordinary image: memory is short for all
+    assert main(["predict", str(checkpoint), str(tmp_path / "huge.png"), "--precision", "fp32"]) == 2
+    assert "out of memory" in capsys.readouterr().err

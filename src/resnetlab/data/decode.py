@@ -31,6 +31,7 @@ QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # What Pillow raises for a file it cannot or will not decode. DecompressionBombError (an image
 # over 2 x Image.MAX_IMAGE_PIXELS, e.g. a 20000 x 20000 PNG of a few kB) is not an OSError.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+HUGE_PIXELS = 50_000_000  # an image this big that runs out of memory is skipped as too large (7000 x 7000 and up)
 
 
 class BadImage(Exception):
@@ -53,9 +54,10 @@ def resample_filter(interpolation: str):
 def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.ndarray]:
     """Decode `path` once and return uint8 (h, w, 3) arrays for each (box, size) of plan(w, h).
     `path` may also be a PIL image already in memory: it is read the same way and left unchanged."""
-    resample = resample_filter(interpolation)
+    resample, pixels = resample_filter(interpolation), None
     try:
         with opened(path) as img:
+            pixels = img.size
             orientation = exif_orientation(img)
             # A JPEG file is planned before it is decoded, on its upright size, so that it decodes at the
             # smallest DCT scale (`draft`) that keeps every window at least as big as its output size.
@@ -78,6 +80,10 @@ def decode_crops(path, plan: Plan, interpolation: str = "bilinear") -> list[np.n
             sx, sy = rgb.size[0] / w, rgb.size[1] / h
     except DECODE_ERRORS as err:
         raise BadImage(path, why_unreadable(err)) from None
+    except MemoryError:  # one huge image (a 9000 x 9000 scan) is this file's problem, not every other's
+        if pixels is None or pixels[0] * pixels[1] < HUGE_PIXELS:
+            raise  # an ordinary image: memory is short for everything (the command says so in one line)
+        raise BadImage(path, f"too large to decode in the memory left ({pixels[0]} x {pixels[1]} pixels)") from None
     out = []
     for (l, t, r, b), size in steps:
         # Clamped to the image: rounding may push a window's edge a fraction of a pixel outside.
