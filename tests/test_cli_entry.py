@@ -84,3 +84,26 @@ def test_once_the_command_is_done_a_late_ctrl_c_is_ignored_while_the_process_exi
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     assert entry.main(["models"]) == 130 and signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a caller's
+
+
+def test_pytorch_that_cannot_be_loaded_is_one_line(monkeypatch, capsys):
+    """Under `ulimit -v` below what PyTorch's libraries map, every command, --version included, ended in
+    a 20-line ImportError ('libtorch_cpu.so: failed to map segment from shared object')."""
+    def cannot_map():
+        raise ImportError("libtorch_cpu.so: failed to map segment from shared object")
+
+    monkeypatch.setattr(entry, "load_cli", cannot_map)
+    assert entry.run_cli(["--version"]) == 2
+    assert capsys.readouterr().err == (
+        "resnetlab: error: PyTorch could not be loaded (ImportError: libtorch_cpu.so: failed to map segment from shared "
+        "object); a memory limit (ulimit -v) too low for its libraries, or a broken install\n")
+
+
+def test_a_real_memory_limit_too_low_for_pytorch_is_one_line():
+    import resource
+    limit = 400 << 20  # far below what PyTorch maps (~700 MB)
+
+    done = subprocess.run([sys.executable, "-m", "resnetlab", "--version"], capture_output=True, text=True,
+                          timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.startswith("resnetlab: error: PyTorch could not be loaded (")

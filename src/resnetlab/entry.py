@@ -56,6 +56,14 @@ def run_cli(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
         cli_main = load_cli()
+    except (ImportError, OSError, MemoryError) as err:  # e.g. `ulimit -v` below what PyTorch's libraries map
+        from resnetlab.errors import first_line
+
+        said = first_line(err)[:300]
+        said = said if said == type(err).__name__ else f"{type(err).__name__}: {said}"
+        print(f"resnetlab: error: PyTorch could not be loaded ({said}); "
+              "a memory limit (ulimit -v) too low for its libraries, or a broken install", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGINT, previous)
     try:
