@@ -43,7 +43,8 @@ def test_the_workers_are_as_many_as_shared_memory_has_room_for(monkeypatch):
 
 def test_a_worker_killed_mid_epoch_is_one_line_and_no_worker_is_left():
     items = workers.worker_items(Items(8, bad=5, what=lambda: os.kill(os.getpid(), signal.SIGKILL)), 2, False)
-    with pytest.raises(UserError, match=r"the image-decoding worker processes failed \(DataLoader worker \(pid"):
+    with pytest.raises(UserError, match=r"the image-decoding worker processes failed \((DataLoader worker \(pid|"
+                                        r"\[Errno 104\] Connection reset by peer)"):  # as the queue or SIGCHLD tells
         list(items)
 
 
@@ -55,3 +56,12 @@ def test_a_batch_that_never_comes_ends_the_wait(monkeypatch):
     with pytest.raises(UserError, match=r"failed \(DataLoader timed out after 1\.0 seconds\)"):
         list(workers.worker_items(Items(4, bad=2, what=lambda: time.sleep(30)), 1, False))
     assert time.monotonic() - started < 20  # the sleeping worker was ended, not waited for
+
+
+def test_an_error_raised_in_a_worker_is_said_by_its_own_last_line():
+    def fail():
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_3>: No space left on device (28)")
+
+    with pytest.raises(UserError, match=r"failed \(RuntimeError: unable to allocate shared memory\(shm\) for file "
+                                        r"</torch_1_2_3>: No space left on device \(28\)\): a limit"):
+        list(workers.worker_items(Items(4, bad=1, what=fail), 1, False))

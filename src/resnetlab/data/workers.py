@@ -57,18 +57,28 @@ def worker_items(dataset, workers: int, pin_memory: bool):
         raise UserError(workers_failed(err)) from None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    failed = None
     try:
         yield from items
-    except RuntimeError as err:
-        if not _from_the_loader(err):
+    except (RuntimeError, OSError, EOFError) as err:  # OSError: the queue of a worker that died (connection reset)
+        if isinstance(err, RuntimeError) and not _from_the_loader(err):
             raise
-        raise UserError(workers_failed(err)) from None
+        failed = err
     finally:
-        end_workers(items)
+        try:
+            end_workers(items)
+        except RuntimeError as err:  # torch's SIGCHLD handler, for a worker that died as they were ended
+            if not _from_the_loader(err):
+                raise
+            failed = failed or err
+    if failed is not None:
+        raise UserError(workers_failed(failed)) from None
 
 
 def workers_failed(err: BaseException) -> str:
-    return (f"the image-decoding worker processes failed ({first_line(err)}): a limit on open files, processes "
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = lines[-1] if "Original Traceback" in str(err) else first_line(err)  # a worker's own error: its last line
+    return (f"the image-decoding worker processes failed ({said}): a limit on open files, processes "
             f"or shared memory ({SHARED_MEMORY})? train.workers=0 (--workers 0) decodes in the main process")
 
 
