@@ -160,15 +160,16 @@ def sigterm_raises():
 
 
 # The library's hints name config keys, which is right in a recipe and from Python; each command
-# says them as its own options (train and experiment take any key with --set).
+# says them as its own options (train and experiment take any key with --set). A hint that already
+# names a flag (--set data.dataset=folder) is left as it is.
 OPTION_HINTS = {
-    "data": [(r"^--data ", ""), (r"\bset data\.skip_bad=true", "pass --skip-bad"), (r"\bset data\.val_size=0\b", "pass --val-size 0"),
-             (r"\bset data\.cache_dir=DIR", "pass --cache-dir DIR"),
-             (r"\bset data\.val_size below", "pass a --val-size below"),
+    "data": [(r"^--data ", ""), (r"(?<!--)\bset data\.skip_bad=true", "pass --skip-bad"), (r"(?<!--)\bset data\.val_size=0\b", "pass --val-size 0"),
+             (r"(?<!--)\bset data\.cache_dir=DIR", "pass --cache-dir DIR"),
+             (r"(?<!--)\bset data\.val_size below", "pass a --val-size below"),
              (r"\bsuch as data\.val_size=", "such as --val-size ")],
-    "eval": [(r"\bset data\.skip_bad=true", "pass --skip-bad")],
-    "train": [(r"\bset (data\.\w+=)", r"pass --set \1"), (r"\bpass --download\b", "pass --set data.download=true"),
-              (r"\bset data\.val_size below (\d+)", r"pass --set data.val_size=N with N below \1"),
+    "eval": [(r"(?<!--)\bset data\.skip_bad=true", "pass --skip-bad")],
+    "train": [(r"(?<!--)\bset (data\.\w+=)", r"pass --set \1"), (r"\bpass --download\b", "pass --set data.download=true"),
+              (r"(?<!--)\bset data\.val_size below (\d+)", r"pass --set data.val_size=N with N below \1"),
               (r"\bsuch as data\.val_size=", "such as --set data.val_size=")],
 }
 OPTION_HINTS["experiment"] = OPTION_HINTS["train"]

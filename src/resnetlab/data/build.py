@@ -22,8 +22,7 @@ import torch
 
 from resnetlab.config import DataConfig, check_section
 from resnetlab.errors import ResnetlabWarning, UserError, count
-from resnetlab import files
-from resnetlab.files import cache_home
+from resnetlab.files import cache_home, home
 
 from . import folder as folders
 from .cifar import SPECS, load_cifar
@@ -97,12 +96,12 @@ def cifar_home(dataset: str) -> Path:
     """Where CIFAR is kept without data.root: datasets/ of the cache (files.cache_home), or of the
     one versions before 2026-12-06 used whatever XDG_CACHE_HOME said (~/.cache/resnetlab) while it
     holds the dataset and the cache does not: no second download, no run that cannot find its data."""
-    home = cache_home() / "datasets"
+    kept = cache_home() / "datasets"
     if os.environ.get("RESNETLAB_CACHE"):  # followed then as now
-        return home
-    legacy = files.home() / ".cache" / "resnetlab" / "datasets"
+        return kept
+    legacy = home() / ".cache" / "resnetlab" / "datasets"
     found = lambda root: (root / SPECS[dataset].folder).is_dir()  # noqa: E731
-    return legacy if not found(home) and found(legacy) else home
+    return legacy if not found(kept) and found(legacy) else kept
 
 
 def _load_folder(root: Path, cfg: DataConfig):
