@@ -100,23 +100,21 @@ class CheckedStdout:
         return getattr(self._stream, name)
 
 
-@contextmanager
 def checked_stdout():
     """sys.stdout as a CheckedStdout for the duration of the block."""
-    original = sys.stdout
-    sys.stdout = CheckedStdout(original)
-    try:
-        yield sys.stdout
-    finally:
-        sys.stdout = original
+    return _wrapped("stdout", CheckedStdout)
+
+
+def forgiving_stderr():
+    """sys.stderr as a ForgivingStream for the duration of the block."""
+    return _wrapped("stderr", ForgivingStream)
 
 
 @contextmanager
-def forgiving_stderr():
-    """sys.stderr as a ForgivingStream for the duration of the block."""
-    original = sys.stderr
-    sys.stderr = ForgivingStream(original)
+def _wrapped(name: str, wrapper):
+    original = getattr(sys, name)
+    setattr(sys, name, wrapper(original))
     try:
-        yield sys.stderr
+        yield getattr(sys, name)
     finally:
-        sys.stderr = original
+        setattr(sys, name, original)
