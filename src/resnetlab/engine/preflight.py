@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from resnetlab.cpu import usable_cores
+from resnetlab.data.folder import SPLITS
 from resnetlab.errors import ResnetlabWarning, UserError, count
 from resnetlab.files import write_text_atomic
 
@@ -96,7 +97,7 @@ def record_decoding_skips(run) -> None:
         run.recorded_skips = found
 
 
-def data_changes(workdir, bundle, splits: tuple = ("train", "val", "test")) -> list[str]:
+def data_changes(workdir, bundle, splits: tuple = SPLITS) -> list[str]:
     """How the data as built now differs, in `splits`, from the record the run wrote to RUN/data.json
     (data.summary.record_changes); [] when there is none (runs from before data.json) or it is unreadable."""
     from resnetlab.data.summary import data_record, record_changes
