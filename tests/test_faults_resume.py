@@ -21,6 +21,8 @@ import yaml
 from resnetlab.cli import main
 from resnetlab.config import config_to_dict
 from resnetlab.engine import load_checkpoint
+from resnetlab.engine import train as engine_train
+from resnetlab.errors import UserError
 from test_engine_train import tiny_config
 
 KILLPOINTS = Path(__file__).with_name("killpoints.py")
@@ -92,6 +94,35 @@ def test_a_killed_run_resumes_and_ends_bit_identical(runs, point, capsys):
     assert main(["train", *again]) == 0, capsys.readouterr().err  # one thread, as the fixture set
     assert not list(run.rglob("*.tmp"))
     assert_same_run(run, reference)
+
+
+def test_a_validation_that_fails_saves_every_step_and_the_resume_validates_it_first(runs, tmp_path, monkeypatch, capsys):
+    """A limit the decoding workers reached during a validation ended the run without saving the steps
+    since the last checkpoint; now they are saved (the RNGs as before the validation) and --resume
+    validates that step, then goes on exactly as the run never stopped."""
+    recipe, reference, _ = runs
+    real, calls = engine_train.evaluate_split, []
+
+    def fails_at_step_8(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            torch.rand(2)  # as a DataLoader with workers draws their seeds from torch's RNG
+            raise UserError("the image-decoding worker processes failed (Too many open files)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_train, "evaluate_split", fails_at_step_8)
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", str(recipe), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"failed (Too many open files). The validation at step 8 failed; every step is saved in "
+                        f"{run / 'checkpoints' / 'last.pt'}: --resume {run} validates it and goes on\n")
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("resnetlab train: error: the image-decoding")
+    assert load_checkpoint(run / "checkpoints" / "last.pt").training.loop.eval_pending == 0.05
+    monkeypatch.setattr(engine_train, "evaluate_split", real)
+    assert main(["train", "--resume", str(run)]) == 0, capsys.readouterr().err
+    assert_same_run(run, reference)
+    rngs = [load_checkpoint(d / "checkpoints" / "last.pt").training.rng["torch"] for d in (run, reference)]
+    assert torch.equal(*rngs)
 
 
 def assert_same_run(run: Path, reference: Path) -> None:

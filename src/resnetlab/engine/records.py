@@ -23,8 +23,9 @@ written loads, and older resnetlab versions read new files):
     optimizer, scaler, rng        optimizer / GradScaler state_dicts ({} when fp16 is off); every global RNG
     schedule_state                ScheduleState (plateau and warm-up memory)
     metrics       the last evaluation's MetricsRow plus best_val_top1_err, best_step, elapsed_s,
-                  train_window, train_epoch (running [loss * n, correct, n] meters), reached_target
-                  and num_parameters
+                  train_window, train_epoch (running [loss * n, correct, n] meters), reached_target,
+                  num_parameters, processes and eval_pending (the step's lr when written as the validation
+                  of this step failed: a resume validates it first; else null)
   digest          "sha256:<hex>" over everything else (checkpoint.payload_digest); absent in files
                   written before it existed, which load unchecked
 
@@ -107,11 +108,12 @@ class LoopState:
     epoch_meter: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # meter since the last evaluation
     reached_target: dict | None = None  # train.stop_at_val_top1: {step, val_top1, elapsed_s} once reached
     processes: int | None = None  # how many processes trained it (torchrun); None in checkpoints older than this field
+    eval_pending: float | None = None  # saved as its validation failed: the step's lr (a resume validates it first)
 
 
 # The keys of a v1 checkpoint's "metrics" that are loop state, not the last evaluation's row.
 LOOP_METRICS = ("best_val_top1_err", "best_step", "train_window", "train_epoch", "reached_target", "num_parameters",
-                "processes")
+                "processes", "eval_pending")
 
 
 @dataclass(kw_only=True)
@@ -140,7 +142,7 @@ class TrainingState:
                             "best_step": loop.best_step, "elapsed_s": loop.elapsed_s,
                             "train_window": list(loop.window), "train_epoch": list(loop.epoch_meter),
                             "reached_target": loop.reached_target, "num_parameters": self.num_parameters,
-                            "processes": loop.processes}}
+                            "processes": loop.processes, "eval_pending": loop.eval_pending}}
 
     @classmethod
     def read(cls, get: Fields) -> "TrainingState":
@@ -155,7 +157,8 @@ class TrainingState:
                          best_step=metrics("best_step", int), elapsed_s=metrics("elapsed_s", NUMBER),
                          window=list(metrics("train_window", (list, tuple))),
                          epoch_meter=list(metrics("train_epoch", (list, tuple))),
-                         reached_target=metrics("reached_target", dict), processes=metrics("processes", int))
+                         reached_target=metrics("reached_target", dict), processes=metrics("processes", int),
+                         eval_pending=metrics("eval_pending", NUMBER))
         row = {k: v for k, v in metrics.data.items() if k not in LOOP_METRICS}
         return cls(loop=loop, epoch=get("epoch", int, 0), optimizer=get("optimizer", dict), scaler=get("scaler", dict),
                    rng=get("rng", dict), num_parameters=metrics("num_parameters", int),

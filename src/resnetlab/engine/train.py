@@ -22,10 +22,10 @@ from resnetlab.data.loaders import epoch_image_size
 from resnetlab.errors import UserError, count, expect_type
 from resnetlab.files import StorageError
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .confusion import record_per_class
+from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, shutdown_distributed
 from .evaluate import evaluate_split
+from .final_test import final_test
 from .finetune import set_train_mode
 from .heap import held_heap
 from .preflight import record_decoding_skips
@@ -141,6 +141,9 @@ def train_loop(run: Run, stop: StopOnSignal):
     best_state = None
     parts = StepParts(run.net, run.optimizer, run.scaler, run.normalizer, run.rt, cfg.optim.label_smoothing,
                       run.class_weights)
+    if state.eval_pending is not None:  # saved as its validation failed: validated now, as it would have been
+        lr, state.eval_pending = state.eval_pending, None
+        best_state = eval_point(run, window, since_eval, lr, clock)
     set_train_mode(run.model, run.eval_bns)
     while state.step < run.total and state.reached_target is None:
         epoch, start_batch = divmod(state.step, run.steps_per_epoch)
@@ -198,7 +201,7 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
     epochs = range(max(state.step - recent, 0) // run.steps_per_epoch, (state.step - 1) // run.steps_per_epoch + 1)
     small = any(epoch_image_size(run.cfg.data, e) != run.cfg.data.image_size for e in epochs)
     if run.bundle.val is not None and not small:  # the plain model: DDP's forward would sync buffers, and shards may be uneven
-        val = evaluate_split(run.scored, run.bundle.val, run.cfg.data, run.eval_spec)
+        val = validate(run, window, since_eval, lr)
         metrics.val_top1_err, metrics.val_top5_err = val["top1_err"], val["top5_err"]
         metrics.val_top1, metrics.val_top5 = val["top1"], val["top5"]
     # The plateau schedule watches validation error, or training error when there is no val split.
@@ -225,6 +228,24 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
     return {k: v.detach().clone() for k, v in run.model.state_dict().items()} if is_best else None
 
 
+def validate(run: Run, window: Meter, since_eval: Meter, lr: float) -> dict:
+    """The validation split's report. When it cannot be made (the decoding workers failed: a limit
+    reached), the steps since the last checkpoint are saved first, with the RNGs as they were before it,
+    so that --resume validates this step and goes on exactly as a run never stopped."""
+    rng = capture_rng()  # the workers' seeds come from torch's RNG
+    try:
+        return evaluate_split(run.scored, run.bundle.val, run.cfg.data, run.eval_spec)
+    except UserError as err:
+        if isinstance(err, StorageError) or run.dist_info.enabled:  # (the other processes are in its collectives)
+            raise
+        state = run.state
+        state.window, state.epoch_meter, state.eval_pending = window.state(), since_eval.state(), lr
+        restore_rng(rng)
+        path = save(run, MetricsRow(step=state.step, extra={"interrupted": True}), ("last.pt",))
+        raise UserError(f"{err}. The validation at step {state.step} failed; every step is saved in {path}: "
+                        f"--resume {run.workdir} validates it and goes on") from None
+
+
 def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
     """Write the checkpoint (rank 0) unless the weights are no longer finite on some process: every one
     decides alike (BatchNorm's running statistics are each process's own; one that stopped alone left
@@ -240,34 +261,6 @@ def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
         for name in names:
             save_checkpoint(ckpt, run.workdir / "checkpoints" / name)
     return run.workdir / "checkpoints" / "last.pt"
-
-
-def final_test(run: Run, best_state) -> RunSummary:
-    """Test error of the last weights and of the best-by-validation weights (when both exist)."""
-    ckpts = run.workdir / "checkpoints"
-    summary = RunSummary(steps=run.state.step, best_val_top1_err=run.state.best_val_err, elapsed_s=run.state.elapsed_s,
-                         checkpoints={"last": str(ckpts / "last.pt")})
-    if run.cfg.train.stop_at_val_top1 is not None:
-        summary.target = {"val_top1": run.cfg.train.stop_at_val_top1, "reached": run.state.reached_target}
-    if (ckpts / "best.pt").exists() or best_state is not None:
-        summary.checkpoints["best"] = str(ckpts / "best.pt")
-    if run.bundle.test is None:
-        return summary
-    protocol = run.cfg.train.test_protocol
-    test = lambda: evaluate_split(run.scored, run.bundle.test, run.cfg.data, run.eval_spec, protocol, confusion=True)  # noqa: E731
-    summary.test["last"] = test()
-    if best_state is None and "best" in summary.checkpoints:  # best found before a resume
-        best_state = load_checkpoint(ckpts / "best.pt").artifact.weights
-    if best_state is not None:
-        current = run.model.state_dict()
-        # best.pt loads on the CPU; the model may be on a GPU
-        if all(torch.equal(current[k], v.to(current[k].device)) for k, v in best_state.items()):  # last is best
-            summary.test["best"] = summary.test["last"]
-        else:
-            run.model.load_state_dict(best_state)
-            summary.test["best"] = test()
-    record_per_class(summary.test, run.bundle.classes, run.workdir if run.dist_info.is_main else None)
-    return summary
 
 
 def _stop_requested(stop: StopOnSignal, run: Run) -> bool:
