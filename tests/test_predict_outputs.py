@@ -50,3 +50,18 @@ def test_predict_jsonl_streams_one_object_per_image_then_the_unreadable_ones(run
     assert lines[:7] == expected and failed == []
     assert lines[7] == {"file": str(tmp_path / "bad.jpg"), "error": "not an image Pillow can read"}
     assert lines[8]["verify"]["n"] == 7 and len(lines) == 9
+
+
+def test_a_file_name_that_is_not_utf8_comes_back_from_the_json_as_a_name_that_opens(run_dir, tmp_path, capsys):
+    """The README's promise for --json/--jsonl: Python's json reads the name back to one open() takes."""
+    import os
+    import shutil
+
+    source = collect_images([str(run_dir.parent / "data" / "test")])[0]
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")
+    shutil.copyfile(source, odd)
+    assert main(["predict", str(run_dir), str(tmp_path), "--jsonl", "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert out.isascii() and "\\udce9.png" in out  # valid JSON text whatever the reader's encoding
+    name = json.loads(out.splitlines()[0])["file"]
+    assert os.fsencode(name) == odd and open(name, "rb").read() == open(odd, "rb").read()
