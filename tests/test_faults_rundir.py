@@ -56,3 +56,36 @@ def test_a_time_zone_python_cannot_express_starts_the_run(tmp_path, recipe, monk
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_run_writes_nothing_through_a_link_in_its_folder(tmp_path, recipe, capsys):
+    """.lock was truncated through a symbolic link (a user's file outside the run rewritten), and
+    metrics.jsonl appended through one: a run copied with `cp -as` and resumed wrote its rows into the
+    original run."""
+    import os
+    import subprocess
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("PRECIOUS\n")
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / ".lock").symlink_to(victim)
+    assert main(["train", "--recipe", recipe, "--out", str(planted), "--max-steps", "4"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"resnetlab train: error: {planted / '.lock'} is a symbolic link (to {victim}), not this run's own lock file; "
+        "remove the link (a run copied with cp -s?), then start again")
+    assert victim.read_text() == "PRECIOUS\n"
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    assert main(["train", "--recipe", recipe, "--out", str(original), "--max-steps", "8"]) == 0
+    before = {p.name: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    subprocess.run(["cp", "-as", str(original), str(copy)], check=True)
+    (copy / ".lock").unlink()  # as the message above says
+    assert main(["train", "--resume", str(copy), "--max-steps", "12"]) == 0
+    assert {p.name: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before  # the original untouched
+    rows = [json.loads(line)["step"] for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [4, 8, 12] and not os.path.islink(copy / "metrics.jsonl")
+    (copy / "metrics.jsonl").unlink()
+    (copy / "metrics.jsonl").symlink_to(victim)
+    assert main(["train", "--resume", str(copy), "--max-steps", "16"]) == 0
+    assert victim.read_text() == "PRECIOUS\n"  # a link planted there: its target copied, then appended to

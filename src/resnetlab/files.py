@@ -96,6 +96,10 @@ def _in_the_way(name) -> str:
     return f"{name} is a file, not a folder"
 
 
+# Opening a run's own file to append to it: never through a symbolic link (ELOOP, a StorageError).
+APPEND_OWN = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+
+
 def write_target(path) -> Path:
     """The file that a write of `path` replaces: the target of a symbolic link to a file (the link
     stays a link, as with cp or a shell's >), else `path` itself. For the outputs a user names

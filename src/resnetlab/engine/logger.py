@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from resnetlab.files import StorageError, storage_errors
+from resnetlab.files import APPEND_OWN, StorageError, storage_errors, write_text_atomic
 
 from .metrics_csv import write_metrics_csv
 from .progress import ProgressLines
@@ -93,7 +93,9 @@ class RunLogger:
             return
         path = self.workdir / "metrics.jsonl"
         row = metrics.to_dict()
-        with storage_errors(path), open(path, "a", encoding="utf-8") as f:
+        if path.is_symlink():  # a run's own file, never appended to through a link (a copy made with cp -as):
+            write_text_atomic(path, path.read_text(encoding="utf-8") if path.is_file() else "")  # its own copy
+        with storage_errors(path), open(os.open(path, APPEND_OWN, 0o644), "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())  # on disk before the checkpoint of this step is written

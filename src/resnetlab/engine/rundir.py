@@ -93,8 +93,11 @@ class RunDirLock:
 def _lock(workdir: Path) -> int:
     path = workdir / LOCK_NAME
     make_folder(path)  # one line even where mkdir says "no such file" (under /proc) or a file is in the way
+    if path.is_symlink():  # never ours: its target (another run's lock, a user's file) would be truncated
+        raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}), not this run's own lock file; "
+                        f"remove the link (a run copied with cp -s?), then start again")
     with storage_errors(path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
