@@ -145,6 +145,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert kept.training.step == 4 and all(torch.equal(good[k], kept.artifact.weights[k]) for k in good)
 
 
+def test_weights_that_became_nan_are_not_validated_into_metrics(tmp_path, monkeypatch):
+    """A BatchNorm statistic gone to inf while the training loss stayed finite (the batch's own statistics
+    train): the validation of those weights was recorded in metrics.jsonl (an error of 87%, every logit
+    NaN, shown by report as a measurement) before the checkpoint's check stopped the run."""
+    from resnetlab.engine import train as engine_train
+
+    real = engine_train.train_step
+
+    def step_then_spoil(parts, x, y):
+        out = real(parts, x, y)
+        parts.net.bn1.running_var.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(engine_train, "train_step", step_then_spoil)
+    with pytest.raises(TrainingDiverged, match=r"the weights became NaN/inf by step 4; kept the last good checkpoint \(none"):
+        train_and_evaluate(tiny_config(("train.eval_every", 4)), tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists() or (tmp_path / "metrics.jsonl").read_text() == ""
+
+
 def test_an_existing_run_is_not_overwritten_and_resume_needs_one(tmp_path):
     cfg = tiny_config(("schedule.max_steps", 2))
     train_and_evaluate(cfg, tmp_path / "run")

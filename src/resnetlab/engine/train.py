@@ -190,6 +190,7 @@ def log_point(run: Run, window: Meter, lr: float, clock: dict) -> None:
 def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dict):
     """Evaluate, record metrics, save last.pt (and best.pt); returns the weights if they are the best."""
     state = run.state
+    check_finite(run)  # a validation of NaN weights is no measurement: it must not reach metrics.jsonl
     state.elapsed_s = time.perf_counter() - clock["start"]
     train_loss, train_err = meter_summary(all_reduce_sum(since_eval.sums).tolist())
     metrics = MetricsRow(epoch=state.step / run.steps_per_epoch, step=state.step, lr=lr, train_loss=train_loss,
@@ -246,14 +247,19 @@ def validate(run: Run, window: Meter, since_eval: Meter, lr: float) -> dict:
                         f"--resume {run.workdir} validates it and goes on") from None
 
 
-def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
-    """Write the checkpoint (rank 0) unless the weights are no longer finite on some process: every one
-    decides alike (BatchNorm's running statistics are each process's own; one that stopped alone left
-    the others waiting for it in the next collective, a hang under torchrun)."""
+def check_finite(run: Run) -> None:
+    """TrainingDiverged unless the weights are finite on every process: every one decides alike
+    (BatchNorm's running statistics are each process's own; one that stopped alone left the others
+    waiting for it in the next collective, a hang under torchrun)."""
     flags = torch.tensor([0.0 if is_finite_model(run.model) else 1.0], device=run.rt.device)
     if all_reduce_sum(flags).item() > 0:
         raise TrainingDiverged(f"the weights became NaN/inf by step {run.state.step}; kept the last good checkpoint "
                                f"{_last_good(run)}. Lower optim.lr")
+
+
+def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
+    """Write the checkpoint (rank 0) unless the weights are no longer finite."""
+    check_finite(run)
     record_decoding_skips(run)  # every process is here
     if run.dist_info.is_main:
         ckpt = make_checkpoint(run.model, run.optimizer, run.scaler, run.state, run.cfg, run.bundle.classes,
