@@ -97,3 +97,38 @@ def test_a_finished_run_has_nothing_to_resume_and_is_not_tested_again(finished, 
         assert f"{run} finished at step 8: nothing to resume" in err
         assert json.loads(out) == json.loads((run / "summary.json").read_text())  # its summary, as a run prints it
         assert files(run) == before
+
+
+def _crafted(raw: dict, change: str) -> None:
+    import torch
+
+    if change == "step":
+        raw["step"] = -7
+    elif change == "window":
+        raw["metrics"]["train_window"] = [1]
+    else:
+        raw["rng"]["numpy"]["keys"] = torch.zeros(5, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("change, said", [
+    ("step", "is damaged or was not written by resnetlab (step -7, best_step 8)"),
+    ("window", "is damaged or was not written by resnetlab (train_window not 3 finite numbers)"),
+    ("rng", "does not fit this run's resnet8 and optimizer (index 5 is out of bounds"),
+])
+def test_a_crafted_training_state_is_refused_in_one_line_and_the_run_kept(run, change, said, capsys):
+    """A step of -7 (digest made anew) had --resume drop every line of metrics.jsonl, then fail in a
+    traceback; a meter or numpy RNG state of another length failed in tracebacks."""
+    import torch
+
+    from resnetlab.engine.checkpoint import payload_digest
+
+    last = run / "checkpoints" / "last.pt"
+    raw = torch.load(last, weights_only=True)
+    raw.pop("digest")
+    _crafted(raw, change)
+    torch.save({**raw, "digest": payload_digest(raw)}, last)
+    before = files(run)
+    assert main(["train", "--resume", str(run), "--max-steps", "12"]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"resnetlab train: error: {last}") and said in line, line
+    assert files(run) == before

@@ -96,7 +96,7 @@ def restore_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer, scaler, cf
         if training.scaler:
             scaler.load_state_dict(training.scaler)
         restore_rng(training.rng)
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:  # a model, optimizer or RNG state of another shape
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:  # a state of another shape
         raise UserError(f"{path} does not fit this run's {cfg.model.name} and optimizer ({first_line(err)}); resume with the "
                         "run's own config, or start a new run with --init to reuse only the weights") from None
     return training.loop
