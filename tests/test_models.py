@@ -139,6 +139,11 @@ def test_any_6n_plus_2_depth_and_bad_depths():
         cifar_resnet(21)
     with pytest.raises(UserError, match="unknown model 'resnet21'"):
         create_model("resnet21")
+    # a name in a recipe or a crafted checkpoint built for ever, growing to every byte of memory
+    with pytest.raises(UserError, match=r"'resnet60000002': CIFAR depths up to 10000 are built"):
+        create_model("resnet60000002")
+    with pytest.raises(UserError, match="unknown model 'plain" + "8" * 40):
+        create_model("plain" + "8" * 40)
 
 
 def test_errors_name_the_choices():

@@ -57,6 +57,8 @@ def model_info(name: str) -> ModelInfo:
     return _MODELS[_known(name)][1]
 
 
+MAX_CIFAR_DEPTH = 10_000  # resnet60000002 built for ever, growing to every byte of memory
+
 # Keyword arguments a builder passes on to ResNet (everything but the architecture itself).
 BUILDER_KWARGS = [p for p in inspect.signature(ResNet).parameters if p not in ("block", "layers", "widths")]
 
@@ -117,10 +119,13 @@ def _checked(name: str, kwargs: dict, valid: list[str]) -> dict:
 
 
 def _cifar_depth(name: str) -> int | None:
-    match = re.fullmatch(r"(resnet|plain)(\d+)", name)
+    match = re.fullmatch(r"(resnet|plain)(\d{1,12})", name)
     if name in _MODELS or not match:
         return None
     depth = int(match.group(2))
+    if depth > MAX_CIFAR_DEPTH and (depth - 2) % 6 == 0:  # a name in a recipe or a crafted checkpoint: no endless build
+        raise UserError(f"{name!r}: CIFAR depths up to {MAX_CIFAR_DEPTH} are built (the paper's deepest is resnet1202; "
+                        f"resnet{MAX_CIFAR_DEPTH - 2} has ~160M parameters)")
     return depth if depth >= 8 and (depth - 2) % 6 == 0 else None
 
 
