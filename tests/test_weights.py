@@ -140,6 +140,13 @@ def test_nan_or_inf_weights_are_refused_naming_the_file_or_the_state_dict(source
     with pytest.raises(UserError, match=r"^the state dict holds NaN or infinite values \(layer2.0.bn1.running_var\)"):
         load_weights(create_model("resnet20", num_classes=5), sd, ignore_mismatched_head=True)  # fc skipped: not checked
     assert not torch.isnan(target.fc.weight).any()
+    # float8 weights: torch has no isfinite for them, and the check itself raised NotImplementedError
+    f8 = {k: (v.to(torch.float8_e4m3fn) if v.is_floating_point() else v) for k, v in sd.items()}
+    with pytest.raises(UserError, match=r"^the state dict holds NaN or infinite values \(fc.weight\)"):  # (no inf in e4m3fn)
+        load_weights(target, f8)
+    load_weights(target, {k: (v.to(torch.float8_e4m3fn) if v.is_floating_point() else v)
+                          for k, v in source.state_dict().items()})  # finite float8 weights: loaded (widened)
+    assert torch.equal(target.conv1.weight, source.conv1.weight.to(torch.float8_e4m3fn).float())
 
 
 class _Evil:

@@ -224,7 +224,10 @@ def refuse_nonfinite(weights: dict, label) -> None:
     """Weights holding NaN or inf (an edited or damaged file, a diverged run's) are refused in one line:
     predict would print NaN probabilities, a fine-tuning run would call its loss diverged and advise
     a lower lr, a linear probe would fit on NaN features."""
-    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    def finite(v: torch.Tensor) -> bool:  # isfinite has no float8 kernel: those are judged as float32
+        return bool(torch.isfinite(v.float() if v.element_size() == 1 else v).all())
+
+    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not finite(v)]
     if bad:
         raise UserError(f"{label} holds NaN or infinite values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
                         "weights of a diverged run or a damaged file; choose other weights")
