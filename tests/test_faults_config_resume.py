@@ -70,7 +70,9 @@ def test_a_hand_edited_config_yaml_is_held_to_what_the_last_checkpoint_trained_w
 
 
 @pytest.mark.parametrize("bad, words", [("model.name=resnet21", "unknown model 'resnet21'"),
-                                        ("schedule.kind=bogus", "unknown schedule.kind 'bogus'")])
+                                        ("schedule.kind=bogus", "unknown schedule.kind 'bogus'"),
+                                        ("model.kwargs={num_classes: 5}",  # was a TypeError traceback
+                                         "model.kwargs.num_classes: the number of classes comes from the data")])
 def test_a_new_run_with_a_bad_model_or_schedule_leaves_nothing_and_print_config_refuses_it(
         finished, tmp_path, capsys, bad, words):
     argv = ["train", "--recipe", finished[0], "--out", str(tmp_path / "new"), "--set", bad]

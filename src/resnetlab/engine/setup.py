@@ -156,6 +156,8 @@ def check_config(cfg: Config) -> None:
             raise UserError(f"model.name {cfg.model.name!r}: nothing after the dot; name the model alone, or its "
                             f"published weights ({tags})")
         weights_for(name, tag)
+    if "num_classes" in cfg.model.kwargs:  # the builder is given the data's count: a TypeError traceback, twice given
+        raise UserError("model.kwargs.num_classes: the number of classes comes from the data; drop it")
     with torch.device("meta"):  # shapes only: refuses unknown or wrong model.kwargs without building weights
         create_model(name, **cfg.model.kwargs)
     create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch=1)
