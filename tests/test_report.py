@@ -9,7 +9,7 @@ from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.config import Config, ModelConfig, TrainConfig, save_config
 from resnetlab.errors import UserError
-from resnetlab.reports import analysis, plots, tables
+from resnetlab.reports import analysis, plots, table6, tables
 from resnetlab.reports.report import report_dir, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,7 +42,7 @@ def test_seeds_of_one_config_are_pooled_as_mean_std_best(tmp_path):
     table = tables.results_table(groups)
     assert "| deep | resnet20 | 3 | 200 | 32.00 ± 2.00 | 0.32 ± 0.02 | 37.00 ± 2.00 | 9.00 ± 1.00 | 10.00 ± 1.00 | 8.00 |" in table
     assert "| p0 | plain20 | 1 | 200 | 30.00 | 0.30 | 35.00 | 12.50 | 13.50 | 12.50 |" in table
-    assert tables.depth_table(groups).splitlines()[2:] == ["| deep | resnet20 | 0.27M | 8.00 (9.00 ± 1.00) | 3 | 8.75 |"]
+    assert table6.depth_table(groups).splitlines()[2:] == ["| deep | resnet20 | 0.27M | 8.00 (9.00 ± 1.00) | 3 | 8.75 |"]
     steps, mean, std = tables.curve(groups["deep"], "train_err")
     assert steps == [100, 200] and mean == [51.0, 32.0] and std == pytest.approx([1.0, 2.0])
 

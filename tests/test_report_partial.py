@@ -13,7 +13,7 @@ import yaml
 
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabWarning
-from resnetlab.reports import tables
+from resnetlab.reports import table6, tables
 from resnetlab.reports.report import write_report
 from test_report import make_run
 
@@ -41,7 +41,7 @@ def test_an_unfinished_run_is_a_row_of_its_own_never_pooled_with_finished_seeds(
     table = tables.results_table(groups)
     assert "| resnet20 | resnet20 | 1 | 200 | 30.00 | 0.30 | 35.00 | 9.00 | 10.00 | 9.00 |" in table
     assert "| resnet20-seed1 | resnet20 | 1 | 100 of 200, not finished | 70.00 | 0.70 | 75.00 | – | – | – |" in table
-    assert tables.depth_table(groups).splitlines()[2:] == ["| resnet20 | resnet20 | 0.27M | 9.00 | 1 | 8.75 |"]
+    assert table6.depth_table(groups).splitlines()[2:] == ["| resnet20 | resnet20 | 0.27M | 9.00 | 1 | 8.75 |"]
     text = write_report([done, stopped], tmp_path / "rep")[0].read_text()
     assert ("- `resnet20-seed1`: not finished; its last evaluation was at step 100 of 200 (numbers from it, no "
             "test numbers)") in text

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from resnetlab.files import atomic_path  # noqa: E402
 
 from .progress import finished  # noqa: E402
-from .tables import SavedRun, curve  # noqa: E402
+from .tables import SavedRun, curve, seeds_per_step  # noqa: E402
 
 HELD_OUT = "val_top1_err"  # the engine evaluates the held-out split during training; test only at the end
 
@@ -42,8 +42,15 @@ def _draw_group(ax, members: list[SavedRun], label: str, color, train: bool = Tr
         steps, mean, std = curve(members, key)
         if not steps:
             continue
-        ax.plot(steps, mean, style, color=color, lw=1.6 if style == "-" else 1.2, label=f"{label} {suffix}",
+        # seeds that stopped at different steps (train.stop_at_val_top1): the mean is over those logged at
+        # each step, which the legend says; each seed's own points are drawn as dots
+        apart = min(seeds_per_step(members, key)) < len(members)
+        ax.plot(steps, mean, style, color=color, lw=1.6 if style == "-" else 1.2,
+                label=f"{label} {suffix}" + (" (mean of the seeds at each step; dots: each seed)" if apart else ""),
                 marker="o" if len(steps) == 1 else None, ms=3)  # one evaluation (a run stopped early) is a point
+        for run in members if apart else ():
+            points = [(m.step, getattr(m, key)) for m in run.metrics if getattr(m, key) is not None]
+            ax.plot([p for p, _ in points], [v for _, v in points], ".", color=color, alpha=0.5, ms=4)
         if len(members) > 1:
             ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=color, alpha=0.15, lw=0)

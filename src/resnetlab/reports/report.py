@@ -16,7 +16,7 @@ from pathlib import Path
 from resnetlab.errors import UserError
 from resnetlab.files import StorageError, check_writable, process_alive, storage_error, storage_errors, write_text_atomic
 
-from . import plots, progress, tables
+from . import plots, progress, table6, tables
 
 ANALYSES = ("responses", "gradients")
 # Every file a report writes besides its manifest: the only ones it ever replaces or removes in its
@@ -146,7 +146,7 @@ def _figures(groups, runs, folder: Path, out: Path, analyses, data) -> list[tupl
 
 def _depth_form(groups) -> bool:
     """Table 6's form: ResNets only (no plain twins), some of them the paper's CIFAR-10 nets, finished."""
-    return not _kinds(groups)[0] and any(tables.is_paper_cifar10(m) and progress.finished(m[0]) for m in groups.values())
+    return not _kinds(groups)[0] and any(table6.is_paper_cifar10(m) and progress.finished(m[0]) for m in groups.values())
 
 
 def _residual(members) -> bool:
@@ -266,9 +266,11 @@ def _setup(groups) -> str:
     drops = f", lr x{sch['gamma']} at {sch['milestones_unit']} {sch['milestones']}" if sch["kind"] == "step" else ""
     subset = cfg["data"].get("train_size")
     subset = f", training on a class-balanced subset of {subset} images" if subset else ""
+    precision = cfg["train"]["precision"]  # "auto" is resolved where it trains (engine/runtime.py), not recorded
+    precision += " (bf16 where the training device has fast bf16, else fp32)" if precision == "auto" else ""
     return (f"Setup (first run): {cfg['data']['dataset']} data at `{cfg['data']['root']}` (val_size "
             f"{cfg['data']['val_size']}{subset}), {sch['kind']} schedule of {length}, lr {opt['lr']}{drops}, batch "
-            f"{opt['batch_size']}, weight decay {opt['weight_decay']}, precision {cfg['train']['precision']}.")
+            f"{opt['batch_size']}, weight decay {opt['weight_decay']}, precision {precision}.")
 
 
 def _markdown(title, groups, figures, command, notes, depth_form: bool, missing=()) -> str:
@@ -288,7 +290,8 @@ def _markdown(title, groups, figures, command, notes, depth_form: bool, missing=
         lines.append(unfinished)
     if depth_form:
         lines += ["In the form of the paper's Table 6 (paper: its full 64k-iteration schedule on CIFAR-10; "
-                  "ours: measured on the data and schedule above):", "", tables.depth_table(groups)]
+                  "ours: measured on the data and schedule above; params: of each net as built, paper: only for the "
+                  "nets it reports, with option A shortcuts):", "", table6.depth_table(groups)]
     for caption, path in figures:
         lines += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
     lines += ["Every evaluation of every run, one row each: [metrics.csv](metrics.csv).", ""]

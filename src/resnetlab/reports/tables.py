@@ -2,8 +2,9 @@
 
 A run directory holds config.yaml, metrics.jsonl (one object per evaluation) and, when finished,
 summary.json (written by engine/train.py). Finished runs whose configs differ only in train.seed form
-one group, reported as mean +- std (sample std, n - 1) and best over its seeds. Seeds of one config
-are distinct: a copy or resume of a run (same config, same seed) is one measurement, counted once.
+one group, reported as mean +- std (sample std, n - 1) and best over its seeds, when they trained on
+the same data (the same images, wherever they lay: datasets.py). Seeds of one config are distinct: a
+copy or resume of a run (same config, data and seed) is one measurement, counted once.
 A run that is not finished is never pooled with finished ones (progress.py).
 """
 from __future__ import annotations
@@ -23,13 +24,7 @@ from resnetlab.engine.run_records import MetricsRow, RunSummary, read_metrics
 from resnetlab.errors import ResnetlabWarning, UserError, first_line
 
 from . import progress
-
-# Table 6 of the paper: CIFAR-10 test error (%) and parameter count. ResNet-110 is "best (mean +- std)"
-# over 5 runs: 6.43 (6.61 +- 0.16); the others are single runs.
-PAPER_TABLE6 = {
-    "resnet20": ("0.27M", 8.75), "resnet32": ("0.46M", 7.51), "resnet44": ("0.66M", 7.17),
-    "resnet56": ("0.85M", 6.97), "resnet110": ("1.7M", 6.43), "resnet1202": ("19.4M", 7.93),
-}
+from .datasets import data_identity, data_notes
 
 
 @dataclass
@@ -41,6 +36,7 @@ class SavedRun:
     metrics: list[MetricsRow]  # metrics.jsonl, one row per evaluation, in step order
     summary: RunSummary | None  # summary.json, None while the run is unfinished
     num_classes: int | None = None  # from classes.json, None when it is missing
+    data: str = ""  # the data it trained on (datasets.data_identity): its images, else its data.root
 
     @property
     def model(self) -> str:
@@ -74,7 +70,7 @@ def load_run(path) -> SavedRun:
     summary = RunSummary.read(path)
     classes = json.loads((path / "classes.json").read_text()) if (path / "classes.json").is_file() else None
     return SavedRun(path, config, sorted(metrics, key=lambda m: m.step), summary,
-               len(classes) if isinstance(classes, list) else None)
+                    len(classes) if isinstance(classes, list) else None, data_identity(path, config))
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -87,13 +83,15 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
-# Keys that do not change what is measured: where the data lives, logging, the seed (pooled).
+# Keys that do not change what is measured: logging, the seed (pooled), and where the data lives,
+# which group_key replaces by the data itself (the same images at another path are the same data).
 IGNORED_KEYS = ("train.seed", "data.root", "data.cache_dir", "train.log_every", "train.tensorboard", "train.workers")
 
 
-def group_key(config: dict) -> str:
-    flat = {k: v for k, v in _flat(config).items() if k not in IGNORED_KEYS}
-    return json.dumps(flat, sort_keys=True, default=str)
+def group_key(run: SavedRun) -> str:
+    """The run's config but for IGNORED_KEYS, with "data": the data it trained on."""
+    flat = {k: v for k, v in _flat(run.config).items() if k not in IGNORED_KEYS}
+    return json.dumps({**flat, "data": run.data}, sort_keys=True, default=str)
 
 
 def _progress(run: SavedRun) -> tuple[bool, int]:
@@ -102,22 +100,22 @@ def _progress(run: SavedRun) -> tuple[bool, int]:
 
 
 def distinct_runs(runs: list[SavedRun]) -> list[SavedRun]:
-    """One run per (config, seed), in the given order; the others are left out with one warning.
+    """One run per (config, data, seed), in the given order; the others are left out with one warning.
 
-    Two runs of one config and one seed are a copy, or a resume, of one measurement, not two: pooled
-    as seeds they would count it twice and shrink the std. Of each such set the run that got
+    Two runs of one config and one seed on the same data are a copy, or a resume, of one measurement,
+    not two: pooled as seeds they would count it twice and shrink the std. Of each such set the run that got
     furthest is kept (finished, then the most steps; the first named on a tie)."""
     sets: dict[tuple, list[SavedRun]] = {}
     for run in runs:
-        sets.setdefault((group_key(run.config), run.seed), []).append(run)
+        sets.setdefault((group_key(run), run.seed), []).append(run)
     kept, left_out = set(), []
     for same in sets.values():
         best = max(same, key=_progress)  # max keeps the first of equals
         kept.add(id(best))
         left_out += [f"{r.path} (seed {r.seed}, as {best.path})" for r in same if r is not best]
     if left_out:
-        warnings.warn(f"left out {len(left_out)} run(s) repeating the config and seed of a run kept (a copy or "
-                      f"resume is one measurement, not another seed): {', '.join(left_out[:3])}"
+        warnings.warn(f"left out {len(left_out)} run(s) repeating the config and seed of a run kept, on the same "
+                      f"data (a copy or resume is one measurement, not another seed): {', '.join(left_out[:3])}"
                       f"{' ...' if len(left_out) > 3 else ''}", ResnetlabWarning, stacklevel=2)
     return [r for r in runs if id(r) in kept]
 
@@ -131,7 +129,7 @@ def group_runs(runs: list[SavedRun]) -> dict[str, list[SavedRun]]:
     groups: dict[tuple, list[SavedRun]] = {}
     for run in distinct_runs(runs):
         at = None if progress.finished(run) else ("not finished", progress.last_step(run))
-        groups.setdefault((group_key(run.config), at), []).append(run)
+        groups.setdefault((group_key(run), at), []).append(run)
     members_list = [sorted(members, key=lambda r: r.seed) for members in groups.values()]
 
     def label(members, parent=False):
@@ -157,14 +155,16 @@ def _folder_label(paths: list[Path], parent: bool = False, strip_seed: bool = Tr
 
 def setting_notes(groups: dict[str, list[SavedRun]]) -> dict[str, str]:
     """Per group, the config values that tell it apart from other groups of the same model
-    (e.g. "shortcut=A"); empty when nothing but the seed differs."""
-    flats = {label: json.loads(group_key(members[0].config)) for label, members in groups.items()}
+    (e.g. "shortcut=A", "data=/data/other"); empty when nothing but the seed differs."""
+    flats = {label: json.loads(group_key(members[0])) for label, members in groups.items()}
+    where = data_notes(groups)  # data told apart by its images, shown by its root
     notes = {}
     for label, members in groups.items():
         same_model = [f for f in flats.values() if f["model.name"] == members[0].model]
         differing = sorted(k for k in set().union(*same_model)
                            if len({json.dumps(f.get(k), default=str) for f in same_model}) > 1)
-        notes[label] = " ".join(f"{k.split('.')[-1]}={_short(flats[label].get(k))}" for k in differing)
+        notes[label] = " ".join(f"{k.split('.')[-1]}={where[label] if k == 'data' else _short(flats[label].get(k))}"
+                                for k in differing)
     return notes
 
 
@@ -196,8 +196,13 @@ class Stat:
 
     def __str__(self) -> str:
         if self.n == 1:
-            return f"{self.mean:.2f}"
-        return f"{self.mean:.2f} ± {self.std:.2f}"
+            return number(self.mean)
+        return f"{number(self.mean)} ± {number(self.std)}"
+
+
+def number(value: float) -> str:
+    """Two decimals, as errors in % are read; a huge value (the loss of a diverged run) in powers of ten."""
+    return f"{value:.2f}" if abs(value) < 1e6 else f"{value:.2g}"
 
 
 def aggregate(values) -> Stat | None:
@@ -231,44 +236,50 @@ def results_table(groups: dict[str, list[SavedRun]]) -> str:
              "|---|---|" + ("---|" if setting else "") + "---|---|---|---|---|---|---|---|"]
     for label, members in groups.items():
         s, n = group_stats(members), len(members)
-        steps = "–" if s["steps"] is None else str(int(s["steps"].best))
+        steps = steps_cell(members)
         if not progress.finished(members[0]):
             steps = progress.steps_cell(members)
         best = f"{s['test_err'].best:.2f}" if s["test_err"] else "–"
         lines.append(f"| {label} | {members[0].model} |" + (f" {notes[label] or '–'} |" if setting else "")
                      + f" {n} | {steps} | {_cell(s['train_err'], n)} | {_cell(s['train_loss'], n)} | "
                      f"{_cell(s['val_err'], n)} | {_cell(s['test_err'], n)} | {_cell(s['test_err_best_val'], n)} | {best} |")
+    apart = [label for label, members in groups.items() if len(_last_steps(members)) > 1]
+    if apart:
+        lines += ["", f"Seeds of {', '.join(apart)} stopped at different steps: `steps` is their range, the other "
+                      "numbers pool each seed's last evaluation, and the curves average the seeds logged at each step."]
     return "\n".join(lines) + "\n"
 
 
-def is_paper_cifar10(members: list[SavedRun]) -> bool:
-    """A group the paper's Table 6 speaks about: one of its CIFAR nets trained on 10 classes."""
-    return members[0].model in PAPER_TABLE6 and members[0].num_classes == 10
+def steps_cell(members: list[SavedRun]) -> str:
+    """The steps of the seeds' last evaluations: one number, or their range where they stopped at
+    different steps (train.stop_at_val_top1: each seed stops when it reaches the target)."""
+    steps = _last_steps(members)
+    if not steps:
+        return "–"
+    return str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"
 
 
-def depth_table(groups: dict[str, list[SavedRun]]) -> str:
-    """Table 6's form for the finished groups it speaks about: depth, params, our test error (best
-    (mean ± std)) next to the paper's; `runs` counts the test errors behind it."""
-    lines = ["| run | model | params | ours: test err, best (mean ± std) | runs | paper (Table 6) |",
-             "|---|---|---|---|---|---|"]
-    for label, members in groups.items():
-        if not is_paper_cifar10(members) or not progress.finished(members[0]):
-            continue
-        stat = group_stats(members)["test_err"]
-        params, paper = PAPER_TABLE6[members[0].model]
-        ours = "–" if stat is None else (f"{stat.best:.2f}" if stat.n == 1 else f"{stat.best:.2f} ({stat})")
-        paper_cell = "–" if paper is None else (f"{paper:.2f}" + (" (6.61 ± 0.16)" if members[0].model == "resnet110" else ""))
-        lines.append(f"| {label} | {members[0].model} | {params} | {ours} | {0 if stat is None else stat.n} | {paper_cell} |")
-    return "\n".join(lines) + "\n"
+def _last_steps(members: list[SavedRun]) -> list[int]:
+    return sorted({r.metrics[-1].step for r in members if r.metrics})
+
+
+def _per_run(members: list[SavedRun], key: str) -> list[dict]:
+    return [{m.step: getattr(m, key) for m in r.metrics if getattr(m, key) is not None} for r in members]
 
 
 def curve(members: list[SavedRun], key: str) -> tuple[list[int], list[float], list[float]]:
-    """(steps, mean, std) of a MetricsRow field over the runs, at the steps every run has logged."""
-    per_run = [{m.step: getattr(m, key) for m in r.metrics if getattr(m, key) is not None} for r in members]
-    steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
-    means = [statistics.fmean(p[s] for p in per_run) for s in steps]
-    stds = [statistics.stdev([p[s] for p in per_run]) if len(per_run) > 1 else 0.0 for s in steps]
-    return steps, means, stds
+    """(steps, mean, std) of a MetricsRow field at every step a run logged it, over the runs that did
+    (seeds_per_step counts them): seeds that stopped at different steps keep all their points."""
+    per_run = _per_run(members, key)
+    steps = sorted(set().union(*per_run))
+    at = [[p[s] for p in per_run if s in p] for s in steps]
+    return steps, [statistics.fmean(v) for v in at], [statistics.stdev(v) if len(v) > 1 else 0.0 for v in at]
+
+
+def seeds_per_step(members: list[SavedRun], key: str) -> list[int]:
+    """How many runs each point of `curve` averages."""
+    per_run = _per_run(members, key)
+    return [sum(s in p for p in per_run) for s in sorted(set().union(*per_run))]
 
 
 def aggregate_lists(lists: list[list[float]]) -> list[float]:

@@ -1,0 +1,57 @@
+"""Which data a run trained on, as a report tells runs apart: by the images themselves where the run
+recorded them, so the same images at another path (a folder moved or copied, seeds run on other
+machines, a run resumed on another node) still pool, and runs on other images never do.
+
+RUN/data.json (data/summary.py data_record) holds, for folder datasets, per-split digests of the
+files' names and sizes relative to the root (data/fingerprints.py): the same for a copy of the folder
+anywhere, with or without its modification times, and taken over the whole split before the seeded
+hold-out, so every seed of one dataset shares them. Runs without them (CIFAR archives, synthetic
+data, runs from before data.json) are told apart by their data.root.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+def data_identity(path: Path, config: dict) -> str:
+    """"files:<digest>" of the run's recorded images, else "root:<data.root>" (normalised)."""
+    splits = _fingerprints(Path(path))
+    if splits:
+        # "sizes" (names and sizes): "mtimes" differs in a copy that did not keep times, and "pixels"
+        # with another Pillow; older records hold one string per split, their only digest
+        digests = {split: d if isinstance(d, str) else d.get("sizes") for split, d in splits.items()}
+        return "files:" + hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+    root = (config.get("data") or {}).get("root")
+    return f"root:{os.path.normpath(root) if isinstance(root, str) else root}"
+
+
+def _fingerprints(path: Path) -> dict | None:
+    """The per-split fingerprints of RUN/data.json; None when there are none or it cannot be read."""
+    try:
+        record = json.loads((path / "data.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    splits = record.get("fingerprints") if isinstance(record, dict) else None
+    if not isinstance(splits, dict) or not splits:
+        return None
+    if not all(isinstance(d.get("sizes") if isinstance(d, dict) else d, str) for d in splits.values()):
+        return None  # a damaged or edited record: the root is the better guess
+    return splits
+
+
+def data_notes(groups: dict[str, list]) -> dict[str, str]:
+    """Per group, the words for its data in a report's setting column: its data.root (the roots of its
+    runs when they differ), and where two groups on other images show the same root (a folder changed
+    in place between runs), the digest that tells them apart."""
+    roots = {label: ", ".join(dict.fromkeys(str((r.config.get("data") or {}).get("root")) for r in members))
+             for label, members in groups.items()}
+    ids = {label: members[0].data for label, members in groups.items()}
+    notes = {}
+    for label, root in roots.items():
+        clash = any(roots[other] == root and ids[other] != ids[label] for other in roots)
+        kind, _, value = ids[label].partition(":")
+        notes[label] = f"{root} ({value[:8] if kind == 'files' else 'images not recorded'})" if clash else root
+    return notes
