@@ -254,3 +254,13 @@ def test_truncated_file_is_one_line_naming_it(tmp_path):
     folder = _extracted(tmp_path, test_batch=official_pickle(_batch(9))[:500])
     with pytest.raises(UserError, match=f"cannot read CIFAR file {folder / 'test_batch'}"):
         load_cifar("cifar10", tmp_path)
+
+
+def test_a_class_name_with_a_control_character_in_the_meta_file_is_refused(tmp_path):
+    """ESC sequences in batches.meta reached the terminal raw (recoloured it, set its title); a newline faked
+    predict's one line per image. Class folders with them are refused; so are these."""
+    names = [f"c{i}".encode() for i in range(10)]
+    names[3] = b"\x1b[31mred\x1b[0m"
+    folder = _extracted(tmp_path, **{"batches.meta": official_pickle({b"label_names": names})})
+    with pytest.raises(UserError, match=r"batches.meta: the class name '\\x1b\[31mred\\x1b\[0m' holds a control char"):
+        load_cifar("cifar10", folder.parent)

@@ -59,3 +59,12 @@ def test_fixed_imagenet_statistics_and_errors():
         Normalizer.fit("pixel", [])
     with pytest.raises(UserError, match="malformed"):
         Normalizer.from_state({"mean": torch.zeros(3)})
+
+
+@pytest.mark.parametrize("mean, std", [((0.5, 0.5, 0.5), (0.0, 0.2, 0.2)), ((0.5, 0.5, 0.5), (float("nan"), 1, 1)),
+                                       ((float("inf"), 0.5, 0.5), (0.2, 0.2, 0.2)), ((0.5, 0.5, 0.5), (-0.2, 0.2, 0.2))])
+def test_a_state_no_fit_makes_is_refused(mean, std):
+    """A checkpoint's std of 0 or NaN gave NaN probabilities in fp32, plausible wrong ones in bf16,
+    and a traceback from int8's calibration."""
+    with pytest.raises(UserError, match=r"^normalizer state holds a mean or std no training makes \(std \["):
+        Normalizer.from_state({"kind": "channel", "mean": torch.tensor(mean), "std": torch.tensor(std)})

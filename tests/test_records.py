@@ -43,7 +43,7 @@ def random_image(path: Path) -> str:
 def sample_checkpoint(training: bool = True) -> Checkpoint:
     artifact = Artifact(weights=create_model("resnet8", num_classes=3).state_dict(), model_name="resnet8",
                         model_kwargs={"shortcut": "A"}, num_classes=3, classes=["a", "b", "c"],
-                        normalizer={"kind": "pixel", "mean": torch.tensor(120.0), "std": torch.tensor(60.0)},
+                        normalizer={"kind": "channel", "mean": torch.full((3,), 0.47), "std": torch.full((3,), 0.25)},
                         config={"data": {"dataset": "synthetic"}}, input_size=16, eval_resize=18)
     if not training:
         return Checkpoint(artifact)
@@ -118,6 +118,10 @@ def test_a_bad_version_or_field_is_one_line_naming_file_and_field(record, data, 
     (lambda d: d.update(num_classes="3"), ": num_classes is '3', expected int"),
     (lambda d: d["metrics"].pop("train_window"), " (metrics) lacks train_window: not a complete checkpoint's metrics"),
     (lambda d: d.update(schedule_state={"unknown": 1}), ": schedule_state does not fit this version's ScheduleState"),
+    (lambda d: d.update(classes=["a", "b\nfake line 1.0000", "c"]),
+     ": the class name 'b\\nfake line 1.0000' holds a control character: an edited or damaged checkpoint"),
+    (lambda d: d.update(normalizer={"kind": "channel", "mean": torch.zeros(3), "std": torch.zeros(3)}),
+     ": normalizer state holds a mean or std no training makes (std [0.0, 0.0, 0.0]): the file is damaged"),
     (lambda d: d.update(format="resnetlab-checkpoint-v7"), " is a resnetlab-checkpoint-v7 checkpoint; this resnetlab "
                                                            "reads resnetlab-checkpoint-v1: upgrade resnetlab to read it"),
 ])

@@ -147,7 +147,11 @@ def _class_names(path: Path, key: bytes) -> list[str]:
     names = _unpickle(path).get(key)
     if not isinstance(names, list) or not names or not all(isinstance(n, (bytes, str)) for n in names):
         raise UserError(f"{path} has no list of class names under {key.decode()!r}; is it a CIFAR meta file?")
-    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
+    odd = next((n for n in names if not n.isprintable()), None)  # ESC sequences, a newline: to terminals and CSVs
+    if odd is not None:
+        raise UserError(f"{path}: the class name {odd!r} holds a control character; is it a CIFAR meta file?")
+    return names
 
 
 def _load_batches(folder: Path, files: tuple[str, ...], label_key: bytes, classes: list[str]) -> ArrayDataset:

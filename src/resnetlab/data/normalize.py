@@ -56,9 +56,14 @@ class Normalizer(nn.Module):
     @classmethod
     def from_state(cls, state: dict) -> "Normalizer":
         try:
-            return cls(state["kind"], torch.as_tensor(state["mean"]), torch.as_tensor(state["std"]))
+            made = cls(state["kind"], torch.as_tensor(state["mean"]), torch.as_tensor(state["std"]))
         except (KeyError, TypeError, RuntimeError) as err:
             raise UserError(f"normalizer state is malformed ({err}); expected keys kind, mean, std") from None
+        # no fit makes these: a zero or NaN std gave NaN probabilities (fp32), plausible wrong ones (bf16)
+        if not (torch.isfinite(made.mean).all() and torch.isfinite(made.std).all() and (made.std > 0).all()):
+            raise UserError(f"normalizer state holds a mean or std no training makes (std {made.std.flatten().tolist()}): "
+                            "the file is damaged or was edited")
+        return made
 
     @classmethod
     def fit(cls, kind: str, batches: Iterable[torch.Tensor]) -> "Normalizer":

@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from resnetlab.data.normalize import Normalizer
 from resnetlab.errors import UserError
 
 from .run_records import METRICS_FORMAT, NUMBER, Fields, MetricsRow
@@ -86,9 +87,19 @@ class Artifact:
             kinds = "" if all(isinstance(c, str) for c in classes) else ", not all of them strings"
             raise UserError(f"{get.where}: {len(classes)} class names{kinds} for num_classes={num_classes}: "
                             "an edited or damaged checkpoint")
+        odd = next((c for c in classes if not c.isprintable()), None)  # no class folder has one: refused there
+        if odd is not None:  # (ESC sequences recoloured the terminal; a newline faked predict's lines)
+            raise UserError(f"{get.where}: the class name {odd!r} holds a control character: an edited or damaged "
+                            "checkpoint")
+        normalizer = get("normalizer", dict, nullable=True)
+        if normalizer is not None:
+            try:
+                Normalizer.from_state(normalizer)
+            except UserError as err:
+                raise UserError(f"{get.where}: {err}") from None
         return cls(weights=get("model", dict), model_name=get("model_name", str), model_kwargs=get("model_kwargs", dict),
                    num_classes=num_classes, classes=classes,
-                   normalizer=get("normalizer", dict, nullable=True), config=get("config", dict, nullable=True),
+                   normalizer=normalizer, config=get("config", dict, nullable=True),
                    input_size=get("input_size", int), eval_resize=get("eval_resize", int),
                    class_ids=get("class_ids", (list, tuple)), published_as=get("weights", str))
 
