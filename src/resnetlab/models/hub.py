@@ -4,7 +4,7 @@ Files live where torch.hub keeps them, `$TORCH_HOME/hub/checkpoints/<filename>` 
 so a file torchvision already downloaded is used without any network. A download goes to a
 staging name beside the cache file through `torch.hub.download_url_to_file` (progress bar, SHA-256
 check), is then checked as weights (a file without a published digest at least has to parse), and
-only then is renamed into place: a failed, interrupted, stalled or wrong-hash download never leaves
+only then is renamed into place: a failed, interrupted, stalled, endless or wrong-hash download never leaves
 a file under the cache name (the staging files of one killed outright are swept by the next fetch).
 Every use re-checks the digest of the cached file, so a damaged or hand-placed wrong file is
 refused rather than loaded.
@@ -30,7 +30,7 @@ import torch
 from resnetlab.errors import UserError, count
 from resnetlab.files import StorageError, check_writable, remove_unowned
 
-from .download_limits import TooSlow, slow_guard, stall_timeout
+from .download_limits import TooLarge, TooSlow, size_cap, slow_guard, stall_timeout
 from .pretrained import PretrainedWeights
 
 MIRROR_ENV = "RESNETLAB_WEIGHTS_MIRROR"
@@ -157,6 +157,14 @@ def remove_stale_downloads(path: Path) -> list[Path]:
                            if match and match["name"] == path.name], 2 * STALL_TIMEOUT_S)
 
 
+def size_limit(entry: PretrainedWeights) -> int:
+    """The bytes a download of `entry` may have: its published size and a tenth more (sizes are published
+    rounded), or where none is, twice its model's tensors in float32 and 16 MB (pickle framing, extra keys)."""
+    if entry.file_size_mb is not None:
+        return int(entry.file_size_mb * 1.1e6) + (1 << 20)
+    return 8 * sum(t.numel() for t in _published_model(entry).state_dict().values()) + (16 << 20)
+
+
 class _DownloadFailed(Exception):
     """One URL did not give the published file; the message says why."""
 
@@ -170,8 +178,10 @@ def _download(entry: PretrainedWeights, url: str, path: Path, progress: bool) ->
     staging = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.download")
     try:
         try:
-            with stall_timeout(STALL_TIMEOUT_S), slow_guard(staging, SLOW_S):
+            with stall_timeout(STALL_TIMEOUT_S), slow_guard(staging, SLOW_S), size_cap(size_limit(entry)):
                 torch.hub.download_url_to_file(url, str(staging), hash_prefix=expected_digest(entry), progress=progress)
+        except TooLarge as err:
+            raise _DownloadFailed(str(err)) from None
         except TooSlow:
             raise _DownloadFailed(f"no {torch.hub.READ_DATA_CHUNK // 1024} kB from the server in {SLOW_S:g} s: too slow, "
                                   "or stalled a byte at a time") from None
