@@ -134,3 +134,32 @@ def test_a_crafted_training_state_is_refused_in_one_line_and_the_run_kept(run, c
     line = error_line(capsys)
     assert line.startswith(f"resnetlab train: error: {last}") and said in line, line
     assert files(run) == before
+
+
+def test_a_resume_is_judged_by_the_precision_auto_resolved_to(tmp_path, monkeypatch, capsys):
+    """`auto` resolved again where it means another precision (a requeue onto another kind of node) went
+    on in fp32 after bf16 without a word; `--precision bf16` on a run whose auto was bf16 was warned
+    about as a change, though the run goes on exactly."""
+    from resnetlab.engine import runtime
+
+    recipe = tmp_path / "auto.yaml"
+    recipe.write_text(yaml.safe_dump(config_to_dict(tiny_config(("train.precision", "auto"),
+                                                                ("train.eval_every", 4)))))
+    machine = {"precision": "bf16"}
+    monkeypatch.setattr(runtime, "resolve_precision", lambda words, device: machine["precision"]
+                        if words == "auto" else words)
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", str(recipe), "--out", str(run), "--max-steps", "4"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt").training.loop.runtime["precision"] == "bf16"
+    shutil.copytree(run, tmp_path / "same")
+    machine["precision"] = "fp32"  # another machine
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--max-steps", "8"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line and "precision" in line]
+    assert warned == ["resnetlab train: warning: --resume goes on with precision: 'bf16' -> 'fp32' (as resolved here; "
+                      "`auto` is resolved for each machine): they apply from the current step on, so the run is no "
+                      "longer the one an uninterrupted run would be; --precision, --device and the train.* keys set "
+                      "the run's own values"]
+    assert main(["train", "--resume", str(tmp_path / "same"), "--max-steps", "8", "--precision", "bf16"]) == 0
+    err = capsys.readouterr().err  # the precision it trained with: no change to warn about
+    assert "cpu bf16" in err and not [line for line in err.splitlines() if "warning" in line and "precision" in line]

@@ -24,7 +24,8 @@ written loads, and older resnetlab versions read new files):
     schedule_state                ScheduleState (plateau and warm-up memory)
     metrics       the last evaluation's MetricsRow plus best_val_top1_err, best_step, elapsed_s,
                   train_window, train_epoch (running [loss * n, correct, n] meters), reached_target,
-                  num_parameters, processes and eval_pending (the step's lr when written as the validation
+                  num_parameters, processes, runtime (device type, precision, channels_last, compile,
+                  fused_bn as resolved) and eval_pending (the step's lr when written as the validation
                   of this step failed: a resume validates it first; else null)
   digest          "sha256:<hex>" over everything else (checkpoint.payload_digest); absent in files
                   written before it existed, which load unchecked
@@ -121,11 +122,12 @@ class LoopState:
     reached_target: dict | None = None  # train.stop_at_val_top1: {step, val_top1, elapsed_s} once reached
     processes: int | None = None  # how many processes trained it (torchrun); None in checkpoints older than this field
     eval_pending: float | None = None  # saved as its validation failed: the step's lr (a resume validates it first)
+    runtime: dict | None = None  # runtime.runtime_record of what trained it; None in checkpoints older than this field
 
 
 # The keys of a v1 checkpoint's "metrics" that are loop state, not the last evaluation's row.
 LOOP_METRICS = ("best_val_top1_err", "best_step", "train_window", "train_epoch", "reached_target", "num_parameters",
-                "processes", "eval_pending")
+                "processes", "eval_pending", "runtime")
 
 
 @dataclass(kw_only=True)
@@ -154,7 +156,8 @@ class TrainingState:
                             "best_step": loop.best_step, "elapsed_s": loop.elapsed_s,
                             "train_window": list(loop.window), "train_epoch": list(loop.epoch_meter),
                             "reached_target": loop.reached_target, "num_parameters": self.num_parameters,
-                            "processes": loop.processes, "eval_pending": loop.eval_pending}}
+                            "processes": loop.processes, "eval_pending": loop.eval_pending,
+                            "runtime": loop.runtime}}
 
     @classmethod
     def read(cls, get: Fields) -> "TrainingState":
@@ -170,7 +173,8 @@ class TrainingState:
                          window=list(metrics("train_window", (list, tuple))),
                          epoch_meter=list(metrics("train_epoch", (list, tuple))),
                          reached_target=metrics("reached_target", dict), processes=metrics("processes", int),
-                         eval_pending=metrics("eval_pending", NUMBER))
+                         eval_pending=metrics("eval_pending", NUMBER),
+                         runtime=metrics("runtime", dict))
         _check_loop(loop, where)
         row = {k: v for k, v in metrics.data.items() if k not in LOOP_METRICS}
         return cls(loop=loop, epoch=get("epoch", int, 0), optimizer=get("optimizer", dict), scaler=get("scaler", dict),

@@ -12,6 +12,8 @@ from resnetlab.errors import UserError
 # a batch or a step, so a resumed run (a job on another node, its cache on that node's scratch) may
 # change them without a word.
 INCIDENTAL = ("data.cache_dir", "train.workers")
+# How the steps are computed: judged by what they resolve to on this machine (runtime_change), not by their words.
+RUNTIME = ("train.device", "train.precision", "train.channels_last", "train.compile", "train.fused_bn")
 
 
 def run_differences(saved: Config, wanted: Config) -> list[str]:
@@ -51,11 +53,28 @@ def resume_changes(saved: Config, wanted: Config, run: str) -> str | None:
         raise UserError(f"--resume {run} cannot change {'; '.join(refused)}: {why}, so the run would not continue "
                         f"exactly; start {instead}")
     schedule = [d for d in changed if _key(d).startswith("schedule.") or _key(d) == "optim.lr"]
-    others = [d for d in changed if d not in schedule and _key(d) != "data.root"]
+    others = [d for d in changed if d not in schedule and _key(d) not in ("data.root",) + RUNTIME]
     notes = ([f"a new schedule ({'; '.join(schedule)}): the schedule is recomputed from the current step"]
              if schedule else []) + ([f"new values ({'; '.join(others)}): they apply from the current step on, so "
                                       "the run is no longer the one an uninterrupted run would be"] if others else [])
     return f"--resume with {' and with '.join(notes)}" if notes else None
+
+
+def runtime_change(trained_with: dict | None, now: dict, saved: dict | None, wanted: Config) -> str | None:
+    """The warning for a resume that computes its steps otherwise than the run did, judged by what the
+    words resolve to: `auto` on another kind of machine (a requeue onto another node: bf16 became fp32
+    without a word), or a new --precision; `auto` -> the very precision auto gave is no change.
+    Checkpoints older than the record are judged by the words of their config."""
+    if trained_with is None:
+        before = (saved or {}).get("train") or {}
+        trained_with = {k: before.get(k.split(".")[1]) for k in RUNTIME}
+        now = {k: getattr(wanted.train, k.split(".")[1]) for k in RUNTIME}
+    changed = [f"{k}: {trained_with.get(k)!r} -> {v!r}" for k, v in now.items() if trained_with.get(k) != v]
+    if not changed:
+        return None
+    return (f"--resume goes on with {'; '.join(changed)} (as resolved here; `auto` is resolved for each machine): "
+            "they apply from the current step on, so the run is no longer the one an uninterrupted run would be; "
+            "--precision, --device and the train.* keys set the run's own values")
 
 
 def _key(difference: str) -> str:

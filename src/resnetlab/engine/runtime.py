@@ -14,6 +14,7 @@ import torch
 from resnetlab.config import TrainConfig
 from resnetlab.cpu import cpu_flags, cpu_vendor, has_fast_bf16
 from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.models import conv_direct, conv_wgrad
 from resnetlab.models.fused_bn import set_fused_bn
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -195,3 +196,22 @@ def prepare_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
 
 def to_input(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
+
+
+def runtime_record(rt: Runtime) -> dict:
+    """What computes a run's steps, as resolved on this machine: saved with each checkpoint, so that a
+    resume where `auto` means something else (a requeue onto another kind of node) is told so."""
+    return {"device": rt.device.type, "precision": rt.precision, "channels_last": rt.channels_last,
+            "compile": rt.compile, "fused_bn": rt.fused_bn}
+
+
+def describe_runtime(rt: Runtime) -> str:
+    """The run's first line's words for how it computes: "cpu bf16 channels_last, fused batch-norm, ..."."""
+    fused = rt.fused_bn and rt.channels_last
+    return (f"{rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
+            + (", fused batch-norm" if rt.fused_bn else "")
+            + (f", 3x3 weight gradients on {conv_wgrad.kernel_kind()}" if fused and rt.precision == "bf16"
+               and conv_wgrad.available() else "")
+            + (", narrow and stage-entry 3x3 convolutions in the direct AVX-512 kernels" if fused
+               and rt.precision == "fp32" and conv_direct.available() else "")
+            + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})"))

@@ -18,7 +18,7 @@ from torch import nn
 from resnetlab.config import Config, save_config
 from resnetlab.errors import ResnetlabWarning, UserError, count
 from resnetlab.files import storage_errors, write_text_atomic
-from resnetlab.models import conv_direct, conv_wgrad, create_model, model_info
+from resnetlab.models import create_model, model_info
 
 from .checkpoint import load_checkpoint, seed_rngs
 from .distributed import DistInfo, per_rank_batch
@@ -28,7 +28,8 @@ from .logger import RunLogger
 from .preflight import check_resumed_data, preflight
 from .records import LoopState
 from .rundir import RunDirLock, refuse_out_in_data, resume_point, tidy_for_start
-from .runtime import Runtime, compile_model, make_grad_scaler, prepare_model
+from .resume_changes import runtime_change
+from .runtime import Runtime, compile_model, describe_runtime, make_grad_scaler, prepare_model, runtime_record
 from .schedules import create_learning_rate_fn, total_steps
 from .state import check_steps_left, restore_checkpoint
 
@@ -258,7 +259,8 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     state = LoopState()
     if ckpt is not None:
         state = restore_checkpoint(ckpt, model, optimizer, scaler, cfg, start_from)
-    trained_by, state.processes = state.processes, dist_info.world_size
+    (trained_by, trained_with), state.processes, state.runtime = (state.processes, state.runtime), dist_info.world_size, \
+        runtime_record(rt)
     steps_per_epoch = len(train_loader(bundle, cfg, dist_info, rt, 0))
     total = total_steps(cfg.schedule, steps_per_epoch)
     lr_fn = create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch)
@@ -266,8 +268,9 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     net = _wrap(model, cfg, dist_info, rt)
     # Nothing above wrote to the run directory (or made it): everything that can refuse the config has accepted it.
     write_workdir(workdir, cfg, bundle, dist_info.is_main, lock)
-    if request.resume_note and dist_info.is_main:  # after every refusal: a refused --resume says only why
-        warnings.warn(request.resume_note, ResnetlabWarning, stacklevel=2)
+    for note in (request.resume_note, ckpt and runtime_change(trained_with, state.runtime, ckpt.artifact.config, cfg)):
+        if note and dist_info.is_main:  # after every refusal: a refused --resume says only why
+            warnings.warn(note, ResnetlabWarning, stacklevel=2)
     # Batches and augmentation do not depend on the number of processes; what is computed per process does.
     changed = trained_by not in (None, dist_info.world_size) and dist_info.is_main
     if changed and (differs := _per_process(model, eval_bns, cfg)):
@@ -282,13 +285,7 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
                         cfg.train.log_every))
     run.log.info(f"{cfg.model.name}: {count(run.total, 'step')} ({run.steps_per_epoch}/epoch), global batch {cfg.optim.batch_size}"
                  + (f" = {count(dist_info.world_size, 'process')} x {run.batch}" if dist_info.enabled else "")
-                 + f", {rt.device} {rt.precision}{' channels_last' if rt.channels_last else ''}"
-                 + (", fused batch-norm" if rt.fused_bn else "")
-                 + (f", 3x3 weight gradients on {conv_wgrad.kernel_kind()}" if rt.fused_bn and rt.precision == "bf16"
-                    and rt.channels_last and conv_wgrad.available() else "")
-                 + (", narrow and stage-entry 3x3 convolutions in the direct AVX-512 kernels" if rt.fused_bn and rt.precision == "fp32"
-                    and rt.channels_last and conv_direct.available() else "")
-                 + ("" if rt.compile == "none" else f", torch.compile ({rt.compile})")
+                 + f", {describe_runtime(rt)}"
                  + (f", resuming at step {state.step}" if start_from is not None else "")
                  + (", no checkpoint was complete yet: starting at step 0" if resume and start_from is None else ""))
     for repair in repairs:
