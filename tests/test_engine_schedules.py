@@ -56,6 +56,20 @@ def test_plateau_decays_after_patience_and_its_state_round_trips():
     assert ScheduleState.from_state(s.state_dict()) == s
 
 
+@pytest.mark.parametrize("warmup", [{"warmup_steps": 20}, {"warmup_until_err": 85.0, "warmup_lr": 0.01}])
+def test_plateau_counts_nothing_during_a_warm_up(warmup):
+    """Decays counted during a warm-up (whose lr ignores them) dropped the lr 100x the moment it ended."""
+    cfg = ScheduleConfig(kind="plateau", patience=1, **warmup)
+    lr, s = create_learning_rate_fn(cfg, 0.1, 100), ScheduleState()
+    for step, err in ((5, 90.0), (10, 91.0), (15, 92.0)):  # worse and worse while warming up
+        observe_val_error(cfg, s, err, step)
+    observe_train_error(cfg, s, 20, 80.0)  # (ends the warm-up by error)
+    assert s.num_decays == 0 and lr(20, s) == 0.1
+    observe_val_error(cfg, s, 80.0, 20)
+    observe_val_error(cfg, s, 81.0, 25)  # the first bad evaluation after it
+    assert s.num_decays == 1 and lr(25, s) == pytest.approx(0.01)
+
+
 def test_bad_schedule_config_is_a_user_error():
     with pytest.raises(UserError, match="schedule.kind"):
         create_learning_rate_fn(ScheduleConfig(kind="exp"), 0.1, 10)

@@ -95,9 +95,12 @@ def observe_train_error(cfg: ScheduleConfig, state: ScheduleState, step: int, tr
     return state
 
 
-def observe_val_error(cfg: ScheduleConfig, state: ScheduleState, val_err: float) -> ScheduleState:
-    """Record a validation error (percent); the plateau schedule decays after `patience` bad evaluations."""
-    if cfg.kind != "plateau":
+def observe_val_error(cfg: ScheduleConfig, state: ScheduleState, val_err: float, step: int = 0) -> ScheduleState:
+    """Record a validation error (percent) measured after `step` updates; the plateau schedule decays
+    after `patience` bad evaluations. Not during a warm-up: the warm-up's own lr ignores the decays,
+    and those counted there dropped the lr 100x the moment it ended (it never trained at optim.lr)."""
+    warming_up = (cfg.warmup_until_err is not None and state.warmup_done_step is None) or step < cfg.warmup_steps
+    if cfg.kind != "plateau" or warming_up:
         return state
     if state.best_val_err is None or val_err < state.best_val_err:
         state.best_val_err, state.bad_evals = val_err, 0

@@ -207,7 +207,8 @@ def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dic
         metrics.val_top1, metrics.val_top5 = val["top1"], val["top5"]
     # The plateau schedule watches validation error, or training error when there is no val split.
     if run.bundle.val is None or metrics.val_top1_err is not None:
-        observe_val_error(run.cfg.schedule, state.schedule, train_err if run.bundle.val is None else metrics.val_top1_err)
+        observe_val_error(run.cfg.schedule, state.schedule, train_err if run.bundle.val is None else metrics.val_top1_err,
+                          state.step)
     target = run.cfg.train.stop_at_val_top1
     if target is not None and metrics.val_top1 is not None and metrics.val_top1 >= target:
         state.reached_target = {"step": state.step, "val_top1": metrics.val_top1, "elapsed_s": state.elapsed_s}
