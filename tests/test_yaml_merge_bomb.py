@@ -41,6 +41,18 @@ def test_a_run_config_whose_merges_double_is_one_line_and_kept(tmp_path):
     assert (run / "config.yaml").read_text() == text and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 
 
+def test_report_and_experiment_read_a_bomb_in_a_run_config_in_one_line(tmp_path):
+    """report (tables.load_run) and experiment (run_status) read config.yaml with yaml.safe_load, unbounded."""
+    from resnetlab.config import Config
+    from resnetlab.reports.experiments import run_status
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  name: resnet20\nx:\n" + "".join(f"  {line}\n" for line in LINES))
+    assert_one_line(resnetlab("report", str(run), "--out", str(tmp_path / "rep")), "config.yaml", REFUSED)
+    assert run_status(run, Config()) == "conflict"  # not this experiment's run: said so, as for any other config
+
+
 def test_merges_as_recipes_write_them_still_load():
     text = ("base: &base {lr: 0.1, weight_decay: 1e-4}\nfast: {<<: *base, lr: 0.2}\n"
             "both: {<<: [*base, {momentum: 0.9}]}\nitself: &self {<<: *self, a: 1}\n")

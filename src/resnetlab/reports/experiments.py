@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from resnetlab.config import Config, apply_overrides, config_to_dict, list_recipes, load_config
+from resnetlab.config import Config, apply_overrides, config_to_dict, list_recipes, load_config, load_yaml
 from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
 
@@ -148,7 +148,11 @@ def run_status(run_dir: Path, cfg: Config) -> str:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return "new"
-    if yaml.safe_load(saved.read_text()) != config_to_dict(cfg):
+    try:
+        same = load_yaml(saved.read_text(encoding="utf-8")) == config_to_dict(cfg)  # bounded, as recipes are read
+    except (yaml.YAMLError, UnicodeDecodeError):  # damaged or edited: not this run's config
+        same = False
+    if not same:
         return "conflict"
     if (run_dir / "summary.json").is_file():
         return "done"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from resnetlab.config import load_yaml
 from resnetlab.engine.run_records import MetricsRow, RunSummary, read_metrics
 from resnetlab.errors import ResnetlabWarning, UserError, first_line
 
@@ -53,7 +54,7 @@ def load_run(path) -> SavedRun:
     if not (path / "config.yaml").is_file():
         raise UserError(f"{path}: no config.yaml; pass run directories written by `resnetlab train` or `experiment`")
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        config = load_yaml((path / "config.yaml").read_text(encoding="utf-8"))  # bounded: a merge-key bomb is one line
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UserError(f"{path / 'config.yaml'} is not readable YAML ({first_line(err)}); was it edited?") from None
     if not isinstance(config, dict) or not config:
