@@ -59,3 +59,19 @@ def test_eval_data_of_a_synthetic_run_scores_that_folder(tmp_path):
             Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(tmp_path / "photos" / name / f"{i}.png")
     report = evaluate_checkpoint(tmp_path / "run", str(tmp_path / "photos"), precision="fp32")
     assert report["n"] == 5 and own["n"] != 5
+
+
+def test_eval_of_a_run_scores_as_its_own_final_test_did(tmp_path):
+    """The run tested with its fused batch-norm kernels (bf16 channels_last on a CPU that has them) and
+    `eval RUN` with the plain modules: other rounding, and per-class numbers that did not match
+    summary.json's (seed 1 here: one image). eval now takes the run's batch-norm kernels too."""
+    from test_engine_train import tiny_config
+
+    from resnetlab.engine import evaluate_checkpoint, train_and_evaluate
+
+    cfg = tiny_config(("train.precision", "bf16"), ("train.channels_last", "true"), ("schedule.max_steps", 16),
+                      ("train.eval_every", 8), ("train.seed", 1), ("model.name", "resnet20"),
+                      ("data.synthetic_size", 320))
+    best = train_and_evaluate(cfg, tmp_path).test["best"]
+    report = evaluate_checkpoint(tmp_path, device="cpu")
+    assert (report["top1"], report["top5"], report["per_class"]) == (best["top1"], best["top5"], best["per_class"])

@@ -130,8 +130,9 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     `val` is exactly the held-out part used for model selection, as the run's data.json lists it
     (`eval_data`); `data` points at the dataset when it has moved. The checkpoint's normaliser
     (fitted on its training split) is used as saved.
-    Precision, memory format and batch size default to the run's own, so evaluating a run
-    directory reproduces the numbers in its summary.json. The report also holds "per_class"
+    Precision, memory format, batch-norm kernels and batch size default to the run's own, so
+    evaluating a run directory reproduces the numbers in its summary.json (with `auto` precision, given
+    the precision it resolved to: auto takes the fast path). The report also holds "per_class"
     (engine/confusion.py) and "confusion" (rows = true class, columns = prediction) as lists.
     fast_path: inference.fastpath.prepare_inference (passed in by the CLI: engine comes before
     inference), used when the precision is auto; an explicit one runs eagerly as asked.
@@ -170,8 +171,8 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     elif fast_path is not None and (precision or cfg.train.precision) == "auto":
         model, rt = fast_path(model, artifact.model_name, device, "auto", cfg.data.image_size, channels_last="auto")
     else:
-        rt = Runtime.resolve(device=device, precision=precision or cfg.train.precision,
-                             channels_last=cfg.train.channels_last)
+        rt = Runtime.resolve(device=device, precision=precision or cfg.train.precision,  # and the BN kernels the
+                             channels_last=cfg.train.channels_last, fused_bn=cfg.train.fused_bn)  # run tested with
         model = prepare_model(model, rt)
     spec = LoaderSpec(batch_size or cfg.optim.batch_size, workers=workers, device=rt.device)
     report = evaluate_split(EvalModel(model, normalizer.to(rt.device), rt), dataset, cfg.data, spec, protocol,

@@ -41,9 +41,9 @@ class Runtime:
                 compile: str = "auto", local_rank: int = 0, fused_bn: str = "false") -> "Runtime":
         """The Runtime for the words a user writes (train.* keys, --device/--precision flags): each
         auto resolved for this machine, each bad value refused in one line. Warns when the CPU
-        can only emulate the precision asked for. fused_bn is off unless asked: only a training run
-        passes its train.fused_bn (auto); inference, evaluation of a checkpoint and the reference of
-        --verify run the plain modules (or fold BN away)."""
+        can only emulate the precision asked for. fused_bn is off unless asked: a training run and the
+        eager evaluation of its checkpoint pass its train.fused_bn (auto), so that `eval RUN` scores as the
+        run's own test did; inference and the reference of --verify run the plain modules (or fold BN away)."""
         device_ = resolve_device(device, local_rank)
         precision_ = resolve_precision(precision, device_)
         compile_mode = resolve_compile(compile, device_)
