@@ -230,5 +230,11 @@ def test_eval_on_another_folder_than_the_runs_own_gets_its_own_folder(tmp_path):
     best = run / "checkpoints" / "best.pt"
     assert default_eval_dir(best, "test", "center") == run / "eval" / "best-test-center"
     assert default_eval_dir(best, "test", "center", "fp32") == run / "eval" / "best-test-center-fp32"
+    import hashlib
+
+    at = hashlib.sha256(b"/data/holiday_photos").hexdigest()[:6]
     assert (default_eval_dir(best, "test", "center", None, "/data/holiday_photos")
-            == run / "eval" / "best-test-center-on-holiday_photos")
+            == run / "eval" / f"best-test-center-on-holiday_photos-{at}")
+    # two folders of one name (/data/three, /alt/three) wrote into one folder, the second's files over the first's
+    assert default_eval_dir(best, "test", "center", None, "/alt/holiday_photos") != default_eval_dir(
+        best, "test", "center", None, "/data/holiday_photos")

@@ -12,8 +12,10 @@ the model never predicts has recall 0 and no precision at all.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import csv
 import io
+import os
 import unicodedata
 import warnings
 from dataclasses import asdict, dataclass
@@ -208,15 +210,20 @@ def default_eval_dir(checkpoint, split: str, protocol: str, precision: str | Non
     """Where `resnetlab eval` writes its files when not told: inside the run for a checkpoint of a
     run directory (RUN/eval/best-test-center/, refreshed by the same evaluation; at a precision
     asked for, not the run's own, RUN/eval/best-test-center-int8/; scored on another folder than the
-    run's own, RUN/eval/best-test-center-on-FOLDER/), otherwise a new numbered folder under
+    run's own, RUN/eval/best-test-center-on-FOLDER-HASH/, HASH of the folder's absolute path: two folders
+    of one name, /a/test and /b/test, wrote into one), otherwise a new numbered folder under
     ./runs/eval/ (never one that already exists)."""
     path = Path(checkpoint)
     name = "-".join([path.stem, split, protocol] + ([precision] if precision else [])
-                    + ([f"on-{Path(other_data).name}"] if other_data else []))
+                    + ([f"on-{Path(other_data).name}-{_path_hash(other_data)}"] if other_data else []))
     run = run_dir_of(path)
     if run is not None:
         return run / "eval" / name
     return numbered(Path("runs") / "eval" / name)
+
+
+def _path_hash(folder: str) -> str:
+    return hashlib.sha256(os.fsencode(Path(folder).expanduser().absolute())).hexdigest()[:6]
 
 
 def numbered(folder: Path) -> Path:
