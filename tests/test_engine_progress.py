@@ -93,6 +93,13 @@ def test_resumed_session_counts_its_eta_from_where_it_started():
     assert lines.line(910, 0.5, 10.0, 0.001, 100.0).endswith("eta 1m30s")  # 1 s/step x 90 left, not 910 steps' worth
 
 
+def test_a_session_resumed_between_log_points_keeps_the_runs_grid():
+    """Stopped at step 9 with log_every 5: the resumed lines came at 14, 19, ... each of 4 steps, and the
+    window saved at the stop (steps 6-9) was never shown."""
+    lines = ProgressLines(total=100, start_step=9, every_steps=5, clock=Clock())
+    assert [step for step in range(10, 21) if lines.due(step) and lines.line(step, 1, 1, 1, 1)] == [10, 15, 20]
+
+
 def test_training_keeps_metrics_csv_equal_to_metrics_jsonl(tmp_path):
     train_and_evaluate(tiny_config(("schedule.max_steps", 8), ("train.eval_every", 4), ("data.val_size", 0)), tmp_path,
                        stream=io.StringIO())

@@ -47,7 +47,8 @@ class ProgressLines:
     def __init__(self, total: int, start_step: int, every_steps: int, clock: Callable[[], float] = time.monotonic,
                  every_s: float = EVERY_S):
         self.total, self.every_steps, self.every_s, self.clock = total, max(every_steps, 1), every_s, clock
-        self.start_step = self.last_step = start_step
+        # the log_every grid of the whole run: a resumed one's lines fell at 14, 19, ... after a stop at 9
+        self.start_step, self.last_step = start_step, start_step - start_step % self.every_steps
         self.start_time = self.last_time = clock()
 
     def due(self, step: int) -> bool:
