@@ -109,7 +109,8 @@ def torch_load(path: Path, mmap: bool = False):
     """torch.load with weights_only=True (never unpickles arbitrary objects) and torch's own warnings
     kept quiet; a TorchScript export and a plain pickle are refused in one line each, never with
     torch's advice to turn weights_only off."""
-    if _is_torchscript(path):
+    if any(r.filename.endswith("/constants.pkl") or "/code/" in r.filename for r in _zip_records(path)):
+        # torch.jit.save's zip holds code/ and constants.pkl besides the tensors; torch.save's does not
         raise UserError(f"{path} is a TorchScript export, not a checkpoint: load it with torch.jit.load, or pass "
                         "the checkpoint it was exported from")
     if _is_plain_pickle(path):
@@ -137,13 +138,25 @@ def names_python_objects(err: pickle.UnpicklingError) -> bool:
     return "GLOBAL" in str(err)
 
 
-def _is_torchscript(path: Path) -> bool:
-    """torch.jit.save's zip holds code/ and constants.pkl besides the tensors; torch.save's does not."""
+def _zip_records(path: Path) -> list[zipfile.ZipInfo]:
+    """The records a zip's central directory lists (none decompressed; [] for no zip), a zip bomb refused:
+    torch's reader inflates DEFLATE records in memory before any check (2 MB of deflated zeros is 2 GiB of
+    RAM). torch.save writes its records STORED, so they never add up to more than the file holds; twice
+    the file (a re-zipped copy: weights compress little) and 1 MiB is refused beyond."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+            records = archive.infolist()
+    except Exception as err:  # hostile bytes raise BadZipFile, ValueError, struct.error, ...
+        with open(path, "rb") as f:  # torch reads any file starting with PK as a zip: never one unchecked
+            if f.read(4) == TORCH_MAGIC[0]:  # an OSError: callers say the file is cut short or damaged
+                raise OSError(f"its zip directory cannot be read ({first_line(err)})") from None
+        return []
+    size, total = path.stat().st_size, sum(r.file_size for r in records)
+    if total > 2 * size + 2**20:
+        raise UserError(f"{path} would unpack to {total / 2**20:,.0f} MiB in memory from {size / 2**20:,.1f} MiB "
+                        "on disk, which no torch.save file does (it stores its records uncompressed): "
+                        "refused as a zip bomb")
+    return records
 
 
 def _unpickler_reason(err: Exception) -> str:
