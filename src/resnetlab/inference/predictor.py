@@ -173,12 +173,25 @@ def iter_predictions(predictor: Predictor, paths: list[str], topk: int = 5, prot
     k = min(topk, len(predictor.classes))
 
     def tops(views, idx):
-        p, top = predictor.probs(views).topk(k, dim=1)
+        p, top = ranked(predictor.probs(views), k)
         for i, probs, labels in zip(idx.tolist(), p.tolist(), top.tolist()):
             yield i, [{"class": predictor.classes[c], "index": c, "prob": q} for c, q in zip(labels, probs)]
 
     batches = counted(predictor.batches(paths, protocol, batch_size), len(paths), progress)
     yield from in_file_order(predictor, (item for batch in batches for item in tops(*batch)))
+
+
+def ranked(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, class indices) of the k most probable classes, best first. topk breaks exact ties
+    (bf16 makes some) differently for each k, so the first five are evaluation's own call
+    (engine.evaluate._topk) whatever k is: the labels printed, --verify's agreement and eval all agree."""
+    from resnetlab.engine.evaluate import _topk
+
+    top = _topk(probs)
+    if k > top.shape[1]:  # the others, ranked after those five
+        top = torch.cat([top, probs.scatter(1, top, -1.0).topk(k - top.shape[1], dim=1).indices], dim=1)
+    top = top[:, :k]
+    return probs.gather(1, top), top
 
 
 def counted(batches, total: int, progress=None):
@@ -229,7 +242,7 @@ def top1_agreement(fast: Predictor, paths: list[str], protocol: str = "center", 
     _, p_ref = all_probs(fast.reference(), paths, protocol, batch_size)
     if len(p_fast) == 0:
         return {"n": 0, "top1_agreement": float("nan"), "max_abs_prob_diff": float("nan")}
-    same = (p_fast.argmax(1) == p_ref.argmax(1)).double().mean().item()
+    same = (ranked(p_fast, 1)[1] == ranked(p_ref, 1)[1]).double().mean().item()  # the top-1 labels printed
     return {"n": len(p_fast), "top1_agreement": 100.0 * same, "max_abs_prob_diff": (p_fast - p_ref).abs().max().item(),
             "precision": fast.precision, "channels_last": fast.rt.channels_last,
             "compiled": isinstance(fast.model, FastModel)}
