@@ -5,6 +5,7 @@ RUN/data.json; class-balanced loss weights.
 from __future__ import annotations
 
 import os
+import statistics
 from collections import Counter
 from pathlib import PurePath
 
@@ -37,8 +38,9 @@ def counts_line(bundle) -> str:
     if len(bundle.classes) > CLASSES_LISTED:
         train = counts["train"]
         low, high = min(range(len(train)), key=train.__getitem__), max(range(len(train)), key=train.__getitem__)
+        median = f"{statistics.median(train):.1f}".removesuffix(".0")  # halfway between two counts: 8.5
         return (f"training images per class: {train[low]} ({bundle.classes[low]}) to {train[high]} "
-                f"({bundle.classes[high]}), median {sorted(train)[len(train) // 2]}; every count in data.json")
+                f"({bundle.classes[high]}), median {median}; every count in data.json")
     names = "/".join(name for name, _ in splits)
     per_class = ", ".join(f"{c} {'/'.join(str(counts[s][i]) for s, _ in splits)}" for i, c in enumerate(bundle.classes))
     return f"images per class ({names}): {per_class}"
