@@ -75,3 +75,13 @@ def test_eval_of_a_run_scores_as_its_own_final_test_did(tmp_path):
     best = train_and_evaluate(cfg, tmp_path).test["best"]
     report = evaluate_checkpoint(tmp_path, device="cpu")
     assert (report["top1"], report["top5"], report["per_class"]) == (best["top1"], best["top5"], best["per_class"])
+
+
+def test_eval_of_a_fused_bn_true_run_in_another_precision_takes_the_plain_modules(tmp_path):
+    """The run's train.fused_bn=true, passed on as it was, refused fp16 (the kernels take fp32 and bf16)."""
+    from test_engine_train import tiny_config
+
+    from resnetlab.engine import evaluate_checkpoint, train_and_evaluate
+
+    train_and_evaluate(tiny_config(("train.fused_bn", "true"), ("schedule.max_steps", 2)), tmp_path)
+    assert evaluate_checkpoint(tmp_path, device="cpu", precision="fp16")["n"] == 160

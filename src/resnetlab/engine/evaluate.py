@@ -171,8 +171,8 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     elif fast_path is not None and (precision or cfg.train.precision) == "auto":
         model, rt = fast_path(model, artifact.model_name, device, "auto", cfg.data.image_size, channels_last="auto")
     else:
-        rt = Runtime.resolve(device=device, precision=precision or cfg.train.precision,  # and the BN kernels the
-                             channels_last=cfg.train.channels_last, fused_bn=cfg.train.fused_bn)  # run tested with
+        rt = Runtime.resolve(device=device, precision=precision or cfg.train.precision, channels_last=cfg.train.channels_last,
+                             fused_bn="false" if cfg.train.fused_bn == "false" else "auto")  # the run's, where they run
         model = prepare_model(model, rt)
     spec = LoaderSpec(batch_size or cfg.optim.batch_size, workers=workers, device=rt.device)
     report = evaluate_split(EvalModel(model, normalizer.to(rt.device), rt), dataset, cfg.data, spec, protocol,

@@ -50,7 +50,7 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
 
 EXTENSION = NativeKernels(SOURCE, "resnetlab_fused_bn", "fused batch-norm kernels",
-                           "training uses PyTorch's plain batch-norm and ReLU, which is slower on the CPU")
+                           "PyTorch's plain batch-norm and ReLU are used, which are slower on the CPU")
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
