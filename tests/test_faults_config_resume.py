@@ -114,7 +114,7 @@ def _crafted(raw: dict, change: str) -> None:
 
 @pytest.mark.parametrize("change, said", [
     ("step", "is damaged or was not written by resnetlab (step -7, best_step 8)"),
-    ("window", "is damaged or was not written by resnetlab (train_window not 3 finite numbers)"),
+    ("window", "is damaged or was not written by resnetlab (train_window not 3 numbers)"),
     ("rng", "does not fit this run's resnet8 and optimizer (index 5 is out of bounds"),
 ])
 def test_a_crafted_training_state_is_refused_in_one_line_and_the_run_kept(run, change, said, capsys):
@@ -134,6 +134,7 @@ def test_a_crafted_training_state_is_refused_in_one_line_and_the_run_kept(run, c
     line = error_line(capsys)
     assert line.startswith(f"resnetlab train: error: {last}") and said in line, line
     assert files(run) == before
+    assert load_checkpoint(last).artifact.weights  # eval, predict and --init use the weights: not refused
 
 
 def test_a_resume_is_judged_by_the_precision_auto_resolved_to(tmp_path, monkeypatch, capsys):
@@ -156,7 +157,7 @@ def test_a_resume_is_judged_by_the_precision_auto_resolved_to(tmp_path, monkeypa
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--max-steps", "8"]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line and "precision" in line]
-    assert warned == ["resnetlab train: warning: --resume goes on with precision: 'bf16' -> 'fp32' (as resolved here; "
+    assert warned == ["resnetlab train: warning: --resume goes on with precision: 'bf16' -> 'fp32' ("
                       "`auto` is resolved for each machine): they apply from the current step on, so the run is no "
                       "longer the one an uninterrupted run would be; --precision, --device and the train.* keys set "
                       "the run's own values"]

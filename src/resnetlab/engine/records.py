@@ -175,21 +175,21 @@ class TrainingState:
                          reached_target=metrics("reached_target", dict), processes=metrics("processes", int),
                          eval_pending=metrics("eval_pending", NUMBER),
                          runtime=metrics("runtime", dict))
-        _check_loop(loop, where)
         row = {k: v for k, v in metrics.data.items() if k not in LOOP_METRICS}
         return cls(loop=loop, epoch=get("epoch", int, 0), optimizer=get("optimizer", dict), scaler=get("scaler", dict),
                    rng=get("rng", dict), num_parameters=metrics("num_parameters", int),
                    last_metrics=MetricsRow.from_dict({"step": step, **row}, f"{where} (metrics)"))
 
 
-def _check_loop(loop: LoopState, where: str) -> None:
-    """Values no run writes are refused before anything acts on them (a step of -7 had the resume drop
-    every line of metrics.jsonl, then fail in a traceback)."""
+def check_loop(loop: LoopState, where) -> None:
+    """Values no run writes are refused before a resume acts on them (a step of -7 had it drop every
+    line of metrics.jsonl, then fail in a traceback). Only there: eval, predict and --init use the weights."""
     bad = [f"step {loop.step}" if loop.step < 0 else "",
            f"best_step {loop.best_step}" if loop.best_step is not None and not 0 <= loop.best_step <= loop.step else "",
            f"elapsed_s {loop.elapsed_s}" if not (math.isfinite(loop.elapsed_s) and loop.elapsed_s >= 0) else ""]
-    bad += [f"{name} not 3 finite numbers" for name, meter in (("train_window", loop.window), ("train_epoch", loop.epoch_meter))
-            if len(meter) != 3 or not all(isinstance(v, NUMBER) and math.isfinite(v) for v in meter)]
+    # (a meter may hold an inf loss: fp16's skipped step, a stop before the next log point)
+    bad += [f"{name} not 3 numbers" for name, meter in (("train_window", loop.window), ("train_epoch", loop.epoch_meter))
+            if len(meter) != 3 or not all(isinstance(v, NUMBER) for v in meter)]
     bad = [b for b in bad if b]
     if bad:
         raise UserError(f"{where} is damaged or was not written by resnetlab ({', '.join(bad)}); resume from another "

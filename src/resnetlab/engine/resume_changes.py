@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnetlab.config import Config, config_to_dict
+from resnetlab.config import Config, config_from_dict, config_to_dict
 from resnetlab.errors import UserError
 
 
@@ -64,15 +64,18 @@ def runtime_change(trained_with: dict | None, now: dict, saved: dict | None, wan
     """The warning for a resume that computes its steps otherwise than the run did, judged by what the
     words resolve to: `auto` on another kind of machine (a requeue onto another node: bf16 became fp32
     without a word), or a new --precision; `auto` -> the very precision auto gave is no change.
-    Checkpoints older than the record are judged by the words of their config."""
+    Checkpoints older than the record are judged by the words of their config (read as a Config: a key
+    it predates holds its default, no change)."""
     if trained_with is None:
-        before = (saved or {}).get("train") or {}
-        trained_with = {k: before.get(k.split(".")[1]) for k in RUNTIME}
+        if not saved:
+            return None
+        before = config_from_dict(saved).train
+        trained_with = {k: getattr(before, k.split(".")[1]) for k in RUNTIME}
         now = {k: getattr(wanted.train, k.split(".")[1]) for k in RUNTIME}
     changed = [f"{k}: {trained_with.get(k)!r} -> {v!r}" for k, v in now.items() if trained_with.get(k) != v]
     if not changed:
         return None
-    return (f"--resume goes on with {'; '.join(changed)} (as resolved here; `auto` is resolved for each machine): "
+    return (f"--resume goes on with {'; '.join(changed)} (`auto` is resolved for each machine): "
             "they apply from the current step on, so the run is no longer the one an uninterrupted run would be; "
             "--precision, --device and the train.* keys set the run's own values")
 

@@ -21,7 +21,7 @@ from resnetlab.errors import UserError, count, first_line
 from resnetlab.files import StorageError
 
 from .checkpoint import capture_rng, clean_state_dict, restore_rng
-from .records import Artifact, Checkpoint, LoopState, TrainingState
+from .records import Artifact, Checkpoint, LoopState, TrainingState, check_loop
 from .run_records import MetricsRow, RunSummary
 
 
@@ -90,6 +90,7 @@ def restore_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer, scaler, cf
     if name != cfg.model.name:
         raise UserError(f"{path} holds a {name} but the config asks for {cfg.model.name}; "
                         "resume with the run's own config (RUN_DIR/config.yaml)")
+    check_loop(training.loop, path)
     try:
         model.load_state_dict(ckpt.artifact.weights)
         optimizer.load_state_dict(training.optimizer)
