@@ -49,9 +49,9 @@ def test_plateau_decays_after_patience_and_its_state_round_trips():
     cfg = ScheduleConfig(kind="plateau", patience=2)
     lr, s = create_learning_rate_fn(cfg, 0.1, 100), ScheduleState()
     for err in (50.0, 40.0, 41.0):
-        observe_val_error(cfg, s, err)
+        observe_val_error(cfg, s, err, 100)
     assert lr(0, s) == 0.1
-    observe_val_error(cfg, s, 40.0)  # not better than 40: second bad evaluation
+    observe_val_error(cfg, s, 40.0, 100)  # not better than 40: second bad evaluation
     assert s.num_decays == 1 and lr(0, s) == pytest.approx(0.01)
     assert ScheduleState.from_state(s.state_dict()) == s
 

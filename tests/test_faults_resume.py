@@ -115,7 +115,8 @@ def test_a_validation_that_fails_saves_every_step_and_the_resume_validates_it_fi
     assert main(["train", "--recipe", str(recipe), "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert err.endswith(f"failed (Too many open files). The validation at step 8 failed; every step is saved in "
-                        f"{run / 'checkpoints' / 'last.pt'}: --resume {run} validates it and goes on\n")
+                        f"{run / 'checkpoints' / 'last.pt'}: once the cause is mended, --resume {run} validates it "
+                        "and goes on\n")
     assert "Traceback" not in err and err.splitlines()[-1].startswith("resnetlab train: error: the image-decoding")
     assert load_checkpoint(run / "checkpoints" / "last.pt").training.loop.eval_pending == 0.05
     monkeypatch.setattr(engine_train, "evaluate_split", real)

@@ -95,7 +95,7 @@ def observe_train_error(cfg: ScheduleConfig, state: ScheduleState, step: int, tr
     return state
 
 
-def observe_val_error(cfg: ScheduleConfig, state: ScheduleState, val_err: float, step: int = 0) -> ScheduleState:
+def observe_val_error(cfg: ScheduleConfig, state: ScheduleState, val_err: float, step: int) -> ScheduleState:
     """Record a validation error (percent) measured after `step` updates; the plateau schedule decays
     after `patience` bad evaluations. Not during a warm-up: the warm-up's own lr ignores the decays,
     and those counted there dropped the lr 100x the moment it ended (it never trained at optim.lr)."""

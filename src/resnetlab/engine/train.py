@@ -244,8 +244,8 @@ def validate(run: Run, window: Meter, since_eval: Meter, lr: float) -> dict:
         state.window, state.epoch_meter, state.eval_pending = window.state(), since_eval.state(), lr
         restore_rng(rng)
         path = save(run, MetricsRow(step=state.step, extra={"interrupted": True}), ("last.pt",))
-        raise UserError(f"{err}. The validation at step {state.step} failed; every step is saved in {path}: "
-                        f"--resume {run.workdir} validates it and goes on") from None
+        raise UserError(f"{err}. The validation at step {state.step} failed; every step is saved in {path}: once the "
+                        f"cause is mended, --resume {run.workdir} validates it and goes on") from None
 
 
 def check_finite(run: Run) -> None:
