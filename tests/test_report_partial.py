@@ -182,3 +182,15 @@ def test_a_report_killed_while_drawing_leaves_the_old_one_and_the_next_cleans_up
     write_report(twins, out)
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # the killed report's folder is taken away
     assert "degradation.png" in os.listdir(out)
+
+
+def test_a_hand_edited_config_without_its_sections_is_one_line(tmp_path, capsys):
+    """`data: oops` or no `train:` section: a KeyError/AttributeError traceback from report."""
+    run = run_of(tmp_path / "exp", "resnet20-seed0", test_err=9.0)
+    for text, said in (("model: {name: resnet20}\ndata: oops\n", "data"),
+                       ("model: {name: resnet20}\nextra: {a: 1}\n", "unknown config section 'extra'")):
+        (run / "config.yaml").write_text(text)
+        assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"resnetlab report: error: {run / 'config.yaml'}: ") and said in err, err
+        assert err.endswith("; was it edited?\n") and err.count("\n") == 1

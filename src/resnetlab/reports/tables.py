@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from resnetlab.config import load_yaml
+from resnetlab.config import config_from_dict, config_to_dict, load_yaml
 from resnetlab.engine.run_records import MetricsRow, RunSummary, read_metrics
 from resnetlab.errors import ResnetlabWarning, UserError, first_line
 
@@ -59,6 +59,10 @@ def load_run(path) -> SavedRun:
         raise UserError(f"{path / 'config.yaml'} is not readable YAML ({first_line(err)}); was it edited?") from None
     if not isinstance(config, dict) or not config:
         raise UserError(f"{path / 'config.yaml'} is empty or not a run's config; was it edited?")
+    try:  # every key there, as this version has it (a hand edit without `train:` was a KeyError traceback)
+        config = config_to_dict(config_from_dict(config))
+    except UserError as err:
+        raise UserError(f"{path / 'config.yaml'}: {err}; was it edited?") from None
     metrics = []
     if (path / "metrics.jsonl").is_file():
         metrics, cut_off = read_metrics(path / "metrics.jsonl")
