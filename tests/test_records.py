@@ -186,3 +186,19 @@ def test_v1_fixture_resumes_like_an_uninterrupted_run(tmp_path):
 
 def load_rows(run: Path) -> list[MetricsRow]:
     return [MetricsRow.from_dict(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_class_names_of_other_scripts_and_spaces_load(tmp_path):
+    """str.isprintable refused a no-break space, Persian's zero-width non-joiner, emoji sequences and
+    characters newer than Python's Unicode tables: checkpoints of runs on such folders were refused."""
+    from resnetlab.data.datasets import check_class_names
+    from resnetlab.errors import breaks_lines
+
+    names = ["a\u00a0b", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "\U0001f469\u200d\U0001f52c", "\U0001face"]
+    check_class_names(names, tmp_path)  # as folders: accepted
+    raw = sample_checkpoint().to_dict()
+    raw.update(classes=names + ["e"], num_classes=5)
+    raw["model"]["fc.weight"], raw["model"]["fc.bias"] = torch.zeros(5, 64), torch.zeros(5)
+    torch.save(raw, tmp_path / "c.pt")
+    assert load_checkpoint(tmp_path / "c.pt").artifact.classes[:4] == names
+    assert [breaks_lines(n) for n in ("a\nb", "a\x1bb", "a\u2028b", "a\udcffb", "a\tb")] == [True] * 5

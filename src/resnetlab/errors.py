@@ -5,6 +5,7 @@ The CLI prints both as a single clear line (an error then exits with status 2); 
 is a bug and keeps its traceback.
 """
 import numbers
+import unicodedata
 
 
 class UserError(ValueError):
@@ -46,6 +47,14 @@ def expect_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise UserError(f"{name} must be an integer of at least 1, got {value!r}")
     return int(value)
+
+
+def breaks_lines(name: str) -> bool:
+    """True when `name` (a class name) would break a line of output or a terminal: a control character
+    (newline, tab, ESC), a lone surrogate (a byte that is not UTF-8) or a Unicode line or paragraph
+    separator. Not the rest of what str.isprintable refuses: a no-break space, the zero-width joiners of
+    Persian words and emoji, characters newer than this Python's Unicode tables are names."""
+    return any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in name)
 
 
 def shown(name: str, keep: str = "") -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, breaks_lines
 from resnetlab.files import atomic_write
 
 from .cifar_pickle import RefusedPickle, read_cifar_pickle
@@ -170,7 +170,7 @@ def _class_names(path: Path, key: bytes) -> list[str]:
     if not isinstance(names, list) or not names or not all(isinstance(n, (bytes, str)) for n in names):
         raise UserError(f"{path} has no list of class names under {key.decode()!r}; is it a CIFAR meta file?")
     names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
-    odd = next((n for n in names if not n.isprintable()), None)  # ESC sequences, a newline: to terminals and CSVs
+    odd = next((n for n in names if breaks_lines(n)), None)  # ESC sequences, a newline: to terminals and CSVs
     if odd is not None:
         raise UserError(f"{path}: the class name {odd!r} holds a control character; is it a CIFAR meta file?")
     return names

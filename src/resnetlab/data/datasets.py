@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.config import DataConfig
-from resnetlab.errors import UserError, count
+from resnetlab.errors import UserError, breaks_lines, count
 
 from .batches import ArrayBatches, FileBatches
 from .sampling import STATS, eval_batches, generator
@@ -146,12 +146,12 @@ def check_class_names(names: list[str], where) -> None:
     """Class names go to JSON, CSV, plots and stdout: a folder name that is not UTF-8 (read with
     surrogates) or holds a control character failed late there, so it is refused up front. A UTF-8
     name read by a process whose file names are not UTF-8 (PYTHONUTF8=0 in the C locale) says so."""
-    odd = next((n for n in names if not n.isprintable()), None)
+    odd = next((n for n in names if breaks_lines(n)), None)
     if odd is None:
         return
     raw = os.fsencode(odd)
     try:
-        utf8 = raw.decode("utf-8").isprintable()
+        utf8 = not breaks_lines(raw.decode("utf-8"))
     except UnicodeDecodeError:
         utf8 = False
     if utf8 and sys.getfilesystemencoding().lower() not in ("utf-8", "utf8"):

@@ -49,7 +49,7 @@ import math
 from dataclasses import dataclass, field
 
 from resnetlab.data.normalize import Normalizer
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, breaks_lines
 
 from .run_records import METRICS_FORMAT, NUMBER, Fields, MetricsRow
 from .schedules import ScheduleState
@@ -88,7 +88,7 @@ class Artifact:
             kinds = "" if all(isinstance(c, str) for c in classes) else ", not all of them strings"
             raise UserError(f"{get.where}: {len(classes)} class names{kinds} for num_classes={num_classes}: "
                             "an edited or damaged checkpoint")
-        odd = next((c for c in classes if not c.isprintable()), None)  # no class folder has one: refused there
+        odd = next((c for c in classes if breaks_lines(c)), None)  # no class folder has one: refused there
         if odd is not None:  # (ESC sequences recoloured the terminal; a newline faked predict's lines)
             raise UserError(f"{get.where}: the class name {odd!r} holds a control character: an edited or damaged "
                             "checkpoint")
