@@ -74,16 +74,38 @@ def test_the_same_images_at_another_path_pool_and_a_copy_counts_once(tmp_path):
     assert all(note.startswith(f"data={moved} (") for note in tables.setting_notes(groups).values())
 
 
+def _rooted(run, root, dataset):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"].update(root=root, dataset=dataset)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
 def test_runs_without_recorded_images_are_told_apart_by_their_root(tmp_path):
-    runs = []
-    for name, root, seed in (("a-seed0", "/data/c10", 0), ("a-seed1", "/data/c10/", 1), ("b-seed0", "/data/c100", 0)):
-        run = make_run(tmp_path, name, seed=seed, test_err=9.0)
-        config = yaml.safe_load((run / "config.yaml").read_text())
-        config["data"]["root"] = root
-        (run / "config.yaml").write_text(yaml.safe_dump(config))
-        runs.append(run)
+    runs = [_rooted(make_run(tmp_path, name, seed=seed, test_err=9.0), root, "folder")
+            for name, root, seed in (("a-seed0", "/data/c10", 0), ("a-seed1", "/data/c10/", 1), ("b-seed0", "/data/c100", 0))]
     groups, said = groups_of(*runs)
     assert said == [] and {label: len(m) for label, m in groups.items()} == {"a": 2, "b": 1}
+
+
+def test_cifar_seeds_run_where_the_archive_lies_elsewhere_pool(tmp_path):
+    """Seeds of one CIFAR recipe on two machines (/home/alice/cifar, /scratch/cifar) were two groups of
+    one: the archive is checked by MD5 at every use, so the dataset's name is its images."""
+    runs = [_rooted(make_run(tmp_path, f"r56-seed{seed}", seed=seed, test_err=9.0 + seed), root, "cifar10")
+            for seed, root in ((0, "/home/alice/cifar"), (1, "/scratch/cifar"))]
+    runs.append(_rooted(make_run(tmp_path / "c100", "r56-seed0", test_err=30.0), "/scratch/cifar", "cifar100"))
+    groups, said = groups_of(*runs)
+    assert said == [] and sorted(len(m) for m in groups.values()) == [1, 2]
+
+
+def test_a_data_json_that_is_a_fifo_is_not_read(tmp_path):
+    """report waited for ever on it (metrics.jsonl and classes.json were already guarded)."""
+    import os
+
+    run = make_run(tmp_path, "r", test_err=9.0)
+    os.mkfifo(run / "data.json")
+    groups, _ = groups_of(run)
+    assert list(groups) == ["r"]
 
 
 @pytest.mark.parametrize("shortcut, paper", [("A", "7.51"), ("B", "–"), ("C", "–")])

@@ -5,8 +5,8 @@ machines, a run resumed on another node) still pool, and runs on other images ne
 RUN/data.json (data/summary.py data_record) holds, for folder datasets, per-split digests of the
 files' names and sizes relative to the root (data/fingerprints.py): the same for a copy of the folder
 anywhere, with or without its modification times, and taken over the whole split before the seeded
-hold-out, so every seed of one dataset shares them. Runs without them (CIFAR archives, synthetic
-data, runs from before data.json) are told apart by their data.root.
+hold-out, so every seed of one dataset shares them. CIFAR is its dataset name (the archive is checked by
+MD5), synthetic data its generator's keys; other runs without the digests are told apart by data.root.
 """
 from __future__ import annotations
 
@@ -17,19 +17,29 @@ from pathlib import Path
 
 
 def data_identity(path: Path, config: dict) -> str:
-    """"files:<digest>" of the run's recorded images, else "root:<data.root>" (normalised)."""
+    """"files:<digest>" of the run's recorded images; for CIFAR "cifar:<dataset>" (its archive is checked
+    against the published MD5 at every use: the same images wherever it lies, so seeds run on machines
+    with other paths pool) and for synthetic data its generator's keys; else "root:<data.root>" (normalised)."""
+    data = config.get("data") or {}
+    dataset = data.get("dataset")
+    if dataset in ("cifar10", "cifar100"):
+        return f"cifar:{dataset}"
+    if dataset == "synthetic":
+        return "synthetic:" + json.dumps({k: v for k, v in data.items() if k.startswith("synthetic")}, sort_keys=True)
     splits = _fingerprints(Path(path))
     if splits:
         # "sizes" (names and sizes): "mtimes" differs in a copy that did not keep times, and "pixels"
-        # with another Pillow; older records hold one string per split, their only digest
-        digests = {split: d if isinstance(d, str) else d.get("sizes") for split, d in splits.items()}
+        # with another Pillow
+        digests = {split: d.get("sizes") for split, d in splits.items()}
         return "files:" + hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
-    root = (config.get("data") or {}).get("root")
+    root = data.get("root")
     return f"root:{os.path.normpath(root) if isinstance(root, str) else root}"
 
 
 def _fingerprints(path: Path) -> dict | None:
     """The per-split fingerprints of RUN/data.json; None when there are none or it cannot be read."""
+    if not (path / "data.json").is_file():  # (a FIFO there would wait for ever)
+        return None
     try:
         record = json.loads((path / "data.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -37,8 +47,8 @@ def _fingerprints(path: Path) -> dict | None:
     splits = record.get("fingerprints") if isinstance(record, dict) else None
     if not isinstance(splits, dict) or not splits:
         return None
-    if not all(isinstance(d.get("sizes") if isinstance(d, dict) else d, str) for d in splits.values()):
-        return None  # a damaged or edited record: the root is the better guess
+    if not all(isinstance(d, dict) and isinstance(d.get("sizes"), str) for d in splits.values()):
+        return None  # a damaged or edited record, or one older than the sizes digest: the root is the better guess
     return splits
 
 
