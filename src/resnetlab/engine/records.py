@@ -4,7 +4,8 @@ Checkpoint (checkpoints/*.pt): `torch.save` of one flat dict, read back with `to
 weights_only=True)` (tensors, plain containers, str/int/float/bool/None only), format
 "resnetlab-checkpoint-v1". A checkpoint is an `Artifact` plus, for a run that can be resumed, a
 `TrainingState`; on disk their keys sit side by side (the v1 layout, kept so that every file ever
-written loads, and older resnetlab versions read new files):
+written loads, and older resnetlab versions read new files; one older than eval_pending that resumes a
+checkpoint saved as its validation failed skips that step's validation):
 
   Artifact: what eval, predict, embed, export and --init need
     model         .weights        the state_dict, no "module."/"_orig_mod." prefixes, on CPU
