@@ -131,8 +131,8 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     (`eval_data`); `data` points at the dataset when it has moved. The checkpoint's normaliser
     (fitted on its training split) is used as saved.
     Precision, memory format, batch-norm kernels and batch size default to the run's own, so
-    evaluating a run directory reproduces the numbers in its summary.json (with `auto` precision, given
-    the precision it resolved to: auto takes the fast path). The report also holds "per_class"
+    evaluating a run directory reproduces summary.json's numbers given its train.test_protocol and, for
+    `auto`, the precision it resolved to (auto takes the fast path; the checkpoint records it). The report also holds "per_class"
     (engine/confusion.py) and "confusion" (rows = true class, columns = prediction) as lists.
     fast_path: inference.fastpath.prepare_inference (passed in by the CLI: engine comes before
     inference), used when the precision is auto; an explicit one runs eagerly as asked.
