@@ -12,8 +12,8 @@ the model never predicts has recall 0 and no precision at all.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import csv
+import hashlib
 import io
 import os
 import unicodedata

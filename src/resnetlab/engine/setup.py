@@ -259,8 +259,8 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     state = LoopState()
     if ckpt is not None:
         state = restore_checkpoint(ckpt, model, optimizer, scaler, cfg, start_from)
-    (trained_by, trained_with), state.processes, state.runtime = (state.processes, state.runtime), dist_info.world_size, \
-        runtime_record(rt)
+    trained_by, trained_with = state.processes, state.runtime  # what trained it so far; from here, this session
+    state.processes, state.runtime = dist_info.world_size, runtime_record(rt)
     steps_per_epoch = len(train_loader(bundle, cfg, dist_info, rt, 0))
     total = total_steps(cfg.schedule, steps_per_epoch)
     lr_fn = create_learning_rate_fn(cfg.schedule, cfg.optim.lr, steps_per_epoch)

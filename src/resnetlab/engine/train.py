@@ -165,6 +165,7 @@ def train_loop(run: Run, stop: StopOnSignal):
             if _stop_requested(stop, run):  # every process is here: the sums of all of them are saved
                 state.window, state.epoch_meter = (all_reduce_sum(m.sums).tolist() for m in (window, since_eval))
                 state.elapsed_s = time.perf_counter() - clock["start"]
+                check_finite(run)
                 path = save(run, MetricsRow(step=state.step, extra={"interrupted": True}), ("last.pt",))
                 raise TrainingInterrupted(stop.signum or 15, state.step, path, signalled=stop.signum is not None)
             if state.step >= run.total or state.reached_target is not None:
@@ -190,7 +191,7 @@ def log_point(run: Run, window: Meter, lr: float, clock: dict) -> None:
 def eval_point(run: Run, window: Meter, since_eval: Meter, lr: float, clock: dict):
     """Evaluate, record metrics, save last.pt (and best.pt); returns the weights if they are the best."""
     state = run.state
-    check_finite(run)  # a validation of NaN weights is no measurement: it must not reach metrics.jsonl
+    check_finite(run)  # before the checkpoint, and before a validation of NaN weights could reach metrics.jsonl
     state.elapsed_s = time.perf_counter() - clock["start"]
     train_loss, train_err = meter_summary(all_reduce_sum(since_eval.sums).tolist())
     metrics = MetricsRow(epoch=state.step / run.steps_per_epoch, step=state.step, lr=lr, train_loss=train_loss,
@@ -259,8 +260,7 @@ def check_finite(run: Run) -> None:
 
 
 def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
-    """Write the checkpoint (rank 0) unless the weights are no longer finite."""
-    check_finite(run)
+    """Write the checkpoint (rank 0) of weights check_finite has passed."""
     record_decoding_skips(run)  # every process is here
     if run.dist_info.is_main:
         ckpt = make_checkpoint(run.model, run.optimizer, run.scaler, run.state, run.cfg, run.bundle.classes,
