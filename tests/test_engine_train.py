@@ -37,6 +37,8 @@ def test_fits_synthetic_data_and_writes_the_run_directory(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoints" / "best.pt").training.step == best["step"]  # first best wins ties
     assert summary.test["last"]["n"] == 160 and set(summary.test) == {"last", "best"}
     assert json.loads((tmp_path / "summary.json").read_text()) == summary.to_dict()
+    assert summary.runtime == {"device": "cpu", "precision": "fp32", "channels_last": cfg.train.channels_last != "false",
+                               "compile": "none", "fused_bn": summary.runtime["fused_bn"]}  # as resolved here
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])  # fp16 also carries the GradScaler's state

@@ -142,3 +142,13 @@ def test_a_diverged_loss_reads_in_powers_of_ten_and_auto_precision_says_what_it_
     text = write_report([run], tmp_path / "rep")[0].read_text()
     assert "| div | resnet20 | 1 | 200 | 30.00 | 3.3e+17 | 35.00 |" in text
     assert "precision auto (bf16 where the training device has fast bf16, else fp32)." in text
+
+
+def test_the_setup_line_says_what_auto_precision_resolved_to_where_the_run_records_it(tmp_path):
+    run = make_run(tmp_path, "r", test_err=9.0)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["runtime"] = {"device": "cpu", "precision": "bf16", "channels_last": True, "compile": "none",
+                          "fused_bn": True}
+    (run / "summary.json").write_text(json.dumps(summary))
+    text = write_report([run], tmp_path / "rep")[0].read_text()
+    assert "precision auto (bf16 on the machine that trained it)." in text

@@ -15,7 +15,7 @@ def final_test(run: Run, best_state) -> RunSummary:
     """Test error of the last weights and of the best-by-validation weights (when both exist)."""
     ckpts = run.workdir / "checkpoints"
     summary = RunSummary(steps=run.state.step, best_val_top1_err=run.state.best_val_err, elapsed_s=run.state.elapsed_s,
-                         checkpoints={"last": str(ckpts / "last.pt")})
+                         checkpoints={"last": str(ckpts / "last.pt")}, runtime=run.state.runtime)
     if run.cfg.train.stop_at_val_top1 is not None:
         summary.target = {"val_top1": run.cfg.train.stop_at_val_top1, "reached": run.state.reached_target}
     if (ckpts / "best.pt").exists() or best_state is not None:

@@ -132,6 +132,7 @@ class RunSummary:
     target: dict | None = None  # train.stop_at_val_top1: {"val_top1": target, "reached": {step, val_top1, elapsed_s} | None}
     linear_probe: bool = False
     penalty: float | None = None  # linear probe: the chosen L2 strength
+    runtime: dict | None = None  # runtime.runtime_record of the session that tested it (precision auto resolved)
     extra: dict = field(default_factory=dict)
 
     FORMAT = SUMMARY_FORMAT
@@ -140,8 +141,9 @@ class RunSummary:
         probe = {"linear_probe": True, "penalty": self.penalty} if self.linear_probe else {}
         steps = {} if self.steps is None else {"steps": self.steps}
         target = {} if self.target is None else {"target": self.target}
+        runtime = {} if self.runtime is None else {"runtime": self.runtime}
         return {**probe, **steps, "best_val_top1_err": self.best_val_top1_err, "elapsed_s": self.elapsed_s,
-                "checkpoints": self.checkpoints, "test": self.test, **target, **self.extra}
+                "checkpoints": self.checkpoints, "test": self.test, **target, **runtime, **self.extra}
 
     @classmethod
     def from_dict(cls, data, where="summary.json") -> "RunSummary":
@@ -149,7 +151,7 @@ class RunSummary:
         return cls(steps=get("steps", int), best_val_top1_err=get("best_val_top1_err", NUMBER),
                    elapsed_s=get("elapsed_s", NUMBER), checkpoints=get("checkpoints", dict, {}), test=get("test", dict, {}),
                    target=get("target", dict), linear_probe=get("linear_probe", bool, False),
-                   penalty=get("penalty", NUMBER), extra=get.rest())
+                   penalty=get("penalty", NUMBER), runtime=get("runtime", dict), extra=get.rest())
 
     def write(self, run_dir) -> Path:
         return write_text_atomic(Path(run_dir) / "summary.json", json.dumps(self.to_dict(), indent=1))

@@ -260,14 +260,16 @@ def _gradients(run, data):
 
 def _setup(groups) -> str:
     """One line with the training setup of the first run (the schedule is what a reader asks first)."""
-    cfg = next(iter(groups.values()))[0].config
-    sch, opt = cfg["schedule"], cfg["optim"]
+    first = next(iter(groups.values()))[0]
+    cfg, sch, opt = first.config, first.config["schedule"], first.config["optim"]
     length = f"{sch['epochs']} epochs" if sch.get("epochs") else f"{sch['max_steps']} iterations"
     drops = f", lr x{sch['gamma']} at {sch['milestones_unit']} {sch['milestones']}" if sch["kind"] == "step" else ""
     subset = cfg["data"].get("train_size")
     subset = f", training on a class-balanced subset of {subset} images" if subset else ""
-    precision = cfg["train"]["precision"]  # "auto" is resolved where it trains (engine/runtime.py), not recorded
-    precision += " (bf16 where the training device has fast bf16, else fp32)" if precision == "auto" else ""
+    precision = cfg["train"]["precision"]  # "auto" is resolved where it trains (engine/runtime.py)
+    resolved = ((first.summary.runtime or {}).get("precision") if first.summary else None)  # summaries since 2026-12-06
+    precision += ("" if precision != "auto" else f" ({resolved} on the machine that trained it)" if resolved
+                  else " (bf16 where the training device has fast bf16, else fp32)")
     return (f"Setup (first run): {cfg['data']['dataset']} data at `{cfg['data']['root']}` (val_size "
             f"{cfg['data']['val_size']}{subset}), {sch['kind']} schedule of {length}, lr {opt['lr']}{drops}, batch "
             f"{opt['batch_size']}, weight decay {opt['weight_decay']}, precision {precision}.")
