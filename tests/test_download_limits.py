@@ -1,19 +1,23 @@
-"""Downloads from servers that send without end, announce more than the file is, or drip a byte at
-a time: weights (models/hub.py, against the published size) and CIFAR archives (data/cifar.py).
-Each ends in one line and leaves nothing behind; a cached file that was there stays as it was.
+"""Downloads (resnetlab/downloads.py) from servers that send without end, announce more than the
+file is, or drip a byte at a time: weights (models/hub.py, against the published size) and CIFAR
+archives (data/cifar.py), through the one loop both use. Each ends in one line and leaves nothing
+behind; a cached file that was there stays as it was. The same on a thread other than the main one,
+and on Ctrl-C. The drip tests run on a clock that ticks per look (test_hub_faults.ticking): their
+outcome does not depend on how fast the machine is.
 
 The endless server stops after 64 MB per connection, so that a download without a limit ends too
 (in a hash or MD5 error) instead of filling the disk: these tests then fail rather than hang."""
-import time
+import hashlib
+import threading
 from dataclasses import replace
 
 import pytest
 from reference_resnets import akamaster_file
 import test_hub
 from test_hub import HOST, cache_files, publish
-from test_hub_faults import Trickling
+from test_hub_faults import Trickling, ticking
 
-from resnetlab import UserError
+from resnetlab import UserError, downloads
 from resnetlab.data import cifar, load_cifar
 from resnetlab.models import hub
 
@@ -36,21 +40,6 @@ class Endless(Trickling):
             for _ in range(self.most >> 16):
                 conn.sendall(b"x" * (1 << 16))
                 self.sent += 1 << 16
-            conn.close()
-        except OSError:
-            return
-
-
-class Dripping(Endless):
-    """A byte every 0.05 s after the head (100 at most): every read gets one, the download never ends."""
-
-    def trickle(self, conn):
-        try:
-            conn.recv(1 << 16)
-            conn.sendall(self.head)
-            for _ in range(100):
-                conn.sendall(b"x")
-                time.sleep(0.05)
             conn.close()
         except OSError:
             return
@@ -102,9 +91,10 @@ def test_weights_within_their_published_size_still_download(server):
 def test_a_cifar_archive_stops_past_its_published_size_and_leaves_nothing(tmp_path, monkeypatch, endless):
     monkeypatch.setitem(cifar.SPECS, "cifar10", replace(cifar.SPECS["cifar10"], size=1_000_000))  # limit 1.05 MB
     root = tmp_path / "data"
-    told = "announces 1,000,000.0 MB, past" if endless.head == ANNOUNCED else "went on past"
-    with pytest.raises(UserError, match=rf"{endless.url}/a.tar.gz {told} the 1.1 MB cifar-10-python.tar.gz may have.*"
-                                        "nothing was saved"):
+    told = "the server announces 1,000,000.0 MB" if endless.head == ANNOUNCED else "it went on"
+    with pytest.raises(UserError, match=rf"^could not download cifar-10-python.tar.gz \({endless.url}/a.tar.gz: "
+                                        rf"{told}, past the 1.1 MB the file may have: not the published file, or a "
+                                        r"server that sends without end\). Nothing was saved. Without network access"):
         load_cifar("cifar10", root, download=True, url=f"{endless.url}/a.tar.gz")
     assert not root.exists() or list(root.iterdir()) == []
     assert endless.sent < 32 << 20
@@ -112,12 +102,90 @@ def test_a_cifar_archive_stops_past_its_published_size_and_leaves_nothing(tmp_pa
 
 def test_a_cifar_archive_that_drips_a_byte_at_a_time_is_given_up(tmp_path, monkeypatch):
     """Every read got a byte well within the 60 s stall timeout: the download went on for years."""
-    monkeypatch.setattr(cifar, "SLOW_S", 1.0)
-    dripping = Dripping(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+    ticking(monkeypatch, downloads.SLOW_S / 4)
+    dripping = Trickling(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
     try:
-        with pytest.raises(UserError, match=r"got under 128 kB in 1 s: too slow, or stalled a byte at a time; nothing "
-                                            r"was saved"):
+        with pytest.raises(UserError, match=rf"\({dripping.url}/a.tar.gz: no 128 kB from the server in 120 s: too "
+                                            r"slow, or stalled a byte at a time\). Nothing was saved"):
             load_cifar("cifar10", tmp_path, download=True, url=f"{dripping.url}/a.tar.gz")
     finally:
         dripping.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_drip_is_given_up_on_any_thread(tmp_path, monkeypatch):
+    """The weights' drip check was a SIGALRM timer, main thread only: elsewhere a drip went on for years."""
+    ticking(monkeypatch, downloads.SLOW_S / 4)
+    dripping, failed = Trickling(b"HTTP/1.1 200 OK\r\n\r\n"), []
+
+    def worker():
+        try:
+            downloads.download(f"{dripping.url}/f", tmp_path / "f", 1 << 20, progress=False)
+        except downloads.DownloadFailed as err:
+            failed.append(str(err))
+
+    try:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(60)
+    finally:
+        dripping.close()
+    assert failed == ["no 128 kB from the server in 120 s: too slow, or stalled a byte at a time"]
+    assert list(tmp_path.iterdir()) == []
+
+
+class Response:
+    """What urlopen gives, for downloads' loop: `blocks` in turn (an exception in them is raised there)."""
+
+    def __init__(self, blocks, length=None):
+        self.blocks, self.asked = iter(blocks), []
+        self.headers = {} if length is None else {"Content-Length": str(length)}
+
+    def read1(self, size):
+        self.asked.append(size)
+        block = next(self.blocks, b"")
+        if isinstance(block, BaseException):
+            raise block
+        return block[:size]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def serve(monkeypatch, response):
+    monkeypatch.setattr(downloads, "urlopen", lambda request, timeout: response)
+
+
+def test_ctrl_c_mid_download_leaves_the_file_there_as_it_was(tmp_path, monkeypatch):
+    (tmp_path / "f").write_bytes(b"the old file")
+    serve(monkeypatch, Response([b"half a ", KeyboardInterrupt()]))
+    with pytest.raises(KeyboardInterrupt):
+        downloads.download("http://x/f", tmp_path / "f", 100, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_bytes() == b"the old file"
+
+
+def test_a_server_is_read_no_more_than_one_byte_past_the_limit(tmp_path, monkeypatch):
+    response = Response([b"x" * 60] * 10)
+    serve(monkeypatch, response)
+    with pytest.raises(downloads.DownloadFailed, match="^it went on, past the 0.0 MB the file may have"):
+        downloads.download("http://x/f", tmp_path / "f", 100, progress=False)
+    assert response.asked == [101, 41] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha256"])
+def test_the_digest_is_checked_as_the_file_streams_and_a_wrong_one_leaves_nothing(tmp_path, monkeypatch, algorithm):
+    data = b"the published file"
+    right = hashlib.new(algorithm, data).hexdigest()
+    want = right if algorithm == "md5" else right[:8]  # CIFAR's MD5; a weights file's SHA-256 prefix (torch.hub's)
+    serve(monkeypatch, Response([data[:5], data[5:]], len(data)))
+    downloads.download("http://x/f", tmp_path / "f", 100, digest=(algorithm, want), progress=False)
+    assert (tmp_path / "f").read_bytes() == data
+    serve(monkeypatch, Response([data[:5]], len(data)))  # cut short
+    name = {"md5": "MD5", "sha256": "SHA-256"}[algorithm]
+    shown = rf"\({name} [0-9a-f]{{16}}\.\.\., expected {want[:16]}\.\.\.\)"
+    with pytest.raises(downloads.DownloadFailed, match=rf"^the file differs from the published one {shown}: cut short"):
+        downloads.download("http://x/f", tmp_path / "f", 100, digest=(algorithm, want), progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_bytes() == data

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import test_hub
 from test_hub import HOST, cache_files, publish
 
-from resnetlab import UserError, create_model
+from resnetlab import UserError, create_model, downloads
 from resnetlab.models import hub, pretrained
 
 server = test_hub.server  # the loopback mirror fixture of test_hub.py
@@ -52,7 +52,7 @@ def test_a_server_that_stops_sending_times_out_and_leaves_nothing(server, monkey
     entry, _ = publish(server, akamaster_file)
     stalling = Stalling(head)
     monkeypatch.setenv(hub.MIRROR_ENV, stalling.url)
-    monkeypatch.setattr(hub, "STALL_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(downloads, "STALL_TIMEOUT_S", 0.5)
     try:
         with pytest.raises(UserError, match=r"no data from the server for 0.5 s\). Nothing was written"):
             hub.fetch(entry, progress=False)
@@ -62,7 +62,8 @@ def test_a_server_that_stops_sending_times_out_and_leaves_nothing(server, monkey
 
 
 class Trickling(Stalling):
-    """A server that sends a header, then one byte every 0.1 s: each read gets data, the file never grows."""
+    """A server that sends a header, then a byte every 0.02 s until the client hangs up: each read gets
+    data, the file never grows (the 128 kB the slow check wants would take 40 minutes)."""
 
     def serve(self):
         while True:
@@ -78,9 +79,21 @@ class Trickling(Stalling):
             conn.sendall(self.head)
             while True:
                 conn.sendall(b"x")
-                time.sleep(0.1)
+                time.sleep(0.02)
         except OSError:
             return
+
+
+def ticking(monkeypatch, step: float):
+    """downloads' clock moves `step` seconds each time the slow check reads it: the check ends a drip
+    after a few reads, whatever the speed of the machine the tests run on (no wall-clock window)."""
+    seconds = [0.0]
+
+    def now():
+        seconds[0] += step
+        return seconds[0]
+
+    monkeypatch.setattr(downloads, "now", now)
 
 
 def test_a_server_that_trickles_a_byte_at_a_time_is_given_up(server, monkeypatch):
@@ -88,10 +101,10 @@ def test_a_server_that_trickles_a_byte_at_a_time_is_given_up(server, monkeypatch
     entry, _ = publish(server, akamaster_file)
     trickling = Trickling(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
     monkeypatch.setenv(hub.MIRROR_ENV, trickling.url)
-    monkeypatch.setattr(hub, "SLOW_S", 1.0)
+    ticking(monkeypatch, downloads.SLOW_S / 4)  # past SLOW_S by the fifth read with a byte in it
     try:
-        with pytest.raises(UserError, match=r"no 128 kB from the server in 1 s: too slow, or stalled a byte at a time\)"
-                                            r"\. Nothing was written"):
+        with pytest.raises(UserError, match=r"no 128 kB from the server in 120 s: too slow, or stalled a byte at a "
+                                            r"time\)\. Nothing was written"):
             hub.fetch(entry, progress=False)
     finally:
         trickling.close()
@@ -111,7 +124,7 @@ def test_a_download_killed_without_cleanup_is_swept_by_the_next_fetch(server):
     for name in (*stale, live, other, elsewhere):
         (folder / name).write_bytes(b"half")
     for name in stale:
-        os.utime(folder / name, (time.time() - 3 * hub.STALL_TIMEOUT_S,) * 2)  # no download pauses this long
+        os.utime(folder / name, (time.time() - 3 * downloads.STALL_TIMEOUT_S,) * 2)  # no download pauses this long
     hub.fetch(entry, progress=False)
     assert cache_files() == sorted([entry.filename, live, other, elsewhere])
 
@@ -204,7 +217,7 @@ def test_a_leftover_download_that_cannot_be_removed_is_left_and_the_fetch_goes_o
     folder.mkdir(parents=True)
     theirs = folder / f".{entry.filename}.999999999.0badf00d.download"
     theirs.write_bytes(b"half")
-    os.utime(theirs, (time.time() - 3 * hub.STALL_TIMEOUT_S,) * 2)
+    os.utime(theirs, (time.time() - 3 * downloads.STALL_TIMEOUT_S,) * 2)
     unlink = pathlib.Path.unlink
 
     def refuse(self, *args, **kwargs):

@@ -2,29 +2,25 @@
 
 A data directory may hold the extracted folder (cifar-10-batches-py/, cifar-100-python/) or the
 official archive; with download=True the archive is fetched. The archive is always checked
-against its published MD5, and downloads and extraction go through temporary names in the same
-directory followed by a rename, so an interrupted run never leaves anything that looks valid. A
-download ends, keeping nothing, past the archive's published size or where it goes too slowly.
+against its published MD5. A download goes through resnetlab.downloads, as weights do (MD5 checked
+as it streams; the archive's published size and a twentieth its limit; a server that stalls or
+drips given up), and it and extraction go through temporary names in the same directory followed
+by a rename, so an interrupted run never leaves anything that looks valid.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from resnetlab.downloads import DownloadFailed, download, failure_message, file_digest, remove_stale_downloads
 from resnetlab.errors import UserError, breaks_lines
-from resnetlab.files import atomic_write
 
 from .cifar_pickle import RefusedPickle, read_cifar_pickle
 from .datasets import ArrayDataset
@@ -54,10 +50,6 @@ SPECS = {
                           "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python", ("train",), ("test",), "meta",
                           b"fine_labels", b"fine_label_names", 169_001_437),
 }
-STALL_TIMEOUT_S = 60.0  # seconds without a byte from the server before a download is given up
-# Seconds in which a download must grow by SLOW_BYTES, as a weights download must (models/hub.py): a
-# server sending a byte every minute never trips the stall timeout, and would take years.
-SLOW_S, SLOW_BYTES = 120.0, 128 << 10
 
 
 def load_cifar(name: str, root: str | os.PathLike, download: bool = False, url: str | None = None,
@@ -85,7 +77,7 @@ def ensure_extracted(spec: CifarSpec, root: Path, download: bool, url: str, md5:
             raise UserError(f"{spec.folder}/ or {spec.archive} not found in {root}; place the archive "
                             f"there or pass --download")
         fetch(url, archive, md5, spec.size + spec.size // 20)  # a twentieth to spare: the size of a mirror's copy
-    elif md5sum(archive) != md5:
+    elif file_digest(archive, "md5") != md5:
         raise UserError(f"{archive} does not match the published MD5 {md5} (corrupt or not the official "
                         f"archive); delete it and download again")
     _extract(archive, root, spec.folder)
@@ -94,44 +86,12 @@ def ensure_extracted(spec: CifarSpec, root: Path, download: bool, url: str, md5:
 
 def fetch(url: str, dest: Path, md5: str, limit: int) -> None:
     """Download url to dest (atomically); dest appears only if the MD5 of the bytes matches. A server
-    that announces or sends over `limit` bytes, or under SLOW_BYTES in SLOW_S seconds, is given up."""
-    digest, saved = hashlib.md5(), f"nothing was saved; try again, or place {dest.name} in {dest.parent} yourself"
+    that announces or sends over `limit` bytes, stalls or drips (resnetlab.downloads) is given up."""
+    remove_stale_downloads(dest)  # those of a download killed outright
     try:
-        with atomic_write(dest) as out, urllib.request.urlopen(url, timeout=STALL_TIMEOUT_S) as response, \
-                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
-                     desc=f"downloading {dest.name}", disable=None, leave=False) as progress:
-            announced = str(response.headers.get("Content-Length") or "").strip()
-            if announced.isdigit() and int(announced) > limit:
-                raise UserError(f"{url} announces {int(announced) / 1e6:,.1f} MB, past the {limit / 1e6:,.1f} MB "
-                                f"{dest.name} may have; {saved}")
-            got, mark = 0, (time.monotonic(), 0)  # bytes so far; when the download last grew by SLOW_BYTES
-            read = getattr(response, "read1", response.read)  # what has come: a drip is seen a byte at a time
-            for block in iter(lambda: read(1 << 20), b""):
-                got += len(block)
-                if got > limit:  # raised inside the `with`: the partial file is removed
-                    raise UserError(f"download of {url} went on past the {limit / 1e6:,.1f} MB {dest.name} may "
-                                    f"have (a server that sends without end?); {saved}")
-                if got - mark[1] >= SLOW_BYTES:
-                    mark = (time.monotonic(), got)
-                elif time.monotonic() - mark[0] > SLOW_S:
-                    raise UserError(f"download of {url} got under {SLOW_BYTES >> 10} kB in {SLOW_S:g} s: too slow, "
-                                    f"or stalled a byte at a time; {saved}")
-                out.write(block)
-                digest.update(block)
-                progress.update(len(block))
-            if digest.hexdigest() != md5:
-                raise UserError(f"download of {url} has MD5 {digest.hexdigest()}, expected {md5}; {saved}")
-    except (urllib.error.URLError, OSError) as err:
-        raise UserError(f"cannot download {url} ({getattr(err, 'reason', err)}); if offline, place "
-                        f"{dest.name} in {dest.parent}") from None
-
-
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        download(url, dest, limit, digest=("md5", md5))
+    except DownloadFailed as err:
+        raise UserError(failure_message(dest.name, [f"{url}: {err}"], "Nothing was saved", url, dest)) from None
 
 
 def _extract(archive: Path, root: Path, folder: str) -> None:

@@ -1,11 +1,12 @@
-"""Fetching published weights: torch.hub's cache and downloader, a hash check, atomic placement.
+"""Fetching published weights: torch.hub's cache, a hash check, atomic placement.
 
 Files live where torch.hub keeps them, `$TORCH_HOME/hub/checkpoints/<filename>` (torch.hub.get_dir),
-so a file torchvision already downloaded is used without any network. A download goes to a
-staging name beside the cache file through `torch.hub.download_url_to_file` (progress bar, SHA-256
-check), is then checked as weights (a file without a published digest at least has to parse), and
-only then is renamed into place: a failed, interrupted, stalled, endless or wrong-hash download never leaves
-a file under the cache name (the staging files of one killed outright are swept by the next fetch).
+so a file torchvision already downloaded is used without any network. A download goes through
+resnetlab.downloads (progress bar, SHA-256 prefix check as torch.hub's, the limits of a server
+that stalls, drips or sends without end), is checked as weights where no digest is published (the
+file at least has to parse) and only then renamed into place: a failed, interrupted, stalled,
+endless or wrong-hash download never leaves a file under the cache name (the staging files of one
+killed outright are swept by the next fetch).
 Every use re-checks the digest of the cached file, so a damaged or hand-placed wrong file is
 refused rather than loaded.
 
@@ -14,33 +15,20 @@ RESNETLAB_WEIGHTS_MIRROR=URL fetches `URL/<host>/<path>` instead of each publish
 """
 from __future__ import annotations
 
-import glob
-import hashlib
-import http.client
 import os
-import re
-import urllib.error
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import torch
 
+from resnetlab.downloads import DownloadFailed, download, failure_message, file_digest, remove_stale_downloads
 from resnetlab.errors import UserError, count
-from resnetlab.files import StorageError, check_writable, remove_unowned
+from resnetlab.files import StorageError, check_writable
 
-from .download_limits import TooLarge, TooSlow, size_cap, slow_guard, stall_timeout
 from .pretrained import PretrainedWeights
 
 MIRROR_ENV = "RESNETLAB_WEIGHTS_MIRROR"
-CHUNK = 1 << 20
-# Seconds without a byte from the server before a download is given up: torch.hub's urlopen has no
-# timeout of its own, so a server that stops sending would otherwise hang the command for ever.
-STALL_TIMEOUT_S = 60.0
-SLOW_S = 120.0  # seconds in which a download must grow by a read chunk (128 kB): else too slow
-# .<file>.<pid>.<8 hex>.download, and torch.hub's .partial beside it (<staging>.<hex>.partial)
-STAGING = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.download(\.[0-9a-f]+\.partial)?")
 
 
 def cache_dir() -> Path:
@@ -66,11 +54,7 @@ def mirrored(url: str, mirror: str) -> str:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def expected_digest(entry: PretrainedWeights) -> str | None:
@@ -127,13 +111,12 @@ def fetch(entry: PretrainedWeights, progress: bool = True, replace_damaged: bool
         try:
             _download(entry, url, path, progress)
             return path
-        except _DownloadFailed as err:
+        except DownloadFailed as err:
             failures.append(f"{url}: {err}")
     mirror = os.environ.get(MIRROR_ENV, "").strip()
     kept = (f"The damaged file there is as it was ({damaged})" if damaged else "Nothing was written to the cache")
-    raise UserError(f"could not download {entry.name} ({'; '.join(failures)}). {kept}. "
-                    f"Without network access, fetch {entry.urls[0]} elsewhere and put it at {path} "
-                    + (f"(the mirror {MIRROR_ENV}={mirror} is in use)" if mirror else f"(or set {MIRROR_ENV} to a mirror)"))
+    where = f"(the mirror {MIRROR_ENV}={mirror} is in use)" if mirror else f"(or set {MIRROR_ENV} to a mirror)"
+    raise UserError(f"{failure_message(entry.name, failures, kept, entry.urls[0], path)} {where}")
 
 
 def _check_cache_writable(path: Path) -> None:
@@ -145,18 +128,6 @@ def _check_cache_writable(path: Path) -> None:
                         "set TORCH_HOME to a writable folder") from None
 
 
-def remove_stale_downloads(path: Path) -> list[Path]:
-    """Delete the staging and .partial files of `path`'s downloads whose process is gone (killed by
-    SIGTERM or SIGKILL mid-download, where no cleanup ran); a live download's files are left alone.
-    The cache may be shared by other containers or machines, where a pid that runs nowhere here is
-    alive: only files no download has written to for twice the stall timeout go (a download that
-    stalls that long has given up). One that cannot be removed (another user's) is left."""
-    candidates = path.parent.glob(f".{glob.escape(path.name)}.*.download*")
-    found = ((stale, STAGING.fullmatch(stale.name)) for stale in candidates)
-    return remove_unowned([(stale, int(match["pid"])) for stale, match in found
-                           if match and match["name"] == path.name], 2 * STALL_TIMEOUT_S)
-
-
 def size_limit(entry: PretrainedWeights) -> int:
     """The bytes a download of `entry` may have: its published size and a tenth more (sizes are published
     rounded), or where none is, twice its model's tensors in float32 and 16 MB (pickle framing, extra keys)."""
@@ -165,50 +136,21 @@ def size_limit(entry: PretrainedWeights) -> int:
     return 8 * sum(t.numel() for t in _published_model(entry).state_dict().values()) + (16 << 20)
 
 
-class _DownloadFailed(Exception):
-    """One URL did not give the published file; the message says why."""
-
-
 def _download(entry: PretrainedWeights, url: str, path: Path, progress: bool) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create the weights cache {path.parent} ({err.strerror or err}); "
-                        "set TORCH_HOME to a writable folder") from None
-    staging = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.download")
-    try:
+    want = expected_digest(entry)
+
+    def usable(staged: Path) -> None:
         try:
-            with stall_timeout(STALL_TIMEOUT_S), slow_guard(staging, SLOW_S), size_cap(size_limit(entry)):
-                torch.hub.download_url_to_file(url, str(staging), hash_prefix=expected_digest(entry), progress=progress)
-        except TooLarge as err:
-            raise _DownloadFailed(str(err)) from None
-        except TooSlow:
-            raise _DownloadFailed(f"no {torch.hub.READ_DATA_CHUNK // 1024} kB from the server in {SLOW_S:g} s: too slow, "
-                                  "or stalled a byte at a time") from None
-        except RuntimeError as err:
-            if "invalid hash value" not in str(err):
-                raise
-            raise _DownloadFailed(f"the file differs from the published one ({err}): cut short, or changed on "
-                                  "the server") from None
-        except urllib.error.HTTPError as err:  # a redirect loop's reason spans lines
-            raise _DownloadFailed(f"HTTP {err.code} {' '.join(str(err.reason).split())}") from None
-        except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, resets, timeouts, bad URLs
-            reason = getattr(err, "reason", None) or err
-            if isinstance(reason, TimeoutError):
-                raise _DownloadFailed(f"no data from the server for {STALL_TIMEOUT_S:g} s") from None
-            raise _DownloadFailed(" ".join(str(reason).split()) or type(err).__name__) from None
-        if expected_digest(entry) is None:
-            try:
-                _check_readable(entry, staging, "the downloaded file")
-            except UserError as err:
-                raise _DownloadFailed(f"not usable weights ({err})") from None
-        os.replace(staging, path)  # same folder: atomic
-    finally:  # a cleanup that fails (a cache turned read-only) must not hide why the download failed
-        for leftover in (staging, *path.parent.glob(f"{staging.name}.*.partial")):  # torch.hub's own .partial too
-            try:
-                leftover.unlink(missing_ok=True)
-            except OSError:
-                pass
+            _check_readable(entry, staged, "the downloaded file")
+        except UserError as err:
+            raise DownloadFailed(f"not usable weights ({err})") from None
+
+    try:
+        download(url, path, size_limit(entry), digest=("sha256", want) if want else None,
+                 accept=None if want else usable, progress=progress)
+    except StorageError as err:
+        raise UserError(f"cannot write the weights cache {path.parent} ({err.reason}); "
+                        "set TORCH_HOME to a writable folder") from None
 
 
 @dataclass(frozen=True)
