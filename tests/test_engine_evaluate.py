@@ -85,3 +85,20 @@ def test_eval_of_a_fused_bn_true_run_in_another_precision_takes_the_plain_module
 
     train_and_evaluate(tiny_config(("train.fused_bn", "true"), ("schedule.max_steps", 2)), tmp_path)
     assert evaluate_checkpoint(tmp_path, device="cpu", precision="fp16")["n"] == 160
+
+
+def test_eval_of_a_run_takes_its_test_protocol_on_test_and_the_centre_view_on_val(tmp_path):
+    """`eval RUN` scored the centre view whatever the run tested with: a cifar10_fast run (flip views)
+    printed another figure than its summary.json. The test split takes the run's train.test_protocol,
+    val the centre view its validations used; an explicit --protocol wins."""
+    from test_engine_train import tiny_config
+
+    from resnetlab.engine import evaluate_checkpoint, train_and_evaluate
+
+    cfg = tiny_config(("train.test_protocol", "flip"), ("schedule.max_steps", 4), ("train.eval_every", 2))
+    best = train_and_evaluate(cfg, tmp_path).test["best"]
+    report = evaluate_checkpoint(tmp_path, device="cpu", precision="fp32")
+    assert report["protocol"] == "flip"
+    assert (report["top1"], report["top5"], report["per_class"]) == (best["top1"], best["top5"], best["per_class"])
+    assert evaluate_checkpoint(tmp_path, split="val", device="cpu", precision="fp32")["protocol"] == "center"
+    assert evaluate_checkpoint(tmp_path, protocol="center", device="cpu", precision="fp32")["protocol"] == "center"

@@ -17,7 +17,8 @@ def add_arguments(parser):
     add_checkpoint_argument(parser)
     parser.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run trained on)")
     parser.add_argument("--split", choices=["test", "val"], default="test")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="center")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="default: the run's own, as summary.json scored it "
+                        "(its train.test_protocol on test, the centre view on val, as its validations)")
     parser.add_argument("--batch-size", type=positive_int, help="default: the run's optim.batch_size")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=AUTO_INFERENCE_PRECISIONS,

@@ -121,18 +121,18 @@ def evaluate_split(scored: EvalModel, dataset, data_cfg, spec, protocol: str = "
                     progress and (lambda done: progress(done, len(dataset))))
 
 
-def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str = "center",
+def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test", protocol: str | None = None,
                         device: str = "auto", precision: str | None = None, batch_size: int | None = None,
                         workers: int = 0, fast_path=None, skip_bad: bool = False, progress=None) -> dict:
-    """Accuracy of a checkpoint (or a run directory's best.pt, or published weights by name) on one
-    split of its dataset.
+    """Accuracy of a checkpoint (a run directory's best.pt, published weights by name) on a split of its data.
 
     `val` is exactly the held-out part used for model selection, as the run's data.json lists it
     (`eval_data`); `data` points at the dataset when it has moved. The checkpoint's normaliser
     (fitted on its training split) is used as saved.
-    Precision, memory format, batch-norm kernels and batch size default to the run's own, so
-    evaluating a run directory reproduces summary.json's numbers given its train.test_protocol and, for
-    `auto`, the precision it resolved to (auto takes the fast path; the checkpoint records it). The report also holds "per_class"
+    Protocol, precision, memory format, batch-norm kernels and batch size default to the run's own, so
+    evaluating a run directory reproduces summary.json's numbers (the test split with its
+    train.test_protocol, val with the centre view its validations used; for `auto`, the precision it
+    resolved to: auto takes the fast path, the checkpoint records it). The report also holds "per_class"
     (engine/confusion.py) and "confusion" (rows = true class, columns = prediction) as lists.
     fast_path: inference.fastpath.prepare_inference (passed in by the CLI: engine comes before
     inference), used when the precision is auto; an explicit one runs eagerly as asked.
@@ -149,12 +149,13 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     from .runtime import prepare_model
     from .sources import load_source
 
-    if protocol not in PROTOCOLS:
+    if protocol is not None and protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if split not in ("test", "val"):
         raise UserError(f"unknown split {split!r}; choose test or val")
     artifact, path = load_source(checkpoint)
     model, normalizer, classes, cfg = model_from_checkpoint(artifact)
+    protocol = protocol or (cfg.train.test_protocol if split == "test" else "center")
     if skip_bad:
         from resnetlab.config import apply_overrides
 
