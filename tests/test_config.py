@@ -8,7 +8,7 @@ from resnetlab.config import (
 )
 from resnetlab.errors import UserError
 
-PAPER = [f"cifar10_resnet{d}" for d in (20, 32, 44, 56, 110)] + [f"cifar10_plain{d}" for d in (20, 32, 44, 56, 110)] \
+PAPER = [f"cifar10_resnet{d}" for d in (20, 32, 44, 56, 110, 1202)] + [f"cifar10_plain{d}" for d in (20, 32, 44, 56, 110)] \
     + [f"imagenet_resnet{d}" for d in (18, 34, 50, 101, 152)]
 
 
@@ -49,6 +49,26 @@ def test_imagenet_recipe():
     cfg = load_config("imagenet_resnet152")
     assert cfg.model.name == "resnet152" and cfg.optim.batch_size == 256 and cfg.schedule.kind == "plateau"
     assert cfg.data.image_size == 224 and cfg.optim.weight_decay == 1e-4
+
+
+def test_imagenet_bottleneck_recipes_build_the_papers_net_with_table_1s_flops():
+    """They built torchvision's v1.5 (the stride on the 3x3): 4.09/7.80/11.51 GFLOPs against 3.8/7.6/11.3."""
+    import resnetlab
+
+    for depth, paper in ((50, 3.8), (101, 7.6), (152, 11.3)):
+        model = load_config(f"imagenet_resnet{depth}").model
+        assert model.kwargs == {"stride_on": "1x1"}
+        assert abs(resnetlab.profile(model.name, **model.kwargs).macs / 1e9 - paper) < 0.1, depth
+
+
+def test_the_depth_experiment_runs_resnet1202_with_the_papers_recipe():
+    """Its notes said to add resnet1202, and it stopped: no recipe."""
+    from resnetlab.reports.experiments import get_experiment, plan_runs
+
+    runs = plan_runs(get_experiment("depth"), models=["resnet20", "resnet1202"], seeds=[0])
+    assert [r.recipe for r in runs] == ["cifar10_resnet20", "cifar10_resnet1202"]
+    cfg = load_config("cifar10_resnet1202")
+    assert cfg.model.name == "resnet1202" and cfg.schedule.warmup_until_err is None and cfg.optim.lr == 0.1
 
 
 def test_overrides_are_typed():
