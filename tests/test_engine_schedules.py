@@ -6,6 +6,7 @@ import pytest
 from resnetlab.config import ScheduleConfig, load_config
 from resnetlab.engine.schedules import (
     ScheduleState, create_learning_rate_fn, observe_train_error, observe_val_error, total_steps,
+    warmup_news,
 )
 from resnetlab.errors import UserError
 
@@ -77,3 +78,17 @@ def test_bad_schedule_config_is_a_user_error():
         create_learning_rate_fn(ScheduleConfig(milestones_unit="days"), 0.1, 10)
     with pytest.raises(UserError, match="steps"):
         create_learning_rate_fn(ScheduleConfig(max_steps=0), 0.1, 10)
+
+
+def test_the_error_gated_warm_up_says_when_it_ends_and_once_when_it_holds_a_tenth_of_the_run():
+    """A net that never got under the bar (a plain-110) trained at warmup_lr to the end without a word."""
+    cfg, s = load_config("cifar10_resnet110").schedule, ScheduleState()
+    news = [warmup_news(cfg, s, step - 100, step, 64000, 90.0) for step in range(100, 12900, 100)]
+    held = [n for n in news if n]
+    assert len(held) == 1 and news.index(held[0]) == 63  # step 6400, a tenth of 64k
+    assert "still holds lr at 0.01 after 6400 of 64000 steps" in held[0] and "warmup_until_err=null" in held[0]
+    observe_train_error(cfg, s, 13000, 79.5)
+    assert warmup_news(cfg, s, 12900, 13000, 64000, 79.5) == ("warm-up ended at step 13000: training error 79.5% < 80%, "
+                                                              "so lr leaves 0.01")
+    assert warmup_news(cfg, s, 13000, 13100, 64000, 70.0) is None
+    assert warmup_news(load_config("cifar10_resnet20").schedule, ScheduleState(), 6300, 6400, 64000, 90.0) is None

@@ -95,6 +95,23 @@ def observe_train_error(cfg: ScheduleConfig, state: ScheduleState, step: int, tr
     return state
 
 
+def warmup_news(cfg: ScheduleConfig, state: ScheduleState, since: int, step: int, total: int, err: float) -> str | None:
+    """A line for the log about the error-gated warm-up in the steps (since, step]: that it ended, or, once, that it
+    still holds the lr at a tenth of the run (the paper's ResNet-110 left it after about 400 of 64k steps; a net
+    that never gets under the bar, a plain-110 say, would train at warmup_lr to the end without a word)."""
+    bar = cfg.warmup_until_err
+    if bar is None:
+        return None
+    if state.warmup_done_step == step:
+        return f"warm-up ended at step {step}: training error {err:.1f}% < {bar:g}%, so lr leaves {cfg.warmup_lr:g}"
+    if state.warmup_done_step is None and since < total // 10 <= step:
+        return (f"the warm-up still holds lr at {cfg.warmup_lr:g} after {step} of {total} steps: training error "
+                f"{err:.1f}% is not under schedule.warmup_until_err={bar:g}% (the paper's ResNet-110 got there in about "
+                "400), and it stays until it is; to train on at optim.lr, stop and resume with "
+                "--set schedule.warmup_until_err=null")
+    return None
+
+
 def observe_val_error(cfg: ScheduleConfig, state: ScheduleState, val_err: float, step: int) -> ScheduleState:
     """Record a validation error (percent) measured after `step` updates; the plateau schedule decays
     after `patience` bad evaluations. Not during a warm-up: the warm-up's own lr ignores the decays,

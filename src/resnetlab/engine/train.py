@@ -32,7 +32,7 @@ from .preflight import record_decoding_skips
 from .run_records import MetricsRow, RunSummary
 from .rundir import RunDirLock
 from .runtime import Runtime, autocast, make_runtime, to_input
-from .schedules import observe_train_error, observe_val_error
+from .schedules import observe_train_error, observe_val_error, warmup_news
 from .setup import Run, RunRequest, build_run, set_lr
 from .signals import StopOnSignal, TrainingInterrupted
 from .state import Meter, RunFinished, is_finite_model, make_checkpoint, meter_summary, storage_refusal
@@ -184,6 +184,10 @@ def log_point(run: Run, window: Meter, lr: float, clock: dict) -> None:
                                f"{run.state.step}; stopped, keeping the last good checkpoint {_last_good(run)}. "
                                f"Lower optim.lr (now {lr:g})")
     observe_train_error(run.cfg.schedule, run.state.schedule, run.state.step, err)
+    news = warmup_news(run.cfg.schedule, run.state.schedule, run.state.step - run.cfg.train.log_every, run.state.step,
+                       run.total, err)
+    if news:
+        run.log.info(news)
     run.log.progress(run.state.step, loss=loss, err=err, lr=lr, img_s=_rate(clock))
     window.reset()
 
