@@ -204,3 +204,12 @@ def test_with_skip_bad_a_large_folder_is_counted_from_a_spread_sample_of_headers
 def exact_bad(paths):
     from resnetlab.data.decode import unreadable_headers
     return unreadable_headers(paths)
+
+
+def test_a_large_folder_of_small_images_holds_out_each_class_s_share():
+    """Past 25k small images the recipe's 5000 was kept as a count, drawn over all classes at once (not
+    stratified, as the README says): a rare class could lose every image to validation."""
+    choice = choose(DataFacts("folder", 30000, 10, False, 32, True), LAPTOP)
+    assert dict(choice.overrides)["data.val_size"] == 0.167 and "16.7% of each class held out" in choice.line
+    assert load_config(choice.recipe, choice.overrides).data.val_size == 0.167
+    assert "data.val_size" not in dict(choose(DataFacts("cifar10", 50000, 10, False, 32, True), LAPTOP).overrides)

@@ -113,6 +113,10 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     val_size = base.data.val_size
     if not data.has_val and not (isinstance(val_size, int) and val_size <= data.train_images * VAL_FRACTION):
         val_size = VAL_FRACTION
+    elif not data.has_val and data.dataset == "folder" and isinstance(val_size, int) and val_size:
+        # A count is drawn over all classes at once (CIFAR's 45k/5k): a rare class of a user's folder could lose
+        # every image to validation. The same share of each class instead (stratified), as the 20% is.
+        val_size = float(f"{val_size / data.train_images:.3g}")
     # A class's last image is never held out (data.sampling.stratified_split): with one image per class
     # nothing could be, and the run would stop on it; train without a validation split instead.
     single = not data.has_val and data.largest_class is not None and data.largest_class <= 1
@@ -133,7 +137,7 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     if scales and len(scales) >= -(-total // steps):  # a run shorter than the recipe's small-crop epochs
         pick("data.progressive_scales", shorter_scales(scales, -(-total // steps)))
     workers = base.train.workers if data.small else pick("train.workers", decode_workers(base.train.workers, machine))
-    where = ("a val/ folder" if data.has_val else f"{val_size:.0%} of each class held out" if isinstance(val_size, float)
+    where = ("a val/ folder" if data.has_val else f"{val_size * 100:.3g}% of each class held out" if isinstance(val_size, float)
              else f"{count(val_size, 'image')} held out" if val_size else "none (a single image per class: nothing to hold out)")
     start = f"fine-tuning {init}" if not data.small and init else "from scratch"
     length = f"{count(epochs, 'epoch')} of {count(steps, 'step')}" if epochs else count(total, "step")

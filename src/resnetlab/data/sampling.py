@@ -135,7 +135,21 @@ def holdout(labels: torch.Tensor, val_size: int | float, seed: int) -> tuple[tor
     (`split_indices`, the paper's 45k/5k); a fraction is stratified (`stratified_split`)."""
     if isinstance(val_size, float):
         return stratified_split(labels, val_size, seed)
-    return split_indices(len(labels), val_size, seed)
+    keep, held = split_indices(len(labels), val_size, seed)
+    return keep_one_per_class(labels, keep, held)
+
+
+def keep_one_per_class(labels: torch.Tensor, keep: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, held) with the largest held index of each class the draw took whole handed back to training: a
+    count drawn at random over all classes can hold out every image of a rare one, which then trained on
+    nothing without a word. Draws that left each class an image are returned as they were (runs repeat)."""
+    gone = torch.bincount(labels[keep], minlength=len(torch.bincount(labels))) == 0
+    if not bool(gone[labels[held]].any()):
+        return keep, held
+    back = torch.stack([held[labels[held] == c].max() for c in gone.nonzero().flatten().tolist()
+                        if bool((labels[held] == c).any())])
+    returned = torch.isin(held, back)
+    return torch.cat([keep, back]).sort().values, held[~returned]
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
