@@ -49,6 +49,7 @@ def test_imagenet_recipe():
     cfg = load_config("imagenet_resnet152")
     assert cfg.model.name == "resnet152" and cfg.optim.batch_size == 256 and cfg.schedule.kind == "plateau"
     assert cfg.data.image_size == 224 and cfg.optim.weight_decay == 1e-4
+    assert cfg.train.test_protocol == "10crop"  # Sec. 3.4: "for comparison studies ... the standard 10-crop testing"
 
 
 def test_imagenet_bottleneck_recipes_build_the_papers_net_with_table_1s_flops():
