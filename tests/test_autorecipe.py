@@ -213,3 +213,16 @@ def test_a_large_folder_of_small_images_holds_out_each_class_s_share():
     assert dict(choice.overrides)["data.val_size"] == 0.167 and "16.7% of each class held out" in choice.line
     assert load_config(choice.recipe, choice.overrides).data.val_size == 0.167
     assert "data.val_size" not in dict(choose(DataFacts("cifar10", 50000, 10, False, 32, True), LAPTOP).overrides)
+
+
+def test_weights_given_for_small_images_are_fine_tuned_as_a_photo_folder_s():
+    """--init WEIGHTS on 32 px images kept cifar10_fast (its resnet20 refused ImageNet weights; with --model resnet18
+    it trained with a CIFAR mean image, CIFAR augmentation and the full lr on the backbone) and said "from scratch"."""
+    small = DataFacts("folder", 90, 3, False, 32, True)
+    choice = choose(small, LAPTOP, {"finetune.init": "weights.pth"})
+    cfg = load_config(choice.recipe, [*choice.overrides, ("finetune.init", "weights.pth")])
+    assert choice.recipe == "finetune" and (cfg.finetune.init, cfg.data.image_size) == ("weights.pth", 64)
+    assert (cfg.model.name, cfg.data.normalize, cfg.finetune.backbone_lr_mult) == ("resnet18", "imagenet", 0.1)
+    assert "fine-tuning weights.pth at 64 px" in choice.line and "from scratch" not in choice.line.split("(e.g.")[0]
+    scratch = choose(small, LAPTOP, {"finetune.init": None})
+    assert scratch.recipe == "cifar10_fast" and "from scratch at 32 px" in scratch.line

@@ -91,7 +91,9 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     (flags, --set) to their values: they are kept, and the derived values follow them."""
     given = dict(given or {})
     init = given.get("finetune.init", None if data.small else IMAGENET_WEIGHTS)
-    recipe = SMALL_RECIPE if data.small else FINETUNE_RECIPE if init else SCRATCH_RECIPE
+    # Weights given for small images are fine-tuned as a photo folder's are (ImageNet nets want their
+    # mean/std, a new classifier, a gentler backbone lr): cifar10_fast trains its resnet20 from scratch.
+    recipe = FINETUNE_RECIPE if init else SMALL_RECIPE if data.small else SCRATCH_RECIPE
     base = load_config(recipe)
     given = checked(base, given)
     chosen: dict[str, object] = {}
@@ -105,10 +107,10 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
             chosen[key] = value
         return value
 
-    if not data.small and init:
+    if init:
         pick("finetune.init", init)
     size = pick("data.image_size", image_size(data, scratch=not init))
-    if not data.small:
+    if recipe != SMALL_RECIPE:
         pick("data.eval_resize", round(size / CROP_RATIO))
     val_size = base.data.val_size
     if not data.has_val and not (isinstance(val_size, int) and val_size <= data.train_images * VAL_FRACTION):
@@ -136,10 +138,10 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     scales = base.data.progressive_scales
     if scales and len(scales) >= -(-total // steps):  # a run shorter than the recipe's small-crop epochs
         pick("data.progressive_scales", shorter_scales(scales, -(-total // steps)))
-    workers = base.train.workers if data.small else pick("train.workers", decode_workers(base.train.workers, machine))
+    workers = base.train.workers if recipe == SMALL_RECIPE else pick("train.workers", decode_workers(base.train.workers, machine))
     where = ("a val/ folder" if data.has_val else f"{val_size * 100:.3g}% of each class held out" if isinstance(val_size, float)
              else f"{count(val_size, 'image')} held out" if val_size else "none (a single image per class: nothing to hold out)")
-    start = f"fine-tuning {init}" if not data.small and init else "from scratch"
+    start = f"fine-tuning {init}" if init else "from scratch"
     length = f"{count(epochs, 'epoch')} of {count(steps, 'step')}" if epochs else count(total, "step")
     decoding = "decoded once into memory" if data.small else count(workers, "decoding worker")
     if given.get("finetune.linear_probe"):  # no batches, lr, epochs or warm-up: one fit on features computed once
@@ -151,7 +153,7 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
     line = (f"no --recipe given: {data.describe()} -> recipe {recipe}, {start} at {size} px, batch {batch} "
             f"(lr {lr:g}), {length}, warm-up {count(warmup, 'step')}, validation on {where}, {decoding}. "
             "Change any of it with --recipe NAME or --set KEY=VALUE (e.g. "
-            f"--batch-size, --epochs{', --init none to train from scratch' if not data.small and init else ''}); "
+            f"--batch-size, --epochs{', --init none to train from scratch' if init else ''}); "
             "the run's config.yaml holds every value")
     return AutoRecipe(recipe, tuple(chosen.items()), line)
 
@@ -165,8 +167,9 @@ def checked(base, given: dict) -> dict:
 
 
 def image_size(data: DataFacts, scratch: bool) -> int:
-    if data.small:
+    if data.small and scratch:
         return data.short_side  # CIFAR's 32 stays 32; 64 px images are not shrunk
+    # pretrained nets downsample 32x: 32 px images are upscaled to 64 (a 2x2 last map, not 1x1)
     size = max(MIN_SIZE, min(PRETRAINED_SIZE, data.short_side // 32 * 32))
     return min(size, SCRATCH_MAX_SIZE) if scratch else size
 
