@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.files import write_text_atomic
+from resnetlab.guest import guest_call
 from resnetlab.models import profile
 
 from .images import bench_images
@@ -54,6 +55,7 @@ def suite_parser(description: str, results: Path) -> argparse.ArgumentParser:
     return parser
 
 
+@guest_call  # its models are seeded (measure.seeded_model); the caller's generators are left as found
 def run_bench(spec: BenchSpec, variants: list[Variant]) -> dict:
     """Baseline + variants on one machine in one run -> the result dict (see write_json)."""
     check_spec(spec)

@@ -23,6 +23,7 @@ import torch
 from resnetlab.config import Config, config_from_dict
 from resnetlab.errors import UserError, first_line
 from resnetlab.files import atomic_write, special_kind, storage_error
+from resnetlab.guest import kept_rng
 from resnetlab.models.weights import feed_tensor
 
 from .records import CHECKPOINT_FORMAT, Artifact, Checkpoint, check_checkpoint_format
@@ -221,7 +222,8 @@ def model_for_weights(artifact: Artifact, where) -> torch.nn.Module:
 
     name = artifact.model_name
     try:
-        model = create_model(name, num_classes=artifact.num_classes, **artifact.model_kwargs)
+        with kept_rng():  # its random init, overwritten below, must not move the caller's torch stream
+            model = create_model(name, num_classes=artifact.num_classes, **artifact.model_kwargs)
     except UserError as err:  # a model name this version does not know
         raise UserError(f"{where}: {err}") from None
     except TypeError as err:

@@ -21,6 +21,7 @@ from resnetlab.config import Config
 from resnetlab.data.loaders import epoch_image_size
 from resnetlab.errors import UserError, count, expect_type
 from resnetlab.files import StorageError
+from resnetlab.guest import guest_call
 
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, shutdown_distributed
@@ -74,6 +75,7 @@ def train_step(parts: StepParts, x: torch.Tensor, y: torch.Tensor):
     return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
 
 
+@guest_call  # seeded from train.seed inside; the caller's torch, numpy and random generators are left as found
 def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=None,
                        resume_note: str | None = None) -> RunSummary:
     """Train with `cfg`, writing into `workdir`; returns the run's summary (also summary.json).

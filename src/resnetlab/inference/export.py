@@ -34,6 +34,7 @@ from torch import nn
 
 from resnetlab.errors import UserError
 from resnetlab.files import atomic_path, atomic_write, check_writable, temporary, write_target
+from resnetlab.guest import guest_call
 
 from .out_guard import refuse_foreign
 
@@ -195,6 +196,7 @@ def check_out(fmt: str, out) -> Path:
     return out
 
 
+@guest_call  # the example batch above is drawn from torch's generator: the caller's is left as found
 def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, real: torch.Tensor | None = None) -> dict:
     """Write the export, run it, compare with PyTorch; returns {"out", "format", "max_abs_diff": {...}}.
     The file is written and checked under a temporary name, then renamed to `out`: an error or an

@@ -1,0 +1,44 @@
+"""What resnetlab leaves of the caller's process as it found it: its global random generators. A
+notebook or a service that calls resnetlab keeps its own random stream (a random search draws new
+values after each training).
+
+`kept_rng()` saves and restores torch's CPU generator, the CUDA generators, numpy's global
+generator and Python's `random`, whatever leaves the block (a return, an error, KeyboardInterrupt).
+Inside, a run seeds them from train.seed as before, so training is unchanged.
+"""
+from __future__ import annotations
+
+import functools
+import random
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+
+@contextmanager
+def kept_rng():
+    """torch (CPU and CUDA), numpy and `random` global generators as found, on any exit."""
+    cuda_before = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda_before else []
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        if not cuda_before and torch.cuda.is_available() and torch.cuda.is_initialized():
+            # CUDA started inside: before it, its generators held only the seed the CPU's also holds
+            # (torch.manual_seed and torch.seed seed both; never seeded, both have torch's default)
+            torch.cuda.manual_seed_all(torch.initial_seed())
+
+
+def guest_call(fn):
+    """Decorate a public entry point: it runs inside kept_rng(), and leaves the caller's generators as found."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with kept_rng():
+            return fn(*args, **kwargs)
+    return wrapper
+
