@@ -1,10 +1,13 @@
-"""What resnetlab leaves of the caller's process as it found it: its global random generators. A
-notebook or a service that calls resnetlab keeps its own random stream (a random search draws new
-values after each training).
+"""What resnetlab leaves of the caller's process as it found it: its global random generators and
+its default dtype. A notebook or a service that calls resnetlab keeps its own random stream (a
+random search draws new values after each training), and a process that made float64 the default
+still gets float32 models.
 
 `kept_rng()` saves and restores torch's CPU generator, the CUDA generators, numpy's global
 generator and Python's `random`, whatever leaves the block (a return, an error, KeyboardInterrupt).
-Inside, a run seeds them from train.seed as before, so training is unchanged.
+Inside, a run seeds them from train.seed as before, so training is unchanged. `float32_default()`
+builds under a float32 default dtype, restored after: a training, a bench or an export under a
+float64 default computes exactly what it computes under float32's.
 """
 from __future__ import annotations
 
@@ -35,10 +38,21 @@ def kept_rng():
 
 
 def guest_call(fn):
-    """Decorate a public entry point: it runs inside kept_rng(), and leaves the caller's generators as found."""
+    """Decorate a public entry point: it runs inside kept_rng() and float32_default() (torch's default
+    dtype is process-wide: float32 for every thread while the call runs)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with kept_rng():
+        with kept_rng(), float32_default():
             return fn(*args, **kwargs)
     return wrapper
 
+
+@contextmanager
+def float32_default():
+    """torch's default dtype float32 inside the block, the caller's again after it."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

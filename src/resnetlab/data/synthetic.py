@@ -22,10 +22,10 @@ def synthetic(num_images: int, num_classes: int, size: int, split: str = "train"
         raise UserError(f"synthetic data needs positive sizes, got {num_images} images, {num_classes} "
                         f"classes, {size}px (data.synthetic_size, data.synthetic_classes, data.image_size)")
     g = generator(SYNTHETIC, num_classes, size)
-    coarse = torch.rand(num_classes, 3, 4, 4, generator=g)
+    coarse = torch.rand(num_classes, 3, 4, 4, generator=g, dtype=torch.float32)  # whatever torch's default dtype
     patterns = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False) * 255
     g = generator(SYNTHETIC, num_classes, size, SPLITS[split] + 1, num_images)
     labels = torch.randint(0, num_classes, (num_images,), generator=g)
-    noise = torch.randn(num_images, 3, size, size, generator=g) * 40
+    noise = torch.randn(num_images, 3, size, size, generator=g, dtype=torch.float32) * 40
     images = (patterns[labels] + noise).round_().clamp_(0, 255).to(torch.uint8)
     return ArrayDataset(images, labels, [f"class{c}" for c in range(num_classes)])

@@ -5,7 +5,7 @@ built itself are ever loaded, and only from its own folder: $RESNETLAB_CACHE/com
 $XDG_CACHE_HOME/resnetlab/compiled, else ~/.cache/resnetlab/compiled, kept private (mode 0700,
 owned by the user; a folder that is not is never read). An entry is named by the SHA-256 of its
 key: the weights' own digest, the architecture (the folded model's repr and the source of
-resnetlab.models), the precision, memory format, input size, torch and Python versions and the
+resnetlab.models), the precision, memory format, input size and dtypes, torch and Python versions and the
 CPU's instruction-set flags. Beside each package a JSON file holds the full key and the
 package's SHA-256; an entry whose key differs or whose bytes do not match, that is not a regular
 file of ours, or that fails to load, is removed and rebuilt. Both files are written atomically
@@ -33,7 +33,8 @@ from resnetlab.files import (SHARED_IDLE_S, StorageError, atomic_write, cache_ho
                              write_text_atomic)
 from resnetlab.models.hub import sha256_of
 
-FORMAT = 1  # bump when the key or the package's calling convention changes
+FORMAT = 2  # bump when the key or the package's calling convention changes (2: the input's dtype in the key)
+INPUT_DTYPE = torch.float32  # what a package is built for and fed, whatever torch's default dtype
 ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4")  # the flags inductor's generated code depends on
 
 
@@ -67,6 +68,7 @@ def entry_key(name: str, weights: str, model: nn.Module, precision: str, memory_
     return {"format": FORMAT, "model": name, "outputs": ["logits", "features"], "weights_sha256": weights,
             "architecture_sha256": _architecture_digest(model), "precision": precision,
             "memory_format": memory_format, "input": [3, size, size], "batch": "dynamic",
+            "input_dtype": str(INPUT_DTYPE), "parameter_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(ISA_PREFIXES))}
 

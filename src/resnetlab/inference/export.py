@@ -124,7 +124,7 @@ def describe(meta: dict) -> str:
 def write(module: ImagesToLogits, artifact: Artifact, fmt: str, out: Path, dynamic_batch: bool) -> None:
     """Write the export atomically (resnetlab.files): a failure leaves nothing at `out`."""
     size = artifact.input_size
-    example = torch.rand(2 if dynamic_batch else 1, 3, size, size) * 255
+    example = torch.rand(2 if dynamic_batch else 1, 3, size, size, dtype=torch.float32) * 255
     if fmt == "safetensors":
         from resnetlab.engine.checkpoint import model_from_checkpoint
         from resnetlab.models import save_safetensors

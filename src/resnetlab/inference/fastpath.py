@@ -150,7 +150,7 @@ class FastModel(nn.Module):
         # The package was built for fp32 channels_last input; the caller's autocast must not reach
         # the kernels inside it (their dtype is fixed at compile time).
         with torch.autocast(x.device.type, enabled=False):
-            return package(x.float().contiguous(memory_format=torch.channels_last))
+            return package(x.to(compile_cache.INPUT_DTYPE).contiguous(memory_format=torch.channels_last))
 
     def _runner(self, x: torch.Tensor):
         if tuple(x.shape[1:]) != (3, self.size, self.size) or x.device.type != "cpu":
@@ -164,7 +164,9 @@ class FastModel(nn.Module):
         module = Heads(copy.deepcopy(self.eager).to(dtype), dtype).eval()
         key = compile_cache.entry_key(self.name, self.weights, self.eager, self.path.precision,
                                       "channels_last" if self.path.channels_last else "contiguous", self.size)
-        example = torch.zeros(2, 3, self.size, self.size).contiguous(memory_format=torch.channels_last)
+        # the dtype _run feeds, whatever torch's default: a float64 example made a package that read float32 as float64
+        example = torch.zeros(2, 3, self.size, self.size, dtype=compile_cache.INPUT_DTYPE)
+        example = example.contiguous(memory_format=torch.channels_last)
         what = f"{self.name} for {self.path.precision}{' channels_last' if self.path.channels_last else ''}"
         try:
             return compile_cache.load_or_build(module, example, key, what, estimate_seconds(self.eager))

@@ -9,6 +9,7 @@ from typing import Callable
 from torch import nn
 
 from resnetlab.errors import UserError, expect_type
+from resnetlab.guest import float32_default
 
 from .resnet import ResNet, cifar_resnet
 
@@ -71,7 +72,8 @@ def create_model(name: str, *, weights: str | None = None, pretrained: bool = Fa
     `create_model("resnet50", pretrained=True)` for the model's default weights. The weights bring
     their architecture arguments and class count; another num_classes keeps the backbone and starts
     a new classifier (fine-tuning). stride_on= places the stride of bottleneck blocks (resnet50 and
-    deeper); nets of basic blocks take it and are unchanged."""
+    deeper); nets of basic blocks take it and are unchanged. The model is float32 whatever torch's
+    default dtype (resnetlab's inputs, normalisers and compiled packages are float32)."""
     expect_type(name, str, "create_model takes a model name such as 'resnet50' (list_models() names them)")
     model_name, _, tag = name.partition(".")
     if tag or weights is not None or pretrained:
@@ -87,7 +89,9 @@ def create_model(name: str, *, weights: str | None = None, pretrained: bool = Fa
                         "ImageNet nets (e.g. resnet18 with stem='cifar' for 32 px images)")
     if kwargs.pop("residual", info.residual) != info.residual:
         raise UserError(f"{name!r} is {'residual' if info.residual else 'plain'}: pick its twin instead")
-    return builder(**_checked(name, kwargs, [k for k in BUILDER_KWARGS if info.family != "cifar" or k != "stem"]))
+    kwargs = _checked(name, kwargs, [k for k in BUILDER_KWARGS if info.family != "cifar" or k != "stem"])
+    with float32_default():  # a float64 default (scientific notebooks) gave float64 weights fed float32 inputs
+        return builder(**kwargs)
 
 
 def _create_pretrained(model_name: str, tag: str | None, weights: str | None, load: bool, kwargs: dict) -> nn.Module:
