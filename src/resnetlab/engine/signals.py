@@ -32,7 +32,8 @@ class TrainingInterrupted(Exception):
 
 
 class StopOnSignal:
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled  # False: no handler is installed (train_and_evaluate(..., handle_signals=False))
         self.signum: int | None = None
         self._previous = {}
         self._at_once: tuple | None = None  # (step, checkpoint) once there is nothing left to save
@@ -55,7 +56,7 @@ class StopOnSignal:
             raise TrainingInterrupted(signum, *self._at_once)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+        if self.enabled and threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in SIGNALS:
                 if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
                     continue  # nohup: the user asked the run to outlive the terminal

@@ -77,20 +77,23 @@ def train_step(parts: StepParts, x: torch.Tensor, y: torch.Tensor):
 
 @guest_call  # seeded from train.seed inside; the caller's torch, numpy and random generators are left as found
 def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=None,
-                       resume_note: str | None = None) -> RunSummary:
+                       resume_note: str | None = None, handle_signals: bool = True) -> RunSummary:
     """Train with `cfg`, writing into `workdir`; returns the run's summary (also summary.json).
 
     Under torchrun (RANK/WORLD_SIZE set) every process calls this; rank 0 writes the files.
-    Raises TrainingInterrupted on SIGINT/SIGTERM (after saving) and TrainingDiverged on NaN loss.
+    Raises TrainingInterrupted on SIGINT/SIGTERM/SIGHUP (after saving) and TrainingDiverged on NaN loss.
+    handle_signals=False leaves the process's signal handlers alone (a service's own SIGHUP handler,
+    one set from C): nothing is saved on a signal then, and Ctrl-C raises KeyboardInterrupt as usual.
     `resume_note`, a line on what a resume changes, is warned once the resumed run is accepted.
     finetune.linear_probe=true fits a classifier on frozen features instead (engine/linear_probe.py).
     """
     expect_type(cfg, Config, "train_and_evaluate takes a Config (resnetlab.config.load_config(RECIPE, "
                 "[OVERRIDES]) makes one)")
+    expect_type(handle_signals, bool, "handle_signals takes True or False")
     if cfg.finetune.linear_probe:
         from .linear_probe import train_linear_probe
 
-        with StopOnSignal() as stop:  # a probe has no steps to finish: a signal stops it where it lands
+        with StopOnSignal(handle_signals) as stop:  # a probe has no steps to finish: a signal stops it where it lands
             stop.at_once(0, None)  # (its --resume fits it again from the start, the same fit)
             return train_linear_probe(cfg, workdir, stream, resume=resume)
     dist_info = dist_info_from_env()
@@ -99,7 +102,7 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
     finished = False
     try:
         # Signals are caught before the lock and the data: a SIGTERM while data is built stops the run before step 1.
-        with (StopOnSignal() as stop, RunDirLock(Path(workdir), dist_info) as lock,
+        with (StopOnSignal(handle_signals) as stop, RunDirLock(Path(workdir), dist_info) as lock,
               held_heap(cfg.train.hold_heap and rt.device.type == "cpu")):
             summary = _train(RunRequest(cfg, Path(workdir), resume, dist_info, rt, stream, resume_note), stop, lock)
         finished = True
