@@ -75,6 +75,7 @@ def test_eval_views_and_counts(data):
         loader = make_eval_loader(data, CFG, LoaderSpec(128), protocol=protocol)
         seen = 0
         for views, y in loader:
+            views = [getattr(v, "x", v) for v in views]  # multiscale: ViewGroups, here each the whole (square) batch
             assert len(views) == count and all(v.dtype == torch.uint8 and v.shape[0] == len(y) for v in views)
             seen += len(y)
         assert seen == 300
@@ -141,14 +142,16 @@ def test_workers_beyond_the_cores_are_not_started(large_files, monkeypatch):
 
 def test_file_eval_views(large_files):
     cfg = DataConfig(dataset="folder", augment="imagenet", image_size=64, eval_resize=73)
-    shapes = {"center": [(5, 3, 64, 64)], "flip": [(5, 3, 64, 64)] * 2, "10crop": [(5, 3, 64, 64)] * 10,
-              "multiscale": [(5, 3, s, s) for s in (64, 73, 110, 137, 183)]}
+    shapes = {"center": [(5, 3, 64, 64)], "flip": [(5, 3, 64, 64)] * 2, "10crop": [(5, 3, 64, 64)] * 10}
     for protocol, expected in shapes.items():
         views, y = next(iter(make_eval_loader(large_files, cfg, LoaderSpec(5), protocol=protocol)))
         assert [tuple(v.shape) for v in views] == expected and y.tolist() == [0, 1, 2, 0, 1]
         if protocol == "flip":
             center, _ = next(iter(make_eval_loader(large_files, cfg, LoaderSpec(5))))
             assert torch.equal(views[0], center[0]) and torch.equal(views[1], center[0].flip(3))
+    groups, y = next(iter(make_eval_loader(large_files, cfg, LoaderSpec(5), protocol="multiscale")))  # whole images
+    seen = sorted((r, min(g.x.shape[2:])) for g in groups for r in g.rows.tolist())
+    assert seen == [(r, s) for r in range(5) for s in (64, 73, 110, 137, 183)] and y.tolist() == [0, 1, 2, 0, 1]
 
 
 def test_build_data_val_split_is_deterministic_and_disjoint():
@@ -191,7 +194,7 @@ def test_in_memory_images_are_resized_per_batch_to_image_size(data):
     assert x.shape == (16, 3, 48, 48) and data.images.shape[-1] == 32  # memory keeps 32 px
     for protocol, sides in (("center", [48]), ("10crop", [48] * 10), ("multiscale", [48, 55, 82, 103, 137])):
         views, _ = next(iter(make_eval_loader(data, cfg, LoaderSpec(4), protocol=protocol)))
-        assert [v.shape[-1] for v in views] == sides
+        assert [getattr(v, "x", v).shape[-1] for v in views] == sides  # multiscale: ViewGroups
 
 
 @pytest.mark.parametrize("augment", ["cifar", "none", "imagenet", "rrc"])

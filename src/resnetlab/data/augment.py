@@ -94,9 +94,10 @@ def multiscale_sides(image_size: int) -> list[int]:
     return [round(s * image_size / 224) for s in MULTISCALE_SIDES]
 
 
-def resize_batch(x: torch.Tensor, side: int) -> torch.Tensor:
-    """Resize a uint8 batch of square images to side x side (antialiased bilinear)."""
-    if x.shape[2:] == (side, side):
+def resize_batch(x: torch.Tensor, side: int | tuple[int, int]) -> torch.Tensor:
+    """Resize a uint8 batch to side x side, or to side = (h, w) (antialiased bilinear)."""
+    size = (side, side) if isinstance(side, int) else tuple(side)
+    if x.shape[2:] == size:
         return x
-    y = F.interpolate(x.float(), size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    y = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
     return y.round_().clamp_(0, 255).to(torch.uint8)

@@ -20,8 +20,9 @@ from resnetlab.config import DataConfig
 from resnetlab.errors import ResnetlabWarning, UserError
 
 from .augment import crop_flip, lighting, multiscale_sides, random_flip, resize_batch, resized_crops, ten_crop
-from .decode import BadImage, center_box, decode_crops, resized_shape, rrc_box, scale_box, square_box
+from .decode import BadImage, center_box, decode_crops, resized_shape, rrc_box, scale_box
 from .sampling import BatchDraws, batch_draws
+from .views import ViewGroup
 from .workers import worker_items, workers_that_fit
 
 if TYPE_CHECKING:  # the datasets make their batch sources from here
@@ -66,15 +67,18 @@ def train_boxes(cfg: DataConfig, w: int, h: int, u: np.ndarray) -> np.ndarray:
 
 def array_eval_views(data: ArrayDataset, cfg: DataConfig, idx: torch.Tensor, device, protocol: str) -> tuple:
     """Evaluation views of data[idx]: the image (flip: and its mirror); or 10 crops of the
-    training-padded image (corners, centre, flips); or the multi-scale sides; all resized by
-    data.image_size / stored size."""
+    training-padded image (corners, centre, flips), resized by data.image_size / stored size; or
+    (multiscale) the whole images, shorter side at each of multiscale_sides, with their mirrors."""
     images, labels = data.placed(device)
     x = images[idx.to(images.device)]
     native = x.shape[-1]
     if protocol == "10crop":
         views = [resize_batch(v, cfg.image_size) for v in ten_crop(F.pad(x, (CIFAR_PAD,) * 4), native)]
     elif protocol == "multiscale":
-        views = [resize_batch(x, side) for side in multiscale_sides(cfg.image_size)]
+        h, w = x.shape[2:]
+        rows = torch.arange(len(x), device=x.device)
+        views = [ViewGroup(resize_batch(x, resized_shape(w, h, side)[::-1]), rows, mirror=True)
+                 for side in multiscale_sides(cfg.image_size)]
     else:
         views = [resize_batch(x, cfg.image_size)]
     if protocol == "flip":
@@ -156,7 +160,8 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
             return 3 * size * size
         if self.protocol == "10crop":  # whole images at eval_resize, up to 4:3
             return 3 * self.cfg.eval_resize * self.cfg.eval_resize * 4 // 3
-        return sum(3 * side * side for side in multiscale_sides(size))
+        # multiscale: whole images at each side, up to 4:3; their mirrors are made where they are scored
+        return sum(3 * side * side * 4 // 3 for side in multiscale_sides(size))
 
     def _batch(self, i: int):
         idx = self.batches[i].tolist()
@@ -179,6 +184,8 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
             return None, y, bad
         if self.protocol == "10crop":
             return ten_crop_each(views, self.cfg.image_size), y, bad
+        if self.protocol == "multiscale":
+            return shape_groups(views), y, bad
         stacked = [_stack([v[n] for v in views]) for n in range(len(views[0]))]
         if self.protocol is None:  # a skipped file's draws are left unused: the others keep their own
             return self._batch_augment(stacked[0], draws.kept(torch.tensor(kept)) if bad else draws), y, bad
@@ -201,8 +208,8 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
             return lambda w, h: [(center_box(w, h, side, size), (size, size))]
         if self.protocol == "10crop":
             return lambda w, h: [((0, 0, w, h), resized_shape(w, h, side))]
-        sides = multiscale_sides(size)  # fully-convolutional views: centre square at each scale
-        return lambda w, h: [(square_box(w, h), (s, s)) for s in sides]
+        sides = multiscale_sides(size)  # fully-convolutional: the whole image, shorter side at each scale
+        return lambda w, h: [((0, 0, w, h), resized_shape(w, h, s)) for s in sides]
 
     def _batch_augment(self, x: torch.Tensor, draws: BatchDraws) -> torch.Tensor:
         if self.cfg.augment == "cifar":
@@ -231,6 +238,19 @@ def ten_crop_each(views: list, size: int) -> list[torch.Tensor]:
     """10-crop of each image (sizes differ per image), regrouped into 10 batches."""
     per_image = [ten_crop(torch.from_numpy(v[0]).permute(2, 0, 1)[None], size) for v in views]
     return [torch.cat([crops[n] for crops in per_image]) for n in range(10)]
+
+
+def shape_groups(views: list) -> list[ViewGroup]:
+    """Each image's multi-scale views (one (h, w, 3) array per side; shapes differ per image) as
+    ViewGroups: per side, the images of one shape batched together (mirrored where scored)."""
+    groups = []
+    for n in range(len(views[0])):
+        rows: dict = {}
+        for row, arrays in enumerate(views):
+            rows.setdefault(arrays[n].shape, []).append(row)
+        groups += [ViewGroup(_stack([views[r][n] for r in same]), torch.tensor(same), mirror=True)
+                   for same in rows.values()]
+    return groups
 
 
 def _stack(arrays: list[np.ndarray]) -> torch.Tensor:

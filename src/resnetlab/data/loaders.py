@@ -3,7 +3,8 @@
 make_train_loader(dataset, cfg, LoaderSpec(...), seed=, epoch=) yields (x, y): x uint8
 (B, 3, S, S) augmented (S: the epoch's side, see epoch_image_size), y int64 (B,), on spec.device.
 make_eval_loader(dataset, cfg, LoaderSpec(...), protocol) yields (views, y): views a list of
-uint8 (B, 3, h, w), one per test view.
+uint8 (B, 3, h, w), one per test view (multiscale: ViewGroups, the images of one shape at one
+scale, as whole images differ in shape; data/views.py).
 
 Each dataset kind makes its own batch source (`batch_source`, data/batches.py): in-memory
 datasets are gathered and augmented as whole batches where they live (the GPU, when device is

@@ -1,8 +1,11 @@
 """Top-1 / top-5 accuracy under the paper's testing protocols.
 
-center: one centre crop. 10crop: four corners + centre and their flips (Sec. 3.4, "standard
-10-crop testing"). multiscale: the fully-convolutional multi-scale average of Sec. 3.4. The
-views of one image are combined by averaging their softmax outputs.
+center: one centre crop. flip: it and its mirror. 10crop: four corners + centre and their flips
+(Sec. 3.4, "standard 10-crop testing"). multiscale: the fully-convolutional form of Sec. 3.4 (VGG's
+dense evaluation): the whole image, its shorter side resized to each of 224, 256, 384, 480, 640
+(scaled by data.image_size / 224; aspect kept), and its mirror, each through the network, whose
+global average pooling averages the score map (data/views.py: images of a batch grouped by shape).
+The views of one image are combined by averaging their softmax outputs (engine/scoring.py).
 """
 from __future__ import annotations
 
@@ -18,20 +21,8 @@ from resnetlab.config import PROTOCOLS
 from resnetlab.errors import ResnetlabWarning, UserError
 
 from .distributed import DistInfo, all_reduce_sum
-from .runtime import Runtime, autocast, to_input
-
-
-
-@torch.no_grad()
-def predict_views(model: nn.Module, normalizer: nn.Module, views: list[torch.Tensor], rt: Runtime) -> torch.Tensor:
-    """Mean softmax over the views of a batch: list of (B, 3, H, W) uint8 -> (B, num_classes) float32."""
-    probs = None
-    for view in views:
-        with autocast(rt):
-            logits = model(to_input(normalizer(view), rt))
-        p = logits.float().softmax(dim=1)
-        probs = p if probs is None else probs + p
-    return probs / len(views)
+from .runtime import Runtime
+from .scoring import predict_views
 
 
 def _topk(probs: torch.Tensor) -> torch.Tensor:

@@ -132,26 +132,27 @@ class Predictor:
         self.failed = [(path, reason) for _, path, reason in self._failed]  # in file order
 
     @torch.no_grad()
-    def probs(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """Mean softmax over the views: list of uint8 (B, 3, H, W) -> (B, num_classes) float32."""
-        from resnetlab.engine.evaluate import predict_views
+    def probs(self, views: list) -> torch.Tensor:
+        """Mean softmax over each image's views (as `batches` gives them) -> (B, num_classes) float32."""
+        from resnetlab.engine.scoring import predict_views
 
         return predict_views(self.model, self.normalizer, list(views), self.rt)
 
     @torch.no_grad()
-    def embeddings(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """Pooled last feature map, averaged over the views: (B, num_features) float32."""
+    def embeddings(self, views: list) -> torch.Tensor:
+        """Pooled last feature map, averaged over each image's views: (B, num_features) float32."""
+        from resnetlab.data.views import mean_over_views
         from resnetlab.engine.runtime import autocast, to_input
         from resnetlab.inference.fastpath import embeddings
 
         if self.int8:
             raise UserError("embeddings come from the fp32 model; the int8 model has only its forward pass")
-        total = None
-        for view in views:
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
             with autocast(self.rt):
-                e = embeddings(self.model, to_input(self.normalizer(view), self.rt)).float()
-            total = e if total is None else total + e
-        return total / len(views)
+                return embeddings(self.model, to_input(self.normalizer(x), self.rt)).float()
+
+        return mean_over_views(views, embed)
 
 
 def predict_files(predictor: Predictor, paths: list[str], topk: int = 5, protocol: str = "center",
