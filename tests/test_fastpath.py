@@ -159,6 +159,27 @@ def test_second_load_is_a_cache_hit(built, monkeypatch, capfd):
     assert (built[0] / "compiled").stat().st_mode & 0o777 == 0o700
 
 
+def test_models_of_one_package_share_its_loaded_runner(built, monkeypatch):
+    # torch's AOTI loader keeps the memory of a dropped loader: one load per package and process
+    monkeypatch.setenv("RESNETLAB_CACHE", str(built[0]))
+    monkeypatch.setattr(compile_cache, "compile_package", lambda *a: pytest.fail("compiled again"))
+    (first, rt), (second, _) = fast("bf16"), fast("bf16")
+    assert torch.equal(outputs(first, rt, images())[0], outputs(second, rt, images())[0])
+    assert first._package is second._package
+
+
+def test_a_package_file_rebuilt_with_other_bytes_is_loaded_again(built, tmp_path):
+    package = tmp_path / "entry.pt2"
+    runners = []
+    for precision in ("bf16", "bf16", "fp32"):
+        package.write_bytes(built[1][precision][1])
+        runners.append(compile_cache._load(package, compile_cache.sha256_of(package)))
+    assert runners[0] is runners[1] and runners[2] is not runners[0]
+    with torch.no_grad():
+        logits = runners[2](images().contiguous(memory_format=torch.channels_last))[0]
+    assert torch.equal(logits, built[1]["fp32"][0][0])  # the new bytes' model, not the stale one
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "foreign key", "bad json", "no json"])
 def test_a_damaged_or_foreign_entry_is_rebuilt(cache, fake_compile, damage, capfd):
     net, rt = fast("bf16")

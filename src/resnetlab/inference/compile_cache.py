@@ -11,7 +11,8 @@ package's SHA-256; an entry whose key differs or whose bytes do not match, that 
 file of ours, or that fails to load, is removed and rebuilt. Both files are written atomically
 (resnetlab.files), so a killed build leaves no entry, only a temporary file that the next run
 removes. A folder that cannot be written is not an error: the model is compiled in memory, and
-the one line that says it is compiling says so.
+the one line that says it is compiling says so. A package is loaded once per process and file
+content, and shared by every model that runs it (`_load`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -96,8 +98,21 @@ class Package:
         return self.loader.run([x])
 
 
-def _load(path: Path) -> Package:
-    return Package(path)
+_LOADED: dict[str, tuple[str, Package]] = {}  # a package file -> (the SHA-256 of its bytes, its loaded Package)
+_LOADED_LOCK = threading.Lock()
+
+
+def _load(path: Path, sha256: str) -> Package:
+    """One loaded Package per package file and content in this process, shared by every model that
+    runs it: torch's AOTI loader does not give back the memory of a loader that is dropped, so each
+    `resnetlab.load` loading its own copy grew the process by the package's size. A file rebuilt
+    since (other bytes) is loaded again, never served stale."""
+    where = str(path.resolve())
+    with _LOADED_LOCK:
+        found = _LOADED.get(where)
+        if found is None or found[0] != sha256:
+            found = _LOADED[where] = (sha256, Package(path))
+        return found[1]
 
 
 def unusable(folder: Path) -> str | None:
@@ -132,7 +147,7 @@ def load_entry(package: Path, meta: Path, key: dict):
     try:
         info = json.loads(meta.read_text())
         if info.get("key") == key and _ours(package) and info.get("sha256") == sha256_of(package):
-            return _load(package)
+            return _load(package, info["sha256"])
     except Exception:  # noqa: BLE001  (unreadable JSON or package, a library that fails to load: rebuild)
         pass
     for path in (package, meta):
@@ -158,10 +173,11 @@ def load_or_build(module: nn.Module, example: torch.Tensor, key: dict, what: str
             try:
                 with atomic_write(package) as f, open(built, "rb") as src:
                     shutil.copyfileobj(src, f)
-                write_text_atomic(meta, json.dumps({"key": key, "sha256": sha256_of(package)}, indent=1))
-                return _load(package)
+                digest = sha256_of(package)
+                write_text_atomic(meta, json.dumps({"key": key, "sha256": digest}, indent=1))
+                return _load(package, digest)
             except (OSError, StorageError) as e:  # a full disk while storing (atomic_write raises StorageError,
                 # not an OSError): the build is still good, only the cache misses it
                 warnings.warn(f"could not keep the compiled model in {folder} ({e}); the next run compiles again",
                               ResnetlabWarning, stacklevel=2)
-        return _load(built)  # loaded (the library copied out) before the temporary folder goes
+        return Package(built)  # loaded (the library copied out) before the temporary folder goes
