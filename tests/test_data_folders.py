@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 import resnetlab.data.folder as folder
 from resnetlab.config import DataConfig
@@ -19,17 +20,23 @@ from resnetlab.errors import ResnetlabWarning, UserError
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "emu": (30, 30, 200)}
 
 
-def _write(path, colour, size=(32, 32), mode="RGB", fmt=None):
+def _write(path, colour, size=(32, 32), mode="RGB", fmt=None, tag=None):
+    """tag: a PNG text chunk, so that images of one colour are not byte-identical files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.new("RGB", size, colour)
-    (img if mode == "RGB" else img.convert(mode)).save(path, format=fmt)
+    info = None
+    if tag is not None:
+        info = PngInfo()
+        info.add_text("tag", tag)
+    (img if mode == "RGB" else img.convert(mode)).save(path, format=fmt, **({"pnginfo": info} if info else {}))
 
 
 def _tree(root, per_class=4, splits=("train", "test"), size=(32, 32)):
+    """Solid-colour PNGs, the same pixels in every split, each file's bytes its own (no split shares a file)."""
     for split in splits:
         for name, colour in COLOURS.items():
             for i in range(per_class):
-                _write(root / split / name / f"{i}.png", colour, size)
+                _write(root / split / name / f"{i}.png", colour, size, tag=f"{split}/{name}/{i}")
     return root
 
 
@@ -342,7 +349,7 @@ def test_skipped_files_are_counted_when_met_while_decoding(tmp_path):
     root = _tree(tmp_path / "d", size=(100, 80), splits=("train",))
     huge_png(root / "train" / "cat" / "1.png")  # its header refuses it: with skip_bad, left out as the data is built
     cut = root / "train" / "cat" / "2.png"  # its header reads, its data is cut short: met only when decoded
-    cut.write_bytes(cut.read_bytes()[:60])
+    cut.write_bytes(cut.read_bytes()[:cut.read_bytes().index(b"IDAT") + 23])  # 19 bytes of its pixel data
     (root / "train" / "emu" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     cfg = _cfg(root, tmp_path, image_size=64, augment="rrc", normalize="imagenet")
     with pytest.raises(UserError, match=r"emu/gone\.png: dangling symbolic link"):
@@ -456,7 +463,7 @@ def test_a_class_named_in_another_unicode_form_in_test_is_the_training_class(tmp
     root = tmp_path / "d"
     for split, name in (("train", "cafe\u0301"), ("train", "tea"), ("test", "caf\u00e9"), ("test", "tea")):
         for i in range(3):
-            _write(root / split / name / f"{i}.png", (200, 0, 0) if name != "tea" else (0, 200, 0))
+            _write(root / split / name / f"{i}.png", (200, 0, 0) if name != "tea" else (0, 200, 0), tag=f"{split}{i}")
     bundle = build_data(_cfg(root, tmp_path))
     assert bundle.classes == ["cafe\u0301", "tea"] and unicodedata.is_normalized("NFD", bundle.classes[0])
     assert bundle.test.labels.tolist() == [0, 0, 0, 1, 1, 1]

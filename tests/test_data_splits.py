@@ -53,7 +53,7 @@ def _photos(root, counts):
     """ROOT/<class>/ only, small PNGs, a stray text file in a class folder and one at the top."""
     for (name, colour), n in zip(COLOURS.items(), counts):
         for i in range(n):
-            _write(root / name / f"{i}.png", colour)
+            _write(root / name / f"{i}.png", colour, tag=f"{name}/{i}")  # one colour, its own bytes
     (root / "cat" / "notes.txt").write_text("not a photo")
     (root / "README").write_text("")
     return root
@@ -74,8 +74,7 @@ def test_a_folder_of_class_folders_is_the_training_set_and_its_record_lists_the_
         assert bundle.classes[label] == name.split("/")[0] and tuple(img[:, 0, 0].tolist()) == COLOURS[name.split("/")[0]]
     lines = notes(bundle, "none")
     assert lines[0] == "images per class (train/val): cat 8/2, dog 4/1, emu 2/0"
-    assert lines[-1] == ("ignored 2 files that are not an image in a class folder (no extension 1, .txt 1): README, "
-                         "cat/notes.txt")
+    assert lines[-1] == "ignored 2 files that are not images (no extension 1, .txt 1): README, cat/notes.txt"
 
 
 def test_imbalance_warns_above_5x_unless_balanced_and_loss_weights_are_balanced(tmp_path):

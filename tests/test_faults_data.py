@@ -21,7 +21,7 @@ COLOURS = {"bird": (30, 30, 200), "cat": (200, 30, 30), "dog": (30, 200, 30)}
 def photos(root, per_class=8, colours=COLOURS):
     for name, colour in colours.items():
         for i in range(per_class):
-            _write(root / name / f"img{i}.png", colour, (16, 16))
+            _write(root / name / f"img{i}.png", colour, (16, 16), tag=f"{name}{i}")  # one colour, its own bytes
     return root
 
 
@@ -73,7 +73,7 @@ def test_resume_refuses_an_added_class_before_loading_the_checkpoint(run, capsys
 def test_resume_refuses_added_photos_and_keeps_the_hold_out_record(run, capsys):
     data, out = run
     for i in range(8, 12):
-        _write(data / "cat" / f"img{i}.png", COLOURS["cat"], (16, 16))
+        _write(data / "cat" / f"img{i}.png", COLOURS["cat"], (16, 16), tag=f"new{i}")
     line = refused(capsys, out)
     assert "train images per class were cat 6; now cat 9; val images per class were cat 2; now cat 3" in line
 
@@ -93,13 +93,13 @@ def test_resume_refuses_a_photo_replaced_under_its_name_and_takes_a_copy_that_ke
     assert main(["train", "--resume", str(out), "--data", str(copy), "--max-steps", "4"]) == 0
 
 
-def uncompressed_photos(root, colours=COLOURS):
-    """BMPs of one resolution: every file the same size, whatever its pixels."""
+def uncompressed_photos(root, colours=COLOURS, shift=0):
+    """BMPs of one resolution: every file the same size, whatever its pixels (shift: other pixels)."""
     from PIL import Image
     for name, colour in colours.items():
         for i in range(8):
             (root / name).mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (16, 16), tuple(c + i for c in colour)).save(root / name / f"img{i}.bmp")
+            Image.new("RGB", (16, 16), tuple(c + i + shift for c in colour)).save(root / name / f"img{i}.bmp")
     return root
 
 
@@ -139,7 +139,7 @@ def test_a_moved_folder_with_the_same_images_resumes_and_another_is_refused(run,
     data, out = run
     other = tmp_path / "other"
     shutil.copytree(data, other)
-    _write(other / "dog" / "img8.png", COLOURS["dog"], (16, 16))
+    _write(other / "dog" / "img8.png", COLOURS["dog"], (16, 16), tag="new")
     assert "train images per class were dog 6; now dog 7" in refused(capsys, out, "--data", str(other))
     moved = tmp_path / "moved"
     shutil.move(data, moved)
@@ -157,7 +157,7 @@ def test_a_moved_folder_with_the_same_images_resumes_and_another_is_refused(run,
 def test_a_run_without_data_json_resumes_as_before(run, capsys):
     data, out = run
     (out / "data.json").unlink()
-    _write(data / "cat" / "img8.png", COLOURS["cat"], (16, 16))
+    _write(data / "cat" / "img8.png", COLOURS["cat"], (16, 16), tag="new")
     assert main(["train", "--resume", str(out), "--max-steps", "4"]) == 0
 
 
@@ -166,7 +166,7 @@ def test_eval_val_scores_the_recorded_hold_out_after_photos_were_added(run, caps
     assert main(["eval", str(out), "--split", "val", "--json"]) == 0
     before, err = capsys.readouterr()
     assert "warning" not in err
-    _write(data / "cat" / "img8.png", COLOURS["cat"], (16, 16))  # another hold-out would be drawn from the folder now
+    _write(data / "cat" / "img8.png", COLOURS["cat"], (16, 16), tag="new")  # another hold-out would be drawn now
     assert main(["eval", str(out), "--split", "val", "--json"]) == 0
     after, err = capsys.readouterr()
     assert "warning" not in err
@@ -235,8 +235,8 @@ def test_eval_val_says_nothing_of_a_test_split_edited_since(tmp_path, capsys):
     """The warning that the held-out images are scored as they are now came for any change, the test
     split's included, which the hold-out never draws from."""
     from PIL import Image
-    for split in ("train", "test"):
-        uncompressed_photos(tmp_path / "splits" / split)
+    for split, shift in (("train", 0), ("test", 8)):  # test's images are not train's
+        uncompressed_photos(tmp_path / "splits" / split, shift=shift)
     data, out = trained_on(tmp_path / "splits", tmp_path, capsys)
     cat, dog = data / "test" / "cat" / "img3.bmp", data / "test" / "dog" / "img3.bmp"
     stat = cat.stat()

@@ -64,7 +64,7 @@ def test_train_with_no_flags_says_what_it_chose_and_records_the_data(run):
     assert lines[0].startswith("resnetlab train: no --recipe given: 48 photos in 4 classes (shorter side ~")
     assert "finetune_short.yaml, fine-tuning " in lines[0] and "at 32 px, batch 8 (lr 0.00125), 2 epochs of 4 steps" in lines[0]
     assert "images per class (train/val): amber 12/3, blue 12/3, green 12/3, rose 2/1" in lines
-    assert "ignored 1 file that is not an image in a class folder (.txt 1): train/notes.txt" in lines
+    assert "ignored 1 file that is not an image (.txt 1): train/notes.txt" in lines
     assert any(line.startswith("resnetlab train: warning: imbalanced classes: 'amber' has 12 training images, 'rose' 2 "
                                "(6.0x)") for line in lines)
     assert "Traceback" not in err

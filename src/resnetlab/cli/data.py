@@ -76,7 +76,8 @@ def run(args):
         print(json.dumps({"summary": describe(bundle), "classes": bundle.classes, "sizes": sizes,
                           "skipped": [{"path": p, "reason": r} for p, r in skipped], "decoded_whole": not headers_only,
                           "empty_classes": bundle.provenance.get("empty_classes", {}),
-                          "caches": bundle.provenance.get("caches", [])}))
+                          "caches": bundle.provenance.get("caches", []),
+                          "overlap": bundle.provenance.get("overlap")}))
         return 0
     print(describe(bundle))
     for path, reason in skipped:

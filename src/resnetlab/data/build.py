@@ -26,11 +26,12 @@ from resnetlab.files import cache_home, home
 
 from . import folder as folders
 from .cifar import SPECS, load_cifar
-from .datasets import ArrayDataset, FileDataset
+from .datasets import ArrayDataset, FileDataset, case_twins
 from .fingerprints import fingerprint
 from .decode import unreadable_headers
 from .loaders import check_augment
 from .normalize import Normalizer
+from .overlap import describe_overlap, overlap_record, split_overlap
 from .sampling import holdout, stratified_subset
 from .summary import describe_empty, describe_skipped
 from .synthetic import synthetic
@@ -61,15 +62,28 @@ def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True,
     train, val, test, provenance = _load(cfg)
     check_augment(train, cfg)
     provenance["validation"] = {"from": "val/ folder" if val is not None else "none", "val_size": cfg.val_size}
+    files = provenance.pop("split_files", None)  # folders: the paths of each split's images, in order
+    pick = lambda paths, indices: [paths[i] for i in indices.tolist()]  # noqa: E731
     if val is None and cfg.val_size > 0:
         keep, held = holdout(train.labels, cfg.val_size, seed)
         train, val = train.subset(keep), train.subset(held)
+        if files:
+            files["train"], files["val"] = pick(files["train"], keep), pick(files["train"], held)
         names = provenance.pop("train_files", None)
         provenance["validation"] = {"from": "held out of train", "val_size": cfg.val_size, "images": len(held), "seed": seed,
                               **({"files": [names[i] for i in held.tolist()]} if names else {"indices": held.tolist()})}
     provenance.pop("train_files", None)
     if cfg.train_size is not None:  # after the hold-out, so val is the same with or without it
-        train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
+        chosen = stratified_subset(train.labels, cfg.train_size, seed)
+        train = train.subset(chosen)
+        if files:
+            files["train"] = pick(files["train"], chosen)
+    if files:
+        shared = split_overlap(files)
+        provenance["overlap"] = overlap_record(shared)
+        message = describe_overlap(shared, provenance["root"], provenance["validation"]["from"] == "held out of train")
+        if message:  # also for the data command, which lists skipped files itself but not this
+            warnings.warn(message, ResnetlabWarning, stacklevel=2)
     normalizer = normalizer or fit_normalizer(train, cfg, seed)
     if warn_skipped and provenance.get("skipped"):
         warnings.warn(describe_skipped(provenance["skipped"], provenance["root"]), ResnetlabWarning, stacklevel=2)
@@ -125,6 +139,10 @@ def _load_folder(root: Path, cfg: DataConfig):
     if len(first.classes) < 2:
         raise UserError(f"{root} has one class folder ({first.classes[0]}); a classifier needs at least two: "
                         "ROOT/<class>/<image> or ROOT/train/<class>/<image>, one folder per class")
+    for twins in case_twins(first.classes):
+        warnings.warn(f"class folders {' and '.join(f'{t}/' for t in twins)} differ only by case: they are "
+                      f"{len(twins)} classes here (and cannot both exist on macOS or Windows); if they are one class, "
+                      "merge them into one folder", ResnetlabWarning, stacklevel=3)
     scanned = {"train": first}
     for split in ("val", "test") if layout == "splits" else ():
         if (root / split).is_dir():
@@ -150,6 +168,7 @@ def labelled_folder(root: Path, split: str, cfg: DataConfig):
         raise UserError(f"{root} has no {split}/ folder (only {present}); pick the split with --split")
     out, provenance = load_scanned({split: folders.scan(root / split if layout == "splits" else root, None, cfg.skip_bad)},
                              root, cfg)
+    provenance.pop("split_files")
     if provenance["skipped"]:
         warnings.warn(describe_skipped(provenance["skipped"], root), ResnetlabWarning, stacklevel=2)
     return out[split], provenance
@@ -189,6 +208,7 @@ def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict
             out[split] = FileDataset(scan.paths, scan.labels, classes)
         if split == "train":
             provenance["train_files"] = [relative(p, root) for p in kept]
+        provenance.setdefault("split_files", {})[split] = kept
         pixels = out[split].images.numpy() if side is not None else None  # (N, 3, H, W), contiguous: hashed in place
         provenance.setdefault("fingerprints", {})[split] = fingerprint(kept, root, pixels)
     return out, provenance

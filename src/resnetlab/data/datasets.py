@@ -167,3 +167,11 @@ def class_key(name: str) -> str:
     and "café" there and "café" typed here are one class."""
     return unicodedata.normalize("NFC", name)
 
+
+def case_twins(names: list[str]) -> list[list[str]]:
+    """Groups of class names equal but for case (after class_key): `Cat/` and `cat/` are two classes,
+    and cannot both exist on macOS or Windows file systems, so almost always a merge mistake."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(class_key(name).casefold(), []).append(name)
+    return [group for group in groups.values() if len(group) > 1]

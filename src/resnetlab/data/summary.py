@@ -12,7 +12,7 @@ from pathlib import PurePath
 import torch
 
 from .fingerprints import fingerprint_changes
-from .folder import SPLITS
+from .folder import IMAGE_EXTS, SPLITS
 
 IMBALANCE_WARN = 5.0  # largest / smallest training class at least this: warn (when data.balance is none)
 CLASSES_LISTED = 12  # more classes than this: the counts line gives the range, not every class
@@ -74,16 +74,30 @@ def notes(bundle, balance: str) -> list[str]:
         lines.append(f"data.balance={balance}: " + ("every class drawn equally often" if balance == "sampler"
                                                     else "cross-entropy weighted by n / (classes x count)"))
     if provenance.get("ignored"):
-        lines.append(ignored_line(provenance["ignored"]))
+        lines.append(ignored_line(provenance["ignored"], provenance.get("layout")))
     return lines
 
 
-def ignored_line(ignored: list[str]) -> str:
-    """'ignored 2 files that are not images in class folders (.txt 1, no extension 1): a/notes.txt, ...'"""
-    kinds = Counter(PurePath(p).suffix.lower() or "no extension" for p in ignored)
-    shown = ", ".join(ignored[:FILES_LISTED]) + (", ..." if len(ignored) > FILES_LISTED else "")
-    return (f"ignored {len(ignored)} file{'s' * (len(ignored) != 1)} that {'are' if len(ignored) != 1 else 'is'} "
-            f"not an image in a class folder ({', '.join(f'{k} {n}' for k, n in kinds.most_common())}): {shown}")
+def ignored_line(ignored: list[str], layout: str | None = None) -> str:
+    """'ignored 3 files: 1 image outside any class folder (stray.jpg; move it into its class folder),
+    2 files that are not images (.md 1, .txt 1): README.md, cat/notes.txt'. ignored: paths relative to the
+    root; layout: "classes" (ROOT/<class>/) or "splits" (ROOT/<split>/<class>/), which tells a file
+    beside the class folders from one in them."""
+    depth = 2 if layout == "splits" else 1  # parts of a path that lies beside the class folders
+    loose = [p for p in ignored if PurePath(p).suffix.lower() in IMAGE_EXTS and len(PurePath(p).parts) == depth]
+    others = [p for p in ignored if p not in loose]
+    listed = lambda paths: ", ".join(paths[:FILES_LISTED]) + ", ..." * (len(paths) > FILES_LISTED)  # noqa: E731
+    parts = []
+    if loose:
+        one = len(loose) == 1
+        parts.append(f"{len(loose)} image{'' if one else 's'} outside any class folder ({listed(loose)}; to train on "
+                     f"{'it, move it into its class folder' if one else 'them, move them into their class folders'})")
+    if others:
+        kinds = Counter(PurePath(p).suffix.lower() or "no extension" for p in others)
+        parts.append(f"{len(others)} file{'s' * (len(others) != 1)} that {'are' if len(others) != 1 else 'is'} "
+                     f"not {'images' if len(others) != 1 else 'an image'} "
+                     f"({', '.join(f'{k} {n}' for k, n in kinds.most_common())}): {listed(others)}")
+    return f"ignored {'; '.join(parts)}"
 
 
 def data_record(bundle) -> dict:
@@ -105,6 +119,7 @@ def data_record(bundle) -> dict:
         "ignored_files": provenance.get("ignored", []),
         "skipped_files": [{"path": p, "reason": r} for p, r in skipped.items()],
         "fingerprints": provenance.get("fingerprints"),  # folders: per split (data.fingerprints)
+        "overlap": provenance.get("overlap"),  # folders: images shared by two splits (data.overlap)
     }
 
 
