@@ -48,6 +48,16 @@ def test_confusion_matrix_is_counted_in_the_evaluation_pass():
     assert report["confusion"].tolist() == EXPECTED and report["confusion"].dtype == torch.int64
     assert report["top1"] == 100.0 * 3 / 8 and report["confusion"].trace().item() == 3
     assert "confusion" not in evaluate(FirstPixel(), nn.Identity(), loader, RT)  # only when asked for
+    # cat 2/3, dog 1/2, fox 0/3; owl has no images and does not count
+    assert report["balanced_top1"] == pytest.approx(100 * (2 / 3 + 1 / 2 + 0) / 3)
+
+
+def test_balanced_top1_weighs_each_class_alike():
+    """1000 cats and 5 dogs: a model that never says dog had top-1 99.5%, and nothing else said otherwise."""
+    from resnetlab.engine.confusion import balanced_top1
+
+    assert balanced_top1(torch.tensor([[1000, 0], [5, 0]])) == 50.0
+    assert balanced_top1(torch.zeros(3, 3)) is None
 
 
 def test_precision_and_recall_per_class_undefined_is_none_not_zero():
@@ -238,3 +248,15 @@ def test_eval_on_another_folder_than_the_runs_own_gets_its_own_folder(tmp_path):
     # two folders of one name (/data/three, /alt/three) wrote into one folder, the second's files over the first's
     assert default_eval_dir(best, "test", "center", None, "/alt/holiday_photos") != default_eval_dir(
         best, "test", "center", None, "/data/holiday_photos")
+
+
+def test_eval_prints_the_balanced_top1_and_no_top5_of_five_classes_or_fewer(run_dir, tmp_path, capsys):
+    """Top-5 of 4 classes is 100% whatever the model; plain top-1 alone hid a class never predicted."""
+    assert main(["eval", str(run_dir), "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    assert "top-5: - (of 4 classes, every one is in the top 5)" in printed and "top-5 acc" not in printed
+    assert "  balanced  " in printed
+    assert main(["eval", str(run_dir), "--out", str(tmp_path / "ev"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    classes = [r for r in report["per_class"] if r["images"]]
+    assert report["balanced_top1"] == pytest.approx(sum(r["recall"] for r in classes) / len(classes))

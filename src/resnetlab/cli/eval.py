@@ -65,7 +65,12 @@ def print_report(report: dict, as_json: bool) -> None:
     print(f"{report['checkpoint']}  split={report['split']}  protocol={report['protocol']}  n={report['n']}  "
           f"precision={report['precision']}")
     print(f"  top-1 acc {report['top1']:6.2f}%   error {report['top1_err']:6.2f}%")
-    print(f"  top-5 acc {report['top5']:6.2f}%   error {report['top5_err']:6.2f}%")
+    if report.get("balanced_top1") is not None:
+        print(f"  balanced  {report['balanced_top1']:6.2f}%   (top-1 of each class, averaged: each class counts alike)")
+    if len(report["per_class"]) > 5:
+        print(f"  top-5 acc {report['top5']:6.2f}%   error {report['top5_err']:6.2f}%")
+    else:  # every class is among the top 5: always 100%
+        print(f"  top-5: - (of {len(report['per_class'])} classes, every one is in the top 5)")
     if len(report["per_class"]) <= PER_CLASS_PRINTED:
         print("per class (%; '-': undefined, e.g. the precision of a class never predicted):")
         print(format_table([ClassResult(**r) for r in report["per_class"]]))

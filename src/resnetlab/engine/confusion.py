@@ -62,6 +62,16 @@ def per_class(matrix: torch.Tensor, classes) -> list[ClassResult]:
     return results
 
 
+def balanced_top1(matrix: torch.Tensor) -> float | None:
+    """Mean of the per-class top-1 accuracies (recall), in %, over the classes with images: sklearn's
+    balanced accuracy. Plain top-1 weighs classes by their counts: 1000 cats and 5 dogs score 99.5% for a
+    model that never says dog; this says 50%. None when no class has images."""
+    matrix = torch.as_tensor(matrix).double().cpu()
+    rows = matrix.sum(1)
+    present = rows > 0
+    return float((matrix.diagonal()[present] / rows[present]).mean() * 100) if bool(present.any()) else None
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 

@@ -77,7 +77,10 @@ def evaluate(model: nn.Module, normalizer: nn.Module, loader, rt: Runtime, proto
     c1, c5, n = totals[:3].tolist()
     report = accuracy_report(c1, c5, n, protocol)
     if num_classes:  # float64 holds counts exactly up to 2**53
+        from .confusion import balanced_top1
+
         report["confusion"] = totals[3:].round().long().view(num_classes, num_classes)
+        report["balanced_top1"] = balanced_top1(report["confusion"])
     return report
 
 
