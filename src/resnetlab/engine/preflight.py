@@ -2,7 +2,7 @@
 files it ignored, what was held out for validation (also written to RUN/data.json), and warnings
 for choices that work but cost the user (imbalanced classes left as they are, a warm-up or lr
 milestones the run never reaches, a run that never trains at full size, more decoding workers than
-CPU cores)."""
+CPU cores, an --init run that may have trained on images this run validates on)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ from resnetlab.errors import ResnetlabWarning, UserError, count
 from resnetlab.files import write_text_atomic
 
 from .finetune import without_init_warning
+from .init_overlap import init_holdout_warning
 from .schedules import schedule_warnings
 
 
@@ -41,8 +42,8 @@ def preflight(run) -> None:
         run.log.info(f"final test with {cfg.train.test_protocol} views (validation: centre views)")
     write_text_atomic(run.workdir / "data.json", json.dumps(data_record(run.bundle), indent=1))
     run.recorded_skips = sum(len(d.unreadable) for d in file_splits(run.bundle))
-    found = [without_init_warning(cfg.finetune), imbalance_warning(run.bundle, cfg.data.balance)] + schedule_warnings(
-        cfg.schedule, run.steps_per_epoch)
+    found = [without_init_warning(cfg.finetune), init_holdout_warning(cfg.finetune.init, run.bundle),
+             imbalance_warning(run.bundle, cfg.data.balance)] + schedule_warnings(cfg.schedule, run.steps_per_epoch)
     epochs = -(-run.total // run.steps_per_epoch)
     if len(scales) >= epochs and epoch_image_size(cfg.data, epochs - 1) != full:
         found.append(f"data.progressive_scales lists {count(len(scales), 'epoch')} and the run has {count(epochs, 'epoch')}: it never trains at "
