@@ -304,3 +304,19 @@ def test_predict_of_a_folder_passes_over_nas_thumbnails_as_training_does(tmp_pat
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / name, format="JPEG")
     assert collect_images([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.jpe")]
+
+
+def test_threads_sharing_a_predictor_each_read_their_own_unreadable_files(run_dir, tmp_path):
+    """Predictor.failed was one list per object: another thread's call emptied it before this call read the
+    reason of its bad file (a service's shared resnetlab.load said "could not be read")."""
+    import threading
+
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    good, bad = str(tmp_path / "good.png"), str(tmp_path / "bad.png")
+    predictor = Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32")
+    assert len(list(predictor.batches([bad, good]))) == 1 and [f for f, _ in predictor.failed] == [bad]
+    other = threading.Thread(target=lambda: list(predictor.batches([good])))
+    other.start()
+    other.join()
+    assert [f for f, _ in predictor.failed] == [bad] and predictor.failed_at == {0}

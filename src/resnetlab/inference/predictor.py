@@ -11,6 +11,7 @@ either against the plain fp32 model.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -37,8 +38,20 @@ class Predictor:
     # image; otherwise chosen per image by its size (`batches`).
     small: bool
     source: str = ""
-    failed: list = field(default_factory=list)  # (path, reason) of unreadable files of the last batches() call
     int8: bool = False  # model made by models.quantize.quantize_int8 (rt is then fp32 NCHW on the CPU)
+    # The unreadable files of each thread's last batches() call: threads that share a Predictor (a service's
+    # one resnetlab.load) read their own, never another call's (it had put a generic reason on a bad file).
+    _calls: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
+
+    @property
+    def failed(self) -> list:
+        """(path, reason) of the unreadable files of this thread's last batches() call, in file order."""
+        return [(path, reason) for _, path, reason in getattr(self._calls, "failed", [])]
+
+    @property
+    def failed_at(self) -> set:
+        """Their indices into that call's paths."""
+        return getattr(self._calls, "failed_at", set())
 
     @property
     def precision(self) -> str:
@@ -86,7 +99,7 @@ class Predictor:
         # quantize the folded eager network inside it, never the compiled package's wrapper.
         model = quantize_int8(getattr(self.model, "eager", self.model), calibration)
         rt = replace(self.rt, channels_last=False)  # the quantized kernels take NCHW fp32 and pick their own layout
-        return replace(self, model=model, rt=rt, int8=True, failed=[])
+        return replace(self, model=model, rt=rt, int8=True)
 
     def reference(self, checkpoint=None) -> "Predictor":
         """The plain fp32, unfused, NCHW predictor of the same checkpoint (for agreement checks)."""
@@ -95,12 +108,12 @@ class Predictor:
 
     def batches(self, paths: list, protocol: str = "center", batch_size: int = 64):
         """Yield (views, indices into paths) for the readable files (or PIL images); bad files go to
-        self.failed (their indices to self.failed_at). Each image's own size decides how it is read,
+        self.failed (their indices to self.failed_at), of this thread. Each image's own size decides how it is read,
         never its companions': a small one (<= 64 px) whole at its own size, as a folder of small
         images is; a photo by the evaluation's resize and centre crop (or whole, for a network of
         small images). Images read alike are batched together, so batches come in file order only
         where one kind of image does (`in_file_order` restores it)."""
-        self.failed, self.failed_at, self._failed = [], set(), []
+        self._calls.failed, self._calls.failed_at = [], set()
         cfg = replace(self.data_cfg, skip_bad=True)
         for start in range(0, len(paths), CHUNK):
             groups: dict = {}
@@ -127,9 +140,8 @@ class Predictor:
             bad += loader.skipped
         why = dict(bad)
         failed = [(i, str(f)) for i, f in zip(members, files) if str(f) in why]  # str: PIL images too
-        self.failed_at |= {i for i, _ in failed}
-        self._failed = sorted(self._failed + [(i, f, why[f]) for i, f in failed])
-        self.failed = [(path, reason) for _, path, reason in self._failed]  # in file order
+        self._calls.failed_at |= {i for i, _ in failed}
+        self._calls.failed = sorted(self._calls.failed + [(i, f, why[f]) for i, f in failed])
 
     @torch.no_grad()
     def probs(self, views: list) -> torch.Tensor:
