@@ -226,3 +226,32 @@ def test_weights_given_for_small_images_are_fine_tuned_as_a_photo_folder_s():
     assert "fine-tuning weights.pth at 64 px" in choice.line and "from scratch" not in choice.line.split("(e.g.")[0]
     scratch = choose(small, LAPTOP, {"finetune.init": None})
     assert scratch.recipe == "cifar10_fast" and "from scratch at 32 px" in scratch.line
+
+
+def test_weights_of_a_small_image_net_go_on_as_they_trained_and_the_run_trains_the_init_s_model():
+    """The README's advice after a data change, `train --data DIR --init RUN --out NEW`, of a cifar10_fast run:
+    the automatic recipe must not fine-tune RUN's resnet20 as ImageNet weights. Published weights of another
+    net (resnet50.tv2_in1k) are that net's: the run builds it rather than refusing them for resnet18."""
+    from resnetlab.autorecipe import InitModel
+
+    small = DataFacts("folder", 90, 3, False, 32, True)
+    again = choose(small, LAPTOP, {"finetune.init": "runs/a"}, InitModel("resnet56", True))
+    assert again.recipe == "cifar10_fast" and dict(again.overrides)["model.name"] == "resnet56"
+    assert "fine-tuning runs/a at 32 px" in again.line
+    imagenet = choose(ISSUE_PHOTOS, LAPTOP, {"finetune.init": "resnet50.tv2_in1k"}, InitModel("resnet50", False))
+    assert imagenet.recipe == "finetune" and dict(imagenet.overrides)["model.name"] == "resnet50"
+    assert "model.name" not in dict(choose(ISSUE_PHOTOS, LAPTOP, {}, InitModel("resnet18", False)).overrides)
+
+
+def test_the_model_of_the_init_weights_is_read_where_it_can_be_told(small_folder, tmp_path):
+    import torch
+
+    from resnetlab.cli import main
+    from resnetlab.cli.train_auto import init_model
+    from resnetlab.models import create_model
+
+    assert main(["train", "--data", str(small_folder), "--out", str(tmp_path / "run"), "--max-steps", "1"]) == 0
+    assert (init_model(str(tmp_path / "run")).name, init_model(str(tmp_path / "run")).small) == ("resnet20", True)
+    assert init_model(IMAGENET_WEIGHTS).name == "resnet18" and not init_model(IMAGENET_WEIGHTS).small
+    torch.save(create_model("resnet18").state_dict(), tmp_path / "plain.pth")
+    assert init_model(str(tmp_path / "plain.pth")) is None and init_model(str(tmp_path / "nothere.pt")) is None

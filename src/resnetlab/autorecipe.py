@@ -70,6 +70,12 @@ class MachineFacts:
 
 
 @dataclass(frozen=True)
+class InitModel:
+    name: str  # the model the --init weights are of
+    small: bool  # a net of small images (the CIFAR family), trained as cifar10_fast trains
+
+
+@dataclass(frozen=True)
 class AutoRecipe:
     recipe: str
     overrides: tuple[tuple[str, object], ...]  # what the choice adds to the recipe (never a key in `given`)
@@ -86,14 +92,19 @@ def shorter_scales(scales, epochs: int) -> list[float]:
     return [scales[i * len(scales) // (epochs - 1)] for i in range(epochs - 1)] if epochs > 1 else []
 
 
-def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) -> AutoRecipe:
+def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None, init_model: InitModel | None = None
+           ) -> AutoRecipe:
     """The recipe and overrides for `data` on `machine`; `given` maps config keys the user set
-    (flags, --set) to their values: they are kept, and the derived values follow them."""
+    (flags, --set) to their values: they are kept, and the derived values follow them. `init_model`: the
+    model the --init weights are of, where that can be told (cli/train_auto.py): the run trains that model."""
     given = dict(given or {})
     init = given.get("finetune.init", None if data.small else IMAGENET_WEIGHTS)
     # Weights given for small images are fine-tuned as a photo folder's are (ImageNet nets want their
-    # mean/std, a new classifier, a gentler backbone lr): cifar10_fast trains its resnet20 from scratch.
-    recipe = FINETUNE_RECIPE if init else SMALL_RECIPE if data.small else SCRATCH_RECIPE
+    # mean/std, a new classifier, a gentler backbone lr), unless they are a net of small images themselves
+    # (a run of this very recipe, say, from --init RUN after its data changed): that goes on as it trained.
+    small_init = init_model is not None and init_model.small
+    recipe = (SMALL_RECIPE if data.small and (not init or small_init) else FINETUNE_RECIPE if init
+              else SCRATCH_RECIPE)
     base = load_config(recipe)
     given = checked(base, given)
     chosen: dict[str, object] = {}
@@ -109,7 +120,9 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None) ->
 
     if init:
         pick("finetune.init", init)
-    size = pick("data.image_size", image_size(data, scratch=not init))
+    if init and init_model is not None:
+        pick("model.name", init_model.name)
+    size = pick("data.image_size", image_size(data, scratch=not init or small_init))
     if recipe != SMALL_RECIPE:
         pick("data.eval_resize", round(size / CROP_RATIO))
     val_size = base.data.val_size

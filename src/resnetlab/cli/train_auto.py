@@ -15,7 +15,7 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
     """No --recipe: one chosen from the data and the machine (resnetlab.autorecipe), said in one
     line on stderr and kept as RUN/auto_recipe.json; the user's flags and --set values win. `choose`
     checks them against the recipe first, so a wrong one is refused before it is said or written."""
-    from resnetlab.autorecipe import MachineFacts, choose
+    from resnetlab.autorecipe import IMAGENET_WEIGHTS, MachineFacts, choose
     from resnetlab.config import parse_override
     from resnetlab.data.survey import survey
     from resnetlab.engine.datadir import data_overrides
@@ -26,7 +26,8 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
     given = dict(overrides) | dict(parse_override(item) for item in args.set)
     found = dict(data_overrides(args.data, "folder"))
     facts = survey(found.get("data.dataset", "folder"), found["data.root"], bool(given.get("data.skip_bad")))
-    choice = choose(facts, MachineFacts.detect(), given)
+    init = given.get("finetune.init", None if facts.small else IMAGENET_WEIGHTS)
+    choice = choose(facts, MachineFacts.detect(), given, init_model(init) if init else None)
     main = dist_info_from_env().is_main
     if main:
         print(f"resnetlab train: {choice.line}", file=sys.stderr, flush=True)
@@ -38,7 +39,7 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
         refuse_out_in_data(args.out, found["data.root"])
         refuse_others_files(Path(args.out))
     if choice.init and a_new_run:  # a run with a checkpoint resumes from it: its init is not read (nor fetched)
-        check_init(choice.recipe, choice.init)
+        check_init(choice.recipe, choice.init, [*choice.overrides, *given.items()])
     if main and a_new_run:
         write_text_atomic(Path(args.out) / "auto_recipe.json", json.dumps(
             {"recipe": choice.recipe, "overrides": dict(choice.overrides), "data": asdict(facts), "line": choice.line},
@@ -46,14 +47,32 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
     return choice.recipe, list(choice.overrides) + overrides
 
 
-def check_init(recipe: str, init: str) -> None:
+def init_model(init: str):
+    """The model --init's weights are of (autorecipe.InitModel), where resnetlab can tell without
+    guessing: published weights by name, a run or a resnetlab checkpoint, a safetensors export of one;
+    None for a plain weights file, or one that cannot be read (loading it says why, later)."""
+    from resnetlab.autorecipe import InitModel
+    from resnetlab.engine.finetune import exported_model_name
+    from resnetlab.engine.sources import find_weights, load_source
+    from resnetlab.models import model_info
+
+    try:
+        entry = find_weights(init)
+        name = (entry.model if entry is not None else exported_model_name(Path(init))
+                if str(init).endswith(".safetensors") else load_source(init)[0].model_name)
+        return InitModel(name, model_info(name).family == "cifar") if name else None
+    except (UserError, OSError, ValueError):
+        return None
+
+
+def check_init(recipe: str, init: str, overrides: list) -> None:
     """Load the automatic recipe's pretrained weights once before anything is built or written
     (fetching them to the torch.hub cache if needed), so a machine without them hears at once
     how to get them or do without."""
     from resnetlab.engine.finetune import load_init_weights
     from resnetlab.models import create_model
 
-    cfg = load_config(recipe)
+    cfg = load_config(recipe, overrides)  # the model the run builds: the init's own, or --model
     try:
         load_init_weights(create_model(cfg.model.name, **cfg.model.kwargs), init, cfg.model.name)
     except UserError as err:
