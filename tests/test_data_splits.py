@@ -150,3 +150,22 @@ def test_a_count_never_holds_out_every_image_of_a_class():
         else:  # any other draw is as it was: runs repeat
             assert torch.equal(keep, drawn_keep) and torch.equal(held, drawn_held)
     assert returned > 0
+
+
+def test_classes_the_hold_out_takes_no_image_of_are_named(tmp_path):
+    """100 classes of 3 images at 0.2: 40 classes had no validation image and nothing said so (a val/ folder
+    missing a class was warned about); the validation error, best.pt and the plateau went by the others."""
+    import warnings
+
+    from resnetlab.errors import ResnetlabWarning
+
+    root = _photos(tmp_path / "photos", (10, 5, 1))  # the third class's one image is never held out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle = build_data(_cfg(root, tmp_path, val_size=0.2), seed=0)
+    said = [str(w.message) for w in caught if issubclass(w.category, ResnetlabWarning) and "holds out no" in str(w.message)]
+    missing = [c for c, n in zip(bundle.classes, torch.bincount(bundle.val.labels, minlength=3).tolist()) if not n]
+    assert missing == [list(COLOURS)[2]]
+    assert said == [f"data.val_size=0.2 holds out no image of 1 of the 3 classes ({missing[0]}: too few images each), so "
+                    "the validation error (and best.pt) goes by the other 2; add images to them, or give the folder a "
+                    "val/ with every class"]

@@ -33,7 +33,7 @@ from .loaders import check_augment
 from .normalize import Normalizer
 from .overlap import describe_overlap, overlap_record, split_overlap
 from .sampling import holdout, stratified_subset
-from .summary import describe_empty, describe_skipped
+from .summary import describe_empty, describe_skipped, describe_unvalidated
 from .synthetic import synthetic
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
@@ -70,6 +70,10 @@ def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True,
         if files:
             files["train"], files["val"] = pick(files["train"], keep), pick(files["train"], held)
         names = provenance.pop("train_files", None)
+        missing = [c for c, n in zip(train.classes, torch.bincount(val.labels, minlength=len(train.classes)).tolist())
+                   if not n]
+        if missing and warn_skipped:
+            warnings.warn(describe_unvalidated(missing, train.classes, cfg.val_size), ResnetlabWarning, stacklevel=2)
         provenance["validation"] = {"from": "held out of train", "val_size": cfg.val_size, "images": len(held), "seed": seed,
                               **({"files": [names[i] for i in held.tolist()]} if names else {"indices": held.tolist()})}
     provenance.pop("train_files", None)

@@ -161,6 +161,15 @@ def describe_skipped(skipped: list[tuple[str, str]], root, shown: int = 3) -> st
     return text + f"; `resnetlab data {root} --skip-bad` lists every file with its reason"
 
 
+def describe_unvalidated(missing: list[str], classes: list[str], val_size, shown: int = 5) -> str:
+    """One line for classes a hold-out took no image of (too few images each to share out, a class's last image
+    never held out): the validation error, and so best.pt and the plateau schedule, go by the other classes."""
+    names = ", ".join(missing[:shown]) + (", ..." if len(missing) > shown else "")
+    return (f"data.val_size={val_size} holds out no image of {len(missing)} of the {len(classes)} classes ({names}: too "
+            f"few images each), so the validation error (and best.pt) goes by the other {len(classes) - len(missing)}; "
+            "add images to them, or give the folder a val/ with every class")
+
+
 def describe_empty(split: str, empty: list[str], classes: list[str], shown: int = 5) -> str:
     """One line for a val/ or test/ folder without images of some classes (a missing class folder,
     or every file of it skipped): its error is over the other classes only."""
