@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass
 
 from resnetlab.config import apply_overrides, load_config
-from resnetlab.config.loading import CROP_RATIO
+from resnetlab.config.geometry import CROP_RATIO
 from resnetlab.errors import count
 
 IMAGENET_WEIGHTS = "resnet18.tv_in1k"  # torchvision's ResNet-18 (69.76% ImageNet top-1), 224 px, bilinear

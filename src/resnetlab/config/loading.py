@@ -13,6 +13,7 @@ import yaml
 from resnetlab.errors import UserError
 from resnetlab.files import write_text_atomic
 
+from .geometry import released
 from .ranges import check_section
 from .schema import Config
 from .yaml_text import load_yaml
@@ -20,7 +21,6 @@ from .yaml_text import load_yaml
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 RECIPE_META_KEYS = ("base", "description")  # recipe-file keys that are not config fields
 
-CROP_RATIO = 224 / 256  # centre crop / resized shorter side at evaluation, as for ImageNet
 # data.val_size (and `data --val-size`) given as 1.0: whole floats are counts, yet it reads as every image
 AMBIGUOUS_ONE = "a count of 1 or the fraction 1 (every image)? Write 1 for one image; a fraction must be below 1"
 
@@ -209,10 +209,11 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     schedule.epochs, when set, decides the length of a run over schedule.max_steps; so asking for
     max_steps without epochs clears epochs (as --max-steps does), instead of being silently ignored
     by a recipe that counts epochs (cifar10_fast). Given both, the later one decides, as for any
-    key given twice (`resnetlab train` refuses both: cli/train.check_run_length). Likewise a new
-    data.image_size without data.eval_resize brings eval_resize along at the ImageNet ratio where
-    evaluation resizes (imagenet/rrc augmentation; 224 of 256, 32 of 37): evaluation at 256 then
-    cropped to 32 px saw the middle eighth of every image."""
+    key given twice (`resnetlab train` refuses both: cli/train.check_run_length). Likewise
+    data.eval_resize, where it followed the config's image_size and augmentation and is not among
+    these overrides, follows the new ones (config/geometry.py): the same at the end whatever the
+    order or grouping of the overrides (evaluation at 256 then cropped to 32 px saw the middle
+    eighth of every image)."""
     if isinstance(overrides, (str, bytes)):  # iterated, it would be its characters
         raise UserError(f"overrides are a list of 'SECTION.KEY=VALUE' strings or (key, value) pairs, got one string "
                         f"{overrides!r}: put it in a list")
@@ -227,18 +228,9 @@ def apply_overrides(cfg: Config, overrides) -> Config:
         keys.add(key)
         if key == "schedule.max_steps":
             data["schedule"]["epochs"] = None  # until an epochs given after it
-    size, scaled = data["data"]["image_size"], data["data"].get("augment") in ("imagenet", "rrc")  # others: unused
-    new_size = "data.image_size" in keys and _whole(size) and size != cfg.data.image_size
-    if scaled and new_size and "data.eval_resize" not in keys:
-        # the ImageNet ratio every shipped recipe uses; not the config's own pair, which is a CIFAR
-        # recipe's unused 256 for 32 when the same overrides switch it to imagenet augmentation
-        data["data"]["eval_resize"] = max(size, round(size / CROP_RATIO))
+    for name in released(cfg.data, keys):
+        data["data"][name] = None  # resolved from the new image_size and augmentation
     return config_from_dict(data)
-
-
-def _whole(value) -> bool:
-    """A positive whole number as YAML or a caller may give it (its range is checked with the config)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and float(value).is_integer()
 
 
 def load_config(recipe: str | None = None, overrides=()) -> Config:

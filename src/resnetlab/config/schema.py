@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .geometry import resolve
 from .ranges import ranged
 
 
@@ -43,7 +44,9 @@ class DataConfig:
     # image_size; validation is skipped unless the steps since the last one (at most an epoch's) were all
     # at image_size, whose last epochs settle the batch-norm statistics.
     progressive_scales: list = field(default_factory=list)
-    eval_resize: int = ranged(256, 1)  # shorter side before the centre crop (ImageNet-style eval)
+    # Shorter side before the centre crop (ImageNet-style eval). None (or left out): follows image_size at the
+    # ImageNet ratio, 224 of 256, with imagenet/rrc augmentation (else an unused 256): config/geometry.py
+    eval_resize: int | None = ranged(None, 1)
     interpolation: str = "bilinear"  # resize filter when decoding files: bilinear | bicubic (published weights')
     scale_min: int = ranged(256, 1)  # scale augmentation: shorter side drawn from [scale_min, scale_max]
     scale_max: int = ranged(480, 1)
@@ -56,6 +59,9 @@ class DataConfig:
     synthetic_size: int = ranged(1024, 1)  # synthetic dataset: images per split
     synthetic_classes: int = ranged(10, 2)
     stats_images: int = ranged(2000, 1)  # folders of large images: normaliser statistics from this many train images
+
+    def __post_init__(self):
+        resolve(self)  # the fields that follow image_size, given as None
 
 
 @dataclass

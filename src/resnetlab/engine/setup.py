@@ -169,6 +169,7 @@ def check_choices(cfg: Config) -> None:
     """Words the config names something by, checked before anything is built (each was refused only
     when used: a typo in data.augment after the data was decoded; data.interpolation=nearest by
     predict, after training, when it first resized an image)."""
+    from resnetlab.config.geometry import check_geometry
     from resnetlab.data.build import DATASETS
     from resnetlab.data.decode import resample_filter
     from resnetlab.data.loaders import AUGMENTS
@@ -186,6 +187,7 @@ def check_choices(cfg: Config) -> None:
         if value not in allowed:
             raise UserError(f"unknown {key} {value!r}; choose one of {', '.join(dict.fromkeys(allowed))}")
     resample_filter(data.interpolation)
+    check_geometry(data)  # an evaluation crop larger than the resized image, or a small share of it
     if not DEVICE_PATTERN.fullmatch(str(train.device).strip().lower()):
         raise UserError(f"unknown train.device {train.device!r}; use {DEVICE_FORMS}")
 

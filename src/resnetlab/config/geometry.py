@@ -1,0 +1,68 @@
+"""The data geometry that follows data.image_size: data.eval_resize (the shorter side evaluation
+resizes to before its centre crop), resolved in one place, whatever the order or grouping of the
+overrides that set the size and the augmentation.
+
+A DataConfig given no eval_resize (a recipe without it, `null`) takes the ImageNet ratio, 224 of 256,
+of its image_size where evaluation resizes (imagenet/rrc augmentation), else the unused 256.
+`apply_overrides` hands a value that followed the config's old size and augmentation back to
+that rule, so it follows the new ones; a value given (in the same overrides, or a recipe's at
+another ratio) is kept, and one that crops too little of the image is refused or warned about."""
+from __future__ import annotations
+
+CROP_RATIO = 224 / 256  # centre crop / resized shorter side at evaluation, as for ImageNet
+SCALED = ("imagenet", "rrc")  # augmentations whose evaluation resizes to eval_resize, then crops
+UNSCALED = {"eval_resize": 256}  # cifar/none: unused, the schema's historical value
+FOLLOWING = tuple(UNSCALED)  # the DataConfig fields resolved here
+SMALL_SHARE = 0.5  # an evaluation crop under this share of the shorter side is warned about
+
+
+def derived(key: str, size, augment) -> int:
+    """The value of `key` that follows image_size `size` under `augment`."""
+    if augment not in SCALED or isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return UNSCALED[key]
+    return max(size, round(size / CROP_RATIO))
+
+
+def resolve(data) -> None:
+    """Fill in the following fields a DataConfig was given as None (DataConfig.__post_init__)."""
+    for key in FOLLOWING:
+        if getattr(data, key) is None:
+            setattr(data, key, derived(key, data.image_size, data.augment))
+
+
+def released(data, given: set) -> list[str]:
+    """The following fields of `data` not among the keys `given` ("data.eval_resize") that hold
+    the value derived from data's own size and augmentation: they follow the new ones."""
+    return [key for key in FOLLOWING if f"data.{key}" not in given
+            and getattr(data, key) == derived(key, data.image_size, data.augment)]
+
+
+def check_geometry(data) -> None:
+    """Refuse (UserError) or warn once (rank 0) about the evaluation geometry of a run's data config."""
+    import warnings
+
+    from resnetlab.engine.distributed import dist_info_from_env
+    from resnetlab.errors import ResnetlabWarning
+
+    note = geometry_note(data)
+    if note and dist_info_from_env().is_main:
+        warnings.warn(note, ResnetlabWarning, stacklevel=3)
+
+
+def geometry_note(data) -> str | None:
+    """A one-line warning for an evaluation crop that covers little of the image; an eval_resize
+    below image_size (a crop larger than the resized image) is refused."""
+    from resnetlab.errors import UserError
+
+    if data.augment not in SCALED:
+        return None
+    size, side = data.image_size, data.eval_resize
+    if side < size:
+        raise UserError(f"config key data.eval_resize={side} is below data.image_size={size}: evaluation resizes "
+                        f"the shorter side to eval_resize, then cuts the centre image_size crop; use at least {size} "
+                        f"({derived('eval_resize', size, data.augment)} is the ImageNet ratio), or null to follow")
+    if size / side < SMALL_SHARE:
+        return (f"data.eval_resize={side} for data.image_size={size}: evaluation's centre crop covers "
+                f"{size / side:.0%} of each image's shorter side (the ImageNet ratio: 88%, eval_resize "
+                f"{derived('eval_resize', size, data.augment)}); set data.eval_resize=null to follow image_size")
+    return None
