@@ -54,3 +54,22 @@ def test_an_inconsistent_explicit_eval_resize_is_refused_or_warned_in_one_line()
         check_choices(load_config("imagenet_resnet18"))
     said = [str(w.message) for w in caught if issubclass(w.category, ResnetlabWarning)]
     assert len(said) == 1 and "covers 12% of each image's shorter side" in said[0] and "\n" not in said[0]
+
+
+def test_the_scale_augmentation_range_follows_the_size_as_the_papers_256_480_at_224(capsys):
+    """At 64 px the paper's [256, 480] made training crops of 13-25% of the shorter side (eval: 88%)."""
+    ranges = {s: load_config("imagenet_resnet18", [("data.image_size", s)]).data for s in (32, 64, 128, 224)}
+    assert {s: (d.scale_min, d.scale_max) for s, d in ranges.items()} == {
+        32: (37, 69), 64: (73, 137), 128: (146, 274), 224: (256, 480)}
+    apart = apply_overrides(load_config("cifar10_resnet20", ["data.image_size=64"]), ["data.augment=imagenet"]).data
+    assert (apart.scale_min, apart.scale_max) == (73, 137)
+    data = _printed(capsys, "--recipe", "cifar10_resnet20", "--set", "data.augment=imagenet")
+    assert (data["scale_min"], data["scale_max"]) == (37, 69)  # CIFAR's 32 px: windows of 15-28 px, not 2-4
+    kept = load_config("imagenet_resnet18", ["data.scale_min=80", "data.scale_max=100", "data.image_size=64"]).data
+    assert (kept.scale_min, kept.scale_max) == (80, 100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explicit = ["data.image_size=64", "data.scale_min=256", "data.scale_max=480"]
+        check_choices(load_config("imagenet_resnet18", explicit))
+    said = [str(w.message) for w in caught if issubclass(w.category, ResnetlabWarning)]
+    assert len(said) == 1 and "training crops cover 13%-25%" in said[0]

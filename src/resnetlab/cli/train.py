@@ -32,7 +32,8 @@ def add_arguments(parser):
     parser.add_argument("--model", metavar="NAME", help="network to train (see resnetlab models)")
     parser.add_argument("--image-size", type=int, metavar="N",
                         help="training crop size in pixels (data.image_size; with imagenet/rrc augmentation "
-                        "data.eval_resize follows at the ImageNet ratio, 224 of 256, unless set)")
+                        "data.eval_resize and data.scale_min/scale_max follow at the ImageNet ratios, 224 of 256 and of "
+                        "[256, 480], unless set)")
     parser.add_argument("--epochs", type=int, help="train this many epochs (replaces schedule.max_steps; not with "
                         "--max-steps)")
     parser.add_argument("--max-steps", type=int, help="train this many optimizer steps (clears schedule.epochs; not "

@@ -48,8 +48,10 @@ class DataConfig:
     # ImageNet ratio, 224 of 256, with imagenet/rrc augmentation (else an unused 256): config/geometry.py
     eval_resize: int | None = ranged(None, 1)
     interpolation: str = "bilinear"  # resize filter when decoding files: bilinear | bicubic (published weights')
-    scale_min: int = ranged(256, 1)  # scale augmentation: shorter side drawn from [scale_min, scale_max]
-    scale_max: int = ranged(480, 1)
+    # Scale augmentation: shorter side drawn from [scale_min, scale_max]. None: follows image_size as the paper's
+    # [256, 480] at 224 (37-69 at 32) with imagenet/rrc augmentation (else an unused 256-480)
+    scale_min: int | None = ranged(None, 1)
+    scale_max: int | None = ranged(None, 1)
     lighting: float = ranged(0.1, 0.0)  # std of AlexNet-style PCA colour augmentation; 0 disables
     cache_dir: str | None = None  # decoded small-image caches (default: ~/.cache/resnetlab/folders)
     skip_bad: bool = False  # skip unreadable images (with a count) instead of failing
