@@ -87,7 +87,7 @@ def export_module(checkpoint, fuse: bool = True) -> tuple[ImagesToLogits, Artifa
 
 def preprocessing(artifact: Artifact) -> dict:
     """What to do to a photo before the exported graph, as `resnetlab predict` does it: RGB, shorter
-    side resized (antialiased bilinear) to `resize`, centre crop `crop` x `crop`, pixels as float
+    side resized (antialiased, with the run's data.interpolation) to `resize`, centre crop `crop` x `crop`, pixels as float
     0..255 in NCHW; the normalisation itself is inside the graph."""
     from resnetlab.models import model_info
 
@@ -96,7 +96,8 @@ def preprocessing(artifact: Artifact) -> dict:
     data, size = artifact.data_config(), artifact.input_size
     small = data.get("dataset") in SMALL_DATASETS or model_info(artifact.model_name).family == "cifar"
     resize = artifact.eval_resize if not small and data.get("augment") in ("imagenet", "rrc") else size
-    return {"color": "RGB", "resize": resize, "resize_side": "shorter", "interpolation": "bilinear, antialiased",
+    interpolation = f"{data.get('interpolation') or 'bilinear'}, antialiased"  # the filter predict and eval use
+    return {"color": "RGB", "resize": resize, "resize_side": "shorter", "interpolation": interpolation,
             "crop": size, "crop_kind": "center", "layout": "NCHW", "dtype": "float32", "value_range": [0, 255],
             "normalization": "inside the graph (see normalizer)"}
 
@@ -107,9 +108,14 @@ def metadata(artifact: Artifact) -> dict:
     return {"model_name": a.model_name, "model_kwargs": a.model_kwargs, "num_classes": a.num_classes,
             "classes": list(a.classes), "input_size": a.input_size, "eval_resize": pre["resize"],
             "preprocessing": pre,
-            "normalizer": {"kind": norm["kind"], "mean": torch.as_tensor(norm["mean"]).tolist(),
-                           "std": torch.as_tensor(norm["std"]).flatten().tolist()},
+            "normalizer": {"kind": norm["kind"], "mean": flat(norm["mean"]), "std": flat(norm["std"])},
             "input": "float32 (B, 3, S, S) RGB 0..255, normaliser baked in", "output": "logits"}
+
+
+def flat(values) -> list:
+    """Per-channel statistics as a flat list of 3; a pixel-mean image keeps its (3, h, w) nesting."""
+    values = torch.as_tensor(values)
+    return values.flatten().tolist() if values.numel() == 3 else values.tolist()
 
 
 def describe(meta: dict) -> str:
