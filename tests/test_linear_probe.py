@@ -255,3 +255,31 @@ def test_a_full_disk_during_the_probe_says_what_to_do(pretrained, tmp_path, monk
     monkeypatch.setattr(linear_probe, "save_checkpoint", full)
     with pytest.raises(UserError, match="No space left on device.*Free some space, then start the run again$"):
         train_and_evaluate(probe(pretrained), tmp_path / "probe")
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_a_run_from_weights_normalises_as_they_were_trained(pretrained, tmp_path, probe):
+    """The init's normaliser was dropped: the recipe's was fitted on the new data (or ImageNet's given), so the
+    features saw other inputs than they learnt on (a ResNet-20 of a pixel mean: 83.7% -> 41.3% on its own images)."""
+    own = load_checkpoint(pretrained).artifact.normalizer
+    for keep in (True, False):
+        cfg = tiny(("data.synthetic_classes", 3), ("data.synthetic_size", 64), ("finetune.init", str(pretrained)),
+                   ("finetune.linear_probe", probe), ("schedule.max_steps", 1), ("finetune.init_normalizer", keep))
+        train_and_evaluate(cfg, tmp_path / f"run-{keep}")
+        got = load_checkpoint(tmp_path / f"run-{keep}").artifact.normalizer
+        assert torch.equal(got["mean"], own["mean"]) == keep and got["kind"] == own["kind"]
+
+
+def test_the_normaliser_of_weights_is_read_from_their_source(pretrained, tmp_path):
+    from resnetlab.config import FinetuneConfig
+    from resnetlab.engine.init_normalizer import init_normalizer
+    from resnetlab.inference.export import export_checkpoint
+
+    published, said = init_normalizer(FinetuneConfig(init="resnet18.tv_in1k"))  # nothing is downloaded for it
+    assert published.kind == "imagenet" and "resnet18.tv_in1k" in said
+    export_checkpoint(pretrained, "safetensors", tmp_path / "w.safetensors")
+    exported, _ = init_normalizer(FinetuneConfig(init=str(tmp_path / "w.safetensors")))
+    assert torch.equal(exported.mean, load_checkpoint(pretrained).artifact.normalizer["mean"].float())
+    torch.save(load_checkpoint(pretrained).artifact.weights, tmp_path / "plain.pth")
+    assert init_normalizer(FinetuneConfig(init=str(tmp_path / "plain.pth"))) is None  # records none: data.normalize
+    assert init_normalizer(FinetuneConfig(init=str(pretrained), init_normalizer=False)) is None

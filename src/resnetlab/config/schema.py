@@ -127,6 +127,7 @@ class FinetuneConfig:
     backbone_lr_mult: float = ranged(1.0, 0.0)  # backbone learning rate = lr * this
     freeze_bn: bool = False  # keep BatchNorm running statistics (and affine) fixed
     linear_probe: bool = False  # frozen backbone, features computed once, train the classifier
+    init_normalizer: bool = True  # normalise as the init weights were trained (engine/init_normalizer.py)
 
 
 @dataclass

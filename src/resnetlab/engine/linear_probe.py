@@ -29,6 +29,7 @@ from .checkpoint import save_checkpoint, seed_rngs
 from .confusion import record_per_class
 from .distributed import DistInfo, dist_info_from_env
 from .finetune import without_init_warning
+from .init_normalizer import init_normalizer
 from .evaluate import EvalModel, evaluate_split, run_eval_spec
 from .metrics_csv import write_metrics_csv
 from .preflight import check_resumed_data
@@ -121,7 +122,11 @@ def train_linear_probe(cfg: Config, workdir, stream=None, resume: bool = False) 
             refuse_out_in_data(workdir, cfg.data.root, cfg.data.dataset)
         resume_point(workdir, resume)  # an --out that holds a run or others' files is refused before anything is written
         seed_rngs(cfg.train.seed)
-        bundle = build_data(cfg.data, seed=cfg.train.seed)
+        init_norm = init_normalizer(cfg.finetune)  # the features are the init's: normalised as it learnt them
+        bundle = build_data(cfg.data, seed=cfg.train.seed, normalizer=init_norm and init_norm[0])
+        if init_norm:
+            say(f"normalisation: {init_norm[1]}, as the init weights learnt (finetune.init_normalizer=false: "
+                "data.normalize)")
         if resume:
             check_resumed_data(workdir, bundle)
             say(f"{workdir}: the linear probe was not finished; fitting it again from the start")

@@ -24,6 +24,7 @@ from .checkpoint import load_checkpoint, seed_rngs
 from .distributed import DistInfo, per_rank_batch
 from .evaluate import EvalModel, run_eval_spec
 from .finetune import apply_freezing, load_init_weights, param_groups
+from .init_normalizer import init_normalizer
 from .logger import RunLogger
 from .preflight import check_resumed_data, preflight
 from .records import LoopState
@@ -118,10 +119,8 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 
 
 def make_sgd(params, **settings) -> torch.optim.SGD:
-    """torch.optim.SGD, fused (one kernel for every parameter instead of a few operations per
-    parameter) where its parameters allow it: floating point, on the CPU or CUDA. The same update
-    to rounding, in a third to a quarter of the time on the 2-core Ice Lake Xeon (under 0.5% of a
-    ResNet-20 or ResNet-50 training step there)."""
+    """torch.optim.SGD, fused (one kernel for all parameters) where they allow it (floating point, CPU or CUDA):
+    the same update to rounding in a third of the time (2-core Ice Lake Xeon; under 0.5% of a training step)."""
     params = list(params)
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     fused = bool(tensors) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
@@ -247,14 +246,17 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
     start_from = resume_point(workdir, resume)
     seed_rngs(cfg.train.seed)
     ckpt = load_checkpoint(start_from) if start_from is not None else None
-    # a resumed run goes on with the normaliser it trained with: fitting it again decoded files for nothing
+    # a resumed run goes on with the normaliser it trained with; a new one from weights normalises as they were trained
+    init_norm = None if ckpt else init_normalizer(cfg.finetune)
     bundle = build_data(cfg.data, seed=cfg.train.seed,
-                        normalizer=Normalizer.from_state(ckpt.artifact.normalizer) if ckpt else None)
+                        normalizer=Normalizer.from_state(ckpt.artifact.normalizer) if ckpt else init_norm and init_norm[0])
     check_stop_target(cfg.train.stop_at_val_top1, bundle)
     if start_from is not None:  # a resumed run's data must be the data it trained on
         check_resumed_data(workdir, bundle)
     # messages go to stderr with the log: stdout holds only the summary JSON
     say = (lambda *a: print(*a, file=request.stream or sys.stderr, flush=True)) if dist_info.is_main else (lambda *a: None)
+    if init_norm:
+        say(f"normalisation: {init_norm[1]}, as the init weights learnt (finetune.init_normalizer=false: data.normalize)")
     model, eval_bns = build_model(cfg, len(bundle.classes), say=say, resuming=start_from is not None)
     model = prepare_model(_sync_bn(model, cfg, dist_info, rt), rt)
     optimizer, scaler = build_optimizer(model, cfg), make_grad_scaler(rt)
