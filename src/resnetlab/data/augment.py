@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .decode import center_offset
 from .sampling import BatchDraws, as_draws
 
 # AlexNet PCA lighting (Krizhevsky et al. 2012): eigen-decomposition of ImageNet RGB covariance,
@@ -82,7 +83,7 @@ def lighting(x: torch.Tensor, std: float, gen: torch.Generator | BatchDraws) -> 
 def ten_crop(x: torch.Tensor, size: int) -> list[torch.Tensor]:
     """The 4 corner and the centre size x size crops of a batch, then the same 5 flipped."""
     h, w = x.shape[2:]
-    top, left = (h - size) // 2, (w - size) // 2
+    top, left = center_offset(h, size), center_offset(w, size)  # torchvision's, as the centre view's
     crops = [x[:, :, :size, :size], x[:, :, :size, w - size:], x[:, :, h - size:, :size],
              x[:, :, h - size:, w - size:], x[:, :, top:top + size, left:left + size]]
     crops = [c.contiguous() for c in crops]

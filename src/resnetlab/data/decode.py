@@ -234,10 +234,16 @@ def why_unreadable(err: BaseException) -> str:
 
 
 def center_box(w: int, h: int, side: int, size: int) -> Box:
-    """Shorter side resized to `side`, then the centred size x size window."""
-    scale = side / min(w, h)
-    cw, ch = size / scale, size / scale
-    return ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+    """Shorter side resized to `side`, then the centred size x size window, to the pixel as torchvision's
+    Resize(side) + CenterCrop(size) (`resized_shape`, `center_offset`), as one box in source pixels."""
+    rw, rh = resized_shape(w, h, side)
+    left, top = center_offset(rw, size) * w / rw, center_offset(rh, size) * h / rh
+    return (left, top, left + size * w / rw, top + size * h / rh)
+
+
+def center_offset(length: int, size: int) -> int:
+    """torchvision's CenterCrop offset of a size-long window in `length` (round half to even, as it does)."""
+    return int(round((length - size) / 2.0))
 
 
 def scale_box(w: int, h: int, side, size: int, ux, uy) -> np.ndarray:
@@ -271,9 +277,8 @@ def square_box(w: int, h: int) -> Box:
 
 
 def resized_shape(w: int, h: int, side: int) -> tuple[int, int]:
-    """(w, h) after resizing the shorter side to `side`."""
-    scale = side / min(w, h)
-    return max(side, round(w * scale)), max(side, round(h * scale))
+    """(w, h) after resizing the shorter side to `side`, as torchvision's Resize(side): the longer side truncated."""
+    return (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
 
 
 def load_images(paths: list, size: int, eval_resize: int, interpolation: str = "bilinear"):
