@@ -27,3 +27,16 @@ def test_per_channel_statistics_are_flat_lists_and_a_mean_image_keeps_its_shape(
     assert norm["mean"] == pytest.approx([0.485, 0.456, 0.406]) and norm["std"] == pytest.approx([0.229, 0.224, 0.225])
     image = metadata(_artifact("bilinear", "pixel", torch.rand(3, 4, 4)))["normalizer"]["mean"]
     assert torch.tensor(image).shape == (3, 4, 4)
+
+
+@pytest.mark.parametrize("dataset, augment, resize", [("folder", "rrc", 37), ("folder", "imagenet", 37),
+                                                      ("folder", "cifar", 32), ("cifar10", "rrc", 32)])
+def test_a_cifar_net_trained_on_photos_with_rrc_is_predicted_and_exported_as_eval_reads_them(dataset, augment, resize):
+    """resnet20 + rrc on a photo folder: eval resized to eval_resize and cropped; predict/export squashed the photo."""
+    from resnetlab.inference.export import preprocessing
+    from resnetlab.inference.predictor import whole_view
+
+    ckpt = Artifact(config={"data": {"dataset": dataset, "augment": augment}}, input_size=32, eval_resize=37,
+                    model_name="resnet20", model_kwargs={}, num_classes=2, classes=[], normalizer=None, weights={})
+    assert preprocessing(ckpt)["resize"] == resize
+    assert whole_view(dataset, augment, "cifar") == (resize == 32)

@@ -91,10 +91,10 @@ def preprocessing(artifact: Artifact) -> dict:
     0..255 in NCHW; the normalisation itself is inside the graph."""
     from resnetlab.models import model_info
 
-    from .predictor import SMALL_DATASETS
+    from .predictor import whole_view
 
     data, size = artifact.data_config(), artifact.input_size
-    small = data.get("dataset") in SMALL_DATASETS or model_info(artifact.model_name).family == "cifar"
+    small = whole_view(data.get("dataset"), data.get("augment"), model_info(artifact.model_name).family)
     resize = artifact.eval_resize if not small and data.get("augment") in ("imagenet", "rrc") else size
     interpolation = f"{data.get('interpolation') or 'bilinear'}, antialiased"  # the filter predict and eval use
     return {"color": "RGB", "resize": resize, "resize_side": "shorter", "interpolation": interpolation,

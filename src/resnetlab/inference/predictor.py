@@ -25,6 +25,14 @@ CHUNK = 1024  # images decoded at a time: bounds memory for large folders
 SMALL_DATASETS = ("cifar10", "cifar100", "synthetic")  # trained on in-memory arrays, never resized to eval_resize
 
 
+def whole_view(dataset: str, augment: str, family: str) -> bool:
+    """Whether prediction sees each photo whole, resized to the input size, as the run's evaluation read its
+    data: in-memory arrays (CIFAR, synthetic) and cifar/none-augmented CIFAR-family nets, whose training
+    decoded images straight to the input size; else (imagenet/rrc) the "shorter side to eval_resize, centre
+    crop" of ImageNet evaluation, a CIFAR-family net trained on a photo folder with them too."""
+    return dataset in SMALL_DATASETS or (family == "cifar" and augment not in ("imagenet", "rrc"))
+
+
 @dataclass
 class Predictor:
     """A checkpoint's (or published weights') model ready for inference, with its preprocessing."""
@@ -72,10 +80,7 @@ class Predictor:
         model, normalizer, classes, cfg = model_from_checkpoint(artifact)
         model, rt = prepare_inference(model, artifact.model_name, device, precision, cfg.data.image_size, fuse,
                                       channels_last)
-        # CIFAR-style training decodes images straight to the input size; only folders of large
-        # images use the "shorter side to eval_resize, centre crop" of ImageNet evaluation. A CIFAR
-        # net given a photo still sees the whole photo resized, not a 32 px crop of it.
-        small = cfg.data.dataset in SMALL_DATASETS or model_info(artifact.model_name).family == "cifar"
+        small = whole_view(cfg.data.dataset, cfg.data.augment, model_info(artifact.model_name).family)
         return cls(model, normalizer.to(rt.device), classes, cfg.data, rt, small, path)
 
     def quantized(self, paths: list[str], images: int = CALIBRATION_IMAGES, batch_size: int = 64) -> "Predictor":
