@@ -98,7 +98,7 @@ def test_model_and_image_size_flags_and_print_config_creates_nothing(tmp_path, c
 def test_init_from_a_run_directory_means_its_best_checkpoint(tiny_run):
     _, run = tiny_run
     model = create_model("resnet8", num_classes=4)
-    assert load_init_weights(model, str(run), "resnet8") == []
+    assert load_init_weights(model, str(run), "resnet8").skipped == []
     best = load_checkpoint(run / "checkpoints" / "best.pt").artifact.weights
     assert all(torch.equal(value, best[key]) for key, value in model.state_dict().items())
 

@@ -28,7 +28,7 @@ def test_init_replaces_a_classifier_of_another_size_and_keeps_the_rest(tmp_path)
     torch.save({"model": source.state_dict()}, tmp_path / "pre.pt")
     target = create_model("resnet8", num_classes=4)
     fresh_fc = target.fc.weight.clone()
-    assert load_init_weights(target, str(tmp_path / "pre.pt")) == ["fc.weight", "fc.bias"]
+    assert load_init_weights(target, str(tmp_path / "pre.pt")).skipped == ["fc.weight", "fc.bias"]
     assert torch.equal(target.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
     assert torch.equal(target.fc.weight, fresh_fc)
 
@@ -46,7 +46,7 @@ def test_a_safetensors_export_of_another_network_is_refused_by_the_name_it_recor
         load_init_weights(create_model("resnet8", num_classes=4), str(tmp_path / "p.safetensors"), "resnet8")
     save_safetensors(create_model("plain8"), tmp_path / "plain.safetensors")  # no metadata: loaded as weights
     assert load_init_weights(create_model("plain8", num_classes=4), str(tmp_path / "plain.safetensors"),
-                             "plain8") == ["fc.weight", "fc.bias"]
+                             "plain8").skipped == ["fc.weight", "fc.bias"]
 
 
 def test_freeze_stem_and_first_stage_keeps_weights_and_bn_statistics():
@@ -121,7 +121,7 @@ def test_init_weights_with_nan_are_refused_in_one_line_but_a_replaced_head_may_h
     probe would fit on NaN features. A classifier of another class count is not loaded, so its values do not count."""
     source = create_model("resnet8", num_classes=10).state_dict()
     torch.save({**source, "fc.weight": torch.full_like(source["fc.weight"], float("nan"))}, tmp_path / "head.pt")
-    assert load_init_weights(create_model("resnet8", num_classes=4), str(tmp_path / "head.pt")) == ["fc.weight", "fc.bias"]
+    assert load_init_weights(create_model("resnet8", num_classes=4), str(tmp_path / "head.pt")).skipped == ["fc.weight", "fc.bias"]
     source["layer2.0.bn1.running_var"][0] = float("inf")
     torch.save(source, tmp_path / "inf.pt")
     with pytest.raises(UserError) as err:
@@ -143,3 +143,25 @@ def test_fine_tuning_settings_without_weights_are_warned_once_named():
         "for it (photos_scratch, or no --recipe and --init none)")
     assert without_init_warning(FinetuneConfig(freeze_stages=2, linear_probe=True)).startswith(
         "finetune.freeze_stages=2, finetune.linear_probe are for pretrained weights")
+
+
+def test_the_classifier_rows_of_a_checkpoint_follow_the_class_names(tmp_path):
+    """A run of airplane/automobile/bird fine-tuned on bird/cat/deer kept its head by position: bird started from
+    airplane's row, and bird's own trained row went to deer. Rows follow the names now, by count or not."""
+    from resnetlab.engine import load_checkpoint, train_and_evaluate
+    from test_engine_train import tiny_config
+
+    train_and_evaluate(tiny_config(("schedule.max_steps", 1)), tmp_path / "pre")  # synthetic class0 .. class3
+    pre = load_checkpoint(tmp_path / "pre" / "checkpoints" / "last.pt").artifact
+    for classes in (["class2", "cat", "class0", "dog"], ["class3", "class1"]):
+        torch.manual_seed(0)
+        model = create_model(pre.model_name, num_classes=len(classes))
+        fresh = model.fc.weight.detach().clone()
+        loaded = load_init_weights(model, str(tmp_path / "pre"), pre.model_name, classes)
+        assert loaded.skipped == [] and loaded.head.startswith("classifier rows matched by class name: ")
+        for i, name in enumerate(classes):
+            want = pre.weights["fc.weight"][pre.classes.index(name)] if name in pre.classes else fresh[i]
+            assert torch.equal(model.fc.weight[i], want), name
+    same = create_model(pre.model_name, num_classes=4)
+    assert load_init_weights(same, str(tmp_path / "pre"), pre.model_name, list(pre.classes)) == ([], None)
+    assert torch.equal(same.fc.weight, pre.weights["fc.weight"])

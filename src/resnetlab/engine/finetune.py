@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from torch import nn
 
@@ -24,18 +25,50 @@ from .records import Checkpoint
 HEAD_PREFIX = "fc."
 
 
-def load_init_weights(model: nn.Module, source, model_name: str | None = None) -> list[str]:
+class InitLoad(NamedTuple):
+    skipped: list[str]  # keys left at their fresh init (a classifier of another class count)
+    head: str | None = None  # how the classifier's rows were matched to the run's classes by name, if they were
+
+
+def load_init_weights(model: nn.Module, source, model_name: str | None = None,
+                      classes: list[str] | None = None) -> InitLoad:
     """Load pretrained weights (a weights file, a resnetlab checkpoint, whose digest is checked, a
     run directory, meaning its best.pt else last.pt, or published weights by name, e.g.
-    resnet50.tv2_in1k); a classifier of another class count is left at its fresh init. Returns the
-    skipped (re-initialised) keys. `model_name` (the run's model) lets a checkpoint of another
-    model be answered in one line rather than with the keys that do not fit."""
-    skipped = _load_init(model, source, model_name)
+    resnet50.tv2_in1k); a classifier of another class count is left at its fresh init. `model_name`
+    (the run's model) lets a checkpoint of another model be answered in one line rather than with the
+    keys that do not fit. With `classes` (the run's) and a resnetlab checkpoint, which names its classes,
+    the classifier's rows follow the names: a class of both keeps its row wherever it stands, any other
+    starts fresh (by position, bird took airplane's row, and a 3-class run of other classes kept a head
+    for classes it does not have)."""
+    fresh = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIX)}
+    skipped, named = _load_init(model, source, model_name)
     check_finite_weights(model, skipped, source)
-    return skipped
+    if classes is None or named is None or list(named[0]) == list(classes):
+        return InitLoad(skipped)
+    head = match_head(model, fresh, named, list(classes))
+    check_finite_weights(model, [], source)  # rows of a head another class count left unchecked above
+    return InitLoad([], head)
 
 
-def _load_init(model: nn.Module, source, model_name: str | None) -> list[str]:
+def match_head(model: nn.Module, fresh: dict, named: tuple, classes: list[str]) -> str:
+    """Set the classifier's rows by class name (`named`: the init's classes and classifier tensors)."""
+    old = {name: i for i, name in enumerate(named[0])}
+    state = dict(fresh)
+    for key, tensor in named[1].items():
+        if fresh[key].shape[1:] != tensor.shape[1:]:
+            continue  # another feature width: check_same_model refused another network before this
+        for i, name in enumerate(classes):
+            if name in old:
+                state[key][i] = tensor[old[name]]
+    model.load_state_dict(state, strict=False)
+    kept = [c for c in classes if c in old]
+    new = [c for c in classes if c not in old]
+    return (f"classifier rows matched by class name: {len(kept)} kept" + (f" ({', '.join(kept[:5])}"
+            f"{', ...' if len(kept) > 5 else ''})" if kept else "") + (f", {len(new)} new ({', '.join(new[:5])}"
+            f"{', ...' if len(new) > 5 else ''})" if new else ""))
+
+
+def _load_init(model: nn.Module, source, model_name: str | None) -> tuple[list[str], tuple | None]:
     from resnetlab.models.hub import check_fits, load_pretrained
 
     from .sources import find_weights
@@ -48,8 +81,8 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> list[str]:
             kwargs = "".join(f" --set model.kwargs.{k}={v}" for k, v in entry.model_kwargs)
             raise UserError(f"{err}. To fine-tune them, train {entry.model}: "
                             f"--set model.name={entry.model}{kwargs}") from None
-        return load_pretrained(model, entry, ignore_mismatched_head=True).skipped
-    label = source
+        return load_pretrained(model, entry, ignore_mismatched_head=True).skipped, None
+    label, named = source, None
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         source = checkpoint_path(source)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file() and Path(source).suffix != ".safetensors":
@@ -59,12 +92,14 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> list[str]:
             artifact = Checkpoint.from_dict(payload, source).artifact
             check_same_model(artifact.model_name, label, model_name)
             payload = artifact.weights
+            head = {k: v for k, v in payload.items() if k.startswith(HEAD_PREFIX)}
+            named = (list(artifact.classes), head) if artifact.classes and head else None
         source = payload
     elif isinstance(source, (str, os.PathLike)) and Path(source).is_file():  # a safetensors export names its model
         held = exported_model_name(Path(source))
         if held:
             check_same_model(held, label, model_name)
-    return load_weights(model, source, ignore_mismatched_head=True, label=label).skipped
+    return load_weights(model, source, ignore_mismatched_head=True, label=label).skipped, named
 
 
 def exported_model_name(path: Path) -> str | None:

@@ -124,13 +124,13 @@ def train_linear_probe(cfg: Config, workdir, stream=None, resume: bool = False) 
         seed_rngs(cfg.train.seed)
         init_norm = init_normalizer(cfg.finetune)  # the features are the init's: normalised as it learnt them
         bundle = build_data(cfg.data, seed=cfg.train.seed, normalizer=init_norm and init_norm[0])
-        if init_norm:
-            say(f"normalisation: {init_norm[1]}, as the init weights learnt (finetune.init_normalizer=false: "
-                "data.normalize)")
         if resume:
             check_resumed_data(workdir, bundle)
             say(f"{workdir}: the linear probe was not finished; fitting it again from the start")
-        model, _ = build_model(cfg, len(bundle.classes), say=say)  # a bad init is refused before the folder is made
+        model, _ = build_model(cfg, bundle.classes, say=say)  # a bad init is refused before the folder is made
+        if init_norm:  # once the init is accepted
+            say(f"normalisation: {init_norm[1]}, as the init weights learnt (finetune.init_normalizer=false: "
+                "data.normalize)")
         if without_init_warning(cfg.finetune):
             warnings.warn(without_init_warning(cfg.finetune), ResnetlabWarning, stacklevel=2)
         write_workdir(workdir, cfg, bundle, is_main=True, lock=lock)

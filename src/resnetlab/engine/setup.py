@@ -96,14 +96,14 @@ def train_loader(bundle, cfg: Config, dist_info: DistInfo, rt: Runtime, epoch: i
     return make_train_loader(bundle.train, cfg.data, spec, seed=cfg.train.seed, epoch=epoch, start_batch=start_batch)
 
 
-def build_model(cfg: Config, num_classes: int, say=print, resuming: bool = False) -> tuple[nn.Module, list[nn.Module]]:
+def build_model(cfg: Config, classes: list[str], say=print, resuming: bool = False) -> tuple[nn.Module, list[nn.Module]]:
     """The model with fine-tuning applied: (model on CPU, BatchNorms to keep in eval mode). A resumed
     run does not read finetune.init: its checkpoint holds every weight, and the init may be gone
     (moved, deleted, a published name not cached on an offline machine)."""
-    model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
+    model = create_model(cfg.model.name, num_classes=len(classes), **cfg.model.kwargs)
     if cfg.finetune.init and not resuming:
-        skipped = load_init_weights(model, cfg.finetune.init, cfg.model.name)
-        say(f"initialised from {cfg.finetune.init}" + (f"; new classifier for {count(num_classes, 'class')} ({', '.join(skipped)} re-initialised)" if skipped else ""))
+        skipped, head = load_init_weights(model, cfg.finetune.init, cfg.model.name, classes)
+        say(f"initialised from {cfg.finetune.init}" + (f"; {head}" if head else "") + (f"; new classifier for {count(len(classes), 'class')} ({', '.join(skipped)} re-initialised)" if skipped else ""))
     return model, apply_freezing(model, cfg.finetune)
 
 
@@ -255,9 +255,9 @@ def build_run(request: RunRequest, lock: RunDirLock) -> Run:
         check_resumed_data(workdir, bundle)
     # messages go to stderr with the log: stdout holds only the summary JSON
     say = (lambda *a: print(*a, file=request.stream or sys.stderr, flush=True)) if dist_info.is_main else (lambda *a: None)
-    if init_norm:
+    model, eval_bns = build_model(cfg, bundle.classes, say=say, resuming=start_from is not None)
+    if init_norm:  # once the init is accepted
         say(f"normalisation: {init_norm[1]}, as the init weights learnt (finetune.init_normalizer=false: data.normalize)")
-    model, eval_bns = build_model(cfg, len(bundle.classes), say=say, resuming=start_from is not None)
     model = prepare_model(_sync_bn(model, cfg, dist_info, rt), rt)
     optimizer, scaler = build_optimizer(model, cfg), make_grad_scaler(rt)
     state = LoopState()
