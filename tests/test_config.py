@@ -50,6 +50,8 @@ def test_imagenet_recipe():
     assert cfg.model.name == "resnet152" and cfg.optim.batch_size == 256 and cfg.schedule.kind == "plateau"
     assert cfg.data.image_size == 224 and cfg.optim.weight_decay == 1e-4
     assert cfg.train.test_protocol == "10crop"  # Sec. 3.4: "for comparison studies ... the standard 10-crop testing"
+    # the photo recipes built on it keep the centre view (a 10x longer test, and the default of `eval RUN`)
+    assert load_config("finetune").train.test_protocol == load_config("photos_scratch").train.test_protocol == "center"
 
 
 def test_imagenet_bottleneck_recipes_build_the_papers_net_with_table_1s_flops():
