@@ -320,3 +320,13 @@ def test_threads_sharing_a_predictor_each_read_their_own_unreadable_files(run_di
     other.start()
     other.join()
     assert [f for f, _ in predictor.failed] == [bad] and predictor.failed_at == {0}
+
+
+def test_a_predictor_can_be_copied_and_pickled(run_dir):
+    """The per-thread record of unreadable files (threading.local) made copy.deepcopy and pickle fail."""
+    import copy
+    import pickle
+
+    predictor = Predictor.from_checkpoint(run_dir, device="cpu", precision="fp32")
+    for twin in (copy.deepcopy(predictor), pickle.loads(pickle.dumps(predictor))):
+        assert twin.failed == [] and twin.classes == predictor.classes

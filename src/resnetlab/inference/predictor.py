@@ -51,6 +51,12 @@ class Predictor:
     # one resnetlab.load) read their own, never another call's (it had put a generic reason on a bad file).
     _calls: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
 
+    def __getstate__(self) -> dict:  # copy.deepcopy and pickle: the thread-local state is not the copy's
+        return {k: v for k, v in self.__dict__.items() if k != "_calls"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _calls=threading.local())
+
     @property
     def failed(self) -> list:
         """(path, reason) of the unreadable files of this thread's last batches() call, in file order."""
