@@ -241,6 +241,8 @@ def test_weights_of_a_small_image_net_go_on_as_they_trained_and_the_run_trains_t
     imagenet = choose(ISSUE_PHOTOS, LAPTOP, {"finetune.init": "resnet50.tv2_in1k"}, InitModel("resnet50", False))
     assert imagenet.recipe == "finetune" and dict(imagenet.overrides)["model.name"] == "resnet50"
     assert "model.name" not in dict(choose(ISSUE_PHOTOS, LAPTOP, {}, InitModel("resnet18", False)).overrides)
+    paper = choose(ISSUE_PHOTOS, LAPTOP, {"finetune.init": "r50"}, InitModel("resnet50", False, (("stride_on", "1x1"),)))
+    assert dict(paper.overrides)["model.kwargs"] == {"stride_on": "1x1"}  # built as the weights were trained
 
 
 def test_the_model_of_the_init_weights_is_read_where_it_can_be_told(small_folder, tmp_path):

@@ -165,3 +165,31 @@ def test_the_classifier_rows_of_a_checkpoint_follow_the_class_names(tmp_path):
     same = create_model(pre.model_name, num_classes=4)
     assert load_init_weights(same, str(tmp_path / "pre"), pre.model_name, list(pre.classes)) == ([], None)
     assert torch.equal(same.fc.weight, pre.weights["fc.weight"])
+
+
+def test_a_checkpoint_of_the_same_net_built_otherwise_is_refused_in_one_line(tmp_path):
+    """A stride_on=1x1 resnet50 (every shape the same) loaded silently into a run that strides the 3x3; option A vs
+    B shortcuts gave a dump of keys. One line, with the kwargs that fine-tune it as it was trained."""
+    from resnetlab.engine.checkpoint import save_checkpoint
+    from resnetlab.engine.records import Checkpoint
+
+    for name, kwargs, other in (("resnet50", {"stride_on": "1x1"}, {}), ("resnet8", {"shortcut": "B"}, {})):
+        save_checkpoint(Checkpoint(checkpoint_of(name, kwargs)), tmp_path / f"{name}.pt")
+        with pytest.raises(UserError) as err:
+            load_init_weights(create_model(name, num_classes=3, **other), str(tmp_path / f"{name}.pt"), name)
+        words = ", ".join(f"{k}: {v}" for k, v in kwargs.items())
+        assert str(err.value).startswith(f"{tmp_path / f'{name}.pt'} holds a {name} built with {{{words}}}; this run "
+                                         "builds it otherwise (first of ")
+        assert str(err.value).endswith(f"set --set 'model.kwargs={{{words}}}' to fine-tune it as it was trained")
+        assert load_init_weights(create_model(name, num_classes=3, **kwargs), str(tmp_path / f"{name}.pt"), name)
+
+
+def checkpoint_of(name: str, kwargs: dict):
+    """A resnetlab checkpoint of `name` built with `kwargs` (4 classes), as a run saves one."""
+    from resnetlab.config import ModelConfig
+    from resnetlab.data.normalize import Normalizer
+    from resnetlab.engine.state import make_artifact
+
+    cfg = Config(model=ModelConfig(name, kwargs))
+    norm = Normalizer("channel", torch.zeros(3), torch.ones(3)).state()
+    return make_artifact(create_model(name, num_classes=4, **kwargs), cfg, ["a", "b", "c", "d"], norm)

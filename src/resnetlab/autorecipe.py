@@ -73,6 +73,7 @@ class MachineFacts:
 class InitModel:
     name: str  # the model the --init weights are of
     small: bool  # a net of small images (the CIFAR family), trained as cifar10_fast trains
+    kwargs: tuple = ()  # (key, value) pairs it was built with (stride_on, shortcut ...): the run builds it alike
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None, in
         pick("finetune.init", init)
     if init and init_model is not None:
         pick("model.name", init_model.name)
+        pick("model.kwargs", dict(init_model.kwargs))
     size = pick("data.image_size", image_size(data, scratch=not init or small_init))
     if recipe != SMALL_RECIPE:
         pick("data.eval_resize", round(size / CROP_RATIO))

@@ -52,16 +52,21 @@ def init_model(init: str):
     guessing: published weights by name, a run or a resnetlab checkpoint, a safetensors export of one;
     None for a plain weights file, or one that cannot be read (loading it says why, later)."""
     from resnetlab.autorecipe import InitModel
-    from resnetlab.engine.finetune import exported_model_name
+    from resnetlab.engine.finetune import exported_model_kwargs, exported_model_name
     from resnetlab.engine.sources import find_weights, load_source
     from resnetlab.models import model_info
 
     try:
         entry = find_weights(init)
-        name = (entry.model if entry is not None else exported_model_name(Path(init))
-                if str(init).endswith(".safetensors") else load_source(init)[0].model_name)
-        return InitModel(name, model_info(name).family == "cifar") if name else None
-    except (UserError, OSError, ValueError):
+        if entry is not None:
+            name, kwargs = entry.model, entry.kwargs
+        elif str(init).endswith(".safetensors"):
+            name, kwargs = exported_model_name(Path(init)), exported_model_kwargs(Path(init))
+        else:
+            artifact = load_source(init)[0]
+            name, kwargs = artifact.model_name, artifact.model_kwargs
+        return InitModel(name, model_info(name).family == "cifar", tuple(dict(kwargs).items())) if name else None
+    except (UserError, OSError, ValueError, TypeError):
         return None
 
 

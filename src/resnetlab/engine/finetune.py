@@ -91,6 +91,7 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> tuple[list[s
             verify_digest(payload, source)
             artifact = Checkpoint.from_dict(payload, source).artifact
             check_same_model(artifact.model_name, label, model_name)
+            check_same_build(artifact.model_name, artifact.num_classes, dict(artifact.model_kwargs), model, label)
             payload = artifact.weights
             head = {k: v for k, v in payload.items() if k.startswith(HEAD_PREFIX)}
             named = (list(artifact.classes), head) if artifact.classes and head else None
@@ -99,18 +100,29 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> tuple[list[s
         held = exported_model_name(Path(source))
         if held:
             check_same_model(held, label, model_name)
+            check_same_build(held, None, exported_model_kwargs(Path(source)), model, label)
     return load_weights(model, source, ignore_mismatched_head=True, label=label).skipped, named
 
 
 def exported_model_name(path: Path) -> str | None:
     """The model_name a resnetlab safetensors export records in its metadata (None for other files:
     load_weights reads those, and says what is wrong with them)."""
+    name = _export_metadata(path).get("model_name")
+    return name if isinstance(name, str) else None
+
+
+def exported_model_kwargs(path: Path) -> dict:
+    """The model_kwargs a resnetlab safetensors export records ({} for other files)."""
+    kwargs = _export_metadata(path).get("model_kwargs")
+    return kwargs if isinstance(kwargs, dict) else {}
+
+
+def _export_metadata(path: Path) -> dict:
     try:
         meta = json.loads(safetensors_metadata(path).get("resnetlab", "{}"))
     except ValueError:
-        return None
-    name = meta.get("model_name") if isinstance(meta, dict) else None
-    return name if isinstance(name, str) else None
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def check_finite_weights(model: nn.Module, skipped: list[str], source) -> None:
@@ -124,6 +136,24 @@ def check_same_model(held: str, label, model_name: str | None) -> None:
     if model_name and held != model_name:
         raise UserError(f"{label} holds a {held}; this run trains {model_name}: set --model {held} to fine-tune "
                         "it, or choose weights of a " + model_name)
+
+
+def check_same_build(name: str, num_classes: int | None, kwargs: dict, model: nn.Module, label) -> None:
+    """The checkpoint's network built with other arguments than the run's (stride_on, a shortcut option):
+    loaded silently where every shape agreed (stride_on moves a stride and keeps them), refused in one line."""
+    import torch
+
+    from resnetlab.models import create_model
+    from resnetlab.models.hub import architecture_differences
+
+    with torch.device("meta"):  # shapes and layer settings only
+        held = create_model(name, **({"num_classes": num_classes} if num_classes else {}), **kwargs)
+    differ = architecture_differences(held, model, skip_head=True)
+    if differ:
+        text = ", ".join(f"{k}: {v}" for k, v in kwargs.items())
+        raise UserError(f"{label} holds a {name} built with {{{text}}}; this run builds it otherwise (first of "
+                        f"{len(differ)} differences: {differ[0]}): set --set 'model.kwargs={{{text}}}' to fine-tune it "
+                        "as it was trained")
 
 
 def _stages(model: nn.Module) -> list[nn.Module]:

@@ -181,14 +181,20 @@ def check_fits(model: torch.nn.Module, entry: PretrainedWeights, ignore_mismatch
     """Raise, before any download, unless `model` has the architecture the weights were trained for:
     every tensor's shape, and what shapes do not show, each convolution's and pooling's stride,
     padding, dilation and groups (stride_on='1x1' moves a stride and keeps every shape)."""
-    published = _published_model(entry)
-    skip = ("fc.weight", "fc.bias") if ignore_mismatched_head else ()
-    differ = _differences(_shapes(published, skip), _shapes(model, skip))
-    differ += _differences(_layer_settings(published), _layer_settings(model))
+    differ = architecture_differences(_published_model(entry), model, ignore_mismatched_head)
     if differ:
         raise UserError(f"weights {entry.name} are for {entry.model}{_kwargs_text(entry)} with "
                         f"{entry.num_classes} classes; this model differs in {count(len(differ), 'place')} "
                         f"(first: {differ[0]})")
+
+
+def architecture_differences(reference: torch.nn.Module, model: torch.nn.Module, skip_head: bool = False) -> list[str]:
+    """Where `model` is built otherwise than `reference` (a meta-device build will do): tensor names and
+    shapes, then each convolution's and pooling's stride, padding, dilation and groups (no shape shows
+    stride_on='1x1'); the classifier left out with skip_head."""
+    skip = ("fc.weight", "fc.bias") if skip_head else ()
+    return (_differences(_shapes(reference, skip), _shapes(model, skip))
+            + _differences(_layer_settings(reference), _layer_settings(model)))
 
 
 def _published_model(entry: PretrainedWeights) -> torch.nn.Module:
