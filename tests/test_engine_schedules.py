@@ -92,3 +92,19 @@ def test_the_error_gated_warm_up_says_when_it_ends_and_once_when_it_holds_a_tent
                                                               "so lr leaves 0.01")
     assert warmup_news(cfg, s, 13000, 13100, 64000, 70.0) is None
     assert warmup_news(load_config("cifar10_resnet20").schedule, ScheduleState(), 6300, 6400, 64000, 90.0) is None
+
+
+def test_a_run_says_the_warm_up_holds_once_when_a_validation_falls_between_log_points(tmp_path):
+    """The line came at the first log point past a tenth of the run and again at the validation just after it."""
+    import io
+
+    from test_engine_train import tiny_config
+
+    from resnetlab.engine import train_and_evaluate
+
+    cfg = tiny_config(("schedule.warmup_until_err", 0.5), ("schedule.warmup_lr", 0.01), ("schedule.max_steps", 50),
+                      ("train.log_every", 4), ("train.eval_every", 5))  # a tenth is step 5: the validation, then log 8
+    out = io.StringIO()
+    train_and_evaluate(cfg, tmp_path, stream=out)
+    assert out.getvalue().count("the warm-up still holds lr at 0.01 after 5 of 50 steps") == 1
+    assert out.getvalue().count("the warm-up still holds") == 1

@@ -189,8 +189,8 @@ def log_point(run: Run, window: Meter, lr: float, clock: dict) -> None:
                                f"{run.state.step}; stopped, keeping the last good checkpoint {_last_good(run)}. "
                                f"Lower optim.lr (now {lr:g})")
     observe_train_error(run.cfg.schedule, run.state.schedule, run.state.step, err)
-    news = warmup_news(run.cfg.schedule, run.state.schedule, run.state.step - run.cfg.train.log_every, run.state.step,
-                       run.total, err)
+    step, every = run.state.step, (run.cfg.train.log_every, run.eval_every)  # the last point before: a log or an eval
+    news = warmup_news(run.cfg.schedule, run.state.schedule, max((step - 1) // n * n for n in every), step, run.total, err)
     if news:
         run.log.info(news)
     run.log.progress(run.state.step, loss=loss, err=err, lr=lr, img_s=_rate(clock))
