@@ -109,7 +109,7 @@ def run_all(a, tmp: Path) -> dict:
         slow.append(train(base + ["--init", init, "--set", "finetune.backbone_lr_mult=0.1"],
                           tmp / f"finetune_slow{seed}")["test_top1"])
     probe = train(["--recipe", "cifar10_fast", "--data", str(target), "--init", init,
-                   "--set", "finetune.linear_probe=true"], tmp / "probe")
+                   "--set", "finetune.linear_probe=true", "--set", "train.test_protocol=center"], tmp / "probe")
     results.update(scratch=mean_std(scratch), finetune=mean_std(finetune), finetune_backbone_lr_x0_1=mean_std(slow),
                    linear_probe=probe)
     return results

@@ -283,3 +283,14 @@ def test_the_normaliser_of_weights_is_read_from_their_source(pretrained, tmp_pat
     torch.save(load_checkpoint(pretrained).artifact.weights, tmp_path / "plain.pth")
     assert init_normalizer(FinetuneConfig(init=str(tmp_path / "plain.pth"))) is None  # records none: data.normalize
     assert init_normalizer(FinetuneConfig(init=str(pretrained), init_normalizer=False)) is None
+
+
+def test_a_probe_tests_with_the_run_s_protocol_so_eval_reproduces_its_summary(pretrained, tmp_path):
+    """The probe's final test was always the centre view, `eval RUN` the run's train.test_protocol: 80.0 against
+    81.67 for a cifar10_fast probe (flip views)."""
+    cfg = tiny(("data.synthetic_classes", 3), ("finetune.init", str(pretrained)), ("finetune.linear_probe", True),
+               ("train.test_protocol", "flip"))
+    best = train_and_evaluate(cfg, tmp_path / "probe").test["best"]
+    report = evaluate_checkpoint(tmp_path / "probe", device="cpu", precision="fp32")
+    assert best["protocol"] == report["protocol"] == "flip"
+    assert (report["top1"], report["per_class"]) == (pytest.approx(best["top1"]), best["per_class"])

@@ -196,7 +196,7 @@ def _fit_and_write(cfg: Config, workdir: Path, bundle, model, rt, start: float, 
     summary = RunSummary(linear_probe=True, penalty=penalty, best_val_top1_err=metrics.val_top1_err,
                          elapsed_s=metrics.elapsed_s, checkpoints={"last": str(ckpts / "last.pt"), "best": str(ckpts / "best.pt")})
     if bundle.test is not None:
-        result = evaluate_split(scored, bundle.test, cfg.data, spec, confusion=True)
+        result = evaluate_split(scored, bundle.test, cfg.data, spec, cfg.train.test_protocol, confusion=True)
         summary.test = {"last": result, "best": result}
         record_per_class(summary.test, bundle.classes, workdir)
     summary.write(workdir)
