@@ -294,3 +294,16 @@ def test_a_probe_tests_with_the_run_s_protocol_so_eval_reproduces_its_summary(pr
     report = evaluate_checkpoint(tmp_path / "probe", device="cpu", precision="fp32")
     assert best["protocol"] == report["protocol"] == "flip"
     assert (report["top1"], report["per_class"]) == (pytest.approx(best["top1"]), best["per_class"])
+
+
+def test_a_penalty_at_the_edge_of_the_grid_is_said():
+    """The largest penalty won 3 of 4 probes with the validation error still falling, and nothing said so."""
+    from resnetlab.engine.linear_probe import PENALTIES, edge_note
+
+    falling = {p: 50.0 - i for i, p in enumerate(PENALTIES)}
+    assert edge_note(falling) == ("the linear probe's L2 penalty is the largest tried (0.1: validation error 46.00% "
+                                  "against 47.00% at 0.01), so one past it might do better; the fit is kept, and "
+                                  "metrics.jsonl lists the validation error of each penalty")
+    assert "smallest tried (1e-05" in edge_note({p: 40.0 + i for i, p in enumerate(PENALTIES)})
+    assert edge_note({**falling, 1e-3: 10.0}) is None and edge_note({}) is None
+    assert edge_note({p: 30.0 for p in PENALTIES}) is None  # ties: no sign of a slope

@@ -90,6 +90,20 @@ def error_rate(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     return 100.0 * ((x @ w.T + b).argmax(1) != y).double().mean().item()
 
 
+def edge_note(errors: dict) -> str | None:
+    """A line when the best penalty is the grid's largest or smallest and strictly better than its neighbour:
+    the validation error was still falling there, and a penalty outside the grid might do better."""
+    if not errors:
+        return None
+    ranked = sorted(errors)
+    for edge, inner, side in ((ranked[-1], ranked[-2], "largest"), (ranked[0], ranked[1], "smallest")):
+        if errors[edge] < errors[inner] and errors[edge] == min(errors.values()):
+            return (f"the linear probe's L2 penalty is the {side} tried ({edge:g}: validation error {errors[edge]:.2f}% "
+                    f"against {errors[inner]:.2f}% at {inner:g}), so one past it might do better; the fit is kept, and "
+                    "metrics.jsonl lists the validation error of each penalty")
+    return None
+
+
 def choose_penalty(train, val, num_classes: int, default: float, weight=None) -> tuple[float, dict]:
     """The L2 strength with the lowest val error (the smaller one on ties); `default` without val."""
     if val is None:
@@ -172,6 +186,8 @@ def _fit_and_write(cfg: Config, workdir: Path, bundle, model, rt, start: float, 
     k = len(bundle.classes)
     weight = None if cfg.data.balance == "none" else loss_weights(train[1], k).double()
     penalty, val_errors = choose_penalty(train, val, k, cfg.optim.weight_decay, weight)
+    if edge_note(val_errors):
+        warnings.warn(edge_note(val_errors), ResnetlabWarning, stacklevel=2)
     w, b = fit_logistic(*train, k, penalty, weight=weight)
     with torch.no_grad():
         model.fc.weight.copy_(w.to(model.fc.weight))
