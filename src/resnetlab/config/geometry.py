@@ -39,15 +39,15 @@ def released(data, given: set) -> list[str]:
             and getattr(data, key) == derived(key, data.image_size, data.augment)]
 
 
-def check_geometry(data) -> None:
-    """Refuse (UserError) or warn once (rank 0) about the evaluation geometry of a run's data config."""
+def check_geometry(data, warn: bool = True) -> None:
+    """Refuse (UserError) or warn (where `warn`: one process of several) about the evaluation geometry of a
+    run's data config."""
     import warnings
 
-    from resnetlab.engine.distributed import dist_info_from_env
     from resnetlab.errors import ResnetlabWarning
 
     note = geometry_note(data)
-    if note and dist_info_from_env().is_main:
+    if note and warn:
         warnings.warn(note, ResnetlabWarning, stacklevel=3)
 
 

@@ -21,7 +21,7 @@ from resnetlab.files import storage_errors, write_text_atomic
 from resnetlab.models import create_model, model_info
 
 from .checkpoint import load_checkpoint, seed_rngs
-from .distributed import DistInfo, per_rank_batch
+from .distributed import DistInfo, dist_info_from_env, per_rank_batch
 from .evaluate import EvalModel, run_eval_spec
 from .finetune import apply_freezing, load_init_weights, param_groups
 from .init_normalizer import init_normalizer
@@ -186,7 +186,7 @@ def check_choices(cfg: Config) -> None:
         if value not in allowed:
             raise UserError(f"unknown {key} {value!r}; choose one of {', '.join(dict.fromkeys(allowed))}")
     resample_filter(data.interpolation)
-    check_geometry(data)  # an evaluation crop larger than the resized image, or a small share of it
+    check_geometry(data, dist_info_from_env().is_main)  # a crop larger than the resized image, or little of it
     if not DEVICE_PATTERN.fullmatch(str(train.device).strip().lower()):
         raise UserError(f"unknown train.device {train.device!r}; use {DEVICE_FORMS}")
 
