@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections import defaultdict
 
 PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
@@ -39,7 +40,8 @@ def _entries(paths: list[str]) -> list[tuple[str, tuple[int, int], int]]:
             st = os.stat(path)
         except OSError:
             continue
-        found.append((path, (st.st_dev, st.st_ino), st.st_size))
+        if stat.S_ISREG(st.st_mode):  # a FIFO would block the open for ever (it is refused where it is decoded)
+            found.append((path, (st.st_dev, st.st_ino), st.st_size))
     return found
 
 
@@ -49,7 +51,11 @@ def _digest(path: str, limit: int | None, kept: dict) -> bytes | None:
     if key not in kept:
         sha = hashlib.blake2b(digest_size=16)
         try:
-            with open(path, "rb") as f:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # swapped for a FIFO since the stat: no wait
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(f"{path} is not a regular file")
+            with open(fd, "rb") as f:
                 left = limit if limit is not None else -1
                 while left:
                     block = f.read(CHUNK if left < 0 else min(CHUNK, left))
