@@ -38,7 +38,8 @@ from .decode import BadImage, center_box, decode_crops, header_size
 
 SMALL_SIDE = 64  # images no larger than this are cached in memory as arrays
 PROBES = 32  # images whose headers decide small vs large
-CACHE_VERSION = 6  # bump when decoding changes, so old caches are not reused (6: signed and 32-bit TIFFs)
+CACHE_VERSION = 7  # bump when decoding changes, so old caches are not reused (6: signed and 32-bit TIFFs; 7: the
+# centre crop of a non-square small image is torchvision's, 419b34b)
 PARALLEL_MIN = 2000  # decode in worker processes when each gets at least this many files
 # torchvision ImageFolder's extensions, plus .gif (its first frame), .jfif, .jpe, and .avif where Pillow reads it.
 IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
