@@ -73,3 +73,14 @@ def test_the_scale_augmentation_range_follows_the_size_as_the_papers_256_480_at_
         check_choices(load_config("imagenet_resnet18", explicit))
     said = [str(w.message) for w in caught if issubclass(w.category, ResnetlabWarning)]
     assert len(said) == 1 and "training crops cover 13%-25%" in said[0]
+
+
+def test_a_recipe_built_on_a_shipped_one_follows_its_image_size(tmp_path):
+    """imagenet_resnet18 and photos_scratch wrote eval_resize out (256, 146): a recipe with `base: imagenet_resnet18`
+    and image_size 112 kept 256 (a 44% crop) while its scale range followed to 128-240."""
+    from resnetlab.config import load_config
+
+    (tmp_path / "child.yaml").write_text("base: imagenet_resnet18\ndata:\n  image_size: 112\n")
+    data = load_config(str(tmp_path / "child.yaml")).data
+    assert (data.eval_resize, data.scale_min, data.scale_max) == (128, 128, 240)
+    assert (load_config("imagenet_resnet18").data.eval_resize, load_config("photos_scratch").data.eval_resize) == (256, 146)
