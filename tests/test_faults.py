@@ -280,8 +280,22 @@ def test_resume_if_exists_starts_continues_and_refuses_another_config(tmp_path, 
     assert f"{run} finished at step 4: nothing to resume" in capsys.readouterr().err  # not tested or written again
     assert main(["train", "--recipe", recipe, "--out", run, "--resume-if-exists", "--lr", "0.01"]) == 2
     assert error_line(capsys) == (f"resnetlab train: error: {run} holds a run with another config (optim.lr: 0.05 -> "
-                                  f"0.01; schedule.max_steps: 4 -> 12); continue it with --resume {run} or choose "
-                                  "another --out")
+                                  f"0.01); continue it with --resume {run} or choose another --out")
+
+
+def test_resume_if_exists_goes_on_with_the_run_s_own_config_where_only_the_recipe_changed(tmp_path, recipe, capsys):
+    """A requeue after an upgrade that changed a recipe's default (the photo recipes' test protocol, the scale range
+    of 2026-12-06) was refused as "another config": the command was the same. The run goes on as it was made."""
+    run = str(tmp_path / "run")
+    assert main(["train", "--recipe", recipe, "--out", run, "--resume-if-exists", "--max-steps", "4"]) == 0
+    capsys.readouterr()
+    Path(recipe).write_text(Path(recipe).read_text().replace("test_protocol: center", "test_protocol: flip"))
+    assert main(["train", "--recipe", recipe, "--out", run, "--resume-if-exists", "--max-steps", "4"]) == 0
+    err = capsys.readouterr().err
+    assert (f"--resume-if-exists: {run} goes on with its own config; the recipe says otherwise now for "
+            "train.test_protocol: 'center' -> 'flip' (a new run would take that)") in err
+    assert f"{run} finished at step 4: nothing to resume" in err
+    assert "test_protocol: center" in (Path(run) / "config.yaml").read_text()
 
 
 @pytest.mark.parametrize("edit, words", [

@@ -128,20 +128,34 @@ def flag_value(key: str, value):
     return None if key == "finetune.init" and str(value).lower() in ("none", "null") else value
 
 
-def existing_run(cfg, out) -> bool:
-    """--resume-if-exists: True when `out` holds a run of this very config (a rerun of the same
-    command); a run of another config there is refused rather than continued or overwritten."""
+def existing_run(cfg, out, given: set[str]):
+    """--resume-if-exists: the config of the run `out` holds (None: no run there yet). A value the command
+    gives (a flag, --set, --data) that differs from the run's is refused rather than continued or
+    overwritten; any other difference comes from the recipe as the library or its file says now (a
+    requeue after an upgrade: a recipe's default changed): the run goes on as it was made, and says so."""
     from resnetlab.engine.resume_changes import run_differences
     from resnetlab.engine.rundir import saved_config
 
     saved = saved_config(out)
     if saved is None:
-        return False
-    changed = run_differences(saved, cfg)
+        return None
+    differences = run_differences(saved, cfg)
+    changed = [d for d in differences if d.split(":", 1)[0] in given]
     if changed:
         raise UserError(f"{out} holds a run with another config ({'; '.join(changed[:4])}"
                         f"{' ...' if len(changed) > 4 else ''}); continue it with --resume {out} or choose another --out")
-    return True
+    if differences:
+        warn_once(f"--resume-if-exists: {out} goes on with its own config; the recipe says otherwise now for "
+                  f"{'; '.join(differences[:4])}{' ...' if len(differences) > 4 else ''} (a new run would take that)")
+    return saved
+
+
+def given_keys(args) -> set[str]:
+    """The config keys the command line sets itself: flags, --max-steps, --data, --set."""
+    keys = {key for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
+    keys |= {"schedule.max_steps", "schedule.epochs"} if args.max_steps is not None else set()
+    keys |= {"data.root", "data.dataset"} if args.data else set()
+    return keys | {parse_override(item)[0] for item in args.set}
 
 
 def check_resume_changes(cfg, out) -> str | None:
@@ -246,7 +260,8 @@ def train(args) -> int:
         warn_once(note)
         print(config_to_yaml(cfg), end="")
         return 0
-    resume = bool(args.resume) or (args.resume_if_exists and existing_run(cfg, out))
+    kept = existing_run(cfg, out, given_keys(args)) if args.resume_if_exists else None
+    cfg, resume = kept or cfg, bool(args.resume) or kept is not None
     try:
         summary = train_and_evaluate(cfg, out, resume=resume, resume_note=note)
     except TrainingInterrupted as stop:
