@@ -307,3 +307,5 @@ def test_a_penalty_at_the_edge_of_the_grid_is_said():
     assert "smallest tried (1e-05" in edge_note({p: 40.0 + i for i, p in enumerate(PENALTIES)})
     assert edge_note({**falling, 1e-3: 10.0}) is None and edge_note({}) is None
     assert edge_note({p: 30.0 for p in PENALTIES}) is None  # ties: no sign of a slope
+    ends = {**{p: 45.0 for p in PENALTIES}, PENALTIES[0]: 40.0, PENALTIES[-1]: 40.0}  # a tie: the smaller is chosen
+    assert "smallest tried" in edge_note(ends) and edge_note({0.1: 3.0}) is None

@@ -51,11 +51,10 @@ def _digest(path: str, limit: int | None, kept: dict) -> bytes | None:
     if key not in kept:
         sha = hashlib.blake2b(digest_size=16)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # swapped for a FIFO since the stat: no wait
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise OSError(f"{path} is not a regular file")
-            with open(fd, "rb") as f:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # swapped for a FIFO since the stat
+            with open(fd, "rb") as f:  # closes fd whatever happens below
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(f"{path} is not a regular file")
                 left = limit if limit is not None else -1
                 while left:
                     block = f.read(CHUNK if left < 0 else min(CHUNK, left))

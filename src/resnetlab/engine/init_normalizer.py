@@ -19,7 +19,7 @@ from resnetlab.data.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from resnetlab.errors import UserError
 from resnetlab.models.weights import _read_file as read_weights_file, safetensors_metadata
 
-from .checkpoint import FORMAT, checkpoint_path
+from .checkpoint import FORMAT, checkpoint_path, verify_digest
 from .records import Checkpoint
 from .sources import find_weights
 
@@ -45,6 +45,7 @@ def init_normalizer(cfg: FinetuneConfig) -> tuple[Normalizer, str] | None:
         path = checkpoint_path(path) if path.is_dir() else path
         payload = read_weights_file(path)
         if isinstance(payload, dict) and payload.get("format") == FORMAT:
+            verify_digest(payload, path)  # a damaged file is said to be one, not a malformed normaliser
             state = Checkpoint.from_dict(payload, path).artifact.normalizer
     if not isinstance(state, dict):
         return None

@@ -93,11 +93,11 @@ def error_rate(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tenso
 def edge_note(errors: dict) -> str | None:
     """A line when the best penalty is the grid's largest or smallest and strictly better than its neighbour:
     the validation error was still falling there, and a penalty outside the grid might do better."""
-    if not errors:
+    if len(errors) < 2:
         return None
-    ranked = sorted(errors)
+    ranked, chosen = sorted(errors), min(errors, key=lambda p: (errors[p], p))  # as choose_penalty picks
     for edge, inner, side in ((ranked[-1], ranked[-2], "largest"), (ranked[0], ranked[1], "smallest")):
-        if errors[edge] < errors[inner] and errors[edge] == min(errors.values()):
+        if edge == chosen and errors[edge] < errors[inner]:
             return (f"the linear probe's L2 penalty is the {side} tried ({edge:g}: validation error {errors[edge]:.2f}% "
                     f"against {errors[inner]:.2f}% at {inner:g}), so one past it might do better; the fit is kept, and "
                     "metrics.jsonl lists the validation error of each penalty")
