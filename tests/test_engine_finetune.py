@@ -162,6 +162,12 @@ def test_the_classifier_rows_of_a_checkpoint_follow_the_class_names(tmp_path):
         for i, name in enumerate(classes):
             want = pre.weights["fc.weight"][pre.classes.index(name)] if name in pre.classes else fresh[i]
             assert torch.equal(model.fc.weight[i], want), name
+    from resnetlab.inference.export import export_checkpoint
+
+    export_checkpoint(tmp_path / "pre", "safetensors", tmp_path / "pre.safetensors")  # names its classes too
+    model = create_model(pre.model_name, num_classes=2)
+    assert load_init_weights(model, str(tmp_path / "pre.safetensors"), pre.model_name, ["class3", "class1"]).head
+    assert torch.equal(model.fc.weight, pre.weights["fc.weight"][[3, 1]])
     same = create_model(pre.model_name, num_classes=4)
     assert load_init_weights(same, str(tmp_path / "pre"), pre.model_name, list(pre.classes)) == ([], None)
     assert torch.equal(same.fc.weight, pre.weights["fc.weight"])

@@ -101,6 +101,7 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> tuple[list[s
         if held:
             check_same_model(held, label, model_name)
             check_same_build(held, None, exported_model_kwargs(Path(source)), model, label)
+            named = _export_head(Path(source))
     return load_weights(model, source, ignore_mismatched_head=True, label=label).skipped, named
 
 
@@ -115,6 +116,18 @@ def exported_model_kwargs(path: Path) -> dict:
     """The model_kwargs a resnetlab safetensors export records ({} for other files)."""
     kwargs = _export_metadata(path).get("model_kwargs")
     return kwargs if isinstance(kwargs, dict) else {}
+
+
+def _export_head(path: Path) -> tuple | None:
+    """(the classes a resnetlab safetensors export names, its classifier tensors), as a checkpoint gives them."""
+    from safetensors import safe_open
+
+    classes = _export_metadata(path).get("classes")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        head = {k: f.get_tensor(k) for k in f.keys() if k.startswith(HEAD_PREFIX)}
+    return (classes, head) if head else None
 
 
 def _export_metadata(path: Path) -> dict:
