@@ -83,10 +83,7 @@ def build_config(args):
         recipe, out = args.recipe, args.out
     if args.resume_if_exists and args.resume:
         raise UserError("--resume-if-exists goes with --out; --resume already continues a run")
-    overrides = [(key, flag_value(key, getattr(args, flag))) for flag, key in FLAG_KEYS.items()
-                 if getattr(args, flag) is not None]
-    if args.max_steps is not None:
-        overrides += [("schedule.max_steps", args.max_steps), ("schedule.epochs", None)]
+    overrides = flag_overrides(args)
     if recipe is None:
         from .train_auto import auto_recipe
 
@@ -123,6 +120,15 @@ def check_run_length(args) -> None:
                         "over the training data, max steps count optimizer steps)")
 
 
+def flag_overrides(args) -> list[tuple[str, object]]:
+    """(key, value) of the flags that stand for config keys (--model, --lr ..., --max-steps)."""
+    overrides = [(key, flag_value(key, getattr(args, flag))) for flag, key in FLAG_KEYS.items()
+                 if getattr(args, flag) is not None]
+    if args.max_steps is not None:
+        overrides += [("schedule.max_steps", args.max_steps), ("schedule.epochs", None)]
+    return overrides
+
+
 def flag_value(key: str, value):
     """--init none (or null) means no init weights: from scratch."""
     return None if key == "finetune.init" and str(value).lower() in ("none", "null") else value
@@ -152,9 +158,7 @@ def existing_run(cfg, out, given: set[str]):
 
 def given_keys(args) -> set[str]:
     """The config keys the command line sets itself: flags, --max-steps, --data, --set."""
-    keys = {key for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
-    keys |= {"schedule.max_steps", "schedule.epochs"} if args.max_steps is not None else set()
-    keys |= {"data.root", "data.dataset"} if args.data else set()
+    keys = {key for key, _ in flag_overrides(args)} | ({"data.root", "data.dataset"} if args.data else set())
     return keys | {parse_override(item)[0] for item in args.set}
 
 
