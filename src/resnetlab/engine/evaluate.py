@@ -231,8 +231,9 @@ def recorded_validation(run_dir: Path) -> tuple[dict, dict] | None:
     """(validation record, whole record) of RUN/data.json when it lists the images held out of
     train (files, or indices into the training split); else None (a val/ folder, no hold-out, a
     run from before data.json)."""
+    record = Path(run_dir) / "data.json"
     try:
-        saved = json.loads((Path(run_dir) / "data.json").read_text(encoding="utf-8"))
+        saved = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None  # a FIFO: never read
     except (OSError, ValueError):
         return None
     held = saved.get("validation") if isinstance(saved, dict) else None

@@ -8,7 +8,6 @@ held out; the new run's data record lists its own.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -34,16 +33,12 @@ def init_run(init) -> Path | None:
 def held_out_files(run: Path) -> tuple[str, list[str], str | None, list] | None:
     """(root, files held out of train, layout, classes) as RUN/data.json lists them; None when it lists none
     (a val/ folder, no hold-out, CIFAR's indices), or is missing, unreadable or not a data record."""
-    record = run / "data.json"
-    try:
-        if not record.is_file():  # a FIFO there would wait for ever
-            return None
-        saved = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    from .evaluate import recorded_validation
+
+    recorded = recorded_validation(run)
+    if recorded is None:
         return None
-    held = saved.get("validation") if isinstance(saved, dict) else None
-    if not isinstance(held, dict) or held.get("from") != "held out of train":
-        return None
+    held, saved = recorded
     files, root, layout = held.get("files"), saved.get("root"), saved.get("layout")
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files) or not isinstance(root, str):
         return None
