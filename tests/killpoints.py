@@ -1,6 +1,6 @@
 """Run `resnetlab` with a signal sent to itself at a named point: deterministic fault injection.
 
-    python tests/killpoints.py POINT N [--signal KILL] [--rank R] [--first-attempt] -- train ARGS...
+    python tests/killpoints.py POINT N [--signal KILL] [--rank R] [--first-attempt] [--slow-exit-rank R] -- train ...
     (under torchrun write --send INT: torchrun reads --signal as its own --signals-to-handle)
     python tests/killpoints.py --each POINT:N,POINT:N... -- train ... --out ROOT/{point} ...
 
@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 
 def _fire(sig: int) -> None:
@@ -68,6 +69,19 @@ def _inside_write(n: int, sig: int) -> None:
         _fire(sig)
 
     torch.save = partial_save
+
+
+def _slow_shutdown(seconds: float) -> None:
+    """The process leaves torchrun's process group `seconds` later, as a loaded machine's teardown can."""
+    from resnetlab.engine import train
+
+    real = train.shutdown_distributed
+
+    def slow(*args, **kwargs):
+        real(*args, **kwargs)
+        time.sleep(seconds)
+
+    train.shutdown_distributed = slow
 
 
 def install(point: str, n: int, sig: int) -> None:
@@ -126,6 +140,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--signal", "--send", dest="signal", default="KILL", help="KILL, TERM or INT")
     parser.add_argument("--rank", type=int, help="only in this torchrun rank")
     parser.add_argument("--first-attempt", action="store_true", help="only before torchrun's first restart")
+    parser.add_argument("--slow-exit-rank", type=int, help="this torchrun rank takes 3 s more to leave the process "
+                        "group and end, as a loaded machine's teardown can")
     split = argv.index("--")
     args = parser.parse_args(argv[:split])
     if args.each:
@@ -137,6 +153,8 @@ def main(argv: list[str]) -> int:
         install(args.point, args.n, getattr(signal, f"SIG{args.signal}"))
     from resnetlab.cli import main as resnetlab_main
 
+    if args.slow_exit_rank is not None and int(os.environ.get("RANK", "0")) == args.slow_exit_rank:
+        _slow_shutdown(3.0)
     return resnetlab_main(argv[split + 1:])
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import yaml
 
 from resnetlab.config import apply_overrides, config_to_dict
 from resnetlab.engine import load_checkpoint, train_and_evaluate
-from resnetlab.engine.distributed import DistInfo, dist_info_from_env, per_rank_batch
+from resnetlab.engine.distributed import DistInfo, dist_info_from_env, per_rank_batch, wait_for_exit
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from test_engine_train import tiny_config
@@ -100,15 +101,17 @@ def test_a_run_stopped_between_evaluations_logs_the_same_training_numbers_after_
         for key in unbroken:
             torch.testing.assert_close(ended[key], unbroken[key], rtol=1e-4, atol=1e-5, msg=key)
 
-    for name, resume in (("two", lambda run: torchrun("-m", "resnetlab", "train", "--resume", run)),
-                         ("one", one_process)):
-        # Ctrl-C to rank 0 before step 5: both stop after it, between the evaluations at steps 3 and 6
+    for name, signalled, resume in (("two", 0, lambda run: torchrun("-m", "resnetlab", "train", "--resume", run)),
+                                    ("one", 1, one_process)):
+        # Ctrl-C to one process before step 5: both stop after it, between the evaluations at steps 3 and 6
         run = tmp_path / name
-        stopped = torchrun(KILLPOINTS, "step", 5, "--send", "INT", "--rank", 0, "--", "train", "--recipe", recipe,
-                           "--out", run)
-        assert "stopped by SIGINT at step 5" in stopped.stderr, stopped.stderr[-3000:]
-        # rank 1 stopped with it and ended cleanly: its failing exit made torchrun SIGTERM rank 0 mid-stop, now and then
-        assert "<NO_OTHER_FAILURES>" in stopped.stderr and "rank      : 0 (local_rank: 0)" in stopped.stderr
+        stopped = torchrun(KILLPOINTS, "step", 5, "--send", "INT", "--rank", signalled, "--slow-exit-rank", 1, "--",
+                           "train", "--recipe", recipe, "--out", run)
+        assert "stopped by SIGINT at step 5" in stopped.stderr, stopped.stderr[-3000:]  # (whichever rank got it)
+        # rank 1 stopped with it and ended cleanly, and rank 0 waited for it to end: torchrun SIGTERMs the processes
+        # still running when one fails, and reports them as failed too (rank 1 ending slower than rank 0, now and then)
+        assert "<NO_OTHER_FAILURES>" in stopped.stderr, stopped.stderr[-3000:]  # (torchrun itself exits 1)
+        assert "rank      : 0 (local_rank: 0)" in stopped.stderr
         assert f"Continue with: torchrun --nproc_per_node=2 -m resnetlab train --resume {run}\n" in stopped.stderr
         done = resume(run)
         assert getattr(done, "returncode", 0) == 0, done.stderr[-3000:]
@@ -117,6 +120,19 @@ def test_a_run_stopped_between_evaluations_logs_the_same_training_numbers_after_
         assert [r["step"] for r in rows] == [r["step"] for r in expected] == [3, 6]
         for key in ("train_loss", "train_err"):
             assert rows[1][key] == pytest.approx(expected[1][key], rel=1e-4), (name, key)
+
+
+def test_waiting_for_processes_to_end_returns_when_they_have_or_at_the_deadline():
+    quick, slow = (subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({s})"]) for s in (0.5, 60))
+    try:
+        reaper = threading.Thread(target=quick.wait)  # as torchrun reaps its processes
+        reaper.start()
+        wait_for_exit((quick.pid,), timeout_s=30)
+        assert quick.poll() == 0
+        wait_for_exit((slow.pid,), timeout_s=0.3)  # one that does not end is waited for no longer than asked
+        assert slow.poll() is None
+    finally:
+        slow.kill(), slow.wait(), reaper.join()
 
 
 def test_torchrun_variables_and_the_global_batch():

@@ -253,7 +253,7 @@ def forget_refused_start(out: Path) -> None:
 
 def train(args) -> int:
     from resnetlab.engine import TrainingInterrupted, train_and_evaluate
-    from resnetlab.engine.distributed import dist_info_from_env
+    from resnetlab.engine.distributed import dist_info_from_env, wait_for_exit
 
     cfg, out = build_config(args)
     note = check_resume_changes(cfg, out) if args.resume else None
@@ -269,12 +269,14 @@ def train(args) -> int:
     try:
         summary = train_and_evaluate(cfg, out, resume=resume, resume_note=note)
     except TrainingInterrupted as stop:
-        if dist_info_from_env().is_main:
-            print(f"resnetlab train: {stop}. Continue with: {resume_command(out)}", file=sys.stderr, flush=True)
-            return stop.exit_code
-        # A torchrun process that stopped only because another was signalled ends cleanly: a failing exit made
-        # torchrun SIGTERM rank 0 while it still wrote its checkpoint and the line above ("terminated" instead).
-        return stop.exit_code if stop.signalled else 0
+        # Under torchrun rank 0 alone reports the stop and fails; every other process ends cleanly, and rank 0
+        # waits for those on its machine first: a failing exit makes torchrun SIGTERM the processes still running
+        # (rank 0 while it wrote its checkpoint and this line) and report each as failed.
+        if not dist_info_from_env().is_main:
+            return 0
+        print(f"resnetlab train: {stop}. Continue with: {resume_command(out)}", file=sys.stderr, flush=True)
+        wait_for_exit(stop.peers)
+        return stop.exit_code
     except Terminated:  # where no step can be saved: e.g. under torchrun, waiting on a process that was killed
         last = Path(out) / "checkpoints" / "last.pt"
         if not (dist_info_from_env().is_main and last.is_file()):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
+import time
 from dataclasses import dataclass
 
 import torch
@@ -105,3 +107,37 @@ def broadcast_object(obj, dist_info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def agreed_signal(signum: int | None, signals: tuple[int, ...], device: torch.device) -> int | None:
+    """The signal any process has received (the first of `signals` that one did), or None; every
+    process calls it at the same step, so all of them stop at the same one."""
+    got = torch.tensor([float(signum == s) for s in signals], device=device)
+    return next((s for s, n in zip(signals, all_reduce_sum(got).tolist()) if n), None)
+
+
+def local_peers(dist_info: DistInfo) -> tuple[int, ...]:
+    """The process ids of the job's other processes on this machine (a collective: every process calls it).
+
+    torchrun's agent stops the processes still running as soon as one of them exits with a failing
+    status, and reports each of them as failed too: the one process that exits failing waits for
+    these to end first (wait_for_exit)."""
+    if not dist_info.enabled:
+        return ()
+    here = (os.environ.get("GROUP_RANK"), socket.gethostname(), os.getppid())  # the node, and its agent
+    return tuple(pid for *where, pid in gather_objects((*here, os.getpid()), dist_info)
+                 if tuple(where) == here and pid != os.getpid())
+
+
+def wait_for_exit(pids: tuple[int, ...], timeout_s: float = 60.0) -> None:
+    """Return once none of the processes exists any more (torchrun reaps its own), or after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # the id is another user's process now: ours has ended
+                break
+            time.sleep(0.02)

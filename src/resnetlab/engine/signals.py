@@ -20,9 +20,9 @@ class TrainingInterrupted(Exception):
     """The run stopped on a signal; `checkpoint` (None before the first one) holds its progress.
     Exit status 128 + signum."""
 
-    def __init__(self, signum: int, step: int, checkpoint=None, signalled: bool = True):
+    def __init__(self, signum: int, step: int, checkpoint=None, peers: tuple[int, ...] = ()):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        self.signalled = signalled  # False: a torchrun process that stopped because another one was signalled
+        self.peers = peers  # under torchrun: the ids of the job's other processes on this machine (local_peers)
         kept = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint yet, so nothing was lost"
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {kept}")
 

@@ -24,7 +24,8 @@ from resnetlab.files import StorageError
 from resnetlab.guest import guest_call
 
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
-from .distributed import all_reduce_sum, dist_info_from_env, init_distributed, shutdown_distributed
+from .distributed import (agreed_signal, all_reduce_sum, dist_info_from_env, init_distributed, local_peers,
+                          shutdown_distributed)
 from .evaluate import evaluate_split
 from .final_test import final_test
 from .finetune import set_train_mode
@@ -35,7 +36,7 @@ from .rundir import RunDirLock
 from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error, warmup_news
 from .setup import Run, RunRequest, build_run, set_lr
-from .signals import StopOnSignal, TrainingInterrupted
+from .signals import SIGNALS, StopOnSignal, TrainingInterrupted
 from .state import Meter, RunFinished, is_finite_model, make_checkpoint, meter_summary, storage_refusal
 
 
@@ -122,8 +123,8 @@ def _train(request: RunRequest, stop: StopOnSignal, lock: RunDirLock) -> RunSumm
             print(done, file=request.stream or sys.stderr, flush=True)
         return done.summary
     try:
-        if _stop_requested(stop, run):  # a signal while the data was built
-            raise TrainingInterrupted(stop.signum or 15, run.state.step, _last_checkpoint(run))
+        if signum := _agreed_signal(stop, run):  # a signal while the data was built
+            raise TrainingInterrupted(signum, run.state.step, _last_checkpoint(run), local_peers(run.dist_info))
         best_state = train_loop(run, stop)
     finally:
         run.log.close()
@@ -167,12 +168,12 @@ def train_loop(run: Run, stop: StopOnSignal):
                 run.log.progress_line(state.step, *meter_summary(window.state()), lr=lr, img_s=_rate(clock))
             if at_eval:
                 best_state = eval_point(run, window, since_eval, lr, clock) or best_state
-            if _stop_requested(stop, run):  # every process is here: the sums of all of them are saved
+            if signum := _agreed_signal(stop, run):  # every process is here: the sums of all of them are saved
                 state.window, state.epoch_meter = (all_reduce_sum(m.sums).tolist() for m in (window, since_eval))
                 state.elapsed_s = time.perf_counter() - clock["start"]
                 check_finite(run)
                 path = save(run, MetricsRow(step=state.step, extra={"interrupted": True}), ("last.pt",))
-                raise TrainingInterrupted(stop.signum or 15, state.step, path, signalled=stop.signum is not None)
+                raise TrainingInterrupted(signum, state.step, path, local_peers(run.dist_info))  # (after the save)
             if state.step >= run.total or state.reached_target is not None:
                 break
     return best_state
@@ -279,11 +280,11 @@ def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
     return run.workdir / "checkpoints" / "last.pt"
 
 
-def _stop_requested(stop: StopOnSignal, run: Run) -> bool:
+def _agreed_signal(stop: StopOnSignal, run: Run) -> int | None:
     """Every process must stop at the same step, so a signal seen by any one counts for all."""
     if not run.dist_info.enabled:
-        return stop.requested
-    return bool(all_reduce_sum(torch.tensor([float(stop.requested)], device=run.rt.device)).item())
+        return stop.signum
+    return agreed_signal(stop.signum, SIGNALS, run.rt.device)
 
 
 def _rate(clock: dict) -> float:
