@@ -248,6 +248,7 @@ def test_weights_of_a_small_image_net_go_on_as_they_trained_and_the_run_trains_t
 def test_the_model_of_the_init_weights_is_read_where_it_can_be_told(small_folder, tmp_path):
     import torch
 
+    from resnetlab.autorecipe import InitModel
     from resnetlab.cli import main
     from resnetlab.cli.train_auto import init_model
     from resnetlab.models import create_model
@@ -255,5 +256,12 @@ def test_the_model_of_the_init_weights_is_read_where_it_can_be_told(small_folder
     assert main(["train", "--data", str(small_folder), "--out", str(tmp_path / "run"), "--max-steps", "1"]) == 0
     assert (init_model(str(tmp_path / "run")).name, init_model(str(tmp_path / "run")).small) == ("resnet20", True)
     assert init_model(IMAGENET_WEIGHTS).name == "resnet18" and not init_model(IMAGENET_WEIGHTS).small
-    torch.save(create_model("resnet18").state_dict(), tmp_path / "plain.pth")
-    assert init_model(str(tmp_path / "plain.pth")) is None and init_model(str(tmp_path / "nothere.pt")) is None
+    assert init_model(str(tmp_path / "nothere.pt")) is None
+    # a plain file whose tensors fit one registered network alone is that network's; resnet20's with
+    # parameter-free shortcuts fit plain20 as well, so it is not told (nor a file of other names)
+    for name, kwargs, told in (("resnet56", {"shortcut": "B"}, ("resnet56", True, (("shortcut", "B"),))),
+                               ("resnet18", {}, ("resnet18", False, ())), ("resnet20", {}, None)):
+        torch.save(create_model(name, num_classes=7, **kwargs).state_dict(), tmp_path / "plain.pth")
+        assert init_model(str(tmp_path / "plain.pth")) == (told and InitModel(*told)), name
+    torch.save({"encoder.weight": torch.ones(3, 3)}, tmp_path / "plain.pth")
+    assert init_model(str(tmp_path / "plain.pth")) is None

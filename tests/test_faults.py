@@ -299,7 +299,7 @@ def test_resume_if_exists_goes_on_with_the_run_s_own_config_where_only_the_recip
 
 
 @pytest.mark.parametrize("edit, words", [
-    (lambda c: c.update(model_name="resnet20"), ["says its model is resnet20, but weights do not fit", "missing"]),
+    (lambda c: c.update(model_name="resnet20"), ["says its model is resnet20, but weights do not fit", "they are resnet8"]),
     (lambda c: c.pop("normalizer"), ["lacks normalizer: not a complete resnetlab-checkpoint-v1 checkpoint"]),
 ])
 def test_a_checkpoint_that_does_not_fit_its_model_is_one_line(tmp_path, reference, capsys, edit, words):

@@ -49,8 +49,9 @@ def auto_recipe(args, overrides: list) -> tuple[str, list]:
 
 def init_model(init: str):
     """The model --init's weights are of (autorecipe.InitModel), where resnetlab can tell without
-    guessing: published weights by name, a run or a resnetlab checkpoint, a safetensors export of one;
-    None for a plain weights file, or one that cannot be read (loading it says why, later)."""
+    guessing: published weights by name, a run or a resnetlab checkpoint, a safetensors export of one,
+    a plain weights file whose tensors fit one registered network alone (models.identify); None
+    otherwise, or for a file that cannot be read (loading it says why, later)."""
     from resnetlab.autorecipe import InitModel
     from resnetlab.engine.finetune import exported_model_kwargs, exported_model_name
     from resnetlab.engine.sources import find_weights, load_source
@@ -62,12 +63,29 @@ def init_model(init: str):
             name, kwargs = entry.model, entry.kwargs
         elif str(init).endswith(".safetensors"):
             name, kwargs = exported_model_name(Path(init)), exported_model_kwargs(Path(init))
+            name, kwargs = (name, kwargs) if name else _identified(init)
         else:
-            artifact = load_source(init)[0]
-            name, kwargs = artifact.model_name, artifact.model_kwargs
+            try:
+                artifact = load_source(init)[0]
+                name, kwargs = artifact.model_name, artifact.model_kwargs
+            except UserError:
+                if not Path(init).is_file():
+                    raise
+                name, kwargs = _identified(init)  # not a resnetlab checkpoint: maybe plain weights
         return InitModel(name, model_info(name).family == "cifar", tuple(dict(kwargs).items())) if name else None
     except (UserError, OSError, ValueError, TypeError):
         return None
+
+
+def _identified(path) -> tuple[str | None, dict]:
+    """The one registered network a plain weights file fits (in the layout loading would read it in)."""
+    from resnetlab.models import layouts
+    from resnetlab.models.identify import identify
+    from resnetlab.models.weights import read_state_dict
+
+    state = read_state_dict(path)
+    fits = identify(layouts.rename(state, layouts.detect(state)))
+    return (fits[0].name, dict(fits[0].kwargs)) if len(fits) == 1 else (None, {})
 
 
 def check_init(recipe: str, init: str, overrides: list) -> None:

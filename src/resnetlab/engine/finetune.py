@@ -17,6 +17,7 @@ from torch import nn
 from resnetlab.config import FinetuneConfig
 from resnetlab.errors import UserError
 from resnetlab.models import load_weights
+from resnetlab.models.identify import OtherNetwork
 from resnetlab.models.weights import _read_file as read_weights_file, refuse_nonfinite, safetensors_metadata
 
 from .checkpoint import FORMAT, checkpoint_path, verify_digest
@@ -78,9 +79,7 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> tuple[list[s
         try:
             check_fits(model, entry, ignore_mismatched_head=True)
         except UserError as err:
-            kwargs = "".join(f" --set model.kwargs.{k}={v}" for k, v in entry.model_kwargs)
-            raise UserError(f"{err}. To fine-tune them, train {entry.model}: "
-                            f"--set model.name={entry.model}{kwargs}") from None
+            raise UserError(f"{err}. {_train_it(entry.model, entry.model_kwargs)}") from None
         return load_pretrained(model, entry, ignore_mismatched_head=True).skipped, None
     label, named = source, None
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
@@ -102,7 +101,15 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> tuple[list[s
             check_same_model(held, label, model_name)
             check_same_build(held, None, exported_model_kwargs(Path(source)), model, label)
             named = _export_head(Path(source))
-    return load_weights(model, source, ignore_mismatched_head=True, label=label).skipped, named
+    try:
+        return load_weights(model, source, ignore_mismatched_head=True, label=label).skipped, named
+    except OtherNetwork as err:  # a plain file of another registered network: which one, and how to train it
+        raise UserError(f"{err.what}. {_train_it(err.fits[0].name, err.fits[0].kwargs)}") from None
+
+
+def _train_it(name: str, kwargs) -> str:
+    return f"To fine-tune them, train {name}: --set model.name={name}" + "".join(
+        f" --set model.kwargs.{k}={v}" for k, v in kwargs)
 
 
 def exported_model_name(path: Path) -> str | None:

@@ -23,7 +23,7 @@ from torch import nn
 from resnetlab.errors import UserError, expect_type, first_line
 from resnetlab.files import special_kind
 
-from . import layouts
+from . import identify, layouts
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("module.", "_orig_mod.")
@@ -216,7 +216,8 @@ def load_weights(model: nn.Module, source, *, ignore_mismatched_head: bool = Fal
         parts = [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
                  if keys]
-        raise UserError("weights do not fit the model: " + "; ".join(parts) + _hint(state, own))
+        other = identify.mismatch(state, own)  # another registered network: said by name, not by its keys
+        raise other or UserError("weights do not fit the model: " + "; ".join(parts) + _hint(state, own))
     # load_state_dict casts silently: integer weights (a quantised or edited file) would load as floats
     cast = [f"{k} ({state[k].dtype})" for k in sorted(state) if own[k].is_floating_point() and not state[k].is_floating_point()]
     if cast:
