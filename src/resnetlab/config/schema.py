@@ -56,7 +56,8 @@ class DataConfig:
     cache_dir: str | None = None  # decoded small-image caches (default: ~/.cache/resnetlab/folders)
     skip_bad: bool = False  # skip unreadable images (with a count) instead of failing
     # Class imbalance: none | sampler (draw training images with class-balanced weights, seeded per
-    # epoch) | loss (cross-entropy weighted by n / (classes * count), sklearn's "balanced").
+    # epoch) | loss (each sample's cross-entropy, smoothed or not, weighted by n / (classes * count) of its
+    # class: sklearn's "balanced"; engine/loss.py).
     balance: str = "none"
     synthetic_size: int = ranged(1024, 1)  # synthetic dataset: images per split
     synthetic_classes: int = ranged(10, 2)

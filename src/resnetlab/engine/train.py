@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.config import Config
@@ -30,6 +29,7 @@ from .evaluate import evaluate_split
 from .final_test import final_test
 from .finetune import set_train_mode
 from .heap import held_heap
+from .loss import classification_loss
 from .preflight import record_decoding_skips
 from .run_records import MetricsRow, RunSummary
 from .rundir import RunDirLock
@@ -68,7 +68,7 @@ def train_step(parts: StepParts, x: torch.Tensor, y: torch.Tensor):
         raise UserError(f"BatchNorm cannot train on a batch of {x.shape[0]} image(s) of {x.shape[-1]} px: a feature map "
                         "of the last stage holds one value per channel; raise optim.batch_size (per process) or "
                         "data.image_size") from None
-    loss = F.cross_entropy(logits.float(), y, weight=parts.class_weights, label_smoothing=parts.label_smoothing)
+    loss = classification_loss(logits.float(), y, parts.class_weights, parts.label_smoothing)
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
     parts.scaler.step(parts.optimizer)
