@@ -136,3 +136,26 @@ def test_decoding_workers_hand_over_the_same_groups(files):
     plain, workers = groups(0), groups(2)
     assert len(plain) == len(workers) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
                                               for a, b in zip(plain, workers))
+
+
+def test_a_strip_is_scored_by_its_centred_part_of_four_to_one(tmp_path, net):
+    """A legal 1 x 2000 strip at a shorter side of 365 px was a 365 x 730,000 view (gigabytes); whole
+    views keep at most 4:1 of an image, centred, for multiscale and 10-crop alike; 4:1 itself stays whole."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (200, 2, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "strip.png")
+    Image.fromarray(pixels[96:104]).save(tmp_path / "middle.png")  # its centred 2 x 8
+    Image.fromarray(rng.integers(0, 256, (10, 40, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
+    files = FileDataset([str(tmp_path / n) for n in ("strip.png", "middle.png", "wide.png")], torch.zeros(3, dtype=torch.int64), ["a"])
+    views, _ = next(iter(make_eval_loader(files, CFG, LoaderSpec(3), "multiscale")))
+    shapes = {}
+    for g in views:
+        for row in g.rows.tolist():
+            shapes.setdefault(row, []).append(tuple(g.x.shape[2:]))
+    assert shapes[0] == shapes[1] == [(4 * s, s) for s in multiscale_sides(16)]
+    assert shapes[2] == [(s, 4 * s) for s in multiscale_sides(16)]  # 40 x 10: whole
+    probs = protocol_probs(files, net, 3)  # (the strip's resampling also reads the pixels next to its part)
+    assert torch.allclose(probs[0], probs[1], atol=2e-3, rtol=0) and not torch.allclose(probs[0], probs[2], atol=0.05)
+    crops, _ = next(iter(make_eval_loader(files, CFG, LoaderSpec(3), "10crop")))
+    assert all(c.shape[1:] == (3, 16, 16) for c in crops)
+    assert sum((c[0].float() - c[1].float()).abs().mean() for c in crops) / 10 < 8  # of 255: the same part

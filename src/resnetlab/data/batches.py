@@ -158,7 +158,7 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
         size = self.cfg.image_size
         if self.protocol in (None, "center", "flip"):
             return 3 * size * size
-        if self.protocol == "10crop":  # whole images at eval_resize, up to 4:3
+        if self.protocol == "10crop":  # whole images at eval_resize, most up to 4:3 (whole_box: at most 4:1)
             return 3 * self.cfg.eval_resize * self.cfg.eval_resize * 4 // 3
         # multiscale: whole images at each side, up to 4:3; their mirrors are made where they are scored
         return sum(3 * side * side * 4 // 3 for side in multiscale_sides(size))
@@ -206,10 +206,9 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
         side = self.cfg.eval_resize if self.cfg.augment in ("imagenet", "rrc") else size
         if self.protocol in ("center", "flip"):  # flip: the centre view, mirrored after stacking
             return lambda w, h: [(center_box(w, h, side, size), (size, size))]
-        if self.protocol == "10crop":
-            return lambda w, h: [((0, 0, w, h), resized_shape(w, h, side))]
-        sides = multiscale_sides(size)  # fully-convolutional: the whole image, shorter side at each scale
-        return lambda w, h: [((0, 0, w, h), resized_shape(w, h, s)) for s in sides]
+        sides = [side] if self.protocol == "10crop" else multiscale_sides(size)  # multiscale: fully-convolutional
+        return lambda w, h: [(box, resized_shape(box[2] - box[0], box[3] - box[1], s))
+                             for box in [whole_box(w, h)] for s in sides]
 
     def _batch_augment(self, x: torch.Tensor, draws: BatchDraws) -> torch.Tensor:
         if self.cfg.augment == "cifar":
@@ -218,6 +217,18 @@ class FileBatches(BatchSource, torch.utils.data.Dataset):
             return x
         x = random_flip(x, draws)  # in place: x is this batch's own fresh tensor
         return lighting(x, self.cfg.lighting, draws) if self.cfg.lighting > 0 else x
+
+
+MAX_WHOLE_ASPECT = 4  # whole-image views keep at most 4:1 of an image (nearly every photo is whole)
+
+
+def whole_box(w: int, h: int) -> tuple:
+    """The whole image for 10-crop and multi-scale views, or its centred part of MAX_WHOLE_ASPECT:1: a
+    legal 1 x 2000 strip resized to a shorter side of 365 px was a 365 x 730,000 view, gigabytes for one image."""
+    longest = MAX_WHOLE_ASPECT * min(w, h)
+    if max(w, h) <= longest:
+        return (0, 0, w, h)
+    return ((w - longest) / 2, 0, (w + longest) / 2, h) if w > h else (0, (h - longest) / 2, w, (h + longest) / 2)
 
 
 def report_skipped(dataset: FileDataset, skipped: list[tuple[str, str]], shown: int = 3) -> None:
