@@ -88,3 +88,18 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, recipe, sig, code
     assert "stopped by" not in stdout  # stdout holds only results
     assert main(["train", "--resume", str(out), "--max-steps", str(step + 2)]) == 0
     assert load_checkpoint(out / "checkpoints" / "last.pt").training.step == step + 2
+
+
+def test_train_prints_the_per_class_results_of_at_most_fifty_classes(tmp_path):
+    """The summary train prints: past eval's 50-class table, the per-class lists stay in RUN/summary.json."""
+    from resnetlab.cli.eval import printed_summary
+
+    def summary(classes):
+        report = {"top1": 50.0, "per_class": [{"name": f"c{i}", "images": 2} for i in range(classes)]}
+        return {"steps": 3, "test": {"best": report, "last": dict(report)}}
+
+    assert printed_summary(summary(50), tmp_path) == summary(50)
+    shown = printed_summary(summary(51), tmp_path)
+    assert shown["steps"] == 3 and set(shown["test"]) == {"best", "last"}
+    assert all(r == {"top1": 50.0, "per_class_in": str(tmp_path / "summary.json")} for r in shown["test"].values())
+    assert printed_summary({"steps": 0}, tmp_path) == {"steps": 0}

@@ -92,3 +92,14 @@ def write_files_or_warn(report: dict, matrix, out, precision) -> tuple[list, Use
             return [], err
         warnings.warn(f"{err} to keep the files; the numbers follow", ResnetlabWarning)
         return [], None
+
+
+def printed_summary(summary: dict, out: Path) -> dict:
+    """summary.json as `train` prints it: past PER_CLASS_PRINTED classes (as eval's table), each test report's
+    per-class list stays in the file, named there (1000 classes printed 18,000 lines at the end of a run)."""
+    test = {}
+    for name, report in summary.get("test", {}).items():
+        if isinstance(report, dict) and len(report.get("per_class", ())) > PER_CLASS_PRINTED:
+            report = {**{k: v for k, v in report.items() if k != "per_class"}, "per_class_in": str(out / "summary.json")}
+        test[name] = report
+    return {**summary, "test": test} if "test" in summary else summary

@@ -285,5 +285,8 @@ def train(args) -> int:
               f"{resume_command(out)}", file=sys.stderr, flush=True)
         return 143
     if dist_info_from_env().is_main:
-        print(json.dumps(summary.to_dict(), indent=1))
+        from resnetlab.cli.eval import printed_summary
+
+        print(json.dumps(printed_summary(summary.to_dict(), Path(out)), indent=1))
     return 0
+
