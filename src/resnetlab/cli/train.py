@@ -252,7 +252,7 @@ def forget_refused_start(out: Path) -> None:
 
 
 def train(args) -> int:
-    from resnetlab.engine import TrainingInterrupted, train_and_evaluate
+    from resnetlab.engine import TrainingDiverged, TrainingInterrupted, train_and_evaluate
     from resnetlab.engine.distributed import dist_info_from_env, wait_for_exit
 
     cfg, out = build_config(args)
@@ -277,6 +277,11 @@ def train(args) -> int:
         print(f"resnetlab train: {stop}. Continue with: {resume_command(out)}", file=sys.stderr, flush=True)
         wait_for_exit(stop.peers)
         return stop.exit_code
+    except TrainingDiverged as err:  # every process at once: rank 0 alone reports it, as a stop above
+        if not dist_info_from_env().is_main:
+            return 0
+        wait_for_exit(err.peers)
+        raise
     except Terminated:  # where no step can be saved: e.g. under torchrun, waiting on a process that was killed
         last = Path(out) / "checkpoints" / "last.pt"
         if not (dist_info_from_env().is_main and last.is_file()):

@@ -5,7 +5,8 @@ from .records import Artifact, Checkpoint, TrainingState
 from .run_records import MetricsRow, RunSummary
 from .schedules import ScheduleState, create_learning_rate_fn
 from .signals import TrainingInterrupted
-from .train import StepParts, TrainingDiverged, train_and_evaluate, train_step
+from .state import TrainingDiverged
+from .train import StepParts, train_and_evaluate, train_step
 
 __all__ = [
     "FORMAT", "load_checkpoint", "model_from_checkpoint", "save_checkpoint", "PROTOCOLS", "evaluate",

@@ -35,6 +35,16 @@ class RunFinished(Exception):
         self.summary = summary
 
 
+class TrainingDiverged(UserError):
+    """The loss or the weights became NaN/inf; the last good checkpoint was kept. Under torchrun every
+    process raises it at the same step (the decision is summed over them); `peers` are the job's other
+    processes on this machine, which rank 0 waits for before it fails (cli/train.py, as for a stop)."""
+
+    def __init__(self, message: str, peers: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.peers = peers
+
+
 class Meter:
     """Running sums of loss, correct predictions and images, kept on the device (no sync per step)."""
 

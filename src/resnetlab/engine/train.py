@@ -37,11 +37,8 @@ from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error, warmup_news
 from .setup import Run, RunRequest, build_run, set_lr
 from .signals import SIGNALS, StopOnSignal, TrainingInterrupted
-from .state import Meter, RunFinished, is_finite_model, make_checkpoint, meter_summary, storage_refusal
-
-
-class TrainingDiverged(UserError):
-    """The loss or the weights became NaN/inf; the last good checkpoint was kept."""
+from .state import (Meter, RunFinished, TrainingDiverged, is_finite_model, make_checkpoint, meter_summary,
+                    storage_refusal)
 
 
 @dataclass(frozen=True)
@@ -188,7 +185,7 @@ def log_point(run: Run, window: Meter, lr: float, clock: dict) -> None:
     if not math.isfinite(loss):
         raise TrainingDiverged(f"the training loss became {loss} in the {count(run.cfg.train.log_every, 'step')} up to step "
                                f"{run.state.step}; stopped, keeping the last good checkpoint {_last_good(run)}. "
-                               f"Lower optim.lr (now {lr:g})")
+                               f"Lower optim.lr (now {lr:g})", local_peers(run.dist_info))
     observe_train_error(run.cfg.schedule, run.state.schedule, run.state.step, err)
     step, every = run.state.step, (run.cfg.train.log_every, run.eval_every)  # the last point before: a log or an eval
     news = warmup_news(run.cfg.schedule, run.state.schedule, max((step - 1) // n * n for n in every), step, run.total, err)
@@ -266,7 +263,7 @@ def check_finite(run: Run) -> None:
     flags = torch.tensor([0.0 if is_finite_model(run.model) else 1.0], device=run.rt.device)
     if all_reduce_sum(flags).item() > 0:
         raise TrainingDiverged(f"the weights became NaN/inf by step {run.state.step}; kept the last good checkpoint "
-                               f"{_last_good(run)}. Lower optim.lr")
+                               f"{_last_good(run)}. Lower optim.lr", local_peers(run.dist_info))
 
 
 def save(run: Run, metrics: MetricsRow, names: tuple[str, ...]) -> Path:
