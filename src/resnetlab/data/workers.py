@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 import warnings
 
 import torch
@@ -59,9 +60,14 @@ def worker_items(dataset, workers: int, pin_memory: bool):
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
     failed = None
     try:
-        yield from items
-    except (RuntimeError, OSError, EOFError) as err:  # OSError: the queue of a worker that died (connection reset)
-        if isinstance(err, RuntimeError) and not _from_the_loader(err):
+        try:
+            yield from items
+        except (RuntimeError, OSError, EOFError) as err:  # OSError: the queue of a dead worker (connection reset)
+            if isinstance(err, RuntimeError) and not _from_the_loader(err):
+                raise
+            failed = killed_worker(items) or err  # before they are ended: which one a signal ended, if one did
+    except RuntimeError as err:  # torch's SIGCHLD handler, raising again wherever the failure was being handled
+        if not _from_the_loader(err):
             raise
         failed = err
     finally:
@@ -73,6 +79,27 @@ def worker_items(dataset, workers: int, pin_memory: bool):
             failed = failed or err
     if failed is not None:
         raise UserError(workers_failed(failed)) from None
+
+
+def killed_worker(items, wait_s: float = 2.0) -> RuntimeError | None:
+    """The error torch gives for a worker ended by a signal (the kernel's OOM killer, a kill -9), if one
+    of the workers was: which of its signal handler, its closed queue (connection reset) or an EOF the
+    loader meets first is a race, and the last two named no worker. A worker whose queue just closed may
+    not have ended yet: looked at for up to wait_s."""
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            for worker in getattr(items, "_workers", []):
+                if not worker.is_alive() and worker.exitcode is not None and worker.exitcode < 0:
+                    name = signal.Signals(-worker.exitcode).name
+                    return RuntimeError(f"DataLoader worker (pid {worker.pid}) is killed by signal: {name}")
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
+    except RuntimeError as err:  # torch's SIGCHLD handler said it meanwhile
+        if not _from_the_loader(err):
+            raise
+        return err
 
 
 def workers_failed(err: BaseException) -> str:
