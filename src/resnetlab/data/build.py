@@ -144,9 +144,7 @@ def _load_folder(root: Path, cfg: DataConfig):
         raise UserError(f"{root} has one class folder ({first.classes[0]}); a classifier needs at least two: "
                         "ROOT/<class>/<image> or ROOT/train/<class>/<image>, one folder per class")
     for twins in case_twins(first.classes):
-        warnings.warn(f"class folders {' and '.join(f'{t}/' for t in twins)} differ only by case: they are "
-                      f"{len(twins)} classes here (and cannot both exist on macOS or Windows); if they are one class, "
-                      "merge them into one folder", ResnetlabWarning, stacklevel=3)
+        warnings.warn(_twins_said(twins), ResnetlabWarning, stacklevel=3)
     scanned = {"train": first}
     for split in ("val", "test") if layout == "splits" else ():
         if (root / split).is_dir():
@@ -158,6 +156,18 @@ def _load_folder(root: Path, cfg: DataConfig):
     provenance["empty_classes"] = _empty_classes(out, first.classes, root / "train" if layout == "splits" else root,
                                            provenance["skipped"])
     return out["train"], out.get("val"), out.get("test"), provenance
+
+
+def _twins_said(twins: list[str]) -> str:
+    """The warning about class folders equal but for case or for spaces at their ends (datasets.case_twins).
+    Names that differ by spaces are shown quoted: a space at the end of a folder name is invisible."""
+    if len({t.casefold() for t in twins}) == 1:
+        return (f"class folders {' and '.join(f'{t}/' for t in twins)} differ only by case: they are {len(twins)} "
+                "classes here (and cannot both exist on macOS or Windows); if they are one class, merge them into "
+                "one folder")
+    differ = "spaces at their ends" if len({t.strip() for t in twins}) == 1 else "case or by spaces at their ends"
+    return (f"class folders {' and '.join(map(repr, twins))} differ only by {differ}: they are {len(twins)} classes "
+            "here; if they are one class, merge them into one folder")
 
 
 def labelled_folder(root: Path, split: str, cfg: DataConfig):

@@ -169,9 +169,11 @@ def class_key(name: str) -> str:
 
 
 def case_twins(names: list[str]) -> list[list[str]]:
-    """Groups of class names equal but for case (after class_key): `Cat/` and `cat/` are two classes,
-    and cannot both exist on macOS or Windows file systems, so almost always a merge mistake."""
+    """Groups of class names equal but for case or for whitespace at their ends (after class_key):
+    `Cat/` and `cat/` are two classes, and cannot both exist on macOS or Windows file systems; `cat /`
+    beside `cat/` (a space typed or pasted at the end, invisible in most listings) is two as well. Almost
+    always a merge mistake."""
     groups: dict[str, list[str]] = {}
     for name in names:
-        groups.setdefault(class_key(name).casefold(), []).append(name)
+        groups.setdefault(class_key(name).strip().casefold(), []).append(name)
     return [group for group in groups.values() if len(group) > 1]

@@ -118,8 +118,9 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
         raise UserError(f"{split_dir} has class folders not in train/: {', '.join(unknown[:5])}; "
                         f"every split must use train's classes")
     paths, labels, skipped, ignored = [], [], [], []
+    fence = _dir_keys([split_dir, *Path(os.path.realpath(split_dir)).parents] + [split_dir / n for n in found])
     for name in found:
-        files, bad, others = _class_files(split_dir / name)
+        files, bad, others = _class_files(split_dir / name, fence)
         ignored += others
         if bad and not skip_bad:
             raise UserError(f"{bad[0][0]}: {bad[0][1]}; remove it or {SKIP_HINT}")
@@ -136,12 +137,16 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
     return FolderScan(paths, torch.tensor(labels, dtype=torch.int64), classes, skipped, ignored)
 
 
-def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+def _class_files(folder: Path, fence: set = frozenset()) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     """(images, bad, ignored) under a class folder (recursive, sorted, hidden names ignored): files
     with an image extension; dangling symbolic links and unreadable subfolders (bad); other files
-    (ignored). Symlinked subfolders are not followed (a link loop would never end). scandir's entry
-    types cost no extra system call per file, which matters for ImageNet-sized folders."""
+    (ignored). Linked subfolders are followed, as predict follows them, each real folder once (by device
+    and inode, the path met first naming it): a link loop ends, and two links to one folder count its
+    images once. Links to the folder's parents or to `fence` (the split folder, the class folders) are not
+    followed: they would read other classes' images as this one's. scandir's entry types cost no system
+    call per plain file (one stat per folder), which matters for ImageNet-sized folders."""
     files, bad, ignored = [], [], []
+    seen = set(fence) | _dir_keys([folder, *Path(os.path.realpath(folder)).parents])
     pending = [str(folder)]
     while pending:
         current = pending.pop()
@@ -151,20 +156,38 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]], list[s
         except OSError as err:
             bad.append((current, f"cannot list the folder ({err.strerror or err})"))
             continue
-        subfolders = []
+        plain, linked = [], []
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                subfolders.append(entry.path)
+                plain.append(entry.path)
             elif entry.is_symlink() and not os.path.exists(entry.path):
                 bad.append((entry.path, broken_link(entry.path)))
             elif entry.is_symlink() and entry.is_dir():
-                continue  # a linked folder: not followed, as os.walk does
+                linked.append(entry.path)
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
                 files.append(entry.path)
             else:
                 ignored.append(entry.path)
-        pending += reversed(subfolders)  # depth first, in name order: a folder's files, then its subfolders
+        fresh = []
+        for path in plain + linked:  # a folder's own path claims it before a link to it does
+            key = _dir_keys([path])  # empty where it cannot be stat'ed: then listed, which says why
+            if not key & seen:
+                fresh.append(path)
+            seen |= key
+        pending += sorted(fresh, reverse=True)  # depth first, in name order: a folder's files, then its subfolders
     return files, bad, ignored
+
+
+def _dir_keys(paths) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of the folders that can be stat'ed: a folder's identity, whatever path or link leads to it."""
+    keys = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:  # scandir, or no one, says why
+            continue
+        keys.add((st.st_dev, st.st_ino))
+    return keys
 
 
 def broken_link(path: str) -> str:
