@@ -225,6 +225,10 @@ def load_scanned(scanned: dict, root: Path, cfg: DataConfig) -> tuple[dict, dict
         provenance.setdefault("split_files", {})[split] = kept
         pixels = out[split].images.numpy() if side is not None else None  # (N, 3, H, W), contiguous: hashed in place
         provenance.setdefault("fingerprints", {})[split] = fingerprint(kept, root, pixels)
+    if provenance["resized"]:  # off-size small images, or a few large ones among them
+        warnings.warn(f"{provenance['resized']} of {sum(len(d) for d in out.values())} images are not {side}x{side} "
+                      f"px like the rest: each was resized (shorter side) and centre-cropped to it", ResnetlabWarning,
+                      stacklevel=4)
     return out, provenance
 
 

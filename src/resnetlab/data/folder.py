@@ -208,12 +208,15 @@ def probed_sizes(paths: list) -> list[tuple[int, int]]:
 
 
 def small_side(paths: list) -> int | None:
-    """The common side of the images (paths or PIL images) if evenly spaced probes are all at most
-    SMALL_SIDE px (the most frequent probed side; other images are resized to it when cached), else None."""
+    """The common side of the images (paths or PIL images) if at least 9 in 10 evenly spaced probes are at
+    most SMALL_SIDE px (the most frequent small probed side; other images, larger ones too, are resized to it
+    when cached, and said), else None: one photo among 60,000 8 px images made them all photos, decoded
+    from disk every epoch at 64 px."""
     sides = [max(size) for size in probed_sizes(paths) if min(size)]  # an empty image must not set the others' side
-    if not sides or max(sides) > SMALL_SIDE:
+    small = [s for s in sides if s <= SMALL_SIDE]
+    if not sides or len(small) < 0.9 * len(sides):
         return None
-    return max(set(sides), key=lambda s: (sides.count(s), s))
+    return max(set(small), key=lambda s: (small.count(s), s))
 
 
 def small_dataset(paths: list[str], labels: torch.Tensor, classes: list[str], size: int, root: Path,
