@@ -14,7 +14,6 @@ batch by the loaders.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import multiprocessing
@@ -26,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from resnetlab.errors import ResnetlabWarning, UserError
 from resnetlab.files import StorageError
 
 from .array_cache import cache_file, read_cache, save_cache
+from .listing import IMAGE_EXTS, class_files, dir_keys, hidden
 from .workers import STOP_SIGNALS
 from .datasets import ArrayDataset, check_class_names, class_key
 from .decode import BadImage, center_box, decode_crops, header_size
@@ -41,21 +40,8 @@ PROBES = 32  # images whose headers decide small vs large
 CACHE_VERSION = 7  # bump when decoding changes, so old caches are not reused (6: signed and 32-bit TIFFs; 7: the
 # centre crop of a non-square small image is torchvision's, 419b34b)
 PARALLEL_MIN = 2000  # decode in worker processes when each gets at least this many files
-# torchvision ImageFolder's extensions, plus .gif (its first frame), .jfif, .jpe, and .avif where Pillow reads it.
-IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-IMAGE_EXTS |= {".avif"} & set(Image.registered_extensions())  # features.check warns on a Pillow without it
-# What NAS boxes, zip files and file systems put beside photos, never classes or images of their own:
-# Synology's thumbnails and recycle bin, macOS's resource forks in a zip, Windows' and ext4's own folders.
-SYSTEM_FOLDERS = {"@eaDir", "#recycle", "#snapshot", "__MACOSX", "$RECYCLE.BIN", "System Volume Information",
-                  "lost+found"}
-
 SKIP_HINT = "set data.skip_bad=true to skip bad files with a count"
 SPLITS = ("train", "val", "test")
-
-
-def hidden(name: str) -> bool:
-    """Left out of every listing of photos: hidden names and SYSTEM_FOLDERS."""
-    return name.startswith(".") or name in SYSTEM_FOLDERS
 
 
 @dataclass
@@ -118,9 +104,9 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
         raise UserError(f"{split_dir} has class folders not in train/: {', '.join(unknown[:5])}; "
                         f"every split must use train's classes")
     paths, labels, skipped, ignored = [], [], [], []
-    fence = _dir_keys([split_dir, *Path(os.path.realpath(split_dir)).parents] + [split_dir / n for n in found])
+    fence = dir_keys([split_dir, *Path(os.path.realpath(split_dir)).parents] + [split_dir / n for n in found])
     for name in found:
-        files, bad, others = _class_files(split_dir / name, fence)
+        files, bad, others = class_files(split_dir / name, fence)
         ignored += others
         if bad and not skip_bad:
             raise UserError(f"{bad[0][0]}: {bad[0][1]}; remove it or {SKIP_HINT}")
@@ -135,69 +121,6 @@ def scan(split_dir: Path, classes: list[str] | None, skip_bad: bool) -> FolderSc
     loose = [str(f) for f in sorted(split_dir.iterdir()) if f.is_file() and not hidden(f.name)]
     ignored = loose + ignored  # files beside the class folders belong to no class
     return FolderScan(paths, torch.tensor(labels, dtype=torch.int64), classes, skipped, ignored)
-
-
-def _class_files(folder: Path, fence: set = frozenset()) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """(images, bad, ignored) under a class folder (recursive, sorted, hidden names ignored): files
-    with an image extension; dangling symbolic links and unreadable subfolders (bad); other files
-    (ignored). Linked subfolders are followed, as predict follows them, each real folder once (by device
-    and inode, the path met first naming it): a link loop ends, and two links to one folder count its
-    images once. Links to the folder's parents or to `fence` (the split folder, the class folders) are not
-    followed: they would read other classes' images as this one's. scandir's entry types cost no system
-    call per plain file (one stat per folder), which matters for ImageNet-sized folders."""
-    files, bad, ignored = [], [], []
-    seen = set(fence) | _dir_keys([folder, *Path(os.path.realpath(folder)).parents])
-    pending = [str(folder)]
-    while pending:
-        current = pending.pop()
-        try:
-            with os.scandir(current) as it:
-                entries = sorted((e for e in it if not hidden(e.name)), key=lambda e: e.name)
-        except OSError as err:
-            bad.append((current, f"cannot list the folder ({err.strerror or err})"))
-            continue
-        plain, linked = [], []
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                plain.append(entry.path)
-            elif entry.is_symlink() and not os.path.exists(entry.path):
-                bad.append((entry.path, broken_link(entry.path)))
-            elif entry.is_symlink() and entry.is_dir():
-                linked.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTS:
-                files.append(entry.path)
-            else:
-                ignored.append(entry.path)
-        fresh = []
-        for path in plain + linked:  # a folder's own path claims it before a link to it does
-            key = _dir_keys([path])  # empty where it cannot be stat'ed: then listed, which says why
-            if not key & seen:
-                fresh.append(path)
-            seen |= key
-        pending += sorted(fresh, reverse=True)  # depth first, in name order: a folder's files, then its subfolders
-    return files, bad, ignored
-
-
-def _dir_keys(paths) -> set[tuple[int, int]]:
-    """(st_dev, st_ino) of the folders that can be stat'ed: a folder's identity, whatever path or link leads to it."""
-    keys = set()
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError:  # scandir, or no one, says why
-            continue
-        keys.add((st.st_dev, st.st_ino))
-    return keys
-
-
-def broken_link(path: str) -> str:
-    """Why a symbolic link leads nowhere: a target that does not exist, or links that point at each other."""
-    try:
-        os.stat(path)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            return f"a symbolic link loop (to {os.readlink(path)}, which leads back to it)"
-    return f"dangling symbolic link (to {os.readlink(path)}, which does not exist)"
 
 
 def probed_sizes(paths: list) -> list[tuple[int, int]]:
