@@ -153,16 +153,6 @@ def test_embed_writes_a_file_name_that_is_not_utf8_as_its_bytes(run_dir, tmp_pat
     assert (tmp_path / "e.names.txt").read_bytes() == odd + b"\n"
 
 
-def _build_native_kernels() -> None:
-    """The C++ kernels a CPU training loads, built here into the cache the child process reads (none where they
-    cannot be built: the child then runs PyTorch's operators, as this process would)."""
-    from resnetlab.models.conv_wgrad import KERNELS
-    from resnetlab.models.fused_bn import EXTENSION
-
-    EXTENSION.get()
-    KERNELS.get()
-
-
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -178,10 +168,12 @@ def test_sigterm_to_the_process_group_of_a_training_with_decoding_workers_is_the
     """The workers died of it, and the parent's SIGCHLD handler raised "DataLoader worker (pid N) is
     killed by signal: Terminated" wherever it was (a checkpoint write once): a traceback, no stop line."""
     root = _tree(tmp_path / "photos", per_class=6, size=(96, 96))  # over 64 px: decoded by a worker per batch
-    _build_native_kernels()  # else the child builds them first: minutes on a busy 2-core runner, before any worker
+    # PyTorch's operators, not resnetlab's C++ kernels: a CI run once waited the whole 240 s below with the child in
+    # the kernels' load (built or not, it takes the build lock other processes of the suite use), before any worker
     proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "train", "--data", str(root), "--out", str(tmp_path / "run"),
                              "--model", "resnet8", "--init", "none", "--image-size", "32", "--max-steps", "100000",
-                             "--set", "train.workers=1", "--set", f"data.cache_dir={tmp_path / 'cache'}"],
+                             "--set", "train.workers=1", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+                             "--set", "train.fused_bn=false"],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         end = time.monotonic() + 240
