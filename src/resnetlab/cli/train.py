@@ -294,4 +294,3 @@ def train(args) -> int:
 
         print(json.dumps(printed_summary(summary.to_dict(), Path(out)), indent=1))
     return 0
-

@@ -21,8 +21,12 @@ class Fit(NamedTuple):
     name: str
     kwargs: tuple  # ((key, value), ...): the builder arguments beyond the class count that differ from its defaults
 
+    @property
+    def arguments(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs)
+
     def __str__(self) -> str:
-        return self.name + (f" ({', '.join(f'{k}={v!r}' for k, v in self.kwargs)})" if self.kwargs else "")
+        return self.name + (f" ({self.arguments})" if self.kwargs else "")
 
 
 class OtherNetwork(UserError):
@@ -31,8 +35,7 @@ class OtherNetwork(UserError):
     def __init__(self, fits: list[Fit], what: str):
         self.fits, self.what = fits, what  # what: "weights do not fit the model: they are ... and the model is ..."
         first = fits[0]
-        build = first.name + (" with " + ", ".join(f"{k}={v!r}" for k, v in first.kwargs) if first.kwargs else "")
-        super().__init__(f"{what}: build {build} to load them")
+        super().__init__(f"{what}: build {first.name}{' with ' + first.arguments if first.kwargs else ''} to load them")
 
 
 def identify(state: dict) -> list[Fit]:
@@ -46,7 +49,7 @@ def identify(state: dict) -> list[Fit]:
     if not _is_tensor(conv1, 4) or (fc is not None and not _is_tensor(fc, 2)):
         return []
     head = () if fc is not None else ("fc.weight", "fc.bias")  # a file without its classifier: the rest must fit
-    want, depth = _shapes(state, head), _depth(state)
+    want, depth, shortcut = _shapes(state, head), _depth(state), _shortcut_kind(state)
     names = [n for n in list_models() if model_info(n).depth == depth]
     names += [n for n in (f"resnet{depth}", f"plain{depth}") if (depth - 2) % 6 == 0 and n not in names]  # any 6n+2
     found = []
@@ -55,7 +58,7 @@ def identify(state: dict) -> list[Fit]:
         if model_info(name).family == "imagenet" and conv1.shape[-1] != 7:
             base["stem"] = "cifar"
         # the builder's own shortcut first, then the one the file's projections suggest (a second build)
-        for extra in ({}, {"shortcut": _shortcut_kind(state)}):
+        for extra in ({}, {"shortcut": shortcut}):
             if _shapes_of(name, {**base, **extra}, head) == want:
                 found.append(Fit(name, tuple((k, v) for k, v in {**base, **extra}.items()
                                              if k in ("stem", "shortcut") or (k == "in_chans" and v != 3))))
