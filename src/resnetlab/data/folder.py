@@ -7,8 +7,8 @@ image_dataset_from_directory reads such a folder). Files whose extension is not 
 them; an image file that cannot be decoded is an error (or, with data.skip_bad, skipped).
 
 Class index = position of the folder name in the sorted list of train/ class folders. Folders of
-small images (every probed image <= SMALL_SIDE px, e.g. CIFAR as JPEG) are decoded once, at their
-own size, into an in-memory uint8 array, cached as an .npz keyed by the file list, sizes,
+small images (9 in 10 probed images <= SMALL_SIDE px, e.g. CIFAR as JPEG; small_side) are decoded once, at
+their common size, into an in-memory uint8 array, cached as an .npz keyed by the file list, sizes,
 mtimes and ctimes, so later epochs and later runs never decode again. Large images stay files, decoded per
 batch by the loaders.
 """
