@@ -2,6 +2,7 @@
 torch `lock` file left behind) does not make the next one wait forever."""
 import contextlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,23 @@ def test_a_build_killed_halfway_does_not_stop_the_next_one(tiny, capfd):
 def test_where_there_is_no_os_lock_it_builds_as_before(tiny, monkeypatch):
     monkeypatch.setattr(native, "build_lock", lambda directory, what: contextlib.nullcontext())
     assert tiny.get().answer() == 42
+
+
+def test_a_process_waiting_for_another_ones_build_says_so(tiny, capfd):
+    """Two trainings started together: the second waits for the first one's build, and says so
+    instead of sitting silent for a minute."""
+    import fcntl
+
+    directory = Path(cpp_extension._get_build_directory(tiny.name(), False))
+    with open(directory / "resnetlab.lock", "a") as other:  # a lock of its own: as another process holds it
+        fcntl.flock(other, fcntl.LOCK_EX)
+        builder = threading.Thread(target=tiny.get, daemon=True)
+        builder.start()
+        said, deadline = "", time.monotonic() + 120  # the line comes before the wait, however loaded the machine
+        while "waiting for another" not in said and builder.is_alive() and time.monotonic() < deadline:
+            said += capfd.readouterr().err
+            time.sleep(0.05)
+        assert builder.is_alive(), "the build did not wait for the lock held by another"
+        assert "waiting for another resnetlab process that is building the test kernel" in said
+    builder.join(timeout=180)
+    assert not builder.is_alive() and tiny.get().answer() == 42

@@ -81,7 +81,12 @@ def build_lock(directory: Path | None, what: str):
         yield
         return
     with open(directory / "resnetlab.lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # another resnetlab process building here: wait for it
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another resnetlab process is building or loading it: wait, and say why
+            print(f"resnetlab: waiting for another resnetlab process that is building the {what}",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(held, fcntl.LOCK_EX)
         leftover = directory / "lock"
         if leftover.exists():
             print(f"resnetlab: an earlier build of the {what} was interrupted; building it again",
