@@ -23,6 +23,17 @@ def fused_bn_kernels_built():
             kernels.KERNELS.get()
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_kept():
+    """A test that sets torch's thread count (one thread makes sums reproducible) does not leave
+    every later test of the session running on that many."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def direct_stand_in(monkeypatch):
     """The direct kernels (models/conv_direct.py) replaced by route_twins.DirectStandIn, on a CPU
