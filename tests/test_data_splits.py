@@ -169,3 +169,26 @@ def test_classes_the_hold_out_takes_no_image_of_are_named(tmp_path):
     assert said == [f"data.val_size=0.2 holds out no image of 1 of the 3 classes ({missing[0]}: too few images each), so "
                     "the validation error (and best.pt) goes by the other 2; add images to them, or give the folder a "
                     "val/ with every class"]
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_scoring_the_test_split_does_not_repeat_the_hold_out_warning(tmp_path, split):
+    """`resnetlab eval RUN` (the test split) said which classes the hold-out took no image of, as the
+    training had: about a split it does not score."""
+    import warnings
+
+    from resnetlab.config import apply_overrides
+    from resnetlab.engine.evaluate import eval_data
+    from resnetlab.errors import ResnetlabWarning
+
+    root = tmp_path / "photos"
+    _photos(root / "train", (10, 5, 1))
+    _tree(root, per_class=2, splits=("test",))
+    cfg = apply_overrides(load_config("cifar10_fast"), [("data.dataset", "folder"), ("data.root", str(root)),
+                                                        ("data.cache_dir", str(tmp_path / "cache")), ("data.val_size", 0.2)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset, _ = eval_data(cfg, None, split)
+    said = [str(w.message) for w in caught if issubclass(w.category, ResnetlabWarning) and "holds out no" in str(w.message)]
+    assert len(dataset) == (6 if split == "test" else 3)
+    assert len(said) == (split == "val")

@@ -50,10 +50,12 @@ class DataBundle:
 
 
 def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True,
-               normalizer: Normalizer | None = None) -> DataBundle:
+               normalizer: Normalizer | None = None, warn_unvalidated: bool = True) -> DataBundle:
     """warn_skipped: with data.skip_bad, say (a ResnetlabWarning) how many files were skipped, the
     first few by name, and which val/test classes were left without images; callers that list
-    every skipped file themselves (the data command) turn it off. normalizer: a trained model's
+    every skipped file themselves (the data command) turn it off. warn_unvalidated: say which classes
+    the hold-out took no image of; off where the validation split is not used (scoring the test
+    split). normalizer: a trained model's
     (a resumed run, an evaluation), used as it is: none is fitted (that decodes up to
     data.stats_images training files)."""
     check_section("data", cfg)  # a DataConfig made in code (the data command) skips config loading
@@ -72,7 +74,7 @@ def build_data(cfg: DataConfig, seed: int = 0, warn_skipped: bool = True,
         names = provenance.pop("train_files", None)
         missing = [c for c, n in zip(train.classes, torch.bincount(val.labels, minlength=len(train.classes)).tolist())
                    if not n]
-        if missing and warn_skipped:
+        if missing and warn_skipped and warn_unvalidated:
             warnings.warn(describe_unvalidated(missing, train.classes, cfg.val_size), ResnetlabWarning, stacklevel=2)
         provenance["validation"] = {"from": "held out of train", "val_size": cfg.val_size, "images": len(held), "seed": seed,
                               **({"files": [names[i] for i in held.tolist()]} if names else {"indices": held.tolist()})}

@@ -211,7 +211,7 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None, no
     if cfg.data.root is None and cfg.data.dataset != "synthetic":
         raise UserError("the checkpoint does not say where its data is; pass --data DIR")
     check_run_data_root(cfg)
-    bundle = build_data(cfg.data, seed=cfg.train.seed, normalizer=normalizer)
+    bundle = build_data(cfg.data, seed=cfg.train.seed, normalizer=normalizer, warn_unvalidated=split == "val")
     held = recorded_validation(run_dir) if split == "val" and run_dir is not None else None
     changes = data_changes(run_dir, bundle, ("train", "val")) if split == "val" and run_dir is not None else []
     if held is not None and held[0] != json.loads(json.dumps(bundle.provenance.get("validation"))):  # as data.json has it
