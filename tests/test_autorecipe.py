@@ -210,8 +210,21 @@ def test_a_large_folder_of_small_images_holds_out_each_class_s_share():
     """Past 25k small images the recipe's 5000 was kept as a count, drawn over all classes at once (not
     stratified, as the README says): a rare class could lose every image to validation."""
     choice = choose(DataFacts("folder", 30000, 10, False, 32, True), LAPTOP)
-    assert dict(choice.overrides)["data.val_size"] == 0.167 and "16.7% of each class held out" in choice.line
-    assert load_config(choice.recipe, choice.overrides).data.val_size == 0.167
+    assert dict(choice.overrides)["data.val_size"] == 0.16667 and "16.7% of each class held out" in choice.line
+    assert load_config(choice.recipe, choice.overrides).data.val_size == 0.16667
+
+
+@pytest.mark.parametrize("images", [25001, 29973, 30000, 60000, 123457, 10**6])
+def test_the_share_a_large_folder_holds_out_is_the_recipe_s_5000_images(images):
+    """The share was rounded to 3 digits: 30,000 images held out 5,010, 60,000 held out 4,998."""
+    import torch
+
+    from resnetlab.autorecipe import held_out
+    from resnetlab.data.sampling import stratified_split
+
+    val_size = dict(choose(DataFacts("folder", images, 10, False, 32, True), LAPTOP).overrides)["data.val_size"]
+    labels = torch.arange(images) % 10
+    assert held_out(images, val_size) == 5000 and len(stratified_split(labels, val_size, seed=0)[1]) == 5000
     assert "data.val_size" not in dict(choose(DataFacts("cifar10", 50000, 10, False, 32, True), LAPTOP).overrides)
 
 

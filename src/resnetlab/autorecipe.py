@@ -133,7 +133,7 @@ def choose(data: DataFacts, machine: MachineFacts, given: dict | None = None, in
     elif not data.has_val and data.dataset == "folder" and isinstance(val_size, int) and val_size:
         # A count is drawn over all classes at once (CIFAR's 45k/5k): a rare class of a user's folder could lose
         # every image to validation. The same share of each class instead (stratified), as the 20% is.
-        val_size = float(f"{val_size / data.train_images:.3g}")
+        val_size = share_of(val_size, data.train_images)
     # A class's last image is never held out (data.sampling.stratified_split): with one image per class
     # nothing could be, and the run would stop on it; train without a validation split instead.
     single = not data.has_val and data.largest_class is not None and data.largest_class <= 1
@@ -192,6 +192,16 @@ def image_size(data: DataFacts, scratch: bool) -> int:
 def held_out(n: int, val_size: int | float) -> int:
     """Images data.val_size holds out of n (a fraction rounds as data.sampling.stratified_split does)."""
     return int(val_size * n + 0.5) if isinstance(val_size, float) else min(val_size, n)
+
+
+def share_of(count: int, n: int) -> float:
+    """The shortest decimal fraction of n images that holds out exactly `count` of them (5000 of 30,000:
+    0.16667; three digits, 0.167, held out 5,010)."""
+    for digits in range(3, 18):
+        share = float(f"{count / n:.{digits}g}")
+        if held_out(n, share) == count:
+            return share
+    return count / n
 
 
 def fitting_batch(batch: int, images: int) -> int:
