@@ -203,3 +203,12 @@ def test_predict_prints_each_batch_as_it_is_done_and_a_ctrl_c_keeps_those_lines(
                  "--precision", "fp32"]) == 130
     out, err = capsys.readouterr()
     assert out.splitlines() == lines[:16] and err == "resnetlab predict: interrupted\n"
+
+
+def test_a_topk_above_the_number_of_classes_lists_every_class_and_says_so(run_dir, capsys):
+    image = collect_images([str(run_dir.parent / "data" / "test")])[0]
+    classes = len(Predictor.from_checkpoint(run_dir, device="cpu").classes)
+    assert main(["predict", str(run_dir), image, "--topk", "2000", "--device", "cpu", "--precision", "fp32"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.split("  ")) == 1 + classes
+    assert err == (f"resnetlab predict: --topk 2000: the model has {classes} classes; each image lists every one\n")

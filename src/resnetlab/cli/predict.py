@@ -56,6 +56,9 @@ def run(args):
     device = "cpu" if int8 and args.device == "auto" else args.device  # the quantized kernels are CPU kernels
     predictor = Predictor.from_checkpoint(args.checkpoint, device, "fp32" if int8 else args.precision,
                                           fuse=not args.no_fuse)
+    if args.topk > len(predictor.classes):
+        print(f"resnetlab predict: --topk {args.topk}: the model has {len(predictor.classes)} classes; each image lists "
+              "every one", file=sys.stderr, flush=True)
     if int8:
         try:
             calibration = collect_images(args.calibrate) if args.calibrate else paths
