@@ -212,3 +212,6 @@ def test_a_topk_above_the_number_of_classes_lists_every_class_and_says_so(run_di
     out, err = capsys.readouterr()
     assert len(out.split("  ")) == 1 + classes
     assert err == (f"resnetlab predict: --topk 2000: the model has {classes} classes; each image lists every one\n")
+    assert main(["predict", str(run_dir), image, "--device", "cpu", "--precision", "fp32"]) == 0  # the default 5
+    out, err = capsys.readouterr()
+    assert len(out.split("  ")) == 1 + min(5, classes) and err == ""

@@ -23,7 +23,7 @@ def add_arguments(parser):
                      + exit_status("predict", "classified", "the others' results are complete", "nothing on stdout"))
     add_checkpoint_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
-    parser.add_argument("--topk", type=int, default=5, help="classes to report per image (default 5)")
+    parser.add_argument("--topk", type=int, help="classes to report per image (default 5)")
     parser.add_argument("--protocol", choices=FILE_PROTOCOLS, default="center")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
@@ -56,7 +56,8 @@ def run(args):
     device = "cpu" if int8 and args.device == "auto" else args.device  # the quantized kernels are CPU kernels
     predictor = Predictor.from_checkpoint(args.checkpoint, device, "fp32" if int8 else args.precision,
                                           fuse=not args.no_fuse)
-    if args.topk > len(predictor.classes):
+    asked, args.topk = args.topk, 5 if args.topk is None else args.topk
+    if asked is not None and asked > len(predictor.classes):  # the default 5 of a 2-class model goes without saying
         print(f"resnetlab predict: --topk {args.topk}: the model has {len(predictor.classes)} classes; each image lists "
               "every one", file=sys.stderr, flush=True)
     if int8:
