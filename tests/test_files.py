@@ -107,3 +107,23 @@ def test_a_folder_or_temporary_file_taken_away_mid_write_is_a_storage_error(tmp_
         with resnetlab.files.storage_errors(tmp_path / "gone" / "metrics.jsonl"), \
                 open(tmp_path / "gone" / "metrics.jsonl", "a"):  # an append between two evaluations
             pass
+
+
+def test_two_threads_writing_one_file_use_temporaries_of_their_own(tmp_path):
+    """The temporary name held only the pid: a thread's atomic write removed, or renamed into place, another
+    thread's half-written file. A dead writer's temporaries go whichever form their name has."""
+    import threading
+
+    from resnetlab.files import TEMPORARY, remove_stale_temporaries, temporary
+
+    names = []
+    worker = threading.Thread(target=lambda: names.append(temporary(tmp_path / "entry.pt2")))
+    worker.start()
+    worker.join()
+    assert temporary(tmp_path / "entry.pt2") != names[0]
+    assert all(TEMPORARY.fullmatch(n.name)["name"] == "entry.pt2" for n in (names[0], temporary(tmp_path / "entry.pt2")))
+    dead = 2 ** 22 + 7  # above any pid_max this suite meets: no process has it
+    old, new = tmp_path / f".a.json.{dead}.tmp", tmp_path / f".b.pt2.{dead}.t{dead}.tmp"
+    for path in (old, new):
+        path.write_text("cut short")
+    assert sorted(remove_stale_temporaries(tmp_path)) == [old, new]

@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import stat
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ from resnetlab.errors import UserError
 # while the bytes of a download were being produced inside the `with` block.
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM,
                   errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
-TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)(?:\.t\d+)?\.tmp")  # .tN: the writing thread (not in older names)
 
 
 class StorageError(UserError):
@@ -58,8 +59,8 @@ def storage_errors(path, existed: bool | None = None):
 
 def temporary(path: Path) -> Path:
     """The temporary name of an atomic write of `path`: the same folder, so the rename never crosses
-    file systems; the pid keeps concurrent writers apart."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    file systems; the pid and the thread keep concurrent writers apart."""
+    return path.with_name(f".{path.name}.{os.getpid()}.t{threading.get_native_id()}.tmp")
 
 
 SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
