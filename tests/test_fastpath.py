@@ -102,10 +102,20 @@ def built(tmp_path_factory):
         for precision in ("fp32", "bf16"):
             before = set((folder / "compiled").glob("*.pt2"))
             net, rt = fast(precision)
+            process = process_state()
             got = outputs(net, rt, images())
+            found[f"process state {precision}"] = (process, process_state())
             package, = set((folder / "compiled").glob("*.pt2")) - before
             found[precision] = (got, package.read_bytes())
     return folder, found
+
+
+def process_state() -> tuple:
+    """What torch's compiler changes in the process that compiles (the caller's, on predict's first call)."""
+    import os
+    import sys
+
+    return sys.getrecursionlimit(), os.environ.get("TORCHINDUCTOR_CACHE_DIR"), list(warnings.filters)
 
 
 @pytest.fixture
@@ -148,6 +158,63 @@ def test_compiled_fp32_equals_eager_and_bf16_agrees(built):
         assert sure.sum() >= 8  # enough images whose class is not a coin toss in bf16
         assert torch.equal(logits.argmax(1)[sure], eager_logits.argmax(1)[sure])
         assert torch.equal(logits.argmax(1)[sure], plain.argmax(1)[sure])
+
+
+def test_compiling_leaves_the_callers_process_as_it_found_it(built):
+    """The recursion limit went from 1000 to 2000, TORCHINDUCTOR_CACHE_DIR was set (and inherited by every
+    subprocess), and a warnings filter for sympy was added by the first predict of a notebook."""
+    for precision in ("fp32", "bf16"):
+        before, after = built[1][f"process state {precision}"]
+        assert after == before
+
+
+def test_two_threads_first_predictions_at_once_build_one_package_and_both_run_it(cache, fake_compile):
+    """A service's threads sharing one resnetlab.load: both built at once, torch.export failed in both
+    (it is not thread-safe), and the model ran eagerly, 25x slower, for the rest of the process."""
+    import threading
+
+    second = threading.Event()
+    build = fake_compile.__call__
+
+    def slow_build(*args):  # waits for a second build, which only comes where nothing keeps threads apart
+        if fake_compile.calls:
+            second.set()
+        else:
+            second.wait(timeout=3)
+        build(*args)
+    fake_compile.__class__.__call__ = lambda self, *args: slow_build(*args)
+    net, rt = fast("bf16")
+    got, threads = {}, [threading.Thread(target=lambda i=i: got.update({i: outputs(net, rt, images())[0]}))
+                        for i in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "failed; running it eagerly"
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert fake_compile.calls == 1 and net._package is not None
+    assert torch.equal(got[0], got[1]) and torch.equal(got[0], built_outputs(cache))
+
+
+def built_outputs(cache) -> torch.Tensor:
+    """The logits of the one package in `cache`, run directly."""
+    package, = cache.glob("*.pt2")
+    runner = compile_cache._load(package, compile_cache.sha256_of(package))
+    with torch.no_grad():
+        return runner(images().contiguous(memory_format=torch.channels_last))[0]
+
+
+def test_a_model_on_the_compiled_path_copies_and_pickles_after_its_first_use(cache, fake_compile):
+    """copy.deepcopy (a notebook) and pickle (joblib, multiprocessing) failed once the package was loaded:
+    `cannot pickle 'torch._C._aoti.AOTIModelPackageLoader' object`."""
+    import copy
+    import pickle
+
+    net, rt = fast("bf16")
+    expected = outputs(net, rt, images())[0]
+    for again in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert torch.equal(outputs(again, rt, images())[0], expected) and again._package is net._package
+    assert fake_compile.calls == 1  # the copies loaded the package from the cache
 
 
 def test_second_load_is_a_cache_hit(built, monkeypatch, capfd):

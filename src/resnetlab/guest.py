@@ -7,12 +7,17 @@ still gets float32 models.
 generator and Python's `random`, whatever leaves the block (a return, an error, KeyboardInterrupt).
 Inside, a run seeds them from train.seed as before, so training is unchanged. `float32_default()`
 builds under a float32 default dtype, restored after: a training, a bench or an export under a
-float64 default computes exactly what it computes under float32's.
+float64 default computes exactly what it computes under float32's. `kept_compiler_state()` undoes
+what compiling a model changes in the process (the recursion limit, an environment variable, the
+warnings filters).
 """
 from __future__ import annotations
 
 import functools
+import os
 import random
+import sys
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -38,13 +43,33 @@ def kept_rng():
 
 
 def guest_call(fn):
-    """Decorate a public entry point: it runs inside kept_rng() and float32_default() (torch's default
-    dtype is process-wide: float32 for every thread while the call runs)."""
+    """Decorate a public entry point: it runs inside kept_rng(), float32_default() (torch's default
+    dtype is process-wide: float32 for every thread while the call runs) and kept_compiler_state()."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with kept_rng(), float32_default():
+        with kept_rng(), float32_default(), kept_compiler_state():
             return fn(*args, **kwargs)
     return wrapper
+
+
+@contextmanager
+def kept_compiler_state():
+    """What torch's compiler stack (torch.export, inductor, sympy) changes in the process it compiles in,
+    as found after the block: the recursion limit (raised to 2000), TORCHINDUCTOR_CACHE_DIR (set, and
+    inherited by every subprocess) and the warnings filters (sympy's deprecation warnings shown once)."""
+    limit, cache_dir = sys.getrecursionlimit(), os.environ.get(INDUCTOR_CACHE)
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        sys.setrecursionlimit(limit)
+        if cache_dir is None:
+            os.environ.pop(INDUCTOR_CACHE, None)
+        else:
+            os.environ[INDUCTOR_CACHE] = cache_dir
+
+
+INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
 
 
 @contextmanager

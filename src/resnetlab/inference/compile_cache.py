@@ -81,7 +81,10 @@ def compile_package(module: nn.Module, example: torch.Tensor, out: Path) -> None
     package 1.3-1.4x faster."""
     from torch.export import Dim
 
-    with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+    from resnetlab.guest import kept_compiler_state
+
+    # predict's first call compiles: the caller's process is left as found, as a guest_call leaves it
+    with kept_compiler_state(), torch.no_grad(), torch._inductor.config.patch(freezing=True):
         program = torch.export.export(module, (example,), dynamic_shapes=({0: Dim("batch", min=1)},))
         torch._inductor.aoti_compile_and_package(program, package_path=str(out))
 
@@ -155,8 +158,18 @@ def load_entry(package: Path, meta: Path, key: dict):
     return None
 
 
+_BUILDING = threading.Lock()
+
+
 def load_or_build(module: nn.Module, example: torch.Tensor, key: dict, what: str, estimate_s: int):
-    """The loaded package for `key`: from the cache, or compiled now (one line on stderr)."""
+    """The loaded package for `key`: from the cache, or compiled now (one line on stderr). One thread
+    at a time: torch.export is not thread-safe (two threads' first predictions at once both failed),
+    and a thread that waited finds the package the other one built."""
+    with _BUILDING:
+        return _load_or_build(module, example, key, what, estimate_s)
+
+
+def _load_or_build(module: nn.Module, example: torch.Tensor, key: dict, what: str, estimate_s: int):
     folder = cache_dir()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     package, meta = folder / f"{digest}.pt2", folder / f"{digest}.json"

@@ -17,6 +17,7 @@ compiling off (the test suite does, except in the tests of this module).
 from __future__ import annotations
 
 import copy
+import threading
 import os
 import shutil
 import warnings
@@ -122,6 +123,9 @@ class Heads(nn.Module):
         return self.model.forward_head(feat).float(), self.model.forward_head(feat, pre_logits=True).float()
 
 
+FIRST_USE = threading.Lock()
+
+
 class FastModel(nn.Module):
     """A prepared (folded, channels_last) model whose forward pass and embeddings run through an
     AOTInductor package for inputs of (3, size, size), built or loaded on first use, and eagerly
@@ -133,6 +137,11 @@ class FastModel(nn.Module):
         self.num_features = getattr(eager, "num_features", None)
         self._package = None
         self._tried = False  # one attempt per process: a failed build warns once, then runs eagerly
+
+    def __getstate__(self):
+        """For copy.deepcopy and pickle: a loaded package is torch's C++ loader, which neither can copy;
+        the copy loads it again (from the cache) on its first use."""
+        return {**self.__dict__, "_package": None, "_tried": False}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         package = self._runner(x)
@@ -156,7 +165,10 @@ class FastModel(nn.Module):
         if tuple(x.shape[1:]) != (3, self.size, self.size) or x.device.type != "cpu":
             return None
         if not self._tried:
-            self._tried, self._package = True, self._load()
+            with FIRST_USE:  # threads sharing the model: one builds or loads the package, the others wait for it
+                if not self._tried:
+                    self._package = self._load()
+                    self._tried = True
         return self._package
 
     def _load(self):
