@@ -39,6 +39,18 @@ def test_32_bit_integer_images_are_read_as_16_bit(grey8):
     np.testing.assert_array_equal(whole(wide)[..., 0], grey8)
 
 
+def test_an_8_bit_image_made_32_bit_in_memory_reads_as_8_bit(tmp_path, grey8):
+    """Image.fromarray of an int32 array or convert("I") of an 8-bit grey image (values 0..255) was read as
+    16-bit: nearly black. A file keeps its own depth: a 16-bit PNG as dark as that stays dark."""
+    for made in (Image.fromarray(grey8).convert("I"), Image.fromarray(grey8.astype(np.int32), mode="I")):
+        np.testing.assert_array_equal(whole(made), whole(Image.fromarray(grey8)))
+    Image.fromarray(grey8.astype(np.uint16)).save(tmp_path / "dark16.png")  # 0..255 of 65535
+    assert Image.open(tmp_path / "dark16.png").mode.startswith("I")
+    np.testing.assert_array_equal(whole(tmp_path / "dark16.png")[..., 0], np.rint(grey8 / 257).astype(np.uint8))
+    negative = Image.fromarray(grey8.astype(np.int32) - 1, mode="I")  # not 0..255: the 16-bit reading, as before
+    np.testing.assert_array_equal(whole(negative)[..., 0], np.rint(np.clip(grey8.astype(np.int32) - 1, 0, None) / 257).astype(np.uint8))
+
+
 def raw_tiff(path: Path, values: np.ndarray, sample_format: int) -> None:
     """A one-channel uncompressed TIFF of `values` as they are, with its SampleFormat tag (1 unsigned,
     2 signed): Pillow writes int16 as int32 and no unsigned 32-bit at all, so the file is made by hand."""
