@@ -294,6 +294,13 @@ def test_an_error_that_cannot_travel_between_processes_sends_its_text():
     error = UserError("--images 8 is fewer than one batch (16)")
     assert portable(error) is error
 
+    class UserNeedsTwo(UserError):  # as models.identify.OtherNetwork: bench --weights of another network
+        def __init__(self, a, b):   # showed the measuring process's 30-line traceback
+            super().__init__(f"weights of {a}, not {b}")
+
+    sent = portable(UserNeedsTwo("resnet20", "resnet56"))
+    assert type(sent) is UserError and str(sent) == "weights of resnet20, not resnet56"
+
 
 def test_no_variant_process_starts_without_the_memory_for_its_peak(monkeypatch):
     from types import SimpleNamespace

@@ -265,9 +265,10 @@ def _serve(conn, spec: BenchSpec, images, variant: Variant) -> None:
 
 def portable(error: Exception) -> Exception | None:
     """The exception itself if it survives the trip through a pipe (pickled here, unpickled in
-    the parent), else None (its traceback's text still goes)."""
+    the parent); a UserError that does not, as a plain UserError of its message (one line still); else
+    None (its traceback's text still goes)."""
     try:
         pickle.loads(pickle.dumps(error))
         return error
     except Exception:  # noqa: BLE001  (any pickling failure: a lambda inside, an __init__ with other arguments)
-        return None
+        return UserError(str(error)) if isinstance(error, UserError) else None
