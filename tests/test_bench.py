@@ -395,3 +395,17 @@ def test_bench_says_an_emulated_precision_is_emulated_and_does_not_claim_fused_f
     assert main(["bench", "--task", "train", "--precision", "fp16", "--no-isolate"]) == 0
     assert "warning: this CPU has no fp16 instructions (avx512_fp16 or amx_fp16), so fp16 is emulated" in capsys.readouterr().err
     assert seen[0].precision == "fp16" and not seen[0].fused and not seen[0].label.endswith("-fused")
+
+
+def test_weights_of_another_class_count_are_benchmarked_on_any_images(folder, tmp_path):
+    """A 3-class fine-tune was refused on 10-class images ("fc.bias (3,) vs model (10,)"): the model
+    was built with the images' class count. Speed and agreement need no labels."""
+    from resnetlab.bench.measure import weights_classes
+
+    torch.save(create_model("resnet8", num_classes=3).state_dict(), tmp_path / "three.pt")
+    assert weights_classes(str(tmp_path / "three.pt"), 10) == 3
+    assert weights_classes(None, 10) == 10 and weights_classes(str(tmp_path / "missing.pt"), 10) == 10
+    spec = BenchSpec(model="resnet8", task="infer", batch_size=8, images=16, data=str(folder), reps=1,
+                     weights=str(tmp_path / "three.pt"), isolate=False)
+    result = run_bench(spec, [])
+    assert result["results"][0]["top1_agreement"] == 1.0 and result["results"][0]["per_s"] > 0

@@ -231,7 +231,7 @@ def prepare_infer(spec: BenchSpec, variant: Variant, images: BenchImages, cache_
     if len(x_all) < batch_size:
         raise UserError(f"--images {len(x_all)} is fewer than one batch ({batch_size}); raise --images")
     with PeakMemory(device) as mem:
-        model = seeded_model(model_name, len(images.classes))
+        model = seeded_model(model_name, weights_classes(weights, len(images.classes)))
         if weights:
             load_weights(model, weights)
         model = model.to(device)  # BN calibration runs the images where they are
@@ -252,6 +252,22 @@ def prepare_infer(spec: BenchSpec, variant: Variant, images: BenchImages, cache_
         run(one)  # batch 1 is a new shape: a compiled variant compiles it here, not while timed
     return Prepared(variant, {"main": (lambda: run(batch), batch_size), "b1": (lambda: run(one), 1)},
                     {"first_pass_s": first.s, "peak_mem_mib": mem.mib, "predictions": preds.tolist()})
+
+
+def weights_classes(weights: str | None, default: int) -> int:
+    """The class count of trained weights (their classifier's rows), else `default` (the images'): a
+    3-class fine-tune was refused on 10-class images, though speed and agreement need no labels."""
+    from resnetlab.models import layouts
+    from resnetlab.models.weights import read_state_dict
+
+    if not weights:
+        return default
+    try:
+        state = read_state_dict(weights)
+        fc = layouts.rename(state, layouts.detect(state)).get("fc.weight")
+    except UserError:  # an unreadable file: load_weights says what is wrong with it
+        return default
+    return fc.shape[0] if isinstance(fc, torch.Tensor) and fc.dim() == 2 else default
 
 
 def trained_normalizer(weights: str | None):
