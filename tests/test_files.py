@@ -127,3 +127,22 @@ def test_two_threads_writing_one_file_use_temporaries_of_their_own(tmp_path):
     for path in (old, new):
         path.write_text("cut short")
     assert sorted(remove_stale_temporaries(tmp_path)) == [old, new]
+
+
+def test_a_write_removes_the_temporaries_of_earlier_writes_of_that_file_killed_midway(tmp_path):
+    """kill -9 during an export left a hidden temporary as big as the model for good (240 MB for a
+    ResNet-152); the next write of that file removes those whose process is gone and that stood idle,
+    and leaves a live writer's, a recent one (another machine's, on a shared folder) and other files'."""
+    import os
+    import time
+
+    dead, old = 2 ** 22 + 7, time.time() - 3600
+    killed = [tmp_path / f".model.onnx.{dead}.tmp", tmp_path / f".model.onnx.{dead}.t{dead}.tmp"]
+    kept = [tmp_path / f".model.onnx.{os.getppid()}.t1.tmp", tmp_path / f".other.onnx.{dead}.tmp",
+            tmp_path / f".model.onnx.{dead + 1}.tmp"]
+    for path in killed + kept:
+        path.write_bytes(b"half a model")
+        os.utime(path, (old, old) if path != kept[2] else None)  # the last one: written to just now
+    write_text_atomic(tmp_path / "model.onnx", "a model")
+    assert [p.exists() for p in killed + kept] == [False, False, True, True, True]
+    assert (tmp_path / "model.onnx").read_text() == "a model"

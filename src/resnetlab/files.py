@@ -13,6 +13,7 @@ permission) becomes a `StorageError`: one line naming the file and saying what w
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import re
 import stat
@@ -119,6 +120,7 @@ def atomic_path(path):
     with storage_errors(path, existed):
         make_folder(path)
         tmp.unlink(missing_ok=True)  # this pid's leftover from an earlier process (pids repeat in containers)
+        remove_abandoned(path)
         try:
             yield tmp
             os.replace(tmp, path)
@@ -220,6 +222,18 @@ def remove_stale_temporaries(folder, idle_s: float = 0.0) -> list[Path]:
     A file that cannot be removed (another user's, in a shared folder) is left where it is."""
     found = ((path, TEMPORARY.fullmatch(path.name)) for path in sorted(Path(folder).glob(".*.tmp")))
     return remove_unowned([(path, int(match["pid"])) for path, match in found if match and path.is_file()], idle_s)
+
+
+def remove_abandoned(path: Path) -> None:
+    """The temporary files of earlier writes of `path` whose process was killed (kill -9, out of
+    memory) and that no one has written to for SHARED_IDLE_S: each as big as the file (an export of
+    ResNet-152: 240 MB), they stayed in a user's folder for good."""
+    try:
+        found = [(p, int(m["pid"])) for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
+                 if (m := TEMPORARY.fullmatch(p.name)) and m["name"] == path.name and p.is_file()]
+    except OSError:
+        return
+    remove_unowned(found, SHARED_IDLE_S)
 
 
 def remove_unowned(files: list[tuple[Path, int]], idle_s: float) -> list[Path]:
