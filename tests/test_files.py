@@ -146,3 +146,24 @@ def test_a_write_removes_the_temporaries_of_earlier_writes_of_that_file_killed_m
     write_text_atomic(tmp_path / "model.onnx", "a model")
     assert [p.exists() for p in killed + kept] == [False, False, True, True, True]
     assert (tmp_path / "model.onnx").read_text() == "a model"
+
+
+def test_a_file_replaced_keeps_its_permissions(tmp_path):
+    """An export over a `chmod 600` model made it 644: readable by every user of the machine."""
+    import stat
+
+    for mode in (0o600, 0o640, 0o755):
+        (tmp_path / "model.onnx").write_text("old")
+        (tmp_path / "model.onnx").chmod(mode)
+        write_text_atomic(tmp_path / "model.onnx", "new")
+        assert stat.S_IMODE((tmp_path / "model.onnx").stat().st_mode) == mode
+    write_text_atomic(tmp_path / "fresh.onnx", "new")
+    assert stat.S_IMODE((tmp_path / "fresh.onnx").stat().st_mode) == 0o666 & ~umask()
+
+
+def umask() -> int:
+    import os
+
+    current = os.umask(0)
+    os.umask(current)
+    return current

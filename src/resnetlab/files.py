@@ -123,6 +123,7 @@ def atomic_path(path):
         remove_abandoned(path)
         try:
             yield tmp
+            keep_mode(path, tmp)
             os.replace(tmp, path)
         except FileNotFoundError as err:
             if str(tmp) not in (err.filename, err.filename2) or not path.parent.is_dir():
@@ -222,6 +223,15 @@ def remove_stale_temporaries(folder, idle_s: float = 0.0) -> list[Path]:
     A file that cannot be removed (another user's, in a shared folder) is left where it is."""
     found = ((path, TEMPORARY.fullmatch(path.name)) for path in sorted(Path(folder).glob(".*.tmp")))
     return remove_unowned([(path, int(match["pid"])) for path, match in found if match and path.is_file()], idle_s)
+
+
+def keep_mode(path: Path, tmp: Path) -> None:
+    """The permissions of the file a write replaces, on its replacement (a `chmod 600` model file came
+    back world-readable after an export over it)."""
+    try:
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+    except OSError:  # nothing there before (the mode the umask gives stays), or not ours to change
+        pass
 
 
 def remove_abandoned(path: Path) -> None:
