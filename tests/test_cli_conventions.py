@@ -105,7 +105,7 @@ def test_init_from_a_run_directory_means_its_best_checkpoint(tiny_run):
 
 def test_init_from_a_run_of_another_model_says_so_in_one_line(tiny_run, tmp_path, capsys):
     _, run = tiny_run
-    with pytest.raises(UserError, match=f"^{run} holds a resnet8; this run trains resnet20: set --model resnet8"):
+    with pytest.raises(UserError, match=f"^{run} holds a resnet8; this run trains resnet20: set model.name=resnet8"):
         load_init_weights(create_model("resnet20", num_classes=4), str(run), "resnet20")
     recipe, _ = tiny_run
     code, _, err = run_cli(capsys, "train", "--recipe", recipe, "--model", "resnet20", "--init", str(run),

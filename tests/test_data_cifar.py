@@ -131,7 +131,7 @@ def test_download_from_local_http_server_and_wrong_md5(tmp_path, archive):
 def test_offline_and_missing_say_where_to_put_the_archive(tmp_path):
     with pytest.raises(UserError, match=rf"could not download {ARCHIVE} .*put it at {tmp_path / ARCHIVE}$"):
         load_cifar("cifar10", tmp_path, download=True, url="http://127.0.0.1:9/none.tar.gz")
-    with pytest.raises(UserError, match=f"not found in {tmp_path}.*--download"):
+    with pytest.raises(UserError, match=f"not found in {tmp_path}.*set data.download=true"):
         build_data(DataConfig(dataset="cifar10", root=str(tmp_path)))
     assert list(tmp_path.iterdir()) == []
 

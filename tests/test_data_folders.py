@@ -188,7 +188,8 @@ def test_layout_errors(tmp_path):
     with pytest.raises(UserError, match=r"has no class folders; expected ROOT/<class>/<image> or ROOT/train/<class>"):
         build_data(_cfg(tmp_path / "cache", tmp_path))
     _write(tmp_path / "only" / "test" / "cat" / "0.png", (1, 2, 3))
-    with pytest.raises(UserError, match=r"only has no train/ folder \(only test/\): nothing to train on; .*`resnetlab eval RUN --data "):
+    with pytest.raises(UserError, match=r"only has no train/ folder \(only test/\): nothing to train on; .*"
+                                        r"\(evaluate_checkpoint\(RUN, data='.*only'\) evaluates a model on it\)$"):
         build_data(_cfg(tmp_path / "only", tmp_path))
     _write(tmp_path / "one" / "cat" / "0.png", (1, 2, 3))
     with pytest.raises(UserError, match=r"one class folder \(cat\); a classifier needs at least two"):

@@ -7,7 +7,7 @@ import torch
 from resnetlab.config import Config, apply_overrides
 from resnetlab.engine.finetune import apply_freezing, load_init_weights, param_groups, set_train_mode
 from resnetlab.engine.setup import build_optimizer, make_sgd, set_lr
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, command_line
 from resnetlab.models import create_model
 
 
@@ -42,7 +42,7 @@ def test_a_safetensors_export_of_another_network_is_refused_by_the_name_it_recor
 
     save_safetensors(create_model("plain8"), tmp_path / "p.safetensors", {"resnetlab": json.dumps({"model_name": "plain8"})})
     with pytest.raises(UserError, match=rf"^{tmp_path / 'p.safetensors'} holds a plain8; this run trains resnet8: set "
-                                        r"--model plain8"):
+                                        r"model.name=plain8"):
         load_init_weights(create_model("resnet8", num_classes=4), str(tmp_path / "p.safetensors"), "resnet8")
     save_safetensors(create_model("plain8"), tmp_path / "plain.safetensors")  # no metadata: loaded as weights
     assert load_init_weights(create_model("plain8", num_classes=4), str(tmp_path / "plain.safetensors"),
@@ -139,8 +139,12 @@ def test_fine_tuning_settings_without_weights_are_warned_once_named():
     assert without_init_warning(FinetuneConfig(init="resnet18.tv_in1k", backbone_lr_mult=0.1)) is None
     assert without_init_warning(FinetuneConfig(backbone_lr_mult=0.1)) == (
         "finetune.backbone_lr_mult=0.1 is for pretrained weights, but finetune.init is not set, so the backbone starts "
-        "from random weights; pass --init WEIGHTS (`resnetlab weights list`); to train from scratch, use a recipe made "
-        "for it (photos_scratch, or no --recipe and --init none)")
+        "from random weights; set finetune.init (`resnetlab weights list` names published weights); to train from "
+        "scratch, use a recipe made for it (photos_scratch)")
+    with command_line():  # `resnetlab train` says it in its options
+        assert without_init_warning(FinetuneConfig(backbone_lr_mult=0.1)).endswith(
+            "from random weights; pass --init WEIGHTS (`resnetlab weights list`); to train from scratch, use a recipe "
+            "made for it (photos_scratch, or no --recipe and --init none)")
     assert without_init_warning(FinetuneConfig(freeze_stages=2, linear_probe=True)).startswith(
         "finetune.freeze_stages=2, finetune.linear_probe are for pretrained weights")
 
@@ -186,7 +190,7 @@ def test_a_checkpoint_of_the_same_net_built_otherwise_is_refused_in_one_line(tmp
         words = ", ".join(f"{k}: {v}" for k, v in kwargs.items())
         assert str(err.value).startswith(f"{tmp_path / f'{name}.pt'} holds a {name} built with {{{words}}}; this run "
                                          "builds it otherwise (first of ")
-        assert str(err.value).endswith(f"set --set 'model.kwargs={{{words}}}' to fine-tune it as it was trained")
+        assert str(err.value).endswith(f"set model.kwargs={{{words}}} to fine-tune it as it was trained")
         assert load_init_weights(create_model(name, num_classes=3, **kwargs), str(tmp_path / f"{name}.pt"), name)
 
 

@@ -169,7 +169,7 @@ def test_weights_that_became_nan_are_not_validated_into_metrics(tmp_path, monkey
 def test_an_existing_run_is_not_overwritten_and_resume_needs_one(tmp_path):
     cfg = tiny_config(("schedule.max_steps", 2))
     train_and_evaluate(cfg, tmp_path / "run")
-    with pytest.raises(UserError, match="--resume"):
+    with pytest.raises(UserError, match="continue it with resume=True"):
         train_and_evaluate(cfg, tmp_path / "run")
     with pytest.raises(UserError, match="no checkpoints/last.pt"):
         train_and_evaluate(cfg, tmp_path / "empty", resume=True)

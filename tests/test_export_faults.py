@@ -114,12 +114,15 @@ def test_out_of_memory_in_any_command_is_one_line(monkeypatch, capsys, error, sa
 
 @pytest.mark.parametrize("fmt, name", [("onnx", "an ONNX"), ("torchscript", "a TorchScript"), ("safetensors", "a safetensors")])
 def test_a_wrong_suffix_names_the_format_as_written(tmp_path, fmt, name):
-    from resnetlab.errors import UserError
+    from resnetlab.errors import UserError, command_line
     from resnetlab.inference.export import SUFFIXES, check_out
 
     with pytest.raises(UserError) as err:
         check_out(fmt, tmp_path / "m.txt")
-    assert str(err.value) == f"--out {tmp_path / 'm.txt'}: {name} export should end in {SUFFIXES[fmt]}"  # "a onnx export"
+    assert str(err.value) == f"out {tmp_path / 'm.txt'}: {name} export should end in {SUFFIXES[fmt]}"  # "a onnx export"
+    with pytest.raises(UserError) as err, command_line():  # as `resnetlab export` says it
+        check_out(fmt, tmp_path / "m.txt")
+    assert str(err.value) == f"--out {tmp_path / 'm.txt'}: {name} export should end in {SUFFIXES[fmt]}"
 
 
 def test_dynamic_batch_for_a_safetensors_export_is_refused(ckpt_path, tmp_path, capsys):

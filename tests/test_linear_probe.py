@@ -83,7 +83,7 @@ def test_linear_probe_writes_an_artifact_without_training_state(pretrained, tmp_
     with pytest.raises(UserError) as err:
         train_and_evaluate(trained, tmp_path / "probe", resume=True)
     assert str(err.value) == (f"{tmp_path / 'probe' / 'checkpoints' / 'last.pt'} holds a model but no training state (a "
-                              "linear probe's or converted weights); start a new run with --init "
+                              "linear probe's or converted weights); start a new run with finetune.init="
                               f"{tmp_path / 'probe' / 'checkpoints' / 'last.pt'} to train from its weights")
     train_and_evaluate(apply_overrides(trained, [("finetune.init", str(tmp_path / "probe"))]), tmp_path / "again")
     assert load_checkpoint(tmp_path / "again").training.step == 2
@@ -133,7 +133,7 @@ def test_a_finished_linear_probe_is_not_resumed_again_and_nothing_is_rewritten(p
     first = train_and_evaluate(probe(pretrained), run)
     before = files_of(run)
     capsys.readouterr()
-    with pytest.raises(UserError, match=f"continue it with --resume {run}"):
+    with pytest.raises(UserError, match="continue it with resume=True or choose another workdir"):
         train_and_evaluate(probe(pretrained), run)
     assert main(["train", "--resume", str(run)]) == 0
     err = capsys.readouterr().err

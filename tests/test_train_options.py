@@ -33,7 +33,11 @@ def recipe(tmp_path):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A run of 4 steps that wrote its checkpoints and summary."""
-    root = tmp_path_factory.mktemp("finished")
+    return finished_run(tmp_path_factory.mktemp("finished"))
+
+
+def finished_run(root):
+    """ROOT/run, a run of 4 steps made by `resnetlab train` from ROOT/tiny.yaml."""
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(tiny_config(("schedule.max_steps", 4), ("train.eval_every", 2)))))
     assert main(["train", "--recipe", str(path), "--out", str(root / "run")]) == 0
@@ -105,7 +109,7 @@ def test_counts_of_one_read_in_the_singular(finished, tmp_path):
     late = schedule_warnings(ScheduleConfig(kind="step", max_steps=1, milestones=[1]), 1)
     assert "the run has 1 step (" in late[0]
     cfg = tiny_config(("schedule.epochs", 1))
-    with pytest.raises(UserError, match=r"past the 1 step of --epochs 1;"):
+    with pytest.raises(UserError, match=r"past the 1 step of schedule.epochs=1;"):
         check_steps_left(LoopState(step=3), 1, cfg, tmp_path)
     facts = DataFacts("folder", train_images=1, num_classes=1, has_val=False, short_side=300, small=False)
     assert facts.describe().startswith("1 photo in 1 class (")
@@ -177,4 +181,4 @@ def test_the_advice_follows_the_cause_of_a_refused_write(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
     assert refusal(storage_error(tmp_path / "x", "No space left on device", True)).endswith(
-        f"then continue with --resume {tmp_path}")
+        "then continue with resume=True")  # a Python caller's words; `resnetlab train` says --resume RUN

@@ -2,10 +2,19 @@
 the one warning type for choices that work but cost the user (an emulated precision).
 
 The CLI prints both as a single clear line (an error then exits with status 2); anything else
-is a bug and keeps its traceback.
+is a bug and keeps its traceback. A message says what to change as its reader can change it:
+the command's options while a `resnetlab` command runs (`option`), arguments and config keys otherwise.
 """
+import contextvars
 import numbers
 import unicodedata
+from contextlib import contextmanager
+
+# True while a `resnetlab` command runs (cli.main): messages then name its options (--resume, --out),
+# which a Python caller cannot pass. A context variable, restored on exit: a test may run main([...])
+# and then call the library in the same process, and each reads its own words. (A thread starts with
+# the Python words: the library raises none of these messages in a thread of its own.)
+_COMMAND_LINE = contextvars.ContextVar("resnetlab_command_line", default=False)
 
 
 class UserError(ValueError):
@@ -19,6 +28,23 @@ class Terminated(KeyboardInterrupt):
 
 class ResnetlabWarning(UserWarning):
     """Works, but probably not what the user wants: the message says why and what to do instead."""
+
+
+def option(cli: str, python: str) -> str:
+    """How a message names what to change: `cli` (--resume, --out NEW_RUN) while a resnetlab command
+    runs, `python` (resume=True, another workdir, the override data.root=ROOT) otherwise."""
+    return cli if _COMMAND_LINE.get() else python
+
+
+@contextmanager
+def command_line():
+    """Messages in the command's words (`option`) inside the block: cli.main runs each command in one."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
 
 
 def first_line(err: BaseException) -> str:

@@ -16,7 +16,7 @@ import warnings
 from contextlib import contextmanager
 
 from resnetlab import __version__
-from resnetlab.errors import ResnetlabWarning, Terminated, UserError, shown
+from resnetlab.errors import ResnetlabWarning, Terminated, UserError, command_line, shown
 
 from . import eval as eval_cmd
 from . import bench, data, embed, experiment, export, models, predict, report, train, weights
@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return end_torchrun_process(run_command(args))
+    with command_line():  # the library's messages name this command's options (errors.option)
+        args = build_parser().parse_args(argv)
+        code = run_command(args)
+    return end_torchrun_process(code)
 
 
 def end_torchrun_process(code: int) -> int:

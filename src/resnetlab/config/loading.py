@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, option
 from resnetlab.files import write_text_atomic
 
 from .geometry import released
@@ -27,6 +27,7 @@ AMBIGUOUS_ONE = "a count of 1 or the fraction 1 (every image)? Write 1 for one i
 
 SWITCHES = ("train.channels_last", "train.compile", "train.fused_bn")  # str keys that take true/false
 MAX_BASES = 32  # recipe files in one `base:` chain
+OVERRIDE_FORMS = "expected 'SECTION.KEY=VALUE' (e.g. 'optim.lr=0.05') or a (key, value) pair"
 
 def recipe_dir():
     """The folder of the recipes shipped inside the package."""
@@ -46,8 +47,9 @@ def list_recipes() -> dict[str, str]:
 def _recipe_source(name_or_path: str, near: Path | None):
     """A recipe given by file path (tried next to `near` first) or shipped name -> (label, text)."""
     if not name_or_path.strip():  # else `--recipe ""` would quietly mean the bare defaults
-        raise UserError("the recipe name is empty: give a shipped recipe (resnetlab train --list-recipes) or a "
-                        "YAML file, or leave --recipe out to have one chosen from --data")
+        raise UserError("the recipe name is empty: give a shipped recipe " + option(
+            "(resnetlab train --list-recipes) or a YAML file, or leave --recipe out to have one chosen from --data",
+            "(resnetlab.config.list_recipes() names them) or a YAML file, or None for the defaults"))
     if "://" in name_or_path:
         raise UserError(f"recipe {name_or_path!r}: recipes are read from files, not URLs; download it first")
     candidates = [Path(name_or_path)] if near is None else [near / name_or_path, Path(name_or_path)]
@@ -195,7 +197,8 @@ def parse_override(text: str) -> tuple[str, object]:
     """'optim.lr=0.05' -> ('optim.lr', 0.05); the value is read as YAML (1e-4, true, [1, 2], null)."""
     key, sep, raw = text.partition("=")
     if not sep or "." not in key:
-        raise UserError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. --set optim.lr=0.05")
+        raise UserError(option(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. --set optim.lr=0.05",
+                               f"override {text!r}: {OVERRIDE_FORMS}"))
     try:
         value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:

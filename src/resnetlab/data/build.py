@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.config import DataConfig, check_section
-from resnetlab.errors import ResnetlabWarning, UserError, count
+from resnetlab.errors import ResnetlabWarning, UserError, count, option
 from resnetlab.files import cache_home, home
 
 from . import folder as folders
@@ -108,7 +108,8 @@ def _load(cfg: DataConfig):
         train, test = load_cifar(cfg.dataset, root, cfg.download)
         return train, None, test, {"root": str(root)}
     if root is None:
-        raise UserError("data.root is not set; pass --data ROOT with ROOT/train/<class>/<image>")
+        raise UserError(f"data.root is not set; {option('pass --data ROOT', 'give the override data.root=ROOT')} with "
+                        "ROOT/train/<class>/<image>")
     return _load_folder(root, cfg)
 
 
@@ -131,9 +132,9 @@ def _load_folder(root: Path, cfg: DataConfig):
                         "(and optionally ROOT/val/ and ROOT/test/)")
     if layout == "splits" and not (root / "train").is_dir():
         present = ", ".join(f"{s}/" for s in folders.SPLITS if (root / s).is_dir())
+        evaluate = option(f"`resnetlab eval RUN --data {root}`", f"evaluate_checkpoint(RUN, data={str(root)!r})")
         raise UserError(f"{root} has no train/ folder (only {present}): nothing to train on; expected "
-                        f"ROOT/train/<class>/<image> or ROOT/<class>/<image> (`resnetlab eval RUN --data {root}` "
-                        "evaluates a model on it)")
+                        f"ROOT/train/<class>/<image> or ROOT/<class>/<image> ({evaluate} evaluates a model on it)")
     unread = [d for d in folders.subfolders(root) if d not in folders.SPLITS and folders.holds_images(root / d)
               ] if layout == "splits" else []
     if unread:  # a class folder put beside train/ instead of inside it
@@ -181,7 +182,8 @@ def labelled_folder(root: Path, split: str, cfg: DataConfig):
         raise UserError(f"{root} has no class folders; expected ROOT/<class>/<image> or ROOT/{split}/<class>/<image>")
     if layout == "splits" and not (root / split).is_dir():
         present = ", ".join(f"{s}/" for s in folders.SPLITS if (root / s).is_dir())
-        raise UserError(f"{root} has no {split}/ folder (only {present}); pick the split with --split")
+        raise UserError(f"{root} has no {split}/ folder (only {present}); pick the split with "
+                        + option("--split", "split="))
     out, provenance = load_scanned({split: folders.scan(root / split if layout == "splits" else root, None, cfg.skip_bad)},
                              root, cfg)
     provenance.pop("split_files")

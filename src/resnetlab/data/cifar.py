@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from resnetlab.downloads import DownloadFailed, download, failure_message, file_digest, remove_stale_downloads
-from resnetlab.errors import UserError, breaks_lines
+from resnetlab.errors import UserError, breaks_lines, option
 
 from .cifar_pickle import RefusedPickle, read_cifar_pickle
 from .datasets import ArrayDataset
@@ -75,7 +75,7 @@ def ensure_extracted(spec: CifarSpec, root: Path, download: bool, url: str, md5:
     if not archive.is_file():
         if not download:
             raise UserError(f"{spec.folder}/ or {spec.archive} not found in {root}; place the archive "
-                            f"there or pass --download")
+                            f"there or {option('pass --download', 'set data.download=true')}")
         fetch(url, archive, md5, spec.size + spec.size // 20)  # a twentieth to spare: the size of a mirror's copy
     elif file_digest(archive, "md5") != md5:
         raise UserError(f"{archive} does not match the published MD5 {md5} (corrupt or not the official "

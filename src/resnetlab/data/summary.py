@@ -11,6 +11,8 @@ from pathlib import PurePath
 
 import torch
 
+from resnetlab.errors import option
+
 from .fingerprints import fingerprint_changes
 from .folder import IMAGE_EXTS, SPLITS
 
@@ -56,7 +58,8 @@ def imbalance_warning(bundle, balance: str) -> str | None:
         return None
     return (f"imbalanced classes: {bundle.classes[high]!r} has {train[high]} training images, {bundle.classes[low]!r} "
             f"{train[low]} ({train[high] / train[low]:.1f}x); the model will favour the large classes. "
-            "--set data.balance=sampler draws every class equally often, data.balance=loss weights the loss instead")
+            f"{option('--set ', '')}data.balance=sampler draws every class equally often, data.balance=loss weights "
+            "the loss instead")
 
 
 def notes(bundle, balance: str) -> list[str]:

@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from resnetlab.errors import ResnetlabWarning, UserError, first_line
+from resnetlab.errors import ResnetlabWarning, UserError, first_line, option
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # the main process's to handle, never a worker's
 PREFETCH = 2  # batches each worker decodes ahead (torch's default prefetch_factor)
@@ -106,7 +106,8 @@ def workers_failed(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     said = lines[-1] if "Original Traceback" in str(err) else first_line(err)  # a worker's own error: its last line
     return (f"the image-decoding worker processes failed ({said}): a limit on open files, processes "
-            f"or shared memory ({SHARED_MEMORY})? train.workers=0 (--workers 0) decodes in the main process")
+            f"or shared memory ({SHARED_MEMORY})? train.workers=0{option(' (--workers 0)', '')} decodes in the main "
+            "process")
 
 
 def _from_the_loader(err: RuntimeError) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.errors import ResnetlabWarning, UserError, option
 from resnetlab.files import StorageError, write_files_atomic
 
 from .checkpoint import run_dir_of
@@ -260,7 +260,8 @@ def write_eval_files(report: dict, matrix, out=None, precision: str | None = Non
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise UserError(f"cannot write the confusion matrix into {folder} ({_reason(err)}); "
-                        + ("choose another --out DIR" if out else "pass --out DIR")) from err
+                        + option("choose another --out DIR" if out else "pass --out DIR",
+                                 f"choose another folder for {'out' if out else 'the files (out=DIR)'}")) from err
 
 
 def _reason(err: Exception) -> str:

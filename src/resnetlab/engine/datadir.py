@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from resnetlab.data.folder import folder_layout
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, option
 
 CIFAR_MARKERS = {
     "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz"),
@@ -27,7 +27,7 @@ def data_overrides(path: str, recipe_dataset: str) -> list[tuple[str, object]]:
     root = Path(path).expanduser().absolute()
     if not root.is_dir():
         what = "a file, not a folder" if root.exists() else "no such directory"
-        raise UserError(f"--data {path}: {what} (expected a folder with train/<class>/ images "
+        raise UserError(f"{option('--data', 'data')} {path}: {what} (expected a folder with train/<class>/ images "
                         "or the CIFAR python files)")
     if recipe_dataset == "synthetic":
         return [("data.root", str(root))]
@@ -35,7 +35,8 @@ def data_overrides(path: str, recipe_dataset: str) -> list[tuple[str, object]]:
         with os.scandir(root) as entries:
             next(entries, None)
     except OSError as err:  # no read permission: every later look inside would be a traceback
-        raise UserError(f"--data {path}: cannot list the folder ({err.strerror or err}); fix its permissions") from None
+        raise UserError(f"{option('--data', 'data')} {path}: cannot list the folder ({err.strerror or err}); fix its "
+                        "permissions") from None
     for name, markers in CIFAR_MARKERS.items():
         if root.name == markers[0]:
             return [("data.dataset", name), ("data.root", str(root.parent))]
@@ -51,5 +52,5 @@ def check_run_data_root(cfg) -> None:
     with the way to point the run at where it is now."""
     root = cfg.data.root
     if cfg.data.dataset == "folder" and root and not Path(root).expanduser().is_dir():
-        raise UserError(f"the run's data folder {root} no longer exists; pass --data DIR, the folder where its "
-                        "images are now")
+        raise UserError(f"the run's data folder {root} no longer exists; pass {option('--data DIR', 'data=DIR')}, the "
+                        "folder where its images are now")

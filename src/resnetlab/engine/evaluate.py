@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from resnetlab.config import PROTOCOLS
-from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.errors import ResnetlabWarning, UserError, option
 
 from .distributed import DistInfo, all_reduce_sum
 from .runtime import Runtime
@@ -159,8 +159,9 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
     dataset = match_classes(dataset, classes, f"the data at {data or cfg.data.root}", artifact.class_ids)
     if precision == "int8":  # quantized CPU kernels: fp32 NCHW in and out, int8 in between
         if train is None:
-            raise UserError(f"--precision int8 calibrates on training images, and {data} has none; give --data a "
-                            "folder with train/, or use `resnetlab predict --precision int8 --calibrate DIR`")
+            int8, given = option("--precision int8", 'precision="int8"'), option("--data", "data")
+            raise UserError(f"{int8} calibrates on training images, and {data} has none; give {given} a folder with "
+                            "train/, or use `resnetlab predict --precision int8 --calibrate DIR`")
         rt = Runtime.resolve(device="cpu" if device == "auto" else device, precision="fp32", channels_last="false")
         model = int8_model(EvalModel(model, normalizer, rt), train, cfg.data)
     elif fast_path is not None and (precision or cfg.train.precision) == "auto":
@@ -205,11 +206,12 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None, no
                                                              or layout == "classes" and split == "test"):
             if cfg.data.root and root.resolve() == Path(cfg.data.root).resolve():
                 warnings.warn(f"{data} is the folder this model was trained on: its score includes the training images; "
-                              "--split val scores only the images the run held out", ResnetlabWarning, stacklevel=3)
+                              + option("--split val", 'split="val"') + " scores only the images the run held out",
+                              ResnetlabWarning, stacklevel=3)
             return labelled_folder(root, split, cfg.data)[0], None
         cfg = apply_overrides(cfg, found)
     if cfg.data.root is None and cfg.data.dataset != "synthetic":
-        raise UserError("the checkpoint does not say where its data is; pass --data DIR")
+        raise UserError(f"the checkpoint does not say where its data is; pass {option('--data DIR', 'data=DIR')}")
     check_run_data_root(cfg)
     bundle = build_data(cfg.data, seed=cfg.train.seed, normalizer=normalizer, warn_unvalidated=split == "val")
     held = recorded_validation(run_dir) if split == "val" and run_dir is not None else None
@@ -222,8 +224,9 @@ def eval_data(cfg, data: str | None, split: str, run_dir: Path | None = None, no
             "it again and may hold images the run trained on"), ResnetlabWarning, stacklevel=3)
     dataset = bundle.test if split == "test" else bundle.val
     if dataset is None:
+        val = option("--split val", 'split="val"')
         raise UserError(f"the dataset at {cfg.data.root} has no {split} split"
-                        + (" (the run used data.val_size=0)" if split == "val" else "; try --split val"))
+                        + (" (the run used data.val_size=0)" if split == "val" else f"; try {val}"))
     return dataset, bundle.train
 
 
@@ -263,7 +266,8 @@ def held_out_again(held: dict, saved: dict, bundle, cfg, run_dir: Path):
     if missing:
         raise UserError(f"{len(missing)} of the {len(held['files'])} validation images {record} lists are missing "
                         f"from {root} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); put them back "
-                        "to score the run's validation split, or pass --data DIR, the folder that holds them")
+                        f"to score the run's validation split, or pass {option('--data DIR', 'data=DIR')}, the folder "
+                        "that holds them")
     at = 1 if saved.get("layout") == "splits" else 0  # train/<class>/... or <class>/...
     names = [Path(f).parts[at] if len(Path(f).parts) > at + 1 else None for f in held["files"]]
     if not set(names) <= set(classes):
@@ -288,7 +292,7 @@ def int8_model(scored: EvalModel, train, data_cfg, images: int | None = None,
 
     images = images or CALIBRATION_IMAGES
     if scored.rt.device.type != "cpu":
-        raise UserError("int8 evaluation runs on the CPU only (--device cpu)")
+        raise UserError("int8 evaluation runs on the CPU only (" + option("--device cpu", 'device="cpu"') + ")")
     sample = train.subset(torch.tensor(calibration_sample(len(train), images)))
     loader = make_eval_loader(sample, data_cfg, LoaderSpec(64))
     return quantize_int8(fuse_bn(scored.model), [scored.normalizer(views[0]) for views, _ in loader],

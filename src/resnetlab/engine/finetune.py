@@ -15,7 +15,7 @@ from typing import NamedTuple
 from torch import nn
 
 from resnetlab.config import FinetuneConfig
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, option
 from resnetlab.models import load_weights
 from resnetlab.models.identify import OtherNetwork
 from resnetlab.models.weights import _read_file as read_weights_file, refuse_nonfinite, safetensors_metadata
@@ -108,8 +108,9 @@ def _load_init(model: nn.Module, source, model_name: str | None) -> tuple[list[s
 
 
 def _train_it(name: str, kwargs) -> str:
-    return f"To fine-tune them, train {name}: --set model.name={name}" + "".join(
-        f" --set model.kwargs.{k}={v}" for k, v in kwargs)
+    flag = option(" --set ", " ")  # a Python caller's overrides: model.name=resnet50 model.kwargs.stem=cifar
+    return f"To fine-tune them, train {name}:{flag}model.name={name}" + "".join(
+        f"{flag}model.kwargs.{k}={v}" for k, v in kwargs)
 
 
 def exported_model_name(path: Path) -> str | None:
@@ -154,8 +155,8 @@ def check_finite_weights(model: nn.Module, skipped: list[str], source) -> None:
 def check_same_model(held: str, label, model_name: str | None) -> None:
     """A resnetlab checkpoint of another network than the run's: say which, in one line."""
     if model_name and held != model_name:
-        raise UserError(f"{label} holds a {held}; this run trains {model_name}: set --model {held} to fine-tune "
-                        "it, or choose weights of a " + model_name)
+        raise UserError(f"{label} holds a {held}; this run trains {model_name}: set {option('--model ', 'model.name=')}"
+                        f"{held} to fine-tune it, or choose weights of a {model_name}")
 
 
 def check_same_build(name: str, num_classes: int | None, kwargs: dict, model: nn.Module, label) -> None:
@@ -172,7 +173,8 @@ def check_same_build(name: str, num_classes: int | None, kwargs: dict, model: nn
     if differ:
         text = ", ".join(f"{k}: {v}" for k, v in kwargs.items())
         raise UserError(f"{label} holds a {name} built with {{{text}}}; this run builds it otherwise (first of "
-                        f"{len(differ)} differences: {differ[0]}): set --set 'model.kwargs={{{text}}}' to fine-tune it "
+                        f"{len(differ)} differences: {differ[0]}): set "
+                        + option(f"--set 'model.kwargs={{{text}}}'", f"model.kwargs={{{text}}}") + " to fine-tune it "
                         "as it was trained")
 
 
@@ -242,5 +244,7 @@ def without_init_warning(cfg: FinetuneConfig) -> str | None:
     if not settings:
         return None
     return (f"{', '.join(settings)} {'is' if len(settings) == 1 else 'are'} for pretrained weights, but finetune.init is "
-            "not set, so the backbone starts from random weights; pass --init WEIGHTS (`resnetlab weights list`); to "
-            "train from scratch, use a recipe made for it (photos_scratch, or no --recipe and --init none)")
+            "not set, so the backbone starts from random weights; " + option(
+                "pass --init WEIGHTS (`resnetlab weights list`); to train from scratch, use a recipe made for it "
+                "(photos_scratch, or no --recipe and --init none)", "set finetune.init (`resnetlab weights list` "
+                "names published weights); to train from scratch, use a recipe made for it (photos_scratch)"))

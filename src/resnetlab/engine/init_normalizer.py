@@ -16,7 +16,7 @@ import torch
 
 from resnetlab.config import FinetuneConfig
 from resnetlab.data.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalizer
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, option
 from resnetlab.models.weights import _read_file as read_weights_file, safetensors_metadata
 
 from .checkpoint import FORMAT, checkpoint_path, verify_digest
@@ -52,4 +52,4 @@ def init_normalizer(cfg: FinetuneConfig) -> tuple[Normalizer, str] | None:
     try:
         return Normalizer.from_state(state), f"{path}'s own ({state['kind']})"
     except UserError as err:
-        raise UserError(f"--init {cfg.init}: {err}") from None
+        raise UserError(f"{option('--init ', 'finetune.init=')}{cfg.init}: {err}") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from resnetlab.errors import count
+from resnetlab.errors import count, option
 
 
 def init_run(init) -> Path | None:
@@ -74,9 +74,9 @@ def init_holdout_warning(init, bundle) -> str | None:
         return None
     where = (f"into {root}/val/<class>/" if saved[2] == "splits" else
              f"into {root}/val/<class>/ and the class folders into {root}/train/")
-    return (f"--init {init}: {count(len(new), 'image')} of the {len(now['files'])} this run holds out for validation "
-            f"(e.g. {new[0]}) {'were' if len(new) != 1 else 'was'} not held out by {run}, which may have trained on "
-            f"{'them' if len(new) != 1 else 'it'}: the hold-out is drawn again over the folder as it is now, so this "
-            "run's validation error is optimistic, and best.pt is chosen on it. Put the images "
-            f"{run / 'data.json'} lists as held out {where} (a val/ folder is used as it is), so both runs validate "
-            "on images neither trained on")
+    return (f"{option('--init ', 'finetune.init=')}{init}: {count(len(new), 'image')} of the {len(now['files'])} this "
+            f"run holds out for validation (e.g. {new[0]}) {'were' if len(new) != 1 else 'was'} not held out by {run}, "
+            f"which may have trained on {'them' if len(new) != 1 else 'it'}: the hold-out is drawn again over the "
+            "folder as it is now, so this run's validation error is optimistic, and best.pt is chosen on it. Put the "
+            f"images {run / 'data.json'} lists as held out {where} (a val/ folder is used as it is), so both runs "
+            "validate on images neither trained on")

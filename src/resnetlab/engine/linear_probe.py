@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from resnetlab.config import Config
 from resnetlab.data.summary import data_record, loss_weights, notes
-from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.errors import ResnetlabWarning, UserError, option
 from resnetlab.files import StorageError, write_text_atomic
 
 from .checkpoint import save_checkpoint, seed_rngs
@@ -38,7 +38,7 @@ from .run_records import MetricsRow, RunSummary
 from .runtime import autocast, make_runtime, prepare_model, to_input
 from .rundir import RunDirLock, refuse_out_in_data, resume_point, saved_config, tidy_for_start
 from .setup import build_model, check_config, write_workdir
-from .state import RunFinished, make_artifact, storage_refusal
+from .state import RunFinished, make_artifact, new_run_from, storage_refusal
 
 PENALTIES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths tried when there is a val split
 LBFGS_STEPS = 300
@@ -168,7 +168,7 @@ def finished_probe(workdir: Path, resume: bool) -> RunFinished | None:
     if saved is not None and not saved.finetune.linear_probe:
         raise UserError(f"{workdir} holds a training run, not a linear probe; continue it without "
                         f"finetune.linear_probe=true, or fit a probe on its weights in a new folder "
-                        f"(--init {workdir} --out NEW_RUN)")
+                        f"({new_run_from(workdir)})")
     try:
         summary = RunSummary.read(workdir)
     except UserError:  # damaged: the probe is fitted and written again
@@ -176,7 +176,7 @@ def finished_probe(workdir: Path, resume: bool) -> RunFinished | None:
     if summary is None or not summary.linear_probe or not (workdir / "checkpoints" / "last.pt").is_file():
         return None
     return RunFinished(f"{workdir} finished: nothing to resume (a linear probe is fitted once; to fit another, "
-                       "choose another --out)", summary)
+                       f"choose another {option('--out', 'workdir')})", summary)
 
 
 def _fit_and_write(cfg: Config, workdir: Path, bundle, model, rt, start: float, say) -> RunSummary:

@@ -18,6 +18,7 @@ from resnetlab.files import write_text_atomic
 from .finetune import without_init_warning
 from .init_overlap import init_holdout_warning
 from .schedules import schedule_warnings
+from .state import new_run_from, resuming
 
 
 def preflight(run) -> None:
@@ -121,7 +122,7 @@ def check_resumed_data(workdir, bundle) -> None:
     file, so every rank decides alike."""
     changes = data_changes(workdir, bundle)
     if changes:
-        raise UserError(f"--resume {workdir}: {data_source(bundle)} is not what the run trained on "
+        raise UserError(f"{resuming(workdir)}: {data_source(bundle)} is not what the run trained on "
                         f"({'; '.join(changes)}), so the run would not continue exactly (labels and the validation "
                         f"hold-out follow from the data); put the data back as it was, or start a new run from its "
-                        f"weights (--init {workdir} --out NEW_RUN)")
+                        f"weights ({new_run_from(workdir)})")

@@ -50,7 +50,7 @@ import math
 from dataclasses import dataclass, field
 
 from resnetlab.data.normalize import Normalizer
-from resnetlab.errors import UserError, breaks_lines
+from resnetlab.errors import UserError, breaks_lines, option
 
 from .run_records import METRICS_FORMAT, NUMBER, Fields, MetricsRow
 from .schedules import ScheduleState
@@ -194,7 +194,8 @@ def check_loop(loop: LoopState, where) -> None:
     bad = [b for b in bad if b]
     if bad:
         raise UserError(f"{where} is damaged or was not written by resnetlab ({', '.join(bad)}); resume from another "
-                        "checkpoint, or start a new run with --init to reuse only its weights")
+                        f"checkpoint, or start a new run with {option('--init', 'finetune.init')} to reuse only its "
+                        "weights")
 
 
 @dataclass
@@ -232,5 +233,5 @@ def check_checkpoint_format(data, where) -> None:
                         "upgrade resnetlab to read it")
     if found != CHECKPOINT_FORMAT:
         raise UserError(f"{where} is not a {CHECKPOINT_FORMAT} checkpoint (found {found!r}); plain weights files "
-                        "go to --init or resnetlab.load_weights instead")
+                        f"go to {option('--init', 'finetune.init')} or resnetlab.load_weights instead")
 

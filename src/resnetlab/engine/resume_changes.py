@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from resnetlab.config import Config, config_from_dict, config_to_dict
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, option
 
 
 # Where the decoded images are cached and how many processes decode them: neither changes an image,
@@ -75,9 +75,10 @@ def runtime_change(trained_with: dict | None, now: dict, saved: dict | None, wan
     changed = [f"{k}: {trained_with.get(k)!r} -> {v!r}" for k, v in now.items() if trained_with.get(k) != v]
     if not changed:
         return None
-    return (f"--resume goes on with {'; '.join(changed)} (`auto` is resolved for each machine): "
-            "they apply from the current step on, so the run is no longer the one an uninterrupted run would be; "
-            "--precision, --device and the train.* keys set the run's own values")
+    return (f"{option('--resume', 'resume=True')} goes on with {'; '.join(changed)} (`auto` is resolved for each "
+            "machine): they apply from the current step on, so the run is no longer the one an uninterrupted run would "
+            "be; " + option("--precision, --device and the train.* keys", "the train.* keys (train.precision, "
+                            "train.device)") + " set the run's own values")
 
 
 def _key(difference: str) -> str:

@@ -22,13 +22,14 @@ import socket
 from pathlib import Path
 
 from resnetlab.config import Config, load_config
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, option
 from resnetlab.files import TEMPORARY, make_folder, remove_stale_temporaries, storage_errors, write_text_atomic
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, broadcast_object
 from .records import Checkpoint
 from .run_records import MetricsRow
+from .state import new_run_from, resuming
 
 LOCK_NAME = ".lock"
 _held_fds: set[int] = set()  # lock files this process holds, closed in forked children
@@ -104,7 +105,7 @@ def _lock(workdir: Path) -> int:
         holder = _holder(fd)
         os.close(fd)
         raise UserError(f"{workdir} is in use by another training ({holder}); wait for it to end, "
-                        "or choose another --out") from None
+                        f"or choose another {option('--out', 'workdir')}") from None
     _install_fork_hook()
     _held_fds.add(fd)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": local_time()}
@@ -175,16 +176,16 @@ def resume_point(workdir: Path, resume: bool) -> Path | None:
     hence the same run). A step-0 checkpoint would not help: a kill while writing it leaves the
     same directory.
     """
-    last = workdir / "checkpoints" / "last.pt"
+    last, asked = workdir / "checkpoints" / "last.pt", resuming(workdir)
     if resume and not last.is_file() and not (workdir / "config.yaml").is_file():
-        raise UserError(f"--resume {workdir}: no run there to continue (no config.yaml, no checkpoints/last.pt)")
+        raise UserError(f"{asked}: no run there to continue (no config.yaml, no checkpoints/last.pt)")
     if resume and not last.is_file() and (workdir / "checkpoints" / "best.pt").is_file():
-        raise UserError(f"--resume {workdir}: checkpoints/last.pt is missing but best.pt is there, so the run got past "
+        raise UserError(f"{asked}: checkpoints/last.pt is missing but best.pt is there, so the run got past "
                         "its first checkpoint; starting it again would replace best.pt and its metrics. Put last.pt "
-                        f"back, or start a new run from its weights (--init {workdir} --out NEW_RUN)")
+                        f"back, or start a new run from its weights ({new_run_from(workdir)})")
     if not resume and last.exists():
-        raise UserError(f"{workdir} already holds a run (checkpoints/last.pt); continue it with --resume {workdir} "
-                        "or choose another --out")
+        raise UserError(f"{workdir} already holds a run (checkpoints/last.pt); continue it with " + option(
+            f"--resume {workdir} or choose another --out", "resume=True or choose another workdir"))
     if not resume:
         refuse_others_files(workdir)
     return last if resume and last.is_file() else None
@@ -208,7 +209,8 @@ def refuse_other_files(folder: Path, names: list[str], what: str, instead: str =
     """The one line for an --out that holds `names` (files that are not `what`'s): the first three, folders marked."""
     if names:
         shown = ", ".join(f"{n}/" if (folder / n).is_dir() else n for n in names[:3]) + (" ..." if len(names) > 3 else "")
-        raise UserError(f"--out {folder} already holds other files ({shown}) and no {what}; {instead}")
+        out = option(f"--out {folder}", str(folder))
+        raise UserError(f"{out} already holds other files ({shown}) and no {what}; {instead}")
 
 
 def _a_run_was_started(workdir: Path) -> bool:
@@ -228,8 +230,8 @@ def refuse_out_in_data(workdir, data_root, dataset: str = "folder") -> None:
     out, data = Path(workdir).expanduser().resolve(), Path(data_root).expanduser().resolve()
     if out == data or data in out.parents:
         where = "is the data folder" if out == data else f"is inside the data folder {data_root}"
-        raise UserError(f"--out {workdir} {where}; the run's files would be read as data next time: put the run "
-                        "outside it")
+        raise UserError(f"{option('--out', 'workdir')} {workdir} {where}; the run's files would be read as data next "
+                        "time: put the run outside it")
 
 
 def tidy_for_start(workdir: Path, step: int, last_ckpt: Checkpoint | None) -> list[str]:
@@ -289,4 +291,4 @@ def saved_config(workdir: Path) -> Config | None:
 def refuse_a_file(workdir) -> None:
     """--out must be a run directory (or not exist yet), not a file."""
     if Path(workdir).exists() and not Path(workdir).is_dir():
-        raise UserError(f"{workdir} is a file, not a run directory; choose another --out")
+        raise UserError(f"{workdir} is a file, not a run directory; choose another {option('--out', 'workdir')}")

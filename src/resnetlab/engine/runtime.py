@@ -13,7 +13,7 @@ import torch
 
 from resnetlab.config import TrainConfig
 from resnetlab.cpu import cpu_flags, cpu_vendor, has_fast_bf16
-from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.errors import ResnetlabWarning, UserError, option
 from resnetlab.models import conv_direct, conv_wgrad
 from resnetlab.models.fused_bn import set_fused_bn
 
@@ -100,7 +100,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {name!r}: CUDA is not available here; use --device cpu or auto")
+            raise UserError(f"device {name!r}: CUDA is not available here; use " + option(
+                "--device cpu or auto", 'device="cpu" or "auto" (train.device=cpu to train)'))
         if device.index is None:  # one GPU per process under torchrun
             device = torch.device("cuda", local_rank)
         elif device.index >= torch.cuda.device_count():

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from resnetlab.config import ScheduleConfig
-from resnetlab.errors import UserError, count
+from resnetlab.errors import UserError, count, option
 
 KINDS = ("step", "cosine", "onecycle", "plateau", "constant")
 
@@ -108,7 +108,7 @@ def warmup_news(cfg: ScheduleConfig, state: ScheduleState, since: int, step: int
         return (f"the warm-up still holds lr at {cfg.warmup_lr:g} after {step} of {total} steps: training error "
                 f"{err:.1f}% is not under schedule.warmup_until_err={bar:g}% (the paper's ResNet-110 got there in about "
                 "400), and it stays until it is; to train on at optim.lr, stop and resume with "
-                "--set schedule.warmup_until_err=null")
+                f"{option('--set ', 'the override ')}schedule.warmup_until_err=null")
     return None
 
 

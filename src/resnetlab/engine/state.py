@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from resnetlab.config import Config, config_to_dict
-from resnetlab.errors import UserError, count, first_line
+from resnetlab.errors import UserError, count, first_line, option
 from resnetlab.files import StorageError
 
 from .checkpoint import capture_rng, clean_state_dict, restore_rng
@@ -96,7 +96,7 @@ def restore_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer, scaler, cf
     name, training = ckpt.artifact.model_name, ckpt.training
     if training is None:
         raise UserError(f"{path} holds a model but no training state (a linear probe's or converted weights); "
-                        f"start a new run with --init {path} to train from its weights")
+                        f"start a new run with {option('--init', 'finetune.init=')}{path} to train from its weights")
     if name != cfg.model.name:
         raise UserError(f"{path} holds a {name} but the config asks for {cfg.model.name}; "
                         "resume with the run's own config (RUN_DIR/config.yaml)")
@@ -109,7 +109,8 @@ def restore_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer, scaler, cf
         restore_rng(training.rng)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:  # a state of another shape
         raise UserError(f"{path} does not fit this run's {cfg.model.name} and optimizer ({first_line(err)}); resume with the "
-                        "run's own config, or start a new run with --init to reuse only the weights") from None
+                        f"run's own config, or start a new run with {option('--init', 'finetune.init')} to reuse only "
+                        "the weights") from None
     return training.loop
 
 
@@ -120,16 +121,17 @@ def check_steps_left(state: LoopState, total: int, cfg: Config, workdir) -> None
     finished: the final test runs again."""
     if state.step > total:
         epochs = cfg.schedule.epochs
-        asked = f"--max-steps {total}" if epochs is None else f"the {count(total, 'step')} of --epochs {epochs}"
+        asked = (option(f"--max-steps {total}", f"schedule.max_steps={total}") if epochs is None
+                 else f"the {count(total, 'step')} of {option(f'--epochs {epochs}', f'schedule.epochs={epochs}')}")
         raise UserError(f"{workdir} is already at step {state.step}, past {asked}; a run cannot be shortened "
-                        f"(pass --max-steps above {state.step} to train further)")
+                        f"({option('pass --max-steps', 'set schedule.max_steps')} above {state.step} to train further)")
     if state.step < total and state.reached_target is None:
         return
     summary = _summary_of(workdir)
     if summary is None or summary.steps != state.step:
         return
     how = ("it reached train.stop_at_val_top1" if state.reached_target is not None
-           else "pass a larger --max-steps to train further")
+           else option("pass a larger --max-steps", "set a larger schedule.max_steps") + " to train further")
     raise RunFinished(f"{workdir} finished at step {state.step}: nothing to resume ({how})", summary)
 
 
@@ -138,6 +140,16 @@ def _summary_of(workdir) -> RunSummary | None:
         return RunSummary.read(workdir)
     except UserError:  # damaged: the final test writes it again
         return None
+
+
+def resuming(run) -> str:
+    """A resume of `run` asked for, in the caller's words (errors.option): the option or the argument."""
+    return option(f"--resume {run}", f"resume=True in {run}")
+
+
+def new_run_from(run) -> str:
+    """How to start a new run from `run`'s weights instead, in the caller's words."""
+    return option(f"--init {run} --out NEW_RUN", f"finetune.init={run}, in another workdir")
 
 
 def storage_refusal(err: StorageError, workdir) -> StorageError:
@@ -152,8 +164,8 @@ def storage_refusal(err: StorageError, workdir) -> StorageError:
         cause = cause.__cause__ or cause.__context__
     full, denied = (errno.ENOSPC, errno.EDQUOT), (errno.EROFS, errno.EACCES, errno.EPERM)
     code = code or next((c for c in full + denied if os.strerror(c) == getattr(err, "reason", None)), None)
-    again = (f"continue with --resume {workdir}" if (Path(workdir) / "checkpoints" / "last.pt").is_file()
-             else "start the run again")
+    again = ("continue with " + option(f"--resume {workdir}", "resume=True")
+             if (Path(workdir) / "checkpoints" / "last.pt").is_file() else "start the run again")
     advice = (f"Free some space, then {again}" if code in full else
               f"{workdir} is not writable (read-only or no permission): make it writable, then {again}"
               if code in denied else f"Once it can be written, {again}")

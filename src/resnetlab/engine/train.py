@@ -37,7 +37,7 @@ from .runtime import Runtime, autocast, make_runtime, to_input
 from .schedules import observe_train_error, observe_val_error, warmup_news
 from .setup import Run, RunRequest, build_run, set_lr
 from .signals import SIGNALS, StopOnSignal, TrainingInterrupted
-from .state import (Meter, RunFinished, TrainingDiverged, is_finite_model, make_checkpoint, meter_summary,
+from .state import (Meter, RunFinished, TrainingDiverged, is_finite_model, make_checkpoint, meter_summary, resuming,
                     storage_refusal)
 
 
@@ -253,7 +253,7 @@ def validate(run: Run, window: Meter, since_eval: Meter, lr: float) -> dict:
         restore_rng(rng)
         path = save(run, MetricsRow(step=state.step, extra={"interrupted": True}), ("last.pt",))
         raise UserError(f"{err}. The validation at step {state.step} failed; every step is saved in {path}: once the "
-                        f"cause is mended, --resume {run.workdir} validates it and goes on") from None
+                        f"cause is mended, {resuming(run.workdir)} validates it and goes on") from None
 
 
 def check_finite(run: Run) -> None:

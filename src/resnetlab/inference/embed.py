@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, option
 from resnetlab.files import atomic_write, check_writable, write_files_atomic, write_target
 
 from .out_guard import refuse_foreign
@@ -43,7 +43,8 @@ def output_paths(out) -> list[Path]:
     or a place that cannot be written."""
     out = Path(out)
     if out.suffix not in FORMATS:
-        raise UserError(f"--out {out}: use a .npy (with a .names.txt beside it) or a .safetensors file")
+        raise UserError(f"{option('--out', 'out')} {out}: use a .npy (with a .names.txt beside it) or a .safetensors "
+                        "file")
     paths = [out, out.with_suffix(".names.txt")] if out.suffix == ".npy" else [out]
     for path in paths:
         if path.suffix == ".txt":

@@ -9,7 +9,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, option
 from resnetlab.models.weights import safetensors_metadata
 
 # keys that every resnetlab ONNX export holds in its metadata_props (export.metadata())
@@ -91,5 +91,5 @@ def refuse_foreign(path, kind: str, what: str) -> None:
     except OSError:
         return
     if not is_ours(kind, path):
-        raise UserError(f"--out {path} already exists and is not {what} written by resnetlab; it would be replaced. "
-                        "Remove it first or choose another --out")
+        raise UserError(f"{option('--out ', '')}{path} already exists and is not {what} written by resnetlab; it would "
+                        f"be replaced. Remove it first or choose another {option('--out', 'out path')}")

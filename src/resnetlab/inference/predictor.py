@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from resnetlab.errors import ResnetlabWarning, UserError
+from resnetlab.errors import ResnetlabWarning, UserError, option
 from resnetlab.models.quantize import CALIBRATION_IMAGES
 
 CHUNK = 1024  # images decoded at a time: bounds memory for large folders
@@ -95,12 +95,14 @@ class Predictor:
         from resnetlab.models.quantize import calibration_sample, quantize_int8
 
         if self.rt.device.type != "cpu" or self.rt.precision != "fp32" or self.int8:
-            raise UserError("int8 quantization starts from an fp32 predictor on the CPU (--device cpu)")
+            raise UserError("int8 quantization starts from an fp32 predictor on the CPU "
+                            + option("(--device cpu)", '(device="cpu", precision="fp32")'))
         if images < 1:
             raise UserError(f"int8 calibration needs at least one image, got {images}")
         sample = [paths[i] for i in calibration_sample(len(paths), images)]
         if not sample:
-            raise UserError("int8 calibration: no image files to calibrate on (--calibrate names none)")
+            raise UserError("int8 calibration: no image files to calibrate on "
+                            f"({option('--calibrate names none', 'the paths given name none')})")
         calibration = [self.normalizer(views[0]).float() for views, _ in self.batches(sample, "center", batch_size)]
         if not calibration:
             raise UserError(f"int8 calibration: none of the {len(sample)} calibration images could be read")
@@ -193,7 +195,7 @@ def iter_predictions(predictor: Predictor, paths: list[str], topk: int = 5, prot
     in file order, so a caller can show each result as it comes; unreadable files are skipped (see
     `failures` once the iteration has ended)."""
     if topk < 1:
-        raise UserError(f"--topk must be at least 1, got {topk}")
+        raise UserError(f"{option('--topk', 'topk')} must be at least 1, got {topk}")
     k = min(topk, len(predictor.classes))
 
     def tops(views, idx):

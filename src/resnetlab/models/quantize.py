@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from resnetlab.cpu import cpu_flags
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, option
 
 BACKENDS = ("x86", "fbgemm", "onednn", "qnnpack")  # order of preference when none is asked for
 CALIBRATION_IMAGES = 256  # enough images for every activation's range; more only costs time
+FP32 = 'precision="fp32"'  # the way out of int8, as a Python caller says it (errors.option)
 
 
 def calibration_sample(n: int, images: int = CALIBRATION_IMAGES) -> list[int]:
@@ -67,7 +68,7 @@ def default_backend() -> str:
         if name in torch.backends.quantized.supported_engines:
             return name
     raise UserError("this PyTorch build has no quantized CPU kernels (torch.backends.quantized.supported_engines "
-                    "is empty); int8 inference is not available here, use --precision fp32")
+                    f"is empty); int8 inference is not available here, use {option('--precision fp32', FP32)}")
 
 
 @torch.no_grad()
@@ -84,7 +85,7 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], backend
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
     except ImportError as e:  # torch plans to move quantization out to torchao
         raise UserError(f"this PyTorch ({torch.__version__}) has no FX graph-mode quantization ({e}); int8 "
-                        "inference needs torch 2.4-2.13, use --precision fp32 otherwise") from None
+                        f"inference needs torch 2.4-2.13, use {option('--precision fp32', FP32)} otherwise") from None
     backend = backend or default_backend()
     if backend not in torch.backends.quantized.supported_engines:
         raise UserError(f"quantized backend {backend!r} is not in this build; it has "
