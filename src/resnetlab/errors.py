@@ -7,8 +7,10 @@ the command's options while a `resnetlab` command runs (`option`), arguments and
 """
 import contextvars
 import numbers
+import os
 import unicodedata
 from contextlib import contextmanager
+from pathlib import Path
 
 # True while a `resnetlab` command runs (cli.main): messages then name its options (--resume, --out),
 # which a Python caller cannot pass. A context variable, restored on exit: a test may run main([...])
@@ -73,6 +75,18 @@ def expect_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise UserError(f"{name} must be an integer of at least 1, got {value!r}")
     return int(value)
+
+
+def expect_path(value, what: str) -> Path:
+    """`value`, a str or os.PathLike, as a Path with `~` expanded (a shell expands it on a command line,
+    Python does not). Anything else, or a blank name ("" is the current folder to pathlib: an unset
+    variable, most likely), is a UserError naming `what`."""
+    expect_type(value, (str, os.PathLike), f"{what} must be a path (a str or pathlib.Path)")
+    text = os.fspath(value)
+    expect_type(text, str, f"{what} must be a path (a str or pathlib.Path)")  # a PathLike may give bytes
+    if not text.strip():
+        raise UserError(f"{what} is blank ({text!r}; an unset variable?)")
+    return Path(text).expanduser()
 
 
 def breaks_lines(name: str) -> bool:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from resnetlab.errors import UserError, option
+from resnetlab.errors import UserError, expect_path, expect_type, option
 from resnetlab.files import write_text_atomic
 
 from .geometry import released
@@ -52,7 +54,7 @@ def _recipe_source(name_or_path: str, near: Path | None):
             "(resnetlab.config.list_recipes() names them) or a YAML file, or None for the defaults"))
     if "://" in name_or_path:
         raise UserError(f"recipe {name_or_path!r}: recipes are read from files, not URLs; download it first")
-    candidates = [Path(name_or_path)] if near is None else [near / name_or_path, Path(name_or_path)]
+    candidates = [Path(name_or_path).expanduser()] if near is None else [near / name_or_path, Path(name_or_path)]
     yaml_suffix = Path(name_or_path).suffix.lower() in (".yaml", ".yml")
     for path in candidates:
         if yaml_suffix and path.is_file():
@@ -207,7 +209,8 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def apply_overrides(cfg: Config, overrides) -> Config:
-    """A copy of cfg with SECTION.KEY=VALUE strings (or (key, value) pairs) applied, type-checked.
+    """A copy of cfg with SECTION.KEY=VALUE strings (or (key, value) pairs) applied, type-checked: a list of
+    them, or a dict of key -> value; None for none.
 
     schedule.epochs, when set, decides the length of a run over schedule.max_steps; so asking for
     max_steps without epochs clears epochs (as --max-steps does), instead of being silently ignored
@@ -217,13 +220,18 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     these overrides, follows the new ones (config/geometry.py): the same at the end whatever the
     order or grouping of the overrides (evaluation at 256 then cropped to 32 px saw the middle
     eighth of every image)."""
+    overrides = list(overrides.items()) if isinstance(overrides, Mapping) else () if overrides is None else overrides
     if isinstance(overrides, (str, bytes)):  # iterated, it would be its characters
         raise UserError(f"overrides are a list of 'SECTION.KEY=VALUE' strings or (key, value) pairs, got one string "
                         f"{overrides!r}: put it in a list")
+    unordered = isinstance(overrides, (set, frozenset))  # of two values of a key the later wins: which is later?
+    if unordered or not isinstance(overrides, Iterable):
+        raise UserError("overrides are a list of 'SECTION.KEY=VALUE' strings or (key, value) pairs, or a dict; got "
+                        + ("a set, which has no order" if unordered else type(overrides).__name__))
     data = config_to_dict(cfg)
     keys = set()
     for item in overrides:
-        key, value = parse_override(item) if isinstance(item, str) else item
+        key, value = parse_override(item) if isinstance(item, str) else _pair(item)
         section, _, name = key.partition(".")
         if section not in SECTIONS:
             raise UserError(f"unknown config section in {key!r}; valid sections: {', '.join(SECTIONS)}")
@@ -236,10 +244,30 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     return config_from_dict(data)
 
 
-def load_config(recipe: str | None = None, overrides=()) -> Config:
-    """Defaults <- recipe (shipped name or YAML path, with its `base:` chain) <- overrides."""
+def _pair(item) -> tuple[str, object]:
+    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str):
+        return item[0], item[1]
+    raise UserError(f"override {_brief(item)}: {OVERRIDE_FORMS}")
+
+
+def load_config(recipe: str | os.PathLike | None = None, overrides=()) -> Config:
+    """Defaults <- recipe (shipped name or YAML path, a str or pathlib.Path, with its `base:` chain) <- overrides
+    (apply_overrides: a list of 'SECTION.KEY=VALUE' strings or (key, value) pairs, or a dict)."""
+    if isinstance(recipe, os.PathLike):
+        recipe = str(expect_path(recipe, "recipe"))
+    elif recipe is not None:
+        expect_type(recipe, str, "recipe must be a shipped recipe name or a YAML file (a str or pathlib.Path)")
     cfg = config_from_dict(read_recipe(recipe)) if recipe is not None else Config()
     return apply_overrides(cfg, overrides)
+
+
+def checked_config(cfg, what: str) -> Config:
+    """`cfg` as a recipe would give it: every section of its type, every value of its key's type and range (a
+    Config built in Python, Config(model="resnet20"), failed deep in a run). Anything else is refused by `what`."""
+    expect_type(cfg, Config, what)
+    for name, kind in typing.get_type_hints(Config).items():
+        expect_type(getattr(cfg, name), kind, f"Config's {name} must be a resnetlab.config.{kind.__name__}")
+    return apply_overrides(cfg, ())
 
 
 def config_to_yaml(cfg: Config) -> str:

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnetlab.config import Config
+from resnetlab.config import Config, checked_config
 from resnetlab.data.loaders import epoch_image_size
-from resnetlab.errors import UserError, count, expect_type
+from resnetlab.errors import UserError, count, expect_path, expect_type
 from resnetlab.files import StorageError
 from resnetlab.guest import guest_call
 
@@ -85,9 +85,11 @@ def train_and_evaluate(cfg: Config, workdir, *, resume: bool = False, stream=Non
     `resume_note`, a line on what a resume changes, is warned once the resumed run is accepted.
     finetune.linear_probe=true fits a classifier on frozen features instead (engine/linear_probe.py).
     """
-    expect_type(cfg, Config, "train_and_evaluate takes a Config (resnetlab.config.load_config(RECIPE, "
-                "[OVERRIDES]) makes one)")
-    expect_type(handle_signals, bool, "handle_signals takes True or False")
+    cfg = checked_config(cfg, "train_and_evaluate takes a Config (resnetlab.config.load_config(RECIPE, "
+                         "[OVERRIDES]) makes one)")  # Config(model="resnet20") is refused here, not deep in the run
+    workdir = expect_path(workdir, "workdir")
+    for name, value in (("resume", resume), ("handle_signals", handle_signals)):  # "no" is truthy: it resumed
+        expect_type(value, bool, f"{name} takes True or False")
     if cfg.finetune.linear_probe:
         from .linear_probe import train_linear_probe
 
