@@ -30,7 +30,8 @@ from resnetlab.models.features import FeatureExtractor
     (lambda: resnetlab.create_model("resnet20", zero_init_residual="no"), "zero_init_residual takes True or False, "
                                                                           "got str"),
     (lambda: load_config("cifar10_fast", {"optim.lr=0.1"}), "overrides are a list of 'SECTION.KEY=VALUE' strings or "
-                                                            "(key, value) pairs, or a dict; got a set, which has no order"),
+                                                            "(key, value) pairs, or a dict; got a set, which has no "
+                                                            "order"),
     (lambda: load_config("cifar10_fast", [("optim.lr",)]), "override ('optim.lr',): expected 'SECTION.KEY=VALUE' (e.g. "
                                                            "'optim.lr=0.05') or a (key, value) pair"),
     (lambda: load_config(3), "recipe must be a shipped recipe name or a YAML file (a str or pathlib.Path), got int"),

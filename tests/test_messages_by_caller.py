@@ -3,6 +3,7 @@
 (errors.option). The same mistake is made through main([...]) and then through the Python API in
 the same process: each gets its own words, and the command's words end with the command."""
 import io
+import warnings
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 import resnetlab
 from resnetlab.cli import main
 from resnetlab.config import apply_overrides, load_config
-from resnetlab.engine import train_and_evaluate
+from resnetlab.engine import runtime, train_and_evaluate
 from resnetlab.errors import UserError, command_line, option
 from resnetlab.inference.export import export_checkpoint
 from test_train_options import finished_run
@@ -122,3 +123,36 @@ def test_a_run_past_the_steps_asked_for(trained, capsys):
     assert python_error(lambda: train_and_evaluate(cfg, run, resume=True)) == (
         f"{run} is already at step 4, past schedule.max_steps=1; a run cannot be shortened (set schedule.max_steps "
         "above 4 to train further)")
+
+
+def test_load_takes_paths_as_a_shell_would(trained, monkeypatch):
+    _, run = trained
+    assert python_error(lambda: resnetlab.load("")) == (
+        "the run directory or checkpoint is blank (''; an unset variable?)")  # it loaded the current folder
+    monkeypatch.setenv("HOME", str(run.parent))
+    assert resnetlab.load("~/run", precision="fp32").classes == resnetlab.load(run, precision="fp32").classes
+    torch.save(resnetlab.create_model("resnet8").state_dict(), run.parent / "w.pt")
+    assert resnetlab.load_weights(resnetlab.create_model("resnet8"), "~/w.pt").skipped == []
+    assert python_error(lambda: resnetlab.load(run, device=None)) == (
+        "device None (NoneType) is not one resnetlab runs on; use auto | cpu | cuda | cuda:N")
+
+
+def test_predict_refuses_a_dict_and_a_set(trained):
+    _, run = trained
+    model = resnetlab.load(run, precision="fp32")
+    assert python_error(lambda: model.predict({"a.jpg": 1})) == (
+        "images must be a path, a folder, a PIL image or a list of them; got a dict, whose keys would be taken for "
+        "images: pass a list")
+    assert python_error(lambda: model.predict({"a.jpg", "b.jpg"})) == (
+        "images must be a path, a folder, a PIL image or a list of them; got a set, which has no order for the results "
+        "to follow: pass a list")
+
+
+def test_the_emulated_precision_warning_points_at_the_callers_line(trained, monkeypatch):
+    _, run = trained
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))  # no fp16 instructions
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resnetlab.load(run, device="cpu", precision="fp16")
+    ours = [w for w in caught if "no fp16 instructions" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__, [(w.filename, w.lineno) for w in caught]

@@ -13,7 +13,7 @@ A PIL image is preprocessed exactly as the file it was opened from (EXIF rotatio
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,15 +100,22 @@ def image_items(images) -> tuple[list, bool]:
     from resnetlab.inference.inputs import collect_images
 
     alone = isinstance(images, (Image.Image, str, os.PathLike))
+    images = os.path.expanduser(images) if isinstance(images, (str, os.PathLike)) else images  # as a shell reads ~
     single = isinstance(images, Image.Image) or (alone and not Path(images).is_dir())  # a folder gives a list
     # bytes are iterable (as ints) and None or a number are not: refused here, not item by item
     if not alone and (isinstance(images, (bytes, bytearray)) or not isinstance(images, Iterable)):
         raise UserError(f"images must be a path, a folder, a PIL image or a list of them; got {type(images).__name__}")
+    unordered = isinstance(images, (set, frozenset))  # in no defined order: which result is which image's?
+    if unordered or isinstance(images, Mapping):  # a dict iterates over its keys
+        why = "which has no order for the results to follow" if unordered else "whose keys would be taken for images"
+        raise UserError("images must be a path, a folder, a PIL image or a list of them; got a "
+                        f"{type(images).__name__}, {why}: pass a list")
     items = []
     for item in [images] if alone else list(images):
         if isinstance(item, Image.Image):
             items.append(item)
         elif isinstance(item, (str, os.PathLike)):
+            item = os.path.expanduser(item)
             items += collect_images([str(item)]) if Path(item).is_dir() else [str(item)]
         else:
             raise UserError(f"predict takes image paths, folders or PIL images; got {type(item).__name__}")

@@ -8,7 +8,9 @@ the command's options while a `resnetlab` command runs (`option`), arguments and
 import contextvars
 import numbers
 import os
+import sys
 import unicodedata
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from pathlib import Path
 # and then call the library in the same process, and each reads its own words. (A thread starts with
 # the Python words: the library raises none of these messages in a thread of its own.)
 _COMMAND_LINE = contextvars.ContextVar("resnetlab_command_line", default=False)
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep  # frames under it are the library's (`warn`)
 
 
 class UserError(ValueError):
@@ -46,6 +49,15 @@ def command_line():
         yield
     finally:
         _COMMAND_LINE.reset(token)
+
+
+def warn(message: str) -> None:
+    """A ResnetlabWarning attributed to the first caller outside resnetlab, the user's line, however deep
+    in the library it is raised (Python 3.12's skip_file_prefixes, by hand)."""
+    frame, level = sys._getframe(1), 2  # level 2: warn's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ResnetlabWarning, stacklevel=level - 1 if frame is None else level)
 
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from resnetlab.config import PROTOCOLS
-from resnetlab.errors import ResnetlabWarning, UserError, option
+from resnetlab.errors import ResnetlabWarning, UserError, expect_path, option
 
 from .distributed import DistInfo, all_reduce_sum
 from .runtime import Runtime
@@ -147,6 +147,7 @@ def evaluate_checkpoint(checkpoint, data: str | None = None, split: str = "test"
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if split not in ("test", "val"):
         raise UserError(f"unknown split {split!r}; choose test or val")
+    data = None if data is None else str(expect_path(data, "data"))  # "~/photos" read as a shell reads it
     artifact, path = load_source(checkpoint)
     model, normalizer, classes, cfg = model_from_checkpoint(artifact)
     protocol = protocol or (cfg.train.test_protocol if split == "test" else "center")

@@ -6,14 +6,13 @@ GradScaler only for fp16 (bf16 has fp32's exponent range, so it needs no loss sc
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 
 import torch
 
 from resnetlab.config import TrainConfig
 from resnetlab.cpu import cpu_flags, cpu_vendor, has_fast_bf16
-from resnetlab.errors import ResnetlabWarning, UserError, option
+from resnetlab.errors import UserError, option, warn
 from resnetlab.models import conv_direct, conv_wgrad
 from resnetlab.models.fused_bn import set_fused_bn
 
@@ -50,7 +49,7 @@ class Runtime:
         rt = cls(device_, precision_, resolve_channels_last(channels_last), compile_mode,
                  resolve_fused_bn(device_, compile_mode, fused_bn, precision_))
         if (message := slow_precision_warning(rt)) is not None:
-            warnings.warn(message, ResnetlabWarning, stacklevel=3)
+            warn(message)  # at the caller's own line: resnetlab.load(...), train_and_evaluate(...)
         return rt
 
 
@@ -91,10 +90,11 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """auto, cpu, cuda or cuda:N; anything else (mps, 0, gpu) is refused in one line rather than
     failing later inside torch."""
-    name = str(name).strip().lower()
-    if not DEVICE_PATTERN.fullmatch(name):
+    typed = isinstance(name, (str, torch.device))  # None or 0 from Python: said as given, with its type
+    shown, name = None if typed else f"{name!r} ({type(name).__name__})", str(name).strip().lower()
+    if not typed or not DEVICE_PATTERN.fullmatch(name):
         hint = f"; for a GPU write cuda:{name}" if name.isdigit() else ""
-        raise UserError(f"device {name!r} is not one resnetlab runs on{hint}; use {DEVICE_FORMS}")
+        raise UserError(f"device {shown or repr(name)} is not one resnetlab runs on{hint}; use {DEVICE_FORMS}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)

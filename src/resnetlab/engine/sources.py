@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.config import Config, DataConfig, ModelConfig, config_to_dict
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, expect_path
 
 from .checkpoint import checkpoint_path, load_checkpoint
 from .records import Artifact, Checkpoint
@@ -52,6 +52,7 @@ def load_source(arg) -> tuple[Artifact, str]:
     if not isinstance(arg, (str, os.PathLike)):  # bytes, None, a number: named here, not by pathlib
         raise UserError(f"expected a run directory, a checkpoint file or a published weights name (a str or a "
                         f"path), got {type(arg).__name__}")
+    arg = expect_path(arg, "the run directory or checkpoint")  # "" (an unset variable) was the current folder
     entry = find_weights(arg)
     if entry is not None:
         return weights_artifact(entry), entry.name

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetlab.errors import UserError, option
+from resnetlab.errors import UserError, expect_path, option
 from resnetlab.files import atomic_write, check_writable, write_files_atomic, write_target
 
 from .out_guard import refuse_foreign
@@ -41,7 +41,7 @@ def embed_files(predictor: Predictor, paths: list[str], protocol: str = "center"
 def output_paths(out) -> list[Path]:
     """The files an --out of `out` writes, or a UserError now (before any work) for a wrong suffix
     or a place that cannot be written."""
-    out = Path(out)
+    out = expect_path(out, "out")
     if out.suffix not in FORMATS:
         raise UserError(f"{option('--out', 'out')} {out}: use a .npy (with a .names.txt beside it) or a .safetensors "
                         "file")
@@ -86,7 +86,7 @@ def save_embeddings(out, names: list[str], emb: np.ndarray, metadata: dict | Non
 
 def load_embeddings(path) -> tuple[list[str], np.ndarray]:
     """(names, embeddings) from a file written by save_embeddings."""
-    path = Path(path)
+    path = expect_path(path, "the embeddings file")
     if not path.is_file():
         raise UserError(f"embeddings file not found: {path}")
     if path.suffix == ".npy":

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError, option
+from resnetlab.errors import UserError, expect_path, option
 from resnetlab.files import atomic_path, atomic_write, check_writable, temporary, write_target
 from resnetlab.guest import guest_call
 
@@ -195,7 +195,7 @@ def check_out(fmt: str, out) -> Path:
     place that cannot be written."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    out = Path(out)
+    out = expect_path(out, "out")
     if out.suffix != SUFFIXES[fmt]:
         raise UserError(f"{option('--out', 'out')} {out}: {EXPORT_NAMES[fmt]} export should end in {SUFFIXES[fmt]}")
     check_writable(out)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnetlab.errors import UserError, expect_type, first_line
+from resnetlab.errors import UserError, expect_path, expect_type, first_line
 from resnetlab.files import special_kind
 
 from . import identify, layouts
@@ -45,7 +45,7 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
     """A flat {name: tensor} dict from a path or a (possibly wrapped) dict, with the DataParallel /
     torch.compile prefixes removed and the names otherwise as saved."""
     if isinstance(source, (str, os.PathLike)):
-        source = _read_file(Path(source))
+        source = _read_file(expect_path(source, "the weights file"))  # "~/w.pt" as a shell reads it; "" refused
     if not isinstance(source, dict):
         raise UserError(f"weights must be a state dict or a path to one, got {type(source).__name__}")
     for key in WRAPPER_KEYS:
