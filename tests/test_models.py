@@ -316,4 +316,10 @@ def test_he_initialisation_std():
 
 
 def test_public_api_is_reexported():
+    from resnetlab.engine.signals import TrainingInterrupted
+    from resnetlab.engine.state import TrainingDiverged
+
     assert resnetlab.create_model is create_model and "resnet56" in resnetlab.list_models()
+    # the README tells a Python caller of train_and_evaluate to catch these
+    assert (resnetlab.TrainingInterrupted, resnetlab.TrainingDiverged) == (TrainingInterrupted, TrainingDiverged)
+    assert {"TrainingInterrupted", "TrainingDiverged", "load", "UserError"} <= set(resnetlab.__all__)

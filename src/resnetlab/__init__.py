@@ -13,7 +13,9 @@ from resnetlab.errors import UserError
 __version__ = "0.1.0"
 _LAZY = {"Classifier": "resnetlab.api", "ClassScore": "resnetlab.api", "Prediction": "resnetlab.api",
          "load": "resnetlab.api", "create_model": "resnetlab.models", "list_models": "resnetlab.models",
-         "load_weights": "resnetlab.models", "model_info": "resnetlab.models", "profile": "resnetlab.models"}
+         "load_weights": "resnetlab.models", "model_info": "resnetlab.models", "profile": "resnetlab.models",
+         # what train_and_evaluate raises: a signal's stop (the checkpoint saved), NaN or infinite weights
+         "TrainingInterrupted": "resnetlab.engine.signals", "TrainingDiverged": "resnetlab.engine.state"}
 __all__ = sorted(_LAZY) + ["UserError", "__version__"]
 
 
