@@ -113,16 +113,20 @@ def test_onnx_carries_classes_input_size_and_preprocessing(ckpt_path, tmp_path):
     ckpt = load_checkpoint(ckpt_path)
     assert props["classes"] == list(ckpt.artifact.classes) == ["class0", "class1", "class2", "class3"]
     assert props["input_size"] == 16 and props["model_name"] == "resnet8" and props["normalizer"]["kind"] == "pixel"
-    assert props["preprocessing"] == {
+    pre = props["preprocessing"]
+    assert {k: pre[k] for k in ("color", "resize", "resize_side", "interpolation", "crop", "crop_kind", "layout",
+                                "dtype", "value_range")} == {
         "color": "RGB", "resize": 16, "resize_side": "shorter", "interpolation": "bilinear, antialiased", "crop": 16,
-        "crop_kind": "center", "layout": "NCHW", "dtype": "float32", "value_range": [0, 255],
-        "normalization": "inside the graph (see normalizer)"}
+        "crop_kind": "center", "layout": "NCHW", "dtype": "float32", "value_range": [0, 255]}
+    assert pre["small_images"]["max_side"] == 64 and pre["small_images"]["then_resize_to"] == 16
+    assert pre["exif_orientation"].startswith("applied")  # followed literally in test_export_preprocessing.py
     assert "float32 (B, 3, 16, 16)" in model.doc_string and report["metadata"] == props
     assert props["eval_resize"] == props["preprocessing"]["resize"] == 16  # not the config's unused 256
 
 
 def test_torchscript_carries_metadata_and_a_wrong_one_fails_the_check(ckpt_path, tmp_path):
-    from resnetlab.inference.export import TORCHSCRIPT_META, metadata
+    from resnetlab.inference.export import TORCHSCRIPT_META
+    from resnetlab.inference.export_meta import metadata
     from resnetlab.inference.export_check import read_metadata, verify_metadata
 
     export_checkpoint(ckpt_path, "torchscript", tmp_path / "m.pt")
@@ -142,7 +146,7 @@ def test_torchscript_carries_metadata_and_a_wrong_one_fails_the_check(ckpt_path,
 ])
 def test_preprocessing_follows_predicts_geometry(dataset, augment, model, resize):
     from resnetlab.engine.records import Artifact
-    from resnetlab.inference.export import preprocessing
+    from resnetlab.inference.export_meta import preprocessing
 
     ckpt = Artifact(config={"data": {"dataset": dataset, "augment": augment}}, input_size=224, eval_resize=256,
                     model_name=model, model_kwargs={}, num_classes=10, classes=[], normalizer=None, weights={})

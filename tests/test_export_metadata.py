@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from resnetlab.engine.records import Artifact
-from resnetlab.inference.export import describe, metadata
+from resnetlab.inference.export_meta import describe, metadata
 
 
 def _artifact(interpolation, kind="channel", mean=None):
@@ -33,7 +33,7 @@ def test_per_channel_statistics_are_flat_lists_and_a_mean_image_keeps_its_shape(
                                                       ("folder", "cifar", 32), ("cifar10", "rrc", 32)])
 def test_a_cifar_net_trained_on_photos_with_rrc_is_predicted_and_exported_as_eval_reads_them(dataset, augment, resize):
     """resnet20 + rrc on a photo folder: eval resized to eval_resize and cropped; predict/export squashed the photo."""
-    from resnetlab.inference.export import preprocessing
+    from resnetlab.inference.export_meta import preprocessing
     from resnetlab.inference.predictor import whole_view
 
     ckpt = Artifact(config={"data": {"dataset": dataset, "augment": augment}}, input_size=32, eval_resize=37,

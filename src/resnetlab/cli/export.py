@@ -65,6 +65,7 @@ def run(args):
     from resnetlab.engine.checkpoint import refuse_out_over_checkpoint
     from resnetlab.engine.sources import load_source
     from resnetlab.inference.export import EXPORT_NAMES, ExportCheckFailed, check_out, export_checkpoint
+    from resnetlab.inference.export_meta import steps
     from resnetlab.inference.out_guard import refuse_foreign
 
     if args.dynamic_batch and args.format == "safetensors":  # weights have no batch size: the flag would do nothing
@@ -91,10 +92,10 @@ def run(args):
               f"{report['input_size']}) RGB 0..255, batch {'dynamic' if report['dynamic_batch'] else '1'})")
     for name, diff in report["max_abs_diff"].items():
         print(f"  checked against PyTorch on {name}: max abs diff {diff:.3g}")
-    meta, pre = report["metadata"], report["metadata"]["preprocessing"]
+    meta = report["metadata"]
     names = ", ".join(meta["classes"][:5]) + (", ..." if len(meta["classes"]) > 5 else "")
-    print(f"  metadata read back from the file: {meta['num_classes']} classes ({names}); shorter side to "
-          f"{pre['resize']}, centre crop {pre['crop']}, RGB 0..255")
+    print(f"  metadata read back from the file: {meta['num_classes']} classes ({names}); "
+          f"{steps(meta['preprocessing'])}; values 0..255 (exact rules under 'preprocessing')")
     if real is None and args.format != "safetensors":
         why = ("pass --images IMAGE_OR_FOLDER" if not bad else  # else the run's own test images, named on stderr
                f"the run's {count(bad, 'test image')} could not be read")

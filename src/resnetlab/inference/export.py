@@ -11,8 +11,8 @@ BatchNorm is folded into the convolutions (models/fuse.py) before export. B is 1
 --dynamic-batch (ONNX); a traced TorchScript module accepts any batch size. safetensors holds
 the (unfolded) weights, loadable with resnetlab.load_weights.
 
-Every file carries the checkpoint's metadata (`metadata()`: model name, classes, input size,
-preprocessing, normaliser), so a deployment needs nothing else: in ONNX as the model's
+Every file carries the checkpoint's metadata (export_meta.metadata(): model name, classes, input
+size, predict's exact preprocessing, normaliser), so a deployment needs nothing else: in ONNX as the model's
 metadata_props, one entry per key, each value JSON (`onnx.load(f).metadata_props`, or
 onnxruntime's `get_modelmeta().custom_metadata_map`), with a plain-text summary as doc_string;
 in TorchScript as the extra file "resnetlab.json"; in safetensors as JSON under "resnetlab" (with
@@ -36,6 +36,7 @@ from resnetlab.errors import UserError, expect_path, option
 from resnetlab.files import atomic_path, atomic_write, check_writable, temporary, write_target
 from resnetlab.guest import guest_call
 
+from .export_meta import describe, metadata
 from .out_guard import refuse_foreign
 
 if TYPE_CHECKING:
@@ -83,48 +84,6 @@ def export_module(checkpoint, fuse: bool = True) -> tuple[ImagesToLogits, Artifa
     artifact = load_source(checkpoint)[0]
     model, normalizer, _, _ = model_from_checkpoint(artifact)
     return ImagesToLogits(fuse_bn(model) if fuse else model, normalizer, artifact.input_size).eval(), artifact
-
-
-def preprocessing(artifact: Artifact) -> dict:
-    """What to do to a photo before the exported graph, as `resnetlab predict` does it: RGB, shorter
-    side resized (antialiased, with the run's data.interpolation) to `resize`, centre crop `crop` x `crop`, pixels as float
-    0..255 in NCHW; the normalisation itself is inside the graph."""
-    from resnetlab.models import model_info
-
-    from .predictor import whole_view
-
-    data, size = artifact.data_config(), artifact.input_size
-    small = whole_view(data.get("dataset"), data.get("augment"), model_info(artifact.model_name).family)
-    resize = artifact.eval_resize if not small and data.get("augment") in ("imagenet", "rrc") else size
-    interpolation = f"{data.get('interpolation') or 'bilinear'}, antialiased"  # the filter predict and eval use
-    return {"color": "RGB", "resize": resize, "resize_side": "shorter", "interpolation": interpolation,
-            "crop": size, "crop_kind": "center", "layout": "NCHW", "dtype": "float32", "value_range": [0, 255],
-            "normalization": "inside the graph (see normalizer)"}
-
-
-def metadata(artifact: Artifact) -> dict:
-    norm, a, pre = artifact.normalizer, artifact, preprocessing(artifact)
-    # eval_resize is the resize predict applies (32 for a CIFAR net), not the config's unused default
-    return {"model_name": a.model_name, "model_kwargs": a.model_kwargs, "num_classes": a.num_classes,
-            "classes": list(a.classes), "input_size": a.input_size, "eval_resize": pre["resize"],
-            "preprocessing": pre,
-            "normalizer": {"kind": norm["kind"], "mean": flat(norm["mean"]), "std": flat(norm["std"])},
-            "input": "float32 (B, 3, S, S) RGB 0..255, normaliser baked in", "output": "logits"}
-
-
-def flat(values) -> list:
-    """Per-channel statistics as a flat list of 3; a pixel-mean image keeps its (3, h, w) nesting."""
-    values = torch.as_tensor(values)
-    return values.flatten().tolist() if values.numel() == 3 else values.tolist()
-
-
-def describe(meta: dict) -> str:
-    """One paragraph for people: the ONNX doc_string."""
-    pre, size = meta["preprocessing"], meta["input_size"]
-    return (f"resnetlab {meta['model_name']}, {meta['num_classes']} classes. Input 'images': float32 (B, 3, {size}, "
-            f"{size}), RGB pixel values 0..255: shorter side resized to {pre['resize']} ({pre['interpolation']}), "
-            f"centre crop {size}x{size}; normalisation ({meta['normalizer']['kind']}) is inside the graph. Output "
-            "'logits' (B, num_classes): softmax gives the probabilities; class names in metadata 'classes'.")
 
 
 def write(module: ImagesToLogits, artifact: Artifact, fmt: str, out: Path, dynamic_batch: bool) -> None:

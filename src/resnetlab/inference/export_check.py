@@ -13,7 +13,8 @@ import torch
 
 from resnetlab.errors import UserError, count, first_line
 
-from .export import CHUNK, RTOL, TORCHSCRIPT_META, ExportCheckFailed, export_module, metadata
+from .export import CHUNK, RTOL, TORCHSCRIPT_META, ExportCheckFailed, export_module
+from .export_meta import metadata
 
 if TYPE_CHECKING:
     from resnetlab.engine.records import Artifact
