@@ -72,9 +72,27 @@ def test_an_onnxruntime_that_fails_on_the_file_is_a_failed_check(ckpt_path, tmp_
                                                       "        raise RuntimeError('[ONNXRuntimeError] : 10 : INVALID_GRAPH')\n")
     out = tmp_path / "m.onnx"
     assert main(["export", str(ckpt_path), "--format", "onnx", "--out", str(out)]) == 1
-    assert capsys.readouterr().err == (f"resnetlab export: check FAILED: onnxruntime could not run {out} "
-                                       f"([ONNXRuntimeError] : 10 : INVALID_GRAPH); {out} is left to inspect, not to use\n")
-    assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["fake", "m.onnx"]
+    failed = tmp_path / "m.failed.onnx"
+    assert capsys.readouterr().err == (f"resnetlab export: check FAILED: onnxruntime could not run {failed} "
+                                       f"([ONNXRuntimeError] : 10 : INVALID_GRAPH); the failed export is left at "
+                                       f"{failed} to inspect, not to use; nothing was written at {out}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake", "m.failed.onnx"]
+
+
+@pytest.mark.parametrize("previous", [True, False])
+def test_a_failed_check_keeps_the_previous_export_and_leaves_the_failed_one_beside_it(ckpt_path, tmp_path, monkeypatch,
+                                                                                     capsys, previous):
+    out, failed = tmp_path / "prod.pt", tmp_path / "prod.failed.pt"
+    before = previous_export("torchscript", out) if previous else None
+    monkeypatch.setattr(export_check, "RTOL", 0.0)  # any rounding difference fails: an exporter that drifts
+    assert main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    kept = f"the previous {out.name} is intact" if previous else f"nothing was written at {out}"
+    assert err.startswith(f"resnetlab export: check FAILED: {failed}: outputs differ from PyTorch")
+    assert err.endswith(f"; the failed export is left at {failed} to inspect, not to use; {kept}\n")
+    assert err.count("\n") == 1 and failed.stat().st_size > 10_000  # the whole failed export, to inspect
+    assert (out.read_bytes() == before) if previous else not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prod.failed.pt"] + (["prod.pt"] if previous else [])
 
 
 def test_an_interruption_wrapped_in_the_exporters_own_error_is_found():

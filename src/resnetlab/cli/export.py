@@ -15,8 +15,9 @@ REAL_IMAGES = 16  # real images checked when --images is not given (from the run
 def add_arguments(parser):
     parser.epilog = ("stdout holds only the report (one JSON object with --json); messages go to stderr. Exit status: "
                      "0 written and checked (unreadable --images are named on stderr, listed under \"failed\" with "
-                     "--json, and left out of the check); 1 written, but the check FAILED (one line on stderr says how; the file "
-                     "is left at --out to inspect, not to use); 2 an error (one line on stderr; nothing written).")
+                     "--json, and left out of the check); 1 the check FAILED (one line on stderr says how; the "
+                     "failed file is left beside --out as NAME.failed.SUFFIX to inspect, not to use, and --out is as "
+                     "it was); 2 an error (one line on stderr; nothing written).")
     add_checkpoint_argument(parser)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, metavar="FILE", help=".onnx, .pt (TorchScript) or .safetensors")
@@ -80,7 +81,7 @@ def run(args):
     try:
         report = export_checkpoint(artifact, args.format, args.out, args.dynamic_batch, real)
     except ExportCheckFailed as err:
-        print(f"resnetlab export: check FAILED: {err}; {args.out} is left to inspect, not to use", file=sys.stderr)
+        print(f"resnetlab export: check FAILED: {err}", file=sys.stderr)
         return 1
     if args.json:  # "failed" as predict lists them: the check ran on the others
         print(json.dumps({**report, "failed": failed}))

@@ -165,8 +165,8 @@ def check_out(fmt: str, out) -> Path:
 def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, real: torch.Tensor | None = None) -> dict:
     """Write the export, run it, compare with PyTorch; returns {"out", "format", "max_abs_diff": {...}}.
     The file is written and checked under a temporary name, then renamed to `out`: an error or an
-    interruption leaves whatever was at `out` as it was. A failed check (ExportCheckFailed) still
-    puts the file at `out`, to be inspected."""
+    interruption leaves whatever was at `out` as it was; so does a failed check (ExportCheckFailed), whose
+    file is left beside it as NAME.failed.SUFFIX (`failed_path`), to be inspected."""
     from .export_check import check_inputs, check_runtime, verify, verify_metadata, verify_safetensors
 
     out = check_out(fmt, out)
@@ -183,9 +183,12 @@ def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, re
             fixed = fmt == "onnx" and not dynamic_batch
             diffs = verify(fmt, staged, artifact, check_inputs(artifact, not fixed, real), batch_one=fixed)  # traced: any batch
         meta = verify_metadata(fmt, staged, artifact)
-    except ExportCheckFailed as err:
-        os.replace(staged, target)
-        raise ExportCheckFailed(str(err).replace(str(staged), str(out))) from None
+    except ExportCheckFailed as err:  # kept beside --out to inspect; whatever was at --out stays as it was
+        failed = failed_path(target)
+        os.replace(staged, failed)
+        kept = f"the previous {out.name} is intact" if target.exists() else f"nothing was written at {out}"
+        raise ExportCheckFailed(f"{str(err).replace(str(staged), str(failed))}; the failed export is left at "
+                                f"{failed} to inspect, not to use; {kept}") from None
     except BaseException as err:  # an error or an interruption: nothing of it stays
         staged.unlink(missing_ok=True)
         if isinstance(err, UserError) and str(staged) in str(err):  # a full disk: said of --out, not the staging name
@@ -195,3 +198,8 @@ def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, re
     os.replace(staged, target)
     return {"out": str(out), "format": fmt, "dynamic_batch": dynamic_batch or fmt == "torchscript",
             "input_size": artifact.input_size, "max_abs_diff": diffs, "metadata": meta}
+
+
+def failed_path(out: Path) -> Path:
+    """Where an export that failed its check is left: model.onnx -> model.failed.onnx."""
+    return out.with_name(f"{out.stem}.failed{out.suffix}")

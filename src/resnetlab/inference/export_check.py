@@ -1,6 +1,6 @@
 """Checking an export (inference/export.py): run the written file (onnxruntime, torch.jit, or
 load_weights for safetensors), compare it with the checkpoint's plain fp32 model, and read its
-metadata back. A failure is ExportCheckFailed (exit 1, the file kept to inspect); onnxruntime that
+metadata back. A failure is ExportCheckFailed (exit 1, the file kept beside --out to inspect); onnxruntime that
 is missing or does not load is a UserError before any work."""
 from __future__ import annotations
 
