@@ -151,3 +151,14 @@ def test_dynamic_batch_for_a_safetensors_export_is_refused(ckpt_path, tmp_path, 
                                        "takes any batch already); a safetensors export holds weights, with no batch "
                                        "size\n")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_without_onnx_an_earlier_onnx_export_at_out_is_the_missing_extra_not_a_foreign_file(ckpt_path, tmp_path,
+                                                                                           monkeypatch, capsys):
+    out = tmp_path / "m.onnx"
+    before = previous_export("onnx", out)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError, as without the export extra
+    assert main(["export", str(ckpt_path), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetlab export: error: ONNX export needs the export extra: pip install 'resnetlab[export]'")
+    assert "is not an ONNX export written by resnetlab" not in err and out.read_bytes() == before

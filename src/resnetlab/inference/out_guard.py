@@ -19,9 +19,12 @@ _ONNX_KEYS = {"model_name", "classes", "preprocessing", "normalizer"}
 def _onnx_is_ours(path: Path) -> bool:
     try:
         import onnx
-
+    except ImportError:  # without onnx nobody can tell; an ONNX export needs it anyway
+        raise UserError(f"ONNX export needs the export extra: pip install 'resnetlab[export]' (without onnx, "
+                        f"whether {path} is an earlier resnetlab export cannot be told either)") from None
+    try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not protobuf, not ONNX, or no onnx to read it with: not known to be ours
+    except Exception:  # not protobuf, not ONNX: not ours
         return False
     return _ONNX_KEYS <= {prop.key for prop in model.metadata_props}
 
