@@ -251,3 +251,24 @@ def test_help_says_what_each_exit_status_means(command, capsys):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "Exit status: 0 " in text and "; 1 " in text and "; 2 an error" in text and "stderr" in text
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "m.onnx"), ("torchscript", "m.pt"), ("safetensors", "m.safetensors")])
+def test_two_exports_of_one_checkpoint_are_byte_identical(ckpt_path, tmp_path, fmt, name):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    import subprocess
+    import sys
+
+    blobs = []
+    for attempt in range(3 if fmt == "safetensors" else 2):  # the safetensors writer's key order: 1 in 2
+        out = tmp_path / str(attempt) / name  # one file name: a TorchScript archive holds it
+        # each in its own process, as a pipeline runs them (torch.jit renames a class traced twice in one process)
+        subprocess.run([sys.executable, "-m", "resnetlab", "export", str(ckpt_path), "--format", fmt, "--out",
+                        str(out)], check=True, capture_output=True)
+        blobs.append(out.read_bytes())
+    assert all(blob == blobs[0] for blob in blobs)
+    if fmt == "safetensors":  # still the file safetensors and load_weights read, digest checked
+        assert "resnetlab" in json.loads(blobs[0][8:8 + int.from_bytes(blobs[0][:8], "little")])["__metadata__"]
+        load_weights(create_model("resnet8", num_classes=4), tmp_path / "0" / name)

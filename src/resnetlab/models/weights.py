@@ -264,10 +264,11 @@ def save_safetensors(model: nn.Module, path, metadata: dict[str, str] | None = N
     from safetensors.torch import save
 
     from resnetlab.files import atomic_write
+    from resnetlab.models.safetensors_header import sorted_metadata
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_write(path) as f:
-        f.write(save(tensors, metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)}))
+    with atomic_write(path) as f:  # metadata keys sorted: the writer's own order changed from run to run
+        f.write(sorted_metadata(save(tensors, metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)})))
 
 
 def safetensors_metadata(path) -> dict[str, str]:
