@@ -85,6 +85,12 @@ def test_linear_probe_writes_an_artifact_without_training_state(pretrained, tmp_
     assert str(err.value) == (f"{tmp_path / 'probe' / 'checkpoints' / 'last.pt'} holds a model but no training state (a "
                               "linear probe's or converted weights); start a new run with finetune.init="
                               f"{tmp_path / 'probe' / 'checkpoints' / 'last.pt'} to train from its weights")
+    from resnetlab.errors import command_line
+
+    with command_line(), pytest.raises(UserError) as err:  # the command's words: --init PATH, with its space
+        train_and_evaluate(trained, tmp_path / "probe", resume=True)
+    assert str(err.value).endswith(f"start a new run with --init {tmp_path / 'probe' / 'checkpoints' / 'last.pt'} to "
+                                   "train from its weights")
     train_and_evaluate(apply_overrides(trained, [("finetune.init", str(tmp_path / "probe"))]), tmp_path / "again")
     assert load_checkpoint(tmp_path / "again").training.step == 2
 

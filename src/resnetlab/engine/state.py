@@ -96,7 +96,7 @@ def restore_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer, scaler, cf
     name, training = ckpt.artifact.model_name, ckpt.training
     if training is None:
         raise UserError(f"{path} holds a model but no training state (a linear probe's or converted weights); "
-                        f"start a new run with {option('--init', 'finetune.init=')}{path} to train from its weights")
+                        f"start a new run with {option('--init ', 'finetune.init=')}{path} to train from its weights")
     if name != cfg.model.name:
         raise UserError(f"{path} holds a {name} but the config asks for {cfg.model.name}; "
                         "resume with the run's own config (RUN_DIR/config.yaml)")
