@@ -162,3 +162,20 @@ def test_without_onnx_an_earlier_onnx_export_at_out_is_the_missing_extra_not_a_f
     err = capsys.readouterr().err
     assert err.startswith("resnetlab export: error: ONNX export needs the export extra: pip install 'resnetlab[export]'")
     assert "is not an ONNX export written by resnetlab" not in err and out.read_bytes() == before
+
+
+def test_an_export_over_a_private_model_keeps_it_private_and_removes_what_a_killed_export_left(ckpt_path, tmp_path):
+    """export stages its file itself (not through files.atomic_path): a chmod 600 model came back 644, and
+    the staged file a `kill -9` left (its own temporary, as big as the model) stayed for good."""
+    import os
+    import stat
+    import time
+
+    out, dead = tmp_path / "m.safetensors", 2 ** 22 + 7
+    assert main(["export", str(ckpt_path), "--format", "safetensors", "--out", str(out)]) == 0
+    out.chmod(0o600)
+    left = tmp_path / f"..m.safetensors.{dead}.t1.tmp.{dead}.t1.tmp"
+    left.write_bytes(b"half a model")
+    os.utime(left, (time.time() - 3600,) * 2)
+    assert main(["export", str(ckpt_path), "--format", "safetensors", "--out", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and not left.exists()

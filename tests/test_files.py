@@ -137,14 +137,15 @@ def test_a_write_removes_the_temporaries_of_earlier_writes_of_that_file_killed_m
     import time
 
     dead, old = 2 ** 22 + 7, time.time() - 3600
-    killed = [tmp_path / f".model.onnx.{dead}.tmp", tmp_path / f".model.onnx.{dead}.t{dead}.tmp"]
+    killed = [tmp_path / f".model.onnx.{dead}.tmp", tmp_path / f".model.onnx.{dead}.t{dead}.tmp",
+              tmp_path / f"..model.onnx.{dead}.t1.tmp.{dead}.t1.tmp"]  # an export's staged file, written atomically
     kept = [tmp_path / f".model.onnx.{os.getppid()}.t1.tmp", tmp_path / f".other.onnx.{dead}.tmp",
             tmp_path / f".model.onnx.{dead + 1}.tmp"]
     for path in killed + kept:
         path.write_bytes(b"half a model")
         os.utime(path, (old, old) if path != kept[2] else None)  # the last one: written to just now
     write_text_atomic(tmp_path / "model.onnx", "a model")
-    assert [p.exists() for p in killed + kept] == [False, False, True, True, True]
+    assert [p.exists() for p in killed + kept] == [False, False, False, True, True, True]
     assert (tmp_path / "model.onnx").read_text() == "a model"
 
 

@@ -235,12 +235,13 @@ def keep_mode(path: Path, tmp: Path) -> None:
 
 
 def remove_abandoned(path: Path) -> None:
-    """The temporary files of earlier writes of `path` whose process was killed (kill -9, out of
-    memory) and that no one has written to for SHARED_IDLE_S: each as big as the file (an export of
-    ResNet-152: 240 MB), they stayed in a user's folder for good."""
+    """The temporary files (also a temporary's own: an export's staged file) of earlier writes of `path`
+    whose process was killed (kill -9, out of memory) and that no one wrote to for SHARED_IDLE_S: each as
+    big as the file (an export of ResNet-152: 240 MB), they stayed in a user's folder for good."""
+    written_for = lambda name: written_for(m["name"]) if (m := TEMPORARY.fullmatch(name)) else name  # noqa: E731
     try:
-        found = [(p, int(m["pid"])) for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
-                 if (m := TEMPORARY.fullmatch(p.name)) and m["name"] == path.name and p.is_file()]
+        found = [(p, int(m["pid"])) for p in path.parent.glob(f".*{glob.escape(path.name)}.*.tmp")
+                 if (m := TEMPORARY.fullmatch(p.name)) and written_for(m["name"]) == path.name and p.is_file()]
     except OSError:
         return
     remove_unowned(found, SHARED_IDLE_S)

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from resnetlab.errors import UserError, expect_path, option
-from resnetlab.files import atomic_path, atomic_write, check_writable, temporary, write_target
+from resnetlab.files import (atomic_path, atomic_write, check_writable, keep_mode, remove_abandoned, temporary,
+                             write_target)
 from resnetlab.guest import guest_call
 
 from .export_meta import describe, metadata
@@ -175,6 +176,7 @@ def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, re
     module, artifact = export_module(checkpoint)
     target = write_target(out)  # a symbolic link is written through, not replaced by a file
     staged = temporary(target)
+    remove_abandoned(target)  # what an export killed midway (kill -9) left, as big as the model
     try:
         write(module, artifact, fmt, staged, dynamic_batch)
         if fmt == "safetensors":
@@ -195,6 +197,7 @@ def export_checkpoint(checkpoint, fmt: str, out, dynamic_batch: bool = False, re
             kept = f"the previous {out.name} is intact" if out.exists() else "nothing was written there"
             raise type(err)(str(err).replace(str(staged), str(out)).replace("nothing was written there", kept)) from None
         raise
+    keep_mode(target, staged)  # a chmod 600 model stays 600
     os.replace(staged, target)
     return {"out": str(out), "format": fmt, "dynamic_batch": dynamic_batch or fmt == "torchscript",
             "input_size": artifact.input_size, "max_abs_diff": diffs, "metadata": meta}
