@@ -409,3 +409,20 @@ def test_weights_of_another_class_count_are_benchmarked_on_any_images(folder, tm
                      weights=str(tmp_path / "three.pt"), isolate=False)
     result = run_bench(spec, [])
     assert result["results"][0]["top1_agreement"] == 1.0 and result["results"][0]["per_s"] > 0
+
+
+def test_a_measuring_process_words_its_errors_as_its_parent_would(monkeypatch):
+    """bench's variants run in spawned processes, which start outside any command: `resnetlab bench` printed
+    `use precision="fp32"` where every other command says `--precision fp32`."""
+    import resnetlab.bench.run as bench_run
+    from resnetlab.errors import command_line, in_command, option
+
+    def fails(*args):
+        raise UserError(f"use {option('--precision fp32', 'precision=' + repr('fp32'))}")
+    monkeypatch.setattr(bench_run, "_measure", fails)
+    for words, said in ((True, "use --precision fp32"), (False, "use precision='fp32'")):
+        with pytest.raises(UserError, match=said):
+            bench_run._measure_in(words)
+    with command_line():
+        assert in_command()
+    assert not in_command()

@@ -35,6 +35,11 @@ class ResnetlabWarning(UserWarning):
     """Works, but probably not what the user wants: the message says why and what to do instead."""
 
 
+def in_command() -> bool:
+    """Whether a resnetlab command runs (messages in its words)."""
+    return _COMMAND_LINE.get()
+
+
 def option(cli: str, python: str) -> str:
     """How a message names what to change: `cli` (--resume, --out NEW_RUN) while a resnetlab command
     runs, `python` (resume=True, another workdir, the override data.root=ROOT) otherwise."""
@@ -42,9 +47,10 @@ def option(cli: str, python: str) -> str:
 
 
 @contextmanager
-def command_line():
-    """Messages in the command's words (`option`) inside the block: cli.main runs each command in one."""
-    token = _COMMAND_LINE.set(True)
+def command_line(words: bool = True):
+    """Messages in the command's words (`option`) inside the block: cli.main runs each command in one.
+    words=False: as outside one (a process a command spawns passes on whether it runs in one: `in_command`)."""
+    token = _COMMAND_LINE.set(words)
     try:
         yield
     finally:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.errors import UserError
+from resnetlab.errors import UserError, command_line, in_command
 
 from .measure import SETTLE, Prepared, peak_rss, prepare_infer, prepare_train, rows_from_times
 from .spec import BenchSpec, Variant
@@ -145,7 +145,7 @@ class VariantProcess:
         self.conn, child_end = context.Pipe()
         # Not a daemon: the baseline's DataLoader, or inductor's compile workers, may start
         # processes of their own in it.
-        self.process = context.Process(target=_serve, args=(child_end, spec, images, variant),
+        self.process = context.Process(target=_serve, args=(child_end, spec, images, variant, in_command()),
                                        name=f"resnetlab-bench-{variant.label}")
         try:
             with sigint_ignored():  # the child inherits it: no traceback if Ctrl-C comes while it imports
@@ -240,8 +240,14 @@ class _Variant:
         return seconds, started
 
 
-def _serve(conn, spec: BenchSpec, images, variant: Variant) -> None:
-    """The child: answer requests until told to stop, an error, or the parent's end closing."""
+def _serve(conn, spec: BenchSpec, images, variant: Variant, words: bool = False) -> None:
+    """The child: answer requests until told to stop, an error, or the parent's end closing. `words`:
+    its errors in a command's words (`--precision fp32`), as the parent's would be (errors.in_command)."""
+    with command_line(words):
+        _answer(conn, spec, images, variant)
+
+
+def _answer(conn, spec: BenchSpec, images, variant: Variant) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     served = _Variant(spec, images, variant)
     while True:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.errors import command_line, in_command
 from resnetlab.files import write_text_atomic
 from resnetlab.guest import guest_call
 from resnetlab.models import profile
@@ -95,8 +96,14 @@ def measure_variants(spec: BenchSpec, images, variants: list[Variant]) -> list[d
         # concurrent.futures workers are not daemonic (multiprocessing.Pool's are), so the
         # baseline's DataLoader may start its own worker processes inside one.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows += pool.submit(_measure, spec, images, [v]).result()
+            rows += pool.submit(_measure_in, in_command(), spec, images, [v]).result()
     return rows
+
+
+def _measure_in(words: bool, *args) -> list[dict]:
+    """_measure in a spawned process, its errors in a command's words where the parent's are (errors.in_command)."""
+    with command_line(words):
+        return _measure(*args)
 
 
 def _measure(spec: BenchSpec, images, variants: list[Variant]) -> list[dict]:
