@@ -168,3 +168,26 @@ def umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_embeddings_as_safetensors_are_byte_reproducible(tmp_path):
+    """The safetensors writer keeps metadata in a hash map: its keys came in another order from run to run.
+    Written sorted, two saves are the same bytes, and the file reads back."""
+    import json
+    import struct
+
+    import numpy as np
+
+    from resnetlab.inference.embed import load_embeddings, save_embeddings
+
+    emb, names = np.arange(12, dtype=np.float32).reshape(3, 4), ["a.jpg", "b.jpg", "c.jpg"]
+    meta = {key: key.upper() for key in ("model", "checkpoint", "layer", "precision", "protocol", "size")}
+    for out in ("one.safetensors", "two.safetensors"):
+        save_embeddings(tmp_path / out, names, emb, meta)
+    blob = (tmp_path / "one.safetensors").read_bytes()
+    assert blob == (tmp_path / "two.safetensors").read_bytes()
+    (size,) = struct.unpack("<Q", blob[:8])
+    keys = list(json.loads(blob[8:8 + size])["__metadata__"])
+    assert keys == sorted(keys) and len(keys) == 7
+    got_names, got = load_embeddings(tmp_path / "one.safetensors")
+    assert got_names == names and np.array_equal(got, emb)

@@ -78,9 +78,11 @@ def save_embeddings(out, names: list[str], emb: np.ndarray, metadata: dict | Non
         return [str(p) for p in shown]
     from safetensors.numpy import save
 
+    from resnetlab.models.safetensors_header import sorted_metadata
+
     meta = {"names": json.dumps(names), **{k: str(v) for k, v in (metadata or {}).items()}}
-    with atomic_write(paths[0]) as f:  # safetensors' own save_file would make a 0600 file
-        f.write(save({"embeddings": np.ascontiguousarray(emb)}, metadata=meta))
+    with atomic_write(paths[0]) as f:  # safetensors' own save_file would make a 0600 file; keys sorted: reproducible
+        f.writelines(sorted_metadata(save({"embeddings": np.ascontiguousarray(emb)}, metadata=meta)))
     return [str(shown[0])]
 
 

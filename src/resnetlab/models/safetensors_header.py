@@ -8,18 +8,18 @@ import json
 import struct
 
 
-def sorted_metadata(blob: bytes) -> bytes:
-    """`blob` (a whole safetensors file) with its header's "__metadata__" keys in sorted order; `blob`
-    itself when the header cannot be rewritten to the same length (left as safetensors wrote it)."""
+def sorted_metadata(blob: bytes) -> tuple[bytes, memoryview]:
+    """`blob` (a whole safetensors file) as (its header with the "__metadata__" keys in sorted order,
+    the rest unchanged and uncopied), to be written one after the other; the header as safetensors
+    wrote it where it cannot be rewritten to the same length."""
     (size,) = struct.unpack("<Q", blob[:8])
-    header = blob[8:8 + size]
-    text = header.decode("utf-8").rstrip(" ")  # the writer pads with spaces to 8-byte alignment
+    original, rest = blob[:8 + size], memoryview(blob)[8 + size:]
+    text = original[8:].decode("utf-8").rstrip(" ")  # the writer pads with spaces to 8-byte alignment
     parsed = json.loads(text)
-    meta = parsed.get("__metadata__")
-    if not isinstance(meta, dict):
-        return blob
-    parsed["__metadata__"] = dict(sorted(meta.items()))
+    if not isinstance(parsed.get("__metadata__"), dict):
+        return original, rest
+    parsed["__metadata__"] = dict(sorted(parsed["__metadata__"].items()))
     rewritten = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    if len(rewritten) != len(text.encode("utf-8")) or json.loads(rewritten) != json.loads(text):
-        return blob
-    return blob[:8] + rewritten + b" " * (size - len(rewritten)) + blob[8 + size:]
+    if len(rewritten) != len(text.encode("utf-8")):
+        return original, rest
+    return blob[:8] + rewritten + b" " * (size - len(rewritten)), rest

@@ -268,7 +268,7 @@ def save_safetensors(model: nn.Module, path, metadata: dict[str, str] | None = N
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_write(path) as f:  # metadata keys sorted: the writer's own order changed from run to run
-        f.write(sorted_metadata(save(tensors, metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)})))
+        f.writelines(sorted_metadata(save(tensors, metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)})))
 
 
 def safetensors_metadata(path) -> dict[str, str]:
