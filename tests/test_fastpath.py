@@ -196,6 +196,39 @@ def test_two_threads_first_predictions_at_once_build_one_package_and_both_run_it
     assert torch.equal(got[0], got[1]) and torch.equal(got[0], built_outputs(cache))
 
 
+def test_a_model_already_compiled_does_not_wait_for_another_one_compiling(cache, fake_compile):
+    """One lock for every model made a service's cached model B wait, at its first prediction, for model
+    A's minutes of compiling; only compiles wait for each other (torch.export is not thread-safe)."""
+    import threading
+
+    b, rt = fast("fp32")
+    outputs(b, rt, images())  # B's package built and cached
+    b_again, _ = fast("fp32")  # a new load of B: its first use is a cache hit
+    release, started = threading.Event(), threading.Event()
+    build = fake_compile.__call__
+
+    def blocked_build(*args):
+        started.set()
+        release.wait(timeout=60)
+        build(*args)
+    fake_compile.__class__.__call__ = lambda self, *args: blocked_build(*args)
+    a, _ = fast("bf16")
+    compiling = threading.Thread(target=lambda: outputs(a, rt, images()))
+    done = threading.Thread(target=lambda: outputs(b_again, rt, images()))
+    compiling.start()
+    try:
+        assert started.wait(timeout=60)
+        done.start()
+        done.join(timeout=30)
+        assert not done.is_alive(), "a cache hit waited for another model's compile"
+    finally:
+        release.set()
+        for thread in (compiling, done):  # nothing of this test runs on into the next
+            if thread.is_alive():
+                thread.join(timeout=60)
+    assert b_again._package is b._package and a._package is not None and fake_compile.calls == 2
+
+
 def built_outputs(cache) -> torch.Tensor:
     """The logits of the one package in `cache`, run directly."""
     package, = cache.glob("*.pt2")

@@ -158,20 +158,23 @@ def load_entry(package: Path, meta: Path, key: dict):
     return None
 
 
-_BUILDING = threading.Lock()
+_EXPORTING = threading.Lock()  # torch.export is not thread-safe: two threads' first predictions at once both failed
+_KEYS_LOCK, _KEY_LOCKS = threading.Lock(), {}  # an entry's lock: one thread looks up or builds it at a time
 
 
 def load_or_build(module: nn.Module, example: torch.Tensor, key: dict, what: str, estimate_s: int):
-    """The loaded package for `key`: from the cache, or compiled now (one line on stderr). One thread
-    at a time: torch.export is not thread-safe (two threads' first predictions at once both failed),
-    and a thread that waited finds the package the other one built."""
-    with _BUILDING:
-        return _load_or_build(module, example, key, what, estimate_s)
-
-
-def _load_or_build(module: nn.Module, example: torch.Tensor, key: dict, what: str, estimate_s: int):
-    folder = cache_dir()
+    """The loaded package for `key`: from the cache, or compiled now (one line on stderr). Threads
+    after one entry wait for each other (the one that waited finds the package the other built);
+    threads after different entries wait only for each other's compiling, never for a cache hit."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    with _KEYS_LOCK:
+        entry_lock = _KEY_LOCKS.setdefault(digest, threading.Lock())
+    with entry_lock:
+        return _load_or_build(module, example, key, what, estimate_s, digest)
+
+
+def _load_or_build(module: nn.Module, example: torch.Tensor, key: dict, what: str, estimate_s: int, digest: str):
+    folder = cache_dir()
     package, meta = folder / f"{digest}.pt2", folder / f"{digest}.json"
     problem = unusable(folder)
     if problem is None and (runner := load_entry(package, meta, key)) is not None:
@@ -181,7 +184,8 @@ def _load_or_build(module: nn.Module, example: torch.Tensor, key: dict, what: st
           file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="resnetlab-compile-") as tmp:
         built = Path(tmp) / "model.pt2"
-        compile_package(module, example, built)
+        with _EXPORTING:
+            compile_package(module, example, built)
         if problem is None:
             try:
                 with atomic_write(package) as f, open(built, "rb") as src:

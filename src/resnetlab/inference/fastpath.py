@@ -17,9 +17,9 @@ compiling off (the test suite does, except in the tests of this module).
 from __future__ import annotations
 
 import copy
-import threading
 import os
 import shutil
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -123,9 +123,6 @@ class Heads(nn.Module):
         return self.model.forward_head(feat).float(), self.model.forward_head(feat, pre_logits=True).float()
 
 
-FIRST_USE = threading.Lock()
-
-
 class FastModel(nn.Module):
     """A prepared (folded, channels_last) model whose forward pass and embeddings run through an
     AOTInductor package for inputs of (3, size, size), built or loaded on first use, and eagerly
@@ -137,11 +134,16 @@ class FastModel(nn.Module):
         self.num_features = getattr(eager, "num_features", None)
         self._package = None
         self._tried = False  # one attempt per process: a failed build warns once, then runs eagerly
+        self._first_use = threading.Lock()  # threads sharing the model: one builds or loads, the others wait
 
     def __getstate__(self):
-        """For copy.deepcopy and pickle: a loaded package is torch's C++ loader, which neither can copy;
-        the copy loads it again (from the cache) on its first use."""
-        return {**self.__dict__, "_package": None, "_tried": False}
+        """For copy.deepcopy and pickle: a loaded package is torch's C++ loader, and a lock, neither of
+        which they can copy; the copy loads the package again (from the cache) on its first use."""
+        return {**self.__dict__, "_package": None, "_tried": False, "_first_use": None}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._first_use = threading.Lock()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         package = self._runner(x)
@@ -165,7 +167,7 @@ class FastModel(nn.Module):
         if tuple(x.shape[1:]) != (3, self.size, self.size) or x.device.type != "cpu":
             return None
         if not self._tried:
-            with FIRST_USE:  # threads sharing the model: one builds or loads the package, the others wait for it
+            with self._first_use:
                 if not self._tried:
                     self._package = self._load()
                     self._tried = True
