@@ -13,7 +13,6 @@ permission) becomes a `StorageError`: one line naming the file and saying what w
 from __future__ import annotations
 
 import errno
-import glob
 import os
 import re
 import stat
@@ -214,15 +213,18 @@ def home() -> Path:
 SHARED_IDLE_S = 300.0  # a temporary file in a shared cache untouched this long has no writer left
 
 
-def remove_stale_temporaries(folder, idle_s: float = 0.0) -> list[Path]:
+def remove_stale_temporaries(folder, idle_s: float = 0.0, of: str | None = None) -> list[Path]:
     """Delete the temporary files of atomic writes whose process is gone (killed mid-write);
     returns them. A live writer's file is left alone. In a folder other machines or containers may
     write too (a cache on a shared home, a volume mounted in several containers), a pid that runs
     nowhere here may be a live writer there: pass idle_s, and only files not written to for that
     long go (a writer keeps its file's mtime fresh). A run directory, locked by its one trainer, needs none.
-    A file that cannot be removed (another user's, in a shared folder) is left where it is."""
+    A file that cannot be removed (another user's, in a shared folder) is left where it is. `of`: only
+    those of writes of the file of that name (also a temporary's own: an export's staged file)."""
+    written_for = lambda name: written_for(m["name"]) if (m := TEMPORARY.fullmatch(name)) else name  # noqa: E731
     found = ((path, TEMPORARY.fullmatch(path.name)) for path in sorted(Path(folder).glob(".*.tmp")))
-    return remove_unowned([(path, int(match["pid"])) for path, match in found if match and path.is_file()], idle_s)
+    return remove_unowned([(path, int(match["pid"])) for path, match in found if match and path.is_file()
+                           and (of is None or written_for(match["name"]) == of)], idle_s)
 
 
 def keep_mode(path: Path, tmp: Path) -> None:
@@ -235,16 +237,13 @@ def keep_mode(path: Path, tmp: Path) -> None:
 
 
 def remove_abandoned(path: Path) -> None:
-    """The temporary files (also a temporary's own: an export's staged file) of earlier writes of `path`
-    whose process was killed (kill -9, out of memory) and that no one wrote to for SHARED_IDLE_S: each as
-    big as the file (an export of ResNet-152: 240 MB), they stayed in a user's folder for good."""
-    written_for = lambda name: written_for(m["name"]) if (m := TEMPORARY.fullmatch(name)) else name  # noqa: E731
+    """The temporary files of earlier writes of `path` whose process was killed (kill -9, out of memory)
+    and that no one wrote to for SHARED_IDLE_S: each as big as the file (an export of ResNet-152:
+    240 MB), they stayed in a user's folder for good."""
     try:
-        found = [(p, int(m["pid"])) for p in path.parent.glob(f".*{glob.escape(path.name)}.*.tmp")
-                 if (m := TEMPORARY.fullmatch(p.name)) and written_for(m["name"]) == path.name and p.is_file()]
+        remove_stale_temporaries(path.parent, SHARED_IDLE_S, of=path.name)
     except OSError:
-        return
-    remove_unowned(found, SHARED_IDLE_S)
+        pass
 
 
 def remove_unowned(files: list[tuple[Path, int]], idle_s: float) -> list[Path]:
