@@ -137,3 +137,95 @@ def test_the_glibc_checks_pass_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", __file__,
                            "-k", "not fresh_process"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "skipped" not in done.stdout, done.stdout[-2000:]
+
+
+class FakeLibc:
+    """madvise recorded; MADV_COLLAPSE refused where `refuse` says."""
+
+    def __init__(self, refuse=()):
+        self.calls, self.refuse = [], refuse
+        self.madvise = self
+
+    def __call__(self, start, length, advice):
+        self.calls.append((start, length, advice))
+        return -1 if advice == heap.MADV_COLLAPSE and start in self.refuse else 0
+
+
+MIB = 2**20
+
+
+def test_huge_pages_advises_and_collapses_the_aligned_part_of_every_heap_mapping(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(f"{1 * MIB:x}-{9 * MIB:x} rw-p 00000000 00:00 0          [heap]\n"
+                    f"{9 * MIB:x}-{10 * MIB + 5:x} rw-p 00000000 00:00 0          [heap]\n"  # under 2 MiB once aligned
+                    f"{20 * MIB:x}-{40 * MIB:x} rw-p 00000000 00:00 0 \n"  # an anonymous mapping: not glibc's heap
+                    f"{64 * MIB:x}-{70 * MIB:x} rw-p 00000000 00:00 0          [heap]\n")
+    libc = FakeLibc(refuse={64 * MIB})
+    assert heap.huge_pages(libc, str(maps)) == 6 * MIB  # 2-8 MiB; 64-70 MiB advised, but its collapse refused
+    assert libc.calls == [(2 * MIB, 6 * MIB, heap.MADV_HUGEPAGE), (2 * MIB, 6 * MIB, heap.MADV_COLLAPSE),
+                          (64 * MIB, 6 * MIB, heap.MADV_HUGEPAGE), (64 * MIB, 6 * MIB, heap.MADV_COLLAPSE)]
+    assert heap.huge_pages(libc, str(tmp_path / "no-such-file")) == 0
+
+
+def test_huge_pages_does_nothing_outside_a_held_heap(monkeypatch):
+    libc = FakeLibc()
+    monkeypatch.setattr(heap, "glibc", lambda: libc)
+    assert heap.huge_pages() == 0 and libc.calls == []  # not held
+    with heap.held_heap(False):
+        assert heap.huge_pages() == 0 and libc.calls == []
+    monkeypatch.setattr(heap, "hold_heap", lambda: True)
+    monkeypatch.setattr(heap, "release_heap", lambda: None)
+    with heap.held_heap():
+        heap.huge_pages()
+        assert [advice for _, _, advice in libc.calls][:2] == [heap.MADV_HUGEPAGE, heap.MADV_COLLAPSE]
+    calls = len(libc.calls)
+    assert heap.huge_pages() == 0 and len(libc.calls) == calls  # released again
+
+
+def transparent_huge_pages() -> str | None:
+    try:
+        return open("/sys/kernel/mm/transparent_hugepage/enabled").read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
+COLLAPSE_CHECK = """
+import ctypes
+from resnetlab.engine import heap
+libc = heap.glibc()
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+with heap.held_heap():
+    block = libc.malloc(64 * 2**20)  # from the heap: a held heap maps nothing on its own
+    ctypes.memset(block, 1, 64 * 2**20)
+    collapsed = heap.huge_pages()
+    huge, in_heap = 0, False
+    for line in open("/proc/self/smaps"):
+        if "-" in line.split()[0] and len(line.split()) >= 5:
+            in_heap = line.rstrip().endswith("[heap]")
+        elif in_heap and line.startswith("AnonHugePages:"):
+            huge += int(line.split()[1]) * 1024
+print(collapsed, huge)
+"""
+
+
+@pytest.mark.skipif(heap.glibc() is None or transparent_huge_pages() in (None, "never")
+                    or tuple(map(int, os.uname().release.split(".")[:2])) < (6, 1),
+                    reason="glibc, transparent huge pages and Linux 6.1 (MADV_COLLAPSE)")
+def test_a_held_heap_is_backed_by_huge_pages_in_a_fresh_process():
+    done = subprocess.run([sys.executable, "-c", COLLAPSE_CHECK], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    collapsed, huge = map(int, done.stdout.split())
+    assert collapsed >= 60 * MIB and huge >= 60 * MIB  # the 64 MiB block's pages, and the kernel says so
+
+
+def test_the_training_loop_backs_the_heap_with_huge_pages_after_each_epochs_second_step(tmp_path, monkeypatch):
+    from resnetlab.engine.train import train_loop
+    steps = []  # (steps done before the call's step, steps per epoch)
+
+    def recording(run, stop):
+        monkeypatch.setattr("resnetlab.engine.train.huge_pages", lambda: steps.append((run.state.step, run.steps_per_epoch)))
+        return train_loop(run, stop)
+    monkeypatch.setattr("resnetlab.engine.train.train_loop", recording)
+    train_and_evaluate(tiny_config(("schedule.max_steps", 12)), tmp_path)
+    per_epoch = steps[0][1]
+    assert 12 > per_epoch >= 2 and [s for s, _ in steps] == [e * per_epoch + 1 for e in range(-(-12 // per_epoch))]

@@ -61,7 +61,7 @@ def loop_seconds(cfg: Config, steps: int) -> float:
 def bare_step_seconds(cfg: Config, warmup: int, reps: int) -> list[float]:
     """Per-step times of train_step alone, cycling over batches made before timing starts."""
     from resnetlab.data import LoaderSpec, build_data, make_train_loader
-    from resnetlab.engine.heap import held_heap
+    from resnetlab.engine.heap import held_heap, huge_pages
     from resnetlab.engine.runtime import make_grad_scaler, make_runtime, prepare_model
     from resnetlab.engine.setup import make_sgd
     from resnetlab.engine.train import StepParts, train_step
@@ -83,6 +83,8 @@ def bare_step_seconds(cfg: Config, warmup: int, reps: int) -> list[float]:
         train_step(parts, x, y)
         i += 1
     with held_heap(cfg.train.hold_heap and rt.device.type == "cpu"):  # as in the loop (engine/heap.py)
+        step(), step()
+        huge_pages()  # as the loop does after each epoch's second step
         return timed(step, warmup, reps, rt.device)
 
 

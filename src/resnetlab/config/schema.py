@@ -106,7 +106,8 @@ class TrainConfig:
     # auto = on in eager CPU training.
     fused_bn: str = "auto"  # auto | true | false
     # CPU runs keep the memory a step frees for the next instead of handing it back (no page faults after
-    # the first step; peak memory +3-5% measured; engine/heap.py). false: glibc's default.
+    # the first step; peak memory +3-5% measured), backed by 2 MiB pages where Linux allows (engine/heap.py).
+    # false: glibc's default.
     hold_heap: bool = True
     seed: int = ranged(0, 0, 2**64 - 1)  # torch generators take 64-bit seeds; numpy refuses negative ones
     workers: int = ranged(0, 0)  # decoding worker processes (folder datasets of large images)

@@ -1,10 +1,9 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-One loop for every device, precision and process count. The run directory receives
-config.yaml, classes.json, metrics.jsonl (one object per evaluation), checkpoints/last.pt and
-checkpoints/best.pt (best by validation error, never by test), and at the end summary.json with the
-per-class test results of best.pt, whose confusion matrix goes to confusion_test.csv/.png.
-"""
+One loop for every device, precision and process count. The run directory receives config.yaml, classes.json,
+metrics.jsonl (one object per evaluation), checkpoints/last.pt and checkpoints/best.pt (best by validation error,
+never by test), and at the end summary.json with the per-class test results of best.pt, whose confusion matrix goes
+to confusion_test.csv/.png."""
 from __future__ import annotations
 
 import math
@@ -28,7 +27,7 @@ from .distributed import (agreed_signal, all_reduce_sum, dist_info_from_env, ini
 from .evaluate import evaluate_split
 from .final_test import final_test
 from .finetune import set_train_mode
-from .heap import held_heap
+from .heap import held_heap, huge_pages
 from .loss import classification_loss
 from .preflight import record_decoding_skips
 from .run_records import MetricsRow, RunSummary
@@ -152,10 +151,12 @@ def train_loop(run: Run, stop: StopOnSignal):
     set_train_mode(run.model, run.eval_bns)
     while state.step < run.total and state.reached_target is None:
         epoch, start_batch = divmod(state.step, run.steps_per_epoch)
-        for x, y in run.loader(epoch, start_batch):
+        for index, (x, y) in enumerate(run.loader(epoch, start_batch)):
             lr = run.lr_fn(state.step, state.schedule)
             set_lr(run.optimizer, lr)
             loss, correct = train_step(parts, x, y)
+            if index == 1:  # the held heap has grown to this epoch's steps: 2 MiB pages for it (engine/heap.py)
+                huge_pages()
             window.update(loss, correct, len(y))
             since_eval.update(loss, correct, len(y))
             state.step += 1
