@@ -7,6 +7,10 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
                against oneDNN's convolution for them (benchmarks/strided_layers.py)
     pointwise  the bottlenecks' 1x1 stride-1 convolutions as matrix products (blocks.pointwise)
                against oneDNN's convolution (benchmarks/pointwise_layers.py)
+    pointwise-shortcut
+               an identity bottleneck's first 1x1 convolution and its shortcut as one node, the
+               shortcut's gradient added inside the input gradient's matrix product
+               (models/pointwise.pointwise_and_shortcut), against autograd adding the two; bf16
     pair       a projection block's end, relu(bn(a) + shortcut_bn(b)), as one fused kernel pair
                against the shortcut's batch-norm as its module (fused_bn.bn_relu_projected;
                benchmarks/fused_bn_layers.py --pair)
@@ -29,6 +33,7 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
                (conv_direct.FIRST_LAYERS) against oneDNN's; fp32 only
 
     python benchmarks/route_ab.py --route strided --rounds 12 --json benchmarks/results/amx_xeon/strided_ab_resnet50.json
+    python benchmarks/route_ab.py --route pointwise-shortcut --rounds 12 --json benchmarks/results/amx_xeon/pointwise_shortcut_ab_resnet50.json
     python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amd_epyc_avx512/pair_ab_resnet50.json
     python benchmarks/route_ab.py --route wgrad --model resnet20 --batch 256 --size 32 --rounds 12
     python benchmarks/route_ab.py --route direct --model resnet20 --batch 128 --size 32 --rounds 20
@@ -63,6 +68,7 @@ SEPARATE_BN = ("bn_relu_conv3x3", lambda bn, conv, x: blocks.conv3x3_direct(conv
 OFF = {
     "strided": [("strided_conv", lambda conv, x: conv(x))],
     "pointwise": [("pointwise", lambda conv, x: conv(x))],
+    "pointwise-shortcut": [("pointwise_and_shortcut", lambda conv, x: (blocks.pointwise(conv, x), None))],
     "pair": [("bn_relu_projected", lambda bn, x, relu, shortcut_bn, shortcut, fused=False:
               bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused))],
     "wgrad": [("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x))],

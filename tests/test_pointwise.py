@@ -1,12 +1,16 @@
 """A bottleneck's 1x1 convolutions in CPU bf16 channels_last training run as matrix products
-(models/blocks.pointwise): the same outputs and gradients as nn.Conv2d, and the module itself
-wherever a graph pass, eval mode or another layout needs it."""
+(models/pointwise.py, blocks.pointwise): the same outputs and gradients as nn.Conv2d, and the module
+itself wherever a graph pass, eval mode or another layout needs it. An identity bottleneck's first
+one and its shortcut are one node whose backward adds the shortcut's gradient inside the product."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from resnetlab.models import create_model
+from resnetlab.models import blocks, create_model, fused_bn
 from resnetlab.models.blocks import Bottleneck, PreActBottleneck, pointwise
+from resnetlab.models.pointwise import pointwise_and_shortcut
 
 from route_twins import assert_step_matches_plain_twin
 
@@ -63,3 +67,85 @@ def test_a_traced_bottleneck_network_shows_its_conv_modules():
     traced = torch.fx.symbolic_trace(model)
     targets = {n.target for n in traced.graph.nodes if n.op == "call_module"}
     assert {"layer1.0.conv1", "layer1.0.conv3", "layer4.2.conv3"} <= targets
+
+
+def test_pointwise_and_shortcut_backward_adds_the_shortcuts_gradient_inside_the_product():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 16, 1, bias=False).train()
+    x = torch.randn(3, 32, 5, 6).bfloat16().contiguous(memory_format=CL).requires_grad_()
+    y, shortcut = pointwise_and_shortcut(conv, x)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=CL) and torch.equal(shortcut, x)
+    dy, dshortcut = torch.randn(y.shape), torch.randn(x.shape).bfloat16().contiguous(memory_format=CL)
+    torch.autograd.backward([y, shortcut], [dy, dshortcut.clone()])
+    w = conv.weight.detach().bfloat16().double().flatten(1)  # (16, 32), as autocast rounds it
+    dy64 = dy.bfloat16().double()  # the node takes dy in bf16
+    expected_dx = dshortcut.double() + torch.einsum("nkhw,kc->nchw", dy64, w)
+    expected_dw = torch.einsum("nkhw,nchw->kc", dy64, x.detach().double()).view(16, 32, 1, 1)
+    assert x.grad.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad.double(), expected_dx, rtol=1e-2, atol=1e-2)  # one rounding to bf16
+    torch.testing.assert_close(conv.weight.grad.double(), expected_dw, rtol=1e-2, atol=1e-2)
+    x.grad = None  # an unused output: its gradient is None, not zeros
+    y, shortcut = pointwise_and_shortcut(conv, x)
+    y.float().sum().backward()
+    torch.testing.assert_close(x.grad.double(), torch.einsum("nkhw,kc->nchw", torch.ones(y.shape).double(), w),
+                               rtol=1e-2, atol=1e-2)
+
+
+def _identity_bottleneck_step(net, x, route_on, monkeypatch):
+    """(output, input gradient, parameter gradients) of one autocast bf16 step of a fused identity
+    bottleneck, counting the pointwise_and_shortcut nodes; with route_on False the node is replaced
+    by conv1 alone and the shortcut left to autograd."""
+    calls = []
+    real = blocks.pointwise_and_shortcut
+    monkeypatch.setattr(blocks, "pointwise_and_shortcut", lambda conv, t: calls.append(1) or real(conv, t)
+                        if route_on else (pointwise(conv, t), None))
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x)
+    y.float().square().mean().backward()
+    monkeypatch.undo()
+    return y.float().detach(), x.grad.float(), [p.grad.clone() for p in net.parameters()], len(calls)
+
+
+def identity_bottleneck():
+    torch.manual_seed(0)
+    net = Bottleneck(64, 16).to(memory_format=CL).train()
+    fused_bn.set_fused_bn(net)
+    return net, torch.randn(4, 64, 8, 8).bfloat16().contiguous(memory_format=CL)
+
+
+@pytest.mark.skipif(fused_bn.EXTENSION.get() is None, reason="needs the fused batch-norm kernels")
+def test_an_identity_bottleneck_takes_the_node_and_matches_autograds_sum(monkeypatch):
+    net, x = identity_bottleneck()
+    twin = copy.deepcopy(net)
+    on, off = _identity_bottleneck_step(net, x, True, monkeypatch), _identity_bottleneck_step(twin, x, False, monkeypatch)
+    assert on[3] == 1 and off[3] == 0
+    torch.testing.assert_close(on[0], off[0], rtol=2e-2, atol=2e-2)
+    scale = off[1].abs().max().item()
+    assert (on[1] - off[1]).abs().max().item() <= 2e-2 * scale  # the block input's gradient: both paths summed
+    for p, q in zip(on[2], off[2]):
+        assert (p - q).abs().max().item() <= 3e-2 * q.abs().max().item()
+
+
+@pytest.mark.skipif(fused_bn.EXTENSION.get() is None, reason="needs the fused batch-norm kernels")
+@pytest.mark.parametrize("case", ["bn3 hooked", "plain batch-norm", "no grad", "projection"])
+def test_the_node_is_left_out_where_the_shortcuts_gradient_could_be_shared(case, monkeypatch):
+    """Its backward writes into the shortcut's gradient: only the fused batch-norm's own, fresh
+    gradient may be written into (an addition's backward hands one tensor to both its inputs)."""
+    net, x = identity_bottleneck()
+    if case == "bn3 hooked":
+        net.bn3.register_forward_hook(lambda *args: None)
+    elif case == "plain batch-norm":
+        fused_bn.set_fused_bn(net, False)
+    elif case == "projection":
+        net, x = Bottleneck(32, 16).to(memory_format=CL).train(), x[:, :32].contiguous(memory_format=CL)
+        fused_bn.set_fused_bn(net)
+    if case == "no grad":
+        calls = []
+        real = blocks.pointwise_and_shortcut
+        monkeypatch.setattr(blocks, "pointwise_and_shortcut", lambda conv, t: calls.append(1) or real(conv, t))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            net(x)
+        assert calls == []
+        return
+    assert _identity_bottleneck_step(net, x, True, monkeypatch)[3] == 0

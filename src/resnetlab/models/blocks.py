@@ -7,14 +7,15 @@ layers with the shortcut removed, as in the paper's Fig. 3 (middle).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import bn_relu_conv, conv_direct
+from . import pointwise as pointwise_route
 from .bn_relu_conv import bn_relu_conv3x3
 from .conv_direct import conv3x3_direct, conv3x3_direct_and_shortcut
 from .conv_wgrad import conv3x3_own_wgrad
-from .fused_bn import bn_relu, bn_relu_projected
+from .fused_bn import bn_relu, bn_relu_projected, fusable
+from .pointwise import conv1x1_as_matmul, pointwise_and_shortcut
 from .routes import hooked
 from .shortcuts import ZeroPadShortcut, conv1x1, make_shortcut
 from .strided_conv import strided_conv
@@ -41,25 +42,9 @@ def convolve(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool = False) -> tor
 
 
 def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x) for a bottleneck's 1x1, stride-1 convolution. In bf16 training on the CPU, with x
-    channels_last, it is computed as what it is: one matrix product over the pixels,
-    (N*H*W, C) @ (C, K), whose backward is two more. On the 2-core AMX Xeon (2026-12-02) each such
-    layer ran 1.0-1.55x faster, forward + backward (benchmarks/pointwise_layers.py), and the
-    bench's bf16 ResNet-50 training step went from 3.02x to 3.31x the baseline; in fp32 it was a
-    wash (0.75-1.27x per layer), so fp32 keeps oneDNN's convolution. The same weights and math;
-    an FX trace (x a Proxy), eval mode, NCHW, CUDA and hooks (models/routes.py) see the module itself."""
-    if (conv.training and isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.bfloat16
-            and x.dim() == 4 and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
-            and x.is_contiguous(memory_format=torch.channels_last) and not hooked(conv)):
-        return conv1x1_as_matmul(conv, x)
-    return conv(x)
-
-
-def conv1x1_as_matmul(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1, stride-1 convolution of a channels_last x as F.linear over its pixels: x viewed as
-    (N, H, W, C) without a copy, the result (N, H, W, K) viewed back as channels_last (N, K, H, W)."""
-    return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1)).permute(0, 3, 1, 2)
+    """conv(x) for a bottleneck's 1x1, stride-1 convolution: in bf16 CPU training a matrix product
+    over the pixels (models/pointwise.py), else the module itself."""
+    return conv1x1_as_matmul(conv, x) if pointwise_route.applies(conv, x) else conv(x)
 
 
 class Block(nn.Module):
@@ -92,15 +77,19 @@ class Block(nn.Module):
         return out
 
     def conv1_and_shortcut(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(conv1(x), the shortcut of x or None for `finish` to make it): one call of the direct
-        kernels for both where conv1 takes them and the shortcut is parameter-free (identity, or
-        option A unhooked), so that the shortcut's gradient joins conv1's input gradient inside the
-        kernel (conv_direct.conv3x3_direct_and_shortcut); else conv1 by its route."""
+        """(conv1(x), the shortcut of x or None for `finish` to make it): one autograd node for both
+        where the shortcut is parameter-free (identity, or option A unhooked) and conv1 takes the
+        direct kernels (conv_direct.conv3x3_direct_and_shortcut) or, with an identity shortcut that
+        the block's fused batch-norm adds, is a bf16 1x1 matrix product (pointwise_and_shortcut), so
+        that the shortcut's gradient joins conv1's input gradient as it is written; else conv1 by its route."""
         ds, conv = self.downsample, self.conv1
         parameter_free = ds is None or (type(ds) is ZeroPadShortcut and not hooked(ds) and ds.cin == conv.in_channels
                                         and (ds.stride,) * 2 == conv.stride and ds.cout == conv.out_channels)
         if self.fused_bn and self.residual and parameter_free and conv_direct.applies(conv, x):
             return conv3x3_direct_and_shortcut(self.conv1, x, self.conv1.out_channels)
+        if (self.fused_bn and self.residual and ds is None and torch.is_grad_enabled() and conv.kernel_size == (1, 1)
+                and pointwise_route.applies(conv, x) and fusable(self.residual_end(), x, x)):
+            return pointwise_and_shortcut(conv, x)  # (conv3's output, which bn3 adds x to, is shaped as x)
         return convolve(self.conv1, x, self.fused_bn), None
 
     def normalised_conv(self, bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -177,9 +166,9 @@ class Bottleneck(Block):
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.normalised_conv(self.bn1, self.conv2, convolve(self.conv1, x, self.fused_bn))
-        out = bn_relu(self.bn2, out, self.relu, fused=self.fused_bn)
-        return self.finish(self.bn3, convolve(self.conv3, out, self.fused_bn), x)
+        out, shortcut = self.conv1_and_shortcut(x)
+        out = bn_relu(self.bn2, self.normalised_conv(self.bn1, self.conv2, out), self.relu, fused=self.fused_bn)
+        return self.finish(self.bn3, convolve(self.conv3, out, self.fused_bn), x, shortcut)
 
 
 class PreActBasicBlock(Block):

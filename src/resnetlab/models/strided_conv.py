@@ -15,7 +15,7 @@ benchmarks/strided_layers.py`, benchmarks/results/amx_xeon/strided_layers.json),
 below; in fp32 it won 1.09-1.38x at the wide layers only, about 1% of an fp32 step, so fp32 keeps
 the convolution. The forward pass and a 3x3 kernel's input gradient stay oneDNN's.
 
-Like models/blocks.pointwise it is the same math on the same weights, used only where it applies:
+Like models/pointwise.py it is the same math on the same weights, used only where it applies:
 a training nn.Conv2d of stride 2 with a 1x1 (no padding) or 3x3 (padding 1) kernel, no bias, one
 group, at least WIDE input channels, on a bf16 channels_last CPU tensor with bf16 weights or under
 autocast, without hooks (models/routes.py). Everything else, an FX trace included, calls the
