@@ -112,7 +112,8 @@ def main():
     for arm in arms:
         print(f"{arm:>8}: {1e3 * statistics.median(s[0] for s in steps[arm]):7.0f} ms a step, "
               f"{statistics.median(s[1] for s in steps[arm]):8.0f} page faults, "
-              f"{1e3 * statistics.median(s[2] for s in steps[arm]):5.0f} ms in the kernel, peak RSS {peak[arm]:.0f} MiB")
+              f"{1e3 * statistics.median(s[2] for s in steps[arm]):5.0f} ms in the kernel, "
+              f"peak RSS {peak[arm]:.0f} MiB")
     print(f"{old} / {new}, per round: median {statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f}x), "
           f"{new} faster in {result[f'{new}_faster_rounds']} of {args.rounds}")
     if args.json:

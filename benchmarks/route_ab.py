@@ -67,7 +67,7 @@ SEPARATE_SHORTCUT = ("conv3x3_direct_and_shortcut", lambda conv, x, cout: (block
 SEPARATE_BN = ("bn_relu_conv3x3", lambda bn, conv, x: blocks.conv3x3_direct(conv, bn_relu(bn, x, None, fused=True)))
 OFF = {
     "strided": [("strided_conv", lambda conv, x: conv(x))],
-    "pointwise": [("pointwise", lambda conv, x: conv(x))],
+    "pointwise": [("pointwise", lambda conv, x: conv(x)), ("pointwise_and_shortcut", lambda conv, x: (conv(x), None))],
     "pointwise-shortcut": [("pointwise_and_shortcut", lambda conv, x: (blocks.pointwise(conv, x), None))],
     "pair": [("bn_relu_projected", lambda bn, x, relu, shortcut_bn, shortcut, fused=False:
               bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused))],

@@ -118,7 +118,8 @@ def identity_bottleneck():
 def test_an_identity_bottleneck_takes_the_node_and_matches_autograds_sum(monkeypatch):
     net, x = identity_bottleneck()
     twin = copy.deepcopy(net)
-    on, off = _identity_bottleneck_step(net, x, True, monkeypatch), _identity_bottleneck_step(twin, x, False, monkeypatch)
+    on = _identity_bottleneck_step(net, x, True, monkeypatch)
+    off = _identity_bottleneck_step(twin, x, False, monkeypatch)
     assert on[3] == 1 and off[3] == 0
     torch.testing.assert_close(on[0], off[0], rtol=2e-2, atol=2e-2)
     scale = off[1].abs().max().item()
@@ -128,13 +129,15 @@ def test_an_identity_bottleneck_takes_the_node_and_matches_autograds_sum(monkeyp
 
 
 @pytest.mark.skipif(fused_bn.EXTENSION.get() is None, reason="needs the fused batch-norm kernels")
-@pytest.mark.parametrize("case", ["bn3 hooked", "plain batch-norm", "no grad", "projection"])
+@pytest.mark.parametrize("case", ["bn3 hooked", "bn3 frozen", "plain batch-norm", "no grad", "projection"])
 def test_the_node_is_left_out_where_the_shortcuts_gradient_could_be_shared(case, monkeypatch):
     """Its backward writes into the shortcut's gradient: only the fused batch-norm's own, fresh
     gradient may be written into (an addition's backward hands one tensor to both its inputs)."""
     net, x = identity_bottleneck()
     if case == "bn3 hooked":
         net.bn3.register_forward_hook(lambda *args: None)
+    elif case == "bn3 frozen":  # fine-tuning's frozen batch-norms: eval mode inside a training block
+        net.bn3.eval()
     elif case == "plain batch-norm":
         fused_bn.set_fused_bn(net, False)
     elif case == "projection":

@@ -19,23 +19,27 @@ setting any limit stops its self-adjusting) and the free memory is handed back (
 process that goes on after a run (a notebook) does not keep its peak. Elsewhere than glibc
 (macOS, Windows, musl) it does nothing. train.hold_heap false turns it off.
 
-Held, the heap is also backed by 2 MiB pages once a step has grown it (`huge_pages()`, which the
-training loop calls after each epoch's second step: an epoch of progressive resizing grows it
-again). With 4 KiB pages a step's tensors span tens of thousands of pages, more than the TLB
-holds; a bf16 channels_last step on the AMX Xeon, whose elementwise passes wait on memory, ran
-1.021x faster for ResNet-20 and 1.049x for ResNet-50 with them (benchmarks/host_memory_ab.py --pages,
-benchmarks/results/amx_xeon/huge_pages_ab_*.json).
-The kernel backs only what is advised (transparent_hugepage "madvise", Debian's default), and
-growth of the heap makes a new, unadvised mapping, hence the call after the heap has grown:
-MADV_COLLAPSE moves the pages there at once (~0.3-0.7 s for ResNet-20's ~300 MB, once; a
-mapping already backed costs well under a millisecond). Kernels older than 6.1, or with
-transparent huge pages off, refuse it, and nothing changes.
+Held, the heap is also backed by huge pages (2 MiB on x86) once a step has grown it
+(`huge_pages()`, which the training loop calls after each epoch's second step: an epoch of
+progressive resizing grows it again). With 4 KiB pages a step's tensors span tens of thousands of
+pages, more than the TLB holds; a bf16 channels_last step on the AMX Xeon, whose elementwise
+passes wait on memory, ran 1.021x faster for ResNet-20 (20 of 30 rounds) and 1.049x for ResNet-50
+(10 of 12) with them (benchmarks/host_memory_ab.py --pages, results/amx_xeon/huge_pages_ab_*.json).
+Under transparent_hugepage "madvise" (Debian's default) the kernel would not use them there by
+itself, so MADV_COLLAPSE (Linux 6.1 and later) moves each huge-page-sized region of the heap whose
+pages are all resident onto one huge page: ~0.3-0.7 s for ResNet-20's ~300 MB, once, and well
+under a millisecond for regions already moved. Only resident regions, so that it adds no memory:
+a region with a hole (a page a previous run handed back) keeps its small pages. Nothing is advised
+for later, so the memory a run hands back stays handed back. With transparent huge pages "never",
+an older kernel, or elsewhere than Linux and glibc, nothing changes.
 """
 from __future__ import annotations
 
 import ctypes
+import resource
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 # mallopt parameters and glibc's defaults for them (malloc/malloc.c)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -43,9 +47,12 @@ DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 KEEP_ALL = 2**31 - 1  # mallopt takes an int: the largest trim threshold it can be told
 
 _depth = 0  # nested held_heap() blocks: only the outermost restores the defaults
-_held = False  # whether the outermost held_heap() got glibc's settings: huge_pages() acts only then
-MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25  # <linux/mman.h>
-HUGE_PAGE = 2 * 2**20
+# whether the outermost held_heap() got glibc's settings: huge_pages() acts only then (an inner
+# held_heap(False) changes nothing while an outer block holds the heap)
+_held = False
+MADV_COLLAPSE = 25  # <linux/mman.h> (x86, arm64; not every architecture's number)
+THP = Path("/sys/kernel/mm/transparent_hugepage")
+LOWEST_BIT = bytes(b & 1 for b in range(256))
 
 
 def glibc():
@@ -101,23 +108,47 @@ def heap_mappings(maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
     kernel could not merge)."""
     try:
         with open(maps) as lines:
-            return [tuple(int(v, 16) for v in line.split()[0].split("-")) for line in lines if line.rstrip().endswith("[heap]")]
+            return [tuple(int(v, 16) for v in line.split()[0].split("-"))
+                    for line in lines if line.rstrip().endswith("[heap]")]
     except OSError:
         return []
 
 
-def huge_pages(libc=None, maps: str = "/proc/self/maps") -> int:
-    """Inside a held heap, back its 2 MiB-aligned part with huge pages (advised, and collapsed at
-    once where the kernel can); -> the bytes the kernel collapsed (0 outside a held heap, off Linux,
-    or where the kernel refuses: nothing else changes then)."""
+def huge_page_size(thp: Path = THP) -> int | None:
+    """The kernel's transparent huge page size in bytes; None where they are off ("never") or the
+    kernel has none."""
+    try:
+        mode, size = (thp / "enabled").read_text(), int((thp / "hpage_pmd_size").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if "[never]" in mode else size
+
+
+def resident_regions(libc, start: int, end: int, size: int) -> list[int]:
+    """The starts of the `size`-aligned regions inside [start, end) whose pages are all resident
+    (mincore)."""
+    page = resource.getpagesize()
+    first, last = -(-start // size) * size, end // size * size
+    if last <= first:
+        return []
+    residency = (ctypes.c_ubyte * ((last - first) // page))()
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    if libc.mincore(first, last - first, residency) != 0:
+        return []
+    resident, per_region = bytes(residency).translate(LOWEST_BIT), size // page  # bit 0: resident
+    return [first + i * size for i in range((last - first) // size)
+            if 0 not in resident[i * per_region:(i + 1) * per_region]]
+
+
+def huge_pages(libc=None, maps: str = "/proc/self/maps", size: int | None = None) -> int:
+    """Inside a held heap, back each of its huge-page-sized regions whose pages are all resident
+    with one huge page (MADV_COLLAPSE); -> the bytes the kernel moved or found moved (0 outside a
+    held heap, or where the kernel refuses: nothing else changes then). A caller that passes
+    `libc` (a benchmark's worker that set the heap up by hold_heap()) skips the held-heap check."""
     libc = libc or (glibc() if _held else None)
-    if libc is None:
+    size = size or huge_page_size()
+    if libc is None or size is None:
         return 0
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    collapsed = 0
-    for start, end in heap_mappings(maps):
-        start, end = -(-start // HUGE_PAGE) * HUGE_PAGE, end // HUGE_PAGE * HUGE_PAGE
-        if end - start >= HUGE_PAGE and libc.madvise(start, end - start, MADV_HUGEPAGE) == 0 \
-                and libc.madvise(start, end - start, MADV_COLLAPSE) == 0:
-            collapsed += end - start
-    return collapsed
+    return sum(size for start, end in heap_mappings(maps) for region in resident_regions(libc, start, end, size)
+               if libc.madvise(region, size, MADV_COLLAPSE) == 0)
