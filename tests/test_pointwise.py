@@ -152,3 +152,20 @@ def test_the_node_is_left_out_where_the_shortcuts_gradient_could_be_shared(case,
         assert calls == []
         return
     assert _identity_bottleneck_step(net, x, True, monkeypatch)[3] == 0
+
+
+@pytest.mark.skipif(fused_bn.EXTENSION.get() is None, reason="needs the fused batch-norm kernels")
+def test_the_fused_batch_norms_residual_gradient_is_a_tensor_of_its_own():
+    """The contract pointwise_and_shortcut's in-place addition rests on: the gradient the fused
+    batch-norm hands its residual shares memory with nothing else of the step."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(16).train()
+    x, residual = (torch.randn(4, 16, 5, 5).bfloat16().contiguous(memory_format=CL).requires_grad_() for _ in range(2))
+    y = fused_bn.bn_relu(bn, x, nn.ReLU(), residual, fused=True)
+    assert type(y.grad_fn).__name__.startswith("_BatchNormReLU")  # the kernel ran, not the fallback
+    dy = torch.randn(y.shape).bfloat16().contiguous(memory_format=CL)
+    handed = []
+    residual.register_hook(handed.append)  # the very tensor backward hands the residual
+    y.backward(dy)
+    storages = [t.untyped_storage().data_ptr() for t in (dy, x, y, residual, x.grad)]
+    assert len(handed) == 1 and handed[0].untyped_storage().data_ptr() not in storages
