@@ -203,12 +203,16 @@ def test_huge_pages_does_nothing_outside_a_held_heap_or_without_huge_pages(monke
     assert heap.huge_pages() == 0 and len(libc.madvise.calls) == 2  # released again
 
 
-def test_huge_page_size_reads_the_kernels_settings(tmp_path):
+def test_huge_page_size_reads_the_kernels_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(heap.platform, "machine", lambda: "x86_64")
     (tmp_path / "hpage_pmd_size").write_text("2097152\n")
     assert heap.huge_page_size(tmp_path) is None  # no "enabled": not a kernel with them
     (tmp_path / "enabled").write_text("always [madvise] never\n")
     assert heap.huge_page_size(tmp_path) == 2 * MIB
     (tmp_path / "enabled").write_text("always madvise [never]\n")
+    assert heap.huge_page_size(tmp_path) is None
+    (tmp_path / "enabled").write_text("always [madvise] never\n")
+    monkeypatch.setattr(heap.platform, "machine", lambda: "mips64")  # MADV_COLLAPSE is another number there
     assert heap.huge_page_size(tmp_path) is None
 
 

@@ -36,6 +36,7 @@ an older kernel, or elsewhere than Linux and glibc, nothing changes.
 from __future__ import annotations
 
 import ctypes
+import platform
 import resource
 import sys
 from contextlib import contextmanager
@@ -50,7 +51,8 @@ _depth = 0  # nested held_heap() blocks: only the outermost restores the default
 # whether the outermost held_heap() got glibc's settings: huge_pages() acts only then (an inner
 # held_heap(False) changes nothing while an outer block holds the heap)
 _held = False
-MADV_COLLAPSE = 25  # <linux/mman.h> (x86, arm64; not every architecture's number)
+MADV_COLLAPSE = 25  # <linux/mman.h>: its number on these machines (others, such as MIPS, number it otherwise)
+COLLAPSE_MACHINES = {"x86_64", "aarch64"}
 THP = Path("/sys/kernel/mm/transparent_hugepage")
 LOWEST_BIT = bytes(b & 1 for b in range(256))
 
@@ -115,8 +117,10 @@ def heap_mappings(maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
 
 
 def huge_page_size(thp: Path = THP) -> int | None:
-    """The kernel's transparent huge page size in bytes; None where they are off ("never") or the
-    kernel has none."""
+    """The kernel's transparent huge page size in bytes; None where they are off ("never"), the
+    kernel has none, or MADV_COLLAPSE has another number (COLLAPSE_MACHINES)."""
+    if platform.machine() not in COLLAPSE_MACHINES:
+        return None
     try:
         mode, size = (thp / "enabled").read_text(), int((thp / "hpage_pmd_size").read_text())
     except (OSError, ValueError):
