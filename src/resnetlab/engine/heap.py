@@ -23,7 +23,7 @@ Held, the heap is also backed by huge pages (2 MiB on x86) once a step has grown
 (`huge_pages()`, which the training loop calls after each epoch's second step: an epoch of
 progressive resizing grows it again). With 4 KiB pages a step's tensors span tens of thousands of
 pages, more than the TLB holds; a bf16 channels_last step on the AMX Xeon, whose elementwise
-passes wait on memory, ran 1.021x faster for ResNet-20 (20 of 30 rounds) and 1.049x for ResNet-50
+passes wait on memory, ran 1.016x faster for ResNet-20 (21 of 30 rounds) and 1.046x for ResNet-50
 (10 of 12) with them (benchmarks/host_memory_ab.py --pages, results/amx_xeon/huge_pages_ab_*.json).
 Under transparent_hugepage "madvise" (Debian's default) the kernel would not use them there by
 itself, so MADV_COLLAPSE (Linux 6.1 and later) moves each huge-page-sized region of the heap whose
