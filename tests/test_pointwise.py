@@ -169,3 +169,21 @@ def test_the_fused_batch_norms_residual_gradient_is_a_tensor_of_its_own():
     y.backward(dy)
     storages = [t.untyped_storage().data_ptr() for t in (dy, x, y, residual, x.grad)]
     assert len(handed) == 1 and handed[0].untyped_storage().data_ptr() not in storages
+
+
+class DoubledConv(nn.Conv2d):
+    """A convolution subclass whose forward computes something else (as weight standardisation would)."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_a_convolution_subclass_runs_its_own_forward(kernel):
+    from resnetlab.models.conv_wgrad import conv3x3_own_wgrad
+    torch.manual_seed(0)
+    conv = DoubledConv(16, 16, kernel, padding=kernel // 2, bias=False).to(memory_format=CL).train()
+    x = torch.randn(2, 16, 6, 6).bfloat16().contiguous(memory_format=CL).requires_grad_()
+    route = (lambda t: pointwise(conv, t)) if kernel == 1 else (lambda t: conv3x3_own_wgrad(conv, t, True))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(route(x), conv(x))  # the subclass's forward, doubled, not the plain matrix product

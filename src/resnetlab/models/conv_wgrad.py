@@ -65,7 +65,7 @@ def fits(conv: nn.Conv2d) -> bool:
 
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether conv(x) can take the kernel's weight-gradient path (see the module's docstring)."""
-    return (conv.training and isinstance(x, torch.Tensor) and torch.is_grad_enabled()
+    return (type(conv) is nn.Conv2d and conv.training and isinstance(x, torch.Tensor) and torch.is_grad_enabled()
             and conv.weight.requires_grad and x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4
             and conv.kernel_size == (3, 3) and conv.stride == UNIT and conv.padding == UNIT
             and conv.dilation == UNIT and conv.groups == 1 and conv.bias is None and conv.padding_mode == "zeros"

@@ -24,10 +24,11 @@ from .routes import hooked
 
 
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether conv(x) is a training 1x1 stride-1 convolution of a bf16 channels_last CPU tensor."""
-    return (conv.training and isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.bfloat16
-            and x.dim() == 4 and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
+    """Whether conv(x) is a training 1x1 stride-1 convolution of a bf16 channels_last CPU tensor (an
+    nn.Conv2d itself: a subclass may compute something else in its forward)."""
+    return (type(conv) is nn.Conv2d and conv.training and isinstance(x, torch.Tensor) and x.device.type == "cpu"
+            and x.dtype == torch.bfloat16 and x.dim() == 4 and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
             and x.is_contiguous(memory_format=torch.channels_last) and not hooked(conv))
 
 
