@@ -33,9 +33,14 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 
 
 def conv1x1_as_matmul(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) as the matrix product over the pixels (autograd's own backward)."""
+    return over_pixels(x, conv.weight)
+
+
+def over_pixels(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """F.linear over the pixels of a channels_last x viewed as (N, H, W, C) without a copy, the
     result (N, H, W, K) viewed back as channels_last (N, K, H, W)."""
-    return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1)).permute(0, 3, 1, 2)
+    return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1)).permute(0, 3, 1, 2)
 
 
 def pointwise_and_shortcut(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +62,7 @@ class _PointwiseAndShortcut(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # an unused output's gradient: None, not a tensor of zeros
         ctx.save_for_backward(x, weight)
         with torch.autocast("cpu", enabled=False):
-            y = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1)).permute(0, 3, 1, 2)
+            y = over_pixels(x, weight)
         return y, x  # autograd hands back a view of x whose gradient comes here
 
     @staticmethod
