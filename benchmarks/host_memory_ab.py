@@ -36,7 +36,7 @@ ARMS = {"heap": ("held", "default"), "pages": ("huge", "held")}
 def serve(conn, arm: str, model: str, precision: str, batch: int, size: int) -> None:
     """One arm's process: build the training step, then one untimed + one timed step per request."""
     from resnetlab.bench.measure import bench_step_parts
-    from resnetlab.engine.heap import glibc, hold_heap, huge_pages
+    from resnetlab.engine.heap import hold_heap, huge_pages
     from resnetlab.engine.runtime import Runtime, prepare_model
     from resnetlab.engine.train import train_step
     from resnetlab.models import create_model
@@ -49,7 +49,7 @@ def serve(conn, arm: str, model: str, precision: str, batch: int, size: int) -> 
     parts = bench_step_parts(prepare_model(create_model(model, num_classes=10).train(), rt), rt)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
     train_step(parts, x, y)
-    if arm == "huge" and not huge_pages(glibc()):
+    if arm == "huge" and not huge_pages():
         conn.send(RuntimeError("the kernel backed no part of the heap with huge pages: nothing to compare"))
         return
     conn.send("ready")

@@ -54,7 +54,7 @@ from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.measure import bench_step_parts
 from resnetlab.bench.run import write_json
 from resnetlab.bench.timing import round_order
-from resnetlab.engine.heap import glibc, hold_heap, huge_pages
+from resnetlab.engine.heap import hold_heap, huge_pages
 from resnetlab.engine.runtime import Runtime, prepare_model, resolve_precision
 from resnetlab.engine.train import train_step
 from resnetlab.models import blocks, conv_direct, conv_wgrad, create_model
@@ -133,7 +133,7 @@ def main():
             return time.perf_counter() - start
     for arm in ("on", "off"):
         step(arm)  # first steps: allocations, oneDNN's primitive caches
-    huge_pages(glibc())  # as the training loop does once the heap has grown (engine/heap.py)
+    huge_pages()  # as the training loop does once the heap has grown (engine/heap.py)
     rounds = []
     for r in range(args.rounds):
         seconds = {}

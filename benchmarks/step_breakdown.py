@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from resnetlab.bench.machine import describe_machine
 from resnetlab.bench.measure import bench_step_parts
 from resnetlab.bench.run import write_json
-from resnetlab.engine.heap import glibc, hold_heap, huge_pages
+from resnetlab.engine.heap import hold_heap, huge_pages
 from resnetlab.engine.runtime import Runtime, prepare_model, resolve_precision
 from resnetlab.engine.train import train_step
 from resnetlab.models import conv_direct, conv_wgrad, create_model, fused_bn
@@ -88,7 +88,7 @@ def main():
     x, y = torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))
     for _ in range(2):
         train_step(parts, x, y)
-    huge_pages(glibc())
+    huge_pages()
     for kernels, label in ((fused_bn.EXTENSION, "fused_bn"), (conv_wgrad.KERNELS, "conv_wgrad"),
                            (conv_direct.KERNELS, "conv_direct")):
         if kernels.module is not None:

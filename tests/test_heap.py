@@ -157,6 +157,7 @@ class FakeLibc:
     def __init__(self, holes=(), refuse=()):
         self.madvise = FakeCall(lambda start, length, advice: -1 if start in refuse else 0)
         self.mincore = FakeCall(self.residency)
+        self.mallopt, self.malloc_trim = FakeCall(lambda *args: 1), FakeCall(lambda *args: 1)  # as glibc: taken
         self.holes = holes
 
     def residency(self, start, length, vec):
@@ -193,14 +194,15 @@ def test_huge_pages_does_nothing_outside_a_held_heap_or_without_huge_pages(monke
     assert heap.huge_pages() == 0 and libc.madvise.calls == []  # not held
     with heap.held_heap(False):
         assert heap.huge_pages() == 0 and libc.madvise.calls == []
-    monkeypatch.setattr(heap, "hold_heap", lambda: True)
-    monkeypatch.setattr(heap, "release_heap", lambda: None)
-    with heap.held_heap():
+    with heap.held_heap():  # glibc's settings taken (by the stand-in): held
         assert heap.huge_pages() == 4 * MIB and libc.collapsed() == [2 * MIB, 4 * MIB]
         monkeypatch.setattr(heap, "huge_page_size", lambda: None)  # transparent huge pages "never"
         assert heap.huge_pages() == 0 and len(libc.madvise.calls) == 2
     monkeypatch.setattr(heap, "huge_page_size", lambda: 2 * MIB)
     assert heap.huge_pages() == 0 and len(libc.madvise.calls) == 2  # released again
+    assert heap.hold_heap() and heap.huge_pages() == 4 * MIB  # a benchmark worker's heap, held for good
+    heap.release_heap()
+    assert heap.huge_pages() == 0 and len(libc.madvise.calls) == 4
 
 
 def test_huge_page_size_reads_the_kernels_settings(tmp_path, monkeypatch):

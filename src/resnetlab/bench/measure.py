@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.data import LoaderSpec, make_train_loader
-from resnetlab.engine.heap import glibc, hold_heap, huge_pages
+from resnetlab.engine.heap import hold_heap, huge_pages
 from resnetlab.engine.runtime import COMPILE_MODES, Runtime, autocast, compile_model, make_grad_scaler, prepare_model, to_input
 from resnetlab.engine.setup import make_sgd
 from resnetlab.engine.train import StepParts, train_step
@@ -161,8 +161,7 @@ def prepare_train(spec: BenchSpec, variant: Variant, images: BenchImages, cache_
             train_step(parts, x, y)
         with stopwatch(device) as first:
             step()  # the first step pays for compilation; reported on its own
-    if spec.isolate and variant.pipeline != "baseline" and device.type == "cpu":
-        huge_pages(glibc())  # as the training loop does once the heap has grown (engine/heap.py)
+    huge_pages()  # where hold_heap() took above, as the training loop does once the heap has grown (engine/heap.py)
     return Prepared(variant, {"main": (step, batch_size)}, {"first_step_s": first.s, "peak_mem_mib": mem.mib})
 
 

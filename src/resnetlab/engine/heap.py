@@ -48,8 +48,8 @@ DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 KEEP_ALL = 2**31 - 1  # mallopt takes an int: the largest trim threshold it can be told
 
 _depth = 0  # nested held_heap() blocks: only the outermost restores the defaults
-# whether the outermost held_heap() got glibc's settings: huge_pages() acts only then (an inner
-# held_heap(False) changes nothing while an outer block holds the heap)
+# whether the heap is held (hold_heap() took, release_heap() not since): huge_pages() acts only
+# then (an inner held_heap(False) changes nothing while an outer block holds the heap)
 _held = False
 MADV_COLLAPSE = 25  # <linux/mman.h>: its number on these machines (others, such as MIPS, number it otherwise)
 COLLAPSE_MACHINES = {"x86_64", "aarch64"}
@@ -71,12 +71,17 @@ def glibc():
 def hold_heap() -> bool:
     """Keep freed memory in the heap for reuse from now on, for the rest of the process (a
     benchmark's worker); True if the C library took both settings."""
+    global _held
     libc = glibc()
-    return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_ALL))
+    held = libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_ALL))
+    _held = _held or held
+    return held
 
 
 def release_heap() -> None:
     """glibc's default limits again, and the free memory handed back to the system."""
+    global _held
+    _held = False
     libc = glibc()
     if libc is not None:
         libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
@@ -92,16 +97,13 @@ def held_heap(enabled: bool = True):
     if not enabled:
         yield False
         return
-    global _held
     held = hold_heap()
     _depth += 1
-    _held = _held or held
     try:
         yield held
     finally:
         _depth -= 1
         if held and _depth == 0:
-            _held = False
             release_heap()
 
 
@@ -147,8 +149,8 @@ def resident_regions(libc, start: int, end: int, size: int) -> list[int]:
 def huge_pages(libc=None, maps: str = "/proc/self/maps", size: int | None = None) -> int:
     """Inside a held heap, back each of its huge-page-sized regions whose pages are all resident
     with one huge page (MADV_COLLAPSE); -> the bytes the kernel moved or found moved (0 outside a
-    held heap, or where the kernel refuses: nothing else changes then). A caller that passes
-    `libc` (a benchmark's worker that set the heap up by hold_heap()) skips the held-heap check."""
+    held heap, or where the kernel refuses: nothing else changes then). `libc` given (a test's
+    stand-in) skips the held-heap check."""
     libc = libc or (glibc() if _held else None)
     size = size or huge_page_size()
     if libc is None or size is None:
