@@ -17,6 +17,11 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     wgrad      the 3x3 stride-1 convolutions' weight gradients in resnetlab's kernel (AMX, or
                AVX-512 BF16 up to 64 channels; models/conv_wgrad.py) against oneDNN's
                (benchmarks/conv_wgrad_layers.py); bf16 only
+    wgrad-shortcut
+               a basic block's first 3x3 convolution (with resnetlab's weight gradient) and its
+               identity shortcut as one node, oneDNN adding the shortcut's gradient as it writes the
+               input gradient (conv_wgrad.conv3x3_own_wgrad_and_shortcut), against autograd adding
+               the two; bf16 only
     direct     the 3x3 convolutions of resnetlab's direct kernels (the narrow stride-1 ones and the
                stride-2 stage entries, forward pass and both gradients; AVX-512; models/conv_direct.py)
                against oneDNN's (benchmarks/direct_conv_layers.py); fp32 only
@@ -36,6 +41,7 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     python benchmarks/route_ab.py --route pointwise-shortcut --rounds 12 --json benchmarks/results/amx_xeon/pointwise_shortcut_ab_resnet50.json
     python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amd_epyc_avx512/pair_ab_resnet50.json
     python benchmarks/route_ab.py --route wgrad --model resnet20 --batch 256 --size 32 --rounds 12
+    python benchmarks/route_ab.py --route wgrad-shortcut --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route direct --model resnet20 --batch 128 --size 32 --rounds 20
     python benchmarks/route_ab.py --route direct-s2 --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route shortcut --model resnet20 --batch 128 --size 32 --rounds 30
@@ -72,6 +78,8 @@ OFF = {
     "pair": [("bn_relu_projected", lambda bn, x, relu, shortcut_bn, shortcut, fused=False:
               bn_relu(bn, x, relu, shortcut_bn(shortcut), fused=fused))],
     "wgrad": [("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x))],
+    "wgrad-shortcut": [("conv3x3_own_wgrad_and_shortcut",
+                        lambda conv, x: (blocks.conv3x3_own_wgrad(conv, x, True), None))],
     "direct": [("conv3x3_direct", lambda conv, x: conv(x)), SEPARATE_SHORTCUT, SEPARATE_BN],
     "direct-s2": [("conv3x3_direct", lambda conv, x: conv(x) if conv.stride != (1, 1) else conv3x3_direct(conv, x)),
                   ("conv3x3_direct_and_shortcut", lambda conv, x, cout: (conv(x), None) if conv.stride != (1, 1)
@@ -81,7 +89,8 @@ OFF = {
     "first-layer": [("conv3x3_direct", lambda conv, x: conv(x) if conv.in_channels == 3 else conv3x3_direct(conv, x))],
 }
 # The routes of resnetlab's own kernels: the precision each runs in, and its module.
-KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "direct": ("fp32", conv_direct), "direct-s2": ("fp32", conv_direct),
+KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "wgrad-shortcut": ("bf16", conv_wgrad), "direct": ("fp32", conv_direct),
+                 "direct-s2": ("fp32", conv_direct),
                  "shortcut": ("fp32", conv_direct), "bn-conv": ("fp32", conv_direct), "first-layer": ("fp32", conv_direct)}
 
 

@@ -166,3 +166,26 @@ def assert_same_fp32_step(got, expected) -> None:
 
 needs_direct_kernel = pytest.mark.skipif(not conv_direct.available(),
                                          reason="the kernel runs only on CPUs with AVX-512 whose training runs in fp32")
+
+
+def shortcut_node_step(net: nn.Module, x: torch.Tensor, node: str, stand_in, monkeypatch):
+    """(output, input gradient, parameter gradients, calls) of one autocast bf16 step of a block,
+    counting the calls of its shortcut node blocks.<node>, each made by `stand_in` (the node itself,
+    or what takes its place when it is off)."""
+    calls = []
+    monkeypatch.setattr(blocks, node, lambda conv, t: calls.append(1) or stand_in(conv, t))
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x)
+    y.float().square().mean().backward()
+    monkeypatch.undo()
+    return y.float().detach(), x.grad.float(), [p.grad.clone() for p in net.parameters()], len(calls)
+
+
+def assert_shortcut_node_matches_autograds_sum(on, off) -> None:
+    """Two shortcut_node_step results, with the node and with autograd adding the shortcut's
+    gradient, the same within bf16's tolerance."""
+    torch.testing.assert_close(on[0], off[0], rtol=2e-2, atol=2e-2)
+    assert (on[1] - off[1]).abs().max().item() <= 2e-2 * off[1].abs().max().item()  # both paths summed
+    for p, q in zip(on[2], off[2]):
+        assert (p - q).abs().max().item() <= 3e-2 * q.abs().max().item()

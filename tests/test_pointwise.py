@@ -12,7 +12,7 @@ from resnetlab.models import blocks, create_model, fused_bn
 from resnetlab.models.blocks import Bottleneck, PreActBottleneck, pointwise
 from resnetlab.models.pointwise import pointwise_and_shortcut
 
-from route_twins import assert_step_matches_plain_twin
+from route_twins import assert_shortcut_node_matches_autograds_sum, assert_step_matches_plain_twin, shortcut_node_step
 
 CL = torch.channels_last
 
@@ -91,22 +91,6 @@ def test_pointwise_and_shortcut_backward_adds_the_shortcuts_gradient_inside_the_
                                rtol=1e-2, atol=1e-2)
 
 
-def _identity_bottleneck_step(net, x, route_on, monkeypatch):
-    """(output, input gradient, parameter gradients) of one autocast bf16 step of a fused identity
-    bottleneck, counting the pointwise_and_shortcut nodes; with route_on False the node is replaced
-    by conv1 alone and the shortcut left to autograd."""
-    calls = []
-    real = blocks.pointwise_and_shortcut
-    monkeypatch.setattr(blocks, "pointwise_and_shortcut", lambda conv, t: calls.append(1) or real(conv, t)
-                        if route_on else (pointwise(conv, t), None))
-    x = x.detach().clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = net(x)
-    y.float().square().mean().backward()
-    monkeypatch.undo()
-    return y.float().detach(), x.grad.float(), [p.grad.clone() for p in net.parameters()], len(calls)
-
-
 def identity_bottleneck():
     torch.manual_seed(0)
     net = Bottleneck(64, 16).to(memory_format=CL).train()
@@ -118,14 +102,10 @@ def identity_bottleneck():
 def test_an_identity_bottleneck_takes_the_node_and_matches_autograds_sum(monkeypatch):
     net, x = identity_bottleneck()
     twin = copy.deepcopy(net)
-    on = _identity_bottleneck_step(net, x, True, monkeypatch)
-    off = _identity_bottleneck_step(twin, x, False, monkeypatch)
-    assert on[3] == 1 and off[3] == 0
-    torch.testing.assert_close(on[0], off[0], rtol=2e-2, atol=2e-2)
-    scale = off[1].abs().max().item()
-    assert (on[1] - off[1]).abs().max().item() <= 2e-2 * scale  # the block input's gradient: both paths summed
-    for p, q in zip(on[2], off[2]):
-        assert (p - q).abs().max().item() <= 3e-2 * q.abs().max().item()
+    on = shortcut_node_step(net, x, "pointwise_and_shortcut", pointwise_and_shortcut, monkeypatch)
+    off = shortcut_node_step(twin, x, "pointwise_and_shortcut", lambda conv, t: (pointwise(conv, t), None), monkeypatch)
+    assert on[3] == off[3] == 1
+    assert_shortcut_node_matches_autograds_sum(on, off)
 
 
 @pytest.mark.skipif(fused_bn.EXTENSION.get() is None, reason="needs the fused batch-norm kernels")
@@ -151,7 +131,7 @@ def test_the_node_is_left_out_where_the_shortcuts_gradient_could_be_shared(case,
             net(x)
         assert calls == []
         return
-    assert _identity_bottleneck_step(net, x, True, monkeypatch)[3] == 0
+    assert shortcut_node_step(net, x, "pointwise_and_shortcut", pointwise_and_shortcut, monkeypatch)[3] == 0
 
 
 @pytest.mark.skipif(fused_bn.EXTENSION.get() is None, reason="needs the fused batch-norm kernels")

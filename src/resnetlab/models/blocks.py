@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import bn_relu_conv, conv_direct
+from . import bn_relu_conv, conv_direct, conv_wgrad
 from . import pointwise as pointwise_route
 from .bn_relu_conv import bn_relu_conv3x3
 from .conv_direct import conv3x3_direct, conv3x3_direct_and_shortcut
-from .conv_wgrad import conv3x3_own_wgrad
+from .conv_wgrad import conv3x3_own_wgrad, conv3x3_own_wgrad_and_shortcut
 from .fused_bn import bn_relu, bn_relu_projected, fusable
 from .pointwise import conv1x1_as_matmul, pointwise_and_shortcut
 from .routes import hooked
@@ -80,8 +80,9 @@ class Block(nn.Module):
         """(conv1(x), the shortcut of x or None for `finish` to make it): one autograd node for both
         where the shortcut is parameter-free (identity, or option A unhooked) and conv1 takes the
         direct kernels (conv_direct.conv3x3_direct_and_shortcut) or, with an identity shortcut that
-        the block's fused batch-norm adds, is a bf16 1x1 matrix product (pointwise_and_shortcut), so
-        that the shortcut's gradient joins conv1's input gradient as it is written; else conv1 by its route."""
+        the block's fused batch-norm adds, is a bf16 1x1 matrix product (pointwise_and_shortcut) or a
+        bf16 3x3 one with resnetlab's weight gradient (conv3x3_own_wgrad_and_shortcut), so that the
+        shortcut's gradient joins conv1's input gradient as it is written; else conv1 by its route."""
         ds, conv = self.downsample, self.conv1
         parameter_free = ds is None or (type(ds) is ZeroPadShortcut and not hooked(ds) and ds.cin == conv.in_channels
                                         and (ds.stride,) * 2 == conv.stride and ds.cout == conv.out_channels)
@@ -90,6 +91,9 @@ class Block(nn.Module):
         if (self.fused_bn and self.residual and ds is None and torch.is_grad_enabled() and conv.kernel_size == (1, 1)
                 and pointwise_route.applies(conv, x) and fusable(self.residual_end(), x, x)):
             return pointwise_and_shortcut(conv, x)  # (conv3's output, which bn3 adds x to, is shaped as x)
+        if (self.fused_bn and self.residual and ds is None and conv_wgrad.applies(conv, x)
+                and fusable(self.residual_end(), x, x)):
+            return conv3x3_own_wgrad_and_shortcut(conv, x)
         return convolve(self.conv1, x, self.fused_bn), None
 
     def normalised_conv(self, bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

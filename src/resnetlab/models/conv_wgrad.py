@@ -36,6 +36,7 @@ KERNELS = NativeKernels(SOURCE, "resnetlab_conv_wgrad", "convolution weight-grad
                         "training uses oneDNN's weight gradients")
 UNIT = (1, 1)
 WIDEST_AVX512 = 64  # channels in and out; wider layers ran at 0.89-0.95x oneDNN's speed on the Zen 4
+WIDEST_ADDED_AS_WRITTEN = 128  # channels: wider, the flipped weights cost more than the addition saves
 
 
 @lru_cache(maxsize=1)
@@ -81,6 +82,57 @@ def conv3x3_own_wgrad(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool) -> to
     return conv(x)
 
 
+def conv3x3_own_wgrad_and_shortcut(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conv(x), x) as one autograd node, for a basic block whose shortcut is the identity; the caller
+    has checked `applies(conv, x)` and that the shortcut's only consumer is a fused batch-norm with
+    the residual, whose backward makes its gradient a tensor of its own (as for
+    pointwise.pointwise_and_shortcut): this node's backward has oneDNN add the convolution's input
+    gradient into it as it writes (`input_grad`), instead of autograd adding the two over the whole
+    tensor afterwards, a pass over memory less per identity block. The weight is rounded to bf16 as
+    autocast rounds it."""
+    return _Conv3x3AndShortcut.apply(x, conv.weight.to(torch.bfloat16))
+
+
+@lru_cache(maxsize=1)
+def _fused_addition() -> bool:
+    """Whether this PyTorch has oneDNN's convolution with an in-place addition (the operator
+    torch.compile's CPU backend uses; a private one, so its absence is a fallback, not an error)."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def input_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+               add: torch.Tensor | None = None) -> torch.Tensor:
+    """dx of the convolution, oneDNN's backward pass; with `add` (a gradient of x's shape that no
+    one else holds) the sum dx + add, written into `add`. Up to 128 channels that is one call:
+    oneDNN's forward convolution of dy with the weights flipped and their channel axes swapped (the
+    same dx), whose "add" post-op reads `add` as it writes, summed in fp32 and rounded once; per
+    layer 1.13-1.43x faster than the backward pass and the addition after it on the AMX Xeon
+    (benchmarks/conv_wgrad_layers.py --input-grad, at ResNet-20's and ResNet-18/34's widths).
+    Wider, making the flipped weights (a slow transposing copy in PyTorch) cost more than it
+    saved (0.43x at 512). Elsewhere, or without the operator: the two, added in place."""
+    if add is not None and max(weight.shape[:2]) <= WIDEST_ADDED_AS_WRITTEN and _fused_addition():
+        flipped = weight.transpose(0, 1).flip(2, 3).contiguous(memory_format=torch.channels_last)
+        return torch.ops.mkldnn._convolution_pointwise_(add, dy, flipped, None, list(UNIT), list(UNIT), list(UNIT), 1,
+                                                       "add", 1.0, None, [], None)
+    dx = torch.ops.aten.convolution_backward(dy, x, weight, None, list(UNIT), list(UNIT), list(UNIT), False, [0, 0], 1,
+                                             [True, False, False])[0]
+    return dx if add is None else add.add_(dx)
+
+
+def _gradients(ctx, dy: torch.Tensor, dshortcut: torch.Tensor | None = None):
+    """(dx (+ the shortcut's gradient), dweight) of a _Conv3x3 node, each where it is needed."""
+    x, weight = ctx.saved_tensors
+    dy = dy.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    if dshortcut is not None:
+        dshortcut = dshortcut.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    dx = input_grad(dy, x, weight, dshortcut) if ctx.needs_input_grad[0] else None
+    dweight = KERNELS.get().conv3x3_weight_grad(x, dy).to(weight.dtype) if ctx.needs_input_grad[1] else None
+    return dx, dweight
+
+
 class _Conv3x3(torch.autograd.Function):
     """A 3x3, stride-1, padding-1 convolution without bias of bf16 channels_last tensors."""
 
@@ -93,12 +145,22 @@ class _Conv3x3(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        dy = dy.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        dx = dweight = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.ops.aten.convolution_backward(dy, x, weight, None, list(UNIT), list(UNIT), list(UNIT), False,
-                                                     [0, 0], 1, [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            dweight = KERNELS.get().conv3x3_weight_grad(x, dy).to(weight.dtype)
-        return dx, dweight
+        return _gradients(ctx, dy)
+
+
+class _Conv3x3AndShortcut(torch.autograd.Function):
+    """_Conv3x3 with a second output, x itself: an identity shortcut whose gradient joins dx."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.set_materialize_grads(False)  # an unused output's gradient: None, not a tensor of zeros
+        ctx.save_for_backward(x, weight)
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(x, weight, None, 1, 1), x  # autograd hands back a view of x whose gradient comes here
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dshortcut):
+        if dy is None:
+            return dshortcut, None
+        return _gradients(ctx, dy, dshortcut)
