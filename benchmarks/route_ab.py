@@ -22,6 +22,11 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
                identity shortcut as one node, oneDNN adding the shortcut's gradient as it writes the
                input gradient (conv_wgrad.conv3x3_own_wgrad_and_shortcut), against autograd adding
                the two; bf16 only
+    entry-shortcut
+               a stage entry's first convolution and its option-A shortcut as one node, the shortcut's
+               gradient added into the input gradient at every second pixel in place
+               (shortcuts.conv_and_zero_pad), against autograd's zero-filled gradient and addition
+               (the CIFAR ResNets; fp32 or bf16)
     direct     the 3x3 convolutions of resnetlab's direct kernels (the narrow stride-1 ones and the
                stride-2 stage entries, forward pass and both gradients; AVX-512; models/conv_direct.py)
                against oneDNN's (benchmarks/direct_conv_layers.py); fp32 only
@@ -42,6 +47,7 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     python benchmarks/route_ab.py --route pair --rounds 12 --json benchmarks/results/amd_epyc_avx512/pair_ab_resnet50.json
     python benchmarks/route_ab.py --route wgrad --model resnet20 --batch 256 --size 32 --rounds 12
     python benchmarks/route_ab.py --route wgrad-shortcut --model resnet20 --batch 128 --size 32 --rounds 30
+    python benchmarks/route_ab.py --route entry-shortcut --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route direct --model resnet20 --batch 128 --size 32 --rounds 20
     python benchmarks/route_ab.py --route direct-s2 --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route shortcut --model resnet20 --batch 128 --size 32 --rounds 30
@@ -80,6 +86,7 @@ OFF = {
     "wgrad": [("conv3x3_own_wgrad", lambda conv, x, own_kernels: conv(x))],
     "wgrad-shortcut": [("conv3x3_own_wgrad_and_shortcut",
                         lambda conv, x: (blocks.conv3x3_own_wgrad(conv, x, True), None))],
+    "entry-shortcut": [("conv_and_zero_pad", lambda conv, x, cout: (blocks.convolve(conv, x, True), None))],
     "direct": [("conv3x3_direct", lambda conv, x: conv(x)), SEPARATE_SHORTCUT, SEPARATE_BN],
     "direct-s2": [("conv3x3_direct", lambda conv, x: conv(x) if conv.stride != (1, 1) else conv3x3_direct(conv, x)),
                   ("conv3x3_direct_and_shortcut", lambda conv, x, cout: (conv(x), None) if conv.stride != (1, 1)

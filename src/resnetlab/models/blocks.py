@@ -17,7 +17,7 @@ from .conv_wgrad import conv3x3_own_wgrad, conv3x3_own_wgrad_and_shortcut
 from .fused_bn import bn_relu, bn_relu_projected, fusable
 from .pointwise import conv1x1_as_matmul, pointwise_and_shortcut
 from .routes import hooked
-from .shortcuts import ZeroPadShortcut, conv1x1, make_shortcut
+from .shortcuts import ZeroPadShortcut, conv1x1, conv_and_zero_pad, entry_applies, make_shortcut
 from .strided_conv import strided_conv
 
 
@@ -79,7 +79,8 @@ class Block(nn.Module):
     def conv1_and_shortcut(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(conv1(x), the shortcut of x or None for `finish` to make it): one autograd node for both
         where the shortcut is parameter-free (identity, or option A unhooked) and conv1 takes the
-        direct kernels (conv_direct.conv3x3_direct_and_shortcut) or, with an identity shortcut that
+        direct kernels (conv_direct.conv3x3_direct_and_shortcut), or enters a stage with option A
+        (shortcuts.conv_and_zero_pad, oneDNN's convolution), or, with an identity shortcut that
         the block's fused batch-norm adds, is a bf16 1x1 matrix product (pointwise_and_shortcut) or a
         bf16 3x3 one with resnetlab's weight gradient (conv3x3_own_wgrad_and_shortcut), so that the
         shortcut's gradient joins conv1's input gradient as it is written; else conv1 by its route."""
@@ -88,6 +89,8 @@ class Block(nn.Module):
                                         and (ds.stride,) * 2 == conv.stride and ds.cout == conv.out_channels)
         if self.fused_bn and self.residual and parameter_free and conv_direct.applies(conv, x):
             return conv3x3_direct_and_shortcut(self.conv1, x, self.conv1.out_channels)
+        if self.fused_bn and self.residual and parameter_free and ds is not None and entry_applies(conv, x):
+            return conv_and_zero_pad(conv, x, ds.cout)
         if (self.fused_bn and self.residual and ds is None and torch.is_grad_enabled() and conv.kernel_size == (1, 1)
                 and pointwise_route.applies(conv, x) and fusable(self.residual_end(), x, x)):
             return pointwise_and_shortcut(conv, x)  # (conv3's output, which bn3 adds x to, is shaped as x)

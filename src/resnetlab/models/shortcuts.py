@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .routes import hooked, runs_in_bf16
+
 
 def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
@@ -62,6 +64,51 @@ class ZeroPadShortcut(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.cin}->{self.cout}, stride={self.stride}"
+
+
+def entry_applies(conv: nn.Module, x) -> bool:
+    """Whether a stage entry's first convolution and its option-A shortcut can be one node
+    (`conv_and_zero_pad`): a training nn.Conv2d 3x3, stride 2, padding 1, no bias, unhooked, of a
+    CPU tensor in fp32 (no autocast) or bf16 (bf16 weights or autocast), with gradients on."""
+    return (type(conv) is nn.Conv2d and conv.training and isinstance(x, torch.Tensor) and torch.is_grad_enabled()
+            and x.device.type == "cpu" and x.dim() == 4 and conv.kernel_size == (3, 3) and conv.stride == (2, 2)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
+            and conv.padding_mode == "zeros" and not hooked(conv)
+            and ((x.dtype == torch.bfloat16 and runs_in_bf16(conv))
+                 or (x.dtype == conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))))
+
+
+def conv_and_zero_pad(conv: nn.Conv2d, x: torch.Tensor, cout: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conv(x), subsample_pad(x, 2, cin, cout)) as one autograd node, for a block entering a stage
+    with option A (the CIFAR ResNets'); the caller has checked `entry_applies`. Backward adds the
+    shortcut's gradient into the convolution's input gradient in place, at every second pixel,
+    instead of autograd making a zero-filled gradient of x's size for the shortcut and adding the
+    two over the whole tensor. The convolution and its gradients are oneDNN's, as the module's."""
+    return _ConvAndZeroPad.apply(x, conv.weight.to(x.dtype), cout)
+
+
+class _ConvAndZeroPad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, cout: int):
+        ctx.set_materialize_grads(False)  # an unused output's gradient: None, not a tensor of zeros
+        ctx.save_for_backward(x, weight)
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(x, weight, None, 2, 1), subsample_pad(x, 2, x.shape[1], cout)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dshortcut):
+        x, weight = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros(x.shape[0], weight.shape[0], (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2, dtype=x.dtype)
+        layout = torch.contiguous_format if x.is_contiguous() else torch.channels_last
+        dy = dy.to(x.dtype).contiguous(memory_format=layout)
+        wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        dx, dweight, _ = torch.ops.aten.convolution_backward(dy, x, weight, None, [2, 2], [1, 1], [1, 1], False, [0, 0],
+                                                             1, wanted)
+        if dx is not None and dshortcut is not None:
+            dx[:, :, ::2, ::2] += dshortcut[:, :x.shape[1]]  # in place: dx is oneDNN's fresh tensor
+        return dx, dweight, None
 
 
 def make_shortcut(option: str, cin: int, cout: int, stride: int, preact: bool = False) -> nn.Module | None:
