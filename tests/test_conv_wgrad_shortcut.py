@@ -123,3 +123,25 @@ def test_the_node_is_left_out_where_the_shortcuts_gradient_could_be_shared(case,
     with torch.set_grad_enabled(case != "no grad"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=case != "fp32"):
         net(x.float() if case == "fp32" else x)
     assert calls == []
+
+
+@pytest.mark.parametrize("node", ["conv", "conv and shortcut"])
+def test_a_parameter_gets_the_kernels_fp32_sum_in_its_own_dtype(node, monkeypatch):
+    """Under autocast (fp32 parameters) the kernel's fp32 weight gradient is not rounded to bf16 on
+    its way; bf16 parameters get it rounded once."""
+    class Precise(StandIn):
+        def conv3x3_weight_grad(self, x, dy):
+            return weight_grad_reference(x.double(), dy.double()).float()
+    monkeypatch.setattr(conv_wgrad.KERNELS, "get", lambda: Precise())
+    x = _bf16(4, 16, 6, 6)
+    for dtype in (torch.float32, torch.bfloat16):
+        conv = conv3x3_module(16, 16).to(dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv3x3_own_wgrad(conv, x, True) if node == "conv" else conv3x3_own_wgrad_and_shortcut(conv, x)[0]
+        dy = torch.randn(y.shape).bfloat16().contiguous(memory_format=CL)
+        y.backward(dy)
+        expected = weight_grad_reference(x.double(), dy.double()).float()
+        assert conv.weight.grad.dtype == dtype
+        assert torch.equal(conv.weight.grad, expected.to(dtype))
+        if dtype == torch.float32:
+            assert not torch.equal(expected, expected.bfloat16().float())  # so rounding would have shown

@@ -15,8 +15,9 @@ It is a module choice like the fused batch-norm, and the same switch (train.fuse
 training nn.Conv2d 3x3, stride 1, padding 1, no bias, channels multiples of 16, on a bf16
 channels_last CPU tensor (bf16 weights, or CPU autocast to bf16), without hooks, on a CPU with
 AMX or an AMD CPU with AVX-512 BF16 (`kernel_kind`). Everything else, an FX trace included,
-calls the module itself. The kernel sums in fp32 and returns the gradient rounded once to bf16;
-oneDNN rounds the same way (tests/test_conv_wgrad.py).
+calls the module itself. The kernel sums in fp32; an fp32 parameter (autocast's) gets that sum as
+it is, where oneDNN's gradient is rounded to bf16 first, and a bf16 one gets it rounded once
+(tests/test_conv_wgrad.py, tests/test_conv_wgrad_shortcut.py).
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 def conv3x3_own_wgrad(conv: nn.Conv2d, x: torch.Tensor, own_kernels: bool) -> torch.Tensor:
     """conv(x), with the weight gradient in resnetlab's kernel where `own_kernels` and it `applies`."""
     if own_kernels and applies(conv, x):
-        return _Conv3x3.apply(x, conv.weight.to(torch.bfloat16))
+        return _Conv3x3.apply(x, conv.weight)
     return conv(x)
 
 
@@ -88,9 +89,8 @@ def conv3x3_own_wgrad_and_shortcut(conv: nn.Conv2d, x: torch.Tensor) -> tuple[to
     the residual, whose backward makes its gradient a tensor of its own (as for
     pointwise.pointwise_and_shortcut): this node's backward has oneDNN add the convolution's input
     gradient into it as it writes (`input_grad`), instead of autograd adding the two over the whole
-    tensor afterwards, a pass over memory less per identity block. The weight is rounded to bf16 as
-    autocast rounds it."""
-    return _Conv3x3AndShortcut.apply(x, conv.weight.to(torch.bfloat16))
+    tensor afterwards, a pass over memory less per identity block."""
+    return _Conv3x3AndShortcut.apply(x, conv.weight)
 
 
 @lru_cache(maxsize=1)
@@ -129,8 +129,19 @@ def _gradients(ctx, dy: torch.Tensor, dshortcut: torch.Tensor | None = None):
     if dshortcut is not None:
         dshortcut = dshortcut.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     dx = input_grad(dy, x, weight, dshortcut) if ctx.needs_input_grad[0] else None
-    dweight = KERNELS.get().conv3x3_weight_grad(x, dy).to(weight.dtype) if ctx.needs_input_grad[1] else None
+    dweight = KERNELS.get().conv3x3_weight_grad(x, dy).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
     return dx, dweight
+
+
+def _forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """conv(x) of a _Conv3x3 node. The weight is rounded to bf16 here, as autocast rounds it, not
+    before the node: the kernel's fp32 gradient then goes to an fp32 parameter as it is, rather than
+    rounded to bf16 and cast back (two casts per convolution and step fewer, and no rounding)."""
+    ctx.weight_dtype = weight.dtype
+    weight = weight.to(torch.bfloat16)
+    ctx.save_for_backward(x, weight)
+    with torch.autocast("cpu", enabled=False):
+        return F.conv2d(x, weight, None, 1, 1)
 
 
 class _Conv3x3(torch.autograd.Function):
@@ -138,9 +149,7 @@ class _Conv3x3(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight):
-        ctx.save_for_backward(x, weight)
-        with torch.autocast("cpu", enabled=False):
-            return F.conv2d(x, weight, None, 1, 1)
+        return _forward(ctx, x, weight)
 
     @staticmethod
     @once_differentiable
@@ -154,9 +163,7 @@ class _Conv3x3AndShortcut(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight):
         ctx.set_materialize_grads(False)  # an unused output's gradient: None, not a tensor of zeros
-        ctx.save_for_backward(x, weight)
-        with torch.autocast("cpu", enabled=False):
-            return F.conv2d(x, weight, None, 1, 1), x  # autograd hands back a view of x whose gradient comes here
+        return _forward(ctx, x, weight), x  # autograd hands back a view of x whose gradient comes here
 
     @staticmethod
     @once_differentiable
