@@ -27,6 +27,10 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
                gradient added into the input gradient at every second pixel in place
                (shortcuts.conv_and_zero_pad), against autograd's zero-filled gradient and addition
                (the CIFAR ResNets; fp32 or bf16)
+    register-sums
+               the fused batch-norm's reduction passes with their sums in registers (fused_bn_rows.h;
+               AVX-512, channels_last, channels a multiple of 16) against the general passes
+               (fused_bn_passes.h), a switch of the built kernels
     direct     the 3x3 convolutions of resnetlab's direct kernels (the narrow stride-1 ones and the
                stride-2 stage entries, forward pass and both gradients; AVX-512; models/conv_direct.py)
                against oneDNN's (benchmarks/direct_conv_layers.py); fp32 only
@@ -48,6 +52,7 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     python benchmarks/route_ab.py --route wgrad --model resnet20 --batch 256 --size 32 --rounds 12
     python benchmarks/route_ab.py --route wgrad-shortcut --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route entry-shortcut --model resnet20 --batch 128 --size 32 --rounds 30
+    python benchmarks/route_ab.py --route register-sums --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route direct --model resnet20 --batch 128 --size 32 --rounds 20
     python benchmarks/route_ab.py --route direct-s2 --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route shortcut --model resnet20 --batch 128 --size 32 --rounds 30
@@ -69,7 +74,7 @@ from resnetlab.bench.timing import round_order
 from resnetlab.engine.heap import hold_heap, huge_pages
 from resnetlab.engine.runtime import Runtime, prepare_model, resolve_precision
 from resnetlab.engine.train import train_step
-from resnetlab.models import blocks, conv_direct, conv_wgrad, create_model
+from resnetlab.models import blocks, conv_direct, conv_wgrad, create_model, fused_bn
 from resnetlab.models.conv_direct import conv3x3_direct, conv3x3_direct_and_shortcut
 from resnetlab.models.fused_bn import bn_relu
 
@@ -101,9 +106,20 @@ KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "wgrad-shortcut": ("bf16", conv_
                  "shortcut": ("fp32", conv_direct), "bn-conv": ("fp32", conv_direct), "first-layer": ("fp32", conv_direct)}
 
 
+# Routes that are a switch of a built kernel rather than functions of models/blocks.py.
+SWITCHES = {"register-sums": lambda on: fused_bn.EXTENSION.get().use_register_sums(on)}
+
+
 @contextmanager
 def route(name: str, on: bool):
     """The route's functions in models/blocks.py, or (off) the plain paths they replace."""
+    if name in SWITCHES:
+        SWITCHES[name](on)
+        try:
+            yield
+        finally:
+            SWITCHES[name](True)
+        return
     kept = {attribute: getattr(blocks, attribute) for attribute, _ in OFF[name]}
     if not on:
         for attribute, off in OFF[name]:
@@ -117,7 +133,7 @@ def route(name: str, on: bool):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--route", choices=sorted(OFF), required=True)
+    parser.add_argument("--route", choices=sorted([*OFF, *SWITCHES]), required=True)
     parser.add_argument("--model", default="resnet50",
                         help="strided and pair need projection shortcuts (strided: 512+ channels); any ResNet for the others")
     parser.add_argument("--batch", type=int, default=32)
@@ -135,6 +151,8 @@ def main():
         if precision != needed or not kernels.available():
             raise SystemExit(f"--route {args.route} needs {needed} and the kernel (here: {precision}, kernel "
                              f"{kernels.kernel_kind() or 'not meant for this CPU'}): both arms would be the same")
+    if args.route == "register-sums" and not getattr(fused_bn.EXTENSION.get(), "register_sums_built", False):
+        raise SystemExit("--route register-sums needs the fused batch-norm kernels built with AVX-512")
     rt = Runtime(torch.device("cpu"), precision, True, fused_bn=True)
     base = create_model(args.model, num_classes=10).train()
     parts = {}

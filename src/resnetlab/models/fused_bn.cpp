@@ -13,6 +13,7 @@
 #include "fused_bn_channels.h"
 #include "fused_bn_pair.h"
 #include "fused_bn_passes.h"
+#include "fused_bn_rows.h"
 
 namespace {
 
@@ -132,6 +133,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::T
       constexpr Mask kMask = decltype(from_x)::value ? Mask::kFromX : Mask::kFromY;
       auto run = [&](auto store_g) {  // with a residual, g is stored here as its gradient
         constexpr bool kStoreG = decltype(store_g)::value;
+        if (grad_sums_in_registers<scalar_t, Acc, kMask, kStoreG>(s, dyp, yp, xp, drp, mp, scp, shp, sums)) return;
         sums = channel_sums<2, Acc>(s, [=](int64_t o, int64_t len, int64_t c, std::array<Acc*, 2> a) {
           grad_sums_segment<scalar_t, Acc, kPerValue, kMask, kStoreG>(
               dyp + o, kMask == Mask::kFromY ? yp + o : nullptr, xp + o, len, mp + c, scp + c, shp + c, a[0], a[1],
@@ -249,4 +251,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_pair", &forward_pair, "relu(batch_norm(a) + batch_norm(b)) (training), forward");
   m.def("backward_pair", &backward_pair, "relu(batch_norm(a) + batch_norm(b)) (training), backward");
   m.def("inference", &inference, "batch-norm (evaluation, running statistics) + ReLU (+ residual)");
+  m.def("use_register_sums", [](bool on) { sums_in_registers() = on; },
+        "the reduction passes of fused_bn_rows.h where they apply (true, the default) or fused_bn_passes.h's");
+  m.attr("register_sums_built") = bool(RESNETLAB_BN_ROWS_BUILT);
 }

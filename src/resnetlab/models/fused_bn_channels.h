@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "fused_bn_passes.h"
+#include "fused_bn_rows.h"
 
 namespace resnetlab_bn {
 
@@ -89,14 +90,16 @@ Normalisation normalisation(const Shape& s, const T* xp, const at::Tensor& weigh
   // so s2/n - (s1/n)^2 does not cancel however far the mean is from 0.
   std::vector<double> pivot(C);
   for (int64_t c = 0; c < C; ++c) pivot[c] = load(xp, s.channels_last ? c : c * s.hw);
-  const std::vector<Acc> wide_pivot = wide(as<Acc>(pivot), rows_per_segment(s));
-  const Acc* pp = wide_pivot.data();
   std::array<std::vector<double>, 2> sums;
-  with_flags(s.channels_last, false, [&](auto per_value, auto) {
-    sums = channel_sums<2, Acc>(s, [xp, pp](int64_t o, int64_t len, int64_t c, std::array<Acc*, 2> a) {
-      sums_segment<T, Acc, decltype(per_value)::value>(xp + o, len, pp + c, a[0], a[1]);
+  if (!stats_in_registers<T, Acc>(s, xp, pivot, sums)) {
+    const std::vector<Acc> wide_pivot = wide(as<Acc>(pivot), rows_per_segment(s));
+    const Acc* pp = wide_pivot.data();
+    with_flags(s.channels_last, false, [&](auto per_value, auto) {
+      sums = channel_sums<2, Acc>(s, [xp, pp](int64_t o, int64_t len, int64_t c, std::array<Acc*, 2> a) {
+        sums_segment<T, Acc, decltype(per_value)::value>(xp + o, len, pp + c, a[0], a[1]);
+      });
     });
-  });
+  }
   Normalisation n{std::vector<double>(C), std::vector<double>(C), std::vector<double>(C), std::vector<double>(C),
                   std::vector<double>(C)};
   for (int64_t c = 0; c < C; ++c) {
