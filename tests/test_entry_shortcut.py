@@ -10,7 +10,7 @@ from torch import nn
 
 from resnetlab.models import blocks, fused_bn
 from resnetlab.models.blocks import BasicBlock
-from resnetlab.models.shortcuts import conv_and_zero_pad, entry_applies
+from resnetlab.models.shortcuts import add_at_even_pixels, conv_and_zero_pad, entry_applies
 
 CL = torch.channels_last
 
@@ -87,3 +87,24 @@ def test_a_hooked_shortcut_or_the_plain_batch_norm_keep_the_modules(monkeypatch)
         if net.fused_bn:
             net.downsample.register_forward_hook(lambda *args: None)
         assert _step(net, x, "fp32", True, monkeypatch)[3] == 0
+
+
+@pytest.mark.skipif(fused_bn.EXTENSION.get() is None, reason="needs the fused batch-norm kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 16, 8, 8), (3, 16, 5, 7), (2, 48, 6, 6)])
+def test_the_kernels_addition_at_even_pixels_is_pytorchs_bit_for_bit(shape, dtype, monkeypatch):
+    n, c, h, w = shape
+    dx = torch.randn(shape).to(dtype).contiguous(memory_format=CL)
+    g = torch.randn(n, 2 * c, (h + 1) // 2, (w + 1) // 2).to(dtype).contiguous(memory_format=CL)
+    expected = dx.clone()
+    expected[:, :, ::2, ::2] += g[:, :c]
+    kernels, calls = fused_bn.EXTENSION.get(), []
+
+    class Counting:  # the built kernels, counting the calls of this one
+        def add_at_even_pixels(self, *args):
+            calls.append(1)
+            return kernels.add_at_even_pixels(*args)
+    monkeypatch.setattr(fused_bn.EXTENSION, "get", Counting)
+    got = dx.clone()
+    add_at_even_pixels(got, g)
+    assert calls == [1] and torch.equal(got, expected)
