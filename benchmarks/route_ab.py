@@ -27,10 +27,10 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
                gradient added into the input gradient at every second pixel in place
                (shortcuts.conv_and_zero_pad), against autograd's zero-filled gradient and addition
                (the CIFAR ResNets; fp32 or bf16)
-    register-sums
-               the fused batch-norm's reduction passes with their sums in registers (fused_bn_rows.h;
-               AVX-512, channels_last, channels a multiple of 16) against the general passes
-               (fused_bn_passes.h), a switch of the built kernels
+    row-passes
+               the fused batch-norm's passes written for channels_last rows with AVX-512 (channels a
+               multiple of 16; the reductions' sums in registers; fused_bn_rows.h) against the
+               general passes (fused_bn_passes.h), a switch of the built kernels
     direct     the 3x3 convolutions of resnetlab's direct kernels (the narrow stride-1 ones and the
                stride-2 stage entries, forward pass and both gradients; AVX-512; models/conv_direct.py)
                against oneDNN's (benchmarks/direct_conv_layers.py); fp32 only
@@ -52,7 +52,7 @@ hits both alike. The routes (the per-layer figures are the named scripts'; this 
     python benchmarks/route_ab.py --route wgrad --model resnet20 --batch 256 --size 32 --rounds 12
     python benchmarks/route_ab.py --route wgrad-shortcut --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route entry-shortcut --model resnet20 --batch 128 --size 32 --rounds 30
-    python benchmarks/route_ab.py --route register-sums --model resnet20 --batch 128 --size 32 --rounds 30
+    python benchmarks/route_ab.py --route row-passes --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route direct --model resnet20 --batch 128 --size 32 --rounds 20
     python benchmarks/route_ab.py --route direct-s2 --model resnet20 --batch 128 --size 32 --rounds 30
     python benchmarks/route_ab.py --route shortcut --model resnet20 --batch 128 --size 32 --rounds 30
@@ -107,7 +107,7 @@ KERNEL_ROUTES = {"wgrad": ("bf16", conv_wgrad), "wgrad-shortcut": ("bf16", conv_
 
 
 # Routes that are a switch of a built kernel rather than functions of models/blocks.py.
-SWITCHES = {"register-sums": lambda on: fused_bn.EXTENSION.get().use_register_sums(on)}
+SWITCHES = {"row-passes": lambda on: fused_bn.EXTENSION.get().use_row_passes(on)}
 
 
 @contextmanager
@@ -151,8 +151,8 @@ def main():
         if precision != needed or not kernels.available():
             raise SystemExit(f"--route {args.route} needs {needed} and the kernel (here: {precision}, kernel "
                              f"{kernels.kernel_kind() or 'not meant for this CPU'}): both arms would be the same")
-    if args.route == "register-sums" and not getattr(fused_bn.EXTENSION.get(), "register_sums_built", False):
-        raise SystemExit("--route register-sums needs the fused batch-norm kernels built with AVX-512")
+    if args.route == "row-passes" and not getattr(fused_bn.EXTENSION.get(), "row_passes_built", False):
+        raise SystemExit("--route row-passes needs the fused batch-norm kernels built with AVX-512")
     rt = Runtime(torch.device("cpu"), precision, True, fused_bn=True)
     base = create_model(args.model, num_classes=10).train()
     parts = {}

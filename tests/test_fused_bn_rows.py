@@ -1,7 +1,8 @@
-"""The fused batch-norm's reduction passes with their sums in registers (fused_bn_rows.h: AVX-512,
-channels_last, channels a multiple of 16) against the general passes (fused_bn_passes.h), switched
-in the same built kernels: the same statistics, outputs and gradients within fp32 rounding (the sums
-are taken in another order), the residual's gradient bit for bit, and every call deterministic."""
+"""The fused batch-norm's passes for channels_last rows (fused_bn_rows.h: AVX-512, channels a
+multiple of 16, the reductions' sums in registers) against the general passes (fused_bn_passes.h),
+switched in the same built kernels: the same statistics, outputs and gradients within fp32 rounding
+(the sums are taken in another order), the same bits where the sums are exact in any order, and
+every call deterministic."""
 import pytest
 import torch
 
@@ -9,14 +10,14 @@ from resnetlab.models.fused_bn import EXTENSION
 
 CL = torch.channels_last
 KERNELS = EXTENSION.get()
-pytestmark = pytest.mark.skipif(KERNELS is None or not getattr(KERNELS, "register_sums_built", False),
+pytestmark = pytest.mark.skipif(KERNELS is None or not getattr(KERNELS, "row_passes_built", False),
                                 reason="needs the fused batch-norm kernels built with AVX-512")
 
 
 @pytest.fixture
 def switch():
-    yield KERNELS.use_register_sums
-    KERNELS.use_register_sums(True)
+    yield KERNELS.use_row_passes
+    KERNELS.use_row_passes(True)
 
 
 def _both(switch, fn):
@@ -86,3 +87,33 @@ def test_the_switch_changes_the_order_of_the_sums(switch):
     y, mean, invstd, scale, shift = KERNELS.forward(x, None, weight, bias, torch.zeros(64), torch.ones(64), 0.1, 1e-5)
     general, registers = _both(switch, lambda: KERNELS.backward(dy, None, x, weight, mean, invstd, scale, shift, False))
     assert not torch.equal(general[1], registers[1])
+
+
+# a power of two of values per channel (blocks and both threads at 1024): means are exact dyadic
+# fractions, and every sum of the small integers below fits fp32's 24 bits
+EXACT_SHAPES = [(2, 16, 8, 8), (4, 32, 16, 16), (2, 48, 8, 8), (4, 64, 16, 16), (2, 80, 8, 8), (2, 128, 8, 8),
+                (2, 144, 8, 8), (1, 256, 16, 16)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n,c,h,w", EXACT_SHAPES)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_where_the_sums_are_exact_both_paths_give_the_same_bits(switch, n, c, h, w, dtype, with_residual):
+    """Small integers sum exactly in any order: the statistics and coefficients are then the same,
+    and the elementwise passes (y, dx) must round the same operations the same way."""
+    torch.manual_seed(c + h)
+    def ints(*shape):
+        return torch.randint(-2, 3, shape).to(dtype).contiguous(memory_format=CL)
+    x, residual, dy = ints(n, c, h, w), ints(n, c, h, w), ints(n, c, h, w)
+    weight, bias = torch.rand(c) + 0.5, torch.randn(c)
+    running_mean, running_var = torch.randn(c), torch.rand(c) + 0.5
+    res = residual if with_residual else None
+
+    def step():
+        y, mean, invstd, scale, shift = KERNELS.forward(x, res, weight, bias, torch.zeros(c), torch.ones(c), 0.1, 1e-5)
+        grads = KERNELS.backward(dy, y if with_residual else None, x, weight, mean, invstd, scale, shift, with_residual)
+        inference = KERNELS.inference(x, res, weight, bias, running_mean, running_var, 1e-5)
+        return [y, mean, invstd, *[g for g in grads if g is not None], inference]
+    general, registers = _both(switch, step)
+    for a, b in zip(general, registers):
+        assert torch.equal(a, b)

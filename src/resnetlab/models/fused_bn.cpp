@@ -25,6 +25,7 @@ void apply_all(const Shape& s, const T* xp, const T* rp, T* yp, const std::vecto
                const std::vector<Acc>& shift) {
   with_flags(s.channels_last, rp != nullptr, [&](auto per_value, auto with_residual) {
     constexpr bool kPerValue = decltype(per_value)::value, kResidual = decltype(with_residual)::value;
+    if (apply_in_registers<T, Acc, kResidual>(s, xp, rp, yp, scale.data(), shift.data())) return;
     const int64_t k = kPerValue ? rows_per_segment(s) : 1;
     const std::vector<Acc> wscale = wide(scale, k), wshift = wide(shift, k);
     const Acc* scp = wscale.data();
@@ -151,6 +152,8 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::T
       constexpr bool kPerValue = decltype(per_value)::value, kResidual = decltype(with_residual)::value;
       auto run = [&](auto mask) {
         constexpr Mask kMask = decltype(mask)::value;
+        if (grad_input_in_registers<scalar_t, Acc, kResidual, kMask>(s, dyp, yp, xp, dxp, drp, k1p, k2p, k3p, scp, shp))
+          return;
         channel_map(s, [=](int64_t o, int64_t len, int64_t c) {
           grad_input_segment<scalar_t, Acc, kPerValue, kResidual, kMask>(
               dyp + o, kMask == Mask::kFromY ? yp + o : nullptr, xp + o, dxp + o, kResidual ? drp + o : nullptr, len,
@@ -279,7 +282,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward_pair", &backward_pair, "relu(batch_norm(a) + batch_norm(b)) (training), backward");
   m.def("add_at_even_pixels", &add_at_even_pixels, "dx[:, :C, ::2, ::2] += g[:, :C] in place (channels_last)");
   m.def("inference", &inference, "batch-norm (evaluation, running statistics) + ReLU (+ residual)");
-  m.def("use_register_sums", [](bool on) { sums_in_registers() = on; },
-        "the reduction passes of fused_bn_rows.h where they apply (true, the default) or fused_bn_passes.h's");
-  m.attr("register_sums_built") = bool(RESNETLAB_BN_ROWS_BUILT);
+  m.def("use_row_passes", [](bool on) { row_passes_on() = on; },
+        "the passes of fused_bn_rows.h where they apply (true, the default) or fused_bn_passes.h's");
+  m.attr("row_passes_built") = bool(RESNETLAB_BN_ROWS_BUILT);
 }

@@ -13,10 +13,11 @@ passes each way (fused_bn.cpp, built on first use with torch.utils.cpp_extension
               in place of dy and y)
               dx = g * k1 + x * k2 + k3  (the batch-norm backward, collected per channel)
 
-With AVX-512, on channels_last tensors whose channels are a multiple of 16, the two reduction
-passes keep their sums in registers (fused_bn_rows.h; the backward's up to 128 channels): a bf16
-ResNet-20 step ran 1.044x faster with them (27 of 30 rounds), ResNet-50 1.017x
-(`benchmarks/route_ab.py --route register-sums`).
+With AVX-512, on channels_last tensors whose channels are a multiple of 16, the passes are written
+for rows of channels (fused_bn_rows.h): the reductions keep their sums in registers (the backward's
+up to 128 channels), the elementwise passes give the same bits as the general ones. A bf16
+ResNet-20 step ran 1.042x faster with them (27 of 30 rounds), ResNet-50 1.022x, an fp32 ResNet-20
+1.007x (`benchmarks/route_ab.py --route row-passes`).
 
 Backward keeps only x (as batch-norm does) and, with a residual, y (which the next convolution
 saves anyway) for ReLU's mask; without one it finds the mask in x through the forward's own scale
