@@ -10,7 +10,8 @@ rows say which half of the kernel ran.
 
 With --input-grad, the other gradient of the same layers as an identity block's first convolution
 needs it, summed with the shortcut's gradient: oneDNN's backward pass and then the addition (what
-autograd does) against conv_wgrad.input_grad's one oneDNN call that adds as it writes (any CPU).
+autograd does) against conv_wgrad.input_grad's one oneDNN call that adds as it writes (any CPU
+where oneDNN runs bf16; elsewhere both are the same two calls).
 
     python benchmarks/conv_wgrad_layers.py --input-grad --json benchmarks/results/amx_xeon/input_grad_add_layers.json
 """

@@ -173,12 +173,12 @@ def shortcut_node_step(net: nn.Module, x: torch.Tensor, node: str, stand_in, mon
     counting the calls of its shortcut node blocks.<node>, each made by `stand_in` (the node itself,
     or what takes its place when it is off)."""
     calls = []
-    monkeypatch.setattr(blocks, node, lambda conv, t: calls.append(1) or stand_in(conv, t))
     x = x.detach().clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = net(x)
-    y.float().square().mean().backward()
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # undoes this patch alone, not a fixture's
+        patch.setattr(blocks, node, lambda conv, t: calls.append(1) or stand_in(conv, t))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = net(x)
+        y.float().square().mean().backward()
     return y.float().detach(), x.grad.float(), [p.grad.clone() for p in net.parameters()], len(calls)
 
 

@@ -43,6 +43,7 @@ def _bf16(*shape) -> torch.Tensor:
     return torch.randn(*shape).bfloat16().contiguous(memory_format=CL)
 
 
+@pytest.mark.skipif(not conv_wgrad._fused_addition_built(), reason="oneDNN does not run bf16 on this CPU")
 @pytest.mark.parametrize("case", ["one call", "no operator", "wide"])
 def test_input_grad_with_an_addition_equals_the_fp64_sum_written_in_place(case, monkeypatch):
     """With the operator: oneDNN's convolution of dy with the flipped weights plus `add`, rounded

@@ -36,11 +36,12 @@ def _step(net, x, precision, node_on, monkeypatch):
     return y, x.grad, [p.grad for p in net.parameters()], len(calls)
 
 
+@pytest.mark.parametrize("side", [8, 2])  # 2: the shortcut's gradient is 1 x 1 pixels, both layouts at once
 @pytest.mark.parametrize("precision,layout", [("fp32", CL), ("bf16", CL), ("fp32", torch.contiguous_format)])
-def test_the_node_gives_autograds_results_bit_for_bit(precision, layout, monkeypatch):
+def test_the_node_gives_autograds_results_bit_for_bit(precision, layout, side, monkeypatch):
     """dx + g at the shortcut's pixels is one addition either way, so nothing rounds differently."""
     net = _entry_block().to(memory_format=layout)
-    x = torch.randn(4, 16, 8, 8).contiguous(memory_format=layout)
+    x = torch.randn(4, 16, side, side).contiguous(memory_format=layout)
     on = _step(net, x, precision, True, monkeypatch)
     off = _step(copy.deepcopy(net), x, precision, False, monkeypatch)
     assert on[3] == off[3] == 1
@@ -58,10 +59,11 @@ def test_the_nodes_backward_without_the_shortcuts_gradient_or_the_convolutions()
     y.sum().backward()  # the shortcut unused: the convolution's gradient alone
     expected = torch.nn.grad.conv2d_input(x.shape, conv.weight, torch.ones_like(y), stride=2, padding=1)
     torch.testing.assert_close(x.grad, expected)
-    x.grad = None
+    x.grad = conv.weight.grad = None
     _, shortcut = conv_and_zero_pad(conv, x, 32)
     shortcut.sum().backward()  # the convolution unused: the shortcut's gradient at every second pixel
     assert x.grad[:, :, ::2, ::2].eq(1).all() and x.grad[:, :, 1::2].eq(0).all() and x.grad[:, :, :, 1::2].eq(0).all()
+    assert x.grad.is_contiguous(memory_format=CL) and conv.weight.grad is None  # no gradient, as autograd gives none
 
 
 @pytest.mark.parametrize("case", ["fp32 under autocast", "fp16", "eval", "no grad", "hooked", "stride 1", "bias"])
@@ -91,7 +93,8 @@ def test_a_hooked_shortcut_or_the_plain_batch_norm_keep_the_modules(monkeypatch)
 
 @pytest.mark.skipif(fused_bn.EXTENSION.get() is None, reason="needs the fused batch-norm kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(4, 16, 8, 8), (3, 16, 5, 7), (2, 48, 6, 6)])
+@pytest.mark.parametrize("shape", [(4, 16, 8, 8), (3, 16, 5, 7), (2, 48, 6, 6), (2, 16, 2, 2), (2, 16, 2, 1),
+                                   (1, 16, 1, 1)])
 def test_the_kernels_addition_at_even_pixels_is_pytorchs_bit_for_bit(shape, dtype, monkeypatch):
     n, c, h, w = shape
     dx = torch.randn(shape).to(dtype).contiguous(memory_format=CL)

@@ -104,7 +104,28 @@ def test_where_the_sums_are_exact_both_paths_give_the_same_bits(switch, n, c, h,
     torch.manual_seed(c + h)
     def ints(*shape):
         return torch.randint(-2, 3, shape).to(dtype).contiguous(memory_format=CL)
-    x, residual, dy = ints(n, c, h, w), ints(n, c, h, w), ints(n, c, h, w)
+    _assert_same_bits(switch, ints(n, c, h, w), ints(n, c, h, w), ints(n, c, h, w), with_residual)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("c", [16, 48, 80, 144])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_with_inexact_products_both_paths_still_give_the_same_bits(switch, c, dtype, with_residual):
+    """Eighths, 64 values per channel: the sums are still exact, but g * k1 and x * k2 now round, so a
+    multiply-add fused in one path and not in the other would change some bit of dx (on this data
+    fma(g, k1, x * k2) + k3 and (g * k1 + x * k2) + k3 differ, checked as it was written). dy follows
+    x, so that sum(g * x) and with it k2 are large."""
+    torch.manual_seed(c)
+    def eighths(*shape):
+        return (torch.randint(-15, 16, shape) / 8).to(dtype).contiguous(memory_format=CL)
+    x = eighths(1, c, 8, 8)
+    dy = (x.float() + torch.randint(-1, 2, x.shape) / 8).to(dtype).contiguous(memory_format=CL)
+    _assert_same_bits(switch, x, eighths(1, c, 8, 8), dy, with_residual)
+
+
+def _assert_same_bits(switch, x, residual, dy, with_residual):
+    """Forward, backward and evaluation of the kernels, general passes against row passes: the same bits."""
+    c = x.shape[1]
     weight, bias = torch.rand(c) + 0.5, torch.randn(c)
     running_mean, running_var = torch.randn(c), torch.rand(c) + 0.5
     res = residual if with_residual else None

@@ -94,13 +94,21 @@ def conv3x3_own_wgrad_and_shortcut(conv: nn.Conv2d, x: torch.Tensor) -> tuple[to
 
 
 @lru_cache(maxsize=1)
-def _fused_addition() -> bool:
+def _fused_addition_built() -> bool:
     """Whether this PyTorch has oneDNN's convolution with an in-place addition (the operator
-    torch.compile's CPU backend uses; a private one, so its absence is a fallback, not an error)."""
+    torch.compile's CPU backend uses; a private one, so its absence is a fallback, not an error)
+    and oneDNN runs bf16 on this CPU (it refuses without AVX-512 BW/VL/DQ or AVX-NE-CONVERT, or
+    with its instruction set capped lower, ONEDNN_MAX_CPU_ISA)."""
     try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
+        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
+                and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     except (AttributeError, RuntimeError):
         return False
+
+
+def _fused_addition() -> bool:
+    """_fused_addition_built(), and oneDNN not switched off (torch.backends.mkldnn.enabled)."""
+    return bool(torch.backends.mkldnn.enabled) and _fused_addition_built()
 
 
 def input_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,

@@ -253,16 +253,19 @@ std::vector<at::Tensor> backward_pair(const at::Tensor& dy, const at::Tensor& y,
 // bf16 runs shorter than its vectors (16 channels) it ran scalar: 0.65 ms at ResNet-20's first
 // stage entry, 13x its addition of 32 channels per pixel. The sum is rounded as PyTorch rounds it.
 at::Tensor add_at_even_pixels(at::Tensor dx, const at::Tensor& g) {
-  const Shape s = shape_of(dx), t = shape_of(g);
-  TORCH_CHECK(s.channels_last && t.channels_last && dx.scalar_type() == g.scalar_type() && g.size(0) == s.n &&
-                  g.size(1) >= s.c && g.size(2) == (dx.size(2) + 1) / 2 && g.size(3) == (dx.size(3) + 1) / 2,
+  // is_contiguous(ChannelsLast), not shape_of: a g of 1 x 1 pixels is both layouts, the same memory
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  TORCH_CHECK(dx.dim() == 4 && g.dim() == 4 && dx.is_contiguous(cl) && g.is_contiguous(cl) &&
+                  dx.scalar_type() == g.scalar_type() && g.size(0) == dx.size(0) && g.size(1) >= dx.size(1) &&
+                  g.size(2) == (dx.size(2) + 1) / 2 && g.size(3) == (dx.size(3) + 1) / 2,
               "add_at_even_pixels: expected channels_last dx (N, C, H, W) and g (N, K >= C, ceil(H/2), ceil(W/2))");
-  const int64_t C = s.c, K = t.c, H = dx.size(2), W = dx.size(3), h2 = g.size(2), w2 = g.size(3);
+  const int64_t N = dx.size(0), C = dx.size(1), K = g.size(1), H = dx.size(2), W = dx.size(3), h2 = g.size(2),
+                w2 = g.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, dx.scalar_type(), "add_at_even_pixels", [&] {
     using Acc = at::opmath_type<scalar_t>;
     scalar_t* d = dx.mutable_data_ptr<scalar_t>();
     const scalar_t* q = g.const_data_ptr<scalar_t>();
-    at::parallel_for(0, s.n * h2 * w2, 256, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N * h2 * w2, 256, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {  // r: (n, i, j) of g
         const int64_t n = r / (h2 * w2), i = r / w2 % h2, j = r % w2;
         scalar_t* __restrict out = d + ((n * H + 2 * i) * W + 2 * j) * C;

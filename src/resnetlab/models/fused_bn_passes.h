@@ -150,7 +150,9 @@ inline void grad_input_segment(const T* __restrict dy, const T* __restrict y, co
   for (int64_t i = 0; i < len; ++i) {
     const int64_t c = kPerValue ? i : 0;
     const Acc g = kStoredG ? Acc(load(g_in, i)) : masked<T, Acc, kMask>(dy, y, x, i, scale[c], shift[c]);
-    store(dx, i, g * k1[c] + load(x, i) * k2[c] + k3[c]);
+    // the multiply-add written out, so that no compiler's contraction choice decides the bits (GCC
+    // contracted the plain expression to this very form; fused_bn_rows.h writes the same)
+    store(dx, i, std::fma(g, k1[c], load(x, i) * k2[c]) + k3[c]);
   }
 }
 

@@ -292,8 +292,8 @@ bool grad_input_in_registers(const Shape& s, const T* dy, const T* y, const T* x
                                          zero, _CMP_GT_OQ);
           g = _mm512_maskz_mov_ps(keep, load16(dy + i));
         }
-        const __m512 gk = _mm512_mul_ps(g, _mm512_loadu_ps(k1 + c)), xk = _mm512_mul_ps(xv, _mm512_loadu_ps(k2 + c));
-        store16(dx + i, _mm512_add_ps(_mm512_add_ps(gk, xk), _mm512_loadu_ps(k3 + c)));
+        const __m512 xk = _mm512_mul_ps(xv, _mm512_loadu_ps(k2 + c));  // fma(g, k1, x * k2) + k3, as the general pass
+        store16(dx + i, _mm512_add_ps(_mm512_fmadd_ps(g, _mm512_loadu_ps(k1 + c), xk), _mm512_loadu_ps(k3 + c)));
       });
       return true;
     }

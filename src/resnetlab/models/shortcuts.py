@@ -100,9 +100,12 @@ class _ConvAndZeroPad(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dshortcut):
         x, weight = ctx.saved_tensors
-        if dy is None:
-            dy = torch.zeros(x.shape[0], weight.shape[0], (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2, dtype=x.dtype)
         layout = torch.contiguous_format if x.is_contiguous() else torch.channels_last
+        if dy is None:  # the convolution's output unused: no weight gradient, as autograd gives none
+            dx = torch.zeros_like(x, memory_format=layout) if ctx.needs_input_grad[0] else None
+            if dx is not None and dshortcut is not None:
+                add_at_even_pixels(dx, dshortcut)
+            return dx, None, None
         dy = dy.to(x.dtype).contiguous(memory_format=layout)
         wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
         dx, dweight, _ = torch.ops.aten.convolution_backward(dy, x, weight, None, [2, 2], [1, 1], [1, 1], False, [0, 0],
@@ -117,7 +120,7 @@ def add_at_even_pixels(dx: torch.Tensor, g: torch.Tensor) -> None:
     where they are built and both are channels_last of one dtype (PyTorch's own addition ran scalar
     on 16 bf16 channels per pixel, 4x slower), else PyTorch's; the same bits either way."""
     kernels = fused_bn.EXTENSION.get()
-    if (kernels is not None and dx.dtype == g.dtype and dx.device.type == "cpu" and not dx.is_contiguous()
+    if (kernels is not None and dx.dtype == g.dtype and dx.device.type == "cpu" and dx.dim() == 4
             and dx.is_contiguous(memory_format=torch.channels_last)):
         kernels.add_at_even_pixels(dx, g.contiguous(memory_format=torch.channels_last))
     else:
