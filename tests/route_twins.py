@@ -189,3 +189,17 @@ def assert_shortcut_node_matches_autograds_sum(on, off) -> None:
     assert (on[1] - off[1]).abs().max().item() <= 2e-2 * off[1].abs().max().item()  # both paths summed
     for p, q in zip(on[2], off[2]):
         assert (p - q).abs().max().item() <= 3e-2 * q.abs().max().item()
+
+
+def unshareable(net: nn.Module, end_bn: nn.BatchNorm2d, case: str) -> None:
+    """Makes a fused block's shortcut gradient one that a shortcut node may not write into, as `case`
+    says: its end batch-norm hooked, frozen (fine-tuning's eval mode inside a training block), or the
+    plain module (`set_fused_bn(net, False)`); any other case leaves the block as it is."""
+    from resnetlab.models import fused_bn
+
+    if case.endswith("hooked"):
+        end_bn.register_forward_hook(lambda *args: None)
+    elif case.endswith("frozen"):
+        end_bn.eval()
+    elif case == "plain batch-norm":
+        fused_bn.set_fused_bn(net, False)

@@ -15,7 +15,7 @@ from resnetlab.models.blocks import BasicBlock
 from resnetlab.models.conv_wgrad import conv3x3_own_wgrad, conv3x3_own_wgrad_and_shortcut, input_grad
 
 from route_twins import (assert_shortcut_node_matches_autograds_sum, conv3x3_module, shortcut_node_step,
-                         weight_grad_reference)
+                         unshareable, weight_grad_reference)
 
 CL = torch.channels_last
 needs_fused_bn = pytest.mark.skipif(fused_bn.EXTENSION.get() is None, reason="needs the fused batch-norm kernels")
@@ -111,13 +111,8 @@ def test_the_node_is_left_out_where_the_shortcuts_gradient_could_be_shared(case,
     """Its backward writes into the shortcut's gradient: only the fused batch-norm's own, fresh
     gradient may be written into (an addition's backward hands one tensor to both its inputs)."""
     net, x = identity_block()
-    if case == "bn2 hooked":
-        net.bn2.register_forward_hook(lambda *args: None)
-    elif case == "bn2 frozen":  # fine-tuning's frozen batch-norms: eval mode inside a training block
-        net.bn2.eval()
-    elif case == "plain batch-norm":
-        fused_bn.set_fused_bn(net, False)
-    elif case == "projection":  # a shortcut that is not x itself
+    unshareable(net, net.bn2, case)
+    if case == "projection":  # a shortcut that is not x itself
         net.downsample = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16)).to(memory_format=CL)
     calls = []
     monkeypatch.setattr(blocks, "conv3x3_own_wgrad_and_shortcut", lambda conv, t: calls.append(1))

@@ -12,7 +12,8 @@ from resnetlab.models import blocks, create_model, fused_bn
 from resnetlab.models.blocks import Bottleneck, PreActBottleneck, pointwise
 from resnetlab.models.pointwise import pointwise_and_shortcut
 
-from route_twins import assert_shortcut_node_matches_autograds_sum, assert_step_matches_plain_twin, shortcut_node_step
+from route_twins import (assert_shortcut_node_matches_autograds_sum, assert_step_matches_plain_twin,
+                         shortcut_node_step, unshareable)
 
 CL = torch.channels_last
 
@@ -114,13 +115,8 @@ def test_the_node_is_left_out_where_the_shortcuts_gradient_could_be_shared(case,
     """Its backward writes into the shortcut's gradient: only the fused batch-norm's own, fresh
     gradient may be written into (an addition's backward hands one tensor to both its inputs)."""
     net, x = identity_bottleneck()
-    if case == "bn3 hooked":
-        net.bn3.register_forward_hook(lambda *args: None)
-    elif case == "bn3 frozen":  # fine-tuning's frozen batch-norms: eval mode inside a training block
-        net.bn3.eval()
-    elif case == "plain batch-norm":
-        fused_bn.set_fused_bn(net, False)
-    elif case == "projection":
+    unshareable(net, net.bn3, case)
+    if case == "projection":
         net, x = Bottleneck(32, 16).to(memory_format=CL).train(), x[:, :32].contiguous(memory_format=CL)
         fused_bn.set_fused_bn(net)
     if case == "no grad":
