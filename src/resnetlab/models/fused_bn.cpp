@@ -287,5 +287,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("inference", &inference, "batch-norm (evaluation, running statistics) + ReLU (+ residual)");
   m.def("use_row_passes", [](bool on) { row_passes_on() = on; },
         "the passes of fused_bn_rows.h where they apply (true, the default) or fused_bn_passes.h's");
-  m.attr("row_passes_built") = bool(RESNETLAB_BN_ROWS_BUILT);
+  m.attr("row_passes_built") = bool(RESNETLAB_BN_ROWS);
 }

@@ -170,6 +170,18 @@ std::vector<Acc> wide(const std::vector<Acc>& per_channel, int64_t k) {
   return out;
 }
 
+// The threads' fp64 sums, parts[thread][sum][channel], added up in thread order.
+template <int kSums>
+std::array<std::vector<double>, kSums> in_thread_order(const std::vector<double>& parts, int64_t threads, int64_t C) {
+  std::array<std::vector<double>, kSums> out;
+  for (int j = 0; j < kSums; ++j) {
+    out[j].assign(C, 0.0);
+    for (int64_t t = 0; t < threads; ++t)
+      for (int64_t c = 0; c < C; ++c) out[j][c] += parts[(t * kSums + j) * C + c];
+  }
+  return out;
+}
+
 // Per-channel sums of kSums quantities: `segment(offset, len, param_offset, sums)` adds the values
 // of one segment into accumulators sums[0..kSums) (channels_last: per value of a wide segment;
 // NCHW: one for the plane's channel), its channel parameters (widened by the caller with
@@ -211,13 +223,7 @@ std::array<std::vector<double>, kSums> channel_sums(const Shape& s, Segment segm
       }
     });
   }
-  std::array<std::vector<double>, kSums> out;
-  for (int j = 0; j < kSums; ++j) {
-    out[j].assign(C, 0.0);
-    for (int64_t t = 0; t < threads; ++t)
-      for (int64_t c = 0; c < C; ++c) out[j][c] += parts[(t * kSums + j) * C + c];
-  }
-  return out;
+  return in_thread_order<kSums>(parts, threads, C);
 }
 
 // Runs `segment(offset, len, param_offset)` over the whole tensor: wide segments of rows

@@ -28,14 +28,13 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define RESNETLAB_BN_ROWS 1
-#define RESNETLAB_BN_ROWS_BUILT 1
 #else
-#define RESNETLAB_BN_ROWS_BUILT 0
+#define RESNETLAB_BN_ROWS 0
 #endif
 
 namespace resnetlab_bn {
 
-#ifdef RESNETLAB_BN_ROWS
+#if RESNETLAB_BN_ROWS
 
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const c10::BFloat16* p) {  // bf16 -> fp32 is a 16-bit shift, exact
@@ -155,11 +154,7 @@ std::array<std::vector<double>, 2> sums_over_rows(const Shape& s, Chunk chunk) {
       if (c0 < C) chunk.template operator()<1>(r0, r1, c0, s1, s2);
     }
   });
-  std::array<std::vector<double>, 2> out{std::vector<double>(C, 0.0), std::vector<double>(C, 0.0)};
-  for (int64_t t = 0; t < threads; ++t)
-    for (int j = 0; j < 2; ++j)
-      for (int64_t c = 0; c < C; ++c) out[j][c] += parts[(t * 2 + j) * C + c];
-  return out;
+  return in_thread_order<2>(parts, threads, C);
 }
 
 template <typename T>
@@ -218,7 +213,7 @@ inline bool& row_passes_on() {
 template <typename T, typename Acc>
 bool stats_in_registers(const Shape& s, const T* x, const std::vector<double>& pivot,
                         std::array<std::vector<double>, 2>& sums) {
-#ifdef RESNETLAB_BN_ROWS
+#if RESNETLAB_BN_ROWS
   if constexpr (std::is_same_v<Acc, float>) {
     if (row_passes_on() && s.channels_last && s.c % 16 == 0) {
       const std::vector<float> p(pivot.begin(), pivot.end());
@@ -239,7 +234,7 @@ constexpr int64_t kWidestGradSums = 128;
 template <typename T, typename Acc, Mask kMask, bool kStoreG>
 bool grad_sums_in_registers(const Shape& s, const T* dy, const T* y, const T* x, T* g_out, const Acc* mean,
                             const Acc* scale, const Acc* shift, std::array<std::vector<double>, 2>& sums) {
-#ifdef RESNETLAB_BN_ROWS
+#if RESNETLAB_BN_ROWS
   if constexpr (std::is_same_v<Acc, float>) {
     if (row_passes_on() && s.channels_last && s.c % 16 == 0 && s.c <= kWidestGradSums) {
       sums = sums_over_rows(s, GradSumsChunk<T, kMask, kStoreG>{dy, y, x, g_out, s.c, mean, scale, shift});
@@ -255,7 +250,7 @@ bool grad_sums_in_registers(const Shape& s, const T* dy, const T* y, const T* x,
 // fused_bn_passes.h's apply_segment, so the same bits.
 template <typename T, typename Acc, bool kResidual>
 bool apply_in_registers(const Shape& s, const T* x, const T* r, T* y, const Acc* scale, const Acc* shift) {
-#ifdef RESNETLAB_BN_ROWS
+#if RESNETLAB_BN_ROWS
   if constexpr (std::is_same_v<Acc, float>) {
     if (row_passes_on() && s.channels_last && s.c % 16 == 0) {
       const __m512 zero = _mm512_setzero_ps();
@@ -276,7 +271,7 @@ bool apply_in_registers(const Shape& s, const T* x, const T* r, T* y, const Acc*
 template <typename T, typename Acc, bool kStoredG, Mask kMask>
 bool grad_input_in_registers(const Shape& s, const T* dy, const T* y, const T* x, T* dx, const T* g_in,
                              const Acc* k1, const Acc* k2, const Acc* k3, const Acc* scale, const Acc* shift) {
-#ifdef RESNETLAB_BN_ROWS
+#if RESNETLAB_BN_ROWS
   if constexpr (std::is_same_v<Acc, float>) {
     if (row_passes_on() && s.channels_last && s.c % 16 == 0) {
       const __m512 zero = _mm512_setzero_ps();
