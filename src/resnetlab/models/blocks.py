@@ -85,19 +85,20 @@ class Block(nn.Module):
         bf16 3x3 one with resnetlab's weight gradient (conv3x3_own_wgrad_and_shortcut), so that the
         shortcut's gradient joins conv1's input gradient as it is written; else conv1 by its route."""
         ds, conv = self.downsample, self.conv1
+        if not (self.fused_bn and self.residual):
+            return convolve(conv, x, self.fused_bn), None
         parameter_free = ds is None or (type(ds) is ZeroPadShortcut and not hooked(ds) and ds.cin == conv.in_channels
                                         and (ds.stride,) * 2 == conv.stride and ds.cout == conv.out_channels)
-        if self.fused_bn and self.residual and parameter_free and conv_direct.applies(conv, x):
-            return conv3x3_direct_and_shortcut(self.conv1, x, self.conv1.out_channels)
-        if self.fused_bn and self.residual and parameter_free and ds is not None and entry_applies(conv, x):
+        if parameter_free and conv_direct.applies(conv, x):
+            return conv3x3_direct_and_shortcut(conv, x, conv.out_channels)
+        if parameter_free and ds is not None and entry_applies(conv, x):
             return conv_and_zero_pad(conv, x, ds.cout)
-        if (self.fused_bn and self.residual and ds is None and torch.is_grad_enabled() and conv.kernel_size == (1, 1)
-                and pointwise_route.applies(conv, x) and fusable(self.residual_end(), x, x)):
-            return pointwise_and_shortcut(conv, x)  # (conv3's output, which bn3 adds x to, is shaped as x)
-        if (self.fused_bn and self.residual and ds is None and conv_wgrad.applies(conv, x)
-                and fusable(self.residual_end(), x, x)):
-            return conv3x3_own_wgrad_and_shortcut(conv, x)
-        return convolve(self.conv1, x, self.fused_bn), None
+        if ds is None and fusable(self.residual_end(), x, x):  # (the last conv's output, shaped as x)
+            if torch.is_grad_enabled() and pointwise_route.applies(conv, x):
+                return pointwise_and_shortcut(conv, x)
+            if conv_wgrad.applies(conv, x):
+                return conv3x3_own_wgrad_and_shortcut(conv, x)
+        return convolve(conv, x, self.fused_bn), None
 
     def normalised_conv(self, bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         """conv(relu(bn(x))) inside a block: one node of the direct kernels where both halves would
